@@ -1,0 +1,60 @@
+# tvm-mcu: every target sets up what it needs (Debian packages, .venv, the package, the QEMU plugin),
+# idempotently, then does its job.  `make demo` and `make test` are the two commands a user needs.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tvm-mcu-installed
+
+# Debian packages: the Cortex-M cross compiler and C library, the emulator, a host C compiler (for the
+# QEMU plugin) and venv support for Debian's own python3.
+DEB_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc python3-venv
+
+.PHONY: all setup system venv plugin demo test bench lint clean
+
+all: test
+
+setup: system venv plugin
+
+system:
+	@need=""; \
+	command -v arm-none-eabi-gcc >/dev/null 2>&1 || need="$$need gcc-arm-none-eabi"; \
+	[ -f /usr/lib/arm-none-eabi/newlib/libc.a ] || need="$$need libnewlib-arm-none-eabi"; \
+	command -v qemu-system-arm >/dev/null 2>&1 || need="$$need qemu-system-arm"; \
+	command -v cc >/dev/null 2>&1 || need="$$need gcc"; \
+	$(PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1 || need="$$need python3-venv"; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	  else echo "tvm-mcu: missing Debian packages; run: sudo apt-get install --no-install-recommends$$need" >&2; exit 1; fi; \
+	  echo "installing Debian packages:$$need"; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$need >/dev/null; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+plugin: venv
+	@$(PY) -m tvm_mcu.targets.plugin >/dev/null
+
+demo: setup
+	$(VENV)/bin/tvm-mcu demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/run_bench.py
+
+lint: venv
+	$(VENV)/bin/ruff check tvm_mcu passes targets tests bench examples
+	$(VENV)/bin/mypy tvm_mcu passes targets
+
+clean:
+	rm -rf out build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Compiler passes of tvm-mcu: Relax (graph) passes in ``relax``, TIR (tensor) passes in ``tir``."""

@@ -1,0 +1,1 @@
+"""Relax (graph-level) passes."""

@@ -1,0 +1,154 @@
+"""Every version-specific Apache TVM name and workaround, for apache-tvm 0.27.0.post1.
+
+The rest of tvm-mcu imports TVM through this module only, so the next TVM upgrade touches one file.
+Facts behind each workaround: ``shared/notes/tvm-0.27.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax, s_tir, tirx
+
+__all__ = [
+    "tvm",
+    "relax",
+    "tirx",
+    "s_tir",
+    "IRModule",
+    "GlobalVar",
+    "PrimFunc",
+    "RelaxFunction",
+    "RelaxVar",
+    "RelaxCall",
+    "RelaxConst",
+    "TensorType",
+    "BufferType",
+    "PointerType",
+    "PrimType",
+    "TensorLoad",
+    "AllocBuffer",
+    "DeclBuffer",
+    "C_TARGET",
+    "structural_map",
+    "structural_walk",
+    "assert_structural_equal",
+    "structural_equal",
+    "const_value",
+    "tensor_shape",
+    "tensor_dtype",
+    "var_name",
+    "op_name",
+    "buffer_data_op",
+    "ptr_byte_offset",
+    "build_c_source",
+    "from_onnx",
+    "from_tflite",
+    "relax_const",
+]
+
+IRModule = tvm.IRModule
+GlobalVar = tvm.ir.GlobalVar
+PrimFunc = tirx.PrimFunc
+RelaxFunction = relax.Function
+# 0.27 unified Var: Relax vars are ``tvm.ir.Var`` with ``.name`` and ``.ty`` (was ``name_hint``/``struct_info``).
+RelaxVar = relax.Var
+RelaxCall = relax.Call
+# 0.27: ``relax.Constant(.data)`` became ``tvm.ir.GenericConst(.value)``.
+RelaxConst = tvm.ir.GenericConst
+# 0.27: ``relax.TensorStructInfo`` became ``relax.TensorType``.
+TensorType = relax.TensorType
+BufferType = tirx.BufferType
+PointerType = tvm.ir.PointerType
+PrimType = tvm.ir.PrimType
+# 0.27: a buffer load is ``tvm.ir.TensorLoad``; ``tirx.BufferLoad`` is only a factory function.
+TensorLoad = tvm.ir.TensorLoad
+AllocBuffer = tirx.AllocBuffer
+DeclBuffer = tirx.DeclBuffer
+
+# CodeGenCHost; target strings such as "c -mcpu=..." are rejected in 0.27, targets are dicts.
+C_TARGET = tvm.target.Target({"kind": "c"})
+
+# 0.26/0.27 removed tirx.stmt_functor; the generic replacements live in tvm_ffi.
+structural_map: Callable[..., Any] = tvm_ffi.structural_map
+structural_walk: Callable[..., Any] = tvm_ffi.structural_walk
+structural_equal: Callable[..., bool] = tvm_ffi.structural_equal
+assert_structural_equal = tvm.ir.assert_structural_equal
+
+
+def const_value(c: Any) -> np.ndarray:
+    """The numpy value of a Relax constant."""
+    return c.value.numpy()
+
+
+def relax_const(arr: np.ndarray) -> Any:
+    """A Relax constant holding ``arr`` (dtype kept)."""
+    return relax.const(arr, str(arr.dtype))
+
+
+def _prim_dtype(dt: Any) -> str:
+    return str(dt.dtype) if isinstance(dt, tvm.ir.PrimType) else str(dt)
+
+
+def tensor_shape(ty: Any) -> tuple[int, ...]:
+    """Static shape of a Relax ``TensorType`` (raises ValueError when a dimension is symbolic)."""
+    shape = ty.shape
+    if shape is None:
+        raise ValueError("tensor has unknown rank")
+    dims = []
+    for s in shape:
+        if not isinstance(s, tirx.IntImm):
+            raise ValueError(f"dimension {s} is not static")
+        dims.append(int(s))
+    return tuple(dims)
+
+
+def tensor_dtype(ty: Any) -> str:
+    """dtype string (``"float32"``, ``"int8"``, ...) of a Relax ``TensorType`` or TIR buffer type."""
+    return _prim_dtype(ty.dtype)
+
+
+def var_name(v: Any) -> str:
+    """The name of a Relax or TIR variable."""
+    return str(v.name)
+
+
+def op_name(call: Any) -> str | None:
+    """``"relax.nn.conv2d"`` for a call to a Relax operator, None for calls to functions."""
+    op = call.op
+    return str(op.name) if isinstance(op, tvm.ir.Op) else None
+
+
+def buffer_data_op() -> Any:
+    """The ``tirx.buffer_data(buf)`` intrinsic that stands for a BufferType parameter's data pointer."""
+    return tvm.ir.Op.get("tirx.buffer_data")
+
+
+def ptr_byte_offset(base: Any, offset: int, dtype: str) -> Any:
+    """A typed pointer ``(dtype*)((char*)base + offset)`` that CodeGenC understands."""
+    return tirx.ptr_byte_offset(base, offset, dtype)
+
+
+def build_c_source(mod: IRModule) -> str:
+    """CodeGenCHost source of an IRModule of unpacked, lowered PrimFuncs (no MakePackedAPI).
+
+    ``tvm.tirx.build`` always runs MakePackedAPI, so the codegen is called directly.
+    """
+    build = tvm_ffi.get_global_func("target.build.c")
+    return str(build(mod, C_TARGET).inspect_source())
+
+
+def from_onnx(model: Any, shape_dict: dict[str, list[int]]) -> IRModule:
+    from tvm.relax.frontend.onnx import from_onnx as _from_onnx
+
+    return _from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
+
+
+def from_tflite(model: Any) -> IRModule:
+    from tvm.relax.frontend.tflite import from_tflite as _from_tflite
+
+    return _from_tflite(model)

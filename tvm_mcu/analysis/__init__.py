@@ -1,0 +1,1 @@
+"""Read-only facts about an IRModule: multiply-accumulate counts, peak live memory, lifetimes."""

@@ -1,0 +1,196 @@
+"""The public Python API of tvm-mcu; the CLI is a thin shell around these functions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import attrs
+import numpy as np
+
+from tvm_mcu import compiler
+from tvm_mcu.codegen import model_c
+from tvm_mcu.errors import BadOptionError, BudgetError, VerificationError
+from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
+from tvm_mcu.reference import reference_outputs
+from tvm_mcu.report import IoRow, OpRow, Report
+from tvm_mcu.schedule.graph import Graph
+from tvm_mcu.targets.board import Board, load_board
+from tvm_mcu.targets.firmware import build_firmware
+from tvm_mcu.targets.runner import run_firmware
+
+logger = logging.getLogger(__name__)
+
+REPORT = "report.json"
+FIRMWARE_DIR = "build"
+# Float outputs must match the reference within this absolute error, scaled by the output's magnitude
+# when it exceeds 1 (float32 has ~7 significant digits; summation order differs from the reference).
+FLOAT_ATOL = 1e-4
+
+
+@attrs.frozen
+class Compiled:
+    """A compiled model on disk: its directory, report and firmware."""
+
+    out_dir: Path
+    report: Report
+    elf: Path
+
+
+@attrs.frozen
+class RunOutcome:
+    outputs: list[np.ndarray]
+    report: Report
+
+
+@attrs.frozen
+class Verification:
+    report: Report
+    outputs: list[np.ndarray]
+    reference: list[np.ndarray]
+    passed: bool
+
+
+def _check_fits(board: Board, plan_arena: int, io_bytes: int, graph: Graph) -> None:
+    """Refuse early, naming the bottleneck, when the activations alone cannot fit the board's SRAM."""
+    need = plan_arena + io_bytes + board.stack_bytes
+    if need <= board.ram_bytes:
+        return
+    biggest = max(
+        (t for t in graph.tensors.values() if t.kind != "weight"), key=lambda t: t.nbytes, default=None
+    )
+    detail = f"; the largest tensor is '{biggest.name}' {list(biggest.shape)} ({biggest.nbytes} B)" if biggest else ""
+    raise BudgetError(
+        f"the model needs {need} B of SRAM on {board.name} (arena {plan_arena} B + inputs/outputs {io_bytes} B "
+        f"+ stack {board.stack_bytes} B) but the board has {board.ram_bytes} B: "
+        f"{need - board.ram_bytes} B too many{detail}"
+    )
+
+
+def compile_model(model_path: Path, board_name: str, out_dir: Path) -> Compiled:
+    """Import, compile to C, build the firmware for ``board_name``; writes the library and report.json."""
+    board = load_board(board_name)
+    model = load_model(Path(model_path))
+    result = compiler.compile_module(model.mod, model_name=model.name)
+    ins = model_c.io_slots(result.graph, result.graph.inputs)
+    outs = model_c.io_slots(result.graph, result.graph.outputs)
+    _check_fits(board, result.plan.arena_bytes, model_c.packed_bytes(ins) + model_c.packed_bytes(outs), result.graph)
+    out_dir = Path(out_dir)
+    model_c.write_library(result.library, out_dir, plan_json=result.plan.to_json())
+    fw = build_firmware(out_dir, board, out_dir / FIRMWARE_DIR)
+    if fw.warnings:
+        logger.warning("the generated library compiled with warnings:\n%s", "\n".join(fw.warnings))
+    report = Report(
+        board=board.name,
+        model=model.name,
+        model_path=str(model.path),
+        format=model.format,
+        arena_bytes=result.plan.arena_bytes,
+        arena_lower_bound_bytes=result.plan.lower_bound,
+        weights_bytes=sum(int(w.nbytes) for w in result.graph.weights.values()),
+        flash_bytes=fw.flash_bytes,
+        ram_bytes=fw.ram_bytes,
+        macs=sum(o.macs for o in result.ops),
+        compile_seconds=result.seconds,
+        inputs=tuple(IoRow(s.name, s.shape, s.dtype, s.offset, s.nbytes) for s in ins),
+        outputs=tuple(IoRow(s.name, s.shape, s.dtype, s.offset, s.nbytes) for s in outs),
+        ops=tuple(OpRow(o.name, o.kind, o.macs, o.output_bytes, o.scratch_bytes) for o in result.ops),
+        plan_strategy=result.plan.strategy,
+    )
+    report.write(out_dir / REPORT)
+    return Compiled(out_dir, report, fw.elf)
+
+
+def pack(rows: tuple[IoRow, ...], arrays: list[np.ndarray]) -> bytes:
+    """Pack arrays into the byte layout ``tvmmcu_model_run`` expects (see model.h)."""
+    if len(arrays) != len(rows):
+        raise BadOptionError(f"the model takes {len(rows)} input(s), got {len(arrays)}")
+    total = max((r.offset + r.bytes for r in rows), default=0)
+    buf = bytearray(total)
+    for r, a in zip(rows, arrays, strict=True):
+        a = np.asarray(a)
+        if tuple(a.shape) != tuple(r.shape) and a.size == int(np.prod(r.shape)):
+            a = a.reshape(r.shape)
+        if tuple(a.shape) != tuple(r.shape):
+            raise BadOptionError(f"input '{r.name}' must have shape {list(r.shape)}, got {list(a.shape)}")
+        if a.dtype != np.dtype(r.dtype):
+            raise BadOptionError(f"input '{r.name}' must be {r.dtype}, got {a.dtype}")
+        buf[r.offset : r.offset + r.bytes] = np.ascontiguousarray(a).tobytes()
+    return bytes(buf)
+
+
+def unpack(rows: tuple[IoRow, ...], data: bytes) -> list[np.ndarray]:
+    return [
+        np.frombuffer(data[r.offset : r.offset + r.bytes], dtype=np.dtype(r.dtype)).reshape(r.shape).copy()
+        for r in rows
+    ]
+
+
+def run_compiled(out_dir: Path, inputs: list[np.ndarray]) -> RunOutcome:
+    """Run a compiled model's firmware once on its emulated board; updates report.json with the figures."""
+    out_dir = Path(out_dir)
+    report = Report.read(out_dir / REPORT)
+    board = load_board(report.board)
+    fw = build_firmware(out_dir, board, out_dir / FIRMWARE_DIR)
+    out_bytes = max((r.offset + r.bytes for r in report.outputs), default=0)
+    result = run_firmware(fw, pack(report.inputs, inputs), out_bytes)
+    report = report.with_run(stack_bytes=result.stack_bytes, instructions=result.instructions)
+    report = attrs.evolve(report, flash_bytes=result.flash_bytes, ram_bytes=result.ram_bytes)
+    report.write(out_dir / REPORT)
+    return RunOutcome(unpack(report.outputs, result.output), report)
+
+
+def model_inputs(model: ImportedModel, *, input_path: Path | None, seed: int) -> list[np.ndarray]:
+    """Inputs from a .npy/.npz file, or seeded random ones."""
+    if input_path is None:
+        return random_inputs(model, seed)
+    return load_inputs(Path(input_path), [(s.name, s.shape, s.dtype) for s in model.inputs])
+
+
+def load_inputs(path: Path, specs: list[tuple[str, tuple[int, ...], str]]) -> list[np.ndarray]:
+    if not path.is_file():
+        raise BadOptionError(f"input file {path} does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BadOptionError(f"{path} is not a .npy or .npz file ({exc})") from exc
+    arrays = [data[k] for k in data.files] if isinstance(data, np.lib.npyio.NpzFile) else [data]
+    out = []
+    for (name, shape, dtype), a in zip(specs, arrays, strict=False):
+        if a.size != int(np.prod(shape)):
+            raise BadOptionError(f"input '{name}' needs {list(shape)} ({dtype}); {path} holds {list(a.shape)}")
+        out.append(a.reshape(shape).astype(dtype, casting="same_kind"))
+    if len(out) != len(specs):
+        raise BadOptionError(f"the model takes {len(specs)} input(s); {path} holds {len(arrays)}")
+    return out
+
+
+def tolerance_for(reference: list[np.ndarray]) -> float:
+    scale = max((float(np.max(np.abs(r))) for r in reference if r.size), default=1.0)
+    return FLOAT_ATOL * max(1.0, scale)
+
+
+def verify(
+    model_path: Path, board_name: str, out_dir: Path, *, input_path: Path | None = None, seed: int = 0
+) -> Verification:
+    """Compile, run on the emulated board and compare with the independent reference."""
+    compiled = compile_model(model_path, board_name, out_dir)
+    model = load_model(Path(model_path))
+    inputs = model_inputs(model, input_path=input_path, seed=seed)
+    outcome = run_compiled(compiled.out_dir, inputs)
+    reference = reference_outputs(model, inputs)
+    if len(reference) != len(outcome.outputs):
+        raise VerificationError(f"the reference gave {len(reference)} outputs, the firmware {len(outcome.outputs)}")
+    err = 0.0
+    for got, want in zip(outcome.outputs, reference, strict=True):
+        want = np.asarray(want).reshape(got.shape)
+        if got.dtype.kind == "f":
+            err = max(err, float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)), initial=0.0)))
+        else:
+            err = max(err, float(np.max(np.abs(got.astype(np.int64) - want.astype(np.int64)), initial=0)))
+    float_out = any(o.dtype.kind == "f" for o in outcome.outputs)
+    tol = tolerance_for(reference) if float_out else 0.0
+    ref_name = "onnx.reference" if model.format == "onnx" else "tflite-micro"
+    report = attrs.evolve(outcome.report, max_abs_error=err, tolerance=tol, reference=ref_name)
+    report.write(compiled.out_dir / REPORT)
+    return Verification(report, outcome.outputs, reference, err <= tol and bool(np.all(np.isfinite(err))))

@@ -1,0 +1,188 @@
+"""``tvm-mcu``: the command line. The only module that prints or exits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tvm_mcu import __version__, api
+from tvm_mcu.errors import TvmMcuError
+from tvm_mcu.report import Report
+
+
+def _figures(r: Report) -> list[tuple[str, str]]:
+    def b(n: int | None) -> str:
+        return "-" if n is None else f"{n:,} B"
+
+    rows = [
+        ("board", r.board),
+        ("model", f"{r.model} ({r.format})"),
+        ("arena", f"{b(r.arena_bytes)} (lower bound of this schedule {b(r.arena_lower_bound_bytes)})"),
+        ("stack (painted)", b(r.stack_bytes)),
+        ("flash (text+rodata+data)", f"{b(r.flash_bytes)} (weights {b(r.weights_bytes)})"),
+        ("static RAM (data+bss)", b(r.ram_bytes)),
+        ("MACs", f"{r.macs:,}"),
+        ("instructions (QEMU, not cycles)", "-" if r.instructions is None else f"{r.instructions:,}"),
+        ("instructions per MAC", "-" if r.instructions_per_mac is None else f"{r.instructions_per_mac:.2f}"),
+        ("compile time", f"{r.compile_seconds:.2f} s"),
+    ]
+    if r.max_abs_error is not None:
+        rows.append(("max abs error", f"{r.max_abs_error:.3g} vs {r.reference} (tolerance {r.tolerance:.3g})"))
+    return rows
+
+
+def _print_report(r: Report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r.to_json(), indent=2))
+        return
+    for k, v in _figures(r):
+        print(f"  {k:<32} {v}")
+
+
+def _print_ops(r: Report) -> None:
+    print(f"  {'step':<6}{'operator':<14}{'MACs':>12}{'output B':>11}{'scratch B':>11}  name")
+    for i, op in enumerate(r.ops):
+        print(f"  {i:<6}{op.kind:<14}{op.macs:>12,}{op.output_bytes:>11,}{op.scratch_bytes:>11,}  {op.name}")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    out = Path(args.output or Path(args.model).stem + "_" + args.board)
+    compiled = api.compile_model(Path(args.model), args.board, out)
+    if args.json:
+        _print_report(compiled.report, True)
+        return 0
+    print(f"compiled {args.model} for {args.board} into {out}/ (model.c, model.h, memory_plan.json, "
+          f"{api.FIRMWARE_DIR}/firmware.elf, report.json)")
+    _print_ops(compiled.report)
+    _print_report(compiled.report, False)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    out_dir = Path(args.dir)
+    report = Report.read(out_dir / api.REPORT)
+    specs = [(r.name, tuple(r.shape), r.dtype) for r in report.inputs]
+    if args.input:
+        inputs = api.load_inputs(Path(args.input), specs)
+    else:
+        rng = np.random.default_rng(args.seed)
+        inputs = [
+            rng.standard_normal(s).astype(d) if d.startswith("float") else rng.integers(-128, 127, s).astype(d)
+            for _, s, d in specs
+        ]
+    outcome = api.run_compiled(out_dir, inputs)
+    if args.save_output:
+        if len(outcome.outputs) == 1:
+            np.save(args.save_output, outcome.outputs[0])
+        else:
+            np.savez(args.save_output, *outcome.outputs)
+    if not args.json:
+        for row, o in zip(outcome.report.outputs, outcome.outputs, strict=True):
+            flat = o.reshape(-1)
+            print(f"  output '{row.name}' {list(o.shape)} {o.dtype}: {np.array2string(flat[:10], precision=4)}"
+                  + (" ..." if flat.size > 10 else ""))
+    _print_report(outcome.report, args.json)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    ctx: Any = tempfile.TemporaryDirectory() if args.output is None else None
+    out = Path(ctx.name) if ctx is not None else Path(args.output)
+    input_path = Path(args.input) if args.input else None
+    try:
+        v = api.verify(Path(args.model), args.board, out, input_path=input_path, seed=args.seed)
+    finally:
+        if ctx is not None:
+            ctx.cleanup()
+    _print_report(v.report, args.json)
+    if not args.json:
+        verdict = "MATCH" if v.passed else "MISMATCH"
+        print(f"{verdict}: max abs error {v.report.max_abs_error:.3g} against {v.report.reference} "
+              f"(tolerance {v.report.tolerance:.3g})")
+    return 0 if v.passed else 1
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    from tvm_mcu.targets.board import list_boards
+
+    boards = list_boards()
+    if args.json:
+        print(json.dumps([{"name": b.name, "cpu": b.cpu, "qemu_machine": b.qemu_machine,
+                           "zephyr_board": b.zephyr_board, "flash_bytes": b.flash_bytes,
+                           "ram_bytes": b.ram_bytes, "has_fpu": b.has_fpu} for b in boards], indent=2))
+        return 0
+    print(f"  {'board':<14}{'cpu':<12}{'flash':>10}{'SRAM':>10}  {'FPU':<5}{'zephyr board':<22}qemu -M")
+    for b in boards:
+        print(f"  {b.name:<14}{b.cpu:<12}{b.flash_bytes // 1024:>8}Ki{b.ram_bytes // 1024:>8}Ki  "
+              f"{'yes' if b.has_fpu else 'no':<5}{b.zephyr_board:<22}{b.qemu_machine}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tvm_mcu import demo
+
+    return demo.run_demo(board=args.board, out_dir=Path(args.output), limit=args.limit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tvm-mcu", description=__doc__)
+    p.add_argument("--version", action="version", version=f"tvm-mcu {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the compiler does")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="compile a model to a C library and firmware for a board")
+    c.add_argument("model", help=".onnx or .tflite file")
+    c.add_argument("--board", required=True, help="board name (see 'tvm-mcu boards')")
+    c.add_argument("-o", "--output", help="output directory (default: MODEL_BOARD)")
+    c.add_argument("--json", action="store_true", help="print report.json")
+    c.set_defaults(func=cmd_compile)
+
+    r = sub.add_parser("run", help="run a compiled model on its emulated board and print the figures")
+    r.add_argument("dir", help="directory written by 'tvm-mcu compile'")
+    r.add_argument("--input", help=".npy (one input) or .npz (inputs in order); default: seeded random")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--save-output", help="write the output to this .npy (.npz for several outputs)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("verify", help="compile, run on QEMU and compare with the reference interpreter")
+    v.add_argument("model")
+    v.add_argument("--board", required=True)
+    v.add_argument("--input", help=".npy or .npz input; default: seeded random")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("-o", "--output", help="keep the build in this directory")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+    b = sub.add_parser("boards", help="list the supported boards")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_boards)
+
+    d = sub.add_parser("demo", help="compile the bundled Fashion-MNIST CNN and classify its test images on QEMU")
+    d.add_argument("--board", default="mps2-an386")
+    d.add_argument("-o", "--output", default="out/demo")
+    d.add_argument("--limit", type=int, default=16, help="number of test images to run")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except TvmMcuError as exc:
+        print(f"tvm-mcu: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

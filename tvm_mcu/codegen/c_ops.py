@@ -1,0 +1,44 @@
+"""Operator kernels as plain C: TVM's CodeGenCHost output with its runtime preamble removed."""
+
+from __future__ import annotations
+
+import re
+
+from tvm_mcu import _tvm
+
+OP_PREFIX = "tvmmcu_op_"
+
+# Lines of CodeGenCHost's fixed preamble that reference TVM's runtime (CodeGenCHost::Init).
+_DROP = (
+    re.compile(r"^// tvm target:"),
+    re.compile(r"^#define TVM_EXPORTS"),
+    re.compile(r'^#include "tvm/'),
+    re.compile(r"^void\* __tvm_ffi__library_ctx"),
+    re.compile(r"^#ifdef __cplusplus$"),
+    re.compile(r'^extern "C"$'),
+    re.compile(r"^#endif$"),
+    re.compile(r"^#include <(math|stdbool)\.h>$"),
+)
+# Prototypes CodeGenC emits for the C library functions it calls (expf, ...): <math.h> declares them.
+_LIBM_PROTO = re.compile(r"^TVM_DLL \w+ \w+\([\w, ]*\);$")
+_OP_PROTO = re.compile(rf"^TVM_DLL (int32_t {OP_PREFIX}\w+\(.*\));$")
+
+
+def kernels_source(lowered: _tvm.IRModule) -> tuple[str, list[str]]:
+    """C definitions of every PrimFunc in ``lowered`` (unpacked, with workspaces) and their prototypes."""
+    raw = _tvm.build_c_source(lowered)
+    body: list[str] = []
+    prototypes: list[str] = []
+    for line in raw.splitlines():
+        if any(p.match(line) for p in _DROP):
+            continue
+        proto = _OP_PROTO.match(line)
+        if proto:
+            prototypes.append(proto.group(1) + ";")
+            continue
+        if _LIBM_PROTO.match(line):
+            continue
+        body.append(line.removeprefix("TVM_DLL "))
+    text = "\n".join(body).strip("\n")
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text + "\n", sorted(set(prototypes))

@@ -1,0 +1,75 @@
+"""From an imported Relax module to a C library: graph passes, operator lowering, memory plan, emission."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import attrs
+
+from tvm_mcu import _tvm, pipeline
+from tvm_mcu.analysis.macs import step_macs
+from tvm_mcu.codegen import c_ops, model_c
+from tvm_mcu.schedule.graph import Graph, extract_graph
+from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class OpInfo:
+    """One operator of the compiled model, as the report lists it."""
+
+    name: str
+    kind: str
+    callee: str
+    macs: int
+    output_bytes: int
+    scratch_bytes: int
+
+
+@attrs.frozen
+class Compiled:
+    """Everything a compilation produces, before anything is written to disk."""
+
+    graph: Graph
+    plan: MemoryPlan
+    library: model_c.Library
+    ops: tuple[OpInfo, ...]
+    seconds: float
+
+
+def lower_operators(fused: _tvm.IRModule, graph: Graph) -> tuple[_tvm.IRModule, Graph]:
+    """Lower the PrimFuncs the graph calls to unpacked TIR; record each step's workspace size."""
+    used = {s.callee for s in graph.steps if s.kind != "copy"}
+    prims = _tvm.IRModule(
+        {gv: f for gv, f in fused.functions_items() if isinstance(f, _tvm.PrimFunc) and gv.name_hint in used}
+    )
+    lowered = pipeline.run(pipeline.operator_passes(symbol_prefix=c_ops.OP_PREFIX), prims)
+    ws = {gv.name_hint: int(f.attrs["tvmmcu.workspace_bytes"]) for gv, f in lowered.functions_items()}
+    steps = tuple(attrs.evolve(s, workspace_bytes=ws.get(s.callee, 0)) for s in graph.steps)
+    return lowered, attrs.evolve(graph, steps=steps)
+
+
+def compile_module(mod: _tvm.IRModule, *, model_name: str) -> Compiled:
+    """Compile an imported Relax module (float or integer) to a C library with a static memory plan."""
+    t0 = time.perf_counter()
+    fused = pipeline.run(pipeline.graph_passes(), mod)
+    graph = extract_graph(fused)
+    lowered, graph = lower_operators(fused, graph)
+    plan = plan_memory(graph)
+    kernels, prototypes = c_ops.kernels_source(lowered)
+    files = {
+        "model.h": model_c.emit_model_h(graph, plan, model_name=model_name),
+        "model.c": model_c.emit_model_c(graph, plan, model_name=model_name, op_prefix=c_ops.OP_PREFIX),
+        "model_ops.h": model_c.emit_ops_h(prototypes),
+        "model_ops.c": model_c.emit_ops_c(kernels),
+    }
+    macs = step_macs(fused, graph)
+    ops = tuple(
+        OpInfo(s.name, s.kind, s.callee, macs.get(s.name, 0), graph.tensors[s.output].nbytes, s.workspace_bytes)
+        for s in graph.steps
+    )
+    seconds = time.perf_counter() - t0
+    logger.info("compiled %s: %d steps, arena %d B in %.2f s", model_name, len(ops), plan.arena_bytes, seconds)
+    return Compiled(graph, plan, model_c.Library(files), ops, seconds)

@@ -1,0 +1,150 @@
+"""The supported-operator tables: one rule per operator, whose docstring is what the user is told.
+
+A rule returns None when the node can be compiled exactly, or the reason it cannot. An operator with
+no rule is unsupported. Adding an operator is one row here, one lowering (TVM legalisation) and a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from tvm_mcu.errors import UnsupportedOpError
+
+Rule = Callable[[Any], "str | None"]
+
+
+@attrs.frozen
+class Problem:
+    op: str
+    node: str
+    reason: str
+
+
+def _ok(_node: Any) -> str | None:
+    """Supported."""
+    return None
+
+
+# ----------------------------------------------------------------------------------------- ONNX
+def _attr(node: Any, name: str, default: Any = None) -> Any:
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _onnx_2d_kernel(node: Any) -> str | None:
+    """2-D only (NCHW input, two spatial kernel dimensions)."""
+    ks = _attr(node, "kernel_shape")
+    if ks is not None and len(ks) != 2:
+        return f"{len(ks)}-D kernels are not supported (2-D only)"
+    return None
+
+
+def _onnx_conv(node: Any) -> str | None:
+    """Conv: 2-D, including depthwise and grouped, with strides, pads, dilations and auto_pad."""
+    return _onnx_2d_kernel(node)
+
+
+def _onnx_pool(node: Any) -> str | None:
+    """MaxPool / AveragePool: 2-D, with strides, pads, ceil_mode and count_include_pad; one output."""
+    if len(node.output) > 1 and node.output[1]:
+        return "the Indices output of MaxPool is not supported"
+    if _attr(node, "storage_order", 0) != 0:
+        return "storage_order=1 is not supported"
+    return _onnx_2d_kernel(node)
+
+
+def _onnx_gemm(node: Any) -> str | None:
+    """Gemm: alpha, beta, transA and transB supported."""
+    return None
+
+
+def _onnx_pad(node: Any) -> str | None:
+    """Pad: constant mode only."""
+    mode = _attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        return f"Pad mode '{mode}' is not supported (constant only)"
+    return None
+
+
+def _onnx_softmax(node: Any) -> str | None:
+    """Softmax along one axis."""
+    return None
+
+
+ONNX_RULES: dict[str, Rule] = {
+    "Conv": _onnx_conv,
+    "Gemm": _onnx_gemm,
+    "MatMul": _ok,
+    "Relu": _ok,
+    "LeakyRelu": _ok,
+    "Clip": _ok,
+    "Sigmoid": _ok,
+    "Tanh": _ok,
+    "HardSigmoid": _ok,
+    "HardSwish": _ok,
+    "MaxPool": _onnx_pool,
+    "AveragePool": _onnx_pool,
+    "GlobalAveragePool": _ok,
+    "GlobalMaxPool": _ok,
+    "ReduceMean": _ok,
+    "Add": _ok,
+    "Sub": _ok,
+    "Mul": _ok,
+    "Div": _ok,
+    "Concat": _ok,
+    "Pad": _onnx_pad,
+    "Reshape": _ok,
+    "Flatten": _ok,
+    "Transpose": _ok,
+    "Squeeze": _ok,
+    "Unsqueeze": _ok,
+    "Softmax": _onnx_softmax,
+    "BatchNormalization": _ok,
+    "Identity": _ok,
+    "Dropout": _ok,
+    "Constant": _ok,
+    "Shape": _ok,
+    "Gather": _ok,
+}
+
+# ----------------------------------------------------------------------------------------- TFLite
+TFLITE_RULES: dict[str, Rule] = {
+    "CONV_2D": _ok,
+    "DEPTHWISE_CONV_2D": _ok,
+    "FULLY_CONNECTED": _ok,
+    "AVERAGE_POOL_2D": _ok,
+    "MAX_POOL_2D": _ok,
+    "MEAN": _ok,
+    "RELU": _ok,
+    "RELU6": _ok,
+    "LOGISTIC": _ok,
+    "TANH": _ok,
+    "ADD": _ok,
+    "SUB": _ok,
+    "MUL": _ok,
+    "CONCATENATION": _ok,
+    "PAD": _ok,
+    "RESHAPE": _ok,
+    "SQUEEZE": _ok,
+    "TRANSPOSE": _ok,
+    "SOFTMAX": _ok,
+}
+
+
+def check(problems: list[Problem], *, fmt: str, supported: dict[str, Rule]) -> None:
+    """Raise one UnsupportedOpError that lists every problem, or return when there is none."""
+    if not problems:
+        return
+    listed = "; ".join(f"{p.op} (node '{p.node}'): {p.reason}" for p in problems)
+    raise UnsupportedOpError(
+        f"the {fmt} model has {len(problems)} operator(s) tvm-mcu cannot compile exactly: {listed}. "
+        f"Supported {fmt} operators: {', '.join(sorted(supported))}"
+    )

@@ -1,0 +1,85 @@
+"""The named pass pipelines of tvm-mcu, from imported Relax to unpacked TIR ready for C.
+
+Each list is the pipeline; one comment per ordering constraint.
+"""
+
+from __future__ import annotations
+
+from tvm_mcu._tvm import C_TARGET, relax, s_tir, tirx, tvm
+from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
+from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
+from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+
+
+def graph_passes() -> list[tvm.transform.Pass]:
+    """Relax passes: simplify the imported graph, legalise every op to TIR and fuse operators."""
+    return [
+        # Folds inference BatchNorm that follows a conv2d into the conv's weights and a bias add ...
+        relax.transform.FoldBatchnormToConv2D(),
+        # ... (and the FoldConstant that evaluates the new weights must come before decomposition).
+        relax.transform.FoldConstant(),
+        # Any other batch_norm and composite ops become arithmetic on constants ...
+        relax.transform.DecomposeOpsForInference(),
+        # ... which FoldConstant evaluates: folded BatchNorm, reshaped biases, transposed weights.
+        relax.transform.FoldConstant(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        # Legalisation exposes more constant subexpressions (e.g. weight layout transforms).
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        # Reshape kernels become R.reshape again, so the memory plan can alias them.
+        relax.transform.RewriteDataflowReshape(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
+def lowering_passes() -> list[tvm.transform.Pass]:
+    """TVM's default s_tir lowering minus SplitHostDevice / MakePackedAPI / LowerTVMBuiltin.
+
+    Those three produce the packed FFI calling convention and TVMBackendAllocWorkspace calls, which need
+    TVM's runtime; a microcontroller gets plain C instead (MakeUnpackedAPI, HoistScratchToWorkspace).
+    """
+    return [
+        tirx.transform.BindTarget(C_TARGET),
+        s_tir.transform.CanonicalizeLoop(),
+        s_tir.transform.LowerCrossThreadReduction(),
+        s_tir.transform.LowerInitBlock(),
+        s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(),
+        # Shrinks each scratch buffer to the region its loop nest touches (after ScheduleForMcu's moves).
+        s_tir.transform.CompactBufferAllocation(),
+        s_tir.transform.LowerMatchBuffer(),
+        s_tir.transform.StmtSimplify(),
+        s_tir.transform.LowerOpaqueBlock(),
+        tirx.transform.FlattenBuffer(),
+        tirx.transform.NarrowDataType(32),
+        s_tir.transform.LoopPartition(),
+        tirx.transform.VectorizeLoop(False),
+        # Reuses scratch buffers inside one operator whose lifetimes do not overlap.
+        tirx.transform.StorageRewrite(),
+        tirx.transform.UnrollLoop(),
+        tirx.transform.StmtSimplify(),
+        tirx.transform.RemoveNoOp(),
+        tirx.transform.CommonSubexprElim(),
+        tirx.transform.LowerIntrin(),
+        # Unrolled copies may reuse loop variables; CodeGenC needs SSA.
+        tirx.transform.ConvertSSA(),
+    ]
+
+
+def operator_passes(*, symbol_prefix: str) -> list[tvm.transform.Pass]:
+    """TIR passes from fused s_tir operators to unpacked, lowered PrimFuncs with a workspace argument."""
+    return [
+        # Scheduling needs s_tir blocks, so it runs before lowering.
+        ScheduleForMcu(inline_padding=True),
+        *lowering_passes(),
+        # Needs flattened buffers (after FlattenBuffer).
+        MakeUnpackedAPI(prefix=symbol_prefix),
+        # Appends the workspace parameter after the unpacked ones.
+        HoistScratchToWorkspace(align=8),
+    ]
+
+
+def run(passes: list[tvm.transform.Pass], mod: tvm.IRModule) -> tvm.IRModule:
+    return tvm.transform.Sequential(passes)(mod)

@@ -1,0 +1,82 @@
+"""The Report: every figure of one compiled (and possibly run) model, serialised as ``report.json``.
+
+Each figure is measured: arena and lower bound from the memory plan, flash and static RAM from the ELF,
+stack by painting, instructions from the QEMU plugin (instructions, not cycles).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tvm_mcu.errors import BadOptionError
+
+
+@attrs.frozen
+class OpRow:
+    name: str
+    kind: str
+    macs: int
+    output_bytes: int
+    scratch_bytes: int
+
+
+@attrs.frozen
+class IoRow:
+    name: str
+    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    dtype: str = ""
+    offset: int = 0
+    bytes: int = 0
+
+
+@attrs.frozen
+class Report:
+    board: str
+    model: str
+    model_path: str
+    format: str
+    arena_bytes: int
+    arena_lower_bound_bytes: int
+    weights_bytes: int
+    flash_bytes: int
+    ram_bytes: int
+    macs: int
+    compile_seconds: float
+    inputs: tuple[IoRow, ...]
+    outputs: tuple[IoRow, ...]
+    ops: tuple[OpRow, ...]
+    plan_strategy: str
+    stack_bytes: int | None = None
+    instructions: int | None = None
+    instructions_per_mac: float | None = None
+    max_abs_error: float | None = None
+    tolerance: float | None = None
+    reference: str | None = None
+
+    def with_run(self, *, stack_bytes: int, instructions: int) -> Report:
+        ipm = round(instructions / self.macs, 3) if self.macs else None
+        return attrs.evolve(self, stack_bytes=stack_bytes, instructions=instructions, instructions_per_mac=ipm)
+
+    def to_json(self) -> dict[str, Any]:
+        d = attrs.asdict(self, recurse=True)
+        d["inputs"] = [dict(r, shape=list(r["shape"])) for r in d["inputs"]]
+        d["outputs"] = [dict(r, shape=list(r["shape"])) for r in d["outputs"]]
+        d["compile_seconds"] = round(self.compile_seconds, 3)
+        return d
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> Report:
+        if not path.is_file():
+            raise BadOptionError(f"{path} not found: is {path.parent} a directory written by 'tvm-mcu compile'?")
+        d = json.loads(path.read_text())
+        d["inputs"] = tuple(IoRow(**r) for r in d["inputs"])
+        d["outputs"] = tuple(IoRow(**r) for r in d["outputs"])
+        d["ops"] = tuple(OpRow(**r) for r in d["ops"])
+        return cls(**d)
