@@ -13,6 +13,7 @@ import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax, s_tir, tirx
+from tvm.ir import IRModule
 
 __all__ = [
     "tvm",
@@ -39,6 +40,8 @@ __all__ = [
     "assert_structural_equal",
     "structural_equal",
     "const_value",
+    "error_summary",
+    "TVMError",
     "tensor_shape",
     "tensor_dtype",
     "var_name",
@@ -51,11 +54,11 @@ __all__ = [
     "relax_const",
 ]
 
-IRModule = tvm.IRModule
 GlobalVar = tvm.ir.GlobalVar
 PrimFunc = tirx.PrimFunc
 RelaxFunction = relax.Function
-# 0.27 unified Var: Relax vars are ``tvm.ir.Var`` with ``.name`` and ``.ty`` (was ``name_hint``/``struct_info``).
+# 0.27 unified Var: Relax vars are ``tvm.ir.Var`` with ``.name`` and ``.ty``
+# (was ``name_hint`` / ``struct_info``).
 RelaxVar = relax.Var
 RelaxCall = relax.Call
 # 0.27: ``relax.Constant(.data)`` became ``tvm.ir.GenericConst(.value)``.
@@ -78,6 +81,21 @@ structural_map: Callable[..., Any] = tvm_ffi.structural_map
 structural_walk: Callable[..., Any] = tvm_ffi.structural_walk
 structural_equal: Callable[..., bool] = tvm_ffi.structural_equal
 assert_structural_equal = tvm.ir.assert_structural_equal
+
+
+# TVM 0.27 raises its C++ errors as RuntimeError subclasses (InternalError, OpError, ...).
+TVMError = RuntimeError
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line for an exception raised inside TVM: its type and the innermost Python frame's function."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = next((f.name for f in reversed(frames) if "/tvm/" in f.filename), "")
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(exc).__name__}{' in ' + where if where else ''}{': ' + text if text else ''}"
 
 
 def const_value(c: Any) -> np.ndarray:

@@ -35,7 +35,9 @@ def _figures(r: Report) -> list[tuple[str, str]]:
         ("compile time", f"{r.compile_seconds:.2f} s"),
     ]
     if r.max_abs_error is not None:
-        rows.append(("max abs error", f"{r.max_abs_error:.3g} vs {r.reference} (tolerance {r.tolerance:.3g})"))
+        rows.append(
+            ("max abs error", f"{r.max_abs_error:.3g} vs {r.reference} (tolerance {r.tolerance:.3g})")
+        )
     return rows
 
 
@@ -59,8 +61,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.json:
         _print_report(compiled.report, True)
         return 0
-    print(f"compiled {args.model} for {args.board} into {out}/ (model.c, model.h, memory_plan.json, "
-          f"{api.FIRMWARE_DIR}/firmware.elf, report.json)")
+    print(
+        f"compiled {args.model} for {args.board} into {out}/ (model.c, model.h, memory_plan.json, "
+        f"{api.FIRMWARE_DIR}/firmware.elf, report.json)"
+    )
     _print_ops(compiled.report)
     _print_report(compiled.report, False)
     return 0
@@ -75,7 +79,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         rng = np.random.default_rng(args.seed)
         inputs = [
-            rng.standard_normal(s).astype(d) if d.startswith("float") else rng.integers(-128, 127, s).astype(d)
+            rng.standard_normal(s).astype(d)
+            if d.startswith("float")
+            else rng.integers(-128, 127, s).astype(d)
             for _, s, d in specs
         ]
     outcome = api.run_compiled(out_dir, inputs)
@@ -87,8 +93,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.json:
         for row, o in zip(outcome.report.outputs, outcome.outputs, strict=True):
             flat = o.reshape(-1)
-            print(f"  output '{row.name}' {list(o.shape)} {o.dtype}: {np.array2string(flat[:10], precision=4)}"
-                  + (" ..." if flat.size > 10 else ""))
+            print(
+                f"  output '{row.name}' {list(o.shape)} {o.dtype}: {np.array2string(flat[:10], precision=4)}"
+                + (" ..." if flat.size > 10 else "")
+            )
     _print_report(outcome.report, args.json)
     return 0
 
@@ -105,8 +113,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     _print_report(v.report, args.json)
     if not args.json:
         verdict = "MATCH" if v.passed else "MISMATCH"
-        print(f"{verdict}: max abs error {v.report.max_abs_error:.3g} against {v.report.reference} "
-              f"(tolerance {v.report.tolerance:.3g})")
+        print(
+            f"{verdict}: max abs error {v.report.max_abs_error:.3g} against {v.report.reference} "
+            f"(tolerance {v.report.tolerance:.3g})"
+        )
     return 0 if v.passed else 1
 
 
@@ -115,14 +125,30 @@ def cmd_boards(args: argparse.Namespace) -> int:
 
     boards = list_boards()
     if args.json:
-        print(json.dumps([{"name": b.name, "cpu": b.cpu, "qemu_machine": b.qemu_machine,
-                           "zephyr_board": b.zephyr_board, "flash_bytes": b.flash_bytes,
-                           "ram_bytes": b.ram_bytes, "has_fpu": b.has_fpu} for b in boards], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": b.name,
+                        "cpu": b.cpu,
+                        "qemu_machine": b.qemu_machine,
+                        "zephyr_board": b.zephyr_board,
+                        "flash_bytes": b.flash_bytes,
+                        "ram_bytes": b.ram_bytes,
+                        "has_fpu": b.has_fpu,
+                    }
+                    for b in boards
+                ],
+                indent=2,
+            )
+        )
         return 0
     print(f"  {'board':<14}{'cpu':<12}{'flash':>10}{'SRAM':>10}  {'FPU':<5}{'zephyr board':<22}qemu -M")
     for b in boards:
-        print(f"  {b.name:<14}{b.cpu:<12}{b.flash_bytes // 1024:>8}Ki{b.ram_bytes // 1024:>8}Ki  "
-              f"{'yes' if b.has_fpu else 'no':<5}{b.zephyr_board:<22}{b.qemu_machine}")
+        print(
+            f"  {b.name:<14}{b.cpu:<12}{b.flash_bytes // 1024:>8}Ki{b.ram_bytes // 1024:>8}Ki  "
+            f"{'yes' if b.has_fpu else 'no':<5}{b.zephyr_board:<22}{b.qemu_machine}"
+        )
     return 0
 
 
@@ -166,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_boards)
 
-    d = sub.add_parser("demo", help="compile the bundled Fashion-MNIST CNN and classify its test images on QEMU")
+    d = sub.add_parser(
+        "demo", help="compile the bundled Fashion-MNIST CNN and classify its test images on QEMU"
+    )
     d.add_argument("--board", default="mps2-an386")
     d.add_argument("-o", "--output", default="out/demo")
     d.add_argument("--limit", type=int, default=16, help="number of test images to run")
@@ -176,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         return int(args.func(args))
     except TvmMcuError as exc:

@@ -10,6 +10,7 @@ import attrs
 from tvm_mcu import _tvm, pipeline
 from tvm_mcu.analysis.macs import step_macs
 from tvm_mcu.codegen import c_ops, model_c
+from tvm_mcu.errors import UnsupportedOpError
 from tvm_mcu.schedule.graph import Graph, extract_graph
 from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
 
@@ -54,7 +55,14 @@ def lower_operators(fused: _tvm.IRModule, graph: Graph) -> tuple[_tvm.IRModule, 
 def compile_module(mod: _tvm.IRModule, *, model_name: str) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan."""
     t0 = time.perf_counter()
-    fused = pipeline.run(pipeline.graph_passes(), mod)
+    try:
+        fused = pipeline.run(pipeline.graph_passes(), mod)
+    except (AssertionError, _tvm.TVMError, ValueError, TypeError) as exc:
+        # TVM's legalisation rejects some attribute combinations its importer accepted.
+        raise UnsupportedOpError(
+            f"TVM could not legalise {model_name}: {_tvm.error_summary(exc)}; the model uses an operator "
+            "variant tvm-mcu cannot compile"
+        ) from exc
     graph = extract_graph(fused)
     lowered, graph = lower_operators(fused, graph)
     plan = plan_memory(graph)
@@ -67,9 +75,13 @@ def compile_module(mod: _tvm.IRModule, *, model_name: str) -> Compiled:
     }
     macs = step_macs(fused, graph)
     ops = tuple(
-        OpInfo(s.name, s.kind, s.callee, macs.get(s.name, 0), graph.tensors[s.output].nbytes, s.workspace_bytes)
+        OpInfo(
+            s.name, s.kind, s.callee, macs.get(s.name, 0), graph.tensors[s.output].nbytes, s.workspace_bytes
+        )
         for s in graph.steps
     )
     seconds = time.perf_counter() - t0
-    logger.info("compiled %s: %d steps, arena %d B in %.2f s", model_name, len(ops), plan.arena_bytes, seconds)
+    logger.info(
+        "compiled %s: %d steps, arena %d B in %.2f s", model_name, len(ops), plan.arena_bytes, seconds
+    )
     return Compiled(graph, plan, model_c.Library(files), ops, seconds)

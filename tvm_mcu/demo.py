@@ -1,4 +1,4 @@
-"""The bundled demo: a Fashion-MNIST CNN compiled for a Cortex-M board, classifying real test images on QEMU."""
+"""The bundled demo: a Fashion-MNIST CNN compiled for a Cortex-M board classifies real test images on QEMU."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ def run_demo(*, board: str, out_dir: Path, limit: int) -> int:
     xs, ys, classes = samples["x"][:limit], samples["y"][:limit], [str(c) for c in samples["classes"]]
     print(f"tvm-mcu demo: {model_path.name} -> {board}")
     compiled = api.compile_model(model_path, board, out_dir)
-    print(f"  compiled in {compiled.report.compile_seconds:.2f} s into {out_dir}/ "
-          f"(arena {compiled.report.arena_bytes:,} B, flash {compiled.report.flash_bytes:,} B)")
+    print(
+        f"  compiled in {compiled.report.compile_seconds:.2f} s into {out_dir}/ "
+        f"(arena {compiled.report.arena_bytes:,} B, flash {compiled.report.flash_bytes:,} B)"
+    )
     model = load_model(model_path)
     print(f"\n  {'image':<7}{'label':<14}{'on ' + board:<18}{'onnx.reference':<16}max |error|")
     correct = agree = 0
@@ -52,11 +54,15 @@ def run_demo(*, board: str, out_dir: Path, limit: int) -> int:
         print(f"  {i:<7}{classes[int(y)]:<14}{classes[p]:<18}{classes[pr]:<16}{err:.2e}{mark}")
         report = outcome.report
     n = len(xs)
-    print(f"\n  accuracy on these {n} test images: {correct}/{n}; "
-          f"emulator agrees with the reference on {agree}/{n}; worst |error| {worst:.2e}")
+    print(
+        f"\n  accuracy on these {n} test images: {correct}/{n}; "
+        f"emulator agrees with the reference on {agree}/{n}; worst |error| {worst:.2e}"
+    )
     print("  figures (measured on the emulated board; instructions, not cycles):")
-    print(f"    arena {report.arena_bytes:,} B, stack {report.stack_bytes:,} B, flash {report.flash_bytes:,} B, "
-          f"static RAM {report.ram_bytes:,} B")
+    print(
+        f"    arena {report.arena_bytes:,} B, stack {report.stack_bytes:,} B, "
+        f"flash {report.flash_bytes:,} B, static RAM {report.ram_bytes:,} B"
+    )
     ipm = f"{report.instructions_per_mac:.2f}" if report.instructions_per_mac is not None else "-"
     print(f"    {report.macs:,} MACs, {report.instructions:,} instructions per inference ({ipm} per MAC)")
     return 0 if agree == n else 1

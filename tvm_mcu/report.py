@@ -24,10 +24,14 @@ class OpRow:
     scratch_bytes: int
 
 
+def _int_tuple(values: object) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)  # type: ignore[attr-defined]
+
+
 @attrs.frozen
 class IoRow:
     name: str
-    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    shape: tuple[int, ...] = attrs.field(converter=_int_tuple)
     dtype: str = ""
     offset: int = 0
     bytes: int = 0
@@ -59,7 +63,9 @@ class Report:
 
     def with_run(self, *, stack_bytes: int, instructions: int) -> Report:
         ipm = round(instructions / self.macs, 3) if self.macs else None
-        return attrs.evolve(self, stack_bytes=stack_bytes, instructions=instructions, instructions_per_mac=ipm)
+        return attrs.evolve(
+            self, stack_bytes=stack_bytes, instructions=instructions, instructions_per_mac=ipm
+        )
 
     def to_json(self) -> dict[str, Any]:
         d = attrs.asdict(self, recurse=True)
@@ -74,7 +80,9 @@ class Report:
     @classmethod
     def read(cls, path: Path) -> Report:
         if not path.is_file():
-            raise BadOptionError(f"{path} not found: is {path.parent} a directory written by 'tvm-mcu compile'?")
+            raise BadOptionError(
+                f"{path} not found: is {path.parent} a directory written by 'tvm-mcu compile'?"
+            )
         d = json.loads(path.read_text())
         d["inputs"] = tuple(IoRow(**r) for r in d["inputs"])
         d["outputs"] = tuple(IoRow(**r) for r in d["outputs"])

@@ -115,7 +115,9 @@ class ScheduleForMcu:
     def __init__(self, *, inline_padding: bool = True) -> None:
         self._inline_padding = inline_padding
 
-    def transform_function(self, func: PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> PrimFunc:
+    def transform_function(
+        self, func: PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.PassContext
+    ) -> PrimFunc:
         if func.attrs is not None and "tvmmcu.scheduled" in func.attrs:
             return func
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))

@@ -29,7 +29,9 @@ class Before:
 class Expected:
     @T.prim_func(s_tir=True)
     def f(
-        A: T.handle("float32", "global"), C: T.handle("float32", "global"), workspace: T.handle("uint8", "global")
+        A: T.handle("float32", "global"),
+        C: T.handle("float32", "global"),
+        workspace: T.handle("uint8", "global"),
     ) -> T.int32:
         T.func_attr({"global_symbol": "f", "tvmmcu.unpacked": True, "tvmmcu.workspace_bytes": 128})
         t = T.decl_buffer((32,), data=T.ptr_byte_offset(workspace, 0, T.type_annotation("float32")))

@@ -42,8 +42,12 @@ class AddReluExpected:
 @I.ir_module
 class MatmulBias:
     @T.prim_func(private=True, s_tir=True)
-    def main(A: T.Buffer((2, 16), "float32"), W: T.Buffer((16, 4), "float32"), B: T.Buffer((4,), "float32"),
-             C: T.Buffer((2, 4), "float32")):
+    def main(
+        A: T.Buffer((2, 16), "float32"),
+        W: T.Buffer((16, 4), "float32"),
+        B: T.Buffer((4,), "float32"),
+        C: T.Buffer((2, 4), "float32"),
+    ):
         T.func_attr({"tirx.noalias": True})
         acc = T.sblock_alloc_buffer((2, 4))
         for i, j, k in T.grid(2, 4, 16):
@@ -61,8 +65,12 @@ class MatmulBias:
 @I.ir_module
 class MatmulBiasExpected:
     @T.prim_func(private=True, s_tir=True)
-    def main(A: T.Buffer((2, 16), "float32"), W: T.Buffer((16, 4), "float32"), B: T.Buffer((4,), "float32"),
-             C: T.Buffer((2, 4), "float32")):
+    def main(
+        A: T.Buffer((2, 16), "float32"),
+        W: T.Buffer((16, 4), "float32"),
+        B: T.Buffer((4,), "float32"),
+        C: T.Buffer((2, 4), "float32"),
+    ):
         T.func_attr({"tirx.noalias": True, "tvmmcu.scheduled": True})
         acc = T.sblock_alloc_buffer((2, 4))
         for i, j in T.grid(2, 4):
@@ -123,7 +131,9 @@ def _private_to_public(mod):
 
 
 @pytest.mark.parametrize(
-    "before,expected", [(AddRelu, AddReluExpected), (MatmulBias, MatmulBiasExpected)], ids=["inline", "epilogue"]
+    "before,expected",
+    [(AddRelu, AddReluExpected), (MatmulBias, MatmulBiasExpected)],
+    ids=["inline", "epilogue"],
 )
 def test_structure(before, expected):
     assert_structural_equal(ScheduleForMcu()(before), expected)

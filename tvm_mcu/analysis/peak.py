@@ -7,7 +7,7 @@ minimised over every execution order of the graph. Going below it needs partial 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import attrs
 
@@ -90,7 +90,7 @@ def best_order_peak(graph: Graph) -> PeakResult:
                 total += sizes[t]
         return total
 
-    @lru_cache(maxsize=None)
+    @cache
     def solve(done: int) -> tuple[int, tuple[int, ...]]:
         nonlocal explored
         explored += 1

@@ -108,7 +108,7 @@ def emit_model_h(graph: Graph, plan: MemoryPlan, *, model_name: str) -> str:
         "",
         "/* Bytes of the static arena holding every activation and operator workspace. */",
         f"#define TVMMCU_ARENA_BYTES {plan.arena_bytes}",
-        f"/* Bytes of constant weights (placed in flash). */",
+        "/* Bytes of constant weights (placed in flash). */",
         f"#define TVMMCU_WEIGHT_BYTES {sum(graph.weights[n].nbytes for n in graph.weights)}",
         "",
         "/* Inputs and outputs are packed one after another, each at an 8-byte-aligned offset. */",
@@ -239,7 +239,9 @@ def emit_model_c(graph: Graph, plan: MemoryPlan, *, model_name: str, op_prefix: 
     uses_io["out"] = "(out +" in joined
     if plan.arena_bytes:
         lines.append("/* Every activation and workspace; offsets from the memory plan (memory_plan.json). */")
-        lines.append(f"static uint8_t tvmmcu_arena[TVMMCU_ARENA_BYTES] __attribute__((aligned({plan.align})));")
+        lines.append(
+            f"static uint8_t tvmmcu_arena[TVMMCU_ARENA_BYTES] __attribute__((aligned({plan.align})));"
+        )
         lines.append("")
     lines.append("int32_t tvmmcu_model_run(const void *input, void *output) {")
     lines.append("  const uint8_t *in = (const uint8_t *)input;" if uses_io["in"] else "  (void)input;")

@@ -14,6 +14,8 @@ from tvm_mcu.frontend import support
 from tvm_mcu.frontend.tflite_rewrite import dequantize_weights
 
 MIN_ONNX_OPSET = 11
+# Older models are converted to this opset before import.
+UPGRADE_OPSET = 13
 
 
 @attrs.frozen
@@ -66,7 +68,9 @@ def _onnx_value_spec(vi: Any, *, fix_batch: bool) -> TensorSpec:
             dims.append(1)  # a symbolic batch dimension: microcontrollers run one sample at a time
         else:
             label = d.dim_param or "?"
-            raise ModelError(f"input '{vi.name}' has a dynamic dimension {k} ('{label}'); give a static shape")
+            raise ModelError(
+                f"input '{vi.name}' has a dynamic dimension {k} ('{label}'); give a static shape"
+            )
     dtype = _ONNX_DTYPES.get(tt.elem_type)
     if dtype is None:
         raise ModelError(f"tensor '{vi.name}' has an unsupported element type (ONNX type {tt.elem_type})")
@@ -85,14 +89,13 @@ def _load_onnx(path: Path, data: bytes) -> ImportedModel:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise ModelError(f"{path} declares no default-domain opset")
+    notes: list[str] = []
     if opset < MIN_ONNX_OPSET:
-        raise UnsupportedOpError(
-            f"{path} uses ONNX opset {opset}; tvm-mcu supports opset {MIN_ONNX_OPSET} and newer "
-            "(convert it with onnx.version_converter.convert_version)"
-        )
+        model = _upgrade_opset(path, model, opset)
+        notes.append(f"converted from ONNX opset {opset} to {UPGRADE_OPSET} with onnx.version_converter")
     problems = []
     for i, node in enumerate(model.graph.node):
-        name = node.name or f"#{i}"
+        name = node.name or f"#{i}, output '{node.output[0] if node.output else '?'}'"
         if node.domain not in ("", "ai.onnx"):
             problems.append(support.Problem(f"{node.domain}.{node.op_type}", name, "custom operator domain"))
             continue
@@ -109,7 +112,22 @@ def _load_onnx(path: Path, data: bytes) -> ImportedModel:
         mod = _tvm.from_onnx(model, {s.name: list(s.shape) for s in inputs})
     except Exception as exc:  # TVM's importer raises several types for malformed graphs
         raise ModelError(f"TVM's ONNX importer rejected {path}: {_first_line(exc)}") from exc
-    return ImportedModel(path.stem, path, "onnx", mod, inputs, _relax_outputs(mod, model_outputs(model)), data)
+    outputs = _relax_outputs(mod, model_outputs(model))
+    return ImportedModel(path.stem, path, "onnx", mod, inputs, outputs, data, tuple(notes))
+
+
+def _upgrade_opset(path: Path, model: Any, opset: int) -> Any:
+    """Models older than opset 11 are converted up; the reference keeps running the original file."""
+    import onnx
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, UPGRADE_OPSET)
+    except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
+        raise UnsupportedOpError(
+            f"{path} uses ONNX opset {opset}; tvm-mcu compiles opset {MIN_ONNX_OPSET} and newer, and "
+            f"onnx.version_converter could not convert it ({_first_line(exc)})"
+        ) from exc
 
 
 def model_outputs(model: Any) -> list[str]:
@@ -141,7 +159,9 @@ _TFLITE_DTYPES = {0: "float32", 2: "int32", 3: "uint8", 4: "int64", 9: "int8", 7
 def _tflite_op_names() -> dict[int, str]:
     import tflite
 
-    return {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+    return {
+        v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)
+    }
 
 
 def _load_tflite(path: Path, data: bytes) -> ImportedModel:
@@ -191,7 +211,9 @@ def _load_tflite(path: Path, data: bytes) -> ImportedModel:
             if _TFLITE_DTYPES.get(t.Type()) in ("int8", "uint8", "int16") and j == 0:
                 problems.append(
                     support.Problem(
-                        op_name, out_name, "quantized (int8) tensors need integer lowering, which is not supported yet"
+                        op_name,
+                        out_name,
+                        "quantized (int8) tensors need integer lowering, which is not supported yet",
                     )
                 )
                 break

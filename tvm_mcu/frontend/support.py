@@ -66,11 +66,11 @@ def _onnx_gemm(node: Any) -> str | None:
 
 
 def _onnx_pad(node: Any) -> str | None:
-    """Pad: constant mode only."""
+    """Pad: constant, reflect and edge modes."""
     mode = _attr(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
-        return f"Pad mode '{mode}' is not supported (constant only)"
+    if mode not in ("constant", "reflect", "edge"):
+        return f"Pad mode '{mode}' is not supported (constant, reflect, edge)"
     return None
 
 
@@ -113,6 +113,20 @@ ONNX_RULES: dict[str, Rule] = {
     "Constant": _ok,
     "Shape": _ok,
     "Gather": _ok,
+    "PRelu": _ok,
+    "LogSoftmax": _ok,
+    "ReduceSum": _ok,
+    "ReduceMax": _ok,
+    "Tile": _ok,
+    "Selu": _ok,
+    "Elu": _ok,
+    "Pow": _ok,
+    "Sqrt": _ok,
+    "Exp": _ok,
+    "ConvTranspose": _onnx_2d_kernel,
+    "InstanceNormalization": _ok,
+    "Max": _ok,
+    "Min": _ok,
 }
 
 # ----------------------------------------------------------------------------------------- TFLite

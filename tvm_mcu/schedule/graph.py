@@ -32,8 +32,10 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * dtype_bytes(self.dtype) if self.shape else dtype_bytes(
-            self.dtype
+        return (
+            int(np.prod(self.shape, dtype=np.int64)) * dtype_bytes(self.dtype)
+            if self.shape
+            else dtype_bytes(self.dtype)
         )
 
 

@@ -56,7 +56,13 @@ class MemoryPlan:
             "align": self.align,
             "strategy": self.strategy,
             "buffers": [
-                {"name": b.name, "offset": b.offset, "bytes": b.size, "first_step": b.start, "last_step": b.end}
+                {
+                    "name": b.name,
+                    "offset": b.offset,
+                    "bytes": b.size,
+                    "first_step": b.start,
+                    "last_step": b.end,
+                }
                 for b in sorted(self.buffers, key=lambda b: (b.offset, b.start, b.name))
             ],
             "placement": dict(sorted(self.placement.items())),
