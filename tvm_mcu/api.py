@@ -103,6 +103,8 @@ def compile_model(model_path: Path, board_name: str, out_dir: Path) -> Compiled:
         outputs=tuple(IoRow(s.name, s.shape, s.dtype, s.offset, s.nbytes) for s in outs),
         ops=tuple(OpRow(o.name, o.kind, o.macs, o.output_bytes, o.scratch_bytes) for o in result.ops),
         plan_strategy=result.plan.strategy,
+        whole_buffer_peak_bytes=result.whole_buffer_peak,
+        whole_buffer_bound_bytes=result.whole_buffer_bound.peak_bytes,
     )
     report.write(out_dir / REPORT)
     return Compiled(out_dir, report, fw.elf)

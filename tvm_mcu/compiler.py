@@ -9,6 +9,7 @@ import attrs
 
 from tvm_mcu import _tvm, pipeline
 from tvm_mcu.analysis.macs import step_macs
+from tvm_mcu.analysis.peak import PeakResult, best_order_peak, whole_buffer_peak
 from tvm_mcu.codegen import c_ops, model_c
 from tvm_mcu.errors import UnsupportedOpError
 from tvm_mcu.schedule.graph import Graph, extract_graph
@@ -38,6 +39,9 @@ class Compiled:
     library: model_c.Library
     ops: tuple[OpInfo, ...]
     seconds: float
+    # Whole tensors live at once (inputs and outputs included): for this order, and for the best order.
+    whole_buffer_peak: int
+    whole_buffer_bound: PeakResult
 
 
 def lower_operators(fused: _tvm.IRModule, graph: Graph) -> tuple[_tvm.IRModule, Graph]:
@@ -80,8 +84,9 @@ def compile_module(mod: _tvm.IRModule, *, model_name: str) -> Compiled:
         )
         for s in graph.steps
     )
+    bound = best_order_peak(graph)
     seconds = time.perf_counter() - t0
     logger.info(
         "compiled %s: %d steps, arena %d B in %.2f s", model_name, len(ops), plan.arena_bytes, seconds
     )
-    return Compiled(graph, plan, model_c.Library(files), ops, seconds)
+    return Compiled(graph, plan, model_c.Library(files), ops, seconds, whole_buffer_peak(graph), bound)

@@ -54,6 +54,10 @@ class Report:
     outputs: tuple[IoRow, ...]
     ops: tuple[OpRow, ...]
     plan_strategy: str
+    # Whole tensors live at once, model inputs and outputs included: in the compiled operator order, and
+    # the minimum over all operator orders (the bound any layer-by-layer executor must pay).
+    whole_buffer_peak_bytes: int
+    whole_buffer_bound_bytes: int
     stack_bytes: int | None = None
     instructions: int | None = None
     instructions_per_mac: float | None = None
