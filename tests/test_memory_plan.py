@@ -35,8 +35,18 @@ def test_chain_reuses_memory_and_meets_lower_bound():
 
 
 def test_views_share_storage_and_extend_lifetime():
-    tensors = [_t("x", 64, "input"), _t("a", 64), _t("v", 64, "alias", alias_of="a"), _t("b", 64), _t("y", 64, "output")]
-    steps = [Step("a", "f", ("x",), "a", "op"), Step("b", "f", ("x",), "b", "op"), Step("y", "f", ("v", "b"), "y", "op")]
+    tensors = [
+        _t("x", 64, "input"),
+        _t("a", 64),
+        _t("v", 64, "alias", alias_of="a"),
+        _t("b", 64),
+        _t("y", 64, "output"),
+    ]
+    steps = [
+        Step("a", "f", ("x",), "a", "op"),
+        Step("b", "f", ("x",), "b", "op"),
+        Step("y", "f", ("v", "b"), "y", "op"),
+    ]
     plan = plan_memory(_graph(steps, tensors))
     names = {b.name for b in plan.buffers}
     assert names == {"a", "b"}  # the view owns no memory

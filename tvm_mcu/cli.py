@@ -26,8 +26,10 @@ def _figures(r: Report) -> list[tuple[str, str]]:
         ("board", r.board),
         ("model", f"{r.model} ({r.format})"),
         ("arena", f"{b(r.arena_bytes)} (lower bound of this schedule {b(r.arena_lower_bound_bytes)})"),
-        ("whole-buffer peak / bound", f"{b(r.whole_buffer_peak_bytes)} / {b(r.whole_buffer_bound_bytes)} "
-         "(inputs and outputs included)"),
+        (
+            "whole-buffer peak / bound",
+            f"{b(r.whole_buffer_peak_bytes)} / {b(r.whole_buffer_bound_bytes)} (inputs and outputs included)",
+        ),
         ("stack (painted)", b(r.stack_bytes)),
         ("flash (text+rodata+data)", f"{b(r.flash_bytes)} (weights {b(r.weights_bytes)})"),
         ("static RAM (data+bss)", b(r.ram_bytes)),

@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,11 +23,28 @@ def reference_outputs(model: ImportedModel, inputs: list[np.ndarray]) -> list[np
     raise ModelError(f"no reference for format {model.format}")
 
 
-def _onnx_reference(model: ImportedModel, inputs: list[np.ndarray]) -> list[np.ndarray]:
+# onnx.reference runs BatchNormalization-9 (opsets 9 to 13) in training mode whenever ``momentum`` has a
+# value, and the schema always gives it one (0.9): inference models would be normalised with the batch's
+# own statistics. BatchNormalization-14/15 have an explicit ``training_mode`` (default 0), so such models
+# are converted to this opset for the reference only; the converter keeps the model's meaning.
+_BATCHNORM_FIXED_OPSET = 15
+
+
+def _reference_model(data: bytes) -> Any:
     import onnx
+    from onnx import version_converter
+
+    proto = onnx.load_from_string(data)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 14 and any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        proto = version_converter.convert_version(proto, _BATCHNORM_FIXED_OPSET)
+    return proto
+
+
+def _onnx_reference(model: ImportedModel, inputs: list[np.ndarray]) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
-    evaluator = ReferenceEvaluator(onnx.load_from_string(model.data))
+    evaluator = ReferenceEvaluator(_reference_model(model.data))
     feeds = {spec.name: x for spec, x in zip(model.inputs, inputs, strict=True)}
     return [np.asarray(o) for o in evaluator.run(None, feeds)]
 

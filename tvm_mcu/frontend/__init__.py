@@ -171,7 +171,9 @@ def _load_tflite(path: Path, data: bytes) -> ImportedModel:
     try:
         data, dequantized = dequantize_weights(data)
     except Exception as exc:  # flatbuffers raises struct.error / IndexError / ValueError on garbage
-        raise ModelError(f"{path} is not a readable TFLite model ({type(exc).__name__})") from exc
+        raise ModelError(
+            f"{path} is not a readable TFLite model (truncated or corrupt flatbuffer: {exc})"
+        ) from exc
     if dequantized:
         notes.append(
             f"{len(dequantized)} hybrid int8 weight tensor(s) stored as float32 (w = scale * q, exact); "
@@ -186,7 +188,9 @@ def _load_tflite(path: Path, data: bytes) -> ImportedModel:
     except ModelError:
         raise
     except Exception as exc:  # flatbuffers raises struct.error / IndexError on garbage
-        raise ModelError(f"{path} is not a readable TFLite model ({type(exc).__name__})") from exc
+        raise ModelError(
+            f"{path} is not a readable TFLite model (truncated or corrupt flatbuffer: {exc})"
+        ) from exc
     if model.SubgraphsLength() != 1:
         raise UnsupportedOpError(f"{path} has {model.SubgraphsLength()} subgraphs; tvm-mcu supports one")
     names = _tflite_op_names()
@@ -222,8 +226,15 @@ def _load_tflite(path: Path, data: bytes) -> ImportedModel:
     for k in range(graph.InputsLength()):
         t = graph.Tensors(graph.Inputs(k))
         shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-        if any(d <= 0 for d in shape):
-            shape = tuple(1 if (d <= 0 and i == 0) else d for i, d in enumerate(shape))
+        if t.ShapeSignatureLength():
+            signature = [int(d) for d in t.ShapeSignatureAsNumpy()]
+            shape = tuple(-1 if sig < 0 else d for d, sig in zip(shape, signature, strict=False))
+        for i, d in enumerate(shape):
+            if d <= 0 and i > 0:
+                raise ModelError(
+                    f"input '{t.Name().decode()}' has a dynamic dimension {i}; give the model a static shape"
+                )
+        shape = tuple(1 if d <= 0 else d for d in shape)
         dtype = _TFLITE_DTYPES.get(t.Type())
         if dtype is None:
             raise ModelError(f"input {t.Name().decode()} has an unsupported TFLite type {t.Type()}")

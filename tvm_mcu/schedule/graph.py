@@ -87,6 +87,7 @@ class _Extractor:
         self.weights: dict[str, np.ndarray] = {}
         self.steps: list[Step] = []
         self.names: dict[Any, str] = {}
+        self.tuples: dict[Any, list[str]] = {}
         self.const_ids: dict[Any, str] = {}
 
     def _unique(self, base: str) -> str:
@@ -126,18 +127,30 @@ class _Extractor:
             for binding in block.bindings:
                 self._binding(binding)
         ret = self.func.body.body
-        outs = list(ret.fields) if isinstance(ret, _tvm.relax.Tuple) else [ret]
-        outputs = []
-        for o in outs:
-            if not isinstance(o, _tvm.RelaxVar) or o not in self.names:
-                raise UnsupportedOpError(f"model output {o!r} is not a computed tensor")
-            outputs.append(self.names[o])
+        if isinstance(ret, _tvm.RelaxVar) and ret in self.tuples:
+            outputs = list(self.tuples[ret])
+        else:
+            outs = list(ret.fields) if isinstance(ret, _tvm.relax.Tuple) else [ret]
+            outputs = []
+            for o in outs:
+                if not isinstance(o, _tvm.RelaxVar) or o not in self.names:
+                    raise UnsupportedOpError(f"model output {o!r} is not a computed tensor")
+                outputs.append(self.names[o])
         return Graph(dict(self.tensors), tuple(self.steps), inputs, tuple(outputs), dict(self.weights))
 
     def _binding(self, binding: Any) -> None:
         value = binding.value
         if isinstance(value, _tvm.RelaxVar) and value in self.names:
             self.names[binding.var] = self.names[value]
+            return
+        if isinstance(value, _tvm.RelaxVar) and value in self.tuples:
+            self.tuples[binding.var] = self.tuples[value]
+            return
+        if isinstance(value, _tvm.relax.Tuple):
+            self.tuples[binding.var] = [self._arg(f) for f in value.fields]
+            return
+        if isinstance(value, _tvm.relax.TupleGetItem) and value.tuple_value in self.tuples:
+            self.names[binding.var] = self.tuples[value.tuple_value][int(value.index)]
             return
         if not isinstance(value, _tvm.RelaxCall):
             raise UnsupportedOpError(f"cannot execute binding {_tvm.var_name(binding.var)} = {value!r}")
@@ -161,7 +174,21 @@ def extract_graph(mod: _tvm.IRModule) -> Graph:
     """The execution graph of ``mod["main"]`` after the graph pipeline (fused, legalised)."""
     graph = _Extractor(mod["main"]).run()
     tensors = dict(graph.tensors)
-    for name in graph.outputs:
-        t = tensors[name]
-        tensors[name] = attrs.evolve(t, kind="output") if t.kind == "intermediate" else t
-    return attrs.evolve(graph, tensors=tensors)
+    steps = list(graph.steps)
+    outputs: list[str] = []
+    claimed = set(graph.inputs)
+    for k, name in enumerate(graph.outputs):
+        root = graph.storage_root(name)
+        if root in claimed:
+            # The output's storage is an input or another output: it needs a buffer of its own.
+            t = tensors[name]
+            copy = f"{name}_output{k}"
+            tensors[copy] = Tensor(copy, t.shape, t.dtype, "output")
+            steps.append(Step(copy, "", (name,), copy, "copy"))
+            name = copy
+        else:
+            t = tensors[name]
+            tensors[name] = attrs.evolve(t, kind="output") if t.kind == "intermediate" else t
+        claimed.add(graph.storage_root(name) if name in graph.tensors else name)
+        outputs.append(name)
+    return attrs.evolve(graph, tensors=tensors, steps=tuple(steps), outputs=tuple(outputs))
