@@ -116,7 +116,7 @@ def test_compile_run_verify(tmp_path, capsys):
         == 0
     )
     verified = json.loads(capsys.readouterr().out)
-    assert REPORT_KEYS <= set(verified)
+    assert set(verified) >= REPORT_KEYS
     assert verified["max_abs_error"] <= 1e-4
     assert verified["instructions"] == ran["instructions"]  # exact and repeatable
 
@@ -152,7 +152,8 @@ def test_compile_twice_gives_byte_identical_c(tmp_path):
         (lambda p: p / "missing.onnx", r"missing\.onnx does not exist"),
         (
             lambda p: _unsupported_model(p / "unsupported.onnx"),
-            r"2 operator\(s\) .*Erf \(node 'my_erf'\).*Round \(node 'my_round'\).*Supported ONNX operators: .*Conv",
+            r"2 operator\(s\) .*Erf \(node 'my_erf'\).*Round \(node 'my_round'\)"
+            r".*Supported ONNX operators: .*Conv",
         ),
     ],
     ids=["corrupt-onnx", "corrupt-tflite", "missing-file", "unsupported-ops"],
