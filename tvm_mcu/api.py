@@ -105,6 +105,7 @@ def compile_model(model_path: Path, board_name: str, out_dir: Path) -> Compiled:
         plan_strategy=result.plan.strategy,
         whole_buffer_peak_bytes=result.whole_buffer_peak,
         whole_buffer_bound_bytes=result.whole_buffer_bound.peak_bytes,
+        library_warnings=fw.warnings,
     )
     report.write(out_dir / REPORT)
     return Compiled(out_dir, report, fw.elf)

@@ -58,6 +58,8 @@ class Report:
     # the minimum over all operator orders (the bound any layer-by-layer executor must pay).
     whole_buffer_peak_bytes: int
     whole_buffer_bound_bytes: int
+    # Warnings the C compiler gave for the generated library (-Wall -Wextra); expected to be none.
+    library_warnings: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     stack_bytes: int | None = None
     instructions: int | None = None
     instructions_per_mac: float | None = None

@@ -30,3 +30,4 @@ def test_verify_on_board(name, board, tmp_path):
     assert r.arena_lower_bound_bytes <= r.arena_bytes <= intermediates
     assert r.whole_buffer_bound_bytes <= r.whole_buffer_peak_bytes
     assert r.flash_bytes > r.weights_bytes
+    assert r.library_warnings == (), "the generated library must build warning-free with -Wall -Wextra"
