@@ -154,6 +154,36 @@ def render(rows: list[dict[str, object]], skipped: list[str]) -> str:
     return "\n".join(lines)
 
 
+def onnx_backend_section(tmp: Path) -> list[str]:
+    """Run ONNX's own backend test cases for 2-D CNNs (as tests/e2e/test_onnx_backend.py does) and list them."""
+    sys.path.insert(0, str(ROOT))
+    from tests.e2e.test_onnx_backend import BOARD, CASES, run_case
+
+    rows = []
+    passed = 0
+    for case in CASES:
+        try:
+            verdict, err = run_case(case, tmp / case.name)
+        except AssertionError as exc:
+            verdict, err = f"WRONG: {exc}", 0.0
+        passed += verdict == "pass"
+        shown = f"pass (max abs error {err:.1e})" if verdict == "pass" else verdict.replace("|", "/")
+        rows.append(f"| {case.parent.name} | {case.name} | {shown} |")
+    return [
+        "",
+        "## ONNX backend test cases",
+        "",
+        "The 2-D CNN cases (first input 4-D) of the `onnx` wheel's `pytorch-converted` and `pytorch-operator`",
+        f"suites, compiled for {BOARD}, run on QEMU and compared with the expected outputs stored beside them:",
+        f"**{passed} of {len(CASES)} pass**; the others are refused with the error shown.",
+        "",
+        "| suite | case | result |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
@@ -171,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = _row(label, board, path, work)
                 print(f"{label} on {board}: {row.get('error') or row.get('insns')}", flush=True)
                 rows.append(row)
-    text = render(rows, skipped)
+        backend = onnx_backend_section(Path(tmp))
+    text = render(rows, skipped) + "\n".join(backend)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
     bad = [r for r in rows if r.get("match") == "NO"]
