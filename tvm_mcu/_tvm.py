@@ -83,6 +83,17 @@ structural_equal: Callable[..., bool] = tvm_ffi.structural_equal
 assert_structural_equal = tvm.ir.assert_structural_equal
 
 
+def _register_errors() -> None:
+    """Let tvm-mcu's errors cross TVM's FFI with their type (a pass raising UnsupportedOpError inside a
+    Sequential reaches the caller as UnsupportedOpError, not RuntimeError)."""
+    from tvm_mcu import errors
+
+    for cls in (errors.UnsupportedOpError, errors.BudgetError, errors.BadOptionError, errors.ModelError):
+        tvm_ffi.register_error(cls.__name__, cls)
+
+
+_register_errors()
+
 # TVM 0.27 raises its C++ errors as RuntimeError subclasses (InternalError, OpError, ...).
 TVMError = RuntimeError
 

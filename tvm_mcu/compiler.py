@@ -56,11 +56,11 @@ def lower_operators(fused: _tvm.IRModule, graph: Graph) -> tuple[_tvm.IRModule, 
     return lowered, attrs.evolve(graph, steps=steps)
 
 
-def compile_module(mod: _tvm.IRModule, *, model_name: str) -> Compiled:
+def compile_module(mod: _tvm.IRModule, *, model_name: str, allow_float: bool = False) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan."""
     t0 = time.perf_counter()
     try:
-        fused = pipeline.run(pipeline.graph_passes(), mod)
+        fused = pipeline.run(pipeline.graph_passes(allow_float=allow_float), mod)
     except (AssertionError, _tvm.TVMError, ValueError, TypeError) as exc:
         # TVM's legalisation rejects some attribute combinations its importer accepted.
         raise UnsupportedOpError(

@@ -6,14 +6,18 @@ Each list is the pipeline; one comment per ordering constraint.
 from __future__ import annotations
 
 from tvm_mcu._tvm import C_TARGET, relax, s_tir, tirx, tvm
+from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 
 
-def graph_passes() -> list[tvm.transform.Pass]:
-    """Relax passes: simplify the imported graph, legalise every op to TIR and fuse operators."""
+def graph_passes(*, allow_float: bool = False) -> list[tvm.transform.Pass]:
+    """Relax passes: integer lowering, simplification, legalisation of every op to TIR, fusion."""
     return [
+        # Must see the dequantize -> float op -> quantize patterns before FoldConstant turns the
+        # dequantised weights into float constants.
+        LowerQuantizedOps(allow_float=allow_float),
         # Folds inference BatchNorm that follows a conv2d into the conv's weights and a bias add ...
         relax.transform.FoldBatchnormToConv2D(),
         # ... (and the FoldConstant that evaluates the new weights must come before decomposition).

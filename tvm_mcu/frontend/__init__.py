@@ -211,14 +211,10 @@ def _load_tflite(path: Path, data: bytes) -> ImportedModel:
             t_idx = op.Inputs(j)
             if t_idx < 0:
                 continue
-            t = graph.Tensors(t_idx)
-            if _TFLITE_DTYPES.get(t.Type()) in ("int8", "uint8", "int16") and j == 0:
+            dtype = _TFLITE_DTYPES.get(graph.Tensors(t_idx).Type())
+            if j == 0 and dtype in ("uint8", "int16"):
                 problems.append(
-                    support.Problem(
-                        op_name,
-                        out_name,
-                        "quantized (int8) tensors need integer lowering, which is not supported yet",
-                    )
+                    support.Problem(op_name, out_name, f"{dtype} quantisation is not supported (int8 only)")
                 )
                 break
     support.check(problems, fmt="TFLite", supported=support.TFLITE_RULES)

@@ -127,6 +127,8 @@ ONNX_RULES: dict[str, Rule] = {
     "InstanceNormalization": _ok,
     "Max": _ok,
     "Min": _ok,
+    "QuantizeLinear": _ok,
+    "DequantizeLinear": _ok,
 }
 
 # ----------------------------------------------------------------------------------------- TFLite
@@ -150,6 +152,8 @@ TFLITE_RULES: dict[str, Rule] = {
     "SQUEEZE": _ok,
     "TRANSPOSE": _ok,
     "SOFTMAX": _ok,
+    "QUANTIZE": _ok,
+    "DEQUANTIZE": _ok,
 }
 
 
