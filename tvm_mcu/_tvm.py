@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import tvm
 import tvm_ffi
-from tvm import relax, s_tir, tirx
+from tvm import relax, s_tir, te, tirx, topi
 from tvm.ir import IRModule
 
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "relax",
     "tirx",
     "s_tir",
+    "te",
+    "topi",
     "IRModule",
     "GlobalVar",
     "PrimFunc",

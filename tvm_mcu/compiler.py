@@ -12,6 +12,7 @@ from tvm_mcu.analysis.macs import step_macs
 from tvm_mcu.analysis.peak import PeakResult, best_order_peak, whole_buffer_peak
 from tvm_mcu.codegen import c_ops, model_c
 from tvm_mcu.errors import UnsupportedOpError
+from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.schedule.graph import Graph, extract_graph
 from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
 
@@ -71,12 +72,15 @@ def compile_module(mod: _tvm.IRModule, *, model_name: str, allow_float: bool = F
     lowered, graph = lower_operators(fused, graph)
     plan = plan_memory(graph)
     kernels, prototypes = c_ops.kernels_source(lowered)
+    helpers = fixed_point.HELPER_PREFIX in kernels
     files = {
         "model.h": model_c.emit_model_h(graph, plan, model_name=model_name),
         "model.c": model_c.emit_model_c(graph, plan, model_name=model_name, op_prefix=c_ops.OP_PREFIX),
         "model_ops.h": model_c.emit_ops_h(prototypes),
-        "model_ops.c": model_c.emit_ops_c(kernels),
+        "model_ops.c": model_c.emit_ops_c(kernels, includes=[fixed_point.HEADER_NAME] if helpers else []),
     }
+    if helpers:
+        files[fixed_point.HEADER_NAME] = model_c.BANNER + fixed_point.HEADER_TEXT
     macs = step_macs(fused, graph)
     ops = tuple(
         OpInfo(

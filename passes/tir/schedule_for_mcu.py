@@ -8,10 +8,6 @@ from tvm_mcu._tvm import PrimFunc, s_tir, tvm
 
 logger = logging.getLogger(__name__)
 
-# A kernel author marks a block with this annotation to keep it a loop nest of its own (see
-# passes/relax/integer/kernels.py: fixed-point chains that must not be recomputed per element).
-KEEP_ANNOTATION = "tvmmcu_keep"
-
 # Iteration kinds of s_tir block iter vars (IterVar.iter_type).
 _SPATIAL = 0
 _REDUCE = 2
@@ -26,8 +22,6 @@ def _inline_all(sch: s_tir.Schedule, *, inline_padding: bool) -> list[str]:
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             name = sch.get(block).name_hint
             if not inline_padding and name.startswith("pad"):
-                continue
-            if KEEP_ANNOTATION in sch.get(block).annotations:
                 continue
             for primitive in (sch.reverse_compute_inline, sch.compute_inline):
                 try:
@@ -110,8 +104,7 @@ class ScheduleForMcu:
         each accumulator is initialised before its reduction loops (decompose_reduction) rather than
         by a first-iteration test inside them.
     Declines when
-        a block carries the ``tvmmcu_keep`` annotation (kept as its own loop nest), or cannot be inlined
-        or moved (e.g. it reads a reduction result along a reduced axis, as
+        a block cannot be inlined or moved (e.g. it reads a reduction result along a reduced axis, as
         softmax does); such blocks are left as they are.
     Numerics
         bit-exact: only the loop structure changes, every value is computed by the same expression.

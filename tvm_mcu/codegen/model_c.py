@@ -162,7 +162,7 @@ def emit_ops_h(prototypes: list[str]) -> str:
     )
 
 
-def emit_ops_c(kernels: str) -> str:
+def emit_ops_c(kernels: str, *, includes: list[str]) -> str:
     return "\n".join(
         [
             BANNER,
@@ -171,6 +171,7 @@ def emit_ops_c(kernels: str) -> str:
             "#include <stdint.h>",
             "",
             '#include "model_ops.h"',
+            *[f'#include "{name}"' for name in includes],
             "",
             kernels,
         ]

@@ -71,9 +71,8 @@ def _weights(w: Any, o_axis: int) -> tuple[np.ndarray, np.ndarray]:
     return w.values, scale
 
 
-def _multipliers(x: QTensor, w_scale: np.ndarray, out_scale: float) -> tuple[np.ndarray, np.ndarray, bool]:
-    m, shift = params.quantize_multipliers(params.effective_scale(x.scale, w_scale, out_scale))
-    return m, shift, bool(np.any(shift > 0))
+def _multipliers(x: QTensor, w_scale: np.ndarray, out_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    return params.quantize_multipliers(params.effective_scale(x.scale, w_scale, out_scale))
 
 
 def emit_conv2d(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
@@ -85,7 +84,7 @@ def emit_conv2d(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
     o_axis = kernel_layout.index("O")
     w_int, w_scale = _weights(w, o_axis)
     bias = _folded_bias(p, x, w_int, w_scale, o_axis)
-    m, shift, left = _multipliers(x, w_scale, out_scale)
+    m, shift = _multipliers(x, w_scale, out_scale)
     act_min, act_max = _act_range(p, out_scale, out_zp)
     return bb.call_te(
         kernels.conv2d_int8,
@@ -104,7 +103,6 @@ def emit_conv2d(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
         zp_out=out_zp,
         act_min=act_min,
         act_max=act_max,
-        any_left_shift=left,
         primfunc_name_hint="conv2d_int8",
     )
 
@@ -118,7 +116,7 @@ def emit_dense(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
     w_mk = w.transformed(lambda a: np.ascontiguousarray(a.T))
     w_int, w_scale = _weights(w_mk, 0)
     bias = _folded_bias(p, x, w_int, w_scale, 0)
-    m, shift, left = _multipliers(x, w_scale, out_scale)
+    m, shift = _multipliers(x, w_scale, out_scale)
     act_min, act_max = _act_range(p, out_scale, out_zp)
     return bb.call_te(
         kernels.dense_int8,
@@ -130,7 +128,6 @@ def emit_dense(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
         zp_out=out_zp,
         act_min=act_min,
         act_max=act_max,
-        any_left_shift=left,
         primfunc_name_hint="dense_int8",
     )
 
@@ -252,35 +249,25 @@ def emit_concat(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
 
 
 def emit_mean(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
-    """Mean over the two spatial axes of a 4-D tensor: an average pool over the whole plane."""
+    """Mean over any axes, TFLite Micro's ``QuantizedMeanOrSum`` arithmetic."""
     (x,) = p.inputs
     shape = [int(d) for d in x.var.ty.shape]
-    axes = tuple(sorted(int(a) % len(shape) for a in p.call.attrs.axis))
-    if len(shape) != 4 or not bool(p.call.attrs.keepdims):
-        raise NotInteger("mean is integer only over the spatial axes of a 4-D tensor with keepdims")
-    layouts: dict[tuple[int, ...], str] = {(1, 2): "NHWC", (2, 3): "NCHW"}
-    layout = layouts.get(axes)
-    if layout is None:
-        raise NotInteger(f"mean over axes {axes} is not a spatial average")
-    h, w = shape[layout.index("H")], shape[layout.index("W")]
-    out_shape = [int(d) for d in p.call.ty.shape]
-    pooled = bb.emit(
-        bb.call_te(
-            kernels.avg_pool2d_int8,
-            x.var,
-            pool_size=[h, w],
-            strides=[1, 1],
-            padding=[0, 0, 0, 0],
-            layout=layout,
-            out_shape=out_shape,
-            count_include_pad=True,
-            act_min=-128,
-            act_max=127,
-            primfunc_name_hint="mean_int8",
-        )
-    )
-    return requantize(
-        bb, QTensor(pooled, x.scale, x.zero_point), out_scale, out_zp, _act_range(p, out_scale, out_zp)
+    axes = sorted({int(a) % len(shape) for a in p.call.attrs.axis})
+    count = int(np.prod([shape[a] for a in axes]))
+    m, shift = params.mean_params(x.scale, out_scale, count)
+    act_min, act_max = _act_range(p, out_scale, out_zp)
+    return bb.call_te(
+        kernels.mean_int8,
+        x.var,
+        axes=axes,
+        out_shape=[int(d) for d in p.call.ty.shape],
+        zp_in=x.zero_point,
+        zp_out=out_zp,
+        multiplier=m,
+        shift=shift,
+        act_min=act_min,
+        act_max=act_max,
+        primfunc_name_hint="mean_int8",
     )
 
 

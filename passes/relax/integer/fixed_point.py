@@ -1,8 +1,11 @@
-"""TFLite's (gemmlowp's) fixed-point helpers as TIR expressions, for use inside TE compute definitions.
+"""TFLite's (gemmlowp's) fixed-point helpers for the integer kernels.
 
-Every helper takes a :class:`Lets` builder: intermediate values are bound to variables (``tirx.Let``) so
-expressions stay linear in size and the generated C evaluates each value once. All arithmetic is on
-int32 / int64 and is exactly TFLite's, including its rounding and the truncating division of C.
+They are ``static inline`` C functions in a header the generated library ships
+(:data:`HEADER_NAME`, text :data:`HEADER_TEXT`); TIR calls them through ``call_extern``. As calls they
+stay opaque to TVM's arithmetic analysers, which would otherwise substitute the long let-chains of these
+computations into each other (exponential time), and the C compiler inlines them.
+
+Every function is exactly TFLite's arithmetic, including the rounding and C's truncating division.
 """
 
 from __future__ import annotations
@@ -11,130 +14,122 @@ from typing import Any
 
 from tvm_mcu._tvm import tirx
 
-INT32_MIN = -(1 << 31)
-INT32_MAX = (1 << 31) - 1
-
 Expr = Any  # a TIR PrimExpr
 
+HEADER_NAME = "tvmmcu_fixed_point.h"
+# Functions of the header, so codegen can tell whether a library needs it.
+HELPER_PREFIX = "tvmmcu_fp_"
 
-def c32(v: int) -> Expr:
-    return tirx.const(v, "int32")
+HEADER_TEXT = """\
+/* TFLite's fixed-point arithmetic (gemmlowp), as used by TFLite Micro's int8 reference kernels.
+ * Rounding matches TFLite bit for bit: SaturatingRoundingDoublingHighMul rounds ties up (C truncating
+ * division of the nudged product), RoundingDivideByPOT rounds ties away from zero. */
+#ifndef TVMMCU_FIXED_POINT_H
+#define TVMMCU_FIXED_POINT_H
+
+#include <stdint.h>
+
+/* SaturatingRoundingDoublingHighMul: the high 32 bits of 2*a*b. */
+static inline int32_t tvmmcu_fp_srdhm(int32_t a, int32_t b) {
+  if (a == INT32_MIN && b == INT32_MIN) {
+    return INT32_MAX;
+  }
+  int64_t ab = (int64_t)a * (int64_t)b;
+  int64_t nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
+  return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
+}
+
+/* RoundingDivideByPOT: x / 2**exponent, ties away from zero (exponent in 0..31). */
+static inline int32_t tvmmcu_fp_rdbpot(int32_t x, int32_t exponent) {
+  int32_t mask = (int32_t)((((uint32_t)1) << exponent) - 1u);
+  int32_t remainder = x & mask;
+  int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+/* MultiplyByQuantizedMultiplier: x * multiplier * 2**(shift - 31), TFLite's double rounding. */
+static inline int32_t tvmmcu_fp_mbqm(int32_t x, int32_t multiplier, int32_t shift) {
+  int32_t left = shift > 0 ? shift : 0;
+  int32_t right = shift > 0 ? 0 : -shift;
+  int32_t shifted = (int32_t)((uint32_t)x << left);
+  return tvmmcu_fp_rdbpot(tvmmcu_fp_srdhm(shifted, multiplier), right);
+}
+
+/* SaturatingRoundingMultiplyByPOT for a positive exponent: a saturating left shift. */
+static inline int32_t tvmmcu_fp_saturating_lshift(int32_t x, int32_t exponent) {
+  int32_t threshold = (int32_t)((((uint32_t)1) << (31 - exponent)) - 1u);
+  if (x > threshold) {
+    return INT32_MAX;
+  }
+  if (x < -threshold) {
+    return INT32_MIN;
+  }
+  return (int32_t)((uint32_t)x << exponent);
+}
+
+/* Leading zero bits of x (32 for 0). */
+static inline int32_t tvmmcu_fp_clz(int32_t x) {
+  return x == 0 ? 32 : __builtin_clz((uint32_t)x);
+}
+
+/* one_over_one_plus_x_for_x_in_0_1: 1 / (1 + a) for a Q0.31 a in [0, 1), Newton-Raphson in Q2.29. */
+static inline int32_t tvmmcu_fp_one_over_one_plus_x(int32_t a) {
+  int64_t sum = (int64_t)a + INT32_MAX; /* RoundingHalfSum(a, One) */
+  int32_t half_denominator = (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);
+  int32_t x = 1515870810 + tvmmcu_fp_srdhm(half_denominator, -1010580540); /* 48/17 - 32/17 * d */
+  for (int i = 0; i < 3; i++) {
+    int32_t one_minus_dx = (1 << 29) - tvmmcu_fp_srdhm(half_denominator, x);
+    x = x + tvmmcu_fp_saturating_lshift(tvmmcu_fp_srdhm(x, one_minus_dx), 2);
+  }
+  return tvmmcu_fp_saturating_lshift(x, 1); /* Q2.29 read as Q1.30, rescaled to Q0.31 */
+}
+
+/* GetReciprocal(x, 12 integer bits): the Q0.31 scale of 1/x; *bits_over_unit gets the exponent. */
+static inline int32_t tvmmcu_fp_reciprocal_scale(int32_t x) {
+  int32_t headroom_plus_one = tvmmcu_fp_clz(x);
+  int32_t shifted_minus_one = (int32_t)(((uint32_t)x << headroom_plus_one) - ((uint32_t)1 << 31));
+  return tvmmcu_fp_one_over_one_plus_x(shifted_minus_one);
+}
+
+static inline int32_t tvmmcu_fp_reciprocal_bits(int32_t x) {
+  return 12 - tvmmcu_fp_clz(x);
+}
+
+#endif /* TVMMCU_FIXED_POINT_H */
+"""
 
 
-def c64(v: int) -> Expr:
-    return tirx.const(v, "int64")
+def _call(name: str, *args: Any) -> Expr:
+    return tirx.call_extern("int32", HELPER_PREFIX + name, *args)
 
 
-def dtype_of(e: Expr) -> str:
-    ty = e.ty
-    return str(ty.dtype) if hasattr(ty, "dtype") else str(ty)
+def i32(e: Any) -> Expr:
+    """``e`` as an int32 expression (TE tensor elements included)."""
+    return e.astype("int32")
 
 
-class Lets:
-    """Collects ``name = value`` bindings; :meth:`wrap` nests them around a result as ``tirx.Let``."""
-
-    def __init__(self) -> None:
-        self._binds: list[tuple[Expr, Expr]] = []
-
-    def __call__(self, value: Expr, name: str = "t") -> Expr:
-        if hasattr(value, "asobject"):  # a TE tensor element (TensorSlice)
-            value = value.asobject()
-        if isinstance(value, (tirx.IntImm, tirx.Var)):
-            return value
-        var = tirx.Var(name, dtype_of(value))
-        self._binds.append((var, value))
-        return var
-
-    def wrap(self, body: Expr) -> Expr:
-        for var, value in reversed(self._binds):
-            body = tirx.Let(var, value, body)
-        return body
+def srdhm(a: Expr, b: Expr | int) -> Expr:
+    return _call("srdhm", i32(a), b if not isinstance(b, int) else tirx.const(b, "int32"))
 
 
-def select(cond: Expr, a: Expr, b: Expr) -> Expr:
-    return tirx.Select(cond, a, b)
-
-
-def srdhm(lets: Lets, a: Expr, b: Expr | int) -> Expr:
-    """``SaturatingRoundingDoublingHighMul(a, b)``: high 32 bits of ``2*a*b``; ties round toward +inf.
-
-    The saturation case (both operands INT32_MIN) cannot occur here: every call has a constant
-    multiplier in [2**30, 2**31) or fixed-point operands bounded well inside int32 (gemmlowp's
-    exp and reciprocal), so it is not tested for.
-    """
-    b_expr = c64(b) if isinstance(b, int) else b.astype("int64")
-    ab = lets(a.astype("int64") * b_expr, "ab")
-    t = lets(ab + select(ab >= c64(0), c64(1 << 30), c64(1 - (1 << 30))), "nudged")
-    # C's truncating division by 2**31 (not an arithmetic shift, which would round toward -inf).
-    return lets(((t + select(t < c64(0), c64((1 << 31) - 1), c64(0))) >> c64(31)).astype("int32"), "high")
-
-
-def rdbpot(lets: Lets, x: Expr, exponent: Expr | int) -> Expr:
-    """``RoundingDivideByPOT(x, exponent)``: ``x / 2**exponent`` rounded half away from zero."""
+def rdbpot(x: Expr, exponent: Expr | int) -> Expr:
     if isinstance(exponent, int):
         if exponent == 0:
             return x
-        e = c32(exponent)
-    else:
-        e = exponent
-    x = lets(x, "x")
-    mask = lets((c32(1) << e) - c32(1), "mask")
-    remainder = lets(x & mask, "rem")
-    threshold = lets((mask >> c32(1)) + select(x < c32(0), c32(1), c32(0)), "thr")
-    return (x >> e) + select(remainder > threshold, c32(1), c32(0))
+        exponent = tirx.const(exponent, "int32")
+    return _call("rdbpot", i32(x), exponent)
 
 
-def multiply_by_quantized_multiplier(
-    lets: Lets, x: Expr, multiplier: Expr | int, shift: Expr | int, *, any_left_shift: bool
-) -> Expr:
-    """``MultiplyByQuantizedMultiplier(x, m, shift)`` (TFLite's double rounding).
-
-    ``shift`` > 0 shifts left before the multiply, < 0 rounds right after it. ``any_left_shift`` False
-    (every shift <= 0, known at compile time) drops the left-shift arithmetic.
-    """
-    if isinstance(shift, int):
-        left, right = max(shift, 0), max(-shift, 0)
-        if left:
-            x = x * c32(1 << left)
-        return rdbpot(lets, lets(srdhm(lets, x, multiplier), "prod"), right)
-    if any_left_shift:
-        left = lets(tirx.max(shift, c32(0)), "lshift")
-        right = lets(tirx.max(c32(0) - shift, c32(0)), "rshift")
-        x = lets(x * (c32(1) << left), "xs")
-    else:
-        right = lets(c32(0) - shift, "rshift")
-    return rdbpot(lets, lets(srdhm(lets, x, multiplier), "prod"), right)
+def multiply_by_quantized_multiplier(x: Expr, multiplier: Expr | int, shift: Expr | int) -> Expr:
+    """TFLite ``MultiplyByQuantizedMultiplier`` (shift > 0 shifts left first, < 0 rounds right after)."""
+    m = tirx.const(multiplier, "int32") if isinstance(multiplier, int) else i32(multiplier)
+    s = tirx.const(shift, "int32") if isinstance(shift, int) else i32(shift)
+    return _call("mbqm", i32(x), m, s)
 
 
-def saturating_left_shift(lets: Lets, x: Expr, exponent: int) -> Expr:
-    """gemmlowp ``SaturatingRoundingMultiplyByPOT<exponent>`` for exponent > 0."""
-    threshold = (1 << (31 - exponent)) - 1
-    x = lets(x, "x")
-    return select(
-        x > c32(threshold), c32(INT32_MAX), select(x < c32(-threshold), c32(INT32_MIN), x << c32(exponent))
-    )
+def reciprocal_scale(x: Expr) -> Expr:
+    return _call("reciprocal_scale", i32(x))
 
 
-def count_leading_zeros(lets: Lets, x: Expr) -> Expr:
-    """Leading zero bits of ``x`` read as uint32 (C has no portable clz; TVM's C codegen lacks one)."""
-    u = lets(x.astype("uint32"), "u")
-    n = c32(0)
-    for step in (16, 8, 4, 2, 1):
-        empty = lets(tirx.EQ(u >> tirx.const(32 - step, "uint32"), tirx.const(0, "uint32")), "empty")
-        n = lets(n + select(empty, c32(step), c32(0)), "n")
-        u = lets(select(empty, u << tirx.const(step, "uint32"), u), "u")
-    return n + select(tirx.EQ(u, tirx.const(0, "uint32")), c32(1), c32(0))
-
-
-def half_sum_with_one(lets: Lets, a: Expr) -> Expr:
-    """gemmlowp ``RoundingHalfSum(a, One)`` for Q0.31: ``(a + 2**31 - 1 +- 1) / 2``, truncating."""
-    total = lets(a.astype("int64") + c64(INT32_MAX), "sum")
-    num = lets(total + select(total >= c64(0), c64(1), c64(-1)), "num")
-    return ((num + select(num < c64(0), c64(1), c64(0))) >> c64(1)).astype("int32")
-
-
-def newton_step(lets: Lets, x: Expr, half_denominator: Expr) -> Expr:
-    """One step of gemmlowp's ``one_over_one_plus_x_for_x_in_0_1``: x += x * (1 - d * x), in Q2.29."""
-    dx = lets(srdhm(lets, half_denominator, x), "dx")
-    one_minus = lets(c32(1 << 29) - dx, "one_minus")
-    return x + saturating_left_shift(lets, lets(srdhm(lets, x, one_minus), "x_om"), 2)
+def reciprocal_bits(x: Expr) -> Expr:
+    return _call("reciprocal_bits", i32(x))

@@ -6,7 +6,8 @@ activation clamp. Padding is written with the input's zero point, so padded taps
 TFLite's bounds test does; ScheduleForMcu later inlines the padding and the epilogue into the loops.
 
 Parameters that differ per output channel (multiplier, shift, bias) are int32 tensors indexed by the
-channel; scalars are compile-time constants in the expressions.
+channel; scalars are compile-time constants in the expressions. The fixed-point arithmetic is in
+``fixed_point`` (C helpers called through ``call_extern``).
 """
 
 from __future__ import annotations
@@ -14,36 +15,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-# The TE module is imported lazily by TVM's BlockBuilder; kernels receive te.Tensor arguments.
-from tvm import te, topi  # noqa: E402  (kept after the project imports: TVM resolves both the same way)
-
-from tvm_mcu._tvm import tirx
+from tvm_mcu._tvm import te, tirx, topi
 from tvm_mcu.passes.relax.integer.fixed_point import (
-    Lets,
-    c32,
-    count_leading_zeros,
-    half_sum_with_one,
+    i32,
     multiply_by_quantized_multiplier,
-    newton_step,
     rdbpot,
-    saturating_left_shift,
-    select,
+    reciprocal_bits,
+    reciprocal_scale,
     srdhm,
 )
 
 TeTensor = Any
 
 
+def c32(v: int) -> Any:
+    return tirx.const(v, "int32")
+
+
 def _clamp_to_int8(value: Any, act_min: int, act_max: int) -> Any:
     return tirx.max(tirx.min(value, c32(act_max)), c32(act_min)).astype("int8")
 
 
-def _requantize(
-    acc: Any, multiplier: Any, shift: Any, zp_out: int, act_min: int, act_max: int, any_left_shift: bool
-) -> Any:
-    lets = Lets()
-    scaled = multiply_by_quantized_multiplier(lets, acc, multiplier, shift, any_left_shift=any_left_shift)
-    return lets.wrap(_clamp_to_int8(scaled + c32(zp_out), act_min, act_max))
+def _requantize(acc: Any, multiplier: Any, shift: Any, zp_out: int, act_min: int, act_max: int) -> Any:
+    scaled = multiply_by_quantized_multiplier(acc, multiplier, shift)
+    return _clamp_to_int8(scaled + c32(zp_out), act_min, act_max)
 
 
 def conv2d_int8(
@@ -63,7 +58,6 @@ def conv2d_int8(
     zp_out: int,
     act_min: int,
     act_max: int,
-    any_left_shift: bool,
 ) -> TeTensor:
     """Integer conv2d (regular, grouped, depthwise): TFLite's ``ConvPerChannel`` / ``DepthwiseConv``.
 
@@ -85,9 +79,7 @@ def conv2d_int8(
 
     def epilogue(*idx: Any) -> Any:
         c = idx[c_axis]
-        return _requantize(
-            acc(*idx) + bias[c], multiplier[c], shift[c], zp_out, act_min, act_max, any_left_shift
-        )
+        return _requantize(acc(*idx) + bias[c], multiplier[c], shift[c], zp_out, act_min, act_max)
 
     return te.compute(acc.shape, epilogue, name="requantize")
 
@@ -102,22 +94,15 @@ def dense_int8(
     zp_out: int,
     act_min: int,
     act_max: int,
-    any_left_shift: bool,
 ) -> TeTensor:
     """Integer fully connected, TFLite's ``FullyConnected``: ``data`` [N, K], ``weight`` [M, K]."""
     n, k_dim = data.shape
     m = weight.shape[0]
     k = te.reduce_axis((0, k_dim), name="k")
-    acc = te.compute(
-        (n, m),
-        lambda i, j: te.sum(data[i, k].astype("int32") * weight[j, k].astype("int32"), axis=k),
-        name="dense",
-    )
+    acc = te.compute((n, m), lambda i, j: te.sum(i32(data[i, k]) * i32(weight[j, k]), axis=k), name="dense")
     return te.compute(
         (n, m),
-        lambda i, j: _requantize(
-            acc[i, j] + bias[j], multiplier[j], shift[j], zp_out, act_min, act_max, any_left_shift
-        ),
+        lambda i, j: _requantize(acc[i, j] + bias[j], multiplier[j], shift[j], zp_out, act_min, act_max),
         name="requantize",
     )
 
@@ -149,17 +134,12 @@ def add_int8(
     """Integer elementwise add with rescaling, TFLite's int8 ``Add`` (both inputs moved to a common scale)."""
 
     def f(*idx: Any) -> Any:
-        lets = Lets()
-        va = a(*_broadcast_index(a.shape, idx)).astype("int32") - c32(zp_a)
-        vb = b(*_broadcast_index(b.shape, idx)).astype("int32") - c32(zp_b)
-        sa = lets(
-            multiply_by_quantized_multiplier(lets, va * c32(1 << left_shift), m1, s1, any_left_shift=False)
-        )
-        sb = lets(
-            multiply_by_quantized_multiplier(lets, vb * c32(1 << left_shift), m2, s2, any_left_shift=False)
-        )
-        raw = lets(multiply_by_quantized_multiplier(lets, sa + sb, mo, so, any_left_shift=False), "raw")
-        return lets.wrap(_clamp_to_int8(raw + c32(zp_out), act_min, act_max))
+        va = i32(a(*_broadcast_index(a.shape, idx))) - c32(zp_a)
+        vb = i32(b(*_broadcast_index(b.shape, idx))) - c32(zp_b)
+        sa = multiply_by_quantized_multiplier(va * c32(1 << left_shift), m1, s1)
+        sb = multiply_by_quantized_multiplier(vb * c32(1 << left_shift), m2, s2)
+        raw = multiply_by_quantized_multiplier(sa + sb, mo, so)
+        return _clamp_to_int8(raw + c32(zp_out), act_min, act_max)
 
     return te.compute(list(out_shape), f, name="add_int8")
 
@@ -170,10 +150,8 @@ def requantize_int8(
     """Move int8 values to another scale and zero point (TFLite's ``Requantize``)."""
 
     def f(*idx: Any) -> Any:
-        lets = Lets()
-        v = data(*idx).astype("int32") - c32(zp_in)
-        scaled = lets(multiply_by_quantized_multiplier(lets, v, multiplier, shift, any_left_shift=True), "r")
-        return lets.wrap(_clamp_to_int8(scaled + c32(zp_out), act_min, act_max))
+        scaled = multiply_by_quantized_multiplier(i32(data(*idx)) - c32(zp_in), multiplier, shift)
+        return _clamp_to_int8(scaled + c32(zp_out), act_min, act_max)
 
     return te.compute(data.shape, f, name="requantize")
 
@@ -200,17 +178,13 @@ def avg_pool2d_int8(
     rh = te.reduce_axis((0, kh), name="rh")
     rw = te.reduce_axis((0, kw), name="rw")
 
-    def tap(idx: Sequence[Any], dh: Any, dw: Any) -> tuple[Any, list[Any]]:
-        h = idx[h_axis] * sh - top + dh
-        w = idx[w_axis] * sw - left + dw
+    def window_sum(*idx: Any) -> Any:
+        h = idx[h_axis] * sh - top + rh
+        w = idx[w_axis] * sw - left + rw
         src = list(idx)
         src[h_axis], src[w_axis] = h, w
         inside = tirx.all(h >= 0, h < height, w >= 0, w < width)
-        return inside, src
-
-    def window_sum(*idx: Any) -> Any:
-        inside, src = tap(idx, rh, rw)
-        return te.sum(tirx.if_then_else(inside, data(*src).astype("int32"), c32(0)), axis=[rh, rw])
+        return te.sum(tirx.if_then_else(inside, i32(data(*src)), c32(0)), axis=[rh, rw])
 
     total = te.compute(list(out_shape), window_sum, name="pool_sum")
 
@@ -220,30 +194,58 @@ def avg_pool2d_int8(
         else:
             h0 = idx[h_axis] * sh - top
             w0 = idx[w_axis] * sw - left
-            rows = tirx.min(h0 + kh, height) - tirx.max(h0, 0)
-            cols = tirx.min(w0 + kw, width) - tirx.max(w0, 0)
-            count = rows * cols
-        lets = Lets()
-        s = lets(total(*idx), "sum")
-        n = lets(count, "count")
-        half = lets(tirx.truncdiv(n, c32(2)), "half")
-        avg = select(s > c32(0), tirx.truncdiv(s + half, n), tirx.truncdiv(s - half, n))
-        return lets.wrap(_clamp_to_int8(avg, act_min, act_max))
+            count = (tirx.min(h0 + kh, height) - tirx.max(h0, 0)) * (
+                tirx.min(w0 + kw, width) - tirx.max(w0, 0)
+            )
+        s = total(*idx)
+        half = tirx.truncdiv(count, c32(2))
+        avg = tirx.Select(s > c32(0), tirx.truncdiv(s + half, count), tirx.truncdiv(s - half, count))
+        return _clamp_to_int8(avg, act_min, act_max)
 
     return te.compute(list(out_shape), average, name="avg_pool_int8")
 
 
-def _newton_stage(prev: TeTensor, half_den: TeTensor) -> Any:
-    def f(*r: Any) -> Any:
-        lets = Lets()
-        return lets.wrap(newton_step(lets, prev(*r), half_den(*r)))
+def mean_int8(
+    data: TeTensor,
+    *,
+    axes: Sequence[int],
+    out_shape: Sequence[int],
+    zp_in: int,
+    zp_out: int,
+    multiplier: int,
+    shift: int,
+    act_min: int,
+    act_max: int,
+) -> TeTensor:
+    """Integer mean, TFLite Micro's ``QuantizedMeanOrSum``: ``sum(x) - zp_in * count``, one requantisation
+    with the count folded into the multiplier (``params.mean_params``), plus ``zp_out``."""
+    shape = [int(d) for d in data.shape]
+    reduce_axes = [te.reduce_axis((0, shape[a]), name=f"r{a}") for a in axes]
+    count = 1
+    for a in axes:
+        count *= shape[a]
+    keep = len(out_shape) == len(shape)
 
-    return f
+    def total(*idx: Any) -> Any:
+        src: list[Any] = []
+        it = iter(idx)
+        for a in range(len(shape)):
+            if a in axes:
+                src.append(reduce_axes[axes.index(a)])
+                if keep:
+                    next(it)
+            else:
+                src.append(next(it))
+        return te.sum(i32(data(*src)), axis=reduce_axes)
 
-
-# Blocks carrying this annotation are kept as their own loop nest by ScheduleForMcu: inlining them would
-# recompute long fixed-point chains per element (and TVM's analysers are exponential in their depth).
-KEEP = {"tvmmcu_keep": 1}
+    sums = te.compute(list(out_shape), total, name="mean_sum")
+    return te.compute(
+        list(out_shape),
+        lambda *idx: _requantize(
+            sums(*idx) - c32(zp_in * count), multiplier, shift, zp_out, act_min, act_max
+        ),
+        name="mean_int8",
+    )
 
 
 def softmax_int8(data: TeTensor, exp_table: TeTensor, *, diff_min: int) -> TeTensor:
@@ -253,60 +255,32 @@ def softmax_int8(data: TeTensor, exp_table: TeTensor, *, diff_min: int) -> TeTen
     compile time from the same fixed-point arithmetic (the int8 difference takes 256 values). At run
     time: the row maximum, the sum of the exps in Q12.19, its reciprocal (count leading zeros, then
     three Newton-Raphson steps), and each output ``RDBPOT(SRDHM(reciprocal, exp), bits + 23) - 128``.
+    Differences below ``diff_min`` contribute nothing and give -128, as in TFLite.
     """
     shape = list(data.shape)
     rows, depth = shape[:-1], int(shape[-1])
-    accumulation_bits = 12
     k = te.reduce_axis((0, depth), name="k")
-    row_max = te.compute(rows, lambda *r: te.max(data(*r, k).astype("int32"), axis=k), name="row_max")
+    row_max = te.compute(rows, lambda *r: te.max(i32(data(*r, k)), axis=k), name="row_max")
 
-    def diff_of(idx: Sequence[Any], r: Sequence[Any]) -> Any:
-        return data(*idx).astype("int32") - row_max(*r)
+    def exp_of(idx: Sequence[Any], r: Sequence[Any]) -> tuple[Any, Any]:
+        diff = i32(data(*idx)) - row_max(*r)
+        return diff, exp_table[c32(0) - diff]
 
     k2 = te.reduce_axis((0, depth), name="k2")
 
     def term(*r: Any) -> Any:
-        lets = Lets()
-        diff = lets(diff_of((*r, k2), r), "diff")
-        # The table index must not use a let-bound variable: TE derives the block's read regions from it.
-        value = rdbpot(lets, exp_table[c32(0) - diff_of((*r, k2), r)], accumulation_bits)
-        return lets.wrap(select(diff >= c32(diff_min), value, c32(0)))
+        diff, exp = exp_of((*r, k2), r)
+        return tirx.Select(diff >= c32(diff_min), rdbpot(exp, 12), c32(0))
 
     total = te.compute(rows, lambda *r: te.sum(term(*r), axis=k2), name="sum_of_exps")
-
-    def headroom(*r: Any) -> Any:
-        lets = Lets()
-        return lets.wrap(count_leading_zeros(lets, total(*r)))
-
-    clz = te.compute(rows, headroom, name="headroom_plus_one", attrs=KEEP)
-
-    def half_denominator(*r: Any) -> Any:
-        # GetReciprocal: the sum shifted to [1, 2) minus one, as Q0.31; then RoundingHalfSum(x, One).
-        shifted = (
-            (total(*r).astype("uint32") << clz(*r).astype("uint32")) - tirx.const(1 << 31, "uint32")
-        ).astype("int32")
-        lets = Lets()
-        return lets.wrap(half_sum_with_one(lets, shifted))
-
-    half_den = te.compute(rows, half_denominator, name="half_denominator", attrs=KEEP)
-    x = te.compute(
-        rows,
-        lambda *r: (lambda lets: lets.wrap(c32(1515870810) + srdhm(lets, half_den(*r), -1010580540)))(Lets()),
-        name="reciprocal_0",
-        attrs=KEEP,
-    )
-    for step in range(3):
-        x = te.compute(rows, _newton_stage(x, half_den), name=f"reciprocal_{step + 1}", attrs=KEEP)
+    scale = te.compute(rows, lambda *r: reciprocal_scale(total(*r)), name="reciprocal")
+    bits = te.compute(rows, lambda *r: reciprocal_bits(total(*r)), name="reciprocal_bits")
 
     def output(*idx: Any) -> Any:
         r = idx[:-1]
-        lets = Lets()
-        diff = lets(diff_of(idx, r), "diff")
-        scale = lets(saturating_left_shift(lets, x(*r), 1), "reciprocal")
-        bits = c32(accumulation_bits) - clz(*r)
-        exp = exp_table[c32(0) - diff_of(idx, r)]
-        unsat = rdbpot(lets, lets(srdhm(lets, scale, exp), "p"), bits + c32(31 - 8))
-        value = _clamp_to_int8(lets(unsat, "unsat") + c32(-128), -128, 127)
-        return lets.wrap(select(diff >= c32(diff_min), value, tirx.const(-128, "int8")))
+        diff, exp = exp_of(idx, r)
+        unsat = rdbpot(srdhm(scale(*r), exp), bits(*r) + c32(31 - 8))
+        value = _clamp_to_int8(unsat + c32(-128), -128, 127)
+        return tirx.Select(diff >= c32(diff_min), value, tirx.const(-128, "int8"))
 
     return te.compute(shape, output, name="softmax_int8")

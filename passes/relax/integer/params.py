@@ -146,3 +146,16 @@ def softmax_exp_table(multiplier: int, left_shift: int, diff_min: int) -> np.nda
             rescaled = _srdhm(-d * (1 << left_shift), multiplier)
             table[d] = _exp_on_negative_values(rescaled, SOFTMAX_DIFF_INTEGER_BITS)
     return table
+
+
+def mean_params(input_scale: float, output_scale: float, count: int) -> tuple[int, int]:
+    """TFLite Micro's int8 MEAN: the requantisation of ``sum(x) - zp * count``, with 1/count folded in.
+
+    ``(m, s) = QuantizeMultiplier(s_in / s_out)``; then ``k = min(floor(log2 count), 32, 31 + s)`` and the
+    multiplier becomes ``(m << k) // count`` (truncated) with shift ``s - k``.
+    """
+    m, s = quantize_multiplier(
+        float(np.float64(np.float32(input_scale)) / np.float64(np.float32(output_scale)))
+    )
+    k = min(count.bit_length() - 1, 32, 31 + s)
+    return (m << k) // count, s - k
