@@ -57,6 +57,9 @@ class Firmware:
     roi_end: int  # entry address of tvmmcu_roi_end
     input_bytes: int  # TVMMCU_INPUT_BYTES the firmware was built with
     output_bytes: int  # TVMMCU_OUTPUT_BYTES
+    # Floating-point support routines linked in (soft-float helpers, libm): empty for integer-only code
+    # on a core without an FPU. On FPU cores, inline FPU instructions do not show here.
+    float_routines: tuple[str, ...] = ()
 
 
 def render_linker_script(board: Board) -> str:
@@ -244,7 +247,22 @@ def build_firmware(
         roi_end=image.symbols["tvmmcu_roi_end"].addr,
         input_bytes=int.from_bytes(io_bytes[:4], "little"),
         output_bytes=int.from_bytes(io_bytes[4:], "little"),
+        float_routines=float_routines(image),
     )
+
+
+# The run-time helpers GCC calls for float/double arithmetic without an FPU (ARM EABI and libgcc
+# names), and the float functions of libm.
+_FLOAT_ROUTINE = re.compile(
+    r"^(__aeabi_[fd]\w+|__aeabi_[il]2[fd]|__aeabi_ui2[fd]|__aeabi_ul2[fd]"
+    r"|__(add|sub|mul|div|neg|cmp|eq|ne|lt|le|gt|ge|unord|fix|fixuns|float|floatun|extend|trunc|pow)\w*[sd]f\d?"
+    r"|(exp|log|pow|sqrt|tanh|sin|cos|floor|ceil|round|fmax|fmin|fabs)f?)$"
+)
+
+
+def float_routines(image: ElfImage) -> tuple[str, ...]:
+    """Names of the floating-point routines linked into ``image``."""
+    return tuple(sorted(name for name in image.symbols if _FLOAT_ROUTINE.match(name)))
 
 
 def _measure_overflow(gcc: Path, board: Board, objs: Sequence[Path], out_dir: Path) -> BudgetError:

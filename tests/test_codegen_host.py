@@ -12,7 +12,6 @@ import ctypes
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import attrs
 import numpy as np
 import pytest
 
+from tests import host
 from tests.zoo import ALL_MODELS, write_model
 from tvm_mcu.codegen import model_c
 from tvm_mcu.compiler import Compiled, compile_module
@@ -29,8 +29,6 @@ from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
 from tvm_mcu.reference import reference_outputs
 from tvm_mcu.schedule.memory import workspace_name
 
-CFLAGS = ("-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC")
-C_SOURCES = ("model.c", "model_ops.c")
 LIBRARY_FILES = {"model.h", "model.c", "model_ops.h", "model_ops.c"}
 FLOAT_ATOL = 1e-4
 
@@ -61,50 +59,12 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> BuildFn:
 
 
 def _host_library(b: Build) -> ctypes.CDLL:
-    """Write the library, build it with host gcc as a shared object (warnings are errors) and load it."""
-    gcc = shutil.which("gcc")
-    assert gcc is not None, "host gcc is missing (make setup installs it)"
-    src = b.directory / "lib"
-    written = model_c.write_library(b.compiled.library, src, plan_json=b.compiled.plan.to_json())
-    assert {p.name for p in written} >= LIBRARY_FILES
-    so = src / f"lib{b.model.name}.so"
-    cmd = [gcc, *CFLAGS, "-I", str(src), *(str(src / f) for f in C_SOURCES), "-o", str(so), "-lm"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, f"gcc failed for {b.model.name}:\n{proc.stderr}"
-    lib = ctypes.CDLL(str(so))  # RTLD_LOCAL: each model's symbols stay its own
-    lib.tvmmcu_model_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.tvmmcu_model_run.restype = ctypes.c_int32
+    lib = host.build_shared(b.compiled, b.directory, b.model.name)
+    assert {p.name for p in (b.directory / "lib").iterdir()} >= LIBRARY_FILES
     return lib
 
 
-def _aligned_bytes(nbytes: int, fill: int) -> np.ndarray:
-    """A uint8 view of a uint64 array: 8-byte aligned, as model.h requires."""
-    words = np.empty(max(1, -(-nbytes // 8)), np.uint64)
-    view = words.view(np.uint8)
-    view[:] = fill
-    return view
-
-
-def _pack(slots: tuple[model_c.IoSlot, ...], arrays: list[np.ndarray]) -> np.ndarray:
-    buf = _aligned_bytes(model_c.packed_bytes(slots), 0)
-    for slot, a in zip(slots, arrays, strict=True):
-        assert a.shape == slot.shape and a.dtype == np.dtype(slot.dtype), (slot, a.shape, a.dtype)
-        raw = np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
-        buf[slot.offset : slot.offset + slot.nbytes] = raw
-    return buf
-
-
-def _unpack(slots: tuple[model_c.IoSlot, ...], buf: np.ndarray) -> list[np.ndarray]:
-    return [
-        buf[s.offset : s.offset + s.nbytes].view(np.dtype(s.dtype)).reshape(s.shape).copy() for s in slots
-    ]
-
-
-def _run(lib: ctypes.CDLL, packed_in: np.ndarray, out_bytes: int) -> np.ndarray:
-    out = _aligned_bytes(out_bytes, 0xFF)  # all-ones bytes are NaN as float32: unwritten outputs show
-    status = lib.tvmmcu_model_run(packed_in.ctypes.data, out.ctypes.data)
-    assert status == 0, f"tvmmcu_model_run failed at step {status}"
-    return out
+_pack, _unpack, _run = host.pack, host.unpack, host.call
 
 
 @pytest.mark.parametrize("name", ALL_MODELS, ids=ALL_MODELS)
@@ -145,6 +105,7 @@ def test_host_library_matches_reference(name: str, build: BuildFn) -> None:
 _REPLAY = """
 import hashlib, json, sys, tempfile
 from pathlib import Path
+from tests import host
 from tests.zoo import ALL_MODELS, write_model
 from tvm_mcu.compiler import compile_module
 from tvm_mcu.frontend import load_model
@@ -184,7 +145,8 @@ def replayed() -> Replayed:
 @pytest.mark.parametrize("name", ALL_MODELS, ids=ALL_MODELS)
 def test_compilation_is_deterministic(name: str, build: BuildFn, replayed: Replayed) -> None:
     compiled = build(name).compiled
-    assert set(compiled.library.files) == LIBRARY_FILES
+    # int8 models also ship the fixed-point helpers their kernels call
+    assert LIBRARY_FILES <= set(compiled.library.files) <= LIBRARY_FILES | {"tvmmcu_fixed_point.h"}
     plan_json = json.dumps(compiled.plan.to_json(), sort_keys=True)
     files = {**compiled.library.files, "memory_plan.json": plan_json}
     other = replayed[name]

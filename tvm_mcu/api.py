@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from typing import Any
+
 import attrs
 import numpy as np
 
@@ -72,11 +74,32 @@ def _check_fits(board: Board, plan_arena: int, io_bytes: int, graph: Graph) -> N
     )
 
 
-def compile_model(model_path: Path, board_name: str, out_dir: Path) -> Compiled:
-    """Import, compile to C, build the firmware for ``board_name``; writes the library and report.json."""
+def _io_rows(
+    slots: tuple[model_c.IoSlot, ...], quant: list[list[float]] | None, specs: tuple[Any, ...]
+) -> tuple[IoRow, ...]:
+    rows = []
+    for k, s in enumerate(slots):
+        q = quant[k] if quant is not None and k < len(quant) else []
+        spec = specs[k] if k < len(specs) else None
+        scale, zp = (
+            (float(q[0]), int(q[1]))
+            if q
+            else (getattr(spec, "scale", None), getattr(spec, "zero_point", None))
+        )
+        name = spec.name if spec is not None else s.name
+        rows.append(IoRow(name, s.shape, s.dtype, s.offset, s.nbytes, scale, zp))
+    return tuple(rows)
+
+
+def compile_model(model_path: Path, board_name: str, out_dir: Path, *, allow_float: bool = False) -> Compiled:
+    """Import, compile to C, build the firmware for ``board_name``; writes the library and report.json.
+
+    ``allow_float``: operators of an int8 model without an integer lowering run in float instead of
+    being refused; the report lists them.
+    """
     board = load_board(board_name)
     model = load_model(Path(model_path))
-    result = compiler.compile_module(model.mod, model_name=model.name)
+    result = compiler.compile_module(model.mod, model_name=model.name, allow_float=allow_float)
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)
     _check_fits(
@@ -99,13 +122,16 @@ def compile_model(model_path: Path, board_name: str, out_dir: Path) -> Compiled:
         ram_bytes=fw.ram_bytes,
         macs=sum(o.macs for o in result.ops),
         compile_seconds=result.seconds,
-        inputs=tuple(IoRow(s.name, s.shape, s.dtype, s.offset, s.nbytes) for s in ins),
-        outputs=tuple(IoRow(s.name, s.shape, s.dtype, s.offset, s.nbytes) for s in outs),
+        inputs=_io_rows(ins, (result.io_quantization or {}).get("inputs"), model.inputs),
+        outputs=_io_rows(outs, (result.io_quantization or {}).get("outputs"), model.outputs),
         ops=tuple(OpRow(o.name, o.kind, o.macs, o.output_bytes, o.scratch_bytes) for o in result.ops),
         plan_strategy=result.plan.strategy,
         whole_buffer_peak_bytes=result.whole_buffer_peak,
         whole_buffer_bound_bytes=result.whole_buffer_bound.peak_bytes,
         library_warnings=fw.warnings,
+        allow_float=allow_float,
+        float_ops=result.float_ops,
+        float_routines=fw.float_routines,
     )
     report.write(out_dir / REPORT)
     return Compiled(out_dir, report, fw.elf)
@@ -123,10 +149,22 @@ def pack(rows: tuple[IoRow, ...], arrays: list[np.ndarray]) -> bytes:
             a = a.reshape(r.shape)
         if tuple(a.shape) != tuple(r.shape):
             raise BadOptionError(f"input '{r.name}' must have shape {list(r.shape)}, got {list(a.shape)}")
+        if a.dtype.kind == "f" and np.dtype(r.dtype) == np.int8 and r.scale is not None:
+            a = quantize_linear(a, r.scale, int(r.zero_point or 0))
         if a.dtype != np.dtype(r.dtype):
             raise BadOptionError(f"input '{r.name}' must be {r.dtype}, got {a.dtype}")
         buf[r.offset : r.offset + r.bytes] = np.ascontiguousarray(a).tobytes()
     return bytes(buf)
+
+
+def quantize_linear(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """ONNX QuantizeLinear to int8: round half to even, saturate."""
+    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)) + zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize_linear(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return ((q.astype(np.int32) - zero_point) * np.float32(scale)).astype(np.float32)
 
 
 def unpack(rows: tuple[IoRow, ...], data: bytes) -> list[np.ndarray]:
@@ -197,10 +235,21 @@ def tolerance_for(reference: list[np.ndarray]) -> float:
 
 
 def verify(
-    model_path: Path, board_name: str, out_dir: Path, *, input_path: Path | None = None, seed: int = 0
+    model_path: Path,
+    board_name: str,
+    out_dir: Path,
+    *,
+    input_path: Path | None = None,
+    seed: int = 0,
+    allow_float: bool = False,
 ) -> Verification:
-    """Compile, run on the emulated board and compare with the independent reference."""
-    compiled = compile_model(model_path, board_name, out_dir)
+    """Compile, run on the emulated board and compare with the independent reference.
+
+    Float outputs must match within 1e-4 (scaled by the output's magnitude above 1); int8 outputs of a
+    TFLite model exactly; int8 outputs of an ONNX QDQ model within one quantisation step (they are
+    compared dequantised with the float reference, whose rounding differs from integer rounding).
+    """
+    compiled = compile_model(model_path, board_name, out_dir, allow_float=allow_float)
     model = load_model(Path(model_path))
     inputs = model_inputs(model, input_path=input_path, seed=seed)
     outcome = run_compiled(compiled.out_dir, inputs)
@@ -209,11 +258,17 @@ def verify(
         raise VerificationError(
             f"the reference gave {len(reference)} outputs, the firmware {len(outcome.outputs)}"
         )
-    err = 0.0
-    for got, want in zip(outcome.outputs, reference, strict=True):
-        err = max(err, max_abs_error(got, np.asarray(want).reshape(got.shape)))
-    float_out = any(o.dtype.kind == "f" for o in outcome.outputs)
-    tol = tolerance_for(reference) if float_out else 0.0
+    err, tol = 0.0, 0.0
+    for row, got, want in zip(outcome.report.outputs, outcome.outputs, reference, strict=True):
+        want = np.asarray(want).reshape(got.shape)
+        if got.dtype == np.int8 and want.dtype.kind == "f" and row.scale is not None:
+            # A QDQ model: the reference's float output is a dequantised int8 value; integer rounding
+            # may differ from float rounding by one quantisation step.
+            got = dequantize_linear(got, row.scale, int(row.zero_point or 0))
+            tol = max(tol, 1.0001 * row.scale)
+        elif got.dtype.kind == "f":
+            tol = max(tol, tolerance_for([want]))
+        err = max(err, max_abs_error(got, want))
     ref_name = "onnx.reference" if model.format == "onnx" else "tflite-micro"
     report = attrs.evolve(outcome.report, max_abs_error=err, tolerance=tol, reference=ref_name)
     report.write(compiled.out_dir / REPORT)

@@ -61,7 +61,7 @@ def _print_ops(r: Report) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     out = Path(args.output or Path(args.model).stem + "_" + args.board)
-    compiled = api.compile_model(Path(args.model), args.board, out)
+    compiled = api.compile_model(Path(args.model), args.board, out, allow_float=args.allow_float)
     if args.json:
         _print_report(compiled.report, True)
         return 0
@@ -110,7 +110,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     out = Path(ctx.name) if ctx is not None else Path(args.output)
     input_path = Path(args.input) if args.input else None
     try:
-        v = api.verify(Path(args.model), args.board, out, input_path=input_path, seed=args.seed)
+        v = api.verify(
+            Path(args.model),
+            args.board,
+            out,
+            input_path=input_path,
+            seed=args.seed,
+            allow_float=args.allow_float,
+        )
     finally:
         if ctx is not None:
             ctx.cleanup()
@@ -162,6 +169,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run_demo(board=args.board, out_dir=Path(args.output), limit=args.limit)
 
 
+ALLOW_FLOAT_HELP = (
+    "int8 models: run operators that have no integer lowering in float instead of refusing the model "
+    "(the report lists them)"
+)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from tvm_mcu.ptq import evaluate_accuracy, quantize_onnx
+
+    out = Path(args.output)
+    result = quantize_onnx(Path(args.model), Path(args.calibration), out)
+    report: dict[str, Any] = {
+        "model": args.model,
+        "output": str(out),
+        "calibration_samples": result.n_calibration_samples,
+        "quantized_ops": result.quantized_ops,
+        "notes": list(result.notes),
+    }
+    if args.eval:
+        data = np.load(args.eval)
+        x, y = data[args.eval_x], data[args.eval_y]
+        report["float_accuracy"] = evaluate_accuracy(Path(args.model), x, y)
+        report["int8_accuracy"] = evaluate_accuracy(out, x, y)
+        report["eval_samples"] = int(len(y))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"quantised {args.model} -> {out}: {result.quantized_ops} operators int8 "
+        f"(calibrated on {result.n_calibration_samples} samples)"
+    )
+    for note in result.notes:
+        print(f"  note: {note}")
+    if args.eval:
+        print(
+            f"  accuracy on {report['eval_samples']} samples of {args.eval}: float "
+            f"{report['float_accuracy']:.4f} -> int8 {report['int8_accuracy']:.4f}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tvm-mcu", description=__doc__)
     p.add_argument("--version", action="version", version=f"tvm-mcu {__version__}")
@@ -173,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--board", required=True, help="board name (see 'tvm-mcu boards')")
     c.add_argument("-o", "--output", help="output directory (default: MODEL_BOARD)")
     c.add_argument("--json", action="store_true", help="print report.json")
+    c.add_argument("--allow-float", action="store_true", help=ALLOW_FLOAT_HELP)
     c.set_defaults(func=cmd_compile)
 
     r = sub.add_parser("run", help="run a compiled model on its emulated board and print the figures")
@@ -190,7 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("-o", "--output", help="keep the build in this directory")
     v.add_argument("--json", action="store_true")
+    v.add_argument("--allow-float", action="store_true", help=ALLOW_FLOAT_HELP)
     v.set_defaults(func=cmd_verify)
+
+    q = sub.add_parser(
+        "quantize", help="post-training int8 quantisation of a float ONNX model (QDQ ONNX out)"
+    )
+    q.add_argument("model", help="float .onnx model")
+    q.add_argument("--calibration", required=True, help=".npz of calibration inputs (leading sample axis)")
+    q.add_argument("-o", "--output", required=True, help="the quantised .onnx to write")
+    q.add_argument("--eval", help=".npz with test inputs and labels: report the accuracy change")
+    q.add_argument("--eval-x", default="x", help="array of --eval holding the inputs (default x)")
+    q.add_argument("--eval-y", default="y", help="array of --eval holding the labels (default y)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quantize)
 
     b = sub.add_parser("boards", help="list the supported boards")
     b.add_argument("--json", action="store_true")

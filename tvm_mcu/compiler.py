@@ -13,6 +13,8 @@ from tvm_mcu.analysis.peak import PeakResult, best_order_peak, whole_buffer_peak
 from tvm_mcu.codegen import c_ops, model_c
 from tvm_mcu.errors import UnsupportedOpError
 from tvm_mcu.passes.relax.integer import fixed_point
+from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
+from tvm_mcu.passes.relax.make_int8_interface import io_quantization
 from tvm_mcu.schedule.graph import Graph, extract_graph
 from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
 
@@ -43,6 +45,9 @@ class Compiled:
     # Whole tensors live at once (inputs and outputs included): for this order, and for the best order.
     whole_buffer_peak: int
     whole_buffer_bound: PeakResult
+    # Quantised models: (scale, zero point) of each int8 input and output the caller converts, if any.
+    io_quantization: dict[str, list[list[float]]] | None = None
+    float_ops: tuple[str, ...] = ()
 
 
 def lower_operators(fused: _tvm.IRModule, graph: Graph) -> tuple[_tvm.IRModule, Graph]:
@@ -93,4 +98,15 @@ def compile_module(mod: _tvm.IRModule, *, model_name: str, allow_float: bool = F
     logger.info(
         "compiled %s: %d steps, arena %d B in %.2f s", model_name, len(ops), plan.arena_bytes, seconds
     )
-    return Compiled(graph, plan, model_c.Library(files), ops, seconds, whole_buffer_peak(graph), bound)
+    float_ops = fused["main"].attrs.get(ATTR_FLOAT_OPS) if fused["main"].attrs is not None else None
+    return Compiled(
+        graph,
+        plan,
+        model_c.Library(files),
+        ops,
+        seconds,
+        whole_buffer_peak(graph),
+        bound,
+        io_quantization(fused),
+        tuple(str(o) for o in float_ops) if float_ops is not None else (),
+    )

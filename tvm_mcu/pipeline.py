@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from tvm_mcu._tvm import C_TARGET, relax, s_tir, tirx, tvm
 from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
+from tvm_mcu.passes.relax.make_int8_interface import MakeInt8Interface
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
@@ -15,6 +16,9 @@ from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 def graph_passes(*, allow_float: bool = False) -> list[tvm.transform.Pass]:
     """Relax passes: integer lowering, simplification, legalisation of every op to TIR, fusion."""
     return [
+        # The caller quantises the inputs and dequantises the outputs of a QDQ model; before the integer
+        # lowering, which then sees int8 inputs.
+        MakeInt8Interface(),
         # Must see the dequantize -> float op -> quantize patterns before FoldConstant turns the
         # dequantised weights into float constants.
         LowerQuantizedOps(allow_float=allow_float),

@@ -35,6 +35,9 @@ class IoRow:
     dtype: str = ""
     offset: int = 0
     bytes: int = 0
+    # For an int8 tensor of a quantised model: real value = scale * (q - zero_point).
+    scale: float | None = None
+    zero_point: int | None = None
 
 
 @attrs.frozen
@@ -58,6 +61,11 @@ class Report:
     # the minimum over all operator orders (the bound any layer-by-layer executor must pay).
     whole_buffer_peak_bytes: int
     whole_buffer_bound_bytes: int
+    # Quantised models: ops left in float by --allow-float, and the float routines linked into the
+    # firmware (soft-float helpers, libm); both empty for an integer-only model.
+    allow_float: bool = False
+    float_ops: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    float_routines: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     # Warnings the C compiler gave for the generated library (-Wall -Wextra); expected to be none.
     library_warnings: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     stack_bytes: int | None = None

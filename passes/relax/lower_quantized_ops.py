@@ -225,7 +225,9 @@ def _add(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
 
 def _activation(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     src = args[0]
-    if not isinstance(src, Pending) or src.act is not None:
+    if isinstance(src, QTensor):  # a standalone activation: requantised to its output and clamped
+        src = Pending("clamp", (src,), call)
+    elif not isinstance(src, Pending) or src.act is not None:
         return NotImplemented
     act: tuple[float | None, float | None]
     if _tvm.op_name(call) == "relax.nn.relu":
@@ -317,15 +319,21 @@ _HANDLERS = {
 
 
 def is_quantized(mod: tvm.IRModule) -> bool:
-    """Whether ``main`` contains quantize/dequantize operators (a fake-quantised model)."""
+    """Whether ``main`` quantises (quantize/dequantize calls) or computes on int8 tensors at all."""
+    func = mod["main"]
     found: list[bool] = []
 
     def visit(call: Any) -> None:
         if _tvm.op_name(call) in ("relax.quantize", "relax.dequantize"):
             found.append(True)
 
-    _tvm.structural_walk(mod["main"].body, (relax.Call, visit))
-    return bool(found)
+    _tvm.structural_walk(func.body, (relax.Call, visit))
+    int8_vars = [
+        v
+        for v in [*func.params, *(b.var for block in func.body.blocks for b in block.bindings)]
+        if isinstance(v.ty, _tvm.TensorType) and _tvm.tensor_dtype(v.ty) == "int8"
+    ]
+    return bool(found) or bool(int8_vars)
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerQuantizedOps")
@@ -347,7 +355,7 @@ class LowerQuantizedOps:
         requantisation (QuantizeMultiplier parameters, SaturatingRoundingDoublingHighMul then
         RoundingDivideByPOT), the activation clamp; TFLite's int8 ADD, AVERAGE_POOL and SOFTMAX algorithms.
     Declines when
-        the module has no quantize/dequantize (float models pass through unchanged).
+        the module has no quantize/dequantize and no int8 tensor (float models pass through unchanged).
     Refuses
         (UnsupportedOpError naming each op and the reason) any quantised value that reaches an op with no
         integer lowering, unless ``allow_float``: then that op runs in float between a dequantize and a

@@ -156,8 +156,8 @@ def emit_add(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
 
 def requantize(bb: Any, x: QTensor, out_scale: float, out_zp: int, act: tuple[int, int] = (-128, 127)) -> Any:
     """``x`` moved to (out_scale, out_zp); the same variable when nothing changes."""
-    if np.float32(x.scale) == np.float32(out_scale) and x.zero_point == out_zp and act == (-128, 127):
-        return x.var
+    if np.float32(x.scale) == np.float32(out_scale) and x.zero_point == out_zp:
+        return x.var if act == (-128, 127) else relax.op.clip(x.var, act[0], act[1])
     m, shift = params.quantize_multiplier(
         float(np.float64(np.float32(x.scale)) / np.float64(np.float32(out_scale)))
     )
@@ -271,7 +271,14 @@ def emit_mean(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
     )
 
 
+def emit_clamp(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+    """relu / clip of a quantised tensor: requantised to the output and clamped to the activation range."""
+    (x,) = p.inputs
+    return requantize(bb, x, out_scale, out_zp, _act_range(p, out_scale, out_zp))
+
+
 EMITTERS: dict[str, Callable[[Any, Pending, float, int], Any]] = {
+    "clamp": emit_clamp,
     "conv2d": emit_conv2d,
     "dense": emit_dense,
     "add": emit_add,
