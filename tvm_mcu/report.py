@@ -28,6 +28,10 @@ def _int_tuple(values: object) -> tuple[int, ...]:
     return tuple(int(v) for v in values)  # type: ignore[attr-defined]
 
 
+def _str_tuple(values: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in values)  # type: ignore[attr-defined]
+
+
 @attrs.frozen
 class IoRow:
     name: str
@@ -64,10 +68,10 @@ class Report:
     # Quantised models: ops left in float by --allow-float, and the float routines linked into the
     # firmware (soft-float helpers, libm); both empty for an integer-only model.
     allow_float: bool = False
-    float_ops: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    float_routines: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    float_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    float_routines: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # Warnings the C compiler gave for the generated library (-Wall -Wextra); expected to be none.
-    library_warnings: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    library_warnings: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     stack_bytes: int | None = None
     instructions: int | None = None
     instructions_per_mac: float | None = None

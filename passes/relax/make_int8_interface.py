@@ -100,7 +100,7 @@ class MakeInt8Interface:
                 src = v.args[0]
                 if isinstance(src, _tvm.RelaxVar) and _tvm.tensor_dtype(src.ty) == "int8":
                     q = _qparams(v)
-            if q is not None:
+            if q is not None and v is not None:
                 new_outs.append(v.args[0])
                 out_q.append(list(q))
             else:
