@@ -13,7 +13,8 @@ import pytest
 from onnx import TensorProto, helper
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as tflite_schema
 
-from tests.zoo import ALL_MODELS, ONNX_MODELS, TFLITE_MODELS, write_model
+from tests.zoo import FLOAT_MODELS as ALL_MODELS
+from tests.zoo import ONNX_MODELS, TFLITE_MODELS, write_model
 from tests.zoo.tflite_models import BO, TFLiteWriter
 from tvm_mcu.errors import ModelError, UnsupportedOpError
 from tvm_mcu.frontend import TensorSpec, load_model, support

@@ -98,7 +98,12 @@ def compile_model(model_path: Path, board_name: str, out_dir: Path, *, allow_flo
     """
     board = load_board(board_name)
     model = load_model(Path(model_path))
-    result = compiler.compile_module(model.mod, model_name=model.name, allow_float=allow_float)
+    result = compiler.compile_module(
+        model.mod,
+        model_name=model.name,
+        allow_float=allow_float,
+        rounding="onnx" if model.format == "onnx" else "tflite",
+    )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)
     _check_fits(

@@ -62,11 +62,17 @@ def lower_operators(fused: _tvm.IRModule, graph: Graph) -> tuple[_tvm.IRModule, 
     return lowered, attrs.evolve(graph, steps=steps)
 
 
-def compile_module(mod: _tvm.IRModule, *, model_name: str, allow_float: bool = False) -> Compiled:
-    """Compile an imported Relax module (float or integer) to a C library with a static memory plan."""
+def compile_module(
+    mod: _tvm.IRModule, *, model_name: str, allow_float: bool = False, rounding: str = "tflite"
+) -> Compiled:
+    """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
+
+    ``rounding``: how int8 requantisations round, "tflite" (TFLite Micro's arithmetic, for TFLite
+    models) or "onnx" (one rounding half to even, for ONNX QDQ models).
+    """
     t0 = time.perf_counter()
     try:
-        fused = pipeline.run(pipeline.graph_passes(allow_float=allow_float), mod)
+        fused = pipeline.run(pipeline.graph_passes(allow_float=allow_float, rounding=rounding), mod)
     except (AssertionError, _tvm.TVMError, ValueError, TypeError) as exc:
         # TVM's legalisation rejects some attribute combinations its importer accepted.
         raise UnsupportedOpError(

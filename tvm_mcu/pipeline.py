@@ -13,7 +13,7 @@ from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 
 
-def graph_passes(*, allow_float: bool = False) -> list[tvm.transform.Pass]:
+def graph_passes(*, allow_float: bool = False, rounding: str = "tflite") -> list[tvm.transform.Pass]:
     """Relax passes: integer lowering, simplification, legalisation of every op to TIR, fusion."""
     return [
         # The caller quantises the inputs and dequantises the outputs of a QDQ model; before the integer
@@ -21,7 +21,7 @@ def graph_passes(*, allow_float: bool = False) -> list[tvm.transform.Pass]:
         MakeInt8Interface(),
         # Must see the dequantize -> float op -> quantize patterns before FoldConstant turns the
         # dequantised weights into float constants.
-        LowerQuantizedOps(allow_float=allow_float),
+        LowerQuantizedOps(allow_float=allow_float, rounding=rounding),
         # Folds inference BatchNorm that follows a conv2d into the conv's weights and a bias add ...
         relax.transform.FoldBatchnormToConv2D(),
         # ... (and the FoldConstant that evaluates the new weights must come before decomposition).

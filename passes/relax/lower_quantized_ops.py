@@ -46,9 +46,10 @@ def _broadcast_param(value: np.ndarray, shape: tuple[int, ...], axis: int) -> np
 class _Lowering:
     """One walk over ``main``'s bindings, emitting the integer function into ``bb``."""
 
-    def __init__(self, bb: Any, allow_float: bool) -> None:
+    def __init__(self, bb: Any, allow_float: bool, rounding: str) -> None:
         self.bb = bb
         self.allow_float = allow_float
+        self.rounding = rounding
         self.env: dict[Any, Any] = {}  # old var -> new expr, QTensor, QConst, Pending or IntAccumulate
         self.origin: dict[Any, Any] = {}  # old var -> its binding value (for float fallback)
         self.problems: list[str] = []
@@ -190,9 +191,9 @@ def _quantize(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
         emitter = EMITTERS.get(src.kind)
         if emitter is None:
             raise NotInteger(f"no integer lowering for {src.kind}")
-        return low.bb.emit(emitter(low.bb, src, out_scale, out_zp))
+        return low.bb.emit(emitter(low.bb, src, out_scale, out_zp, low.rounding))
     if isinstance(src, QTensor):
-        return low.bb.emit(requantize(low.bb, src, out_scale, out_zp))
+        return low.bb.emit(requantize(low.bb, src, out_scale, out_zp, rounding=low.rounding))
     raise NotInteger("quantize of a float value that does not come from quantised inputs")
 
 
@@ -361,14 +362,20 @@ class LowerQuantizedOps:
         integer lowering, unless ``allow_float``: then that op runs in float between a dequantize and a
         quantize, and the ops are listed in the function attribute ``tvmmcu.float_ops``.
     Numerics
-        bit-exact with TFLite Micro's reference kernels for TFLite models; for ONNX QDQ models within one
-        quantisation step of the float reference (integer rounding instead of float rounding).
+        ``rounding="tflite"``: bit-exact with TFLite Micro's reference kernels. ``rounding="onnx"`` (QDQ
+        models, whose meaning is float arithmetic then QuantizeLinear): every requantisation rounds once,
+        half to even, from the exact integer accumulator; it differs from the float reference only where
+        the float sum itself rounds across a tie or the 31-bit multiplier moves a near-tie, and a step
+        changed early can grow through later layers.
     Ordering
         first: before FoldConstant (which would fold the dequantised weights into float constants).
     """
 
-    def __init__(self, *, allow_float: bool = False) -> None:
+    def __init__(self, *, allow_float: bool = False, rounding: str = "tflite") -> None:
+        if rounding not in ("tflite", "onnx"):
+            raise ValueError(f"rounding must be 'tflite' or 'onnx', not {rounding!r}")
         self._allow_float = allow_float
+        self._rounding = rounding
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if not is_quantized(mod):
@@ -377,7 +384,7 @@ class LowerQuantizedOps:
         others = {gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"}
         bb = relax.BlockBuilder(tvm.IRModule(others, attrs=mod.attrs))
         params = list(func.params)
-        low = _Lowering(bb, self._allow_float)
+        low = _Lowering(bb, self._allow_float, self._rounding)
         attrs = dict(func.attrs) if func.attrs is not None else {}
         with bb.function("main", params, attrs=attrs, private=False):
             with bb.dataflow():

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tvm_mcu._tvm import relax
-from tvm_mcu.passes.relax.integer import kernels, params
+from tvm_mcu.passes.relax.integer import fixed_point, kernels, params
 from tvm_mcu.passes.relax.integer.values import Pending, QConst, QTensor
 
 
@@ -75,7 +75,7 @@ def _multipliers(x: QTensor, w_scale: np.ndarray, out_scale: float) -> tuple[np.
     return params.quantize_multipliers(params.effective_scale(x.scale, w_scale, out_scale))
 
 
-def emit_conv2d(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+def emit_conv2d(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) -> Any:
     x, w = p.inputs
     a = p.call.attrs
     if str(a.out_layout) != str(a.data_layout):
@@ -103,11 +103,12 @@ def emit_conv2d(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
         zp_out=out_zp,
         act_min=act_min,
         act_max=act_max,
+        rounding=rounding,
         primfunc_name_hint="conv2d_int8",
     )
 
 
-def emit_dense(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+def emit_dense(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) -> Any:
     x, w = p.inputs
     x_shape = [int(d) for d in x.var.ty.shape]
     if len(x_shape) != 2 or w.values.ndim != 2:
@@ -128,17 +129,34 @@ def emit_dense(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
         zp_out=out_zp,
         act_min=act_min,
         act_max=act_max,
+        rounding=rounding,
         primfunc_name_hint="dense_int8",
     )
 
 
-def emit_add(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+def emit_add(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) -> Any:
     a, b = p.inputs
     if not isinstance(a, QTensor) or not isinstance(b, QTensor):
         raise NotInteger("add of a quantised tensor and a constant is not supported")
-    prm = params.add_params(a.scale, b.scale, out_scale)
     act_min, act_max = _act_range(p, out_scale, out_zp)
     out_shape = [int(d) for d in p.call.ty.shape]
+    if rounding == fixed_point.ONNX:
+        even = params.add_params_even(a.scale, b.scale, out_scale)
+        if even is not None:
+            return bb.call_te(
+                kernels.add_int8_even,
+                a.var,
+                b.var,
+                out_shape=out_shape,
+                zp_a=a.zero_point,
+                zp_b=b.zero_point,
+                zp_out=out_zp,
+                act_min=act_min,
+                act_max=act_max,
+                primfunc_name_hint="add_int8",
+                **even,
+            )
+    prm = params.add_params(a.scale, b.scale, out_scale)
     return bb.call_te(
         kernels.add_int8,
         a.var,
@@ -154,7 +172,14 @@ def emit_add(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
     )
 
 
-def requantize(bb: Any, x: QTensor, out_scale: float, out_zp: int, act: tuple[int, int] = (-128, 127)) -> Any:
+def requantize(
+    bb: Any,
+    x: QTensor,
+    out_scale: float,
+    out_zp: int,
+    act: tuple[int, int] = (-128, 127),
+    rounding: str = "tflite",
+) -> Any:
     """``x`` moved to (out_scale, out_zp); the same variable when nothing changes."""
     if np.float32(x.scale) == np.float32(out_scale) and x.zero_point == out_zp:
         return x.var if act == (-128, 127) else relax.op.clip(x.var, act[0], act[1])
@@ -170,11 +195,14 @@ def requantize(bb: Any, x: QTensor, out_scale: float, out_zp: int, act: tuple[in
         shift=shift,
         act_min=act[0],
         act_max=act[1],
+        rounding=rounding,
         primfunc_name_hint="requantize_int8",
     )
 
 
-def avg_pool_int8(bb: Any, source: Any, call: Any, act: tuple[int, int]) -> Any:
+def avg_pool_int8(
+    bb: Any, source: Any, call: Any, act: tuple[int, int], requant: tuple[int, int, int, int] | None = None
+) -> Any:
     a = call.attrs
     if bool(a.ceil_mode):
         raise NotInteger("average pooling with ceil_mode")
@@ -191,19 +219,27 @@ def avg_pool_int8(bb: Any, source: Any, call: Any, act: tuple[int, int]) -> Any:
         count_include_pad=bool(a.count_include_pad),
         act_min=act[0],
         act_max=act[1],
+        requant=requant,
         primfunc_name_hint="avg_pool2d_int8",
     )
 
 
-def emit_avg_pool(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+def emit_avg_pool(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) -> Any:
     (x,) = p.inputs
+    m, shift = params.quantize_multiplier(
+        float(np.float64(np.float32(x.scale)) / np.float64(np.float32(out_scale)))
+    )
+    if rounding == fixed_point.ONNX and 31 - shift <= 56:
+        # One rounding (half to even) of sum * s_in / (count * s_out): the float semantics.
+        act_min, act_max = _act_range(p, out_scale, out_zp)
+        return avg_pool_int8(bb, x.var, p.call, (act_min, act_max), requant=(x.zero_point, out_zp, m, shift))
     pooled = bb.emit(avg_pool_int8(bb, x.var, p.call, (-128, 127)))
     return requantize(
         bb, QTensor(pooled, x.scale, x.zero_point), out_scale, out_zp, _act_range(p, out_scale, out_zp)
     )
 
 
-def emit_max_pool(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+def emit_max_pool(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) -> Any:
     (x,) = p.inputs
     a = p.call.attrs
     pooled = bb.emit(
@@ -222,7 +258,7 @@ def emit_max_pool(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
     )
 
 
-def emit_softmax(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+def emit_softmax(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) -> Any:
     (x,) = p.inputs
     rank = len(p.call.ty.shape)
     axis = int(p.call.attrs.axis)
@@ -239,22 +275,28 @@ def emit_softmax(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
     )
 
 
-def emit_concat(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+def emit_concat(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) -> Any:
     parts = [
-        bb.emit(requantize(bb, x, out_scale, out_zp)) if isinstance(x, QTensor) else None for x in p.inputs
+        bb.emit(requantize(bb, x, out_scale, out_zp, rounding=rounding)) if isinstance(x, QTensor) else None
+        for x in p.inputs
     ]
     if any(v is None for v in parts):
         raise NotInteger("concat of a constant")
     return relax.op.concat(parts, axis=int(p.call.attrs.axis))
 
 
-def emit_mean(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+def emit_mean(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) -> Any:
     """Mean over any axes, TFLite Micro's ``QuantizedMeanOrSum`` arithmetic."""
     (x,) = p.inputs
     shape = [int(d) for d in x.var.ty.shape]
     axes = sorted({int(a) % len(shape) for a in p.call.attrs.axis})
     count = int(np.prod([shape[a] for a in axes]))
-    m, shift = params.mean_params(x.scale, out_scale, count)
+    if rounding == fixed_point.ONNX:  # one rounding of sum * s_in / (count * s_out)
+        m, shift = params.quantize_multiplier(
+            float(np.float64(np.float32(x.scale)) / (count * np.float64(np.float32(out_scale))))
+        )
+    else:
+        m, shift = params.mean_params(x.scale, out_scale, count)
     act_min, act_max = _act_range(p, out_scale, out_zp)
     return bb.call_te(
         kernels.mean_int8,
@@ -267,17 +309,18 @@ def emit_mean(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
         shift=shift,
         act_min=act_min,
         act_max=act_max,
+        rounding=rounding,
         primfunc_name_hint="mean_int8",
     )
 
 
-def emit_clamp(bb: Any, p: Pending, out_scale: float, out_zp: int) -> Any:
+def emit_clamp(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) -> Any:
     """relu / clip of a quantised tensor: requantised to the output and clamped to the activation range."""
     (x,) = p.inputs
-    return requantize(bb, x, out_scale, out_zp, _act_range(p, out_scale, out_zp))
+    return requantize(bb, x, out_scale, out_zp, _act_range(p, out_scale, out_zp), rounding)
 
 
-EMITTERS: dict[str, Callable[[Any, Pending, float, int], Any]] = {
+EMITTERS: dict[str, Callable[[Any, Pending, float, int, str], Any]] = {
     "clamp": emit_clamp,
     "conv2d": emit_conv2d,
     "dense": emit_dense,

@@ -55,6 +55,40 @@ static inline int32_t tvmmcu_fp_mbqm(int32_t x, int32_t multiplier, int32_t shif
   return tvmmcu_fp_rdbpot(tvmmcu_fp_srdhm(shifted, multiplier), right);
 }
 
+/* value / 2**total rounded half to even (ONNX QuantizeLinear's rounding), saturated to int32. */
+static inline int32_t tvmmcu_fp_round_even(int64_t value, int32_t total) {
+  int64_t q = value;
+  if (total > 0) {
+    q = value >> total; /* floor */
+    int64_t remainder = value - q * ((int64_t)1 << total);
+    int64_t half = (int64_t)1 << (total - 1);
+    if (remainder > half || (remainder == half && (q & 1) != 0)) {
+      q += 1;
+    }
+  }
+  return q > INT32_MAX ? INT32_MAX : (q < INT32_MIN ? INT32_MIN : (int32_t)q);
+}
+
+/* x * multiplier * 2**(shift - 31) with one rounding, half to even: the ONNX (float) semantics of a
+ * requantisation, exact up to the multiplier's 31-bit precision. */
+static inline int32_t tvmmcu_fp_mbqm_even(int32_t x, int32_t multiplier, int32_t shift) {
+  return tvmmcu_fp_round_even((int64_t)x * multiplier, 31 - shift);
+}
+
+/* numerator / denominator (denominator > 0) rounded half to even. */
+static inline int32_t tvmmcu_fp_div_round_even(int64_t numerator, int64_t denominator) {
+  int64_t q = numerator / denominator;
+  int64_t r = numerator - q * denominator;
+  if (r < 0) { /* floor */
+    q -= 1;
+    r += denominator;
+  }
+  if (2 * r > denominator || (2 * r == denominator && (q & 1) != 0)) {
+    q += 1;
+  }
+  return q > INT32_MAX ? INT32_MAX : (q < INT32_MIN ? INT32_MIN : (int32_t)q);
+}
+
 /* SaturatingRoundingMultiplyByPOT for a positive exponent: a saturating left shift. */
 static inline int32_t tvmmcu_fp_saturating_lshift(int32_t x, int32_t exponent) {
   int32_t threshold = (int32_t)((((uint32_t)1) << (31 - exponent)) - 1u);
@@ -120,11 +154,30 @@ def rdbpot(x: Expr, exponent: Expr | int) -> Expr:
     return _call("rdbpot", i32(x), exponent)
 
 
-def multiply_by_quantized_multiplier(x: Expr, multiplier: Expr | int, shift: Expr | int) -> Expr:
-    """TFLite ``MultiplyByQuantizedMultiplier`` (shift > 0 shifts left first, < 0 rounds right after)."""
+# Rounding modes of a requantisation: TFLite's double rounding (bit-exact with TFLite Micro) for TFLite
+# models; one rounding, half to even, for ONNX QDQ models (QuantizeLinear's float semantics).
+TFLITE = "tflite"
+ONNX = "onnx"
+
+
+def multiply_by_quantized_multiplier(
+    x: Expr, multiplier: Expr | int, shift: Expr | int, rounding: str = TFLITE
+) -> Expr:
+    """``x * multiplier * 2**(shift - 31)``, rounded as ``rounding`` says (TFLite's
+    ``MultiplyByQuantizedMultiplier``, or one half-to-even rounding)."""
     m = tirx.const(multiplier, "int32") if isinstance(multiplier, int) else i32(multiplier)
     s = tirx.const(shift, "int32") if isinstance(shift, int) else i32(shift)
-    return _call("mbqm", i32(x), m, s)
+    return _call("mbqm" if rounding == TFLITE else "mbqm_even", i32(x), m, s)
+
+
+def div_round_even(numerator: Expr, denominator: Expr) -> Expr:
+    """``numerator / denominator`` (int64, denominator > 0), rounded half to even."""
+    return _call("div_round_even", numerator.astype("int64"), denominator.astype("int64"))
+
+
+def round_even(value: Expr, total_shift: int) -> Expr:
+    """``value / 2**total_shift`` (int64 value), rounded half to even."""
+    return _call("round_even", value.astype("int64"), tirx.const(total_shift, "int32"))
 
 
 def reciprocal_scale(x: Expr) -> Expr:

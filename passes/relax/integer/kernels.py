@@ -17,11 +17,13 @@ from typing import Any
 
 from tvm_mcu._tvm import te, tirx, topi
 from tvm_mcu.passes.relax.integer.fixed_point import (
+    div_round_even,
     i32,
     multiply_by_quantized_multiplier,
     rdbpot,
     reciprocal_bits,
     reciprocal_scale,
+    round_even,
     srdhm,
 )
 
@@ -36,8 +38,10 @@ def _clamp_to_int8(value: Any, act_min: int, act_max: int) -> Any:
     return tirx.max(tirx.min(value, c32(act_max)), c32(act_min)).astype("int8")
 
 
-def _requantize(acc: Any, multiplier: Any, shift: Any, zp_out: int, act_min: int, act_max: int) -> Any:
-    scaled = multiply_by_quantized_multiplier(acc, multiplier, shift)
+def _requantize(
+    acc: Any, multiplier: Any, shift: Any, zp_out: int, act_min: int, act_max: int, rounding: str
+) -> Any:
+    scaled = multiply_by_quantized_multiplier(acc, multiplier, shift, rounding)
     return _clamp_to_int8(scaled + c32(zp_out), act_min, act_max)
 
 
@@ -58,6 +62,7 @@ def conv2d_int8(
     zp_out: int,
     act_min: int,
     act_max: int,
+    rounding: str,
 ) -> TeTensor:
     """Integer conv2d (regular, grouped, depthwise): TFLite's ``ConvPerChannel`` / ``DepthwiseConv``.
 
@@ -79,7 +84,7 @@ def conv2d_int8(
 
     def epilogue(*idx: Any) -> Any:
         c = idx[c_axis]
-        return _requantize(acc(*idx) + bias[c], multiplier[c], shift[c], zp_out, act_min, act_max)
+        return _requantize(acc(*idx) + bias[c], multiplier[c], shift[c], zp_out, act_min, act_max, rounding)
 
     return te.compute(acc.shape, epilogue, name="requantize")
 
@@ -94,6 +99,7 @@ def dense_int8(
     zp_out: int,
     act_min: int,
     act_max: int,
+    rounding: str,
 ) -> TeTensor:
     """Integer fully connected, TFLite's ``FullyConnected``: ``data`` [N, K], ``weight`` [M, K]."""
     n, k_dim = data.shape
@@ -102,7 +108,9 @@ def dense_int8(
     acc = te.compute((n, m), lambda i, j: te.sum(i32(data[i, k]) * i32(weight[j, k]), axis=k), name="dense")
     return te.compute(
         (n, m),
-        lambda i, j: _requantize(acc[i, j] + bias[j], multiplier[j], shift[j], zp_out, act_min, act_max),
+        lambda i, j: _requantize(
+            acc[i, j] + bias[j], multiplier[j], shift[j], zp_out, act_min, act_max, rounding
+        ),
         name="requantize",
     )
 
@@ -144,13 +152,49 @@ def add_int8(
     return te.compute(list(out_shape), f, name="add_int8")
 
 
+def add_int8_even(
+    a: TeTensor,
+    b: TeTensor,
+    *,
+    out_shape: Sequence[int],
+    zp_a: int,
+    zp_b: int,
+    zp_out: int,
+    ma: int,
+    la: int,
+    mb: int,
+    lb: int,
+    total_shift: int,
+    act_min: int,
+    act_max: int,
+) -> TeTensor:
+    """Integer add with one half-to-even rounding (ONNX semantics): ``(a'*ma << la) + (b'*mb << lb)``
+    over ``2**total_shift``, the scale ratios as 31-bit multipliers aligned to a common exponent."""
+
+    def f(*idx: Any) -> Any:
+        va = (i32(a(*_broadcast_index(a.shape, idx))) - c32(zp_a)).astype("int64")
+        vb = (i32(b(*_broadcast_index(b.shape, idx))) - c32(zp_b)).astype("int64")
+        total = va * tirx.const(ma << la, "int64") + vb * tirx.const(mb << lb, "int64")
+        return _clamp_to_int8(round_even(total, total_shift) + c32(zp_out), act_min, act_max)
+
+    return te.compute(list(out_shape), f, name="add_int8")
+
+
 def requantize_int8(
-    data: TeTensor, *, zp_in: int, zp_out: int, multiplier: int, shift: int, act_min: int, act_max: int
+    data: TeTensor,
+    *,
+    zp_in: int,
+    zp_out: int,
+    multiplier: int,
+    shift: int,
+    act_min: int,
+    act_max: int,
+    rounding: str,
 ) -> TeTensor:
     """Move int8 values to another scale and zero point (TFLite's ``Requantize``)."""
 
     def f(*idx: Any) -> Any:
-        scaled = multiply_by_quantized_multiplier(i32(data(*idx)) - c32(zp_in), multiplier, shift)
+        scaled = multiply_by_quantized_multiplier(i32(data(*idx)) - c32(zp_in), multiplier, shift, rounding)
         return _clamp_to_int8(scaled + c32(zp_out), act_min, act_max)
 
     return te.compute(data.shape, f, name="requantize")
@@ -167,9 +211,15 @@ def avg_pool2d_int8(
     count_include_pad: bool,
     act_min: int,
     act_max: int,
+    requant: tuple[int, int, int, int] | None = None,
 ) -> TeTensor:
     """Integer average pool, TFLite's int8 ``AveragePool``: the sum of the in-bounds taps divided by their
-    count, rounded half away from zero (same scale in and out)."""
+    count, rounded half away from zero (same scale in and out).
+
+    With ``requant`` = (zp_in, zp_out, multiplier, shift) the output is instead the ONNX semantics
+    ``(sum - zp_in * count) * s_in / (count * s_out)`` rounded once, half to even, plus ``zp_out``:
+    ``s_in / s_out = multiplier * 2**(shift - 31)`` and the exact division by ``count * 2**(31 - shift)``.
+    """
     kh, kw = (int(v) for v in pool_size)
     sh, sw = (int(v) for v in strides)
     top, left = int(padding[0]), int(padding[1])
@@ -197,6 +247,11 @@ def avg_pool2d_int8(
             count = (tirx.min(h0 + kh, height) - tirx.max(h0, 0)) * (
                 tirx.min(w0 + kw, width) - tirx.max(w0, 0)
             )
+        if requant is not None:
+            zp_in, zp_out, multiplier, shift = requant
+            centred = (total(*idx) - count * c32(zp_in)).astype("int64") * tirx.const(multiplier, "int64")
+            denominator = count.astype("int64") * tirx.const(1 << (31 - shift), "int64")
+            return _clamp_to_int8(div_round_even(centred, denominator) + c32(zp_out), act_min, act_max)
         s = total(*idx)
         half = tirx.truncdiv(count, c32(2))
         avg = tirx.Select(s > c32(0), tirx.truncdiv(s + half, count), tirx.truncdiv(s - half, count))
@@ -216,6 +271,7 @@ def mean_int8(
     shift: int,
     act_min: int,
     act_max: int,
+    rounding: str,
 ) -> TeTensor:
     """Integer mean, TFLite Micro's ``QuantizedMeanOrSum``: ``sum(x) - zp_in * count``, one requantisation
     with the count folded into the multiplier (``params.mean_params``), plus ``zp_out``."""
@@ -242,7 +298,7 @@ def mean_int8(
     return te.compute(
         list(out_shape),
         lambda *idx: _requantize(
-            sums(*idx) - c32(zp_in * count), multiplier, shift, zp_out, act_min, act_max
+            sums(*idx) - c32(zp_in * count), multiplier, shift, zp_out, act_min, act_max, rounding
         ),
         name="mean_int8",
     )

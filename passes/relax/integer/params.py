@@ -73,6 +73,20 @@ def add_params(s1: float, s2: float, s_out: float, left_shift: int = 20) -> dict
     return {"left_shift": left_shift, "m1": m1, "s1": sh1, "m2": m2, "s2": sh2, "mo": mo, "so": sho}
 
 
+def add_params_even(s1: float, s2: float, s_out: float) -> dict[str, int] | None:
+    """ONNX-semantics add: ``(a' * s1 + b' * s2) / s_out`` with one rounding. The two ratios are 31-bit
+    multipliers aligned to a common exponent; None when their exponents are too far apart to align
+    exactly in int64 (the caller falls back to TFLite's add)."""
+    r1 = float(np.float64(np.float32(s1)) / np.float64(np.float32(s_out)))
+    r2 = float(np.float64(np.float32(s2)) / np.float64(np.float32(s_out)))
+    (ma, sa), (mb, sb) = quantize_multiplier(r1), quantize_multiplier(r2)
+    lo = min(sa, sb)
+    la, lb = sa - lo, sb - lo
+    if max(la, lb) > 20 or 31 - lo > 62:
+        return None
+    return {"ma": ma, "la": la, "mb": mb, "lb": lb, "total_shift": 31 - lo}
+
+
 # Softmax (TFLite's int8 kernel): the input difference to the row maximum is rescaled to a fixed-point
 # number with this many integer bits before the exponential.
 SOFTMAX_DIFF_INTEGER_BITS = 5
