@@ -71,3 +71,31 @@ def _tflm_reference(data: bytes, inputs: list[np.ndarray], n_outputs: int) -> li
             interp.set_input(x, k)
         interp.invoke()
         return [np.array(interp.get_output(k)) for k in range(n_outputs)]
+
+
+def tflm_arena(data: bytes) -> dict[str, int]:
+    """TFLite Micro's arena use for a model: ``total``, ``head`` (activations) and ``tail`` bytes, from its
+    RecordingMicroAllocator report. Measured by the x86-64 interpreter: the tail (pointer-heavy runtime
+    structs) is larger than on a 32-bit Cortex-M; the head is what the activations need."""
+    import re
+    import tempfile
+
+    from tflite_micro.python.tflite_micro import runtime
+
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            interp = runtime.Interpreter.from_bytes(data, arena_size=16 * 1024 * 1024)
+            interp.print_allocations()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode(errors="replace")
+    found = re.search(r"Arena allocation total (\d+) bytes", text)
+    head = re.search(r"Arena allocation head (\d+) bytes", text)
+    tail = re.search(r"Arena allocation tail (\d+) bytes", text)
+    if not (found and head and tail):
+        raise ModelError("the TFLite Micro interpreter printed no allocation report")
+    return {"total": int(found.group(1)), "head": int(head.group(1)), "tail": int(tail.group(1))}
