@@ -208,6 +208,18 @@ def int8_section(tmp: Path) -> list[str]:
                 f"{report.instructions:,} | {report.instructions_per_mac} | "
                 f"{', '.join(report.float_routines) or 'none'} | {report.compile_seconds:.2f} |"
             )
+    no_fpu = []
+    for label, file, _ in INT8_MODELS:
+        path = SHARED_MODELS / file
+        if path.is_file():
+            report = api.compile_model(path, "mps2-an385", tmp / f"{path.stem}_m3").report
+            no_fpu.append(f"{label}: {', '.join(report.float_routines) or 'none'}")
+    if no_fpu:
+        lines += [
+            "",
+            "Floating-point routines linked into each model's firmware for mps2-an385 (Cortex-M3, no FPU,",
+            "where any float arithmetic would need soft-float helpers): " + "; ".join(no_fpu) + ".",
+        ]
     return lines
 
 

@@ -145,3 +145,40 @@ def test_single_op_is_bit_exact_with_numpy_reference_of_tflite_kernel(name, tmp_
         assert got.dtype == np.int8
         diff = np.abs(got.astype(np.int32) - want.astype(np.int32).reshape(got.shape))
         assert int(diff.max(initial=0)) == 0, f"{name} seed {seed}: {int((diff > 0).sum())} outputs differ"
+
+
+# The integer operator each single-op TFLite model must lower to (and nothing else that computes).
+EXPECTED_KERNEL = {
+    "conv_same_relu": "conv2d_int8",
+    "conv_valid_stride2": "conv2d_int8",
+    "conv_relu6": "conv2d_int8",
+    "depthwise_mult1": "conv2d_int8",
+    "depthwise_mult2": "conv2d_int8",
+    "fully_connected": "dense_int8",
+    "avgpool_same": "avg_pool2d_int8",
+    "avgpool_global": "avg_pool2d_int8",
+    "maxpool": "relax.nn.max_pool2d",
+    "add_rescale": "add_int8",
+    "add_rescale_relu": "add_int8",
+    "softmax": "softmax_int8",
+    "reshape": "relax.reshape",
+    "mean_hw": "mean_int8",
+    "concat_same_params": "relax.concat",
+}
+
+
+@pytest.mark.parametrize("name", SINGLE_OPS, ids=SINGLE_OPS)
+def test_single_op_lowers_to_its_integer_operator(name, tmp_path):
+    model = load_model(write_model(f"int8_{name}", tmp_path))
+    after = LowerQuantizedOps()(model.mod)
+    calls = [c.removeprefix("call_tir:") for c in _calls(after["main"])]
+    assert EXPECTED_KERNEL[name] in calls, calls
+    assert not {"relax.quantize", "relax.dequantize", "relax.nn.conv2d", "relax.matmul"} & set(calls), calls
+    main = after["main"]
+    float_vars = [
+        b.var
+        for blk in main.body.blocks
+        for b in blk.bindings
+        if isinstance(b.var.ty, _tvm.TensorType) and _tvm.tensor_dtype(b.var.ty).startswith("float")
+    ]
+    assert float_vars == [], f"float tensors left: {[_tvm.var_name(v) for v in float_vars]}"
