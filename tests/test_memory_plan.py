@@ -123,3 +123,32 @@ def test_best_order_beats_the_given_order_on_branches():
     assert given == 10 + 100 + 1000  # small is still alive while big is produced
     assert best.peak_bytes == 10 + 1000 + 10 < given
     assert whole_buffer_peak(g, best.order) == best.peak_bytes
+
+
+def test_reorder_runs_the_best_order_and_rejects_a_broken_one():
+    from tvm_mcu.schedule.graph import reorder
+
+    tensors = [
+        _t("x", 10, "input"),
+        _t("big", 1000),
+        _t("s1", 10),
+        _t("small", 100),
+        _t("s2", 10),
+        _t("y", 10, "output"),
+    ]
+    steps = [
+        Step("small", "f", ("x",), "small", "op"),
+        Step("big", "f", ("x",), "big", "op"),
+        Step("s1", "f", ("big",), "s1", "op"),
+        Step("s2", "f", ("small",), "s2", "op"),
+        Step("y", "f", ("s1", "s2"), "y", "op"),
+    ]
+    g = _graph(steps, tensors)
+    best = best_order_peak(g)
+    g2 = reorder(g, best.order)
+    assert whole_buffer_peak(g2) == best.peak_bytes == 1020 < whole_buffer_peak(g)
+    assert plan_memory(g2).arena_bytes < plan_memory(g).arena_bytes
+    with pytest.raises(ValueError, match="before its inputs"):
+        reorder(g, (2, 0, 1, 3, 4))
+    with pytest.raises(ValueError, match="not a permutation"):
+        reorder(g, (0, 1, 2))

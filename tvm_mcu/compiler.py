@@ -15,7 +15,7 @@ from tvm_mcu.errors import UnsupportedOpError
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_int8_interface import io_quantization
-from tvm_mcu.schedule.graph import Graph, extract_graph
+from tvm_mcu.schedule.graph import Graph, extract_graph, reorder
 from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,11 @@ def compile_module(
         ) from exc
     graph = extract_graph(fused)
     lowered, graph = lower_operators(fused, graph)
+    # Run the operators in the order that minimises the whole tensors alive at once (exact search;
+    # the graph's own order when the search space is too large).
+    bound = best_order_peak(graph)
+    if bound.exact:
+        graph = reorder(graph, bound.order)
     plan = plan_memory(graph)
     kernels, prototypes = c_ops.kernels_source(lowered)
     helpers = fixed_point.HELPER_PREFIX in kernels
@@ -99,7 +104,6 @@ def compile_module(
         )
         for s in graph.steps
     )
-    bound = best_order_peak(graph)
     seconds = time.perf_counter() - t0
     logger.info(
         "compiled %s: %d steps, arena %d B in %.2f s", model_name, len(ops), plan.arena_bytes, seconds

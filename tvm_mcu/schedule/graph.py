@@ -192,3 +192,18 @@ def extract_graph(mod: _tvm.IRModule) -> Graph:
         claimed.add(graph.storage_root(name) if name in graph.tensors else name)
         outputs.append(name)
     return attrs.evolve(graph, tensors=tensors, steps=tuple(steps), outputs=tuple(outputs))
+
+
+def reorder(graph: Graph, order: tuple[int, ...]) -> Graph:
+    """``graph`` with its steps in ``order`` (step indices); the order must respect data dependencies."""
+    if sorted(order) != list(range(len(graph.steps))):
+        raise ValueError(f"{order} is not a permutation of the {len(graph.steps)} steps")
+    produced = set(graph.inputs) | set(graph.weights)
+    steps = [graph.steps[i] for i in order]
+    for step in steps:
+        missing = [n for n in step.inputs if graph.storage_root(n) not in produced and n not in produced]
+        if missing:
+            raise ValueError(f"step {step.name} runs before its inputs {missing} are computed")
+        produced.add(step.output)
+        produced.add(graph.storage_root(step.output))
+    return attrs.evolve(graph, steps=tuple(steps))

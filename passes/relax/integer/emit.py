@@ -139,29 +139,16 @@ def emit_add(bb: Any, p: Pending, out_scale: float, out_zp: int, rounding: str) 
     if not isinstance(a, QTensor) or not isinstance(b, QTensor):
         raise NotInteger("add of a quantised tensor and a constant is not supported")
     act_min, act_max = _act_range(p, out_scale, out_zp)
-    out_shape = [int(d) for d in p.call.ty.shape]
+    kernel, prm = kernels.add_int8, params.add_params(a.scale, b.scale, out_scale)
     if rounding == fixed_point.ONNX:
         even = params.add_params_even(a.scale, b.scale, out_scale)
-        if even is not None:
-            return bb.call_te(
-                kernels.add_int8_even,
-                a.var,
-                b.var,
-                out_shape=out_shape,
-                zp_a=a.zero_point,
-                zp_b=b.zero_point,
-                zp_out=out_zp,
-                act_min=act_min,
-                act_max=act_max,
-                primfunc_name_hint="add_int8",
-                **even,
-            )
-    prm = params.add_params(a.scale, b.scale, out_scale)
+        if even is not None:  # else exponents too far apart: TFLite's add, within a step
+            kernel, prm = kernels.add_int8_even, even
     return bb.call_te(
-        kernels.add_int8,
+        kernel,
         a.var,
         b.var,
-        out_shape=out_shape,
+        out_shape=[int(d) for d in p.call.ty.shape],
         zp_a=a.zero_point,
         zp_b=b.zero_point,
         zp_out=out_zp,
