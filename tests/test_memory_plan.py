@@ -99,8 +99,8 @@ def test_random_graphs_never_overlap_live_buffers(seed):
     assert live_lower_bound(bufs, len(steps)) == plan.lower_bound
 
 
-def test_best_order_beats_the_given_order_on_branches():
-    # x feeds a big branch b1 (-> s1) and a small one; running the big branch first frees it early.
+def _branches() -> Graph:
+    """x feeds a big branch (big -> s1) and a small one (small -> s2); y joins them."""
     tensors = [
         _t("x", 10, "input"),
         _t("big", 1000),
@@ -116,7 +116,12 @@ def test_best_order_beats_the_given_order_on_branches():
         Step("s2", "f", ("small",), "s2", "op"),
         Step("y", "f", ("s1", "s2"), "y", "op"),
     ]
-    g = _graph(steps, tensors)
+    return _graph(steps, tensors)
+
+
+def test_best_order_beats_the_given_order_on_branches():
+    # Running the big branch first frees it early.
+    g = _branches()
     given = whole_buffer_peak(g)
     best = best_order_peak(g)
     assert best.exact
@@ -128,22 +133,7 @@ def test_best_order_beats_the_given_order_on_branches():
 def test_reorder_runs_the_best_order_and_rejects_a_broken_one():
     from tvm_mcu.schedule.graph import reorder
 
-    tensors = [
-        _t("x", 10, "input"),
-        _t("big", 1000),
-        _t("s1", 10),
-        _t("small", 100),
-        _t("s2", 10),
-        _t("y", 10, "output"),
-    ]
-    steps = [
-        Step("small", "f", ("x",), "small", "op"),
-        Step("big", "f", ("x",), "big", "op"),
-        Step("s1", "f", ("big",), "s1", "op"),
-        Step("s2", "f", ("small",), "s2", "op"),
-        Step("y", "f", ("s1", "s2"), "y", "op"),
-    ]
-    g = _graph(steps, tensors)
+    g = _branches()
     best = best_order_peak(g)
     g2 = reorder(g, best.order)
     assert whole_buffer_peak(g2) == best.peak_bytes == 1020 < whole_buffer_peak(g)
