@@ -16,6 +16,7 @@ from tvm import relax, s_tir, te, tirx, topi
 from tvm.ir import IRModule
 
 __all__ = [
+    "Analyzer",
     "tvm",
     "relax",
     "tirx",
@@ -76,6 +77,9 @@ AllocBuffer = tirx.AllocBuffer
 DeclBuffer = tirx.DeclBuffer
 
 # CodeGenCHost; target strings such as "c -mcpu=..." are rejected in 0.27, targets are dicts.
+# Integer-set analysis (tvm.arith before 0.27).
+from tvm.sym.analyzer import Analyzer  # noqa: E402
+
 C_TARGET = tvm.target.Target({"kind": "c"})
 
 # 0.26/0.27 removed tirx.stmt_functor; the generic replacements live in tvm_ffi.

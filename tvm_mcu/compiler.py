@@ -8,6 +8,8 @@ import time
 import attrs
 
 from tvm_mcu import _tvm, pipeline
+from tvm_mcu.analysis import inplace as analysis_inplace
+from tvm_mcu.analysis.inplace import InPlace
 from tvm_mcu.analysis.macs import step_macs
 from tvm_mcu.analysis.peak import PeakResult, best_order_peak, whole_buffer_peak
 from tvm_mcu.codegen import c_ops, model_c
@@ -15,6 +17,10 @@ from tvm_mcu.errors import UnsupportedOpError
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_int8_interface import io_quantization
+from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
+from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
+from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+from tvm_mcu.schedule import inplace
 from tvm_mcu.schedule.graph import Graph, extract_graph, reorder
 from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
 
@@ -50,12 +56,31 @@ class Compiled:
     float_ops: tuple[str, ...] = ()
 
 
-def lower_operators(fused: _tvm.IRModule, graph: Graph) -> tuple[_tvm.IRModule, Graph]:
-    """Lower the PrimFuncs the graph calls to unpacked TIR; record each step's workspace size."""
+def _primfuncs(mod: _tvm.IRModule) -> dict[str, _tvm.PrimFunc]:
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, _tvm.PrimFunc)}
+
+
+def in_place_options(funcs: dict[str, _tvm.PrimFunc], graph: Graph) -> dict[str, list[InPlace]]:
+    """For each callee, the inputs its kernel could overwrite (scheduled PrimFuncs, activation inputs)."""
+    options: dict[str, list[InPlace]] = {}
+    for step in graph.steps:
+        if step.kind == "copy" or step.callee in options:
+            continue
+        acts = [k for k, n in enumerate(step.inputs) if graph.tensors[n].kind != "weight"]
+        options[step.callee] = analysis_inplace.in_place_options(funcs[step.callee], acts)
+    return options
+
+
+def lower_operators(funcs: dict[str, _tvm.PrimFunc], graph: Graph) -> tuple[_tvm.IRModule, Graph]:
+    """Lower the PrimFuncs the graph calls to unpacked TIR; record each step's workspace size.
+
+    Steps that run in place call a clone of their operator marked for ExecuteInPlace.
+    """
+    funcs = dict(funcs)
+    for clone, (original, kind, axis) in inplace.in_place_callees(graph).items():
+        funcs[clone] = funcs[original].with_attr(ATTR_IN_PLACE, kind).with_attr(ATTR_IN_PLACE_AXIS, axis)
     used = {s.callee for s in graph.steps if s.kind != "copy"}
-    prims = _tvm.IRModule(
-        {gv: f for gv, f in fused.functions_items() if isinstance(f, _tvm.PrimFunc) and gv.name_hint in used}
-    )
+    prims = _tvm.IRModule({_tvm.GlobalVar(name): funcs[name] for name in sorted(used)})
     lowered = pipeline.run(pipeline.operator_passes(symbol_prefix=c_ops.OP_PREFIX), prims)
     ws = {gv.name_hint: int(f.attrs["tvmmcu.workspace_bytes"]) for gv, f in lowered.functions_items()}
     steps = tuple(attrs.evolve(s, workspace_bytes=ws.get(s.callee, 0)) for s in graph.steps)
@@ -63,12 +88,18 @@ def lower_operators(fused: _tvm.IRModule, graph: Graph) -> tuple[_tvm.IRModule, 
 
 
 def compile_module(
-    mod: _tvm.IRModule, *, model_name: str, allow_float: bool = False, rounding: str = "tflite"
+    mod: _tvm.IRModule,
+    *,
+    model_name: str,
+    allow_float: bool = False,
+    rounding: str = "tflite",
+    in_place: bool = True,
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
     ``rounding``: how int8 requantisations round, "tflite" (TFLite Micro's arithmetic, for TFLite
-    models) or "onnx" (one rounding half to even, for ONNX QDQ models).
+    models) or "onnx" (one rounding half to even, for ONNX QDQ models). ``in_place``: let operators
+    overwrite dead inputs where that is exact (see :mod:`tvm_mcu.schedule.inplace`).
     """
     t0 = time.perf_counter()
     try:
@@ -80,12 +111,17 @@ def compile_module(
             "variant tvm-mcu cannot compile"
         ) from exc
     graph = extract_graph(fused)
-    lowered, graph = lower_operators(fused, graph)
     # Run the operators in the order that minimises the whole tensors alive at once (exact search;
     # the graph's own order when the search space is too large).
     bound = best_order_peak(graph)
     if bound.exact:
         graph = reorder(graph, bound.order)
+    whole_peak = whole_buffer_peak(graph)
+    macs = step_macs(fused, graph)
+    funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
+    if in_place:
+        graph, _ = inplace.choose(graph, in_place_options(funcs, graph))
+    lowered, graph = lower_operators(funcs, graph)
     plan = plan_memory(graph)
     kernels, prototypes = c_ops.kernels_source(lowered)
     helpers = fixed_point.HELPER_PREFIX in kernels
@@ -97,7 +133,6 @@ def compile_module(
     }
     if helpers:
         files[fixed_point.HEADER_NAME] = model_c.BANNER + fixed_point.HEADER_TEXT
-    macs = step_macs(fused, graph)
     ops = tuple(
         OpInfo(
             s.name, s.kind, s.callee, macs.get(s.name, 0), graph.tensors[s.output].nbytes, s.workspace_bytes
@@ -115,7 +150,7 @@ def compile_module(
         model_c.Library(files),
         ops,
         seconds,
-        whole_buffer_peak(graph),
+        whole_peak,
         bound,
         io_quantization(fused),
         tuple(str(o) for o in float_ops) if float_ops is not None else (),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from tvm_mcu._tvm import C_TARGET, relax, s_tir, tirx, tvm
 from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
 from tvm_mcu.passes.relax.make_int8_interface import MakeInt8Interface
+from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
@@ -81,6 +82,8 @@ def operator_passes(*, symbol_prefix: str) -> list[tvm.transform.Pass]:
     return [
         # Scheduling needs s_tir blocks, so it runs before lowering.
         ScheduleForMcu(inline_padding=True),
+        # Restages operators chosen to overwrite an input; needs ScheduleForMcu's loop nests.
+        ExecuteInPlace(),
         *lowering_passes(),
         # Needs flattened buffers (after FlattenBuffer).
         MakeUnpackedAPI(prefix=symbol_prefix),

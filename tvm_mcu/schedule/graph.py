@@ -27,7 +27,8 @@ class Tensor:
     shape: tuple[int, ...]
     dtype: str
     kind: str
-    # For kind == "alias": the tensor whose storage this one views (reshape, flatten).
+    # The tensor whose storage this one shares: the source of a view (kind "alias": reshape, flatten),
+    # or the input an in-place operator overwrites with this tensor.
     alias_of: str | None = None
 
     @property
@@ -49,6 +50,10 @@ class Step:
     output: str
     kind: str  # the Relax op family, e.g. "conv2d", "max_pool2d", "matmul", "softmax", "copy"
     workspace_bytes: int = 0
+    # "elementwise", "depthwise" or "pointwise" when the output overwrites an input (then the output
+    # tensor's ``alias_of`` names that input), "" otherwise.
+    in_place: str = ""
+    in_place_axis: int = -1  # the channel axis of a depthwise or pointwise step run in place
 
 
 @attrs.frozen

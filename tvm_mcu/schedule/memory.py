@@ -109,13 +109,18 @@ def buffer_lifetimes(graph: Graph, align: int) -> tuple[list[Buffer], dict[str, 
     return buffers, placement
 
 
-def live_lower_bound(buffers: Iterable[Buffer], n_steps: int) -> int:
-    """The largest total size of buffers live at the same step: no placement can beat it."""
+def live_profile(buffers: Iterable[Buffer], n_steps: int) -> list[int]:
+    """Total size of the buffers live at each step."""
     live = [0] * max(n_steps, 1)
     for b in buffers:
         for t in range(b.start, b.end + 1):
             live[t] += b.size
-    return max(live, default=0)
+    return live
+
+
+def live_lower_bound(buffers: Iterable[Buffer], n_steps: int) -> int:
+    """The largest total size of buffers live at the same step: no placement can beat it."""
+    return max(live_profile(buffers, n_steps), default=0)
 
 
 def _first_fit(order: list[Buffer], align: int) -> list[Buffer]:
