@@ -25,7 +25,8 @@ def test_in_place_is_bit_exact_with_separate_buffers(name: str, tmp_path: Path) 
     model = load_model(write_model(name, tmp_path))
     separate = compile_module(model.mod, model_name=name, in_place=False)
     shared = compile_module(model.mod, model_name=name)
-    assert any(s.in_place for s in shared.graph.steps), "no step runs in place"
+    if name in SHRINKS:
+        assert any(s.in_place for s in shared.graph.steps), "no step runs in place"
     assert not any(s.in_place for s in separate.graph.steps)
     inputs = random_inputs(model, seed=7)
     lib_a = host.build_shared(separate, tmp_path / "a", f"{name}_a")

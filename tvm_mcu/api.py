@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import attrs
 import numpy as np
 
 from tvm_mcu import compiler
+from tvm_mcu import explain as explain_mod
 from tvm_mcu.codegen import model_c
 from tvm_mcu.errors import BadOptionError, BudgetError, VerificationError
 from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
@@ -23,6 +25,7 @@ from tvm_mcu.targets.runner import run_firmware
 logger = logging.getLogger(__name__)
 
 REPORT = "report.json"
+SCHEDULE = explain_mod.SCHEDULE
 FIRMWARE_DIR = "build"
 # Float outputs must match the reference within this absolute error, scaled by the output's magnitude
 # when it exceeds 1 (float32 has ~7 significant digits; summation order differs from the reference).
@@ -90,11 +93,22 @@ def _io_rows(
     return tuple(rows)
 
 
-def compile_model(model_path: Path, board_name: str, out_dir: Path, *, allow_float: bool = False) -> Compiled:
-    """Import, compile to C, build the firmware for ``board_name``; writes the library and report.json.
+def compile_model(
+    model_path: Path,
+    board_name: str,
+    out_dir: Path,
+    *,
+    allow_float: bool = False,
+    sram_budget: int | None = None,
+    in_place: bool = True,
+) -> Compiled:
+    """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
+    schedule.json.
 
     ``allow_float``: operators of an int8 model without an integer lowering run in float instead of
-    being refused; the report lists them.
+    being refused; the report lists them. ``sram_budget``: bytes of arena plus input and output
+    buffers the schedule must fit (BudgetError, naming the bottleneck, when no schedule does).
+    ``in_place=False`` keeps every tensor in a buffer of its own (the layer-by-layer baseline).
     """
     board = load_board(board_name)
     model = load_model(Path(model_path))
@@ -103,6 +117,8 @@ def compile_model(model_path: Path, board_name: str, out_dir: Path, *, allow_flo
         model_name=model.name,
         allow_float=allow_float,
         rounding="onnx" if model.format == "onnx" else "tflite",
+        sram_budget=sram_budget,
+        in_place=in_place,
     )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)
@@ -111,6 +127,7 @@ def compile_model(model_path: Path, board_name: str, out_dir: Path, *, allow_flo
     )
     out_dir = Path(out_dir)
     model_c.write_library(result.library, out_dir, plan_json=result.plan.to_json())
+    (out_dir / SCHEDULE).write_text(json.dumps(explain_mod.schedule_json(result), indent=2) + "\n")
     fw = build_firmware(out_dir, board, out_dir / FIRMWARE_DIR)
     if fw.warnings:
         logger.warning("the generated library compiled with warnings:\n%s", "\n".join(fw.warnings))
@@ -136,6 +153,10 @@ def compile_model(model_path: Path, board_name: str, out_dir: Path, *, allow_flo
         allow_float=allow_float,
         float_ops=result.float_ops,
         float_routines=fw.float_routines,
+        schedule=result.schedule,
+        sram_budget_bytes=sram_budget,
+        io_bytes=model_c.packed_bytes(ins) + model_c.packed_bytes(outs),
+        in_place_steps=tuple(f"{s.name} ({s.in_place})" for s in result.graph.steps if s.in_place),
     )
     report.write(out_dir / REPORT)
     return Compiled(out_dir, report, fw.elf)
@@ -277,3 +298,12 @@ def verify(
     report = attrs.evolve(outcome.report, max_abs_error=err, tolerance=tol, reference=ref_name)
     report.write(compiled.out_dir / REPORT)
     return Verification(report, outcome.outputs, reference, err <= tol)
+
+
+def explain(directory: Path, *, png: Path | None = None) -> tuple[str, Path]:
+    """The schedule of a compiled model as a table, and a PNG of live SRAM per step (default
+    ``DIR/schedule.png``), before and after in-place and partial execution, with the budget line."""
+    record = explain_mod.read(Path(directory))
+    text = explain_mod.render_text(record)
+    path = explain_mod.plot(record, Path(png) if png else Path(directory) / explain_mod.PLOT)
+    return text, path

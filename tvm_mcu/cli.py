@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from tvm_mcu import __version__, api
-from tvm_mcu.errors import TvmMcuError
+from tvm_mcu.errors import BadOptionError, TvmMcuError
 from tvm_mcu.report import Report
+from tvm_mcu.schedule import choice
 
 
 def _figures(r: Report) -> list[tuple[str, str]]:
@@ -25,7 +26,9 @@ def _figures(r: Report) -> list[tuple[str, str]]:
     rows = [
         ("board", r.board),
         ("model", f"{r.model} ({r.format})"),
+        ("schedule", r.schedule + (f" (budget {b(r.sram_budget_bytes)})" if r.sram_budget_bytes else "")),
         ("arena", f"{b(r.arena_bytes)} (lower bound of this schedule {b(r.arena_lower_bound_bytes)})"),
+        ("peak SRAM (arena + I/O + stack)", b(r.peak_sram_bytes)),
         (
             "whole-buffer peak / bound",
             f"{b(r.whole_buffer_peak_bytes)} / {b(r.whole_buffer_bound_bytes)} (inputs and outputs included)",
@@ -61,7 +64,10 @@ def _print_ops(r: Report) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     out = Path(args.output or Path(args.model).stem + "_" + args.board)
-    compiled = api.compile_model(Path(args.model), args.board, out, allow_float=args.allow_float)
+    budget = _budget(args.sram_budget)
+    compiled = api.compile_model(
+        Path(args.model), args.board, out, allow_float=args.allow_float, sram_budget=budget
+    )
     if args.json:
         _print_report(compiled.report, True)
         return 0
@@ -71,6 +77,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )
     _print_ops(compiled.report)
     _print_report(compiled.report, False)
+    return 0
+
+
+def _budget(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return choice.parse_bytes(text)
+    except ValueError as exc:
+        raise BadOptionError(f"--sram-budget: {exc}") from exc
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    text, png = api.explain(Path(args.dir), png=Path(args.png) if args.png else None)
+    print(text)
+    print(f"\nplot: {png}")
     return 0
 
 
@@ -222,7 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output directory (default: MODEL_BOARD)")
     c.add_argument("--json", action="store_true", help="print report.json")
     c.add_argument("--allow-float", action="store_true", help=ALLOW_FLOAT_HELP)
+    c.add_argument(
+        "--sram-budget",
+        metavar="SIZE",
+        help="SRAM the schedule may use for arena + inputs/outputs, e.g. 32KiB: picks the schedule that "
+        "fits with the fewest extra instructions, or fails naming the bottleneck",
+    )
     c.set_defaults(func=cmd_compile)
+
+    e = sub.add_parser("explain", help="print a compiled model's schedule and plot its live SRAM per step")
+    e.add_argument("dir", help="directory written by 'tvm-mcu compile'")
+    e.add_argument("--png", help="where to write the plot (default: DIR/schedule.png)")
+    e.set_defaults(func=cmd_explain)
 
     r = sub.add_parser("run", help="run a compiled model on its emulated board and print the figures")
     r.add_argument("dir", help="directory written by 'tvm-mcu compile'")

@@ -6,6 +6,7 @@ import logging
 import time
 
 import attrs
+import numpy as np
 
 from tvm_mcu import _tvm, pipeline
 from tvm_mcu.analysis import inplace as analysis_inplace
@@ -20,7 +21,7 @@ from tvm_mcu.passes.relax.make_int8_interface import io_quantization
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
-from tvm_mcu.schedule import inplace
+from tvm_mcu.schedule import choice, inplace
 from tvm_mcu.schedule.graph import Graph, extract_graph, reorder
 from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
 
@@ -54,6 +55,12 @@ class Compiled:
     # Quantised models: (scale, zero point) of each int8 input and output the caller converts, if any.
     io_quantization: dict[str, list[list[float]]] | None = None
     float_ops: tuple[str, ...] = ()
+    # The schedule picked (tvm_mcu.schedule.choice), bytes live at each of its steps (arena + I/O), and
+    # the same for the plain layer-by-layer schedule in the same operator order.
+    schedule: str = "layer by layer"
+    profile: tuple[int, ...] = ()
+    profile_before: tuple[int, ...] = ()
+    sram_budget: int | None = None
 
 
 def _primfuncs(mod: _tvm.IRModule) -> dict[str, _tvm.PrimFunc]:
@@ -71,20 +78,42 @@ def in_place_options(funcs: dict[str, _tvm.PrimFunc], graph: Graph) -> dict[str,
     return options
 
 
-def lower_operators(funcs: dict[str, _tvm.PrimFunc], graph: Graph) -> tuple[_tvm.IRModule, Graph]:
-    """Lower the PrimFuncs the graph calls to unpacked TIR; record each step's workspace size.
+def lower_operators(
+    funcs: dict[str, _tvm.PrimFunc], graphs: list[Graph]
+) -> tuple[_tvm.IRModule, list[Graph]]:
+    """Lower the PrimFuncs the graphs call to unpacked TIR; record each step's workspace size.
 
     Steps that run in place call a clone of their operator marked for ExecuteInPlace.
     """
     funcs = dict(funcs)
-    for clone, (original, kind, axis) in inplace.in_place_callees(graph).items():
-        funcs[clone] = funcs[original].with_attr(ATTR_IN_PLACE, kind).with_attr(ATTR_IN_PLACE_AXIS, axis)
-    used = {s.callee for s in graph.steps if s.kind != "copy"}
+    for graph in graphs:
+        for clone, (original, kind, axis) in inplace.in_place_callees(graph).items():
+            funcs[clone] = funcs[original].with_attr(ATTR_IN_PLACE, kind).with_attr(ATTR_IN_PLACE_AXIS, axis)
+    used = {s.callee for g in graphs for s in g.steps if s.kind != "copy"}
     prims = _tvm.IRModule({_tvm.GlobalVar(name): funcs[name] for name in sorted(used)})
     lowered = pipeline.run(pipeline.operator_passes(symbol_prefix=c_ops.OP_PREFIX), prims)
     ws = {gv.name_hint: int(f.attrs["tvmmcu.workspace_bytes"]) for gv, f in lowered.functions_items()}
-    steps = tuple(attrs.evolve(s, workspace_bytes=ws.get(s.callee, 0)) for s in graph.steps)
-    return lowered, attrs.evolve(graph, steps=steps)
+    out = []
+    for graph in graphs:
+        steps = tuple(attrs.evolve(s, workspace_bytes=ws.get(s.callee, 0)) for s in graph.steps)
+        out.append(attrs.evolve(graph, steps=steps))
+    return lowered, out
+
+
+def _only(lowered: _tvm.IRModule, graph: Graph) -> _tvm.IRModule:
+    used = {s.callee for s in graph.steps if s.kind != "copy"}
+    return _tvm.IRModule({gv: f for gv, f in lowered.functions_items() if gv.name_hint in used})
+
+
+def _staging_overhead(graph: Graph, macs: dict[str, int]) -> float:
+    """Estimated extra instructions of the in-place kernels' staging copies, relative to the MACs'."""
+    staged = sum(
+        int(np.prod(graph.tensors[s.output].shape, dtype=np.int64))
+        for s in graph.steps
+        if s.in_place in ("depthwise", "pointwise")
+    )
+    total = max(sum(macs.values()), 1) * choice.INSTR_PER_MAC
+    return staged * choice.INSTR_PER_STAGED_ELEMENT / total
 
 
 def compile_module(
@@ -94,12 +123,15 @@ def compile_module(
     allow_float: bool = False,
     rounding: str = "tflite",
     in_place: bool = True,
+    sram_budget: int | None = None,
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
     ``rounding``: how int8 requantisations round, "tflite" (TFLite Micro's arithmetic, for TFLite
     models) or "onnx" (one rounding half to even, for ONNX QDQ models). ``in_place``: let operators
-    overwrite dead inputs where that is exact (see :mod:`tvm_mcu.schedule.inplace`).
+    overwrite dead inputs where that is exact (see :mod:`tvm_mcu.schedule.inplace`). ``sram_budget``:
+    bytes of arena plus input and output buffers the schedule must fit (see
+    :mod:`tvm_mcu.schedule.choice`); BudgetError names the bottleneck when no schedule does.
     """
     t0 = time.perf_counter()
     try:
@@ -119,10 +151,20 @@ def compile_module(
     whole_peak = whole_buffer_peak(graph)
     macs = step_macs(fused, graph)
     funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
+    graphs = [graph]
     if in_place:
-        graph, _ = inplace.choose(graph, in_place_options(funcs, graph))
-    lowered, graph = lower_operators(funcs, graph)
-    plan = plan_memory(graph)
+        shared, chosen = inplace.choose(graph, in_place_options(funcs, graph))
+        if chosen:
+            graphs.append(shared)
+    lowered, graphs = lower_operators(funcs, graphs)
+    labels = ["layer by layer", "in place"]
+    candidates = [
+        choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, macs))
+        for label, g in zip(labels, graphs, strict=False)
+    ]
+    picked = choice.choose(candidates, budget=sram_budget, model_name=model_name)
+    graph, plan = picked.graph, picked.plan
+    lowered = _only(lowered, graph)
     kernels, prototypes = c_ops.kernels_source(lowered)
     helpers = fixed_point.HELPER_PREFIX in kernels
     files = {
@@ -154,4 +196,8 @@ def compile_module(
         bound,
         io_quantization(fused),
         tuple(str(o) for o in float_ops) if float_ops is not None else (),
+        schedule=picked.label,
+        profile=tuple(choice.profile(graph, plan)),
+        profile_before=tuple(choice.profile(candidates[0].graph, candidates[0].plan)),
+        sram_budget=sram_budget,
     )

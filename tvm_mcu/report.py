@@ -72,7 +72,14 @@ class Report:
     float_routines: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # Warnings the C compiler gave for the generated library (-Wall -Wextra); expected to be none.
     library_warnings: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    # The schedule picked (layer by layer, in place, ...), the SRAM budget asked for, and the bytes of the
+    # caller's input and output buffers (SRAM too: peak SRAM = arena + I/O + stack).
+    schedule: str = "layer by layer"
+    sram_budget_bytes: int | None = None
+    io_bytes: int = 0
+    in_place_steps: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     stack_bytes: int | None = None
+    peak_sram_bytes: int | None = None
     instructions: int | None = None
     instructions_per_mac: float | None = None
     max_abs_error: float | None = None
@@ -82,7 +89,11 @@ class Report:
     def with_run(self, *, stack_bytes: int, instructions: int) -> Report:
         ipm = round(instructions / self.macs, 3) if self.macs else None
         return attrs.evolve(
-            self, stack_bytes=stack_bytes, instructions=instructions, instructions_per_mac=ipm
+            self,
+            stack_bytes=stack_bytes,
+            peak_sram_bytes=self.arena_bytes + self.io_bytes + stack_bytes,
+            instructions=instructions,
+            instructions_per_mac=ipm,
         )
 
     def to_json(self) -> dict[str, Any]:

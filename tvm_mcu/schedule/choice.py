@@ -1,0 +1,112 @@
+"""Choosing among candidate schedules: the SRAM each needs, its bottleneck, and the budget rule.
+
+A candidate is one complete schedule of the model (operator order, in-place decisions, and later the
+partial-execution splits) with its memory plan. SRAM here is what the schedule needs statically: the
+arena plus the caller's input and output buffers (the stack comes on top and is measured on the board).
+
+Rule: with a budget, the candidate that fits with the fewest extra instructions; without one, the
+candidate with the smallest SRAM among those within ``MAX_OVERHEAD`` extra instructions.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tvm_mcu.codegen import model_c
+from tvm_mcu.errors import BudgetError
+from tvm_mcu.schedule.graph import Graph
+from tvm_mcu.schedule.memory import MemoryPlan, buffer_lifetimes, live_profile
+
+# Extra instructions (fraction of the plain schedule's estimate) accepted without a budget.
+MAX_OVERHEAD = 0.02
+# Instructions per MAC of our kernels and per element staged by an in-place kernel (load + store + loop),
+# used only to rank candidates; reports give QEMU's measured counts.
+INSTR_PER_MAC = 9.0
+INSTR_PER_STAGED_ELEMENT = 3.0
+
+
+@attrs.frozen
+class Candidate:
+    """One complete schedule: ``label`` for the report, its graph and memory plan."""
+
+    label: str
+    graph: Graph
+    plan: MemoryPlan
+    extra_instructions: float  # estimated, relative to the plain layer-by-layer schedule
+
+    @property
+    def io_bytes(self) -> int:
+        g = self.graph
+        return model_c.packed_bytes(model_c.io_slots(g, g.inputs)) + model_c.packed_bytes(
+            model_c.io_slots(g, g.outputs)
+        )
+
+    @property
+    def sram_bytes(self) -> int:
+        return self.plan.arena_bytes + self.io_bytes
+
+
+@attrs.frozen
+class Bottleneck:
+    """The step at which the most bytes are live, and those buffers (largest first)."""
+
+    step: int
+    step_name: str
+    kind: str
+    live_bytes: int
+    buffers: tuple[tuple[str, int], ...]
+
+
+def profile(graph: Graph, plan: MemoryPlan) -> list[int]:
+    """Bytes live at each step: arena buffers of the plan plus the caller's input and output buffers."""
+    buffers, _ = buffer_lifetimes(graph, plan.align)
+    live = live_profile(buffers, len(graph.steps))
+    io = model_c.packed_bytes(model_c.io_slots(graph, graph.inputs)) + model_c.packed_bytes(
+        model_c.io_slots(graph, graph.outputs)
+    )
+    return [n + io for n in live]
+
+
+def bottleneck(graph: Graph, plan: MemoryPlan) -> Bottleneck:
+    buffers, _ = buffer_lifetimes(graph, plan.align)
+    live = profile(graph, plan)
+    i = max(range(len(live)), key=lambda k: (live[k], -k))
+    at = [(b.name, b.size) for b in buffers if b.start <= i <= b.end]
+    at += [(n, graph.tensors[n].nbytes) for n in (*graph.inputs, *graph.outputs)]
+    at.sort(key=lambda x: (-x[1], x[0]))
+    step = graph.steps[i]
+    return Bottleneck(i, step.name, step.kind, live[i], tuple(at))
+
+
+def parse_bytes(text: str) -> int:
+    """``"32KiB"``, ``"32k"``, ``"32768"``, ``"1MiB"`` -> bytes (KiB/k = 1024, KB = 1000)."""
+    units = {"kib": 1024, "k": 1024, "kb": 1000, "mib": 1 << 20, "m": 1 << 20, "mb": 1_000_000, "b": 1, "": 1}
+    s = text.strip().lower().replace(" ", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num) :]
+    if unit not in units or not num:
+        raise ValueError(f"cannot read {text!r} as a size; write e.g. 32KiB, 32768 or 1MiB")
+    value = float(num) * units[unit]
+    if value <= 0 or value != int(value):
+        raise ValueError(f"{text!r} is not a positive whole number of bytes")
+    return int(value)
+
+
+def choose(candidates: list[Candidate], *, budget: int | None, model_name: str) -> Candidate:
+    """Apply the module's rule; raise BudgetError naming the bottleneck when nothing fits."""
+    ranked = sorted(candidates, key=lambda c: (c.extra_instructions, c.sram_bytes))
+    if budget is not None:
+        for c in ranked:
+            if c.sram_bytes <= budget:
+                return c
+        best = min(candidates, key=lambda c: (c.sram_bytes, c.extra_instructions))
+        b = bottleneck(best.graph, best.plan)
+        live = ", ".join(f"'{n}' {size} B" for n, size in b.buffers[:4])
+        raise BudgetError(
+            f"{model_name} cannot meet the SRAM budget of {budget} B: the smallest schedule found "
+            f"({best.label}) needs {best.sram_bytes} B (arena {best.plan.arena_bytes} B + inputs/outputs "
+            f"{best.io_bytes} B), {best.sram_bytes - budget} B over. The bottleneck is step {b.step} "
+            f"'{b.step_name}' ({b.kind}), where {b.live_bytes} B are live: {live}"
+        )
+    within = [c for c in ranked if c.extra_instructions <= MAX_OVERHEAD]
+    return min(within or ranked[:1], key=lambda c: (c.sram_bytes, c.extra_instructions))
