@@ -36,15 +36,15 @@ def _sram(c) -> int:
 
 
 def test_budget_picks_the_cheapest_schedule_that_fits(imported) -> None:
-    plain = compile_module(imported.mod, model_name=MODEL, in_place=False)
+    plain = compile_module(imported.mod, model_name=MODEL, in_place=False, partial_execution=False)
     best = compile_module(imported.mod, model_name=MODEL)
-    assert best.schedule == "in place" and _sram(best) < _sram(plain)
+    assert best.schedule != "layer by layer" and _sram(best) < _sram(plain)
     # A budget the plain schedule meets: no extra instructions are spent.
     roomy = compile_module(imported.mod, model_name=MODEL, sram_budget=_sram(plain))
     assert roomy.schedule == "layer by layer" and _sram(roomy) <= _sram(plain)
     # A budget only the in-place schedule meets.
     tight = compile_module(imported.mod, model_name=MODEL, sram_budget=_sram(plain) - 1)
-    assert tight.schedule == "in place" and _sram(tight) <= _sram(plain) - 1
+    assert tight.schedule != "layer by layer" and _sram(tight) <= _sram(plain) - 1
 
 
 def test_budget_that_nothing_meets_names_the_bottleneck(imported) -> None:

@@ -23,8 +23,8 @@ SHRINKS = ["int8_ds_cnn_block", "mobilenet_block", "conv_grouped_depthwise"]
 @pytest.mark.parametrize("name", [*SHRINKS, "resnet_block", "int8_resnet_block"])
 def test_in_place_is_bit_exact_with_separate_buffers(name: str, tmp_path: Path) -> None:
     model = load_model(write_model(name, tmp_path))
-    separate = compile_module(model.mod, model_name=name, in_place=False)
-    shared = compile_module(model.mod, model_name=name)
+    separate = compile_module(model.mod, model_name=name, in_place=False, partial_execution=False)
+    shared = compile_module(model.mod, model_name=name, partial_execution=False)
     if name in SHRINKS:
         assert any(s.in_place for s in shared.graph.steps), "no step runs in place"
     assert not any(s.in_place for s in separate.graph.steps)
@@ -86,3 +86,79 @@ def test_choose_takes_convolutions_only_where_they_lower_the_peak() -> None:
     # A scratch as large as the saving gains nothing: nothing is chosen.
     _, none = inplace.choose(graph, {"dw": [InPlace("depthwise", 0, 64)]})
     assert none == []
+
+
+# Models with a producer followed by per-channel operators (pooling, depthwise).
+CHAINED = [
+    "mobilenet_block",
+    "conv_grouped_depthwise",
+    "int8_ds_cnn_block",
+    "int8_resnet_block",
+    "resnet_block",
+]
+
+
+@pytest.mark.parametrize("name", CHAINED)
+def test_partial_execution_is_bit_exact_with_whole_tensors(name: str, tmp_path: Path) -> None:
+    model = load_model(write_model(name, tmp_path))
+    whole = compile_module(model.mod, model_name=name, in_place=False, partial_execution=False)
+    split = compile_module(model.mod, model_name=name, in_place=False, sram_budget=None)
+    inputs = random_inputs(model, seed=11)
+    lib_a = host.build_shared(whole, tmp_path / "a", f"{name}_a")
+    lib_b = host.build_shared(split, tmp_path / "b", f"{name}_b")
+    for want, got in zip(host.run(lib_a, whole, inputs), host.run(lib_b, split, inputs), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert split.plan.arena_bytes <= whole.plan.arena_bytes
+
+
+def test_demo_model_runs_its_first_block_a_channel_at_a_time() -> None:
+    from tvm_mcu.demo import demo_files
+
+    model = load_model(demo_files()[0])
+    whole = compile_module(model.mod, model_name="demo", in_place=False, partial_execution=False)
+    split = compile_module(model.mod, model_name="demo")
+    assert split.schedule == "partial execution"
+    chains = [s for s in split.graph.steps if s.partial]
+    assert chains and chains[0].partial.startswith("channels:axis=1:slice=1:")
+    # conv -> pool: the 8x28x28 float conv output (25,088 B) is never materialised.
+    assert max(split.profile) < max(whole.profile) / 2
+    assert split.plan.arena_bytes == split.plan.lower_bound
+
+
+def test_find_chains_stops_at_shared_tensors_and_mixing_ops() -> None:
+    from tvm_mcu.schedule.partial import find_chains
+
+    tensors = [
+        _t("x", 8, "input"),
+        _t("a", 64),
+        _t("b", 64),
+        _t("c", 64),
+        _t("d", 64),
+        _t("y", 8, "output"),
+    ]
+    steps = [
+        Step("a", "conv", ("x",), "a", "conv2d"),
+        Step("b", "pool", ("a",), "b", "max_pool2d"),
+        Step("c", "pool", ("b",), "c", "max_pool2d"),
+        Step("d", "conv", ("c",), "d", "conv2d"),  # mixes channels: ends the chain
+        Step("y", "pool", ("d",), "y", "max_pool2d"),
+    ]
+    graph = Graph({t.name: t for t in tensors}, tuple(steps), ("x",), ("y",), {})
+    options = {"pool": [InPlace("depthwise", 0, 8, 1)]}
+    chains = find_chains(graph, options, accumulate=False)
+    assert [c.steps for c in chains] == [("a", "b", "c"), ("d", "y")]
+    # The second conv reduces over the chain's channels: it can accumulate the slices.
+    chains = find_chains(graph, options)
+    assert [(c.steps, c.accumulate) for c in chains] == [(("a", "b", "c", "d"), True)]
+    # A tensor read twice must exist whole: it ends the chain (as the chain's output).
+    shared = _also_reads_b(graph)
+    assert [c.steps for c in find_chains(shared, options)] == [("a", "b"), ("d", "y")]
+
+
+def _also_reads_b(graph: Graph) -> Graph:
+    """``graph`` with the second conv also reading ``b``."""
+    import attrs
+
+    steps = list(graph.steps)
+    steps[3] = attrs.evolve(steps[3], inputs=("c", "b"))
+    return attrs.evolve(graph, steps=tuple(steps))

@@ -101,6 +101,7 @@ def compile_model(
     allow_float: bool = False,
     sram_budget: int | None = None,
     in_place: bool = True,
+    partial_execution: bool = True,
 ) -> Compiled:
     """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
     schedule.json.
@@ -108,7 +109,8 @@ def compile_model(
     ``allow_float``: operators of an int8 model without an integer lowering run in float instead of
     being refused; the report lists them. ``sram_budget``: bytes of arena plus input and output
     buffers the schedule must fit (BudgetError, naming the bottleneck, when no schedule does).
-    ``in_place=False`` keeps every tensor in a buffer of its own (the layer-by-layer baseline).
+    ``in_place=False, partial_execution=False`` keeps every tensor whole in a buffer of its own (the
+    layer-by-layer baseline).
     """
     board = load_board(board_name)
     model = load_model(Path(model_path))
@@ -119,6 +121,7 @@ def compile_model(
         rounding="onnx" if model.format == "onnx" else "tflite",
         sram_budget=sram_budget,
         in_place=in_place,
+        partial_execution=partial_execution,
     )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)

@@ -15,13 +15,15 @@ from tvm_mcu.analysis.macs import step_macs
 from tvm_mcu.analysis.peak import PeakResult, best_order_peak, whole_buffer_peak
 from tvm_mcu.codegen import c_ops, model_c
 from tvm_mcu.errors import UnsupportedOpError
+from tvm_mcu.passes.relax.group_chains import CHAIN_PREFIX, GroupChains
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_int8_interface import io_quantization
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
+from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
-from tvm_mcu.schedule import choice, inplace
+from tvm_mcu.schedule import choice, inplace, partial
 from tvm_mcu.schedule.graph import Graph, extract_graph, reorder
 from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
 
@@ -116,6 +118,21 @@ def _staging_overhead(graph: Graph, macs: dict[str, int]) -> float:
     return staged * choice.INSTR_PER_STAGED_ELEMENT / total
 
 
+def _split(
+    fused: _tvm.IRModule, chains: list[partial.Chain], *, in_place: bool, prefix: str
+) -> tuple[Graph, dict[str, _tvm.PrimFunc], dict[str, int]]:
+    """The graph with ``chains`` fused and run a slice of channels at a time (then in place)."""
+    split = pipeline.run([GroupChains([(list(c.steps), c.spec) for c in chains], prefix=prefix)], fused)
+    graph = extract_graph(split)
+    bound = best_order_peak(graph)
+    if bound.exact:
+        graph = reorder(graph, bound.order)
+    funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
+    if in_place:
+        graph, _ = inplace.choose(graph, in_place_options(funcs, graph))
+    return partial.annotate(graph, chains), funcs, step_macs(split, graph)
+
+
 def compile_module(
     mod: _tvm.IRModule,
     *,
@@ -123,13 +140,16 @@ def compile_module(
     allow_float: bool = False,
     rounding: str = "tflite",
     in_place: bool = True,
+    partial_execution: bool = True,
     sram_budget: int | None = None,
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
     ``rounding``: how int8 requantisations round, "tflite" (TFLite Micro's arithmetic, for TFLite
     models) or "onnx" (one rounding half to even, for ONNX QDQ models). ``in_place``: let operators
-    overwrite dead inputs where that is exact (see :mod:`tvm_mcu.schedule.inplace`). ``sram_budget``:
+    overwrite dead inputs where that is exact (see :mod:`tvm_mcu.schedule.inplace`).
+    ``partial_execution``: consider running chains a slice of channels at a time
+    (:mod:`tvm_mcu.schedule.partial`). ``sram_budget``:
     bytes of arena plus input and output buffers the schedule must fit (see
     :mod:`tvm_mcu.schedule.choice`); BudgetError names the bottleneck when no schedule does.
     """
@@ -151,19 +171,43 @@ def compile_module(
     whole_peak = whole_buffer_peak(graph)
     macs = step_macs(fused, graph)
     funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
-    graphs = [graph]
+    options = in_place_options(funcs, graph)
+    # Candidate schedules, cheapest first: (label, graph, MACs per step).
+    plans: list[tuple[str, Graph, dict[str, int]]] = [("layer by layer", graph, macs)]
     if in_place:
-        shared, chosen = inplace.choose(graph, in_place_options(funcs, graph))
+        shared, chosen = inplace.choose(graph, options)
         if chosen:
-            graphs.append(shared)
-    lowered, graphs = lower_operators(funcs, graphs)
-    labels = ["layer by layer", "in place"]
+            plans.append(("in place", shared, macs))
+    if partial_execution:
+        seen: list[list[partial.Chain]] = []
+        for accumulate in (False, True):
+            chains = partial.find_chains(graph, options, accumulate=accumulate)
+            if not chains or chains in seen:
+                continue
+            seen.append(chains)
+            try:
+                label = "partial execution" + (" (accumulating)" if accumulate else "")
+                split_graph, split_funcs, split_macs = _split(
+                    fused, chains, in_place=in_place, prefix=f"{CHAIN_PREFIX}{len(seen)}_"
+                )
+            except ValueError as exc:
+                logger.info("partial execution declined: %s", exc)
+                continue
+            funcs = {**funcs, **split_funcs}
+            plans.append((label, split_graph, split_macs))
+    lowered, graphs = lower_operators(funcs, [g for _, g, _ in plans])
     candidates = [
-        choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, macs))
-        for label, g in zip(labels, graphs, strict=False)
+        choice.Candidate(
+            label,
+            g,
+            plan_memory(g),
+            _staging_overhead(g, m) + choice.SLICE_LOOP_OVERHEAD * sum(1 for s in g.steps if s.partial),
+        )
+        for (label, _, m), g in zip(plans, graphs, strict=True)
     ]
     picked = choice.choose(candidates, budget=sram_budget, model_name=model_name)
     graph, plan = picked.graph, picked.plan
+    macs = next(m for (label, _, m) in plans if label == picked.label)
     lowered = _only(lowered, graph)
     kernels, prototypes = c_ops.kernels_source(lowered)
     helpers = fixed_point.HELPER_PREFIX in kernels

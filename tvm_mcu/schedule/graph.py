@@ -54,6 +54,8 @@ class Step:
     # tensor's ``alias_of`` names that input), "" otherwise.
     in_place: str = ""
     in_place_axis: int = -1  # the channel axis of a depthwise or pointwise step run in place
+    # Partial execution: "channels:axis=A:slice=S:<steps of the chain>" for a step running a fused chain.
+    partial: str = ""
 
 
 @attrs.frozen
