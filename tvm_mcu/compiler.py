@@ -58,7 +58,7 @@ class Compiled:
     io_quantization: dict[str, list[list[float]]] | None = None
     float_ops: tuple[str, ...] = ()
     # The schedule picked (tvm_mcu.schedule.choice), bytes live at each of its steps (arena + I/O), and
-    # the same for the plain layer-by-layer schedule in the same operator order.
+    # the plain layer-by-layer schedule's at the same steps (for a chain, the most over its operators).
     schedule: str = "layer by layer"
     profile: tuple[int, ...] = ()
     profile_before: tuple[int, ...] = ()
@@ -133,6 +133,19 @@ def _split(
     return partial.annotate(graph, chains), funcs, step_macs(split, graph)
 
 
+def _profile_by_step(base: choice.Candidate, graph: Graph) -> tuple[int, ...]:
+    """The layer-by-layer live bytes at each step of ``graph`` (a chain: the most over its members)."""
+    profile = choice.profile(base.graph, base.plan)
+    live = dict(zip((s.name for s in base.graph.steps), profile, strict=True))
+    out = []
+    for i, step in enumerate(graph.steps):
+        members = step.partial.split(":")[-1].split("+") if step.partial else [step.name]
+        known = [live[m] for m in members if m in live]
+        # A step renamed by the regrouping (e.g. the model output): the same position from the end.
+        out.append(max(known) if known else profile[len(profile) - (len(graph.steps) - i)])
+    return tuple(out)
+
+
 def compile_module(
     mod: _tvm.IRModule,
     *,
@@ -173,41 +186,42 @@ def compile_module(
     funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
     options = in_place_options(funcs, graph)
     # Candidate schedules, cheapest first: (label, graph, MACs per step).
-    plans: list[tuple[str, Graph, dict[str, int]]] = [("layer by layer", graph, macs)]
+    # (label, graph, MACs per step, estimated extra instructions besides in-place staging)
+    plans: list[tuple[str, Graph, dict[str, int], float]] = [("layer by layer", graph, macs, 0.0)]
     if in_place:
         shared, chosen = inplace.choose(graph, options)
         if chosen:
-            plans.append(("in place", shared, macs))
+            plans.append(("in place", shared, macs, 0.0))
     if partial_execution:
         seen: list[list[partial.Chain]] = []
-        for accumulate in (False, True):
-            chains = partial.find_chains(graph, options, accumulate=accumulate)
+        # Accumulating chains re-read their consumer's accumulator once per slice: wider slices cost
+        # less time and more memory, so each width is a candidate.
+        for accumulate, width in ((False, 1), *((True, w) for w in partial.ACCUMULATE_SLICES)):
+            chains = [
+                attrs.evolve(c, slice=width) if c.accumulate else c
+                for c in partial.find_chains(graph, options, accumulate=accumulate)
+            ]
             if not chains or chains in seen:
                 continue
             seen.append(chains)
+            label = "partial execution" + (f" (accumulating, {width}-channel slices)" if accumulate else "")
             try:
-                label = "partial execution" + (" (accumulating)" if accumulate else "")
                 split_graph, split_funcs, split_macs = _split(
-                    fused, chains, in_place=in_place, prefix=f"{CHAIN_PREFIX}{len(seen)}_"
+                    fused, chains, in_place=in_place, prefix=f"{CHAIN_PREFIX}{len(seen) - 1}_"
                 )
             except ValueError as exc:
                 logger.info("partial execution declined: %s", exc)
                 continue
             funcs = {**funcs, **split_funcs}
-            plans.append((label, split_graph, split_macs))
-    lowered, graphs = lower_operators(funcs, [g for _, g, _ in plans])
+            plans.append((label, split_graph, split_macs, partial.overhead(chains, macs)))
+    lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans])
     candidates = [
-        choice.Candidate(
-            label,
-            g,
-            plan_memory(g),
-            _staging_overhead(g, m) + choice.SLICE_LOOP_OVERHEAD * sum(1 for s in g.steps if s.partial),
-        )
-        for (label, _, m), g in zip(plans, graphs, strict=True)
+        choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m) + extra)
+        for (label, _, m, extra), g in zip(plans, graphs, strict=True)
     ]
     picked = choice.choose(candidates, budget=sram_budget, model_name=model_name)
     graph, plan = picked.graph, picked.plan
-    macs = next(m for (label, _, m) in plans if label == picked.label)
+    macs = next(m for (label, _, m, _) in plans if label == picked.label)
     lowered = _only(lowered, graph)
     kernels, prototypes = c_ops.kernels_source(lowered)
     helpers = fixed_point.HELPER_PREFIX in kernels
@@ -242,6 +256,6 @@ def compile_module(
         tuple(str(o) for o in float_ops) if float_ops is not None else (),
         schedule=picked.label,
         profile=tuple(choice.profile(graph, plan)),
-        profile_before=tuple(choice.profile(candidates[0].graph, candidates[0].plan)),
+        profile_before=_profile_by_step(candidates[0], graph),
         sram_budget=sram_budget,
     )

@@ -47,6 +47,7 @@ def schedule_json(c: Compiled) -> dict[str, Any]:
         "sram_budget_bytes": c.sram_budget,
         "peak_bytes": max(c.profile, default=0),
         "peak_bytes_layer_by_layer": max(c.profile_before, default=0),
+        "chains": {s.name: s.partial for s in g.steps if s.partial},
         "arena_bytes": c.plan.arena_bytes,
         "arena_lower_bound_bytes": c.plan.lower_bound,
         "whole_buffer_bound_bytes": c.whole_buffer_bound.peak_bytes,
@@ -76,18 +77,30 @@ def render_text(record: dict[str, Any]) -> str:
         lines.append(f"budget: {record['sram_budget_bytes']:,} B")
     lines.append("")
     lines.append(
-        f"{'#':>3}  {'step':<20} {'kind':<14} {'how':<20} {'out B':>8} {'scratch':>8} "
+        f"{'#':>3}  {'step':<20} {'kind':<14} {'how':<26} {'out B':>8} {'scratch':>8} "
         f"{'live B':>9} {'before':>9}"
     )
     peak = record["peak_bytes"]
     for s in record["steps"]:
         how = s["in_place"] + " in place" if s["in_place"] else ""
+        if s["name"] in record.get("chains", {}):
+            spec = record["chains"][s["name"]]
+            slice_ = spec.split("slice=")[1].split(":")[0]
+            how = f"Pex {slice_}ch" + (" acc" if "accumulate=1" in spec else "")
+            how += " +in place" if s["in_place"] else ""
         mark = "  <- peak" if s["live_bytes"] == peak else ""
         lines.append(
-            f"{s['index']:>3}  {s['name'][:20]:<20} {s['kind'][:14]:<14} {how[:20]:<20} "
+            f"{s['index']:>3}  {s['name'][:20]:<20} {s['kind'][:14]:<14} {how[:26]:<26} "
             f"{s['output_bytes']:>8,} {s['workspace_bytes']:>8,} {s['live_bytes']:>9,} "
             f"{s['live_bytes_layer_by_layer']:>9,}{mark}"
         )
+    chains = record.get("chains", {})
+    if chains:
+        lines.append("")
+        lines.append("partial execution (channel slices): step = operators of the chain")
+        for name, spec in chains.items():
+            *head, members = spec.split(":")
+            lines.append(f"  {name} = {' -> '.join(members.split('+'))} ({':'.join(head)})")
     return "\n".join(lines)
 
 

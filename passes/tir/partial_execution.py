@@ -229,9 +229,11 @@ def split_channels(func: PrimFunc, axis: int, slice_: int, *, accumulate: bool =
             raise ValueError("the chain's output has one channel: nothing to split")
     loops = list(sch.get_loops(final))
     at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(channel)))
-    if at:
-        sch.reorder(channel, *loops[:at])
+    # Only the loop over slices moves out: the channels within a slice stay where the channel loop was
+    # (innermost for a reduction, so each slice's partial sum stays in a register).
     outer, _ = sch.split(channel, factors=[None, slice_])
+    if at:
+        sch.reorder(outer, *loops[:at])
     for block in reversed(before):
         sch.compute_at(block, outer, preserve_unit_loops=False)
     if accumulate:

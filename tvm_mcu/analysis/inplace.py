@@ -104,6 +104,9 @@ def in_place_options(func: _tvm.PrimFunc, candidates: list[int]) -> list[InPlace
             continue
         readers = [b for b in blocks if _reads(b, x)]
         found = _classify(x, out, writer, readers)
+        if found is None and _read_before_writer(func, x, writer, readers):
+            # A fused chain reads the input early (all slices) and once more in its final epilogue.
+            found = _classify(x, out, writer, [writer])
         if found is None:
             continue
         kind, axis = found
@@ -117,6 +120,34 @@ def in_place_options(func: _tvm.PrimFunc, candidates: list[int]) -> list[InPlace
             continue  # staging most of the output gains little or nothing
         options.append(InPlace(kind, k, scratch, axis))
     return options
+
+
+def _top_level_index(func: _tvm.PrimFunc) -> dict[Any, int]:
+    """Each block -> the index of the root-level statement containing it."""
+    root = func.body.block if isinstance(func.body, _tvm.s_tir.SBlockRealize) else None
+    if root is None:
+        return {}
+    body = root.body
+    stmts = list(body.seq) if isinstance(body, _tvm.tirx.SeqStmt) else [body]
+    index: dict[Any, int] = {}
+    for k, stmt in enumerate(stmts):
+        found: list[Any] = []
+        _tvm.structural_walk(stmt, (_tvm.s_tir.SBlock, found.append))
+        for b in found:
+            index[b] = k
+    return index
+
+
+def _read_before_writer(func: _tvm.PrimFunc, x: Any, writer: Any, readers: list[Any]) -> bool:
+    """The writer reads ``x``, and every other reader sits in an earlier root-level loop nest: by the
+    time the writer starts, those reads are over."""
+    if len(readers) < 2 or not any(r.same_as(writer) for r in readers):
+        return False
+    index = _top_level_index(func)
+    if writer not in index:
+        return False
+    others = [r for r in readers if not r.same_as(writer)]
+    return all(r in index and index[r] < index[writer] for r in others)
 
 
 def _classify(x: Any, out: Any, writer: Any, readers: list[Any]) -> tuple[str, int] | None:

@@ -22,6 +22,13 @@ _DROP = (
 # Prototypes CodeGenC emits for the C library functions it calls (expf, ...): <math.h> declares them.
 _LIBM_PROTO = re.compile(r"^TVM_DLL \w+ \w+\([\w, ]*\);$")
 _OP_PROTO = re.compile(rf"^TVM_DLL (int32_t {OP_PREFIX}\w+\(.*\));$")
+# A scratch buffer carved out of the workspace argument (HoistScratchToWorkspace): distinct scratch
+# buffers never overlap each other, the operator's tensors or its weights, so each such pointer is
+# ``restrict``. Without it the compiler must assume an int8 tensor may alias an int32 accumulator and
+# reload and store it on every multiply-accumulate.
+_WORKSPACE_VIEW = re.compile(
+    r"^(\s+\w+\*) (\w+ = \(\(\w+\*\)\(\(\w+\*\)\(\(\(char\*\)workspace\) \+ \d+\)\)\);)$"
+)
 
 
 def kernels_source(lowered: _tvm.IRModule) -> tuple[str, list[str]]:
@@ -38,6 +45,7 @@ def kernels_source(lowered: _tvm.IRModule) -> tuple[str, list[str]]:
             continue
         if _LIBM_PROTO.match(line):
             continue
+        line = _WORKSPACE_VIEW.sub(r"\1 restrict \2", line)
         body.append(line.removeprefix("TVM_DLL "))
     text = "\n".join(body).strip("\n")
     text = re.sub(r"\n{3,}", "\n\n", text)

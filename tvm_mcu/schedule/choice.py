@@ -23,9 +23,6 @@ MAX_OVERHEAD = 0.02
 # used only to rank candidates; reports give QEMU's measured counts.
 INSTR_PER_MAC = 9.0
 INSTR_PER_STAGED_ELEMENT = 3.0
-# A chain run slice by slice does the same arithmetic; its loop over slices costs little. A small
-# positive estimate ranks it after schedules without one when both meet a budget.
-SLICE_LOOP_OVERHEAD = 0.002
 
 
 @attrs.frozen

@@ -17,6 +17,15 @@ from tvm_mcu.schedule.graph import Graph
 
 # Op families that compute each output channel from all input channels (and so can produce a slice).
 PRODUCERS = ("conv2d", "matmul", "dense")
+# Slice widths tried for accumulating chains.
+ACCUMULATE_SLICES = (1, 2, 4, 8, 16)
+# Estimates for ranking candidates (reports give QEMU's counts): instructions per MAC of our kernels;
+# per output element and slice, an accumulating consumer's extra pass (accumulator load and store,
+# loop set-up: about 16 instructions measured on the MobileNetV2-style benchmark); per chain for its
+# loop over slices.
+INSTR_PER_MAC = 9.0
+INSTR_PER_ACCUMULATOR_PASS = 16.0
+CHAIN_OVERHEAD = 0.002
 
 
 @attrs.frozen
@@ -76,7 +85,25 @@ def find_chains(graph: Graph, options: dict[str, list[InPlace]], *, accumulate: 
                 and graph.storage_root(out) == out
             ):
                 names.append(nxt.name)
-                acc, j = True, j + 1
+                acc, cur, j = True, nxt, j + 1
+                # Element-wise steps on the accumulated result (a residual add) join the chain: their
+                # input never exists whole either, and they end the chain's data flow.
+                while j < len(steps):
+                    nxt, out = steps[j], cur.output
+                    elementwise = [
+                        o
+                        for o in options.get(nxt.callee, [])
+                        if o.kind == "elementwise" and nxt.inputs[o.param] == out
+                    ]
+                    if (
+                        not elementwise
+                        or readers.get(out) != [j]
+                        or out in outputs
+                        or graph.storage_root(out) != out
+                    ):
+                        break
+                    names.append(nxt.name)
+                    cur, j = nxt, j + 1
         if axis is not None and len(names) >= 2:
             chains.append(Chain(tuple(names), axis, accumulate=acc))
             i = j
@@ -95,3 +122,17 @@ def annotate(graph: Graph, chains: list[Chain]) -> Graph:
             step = attrs.evolve(step, kind="chain", partial=f"{c.spec}:{'+'.join(c.steps)}")
         steps.append(step)
     return attrs.evolve(graph, steps=tuple(steps))
+
+
+def overhead(chains: list[Chain], macs: dict[str, int]) -> float:
+    """Estimated extra instructions of ``chains``, as a fraction of the model's (``macs``: per step of
+    the unsplit graph). An accumulating consumer re-enters each output element once per slice
+    instead of once: one pass per ``slice`` of its MACs."""
+    total = max(sum(macs.values()), 1) * INSTR_PER_MAC
+    extra = 0.0
+    for c in chains:
+        extra += CHAIN_OVERHEAD * total
+        if c.accumulate:
+            consumer = next(n for n in reversed(c.steps) if macs.get(n, 0))
+            extra += INSTR_PER_ACCUMULATOR_PASS * macs[consumer] / c.slice
+    return extra / total
