@@ -3,17 +3,12 @@
 import numpy as np
 import pytest
 
+from tests import graphs
 from tvm_mcu.analysis.peak import best_order_peak, whole_buffer_peak
-from tvm_mcu.schedule.graph import Graph, Step, Tensor
+from tvm_mcu.schedule.graph import Graph, Step
 from tvm_mcu.schedule.memory import live_lower_bound, plan_memory
 
-
-def _graph(steps, tensors, inputs=("x",), outputs=("y",)):
-    return Graph({t.name: t for t in tensors}, tuple(steps), tuple(inputs), tuple(outputs), {})
-
-
-def _t(name, n, kind="intermediate", alias_of=None, dtype="int8"):
-    return Tensor(name, (n,), dtype, kind, alias_of)
+_graph, _t = graphs.graph, graphs.tensor
 
 
 def chain(sizes):

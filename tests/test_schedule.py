@@ -7,16 +7,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import host
+from tests import graphs, host
 from tests.zoo import ALL_MODELS, write_model
 from tvm_mcu.analysis.inplace import InPlace
-from tvm_mcu.compiler import compile_module
-from tvm_mcu.frontend import load_model, random_inputs
+from tvm_mcu.compiler import Compiled, compile_module
+from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
 from tvm_mcu.schedule import inplace
-from tvm_mcu.schedule.graph import Graph, Step, Tensor
+from tvm_mcu.schedule.graph import Graph, Step
 from tvm_mcu.schedule.memory import plan_memory
 
+
 # Models whose peak step is a depthwise or pointwise convolution or an element-wise op on a dead input.
+def _assert_same_outputs(model: ImportedModel, a: Compiled, b: Compiled, tmp_path: Path) -> None:
+    """Both libraries, built with host gcc, give bit-identical outputs on a seeded input."""
+    inputs = random_inputs(model, seed=7)
+    lib_a = host.build_shared(a, tmp_path / "a", f"{model.name}_a")
+    lib_b = host.build_shared(b, tmp_path / "b", f"{model.name}_b")
+    for want, got in zip(host.run(lib_a, a, inputs), host.run(lib_b, b, inputs), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 SHRINKS = ["int8_ds_cnn_block", "mobilenet_block", "conv_grouped_depthwise"]
 
 
@@ -28,11 +38,7 @@ def test_in_place_is_bit_exact_with_separate_buffers(name: str, tmp_path: Path) 
     if name in SHRINKS:
         assert any(s.in_place for s in shared.graph.steps), "no step runs in place"
     assert not any(s.in_place for s in separate.graph.steps)
-    inputs = random_inputs(model, seed=7)
-    lib_a = host.build_shared(separate, tmp_path / "a", f"{name}_a")
-    lib_b = host.build_shared(shared, tmp_path / "b", f"{name}_b")
-    for want, got in zip(host.run(lib_a, separate, inputs), host.run(lib_b, shared, inputs), strict=True):
-        np.testing.assert_array_equal(got, want)
+    _assert_same_outputs(model, separate, shared, tmp_path)
     assert shared.plan.arena_bytes <= separate.plan.arena_bytes
     if name in SHRINKS:
         assert shared.plan.arena_bytes < separate.plan.arena_bytes
@@ -53,8 +59,7 @@ def test_in_place_never_writes_over_the_caller_or_a_live_tensor(name: str, tmp_p
         assert not any(overwritten in s.inputs for s in graph.steps[i + 1 :])
 
 
-def _t(name: str, n: int, kind: str = "intermediate") -> Tensor:
-    return Tensor(name, (n,), "int8", kind)
+_t = graphs.tensor
 
 
 def _graph() -> Graph:
@@ -66,7 +71,7 @@ def _graph() -> Graph:
         Step("c", "dw", ("b",), "c", "conv2d"),
         Step("y", "add", ("a", "c"), "y", "add"),
     ]
-    return Graph({t.name: t for t in tensors}, tuple(steps), ("x",), ("y",), {})
+    return graphs.graph(steps, tensors)
 
 
 def test_candidates_skip_inputs_read_later_and_model_inputs() -> None:
@@ -103,11 +108,7 @@ def test_partial_execution_is_bit_exact_with_whole_tensors(name: str, tmp_path: 
     model = load_model(write_model(name, tmp_path))
     whole = compile_module(model.mod, model_name=name, in_place=False, partial_execution=False)
     split = compile_module(model.mod, model_name=name, in_place=False, sram_budget=None)
-    inputs = random_inputs(model, seed=11)
-    lib_a = host.build_shared(whole, tmp_path / "a", f"{name}_a")
-    lib_b = host.build_shared(split, tmp_path / "b", f"{name}_b")
-    for want, got in zip(host.run(lib_a, whole, inputs), host.run(lib_b, split, inputs), strict=True):
-        np.testing.assert_array_equal(got, want)
+    _assert_same_outputs(model, whole, split, tmp_path)
     assert split.plan.arena_bytes <= whole.plan.arena_bytes
 
 
@@ -143,7 +144,7 @@ def test_find_chains_stops_at_shared_tensors_and_mixing_ops() -> None:
         Step("d", "conv", ("c",), "d", "conv2d"),  # mixes channels: ends the chain
         Step("y", "pool", ("d",), "y", "max_pool2d"),
     ]
-    graph = Graph({t.name: t for t in tensors}, tuple(steps), ("x",), ("y",), {})
+    graph = graphs.graph(steps, tensors)
     options = {"pool": [InPlace("depthwise", 0, 8, 1)]}
     chains = find_chains(graph, options, accumulate=False)
     assert [c.steps for c in chains] == [("a", "b", "c"), ("d", "y")]

@@ -118,15 +118,20 @@ def _staging_overhead(graph: Graph, macs: dict[str, int]) -> float:
     return staged * choice.INSTR_PER_STAGED_ELEMENT / total
 
 
+def _ordered_graph(fused: _tvm.IRModule) -> tuple[Graph, PeakResult]:
+    """The execution graph, its operators in the order that minimises the whole tensors alive at once
+    (exact search; the graph's own order when the search space is too large)."""
+    graph = extract_graph(fused)
+    bound = best_order_peak(graph)
+    return (reorder(graph, bound.order) if bound.exact else graph), bound
+
+
 def _split(
     fused: _tvm.IRModule, chains: list[partial.Chain], *, in_place: bool, prefix: str
 ) -> tuple[Graph, dict[str, _tvm.PrimFunc], dict[str, int]]:
     """The graph with ``chains`` fused and run a slice of channels at a time (then in place)."""
     split = pipeline.run([GroupChains([(list(c.steps), c.spec) for c in chains], prefix=prefix)], fused)
-    graph = extract_graph(split)
-    bound = best_order_peak(graph)
-    if bound.exact:
-        graph = reorder(graph, bound.order)
+    graph, _ = _ordered_graph(split)
     funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
     if in_place:
         graph, _ = inplace.choose(graph, in_place_options(funcs, graph))
@@ -139,8 +144,7 @@ def _profile_by_step(base: choice.Candidate, graph: Graph) -> tuple[int, ...]:
     live = dict(zip((s.name for s in base.graph.steps), profile, strict=True))
     out = []
     for i, step in enumerate(graph.steps):
-        members = step.partial.split(":")[-1].split("+") if step.partial else [step.name]
-        known = [live[m] for m in members if m in live]
+        known = [live[m] for m in step.chain or (step.name,) if m in live]
         # A step renamed by the regrouping (e.g. the model output): the same position from the end.
         out.append(max(known) if known else profile[len(profile) - (len(graph.steps) - i)])
     return tuple(out)
@@ -175,18 +179,13 @@ def compile_module(
             f"TVM could not legalise {model_name}: {_tvm.error_summary(exc)}; the model uses an operator "
             "variant tvm-mcu cannot compile"
         ) from exc
-    graph = extract_graph(fused)
-    # Run the operators in the order that minimises the whole tensors alive at once (exact search;
-    # the graph's own order when the search space is too large).
-    bound = best_order_peak(graph)
-    if bound.exact:
-        graph = reorder(graph, bound.order)
+    graph, bound = _ordered_graph(fused)
     whole_peak = whole_buffer_peak(graph)
     macs = step_macs(fused, graph)
     funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
     options = in_place_options(funcs, graph)
-    # Candidate schedules, cheapest first: (label, graph, MACs per step).
-    # (label, graph, MACs per step, estimated extra instructions besides in-place staging)
+    # Candidate schedules, cheapest first: (label, graph, MACs per step, estimated extra instructions
+    # besides in-place staging).
     plans: list[tuple[str, Graph, dict[str, int], float]] = [("layer by layer", graph, macs, 0.0)]
     if in_place:
         shared, chosen = inplace.choose(graph, options)

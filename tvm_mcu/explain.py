@@ -13,6 +13,7 @@ from typing import Any
 
 from tvm_mcu.compiler import Compiled
 from tvm_mcu.errors import BadOptionError
+from tvm_mcu.passes.tir.partial_execution import parse_spec
 
 SCHEDULE = "schedule.json"
 PLOT = "schedule.png"
@@ -47,7 +48,8 @@ def schedule_json(c: Compiled) -> dict[str, Any]:
         "sram_budget_bytes": c.sram_budget,
         "peak_bytes": max(c.profile, default=0),
         "peak_bytes_layer_by_layer": max(c.profile_before, default=0),
-        "chains": {s.name: s.partial for s in g.steps if s.partial},
+        # Chains run a slice of channels at a time: {"mode", "axis", "slice", "accumulate", "steps"}.
+        "chains": {s.name: {**parse_spec(s.partial), "steps": list(s.chain)} for s in g.steps if s.partial},
         "arena_bytes": c.plan.arena_bytes,
         "arena_lower_bound_bytes": c.plan.lower_bound,
         "whole_buffer_bound_bytes": c.whole_buffer_bound.peak_bytes,
@@ -83,10 +85,9 @@ def render_text(record: dict[str, Any]) -> str:
     peak = record["peak_bytes"]
     for s in record["steps"]:
         how = s["in_place"] + " in place" if s["in_place"] else ""
-        if s["name"] in record.get("chains", {}):
-            spec = record["chains"][s["name"]]
-            slice_ = spec.split("slice=")[1].split(":")[0]
-            how = f"Pex {slice_}ch" + (" acc" if "accumulate=1" in spec else "")
+        chain = record.get("chains", {}).get(s["name"])
+        if chain is not None:
+            how = f"Pex {chain['slice']}ch" + (" acc" if chain.get("accumulate") else "")
             how += " +in place" if s["in_place"] else ""
         mark = "  <- peak" if s["live_bytes"] == peak else ""
         lines.append(
@@ -98,9 +99,10 @@ def render_text(record: dict[str, Any]) -> str:
     if chains:
         lines.append("")
         lines.append("partial execution (channel slices): step = operators of the chain")
-        for name, spec in chains.items():
-            *head, members = spec.split(":")
-            lines.append(f"  {name} = {' -> '.join(members.split('+'))} ({':'.join(head)})")
+        for name, chain in chains.items():
+            how = f"axis {chain['axis']}, {chain['slice']}-channel slices"
+            how += ", accumulating" if chain.get("accumulate") else ""
+            lines.append(f"  {name} = {' -> '.join(chain['steps'])} ({how})")
     return "\n".join(lines)
 
 

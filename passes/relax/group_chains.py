@@ -20,6 +20,14 @@ def _sub(expr: Any, remap: list[tuple[Any, Any]]) -> Any:
     return expr
 
 
+def _slot(arg: Any, args: list[Any], chain: list[Any]) -> int:
+    """Where a call's argument comes from: parameter ``k`` (>= 0) or chain binding ``k`` (-k - 1)."""
+    for k, b in enumerate(chain):
+        if arg.same_as(b.var):
+            return -k - 1
+    return next(k for k, a in enumerate(args) if a.same_as(arg))
+
+
 def _retarget(value: Any, remap: list[tuple[Any, Any]], ty: Any) -> Any:
     if isinstance(value, _tvm.RelaxCall) and _tvm.op_name(value) == "relax.call_tir":
         return relax.call_tir(value.args[0], [_sub(a, remap) for a in value.args[1].fields], ty)
@@ -57,9 +65,7 @@ def group_chains(
         key = (
             tuple(b.value.args[0].name_hint for b in chain),
             tuple(str(a.ty) for a in args),
-            tuple(
-                tuple(args.index(a) if a not in inside else -1 for a in b.value.args[1].fields) for b in chain
-            ),
+            tuple(tuple(_slot(a, args, chain) for a in b.value.args[1].fields) for b in chain),
             spec,
         )
         if key not in made:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tvm_mcu._tvm import PrimFunc, s_tir, structural_walk, tirx, tvm
+from tvm_mcu._tvm import PrimFunc, s_tir, tvm
+from tvm_mcu.passes.tir import sblocks
 
 logger = logging.getLogger(__name__)
 
@@ -16,47 +17,9 @@ ATTR_AXIS = "tvmmcu.in_place_axis"
 ATTR_DONE = "tvmmcu.in_place_done"
 
 
-def _writer(sch: s_tir.Schedule, out: Any) -> Any:
-    found = []
-    stack = list(sch.get_child_blocks(sch.get_sblock("root")))
-    while stack:
-        block = stack.pop(0)
-        if _stores_to(sch.get(block).body, out):
-            found.append(block)
-        stack.extend(sch.get_child_blocks(block))
-    if len(found) != 1:
-        raise ValueError(f"expected one block writing the output, found {len(found)}")
-    return found[0]
-
-
-def _stores_to(stmt: Any, var: Any) -> list[Any]:
-    stores: list[Any] = []
-    structural_walk(
-        stmt, (tirx.BufferStore, lambda st: stores.append(st) if st.buffer.same_as(var) else None)
-    )
-    return stores
-
-
 def _loop_of(sch: s_tir.Schedule, block: Any, index: int) -> Any | None:
-    """The loop that drives the ``index``-th dimension the block writes (its iter var's binding)."""
-    blk = sch.get(block)
-    (store,) = _stores_of(blk)
-    var = store.indices[index]
-    realizes: list[Any] = []
-    structural_walk(
-        sch.mod["main"].body,
-        (s_tir.SBlockRealize, lambda r: realizes.append(r) if r.block.same_as(blk) else None),
-    )
-    (realize,) = realizes
-    binding = next(v for iv, v in zip(blk.iter_vars, realize.iter_values, strict=True) if iv.var.same_as(var))
-    for loop in sch.get_loops(block):
-        if sch.get(loop).loop_var.same_as(binding):
-            return loop
-    return None  # an axis of extent 1 has no loop
-
-
-def _stores_of(blk: Any) -> list[Any]:
-    return _stores_to(blk.body, blk.writes[0].source)
+    """The loop that drives the ``index``-th dimension the block writes (None for an extent of 1)."""
+    return sblocks.loop_binding(sch, block, sblocks.written_indices(sch, block)[index])
 
 
 def make_in_place(func: PrimFunc, kind: str, axis: int = 3) -> PrimFunc:
@@ -64,11 +27,10 @@ def make_in_place(func: PrimFunc, kind: str, axis: int = 3) -> PrimFunc:
     if kind == "elementwise":
         return func  # each element is read before its own slot is written, in every schedule
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    writer = _writer(sch, func.params[-1])
+    writer = sblocks.writer_of(sch, func.params[-1])
     channel = _loop_of(sch, writer, axis)
     loops = list(sch.get_loops(writer))
-    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(channel)))
-    outer = loops[:at]
+    outer = loops[: sblocks.position(sch, loops, channel)]
     if kind == "pointwise":
         # The pixel loops (every loop around the channel loop, and those of the spatial axes after it).
         pixel = [_loop_of(sch, writer, i) for i in range(1, 4) if i != axis]

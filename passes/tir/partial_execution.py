@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tvm_mcu._tvm import PrimFunc, s_tir, structural_walk, tirx, tvm
+from tvm_mcu._tvm import PrimFunc, s_tir, tvm
+from tvm_mcu.analysis.tir_access import loads_of
 from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL
+from tvm_mcu.passes.tir import sblocks
 
 logger = logging.getLogger(__name__)
 
-_SPATIAL = 0
-_REDUCE = 2
 ATTR_DONE = "tvmmcu.scheduled"
 
 
@@ -32,14 +32,6 @@ def parse_spec(spec: str) -> dict[str, Any]:
     return out
 
 
-def _is_reduction(sch: s_tir.Schedule, block: Any) -> bool:
-    return any(int(iv.iter_type) == _REDUCE for iv in sch.get(block).iter_vars)
-
-
-def _root_blocks(sch: s_tir.Schedule) -> list[Any]:
-    return list(sch.get_child_blocks(sch.get_sblock("root")))
-
-
 def _inline_between_operators(sch: s_tir.Schedule) -> None:
     """Inline padding and element-wise chains, keeping one epilogue block after each reduction.
 
@@ -50,11 +42,11 @@ def _inline_between_operators(sch: s_tir.Schedule) -> None:
     changed = True
     while changed:
         changed = False
-        for block in _root_blocks(sch):
-            if _is_reduction(sch, block):
+        for block in sblocks.root_blocks(sch):
+            if sblocks.is_reduction(sch, block):
                 continue
             producers = sch.get_producers(block)
-            after_reduction = any(_is_reduction(sch, p) for p in producers)
+            after_reduction = any(sblocks.is_reduction(sch, p) for p in producers)
             if producers and not after_reduction:
                 try:
                     sch.reverse_compute_inline(block)
@@ -71,59 +63,15 @@ def _inline_between_operators(sch: s_tir.Schedule) -> None:
                     pass
 
 
-def _write_indices(block: Any) -> list[Any]:
-    out = block.writes[0].source
-    stores: list[Any] = []
-    structural_walk(
-        block.body, (tirx.BufferStore, lambda st: stores.append(st) if st.buffer.same_as(out) else None)
-    )
-    return list(stores[0].indices) if stores else []
-
-
-def _loop_binding(sch: s_tir.Schedule, block: Any, var: Any) -> Any | None:
-    """The loop whose variable the block binds to its iter var ``var`` (None for a unit extent)."""
-    blk = sch.get(block)
-    realizes: list[Any] = []
-    structural_walk(
-        sch.mod["main"].body,
-        (s_tir.SBlockRealize, lambda r: realizes.append(r) if r.block.same_as(blk) else None),
-    )
-    value = next(
-        v for iv, v in zip(blk.iter_vars, realizes[0].iter_values, strict=True) if iv.var.same_as(var)
-    )
-    for loop in sch.get_loops(block):
-        if sch.get(loop).loop_var.same_as(value):
-            return loop
-    return None
-
-
-def _innermost_spatial_loop(sch: s_tir.Schedule, block: Any) -> Any | None:
-    blk = sch.get(block)
-    realizes: list[Any] = []
-    structural_walk(
-        sch.mod["main"].body,
-        (s_tir.SBlockRealize, lambda r: realizes.append(r) if r.block.same_as(blk) else None),
-    )
-    spatial_vars: set[Any] = set()
-    for iv, v in zip(blk.iter_vars, realizes[0].iter_values, strict=True):
-        if int(iv.iter_type) == _SPATIAL:
-            structural_walk(v, (tirx.Var, spatial_vars.add))
-    found = None
-    for loop in sch.get_loops(block):
-        if sch.get(loop).loop_var in spatial_vars:
-            found = loop
-    return found
-
-
 def _epilogues_under_reductions(sch: s_tir.Schedule, skip: Any | None = None) -> None:
     """Compute each reduction's epilogue inside its innermost spatial loop (accumulator: one element)."""
-    for block in _all_blocks(sch):
-        if not _is_reduction(sch, block):
+    for block in sblocks.all_blocks(sch):
+        if not sblocks.is_reduction(sch, block):
             continue
         if skip is not None and sch.get(block).same_as(sch.get(skip)):
             continue
         for consumer in sch.get_consumers(block):
-            loop = _innermost_spatial_loop(sch, block)
+            loop = sblocks.innermost_spatial_loop(sch, block)
             if loop is None:
                 continue
             try:
@@ -133,14 +81,14 @@ def _epilogues_under_reductions(sch: s_tir.Schedule, skip: Any | None = None) ->
 
 
 def _hoist_inits(sch: s_tir.Schedule) -> None:
-    for block in _all_blocks(sch):
-        if not _is_reduction(sch, block) or sch.get(block).init is None:
+    for block in sblocks.all_blocks(sch):
+        if not sblocks.is_reduction(sch, block) or sch.get(block).init is None:
             continue
-        spatial = _innermost_spatial_loop(sch, block)
+        spatial = sblocks.innermost_spatial_loop(sch, block)
         loops = list(sch.get_loops(block))
         if spatial is None:
             continue
-        at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(spatial)))
+        at = sblocks.position(sch, loops, spatial)
         if at + 1 < len(loops):
             try:
                 sch.decompose_reduction(block, loops[at + 1])
@@ -148,28 +96,15 @@ def _hoist_inits(sch: s_tir.Schedule) -> None:
                 continue
 
 
-def _all_blocks(sch: s_tir.Schedule) -> list[Any]:
-    out = []
-    stack = _root_blocks(sch)
-    while stack:
-        block = stack.pop(0)
-        out.append(block)
-        stack.extend(sch.get_child_blocks(block))
-    return out
-
-
 def _reduced_channel_loop(sch: s_tir.Schedule, block: Any, source: Any, axis: int) -> Any:
     """The loop of ``block``'s reduction var indexing ``source`` along ``axis`` (its input channels)."""
     blk = sch.get(block)
-    loads: list[Any] = []
-    structural_walk(
-        blk.body, (tvm.ir.TensorLoad, lambda ld: loads.append(ld) if ld.source.same_as(source) else None)
-    )
-    reduce_vars = {iv.var for iv in blk.iter_vars if int(iv.iter_type) == _REDUCE}
+    loads = loads_of(blk.body, source)
+    reduce_vars = {iv.var for iv in blk.iter_vars if int(iv.iter_type) == sblocks.REDUCE}
     chosen = {ld.indices[axis] for ld in loads}
     if not loads or len(chosen) != 1 or next(iter(chosen)) not in reduce_vars:
         raise ValueError(f"{blk.name_hint} does not reduce over the channels of {source.name}")
-    loop = _loop_binding(sch, block, next(iter(chosen)))
+    loop = sblocks.loop_binding(sch, block, next(iter(chosen)))
     if loop is None:
         raise ValueError(f"{blk.name_hint} reduces over a single channel: nothing to split")
     return loop
@@ -182,18 +117,8 @@ def _check_float_order(sch: s_tir.Schedule, block: Any, channel: Any) -> None:
     if "float" not in str(out.ty.dtype):
         return
     loops = list(sch.get_loops(block))
-    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(channel)))
-    reduce_vars = {iv.var for iv in blk.iter_vars if int(iv.iter_type) == _REDUCE}
-    realizes: list[Any] = []
-    structural_walk(
-        sch.mod["main"].body,
-        (s_tir.SBlockRealize, lambda r: realizes.append(r) if r.block.same_as(blk) else None),
-    )
-    reduce_loop_vars: set[Any] = set()
-    for iv, v in zip(blk.iter_vars, realizes[0].iter_values, strict=True):
-        if iv.var in reduce_vars:
-            structural_walk(v, (tirx.Var, reduce_loop_vars.add))
-    for lp in loops[:at]:
+    reduce_loop_vars = sblocks.loop_vars_of_kind(sch, block, sblocks.REDUCE)
+    for lp in loops[: sblocks.position(sch, loops, channel)]:
         loop = sch.get(lp)
         if loop.loop_var in reduce_loop_vars and int(loop.extent) > 1:
             raise ValueError(
@@ -210,9 +135,9 @@ def split_channels(func: PrimFunc, axis: int, slice_: int, *, accumulate: bool =
     """
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     _inline_between_operators(sch)
-    blocks = _root_blocks(sch)
+    blocks = sblocks.root_blocks(sch)
     if accumulate:
-        last = max(i for i, b in enumerate(blocks) if _is_reduction(sch, b))
+        last = max(i for i, b in enumerate(blocks) if sblocks.is_reduction(sch, b))
         final = blocks[last]
         producers = sch.get_producers(final)
         source = sch.get(producers[-1]).writes[0].source if producers else None
@@ -223,12 +148,12 @@ def split_channels(func: PrimFunc, axis: int, slice_: int, *, accumulate: bool =
         _check_float_order(sch, final, channel)
     else:
         final = blocks[-1]
-        channel = _loop_binding(sch, final, _write_indices(sch.get(final))[axis])
+        channel = sblocks.loop_binding(sch, final, sblocks.written_indices(sch, final)[axis])
         before = blocks[:-1]
         if channel is None:
             raise ValueError("the chain's output has one channel: nothing to split")
     loops = list(sch.get_loops(final))
-    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(channel)))
+    at = sblocks.position(sch, loops, channel)
     # Only the loop over slices moves out: the channels within a slice stay where the channel loop was
     # (innermost for a reduction, so each slice's partial sum stays in a register).
     outer, _ = sch.split(channel, factors=[None, slice_])

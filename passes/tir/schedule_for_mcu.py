@@ -5,12 +5,9 @@ from __future__ import annotations
 import logging
 
 from tvm_mcu._tvm import PrimFunc, s_tir, tvm
+from tvm_mcu.passes.tir import sblocks
 
 logger = logging.getLogger(__name__)
-
-# Iteration kinds of s_tir block iter vars (IterVar.iter_type).
-_SPATIAL = 0
-_REDUCE = 2
 
 
 def _inline_all(sch: s_tir.Schedule, *, inline_padding: bool) -> list[str]:
@@ -45,9 +42,9 @@ def _epilogues_under_reduction(sch: s_tir.Schedule) -> list[str]:
     blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
     for producer, consumer in zip(blocks, blocks[1:], strict=False):
         kinds = [int(iv.iter_type) for iv in sch.get(producer).iter_vars]
-        if _REDUCE not in kinds:
+        if sblocks.REDUCE not in kinds:
             continue
-        n_spatial = kinds.count(_SPATIAL)
+        n_spatial = kinds.count(sblocks.SPATIAL)
         loops = sch.get_loops(producer)
         if n_spatial == 0 or n_spatial > len(loops):
             continue
@@ -62,12 +59,12 @@ def _epilogues_under_reduction(sch: s_tir.Schedule) -> list[str]:
 def _hoist_reduction_inits(sch: s_tir.Schedule) -> list[str]:
     """Initialise each accumulator once, before its reduction loops, not by a test inside them."""
     done: list[str] = []
-    for block in _all_blocks(sch):
+    for block in sblocks.all_blocks(sch):
         kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
-        if _REDUCE not in kinds or sch.get(block).init is None:
+        if sblocks.REDUCE not in kinds or sch.get(block).init is None:
             continue
         loops = sch.get_loops(block)
-        n_spatial = kinds.count(_SPATIAL)
+        n_spatial = kinds.count(sblocks.SPATIAL)
         if len(loops) <= n_spatial:
             continue
         try:
@@ -76,16 +73,6 @@ def _hoist_reduction_inits(sch: s_tir.Schedule) -> list[str]:
             continue
         done.append(sch.get(block).name_hint)
     return done
-
-
-def _all_blocks(sch: s_tir.Schedule) -> list[s_tir.schedule.SBlockRV]:
-    out = []
-    stack = list(sch.get_child_blocks(sch.get_sblock("root")))
-    while stack:
-        block = stack.pop(0)
-        out.append(block)
-        stack.extend(sch.get_child_blocks(block))
-    return out
 
 
 @tvm.tirx.transform.prim_func_pass(opt_level=0, name="ScheduleForMcu")

@@ -27,6 +27,7 @@ import attrs
 import numpy as np
 
 from tvm_mcu import _tvm
+from tvm_mcu.analysis.tir_access import free_vars, loads_of, sblocks_of, stores_to
 
 _SPATIAL = 0
 _REDUCE = 2
@@ -44,31 +45,7 @@ class InPlace:
 
 
 def _blocks(func: _tvm.PrimFunc) -> list[Any]:
-    found: list[Any] = []
-    _tvm.structural_walk(func.body, (_tvm.s_tir.SBlock, found.append))
-    return [b for b in found if b.name_hint != "root"]
-
-
-def _loads(stmt: Any, var: Any) -> list[Any]:
-    found: list[Any] = []
-    _tvm.structural_walk(
-        stmt, (_tvm.TensorLoad, lambda ld: found.append(ld) if ld.source.same_as(var) else None)
-    )
-    return found
-
-
-def _stores(stmt: Any, var: Any) -> list[Any]:
-    found: list[Any] = []
-    _tvm.structural_walk(
-        stmt, (_tvm.tirx.BufferStore, lambda st: found.append(st) if st.buffer.same_as(var) else None)
-    )
-    return found
-
-
-def _free_vars(expr: Any) -> set[Any]:
-    found: list[Any] = []
-    _tvm.structural_walk(expr, (_tvm.tirx.Var, found.append))
-    return set(found)
+    return [b for b in sblocks_of(func.body) if b.name_hint != "root"]
 
 
 def _shape(var: Any) -> tuple[int, ...]:
@@ -84,7 +61,7 @@ def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
 
 
 def _reads(block: Any, var: Any) -> bool:
-    return any(r.source.same_as(var) for r in block.reads) or bool(_loads(block.body, var))
+    return any(r.source.same_as(var) for r in block.reads) or bool(loads_of(block.body, var))
 
 
 def in_place_options(func: _tvm.PrimFunc, candidates: list[int]) -> list[InPlace]:
@@ -93,7 +70,7 @@ def in_place_options(func: _tvm.PrimFunc, candidates: list[int]) -> list[InPlace
     out = params[-1]
     blocks = _blocks(func)
     # One block must write the output (an accumulator written in place has a second, init, block).
-    writers = [b for b in blocks if _stores(b.body, out)]
+    writers = [b for b in blocks if stores_to(b.body, out)]
     if len(writers) != 1 or not isinstance(out.ty, _tvm.BufferType):
         return []
     writer = writers[0]
@@ -131,9 +108,7 @@ def _top_level_index(func: _tvm.PrimFunc) -> dict[Any, int]:
     stmts = list(body.seq) if isinstance(body, _tvm.tirx.SeqStmt) else [body]
     index: dict[Any, int] = {}
     for k, stmt in enumerate(stmts):
-        found: list[Any] = []
-        _tvm.structural_walk(stmt, (_tvm.s_tir.SBlock, found.append))
-        for b in found:
+        for b in sblocks_of(stmt):
             index[b] = k
     return index
 
@@ -157,8 +132,8 @@ def _classify(x: Any, out: Any, writer: Any, readers: list[Any]) -> tuple[str, i
     xs, os_ = _shape(x), _shape(out)
     kinds = {iv.var: int(iv.iter_type) for iv in reader.iter_vars}
     if reader.same_as(writer) and xs == os_ and _REDUCE not in kinds.values():
-        (store,) = _stores(writer.body, out)
-        loads = _loads(writer.body, x)
+        (store,) = stores_to(writer.body, out)
+        loads = loads_of(writer.body, x)
         analyzer = _tvm.Analyzer()
         for iv in writer.iter_vars:
             analyzer.bind(iv.var, _tvm.tvm.ir.Range(0, int(iv.dom.extent)))
@@ -174,13 +149,13 @@ def _classify(x: Any, out: Any, writer: Any, readers: list[Any]) -> tuple[str, i
     if _REDUCE not in kinds.values() or len(xs) != 4 or len(os_) != 4 or xs[0] != 1 or os_[0] != 1:
         return None
     # The reduction's accumulator is indexed by its spatial vars in output order.
-    acc_stores = _stores(reader.body, _written_buffer(reader))
+    acc_stores = stores_to(reader.body, _written_buffer(reader))
     if len(acc_stores) != 1:
         return None
     acc = list(acc_stores[0].indices)
     if len(acc) != 4 or not all(isinstance(i, _tvm.tirx.Var) and kinds.get(i) == _SPATIAL for i in acc):
         return None
-    loads = _loads(reader.body, x)
+    loads = loads_of(reader.body, x)
     if not loads:
         return None
     unit = {v for v in kinds if extents[v] == 1}
@@ -212,11 +187,11 @@ def _channelwise(loads: list[Any], acc: list[Any], axis: int, unit: set[Any]) ->
     vc = acc[axis]
     for ld in loads:
         idx = list(ld.indices)
-        if _free_vars(idx[axis]) - unit != {vc}:
+        if free_vars(idx[axis]) - unit != {vc}:
             return False
         if not (_tvm.structural_equal(idx[axis], vc) or _unit_offset(idx[axis], vc)):
             return False
-        if any(vc in _free_vars(e) for i, e in enumerate(idx) if i != axis):
+        if any(vc in free_vars(e) for i, e in enumerate(idx) if i != axis):
             return False
     return True
 
@@ -235,7 +210,7 @@ def _pixelwise(
         for i in range(1, 4):
             if i == axis:
                 continue
-            if _free_vars(idx[i]) & reduce_vars or not analyzer.can_prove(idx[i] >= acc[i]):
+            if free_vars(idx[i]) & reduce_vars or not analyzer.can_prove(idx[i] >= acc[i]):
                 return False
     return True
 

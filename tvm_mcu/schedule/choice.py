@@ -15,7 +15,7 @@ import attrs
 from tvm_mcu.codegen import model_c
 from tvm_mcu.errors import BudgetError
 from tvm_mcu.schedule.graph import Graph
-from tvm_mcu.schedule.memory import MemoryPlan, buffer_lifetimes, live_profile
+from tvm_mcu.schedule.memory import MemoryPlan, live_profile
 
 # Extra instructions (fraction of the plain schedule's estimate) accepted without a budget.
 MAX_OVERHEAD = 0.02
@@ -36,10 +36,7 @@ class Candidate:
 
     @property
     def io_bytes(self) -> int:
-        g = self.graph
-        return model_c.packed_bytes(model_c.io_slots(g, g.inputs)) + model_c.packed_bytes(
-            model_c.io_slots(g, g.outputs)
-        )
+        return io_bytes(self.graph)
 
     @property
     def sram_bytes(self) -> int:
@@ -57,21 +54,22 @@ class Bottleneck:
     buffers: tuple[tuple[str, int], ...]
 
 
+def io_bytes(graph: Graph) -> int:
+    """The caller's packed input and output buffers."""
+    ins, outs = model_c.io_slots(graph, graph.inputs), model_c.io_slots(graph, graph.outputs)
+    return model_c.packed_bytes(ins) + model_c.packed_bytes(outs)
+
+
 def profile(graph: Graph, plan: MemoryPlan) -> list[int]:
     """Bytes live at each step: arena buffers of the plan plus the caller's input and output buffers."""
-    buffers, _ = buffer_lifetimes(graph, plan.align)
-    live = live_profile(buffers, len(graph.steps))
-    io = model_c.packed_bytes(model_c.io_slots(graph, graph.inputs)) + model_c.packed_bytes(
-        model_c.io_slots(graph, graph.outputs)
-    )
-    return [n + io for n in live]
+    io = io_bytes(graph)
+    return [n + io for n in live_profile(plan.buffers, len(graph.steps))]
 
 
 def bottleneck(graph: Graph, plan: MemoryPlan) -> Bottleneck:
-    buffers, _ = buffer_lifetimes(graph, plan.align)
     live = profile(graph, plan)
     i = max(range(len(live)), key=lambda k: (live[k], -k))
-    at = [(b.name, b.size) for b in buffers if b.start <= i <= b.end]
+    at = [(b.name, b.size) for b in plan.buffers if b.start <= i <= b.end]
     at += [(n, graph.tensors[n].nbytes) for n in (*graph.inputs, *graph.outputs)]
     at.sort(key=lambda x: (-x[1], x[0]))
     step = graph.steps[i]

@@ -54,8 +54,10 @@ class Step:
     # tensor's ``alias_of`` names that input), "" otherwise.
     in_place: str = ""
     in_place_axis: int = -1  # the channel axis of a depthwise or pointwise step run in place
-    # Partial execution: "channels:axis=A:slice=S:<steps of the chain>" for a step running a fused chain.
+    # Partial execution: for a step running a fused chain, how it is split ("channels:axis=A:slice=S:
+    # accumulate=0|1") and the names of the chain's operator steps, producer first.
     partial: str = ""
+    chain: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -13,8 +13,8 @@ from __future__ import annotations
 import attrs
 
 from tvm_mcu.analysis.inplace import InPlace
-from tvm_mcu.schedule.graph import Graph, Step
-from tvm_mcu.schedule.memory import buffer_lifetimes, live_profile, workspace_name
+from tvm_mcu.schedule.graph import Graph
+from tvm_mcu.schedule.memory import buffer_lifetimes, live_profile
 
 # Suffix of the PrimFunc cloned for a step that runs in place (the original may serve other steps).
 CALLEE_SUFFIX = "_in_place"
@@ -107,10 +107,3 @@ def in_place_callees(graph: Graph) -> dict[str, tuple[str, str, int]]:
         for s in graph.steps
         if s.in_place and s.callee.endswith(CALLEE_SUFFIX)
     }
-
-
-def describe(step: Step) -> str:
-    return f"{step.name}: {step.in_place} in place" if step.in_place else step.name
-
-
-__all__ = ["Candidate", "apply", "candidates", "choose", "in_place_callees", "workspace_name"]

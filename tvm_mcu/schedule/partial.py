@@ -119,7 +119,7 @@ def annotate(graph: Graph, chains: list[Chain]) -> Graph:
     for step in graph.steps:
         c = by_last.get(step.name)
         if c is not None and step.callee.startswith(CHAIN_PREFIX):
-            step = attrs.evolve(step, kind="chain", partial=f"{c.spec}:{'+'.join(c.steps)}")
+            step = attrs.evolve(step, kind="chain", partial=c.spec, chain=c.steps)
         steps.append(step)
     return attrs.evolve(graph, steps=tuple(steps))
 
