@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 
@@ -13,7 +14,7 @@ from tvm_mcu.analysis.inplace import InPlace
 from tvm_mcu.compiler import Compiled, compile_module
 from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
 from tvm_mcu.schedule import inplace
-from tvm_mcu.schedule.graph import Graph, Step
+from tvm_mcu.schedule.graph import Graph, Step, Tensor
 from tvm_mcu.schedule.memory import plan_memory
 
 
@@ -163,3 +164,56 @@ def _also_reads_b(graph: Graph) -> Graph:
     steps = list(graph.steps)
     steps[3] = attrs.evolve(steps[3], inputs=("c", "b"))
     return attrs.evolve(graph, steps=tuple(steps))
+
+
+def _t4(name: str, rows: int, kind: str = "intermediate") -> Tensor:
+    return Tensor(name, (1, rows, 8, 4), "int8", kind)
+
+
+def test_find_row_chains_takes_windowed_runs_and_stops_at_shared_tensors() -> None:
+    from tvm_mcu.schedule.partial import find_row_chains
+
+    tensors = [_t4("x", 16, "input"), _t4("a", 16), _t4("b", 16), _t4("c", 8), _t4("d", 8), _t4("p", 1)]
+    tensors.append(Tensor("y", (1, 10), "int8", "output"))
+    steps = [
+        Step("a", "conv", ("x",), "a", "conv2d"),
+        Step("b", "conv", ("a",), "b", "conv2d"),
+        Step("c", "pool", ("b",), "c", "max_pool2d"),
+        Step("d", "conv", ("c",), "d", "conv2d"),
+        Step("p", "gap", ("d",), "p", "avg_pool2d"),  # one output row: would need all of d
+        Step("y", "fc", ("p",), "y", "dense"),  # not windowed: ends the run
+    ]
+    graph = Graph({t.name: t for t in tensors}, tuple(steps), ("x",), ("y",), {})
+    axes = {"conv": 1, "pool": None, "gap": None, "fc": None}
+    chains = find_row_chains(graph, axes)
+    assert [(c.steps, c.mode, c.axis, c.spec) for c in chains] == [
+        (("a", "b", "c", "d"), "rows", 1, "rows:axis=1")
+    ]
+    # A tensor with a second reader must exist whole: a chain can only start from it.
+    shared = attrs.evolve(graph, steps=(*steps[:3], Step("d", "conv", ("c", "a"), "d", "add"), *steps[4:]))
+    assert [c.steps for c in find_row_chains(shared, axes)] == [("b", "c")]
+    # Kernels that disagree on (or do not say) where the rows are: no chain.
+    assert find_row_chains(graph, {"conv": None, "pool": None}) == []
+
+
+# Models with runs of convolutions (and pooling) whose intermediates only the next one reads.
+ROWS = ["mobilenet_block", "int8_ds_cnn_block", "conv_stride_dilation"]
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_row_bands_are_bit_exact_with_whole_tensors(name: str, tmp_path: Path) -> None:
+    model = load_model(write_model(name, tmp_path))
+    whole = compile_module(model.mod, model_name=name, in_place=False, partial_execution=False)
+    rows = compile_module(model.mod, model_name=name, schedule="row bands")
+    assert any(s.partial.startswith("rows:") for s in rows.graph.steps)
+    _assert_same_outputs(model, whole, rows, tmp_path)
+    assert rows.plan.arena_bytes < whole.plan.arena_bytes
+    assert rows.plan.arena_bytes <= rows.plan.lower_bound * 1.05
+
+
+def test_unknown_schedule_is_a_clear_error(tmp_path: Path) -> None:
+    from tvm_mcu.errors import BadOptionError
+
+    model = load_model(write_model("int8_resnet_block", tmp_path))
+    with pytest.raises(BadOptionError, match="no 'tiles' schedule; its candidates are: layer by layer"):
+        compile_module(model.mod, model_name="m", schedule="tiles")

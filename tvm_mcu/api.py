@@ -102,6 +102,7 @@ def compile_model(
     sram_budget: int | None = None,
     in_place: bool = True,
     partial_execution: bool = True,
+    schedule: str | None = None,
 ) -> Compiled:
     """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
     schedule.json.
@@ -110,7 +111,7 @@ def compile_model(
     being refused; the report lists them. ``sram_budget``: bytes of arena plus input and output
     buffers the schedule must fit (BudgetError, naming the bottleneck, when no schedule does).
     ``in_place=False, partial_execution=False`` keeps every tensor whole in a buffer of its own (the
-    layer-by-layer baseline).
+    layer-by-layer baseline). ``schedule``: take this candidate (e.g. "row bands") instead of choosing.
     """
     board = load_board(board_name)
     model = load_model(Path(model_path))
@@ -122,6 +123,7 @@ def compile_model(
         sram_budget=sram_budget,
         in_place=in_place,
         partial_execution=partial_execution,
+        schedule=schedule,
     )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)

@@ -14,11 +14,12 @@ from tvm_mcu.analysis.inplace import InPlace
 from tvm_mcu.analysis.macs import step_macs
 from tvm_mcu.analysis.peak import PeakResult, best_order_peak, whole_buffer_peak
 from tvm_mcu.codegen import c_ops, model_c
-from tvm_mcu.errors import UnsupportedOpError
-from tvm_mcu.passes.relax.group_chains import CHAIN_PREFIX, GroupChains
+from tvm_mcu.errors import BadOptionError, UnsupportedOpError
+from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupChains
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_int8_interface import io_quantization
+from tvm_mcu.passes.tir import row_bands
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
@@ -133,6 +134,18 @@ def _split(
     split = pipeline.run([GroupChains([(list(c.steps), c.spec) for c in chains], prefix=prefix)], fused)
     graph, _ = _ordered_graph(split)
     funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
+    rows = {
+        name for name, f in funcs.items() if str((f.attrs or {}).get(ATTR_PARTIAL, "")).startswith("rows")
+    }
+    if rows:
+        # Row bands finish inside the lowering (RollRowBuffers): a chain it cannot roll declines here.
+        try:
+            pipeline.run(
+                pipeline.operator_passes(symbol_prefix="check_"),
+                _tvm.IRModule({_tvm.GlobalVar(n): funcs[n] for n in sorted(rows)}),
+            )
+        except (_tvm.TVMError, ValueError) as exc:
+            raise ValueError(_tvm.error_summary(exc)) from exc
     if in_place:
         graph, _ = inplace.choose(graph, in_place_options(funcs, graph))
     return partial.annotate(graph, chains), funcs, step_macs(split, graph)
@@ -159,6 +172,7 @@ def compile_module(
     in_place: bool = True,
     partial_execution: bool = True,
     sram_budget: int | None = None,
+    schedule: str | None = None,
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
@@ -169,6 +183,8 @@ def compile_module(
     (:mod:`tvm_mcu.schedule.partial`). ``sram_budget``:
     bytes of arena plus input and output buffers the schedule must fit (see
     :mod:`tvm_mcu.schedule.choice`); BudgetError names the bottleneck when no schedule does.
+    ``schedule``: the label of the candidate to take instead of choosing (benchmarks, tests);
+    BadOptionError lists the candidates when the model has no such schedule.
     """
     t0 = time.perf_counter()
     try:
@@ -213,12 +229,33 @@ def compile_module(
                 continue
             funcs = {**funcs, **split_funcs}
             plans.append((label, split_graph, split_macs, partial.overhead(chains, macs)))
+        row_axes = {s.callee: row_bands.row_axis(funcs[s.callee]) for s in graph.steps if s.callee in funcs}
+        rows = partial.find_row_chains(graph, row_axes)
+        if rows:
+            try:
+                split_graph, split_funcs, split_macs = _split(
+                    fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_"
+                )
+            except ValueError as exc:
+                logger.info("row bands declined: %s", exc)
+            else:
+                funcs = {**funcs, **split_funcs}
+                plans.append(("row bands", split_graph, split_macs, partial.row_overhead(rows, graph, macs)))
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans])
     candidates = [
         choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m) + extra)
         for (label, _, m, extra), g in zip(plans, graphs, strict=True)
     ]
-    picked = choice.choose(candidates, budget=sram_budget, model_name=model_name)
+    if schedule is not None:
+        named = [c for c in candidates if c.label == schedule]
+        if not named:
+            raise BadOptionError(
+                f"{model_name} has no '{schedule}' schedule; its candidates are: "
+                + ", ".join(c.label for c in candidates)
+            )
+        picked = named[0]
+    else:
+        picked = choice.choose(candidates, budget=sram_budget, model_name=model_name)
     graph, plan = picked.graph, picked.plan
     macs = next(m for (label, _, m, _) in plans if label == picked.label)
     lowered = _only(lowered, graph)

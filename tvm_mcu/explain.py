@@ -48,7 +48,8 @@ def schedule_json(c: Compiled) -> dict[str, Any]:
         "sram_budget_bytes": c.sram_budget,
         "peak_bytes": max(c.profile, default=0),
         "peak_bytes_layer_by_layer": max(c.profile_before, default=0),
-        # Chains run a slice of channels at a time: {"mode", "axis", "slice", "accumulate", "steps"}.
+        # Chains run a slice of channels ({"mode": "channels", "axis", "slice", "accumulate", "steps"})
+        # or a band of rows ({"mode": "rows", "axis", "steps"}) at a time.
         "chains": {s.name: {**parse_spec(s.partial), "steps": list(s.chain)} for s in g.steps if s.partial},
         "arena_bytes": c.plan.arena_bytes,
         "arena_lower_bound_bytes": c.plan.lower_bound,
@@ -87,8 +88,7 @@ def render_text(record: dict[str, Any]) -> str:
         how = s["in_place"] + " in place" if s["in_place"] else ""
         chain = record.get("chains", {}).get(s["name"])
         if chain is not None:
-            how = f"Pex {chain['slice']}ch" + (" acc" if chain.get("accumulate") else "")
-            how += " +in place" if s["in_place"] else ""
+            how = _short(chain) + (" +in place" if s["in_place"] else "")
         mark = "  <- peak" if s["live_bytes"] == peak else ""
         lines.append(
             f"{s['index']:>3}  {s['name'][:20]:<20} {s['kind'][:14]:<14} {how[:26]:<26} "
@@ -98,12 +98,21 @@ def render_text(record: dict[str, Any]) -> str:
     chains = record.get("chains", {})
     if chains:
         lines.append("")
-        lines.append("partial execution (channel slices): step = operators of the chain")
+        lines.append("partial execution: step = operators of the chain")
         for name, chain in chains.items():
-            how = f"axis {chain['axis']}, {chain['slice']}-channel slices"
-            how += ", accumulating" if chain.get("accumulate") else ""
+            if chain["mode"] == "rows":
+                how = f"one row at a time (rows on axis {chain['axis']}), line buffers between operators"
+            else:
+                how = f"axis {chain['axis']}, {chain['slice']}-channel slices"
+                how += ", accumulating" if chain.get("accumulate") else ""
             lines.append(f"  {name} = {' -> '.join(chain['steps'])} ({how})")
     return "\n".join(lines)
+
+
+def _short(chain: dict[str, Any]) -> str:
+    if chain["mode"] == "rows":
+        return "row bands"
+    return f"Pex {chain['slice']}ch" + (" acc" if chain.get("accumulate") else "")
 
 
 def plot(record: dict[str, Any], path: Path, *, title: str = "") -> Path:

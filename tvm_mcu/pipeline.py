@@ -11,6 +11,7 @@ from tvm_mcu.passes.relax.make_int8_interface import MakeInt8Interface
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
+from tvm_mcu.passes.tir.row_bands import DropRowBorderPredicates, RollRowBuffers
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 
 
@@ -56,8 +57,11 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         s_tir.transform.LowerInitBlock(),
         s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
         s_tir.transform.ConvertBlocksToOpaque(),
+        # Row bands (PartialExecution's row mode): windows become line buffers kept across rows.
+        RollRowBuffers(),
         # Shrinks each scratch buffer to the region its loop nest touches (after ScheduleForMcu's moves).
         s_tir.transform.CompactBufferAllocation(),
+        DropRowBorderPredicates(),
         s_tir.transform.LowerMatchBuffer(),
         s_tir.transform.StmtSimplify(),
         s_tir.transform.LowerOpaqueBlock(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from tvm_mcu import _tvm
@@ -49,12 +50,18 @@ def group_chains(
     main = mod["main"]
     bindings = [b for block in main.body.blocks for b in block.bindings]
     by_name = {_tvm.var_name(b.var): b for b in bindings}
+    counts = Counter(_tvm.var_name(b.var) for b in bindings)
+    repeated = {n for n, k in counts.items() if k > 1}
     bb = relax.BlockBuilder(
         tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"}, attrs=mod.attrs)
     )
     plans = []
     made: dict[tuple[Any, ...], str] = {}  # identical chains share one function (as BlockBuilder would)
     for names, spec in chains:
+        missing = [n for n in names if n not in by_name or n in repeated]
+        if missing:
+            # The execution graph renames bindings whose names repeat (lv1 -> lv1_1).
+            raise ValueError(f"no binding named {', '.join(missing)} in main: the chain cannot be grouped")
         chain = [by_name[n] for n in names]
         inside = {b.var for b in chain}
         args: list[Any] = []

@@ -193,7 +193,11 @@ class PartialExecution:
         if func.attrs is None or ATTR_PARTIAL not in func.attrs or ATTR_DONE in func.attrs:
             return func
         spec = parse_spec(str(func.attrs[ATTR_PARTIAL]))
+        logger.debug("PartialExecution: %s", spec)
+        if spec["mode"] == "rows":
+            from tvm_mcu.passes.tir.row_bands import split_rows
+
+            return split_rows(func, spec["axis"])
         if spec["mode"] != "channels":
             raise ValueError(f"unknown partial-execution mode {spec['mode']!r}")
-        logger.debug("PartialExecution: %s", spec)
         return split_channels(func, spec["axis"], spec["slice"], accumulate=bool(spec.get("accumulate", 0)))

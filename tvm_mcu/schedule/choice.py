@@ -10,6 +10,8 @@ candidate with the smallest SRAM among those within ``MAX_OVERHEAD`` extra instr
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 
 from tvm_mcu.codegen import model_c
@@ -18,6 +20,8 @@ from tvm_mcu.schedule.graph import Graph
 from tvm_mcu.schedule.memory import MemoryPlan, live_profile
 
 # Extra instructions (fraction of the plain schedule's estimate) accepted without a budget.
+logger = logging.getLogger(__name__)
+
 MAX_OVERHEAD = 0.02
 # Instructions per MAC of our kernels and per element staged by an in-place kernel (load + store + loop),
 # used only to rank candidates; reports give QEMU's measured counts.
@@ -93,6 +97,13 @@ def parse_bytes(text: str) -> int:
 def choose(candidates: list[Candidate], *, budget: int | None, model_name: str) -> Candidate:
     """Apply the module's rule; raise BudgetError naming the bottleneck when nothing fits."""
     ranked = sorted(candidates, key=lambda c: (c.extra_instructions, c.sram_bytes))
+    for c in ranked:
+        logger.info(
+            "candidate %s: %d B, estimated %+.2f%% instructions",
+            c.label,
+            c.sram_bytes,
+            100 * c.extra_instructions,
+        )
     if budget is not None:
         for c in ranked:
             if c.sram_bytes <= budget:
