@@ -11,7 +11,7 @@ from tvm_mcu.passes.relax.make_int8_interface import MakeInt8Interface
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
-from tvm_mcu.passes.tir.row_bands import DropRowBorderPredicates, RollRowBuffers
+from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 
 
@@ -61,7 +61,7 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         RollRowBuffers(),
         # Shrinks each scratch buffer to the region its loop nest touches (after ScheduleForMcu's moves).
         s_tir.transform.CompactBufferAllocation(),
-        DropRowBorderPredicates(),
+        SkipComputedRows(),
         s_tir.transform.LowerMatchBuffer(),
         s_tir.transform.StmtSimplify(),
         s_tir.transform.LowerOpaqueBlock(),

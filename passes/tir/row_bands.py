@@ -7,17 +7,18 @@ each operator computes only the rows of its output that no earlier row computed,
 its line buffer; after the row, every line buffer shifts up by its consumer's stride. No row is
 computed twice; the extra work is the shift (a contiguous copy of ``K - stride`` rows).
 
-Two stages, because TVM's own ``rolling_buffer`` refuses padded windows (their regions are clamped at
+Three steps, because TVM's own ``rolling_buffer`` refuses padded windows (their regions are clamped at
 the image border) and its s_tir lowering would move a buffer that lives across iterations into the loop:
 
 ``split_rows`` (s_tir schedule)
     moves every operator under the row loop of its consumer (``compute_at``), so each intermediate is
     computed a window of ``K`` rows per consumer row (still with recomputation), and annotates the row
     loops: ``tvmmcu.band = k`` on the consumer's row loop, ``tvmmcu.ring = "k:axis"`` on the producer's.
-``RollRowBuffers`` (a pass inside the lowering, after ConvertBlocksToOpaque)
-    turns each annotated window into a line buffer of ``K`` rows indexed relative to the window, skips
-    the rows already computed (a row counter), adds the shift and keeps the buffer allocated for the
-    whole function.
+``RollRowBuffers`` (inside the lowering, after ConvertBlocksToOpaque)
+    turns each annotated window into a line buffer of ``K`` rows indexed relative to the window, kept
+    for the whole function, shifted after each consumer row.
+``SkipComputedRows`` (after CompactBufferAllocation)
+    makes each window loop compute only the rows not computed before (a row counter).
 """
 
 from __future__ import annotations
@@ -207,8 +208,6 @@ class _Ring:
         self.line = tirx.decl_buffer(shape, self.buffer.dtype, name=f"{self.buffer.name}_lines")
         # Index arithmetic in the loops' own type (TVM's importers use int64).
         self.dtype = str(loop.loop_var.ty.dtype)
-        # The row counter is int32 whatever the loops use, so NarrowDataType can still narrow them.
-        self.done = tirx.decl_buffer((1,), "int32", name=f"{self.buffer.name}_rows")
 
     def const(self, value: int) -> Any:
         return tirx.const(value, self.dtype)
@@ -297,23 +296,10 @@ def _roll(func: PrimFunc) -> PrimFunc:
             out = _with_for(out, body=tirx.SeqStmt([out.body, _shift(band)]))
         ring = ring_vars.get(loop.loop_var)
         if ring is not None:
-            # Rows [first, last) of the window are new: not computed before, inside the tensor.
-            done = tirx.Var(f"{ring.buffer.name}_done", ring.dtype)
-            first = tirx.Max(tirx.Max(done, ring.base), ring.const(0))
-            last = tirx.Min(ring.base + ring.const(ring.rows), ring.const(ring.height))
-            rows = _with_for(
-                out,
-                min=first - ring.base,
-                extent=tirx.Max(last - first, ring.const(0)),
-                annotations={ATTR_NEW_ROWS: 1},
-            )
-            out = tirx.SeqStmt(
-                [
-                    tirx.LetStmt(done, tirx.Cast(ring.dtype, tirx.BufferLoad(ring.done, [ring.const(0)]))),
-                    rows,
-                    tirx.BufferStore(ring.done, tirx.Cast("int32", tirx.Max(done, last)), [ring.const(0)]),
-                ]
-            )
+            # SkipComputedRows (after CompactBufferAllocation, which is slow on symbolic loop
+            # bounds) makes the loop compute only the rows not computed before.
+            window = tvm.runtime.convert([ring.base, ring.const(ring.rows), ring.const(ring.height)])
+            out = _with_for(out, annotations={ATTR_NEW_ROWS: window})
         return out
 
     body = structural_map(
@@ -327,12 +313,10 @@ def _roll(func: PrimFunc) -> PrimFunc:
         ],
     )
     root = body.block
-    inits = [tirx.BufferStore(r.done, tirx.const(0, "int32"), [r.const(0)]) for r in rings.values()]
     # Plain allocations, not the root block's: CompactBufferAllocation must not shrink them to one
     # iteration's window (they hold rows across iterations).
     allocs = [tirx.AllocBuffer(r.line) for r in rings.values()]
-    counters = [*root.alloc_buffers, *(r.done for r in rings.values())]
-    root = _with(root, alloc_buffers=counters, body=tirx.SeqStmt([*allocs, *inits, root.body]))
+    root = _with(root, body=tirx.SeqStmt([*allocs, root.body]))
     body = s_tir.SBlockRealize(body.iter_values, body.predicate, root)
     for r in rings.values():
         logger.debug("RollRowBuffers: %s -> %d rows, stride %d", r.buffer.name, r.rows, r.stride)
@@ -381,13 +365,14 @@ class RollRowBuffers:
         the rows directly).
     Rewrites to
         each annotated intermediate becomes a ``K``-row buffer allocated at the function's root,
-        indexed relative to its window; its producer computes only rows not computed before (a row
-        counter per buffer); after each consumer row the buffer shifts up by the consumer's stride.
+        indexed relative to its window; after each consumer row the buffer shifts up by the
+        consumer's stride. The window loops keep computing whole windows (valid, with recomputation)
+        and are marked ``tvmmcu.new_rows`` (window base, K, rows of the tensor) for
+        SkipComputedRows.
     Declines when
         no loop is annotated.
     Numerics
-        bit-exact: every row is computed once, by the same expressions, and read from where it was
-        written.
+        bit-exact: every row is computed by the same expressions and read from where it was written.
     Ordering
         after ConvertBlocksToOpaque, before CompactBufferAllocation (which would otherwise compact the
         windows per iteration).
@@ -399,7 +384,7 @@ class RollRowBuffers:
         return _roll(func)
 
 
-def _drop_border_predicates(func: PrimFunc) -> PrimFunc:
+def _skip_computed_rows(func: PrimFunc) -> PrimFunc:
     new_rows: list[Any] = []
     structural_walk(
         func.body, (tirx.For, lambda lp: new_rows.append(lp) if ATTR_NEW_ROWS in lp.annotations else None)
@@ -407,6 +392,7 @@ def _drop_border_predicates(func: PrimFunc) -> PrimFunc:
     if not new_rows:
         return func
     row_vars = {lp.loop_var for lp in new_rows}
+    counters: list[Any] = []
 
     def on_realize(realize: Any) -> Any:
         if not any(v in row_vars for v in free_vars(realize.predicate)):
@@ -429,31 +415,57 @@ def _drop_border_predicates(func: PrimFunc) -> PrimFunc:
         return s_tir.SBlockRealize(realize.iter_values, True, _with(realize.block, body=body))
 
     def on_for(loop: Any) -> Any:
-        return _with_for(loop) if ATTR_NEW_ROWS in loop.annotations else loop
+        if ATTR_NEW_ROWS not in loop.annotations:
+            return loop
+        base, rows, height = loop.annotations[ATTR_NEW_ROWS]
+        dtype = str(loop.loop_var.ty.dtype)
+        zero = tirx.const(0, dtype)
+        # The row counter is int32 whatever the loops use, so NarrowDataType can still narrow them.
+        counter = tirx.decl_buffer((1,), "int32", name=f"{loop.loop_var.name}_rows_done")
+        counters.append(counter)
+        # Rows [first, last) of the window are new: not computed before, inside the tensor.
+        done = tirx.Var(f"{loop.loop_var.name}_done", dtype)
+        first = tirx.Max(tirx.Max(done, base), zero)
+        last = tirx.Min(base + rows, height)
+        new = _with_for(loop, min=first - base, extent=tirx.Max(last - first, zero))
+        return tirx.SeqStmt(
+            [
+                tirx.LetStmt(done, tirx.Cast(dtype, tirx.BufferLoad(counter, [zero]))),
+                new,
+                tirx.BufferStore(counter, tirx.Cast("int32", tirx.Max(done, last)), [zero]),
+            ]
+        )
 
     body = structural_map(func.body, [(s_tir.SBlockRealize, on_realize), (tirx.For, on_for)])
+    root = body.block
+    inits = [tirx.BufferStore(c, tirx.const(0, "int32"), [tirx.const(0, "int32")]) for c in counters]
+    root = _with(root, alloc_buffers=[*root.alloc_buffers, *counters], body=tirx.SeqStmt([*inits, root.body]))
+    body = s_tir.SBlockRealize(body.iter_values, body.predicate, root)
     return PrimFunc(func.params, body, func.ret_type, func.attrs)
 
 
-@tvm.tirx.transform.prim_func_pass(opt_level=0, name="DropRowBorderPredicates")
-class DropRowBorderPredicates:
-    """Remove the image-border predicates of RollRowBuffers' row loops, now implied by their bounds.
+@tvm.tirx.transform.prim_func_pass(opt_level=0, name="SkipComputedRows")
+class SkipComputedRows:
+    """Make RollRowBuffers' window loops compute only the rows no earlier iteration computed.
 
     Matches
         loops marked ``tvmmcu.new_rows`` by RollRowBuffers.
     Rewrites to
-        their blocks unpredicated (the loop computes rows in ``[max(done, base, 0), min(base + K, H))``,
-        inside the tensor by construction); the marker is removed.
+        a row counter per loop (int32, at the function's root); the loop runs over rows
+        ``[max(done, base, 0), min(base + K, H))`` and then records ``done``; its blocks lose the
+        image-border predicates the new bounds imply (indices compacted under them are simplified
+        first); the marker is removed.
     Declines when
         no loop is marked.
     Numerics
         unchanged.
     Ordering
         after CompactBufferAllocation (which needs the predicates to compact each accumulator to one
-        element), before LowerOpaqueBlock (which would turn them into a test per iteration).
+        element, and is slow on symbolic loop bounds), before LowerOpaqueBlock (which would turn the
+        predicates into a test per iteration).
     """
 
     def transform_function(
         self, func: PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.PassContext
     ) -> PrimFunc:
-        return _drop_border_predicates(func)
+        return _skip_computed_rows(func)
