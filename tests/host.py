@@ -9,6 +9,7 @@ import ctypes
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,3 +70,33 @@ def run(lib: ctypes.CDLL, compiled: Compiled, inputs: list[np.ndarray]) -> list[
     graph = compiled.graph
     ins, outs = model_c.io_slots(graph, graph.inputs), model_c.io_slots(graph, graph.outputs)
     return unpack(outs, call(lib, pack(ins, inputs), model_c.packed_bytes(outs)))
+
+
+def build_kernel(lowered: Any, directory: Path, symbol: str) -> tuple[Any, int]:
+    """One lowered operator module (from ``pipeline.operator_passes``) as C, built by host gcc.
+
+    Returns the ctypes function ``symbol`` (all pointer arguments, workspace last when it has one) and
+    its workspace size. Each call builds under a fresh file name: dlopen hands back an already loaded
+    library of the same path.
+    """
+    from tvm_mcu.codegen import c_ops
+
+    source, _ = c_ops.kernels_source(lowered)
+    gcc = shutil.which("gcc")
+    assert gcc is not None, "host gcc is missing (make setup installs it)"
+    directory.mkdir(parents=True, exist_ok=True)
+    n = len(list(directory.glob("kernel*.so")))
+    c, so = directory / f"kernel{n}.c", directory / f"kernel{n}.so"
+    c.write_text("#include <stdint.h>\n#include <stdbool.h>\n#include <math.h>\n" + source)
+    subprocess.run([gcc, "-O2", "-shared", "-fPIC", str(c), "-o", str(so), "-lm"], check=True)
+    fn = getattr(ctypes.CDLL(str(so)), symbol)
+    ws = int(lowered["main"].attrs["tvmmcu.workspace_bytes"])
+    return fn, ws
+
+
+def call_kernel(fn: Any, arrays: list[np.ndarray], workspace_bytes: int) -> None:
+    """Call a kernel from :func:`build_kernel` on ``arrays`` (outputs included) and a zeroed workspace."""
+    workspace = np.zeros(max(workspace_bytes, 8), np.uint8)
+    ptrs = [a.ctypes.data for a in arrays] + [workspace.ctypes.data]
+    fn.argtypes = [ctypes.c_void_p] * len(ptrs)
+    assert fn(*ptrs) == 0

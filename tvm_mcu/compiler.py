@@ -82,19 +82,29 @@ def in_place_options(funcs: dict[str, _tvm.PrimFunc], graph: Graph) -> dict[str,
 
 
 def lower_operators(
-    funcs: dict[str, _tvm.PrimFunc], graphs: list[Graph]
+    funcs: dict[str, _tvm.PrimFunc],
+    graphs: list[Graph],
+    lowered_already: dict[str, _tvm.PrimFunc] | None = None,
 ) -> tuple[_tvm.IRModule, list[Graph]]:
     """Lower the PrimFuncs the graphs call to unpacked TIR; record each step's workspace size.
 
     Steps that run in place call a clone of their operator marked for ExecuteInPlace.
+    ``lowered_already``: functions lowered before (by the same passes), taken as they are.
     """
+    done = lowered_already or {}
     funcs = dict(funcs)
     for graph in graphs:
         for clone, (original, kind, axis) in inplace.in_place_callees(graph).items():
             funcs[clone] = funcs[original].with_attr(ATTR_IN_PLACE, kind).with_attr(ATTR_IN_PLACE_AXIS, axis)
     used = {s.callee for g in graphs for s in g.steps if s.kind != "copy"}
-    prims = _tvm.IRModule({_tvm.GlobalVar(name): funcs[name] for name in sorted(used)})
-    lowered = pipeline.run(pipeline.operator_passes(symbol_prefix=c_ops.OP_PREFIX), prims)
+    prims = _tvm.IRModule({_tvm.GlobalVar(name): funcs[name] for name in sorted(used - set(done))})
+    fresh = pipeline.run(pipeline.operator_passes(symbol_prefix=c_ops.OP_PREFIX), prims)
+    lowered = _tvm.IRModule(
+        {
+            **{gv: f for gv, f in fresh.functions_items()},
+            **{_tvm.GlobalVar(name): done[name] for name in sorted(used & set(done))},
+        }
+    )
     ws = {gv.name_hint: int(f.attrs["tvmmcu.workspace_bytes"]) for gv, f in lowered.functions_items()}
     out = []
     for graph in graphs:
@@ -129,7 +139,7 @@ def _ordered_graph(fused: _tvm.IRModule) -> tuple[Graph, PeakResult]:
 
 def _split(
     fused: _tvm.IRModule, chains: list[partial.Chain], *, in_place: bool, prefix: str
-) -> tuple[Graph, dict[str, _tvm.PrimFunc], dict[str, int]]:
+) -> tuple[Graph, dict[str, _tvm.PrimFunc], dict[str, int], dict[str, _tvm.PrimFunc]]:
     """The graph with ``chains`` fused and run a slice of channels at a time (then in place)."""
     split = pipeline.run([GroupChains([(list(c.steps), c.spec) for c in chains], prefix=prefix)], fused)
     graph, _ = _ordered_graph(split)
@@ -137,18 +147,21 @@ def _split(
     rows = {
         name for name, f in funcs.items() if str((f.attrs or {}).get(ATTR_PARTIAL, "")).startswith("rows")
     }
+    lowered: dict[str, _tvm.PrimFunc] = {}
     if rows:
-        # Row bands finish inside the lowering (RollRowBuffers): a chain it cannot roll declines here.
+        # Row bands finish inside the lowering (RollRowBuffers): a chain it cannot roll declines here,
+        # and the lowered chains are kept for lower_operators.
         try:
-            pipeline.run(
-                pipeline.operator_passes(symbol_prefix="check_"),
+            done = pipeline.run(
+                pipeline.operator_passes(symbol_prefix=c_ops.OP_PREFIX),
                 _tvm.IRModule({_tvm.GlobalVar(n): funcs[n] for n in sorted(rows)}),
             )
         except (_tvm.TVMError, ValueError) as exc:
             raise ValueError(_tvm.error_summary(exc)) from exc
+        lowered = {gv.name_hint: f for gv, f in done.functions_items()}
     if in_place:
         graph, _ = inplace.choose(graph, in_place_options(funcs, graph))
-    return partial.annotate(graph, chains), funcs, step_macs(split, graph)
+    return partial.annotate(graph, chains), funcs, step_macs(split, graph), lowered
 
 
 def _profile_by_step(base: choice.Candidate, graph: Graph) -> tuple[int, ...]:
@@ -207,6 +220,7 @@ def compile_module(
         shared, chosen = inplace.choose(graph, options)
         if chosen:
             plans.append(("in place", shared, macs, 0.0))
+    row_lowered: dict[str, _tvm.PrimFunc] = {}
     if partial_execution:
         seen: list[list[partial.Chain]] = []
         # Accumulating chains re-read their consumer's accumulator once per slice: wider slices cost
@@ -221,7 +235,7 @@ def compile_module(
             seen.append(chains)
             label = "partial execution" + (f" (accumulating, {width}-channel slices)" if accumulate else "")
             try:
-                split_graph, split_funcs, split_macs = _split(
+                split_graph, split_funcs, split_macs, _ = _split(
                     fused, chains, in_place=in_place, prefix=f"{CHAIN_PREFIX}{len(seen) - 1}_"
                 )
             except ValueError as exc:
@@ -233,7 +247,7 @@ def compile_module(
         rows = partial.find_row_chains(graph, row_axes)
         if rows:
             try:
-                split_graph, split_funcs, split_macs = _split(
+                split_graph, split_funcs, split_macs, row_lowered = _split(
                     fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_"
                 )
             except ValueError as exc:
@@ -241,7 +255,7 @@ def compile_module(
             else:
                 funcs = {**funcs, **split_funcs}
                 plans.append(("row bands", split_graph, split_macs, partial.row_overhead(rows, graph, macs)))
-    lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans])
+    lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], row_lowered)
     candidates = [
         choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m) + extra)
         for (label, _, m, extra), g in zip(plans, graphs, strict=True)

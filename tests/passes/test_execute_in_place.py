@@ -1,9 +1,5 @@
 """ExecuteInPlace and the in-place analysis: which kernels may overwrite an input, and the restaging."""
 
-import ctypes
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 import tvm
@@ -11,9 +7,9 @@ from tvm import te, topi
 from tvm.script import ir as I
 from tvm.script import tirx as T
 
+from tests import host
 from tvm_mcu import _tvm, pipeline
 from tvm_mcu.analysis.inplace import in_place_options
-from tvm_mcu.codegen import c_ops
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 
@@ -265,33 +261,15 @@ def test_kernels_that_may_not_run_in_place(func):
     assert in_place_options(func, [0]) == []
 
 
-def _run_aliased(func, kind, arrays):
+def _run_aliased(func, kind, arrays, tmp_path):
     """Lower ``func`` rescheduled for ``kind``, build it with host gcc, run it with output == input 0."""
     marked = tvm.IRModule({"main": func.with_attr("tvmmcu.in_place", kind)})
     lowered = pipeline.run(pipeline.operator_passes(symbol_prefix="k_"), marked)
-    source, _ = c_ops.kernels_source(lowered)
-    ws = int(lowered["main"].attrs["tvmmcu.workspace_bytes"])
-    gcc = shutil.which("gcc")
-    assert gcc is not None
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        c = Path(d) / "k.c"
-        c.write_text("#include <stdint.h>\n#include <stdbool.h>\n#include <math.h>\n" + source)
-        so = Path(d) / "k.so"
-        subprocess.run([gcc, "-O2", "-shared", "-fPIC", str(c), "-o", str(so), "-lm"], check=True)
-        lib = ctypes.CDLL(str(so))
-        buf = np.zeros(max(a.size for a in arrays[:1]), np.float32)
-        buf[: arrays[0].size] = arrays[0].reshape(-1)
-        workspace = np.zeros(max(ws, 8), np.uint8)
-        ptrs = (
-            [buf.ctypes.data] + [a.ctypes.data for a in arrays[1:]] + [buf.ctypes.data, workspace.ctypes.data]
-        )
-        fn = lib.k_main
-        fn.argtypes = [ctypes.c_void_p] * len(ptrs)
-        assert fn(*ptrs) == 0
-        return buf
+    fn, ws = host.build_kernel(lowered, tmp_path, "k_main")
+    buf = np.zeros(max(a.size for a in arrays[:1]), np.float32)
+    buf[: arrays[0].size] = arrays[0].reshape(-1)
+    host.call_kernel(fn, [buf, *arrays[1:], buf], ws)
+    return buf
 
 
 @pytest.mark.parametrize(
@@ -304,7 +282,7 @@ def _run_aliased(func, kind, arrays):
     ],
     ids=["pointwise", "pointwise-stride2-narrowing", "depthwise", "depthwise-5x5-stride2"],
 )
-def test_aliased_run_matches_separate_buffers(make, kind):
+def test_aliased_run_matches_separate_buffers(make, kind, tmp_path):
     func = make()
     rng = np.random.default_rng(3)
     shapes = [tuple(int(d) for d in p.ty.shape) for p in func.params]
@@ -314,6 +292,6 @@ def test_aliased_run_matches_separate_buffers(make, kind):
     )
     want = tvm.runtime.tensor(np.zeros(shapes[-1], np.float32))
     lib["main"](*[tvm.runtime.tensor(a) for a in arrays], want)
-    got = _run_aliased(func, kind, arrays)
+    got = _run_aliased(func, kind, arrays, tmp_path)
     n = int(np.prod(shapes[-1]))
     np.testing.assert_array_equal(got[:n].reshape(shapes[-1]), want.numpy())

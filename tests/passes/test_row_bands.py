@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +9,8 @@ import pytest
 import tvm
 from tvm import te, topi
 
+from tests import host
 from tvm_mcu import _tvm, pipeline
-from tvm_mcu.codegen import c_ops
 from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, row_axis, split_rows
@@ -65,22 +62,9 @@ def _reference(func, arrays: list[np.ndarray]) -> np.ndarray:
 def _run_lowered(func, arrays: list[np.ndarray], tmp_path: Path) -> tuple[np.ndarray, int]:
     """Our operator pipeline (RollRowBuffers included), unpacked C built by host gcc, run once."""
     lowered = pipeline.run(pipeline.operator_passes(symbol_prefix="k_"), tvm.IRModule({"main": func}))
-    source, _ = c_ops.kernels_source(lowered)
-    ws = int(lowered["main"].attrs["tvmmcu.workspace_bytes"])
-    gcc = shutil.which("gcc")
-    assert gcc is not None
-    # A fresh file name per build: dlopen hands back an already loaded library of the same path.
-    n = len(list(tmp_path.glob("k*.so")))
-    c, so = tmp_path / f"k{n}.c", tmp_path / f"k{n}.so"
-    c.write_text("#include <stdint.h>\n#include <stdbool.h>\n#include <math.h>\n" + source)
-    subprocess.run([gcc, "-O2", "-shared", "-fPIC", str(c), "-o", str(so), "-lm"], check=True)
-    lib = ctypes.CDLL(str(so))
+    fn, ws = host.build_kernel(lowered, tmp_path, "k_main")
     out = np.zeros([int(d) for d in func.params[-1].ty.shape], np.float32)
-    workspace = np.zeros(max(ws, 8), np.uint8)
-    ptrs = [a.ctypes.data for a in arrays] + [out.ctypes.data, workspace.ctypes.data]
-    fn = lib.k_main
-    fn.argtypes = [ctypes.c_void_p] * len(ptrs)
-    assert fn(*ptrs) == 0
+    host.call_kernel(fn, [*arrays, out], ws)
     return out, ws
 
 

@@ -19,9 +19,9 @@ from tvm_mcu.errors import BudgetError
 from tvm_mcu.schedule.graph import Graph
 from tvm_mcu.schedule.memory import MemoryPlan, live_profile
 
-# Extra instructions (fraction of the plain schedule's estimate) accepted without a budget.
 logger = logging.getLogger(__name__)
 
+# Extra instructions (fraction of the plain schedule's estimate) accepted without a budget.
 MAX_OVERHEAD = 0.02
 # Instructions per MAC of our kernels and per element staged by an in-place kernel (load + store + loop),
 # used only to rank candidates; reports give QEMU's measured counts.
