@@ -8,6 +8,7 @@ from __future__ import annotations
 from tvm_mcu._tvm import C_TARGET, relax, s_tir, tirx, tvm
 from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
 from tvm_mcu.passes.relax.make_int8_interface import MakeInt8Interface
+from tvm_mcu.passes.relax.raise_tir_calls import RaiseTirCalls
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
@@ -40,6 +41,26 @@ def graph_passes(*, allow_float: bool = False, rounding: str = "tflite") -> list
         relax.transform.FuseTIR(),
         # Reshape kernels become R.reshape again, so the memory plan can alias them.
         relax.transform.RewriteDataflowReshape(),
+        relax.transform.DeadCodeElimination(),
+    ]
+
+
+def inference_passes() -> list[tvm.transform.Pass]:
+    """A float model as graph analyses and the training bridge read it: inference BatchNorm folded or
+    decomposed into constants, the importer's Clip and Pad kernels raised back to Relax ops, no dead code.
+
+    The result is still a pre-legalisation Relax graph (conv2d, add, relu, ...), numerically the model.
+    """
+    return [
+        relax.transform.FoldBatchnormToConv2D(),
+        # Evaluates the folded weights before decomposition (as in graph_passes).
+        relax.transform.FoldConstant(),
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.FoldConstant(),
+        # Needs the importer's scalar Clip bounds as constants (after FoldConstant).
+        RaiseTirCalls(),
+        # Folds the (output, mean, variance) tuples decomposed BatchNorm leaves behind.
+        relax.transform.CanonicalizeBindings(),
         relax.transform.DeadCodeElimination(),
     ]
 
