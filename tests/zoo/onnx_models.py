@@ -268,6 +268,20 @@ def mobilenet_block() -> onnx.ModelProto:
     return g.model([("x", [1, 8, 16, 16])], [("y", [1, 8, 16, 16])])
 
 
+def conv_flatten_fc() -> onnx.ModelProto:
+    """Two convs and a max pool, then Flatten straight into a fully connected layer (each channel is a
+    block of 9 features of the Gemm), Relu, and a second Gemm."""
+    g = _Graph("conv_flatten_fc", seed=13)
+    y = g.op("Relu", [g.conv("x", 2, 6, 3, pads=[1, 1, 1, 1])])
+    y = g.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = g.op("Relu", [g.conv(y, 6, 4, 3, pads=[1, 1, 1, 1])])
+    y = g.op("Flatten", [y], axis=1)
+    y = g.op("Relu", [g.op("Gemm", [y, g.weight("fc1_w", (12, 36)), g.weight("fc1_b", (12,))], transB=1)])
+    y = g.op("Gemm", [y, g.weight("fc2_w", (12, 5)), g.weight("fc2_b", (5,))])
+    _rename_output(g, y, "logits")
+    return g.model([("x", [1, 2, 6, 6])], [("logits", [1, 5])])
+
+
 ONNX_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     f.__name__: f
     for f in (
@@ -283,5 +297,6 @@ ONNX_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
         inception_concat,
         pad_reshape_flatten,
         mobilenet_block,
+        conv_flatten_fc,
     )
 }
