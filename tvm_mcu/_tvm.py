@@ -49,12 +49,15 @@ __all__ = [
     "tensor_dtype",
     "var_name",
     "op_name",
+    "attr_fields",
     "buffer_data_op",
     "ptr_byte_offset",
     "build_c_source",
     "from_onnx",
     "from_tflite",
     "relax_const",
+    "attr_values",
+    "call_with_args",
 ]
 
 GlobalVar = tvm.ir.GlobalVar
@@ -125,6 +128,37 @@ def relax_const(arr: np.ndarray) -> Any:
     return relax.const(arr, str(arr.dtype))
 
 
+def attr_values(attrs: Any) -> dict[str, Any]:
+    """Every field of an operator's attributes as a plain Python value (arrays become tuples, dtypes
+    strings), read through tvm-ffi's type reflection so that a field added by a TVM upgrade shows up."""
+    if attrs is None:
+        return {}
+    values: dict[str, Any] = {}
+    info = getattr(type(attrs), "__tvm_ffi_type_info__", None)
+    while info is not None:
+        for field in info.fields:
+            values[field.name] = _plain(getattr(attrs, field.name))
+        info = info.parent_type_info
+    return values
+
+
+def _plain(v: Any) -> Any:
+    if v is None or isinstance(v, bool | int | float):
+        return v
+    if isinstance(v, str):  # also tvm-ffi's dtype, a str subclass
+        return str(v)
+    if isinstance(v, tirx.IntImm | tirx.FloatImm):
+        return v.value
+    if isinstance(v, tvm_ffi.Array):
+        return tuple(_plain(x) for x in v)
+    return str(v)  # DataType and other scalars
+
+
+def call_with_args(call: Any, args: list[Any]) -> Any:
+    """``call`` with its arguments replaced (same op, attributes and type arguments)."""
+    return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
 def _prim_dtype(dt: Any) -> str:
     return str(dt.dtype) if isinstance(dt, tvm.ir.PrimType) else str(dt)
 
@@ -156,6 +190,19 @@ def op_name(call: Any) -> str | None:
     """``"relax.nn.conv2d"`` for a call to a Relax operator, None for calls to functions."""
     op = call.op
     return str(op.name) if isinstance(op, tvm.ir.Op) else None
+
+
+def attr_fields(attrs: Any) -> tuple[str, ...]:
+    """Field names of an operator call's attributes object (``()`` when the op has none).
+
+    0.27: attrs are tvm_ffi objects; their fields are listed by the reflected type info.
+    """
+    names: list[str] = []
+    info = None if attrs is None else type(attrs).__tvm_ffi_type_info__
+    while info is not None:
+        names[:0] = [f.name for f in info.fields]
+        info = info.parent_type_info
+    return tuple(names)
 
 
 def buffer_data_op() -> Any:

@@ -232,6 +232,49 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bytes_row(name: str, before: int, after: int, limit: int | None) -> str:
+    budget = "-" if limit is None else f"{limit:,}"
+    return f"  {name:<8}{before:>14,}{after:>14,}{budget:>14}"
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from tvm_mcu import prune
+
+    if args.epochs < 0:
+        raise BadOptionError("--epochs must be 0 or more")
+    if args.epochs > 0 and not args.data:
+        raise BadOptionError("--epochs N needs --data (fashion-mnist, digits or a .npz) to fine-tune on")
+    budget = prune.parse_budget(args.budget)
+    result = prune.prune_model(
+        Path(args.model),
+        board=args.board,
+        budget=budget,
+        method=args.method,
+        out_path=Path(args.output),
+        int8=not args.float,
+        data=args.data,
+        epochs=args.epochs,
+    )
+    report = prune.result_json(result, budget)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"pruned {args.model} -> {args.output} ({result.method}, {'float' if args.float else 'int8'} figures)"
+    )
+    print(f"  {'':<8}{'before':>14}{'after':>14}{'budget':>14}")
+    b, a = result.before, result.after
+    print(_bytes_row("SRAM B", b.sram, a.sram, budget.sram))
+    print(_bytes_row("flash B", b.flash, a.flash, budget.flash))
+    print(_bytes_row("MACs", b.macs, a.macs, budget.macs))
+    print(f"  schedule: {b.schedule} -> {a.schedule}")
+    for label, (kept, of) in result.widths.items():
+        print(f"  {label:<32} {kept:>4} of {of} channels")
+    for line in prune.training_lines(result):
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tvm-mcu", description=__doc__)
     p.add_argument("--version", action="version", version=f"tvm-mcu {__version__}")
@@ -286,6 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-y", default="y", help="array of --eval holding the labels (default y)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quantize)
+
+    pr = sub.add_parser(
+        "prune", help="remove channels of a float ONNX CNN until it meets SRAM/flash/MAC budgets on a board"
+    )
+    pr.add_argument("model", help="float .onnx model")
+    pr.add_argument("--board", required=True)
+    pr.add_argument(
+        "--budget",
+        required=True,
+        help="e.g. sram=24KiB,flash=64KiB,macs=2M (any subset; figures as compiled)",
+    )
+    pr.add_argument("--method", default="l1", choices=["l1", "uniform"])
+    pr.add_argument("--data", help="fashion-mnist, digits or a .npz (x_train, y_train, x_test, y_test)")
+    pr.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs (0: prune by magnitude only)")
+    pr.add_argument("--float", action="store_true", help="budget the float model (default: int8 deployment)")
+    pr.add_argument("-o", "--output", required=True, help="the pruned .onnx to write")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prune)
 
     b = sub.add_parser("boards", help="list the supported boards")
     b.add_argument("--json", action="store_true")

@@ -1,0 +1,321 @@
+"""``tvm-mcu prune``: fit a float CNN to a board's budgets by removing channel groups, then fine-tune.
+
+The model goes to Relax (inference form), :func:`tvm_mcu.analysis.channels.channel_groups` finds the
+prunable groups, a search picks how many channels each keeps, :class:`PruneChannels` removes them, and
+the result is written back as ONNX (which ``tvm-mcu quantize`` and ``compile`` read unchanged).
+
+Resources are *measured*, not estimated: every candidate width is exported, quantised with seeded
+calibration data (int8 deployment, the default; scales do not change shapes, schedules or sizes),
+compiled by the same compiler with its own schedule choice, and built for the board. SRAM is the arena
+plus the input and output buffers (the stack comes on top and is measured when the model runs), flash
+is the firmware's text + rodata + data, MACs are the compiled operators'.
+
+Methods (the same budget and search for each):
+  ``l1``       channels ranked by the L1 norm of the weights that produce them, relative to the largest of
+               their group; one global threshold, so layers end up with different widths.
+  ``uniform``  every group keeps the same fraction of its channels, the first ones (width scaling).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import attrs
+import numpy as np
+
+from tvm_mcu import _tvm, api, pipeline
+from tvm_mcu.analysis.channels import ChannelPlan, bindings, channel_groups
+from tvm_mcu.errors import BadOptionError, BudgetError
+from tvm_mcu.frontend import ImportedModel, load_model
+from tvm_mcu.passes.relax.prune_channels import PruneChannels
+from tvm_mcu.schedule.choice import parse_bytes
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("l1", "uniform")
+# Bisection steps of the search; each measures one candidate (export, quantise, compile, build).
+SEARCH_STEPS = 9
+
+
+@attrs.frozen
+class Budget:
+    sram: int | None = None
+    flash: int | None = None
+    macs: int | None = None
+
+
+def parse_budget(text: str) -> Budget:
+    """``"sram=24KiB,flash=64KiB,macs=2M"`` (any subset) -> Budget; MACs take k/M/G (powers of 1000)."""
+    values: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        key = key.strip().lower()
+        if key not in ("sram", "flash", "macs") or not value:
+            raise BadOptionError(f"cannot read budget {part!r}: write e.g. sram=24KiB,flash=64KiB,macs=2M")
+        if key in values:
+            raise BadOptionError(f"budget {key} given twice")
+        try:
+            values[key] = _count(value) if key == "macs" else parse_bytes(value)
+        except ValueError as exc:
+            raise BadOptionError(f"budget {key}: {exc}") from exc
+    if not values:
+        raise BadOptionError("empty budget: give at least one of sram=, flash=, macs=")
+    return Budget(**values)
+
+
+def _count(text: str) -> int:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*", text)
+    if m is None:
+        raise ValueError(f"cannot read {text!r} as a count; write e.g. 2M, 500k or 1500000")
+    return int(float(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}[m.group(2).lower()])
+
+
+@attrs.frozen
+class Resources:
+    """Measured figures of one compiled candidate."""
+
+    sram: int  # arena + inputs/outputs
+    flash: int  # firmware text + rodata + data
+    macs: int
+    schedule: str
+    bottleneck: str = ""  # the largest activation of the compiled graph
+
+    def excess(self, budget: Budget) -> list[tuple[str, int, int]]:
+        """(resource, value, limit) for each budget exceeded."""
+        pairs = (("sram", self.sram, budget.sram), ("flash", self.flash, budget.flash))
+        out = [(k, v, lim) for k, v, lim in (*pairs, ("macs", self.macs, budget.macs)) if lim is not None]
+        return [(k, v, lim) for k, v, lim in out if v > lim]
+
+
+@attrs.frozen
+class Training:
+    """Fine-tuning after pruning: held-out accuracy of the original, the pruned and the fine-tuned model."""
+
+    data: str
+    epochs: int
+    accuracy_before: float
+    accuracy_pruned: float
+    accuracy_after: float
+    seconds_per_epoch: tuple[float, ...]
+    test_samples: int
+
+
+@attrs.frozen
+class PruneResult:
+    keep: dict[int, tuple[int, ...]]
+    plan: ChannelPlan
+    before: Resources
+    after: Resources
+    method: str
+    widths: dict[str, tuple[int, int]]  # group label -> (kept, of)
+    training: Training | None = None
+
+
+def result_json(result: PruneResult, budget: Budget) -> dict[str, object]:
+    return {
+        "method": result.method,
+        "budget": attrs.asdict(budget),
+        "before": attrs.asdict(result.before),
+        "after": attrs.asdict(result.after),
+        "widths": {k: list(v) for k, v in result.widths.items()},
+        "plan": str(result.plan),
+        "training": attrs.asdict(result.training) if result.training else None,
+    }
+
+
+def training_lines(result: PruneResult) -> list[str]:
+    t = result.training
+    if t is None:
+        return ["no fine-tuning (--epochs 0): channels chosen by weight magnitude alone"]
+    per = ", ".join(f"{s:.1f}" for s in t.seconds_per_epoch)
+    return [
+        f"accuracy on {t.test_samples} held-out {t.data} samples: {t.accuracy_before:.4f} before, "
+        f"{t.accuracy_pruned:.4f} pruned, {t.accuracy_after:.4f} after {t.epochs} epochs of fine-tuning",
+        f"seconds per epoch: {per}",
+    ]
+
+
+def importance(mod: _tvm.IRModule, plan: ChannelPlan) -> dict[int, float]:
+    """Each unit's L1 norm of the weights producing it (summed over the layers a residual add joins)."""
+    binds = bindings(mod["main"])
+    score: dict[int, float] = {}
+    for s in plan.sites:
+        if not s.produces:
+            continue
+        w = np.abs(_tvm.const_value(binds[s.binding].value.args[s.arg]))
+        per = np.moveaxis(w, s.axis, 0).reshape(w.shape[s.axis], -1).sum(axis=1)
+        for pos, n in enumerate(s.nodes):
+            u = plan.unit_of[n]
+            score[u] = score.get(u, 0.0) + float(per[pos])
+    return score
+
+
+def keep_channels(
+    plan: ChannelPlan, score: dict[int, float], method: str, level: float
+) -> dict[int, tuple[int, ...]]:
+    """Channels kept per prunable group at ``level`` in [0, 1] (1 keeps everything)."""
+    keep = {}
+    for g in plan.prunable:
+        if method == "uniform":
+            k = max(1, int(round(level * g.size)))
+            keep[g.gid] = tuple(range(k))
+            continue
+        s = np.array([score.get(u, 0.0) for u in g.units])
+        rel = s / s.max() if s.max() > 0 else np.ones_like(s)
+        # level 1 keeps all; level 0 keeps only each group's strongest channel.
+        kept = [k for k in range(g.size) if rel[k] >= 1.0 - level] or [int(np.argmax(s))]
+        keep[g.gid] = tuple(kept)
+    return keep
+
+
+def measure(
+    mod: _tvm.IRModule, imported: ImportedModel, board: str, workdir: Path, *, int8: bool, tag: str
+) -> Resources:
+    """Export ``mod`` to ONNX, quantise it (int8), compile and build it for ``board``; the figures."""
+    from tvm_mcu.frontend.onnx_export import export_onnx
+    from tvm_mcu.ptq import quantize_onnx
+
+    path = workdir / f"{tag}.onnx"
+    model = export_onnx(
+        mod,
+        input_names=[s.name for s in imported.inputs],
+        output_names=[s.name for s in imported.outputs],
+        model_name=imported.name,
+    )
+    path.write_bytes(model.SerializeToString())
+    if int8:
+        rng = np.random.default_rng(0)
+        calib = {s.name: rng.standard_normal((8, *s.shape[1:])).astype(np.float32) for s in imported.inputs}
+        qpath = workdir / f"{tag}_int8.onnx"
+        quantize_onnx(path, calib, qpath)
+        path = qpath
+    compiled = api.compile_model(path, board, workdir / f"{tag}_build")
+    r = compiled.report
+    biggest = max(r.ops, key=lambda o: o.output_bytes, default=None)
+    return Resources(
+        r.arena_bytes + r.io_bytes,
+        r.flash_bytes,
+        r.macs,
+        r.schedule,
+        f"'{biggest.name}' ({biggest.output_bytes} B)" if biggest else "",
+    )
+
+
+def _describe(excess: list[tuple[str, int, int]]) -> str:
+    return "; ".join(f"{k} {v:,} > {lim:,} ({v - lim:,} over)" for k, v, lim in excess)
+
+
+def prune_model(
+    model_path: Path,
+    *,
+    board: str,
+    budget: Budget,
+    method: str = "l1",
+    out_path: Path,
+    int8: bool = True,
+    workdir: Path | None = None,
+    data: str | None = None,
+    epochs: int = 0,
+    search_steps: int = SEARCH_STEPS,
+    train_limit: int | None = None,
+) -> PruneResult:
+    """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
+    ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``."""
+    from tvm_mcu.frontend.onnx_export import export_onnx
+
+    if method not in METHODS:
+        raise BadOptionError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    imported = load_model(Path(model_path))
+    if imported.format != "onnx":
+        raise BadOptionError(f"{model_path}: prune takes a float ONNX model (then quantise the result)")
+    if any(s.dtype != "float32" for s in imported.inputs) or _is_quantized(imported.mod):
+        raise BadOptionError(f"{model_path} is quantised: prune the float model, then quantise the result")
+    mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+    plan = channel_groups(mod)
+    score = importance(mod, plan)
+    with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
+        work = Path(workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+
+        def at(level: float, tag: str) -> tuple[dict[int, tuple[int, ...]], _tvm.IRModule, Resources]:
+            keep = keep_channels(plan, score, method, level)
+            pruned = PruneChannels(keep=keep)(mod)
+            return keep, pruned, measure(pruned, imported, board, work, int8=int8, tag=tag)
+
+        before = measure(mod, imported, board, work, int8=int8, tag="original")
+        keep, best, after = {g.gid: tuple(range(g.size)) for g in plan.prunable}, mod, before
+        if before.excess(budget):
+            if not plan.prunable:
+                raise BudgetError(
+                    f"{imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
+                    "prunable channel group:\n" + str(plan)
+                )
+            keep, best, after = at(0.0, "narrowest")
+            if after.excess(budget):
+                raise BudgetError(
+                    f"{imported.name} cannot meet the budget on {board} at any width: with every prunable "
+                    f"group at its narrowest, {_describe(after.excess(budget))}; the largest activation is "
+                    f"{after.bottleneck} (schedule: {after.schedule})"
+                )
+            lo, hi = 0.0, 1.0
+            for step in range(search_steps):
+                mid = (lo + hi) / 2
+                k, p, r = at(mid, f"step{step}")
+                logger.info("prune %s level %.3f: %s", method, mid, r)
+                if r.excess(budget):
+                    hi = mid
+                else:
+                    lo, keep, best, after = mid, k, p, r
+        training = None
+        if epochs > 0:
+            if data is None:
+                raise BadOptionError("fine-tuning needs --data")
+            best, training = _fine_tune(mod, best, data, epochs, imported.inputs[0].shape, train_limit)
+        model = export_onnx(
+            best,
+            input_names=[s.name for s in imported.inputs],
+            output_names=[s.name for s in imported.outputs],
+            model_name=imported.name,
+        )
+    Path(out_path).write_bytes(model.SerializeToString())
+    widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
+    return PruneResult(keep, plan, before, after, method, widths, training)
+
+
+def _fine_tune(
+    original: _tvm.IRModule,
+    pruned: _tvm.IRModule,
+    data: str,
+    epochs: int,
+    shape: tuple[int, ...],
+    limit: int | None,
+) -> tuple[_tvm.IRModule, Training]:
+    from tvm_mcu.train import require_torch
+
+    require_torch()
+    from tvm_mcu.train.bridge import RelaxModule, write_back
+    from tvm_mcu.train.data import load_dataset
+    from tvm_mcu.train.loop import evaluate, train
+
+    ds = load_dataset(data, shape, limit=limit)
+    acc_before = evaluate(RelaxModule(original), ds.x_test, ds.y_test)
+    module = RelaxModule(pruned)
+    acc_pruned = evaluate(module, ds.x_test, ds.y_test)
+    log = train(module, ds, epochs=epochs)
+    acc_after = evaluate(module, ds.x_test, ds.y_test)
+    tuned = write_back(pruned, module)
+    return tuned, Training(
+        data, epochs, acc_before, acc_pruned, acc_after, tuple(log.seconds), int(len(ds.y_test))
+    )
+
+
+def _is_quantized(mod: _tvm.IRModule) -> bool:
+    found: list[str] = []
+    _tvm.structural_walk(
+        mod["main"],
+        (_tvm.relax.Call, lambda c: found.append(str(_tvm.op_name(c))) if _tvm.op_name(c) else None),
+    )
+    return any(op in ("relax.quantize", "relax.dequantize") for op in found)
