@@ -1,0 +1,121 @@
+"""Fine-tuning on CPU: Adam on cross-entropy, with the pruning code's hooks (extra losses, per-step calls)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+
+from tvm_mcu.errors import BadOptionError
+from tvm_mcu.train import require_torch
+from tvm_mcu.train.data import Dataset
+
+require_torch()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+DEFAULT_LR = 1e-3
+_BAR_WIDTH = 30
+
+
+@attrs.frozen
+class TrainLog:
+    """What one training run did: mean training loss (task loss plus extra loss) and wall time per epoch."""
+
+    loss: tuple[float, ...]
+    seconds: tuple[float, ...]
+    samples_per_epoch: int
+
+    @property
+    def images_per_second(self) -> float:
+        total = sum(self.seconds)
+        return self.samples_per_epoch * len(self.seconds) / total if total > 0 else 0.0
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def train(
+    module: torch.nn.Module,
+    data: Dataset,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    progress: bool = True,
+) -> TrainLog:
+    """Train ``module``'s parameters in place with Adam on the cross-entropy of its first output.
+
+    ``extra_loss()`` is added to the task loss at every step (the pruning budget losses);
+    ``on_step(epoch, step)`` is called after every optimiser step (epochs and steps count from 0).
+    The sample order comes from ``seed`` and ``torch.manual_seed(seed)`` is set first, so a run is
+    deterministic for a seed (same machine, same thread count). With ``progress``, a text progress bar
+    goes to stderr when it is a terminal, and one line per epoch always.
+    """
+    if epochs < 1 or batch_size < 1 or len(data.x_train) == 0:
+        raise BadOptionError(
+            f"training needs epochs >= 1, batch_size >= 1 and data (got {epochs}, {batch_size}, "
+            f"{len(data.x_train)} samples)"
+        )
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimiser = torch.optim.Adam(params, lr=lr)
+    x_all, y_all = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    n = len(x_all)
+    steps = (n + batch_size - 1) // batch_size
+    bar = progress and sys.stderr.isatty()
+    losses, seconds = [], []
+    was_training = module.training
+    module.train()
+    for epoch in range(epochs):
+        order = torch.from_numpy(rng.permutation(n))
+        total, start = 0.0, time.perf_counter()
+        for step in range(steps):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            loss = F.cross_entropy(_first(module(x_all[idx])), y_all[idx])
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(idx)
+            if on_step is not None:
+                on_step(epoch, step)
+            if bar:
+                done = (step + 1) * _BAR_WIDTH // steps
+                sys.stderr.write(
+                    f"\repoch {epoch + 1}/{epochs} [{'#' * done}{'.' * (_BAR_WIDTH - done)}] "
+                    f"{step + 1}/{steps} loss {total / min(n, (step + 1) * batch_size):.4f}"
+                )
+        seconds.append(time.perf_counter() - start)
+        losses.append(total / n)
+        if progress:
+            sys.stderr.write(
+                f"{chr(13) if bar else ''}epoch {epoch + 1}/{epochs}  loss {losses[-1]:.4f}  "
+                f"{seconds[-1]:.1f} s  {n / seconds[-1]:.0f} images/s{' ' * 20 if bar else ''}\n"
+            )
+    module.train(was_training)
+    return TrainLog(tuple(losses), tuple(seconds), n)
+
+
+def evaluate(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``module``'s first output on ``x`` against labels ``y``."""
+    if len(x) != len(y) or len(x) == 0:
+        raise BadOptionError(f"evaluate needs as many labels as samples, at least one ({len(x)}, {len(y)})")
+    module.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            logits = _first(module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))))
+            correct += int((logits.argmax(1) == torch.from_numpy(np.asarray(y[i : i + batch_size]))).sum())
+    return correct / len(x)
