@@ -131,15 +131,7 @@ def relax_const(arr: np.ndarray) -> Any:
 def attr_values(attrs: Any) -> dict[str, Any]:
     """Every field of an operator's attributes as a plain Python value (arrays become tuples, dtypes
     strings), read through tvm-ffi's type reflection so that a field added by a TVM upgrade shows up."""
-    if attrs is None:
-        return {}
-    values: dict[str, Any] = {}
-    info = getattr(type(attrs), "__tvm_ffi_type_info__", None)
-    while info is not None:
-        for field in info.fields:
-            values[field.name] = _plain(getattr(attrs, field.name))
-        info = info.parent_type_info
-    return values
+    return {name: _plain(getattr(attrs, name)) for name in attr_fields(attrs)}
 
 
 def _plain(v: Any) -> Any:

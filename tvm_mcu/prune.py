@@ -85,9 +85,12 @@ class Resources:
 
     def excess(self, budget: Budget) -> list[tuple[str, int, int]]:
         """(resource, value, limit) for each budget exceeded."""
-        pairs = (("sram", self.sram, budget.sram), ("flash", self.flash, budget.flash))
-        out = [(k, v, lim) for k, v, lim in (*pairs, ("macs", self.macs, budget.macs)) if lim is not None]
-        return [(k, v, lim) for k, v, lim in out if v > lim]
+        pairs = (
+            ("sram", self.sram, budget.sram),
+            ("flash", self.flash, budget.flash),
+            ("macs", self.macs, budget.macs),
+        )
+        return [(k, v, lim) for k, v, lim in pairs if lim is not None and v > lim]
 
 
 @attrs.frozen

@@ -132,4 +132,4 @@ def _rebuild(call: Any, args: list[Any], plan: ChannelPlan, i: int, gone: set[in
             out_layout=str(a.out_layout) if a.out_layout else None,
             out_dtype=None if str(a.out_dtype) in ("", "void", "None") else str(a.out_dtype),
         )
-    return relax.Call(call.op, args, call.attrs, list(call.ty_args) if call.ty_args else None)
+    return _tvm.call_with_args(call, args)

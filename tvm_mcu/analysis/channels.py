@@ -311,17 +311,13 @@ def _concat(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
     if all(inf is not None and inf.axis == axis for inf in infos):
         return Info(axis, tuple(n for inf in infos for n in inf.nodes))  # type: ignore[union-attr]
     known = [inf for inf in infos if inf is not None]
-    if (
-        known
-        and all(inf.axis == known[0].axis and inf.nodes != () for inf in known)
-        and len(known) == len(infos)
+    if len(known) == len(infos) and all(
+        inf.axis == known[0].axis and len(inf.nodes) == len(known[0].nodes) for inf in known
     ):
+        # Joined along another axis: every part carries the same channels.
         for inf in known[1:]:
-            if len(inf.nodes) != len(known[0].nodes):
-                break
             ctx.union(inf.nodes, known[0].nodes)
-        else:
-            return Info(known[0].axis, known[0].nodes)
+        return Info(known[0].axis, known[0].nodes)
     for inf in known:
         ctx.pin(inf.nodes, f"concat '{name}' joins tensors of different channel layouts")
     return None

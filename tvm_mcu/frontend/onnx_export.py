@@ -368,48 +368,42 @@ def _fold_biases(
         for i in n.input:
             users[i] = users.get(i, 0) + 1
     producer = {o: n for n in nodes for o in n.output}
-    drop: set[int] = set()
-    used_inits: dict[str, onnx.TensorProto] = dict(consts)
-    out_nodes = []
-    replaced: dict[int, onnx.NodeProto] = {}
+    unused: set[str] = set()  # initializers only a folded Add read
+    biases: list[onnx.TensorProto] = []
+    folded: set[int] = set()  # ids of the Add nodes folded away
+    replaced: dict[int, onnx.NodeProto] = {}  # id of a Conv/MatMul -> its Conv/Gemm with the bias
     for n in nodes:
         if n.op_type != "Add" or len(n.input) != 2 or n.input[1] not in consts:
             continue
         src = producer.get(n.input[0])
-        if src is None or users.get(n.input[0], 0) != 1 or id(src) in drop:
+        if src is None or users[n.input[0]] != 1 or src.input[1:2] == [] or src.input[1] not in consts:
             continue
         bias = numpy_helper.to_array(consts[n.input[1]])
-        if src.op_type == "Conv" and len(src.input) == 2 and src.input[1] in consts:
-            channels = numpy_helper.to_array(consts[src.input[1]]).shape[0]
-            if bias.size != channels or bias.shape not in ((channels,), (1, channels, 1, 1)):
-                continue
-            new = helper.make_node("Conv", [*src.input, n.input[1] + "_bias"], list(n.output), name=src.name)
+        wshape = numpy_helper.to_array(consts[src.input[1]]).shape
+        bias_name = n.input[1] + "_bias"
+        if (
+            src.op_type == "Conv"
+            and len(src.input) == 2
+            and bias.shape in ((wshape[0],), (1, wshape[0], 1, 1))
+        ):
+            new = helper.make_node("Conv", [*src.input, bias_name], list(n.output), name=src.name)
             new.attribute.extend(src.attribute)
-        elif src.op_type == "MatMul" and src.input[1] in consts:
-            wshape = numpy_helper.to_array(consts[src.input[1]]).shape
-            if (
-                len(wshape) != 2
-                or ranks.get(src.input[0]) != 2
-                or bias.shape not in ((wshape[1],), (1, wshape[1]))
-            ):
-                continue
-            new = helper.make_node("Gemm", [*src.input, n.input[1] + "_bias"], list(n.output), name=src.name)
+        elif (
+            src.op_type == "MatMul"
+            and len(wshape) == 2
+            and ranks.get(src.input[0]) == 2
+            and bias.shape in ((wshape[1],), (1, wshape[1]))
+        ):
+            new = helper.make_node("Gemm", [*src.input, bias_name], list(n.output), name=src.name)
         else:
             continue
-        used_inits[n.input[1] + "_bias"] = numpy_helper.from_array(
-            bias.reshape(-1).astype(bias.dtype), n.input[1] + "_bias"
-        )
-        if users.get(n.input[1], 0) == 1:
-            used_inits.pop(n.input[1], None)
-        drop.add(id(n))
+        biases.append(numpy_helper.from_array(bias.reshape(-1), bias_name))
+        if users[n.input[1]] == 1:
+            unused.add(n.input[1])
+        folded.add(id(n))
         replaced[id(src)] = new
-    for n in nodes:
-        if id(n) in drop:
-            continue
-        out_nodes.append(replaced.get(id(n), n))
-    return out_nodes, [t for t in inits if t.name in used_inits] + [
-        t for name, t in used_inits.items() if name not in consts
-    ]
+    out_nodes = [replaced.get(id(n), n) for n in nodes if id(n) not in folded]
+    return out_nodes, [t for t in inits if t.name not in unused] + biases
 
 
 def export_onnx(

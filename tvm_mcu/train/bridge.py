@@ -16,6 +16,7 @@ import numpy as np
 
 from tvm_mcu import _tvm
 from tvm_mcu._tvm import relax, tvm
+from tvm_mcu.analysis.channels import bindings as main_bindings
 from tvm_mcu.errors import BadOptionError, UnsupportedOpError
 from tvm_mcu.train import require_torch
 
@@ -70,10 +71,6 @@ _TUPLE = Rule(lambda args, a: tuple(args), frozenset())
 _GET_ITEM = Rule(lambda args, a: args[0][a["index"]], frozenset({"index"}))
 
 
-def _bindings(func: Any) -> list[Any]:
-    return [b for block in func.body.blocks for b in block.bindings]
-
-
 def _tensor_types(ty: Any) -> list[Any]:
     """The tensor types of a binding (several for a tuple); raises NoRule for anything else."""
     if isinstance(ty, _tvm.TensorType):
@@ -121,7 +118,7 @@ class RelaxModule(nn.Module):
     def __init__(self, mod: _tvm.IRModule, taps: Mapping[int, Tap] | None = None) -> None:
         super().__init__()
         func = mod["main"]
-        bindings = _bindings(func)
+        bindings = main_bindings(func)
         self._names = [_tvm.var_name(b.var) for b in bindings]
         self._sites: dict[str, tuple[int, int]] = {}
         self._input_shapes: list[tuple[int, ...]] = []
@@ -297,7 +294,7 @@ def write_back(mod: _tvm.IRModule, module: RelaxModule) -> _tvm.IRModule:
     Raises BadOptionError when ``module`` was not built from a module of the same structure.
     """
     func = mod["main"]
-    bindings = _bindings(func)
+    bindings = main_bindings(func)
     ops = [_tvm.op_name(b.value) if isinstance(b.value, _tvm.RelaxCall) else None for b in bindings]
     if len(bindings) != len(module.binding_ops()) or any(
         o is not None and o != m for o, m in zip(ops, module.binding_ops(), strict=True)
