@@ -119,6 +119,7 @@ def test_fine_tuning_recovers_accuracy_and_reports_it(tmp_path: Path) -> None:
         out_path=out,
         int8=False,
         search_steps=3,
+        method="l1",
         data="fashion-mnist",
         epochs=3,
         train_limit=12000,
@@ -129,5 +130,7 @@ def test_fine_tuning_recovers_accuracy_and_reports_it(tmp_path: Path) -> None:
     assert t.accuracy_after > t.accuracy_pruned
     # The fine-tuned weights are the ones written: the model differs from the magnitude-only result.
     plain = tmp_path / "plain.onnx"
-    prune_model(DEMO, board=BOARD, budget=Budget(macs=250_000), out_path=plain, int8=False, search_steps=3)
+    prune_model(
+        DEMO, board=BOARD, budget=Budget(macs=250_000), out_path=plain, int8=False, search_steps=3, method="l1"
+    )
     assert out.read_bytes() != plain.read_bytes()

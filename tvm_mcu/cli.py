@@ -254,6 +254,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         int8=not args.float,
         data=args.data,
         epochs=args.epochs,
+        sram_model=args.sram_model,
+        progress=True,
     )
     report = prune.result_json(result, budget)
     if args.json:
@@ -340,9 +342,27 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="e.g. sram=24KiB,flash=64KiB,macs=2M (any subset; figures as compiled)",
     )
-    pr.add_argument("--method", default="l1", choices=["l1", "uniform"])
+    pr.add_argument(
+        "--method",
+        default="diff",
+        choices=["diff", "l1", "uniform"],
+        help="diff: gates trained with budget losses while the model trains (needs --data and --epochs; "
+        "without them, l1); l1: weight magnitude; uniform: width scaling",
+    )
+    pr.add_argument(
+        "--sram-model",
+        default="compiler",
+        choices=["compiler", "whole"],
+        help="diff: price SRAM by the schedule the compiler picks (partial execution, default) or by the "
+        "layer-by-layer whole-buffer peak",
+    )
     pr.add_argument("--data", help="fashion-mnist, digits or a .npz (x_train, y_train, x_test, y_test)")
-    pr.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs (0: prune by magnitude only)")
+    pr.add_argument(
+        "--epochs",
+        type=int,
+        default=0,
+        help="training epochs (diff: half pruning, half fine-tuning; 0: no training)",
+    )
     pr.add_argument("--float", action="store_true", help="budget the float model (default: int8 deployment)")
     pr.add_argument("-o", "--output", required=True, help="the pruned .onnx to write")
     pr.add_argument("--json", action="store_true")

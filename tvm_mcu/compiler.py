@@ -176,7 +176,20 @@ def _profile_by_step(base: choice.Candidate, graph: Graph) -> tuple[int, ...]:
     return tuple(out)
 
 
-def compile_module(
+@attrs.frozen
+class Schedules:
+    """The candidate schedules of a model, before one is chosen and emitted."""
+
+    fused: _tvm.IRModule
+    graph: Graph  # layer by layer, in the order with the smallest whole-buffer peak
+    bound: PeakResult
+    whole_peak: int
+    candidates: tuple[choice.Candidate, ...]
+    macs: dict[str, dict[str, int]]  # candidate label -> MACs per step
+    lowered: _tvm.IRModule
+
+
+def plan_schedules(
     mod: _tvm.IRModule,
     *,
     model_name: str,
@@ -184,22 +197,8 @@ def compile_module(
     rounding: str = "tflite",
     in_place: bool = True,
     partial_execution: bool = True,
-    sram_budget: int | None = None,
-    schedule: str | None = None,
-) -> Compiled:
-    """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
-
-    ``rounding``: how int8 requantisations round, "tflite" (TFLite Micro's arithmetic, for TFLite
-    models) or "onnx" (one rounding half to even, for ONNX QDQ models). ``in_place``: let operators
-    overwrite dead inputs where that is exact (see :mod:`tvm_mcu.schedule.inplace`).
-    ``partial_execution``: consider running chains a slice of channels at a time
-    (:mod:`tvm_mcu.schedule.partial`). ``sram_budget``:
-    bytes of arena plus input and output buffers the schedule must fit (see
-    :mod:`tvm_mcu.schedule.choice`); BudgetError names the bottleneck when no schedule does.
-    ``schedule``: the label of the candidate to take instead of choosing (benchmarks, tests);
-    BadOptionError lists the candidates when the model has no such schedule.
-    """
-    t0 = time.perf_counter()
+) -> Schedules:
+    """Graph passes, then every candidate schedule with its memory plan (see :func:`compile_module`)."""
     try:
         fused = pipeline.run(pipeline.graph_passes(allow_float=allow_float, rounding=rounding), mod)
     except (AssertionError, _tvm.TVMError, ValueError, TypeError) as exc:
@@ -256,10 +255,49 @@ def compile_module(
                 funcs = {**funcs, **split_funcs}
                 plans.append(("row bands", split_graph, split_macs, partial.row_overhead(rows, graph, macs)))
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], row_lowered)
-    candidates = [
+    candidates = tuple(
         choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m) + extra)
         for (label, _, m, extra), g in zip(plans, graphs, strict=True)
-    ]
+    )
+    return Schedules(
+        fused, graph, bound, whole_peak, candidates, {label: m for label, _, m, _ in plans}, lowered
+    )
+
+
+def compile_module(
+    mod: _tvm.IRModule,
+    *,
+    model_name: str,
+    allow_float: bool = False,
+    rounding: str = "tflite",
+    in_place: bool = True,
+    partial_execution: bool = True,
+    sram_budget: int | None = None,
+    schedule: str | None = None,
+) -> Compiled:
+    """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
+
+    ``rounding``: how int8 requantisations round, "tflite" (TFLite Micro's arithmetic, for TFLite
+    models) or "onnx" (one rounding half to even, for ONNX QDQ models). ``in_place``: let operators
+    overwrite dead inputs where that is exact (see :mod:`tvm_mcu.schedule.inplace`).
+    ``partial_execution``: consider running chains a slice of channels at a time
+    (:mod:`tvm_mcu.schedule.partial`). ``sram_budget``:
+    bytes of arena plus input and output buffers the schedule must fit (see
+    :mod:`tvm_mcu.schedule.choice`); BudgetError names the bottleneck when no schedule does.
+    ``schedule``: the label of the candidate to take instead of choosing (benchmarks, tests);
+    BadOptionError lists the candidates when the model has no such schedule.
+    """
+    t0 = time.perf_counter()
+    sched = plan_schedules(
+        mod,
+        model_name=model_name,
+        allow_float=allow_float,
+        rounding=rounding,
+        in_place=in_place,
+        partial_execution=partial_execution,
+    )
+    fused, bound, whole_peak, lowered = sched.fused, sched.bound, sched.whole_peak, sched.lowered
+    candidates = list(sched.candidates)
     if schedule is not None:
         named = [c for c in candidates if c.label == schedule]
         if not named:
@@ -271,7 +309,7 @@ def compile_module(
     else:
         picked = choice.choose(candidates, budget=sram_budget, model_name=model_name)
     graph, plan = picked.graph, picked.plan
-    macs = next(m for (label, _, m, _) in plans if label == picked.label)
+    macs = sched.macs[picked.label]
     lowered = _only(lowered, graph)
     kernels, prototypes = c_ops.kernels_source(lowered)
     helpers = fixed_point.HELPER_PREFIX in kernels

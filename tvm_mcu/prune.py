@@ -10,10 +10,15 @@ compiled by the same compiler with its own schedule choice, and built for the bo
 plus the input and output buffers (the stack comes on top and is measured when the model runs), flash
 is the firmware's text + rodata + data, MACs are the compiled operators'.
 
-Methods (the same budget and search for each):
+Methods (the same budget and epochs for each):
+  ``diff``     DiffPrune (:mod:`tvm_mcu.train.diffprune`): gates trained with the task loss and budget
+               losses from the differentiable resource model (:mod:`tvm_mcu.resource_model`), pruning
+               while the model trains (the first half of the epochs), then fine-tuning (the second).
+               Without data (``epochs=0``) it falls back to ``l1``.
   ``l1``       channels ranked by the L1 norm of the weights that produce them, relative to the largest of
                their group; one global threshold, so layers end up with different widths.
   ``uniform``  every group keeps the same fraction of its channels, the first ones (width scaling).
+``l1`` and ``uniform`` search their level by bisection on measured candidates, then fine-tune.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from tvm_mcu import _tvm, api, pipeline
+from tvm_mcu import _tvm, api, pipeline, resource_model
 from tvm_mcu.analysis.channels import ChannelPlan, bindings, channel_groups
 from tvm_mcu.errors import BadOptionError, BudgetError
 from tvm_mcu.frontend import ImportedModel, load_model
@@ -35,7 +40,7 @@ from tvm_mcu.schedule.choice import parse_bytes
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("l1", "uniform")
+METHODS = ("diff", "l1", "uniform")
 # Bisection steps of the search; each measures one candidate (export, quantise, compile, build).
 SEARCH_STEPS = 9
 
@@ -178,23 +183,7 @@ def measure(
     mod: _tvm.IRModule, imported: ImportedModel, board: str, workdir: Path, *, int8: bool, tag: str
 ) -> Resources:
     """Export ``mod`` to ONNX, quantise it (int8), compile and build it for ``board``; the figures."""
-    from tvm_mcu.frontend.onnx_export import export_onnx
-    from tvm_mcu.ptq import quantize_onnx
-
-    path = workdir / f"{tag}.onnx"
-    model = export_onnx(
-        mod,
-        input_names=[s.name for s in imported.inputs],
-        output_names=[s.name for s in imported.outputs],
-        model_name=imported.name,
-    )
-    path.write_bytes(model.SerializeToString())
-    if int8:
-        rng = np.random.default_rng(0)
-        calib = {s.name: rng.standard_normal((8, *s.shape[1:])).astype(np.float32) for s in imported.inputs}
-        qpath = workdir / f"{tag}_int8.onnx"
-        quantize_onnx(path, calib, qpath)
-        path = qpath
+    path = resource_model.deployable(mod, imported, workdir, int8=int8, tag=tag)
     compiled = api.compile_model(path, board, workdir / f"{tag}_build")
     r = compiled.report
     biggest = max(r.ops, key=lambda o: o.output_bytes, default=None)
@@ -216,7 +205,7 @@ def prune_model(
     *,
     board: str,
     budget: Budget,
-    method: str = "l1",
+    method: str = "diff",
     out_path: Path,
     int8: bool = True,
     workdir: Path | None = None,
@@ -224,13 +213,21 @@ def prune_model(
     epochs: int = 0,
     search_steps: int = SEARCH_STEPS,
     train_limit: int | None = None,
+    sram_model: str = "compiler",
+    progress: bool = False,
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
-    ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``."""
+    ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
+
+    ``sram_model`` (diff only): "compiler" prices SRAM by the schedule the compiler would choose
+    (partial execution included, the Pex co-design); "whole" by the layer-by-layer whole-buffer peak.
+    """
     from tvm_mcu.frontend.onnx_export import export_onnx
 
     if method not in METHODS:
         raise BadOptionError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    if epochs > 0 and data is None:
+        raise BadOptionError("training (--epochs N) needs --data")
     imported = load_model(Path(model_path))
     if imported.format != "onnx":
         raise BadOptionError(f"{model_path}: prune takes a float ONNX model (then quantise the result)")
@@ -238,45 +235,35 @@ def prune_model(
         raise BadOptionError(f"{model_path} is quantised: prune the float model, then quantise the result")
     mod = pipeline.run(pipeline.inference_passes(), imported.mod)
     plan = channel_groups(mod)
-    score = importance(mod, plan)
+    if method == "diff" and epochs == 0:
+        method = "l1"  # no data to train the gates on: weight magnitude alone
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-
-        def at(level: float, tag: str) -> tuple[dict[int, tuple[int, ...]], _tvm.IRModule, Resources]:
-            keep = keep_channels(plan, score, method, level)
-            pruned = PruneChannels(keep=keep)(mod)
-            return keep, pruned, measure(pruned, imported, board, work, int8=int8, tag=tag)
-
         before = measure(mod, imported, board, work, int8=int8, tag="original")
-        keep, best, after = {g.gid: tuple(range(g.size)) for g in plan.prunable}, mod, before
-        if before.excess(budget):
-            if not plan.prunable:
-                raise BudgetError(
-                    f"{imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
-                    "prunable channel group:\n" + str(plan)
+        full = {g.gid: tuple(range(g.size)) for g in plan.prunable}
+        if not before.excess(budget):
+            keep, best, after = full, mod, before
+            training = _fine_tune(mod, mod, data, epochs, imported, train_limit) if epochs else None
+        elif not plan.prunable:
+            raise BudgetError(
+                f"{imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
+                "prunable channel group:\n" + str(plan)
+            )
+        else:
+            _narrowest(mod, plan, imported, board, work, int8, budget)
+            if method == "diff":
+                keep, best, after, training = _diff(
+                    mod, plan, imported, board, work, int8, budget, data or "", epochs, train_limit,
+                    sram_model, progress,
                 )
-            keep, best, after = at(0.0, "narrowest")
-            if after.excess(budget):
-                raise BudgetError(
-                    f"{imported.name} cannot meet the budget on {board} at any width: with every prunable "
-                    f"group at its narrowest, {_describe(after.excess(budget))}; the largest activation is "
-                    f"{after.bottleneck} (schedule: {after.schedule})"
+            else:
+                keep, best, after = _bisect(
+                    mod, plan, imported, board, work, int8, budget, method, search_steps
                 )
-            lo, hi = 0.0, 1.0
-            for step in range(search_steps):
-                mid = (lo + hi) / 2
-                k, p, r = at(mid, f"step{step}")
-                logger.info("prune %s level %.3f: %s", method, mid, r)
-                if r.excess(budget):
-                    hi = mid
-                else:
-                    lo, keep, best, after = mid, k, p, r
-        training = None
-        if epochs > 0:
-            if data is None:
-                raise BadOptionError("fine-tuning needs --data")
-            best, training = _fine_tune(mod, best, data, epochs, imported.inputs[0].shape, train_limit)
+                training = _fine_tune(mod, best, data, epochs, imported, train_limit) if epochs else None
+            if training is not None:
+                best = training[0]
         model = export_onnx(
             best,
             input_names=[s.name for s in imported.inputs],
@@ -285,15 +272,139 @@ def prune_model(
         )
     Path(out_path).write_bytes(model.SerializeToString())
     widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
-    return PruneResult(keep, plan, before, after, method, widths, training)
+    return PruneResult(keep, plan, before, after, method, widths, training[1] if training else None)
+
+
+def _narrowest(
+    mod: _tvm.IRModule,
+    plan: ChannelPlan,
+    imported: ImportedModel,
+    board: str,
+    work: Path,
+    int8: bool,
+    budget: Budget,
+) -> None:
+    """BudgetError when even one channel per prunable group misses the budget."""
+    keep = {g.gid: (0,) for g in plan.prunable}
+    r = measure(PruneChannels(keep=keep)(mod), imported, board, work, int8=int8, tag="narrowest")
+    if r.excess(budget):
+        raise BudgetError(
+            f"{imported.name} cannot meet the budget on {board} at any width: with every prunable "
+            f"group at its narrowest, {_describe(r.excess(budget))}; the largest activation is "
+            f"{r.bottleneck} (schedule: {r.schedule})"
+        )
+
+
+Keep = dict[int, tuple[int, ...]]
+
+
+def _bisect(
+    mod: _tvm.IRModule,
+    plan: ChannelPlan,
+    imported: ImportedModel,
+    board: str,
+    work: Path,
+    int8: bool,
+    budget: Budget,
+    method: str,
+    steps: int,
+) -> tuple[Keep, _tvm.IRModule, Resources]:
+    """The widest level of ``method`` whose measured figures meet the budget (bisection)."""
+    score = importance(mod, plan)
+
+    def at(level: float, tag: str) -> tuple[Keep, _tvm.IRModule, Resources]:
+        keep = keep_channels(plan, score, method, level)
+        pruned = PruneChannels(keep=keep)(mod)
+        return keep, pruned, measure(pruned, imported, board, work, int8=int8, tag=tag)
+
+    keep, best, after = at(0.0, "level0")
+    lo, hi = 0.0, 1.0
+    for step in range(steps):
+        mid = (lo + hi) / 2
+        k, p, r = at(mid, f"step{step}")
+        logger.info("prune %s level %.3f: %s", method, mid, r)
+        if r.excess(budget):
+            hi = mid
+        else:
+            lo, keep, best, after = mid, k, p, r
+    return keep, best, after
+
+
+# Attempts at tightening the model's budget when the compiled figures still miss the real one.
+MAX_TIGHTEN = 6
+
+
+def _diff(
+    mod: _tvm.IRModule,
+    plan: ChannelPlan,
+    imported: ImportedModel,
+    board: str,
+    work: Path,
+    int8: bool,
+    budget: Budget,
+    data: str,
+    epochs: int,
+    limit: int | None,
+    sram_model: str,
+    progress: bool,
+) -> tuple[Keep, _tvm.IRModule, Resources, tuple[_tvm.IRModule, Training]]:
+    """DiffPrune for the first half of the epochs, then fine-tuning of the cut network."""
+    from tvm_mcu.train import require_torch
+
+    require_torch()
+    from tvm_mcu.train.bridge import RelaxModule, write_back
+    from tvm_mcu.train.data import load_dataset
+    from tvm_mcu.train.diffprune import diffprune, remove_to
+    from tvm_mcu.train.loop import evaluate, train
+
+    model = resource_model.build(
+        mod, plan, imported, board, int8=int8, workdir=work / "resources",
+        progress=(lambda m: logger.info("%s", m)),
+    ).restricted(sram_model)
+    limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None}
+    ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
+    module = RelaxModule(mod)
+    acc_before = evaluate(module, ds.x_test, ds.y_test)
+    prune_epochs = max(1, epochs // 2)
+    gates, log = diffprune(module, plan, model, ds, limits, epochs=prune_epochs, progress=progress)
+    acc_pruned = evaluate(module, ds.x_test, ds.y_test)
+    module.taps = {}
+    trained = write_back(mod, module)
+    target = dict(limits)
+    for attempt in range(MAX_TIGHTEN):
+        keep = gates.keep()
+        pruned = PruneChannels(keep=keep)(trained)
+        after = measure(pruned, imported, board, work, int8=int8, tag=f"diff{attempt}")
+        missed = after.excess(budget)
+        if not missed:
+            break
+        # The model's estimate was a little low: aim lower by the miss and cut more.
+        for r, value, lim in missed:
+            target[r] = target[r] * lim / value * 0.995
+        remove_to(gates, model, target)
+    else:
+        raise BudgetError(
+            f"DiffPrune could not bring {imported.name} within its budget on {board} "
+            f"({_describe(after.excess(budget))}) after {MAX_TIGHTEN} tries"
+        )
+    seconds = list(log.train.seconds)
+    fine = RelaxModule(pruned)
+    acc_after = acc_pruned if attempt == 0 else evaluate(fine, ds.x_test, ds.y_test)
+    if epochs > prune_epochs:
+        tlog = train(fine, ds, epochs=epochs - prune_epochs, progress=progress)
+        seconds += tlog.seconds
+        acc_after = evaluate(fine, ds.x_test, ds.y_test)
+        pruned = write_back(pruned, fine)
+    training = Training(data, epochs, acc_before, acc_pruned, acc_after, tuple(seconds), int(len(ds.y_test)))
+    return keep, pruned, after, (pruned, training)
 
 
 def _fine_tune(
     original: _tvm.IRModule,
     pruned: _tvm.IRModule,
-    data: str,
+    data: str | None,
     epochs: int,
-    shape: tuple[int, ...],
+    imported: ImportedModel,
     limit: int | None,
 ) -> tuple[_tvm.IRModule, Training]:
     from tvm_mcu.train import require_torch
@@ -303,7 +414,8 @@ def _fine_tune(
     from tvm_mcu.train.data import load_dataset
     from tvm_mcu.train.loop import evaluate, train
 
-    ds = load_dataset(data, shape, limit=limit)
+    assert data is not None
+    ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
     acc_before = evaluate(RelaxModule(original), ds.x_test, ds.y_test)
     module = RelaxModule(pruned)
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)

@@ -18,18 +18,22 @@ def _has_multiply(stmt: Any) -> bool:
     return bool(found)
 
 
-def primfunc_macs(func: _tvm.PrimFunc) -> int:
-    """Sum over reduction blocks that multiply of the product of their iteration extents."""
-    total = 0
+def mac_blocks(func: _tvm.PrimFunc) -> list[tuple[int, ...]]:
+    """The iteration extents of each reduction block that multiplies, in walk order."""
+    blocks: list[tuple[int, ...]] = []
 
     def on_block(block: Any) -> None:
-        nonlocal total
         kinds = [int(iv.iter_type) for iv in block.iter_vars]
         if _REDUCE in kinds and _has_multiply(block.body):
-            total += int(np.prod([int(iv.dom.extent) for iv in block.iter_vars], dtype=np.int64))
+            blocks.append(tuple(int(iv.dom.extent) for iv in block.iter_vars))
 
     _tvm.structural_walk(func.body, (_tvm.s_tir.SBlock, on_block))
-    return total
+    return blocks
+
+
+def primfunc_macs(func: _tvm.PrimFunc) -> int:
+    """Sum over reduction blocks that multiply of the product of their iteration extents."""
+    return sum(int(np.prod(b, dtype=np.int64)) for b in mac_blocks(func))
 
 
 def step_macs(fused: _tvm.IRModule, graph: Graph) -> dict[str, int]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -52,10 +53,15 @@ def train(
     extra_loss: Callable[[], torch.Tensor] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     progress: bool = True,
+    cosine: bool = True,
+    extra_params: Sequence[torch.nn.Parameter] = (),
+    extra_lr: float | None = None,
 ) -> TrainLog:
     """Train ``module``'s parameters in place with Adam on the cross-entropy of its first output.
 
-    ``extra_loss()`` is added to the task loss at every step (the pruning budget losses);
+    ``cosine``: the learning rate decays from ``lr`` to 0 along a half cosine over the run (otherwise
+    it stays constant). ``extra_params`` are trained too, at ``extra_lr`` (constant; the pruning
+    gates). ``extra_loss()`` is added to the task loss at every step (the pruning budget losses);
     ``on_step(epoch, step)`` is called after every optimiser step (epochs and steps count from 0).
     The sample order comes from ``seed`` and ``torch.manual_seed(seed)`` is set first, so a run is
     deterministic for a seed (same machine, same thread count). With ``progress``, a text progress bar
@@ -69,7 +75,10 @@ def train(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for p in module.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(params, lr=lr)
+    groups: list[dict[str, Any]] = [{"params": params, "lr": lr}]
+    if extra_params:
+        groups.append({"params": list(extra_params), "lr": extra_lr if extra_lr is not None else lr})
+    optimiser = torch.optim.Adam(groups)
     x_all, y_all = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     n = len(x_all)
     steps = (n + batch_size - 1) // batch_size
@@ -85,6 +94,9 @@ def train(
             loss = F.cross_entropy(_first(module(x_all[idx])), y_all[idx])
             if extra_loss is not None:
                 loss = loss + extra_loss()
+            if cosine:
+                done = (epoch * steps + step) / (epochs * steps)
+                optimiser.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -1,0 +1,99 @@
+"""The differentiable resource model against compiled firmware: SRAM, flash and MACs within 5 %."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.prune_helpers import inference_model
+from tvm_mcu import pipeline, resource_model
+from tvm_mcu.analysis.channels import ChannelPlan, channel_groups
+from tvm_mcu.frontend import load_model
+
+BOARD = "mps2-an386"
+DEMO = Path(str(resources.files("tvm_mcu") / "data" / "demo" / "fashion_cnn.onnx"))
+
+
+def _configs(plan: ChannelPlan, seed: int) -> list[dict[int, tuple[int, ...]]]:
+    rng = np.random.default_rng(seed)
+    out = [{g.gid: tuple(range(max(1, g.size * f // 4))) for g in plan.prunable} for f in (3, 2, 1)]
+    out.append(
+        {
+            g.gid: tuple(sorted(rng.choice(g.size, int(rng.integers(1, g.size + 1)), replace=False)))
+            for g in plan.prunable
+        }
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    imported = load_model(DEMO)
+    mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+    plan = channel_groups(mod)
+    work = tmp_path_factory.mktemp("demo")
+    return imported, mod, plan, resource_model.build(mod, plan, imported, BOARD, workdir=work), work
+
+
+def test_the_full_width_figures_are_the_compiled_ones(demo: tuple) -> None:
+    imported, mod, plan, model, work = demo
+    (c,) = resource_model.check(model, mod, imported, [{}], work)
+    assert c.predicted.sram == c.compiled.sram and c.predicted.macs == c.compiled.macs
+    assert c.predicted.flash == c.compiled.flash and c.predicted.schedule == c.compiled.schedule
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float"])
+def test_demo_predictions_are_within_5_percent_of_the_firmware(
+    int8: bool, demo: tuple, tmp_path: Path
+) -> None:
+    imported, mod, plan, model, _ = demo
+    if not int8:
+        model = resource_model.build(mod, plan, imported, BOARD, int8=False, workdir=tmp_path / "m")
+    checks = resource_model.check(model, mod, imported, _configs(plan, 1), tmp_path)
+    for c in checks:
+        assert c.predicted.macs == c.compiled.macs, c
+        assert max(c.errors().values()) <= 0.05, c
+    # The configurations really differ.
+    assert len({c.compiled.flash for c in checks}) == len(checks)
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("name", ["resnet_block", "mobilenet_block", "inception_concat", "conv_flatten_fc"])
+def test_zoo_predictions_are_within_5_percent(name: str, tmp_path: Path) -> None:
+    imported, mod = inference_model(name, tmp_path)
+    plan = channel_groups(mod)
+    model = resource_model.build(mod, plan, imported, BOARD, int8=False, workdir=tmp_path / "m")
+    for c in resource_model.check(model, mod, imported, _configs(plan, 2), tmp_path):
+        assert c.predicted.macs == c.compiled.macs, c
+        assert max(c.errors().values()) <= 0.05, c
+
+
+def test_gradients_follow_the_bottleneck(demo: tuple) -> None:
+    import torch
+
+    _, _, plan, model, _ = demo
+    k = torch.tensor(model.full, requires_grad=True)
+    model.sram(k).backward()
+    assert k.grad is not None
+    fd = model.gradient(model.full, "sram")
+    np.testing.assert_allclose(k.grad.numpy(), fd, rtol=0.05, atol=1.0)
+    # Only the groups with a tensor live at the peak cost SRAM there.
+    _, step, buffers = model.bottleneck(model.full)
+    assert step and buffers and (fd > 0).any()
+    # Flash and MACs grow with every group.
+    assert (model.gradient(model.full, "flash") > 0).all() and (model.gradient(model.full, "macs") > 0).all()
+
+
+def test_the_whole_buffer_model_needs_more_sram(demo: tuple) -> None:
+    _, _, _, model, _ = demo
+    whole = model.restricted("whole")
+    for f in (1.0, 0.5, 0.25):
+        k = np.maximum(1, np.round(model.full * f))
+        assert whole.figures(k).sram > model.figures(k).sram
+        assert whole.figures(k).schedule == "layer by layer"
+    with pytest.raises(ValueError):
+        model.restricted("other")

@@ -1,0 +1,457 @@
+"""A differentiable model of a pruned CNN's resources on the board: peak SRAM, flash and MACs as functions
+of the number of channels each prunable group keeps.
+
+The model is read off the compiler, not re-derived: the float model is compiled the way it will be
+deployed (exported, quantised for int8, every candidate schedule planned) once at full width and once
+per prunable group with that group halved. Every shape the compiler produces is affine in the kept
+channel counts, because a channel axis holds the channels of the groups flowing through it (a flatten
+holds each channel's block of features). Two compiles per group therefore give, exactly:
+
+- each dimension of each weight tensor, so flash = code (constant, read from the full-width firmware)
+  + the sum over weights of the product of their dimensions (multilinear);
+- each iteration extent of each multiply-reduce block, so MACs = the sum of their products;
+- the size of each buffer of each candidate schedule's memory plan (the operator order, in-place
+  decisions and partial-execution splits of the full-width compile), so the bytes live at each step
+  are affine, a schedule's peak is their maximum (times the plan's packing ratio), and SRAM is the
+  smallest peak among the candidates the compiler would choose from (those within its instruction
+  overhead), plus the caller's input and output buffers.
+
+With ``schedules="whole"`` the SRAM term is the layer-by-layer schedule's (whole tensors, best order):
+the plain peak that pruning would target without partial execution.
+
+Evaluated on a numpy array it gives figures; on a torch tensor of (soft) kept counts it gives a
+differentiable loss term. :func:`check` compares its predictions with compiled firmware.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from tvm_mcu import _tvm, compiler
+from tvm_mcu.analysis.channels import ChannelPlan
+from tvm_mcu.analysis.macs import mac_blocks
+from tvm_mcu.frontend import ImportedModel, load_model
+from tvm_mcu.passes.relax.prune_channels import PruneChannels
+from tvm_mcu.schedule import choice, partial
+from tvm_mcu.schedule.graph import dtype_bytes
+from tvm_mcu.schedule.memory import live_profile
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES = ("compiler", "whole")
+LAYER_BY_LAYER = "layer by layer"
+
+
+@attrs.frozen
+class Affine:
+    """``base + coef @ (k - full)``: one dimension or size as a function of the kept counts ``k``."""
+
+    base: float
+    coef: np.ndarray = attrs.field(eq=False)
+
+    def __call__(self, dk: Any) -> Any:
+        return self.base + _dot(self.coef, dk)
+
+
+@attrs.frozen
+class Product:
+    """``scale * prod(factors)``: a weight's bytes or a block's MACs."""
+
+    scale: float
+    factors: tuple[Affine, ...]
+
+    def __call__(self, dk: Any) -> Any:
+        out: Any = self.scale
+        for f in self.factors:
+            out = out * f(dk)
+        return out
+
+
+@attrs.frozen
+class ScheduleModel:
+    """One candidate schedule: the bytes live at each step, affine in ``k`` (rows: steps)."""
+
+    label: str
+    live_base: np.ndarray = attrs.field(eq=False)  # (steps,)
+    live_coef: np.ndarray = attrs.field(eq=False)  # (steps, groups)
+    packing: float  # the full-width plan's (arena + I/O) over its peak live bytes
+    step_names: tuple[str, ...]
+    buffers: tuple[tuple[str, int, int], ...]  # (name, first step, last step) of each arena buffer
+    buffer_sizes: tuple[Affine, ...]
+    io: Affine
+    # The compiler's estimate of extra instructions over the layer-by-layer schedule: a fixed fraction
+    # per chain of the model's instructions, plus copies and passes affine in the channel counts.
+    chains: int
+    extra: Affine
+    code_bytes: int  # flash besides the weights, from this schedule's full-width firmware
+
+    def live(self, dk: Any) -> Any:
+        return _add(self.live_base, _matvec(self.live_coef, dk))
+
+
+@attrs.frozen
+class Figures:
+    sram: float
+    flash: float
+    macs: float
+    schedule: str
+
+
+@attrs.frozen
+class ResourceModel:
+    """Resources as functions of the kept channels of each prunable group (``groups``, in order)."""
+
+    groups: tuple[int, ...]
+    labels: tuple[str, ...]
+    full: np.ndarray = attrs.field(eq=False)
+    weights: tuple[Product, ...]
+    mac_blocks: tuple[Product, ...]
+    schedules: tuple[ScheduleModel, ...]
+    board: str
+    int8: bool
+
+    def counts(self, keep: Mapping[int, tuple[int, ...]] | None) -> np.ndarray:
+        """Kept channels per group (in ``groups`` order) of a PruneChannels ``keep``."""
+        keep = keep or {}
+        return np.array(
+            [len(keep[g]) if g in keep else n for g, n in zip(self.groups, self.full, strict=True)], float
+        )
+
+    def restricted(self, schedules: str) -> ResourceModel:
+        """The model whose SRAM term is the compiler's choice ("compiler") or whole buffers ("whole")."""
+        if schedules not in SCHEDULES:
+            raise ValueError(f"schedules must be one of {SCHEDULES}")
+        if schedules == "compiler":
+            return self
+        return attrs.evolve(self, schedules=tuple(s for s in self.schedules if s.label == LAYER_BY_LAYER))
+
+    def flash(self, k: Any) -> Any:
+        """Weights plus the code of the schedule the compiler would choose at ``k``."""
+        fixed = np.asarray(k.detach().numpy() if _is_torch(k) else k, float)
+        dk = k - _like(self.full, k)
+        return self.schedule(fixed).code_bytes + _sum([w(dk) for w in self.weights], k)
+
+    def macs(self, k: Any) -> Any:
+        dk = k - _like(self.full, k)
+        return _sum([b(dk) for b in self.mac_blocks], k)
+
+    def eligible(self, k: np.ndarray) -> list[ScheduleModel]:
+        """The candidates the compiler chooses among at ``k``: within its instruction overhead."""
+        k = np.asarray(k, float)
+        dk = k - self.full
+        total = max(float(self.macs(k)), 1.0) * choice.INSTR_PER_MAC
+
+        def ratio(s: ScheduleModel) -> float:
+            return s.chains * partial.CHAIN_OVERHEAD + float(s.extra(dk)) / total
+
+        within = [s for s in self.schedules if ratio(s) <= choice.MAX_OVERHEAD]
+        return within or [min(self.schedules, key=ratio)]
+
+    def sram_by_schedule(self, k: Any) -> dict[str, Any]:
+        """The peak (arena + I/O) of each candidate the compiler would choose among at ``k``."""
+        fixed = np.asarray(k.detach().numpy() if _is_torch(k) else k, float)
+        dk = k - _like(self.full, k)
+        return {s.label: _max(s.live(dk)) * s.packing for s in self.eligible(fixed)}
+
+    def sram(self, k: Any) -> Any:
+        """The smallest peak among the candidate schedules (the compiler picks the smallest)."""
+        per = list(self.sram_by_schedule(k).values())
+        return per[0] if len(per) == 1 else _min(per)
+
+    def schedule(self, k: np.ndarray) -> ScheduleModel:
+        per = {label: float(v) for label, v in self.sram_by_schedule(np.asarray(k, float)).items()}
+        label = min(per, key=lambda x: per[x])
+        return next(s for s in self.schedules if s.label == label)
+
+    def figures(self, k: np.ndarray) -> Figures:
+        k = np.asarray(k, float)
+        s = self.schedule(k)
+        sram = float(_max(s.live(k - self.full)) * s.packing)
+        return Figures(sram, float(self.flash(k)), float(self.macs(k)), s.label)
+
+    def bottleneck(self, k: np.ndarray) -> tuple[str, str, list[tuple[str, float]]]:
+        """(schedule, step, [(buffer, bytes)...] largest first) where the SRAM peak falls at ``k``."""
+        k = np.asarray(k, float)
+        dk = k - self.full
+        s = self.schedule(k)
+        live = s.live(dk)
+        step = int(np.argmax(live))
+        bufs = [
+            (name, float(size(dk)))
+            for (name, first, last), size in zip(s.buffers, s.buffer_sizes, strict=True)
+            if first <= step <= last
+        ]
+        return s.label, s.step_names[step], sorted(bufs, key=lambda b: -b[1])
+
+    def gradient(self, k: np.ndarray, resource: str) -> np.ndarray:
+        """d resource / d kept channels of each group (finite differences of one channel)."""
+        f: Callable[[np.ndarray], float] = {
+            "sram": lambda x: float(self.sram(x)),
+            "flash": lambda x: float(self.flash(x)),
+            "macs": lambda x: float(self.macs(x)),
+        }[resource]
+        k = np.asarray(k, float)
+        base = f(k)
+        return np.array([base - f(k - np.eye(len(k))[i]) for i in range(len(k))])
+
+
+# Array helpers that work for numpy arrays and torch tensors alike.
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _like(a: np.ndarray, x: Any) -> Any:
+    if _is_torch(x):
+        import torch
+
+        return torch.as_tensor(a, dtype=x.dtype)
+    return a
+
+
+def _dot(coef: np.ndarray, dk: Any) -> Any:
+    return _like(coef, dk) @ dk
+
+
+def _matvec(m: np.ndarray, dk: Any) -> Any:
+    return _like(m, dk) @ dk
+
+
+def _add(a: np.ndarray, x: Any) -> Any:
+    return _like(a, x) + x
+
+
+def _max(x: Any) -> Any:
+    return x.max()
+
+
+def _min(xs: list[Any]) -> Any:
+    if _is_torch(xs[0]):
+        import torch
+
+        return torch.stack(xs).min()
+    return min(xs)
+
+
+def _sum(xs: list[Any], like: Any) -> Any:
+    total: Any = 0.0
+    for x in xs:
+        total = total + x
+    return total
+
+
+# Building the model by probing the compiler.
+
+
+def deployable(
+    mod: _tvm.IRModule, imported: ImportedModel, workdir: Path, *, int8: bool, tag: str
+) -> Path:
+    """Write ``mod`` as the ONNX file that would be deployed (quantised with seeded data for int8)."""
+    from tvm_mcu.frontend.onnx_export import export_onnx
+    from tvm_mcu.ptq import quantize_onnx
+
+    path = workdir / f"{tag}.onnx"
+    model = export_onnx(
+        mod,
+        input_names=[s.name for s in imported.inputs],
+        output_names=[s.name for s in imported.outputs],
+        model_name=imported.name,
+    )
+    path.write_bytes(model.SerializeToString())
+    if not int8:
+        return path
+    rng = np.random.default_rng(0)
+    calib = {s.name: rng.standard_normal((8, *s.shape[1:])).astype(np.float32) for s in imported.inputs}
+    qpath = workdir / f"{tag}_int8.onnx"
+    quantize_onnx(path, calib, qpath)
+    return qpath
+
+
+@attrs.frozen
+class _Probe:
+    weights: dict[str, tuple[int, ...]]
+    itemsize: dict[str, int]
+    blocks: dict[str, list[tuple[int, ...]]]  # step -> extents of each MAC block
+    buffers: dict[str, dict[str, int]]  # schedule label -> buffer -> bytes
+    io: dict[str, int]
+    extra: dict[str, float]  # schedule label -> estimated extra instructions
+    candidates: tuple[choice.Candidate, ...]
+
+
+def _probe(path: Path) -> _Probe:
+    model = load_model(path)
+    s = compiler.plan_schedules(
+        model.mod, model_name=model.name, rounding="onnx"
+    )
+    funcs = {gv.name_hint: f for gv, f in s.fused.functions_items() if isinstance(f, _tvm.PrimFunc)}
+    weights = {n: t.shape for n, t in s.graph.tensors.items() if t.kind == "weight"}
+    itemsize = {n: dtype_bytes(t.dtype) for n, t in s.graph.tensors.items()}
+    blocks = {st.name: mac_blocks(funcs[st.callee]) for st in s.graph.steps if st.callee in funcs}
+    buffers = {c.label: {b.name: b.size for b in c.plan.buffers} for c in s.candidates}
+    io = {c.label: c.io_bytes for c in s.candidates}
+    total = max(sum(s.macs[LAYER_BY_LAYER].values()), 1) * choice.INSTR_PER_MAC
+    extra = {
+        c.label: (c.extra_instructions - _chains(c) * partial.CHAIN_OVERHEAD) * total for c in s.candidates
+    }
+    return _Probe(weights, itemsize, blocks, buffers, io, extra, s.candidates)
+
+
+def _get(d: Mapping[str, float], key: str) -> float | None:
+    return float(d[key]) if key in d else None
+
+
+def _chains(c: choice.Candidate) -> int:
+    return sum(1 for st in c.graph.steps if st.chain)
+
+
+def _affine(base: float, probed: list[float | None], delta: np.ndarray) -> Affine:
+    """From the value at full width and, per group, the value with that group ``delta`` narrower
+    (None: the probe has no such value, taken as not depending on the group)."""
+    coef = np.array([0.0 if v is None else (base - v) / d for v, d in zip(probed, delta, strict=True)])
+    return Affine(float(base), coef)
+
+
+def build(
+    mod: _tvm.IRModule,
+    plan: ChannelPlan,
+    imported: ImportedModel,
+    board: str,
+    *,
+    int8: bool = True,
+    workdir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ResourceModel:
+    """Probe the compiler at full width and with each prunable group halved (see the module doc)."""
+    from tvm_mcu import api
+
+    groups = tuple(g for g in plan.prunable if g.size >= 2)
+    full = np.array([g.size for g in groups], float)
+    narrow = np.array([g.size // 2 for g in groups], float)
+    delta = full - narrow
+    with tempfile.TemporaryDirectory(prefix="tvm-mcu-resources-") as tmp:
+        work = Path(workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        base_path = deployable(mod, imported, work, int8=int8, tag="full")
+        base = _probe(base_path)
+        flash = {}
+        for i, c in enumerate(base.candidates):
+            built = api.compile_model(base_path, board, work / f"code{i}", schedule=c.label)
+            flash[c.label] = built.report.flash_bytes
+        probes = []
+        for i, g in enumerate(groups):
+            if progress:
+                progress(f"resource model: probing group {g.gid} ({g.label}), {i + 1} of {len(groups)}")
+            keep = {g.gid: tuple(range(int(narrow[i])))}
+            path = deployable(PruneChannels(keep=keep)(mod), imported, work, int8=int8, tag=f"probe{g.gid}")
+            probes.append(_probe(path))
+
+    def dims(name: str, get: Callable[[_Probe], tuple[int, ...] | None]) -> tuple[Affine, ...]:
+        ref = get(base)
+        assert ref is not None
+        shapes = [sh if sh is not None and len(sh) == len(ref) else None for sh in map(get, probes)]
+        return tuple(
+            _affine(n, [None if sh is None else float(sh[axis]) for sh in shapes], delta)
+            for axis, n in enumerate(ref)
+        )
+
+    def weight(n: str) -> Callable[[_Probe], tuple[int, ...] | None]:
+        return lambda p: p.weights.get(n)
+
+    weights = tuple(Product(float(base.itemsize[n]), dims(n, weight(n))) for n in sorted(base.weights))
+    blocks = []
+    for step, blist in sorted(base.blocks.items()):
+        for j in range(len(blist)):
+
+            def block(p: _Probe, step: str = step, j: int = j) -> tuple[int, ...] | None:
+                b = p.blocks.get(step, [])
+                return b[j] if j < len(b) else None
+
+            blocks.append(Product(1.0, dims(step, block)))
+    weight_bytes = sum(w(np.zeros(len(groups))) for w in weights)
+    schedules = []
+    for c in base.candidates:
+        names = [b.name for b in c.plan.buffers]
+        sizes = []
+        for b in c.plan.buffers:
+            seen = [p.buffers.get(c.label, {}).get(b.name) for p in probes]
+            sizes.append(_affine(b.size, [None if v is None else float(v) for v in seen], delta))
+        io = _affine(c.io_bytes, [_get(p.io, c.label) for p in probes], delta)
+        extra = _affine(base.extra[c.label], [_get(p.extra, c.label) for p in probes], delta)
+        steps = len(c.graph.steps)
+        incidence = np.zeros((steps, len(names)))
+        for j, b in enumerate(c.plan.buffers):
+            incidence[b.start : b.end + 1, j] = 1.0
+        base_sizes = np.array([s.base for s in sizes]).reshape(len(names))
+        live_base = incidence @ base_sizes + io.base
+        coef = np.array([s.coef for s in sizes]).reshape(len(names), len(groups))
+        live_coef = incidence @ coef + io.coef
+        peak = max(live_profile(c.plan.buffers, steps)) + c.io_bytes
+        assert abs(peak - float(live_base.max())) < 1e-6
+        schedules.append(
+            ScheduleModel(
+                c.label,
+                live_base,
+                live_coef,
+                c.sram_bytes / peak,
+                tuple(s.name for s in c.graph.steps),
+                tuple((b.name, b.start, b.end) for b in c.plan.buffers),
+                tuple(sizes),
+                io,
+                _chains(c),
+                extra,
+                int(flash[c.label] - weight_bytes),
+            )
+        )
+    return ResourceModel(
+        tuple(g.gid for g in groups),
+        tuple(g.label for g in groups),
+        full,
+        weights,
+        tuple(blocks),
+        tuple(schedules),
+        board,
+        int8,
+    )
+
+
+@attrs.frozen
+class Check:
+    """One configuration: predicted and compiled figures."""
+
+    widths: tuple[int, ...]
+    predicted: Figures
+    compiled: Figures
+
+    def errors(self) -> dict[str, float]:
+        return {
+            r: abs(getattr(self.predicted, r) - getattr(self.compiled, r)) / getattr(self.compiled, r)
+            for r in ("sram", "flash", "macs")
+        }
+
+
+def check(
+    model: ResourceModel,
+    mod: _tvm.IRModule,
+    imported: ImportedModel,
+    configs: list[dict[int, tuple[int, ...]]],
+    workdir: Path,
+) -> list[Check]:
+    """Compile each ``keep`` configuration for the board and compare with the model's predictions."""
+    from tvm_mcu import api
+
+    out = []
+    for i, keep in enumerate(configs):
+        k = model.counts(keep)
+        path = deployable(PruneChannels(keep=keep)(mod), imported, workdir, int8=model.int8, tag=f"check{i}")
+        r = api.compile_model(path, model.board, workdir / f"check{i}_build").report
+        compiled = Figures(float(r.arena_bytes + r.io_bytes), float(r.flash_bytes), float(r.macs), r.schedule)
+        out.append(Check(tuple(int(x) for x in k), model.figures(k), compiled))
+    return out

@@ -1,0 +1,237 @@
+"""DiffPrune: differentiable, budgeted channel pruning while the model trains.
+
+Every unit (one channel class of a prunable group) gets a gate parameter ``theta``. The forward pass
+multiplies each tensor of the group by the unit's hard mask ``theta > 0`` (so the network being trained
+is exactly the network that would be deployed), and the backward pass goes through ``sigmoid(theta)``
+(straight-through): a unit's gradient is the task loss's salience of its channel. The kept count of a
+group is the sum of its masks, fed to the :class:`~tvm_mcu.resource_model.ResourceModel` of the compiled
+model, so each budget loss ``lambda_r * relu(R_r(k) / B_r - 1)`` prices every unit by what its group
+costs on the board: a channel of a tensor at the SRAM peak is expensive, one off the peak is free for
+SRAM. ``lambda_r`` rises while its budget is missed and falls once it is met (dual ascent), so units
+whose salience is below their price are switched off, and the others come back on.
+
+Pruning is iterative: every ``prune_every`` steps, units that have stayed off for a while (``theta``
+below ``DEAD_THETA``) are removed for good. When the pruning epochs end, units are removed by lowest
+gate until the model predicts every budget met; the caller then cuts the channels (PruneChannels) and
+fine-tunes the smaller network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+
+from tvm_mcu.analysis.channels import ChannelPlan
+from tvm_mcu.resource_model import ResourceModel
+from tvm_mcu.train import require_torch
+from tvm_mcu.train.data import Dataset
+
+require_torch()
+
+import torch  # noqa: E402
+
+from tvm_mcu.train.bridge import RelaxModule  # noqa: E402
+from tvm_mcu.train.loop import TrainLog, train  # noqa: E402
+
+INIT_THETA = 1.0
+GATE_LR = 0.02
+DEAD_THETA = -1.0
+LAMBDA = 0.1
+PRUNE_EVERY = 25
+ANNEAL = 0.6
+RESOURCES = ("sram", "flash", "macs")
+
+
+@attrs.frozen
+class DiffPruneLog:
+    keep: dict[int, tuple[int, ...]]
+    train: TrainLog
+    # (step, predicted sram, flash, macs, kept channels per group) every PRUNE_EVERY steps.
+    history: tuple[tuple[int, float, float, float, tuple[int, ...]], ...]
+    forced: int  # units removed after training to meet the budget by the model
+
+
+class Gates(torch.nn.Module):
+    """One gate per unit of the resource model's groups; taps for the bridge; kept counts."""
+
+    alive: torch.Tensor  # 1 while a unit may still be kept, 0 once removed
+    owner: torch.Tensor  # the group (index in the resource model) of each unit
+
+    def __init__(self, plan: ChannelPlan, model: ResourceModel) -> None:
+        super().__init__()
+        by_gid = {g.gid: g for g in plan.groups}
+        self.model = model
+        self.groups = [by_gid[gid] for gid in model.groups]
+        self.index: dict[int, int] = {}  # unit -> gate index
+        owner: list[int] = []
+        for gi, g in enumerate(self.groups):
+            for u in g.units:
+                self.index[u] = len(owner)
+                owner.append(gi)
+        n = len(owner)
+        self.theta = torch.nn.Parameter(torch.full((n,), INIT_THETA))
+        self.register_buffer("alive", torch.ones(n))
+        self.register_buffer("owner", torch.tensor(owner, dtype=torch.long))
+        self.plan = plan
+        self._mask: torch.Tensor | None = None
+
+    def mask(self) -> torch.Tensor:
+        """Hard masks forward, sigmoid gradients backward; removed units are 0 both ways."""
+        soft = torch.sigmoid(self.theta)
+        hard = (self.theta > 0).to(soft.dtype)
+        return (hard + soft - soft.detach()) * self.alive
+
+    def counts(self, mask: torch.Tensor) -> torch.Tensor:
+        k = torch.zeros(len(self.groups), dtype=mask.dtype)
+        return k.index_add(0, self.owner, mask)
+
+    def begin_step(self) -> torch.Tensor:
+        self._mask = self.mask()
+        return self._mask
+
+    def taps(self) -> dict[int, Callable[[Any], Any]]:
+        """Binding index -> multiply its value by the masks of its channels (all tensors of the groups)."""
+        out: dict[int, Callable[[Any], Any]] = {}
+        n = len(self.index)
+        for binding, info in sorted(self.plan.infos.items()):
+            gate = [self.index.get(self.plan.unit_of[node], n) for node in info.nodes]
+            if all(g == n for g in gate):
+                continue
+            out[binding] = _Tap(self, torch.tensor(gate, dtype=torch.long), info.axis)
+        return out
+
+    def keep(self) -> dict[int, tuple[int, ...]]:
+        on = ((self.theta.detach() > 0) & (self.alive > 0)).numpy()
+        keep = {}
+        for g in self.groups:
+            kept = tuple(c for c, u in enumerate(g.units) if on[self.index[u]])
+            if not kept:  # never remove a whole group: keep its strongest unit
+                kept = (int(np.argmax([float(self.theta[self.index[u]]) for u in g.units])),)
+            keep[g.gid] = kept
+        return keep
+
+    def hard_counts(self) -> np.ndarray:
+        keep = self.keep()
+        return np.array([len(keep[g.gid]) for g in self.groups], float)
+
+
+class _Tap:
+    def __init__(self, gates: Gates, gate: torch.Tensor, axis: int) -> None:
+        self.gates, self.gate, self.axis = gates, gate, axis
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.gates._mask if self.gates._mask is not None else self.gates.mask()
+        full = torch.cat([m, m.new_ones(1)])[self.gate]
+        shape = [1] * x.dim()
+        shape[self.axis] = -1
+        return x * full.view(shape)
+
+
+def _violations(model: ResourceModel, k: Any, budget: dict[str, float]) -> dict[str, Any]:
+    fns = {"sram": model.sram, "flash": model.flash, "macs": model.macs}
+    return {r: fns[r](k) / limit - 1.0 for r, limit in budget.items()}
+
+
+def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> int:
+    """Remove units by lowest gate until the model predicts every budget met; how many were removed."""
+    removed = 0
+    while True:
+        k = gates.hard_counts()
+        over = [r for r, v in _violations(model, k, budget).items() if v > 0]
+        if not over:
+            return removed
+        # Groups whose narrowing lowers a missed resource and that keep more than one channel.
+        useful = {gi for r in over for gi, d in enumerate(model.gradient(k, r)) if d > 0 and k[gi] > 1}
+        if not useful:
+            return removed
+        theta = gates.theta.detach()
+        live = (theta > 0) & (gates.alive > 0)
+        cands = [i for i in range(len(theta)) if live[i] and int(gates.owner[i]) in useful]
+        worst = min(cands, key=lambda i: float(theta[i]))
+        gates.alive[worst] = 0.0
+        removed += 1
+
+
+def diffprune(
+    module: RelaxModule,
+    plan: ChannelPlan,
+    model: ResourceModel,
+    data: Dataset,
+    budget: dict[str, float],
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[Gates, DiffPruneLog]:
+    """Train ``module`` (in place) with gates and budget losses for ``epochs``; the gates and a log.
+
+    ``budget``: resource -> limit, for any of "sram", "flash", "macs" (the model's units: bytes, MACs).
+    Every PRUNE_EVERY steps the target moves from the full model's figures towards ``budget`` (cubic,
+    reached after ANNEAL of the steps) and the lowest gates are switched off until the model predicts
+    the target met; the rest of the epochs train the pruned structure.
+    """
+    gates = Gates(plan, model)
+    module.taps = gates.taps()
+    full = model.figures(model.full)
+    start = {r: float(getattr(full, r)) for r in budget}
+    total = epochs * ((len(data.x_train) + batch_size - 1) // batch_size)
+    history: list[tuple[int, float, float, float, tuple[int, ...]]] = []
+    step_count = 0
+
+    def extra_loss() -> torch.Tensor:
+        mask = gates._mask
+        assert mask is not None
+        k = gates.counts(mask)
+        return sum(
+            (LAMBDA * torch.relu(v) for v in _violations(model, k, budget).values()), torch.zeros(())
+        )
+
+    def on_step(epoch: int, step: int) -> None:
+        nonlocal step_count
+        step_count += 1
+        if step_count % PRUNE_EVERY:
+            return
+        f = min(1.0, step_count / max(1.0, ANNEAL * total))
+        target = {r: start[r] + (budget[r] - start[r]) * (1 - (1 - f) ** 3) for r in budget}
+        gates.alive[gates.theta.detach() < DEAD_THETA] = 0.0
+        remove_to(gates, model, target)
+        k = gates.hard_counts()
+        fig = model.figures(k)
+        history.append((step_count, fig.sram, fig.flash, fig.macs, tuple(int(x) for x in k)))
+
+    log = train(
+        _Masked(module, gates),
+        data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        extra_loss=extra_loss,
+        on_step=on_step,
+        progress=progress,
+        extra_params=[gates.theta],
+        extra_lr=GATE_LR,
+    )
+    forced = remove_to(gates, model, budget)
+    gates.alive[gates.theta.detach() <= 0] = 0.0
+    gates.begin_step()
+    return gates, DiffPruneLog(gates.keep(), log, tuple(history), forced)
+
+
+class _Masked(torch.nn.Module):
+    """The bridge module with fresh masks for every forward pass (the gates are trained separately)."""
+
+    def __init__(self, module: RelaxModule, gates: Gates) -> None:
+        super().__init__()
+        self.inner = module
+        self._gates = [gates]  # not a submodule: its parameters go to their own optimiser group
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        if self.training:
+            self._gates[0].begin_step()
+        return self.inner(*inputs)
