@@ -131,6 +131,12 @@ def test_fine_tuning_recovers_accuracy_and_reports_it(tmp_path: Path) -> None:
     # The fine-tuned weights are the ones written: the model differs from the magnitude-only result.
     plain = tmp_path / "plain.onnx"
     prune_model(
-        DEMO, board=BOARD, budget=Budget(macs=250_000), out_path=plain, int8=False, search_steps=3, method="l1"
+        DEMO,
+        board=BOARD,
+        budget=Budget(macs=250_000),
+        out_path=plain,
+        int8=False,
+        search_steps=3,
+        method="l1",
     )
     assert out.read_bytes() != plain.read_bytes()
