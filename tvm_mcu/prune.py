@@ -32,7 +32,7 @@ import attrs
 import numpy as np
 
 from tvm_mcu import _tvm, api, pipeline, resource_model
-from tvm_mcu.analysis.channels import ChannelPlan, bindings, channel_groups
+from tvm_mcu.analysis.channels import ChannelPlan, channel_groups, magnitudes
 from tvm_mcu.errors import BadOptionError, BudgetError
 from tvm_mcu.frontend import ImportedModel, load_model
 from tvm_mcu.passes.relax.prune_channels import PruneChannels
@@ -144,21 +144,6 @@ def training_lines(result: PruneResult) -> list[str]:
         f"{t.accuracy_pruned:.4f} pruned, {t.accuracy_after:.4f} after {t.epochs} epochs of fine-tuning",
         f"seconds per epoch: {per}",
     ]
-
-
-def importance(mod: _tvm.IRModule, plan: ChannelPlan) -> dict[int, float]:
-    """Each unit's L1 norm of the weights producing it (summed over the layers a residual add joins)."""
-    binds = bindings(mod["main"])
-    score: dict[int, float] = {}
-    for s in plan.sites:
-        if not s.produces:
-            continue
-        w = np.abs(_tvm.const_value(binds[s.binding].value.args[s.arg]))
-        per = np.moveaxis(w, s.axis, 0).reshape(w.shape[s.axis], -1).sum(axis=1)
-        for pos, n in enumerate(s.nodes):
-            u = plan.unit_of[n]
-            score[u] = score.get(u, 0.0) + float(per[pos])
-    return score
 
 
 def keep_channels(
@@ -310,7 +295,7 @@ def _bisect(
     steps: int,
 ) -> tuple[Keep, _tvm.IRModule, Resources]:
     """The widest level of ``method`` whose measured figures meet the budget (bisection)."""
-    score = importance(mod, plan)
+    score = magnitudes(mod, plan)
 
     def at(level: float, tag: str) -> tuple[Keep, _tvm.IRModule, Resources]:
         keep = keep_channels(plan, score, method, level)
@@ -366,7 +351,9 @@ def _diff(
     module = RelaxModule(mod)
     acc_before = evaluate(module, ds.x_test, ds.y_test)
     prune_epochs = max(1, epochs // 2)
-    gates, log = diffprune(module, plan, model, ds, limits, epochs=prune_epochs, progress=progress)
+    gates, log = diffprune(
+        module, plan, model, ds, limits, epochs=prune_epochs, progress=progress, prior=magnitudes(mod, plan)
+    )
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)
     module.taps = {}
     trained = write_back(mod, module)

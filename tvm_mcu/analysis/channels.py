@@ -449,3 +449,18 @@ def _plan(ctx: _Ctx, binds: list[Any], names: tuple[str, ...], index: dict[Any, 
         reason = next((reasons[u] for u in units if u in reasons), "")
         groups.append(Group(gid, label, tuple(units), tuple(label_of[i] for i in sig), reason))
     return ChannelPlan(tuple(groups), infos, tuple(ctx.sites), unit_of, names, frozenset(ctx.depthwise))
+
+
+def magnitudes(mod: _tvm.IRModule, plan: ChannelPlan) -> dict[int, float]:
+    """Each unit's L1 norm of the weights producing it (summed over the layers a residual add joins)."""
+    binds = bindings(mod["main"])
+    score: dict[int, float] = {}
+    for s in plan.sites:
+        if not s.produces:
+            continue
+        w = np.abs(_tvm.const_value(binds[s.binding].value.args[s.arg]))
+        per = np.moveaxis(w, s.axis, 0).reshape(w.shape[s.axis], -1).sum(axis=1)
+        for pos, n in enumerate(s.nodes):
+            u = plan.unit_of[n]
+            score[u] = score.get(u, 0.0) + float(per[pos])
+    return score

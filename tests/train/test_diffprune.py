@@ -1,0 +1,96 @@
+"""DiffPrune: gated training is the pruned network, budgets are met by the model, CLI end to end."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import torch  # noqa: E402
+
+from tests.prune_helpers import inference_model, random_inputs  # noqa: E402
+from tvm_mcu import cli, pipeline, resource_model  # noqa: E402
+from tvm_mcu.analysis.channels import channel_groups, magnitudes  # noqa: E402
+from tvm_mcu.frontend import load_model  # noqa: E402
+from tvm_mcu.passes.relax.prune_channels import PruneChannels  # noqa: E402
+from tvm_mcu.train.bridge import RelaxModule, write_back  # noqa: E402
+from tvm_mcu.train.data import load_dataset  # noqa: E402
+from tvm_mcu.train.diffprune import Gates, diffprune  # noqa: E402
+from tvm_mcu.train.loop import evaluate  # noqa: E402
+
+BOARD = "mps2-an386"
+DEMO = Path(str(resources.files("tvm_mcu") / "data" / "demo" / "fashion_cnn.onnx"))
+
+
+@pytest.mark.parametrize("name", ["resnet_block", "mobilenet_block", "conv_flatten_fc", "inception_concat"])
+def test_gated_module_computes_the_pruned_network(name: str, tmp_path: Path) -> None:
+    imported, mod = inference_model(name, tmp_path)
+    plan = channel_groups(mod)
+    gates = Gates(plan, tuple(g.gid for g in plan.prunable if g.size >= 2))
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        gates.theta.copy_(torch.from_numpy(rng.uniform(-1, 1, len(gates.theta)).astype(np.float32)))
+    gates.begin_step()
+    keep = gates.keep()
+    assert any(len(keep[g.gid]) < g.size for g in gates.groups)
+    gated = RelaxModule(mod, taps=gates.taps())
+    x = [torch.from_numpy(a) for a in random_inputs(imported)]
+    with torch.no_grad():
+        want = gated(*x)
+    pruned = RelaxModule(PruneChannels(keep=keep)(write_back(mod, gated)))
+    with torch.no_grad():
+        got = pruned(*x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    imported = load_model(DEMO)
+    mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+    plan = channel_groups(mod)
+    model = resource_model.build(mod, plan, imported, BOARD, workdir=tmp_path_factory.mktemp("rm"))
+    return imported, mod, plan, model
+
+
+def test_diffprune_meets_the_budget_by_the_model_while_training(demo: tuple) -> None:
+    imported, mod, plan, model = demo
+    full = model.figures(model.full)
+    budget = {"sram": 0.7 * full.sram, "macs": 0.5 * full.macs}
+    ds = load_dataset("fashion-mnist", imported.inputs[0].shape, limit=12000)
+    module = RelaxModule(mod)
+    gates, log = diffprune(
+        module, plan, model, ds, budget, epochs=1, progress=False, prior=magnitudes(mod, plan)
+    )
+    k = model.counts(log.keep)
+    got = model.figures(k)
+    assert got.sram <= budget["sram"] and got.macs <= budget["macs"]
+    # Pruned while training: the widths shrink step by step, not at the end.
+    widths = [sum(h[4]) for h in log.history]
+    assert len(widths) >= 3 and widths[0] < model.full.sum() and widths == sorted(widths, reverse=True)
+    # The trained, gated network is exactly the cut one.
+    acc_gated = evaluate(module, ds.x_test, ds.y_test)
+    module.taps = {}
+    cut = RelaxModule(PruneChannels(keep=log.keep)(write_back(mod, module)))
+    assert evaluate(cut, ds.x_test, ds.y_test) == acc_gated
+    assert acc_gated > 0.3  # well above chance after one short epoch of pruning (accuracy: make bench)
+
+
+@pytest.mark.emulator
+def test_cli_diff_meets_an_int8_budget_as_compiled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "diff.onnx"
+    args = ["prune", str(DEMO), "--board", BOARD, "--budget", "sram=3000,flash=10KiB", "--method", "diff"]
+    code = cli.main([*args, "--data", "fashion-mnist", "--epochs", "2", "-o", str(out), "--json"])
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["method"] == "diff"
+    assert report["after"]["sram"] <= 3000 and report["after"]["flash"] <= 10 * 1024
+    t = report["training"]
+    assert t["epochs"] == 2 and len(t["seconds_per_epoch"]) == 2
+    assert t["accuracy_after"] > 0.8
