@@ -20,6 +20,9 @@ from tvm_mcu.demo import demo_files
 from tvm_mcu.errors import TvmMcuError
 from tvm_mcu.frontend import load_model, random_inputs
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
+from prune_bench import resource_model_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
 BOARDS = ("mps2-an386", "mps2-an500", "lm3s6965evb")
@@ -409,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         int8 = int8_section(Path(tmp)) + sram_section(Path(tmp))
         ptq = ptq_section(Path(tmp))
         backend = onnx_backend_section(Path(tmp))
-    text = render(rows, skipped) + "\n".join(int8 + ptq + backend)
+        pruning = resource_model_section(Path(tmp))
+    text = render(rows, skipped) + "\n".join(int8 + ptq + backend + pruning)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
     bad = [r for r in rows if r.get("match") == "NO"]

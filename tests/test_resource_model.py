@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,3 +98,34 @@ def test_the_whole_buffer_model_needs_more_sram(demo: tuple) -> None:
         assert whole.figures(k).schedule == "layer by layer"
     with pytest.raises(ValueError):
         model.restricted("other")
+
+
+def _int8_inverted_residuals() -> Any:
+    """Two ReLU inverted residual blocks (expand, depthwise, project, add): int8 chains, in-place steps."""
+    from tests.zoo.onnx_models import _Graph
+
+    g = _Graph("inverted_residuals", seed=5)
+    y = "x"
+    for _ in range(2):
+        h = g.op("Relu", [g.conv(y, 8, 32, 1)])
+        h = g.op("Relu", [g.conv(h, 32, 32, 3, group=32, pads=[1, 1, 1, 1])])
+        y = g.op("Add", [y, g.conv(h, 32, 8, 1)])
+    return g.model([("x", [1, 8, 16, 16])], [(y, [1, 8, 16, 16])])
+
+
+def test_every_candidate_schedule_reports_the_same_macs(tmp_path: Path) -> None:
+    """Splitting and in-place execution add no MACs: the report counts a chain's operators, and an
+    in-place clone's (a regression: int8 chains with in-place steps were missed)."""
+    import onnx
+
+    from tvm_mcu import compiler
+    from tvm_mcu.ptq import quantize_onnx
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_int8_inverted_residuals(), path)
+    calib = {"x": np.random.default_rng(0).standard_normal((8, 8, 16, 16)).astype(np.float32)}
+    quantize_onnx(path, calib, tmp_path / "q.onnx")
+    q = load_model(tmp_path / "q.onnx")
+    s = compiler.plan_schedules(q.mod, model_name="m", rounding="onnx")
+    totals = {c.label: sum(s.macs[c.label].values()) for c in s.candidates}
+    assert len(s.candidates) >= 3 and len(set(totals.values())) == 1, totals

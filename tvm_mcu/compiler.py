@@ -159,9 +159,19 @@ def _split(
         except (_tvm.TVMError, ValueError) as exc:
             raise ValueError(_tvm.error_summary(exc)) from exc
         lowered = {gv.name_hint: f for gv, f in done.functions_items()}
+    macs = step_macs(split, graph)  # before in-place clones rename the callees
     if in_place:
         graph, _ = inplace.choose(graph, in_place_options(funcs, graph))
-    return partial.annotate(graph, chains), funcs, step_macs(split, graph), lowered
+    return partial.annotate(graph, chains), funcs, macs, lowered
+
+
+def _chain_macs(graph: Graph, split_macs: dict[str, int], macs: dict[str, int]) -> dict[str, int]:
+    """MACs per step of a split graph: a chain does its operators' MACs (splitting adds none; reading
+    them off the fused chain's TIR misses blocks the split restructured)."""
+    return {
+        s.name: sum(macs.get(m, 0) for m in s.chain) if s.chain else split_macs.get(s.name, 0)
+        for s in graph.steps
+    }
 
 
 def _profile_by_step(base: choice.Candidate, graph: Graph) -> tuple[int, ...]:
@@ -241,6 +251,7 @@ def plan_schedules(
                 logger.info("partial execution declined: %s", exc)
                 continue
             funcs = {**funcs, **split_funcs}
+            split_macs = _chain_macs(split_graph, split_macs, macs)
             plans.append((label, split_graph, split_macs, partial.overhead(chains, macs)))
         row_axes = {s.callee: row_bands.row_axis(funcs[s.callee]) for s in graph.steps if s.callee in funcs}
         rows = partial.find_row_chains(graph, row_axes)
@@ -253,6 +264,7 @@ def plan_schedules(
                 logger.info("row bands declined: %s", exc)
             else:
                 funcs = {**funcs, **split_funcs}
+                split_macs = _chain_macs(split_graph, split_macs, macs)
                 plans.append(("row bands", split_graph, split_macs, partial.row_overhead(rows, graph, macs)))
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], row_lowered)
     candidates = tuple(

@@ -200,12 +200,14 @@ def prune_model(
     train_limit: int | None = None,
     sram_model: str = "compiler",
     progress: bool = False,
+    resources: resource_model.ResourceModel | None = None,
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
 
     ``sram_model`` (diff only): "compiler" prices SRAM by the schedule the compiler would choose
     (partial execution included, the Pex co-design); "whole" by the layer-by-layer whole-buffer peak.
+    ``resources``: the model's resource model built before (``resource_model.build``), to reuse.
     """
     from tvm_mcu.frontend.onnx_export import export_onnx
 
@@ -240,7 +242,7 @@ def prune_model(
             if method == "diff":
                 keep, best, after, training = _diff(
                     mod, plan, imported, board, work, int8, budget, data or "", epochs, train_limit,
-                    sram_model, progress,
+                    sram_model, progress, resources,
                 )
             else:
                 keep, best, after = _bisect(
@@ -332,6 +334,7 @@ def _diff(
     limit: int | None,
     sram_model: str,
     progress: bool,
+    resources: resource_model.ResourceModel | None,
 ) -> tuple[Keep, _tvm.IRModule, Resources, tuple[_tvm.IRModule, Training]]:
     """DiffPrune for the first half of the epochs, then fine-tuning of the cut network."""
     from tvm_mcu.train import require_torch
@@ -342,10 +345,12 @@ def _diff(
     from tvm_mcu.train.diffprune import diffprune, remove_to
     from tvm_mcu.train.loop import evaluate, train
 
-    model = resource_model.build(
-        mod, plan, imported, board, int8=int8, workdir=work / "resources",
-        progress=(lambda m: logger.info("%s", m)),
-    ).restricted(sram_model)
+    if resources is None or resources.board != board or resources.int8 != int8:
+        resources = resource_model.build(
+            mod, plan, imported, board, int8=int8, workdir=work / "resources",
+            progress=(lambda m: logger.info("%s", m)),
+        )
+    model = resources.restricted(sram_model)
     limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None}
     ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
     module = RelaxModule(mod)

@@ -89,7 +89,10 @@ class ScheduleModel:
     # The compiler's estimate of extra instructions over the layer-by-layer schedule: a fixed fraction
     # per chain of the model's instructions, plus copies and passes affine in the channel counts.
     chains: int
-    extra: Affine
+    extra: Affine  # besides the accumulating passes
+    # Accumulating chains: (consumer step, slice); each re-enters the consumer's output once per slice,
+    # INSTR_PER_ACCUMULATOR_PASS instructions per MAC of the consumer over the slice (multilinear).
+    accumulate: tuple[tuple[str, int], ...]
     code_bytes: int  # flash besides the weights, from this schedule's full-width firmware
 
     def live(self, dk: Any) -> Any:
@@ -113,6 +116,7 @@ class ResourceModel:
     full: np.ndarray = attrs.field(eq=False)
     weights: tuple[Product, ...]
     mac_blocks: tuple[Product, ...]
+    block_steps: tuple[str, ...]  # the step (layer by layer) of each MAC block
     schedules: tuple[ScheduleModel, ...]
     board: str
     int8: bool
@@ -149,10 +153,16 @@ class ResourceModel:
         total = max(float(self.macs(k)), 1.0) * choice.INSTR_PER_MAC
 
         def ratio(s: ScheduleModel) -> float:
-            return s.chains * partial.CHAIN_OVERHEAD + float(s.extra(dk)) / total
+            acc = sum(partial.INSTR_PER_ACCUMULATOR_PASS * self.step_macs(k, c) / n for c, n in s.accumulate)
+            return s.chains * partial.CHAIN_OVERHEAD + (float(s.extra(dk)) + acc) / total
 
         within = [s for s in self.schedules if ratio(s) <= choice.MAX_OVERHEAD]
         return within or [min(self.schedules, key=ratio)]
+
+    def step_macs(self, k: np.ndarray, step: str) -> float:
+        dk = np.asarray(k, float) - self.full
+        pairs = zip(self.mac_blocks, self.block_steps, strict=True)
+        return float(sum(b(dk) for b, st in pairs if st == step))
 
     def sram_by_schedule(self, k: Any) -> dict[str, Any]:
         """The peak (arena + I/O) of each candidate the compiler would choose among at ``k``."""
@@ -282,7 +292,8 @@ class _Probe:
     blocks: dict[str, list[tuple[int, ...]]]  # step -> extents of each MAC block
     buffers: dict[str, dict[str, int]]  # schedule label -> buffer -> bytes
     io: dict[str, int]
-    extra: dict[str, float]  # schedule label -> estimated extra instructions
+    extra: dict[str, float]  # schedule label -> estimated extra instructions besides accumulating passes
+    accumulate: dict[str, tuple[tuple[str, int], ...]]  # schedule label -> (consumer step, slice)
     candidates: tuple[choice.Candidate, ...]
 
 
@@ -297,15 +308,30 @@ def _probe(path: Path) -> _Probe:
     blocks = {st.name: mac_blocks(funcs[st.callee]) for st in s.graph.steps if st.callee in funcs}
     buffers = {c.label: {b.name: b.size for b in c.plan.buffers} for c in s.candidates}
     io = {c.label: c.io_bytes for c in s.candidates}
-    total = max(sum(s.macs[LAYER_BY_LAYER].values()), 1) * choice.INSTR_PER_MAC
+    macs = s.macs[LAYER_BY_LAYER]
+    total = max(sum(macs.values()), 1) * choice.INSTR_PER_MAC
     extra = {
-        c.label: (c.extra_instructions - _chains(c) * partial.CHAIN_OVERHEAD) * total for c in s.candidates
+        c.label: (c.extra_instructions - _chains(c) * partial.CHAIN_OVERHEAD) * total
+        - sum(partial.INSTR_PER_ACCUMULATOR_PASS * macs[n] / k for n, k in _accumulating(c, macs))
+        for c in s.candidates
     }
-    return _Probe(weights, itemsize, blocks, buffers, io, extra, s.candidates)
+    accumulate = {c.label: _accumulating(c, macs) for c in s.candidates}
+    return _Probe(weights, itemsize, blocks, buffers, io, extra, accumulate, s.candidates)
 
 
 def _get(d: Mapping[str, float], key: str) -> float | None:
     return float(d[key]) if key in d else None
+
+
+def _accumulating(c: choice.Candidate, macs: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """(consumer step, slice) of each accumulating chain of ``c`` (the compiler's overhead terms)."""
+    out = []
+    for st in c.graph.steps:
+        spec = dict(part.split("=", 1) for part in st.partial.split(":")[1:] if "=" in part)
+        if spec.get("accumulate") == "1":
+            consumer = next(n for n in reversed(st.chain) if macs.get(n, 0))
+            out.append((consumer, int(spec["slice"])))
+    return tuple(out)
 
 
 def _chains(c: choice.Candidate) -> int:
@@ -366,9 +392,10 @@ def build(
         return lambda p: p.weights.get(n)
 
     weights = tuple(Product(float(base.itemsize[n]), dims(n, weight(n))) for n in sorted(base.weights))
-    blocks = []
+    blocks, block_steps = [], []
     for step, blist in sorted(base.blocks.items()):
         for j in range(len(blist)):
+            block_steps.append(step)
 
             def block(p: _Probe, step: str = step, j: int = j) -> tuple[int, ...] | None:
                 b = p.blocks.get(step, [])
@@ -407,6 +434,7 @@ def build(
                 io,
                 _chains(c),
                 extra,
+                base.accumulate[c.label],
                 int(flash[c.label] - weight_bytes),
             )
         )
@@ -416,6 +444,7 @@ def build(
         full,
         weights,
         tuple(blocks),
+        tuple(block_steps),
         tuple(schedules),
         board,
         int8,

@@ -423,7 +423,7 @@ def test_training_lowers_the_loss_and_is_deterministic(
     for _ in range(2):
         module = _demo_with_blank_head(mod)
         before = _loss(module, data.x_train, data.y_train)
-        log = train(module, data, epochs=1, batch_size=64, seed=0, progress=False)
+        log = train(module, data, epochs=1, batch_size=64, seed=0, progress=False, cosine=False)
         runs.append((log, [p.detach().clone() for p in module.parameters()]))
         assert _loss(module, data.x_train, data.y_train) < 0.8 * before
     (log_a, params_a), (log_b, params_b) = runs

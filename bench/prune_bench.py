@@ -1,0 +1,261 @@
+"""``make bench``, pruning: the differentiable resource model against the compiled firmware.
+
+For each benchmark float model with prunable channel groups, the resource model is built (int8, as
+deployed) and its SRAM, flash and MAC predictions are compared with compiled, built firmware at several
+widths (every group at 3/4, 1/2 and 1/4, and two seeded random widths).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from tvm_mcu import pipeline, resource_model
+from tvm_mcu.analysis.channels import ChannelPlan, channel_groups
+from tvm_mcu.frontend import load_model
+
+BOARD = "mps2-an386"
+
+
+def _configs(plan: ChannelPlan, seed: int) -> list[tuple[str, dict[int, tuple[int, ...]]]]:
+    rng = np.random.default_rng(seed)
+    out = [
+        (f"all {f}/4", {g.gid: tuple(range(max(1, g.size * f // 4))) for g in plan.prunable})
+        for f in (3, 2, 1)
+    ]
+    for r in range(2):
+        keep = {
+            g.gid: tuple(range(int(rng.integers(max(1, g.size // 4), g.size + 1)))) for g in plan.prunable
+        }
+        out.append((f"random {r + 1}", keep))
+    return out
+
+
+def _models(tmp: Path) -> list[tuple[str, Path]]:
+    from tvm_mcu.demo import demo_files
+
+    sys.path.insert(0, str(Path(__file__).parent))  # bench/mobilenetv2.py
+    from mobilenetv2 import build as build_mobilenetv2
+
+    demo, _ = demo_files()
+    mnv2, _ = build_mobilenetv2(tmp / "mobilenetv2")
+    models = [("demo Fashion-MNIST CNN", demo), ("MobileNetV2-style 64x64", mnv2)]
+    trained = Path(__file__).parent / "models"
+    for name, label in (
+        ("fashion_cnn_wide", "Fashion-MNIST CNN 32/64/128 (trained)"),
+        ("mobilenetv2_fashion", "MobileNetV2-style Fashion-MNIST (trained)"),
+    ):
+        if (trained / f"{name}.onnx").is_file():
+            models.append((label, trained / f"{name}.onnx"))
+    return models
+
+
+def resource_model_section(tmp: Path) -> list[str]:
+    lines = [
+        "",
+        "## Pruning: the resource model against the firmware",
+        "",
+        f"int8 (PTQ with seeded calibration data), {BOARD}. The model is read off the compiler at full width",
+        "and with each prunable group halved; predictions below are for other widths, compared with the",
+        "compiled and built firmware (SRAM = arena + inputs/outputs from the plan, flash from the ELF, MACs",
+        "from the compiled operators). Error = |predicted - compiled| / compiled.",
+        "",
+        "| model | groups | build s | widths | schedule (predicted / compiled) | SRAM B pred / fw | flash B "
+        "pred / fw | MACs pred / fw | max error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    worst_all = 0.0
+    for label, path in _models(tmp):
+        imported = load_model(path)
+        mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+        plan = channel_groups(mod)
+        work = tmp / f"rm_{path.stem}"
+        t0 = time.perf_counter()
+        model = resource_model.build(mod, plan, imported, BOARD, workdir=work / "model")
+        seconds = time.perf_counter() - t0
+        configs = _configs(plan, 0)
+        checks = resource_model.check(model, mod, imported, [k for _, k in configs], work)
+        for (name, _), c in zip(configs, checks, strict=True):
+            err = max(c.errors().values())
+            worst_all = max(worst_all, err)
+            p, f = c.predicted, c.compiled
+            lines.append(
+                f"| {label} | {len(model.groups)} | {seconds:.1f} | {name} {list(c.widths)} | {p.schedule} / "
+                f"{f.schedule} | {p.sram:,.0f} / {f.sram:,.0f} | {p.flash:,.0f} / {f.flash:,.0f} | "
+                f"{p.macs:,.0f} / {f.macs:,.0f} | {100 * err:.2f} % |"
+            )
+            print(f"resource model {label} {name}: {100 * err:.2f} %", flush=True)
+    lines += ["", f"Largest error over every model and width: **{100 * worst_all:.2f} %**.", ""]
+    return lines
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print("\n".join(resource_model_section(Path(tmp))))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Methods at fractions of the int8 peak SRAM: accuracy (float; int8 on QEMU), SRAM, flash, MACs,
+# instructions, training time.
+
+QEMU_IMAGES = 200
+CALIBRATION_IMAGES = 256
+
+
+@attrs.frozen
+class Deployed:
+    float_acc: float
+    int8_acc: float  # on QEMU, the first QEMU_IMAGES test images
+    sram: int
+    flash: int
+    macs: int
+    instructions: int
+    schedule: str
+
+
+def deploy(path: Path, ds: Any, work: Path) -> Deployed:
+    """Float accuracy on the whole test split; PTQ on real training images; int8 on QEMU."""
+    from tvm_mcu import api
+    from tvm_mcu.api import FIRMWARE_DIR, REPORT, pack, unpack
+    from tvm_mcu.ptq import quantize_onnx
+    from tvm_mcu.report import Report
+    from tvm_mcu.targets.board import load_board
+    from tvm_mcu.targets.firmware import build_firmware
+    from tvm_mcu.targets.runner import run_firmware
+    from tvm_mcu.train.bridge import RelaxModule
+    from tvm_mcu.train.loop import evaluate
+
+    imported = load_model(path)
+    float_acc = evaluate(
+        RelaxModule(pipeline.run(pipeline.inference_passes(), imported.mod)), ds.x_test, ds.y_test
+    )
+    q = work / f"{path.stem}_int8.onnx"
+    quantize_onnx(path, {imported.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}, q)
+    compiled = api.compile_model(q, BOARD, work / f"{path.stem}_build")
+    report = Report.read(compiled.out_dir / REPORT)
+    fw = build_firmware(compiled.out_dir, load_board(BOARD), compiled.out_dir / FIRMWARE_DIR)
+    out_bytes = max((r.offset + r.bytes for r in report.outputs), default=0)
+    correct, instructions = 0, 0
+    for x, y in zip(ds.x_test[:QEMU_IMAGES], ds.y_test[:QEMU_IMAGES], strict=True):
+        result = run_firmware(fw, pack(report.inputs, [x[None]]), out_bytes)
+        correct += int(np.argmax(unpack(report.outputs, result.output)[0]) == int(y))
+        instructions = result.instructions
+    r = compiled.report
+    return Deployed(
+        float_acc,
+        correct / QEMU_IMAGES,
+        r.arena_bytes + r.io_bytes,
+        fw.flash_bytes,
+        r.macs,
+        instructions,
+        r.schedule,
+    )
+
+
+# (method, SRAM model): DiffPrune with the compiler's schedule (the Pex co-design) and with the plain
+# whole-buffer peak, and the two baselines.
+METHODS = (("diff", "compiler"), ("diff", "whole"), ("l1", "compiler"), ("uniform", "compiler"))
+FRACTIONS = ((1, 2), (1, 4), (1, 8))
+
+
+def _trained_models() -> list[tuple[str, Path, bool]]:
+    """(label, path, also a flash budget at the same fraction) of the models trained by train_models.py."""
+    here = Path(__file__).parent / "models"
+    return [
+        ("Fashion-MNIST CNN 32/64/128", here / "fashion_cnn_wide.onnx", True),
+        ("MobileNetV2-style (Fashion-MNIST)", here / "mobilenetv2_fashion.onnx", False),
+    ]
+
+
+def methods_section(tmp: Path, *, epochs: int, limit: int | None) -> list[str]:
+    from tvm_mcu.errors import BudgetError
+    from tvm_mcu.prune import Budget, prune_model
+    from tvm_mcu.train.bridge import RelaxModule
+    from tvm_mcu.train.data import load_dataset
+    from tvm_mcu.train.loop import train
+
+    lines = [
+        "",
+        "## Pruning: methods at fractions of the int8 peak SRAM",
+        "",
+        f"Float models trained in the repo (`bench/train_models.py`), pruned for {BOARD} (int8 deployment) by",
+        f"`tvm-mcu prune` with {epochs} training epochs on "
+        + (f"{limit:,} Fashion-MNIST training images" if limit else "the Fashion-MNIST training set")
+        + " for every method (`diff`: half",
+        "pruning while training, half fine-tuning; `l1`, `uniform`: pruned at once, then fine-tuned), then",
+        f"quantised (PTQ, {CALIBRATION_IMAGES} training images), compiled and run on QEMU. Float accuracy on",
+        f"the 10,000 test images; int8 accuracy on QEMU for the first {QEMU_IMAGES}. SRAM = arena + inputs/",
+        "outputs (plan), flash = firmware text + rodata + data (ELF), MACs compiled, instructions counted by",
+        "the QEMU plugin (instructions, not cycles). `diff (whole)` prices SRAM by the layer-by-layer",
+        "whole-buffer peak instead of the schedule the compiler picks (partial execution): the Pex co-design",
+        "comparison. Train s = seconds of training (pruning included).",
+        "",
+        "| model | budget | method | float acc | int8 acc (QEMU) | SRAM B | flash B | MACs | instructions "
+        "| schedule | widths | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    for label, path, flash_too in _trained_models():
+        if not path.is_file():
+            notes.append(f"{label}: {path} is absent (run bench/train_models.py)")
+            continue
+        ds = load_dataset("fashion-mnist", (1, 1, 28, 28), limit=limit)
+        work = tmp / f"methods_{path.stem}"
+        work.mkdir(parents=True, exist_ok=True)
+        base = deploy(path, ds, work)
+        lines.append(
+            f"| {label} | none | original | {base.float_acc:.4f} | {base.int8_acc:.3f} | {base.sram:,} | "
+            f"{base.flash:,} | {base.macs:,} | {base.instructions:,} | {base.schedule} | full | - |"
+        )
+        # Plain training for the same epochs, for the overhead of pruning while training.
+        imported = load_model(path)
+        mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+        plain = sum(train(RelaxModule(mod), ds, epochs=epochs, progress=False).seconds)
+        plan = channel_groups(mod)
+        model = resource_model.build(mod, plan, imported, BOARD, workdir=work / "resources")
+        budgets = [(f"SRAM {n}/{d}", Budget(sram=base.sram * n // d)) for n, d in FRACTIONS]
+        if flash_too:
+            budgets.insert(2, ("SRAM 1/4 + flash 1/4", Budget(sram=base.sram // 4, flash=base.flash // 4)))
+        for name, budget in budgets:
+            for method, sram_model in METHODS:
+                tag = f"{method}{'' if sram_model == 'compiler' else ' (whole)'}"
+                out = work / f"{path.stem}_{name.replace(' ', '_').replace('/', '')}_{tag.replace(' ', '')}.onnx"
+                t0 = time.perf_counter()
+                try:
+                    result = prune_model(
+                        path,
+                        board=BOARD,
+                        budget=budget,
+                        method=method,
+                        out_path=out,
+                        data="fashion-mnist",
+                        epochs=epochs,
+                        train_limit=limit,
+                        sram_model=sram_model,
+                        resources=model,
+                    )
+                except BudgetError as exc:
+                    lines.append(f"| {label} | {name} | {tag} | cannot meet: {str(exc)[:120]} |||||||||")
+                    continue
+                d = deploy(out, ds, work)
+                t = result.training
+                secs = sum(t.seconds_per_epoch) if t else 0.0
+                widths = "/".join(str(k) for k, _ in result.widths.values())
+                lines.append(
+                    f"| {label} | {name} | {tag} | {d.float_acc:.4f} | {d.int8_acc:.3f} | {d.sram:,} | "
+                    f"{d.flash:,} | {d.macs:,} | {d.instructions:,} | {d.schedule} | {widths} | {secs:.0f} |"
+                )
+                print(f"pruning {label} {name} {tag}: {d} in {time.perf_counter() - t0:.0f} s", flush=True)
+                if method == "diff" and sram_model == "compiler":
+                    notes.append(
+                        f"{label}, {name}: DiffPrune trained {secs:.0f} s against {plain:.0f} s of plain training "
+                        f"for the same {epochs} epochs ({secs / plain:.2f}x)"
+                    )
+    return [*lines, "", *(f"- {n}" for n in notes), ""]
