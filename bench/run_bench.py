@@ -21,7 +21,11 @@ from tvm_mcu.errors import TvmMcuError
 from tvm_mcu.frontend import load_model, random_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
-from prune_bench import resource_model_section  # noqa: E402
+from prune_bench import methods_section, resource_model_section  # noqa: E402
+
+# Pruning benchmark: training epochs per method and training images per epoch.
+PRUNE_EPOCHS = 4
+PRUNE_TRAIN_IMAGES = 30_000
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
@@ -412,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         int8 = int8_section(Path(tmp)) + sram_section(Path(tmp))
         ptq = ptq_section(Path(tmp))
         backend = onnx_backend_section(Path(tmp))
-        pruning = resource_model_section(Path(tmp))
+        pruning = resource_model_section(Path(tmp)) + methods_section(
+            Path(tmp), epochs=PRUNE_EPOCHS, limit=PRUNE_TRAIN_IMAGES
+        )
     text = render(rows, skipped) + "\n".join(int8 + ptq + backend + pruning)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")

@@ -129,3 +129,15 @@ def test_every_candidate_schedule_reports_the_same_macs(tmp_path: Path) -> None:
     s = compiler.plan_schedules(q.mod, model_name="m", rounding="onnx")
     totals = {c.label: sum(s.macs[c.label].values()) for c in s.candidates}
     assert len(s.candidates) >= 3 and len(set(totals.values())) == 1, totals
+
+
+def test_a_tied_peak_still_says_which_groups_to_narrow(demo: tuple) -> None:
+    """Where two steps tie at the peak, no single channel lowers it (zero gradient); the pressure names
+    the groups of both steps, so the pruning keeps going."""
+    _, _, _, model, _ = demo
+    whole = model.restricted("whole")
+    tie = np.array([4.0, 16.0, 32.0])  # conv1 output (4 x 28 x 28) = conv2 output (16 x 14 x 14)
+    assert not whole.gradient(tie, "sram").any()
+    pressure = whole.pressure(tie, "sram")
+    assert pressure[0] > 0 and pressure[1] > 0
+    assert whole.figures(tie - np.array([1.0, 1.0, 0.0])).sram < whole.figures(tie).sram

@@ -200,6 +200,17 @@ class ResourceModel:
         ]
         return s.label, s.step_names[step], sorted(bufs, key=lambda b: -b[1])
 
+    def pressure(self, k: np.ndarray, resource: str) -> np.ndarray:
+        """Per group, how much narrowing it lowers ``resource`` at ``k``: for SRAM, the bytes per channel
+        at every step tied at the peak (where the peak is a tie, no single group lowers it alone)."""
+        if resource != "sram":
+            return self.gradient(k, resource)
+        k = np.asarray(k, float)
+        s = self.schedule(k)
+        live = s.live(k - self.full)
+        tied = live >= live.max() - 0.5
+        return np.asarray(s.live_coef[tied].clip(min=0).sum(axis=0) * s.packing, float)
+
     def gradient(self, k: np.ndarray, resource: str) -> np.ndarray:
         """d resource / d kept channels of each group (finite differences of one channel)."""
         f: Callable[[np.ndarray], float] = {

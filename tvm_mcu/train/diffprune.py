@@ -158,7 +158,7 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
         if not over:
             return removed
         # Groups whose narrowing lowers a missed resource and that keep more than one channel.
-        useful = {gi for r in over for gi, d in enumerate(model.gradient(k, r)) if d > 0 and k[gi] > 1}
+        useful = {gi for r in over for gi, d in enumerate(model.pressure(k, r)) if d > 0 and k[gi] > 1}
         if not useful:
             return removed
         theta = gates.theta.detach()
