@@ -317,6 +317,11 @@ def _bisect(
     return keep, best, after
 
 
+# Fine-tuning after pruning (every method): Adam, cosine decay from this rate. The weights have their
+# BatchNorm folded in, and the default 1e-3 recovers slowly: Fashion-MNIST CNN 32/64/128 cut to
+# 3/15/31 channels, 2 epochs of 30k images: 0.62 at 1e-3, 0.71 at 3e-3, 0.76 at 1e-2, 0.72 at 3e-2.
+FINE_TUNE_LR = 1e-2
+
 # Attempts at tightening the model's budget when the compiled figures still miss the real one.
 MAX_TIGHTEN = 6
 
@@ -383,7 +388,7 @@ def _diff(
     fine = RelaxModule(pruned)
     acc_after = acc_pruned if attempt == 0 else evaluate(fine, ds.x_test, ds.y_test)
     if epochs > prune_epochs:
-        tlog = train(fine, ds, epochs=epochs - prune_epochs, progress=progress)
+        tlog = train(fine, ds, epochs=epochs - prune_epochs, lr=FINE_TUNE_LR, progress=progress)
         seconds += tlog.seconds
         acc_after = evaluate(fine, ds.x_test, ds.y_test)
         pruned = write_back(pruned, fine)
@@ -411,7 +416,7 @@ def _fine_tune(
     acc_before = evaluate(RelaxModule(original), ds.x_test, ds.y_test)
     module = RelaxModule(pruned)
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)
-    log = train(module, ds, epochs=epochs)
+    log = train(module, ds, epochs=epochs, lr=FINE_TUNE_LR)
     acc_after = evaluate(module, ds.x_test, ds.y_test)
     tuned = write_back(pruned, module)
     return tuned, Training(

@@ -43,9 +43,10 @@ DEAD_THETA = -1.0
 LAMBDA = 0.1
 PRUNE_EVERY = 25
 ANNEAL = 0.5
-# The weights' learning rate while pruning (constant): higher than fine-tuning's, as the network keeps
-# changing shape under it (Fashion-MNIST CNN, 12k samples, 1 epoch, 70 % SRAM: 0.51 at 1e-3, 0.75 at 3e-3).
-PRUNE_LR = 3e-3
+# The weights' learning rate while pruning (constant, as the network keeps changing shape under it).
+# BatchNorm is folded into the weights, which makes Adam's default 1e-3 far too slow: demo CNN, 12k
+# samples, 1 epoch, 70 % SRAM: 0.51 test accuracy at 1e-3, 0.75 at 3e-3, 0.76 at 1e-2.
+PRUNE_LR = 1e-2
 RESOURCES = ("sram", "flash", "macs")
 
 
