@@ -22,6 +22,7 @@ from tvm_mcu.passes.relax.make_int8_interface import io_quantization
 from tvm_mcu.passes.tir import row_bands
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
+from tvm_mcu.passes.tir.execute_in_place import make_in_place
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 from tvm_mcu.schedule import choice, inplace, partial
@@ -77,8 +78,22 @@ def in_place_options(funcs: dict[str, _tvm.PrimFunc], graph: Graph) -> dict[str,
         if step.kind == "copy" or step.callee in options:
             continue
         acts = [k for k, n in enumerate(step.inputs) if graph.tensors[n].kind != "weight"]
-        options[step.callee] = analysis_inplace.in_place_options(funcs[step.callee], acts)
+        func = funcs[step.callee]
+        options[step.callee] = [
+            o for o in analysis_inplace.in_place_options(func, acts) if _restageable(func, o, step.name)
+        ]
     return options
+
+
+def _restageable(func: _tvm.PrimFunc, option: InPlace, step: str) -> bool:
+    """Whether ExecuteInPlace can restage this kernel's loop nest (a pointwise kernel whose loops are
+    not one chain, e.g. with its epilogue beside the reduction, cannot move its pixel loops out)."""
+    try:
+        make_in_place(func, option.kind, option.axis)
+    except (_tvm.s_tir.ScheduleError, ValueError) as exc:
+        logger.info("in place declined for %s (%s): %s", step, option.kind, str(exc).splitlines()[0])
+        return False
+    return True
 
 
 def lower_operators(
