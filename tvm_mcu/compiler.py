@@ -86,11 +86,12 @@ def in_place_options(funcs: dict[str, _tvm.PrimFunc], graph: Graph) -> dict[str,
 
 
 def _restageable(func: _tvm.PrimFunc, option: InPlace, step: str) -> bool:
-    """Whether ExecuteInPlace can restage this kernel's loop nest (a pointwise kernel whose loops are
-    not one chain, e.g. with its epilogue beside the reduction, cannot move its pixel loops out)."""
+    """Whether ExecuteInPlace can restage this kernel's loop nest: a kernel whose loops are not one
+    chain (its epilogue beside the reduction) cannot move its pixel loops out, and a channel axis of
+    extent 1 has no channel loop to move."""
     try:
         make_in_place(func, option.kind, option.axis)
-    except (_tvm.s_tir.ScheduleError, ValueError) as exc:
+    except (_tvm.s_tir.ScheduleError, ValueError, TypeError) as exc:
         logger.info("in place declined for %s (%s): %s", step, option.kind, str(exc).splitlines()[0])
         return False
     return True
