@@ -21,7 +21,7 @@ epochs, seconds per epoch, test accuracy on the full 10k test set, ONNX ops, and
 between ``onnx.reference.ReferenceEvaluator`` and torch on the first 16 test images). With ``--only``
 the other entries of an existing ``models.json`` are kept.
 
-Data: the gzip IDX files of the Debian package ``dataset-fashion-mnist``, read with numpy alone.
+Data: the gzip IDX files of the Debian package ``dataset-fashion-mnist``, read by ``tvm_mcu.train.data``.
 Training: Adam, lr 2e-3 with per-step cosine decay to 0, batch 128, random horizontal flips, seed 0,
 2 torch threads, deterministic algorithms: a rerun on the same machine gives the same weights (only the
 timings differ). Each model is reseeded before it is built, so ``--only`` reproduces the full run.
@@ -37,7 +37,6 @@ Rerun (about 12 minutes of training on an idle 2-core machine; much longer under
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import sys
@@ -55,56 +54,19 @@ from onnx import version_converter
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 
-DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+from tvm_mcu.errors import BadOptionError
+from tvm_mcu.train.data import FASHION_MNIST_DIR, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_dataset
+
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "models"
 
-# Input normalisation: x = (pixel / 255 - MEAN) / STD (Fashion-MNIST training-set statistics).
-MEAN = 0.2860
-STD = 0.3530
+# Input normalisation: x = (pixel / 255 - MEAN) / STD (Fashion-MNIST training-set statistics), as
+# tvm_mcu.train.data reads the data set.
+MEAN = FASHION_MNIST_MEAN
+STD = FASHION_MNIST_STD
 
 OPSET = 13
 NUM_CHECK_SAMPLES = 16
 MAX_ONNX_DIFF = 1e-3
-
-
-# --------------------------------------------------------------------------- data
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read a gzip-compressed unsigned-byte IDX file (the MNIST format) into a numpy array."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = data[0:2], data[2], data[3]
-    if zero != b"\x00\x00" or dtype_code != 0x08:  # 0x08: unsigned byte
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_fashion_mnist(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return (train_images, train_labels, test_images, test_labels); images are uint8 [N, 28, 28]."""
-    names = {
-        "xtr": "train-images-idx3-ubyte.gz",
-        "ytr": "train-labels-idx1-ubyte.gz",
-        "xte": "t10k-images-idx3-ubyte.gz",
-        "yte": "t10k-labels-idx1-ubyte.gz",
-    }
-    missing = [n for n in names.values() if not (data_dir / n).is_file()]
-    if missing:
-        sys.exit(
-            f"error: Fashion-MNIST not found in {data_dir} (missing: {', '.join(missing)}).\n"
-            "Install it with:  apt-get install dataset-fashion-mnist\n"
-            "or pass --data-dir pointing at a folder with the four *-ubyte.gz IDX files."
-        )
-    arrays = {key: read_idx(data_dir / name) for key, name in names.items()}
-    return arrays["xtr"], arrays["ytr"], arrays["xte"], arrays["yte"]
-
-
-def normalise(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28], the models' input convention."""
-    x = images.astype(np.float32) / np.float32(255.0)
-    x = (x - np.float32(MEAN)) / np.float32(STD)
-    return np.ascontiguousarray(x[:, None, :, :], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- models
@@ -432,12 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
     ap.add_argument("--lr", type=float, default=2e-3, help="initial Adam learning rate (default: 2e-3)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
-    ap.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"folder with the Fashion-MNIST *-ubyte.gz files (default: {DEFAULT_DATA_DIR})",
-    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -446,9 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     # memory); that costs about a fifth of the training time here and does not change any result.
     torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
 
-    xtr_raw, ytr, xte_raw, yte = load_fashion_mnist(args.data_dir)
-    data = (normalise(xtr_raw), ytr.astype(np.int64), normalise(xte_raw), yte.astype(np.int64))
-    print(f"data: {len(data[0])} train, {len(data[2])} test images from {args.data_dir}", flush=True)
+    try:
+        ds = load_dataset("fashion-mnist", (1, 1, 28, 28))
+    except BadOptionError as exc:
+        sys.exit(f"error: {exc}")
+    data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+    print(f"data: {len(data[0])} train, {len(data[2])} test images from {FASHION_MNIST_DIR}", flush=True)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.out_dir / "models.json"
