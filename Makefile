@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.tvm-mcu-installed
 # QEMU plugin), venv support for Debian's own python3, and Fashion-MNIST (pruning, fine-tuning, benchmarks).
 DEB_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc python3-venv dataset-fashion-mnist
 
-.PHONY: all setup system venv plugin demo test bench lint clean
+.PHONY: all setup system venv plugin demo test bench bench-prune lint clean
 
 all: test
 
@@ -52,6 +52,10 @@ test: setup
 
 bench: setup
 	$(PY) bench/run_bench.py
+
+# make bench plus the pruning methods comparison (trains dozens of models: hours).
+bench-prune: setup
+	$(PY) bench/run_bench.py --pruning-methods
 
 lint: venv
 	$(VENV)/bin/ruff check tvm_mcu passes targets tests bench examples

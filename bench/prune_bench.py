@@ -226,7 +226,10 @@ def methods_section(tmp: Path, *, epochs: int, limit: int | None) -> list[str]:
         for name, budget in budgets:
             for method, sram_model in METHODS:
                 tag = f"{method}{'' if sram_model == 'compiler' else ' (whole)'}"
-                out = work / f"{path.stem}_{name.replace(' ', '_').replace('/', '')}_{tag.replace(' ', '')}.onnx"
+                out = (
+                    work
+                    / f"{path.stem}_{name.replace(' ', '_').replace('/', '')}_{tag.replace(' ', '')}.onnx"
+                )
                 t0 = time.perf_counter()
                 try:
                     result = prune_model(

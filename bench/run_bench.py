@@ -399,6 +399,12 @@ def onnx_backend_section(tmp: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    p.add_argument(
+        "--pruning-methods",
+        action="store_true",
+        help="also compare the pruning methods at 1/2, 1/4 and 1/8 of the int8 SRAM (trains dozens of "
+        "models: hours)",
+    )
     args = p.parse_args(argv)
     rows: list[dict[str, object]] = []
     skipped: list[str] = []
@@ -416,9 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         int8 = int8_section(Path(tmp)) + sram_section(Path(tmp))
         ptq = ptq_section(Path(tmp))
         backend = onnx_backend_section(Path(tmp))
-        pruning = resource_model_section(Path(tmp)) + methods_section(
-            Path(tmp), epochs=PRUNE_EPOCHS, limit=PRUNE_TRAIN_IMAGES
-        )
+        pruning = resource_model_section(Path(tmp))
+        if args.pruning_methods:
+            pruning += methods_section(Path(tmp), epochs=PRUNE_EPOCHS, limit=PRUNE_TRAIN_IMAGES)
     text = render(rows, skipped) + "\n".join(int8 + ptq + backend + pruning)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")

@@ -181,6 +181,21 @@ def measure(
     )
 
 
+@attrs.frozen
+class _Job:
+    """What every step of one pruning run shares: the model in inference form, its plan, the board."""
+
+    mod: _tvm.IRModule = attrs.field(eq=False)
+    plan: ChannelPlan
+    imported: ImportedModel
+    board: str
+    work: Path
+    int8: bool
+
+    def measure(self, mod: _tvm.IRModule, tag: str) -> Resources:
+        return measure(mod, self.imported, self.board, self.work, int8=self.int8, tag=tag)
+
+
 def _describe(excess: list[tuple[str, int, int]]) -> str:
     return "; ".join(f"{k} {v:,} > {lim:,} ({v - lim:,} over)" for k, v, lim in excess)
 
@@ -209,8 +224,6 @@ def prune_model(
     (partial execution included, the Pex co-design); "whole" by the layer-by-layer whole-buffer peak.
     ``resources``: the model's resource model built before (``resource_model.build``), to reuse.
     """
-    from tvm_mcu.frontend.onnx_export import export_onnx
-
     if method not in METHODS:
         raise BadOptionError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     if epochs > 0 and data is None:
@@ -227,56 +240,41 @@ def prune_model(
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        before = measure(mod, imported, board, work, int8=int8, tag="original")
-        full = {g.gid: tuple(range(g.size)) for g in plan.prunable}
+        job = _Job(mod, plan, imported, board, work, int8)
+        before = job.measure(mod, "original")
+        training: Training | None = None
         if not before.excess(budget):
-            keep, best, after = full, mod, before
-            training = _fine_tune(mod, mod, data, epochs, imported, train_limit) if epochs else None
+            keep, best, after = {g.gid: tuple(range(g.size)) for g in plan.prunable}, mod, before
+            if epochs:
+                best, training = _fine_tune(mod, mod, data, epochs, imported, train_limit)
         elif not plan.prunable:
             raise BudgetError(
                 f"{imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
                 "prunable channel group:\n" + str(plan)
             )
         else:
-            _narrowest(mod, plan, imported, board, work, int8, budget)
+            _narrowest(job, budget)
             if method == "diff":
                 keep, best, after, training = _diff(
-                    mod, plan, imported, board, work, int8, budget, data or "", epochs, train_limit,
-                    sram_model, progress, resources,
+                    job, budget, data or "", epochs, train_limit, sram_model, progress, resources
                 )
             else:
-                keep, best, after = _bisect(
-                    mod, plan, imported, board, work, int8, budget, method, search_steps
-                )
-                training = _fine_tune(mod, best, data, epochs, imported, train_limit) if epochs else None
-            if training is not None:
-                best = training[0]
-        model = export_onnx(
-            best,
-            input_names=[s.name for s in imported.inputs],
-            output_names=[s.name for s in imported.outputs],
-            model_name=imported.name,
-        )
+                keep, best, after = _bisect(job, budget, method, search_steps)
+                if epochs:
+                    best, training = _fine_tune(mod, best, data, epochs, imported, train_limit)
+        model = resource_model.export(best, imported)
     Path(out_path).write_bytes(model.SerializeToString())
     widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
-    return PruneResult(keep, plan, before, after, method, widths, training[1] if training else None)
+    return PruneResult(keep, plan, before, after, method, widths, training)
 
 
-def _narrowest(
-    mod: _tvm.IRModule,
-    plan: ChannelPlan,
-    imported: ImportedModel,
-    board: str,
-    work: Path,
-    int8: bool,
-    budget: Budget,
-) -> None:
+def _narrowest(job: _Job, budget: Budget) -> None:
     """BudgetError when even one channel per prunable group misses the budget."""
-    keep = {g.gid: (0,) for g in plan.prunable}
-    r = measure(PruneChannels(keep=keep)(mod), imported, board, work, int8=int8, tag="narrowest")
+    keep = {g.gid: (0,) for g in job.plan.prunable}
+    r = job.measure(PruneChannels(keep=keep)(job.mod), "narrowest")
     if r.excess(budget):
         raise BudgetError(
-            f"{imported.name} cannot meet the budget on {board} at any width: with every prunable "
+            f"{job.imported.name} cannot meet the budget on {job.board} at any width: with every prunable "
             f"group at its narrowest, {_describe(r.excess(budget))}; the largest activation is "
             f"{r.bottleneck} (schedule: {r.schedule})"
         )
@@ -285,24 +283,14 @@ def _narrowest(
 Keep = dict[int, tuple[int, ...]]
 
 
-def _bisect(
-    mod: _tvm.IRModule,
-    plan: ChannelPlan,
-    imported: ImportedModel,
-    board: str,
-    work: Path,
-    int8: bool,
-    budget: Budget,
-    method: str,
-    steps: int,
-) -> tuple[Keep, _tvm.IRModule, Resources]:
+def _bisect(job: _Job, budget: Budget, method: str, steps: int) -> tuple[Keep, _tvm.IRModule, Resources]:
     """The widest level of ``method`` whose measured figures meet the budget (bisection)."""
-    score = magnitudes(mod, plan)
+    score = magnitudes(job.mod, job.plan)
 
     def at(level: float, tag: str) -> tuple[Keep, _tvm.IRModule, Resources]:
-        keep = keep_channels(plan, score, method, level)
-        pruned = PruneChannels(keep=keep)(mod)
-        return keep, pruned, measure(pruned, imported, board, work, int8=int8, tag=tag)
+        keep = keep_channels(job.plan, score, method, level)
+        pruned = PruneChannels(keep=keep)(job.mod)
+        return keep, pruned, job.measure(pruned, tag)
 
     keep, best, after = at(0.0, "level0")
     lo, hi = 0.0, 1.0
@@ -327,12 +315,7 @@ MAX_TIGHTEN = 6
 
 
 def _diff(
-    mod: _tvm.IRModule,
-    plan: ChannelPlan,
-    imported: ImportedModel,
-    board: str,
-    work: Path,
-    int8: bool,
+    job: _Job,
     budget: Budget,
     data: str,
     epochs: int,
@@ -340,7 +323,7 @@ def _diff(
     sram_model: str,
     progress: bool,
     resources: resource_model.ResourceModel | None,
-) -> tuple[Keep, _tvm.IRModule, Resources, tuple[_tvm.IRModule, Training]]:
+) -> tuple[Keep, _tvm.IRModule, Resources, Training]:
     """DiffPrune for the first half of the epochs, then fine-tuning of the cut network."""
     from tvm_mcu.train import require_torch
 
@@ -350,9 +333,15 @@ def _diff(
     from tvm_mcu.train.diffprune import diffprune, remove_to
     from tvm_mcu.train.loop import evaluate, train
 
-    if resources is None or resources.board != board or resources.int8 != int8:
+    mod, plan, imported = job.mod, job.plan, job.imported
+    if resources is None or resources.board != job.board or resources.int8 != job.int8:
         resources = resource_model.build(
-            mod, plan, imported, board, int8=int8, workdir=work / "resources",
+            mod,
+            plan,
+            imported,
+            job.board,
+            int8=job.int8,
+            workdir=job.work / "resources",
             progress=(lambda m: logger.info("%s", m)),
         )
     model = resources.restricted(sram_model)
@@ -371,7 +360,7 @@ def _diff(
     for attempt in range(MAX_TIGHTEN):
         keep = gates.keep()
         pruned = PruneChannels(keep=keep)(trained)
-        after = measure(pruned, imported, board, work, int8=int8, tag=f"diff{attempt}")
+        after = job.measure(pruned, f"diff{attempt}")
         missed = after.excess(budget)
         if not missed:
             break
@@ -381,7 +370,7 @@ def _diff(
         remove_to(gates, model, target)
     else:
         raise BudgetError(
-            f"DiffPrune could not bring {imported.name} within its budget on {board} "
+            f"DiffPrune could not bring {imported.name} within its budget on {job.board} "
             f"({_describe(after.excess(budget))}) after {MAX_TIGHTEN} tries"
         )
     seconds = list(log.train.seconds)
@@ -393,7 +382,7 @@ def _diff(
         acc_after = evaluate(fine, ds.x_test, ds.y_test)
         pruned = write_back(pruned, fine)
     training = Training(data, epochs, acc_before, acc_pruned, acc_after, tuple(seconds), int(len(ds.y_test)))
-    return keep, pruned, after, (pruned, training)
+    return keep, pruned, after, training
 
 
 def _fine_tune(

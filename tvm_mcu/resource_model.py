@@ -96,7 +96,7 @@ class ScheduleModel:
     code_bytes: int  # flash besides the weights, from this schedule's full-width firmware
 
     def live(self, dk: Any) -> Any:
-        return _add(self.live_base, _matvec(self.live_coef, dk))
+        return _add(self.live_base, _dot(self.live_coef, dk))
 
 
 @attrs.frozen
@@ -140,11 +140,11 @@ class ResourceModel:
         """Weights plus the code of the schedule the compiler would choose at ``k``."""
         fixed = np.asarray(k.detach().numpy() if _is_torch(k) else k, float)
         dk = k - _like(self.full, k)
-        return self.schedule(fixed).code_bytes + _sum([w(dk) for w in self.weights], k)
+        return self.schedule(fixed).code_bytes + _sum([w(dk) for w in self.weights])
 
     def macs(self, k: Any) -> Any:
         dk = k - _like(self.full, k)
-        return _sum([b(dk) for b in self.mac_blocks], k)
+        return _sum([b(dk) for b in self.mac_blocks])
 
     def eligible(self, k: np.ndarray) -> list[ScheduleModel]:
         """The candidates the compiler chooses among at ``k``: within its instruction overhead."""
@@ -238,12 +238,9 @@ def _like(a: np.ndarray, x: Any) -> Any:
     return a
 
 
-def _dot(coef: np.ndarray, dk: Any) -> Any:
-    return _like(coef, dk) @ dk
-
-
-def _matvec(m: np.ndarray, dk: Any) -> Any:
-    return _like(m, dk) @ dk
+def _dot(a: np.ndarray, dk: Any) -> Any:
+    """``a @ dk`` for a vector or a matrix ``a``."""
+    return _like(a, dk) @ dk
 
 
 def _add(a: np.ndarray, x: Any) -> Any:
@@ -262,7 +259,7 @@ def _min(xs: list[Any]) -> Any:
     return min(xs)
 
 
-def _sum(xs: list[Any], like: Any) -> Any:
+def _sum(xs: list[Any]) -> Any:
     total: Any = 0.0
     for x in xs:
         total = total + x
@@ -272,21 +269,24 @@ def _sum(xs: list[Any], like: Any) -> Any:
 # Building the model by probing the compiler.
 
 
-def deployable(
-    mod: _tvm.IRModule, imported: ImportedModel, workdir: Path, *, int8: bool, tag: str
-) -> Path:
-    """Write ``mod`` as the ONNX file that would be deployed (quantised with seeded data for int8)."""
+def export(mod: _tvm.IRModule, imported: ImportedModel) -> Any:
+    """``mod`` (inference form of ``imported``) as an ONNX ModelProto with the original's interface."""
     from tvm_mcu.frontend.onnx_export import export_onnx
-    from tvm_mcu.ptq import quantize_onnx
 
-    path = workdir / f"{tag}.onnx"
-    model = export_onnx(
+    return export_onnx(
         mod,
         input_names=[s.name for s in imported.inputs],
         output_names=[s.name for s in imported.outputs],
         model_name=imported.name,
     )
-    path.write_bytes(model.SerializeToString())
+
+
+def deployable(mod: _tvm.IRModule, imported: ImportedModel, workdir: Path, *, int8: bool, tag: str) -> Path:
+    """Write ``mod`` as the ONNX file that would be deployed (quantised with seeded data for int8)."""
+    from tvm_mcu.ptq import quantize_onnx
+
+    path = workdir / f"{tag}.onnx"
+    path.write_bytes(export(mod, imported).SerializeToString())
     if not int8:
         return path
     rng = np.random.default_rng(0)
@@ -310,9 +310,7 @@ class _Probe:
 
 def _probe(path: Path) -> _Probe:
     model = load_model(path)
-    s = compiler.plan_schedules(
-        model.mod, model_name=model.name, rounding="onnx"
-    )
+    s = compiler.plan_schedules(model.mod, model_name=model.name, rounding="onnx")
     funcs = {gv.name_hint: f for gv, f in s.fused.functions_items() if isinstance(f, _tvm.PrimFunc)}
     weights = {n: t.shape for n, t in s.graph.tensors.items() if t.kind == "weight"}
     itemsize = {n: dtype_bytes(t.dtype) for n, t in s.graph.tensors.items()}
@@ -390,7 +388,7 @@ def build(
             path = deployable(PruneChannels(keep=keep)(mod), imported, work, int8=int8, tag=f"probe{g.gid}")
             probes.append(_probe(path))
 
-    def dims(name: str, get: Callable[[_Probe], tuple[int, ...] | None]) -> tuple[Affine, ...]:
+    def dims(get: Callable[[_Probe], tuple[int, ...] | None]) -> tuple[Affine, ...]:
         ref = get(base)
         assert ref is not None
         shapes = [sh if sh is not None and len(sh) == len(ref) else None for sh in map(get, probes)]
@@ -402,7 +400,7 @@ def build(
     def weight(n: str) -> Callable[[_Probe], tuple[int, ...] | None]:
         return lambda p: p.weights.get(n)
 
-    weights = tuple(Product(float(base.itemsize[n]), dims(n, weight(n))) for n in sorted(base.weights))
+    weights = tuple(Product(float(base.itemsize[n]), dims(weight(n))) for n in sorted(base.weights))
     blocks, block_steps = [], []
     for step, blist in sorted(base.blocks.items()):
         for j in range(len(blist)):
@@ -412,7 +410,7 @@ def build(
                 b = p.blocks.get(step, [])
                 return b[j] if j < len(b) else None
 
-            blocks.append(Product(1.0, dims(step, block)))
+            blocks.append(Product(1.0, dims(block)))
     weight_bytes = sum(w(np.zeros(len(groups))) for w in weights)
     schedules = []
     for c in base.candidates:

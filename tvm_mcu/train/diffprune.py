@@ -206,9 +206,7 @@ def diffprune(
         mask = gates._mask
         assert mask is not None
         k = gates.counts(mask)
-        return sum(
-            (LAMBDA * torch.relu(v) for v in _violations(model, k, budget).values()), torch.zeros(())
-        )
+        return sum((LAMBDA * torch.relu(v) for v in _violations(model, k, budget).values()), torch.zeros(()))
 
     def on_step(epoch: int, step: int) -> None:
         nonlocal step_count
