@@ -95,8 +95,12 @@ def build_kernel(lowered: Any, directory: Path, symbol: str) -> tuple[Any, int]:
 
 
 def call_kernel(fn: Any, arrays: list[np.ndarray], workspace_bytes: int) -> None:
-    """Call a kernel from :func:`build_kernel` on ``arrays`` (outputs included) and a zeroed workspace."""
-    workspace = np.zeros(max(workspace_bytes, 8), np.uint8)
+    """Call a kernel from :func:`build_kernel` on ``arrays`` (outputs included) and a workspace.
+
+    The workspace starts as all-ones bytes (NaN as float, -1 as int8), as a reused arena holds stale
+    values: a kernel reading scratch it never wrote gives wrong outputs instead of lucky zeros.
+    """
+    workspace = np.full(max(workspace_bytes, 8), 0xFF, np.uint8)
     ptrs = [a.ctypes.data for a in arrays] + [workspace.ctypes.data]
     fn.argtypes = [ctypes.c_void_p] * len(ptrs)
     assert fn(*ptrs) == 0

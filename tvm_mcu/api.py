@@ -272,14 +272,18 @@ def verify(
     input_path: Path | None = None,
     seed: int = 0,
     allow_float: bool = False,
+    schedule: str | None = None,
 ) -> Verification:
     """Compile, run on the emulated board and compare with the independent reference.
+
+    ``schedule``: verify this candidate schedule (e.g. "row bands") instead of the one the compiler
+    would choose.
 
     Float outputs must match within 1e-4 (scaled by the output's magnitude above 1); int8 outputs of a
     TFLite model exactly; int8 outputs of an ONNX QDQ model within one quantisation step (they are
     compared dequantised with the float reference, whose rounding differs from integer rounding).
     """
-    compiled = compile_model(model_path, board_name, out_dir, allow_float=allow_float)
+    compiled = compile_model(model_path, board_name, out_dir, allow_float=allow_float, schedule=schedule)
     model = load_model(Path(model_path))
     inputs = model_inputs(model, input_path=input_path, seed=seed)
     outcome = run_compiled(compiled.out_dir, inputs)

@@ -46,7 +46,10 @@ def _inline_between_operators(sch: s_tir.Schedule) -> None:
             if sblocks.is_reduction(sch, block):
                 continue
             producers = sch.get_producers(block)
-            after_reduction = any(sblocks.is_reduction(sch, p) for p in producers)
+            # A padding after a pooling reduction is not its epilogue: it is inlined into its consumer.
+            after_reduction = any(
+                sblocks.is_reduction(sch, p) and not sblocks.expands(sch, block, p) for p in producers
+            )
             if producers and not after_reduction:
                 try:
                     sch.reverse_compute_inline(block)
@@ -71,6 +74,8 @@ def _epilogues_under_reductions(sch: s_tir.Schedule, skip: Any | None = None) ->
         if skip is not None and sch.get(block).same_as(sch.get(skip)):
             continue
         for consumer in sch.get_consumers(block):
+            if sblocks.is_reduction(sch, consumer) or sblocks.expands(sch, consumer, block):
+                continue  # another operator, or a padding (its border reads nothing from ``block``)
             loop = sblocks.innermost_spatial_loop(sch, block)
             if loop is None:
                 continue

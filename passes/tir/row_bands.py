@@ -100,7 +100,12 @@ def _split_rows(func: PrimFunc, axis: int) -> PrimFunc:
         block = blocks[i]
         sch.compute_at(block, band, preserve_unit_loops=True)
         head = block
-        if i >= 1 and sblocks.is_reduction(sch, blocks[i - 1]) and not sblocks.is_reduction(sch, block):
+        if (
+            i >= 1
+            and sblocks.is_reduction(sch, blocks[i - 1])
+            and not sblocks.is_reduction(sch, block)
+            and not sblocks.expands(sch, block, blocks[i - 1])
+        ):
             head = blocks[i - 1]
             sch.compute_at(head, band, preserve_unit_loops=True)
             inner = sblocks.innermost_spatial_loop(sch, head)

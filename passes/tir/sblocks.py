@@ -31,6 +31,23 @@ def is_reduction(sch: s_tir.Schedule, block: Any) -> bool:
     return any(int(iv.iter_type) == REDUCE for iv in sch.get(block).iter_vars)
 
 
+def _elements(buffer: Any) -> int:
+    n = 1
+    for d in buffer.shape:
+        n *= int(d)
+    return n
+
+
+def expands(sch: s_tir.Schedule, block: Any, producer: Any) -> bool:
+    """Whether ``block`` writes more elements than ``producer`` does (padding, concat, broadcast).
+
+    Such a block has outputs that read nothing from ``producer`` (a padding's border): moving it under
+    the producer's loops (reverse_compute_at) would compute only the part the producer covers and
+    leave the rest unwritten, so it must not be treated as the producer's epilogue.
+    """
+    return _elements(sch.get(block).writes[0].source) > _elements(sch.get(producer).writes[0].source)
+
+
 def writer_of(sch: s_tir.Schedule, var: Any) -> Any:
     """The one block storing into buffer ``var``."""
     found = [b for b in all_blocks(sch) if stores_to(sch.get(b).body, var)]

@@ -46,7 +46,7 @@ def _epilogues_under_reduction(sch: s_tir.Schedule) -> list[str]:
             continue
         n_spatial = kinds.count(sblocks.SPATIAL)
         loops = sch.get_loops(producer)
-        if n_spatial == 0 or n_spatial > len(loops):
+        if n_spatial == 0 or n_spatial > len(loops) or sblocks.expands(sch, consumer, producer):
             continue
         try:
             sch.reverse_compute_at(consumer, loops[n_spatial - 1], preserve_unit_loops=False)

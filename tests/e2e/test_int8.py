@@ -3,7 +3,8 @@
 - every int8 TFLite model of the zoo is bit-exact with the tflite-micro interpreter on several inputs;
 - an int8 model's firmware on the FPU-less Cortex-M3 links no floating-point routine;
 - ``tvm-mcu quantize`` + ``verify``: QDQ ONNX models (the demo, a residual + concat model) match
-  ``onnx.reference`` within one quantisation step, and the quantised demo still classifies its images.
+  ``onnx.reference`` within one quantisation step, and the quantised demo still classifies its images;
+- a padded convolution after ReLU + MaxPool verifies under both the layer-by-layer and row-band schedules.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from tests.zoo import INT8_MODELS, write_model
+from tests.zoo.onnx_models import _Graph
 from tvm_mcu import api
 from tvm_mcu.cli import main
 from tvm_mcu.demo import demo_files
 from tvm_mcu.frontend import load_model, random_inputs
+from tvm_mcu.ptq import quantize_onnx
 from tvm_mcu.reference import reference_outputs
 
 INT8_BOARDS = ("mps2-an385", "mps2-an386", "mps2-an500")
@@ -97,6 +101,30 @@ def test_quantize_and_verify_residual_and_concat_models(name, tmp_path):
         assert v.report.float_routines == () or not any(
             r.startswith("__aeabi") for r in v.report.float_routines
         )
+
+
+def _relu_pool_padded_conv(path: Path) -> Path:
+    """conv -> Relu -> MaxPool -> padded conv: the pool's output keeps the Relu's zero point (-128),
+    which is the padding value of the next convolution."""
+    g = _Graph("relu_pool_padded_conv", seed=3)
+    y = g.op("Relu", [g.conv("x", 1, 8, 3, pads=[1, 1, 1, 1])])
+    y = g.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = g.conv(y, 8, 16, 3, pads=[1, 1, 1, 1])
+    onnx.save(g.model([("x", [1, 1, 28, 28])], [(y, [1, 16, 14, 14])]), path)
+    return path
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("schedule", ["layer by layer", "row bands"])
+def test_padded_conv_after_relu_and_max_pool_verifies(schedule, tmp_path):
+    """Row bands once computed the padding under the pool's loops and left its border unwritten."""
+    float_model = _relu_pool_padded_conv(tmp_path / "model.onnx")
+    calib = np.random.default_rng(0).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    quantized = quantize_onnx(float_model, {"x": calib}, tmp_path / "model_int8.onnx").out_path
+    for seed in (0, 1):
+        v = api.verify(quantized, "mps2-an386", tmp_path / f"out{seed}", seed=seed, schedule=schedule)
+        assert v.report.schedule == schedule
+        assert v.passed, f"max abs error {v.report.max_abs_error} > one step {v.report.tolerance}"
 
 
 @pytest.mark.emulator
