@@ -53,7 +53,7 @@ test: setup
 bench: setup
 	$(PY) bench/run_bench.py
 
-# make bench plus the pruning methods comparison (trains dozens of models: hours).
+# The pruning methods comparison, docs/BENCHMARKS_PRUNING.md (trains dozens of models: hours).
 bench-prune: setup
 	$(PY) bench/run_bench.py --pruning-methods
 

@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
 from prune_bench import methods_section, resource_model_section  # noqa: E402
 
 # Pruning benchmark: training epochs per method and training images per epoch.
-PRUNE_EPOCHS = 4
-PRUNE_TRAIN_IMAGES = 30_000
+PRUNING_DOC = "BENCHMARKS_PRUNING.md"
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
@@ -153,7 +152,7 @@ def render(rows: list[dict[str, object]], skipped: list[str]) -> str:
         "- Instructions per MAC are those of TVM's generated loops compiled with `-O2`: plain C, no SIMD,",
         "  padding handled by a bounds test inside the innermost loop, and soft-float arithmetic on the",
         "  Cortex-M3 (lm3s6965evb). They are the baseline later kernel and scheduling work improves on.",
-        "- The float KWS model stores its convolution weights as int8 with scales (a \"hybrid\" model); tvm-mcu",
+        '- The float KWS model stores its convolution weights as int8 with scales (a "hybrid" model); tvm-mcu',
         "  stores them as float32 (w = scale * q, exact) and both it and the reference run the float network",
         "  (neither TVM's importer nor TFLite Micro runs hybrid kernels).",
         "",
@@ -204,10 +203,15 @@ def int8_section(tmp: Path) -> list[str]:
                 inputs = random_inputs(model, seed)
                 outcome = api.run_compiled(compiled.out_dir, inputs)
                 want = reference_outputs(model, inputs)
-                exact &= all(np.array_equal(g, np.asarray(w).reshape(g.shape)) for g, w in zip(outcome.outputs, want, strict=True))
+                exact &= all(
+                    np.array_equal(g, np.asarray(w).reshape(g.shape))
+                    for g, w in zip(outcome.outputs, want, strict=True)
+                )
                 report = outcome.report
-            print(f"{label} on {board}: bit-exact={exact} arena={report.arena_bytes} insns={report.instructions}",
-                  flush=True)
+            print(
+                f"{label} on {board}: bit-exact={exact} arena={report.arena_bytes} insns={report.instructions}",
+                flush=True,
+            )
             lines.append(
                 f"| {label} | {board} | {'yes' if exact else 'NO'} | {report.arena_bytes:,} | "
                 f"{report.whole_buffer_bound_bytes:,} | {arena['head']:,} / {arena['total']:,} | {microtvm:,} | "
@@ -289,20 +293,30 @@ def sram_section(tmp: Path) -> list[str]:
         )
         want = reference_outputs(model, inputs)
         if path.suffix == ".tflite":
-            ref_ok = all(np.array_equal(g, np.asarray(w).reshape(g.shape)) for g, w in zip(runs[2].outputs, want, strict=True))
+            ref_ok = all(
+                np.array_equal(g, np.asarray(w).reshape(g.shape))
+                for g, w in zip(runs[2].outputs, want, strict=True)
+            )
             ref = "bit-exact" if ref_ok else "NO"
         else:
             err = 0.0
             for row, g, w in zip(chosen.outputs, runs[2].outputs, want, strict=True):
-                got = api.dequantize_linear(g, row.scale, int(row.zero_point or 0)) if row.scale is not None else g
+                got = (
+                    api.dequantize_linear(g, row.scale, int(row.zero_point or 0))
+                    if row.scale is not None
+                    else g
+                )
                 err = max(err, api.max_abs_error(np.asarray(got), np.asarray(w).reshape(g.shape)))
             step = max((row.scale or 0.0) for row in chosen.outputs)
             ref = f"max err {err:.3g}" + (f" ({err / step:.2f} steps)" if step else "")
         tflm = f"{tflm_arena(path.read_bytes())['head']:,}" if path.suffix == ".tflite" else "-"
         overhead = (chosen.instructions - plain.instructions) / plain.instructions  # type: ignore[operator]
         bound = chosen.whole_buffer_bound_bytes
-        print(f"SRAM {label}: {_peak(plain)} -> {_peak(shared)} -> {_peak(chosen)} B ({chosen.schedule}), "
-              f"overhead {overhead:+.2%}", flush=True)
+        print(
+            f"SRAM {label}: {_peak(plain)} -> {_peak(shared)} -> {_peak(chosen)} B ({chosen.schedule}), "
+            f"overhead {overhead:+.2%}",
+            flush=True,
+        )
         lines.append(
             f"| {label} | {bound:,} | {tflm} | {f'{microtvm:,}' if microtvm else '-'} | "
             f"{_peak(plain):,} | {_peak(shared):,} | {_peak(chosen):,} | {chosen.schedule} | {_peak(chosen) / bound:.2f} | "
@@ -321,7 +335,9 @@ def ptq_section(tmp: Path) -> list[str]:
     result = quantize_onnx(model, model.parent / "calibration.npz", out)
     samples = np.load(samples_path)
     x16, y16 = samples["x"], samples["y"]
-    rows = [("the 16 bundled test images", evaluate_accuracy(model, x16, y16), evaluate_accuracy(out, x16, y16))]
+    rows = [
+        ("the 16 bundled test images", evaluate_accuracy(model, x16, y16), evaluate_accuracy(out, x16, y16))
+    ]
     test_set = Path("/usr/share/datasets/fashion-mnist")
     x_test = y_test = None
     if (test_set / "t10k-images-idx3-ubyte.gz").is_file():
@@ -334,8 +350,13 @@ def ptq_section(tmp: Path) -> list[str]:
         mean, std = float(samples["mean"]), float(samples["std"])
         x_test = ((raw.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
         y_test = labels.astype(np.int64)
-        rows.append(("the 10,000 Fashion-MNIST test images", evaluate_accuracy(model, x_test, y_test),
-                     evaluate_accuracy(out, x_test, y_test)))
+        rows.append(
+            (
+                "the 10,000 Fashion-MNIST test images",
+                evaluate_accuracy(model, x_test, y_test),
+                evaluate_accuracy(out, x_test, y_test),
+            )
+        )
     # The int8 firmware on QEMU (Cortex-M4), on real test images.
     compiled = api.compile_model(out, "mps2-an386", tmp / "demo_int8")
     xs, ys = (x_test[:200], y_test[:200]) if x_test is not None else (x16, y16)
@@ -398,14 +419,19 @@ def onnx_backend_section(tmp: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    p.add_argument(
+        "--out", help="default docs/BENCHMARKS.md (docs/BENCHMARKS_PRUNING.md with --pruning-methods)"
+    )
     p.add_argument(
         "--pruning-methods",
         action="store_true",
-        help="also compare the pruning methods at 1/2, 1/4 and 1/8 of the int8 SRAM (trains dozens of "
-        "models: hours)",
+        help="instead, compare the pruning methods at 1/2, 1/4 and 1/8 of the int8 SRAM (trains dozens of "
+        "models: hours); the file is rewritten after every row",
     )
     args = p.parse_args(argv)
+    if args.pruning_methods:
+        return pruning_methods(Path(args.out or ROOT / "docs" / PRUNING_DOC))
+    out = Path(args.out or ROOT / "docs" / "BENCHMARKS.md")
     rows: list[dict[str, object]] = []
     skipped: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -423,13 +449,34 @@ def main(argv: list[str] | None = None) -> int:
         ptq = ptq_section(Path(tmp))
         backend = onnx_backend_section(Path(tmp))
         pruning = resource_model_section(Path(tmp))
-        if args.pruning_methods:
-            pruning += methods_section(Path(tmp), epochs=PRUNE_EPOCHS, limit=PRUNE_TRAIN_IMAGES)
+    pruning += [
+        "The pruning methods compared at 1/2, 1/4 and 1/8 of the int8 SRAM (accuracy float and int8 on QEMU,",
+        f"resources, training time): [{PRUNING_DOC}]({PRUNING_DOC}), written by `make bench-prune` (hours).",
+        "",
+    ]
     text = render(rows, skipped) + "\n".join(int8 + ptq + backend + pruning)
-    Path(args.out).write_text(text)
-    print(f"wrote {args.out}")
+    out.write_text(text)
+    print(f"wrote {out}")
     bad = [r for r in rows if r.get("match") == "NO"]
     return 1 if bad else 0
+
+
+def pruning_methods(out: Path) -> int:
+    """``make bench-prune``: the methods comparison alone, written to ``out`` as its rows come in."""
+    head = [
+        "# Pruning methods",
+        "",
+        "Generated by `make bench-prune` (`bench/run_bench.py --pruning-methods`); do not edit. The other",
+        "figures are in [BENCHMARKS.md](BENCHMARKS.md).",
+    ]
+
+    def emit(lines: list[str]) -> None:
+        out.write_text("\n".join([*head, *lines]))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        emit(methods_section(Path(tmp), emit=emit))
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -256,6 +256,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         sram_model=args.sram_model,
         progress=True,
+        distill=args.distill,
     )
     report = prune.result_json(result, budget)
     if args.json:
@@ -357,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
         "layer-by-layer whole-buffer peak",
     )
     pr.add_argument("--data", help="fashion-mnist, digits or a .npz (x_train, y_train, x_test, y_test)")
+    pr.add_argument(
+        "--distill",
+        action="store_true",
+        help="train the pruned network on the original's outputs as well as the labels (knowledge "
+        "distillation; on the Fashion-MNIST CNN at 1/4 SRAM it cost 1.4 points, so it is off by default)",
+    )
     pr.add_argument(
         "--epochs",
         type=int,

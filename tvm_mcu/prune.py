@@ -27,6 +27,7 @@ import logging
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -191,6 +192,7 @@ class _Job:
     board: str
     work: Path
     int8: bool
+    distill: bool = False
 
     def measure(self, mod: _tvm.IRModule, tag: str) -> Resources:
         return measure(mod, self.imported, self.board, self.work, int8=self.int8, tag=tag)
@@ -216,6 +218,7 @@ def prune_model(
     sram_model: str = "compiler",
     progress: bool = False,
     resources: resource_model.ResourceModel | None = None,
+    distill: bool = False,
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
@@ -223,6 +226,8 @@ def prune_model(
     ``sram_model`` (diff only): "compiler" prices SRAM by the schedule the compiler would choose
     (partial execution included, the Pex co-design); "whole" by the layer-by-layer whole-buffer peak.
     ``resources``: the model's resource model built before (``resource_model.build``), to reuse.
+    ``distill``: every training run of the pruned network (any method) learns from the original's
+    outputs as well as the labels (knowledge distillation).
     """
     if method not in METHODS:
         raise BadOptionError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
@@ -240,13 +245,13 @@ def prune_model(
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        job = _Job(mod, plan, imported, board, work, int8)
+        job = _Job(mod, plan, imported, board, work, int8, distill)
         before = job.measure(mod, "original")
         training: Training | None = None
         if not before.excess(budget):
             keep, best, after = {g.gid: tuple(range(g.size)) for g in plan.prunable}, mod, before
             if epochs:
-                best, training = _fine_tune(mod, mod, data, epochs, imported, train_limit)
+                best, training = _fine_tune(job, mod, data, epochs, train_limit)
         elif not plan.prunable:
             raise BudgetError(
                 f"{imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
@@ -261,7 +266,7 @@ def prune_model(
             else:
                 keep, best, after = _bisect(job, budget, method, search_steps)
                 if epochs:
-                    best, training = _fine_tune(mod, best, data, epochs, imported, train_limit)
+                    best, training = _fine_tune(job, best, data, epochs, train_limit)
         model = resource_model.export(best, imported)
     Path(out_path).write_bytes(model.SerializeToString())
     widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
@@ -348,10 +353,18 @@ def _diff(
     limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None}
     ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
     module = RelaxModule(mod)
-    acc_before = evaluate(module, ds.x_test, ds.y_test)
+    acc_before, teacher = _teacher(job, ds)
     prune_epochs = max(1, epochs // 2)
     gates, log = diffprune(
-        module, plan, model, ds, limits, epochs=prune_epochs, progress=progress, prior=magnitudes(mod, plan)
+        module,
+        plan,
+        model,
+        ds,
+        limits,
+        epochs=prune_epochs,
+        progress=progress,
+        prior=magnitudes(mod, plan),
+        teacher=teacher,
     )
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)
     module.taps = {}
@@ -377,7 +390,9 @@ def _diff(
     fine = RelaxModule(pruned)
     acc_after = acc_pruned if attempt == 0 else evaluate(fine, ds.x_test, ds.y_test)
     if epochs > prune_epochs:
-        tlog = train(fine, ds, epochs=epochs - prune_epochs, lr=FINE_TUNE_LR, progress=progress)
+        tlog = train(
+            fine, ds, epochs=epochs - prune_epochs, lr=FINE_TUNE_LR, progress=progress, teacher=teacher
+        )
         seconds += tlog.seconds
         acc_after = evaluate(fine, ds.x_test, ds.y_test)
         pruned = write_back(pruned, fine)
@@ -385,13 +400,17 @@ def _diff(
     return keep, pruned, after, training
 
 
+def _teacher(job: _Job, ds: Any) -> tuple[float, Any]:
+    """The original's test accuracy, and its logits on the training set when the job distills."""
+    from tvm_mcu.train.bridge import RelaxModule
+    from tvm_mcu.train.loop import evaluate, predict
+
+    original = RelaxModule(job.mod)
+    return evaluate(original, ds.x_test, ds.y_test), predict(original, ds.x_train) if job.distill else None
+
+
 def _fine_tune(
-    original: _tvm.IRModule,
-    pruned: _tvm.IRModule,
-    data: str | None,
-    epochs: int,
-    imported: ImportedModel,
-    limit: int | None,
+    job: _Job, pruned: _tvm.IRModule, data: str | None, epochs: int, limit: int | None
 ) -> tuple[_tvm.IRModule, Training]:
     from tvm_mcu.train import require_torch
 
@@ -401,11 +420,11 @@ def _fine_tune(
     from tvm_mcu.train.loop import evaluate, train
 
     assert data is not None
-    ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
-    acc_before = evaluate(RelaxModule(original), ds.x_test, ds.y_test)
+    ds = load_dataset(data, job.imported.inputs[0].shape, limit=limit)
+    acc_before, teacher = _teacher(job, ds)
     module = RelaxModule(pruned)
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)
-    log = train(module, ds, epochs=epochs, lr=FINE_TUNE_LR)
+    log = train(module, ds, epochs=epochs, lr=FINE_TUNE_LR, teacher=teacher)
     acc_after = evaluate(module, ds.x_test, ds.y_test)
     tuned = write_back(pruned, module)
     return tuned, Training(

@@ -31,7 +31,7 @@ from tvm_mcu.reference import reference_outputs
 from tvm_mcu.train import require_torch, torch_rules
 from tvm_mcu.train.bridge import RelaxModule, write_back
 from tvm_mcu.train.data import load_dataset
-from tvm_mcu.train.loop import evaluate, train
+from tvm_mcu.train.loop import distill_loss, evaluate, predict, train
 
 DEMO = Path(tvm_mcu.__file__).parent / "data" / "demo" / "fashion_cnn.onnx"
 MODELS = (*ONNX_MODELS, "demo")
@@ -496,3 +496,31 @@ def test_evaluate_top1(imported: Callable[[str], tuple[ImportedModel, Any]], fas
     assert evaluate(_demo_with_blank_head(mod), x, y) < 0.2
     with pytest.raises(BadOptionError, match="as many labels as samples"):
         evaluate(RelaxModule(mod), x, y[:10])
+
+
+def test_distillation_follows_the_teacher_against_the_labels(
+    imported: Callable[[str], tuple[ImportedModel, Any]], fashion_2000: Any
+) -> None:
+    """Labels shuffled, teacher logits from the trained demo: only distillation can teach the student
+    the teacher's predictions."""
+    _, mod = imported("demo")
+    teacher = predict(RelaxModule(mod), fashion_2000.x_train)
+    shuffled = attrs.evolve(fashion_2000, y_train=np.random.default_rng(0).permutation(fashion_2000.y_train))
+    agree = []
+    for logits in (None, teacher):
+        student = _demo_with_blank_head(mod)
+        train(student, shuffled, epochs=2, batch_size=64, lr=1e-2, progress=False, teacher=logits)
+        agree.append(
+            float(
+                np.mean(
+                    predict(student, fashion_2000.x_test).argmax(1)
+                    == np.asarray(predict(RelaxModule(mod), fashion_2000.x_test).argmax(1))
+                )
+            )
+        )
+    assert agree[1] > 0.7 and agree[0] < 0.5, agree
+    assert float(distill_loss(torch.from_numpy(teacher), torch.from_numpy(teacher))) == pytest.approx(
+        0, abs=1e-6
+    )
+    with pytest.raises(BadOptionError, match="teacher logits for 3 samples"):
+        train(RelaxModule(mod), fashion_2000, epochs=1, progress=False, teacher=teacher[:3])

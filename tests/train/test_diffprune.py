@@ -19,7 +19,7 @@ from tvm_mcu.frontend import load_model  # noqa: E402
 from tvm_mcu.passes.relax.prune_channels import PruneChannels  # noqa: E402
 from tvm_mcu.train.bridge import RelaxModule, write_back  # noqa: E402
 from tvm_mcu.train.data import load_dataset  # noqa: E402
-from tvm_mcu.train.diffprune import Gates, diffprune  # noqa: E402
+from tvm_mcu.train.diffprune import Gates, diffprune, fill_to  # noqa: E402
 from tvm_mcu.train.loop import evaluate  # noqa: E402
 
 BOARD = "mps2-an386"
@@ -94,3 +94,31 @@ def test_cli_diff_meets_an_int8_budget_as_compiled(
     t = report["training"]
     assert t["epochs"] == 2 and len(t["seconds_per_epoch"]) == 2
     assert t["accuracy_after"] > 0.8
+
+
+def test_fill_to_spends_what_the_budget_leaves_on_the_highest_gates(demo: tuple) -> None:
+    _, _, plan, model = demo
+    gates = Gates(plan, model.groups)
+    rng = np.random.default_rng(1)
+    with torch.no_grad():
+        gates.theta.copy_(torch.from_numpy(rng.uniform(-2, -0.5, len(gates.theta)).astype(np.float32)))
+        gates.theta[[0, 1]] = 1.0  # two units on; everything else off
+    low, full = model.figures(gates.hard_counts()).sram, model.figures(model.full).sram
+    budget = {"sram": (low + full) / 2}
+    off_theta = gates.theta.detach().clone()
+    added = fill_to(gates, model, budget)
+    assert added > 0
+    assert model.figures(gates.hard_counts()).sram <= budget["sram"]
+    on = ((gates.theta.detach() > 0) & (gates.alive > 0)).numpy()
+    # Each unit left off would break the budget on its own, or its group is full.
+    for i in np.flatnonzero(~on):
+        gates.theta.data[i], gates.alive[i] = 1.0, 1.0
+        assert model.figures(gates.hard_counts()).sram > budget["sram"]
+        gates.theta.data[i] = off_theta[i]
+    # Within a group, the units switched on are those whose gates were highest.
+    for gi in range(len(gates.groups)):
+        units = np.flatnonzero(gates.owner.numpy() == gi)
+        on_theta = off_theta[units][on[units]]
+        off = off_theta[units][~on[units]]
+        if len(on_theta) and len(off):
+            assert float(on_theta.min()) >= float(off.max())

@@ -21,6 +21,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 DEFAULT_LR = 1e-3
+# Knowledge distillation from a teacher's logits: weight of the KL term and softening temperature.
+DISTILL_ALPHA = 0.7
+DISTILL_T = 4.0
 _BAR_WIDTH = 30
 
 
@@ -56,6 +59,7 @@ def train(
     cosine: bool = True,
     extra_params: Sequence[torch.nn.Parameter] = (),
     extra_lr: float | None = None,
+    teacher: np.ndarray | None = None,
 ) -> TrainLog:
     """Train ``module``'s parameters in place with Adam on the cross-entropy of its first output.
 
@@ -63,6 +67,9 @@ def train(
     it stays constant). ``extra_params`` are trained too, at ``extra_lr`` (constant; the pruning
     gates). ``extra_loss()`` is added to the task loss at every step (the pruning budget losses);
     ``on_step(epoch, step)`` is called after every optimiser step (epochs and steps count from 0).
+    ``teacher``: logits of a teacher (the unpruned model) for every training sample; the task loss is
+    then the knowledge-distillation mix of cross-entropy and the KL divergence to the teacher's
+    softened outputs (DISTILL_ALPHA, DISTILL_T; Hinton et al.).
     The sample order comes from ``seed`` and ``torch.manual_seed(seed)`` is set first, so a run is
     deterministic for a seed (same machine, same thread count). With ``progress``, a text progress bar
     goes to stderr when it is a terminal, and one line per epoch always.
@@ -81,6 +88,9 @@ def train(
     optimiser = torch.optim.Adam(groups)
     x_all, y_all = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     n = len(x_all)
+    if teacher is not None and len(teacher) != n:
+        raise BadOptionError(f"teacher logits for {len(teacher)} samples, training data has {n}")
+    soft = None if teacher is None else torch.from_numpy(np.asarray(teacher, np.float32))
     steps = (n + batch_size - 1) // batch_size
     bar = progress and sys.stderr.isatty()
     losses, seconds = [], []
@@ -91,7 +101,10 @@ def train(
         total, start = 0.0, time.perf_counter()
         for step in range(steps):
             idx = order[step * batch_size : (step + 1) * batch_size]
-            loss = F.cross_entropy(_first(module(x_all[idx])), y_all[idx])
+            logits = _first(module(x_all[idx]))
+            loss = F.cross_entropy(logits, y_all[idx])
+            if soft is not None:
+                loss = (1 - DISTILL_ALPHA) * loss + DISTILL_ALPHA * distill_loss(logits, soft[idx])
             if extra_loss is not None:
                 loss = loss + extra_loss()
             if cosine:
@@ -120,14 +133,28 @@ def train(
     return TrainLog(tuple(losses), tuple(seconds), n)
 
 
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, t: float = DISTILL_T) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(logits / T)), batch mean."""
+    return F.kl_div(
+        F.log_softmax(logits / t, dim=1),
+        F.log_softmax(teacher / t, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    ) * (t * t)
+
+
+def predict(module: torch.nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """``module``'s first output (logits) for every sample of ``x``."""
+    module.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(_first(module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
 def evaluate(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``module``'s first output on ``x`` against labels ``y``."""
     if len(x) != len(y) or len(x) == 0:
         raise BadOptionError(f"evaluate needs as many labels as samples, at least one ({len(x)}, {len(y)})")
-    module.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            logits = _first(module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))))
-            correct += int((logits.argmax(1) == torch.from_numpy(np.asarray(y[i : i + batch_size]))).sum())
-    return correct / len(x)
+    return float(np.mean(predict(module, x, batch_size).argmax(1) == np.asarray(y)))
