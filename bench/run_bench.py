@@ -470,11 +470,14 @@ def pruning_methods(out: Path) -> int:
         "figures are in [BENCHMARKS.md](BENCHMARKS.md).",
     ]
 
-    def emit(lines: list[str]) -> None:
-        out.write_text("\n".join([*head, *lines]))
+    def emit(lines: list[str], *, done: bool = False) -> None:
+        partial = (
+            [] if done else ["", "**Incomplete: the run was still going (or was stopped) after these rows.**"]
+        )
+        out.write_text("\n".join([*head, *partial, *lines]))
 
     with tempfile.TemporaryDirectory() as tmp:
-        emit(methods_section(Path(tmp), emit=emit))
+        emit(methods_section(Path(tmp), emit=emit), done=True)
     print(f"wrote {out}")
     return 0
 
