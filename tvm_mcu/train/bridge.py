@@ -142,6 +142,7 @@ class RelaxModule(nn.Module):
             slots[b.var] = len(slots)
         with _refusal("the output of main"):
             self._output = self._arg(func.body.body, slots, site=None)
+        self._release = self._last_uses(len(self._input_shapes))
         # Public: the pruning code may change the taps between training runs.
         self.taps: dict[int, Tap] = {}
         self._dry_run()
@@ -153,6 +154,30 @@ class RelaxModule(nn.Module):
             )
 
     # ------------------------------------------------------------------------------- construction
+    def _last_uses(self, n_inputs: int) -> list[list[int]]:
+        """Per step, the env slots read for the last time there (not the output's), to drop after it:
+        an interpreter that keeps every intermediate alive holds a whole batch of every activation at
+        once (MobileNetV2-style, batch 512: over 20 GB)."""
+
+        def refs(arg: _Arg) -> list[int]:
+            if arg.kind == "env":
+                return [arg.ref]
+            if arg.kind == "tuple":
+                return [r for a in arg.ref for r in refs(a)]
+            return []
+
+        last: dict[int, int] = {}
+        for i, step in enumerate(self._steps):
+            for a in step.args:
+                for r in refs(a):
+                    last[r] = i
+        kept = set(refs(self._output))
+        release: list[list[int]] = [[] for _ in self._steps]
+        for r, i in last.items():
+            if r not in kept and r < n_inputs + i:
+                release[i].append(r)
+        return release
+
     def _step(self, i: int, b: Any, slots: dict[Any, int]) -> _Step:
         name = self._names[i]
         subject = f"binding '{name}'"
@@ -257,6 +282,8 @@ class RelaxModule(nn.Module):
             if tap is not None:
                 value = tap(value)
             env.append(value)
+            for r in self._release[step.index]:
+                env[r] = None
         out = resolve(self._output)
         return tuple(out) if isinstance(out, list) else out
 
