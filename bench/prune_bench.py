@@ -263,6 +263,8 @@ def methods_section(tmp: Path, *, emit: Callable[[list[str]], None] | None = Non
                     )
                 except BudgetError as exc:
                     lines.append(f"| {label} | {name} | {tag} | cannot meet: {str(exc)[:120]} |||||||||")
+                    if emit is not None:
+                        emit([*lines, "", *(f"- {n}" for n in notes), ""])
                     continue
                 d = deploy(out, ds, work)
                 t = result.training
