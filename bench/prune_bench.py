@@ -121,7 +121,7 @@ class Deployed:
     schedule: str
 
 
-def deploy(path: Path, ds: Any, work: Path) -> Deployed:
+def deploy(path: Path, ds: Any, work: Path, sram_budget: int | None = None) -> Deployed:
     """Float accuracy on the whole test split; PTQ on real training images; int8 on QEMU."""
     from tvm_mcu import api
     from tvm_mcu.api import FIRMWARE_DIR, REPORT, pack, unpack
@@ -139,7 +139,7 @@ def deploy(path: Path, ds: Any, work: Path) -> Deployed:
     )
     q = work / f"{path.stem}_int8.onnx"
     quantize_onnx(path, {imported.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}, q)
-    compiled = api.compile_model(q, BOARD, work / f"{path.stem}_build")
+    compiled = api.compile_model(q, BOARD, work / f"{path.stem}_build", sram_budget=sram_budget)
     report = Report.read(compiled.out_dir / REPORT)
     fw = build_firmware(compiled.out_dir, load_board(BOARD), compiled.out_dir / FIRMWARE_DIR)
     out_bytes = max((r.offset + r.bytes for r in report.outputs), default=0)
@@ -205,7 +205,8 @@ def methods_section(tmp: Path, *, emit: Callable[[list[str]], None] | None = Non
         f"quantised (PTQ, {CALIBRATION_IMAGES} training images), compiled and run on QEMU. Float accuracy on",
         f"the 10,000 test images; int8 accuracy on QEMU for the first {QEMU_IMAGES}. SRAM = arena + inputs/",
         "outputs (plan), flash = firmware text + rodata + data (ELF), MACs compiled, instructions counted by",
-        "the QEMU plugin (instructions, not cycles). `diff (whole)` prices SRAM by the layer-by-layer",
+        "the QEMU plugin (instructions, not cycles); pruned models compiled with `--sram-budget` (the",
+        "fastest schedule within the budget). `diff (whole)` prices SRAM by the layer-by-layer",
         "whole-buffer peak instead of the schedule the compiler picks (partial execution): the Pex co-design",
         "comparison. Train s = seconds of training (pruning included).",
         "",
@@ -266,7 +267,7 @@ def methods_section(tmp: Path, *, emit: Callable[[list[str]], None] | None = Non
                     if emit is not None:
                         emit([*lines, "", *(f"- {n}" for n in notes), ""])
                     continue
-                d = deploy(out, ds, work)
+                d = deploy(out, ds, work, sram_budget=budget.sram)
                 t = result.training
                 secs = sum(t.seconds_per_epoch) if t else 0.0
                 widths = "/".join(str(k) for k, _ in result.widths.values())

@@ -271,6 +271,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(_bytes_row("flash B", b.flash, a.flash, budget.flash))
     print(_bytes_row("MACs", b.macs, a.macs, budget.macs))
     print(f"  schedule: {b.schedule} -> {a.schedule}")
+    if budget.sram is not None:
+        print(f"  (as compiled with --sram-budget {budget.sram}: the fastest schedule within it)")
     for label, (kept, of) in result.widths.items():
         print(f"  {label:<32} {kept:>4} of {of} channels")
     for line in prune.training_lines(result):

@@ -166,11 +166,26 @@ def keep_channels(
 
 
 def measure(
-    mod: _tvm.IRModule, imported: ImportedModel, board: str, workdir: Path, *, int8: bool, tag: str
+    mod: _tvm.IRModule,
+    imported: ImportedModel,
+    board: str,
+    workdir: Path,
+    *,
+    int8: bool,
+    tag: str,
+    sram_budget: int | None = None,
 ) -> Resources:
-    """Export ``mod`` to ONNX, quantise it (int8), compile and build it for ``board``; the figures."""
+    """Export ``mod`` to ONNX, quantise it (int8), compile and build it for ``board``; the figures.
+
+    With ``sram_budget`` the compiler takes the fastest schedule that fits it, as ``tvm-mcu compile
+    --sram-budget`` would (without, it may prefer a faster schedule that needs more SRAM); when none
+    fits, the figures of its default choice.
+    """
     path = resource_model.deployable(mod, imported, workdir, int8=int8, tag=tag)
-    compiled = api.compile_model(path, board, workdir / f"{tag}_build")
+    try:
+        compiled = api.compile_model(path, board, workdir / f"{tag}_build", sram_budget=sram_budget)
+    except BudgetError:
+        compiled = api.compile_model(path, board, workdir / f"{tag}_build")
     r = compiled.report
     biggest = max(r.ops, key=lambda o: o.output_bytes, default=None)
     return Resources(
@@ -193,9 +208,12 @@ class _Job:
     work: Path
     int8: bool
     distill: bool = False
+    sram_budget: int | None = None  # compile for it (the schedule a deployment with the budget gets)
 
     def measure(self, mod: _tvm.IRModule, tag: str) -> Resources:
-        return measure(mod, self.imported, self.board, self.work, int8=self.int8, tag=tag)
+        return measure(
+            mod, self.imported, self.board, self.work, int8=self.int8, tag=tag, sram_budget=self.sram_budget
+        )
 
 
 def _describe(excess: list[tuple[str, int, int]]) -> str:
@@ -245,7 +263,7 @@ def prune_model(
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        job = _Job(mod, plan, imported, board, work, int8, distill)
+        job = _Job(mod, plan, imported, board, work, int8, distill, budget.sram)
         before = job.measure(mod, "original")
         training: Training | None = None
         if not before.excess(budget):
