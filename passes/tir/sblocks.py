@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tvm_mcu._tvm import s_tir, structural_walk
@@ -31,13 +32,6 @@ def is_reduction(sch: s_tir.Schedule, block: Any) -> bool:
     return any(int(iv.iter_type) == REDUCE for iv in sch.get(block).iter_vars)
 
 
-def _elements(buffer: Any) -> int:
-    n = 1
-    for d in buffer.shape:
-        n *= int(d)
-    return n
-
-
 def expands(sch: s_tir.Schedule, block: Any, producer: Any) -> bool:
     """Whether ``block`` writes more elements than ``producer`` does (padding, concat, broadcast).
 
@@ -45,7 +39,10 @@ def expands(sch: s_tir.Schedule, block: Any, producer: Any) -> bool:
     the producer's loops (reverse_compute_at) would compute only the part the producer covers and
     leave the rest unwritten, so it must not be treated as the producer's epilogue.
     """
-    return _elements(sch.get(block).writes[0].source) > _elements(sch.get(producer).writes[0].source)
+    def elements(b: Any) -> int:
+        return math.prod(int(d) for d in sch.get(b).writes[0].source.shape)
+
+    return elements(block) > elements(producer)
 
 
 def writer_of(sch: s_tir.Schedule, var: Any) -> Any:

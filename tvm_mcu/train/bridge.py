@@ -142,7 +142,7 @@ class RelaxModule(nn.Module):
             slots[b.var] = len(slots)
         with _refusal("the output of main"):
             self._output = self._arg(func.body.body, slots, site=None)
-        self._release = self._last_uses(len(self._input_shapes))
+        self._release = self._last_uses()
         # Public: the pruning code may change the taps between training runs.
         self.taps: dict[int, Tap] = {}
         self._dry_run()
@@ -154,7 +154,7 @@ class RelaxModule(nn.Module):
             )
 
     # ------------------------------------------------------------------------------- construction
-    def _last_uses(self, n_inputs: int) -> list[list[int]]:
+    def _last_uses(self) -> list[list[int]]:
         """Per step, the env slots read for the last time there (not the output's), to drop after it:
         an interpreter that keeps every intermediate alive holds a whole batch of every activation at
         once (MobileNetV2-style, batch 512: over 20 GB)."""
@@ -174,7 +174,7 @@ class RelaxModule(nn.Module):
         kept = set(refs(self._output))
         release: list[list[int]] = [[] for _ in self._steps]
         for r, i in last.items():
-            if r not in kept and r < n_inputs + i:
+            if r not in kept:
                 release[i].append(r)
         return release
 
