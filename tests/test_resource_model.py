@@ -100,6 +100,26 @@ def test_the_whole_buffer_model_needs_more_sram(demo: tuple) -> None:
         model.restricted("other")
 
 
+def test_under_a_budget_the_model_predicts_the_fastest_schedule_that_fits(demo: tuple) -> None:
+    """compile --sram-budget takes the fastest candidate within the budget, whatever its overhead: a
+    roomy budget gets the layer-by-layer schedule (more SRAM, less code) that the default rule does not
+    choose, a tight one the row bands."""
+    imported, mod, plan, model, work = demo
+    keep = {g.gid: tuple(range(max(1, g.size // 2))) for g in plan.prunable}
+    k = model.counts(keep)
+    peaks = {label: float(v) for label, v in model.within(1e9).sram_by_schedule(k).items()}
+    roomy, tight = peaks["layer by layer"] * 1.02, min(peaks.values()) * 1.02
+    assert tight < roomy
+    checks = [resource_model.check(model.within(b), mod, imported, [keep], work)[0] for b in (roomy, tight)]
+    for c, budget in zip(checks, (roomy, tight), strict=True):
+        assert c.predicted.schedule == c.compiled.schedule, c
+        assert c.compiled.sram <= budget and max(c.errors().values()) <= 0.05, c
+    assert [c.compiled.schedule for c in checks] == ["layer by layer", model.figures(k).schedule]
+    assert model.figures(k).schedule != "layer by layer"
+    # SRAM under a budget is what can fit at all: the smallest peak of every candidate.
+    assert float(model.within(roomy).sram(k)) == min(peaks.values())
+
+
 def _int8_inverted_residuals() -> Any:
     """Two ReLU inverted residual blocks (expand, depthwise, project, add): int8 chains, in-place steps."""
     from tests.zoo.onnx_models import _Graph

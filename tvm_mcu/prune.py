@@ -367,7 +367,8 @@ def _diff(
             workdir=job.work / "resources",
             progress=(lambda m: logger.info("%s", m)),
         )
-    model = resources.restricted(sram_model)
+    # Candidates are compiled with the SRAM budget (see _Job.measure): model that choice.
+    model = resources.restricted(sram_model).within(budget.sram)
     limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None}
     ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
     module = RelaxModule(mod)

@@ -17,7 +17,10 @@ holds each channel's block of features). Two compiles per group therefore give, 
   overhead), plus the caller's input and output buffers.
 
 With ``schedules="whole"`` the SRAM term is the layer-by-layer schedule's (whole tensors, best order):
-the plain peak that pruning would target without partial execution.
+the plain peak that pruning would target without partial execution. Under an SRAM budget
+(:meth:`ResourceModel.within`, as ``compile --sram-budget``) the compiler takes the fastest candidate
+that fits, any overhead allowed: SRAM is then the smallest peak among all candidates (can it fit), and
+the figures are those of the fastest candidate within the budget.
 
 Evaluated on a numpy array it gives figures; on a torch tensor of (soft) kept counts it gives a
 differentiable loss term. :func:`check` compares its predictions with compiled firmware.
@@ -120,6 +123,12 @@ class ResourceModel:
     schedules: tuple[ScheduleModel, ...]
     board: str
     int8: bool
+    # The SRAM budget the model is compiled with (``compile --sram-budget``), None: the default rule.
+    sram_budget: float | None = None
+
+    def within(self, sram_budget: float | None) -> ResourceModel:
+        """The model of compiles with ``sram_budget``: the fastest candidate that fits is chosen."""
+        return attrs.evolve(self, sram_budget=sram_budget)
 
     def counts(self, keep: Mapping[int, tuple[int, ...]] | None) -> np.ndarray:
         """Kept channels per group (in ``groups`` order) of a PruneChannels ``keep``."""
@@ -146,18 +155,21 @@ class ResourceModel:
         dk = k - _like(self.full, k)
         return _sum([b(dk) for b in self.mac_blocks])
 
-    def eligible(self, k: np.ndarray) -> list[ScheduleModel]:
-        """The candidates the compiler chooses among at ``k``: within its instruction overhead."""
+    def overhead(self, s: ScheduleModel, k: np.ndarray) -> float:
+        """The compiler's estimate of ``s``'s extra instructions at ``k``, a fraction of the model's."""
         k = np.asarray(k, float)
-        dk = k - self.full
         total = max(float(self.macs(k)), 1.0) * choice.INSTR_PER_MAC
+        acc = sum(partial.INSTR_PER_ACCUMULATOR_PASS * self.step_macs(k, c) / n for c, n in s.accumulate)
+        return s.chains * partial.CHAIN_OVERHEAD + (float(s.extra(k - self.full)) + acc) / total
 
-        def ratio(s: ScheduleModel) -> float:
-            acc = sum(partial.INSTR_PER_ACCUMULATOR_PASS * self.step_macs(k, c) / n for c, n in s.accumulate)
-            return s.chains * partial.CHAIN_OVERHEAD + (float(s.extra(dk)) + acc) / total
-
-        within = [s for s in self.schedules if ratio(s) <= choice.MAX_OVERHEAD]
-        return within or [min(self.schedules, key=ratio)]
+    def eligible(self, k: np.ndarray) -> list[ScheduleModel]:
+        """The candidates the compiler chooses among at ``k``: within its instruction overhead (under a
+        budget, every candidate: the compiler takes any that fits)."""
+        if self.sram_budget is not None:
+            return list(self.schedules)
+        ratio = {s.label: self.overhead(s, k) for s in self.schedules}
+        within = [s for s in self.schedules if ratio[s.label] <= choice.MAX_OVERHEAD]
+        return within or [min(self.schedules, key=lambda s: ratio[s.label])]
 
     def step_macs(self, k: np.ndarray, step: str) -> float:
         dk = np.asarray(k, float) - self.full
@@ -176,9 +188,16 @@ class ResourceModel:
         return per[0] if len(per) == 1 else _min(per)
 
     def schedule(self, k: np.ndarray) -> ScheduleModel:
-        per = {label: float(v) for label, v in self.sram_by_schedule(np.asarray(k, float)).items()}
-        label = min(per, key=lambda x: per[x])
-        return next(s for s in self.schedules if s.label == label)
+        """The candidate the compiler would compile at ``k``: the smallest peak among the eligible ones;
+        under a budget, the fastest that fits (the smallest peak when none does)."""
+        k = np.asarray(k, float)
+        per = {label: float(v) for label, v in self.sram_by_schedule(k).items()}
+        by_label = {s.label: s for s in self.schedules}
+        if self.sram_budget is not None:
+            fits = [by_label[label] for label, v in per.items() if v <= self.sram_budget]
+            if fits:
+                return min(fits, key=lambda s: (self.overhead(s, k), per[s.label]))
+        return by_label[min(per, key=lambda x: per[x])]
 
     def figures(self, k: np.ndarray) -> Figures:
         k = np.asarray(k, float)
@@ -482,14 +501,16 @@ def check(
     configs: list[dict[int, tuple[int, ...]]],
     workdir: Path,
 ) -> list[Check]:
-    """Compile each ``keep`` configuration for the board and compare with the model's predictions."""
+    """Compile each ``keep`` configuration for the board (with the model's SRAM budget, if any) and
+    compare with the model's predictions."""
     from tvm_mcu import api
 
     out = []
     for i, keep in enumerate(configs):
         k = model.counts(keep)
         path = deployable(PruneChannels(keep=keep)(mod), imported, workdir, int8=model.int8, tag=f"check{i}")
-        r = api.compile_model(path, model.board, workdir / f"check{i}_build").report
+        budget = None if model.sram_budget is None else int(model.sram_budget)
+        r = api.compile_model(path, model.board, workdir / f"check{i}_build", sram_budget=budget).report
         compiled = Figures(float(r.arena_bytes + r.io_bytes), float(r.flash_bytes), float(r.macs), r.schedule)
         out.append(Check(tuple(int(x) for x in k), model.figures(k), compiled))
     return out
