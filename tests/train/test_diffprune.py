@@ -45,6 +45,24 @@ def test_gated_module_computes_the_pruned_network(name: str, tmp_path: Path) -> 
     with torch.no_grad():
         got = pruned(*x)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    # Masks only where the channels are mixed or leave the model: the same network, fewer masks.
+    fewer = gates.taps(gated.readers())
+    assert 0 < len(fewer) < len(gated.taps), (len(fewer), len(gated.taps))
+    gated.taps = fewer
+    with torch.no_grad():
+        np.testing.assert_allclose(gated(*x).numpy(), got.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_readers_are_the_bindings_that_use_a_value(tmp_path: Path) -> None:
+    _, mod = inference_model("resnet_block", tmp_path)
+    module = RelaxModule(mod)
+    readers = module.readers()
+    ops = module.binding_ops()
+    assert set(readers) == set(range(len(ops)))
+    assert readers[len(ops) - 1] == (-1,)  # the last binding is main's output
+    # Every reader comes later; the residual add's input is read twice (the block and the add).
+    assert all(r == -1 or r > b for b, rs in readers.items() for r in rs)
+    assert any(len(rs) >= 2 for rs in readers.values())
 
 
 @pytest.fixture(scope="module")

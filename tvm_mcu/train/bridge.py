@@ -158,14 +158,7 @@ class RelaxModule(nn.Module):
         """Per step, the env slots read for the last time there (not the output's), to drop after it:
         an interpreter that keeps every intermediate alive holds a whole batch of every activation at
         once (MobileNetV2-style, batch 512: over 20 GB)."""
-
-        def refs(arg: _Arg) -> list[int]:
-            if arg.kind == "env":
-                return [arg.ref]
-            if arg.kind == "tuple":
-                return [r for a in arg.ref for r in refs(a)]
-            return []
-
+        refs = _env_refs
         last: dict[int, int] = {}
         for i, step in enumerate(self._steps):
             for a in step.args:
@@ -308,9 +301,32 @@ class RelaxModule(nn.Module):
             raise KeyError(f"no parameter '{name}' (parameters: {', '.join(self._sites)})")
         return self._sites[name]
 
+    def readers(self) -> dict[int, tuple[int, ...]]:
+        """Binding index -> the indices of the bindings that read its value (-1: ``main``'s output)."""
+        first = len(self._input_shapes)
+        out: dict[int, set[int]] = {i: set() for i in range(len(self._steps))}
+        for step in self._steps:
+            for a in step.args:
+                for r in _env_refs(a):
+                    if r >= first:
+                        out[r - first].add(step.index)
+        for r in _env_refs(self._output):
+            if r >= first:
+                out[r - first].add(-1)
+        return {i: tuple(sorted(v)) for i, v in out.items()}
+
     def binding_ops(self) -> list[str]:
         """The op of each binding (``alias``, ``tuple`` or ``get_item`` for those that are not calls)."""
         return [s.op for s in self._steps]
+
+
+def _env_refs(arg: _Arg) -> list[int]:
+    """The env slots (inputs, then bindings) an argument reads."""
+    if arg.kind == "env":
+        return [arg.ref]
+    if arg.kind == "tuple":
+        return [r for a in arg.ref for r in _env_refs(a)]
+    return []
 
 
 def write_back(mod: _tvm.IRModule, module: RelaxModule) -> _tvm.IRModule:
