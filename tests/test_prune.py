@@ -104,6 +104,31 @@ def test_a_tflite_model_is_refused(tmp_path: Path) -> None:
         prune_model(path, board=BOARD, budget=Budget(macs=1), out_path=tmp_path / "x.onnx")
 
 
+@pytest.mark.parametrize("name", ["mobilenet_block", "resnet_block"])
+def test_l1_keeps_the_same_fraction_of_every_group_by_weight_norm(name: str, tmp_path: Path) -> None:
+    """Li et al.'s L1-norm filter pruning: per group, the strongest channels; never a group cut to one
+    channel while others keep most of theirs (which a global threshold did, leaving a dead network)."""
+    from tests.prune_helpers import inference_model
+    from tvm_mcu.analysis.channels import channel_groups, magnitudes
+    from tvm_mcu.prune import keep_channels
+
+    _, mod = inference_model(name, tmp_path)
+    plan = channel_groups(mod)
+    score = magnitudes(mod, plan)
+    for level in (0.0, 0.3, 0.5, 1.0):
+        l1 = keep_channels(plan, score, "l1", level)
+        uniform = keep_channels(plan, score, "uniform", level)
+        for g in plan.prunable:
+            assert len(l1[g.gid]) == len(uniform[g.gid]) == max(1, round(level * g.size))
+            kept = [score.get(g.units[c], 0.0) for c in l1[g.gid]]
+            dropped = [score.get(u, 0.0) for c, u in enumerate(g.units) if c not in l1[g.gid]]
+            assert min(kept) >= max(dropped, default=0.0)
+            assert list(l1[g.gid]) == sorted(l1[g.gid])
+    # The scores really rank: some group keeps other channels than the first ones.
+    half = keep_channels(plan, score, "l1", 0.5)
+    assert any(half[g.gid] != tuple(range(len(half[g.gid]))) for g in plan.prunable)
+
+
 def test_an_unknown_method_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BadOptionError, match="unknown pruning method 'random'"):
         prune_model(DEMO, board=BOARD, budget=Budget(macs=1), out_path=tmp_path / "x.onnx", method="random")
