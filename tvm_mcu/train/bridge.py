@@ -142,6 +142,7 @@ class RelaxModule(nn.Module):
             slots[b.var] = len(slots)
         with _refusal("the output of main"):
             self._output = self._arg(func.body.body, slots, site=None)
+        self._readers = self._slot_readers()
         self._release = self._last_uses()
         # Public: the pruning code may change the taps between training runs.
         self.taps: dict[int, Tap] = {}
@@ -154,21 +155,25 @@ class RelaxModule(nn.Module):
             )
 
     # ------------------------------------------------------------------------------- construction
+    def _slot_readers(self) -> list[list[int]]:
+        """Per env slot (inputs, then bindings), the steps that read it in order; -1: ``main``'s output."""
+        readers: list[list[int]] = [[] for _ in range(len(self._input_shapes) + len(self._steps))]
+        for step in self._steps:
+            for a in step.args:
+                for r in _env_refs(a):
+                    readers[r].append(step.index)
+        for r in _env_refs(self._output):
+            readers[r].append(-1)
+        return readers
+
     def _last_uses(self) -> list[list[int]]:
         """Per step, the env slots read for the last time there (not the output's), to drop after it:
         an interpreter that keeps every intermediate alive holds a whole batch of every activation at
         once (MobileNetV2-style, batch 512: over 20 GB)."""
-        refs = _env_refs
-        last: dict[int, int] = {}
-        for i, step in enumerate(self._steps):
-            for a in step.args:
-                for r in refs(a):
-                    last[r] = i
-        kept = set(refs(self._output))
         release: list[list[int]] = [[] for _ in self._steps]
-        for r, i in last.items():
-            if r not in kept:
-                release[i].append(r)
+        for r, steps in enumerate(self._readers):
+            if steps and -1 not in steps:
+                release[steps[-1]].append(r)
         return release
 
     def _step(self, i: int, b: Any, slots: dict[Any, int]) -> _Step:
@@ -304,16 +309,7 @@ class RelaxModule(nn.Module):
     def readers(self) -> dict[int, tuple[int, ...]]:
         """Binding index -> the indices of the bindings that read its value (-1: ``main``'s output)."""
         first = len(self._input_shapes)
-        out: dict[int, set[int]] = {i: set() for i in range(len(self._steps))}
-        for step in self._steps:
-            for a in step.args:
-                for r in _env_refs(a):
-                    if r >= first:
-                        out[r - first].add(step.index)
-        for r in _env_refs(self._output):
-            if r >= first:
-                out[r - first].add(-1)
-        return {i: tuple(sorted(v)) for i, v in out.items()}
+        return {i: tuple(sorted(set(self._readers[first + i]))) for i in range(len(self._steps))}
 
     def binding_ops(self) -> list[str]:
         """The op of each binding (``alias``, ``tuple`` or ``get_item`` for those that are not calls)."""
