@@ -100,6 +100,7 @@ def compile_model(
     *,
     allow_float: bool = False,
     sram_budget: int | None = None,
+    strict_budget: bool = True,
     in_place: bool = True,
     partial_execution: bool = True,
     schedule: str | None = None,
@@ -109,7 +110,8 @@ def compile_model(
 
     ``allow_float``: operators of an int8 model without an integer lowering run in float instead of
     being refused; the report lists them. ``sram_budget``: bytes of arena plus input and output
-    buffers the schedule must fit (BudgetError, naming the bottleneck, when no schedule does).
+    buffers the schedule must fit (BudgetError, naming the bottleneck, when no schedule does;
+    with ``strict_budget=False`` the default schedule instead, and the report records no budget).
     ``in_place=False, partial_execution=False`` keeps every tensor whole in a buffer of its own (the
     layer-by-layer baseline). ``schedule``: take this candidate (e.g. "row bands") instead of choosing.
     """
@@ -121,6 +123,7 @@ def compile_model(
         allow_float=allow_float,
         rounding="onnx" if model.format == "onnx" else "tflite",
         sram_budget=sram_budget,
+        strict_budget=strict_budget,
         in_place=in_place,
         partial_execution=partial_execution,
         schedule=schedule,
@@ -159,7 +162,7 @@ def compile_model(
         float_ops=result.float_ops,
         float_routines=fw.float_routines,
         schedule=result.schedule,
-        sram_budget_bytes=sram_budget,
+        sram_budget_bytes=result.sram_budget,
         io_bytes=model_c.packed_bytes(ins) + model_c.packed_bytes(outs),
         in_place_steps=tuple(f"{s.name} ({s.in_place})" for s in result.graph.steps if s.in_place),
     )

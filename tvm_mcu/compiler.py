@@ -301,6 +301,7 @@ def compile_module(
     in_place: bool = True,
     partial_execution: bool = True,
     sram_budget: int | None = None,
+    strict_budget: bool = True,
     schedule: str | None = None,
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
@@ -312,6 +313,8 @@ def compile_module(
     (:mod:`tvm_mcu.schedule.partial`). ``sram_budget``:
     bytes of arena plus input and output buffers the schedule must fit (see
     :mod:`tvm_mcu.schedule.choice`); BudgetError names the bottleneck when no schedule does.
+    ``strict_budget=False``: when no schedule fits, take the default choice instead (the compiled
+    figures of a model still over its budget, as pruning measures them).
     ``schedule``: the label of the candidate to take instead of choosing (benchmarks, tests);
     BadOptionError lists the candidates when the model has no such schedule.
     """
@@ -334,6 +337,9 @@ def compile_module(
                 + ", ".join(c.label for c in candidates)
             )
         picked = named[0]
+    elif sram_budget is not None and not strict_budget and choice.fits(candidates, sram_budget) is None:
+        picked = choice.choose(candidates, budget=None, model_name=model_name)
+        sram_budget = None  # not met: the report must not claim it
     else:
         picked = choice.choose(candidates, budget=sram_budget, model_name=model_name)
     graph, plan = picked.graph, picked.plan

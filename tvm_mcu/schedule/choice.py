@@ -94,6 +94,12 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+def fits(candidates: list[Candidate], budget: int) -> Candidate | None:
+    """The fastest candidate (fewest extra instructions, then least SRAM) within ``budget``, if any."""
+    ranked = sorted(candidates, key=lambda c: (c.extra_instructions, c.sram_bytes))
+    return next((c for c in ranked if c.sram_bytes <= budget), None)
+
+
 def choose(candidates: list[Candidate], *, budget: int | None, model_name: str) -> Candidate:
     """Apply the module's rule; raise BudgetError naming the bottleneck when nothing fits."""
     ranked = sorted(candidates, key=lambda c: (c.extra_instructions, c.sram_bytes))
@@ -105,9 +111,9 @@ def choose(candidates: list[Candidate], *, budget: int | None, model_name: str) 
             100 * c.extra_instructions,
         )
     if budget is not None:
-        for c in ranked:
-            if c.sram_bytes <= budget:
-                return c
+        fit = fits(candidates, budget)
+        if fit is not None:
+            return fit
         best = min(candidates, key=lambda c: (c.sram_bytes, c.extra_instructions))
         b = bottleneck(best.graph, best.plan)
         live = ", ".join(f"'{n}' {size} B" for n, size in b.buffers[:4])
