@@ -11,7 +11,7 @@ import pytest
 from tests.zoo import INT8_MODELS, write_model
 from tvm_mcu import api, cli
 from tvm_mcu.errors import BadOptionError, BudgetError
-from tvm_mcu.prune import Budget, parse_budget, prune_model
+from tvm_mcu.prune import MAX_TIGHTEN, Budget, Resources, parse_budget, prune_model, widest_fit
 
 BOARD = "mps2-an386"
 DEMO = Path(str(resources.files("tvm_mcu") / "data" / "demo" / "fashion_cnn.onnx"))
@@ -165,3 +165,27 @@ def test_fine_tuning_recovers_accuracy_and_reports_it(tmp_path: Path) -> None:
         method="l1",
     )
     assert out.read_bytes() != plain.read_bytes()
+
+
+def test_widest_fit_searches_past_an_overshooting_miss() -> None:
+    # Compiled SRAM against the scale of the model's target, far off at the top (the model predicted a
+    # schedule the compiler could not use there): 6,682 B at 1.0, then about proportional.
+    def sram(scale: float) -> int:
+        return 6682 if scale > 0.95 else int(5100 * scale)
+
+    tried: list[float] = []
+
+    def cut(scale: float, missed: frozenset[str], attempt: int):
+        assert attempt == len(tried) and (missed == frozenset({"sram"})) == (attempt > 0)
+        tried.append(scale)
+        return scale, Resources(sram(scale), 1000, 10, "s", "")
+
+    budget = Budget(sram=4131, flash=2000)
+    scale, after, tries = widest_fit(cut, budget)
+    assert after.sram <= 4131 and tries == len(tried) <= MAX_TIGHTEN
+    # Scaling by the miss alone stops at tried[1] (3,146 B); the search goes on to the widest that fits.
+    assert sram(tried[1]) < 3200 and after.sram > 3900
+    assert scale == max(s for s in tried if sram(s) <= 4131)
+    # Nothing fits: one error with the figures.
+    with pytest.raises(BudgetError, match=r"sram 6,682 > 10 \(6,672 over\) after"):
+        widest_fit(lambda s, m, a: (s, Resources(6682, 1, 1, "s", "")), Budget(sram=10))
