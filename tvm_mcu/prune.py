@@ -30,7 +30,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import numpy as np
@@ -42,7 +42,11 @@ from tvm_mcu.frontend import ImportedModel, load_model
 from tvm_mcu.passes.relax.prune_channels import PruneChannels
 from tvm_mcu.schedule.choice import parse_bytes
 
+if TYPE_CHECKING:
+    from tvm_mcu.train.diffprune import Gates
+
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 METHODS = ("diff", "l1", "uniform")
 # Bisection steps of the search; each measures one candidate (export, quantise, compile, build).
@@ -334,11 +338,6 @@ def _bisect(job: _Job, budget: Budget, method: str, steps: int) -> tuple[Keep, _
 # 3/15/31 channels, 2 epochs of 30k images: 0.62 at 1e-3, 0.71 at 3e-3, 0.76 at 1e-2, 0.72 at 3e-2.
 FINE_TUNE_LR = 1e-2
 
-# DiffPrune's share of the epochs (pruning while training); the rest fine-tunes the cut network.
-PRUNE_SHARE = 0.5
-
-T = TypeVar("T")
-
 # Attempts at tightening the model's budget when the compiled figures still miss the real one.
 MAX_TIGHTEN = 6
 # The cut's search stops once the widest scale that fits is this close to the narrowest that misses.
@@ -381,7 +380,7 @@ def _diff(
     ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
     module = RelaxModule(mod)
     acc_before, teacher = _teacher(job, ds)
-    prune_epochs = max(1, round(epochs * PRUNE_SHARE))
+    prune_epochs = max(1, epochs // 2)
     gates, log = diffprune(
         module,
         plan,
@@ -414,7 +413,7 @@ def _diff(
 def _fit_compiled(
     job: _Job,
     budget: Budget,
-    gates: Any,
+    gates: Gates,
     trained: _tvm.IRModule,
     model: resource_model.ResourceModel,
     limits: dict[str, float],
