@@ -167,6 +167,29 @@ def test_fine_tuning_recovers_accuracy_and_reports_it(tmp_path: Path) -> None:
     assert out.read_bytes() != plain.read_bytes()
 
 
+def test_the_seed_makes_training_repeatable_and_changes_it(tmp_path: Path) -> None:
+    def tuned(seed: int, name: str) -> bytes:
+        out = tmp_path / name
+        prune_model(
+            DEMO,
+            board=BOARD,
+            budget=Budget(macs=250_000),
+            out_path=out,
+            int8=False,
+            search_steps=3,
+            method="l1",
+            data="fashion-mnist",
+            epochs=1,
+            train_limit=2000,
+            seed=seed,
+        )
+        return out.read_bytes()
+
+    first = tuned(0, "a.onnx")
+    assert tuned(0, "b.onnx") == first
+    assert tuned(1, "c.onnx") != first
+
+
 def test_widest_fit_searches_past_an_overshooting_miss() -> None:
     # Compiled SRAM against the scale of the model's target, far off at the top (the model predicted a
     # schedule the compiler could not use there): 6,682 B at 1.0, then about proportional.

@@ -257,6 +257,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         sram_model=args.sram_model,
         progress=True,
         distill=args.distill,
+        seed=args.seed,
     )
     report = prune.result_json(result, budget)
     if args.json:
@@ -371,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="training epochs (diff: half pruning, half fine-tuning; 0: no training)",
+    )
+    pr.add_argument(
+        "--seed", type=int, default=0, help="of the training runs (sample order, initial state); default 0"
     )
     pr.add_argument("--float", action="store_true", help="budget the float model (default: int8 deployment)")
     pr.add_argument("-o", "--output", required=True, help="the pruned .onnx to write")

@@ -214,6 +214,7 @@ class _Job:
     int8: bool
     distill: bool = False
     sram_budget: int | None = None  # compile for it (the schedule a deployment with the budget gets)
+    seed: int = 0  # of every training run (sample order, initial state): a run is repeatable
 
     def measure(self, mod: _tvm.IRModule, tag: str) -> Resources:
         return measure(
@@ -242,6 +243,7 @@ def prune_model(
     progress: bool = False,
     resources: resource_model.ResourceModel | None = None,
     distill: bool = False,
+    seed: int = 0,
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
@@ -251,6 +253,7 @@ def prune_model(
     ``resources``: the model's resource model built before (``resource_model.build``), to reuse.
     ``distill``: every training run of the pruned network (any method) learns from the original's
     outputs as well as the labels (knowledge distillation).
+    ``seed``: of every training run (sample order and torch's state); the same seed gives the same model.
     """
     if method not in METHODS:
         raise BadOptionError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
@@ -268,7 +271,7 @@ def prune_model(
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        job = _Job(mod, plan, imported, board, work, int8, distill, budget.sram)
+        job = _Job(mod, plan, imported, board, work, int8, distill, budget.sram, seed)
         before = job.measure(mod, "original")
         training: Training | None = None
         if not before.excess(budget):
@@ -391,6 +394,7 @@ def _diff(
         progress=progress,
         prior=magnitudes(mod, plan),
         teacher=teacher,
+        seed=job.seed,
     )
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)
     module.taps = {}
@@ -401,7 +405,13 @@ def _diff(
     acc_after = acc_pruned if attempts == 1 else evaluate(fine, ds.x_test, ds.y_test)
     if epochs > prune_epochs:
         tlog = train(
-            fine, ds, epochs=epochs - prune_epochs, lr=FINE_TUNE_LR, progress=progress, teacher=teacher
+            fine,
+            ds,
+            epochs=epochs - prune_epochs,
+            lr=FINE_TUNE_LR,
+            progress=progress,
+            teacher=teacher,
+            seed=job.seed,
         )
         seconds += tlog.seconds
         acc_after = evaluate(fine, ds.x_test, ds.y_test)
@@ -510,7 +520,7 @@ def _fine_tune(
     acc_before, teacher = _teacher(job, ds)
     module = RelaxModule(pruned)
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)
-    log = train(module, ds, epochs=epochs, lr=FINE_TUNE_LR, teacher=teacher)
+    log = train(module, ds, epochs=epochs, lr=FINE_TUNE_LR, teacher=teacher, seed=job.seed)
     acc_after = evaluate(module, ds.x_test, ds.y_test)
     tuned = write_back(pruned, module)
     return tuned, Training(
