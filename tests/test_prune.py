@@ -15,6 +15,8 @@ from tvm_mcu.prune import MAX_TIGHTEN, Budget, Resources, parse_budget, prune_mo
 
 BOARD = "mps2-an386"
 DEMO = Path(str(resources.files("tvm_mcu") / "data" / "demo" / "fashion_cnn.onnx"))
+# L1 pruning of the demo model to a MAC budget, budgeted as float (no quantisation): quick.
+L1_DEMO = {"board": BOARD, "budget": Budget(macs=250_000), "int8": False, "search_steps": 3, "method": "l1"}
 
 
 @pytest.mark.parametrize(
@@ -139,12 +141,8 @@ def test_fine_tuning_recovers_accuracy_and_reports_it(tmp_path: Path) -> None:
     out = tmp_path / "tuned.onnx"
     result = prune_model(
         DEMO,
-        board=BOARD,
-        budget=Budget(macs=250_000),
         out_path=out,
-        int8=False,
-        search_steps=3,
-        method="l1",
+        **L1_DEMO,
         data="fashion-mnist",
         epochs=3,
         train_limit=12000,
@@ -155,15 +153,7 @@ def test_fine_tuning_recovers_accuracy_and_reports_it(tmp_path: Path) -> None:
     assert t.accuracy_after > t.accuracy_pruned
     # The fine-tuned weights are the ones written: the model differs from the magnitude-only result.
     plain = tmp_path / "plain.onnx"
-    prune_model(
-        DEMO,
-        board=BOARD,
-        budget=Budget(macs=250_000),
-        out_path=plain,
-        int8=False,
-        search_steps=3,
-        method="l1",
-    )
+    prune_model(DEMO, out_path=plain, **L1_DEMO)
     assert out.read_bytes() != plain.read_bytes()
 
 
@@ -172,12 +162,8 @@ def test_the_seed_makes_training_repeatable_and_changes_it(tmp_path: Path) -> No
         out = tmp_path / name
         prune_model(
             DEMO,
-            board=BOARD,
-            budget=Budget(macs=250_000),
             out_path=out,
-            int8=False,
-            search_steps=3,
-            method="l1",
+            **L1_DEMO,
             data="fashion-mnist",
             epochs=1,
             train_limit=2000,
