@@ -19,7 +19,7 @@ from tvm_mcu.frontend import load_model  # noqa: E402
 from tvm_mcu.passes.relax.prune_channels import PruneChannels  # noqa: E402
 from tvm_mcu.train.bridge import RelaxModule, write_back  # noqa: E402
 from tvm_mcu.train.data import load_dataset  # noqa: E402
-from tvm_mcu.train.diffprune import Gates, diffprune, fill_to  # noqa: E402
+from tvm_mcu.train.diffprune import PRUNE_LR_HARD, PRUNE_LR_MILD, Gates, diffprune, fill_to, prune_lr  # noqa: E402
 from tvm_mcu.train.loop import evaluate  # noqa: E402
 
 BOARD = "mps2-an386"
@@ -65,6 +65,17 @@ def test_readers_are_the_bindings_that_use_a_value(tmp_path: Path) -> None:
     assert any(len(rs) >= 2 for rs in readers.values())
 
 
+def test_the_learning_rate_while_pruning_grows_with_the_cut() -> None:
+    assert prune_lr(1.0) == prune_lr(0.5) == pytest.approx(PRUNE_LR_MILD)
+    assert prune_lr(1 / 8) == prune_lr(1 / 100) == pytest.approx(PRUNE_LR_HARD)
+    between = [prune_lr(c) for c in (0.45, 0.3, 0.25, 0.2, 0.13)]
+    assert between == sorted(between) and between[0] > PRUNE_LR_MILD and between[-1] < PRUNE_LR_HARD
+    assert prune_lr(1 / 4) == pytest.approx((PRUNE_LR_MILD * PRUNE_LR_HARD) ** 0.5)  # log-linear
+    for bad in (0.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="positive ratio"):
+            prune_lr(bad)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     imported = load_model(DEMO)
@@ -86,6 +97,7 @@ def test_diffprune_meets_the_budget_by_the_model_while_training(demo: tuple) -> 
     k = model.counts(log.keep)
     got = model.figures(k)
     assert got.sram <= budget["sram"] and got.macs <= budget["macs"]
+    assert log.lr == prune_lr(0.5)  # the deepest cut of the budget (MACs to 1/2) sets the rate
     # Pruned while training: the widths shrink step by step, not at the end.
     widths = [sum(h[4]) for h in log.history]
     assert len(widths) >= 3 and widths[0] < model.full.sum() and widths == sorted(widths, reverse=True)
