@@ -98,9 +98,13 @@ def test_diffprune_meets_the_budget_by_the_model_while_training(demo: tuple) -> 
     got = model.figures(k)
     assert got.sram <= budget["sram"] and got.macs <= budget["macs"]
     assert log.lr == prune_lr(0.5)  # the deepest cut of the budget (MACs to 1/2) sets the rate
-    # Pruned while training: the widths shrink step by step, not at the end.
+    # Pruned while training: the widths shrink step by step, not at the end. The last entry is the
+    # step the target reached the budget, where fill_to may give back what the budget leaves.
     widths = [sum(h[4]) for h in log.history]
-    assert len(widths) >= 3 and widths[0] < model.full.sum() and widths == sorted(widths, reverse=True)
+    shrinking = widths[:-1]
+    assert (
+        len(shrinking) >= 3 and widths[0] < model.full.sum() and shrinking == sorted(shrinking, reverse=True)
+    )
     # The trained, gated network is exactly the cut one.
     acc_gated = evaluate(module, ds.x_test, ds.y_test)
     module.taps = {}
