@@ -105,6 +105,8 @@ def test_diffprune_meets_the_budget_by_the_model_while_training(demo: tuple) -> 
     assert (
         len(shrinking) >= 3 and widths[0] < model.full.sum() and shrinking == sorted(shrinking, reverse=True)
     )
+    _, sram, _, macs, _ = log.history[-1]  # the structure the gates froze at meets the budget
+    assert sram <= budget["sram"] and macs <= budget["macs"]
     # The trained, gated network is exactly the cut one.
     acc_gated = evaluate(module, ds.x_test, ds.y_test)
     module.taps = {}
