@@ -6,7 +6,8 @@ Facts behind each workaround: ``shared/notes/tvm-0.27.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,8 @@ __all__ = [
     "RelaxVar",
     "RelaxCall",
     "RelaxConst",
+    "PrimValue",
+    "ConstantExpr",
     "TensorType",
     "BufferType",
     "PointerType",
@@ -53,7 +56,11 @@ __all__ = [
     "buffer_data_op",
     "ptr_byte_offset",
     "build_c_source",
+    "building_function",
+    "is_internal_error",
     "from_onnx",
+    "provenance",
+    "ATTR_PROVENANCE",
     "from_tflite",
     "relax_const",
     "attr_values",
@@ -71,6 +78,10 @@ RelaxCall = relax.Call
 RelaxConst = tvm.ir.GenericConst
 # 0.27: ``relax.TensorStructInfo`` became ``relax.TensorType``.
 TensorType = relax.TensorType
+# 0.27: ``relax.PrimValue`` is gone; a scalar argument (R.clip's bounds) is a prim ``IntImm``/``FloatImm``,
+# and every constant expression (those and ``GenericConst``) derives from ``tvm.ir.expr.Constant``.
+PrimValue = (tirx.IntImm, tirx.FloatImm)
+ConstantExpr = tvm.ir.expr.Constant
 BufferType = tirx.BufferType
 PointerType = tvm.ir.PointerType
 PrimType = tvm.ir.PrimType
@@ -105,6 +116,29 @@ _register_errors()
 
 # TVM 0.27 raises its C++ errors as RuntimeError subclasses (InternalError, OpError, ...).
 TVMError = RuntimeError
+
+
+def is_internal_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a bug rather than TVM refusing the user's model: a TVM ``InternalError`` (a
+    failed internal check: TVM's bug, or IR that tvm-mcu built wrongly), or an exception that passed
+    through tvm-mcu's own passes or analyses (any frame in the tvm_mcu package, passes and targets
+    included, other than the drivers that only call TVM: compiler, pipeline, api, cli)."""
+    import traceback
+    from pathlib import Path
+
+    import tvm_mcu
+    import tvm_mcu.passes
+    import tvm_mcu.targets
+
+    if isinstance(exc, tvm.error.InternalError):
+        return True
+    ours = [Path(str(m.__file__)).parent for m in (tvm_mcu, tvm_mcu.passes, tvm_mcu.targets)]
+    drivers = {ours[0] / f"{name}.py" for name in ("compiler", "pipeline", "api", "cli")}
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename)
+        if path not in drivers and any(path.is_relative_to(d) for d in ours):
+            return True
+    return False
 
 
 def error_summary(exc: BaseException) -> str:
@@ -207,6 +241,24 @@ def ptr_byte_offset(base: Any, offset: int, dtype: str) -> Any:
     return tirx.ptr_byte_offset(base, offset, dtype)
 
 
+@contextlib.contextmanager
+def building_function(
+    bb: Any, name: str, params: list[Any], *, attrs: dict[str, Any], private: bool = False
+) -> Iterator[None]:
+    """``bb.function(...)``, for a rewrite that may raise midway.
+
+    0.27: a ``bb.function`` scope left by an exception keeps the binding block its dataflow scope
+    opened on exit, and the BlockBuilder's destructor then prints "BlockBuilder destroyed with
+    remaining blocks!" to stderr, so a clean one-line refusal would come with a stray TVM warning.
+    """
+    try:
+        with bb.function(name, params, attrs=attrs, private=private):
+            yield
+    except BaseException:
+        bb._end_block()
+        raise
+
+
 def build_c_source(mod: IRModule) -> str:
     """CodeGenCHost source of an IRModule of unpacked, lowered PrimFuncs (no MakePackedAPI).
 
@@ -216,10 +268,99 @@ def build_c_source(mod: IRModule) -> str:
     return str(build(mod, C_TARGET).inspect_source())
 
 
-def from_onnx(model: Any, shape_dict: dict[str, list[int]]) -> IRModule:
-    from tvm.relax.frontend.onnx import from_onnx as _from_onnx
+# main's attribute mapping each binding's variable name to the ONNX node it came from, e.g.
+# ``{"lv15": "BatchNormalization 'bn_1'"}``: errors name the user's node, not Relax's variables.
+ATTR_PROVENANCE = "tvmmcu.provenance"
 
-    return _from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
+
+def from_onnx(model: Any, shape_dict: dict[str, list[int]]) -> IRModule:
+    """TVM's ONNX importer, with the ONNX node of every binding of ``main`` recorded (ATTR_PROVENANCE).
+
+    0.27's importer names every binding ``lv<n>``; its node table (``_nodes``: ONNX tensor name ->
+    Relax expression, a Var or a Call the normaliser binds where it is used) is read after the import.
+    A node's bindings are emitted together, so each binding belongs to the first node output bound at
+    or after it.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    importer = _onnx_importer()(shape_dict, "float32", keep_params_in_input=False, sanitize=True)
+    mod = importer.from_onnx(model.graph, opset)
+    producer: dict[Any, str] = {}
+    for k, node in enumerate(model.graph.node):
+        label = f"{node.op_type} '{node.name or (node.output[0] if node.output else k)}'"
+        for out in node.output:
+            expr = importer._nodes.get(out)
+            if isinstance(expr, relax.Expr):  # tvm objects hash and compare by identity
+                producer.setdefault(expr, label)
+    names: dict[str, str] = {}
+    pending: list[str] = []
+    func = mod["main"]
+    for block in func.body.blocks:
+        for b in block.bindings:
+            pending.append(var_name(b.var))
+            found = producer.get(b.var) or producer.get(b.value)
+            if found is not None:
+                names.update(dict.fromkeys(pending, found))
+                pending = []
+    mod["main"] = func.with_attr(ATTR_PROVENANCE, names)
+    return mod
+
+
+def _onnx_importer() -> Any:
+    """0.27's ONNXGraphImporter with our own conversion of the operators it imports unhelpfully."""
+    from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+    class Importer(fe.ONNXGraphImporter):  # type: ignore[misc]
+        def _convert_operator(
+            self, op_name: str, inputs: list[Any], attrs: dict[str, Any], opset: int
+        ) -> Any:
+            sym = _clip(self.bb, inputs, attrs, opset) if op_name == "Clip" else None
+            if sym is None:
+                sym = super()._convert_operator(op_name, inputs, attrs, opset)
+            # Bind a node's result while its node is converted (the importer leaves a call unbound until
+            # a consumer uses it), so that every binding follows the node that made it (provenance).
+            if isinstance(sym, relax.Call) and isinstance(sym.ty, relax.TensorType):
+                sym = self.bb.emit(sym)
+            return sym
+
+    return Importer
+
+
+def _clip(bb: Any, inputs: list[Any], attrs: dict[str, Any], opset: int) -> Any | None:
+    """ONNX Clip with constant bounds as one ``R.clip``. 0.27 imports it as a NaN test of each bound
+    (``where(isnan(b), inf, b)``) and two TE kernels (``call_tir`` max and min), which hides a plain
+    clamp from every later rewrite (int8 lowering, channel analysis). A NaN bound is no bound, as in
+    ONNX. None (TVM's own conversion) when a bound is not a constant scalar."""
+    if opset < 11:
+        bounds = [attrs.get("min"), attrs.get("max")]
+    else:
+        bounds = []
+        for b in (list(inputs) + [None, None])[1:3]:
+            if b is None:
+                bounds.append(None)
+                continue
+            if not isinstance(b, RelaxConst):
+                return None
+            v = const_value(b)
+            if v.size != 1:
+                return None
+            bounds.append(float(v.reshape(-1)[0]))
+    x = inputs[0]
+    if not isinstance(x.ty, relax.TensorType) or not tensor_dtype(x.ty).startswith("float"):
+        return None
+    # No bound is the largest float32 (an infinity would reach the C code as a literal).
+    big = float(np.finfo(np.float32).max)
+    lo = -big if bounds[0] is None or np.isnan(bounds[0]) else max(float(bounds[0]), -big)
+    hi = big if bounds[1] is None or np.isnan(bounds[1]) else min(float(bounds[1]), big)
+    return bb.normalize(relax.op.clip(x, lo, hi))
+
+
+def provenance(func: Any, var: Any) -> str | None:
+    """The ONNX node a binding of ``func`` came from (recorded by :func:`from_onnx`), if known."""
+    table = (func.attrs or {}).get(ATTR_PROVENANCE)
+    if table is None:
+        return None
+    label = table.get(var_name(var))
+    return None if label is None else str(label)
 
 
 def from_tflite(model: Any) -> IRModule:

@@ -10,12 +10,12 @@ from typing import Any
 import attrs
 import numpy as np
 
-from tvm_mcu import compiler
+from tvm_mcu import compiler, outputs
 from tvm_mcu import explain as explain_mod
 from tvm_mcu.codegen import model_c
 from tvm_mcu.errors import BadOptionError, BudgetError, VerificationError
 from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
-from tvm_mcu.reference import reference_outputs
+from tvm_mcu.reference import oracle_names, run_oracle
 from tvm_mcu.report import IoRow, OpRow, Report
 from tvm_mcu.schedule.graph import Graph
 from tvm_mcu.targets.board import Board, load_board
@@ -116,6 +116,7 @@ def compile_model(
     layer-by-layer baseline). ``schedule``: take this candidate (e.g. "row bands") instead of choosing.
     """
     board = load_board(board_name)
+    out_dir = outputs.output_dir(Path(out_dir))
     model = load_model(Path(model_path))
     result = compiler.compile_module(
         model.mod,
@@ -171,7 +172,11 @@ def compile_model(
 
 
 def pack(rows: tuple[IoRow, ...], arrays: list[np.ndarray]) -> bytes:
-    """Pack arrays into the byte layout ``tvmmcu_model_run`` expects (see model.h)."""
+    """Pack arrays into the byte layout ``tvmmcu_model_run`` expects (see model.h).
+
+    Float values for an integer input of a quantised model are quantised with its scale and zero point
+    (ONNX QuantizeLinear); integer values are taken when they fit the input's type.
+    """
     if len(arrays) != len(rows):
         raise BadOptionError(f"the model takes {len(rows)} input(s), got {len(arrays)}")
     total = max((r.offset + r.bytes for r in rows), default=0)
@@ -182,18 +187,39 @@ def pack(rows: tuple[IoRow, ...], arrays: list[np.ndarray]) -> bytes:
             a = a.reshape(r.shape)
         if tuple(a.shape) != tuple(r.shape):
             raise BadOptionError(f"input '{r.name}' must have shape {list(r.shape)}, got {list(a.shape)}")
-        if a.dtype.kind == "f" and np.dtype(r.dtype) == np.int8 and r.scale is not None:
-            a = quantize_linear(a, r.scale, int(r.zero_point or 0))
-        if a.dtype != np.dtype(r.dtype):
-            raise BadOptionError(f"input '{r.name}' must be {r.dtype}, got {a.dtype}")
-        buf[r.offset : r.offset + r.bytes] = np.ascontiguousarray(a).tobytes()
+        buf[r.offset : r.offset + r.bytes] = np.ascontiguousarray(_as_input(r, a)).tobytes()
     return bytes(buf)
 
 
-def quantize_linear(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """ONNX QuantizeLinear to int8: round half to even, saturate."""
+def _as_input(r: IoRow, a: np.ndarray) -> np.ndarray:
+    want = np.dtype(r.dtype)
+    if a.dtype == want:
+        return a
+    if a.dtype.kind not in "biuf":
+        raise BadOptionError(f"input '{r.name}' must be {r.dtype}; got {a.dtype} values")
+    if a.dtype.kind == "f" and want.kind in "iu":
+        if r.scale is None:
+            raise BadOptionError(
+                f"input '{r.name}' is {r.dtype} and the model gives no scale to quantise float values with; "
+                f"give {r.dtype} values"
+            )
+        return quantize_linear(a, r.scale, int(r.zero_point or 0), r.dtype)
+    if want.kind == "f":
+        return a.astype(want)
+    info = np.iinfo(want)
+    if a.dtype.kind == "b" or (int(a.min(initial=0)) >= info.min and int(a.max(initial=0)) <= info.max):
+        return a.astype(want)
+    raise BadOptionError(
+        f"input '{r.name}' is {r.dtype} ({info.min} to {info.max}); the values given range from "
+        f"{a.min()} to {a.max()}"
+    )
+
+
+def quantize_linear(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") -> np.ndarray:
+    """ONNX QuantizeLinear: round half to even, saturate to ``dtype`` (int8 or uint8)."""
+    info = np.iinfo(np.dtype(dtype))
     q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)) + zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
+    return np.clip(q, info.min, info.max).astype(dtype)
 
 
 def dequantize_linear(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -225,46 +251,159 @@ def model_inputs(model: ImportedModel, *, input_path: Path | None, seed: int) ->
     """Inputs from a .npy/.npz file, or seeded random ones."""
     if input_path is None:
         return random_inputs(model, seed)
-    return load_inputs(Path(input_path), [(s.name, s.shape, s.dtype) for s in model.inputs])
+    arrays = load_inputs(Path(input_path), [(s.name, s.shape, s.dtype) for s in model.inputs])
+    for spec, a in zip(model.inputs, arrays, strict=True):
+        if a.dtype != np.dtype(spec.dtype):
+            raise BadOptionError(
+                f"input '{spec.name}' of {model.name} is {spec.dtype}; {input_path} holds {a.dtype}"
+            )
+    return arrays
 
 
 def load_inputs(path: Path, specs: list[tuple[str, tuple[int, ...], str]]) -> list[np.ndarray]:
+    """The arrays of a .npy (one input) or .npz (inputs in order) file, each reshaped to its input's shape.
+
+    Float inputs take float or integer values; the values of an integer input are converted by
+    :func:`pack` (float values of a quantised input are quantised there).
+    """
     if not path.is_file():
         raise BadOptionError(f"input file {path} does not exist")
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        arrays = [data[k] for k in data.files] if isinstance(data, np.lib.npyio.NpzFile) else [data]
+    except (OSError, ValueError, EOFError) as exc:
         raise BadOptionError(f"{path} is not a .npy or .npz file ({exc})") from exc
-    arrays = [data[k] for k in data.files] if isinstance(data, np.lib.npyio.NpzFile) else [data]
+    if len(arrays) != len(specs):
+        raise BadOptionError(f"the model takes {len(specs)} input(s); {path} holds {len(arrays)}")
     out = []
-    for (name, shape, dtype), a in zip(specs, arrays, strict=False):
+    for (name, shape, dtype), a in zip(specs, arrays, strict=True):
+        if a.dtype.kind not in "biuf":
+            raise BadOptionError(
+                f"input '{name}' needs {dtype} values; {path} holds {a.dtype} (give a real-valued array)"
+            )
         if a.size != int(np.prod(shape)):
             raise BadOptionError(
                 f"input '{name}' needs {list(shape)} ({dtype}); {path} holds {list(a.shape)}"
             )
-        out.append(a.reshape(shape).astype(dtype, casting="same_kind"))
-    if len(out) != len(specs):
-        raise BadOptionError(f"the model takes {len(specs)} input(s); {path} holds {len(arrays)}")
+        a = a.reshape(shape)
+        want = np.dtype(dtype)
+        if want.kind == "f":
+            a = a.astype(want)
+        elif a.dtype.kind != "f":
+            a = _as_input(IoRow(name, shape, dtype), a)
+        out.append(a)
     return out
 
 
 def max_abs_error(got: np.ndarray, want: np.ndarray) -> float:
     """Largest absolute difference; NaN where both are NaN counts as equal, NaN on one side as infinite."""
-    g = np.asarray(got, dtype=np.float64).reshape(-1)
-    w = np.asarray(want, dtype=np.float64).reshape(-1)
-    both_nan = np.isnan(g) & np.isnan(w)
-    diff = np.abs(g - w)
-    diff[both_nan] = 0.0
-    diff[np.isnan(diff)] = np.inf
-    same_inf = np.isinf(g) & np.isinf(w) & (np.sign(g) == np.sign(w))
-    diff[same_inf] = 0.0
-    return float(np.max(diff, initial=0.0))
+    return float(np.max(_abs_diff(np.reshape(got, -1), np.reshape(want, -1)), initial=0.0))
 
 
 def tolerance_for(reference: list[np.ndarray]) -> float:
     finite = [np.abs(r[np.isfinite(r)]) for r in reference if r.size]
     scale = max((float(np.max(f)) for f in finite if f.size), default=1.0)
     return FLOAT_ATOL * max(1.0, scale)
+
+
+@attrs.frozen
+class Comparison:
+    """The firmware's outputs against one reference: the largest error, its tolerance and where."""
+
+    error: float
+    tolerance: float
+    worst: str = ""  # the output and element with the largest error, and both values
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= self.tolerance
+
+
+def compare(rows: tuple[IoRow, ...], outputs: list[np.ndarray], reference: list[np.ndarray]) -> Comparison:
+    """Float outputs within 1e-4 (scaled by the output's magnitude above 1); int8/uint8 outputs of a
+    TFLite model exactly; those of an ONNX QDQ model within one quantisation step (compared dequantised
+    with the float reference, whose rounding differs from integer rounding)."""
+    if len(reference) != len(outputs):
+        raise VerificationError(f"the reference gave {len(reference)} outputs, the firmware {len(outputs)}")
+    err, tol, worst = 0.0, 0.0, ""
+    for row, got, want in zip(rows, outputs, reference, strict=True):
+        want = np.asarray(want)
+        if want.size != got.size:
+            raise VerificationError(
+                f"output '{row.name}': the reference has shape {list(want.shape)}, the firmware "
+                f"{list(got.shape)}"
+            )
+        want = want.reshape(got.shape)
+        if got.dtype.kind in "iu" and want.dtype.kind == "f" and row.scale is not None:
+            # A QDQ model: the reference's float output is a dequantised integer value.
+            got = dequantize_linear(got, row.scale, int(row.zero_point or 0))
+            tol = max(tol, 1.0001 * row.scale)
+        elif got.dtype.kind == "f":
+            tol = max(tol, tolerance_for([want]))
+        diff = _abs_diff(got, want)
+        if diff.size and float(diff.max()) > err:
+            err = float(diff.max())
+            at = np.unravel_index(int(np.argmax(diff)), diff.shape)
+            worst = (
+                f"output '{row.name}' at {[int(i) for i in at]}: firmware {got[at].item()!r}, "
+                f"reference {want[at].item()!r}"
+            )
+    return Comparison(err, tol, worst)
+
+
+def _abs_diff(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Absolute differences; NaN on both sides (and equal infinities) count as equal, NaN on one side as
+    infinite."""
+    g, w = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(g - w)
+    diff[np.isnan(g) & np.isnan(w)] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    diff[np.isinf(g) & np.isinf(w) & (np.sign(g) == np.sign(w))] = 0.0
+    return diff
+
+
+@attrs.frozen
+class Checked:
+    """The verdict of :func:`check_against_references`."""
+
+    reference: str  # the oracle the verdict rests on
+    comparison: Comparison
+    notes: tuple[str, ...]
+    outputs: list[np.ndarray] = attrs.field(eq=False)  # that oracle's outputs
+
+
+def check_against_references(
+    model: ImportedModel, inputs: list[np.ndarray], rows: tuple[IoRow, ...], outputs: list[np.ndarray]
+) -> Checked:
+    """Compare the firmware's outputs with the oracles of the model's format, the preferred one first.
+
+    An oracle that cannot run the
+    model is skipped (noted). When the firmware differs from the first oracle that runs, the others are
+    tried: if one agrees with the firmware, the references disagree with each other and that is said,
+    rather than blaming the firmware. VerificationError when no oracle can run the model.
+    """
+    notes: list[str] = []
+    first: Checked | None = None
+    for name in oracle_names(model):
+        oracle = run_oracle(name, model, inputs)
+        if oracle.outputs is None:
+            notes.append(f"{name} could not run the model ({oracle.error})")
+            continue
+        result = compare(rows, outputs, list(oracle.outputs))
+        if first is None:
+            first = Checked(name, result, (), list(oracle.outputs))
+        if result.passed:
+            if first.reference != name:
+                notes.append(
+                    f"the references disagree: {first.reference} differs from the firmware and from "
+                    f"{name} (max error {first.comparison.error:.3g}, {first.comparison.worst}); the "
+                    f"firmware matches {name}"
+                )
+            return Checked(name, result, tuple(notes), list(oracle.outputs))
+    if first is None:
+        raise VerificationError(f"no reference interpreter can run {model.name}: {'; '.join(notes)}")
+    return attrs.evolve(first, notes=tuple(notes))
 
 
 def verify(
@@ -277,39 +416,29 @@ def verify(
     allow_float: bool = False,
     schedule: str | None = None,
 ) -> Verification:
-    """Compile, run on the emulated board and compare with the independent reference.
+    """Compile, run on the emulated board and compare with the independent references
+    (:func:`check_against_references`; tolerances in :func:`compare`).
 
     ``schedule``: verify this candidate schedule (e.g. "row bands") instead of the one the compiler
     would choose.
-
-    Float outputs must match within 1e-4 (scaled by the output's magnitude above 1); int8 outputs of a
-    TFLite model exactly; int8 outputs of an ONNX QDQ model within one quantisation step (they are
-    compared dequantised with the float reference, whose rounding differs from integer rounding).
     """
     compiled = compile_model(model_path, board_name, out_dir, allow_float=allow_float, schedule=schedule)
     model = load_model(Path(model_path))
     inputs = model_inputs(model, input_path=input_path, seed=seed)
     outcome = run_compiled(compiled.out_dir, inputs)
-    reference = reference_outputs(model, inputs)
-    if len(reference) != len(outcome.outputs):
-        raise VerificationError(
-            f"the reference gave {len(reference)} outputs, the firmware {len(outcome.outputs)}"
-        )
-    err, tol = 0.0, 0.0
-    for row, got, want in zip(outcome.report.outputs, outcome.outputs, reference, strict=True):
-        want = np.asarray(want).reshape(got.shape)
-        if got.dtype == np.int8 and want.dtype.kind == "f" and row.scale is not None:
-            # A QDQ model: the reference's float output is a dequantised int8 value; integer rounding
-            # may differ from float rounding by one quantisation step.
-            got = dequantize_linear(got, row.scale, int(row.zero_point or 0))
-            tol = max(tol, 1.0001 * row.scale)
-        elif got.dtype.kind == "f":
-            tol = max(tol, tolerance_for([want]))
-        err = max(err, max_abs_error(got, want))
-    ref_name = "onnx.reference" if model.format == "onnx" else "tflite-micro"
-    report = attrs.evolve(outcome.report, max_abs_error=err, tolerance=tol, reference=ref_name)
+    checked = check_against_references(model, inputs, outcome.report.outputs, outcome.outputs)
+    result = checked.comparison
+    report = attrs.evolve(
+        outcome.report,
+        max_abs_error=result.error,
+        tolerance=result.tolerance,
+        reference=checked.reference,
+        reference_notes=checked.notes,
+        verified=result.passed,
+        worst_difference=result.worst,
+    )
     report.write(compiled.out_dir / REPORT)
-    return Verification(report, outcome.outputs, reference, err <= tol)
+    return Verification(report, outcome.outputs, checked.outputs, result.passed)
 
 
 def explain(directory: Path, *, png: Path | None = None) -> tuple[str, Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -144,12 +145,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if ctx is not None:
             ctx.cleanup()
     _print_report(v.report, args.json)
-    if not args.json:
-        verdict = "MATCH" if v.passed else "MISMATCH"
-        print(
-            f"{verdict}: max abs error {v.report.max_abs_error:.3g} against {v.report.reference} "
-            f"(tolerance {v.report.tolerance:.3g})"
-        )
+    r = v.report
+    verdict = (
+        f"{'MATCH' if v.passed else 'MISMATCH'}: max abs error {r.max_abs_error:.3g} against {r.reference} "
+        f"(tolerance {r.tolerance:.3g})" + ("" if v.passed else f"; largest at {r.worst_difference}")
+    )
+    # In --json mode stdout holds only the JSON (with "verified"); the verdict of a mismatch and the
+    # references' notes still reach the user, on stderr.
+    stream = sys.stderr if args.json else sys.stdout
+    for note in r.reference_notes:
+        print(f"note: {note}", file=stream)
+    if not args.json or not v.passed:
+        print(verdict, file=stream)
     return 0 if v.passed else 1
 
 
@@ -285,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tvm-mcu", description=__doc__)
     p.add_argument("--version", action="version", version=f"tvm-mcu {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the compiler does")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an internal error (a bug in tvm-mcu), show the whole traceback instead of one line",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="compile a model to a C library and firmware for a board")
@@ -405,6 +417,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TvmMcuError as exc:
         print(f"tvm-mcu: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        # Anything that is not a TvmMcuError is a bug in tvm-mcu, never the user's model or options:
+        # one line that says so, the traceback kept in a file (and shown with --debug).
+        if args.debug:
+            raise
+        print(f"tvm-mcu: {internal_error_line(exc, _save_traceback(exc))}", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+# Exit status of an internal error (1 is the user's error, argparse uses 2 for bad usage).
+INTERNAL_ERROR = 3
+
+
+def internal_error_line(exc: BaseException, saved: Path | None) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    what = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+    where = f"the traceback is in {saved}; " if saved is not None else ""
+    return (
+        f"internal error (a bug in tvm-mcu, not a problem with your model or options): {what}. "
+        f"{where}rerun with --debug to see it, and please report it"
+    )
+
+
+def _save_traceback(exc: BaseException) -> Path | None:
+    import traceback
+
+    try:
+        fd, name = tempfile.mkstemp(prefix="tvm-mcu-internal-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"tvm-mcu {__version__}: {' '.join(sys.argv)}\n\n")
+            f.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
+    return Path(name)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from tvm_mcu.errors import BadOptionError, UnsupportedOpError
 from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupChains
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
-from tvm_mcu.passes.relax.make_int8_interface import io_quantization
+from tvm_mcu.passes.relax.make_integer_interface import io_quantization
 from tvm_mcu.passes.tir import row_bands
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
@@ -228,6 +228,8 @@ def plan_schedules(
     try:
         fused = pipeline.run(pipeline.graph_passes(allow_float=allow_float, rounding=rounding), mod)
     except (AssertionError, _tvm.TVMError, ValueError, TypeError) as exc:
+        if _tvm.is_internal_error(exc):
+            raise
         # TVM's legalisation rejects some attribute combinations its importer accepted.
         raise UnsupportedOpError(
             f"TVM could not legalise {model_name}: {_tvm.error_summary(exc)}; the model uses an operator "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tvm_mcu._tvm import C_TARGET, relax, s_tir, tirx, tvm
 from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
-from tvm_mcu.passes.relax.make_int8_interface import MakeInt8Interface
+from tvm_mcu.passes.relax.make_integer_interface import MakeIntegerInterface
 from tvm_mcu.passes.relax.raise_tir_calls import RaiseTirCalls
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
@@ -21,7 +21,7 @@ def graph_passes(*, allow_float: bool = False, rounding: str = "tflite") -> list
     return [
         # The caller quantises the inputs and dequantises the outputs of a QDQ model; before the integer
         # lowering, which then sees int8 inputs.
-        MakeInt8Interface(),
+        MakeIntegerInterface(),
         # Must see the dequantize -> float op -> quantize patterns before FoldConstant turns the
         # dequantised weights into float constants.
         LowerQuantizedOps(allow_float=allow_float, rounding=rounding),

@@ -39,6 +39,7 @@ from tvm_mcu import _tvm, api, pipeline, resource_model
 from tvm_mcu.analysis.channels import ChannelPlan, channel_groups, magnitudes
 from tvm_mcu.errors import BadOptionError, BudgetError
 from tvm_mcu.frontend import ImportedModel, load_model
+from tvm_mcu.outputs import output_file
 from tvm_mcu.passes.relax.prune_channels import PruneChannels
 from tvm_mcu.schedule.choice import parse_bytes
 
@@ -257,6 +258,7 @@ def prune_model(
     """
     if method not in METHODS:
         raise BadOptionError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    out_path = output_file(Path(out_path))
     if epochs > 0 and data is None:
         raise BadOptionError("training (--epochs N) needs --data")
     imported = load_model(Path(model_path))

@@ -82,9 +82,15 @@ class Report:
     peak_sram_bytes: int | None = None
     instructions: int | None = None
     instructions_per_mac: float | None = None
+    # Set by verify: the largest error against the reference the verdict rests on, its tolerance, the
+    # verdict, where the largest error is, and what the oracles said (one could not run the model, the
+    # references disagree with each other).
     max_abs_error: float | None = None
     tolerance: float | None = None
     reference: str | None = None
+    verified: bool | None = None
+    worst_difference: str = ""
+    reference_notes: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
     def with_run(self, *, stack_bytes: int, instructions: int) -> Report:
         ipm = round(instructions / self.macs, 3) if self.macs else None

@@ -10,47 +10,24 @@ import numpy as np
 from tvm_mcu import _tvm
 from tvm_mcu._tvm import relax, tvm
 from tvm_mcu.errors import UnsupportedOpError
-from tvm_mcu.passes.relax.integer.emit import EMITTERS, NotInteger, avg_pool_int8, requantize
-from tvm_mcu.passes.relax.integer.values import IntAccumulate, Pending, QConst, QTensor
+from tvm_mcu.passes.relax.integer.emit import NotInteger
+from tvm_mcu.passes.relax.integer.handlers import HANDLERS
+from tvm_mcu.passes.relax.integer.values import LOWERED, QConst, QTensor, QTuple, Unusable
 
 logger = logging.getLogger(__name__)
 
 ATTR_FLOAT_OPS = "tvmmcu.float_ops"
 
-# Float ops whose output is just a clamp of their input: folded into the integer op's activation range.
-_ACTIVATIONS = ("relax.nn.relu", "relax.clip")
-# Float ops on a quantised tensor that become integer operators once their output is quantised.
-_POOLS = {"relax.nn.avg_pool2d": "avg_pool2d", "relax.nn.max_pool2d": "max_pool2d", "relax.mean": "mean"}
-
-
-def _np(c: Any) -> np.ndarray:
-    return _tvm.const_value(c)
-
-
-def _scalar(c: Any) -> float:
-    v = _np(c).reshape(-1)
-    if v.size != 1:
-        raise NotInteger("a per-axis quantisation of an activation")
-    return float(v[0])
-
-
-def _broadcast_param(value: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
-    value = value.reshape(-1)
-    if value.size == 1:
-        return np.broadcast_to(value, shape).copy()
-    bshape = [1] * len(shape)
-    bshape[axis] = value.size
-    return np.broadcast_to(value.reshape(bshape), shape).copy()
-
 
 class _Lowering:
     """One walk over ``main``'s bindings, emitting the integer function into ``bb``."""
 
-    def __init__(self, bb: Any, allow_float: bool, rounding: str) -> None:
+    def __init__(self, bb: Any, func: Any, allow_float: bool, rounding: str) -> None:
         self.bb = bb
+        self.func = func
         self.allow_float = allow_float
         self.rounding = rounding
-        self.env: dict[Any, Any] = {}  # old var -> new expr, QTensor, QConst, Pending or IntAccumulate
+        self.env: dict[Any, Any] = {}  # old var -> new expr or lowered value (values.LOWERED)
         self.origin: dict[Any, Any] = {}  # old var -> its binding value (for float fallback)
         self.problems: list[str] = []
         self.float_ops: list[str] = []
@@ -71,11 +48,10 @@ class _Lowering:
                 )
             )
         if isinstance(v, QConst):
-            real = ((v.values.astype(np.float64) - v.zero_points) * v.scales).astype(np.float32)
-            return relax.const(real)
-        if isinstance(v, Pending | IntAccumulate):
+            return relax.const(v.real())
+        if isinstance(v, LOWERED) and isinstance(expr, _tvm.RelaxVar) and expr in self.origin:
             return self.emit_original(expr)
-        if isinstance(v, relax.Tuple):
+        if isinstance(v, QTuple | relax.Tuple):
             return relax.Tuple([self.materialize(f) for f in v.fields])
         return v
 
@@ -96,19 +72,23 @@ class _Lowering:
             return relax.TupleGetItem(fn(value.tuple_value), value.index)
         return fn(value)
 
+    def label(self, var: Any, value: Any) -> str:
+        """The op as the user knows it: the ONNX node when the importer recorded it, with the Relax op."""
+        op = _tvm.op_name(value) if isinstance(value, relax.Call) else type(value).__name__
+        node = _tvm.provenance(self.func, var)
+        return f"{node} ({op})" if node else f"{op} ('{_tvm.var_name(var)}')"
+
     # ------------------------------------------------------------------ bindings
     def binding(self, var: Any, value: Any) -> None:
         self.origin[var] = value
         try:
             result = self.classify(var, value)
         except NotInteger as exc:
-            name = _tvm.var_name(var)
-            op = _tvm.op_name(value) if isinstance(value, relax.Call) else type(value).__name__
             if not self.allow_float:
-                self.problems.append(f"{op} ('{name}'): {exc}")
+                self.problems.append(f"{self.label(var, value)}: {exc}")
                 result = value
             else:
-                self.float_ops.append(f"{op} ('{name}')")
+                self.float_ops.append(self.label(var, value))
                 result = self.bb.emit(self.rebuild(value, self.materialize))
         self.env[var] = result
 
@@ -118,28 +98,34 @@ class _Lowering:
                 return self.lookup(value)
             if isinstance(value, relax.Tuple):
                 fields = [self.lookup(f) for f in value.fields]
-                if any(isinstance(f, QTensor | QConst | Pending | IntAccumulate) for f in fields):
-                    return relax.Tuple(fields)  # consumed by concat (a Pending) or materialised
+                if any(isinstance(f, LOWERED) for f in fields):
+                    return QTuple(tuple(fields))  # consumed by concat (a Pending) or the outputs
                 return self.bb.emit(value if not fields else relax.Tuple(fields))
             if isinstance(value, relax.TupleGetItem):
+                src = self.lookup(value.tuple_value)
+                if isinstance(src, QTuple):
+                    item = src.fields[value.index]
+                    return Unusable("a training-mode output of batch_norm") if item is None else item
                 return self.bb.emit(relax.TupleGetItem(self.materialize(value.tuple_value), value.index))
             return value
         op = _tvm.op_name(value)
         args = [self.lookup(a) for a in value.args]
-        handler = _HANDLERS.get(op or "")
+        handler = HANDLERS.get(op or "")
         if handler is not None:
             out = handler(self, var, value, args)
             if out is not NotImplemented:
                 return out
-        if any(isinstance(a, QTensor | QConst | Pending | IntAccumulate) for a in args) or (
-            op is not None and op not in _INTEGER_SAFE and _is_float(var)
-        ):
+        if any(isinstance(a, LOWERED) for a in args):
+            raise NotInteger("no integer lowering for this operator on quantised values")
+        if all(_is_constant(a) for a in value.args):
+            return self.bb.emit(value)  # constants only: FoldConstant evaluates it at compile time
+        if op is not None and op not in _INTEGER_SAFE and _is_float(var):
             raise NotInteger("no integer lowering for this operator")
         return self.bb.emit(self.rebuild(value, self.lookup_plain))
 
     def lookup_plain(self, expr: Any) -> Any:
         v = self.lookup(expr)
-        if isinstance(v, QTensor | QConst | Pending | IntAccumulate):
+        if isinstance(v, LOWERED):
             raise NotInteger("a quantised value reaches an operator with no integer lowering")
         if isinstance(v, relax.Tuple):
             return relax.Tuple([self.lookup_plain(f) for f in v.fields])
@@ -149,6 +135,12 @@ class _Lowering:
 def _is_float(var: Any) -> bool:
     ty = var.ty
     return isinstance(ty, _tvm.TensorType) and _tvm.tensor_dtype(ty).startswith("float")
+
+
+def _is_constant(expr: Any) -> bool:
+    if isinstance(expr, relax.Tuple):
+        return all(_is_constant(f) for f in expr.fields)
+    return isinstance(expr, _tvm.ConstantExpr | relax.ShapeExpr)
 
 
 # Integer-domain ops the importers emit that need nothing from this pass.
@@ -161,161 +153,6 @@ _INTEGER_SAFE = {
     "relax.squeeze",
     "relax.expand_dims",
     "relax.flatten",
-}
-
-
-# ---------------------------------------------------------------------- handlers, one per Relax op
-def _dequantize(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    data, scale, zp = args
-    axis = int(call.attrs.axis)
-    if isinstance(data, _tvm.RelaxConst):
-        values = _np(data)
-        shape = values.shape
-        a = axis % max(len(shape), 1) if shape else 0
-        scales = _broadcast_param(_np(scale).astype(np.float32), shape, a)
-        zps = _broadcast_param(_np(zp).astype(np.int64), shape, a)
-        return QConst(values, scales, zps)
-    if isinstance(data, QTensor | QConst | Pending | IntAccumulate):
-        raise NotInteger("dequantize of a value that is not an int8 tensor")
-    if _tvm.tensor_dtype(data.ty) != "int8":
-        raise NotInteger(f"dequantize of a {_tvm.tensor_dtype(data.ty)} tensor (int8 only)")
-    return QTensor(data, float(np.float32(_scalar(scale))), int(_np(zp).reshape(-1)[0]))
-
-
-def _quantize(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    src, scale, zp = args
-    if str(call.attrs.out_dtype) != "int8":
-        raise NotInteger(f"quantize to {call.attrs.out_dtype} (int8 only)")
-    out_scale, out_zp = float(np.float32(_scalar(scale))), int(_np(zp).reshape(-1)[0])
-    if isinstance(src, Pending):
-        emitter = EMITTERS.get(src.kind)
-        if emitter is None:
-            raise NotInteger(f"no integer lowering for {src.kind}")
-        return low.bb.emit(emitter(low.bb, src, out_scale, out_zp, low.rounding))
-    if isinstance(src, QTensor):
-        return low.bb.emit(requantize(low.bb, src, out_scale, out_zp, rounding=low.rounding))
-    raise NotInteger("quantize of a float value that does not come from quantised inputs")
-
-
-def _conv2d(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    x, w = args
-    if isinstance(x, QTensor) and isinstance(w, QConst):
-        return Pending("conv2d", (x, w), call)
-    return NotImplemented
-
-
-def _matmul(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    x, w = args
-    if isinstance(x, QTensor) and isinstance(w, QConst):
-        return Pending("dense", (x, w), call)
-    return NotImplemented
-
-
-def _add(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    a, b = args
-    for p, other in ((a, b), (b, a)):
-        if isinstance(p, Pending) and p.kind in ("conv2d", "dense") and p.bias is None and p.act is None:
-            if isinstance(other, QConst):
-                return Pending(p.kind, p.inputs, p.call, bias=other.transformed(lambda v: v.reshape(-1)))
-            if isinstance(other, _tvm.RelaxConst) and _tvm.tensor_dtype(other.ty).startswith("float"):
-                return Pending(p.kind, p.inputs, p.call, bias=_np(other).reshape(-1))
-    if isinstance(a, QTensor) and isinstance(b, QTensor):
-        return Pending("add", (a, b), call)
-    return NotImplemented
-
-
-def _activation(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    src = args[0]
-    if isinstance(src, QTensor):  # a standalone activation: requantised to its output and clamped
-        src = Pending("clamp", (src,), call)
-    elif not isinstance(src, Pending) or src.act is not None:
-        return NotImplemented
-    act: tuple[float | None, float | None]
-    if _tvm.op_name(call) == "relax.nn.relu":
-        act = (0.0, None)
-    else:
-        lo, hi = float(call.args[1].value), float(call.args[2].value)
-        act = (lo, hi)
-    return Pending(src.kind, src.inputs, src.call, bias=src.bias, act=act)
-
-
-def _pool(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    op = _tvm.op_name(call)
-    src = args[0]
-    if isinstance(src, QTensor):
-        return Pending(_POOLS[op or ""], (src,), call)
-    if op == "relax.nn.avg_pool2d" and isinstance(src, IntAccumulate) and src.call is None:
-        return IntAccumulate(src.source, call)
-    return NotImplemented
-
-
-def _softmax(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    if isinstance(args[0], QTensor):
-        return Pending("softmax", (args[0],), call)
-    return NotImplemented
-
-
-def _concat(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    fields = args[0]
-    if isinstance(fields, relax.Tuple):
-        items = [low.lookup(f) for f in fields.fields]
-        if all(isinstance(f, QTensor) for f in items):
-            return Pending("concat", tuple(items), call)
-    return NotImplemented
-
-
-def _layout_op(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    """reshape / permute_dims of a quantised value: the same op on the integer tensor or constant."""
-    src = args[0]
-    op = _tvm.op_name(call)
-    if isinstance(src, _tvm.RelaxConst):  # TFLite transposes int8 weights before dequantising them
-        values = _np(src)
-        if op == "relax.reshape":
-            return relax.const(values.reshape(tuple(int(d) for d in call.ty.shape)))
-        axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else None
-        return relax.const(np.ascontiguousarray(np.transpose(values, axes)))
-    if isinstance(src, QConst):
-        if op == "relax.reshape":
-            shape = tuple(int(d) for d in call.ty.shape)
-            return src.transformed(lambda a: a.reshape(shape))
-        axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else None
-        return src.transformed(lambda a: np.transpose(a, axes))
-    if isinstance(src, QTensor):
-        new = low.bb.emit(relax.Call(call.op, [src.var, *call.args[1:]], call.attrs, call.ty_args))
-        return QTensor(new, src.scale, src.zero_point)
-    return NotImplemented
-
-
-def _astype(low: _Lowering, var: Any, call: Any, args: list[Any]) -> Any:
-    """TFLite's int8 average pool arrives as ``astype(int32) -> avg_pool2d -> astype(int8)``."""
-    src = args[0]
-    dtype = str(call.attrs.dtype)
-    plain = not isinstance(src, QTensor | QConst | Pending | IntAccumulate)
-    if dtype == "int32" and plain and _tvm.tensor_dtype(src.ty) == "int8":
-        return IntAccumulate(src, None)
-    if dtype == "int8" and isinstance(src, IntAccumulate) and src.call is not None:
-        return low.bb.emit(avg_pool_int8(low.bb, src.source, src.call, (-128, 127)))
-    if isinstance(src, IntAccumulate):
-        return low.bb.emit(relax.op.astype(src.source, dtype)) if src.call is None else NotImplemented
-    return NotImplemented
-
-
-_HANDLERS = {
-    "relax.dequantize": _dequantize,
-    "relax.quantize": _quantize,
-    "relax.nn.conv2d": _conv2d,
-    "relax.matmul": _matmul,
-    "relax.add": _add,
-    "relax.nn.relu": _activation,
-    "relax.clip": _activation,
-    "relax.nn.avg_pool2d": _pool,
-    "relax.nn.max_pool2d": _pool,
-    "relax.mean": _pool,
-    "relax.nn.softmax": _softmax,
-    "relax.concat": _concat,
-    "relax.reshape": _layout_op,
-    "relax.permute_dims": _layout_op,
-    "relax.astype": _astype,
 }
 
 
@@ -384,9 +221,9 @@ class LowerQuantizedOps:
         others = {gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"}
         bb = relax.BlockBuilder(tvm.IRModule(others, attrs=mod.attrs))
         params = list(func.params)
-        low = _Lowering(bb, self._allow_float, self._rounding)
+        low = _Lowering(bb, func, self._allow_float, self._rounding)
         attrs = dict(func.attrs) if func.attrs is not None else {}
-        with bb.function("main", params, attrs=attrs, private=False):
+        with _tvm.building_function(bb, "main", params, attrs=attrs):
             with bb.dataflow():
                 for block in func.body.blocks:
                     for b in block.bindings:
@@ -396,20 +233,17 @@ class LowerQuantizedOps:
                 results = []
                 for o in outs:
                     v = low.lookup(o)
-                    if isinstance(v, QTensor | QConst | Pending | IntAccumulate):
-                        v = low.materialize(o) if self._allow_float else None
-                        if v is None:
-                            low.problems.append(
-                                f"output '{_tvm.var_name(o)}': a float value of a quantised model"
-                            )
-                            v = o
+                    if isinstance(v, QTuple):
+                        v = relax.Tuple([_output(low, f, o, self._allow_float) for f in v.fields])
+                    else:
+                        v = _output(low, v, o, self._allow_float)
                     if isinstance(v, relax.Tuple):
                         results.extend(v.fields)
                     else:
                         results.append(v)
                 if low.problems:
                     raise UnsupportedOpError(
-                        f"{len(low.problems)} operator(s) of the int8 model cannot run in integer "
+                        f"{len(low.problems)} operator(s) of the quantised model cannot run in integer "
                         "arithmetic: "
                         + "; ".join(low.problems)
                         + ". Pass --allow-float to run them in float (the report lists them)"
@@ -423,3 +257,16 @@ class LowerQuantizedOps:
             new_mod["main"] = new_mod["main"].with_attr(ATTR_FLOAT_OPS, low.float_ops)
             logger.warning("running in float: %s", ", ".join(low.float_ops))
         return new_mod
+
+
+def _output(low: _Lowering, v: Any, o: Any, allow_float: bool) -> Any:
+    """A graph output as a Relax expression: a quantised tensor is its integer variable (the caller
+    dequantises, MakeIntegerInterface recorded how); anything else lowered is float code, allowed or not."""
+    if isinstance(v, QTensor):
+        return v.var
+    if isinstance(v, LOWERED):
+        if allow_float:
+            return low.materialize(o) if isinstance(o, _tvm.RelaxVar) else low.materialize(v)
+        low.problems.append(f"output '{_tvm.var_name(o)}': a float value of a quantised model")
+        return o
+    return v

@@ -86,7 +86,7 @@ def _apply(mod: tvm.IRModule, plan: ChannelPlan, gone: set[int]) -> tvm.IRModule
         return _tvm.structural_map(expr, [(_tvm.RelaxVar, lambda v: remap.get(v, v))])
 
     attrs = dict(func.attrs) if func.attrs is not None else {}
-    with bb.function("main", list(func.params), attrs=attrs, private=False):
+    with _tvm.building_function(bb, "main", list(func.params), attrs=attrs):
         with bb.dataflow():
             for i, b in enumerate(bindings(func)):
                 value = b.value

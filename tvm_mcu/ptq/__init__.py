@@ -50,6 +50,7 @@ import numpy as np
 import onnx
 
 from tvm_mcu.errors import BadOptionError, UnsupportedOpError
+from tvm_mcu.outputs import output_file
 from tvm_mcu.ptq.calibrate import _calibrate, _calibration_feeds, _input_specs, _samples
 from tvm_mcu.ptq.common import BATCHNORM_FIXED_OPSET, FLOAT, QuantizeResult, TensorQuant
 from tvm_mcu.ptq.plan import _RULES, _Graph, _plan
@@ -76,6 +77,7 @@ def quantize_onnx(
         raise BadOptionError(f"max_samples must be a positive integer, got {max_samples!r}")
     if not isinstance(per_channel, bool):
         raise BadOptionError(f"per_channel must be True or False, got {per_channel!r}")
+    out_path = output_file(Path(out_path))
     notes: list[str] = []
     model = _prepare(_load(Path(model_path)), notes)
     feeds = _calibration_feeds(calibration, model, max_samples, notes)

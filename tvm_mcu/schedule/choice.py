@@ -11,6 +11,7 @@ candidate with the smallest SRAM among those within ``MAX_OVERHEAD`` extra instr
 from __future__ import annotations
 
 import logging
+import math
 
 import attrs
 
@@ -80,6 +81,10 @@ def bottleneck(graph: Graph, plan: MemoryPlan) -> Bottleneck:
     return Bottleneck(i, step.name, step.kind, live[i], tuple(at))
 
 
+# A 32-bit address space: no budget or board is larger.
+MAX_BYTES = 1 << 32
+
+
 def parse_bytes(text: str) -> int:
     """``"32KiB"``, ``"32k"``, ``"32768"``, ``"1MiB"`` -> bytes (KiB/k = 1024, KB = 1000)."""
     units = {"kib": 1024, "k": 1024, "kb": 1000, "mib": 1 << 20, "m": 1 << 20, "mb": 1_000_000, "b": 1, "": 1}
@@ -88,7 +93,12 @@ def parse_bytes(text: str) -> int:
     unit = s[len(num) :]
     if unit not in units or not num:
         raise ValueError(f"cannot read {text!r} as a size; write e.g. 32KiB, 32768 or 1MiB")
-    value = float(num) * units[unit]
+    try:
+        value = float(num) * units[unit]
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a size; write e.g. 32KiB, 32768 or 1MiB") from None
+    if not math.isfinite(value) or value > MAX_BYTES:
+        raise ValueError(f"{text!r} is more than a 32-bit microcontroller can address (4 GiB)")
     if value <= 0 or value != int(value):
         raise ValueError(f"{text!r} is not a positive whole number of bytes")
     return int(value)

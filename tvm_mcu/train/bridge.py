@@ -359,7 +359,7 @@ def write_back(mod: _tvm.IRModule, module: RelaxModule) -> _tvm.IRModule:
     index = 0
     # The new constants have the old shapes, so every var keeps its type: the bindings reuse the vars
     # (and their names, even duplicated ones) instead of fresh ones.
-    with bb.function("main", list(func.params), attrs=attrs_, private=False):
+    with _tvm.building_function(bb, "main", list(func.params), attrs=attrs_):
         for block in func.body.blocks:
             with bb.dataflow() if isinstance(block, relax.DataflowBlock) else contextlib.nullcontext():
                 for b in block.bindings:

@@ -34,15 +34,23 @@ def c32(v: int) -> Any:
     return tirx.const(v, "int32")
 
 
-def _clamp_to_int8(value: Any, act_min: int, act_max: int) -> Any:
-    return tirx.max(tirx.min(value, c32(act_max)), c32(act_min)).astype("int8")
+def _clamp(value: Any, act_min: int, act_max: int, dtype: str = "int8") -> Any:
+    """Saturate an int32 value to the activation range (within ``dtype``'s) and narrow it."""
+    return tirx.max(tirx.min(value, c32(act_max)), c32(act_min)).astype(dtype)
 
 
 def _requantize(
-    acc: Any, multiplier: Any, shift: Any, zp_out: int, act_min: int, act_max: int, rounding: str
+    acc: Any,
+    multiplier: Any,
+    shift: Any,
+    zp_out: int,
+    act_min: int,
+    act_max: int,
+    rounding: str,
+    out_dtype: str = "int8",
 ) -> Any:
     scaled = multiply_by_quantized_multiplier(acc, multiplier, shift, rounding)
-    return _clamp_to_int8(scaled + c32(zp_out), act_min, act_max)
+    return _clamp(scaled + c32(zp_out), act_min, act_max, out_dtype)
 
 
 def conv2d_int8(
@@ -63,11 +71,16 @@ def conv2d_int8(
     act_min: int,
     act_max: int,
     rounding: str,
+    out_dtype: str = "int8",
+    pre_shift: int = 0,
 ) -> TeTensor:
     """Integer conv2d (regular, grouped, depthwise): TFLite's ``ConvPerChannel`` / ``DepthwiseConv``.
 
     ``padding`` is (top, left, bottom, right). ``bias`` already holds ``bias - zp_in * sum(weights)``
-    per output channel, so the products need no input offset.
+    per output channel, so the products need no input offset. ``data`` is int8 or uint8 (its zero
+    point pads it); ``weight`` int8, or int16 when a weight zero point was subtracted at compile time.
+    ``pre_shift``: the accumulator is scaled by ``2**pre_shift`` before the bias is added, for a float
+    bias finer than the accumulator's unit (see ``emit._bias_precision``).
     """
     top, left, bottom, right = (int(p) for p in padding)
     h_axis, w_axis = data_layout.index("H"), data_layout.index("W")
@@ -76,7 +89,7 @@ def conv2d_int8(
     before[h_axis], before[w_axis], after[h_axis], after[w_axis] = top, left, bottom, right
     padded = data
     if any(before) or any(after):
-        padded = topi.nn.pad(data, before, after, pad_value=tirx.const(zp_in, "int8"), name="pad_temp")
+        padded = topi.nn.pad(data, before, after, pad_value=tirx.const(zp_in, data.dtype), name="pad_temp")
     acc = topi.nn.conv(
         padded, weight, strides, 0, dilation, groups, data_layout, kernel_layout, out_dtype="int32"
     )
@@ -84,7 +97,16 @@ def conv2d_int8(
 
     def epilogue(*idx: Any) -> Any:
         c = idx[c_axis]
-        return _requantize(acc(*idx) + bias[c], multiplier[c], shift[c], zp_out, act_min, act_max, rounding)
+        return _requantize(
+            _scaled_acc(acc(*idx), pre_shift) + bias[c],
+            multiplier[c],
+            shift[c],
+            zp_out,
+            act_min,
+            act_max,
+            rounding,
+            out_dtype,
+        )
 
     return te.compute(acc.shape, epilogue, name="requantize")
 
@@ -100,6 +122,8 @@ def dense_int8(
     act_min: int,
     act_max: int,
     rounding: str,
+    out_dtype: str = "int8",
+    pre_shift: int = 0,
 ) -> TeTensor:
     """Integer fully connected, TFLite's ``FullyConnected``: ``data`` [N, K], ``weight`` [M, K]."""
     n, k_dim = data.shape
@@ -109,10 +133,21 @@ def dense_int8(
     return te.compute(
         (n, m),
         lambda i, j: _requantize(
-            acc[i, j] + bias[j], multiplier[j], shift[j], zp_out, act_min, act_max, rounding
+            _scaled_acc(acc[i, j], pre_shift) + bias[j],
+            multiplier[j],
+            shift[j],
+            zp_out,
+            act_min,
+            act_max,
+            rounding,
+            out_dtype,
         ),
         name="requantize",
     )
+
+
+def _scaled_acc(acc: Any, pre_shift: int) -> Any:
+    return acc if pre_shift == 0 else acc * c32(1 << pre_shift)
 
 
 def _broadcast_index(shape: Sequence[Any], out_idx: Sequence[Any]) -> list[Any]:
@@ -138,16 +173,19 @@ def add_int8(
     so: int,
     act_min: int,
     act_max: int,
+    subtract: bool = False,
+    out_dtype: str = "int8",
 ) -> TeTensor:
-    """Integer elementwise add with rescaling, TFLite's int8 ``Add`` (both inputs moved to a common scale)."""
+    """Integer elementwise add with rescaling, TFLite's int8 ``Add`` (both inputs moved to a common scale);
+    with ``subtract``, TFLite's int8 ``Sub`` (the second scaled input subtracted)."""
 
     def f(*idx: Any) -> Any:
         va = i32(a(*_broadcast_index(a.shape, idx))) - c32(zp_a)
         vb = i32(b(*_broadcast_index(b.shape, idx))) - c32(zp_b)
         sa = multiply_by_quantized_multiplier(va * c32(1 << left_shift), m1, s1)
         sb = multiply_by_quantized_multiplier(vb * c32(1 << left_shift), m2, s2)
-        raw = multiply_by_quantized_multiplier(sa + sb, mo, so)
-        return _clamp_to_int8(raw + c32(zp_out), act_min, act_max)
+        raw = multiply_by_quantized_multiplier(sa - sb if subtract else sa + sb, mo, so)
+        return _clamp(raw + c32(zp_out), act_min, act_max, out_dtype)
 
     return te.compute(list(out_shape), f, name="add_int8")
 
@@ -167,15 +205,19 @@ def add_int8_even(
     total_shift: int,
     act_min: int,
     act_max: int,
+    subtract: bool = False,
+    out_dtype: str = "int8",
 ) -> TeTensor:
-    """Integer add with one half-to-even rounding (ONNX semantics): ``(a'*ma << la) + (b'*mb << lb)``
-    over ``2**total_shift``, the scale ratios as 31-bit multipliers aligned to a common exponent."""
+    """Integer add (or, with ``subtract``, sub) with one half-to-even rounding (ONNX semantics):
+    ``(a'*ma << la) +- (b'*mb << lb)`` over ``2**total_shift``, the scale ratios as 31-bit multipliers
+    aligned to a common exponent."""
+    sign = -1 if subtract else 1
 
     def f(*idx: Any) -> Any:
         va = (i32(a(*_broadcast_index(a.shape, idx))) - c32(zp_a)).astype("int64")
         vb = (i32(b(*_broadcast_index(b.shape, idx))) - c32(zp_b)).astype("int64")
-        total = va * tirx.const(ma << la, "int64") + vb * tirx.const(mb << lb, "int64")
-        return _clamp_to_int8(round_even(total, total_shift) + c32(zp_out), act_min, act_max)
+        total = va * tirx.const(ma << la, "int64") + vb * tirx.const(sign * (mb << lb), "int64")
+        return _clamp(round_even(total, total_shift) + c32(zp_out), act_min, act_max, out_dtype)
 
     return te.compute(list(out_shape), f, name="add_int8")
 
@@ -190,12 +232,13 @@ def requantize_int8(
     act_min: int,
     act_max: int,
     rounding: str,
+    out_dtype: str = "int8",
 ) -> TeTensor:
-    """Move int8 values to another scale and zero point (TFLite's ``Requantize``)."""
+    """Move int8/uint8 values to another scale, zero point and type (TFLite's ``Requantize``)."""
 
     def f(*idx: Any) -> Any:
         scaled = multiply_by_quantized_multiplier(i32(data(*idx)) - c32(zp_in), multiplier, shift, rounding)
-        return _clamp_to_int8(scaled + c32(zp_out), act_min, act_max)
+        return _clamp(scaled + c32(zp_out), act_min, act_max, out_dtype)
 
     return te.compute(data.shape, f, name="requantize")
 
@@ -212,6 +255,7 @@ def avg_pool2d_int8(
     act_min: int,
     act_max: int,
     requant: tuple[int, int, int, int] | None = None,
+    out_dtype: str = "int8",
 ) -> TeTensor:
     """Integer average pool, TFLite's int8 ``AveragePool``: the sum of the in-bounds taps divided by their
     count, rounded half away from zero (same scale in and out).
@@ -238,9 +282,14 @@ def avg_pool2d_int8(
 
     total = te.compute(list(out_shape), window_sum, name="pool_sum")
 
+    bottom, right = (int(padding[2]), int(padding[3])) if len(padding) == 4 else (top, left)
+
     def average(*idx: Any) -> Any:
         if count_include_pad:
-            count = c32(kh * kw)
+            # The window within the padded input: a ceil_mode window past the padding counts less.
+            h0 = idx[h_axis] * sh - top
+            w0 = idx[w_axis] * sw - left
+            count = (tirx.min(h0 + kh, height + bottom) - h0) * (tirx.min(w0 + kw, width + right) - w0)
         else:
             h0 = idx[h_axis] * sh - top
             w0 = idx[w_axis] * sw - left
@@ -251,11 +300,11 @@ def avg_pool2d_int8(
             zp_in, zp_out, multiplier, shift = requant
             centred = (total(*idx) - count * c32(zp_in)).astype("int64") * tirx.const(multiplier, "int64")
             denominator = count.astype("int64") * tirx.const(1 << (31 - shift), "int64")
-            return _clamp_to_int8(div_round_even(centred, denominator) + c32(zp_out), act_min, act_max)
+            return _clamp(div_round_even(centred, denominator) + c32(zp_out), act_min, act_max, out_dtype)
         s = total(*idx)
         half = tirx.truncdiv(count, c32(2))
         avg = tirx.Select(s > c32(0), tirx.truncdiv(s + half, count), tirx.truncdiv(s - half, count))
-        return _clamp_to_int8(avg, act_min, act_max)
+        return _clamp(avg, act_min, act_max, out_dtype)
 
     return te.compute(list(out_shape), average, name="avg_pool_int8")
 
@@ -272,6 +321,7 @@ def mean_int8(
     act_min: int,
     act_max: int,
     rounding: str,
+    out_dtype: str = "int8",
 ) -> TeTensor:
     """Integer mean, TFLite Micro's ``QuantizedMeanOrSum``: ``sum(x) - zp_in * count``, one requantisation
     with the count folded into the multiplier (``params.mean_params``), plus ``zp_out``."""
@@ -298,25 +348,50 @@ def mean_int8(
     return te.compute(
         list(out_shape),
         lambda *idx: _requantize(
-            sums(*idx) - c32(zp_in * count), multiplier, shift, zp_out, act_min, act_max, rounding
+            sums(*idx) - c32(zp_in * count), multiplier, shift, zp_out, act_min, act_max, rounding, out_dtype
         ),
         name="mean_int8",
     )
 
 
-def softmax_int8(data: TeTensor, exp_table: TeTensor, *, diff_min: int) -> TeTensor:
-    """Integer softmax along the last axis, TFLite's int8 ``Softmax`` (gemmlowp fixed point).
+def softmax_int8(
+    data: TeTensor,
+    exp_table: TeTensor,
+    *,
+    diff_min: int,
+    axis: int = -1,
+    requant: tuple[int, int, int, int, int] | None = None,
+    out_dtype: str = "int8",
+) -> TeTensor:
+    """Integer softmax along ``axis``, TFLite's int8 ``Softmax`` (gemmlowp fixed point).
 
     ``exp_table[d]`` is exp of the rescaled difference ``-d`` to the row maximum (Q0.31), tabulated at
-    compile time from the same fixed-point arithmetic (the int8 difference takes 256 values). At run
+    compile time from the same fixed-point arithmetic (the 8-bit difference takes 256 values). At run
     time: the row maximum, the sum of the exps in Q12.19, its reciprocal (count leading zeros, then
-    three Newton-Raphson steps), and each output ``RDBPOT(SRDHM(reciprocal, exp), bits + 23) - 128``.
-    Differences below ``diff_min`` contribute nothing and give -128, as in TFLite.
+    three Newton-Raphson steps), and each output ``RDBPOT(SRDHM(reciprocal, exp), bits + 23) - 128``
+    (TFLite's output scale 1/256, zero point -128). Differences below ``diff_min`` contribute nothing
+    and give -128, as in TFLite.
+
+    With ``requant`` = (multiplier, shift, zero point, act_min, act_max), any output scale instead: the
+    probability is taken to 24 fractional bits, ``RDBPOT(SRDHM(reciprocal, exp), bits + 7)``, then
+    requantised once, half to even, by ``multiplier * 2**(shift - 31)`` (``2**-24 / s_out``).
     """
     shape = list(data.shape)
-    rows, depth = shape[:-1], int(shape[-1])
+    rank = len(shape)
+    axis = axis % rank
+    depth = int(shape[axis])
+
+    def row(idx: Sequence[Any]) -> list[Any]:
+        return [v for a, v in enumerate(idx) if a != axis]
+
+    def at(r: Sequence[Any], k: Any) -> list[Any]:
+        out = list(r)
+        out.insert(axis, k)
+        return out
+
+    rows = row(shape)
     k = te.reduce_axis((0, depth), name="k")
-    row_max = te.compute(rows, lambda *r: te.max(i32(data(*r, k)), axis=k), name="row_max")
+    row_max = te.compute(rows, lambda *r: te.max(i32(data(*at(r, k))), axis=k), name="row_max")
 
     def exp_of(idx: Sequence[Any], r: Sequence[Any]) -> tuple[Any, Any]:
         diff = i32(data(*idx)) - row_max(*r)
@@ -325,7 +400,7 @@ def softmax_int8(data: TeTensor, exp_table: TeTensor, *, diff_min: int) -> TeTen
     k2 = te.reduce_axis((0, depth), name="k2")
 
     def term(*r: Any) -> Any:
-        diff, exp = exp_of((*r, k2), r)
+        diff, exp = exp_of(at(r, k2), r)
         return tirx.Select(diff >= c32(diff_min), rdbpot(exp, 12), c32(0))
 
     total = te.compute(rows, lambda *r: te.sum(term(*r), axis=k2), name="sum_of_exps")
@@ -333,10 +408,54 @@ def softmax_int8(data: TeTensor, exp_table: TeTensor, *, diff_min: int) -> TeTen
     bits = te.compute(rows, lambda *r: reciprocal_bits(total(*r)), name="reciprocal_bits")
 
     def output(*idx: Any) -> Any:
-        r = idx[:-1]
+        r = row(idx)
         diff, exp = exp_of(idx, r)
-        unsat = rdbpot(srdhm(scale(*r), exp), bits(*r) + c32(31 - 8))
-        value = _clamp_to_int8(unsat + c32(-128), -128, 127)
-        return tirx.Select(diff >= c32(diff_min), value, tirx.const(-128, "int8"))
+        if requant is None:
+            unsat = rdbpot(srdhm(scale(*r), exp), bits(*r) + c32(31 - 8))
+            value = _clamp(unsat + c32(-128), -128, 127)
+            return tirx.Select(diff >= c32(diff_min), value, tirx.const(-128, "int8"))
+        multiplier, shift, zp_out, act_min, act_max = requant
+        p24 = rdbpot(srdhm(scale(*r), exp), bits(*r) + c32(31 - 24))
+        p24 = tirx.Select(diff >= c32(diff_min), p24, c32(0))
+        scaled = multiply_by_quantized_multiplier(p24, multiplier, shift, "onnx")
+        return _clamp(scaled + c32(zp_out), act_min, act_max, out_dtype)
 
     return te.compute(shape, output, name="softmax_int8")
+
+
+def lookup_int8(data: TeTensor, table: TeTensor, *, offset: int, channel_axis: int | None = None) -> TeTensor:
+    """An element-wise function of an int8/uint8 tensor by table: ``table[x + offset]`` (or, per channel,
+    ``table[c, x + offset]``), the table computed at compile time (TFLite's int8 LOGISTIC/TANH are
+    such tables in TFLite)."""
+
+    def f(*idx: Any) -> Any:
+        slot = i32(data(*idx)) + c32(offset)
+        return table[idx[channel_axis], slot] if channel_axis is not None else table[slot]
+
+    return te.compute(data.shape, f, name="lookup")
+
+
+def mul_int8(
+    a: TeTensor,
+    b: TeTensor,
+    *,
+    out_shape: Sequence[int],
+    zp_a: int,
+    zp_b: int,
+    zp_out: int,
+    multiplier: int,
+    shift: int,
+    act_min: int,
+    act_max: int,
+    rounding: str,
+    out_dtype: str = "int8",
+) -> TeTensor:
+    """Integer elementwise multiply, TFLite's int8 ``Mul``: ``(a - zp_a) * (b - zp_b)`` in int32 (at most
+    255 * 255), requantised by ``s_a * s_b / s_out``."""
+
+    def f(*idx: Any) -> Any:
+        va = i32(a(*_broadcast_index(a.shape, idx))) - c32(zp_a)
+        vb = i32(b(*_broadcast_index(b.shape, idx))) - c32(zp_b)
+        return _requantize(va * vb, multiplier, shift, zp_out, act_min, act_max, rounding, out_dtype)
+
+    return te.compute(list(out_shape), f, name="mul_int8")

@@ -51,16 +51,23 @@ def effective_scale(input_scale: float, weight_scale: np.ndarray | float, output
     return np.atleast_1d(s_in * s_w / s_out)
 
 
-def activation_range(zero_point: int, scale: float, lo: float | None, hi: float | None) -> tuple[int, int]:
-    """TFLite ``CalculateActivationRangeQuantized``: clamp bounds in the int8 domain for a float range."""
-    qmin, qmax = -128, 127
+def activation_range(
+    zero_point: int, scale: float, lo: float | None, hi: float | None, dtype: str = "int8"
+) -> tuple[int, int]:
+    """TFLite ``CalculateActivationRangeQuantized``: clamp bounds in the integer domain (int8 or uint8)
+    for a float range."""
+    tmin, tmax = (0, 255) if dtype == "uint8" else (-128, 127)
+    qmin, qmax = tmin, tmax
     # TFLite divides in float32.
     s = np.float32(scale)
-    if lo is not None:
+    # Bounds far outside the type's range (an unbounded side given as the largest float) clamp nothing.
+    if lo is not None and abs(float(lo)) < 1e30:
         qmin = max(qmin, zero_point + round_half_away(float(np.float32(lo) / s)))
-    if hi is not None:
+    if hi is not None and abs(float(hi)) < 1e30:
         qmax = min(qmax, zero_point + round_half_away(float(np.float32(hi) / s)))
-    return qmin, qmax
+    # A range outside the type saturates to its end (as QuantizeLinear of the clamped floats would).
+    qmin, qmax = min(max(qmin, tmin), tmax), min(max(qmax, tmin), tmax)
+    return qmin, max(qmin, qmax)
 
 
 def add_params(s1: float, s2: float, s_out: float, left_shift: int = 20) -> dict[str, int]:

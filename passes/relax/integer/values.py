@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import numpy as np
 
+# The integer types a quantised activation may have, with their ranges.
+QUANTIZED_DTYPES = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+@attrs.frozen
+class QType:
+    """How an integer tensor stands for real values: ``real = scale * (q - zero_point)``."""
+
+    scale: float
+    zero_point: int
+    dtype: str = "int8"
+
+    @property
+    def qmin(self) -> int:
+        return QUANTIZED_DTYPES[self.dtype][0]
+
+    @property
+    def qmax(self) -> int:
+        return QUANTIZED_DTYPES[self.dtype][1]
+
 
 @attrs.frozen
 class QTensor:
-    """A float value that is exactly ``dequantize(var, scale, zero_point)`` of an int8 tensor ``var``."""
+    """A float value that is exactly ``dequantize(var, scale, zero_point)`` of an int8/uint8 tensor."""
 
-    var: Any  # the int8 Relax variable of the new function
+    var: Any  # the integer Relax variable of the new function
     scale: float
     zero_point: int
+    dtype: str = "int8"
+
+    @property
+    def qtype(self) -> QType:
+        return QType(self.scale, self.zero_point, self.dtype)
 
 
 @attrs.frozen
@@ -34,6 +60,12 @@ class QConst:
         if not np.all(moved == moved[:, :1]):
             return None
         return moved[:, 0].astype(np.float32)
+
+    def real(self) -> np.ndarray:
+        """The float32 values the constant stands for, as DequantizeLinear computes them."""
+        return ((self.values.astype(np.int64) - self.zero_points) * self.scales.astype(np.float32)).astype(
+            np.float32
+        )
 
 
 @attrs.frozen
@@ -58,3 +90,36 @@ class IntAccumulate:
 
     source: Any  # the int8 variable (new function)
     call: Any = attrs.field(eq=False)  # the avg_pool2d call, or None for the bare astype
+
+
+@attrs.frozen
+class Elementwise:
+    """An element-wise float function of one quantised tensor (and constants), awaiting its quantize.
+
+    ``fn`` maps float32 values of ``source`` to float32 results; it broadcasts, so constants that vary
+    along an axis (a per-channel slope) give results that vary along that axis too. ``ops`` are the
+    Relax ops composed, for messages.
+    """
+
+    source: QTensor
+    fn: Callable[[np.ndarray], np.ndarray] = attrs.field(eq=False)
+    ops: tuple[str, ...]
+    call: Any = attrs.field(eq=False)  # the last op's call (its result shape)
+
+
+@attrs.frozen
+class QTuple:
+    """A tuple of lowered values (graph outputs, concat operands) that is not a Relax value yet."""
+
+    fields: tuple[Any, ...]
+
+
+@attrs.frozen
+class Unusable:
+    """A value with no integer form (a training-mode output of batch_norm); an error only if used."""
+
+    reason: str
+
+
+# The values that stand for quantised data and are not Relax expressions.
+LOWERED = (QTensor, QConst, Pending, IntAccumulate, Elementwise, QTuple, Unusable)

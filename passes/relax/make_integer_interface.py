@@ -1,4 +1,5 @@
-"""MakeInt8Interface: a QDQ model's float inputs and outputs become the int8 tensors it quantises them to."""
+"""MakeIntegerInterface: a QDQ model's float inputs and outputs become the int8/uint8 tensors it quantises
+them to."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from tvm_mcu._tvm import relax, tvm
 ATTR_IO = "tvmmcu.io_quantization"
 
 
+_INTEGER = ("int8", "uint8")
+
+
 def _qparams(call: Any) -> tuple[float, int] | None:
-    """(scale, zero point) of a per-tensor quantize/dequantize to/from int8, else None."""
+    """(scale, zero point) of a per-tensor quantize/dequantize, else None."""
     scale, zp = call.args[1], call.args[2]
     if not isinstance(scale, _tvm.RelaxConst) or not isinstance(zp, _tvm.RelaxConst):
         return None
@@ -38,20 +42,21 @@ def _uses(func: Any) -> dict[Any, list[Any]]:
     return uses
 
 
-@tvm.transform.module_pass(opt_level=0, name="MakeInt8Interface")
-class MakeInt8Interface:
-    """Give a quantised (QDQ) model an int8 interface, as TFLite int8 models have.
+@tvm.transform.module_pass(opt_level=0, name="MakeIntegerInterface")
+class MakeIntegerInterface:
+    """Give a quantised (QDQ) model an integer interface, as TFLite int8 models have.
 
     An ONNX QDQ model takes float input and quantises it first, and dequantises its result last. On a
     microcontroller those two steps would be the only float code; the caller quantises and dequantises
     instead, with the scales this pass records.
 
     Matches
-        float parameters of ``main`` whose every use is the same per-tensor ``quantize`` to int8, and
-        outputs that are a per-tensor ``dequantize`` of an int8 tensor.
+        float parameters of ``main`` whose every use is the same per-tensor ``quantize`` to int8 or
+        uint8, and outputs that are a per-tensor ``dequantize`` of an int8 or uint8 tensor (the model's
+        own type: a uint8 model keeps a uint8 interface).
     Rewrites to
-        an int8 parameter used in place of the quantize's result; the int8 tensor returned in place of
-        its dequantisation. ``main`` gets the attribute ``tvmmcu.io_quantization``:
+        an integer parameter used in place of the quantize's result; the integer tensor returned in
+        place of its dequantisation. ``main`` gets the attribute ``tvmmcu.io_quantization``:
         ``{"inputs": [[scale, zero_point] | [], ...], "outputs": [...]}``.
     Declines when
         no input or output qualifies (float models, TFLite int8 models); returns the module unchanged.
@@ -68,18 +73,21 @@ class MakeInt8Interface:
         replace: dict[Any, Any] = {}  # quantize binding var -> new int8 param
         params, in_q = [], []
         for p in func.params:
+            dtypes: set[str] = set()
             users = uses.get(p, [])
             quant = [
                 _qparams(b.value)
                 if isinstance(b.value, relax.Call)
                 and _tvm.op_name(b.value) == "relax.quantize"
-                and str(b.value.attrs.out_dtype) == "int8"
+                and str(b.value.attrs.out_dtype) in _INTEGER
                 and b.value.args[0].same_as(p)
                 else None
                 for b in users
             ]
             if users and all(q is not None for q in quant) and len(set(quant)) == 1:
-                new = relax.Var(_tvm.var_name(p), relax.TensorType(p.ty.shape, "int8"))
+                dtypes = {str(b.value.attrs.out_dtype) for b in users}
+            if users and all(q is not None for q in quant) and len(set(quant)) == 1 and len(dtypes) == 1:
+                new = relax.Var(_tvm.var_name(p), relax.TensorType(p.ty.shape, dtypes.pop()))
                 for b in users:
                     replace[b.var] = new
                 params.append(new)
@@ -89,6 +97,8 @@ class MakeInt8Interface:
                 in_q.append([])
         value_of = {b.var: b.value for b in bindings}
         ret = func.body.body
+        while isinstance(ret, _tvm.RelaxVar) and isinstance(value_of.get(ret), relax.Tuple | _tvm.RelaxVar):
+            ret = value_of[ret]  # a tuple of outputs bound to a variable, or an alias of one
         outs = list(ret.fields) if isinstance(ret, relax.Tuple) else [ret]
         new_outs, out_q = [], []
         for o in outs:
@@ -98,7 +108,7 @@ class MakeInt8Interface:
             q = None
             if isinstance(v, relax.Call) and _tvm.op_name(v) == "relax.dequantize":
                 src = v.args[0]
-                if isinstance(src, _tvm.RelaxVar) and _tvm.tensor_dtype(src.ty) == "int8":
+                if isinstance(src, _tvm.RelaxVar) and _tvm.tensor_dtype(src.ty) in _INTEGER:
                     q = _qparams(v)
             if q is not None and v is not None:
                 new_outs.append(v.args[0])
@@ -115,7 +125,7 @@ class MakeInt8Interface:
         )
         remap: dict[Any, Any] = dict(zip(func.params, params, strict=True))
         attrs = dict(func.attrs) if func.attrs is not None else {}
-        with bb.function("main", params, attrs=attrs, private=False):
+        with _tvm.building_function(bb, "main", params, attrs=attrs):
             with bb.dataflow():
                 for b in bindings:
                     if b.var in replace:

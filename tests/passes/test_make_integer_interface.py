@@ -1,4 +1,4 @@
-"""MakeInt8Interface: a QDQ model's float input/output become the int8 tensors it quantises them to."""
+"""MakeIntegerInterface: a QDQ model's float input/output become the int8 tensors it quantises them to."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from tvm import relax
 
 from tvm_mcu import _tvm
-from tvm_mcu.passes.relax.make_int8_interface import MakeInt8Interface, io_quantization
+from tvm_mcu.passes.relax.make_integer_interface import MakeIntegerInterface, io_quantization
 
 
 def _c(v: object, dtype: str) -> relax.Constant:
@@ -30,7 +30,7 @@ def _qdq_relu(extra_float_use: bool = False) -> _tvm.IRModule:
 
 
 def test_float_boundary_becomes_int8_and_scales_are_recorded():
-    after = MakeInt8Interface()(_qdq_relu())
+    after = MakeIntegerInterface()(_qdq_relu())
     main = after["main"]
     assert [_tvm.tensor_dtype(p.ty) for p in main.params] == ["int8"]
     assert _tvm.tensor_dtype(main.ret_ty) == "int8"
@@ -46,7 +46,7 @@ def test_float_boundary_becomes_int8_and_scales_are_recorded():
 
 
 def test_declines_an_input_with_a_float_use():
-    after = MakeInt8Interface()(_qdq_relu(extra_float_use=True))
+    after = MakeIntegerInterface()(_qdq_relu(extra_float_use=True))
     assert _tvm.tensor_dtype(after["main"].params[0].ty) == "float32"
     io = io_quantization(after)
     assert io is not None and io["inputs"] == [[]] and io["outputs"][0]
@@ -60,9 +60,9 @@ def test_float_model_is_unchanged_and_input_untouched():
             out = bb.emit_output(relax.op.nn.relu(x))
         bb.emit_func_output(out)
     mod = bb.get()
-    _tvm.assert_structural_equal(MakeInt8Interface()(mod), mod)
+    _tvm.assert_structural_equal(MakeIntegerInterface()(mod), mod)
     before = _qdq_relu()
     snapshot = before.script()
-    MakeInt8Interface()(before)
+    MakeIntegerInterface()(before)
     assert before.script() == snapshot
     assert io_quantization(before) is None
