@@ -146,9 +146,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             ctx.cleanup()
     _print_report(v.report, args.json)
     r = v.report
+    word = (r.verdict or ("match" if v.passed else "mismatch")).upper()
     verdict = (
-        f"{'MATCH' if v.passed else 'MISMATCH'}: max abs error {r.max_abs_error:.3g} against {r.reference} "
-        f"(tolerance {r.tolerance:.3g})" + ("" if v.passed else f"; largest at {r.worst_difference}")
+        f"{word}: max abs error {r.max_abs_error:.3g} against {r.reference} (tolerance {r.tolerance:.3g})"
+        + ("" if v.passed else f"; largest at {r.worst_difference}")
     )
     # In --json mode stdout holds only the JSON (with "verified"); the verdict of a mismatch and the
     # references' notes still reach the user, on stderr.

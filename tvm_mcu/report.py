@@ -89,6 +89,9 @@ class Report:
     tolerance: float | None = None
     reference: str | None = None
     verified: bool | None = None
+    # "match", "match per operator" (a QDQ model whose every operator is within a step, see
+    # tvm_mcu.qdq_check) or "mismatch".
+    verdict: str = ""
     worst_difference: str = ""
     reference_notes: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 

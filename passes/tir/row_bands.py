@@ -76,7 +76,14 @@ def _split_rows(func: PrimFunc, axis: int) -> PrimFunc:
     # int32 indices from the start: the row counters RollRowBuffers adds would otherwise keep
     # NarrowDataType from narrowing the (importer's int64) loops, doubling index arithmetic on a
     # 32-bit core.
-    mod = tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))
+    mod = tvm.IRModule({"main": func})
+    try:
+        mod = tirx.transform.ForceNarrowIndexToInt32()(mod)
+    except tvm.error.InternalError as exc:
+        # The kernel computes in int64 (an ONNX-rounding average pool's exact division), which the
+        # forced narrowing refuses; without int32 indices the row counters would double the index
+        # arithmetic, so the chain is left to the other schedules.
+        raise ValueError("the chain computes in int64; its indices cannot all be narrowed to int32") from exc
     sch = s_tir.Schedule(mod)
     _inline_between_operators(sch)
     blocks = sblocks.root_blocks(sch)

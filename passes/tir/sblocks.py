@@ -39,6 +39,7 @@ def expands(sch: s_tir.Schedule, block: Any, producer: Any) -> bool:
     the producer's loops (reverse_compute_at) would compute only the part the producer covers and
     leave the rest unwritten, so it must not be treated as the producer's epilogue.
     """
+
     def elements(b: Any) -> int:
         return math.prod(int(d) for d in sch.get(b).writes[0].source.shape)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from tvm_mcu import _tvm
 from tvm_mcu.errors import ModelError, UnsupportedOpError
-from tvm_mcu.frontend import support
+from tvm_mcu.frontend import onnx_rewrite, support
 from tvm_mcu.frontend.tflite_rewrite import dequantize_weights
 
 MIN_ONNX_OPSET = 11
@@ -93,11 +93,24 @@ def _load_onnx(path: Path, data: bytes) -> ImportedModel:
     if opset < MIN_ONNX_OPSET:
         model = _upgrade_opset(path, model, opset)
         notes.append(f"converted from ONNX opset {opset} to {UPGRADE_OPSET} with onnx.version_converter")
+    model, rewritten = onnx_rewrite.rewrite(model)
+    notes.extend(rewritten)
     problems = []
     for i, node in enumerate(model.graph.node):
         name = node.name or f"#{i}, output '{node.output[0] if node.output else '?'}'"
+        if node.op_type in onnx_rewrite.REFUSED:
+            problems.append(support.Problem(node.op_type, name, onnx_rewrite.REFUSED[node.op_type]))
+            continue
         if node.domain not in ("", "ai.onnx"):
-            problems.append(support.Problem(f"{node.domain}.{node.op_type}", name, "custom operator domain"))
+            refusal = (
+                "an ONNX Runtime contrib operator tvm-mcu does not read (of the QOperator format it reads "
+                "QLinearConv, QLinearMatMul, QGemm, QLinearAdd, QLinearMul, QLinearConcat, "
+                "QLinearAveragePool, QLinearGlobalAveragePool, QLinearSigmoid, QLinearLeakyRelu, "
+                "QLinearSoftmax)"
+                if node.domain == onnx_rewrite.MS_DOMAIN
+                else "custom operator domain"
+            )
+            problems.append(support.Problem(f"{node.domain}.{node.op_type}", name, refusal))
             continue
         rule = support.ONNX_RULES.get(node.op_type)
         reason = "no lowering for this operator" if rule is None else rule(node)
