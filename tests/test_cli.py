@@ -184,3 +184,162 @@ def test_unknown_board_names_the_valid_ones(tmp_path):
     r = _cli("compile", str(model), "--board", "esp32")
     assert r.returncode == 1
     assert "esp32" in r.stderr and "mps2-an386" in r.stderr and "Traceback" not in r.stderr
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tvm-mcu: error: "), r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (
+            lambda p, m: ["compile", m, "--board", "mps2-an386", "-o", str(p / "afile")],
+            r"afile: it is a file",
+        ),
+        (
+            lambda p, m: ["compile", m, "--board", "mps2-an386", "-o", str(p / "afile" / "sub")],
+            r"cannot create the output directory .*afile/sub",
+        ),
+        (
+            lambda p, m: [
+                "compile",
+                m,
+                "--board",
+                "mps2-an386",
+                "-o",
+                str(p / "o"),
+                "--sram-budget",
+                "1e400",
+            ],
+            r"--sram-budget: '1e400' is more than a 32-bit microcontroller can address",
+        ),
+        (
+            lambda p, m: [
+                "compile",
+                m,
+                "--board",
+                "mps2-an386",
+                "-o",
+                str(p / "o"),
+                "--sram-budget",
+                "1.2.3k",
+            ],
+            r"--sram-budget: cannot read '1\.2\.3k' as a size",
+        ),
+        (
+            lambda p, m: [
+                "prune",
+                m,
+                "--board",
+                "mps2-an386",
+                "--budget",
+                "sram=1e400",
+                "-o",
+                str(p / "s.onnx"),
+            ],
+            r"budget sram: '1e400' is more than",
+        ),
+        (
+            lambda p, m: ["verify", m, "--board", "mps2-an386", "--input", str(p / "complex.npy")],
+            r"input 'x' needs float32 values; .*complex\.npy holds complex128",
+        ),
+        (
+            lambda p, m: ["verify", m, "--board", "mps2-an386", "--input", str(p / "text.npy")],
+            r"input 'x' needs float32 values; .*text\.npy holds <U1",
+        ),
+        (
+            lambda p, m: ["quantize", m, "--calibration", str(p / "x.npz"), "-o", str(p)],
+            r"cannot write .*: it is a directory",
+        ),
+    ],
+    ids=[
+        "output-is-a-file",
+        "output-under-a-file",
+        "huge-sram-budget",
+        "unreadable-sram-budget",
+        "huge-prune-budget",
+        "complex-input",
+        "string-input",
+        "quantize-output-is-a-directory",
+    ],
+)
+def test_bad_option_is_one_line_error_before_any_work(tmp_path, args, pattern):
+    import re
+
+    model = str(write_model("gemm_head", tmp_path))
+    (tmp_path / "afile").write_text("not a directory")
+    np.save(tmp_path / "complex.npy", np.zeros((1, 8, 6, 6), complex))
+    np.save(tmp_path / "text.npy", np.full((1, 8, 6, 6), "a"))
+    np.savez(tmp_path / "x.npz", x=np.zeros((4, 8, 6, 6), np.float32))
+    line = _one_line_error(_cli(*args(tmp_path, model)))
+    assert re.search(pattern, line), line
+
+
+def test_internal_error_is_one_line_with_the_traceback_kept(tmp_path, monkeypatch, capsys):
+    from tvm_mcu import api
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in a pass")
+
+    monkeypatch.setattr(api.compiler, "compile_module", broken)
+    model = write_model("gemm_head", tmp_path)
+    status = main(["compile", str(model), "--board", "mps2-an386", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 3 and len(err) == 1, err
+    assert err[0].startswith("tvm-mcu: internal error (a bug in tvm-mcu, not a problem with your model")
+    assert "TypeError: a bug in a pass" in err[0] and "--debug" in err[0]
+    saved = Path(err[0].split("the traceback is in ")[1].split(";")[0])
+    assert "Traceback" in saved.read_text() and "broken" in saved.read_text()
+    with pytest.raises(TypeError, match="a bug in a pass"):
+        main(["--debug", "compile", str(model), "--board", "mps2-an386", "-o", str(tmp_path / "o")])
+
+
+@pytest.mark.emulator
+def test_run_takes_float_input_for_a_quantised_build(tmp_path, capsys):
+    from tests.zoo.ort_quantized import FLOAT_MODELS, ort_quantize
+    from tests.zoo.qdq_ops import QDQ_OPS  # noqa: F401  (the zoo is importable; the model below is QDQ)
+
+    path = ort_quantize(FLOAT_MODELS["resnet_concat_softmax"](), tmp_path / "r.onnx", activations="uint8")
+    out = tmp_path / "out"
+    assert main(["compile", str(path), "--board", "mps2-an386", "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"][0]["dtype"] == "uint8"
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32))
+    assert (
+        main(["run", str(out), "--input", str(tmp_path / "x.npy"), "--save-output", str(tmp_path / "y.npy")])
+        == 0
+    )
+    assert np.load(tmp_path / "y.npy").dtype == np.uint8
+
+
+@pytest.mark.emulator
+def test_verify_json_has_the_verdict_and_a_mismatch_is_said_on_stderr(tmp_path, capsys, monkeypatch):
+    model = write_model("gemm_head", tmp_path)
+    assert main(["verify", str(model), "--board", "mps2-an386", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert (
+        report["verified"] is True and report["verdict"] == "match" and report["reference"] == "onnxruntime"
+    )
+    assert captured.err == ""
+
+    from tvm_mcu import api
+
+    real = api.run_compiled
+
+    def corrupted(out_dir, inputs):
+        outcome = real(out_dir, inputs)
+        return api.RunOutcome([o + 0.5 for o in outcome.outputs], outcome.report)
+
+    monkeypatch.setattr(api, "run_compiled", corrupted)
+    assert main(["verify", str(model), "--board", "mps2-an386", "--json"]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["verified"] is False and report["verdict"] == "mismatch"
+    assert (
+        captured.err.startswith("MISMATCH: max abs error 0.5") and "largest at output 'probs'" in captured.err
+    )

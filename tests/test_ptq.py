@@ -161,7 +161,7 @@ def test_per_tensor_weights(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- residual model
 def _residual_model(rng: np.random.Generator) -> onnx.ModelProto:
     """1x3x12x12: conv+BN+relu, a residual Add (one branch shifted by a constant Add), a Concat with a
-    float-only Tanh branch, max-pool, GAP, MatMul+Relu (axis 1), Gemm transB=0 alpha 0.5, Softmax."""
+    float-only Exp branch, max-pool, GAP, MatMul+Relu (axis 1), Gemm transB=0 alpha 0.5, Softmax."""
 
     def init(name: str, *shape: int, scale: float = 0.3) -> TensorProto:
         return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
@@ -182,7 +182,7 @@ def _residual_model(rng: np.random.Generator) -> onnx.ModelProto:
         helper.make_node("Add", ["a", "c2s"], ["res"]),
         helper.make_node("Relu", ["res"], ["r"]),
         helper.make_node("Conv", ["r", "w3"], ["c3"]),
-        helper.make_node("Tanh", ["c3"], ["t"]),
+        helper.make_node("Exp", ["c3"], ["t"]),
         helper.make_node("Concat", ["r", "t"], ["cat"], axis=1),
         helper.make_node("MaxPool", ["cat"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["mp"], ["gap"]),
@@ -222,15 +222,15 @@ def test_residual_add_and_concat_quantise_and_run(residual: tuple[Path, np.ndarr
     ops = [n.op_type for n in model.graph.node]
     assert "BatchNormalization" not in ops
     assert "folded 1 BatchNormalization node(s) into the preceding Conv" in result.notes
-    assert any("Tanh" in note and "stays float" in note for note in result.notes)
-    assert result.quantized_ops == 15  # all but BatchNormalization (folded away) and Tanh
+    assert any("Exp" in note and "stays float" in note for note in result.notes)
+    assert result.quantized_ops == 15  # all but BatchNormalization (folded away) and Exp
     # Add and Concat read the DQ of each input's own quantised tensor (the constant shift included).
     for node in (n for n in model.graph.node if n.op_type in ("Add", "Concat")):
         assert all(_producer(model, i).op_type == "DequantizeLinear" for i in node.input)
     assert result.tensor("shift").kind == "constant"
-    # The float-only Tanh reads a DQ and its result is quantised again before Concat.
-    tanh = next(n for n in model.graph.node if n.op_type == "Tanh")
-    assert _producer(model, tanh.input[0]).op_type == "DequantizeLinear"
+    # The float-only Exp reads a DQ and its result is quantised again before Concat.
+    exp = next(n for n in model.graph.node if n.op_type == "Exp")
+    assert _producer(model, exp.input[0]).op_type == "DequantizeLinear"
     assert result.tensor("t").rule == "calibrated"
     # Weight axes: MatMul B is (K, N) -> axis 1; Gemm with transB=0 -> axis 1; Softmax output fixed.
     assert result.tensor("mm").axis == 1 and result.tensor("fc").axis == 1
@@ -342,15 +342,15 @@ def test_bad_max_samples_is_refused(tmp_path: Path) -> None:
 
 def test_model_without_quantisable_op_is_refused(tmp_path: Path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("Tanh", ["x"], ["y"])],
-        "tanh",
+        [helper.make_node("Exp", ["x"], ["y"])],
+        "exp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
-    path = tmp_path / "tanh.onnx"
+    path = tmp_path / "exp.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     calib = {"x": np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)}
-    with pytest.raises(UnsupportedOpError, match="no operator that can be quantised .it has Tanh."):
+    with pytest.raises(UnsupportedOpError, match="no operator that can be quantised .it has Exp."):
         quantize_onnx(path, calib, tmp_path / "out.onnx")
 
 

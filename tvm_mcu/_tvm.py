@@ -313,7 +313,11 @@ def _onnx_importer() -> Any:
         def _convert_operator(
             self, op_name: str, inputs: list[Any], attrs: dict[str, Any], opset: int
         ) -> Any:
-            sym = _clip(self.bb, inputs, attrs, opset) if op_name == "Clip" else None
+            sym = None
+            if op_name == "Clip":
+                sym = _clip(self.bb, inputs, attrs, opset)
+            elif op_name == "Pad":
+                sym = _pad(self.bb, inputs, attrs, opset)
             if sym is None:
                 sym = super()._convert_operator(op_name, inputs, attrs, opset)
             # Bind a node's result while its node is converted (the importer leaves a call unbound until
@@ -352,6 +356,40 @@ def _clip(bb: Any, inputs: list[Any], attrs: dict[str, Any], opset: int) -> Any 
     lo = -big if bounds[0] is None or np.isnan(bounds[0]) else max(float(bounds[0]), -big)
     hi = big if bounds[1] is None or np.isnan(bounds[1]) else min(float(bounds[1]), big)
     return bb.normalize(relax.op.clip(x, lo, hi))
+
+
+def _pad(bb: Any, inputs: list[Any], attrs: dict[str, Any], opset: int) -> Any | None:
+    """ONNX Pad with constant pads (and value) as one ``R.nn.pad`` (0.27 imports it as a TE kernel
+    behind ``call_tir``, opaque to the int8 lowering and the channel analysis). None (TVM's own
+    conversion) for dynamic pads, an ``axes`` input or a mode other than constant (0.27 legalises
+    ``R.nn.pad`` in edge mode as a constant pad)."""
+    mode = attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "constant":
+        return None
+    x = inputs[0]
+    rank = len(x.ty.shape)
+    value = 0.0
+    if opset < 11:
+        pads = [int(p) for p in attrs.get("pads", [])]
+        value = float(attrs.get("value", 0.0))
+    else:
+        if len(inputs) > 3 and inputs[3] is not None:
+            return None
+        if not isinstance(inputs[1], RelaxConst):
+            return None
+        pads = [int(p) for p in const_value(inputs[1]).reshape(-1)]
+        if len(inputs) > 2 and inputs[2] is not None:
+            if not isinstance(inputs[2], RelaxConst):
+                return None
+            value = float(const_value(inputs[2]).reshape(-1)[0])
+    if len(pads) != 2 * rank:
+        return None
+    # Relax pads are (before, after) per axis, interleaved; ONNX lists all befores, then all afters.
+    widths = [w for a in range(rank) for w in (pads[a], pads[rank + a])]
+    if any(w < 0 for w in widths):
+        return None  # negative pads crop: TVM's conversion
+    return bb.normalize(relax.op.nn.pad(x, widths, mode, value))
 
 
 def provenance(func: Any, var: Any) -> str | None:

@@ -136,8 +136,17 @@ def split_channels(func: PrimFunc, axis: int, slice_: int, *, accumulate: bool =
 
     ``accumulate``: the chain ends with an operator reducing over those channels (a pointwise or
     any convolution, a dense layer); it accumulates each slice's contribution into its (whole)
-    accumulator, and its epilogue runs once all slices are in.
+    accumulator, and its epilogue runs once all slices are in. ValueError when the chain does not have
+    that shape (TVM's schedule refuses a move: e.g. an operator's result is also read outside it).
     """
+    try:
+        return _split_channels(func, axis, slice_, accumulate=accumulate)
+    except s_tir.ScheduleError as exc:
+        first = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise ValueError(f"cannot run this chain by channel slices: {first[-1] if first else exc}") from exc
+
+
+def _split_channels(func: PrimFunc, axis: int, slice_: int, *, accumulate: bool) -> PrimFunc:
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     _inline_between_operators(sch)
     blocks = sblocks.root_blocks(sch)

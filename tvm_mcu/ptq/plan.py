@@ -82,6 +82,35 @@ def _check_single_output(node: onnx.NodeProto, g: _Graph) -> str | None:
     return "its Indices output is used" if len([o for o in node.output if o]) > 1 else None
 
 
+def _check_constant_pad(node: onnx.NodeProto, g: _Graph) -> str | None:
+    mode = _attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "constant":
+        return f"mode '{mode}' is not quantised (constant only)"
+    if len(node.input) > 3 and node.input[3]:
+        return "an axes input is not quantised"
+    if g.const(node, 1) is None or (len(node.input) > 2 and node.input[2] and g.const(node, 2) is None):
+        return "its pads or value are not constants"
+    return None
+
+
+def _check_batch_norm(node: onnx.NodeProto, g: _Graph) -> str | None:
+    if any(g.const(node, k) is None for k in range(1, 5)):
+        return "its scale, bias, mean or variance is not a constant"
+    if len([o for o in node.output if o]) > 1:
+        return "its training-mode outputs are used"
+    return None
+
+
+def _check_constant_operands(node: onnx.NodeProto, g: _Graph) -> str | None:
+    """An element-wise op whose other inputs (a slope, a divisor) are constants."""
+    return (
+        None
+        if all(g.const(node, k) is not None for k in range(1, len(node.input)) if node.input[k])
+        else ("an input other than the first is not a constant")
+    )
+
+
 @attrs.frozen
 class _OpRule:
     role: str
@@ -104,8 +133,27 @@ _RULES: dict[str, _OpRule] = {
     "Relu": _OpRule(OWN_RANGE, (0,)),
     "Clip": _OpRule(OWN_RANGE, (0,)),
     "Add": _OpRule(OWN_RANGE, None),
+    "Sub": _OpRule(OWN_RANGE, None),
+    "Mul": _OpRule(OWN_RANGE, None),
+    "Div": _OpRule(OWN_RANGE, (0,), _check_constant_operands),
     "Concat": _OpRule(OWN_RANGE, None),
     "Softmax": _OpRule(FIXED, (0,)),
+    # Element-wise functions of one tensor: lowered to lookup tables of their float meaning.
+    "Sigmoid": _OpRule(OWN_RANGE, (0,)),
+    "Tanh": _OpRule(OWN_RANGE, (0,)),
+    "LeakyRelu": _OpRule(OWN_RANGE, (0,)),
+    "HardSigmoid": _OpRule(OWN_RANGE, (0,)),
+    "HardSwish": _OpRule(OWN_RANGE, (0,)),
+    "Elu": _OpRule(OWN_RANGE, (0,)),
+    "Selu": _OpRule(OWN_RANGE, (0,)),
+    "Softplus": _OpRule(OWN_RANGE, (0,)),
+    "PRelu": _OpRule(OWN_RANGE, (0,), _check_constant_operands),
+    "BatchNormalization": _OpRule(OWN_RANGE, (0,), _check_batch_norm),
+    "ReduceMean": _OpRule(OWN_RANGE, (0,), _check_constant_operands),
+    # Max reductions and constant padding move values without changing their scale.
+    "GlobalMaxPool": _OpRule(SAME_SCALE, (0,)),
+    "ReduceMax": _OpRule(SAME_SCALE, (0,), _check_constant_operands),
+    "Pad": _OpRule(SAME_SCALE, (0,), _check_constant_pad),
 }
 
 

@@ -333,6 +333,9 @@ def emit_avg_pool(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
             requant=(x.zero_point, out.zero_point, m, shift),
             out_dtype=out.dtype,
         )
+    if bool(p.call.attrs.count_include_pad) and any(int(v) for v in p.call.attrs.padding):
+        # The raw-sum average below would count padding as 0 rather than the zero point.
+        raise NotInteger("average pooling with count_include_pad and an extreme input/output scale ratio")
     pooled = bb.emit(avg_pool_int8(bb, x.var, p.call, (x.qtype.qmin, x.qtype.qmax), out_dtype=x.dtype))
     return requantize(bb, QTensor(pooled, x.scale, x.zero_point, x.dtype), out, _act_range(p, out), rounding)
 

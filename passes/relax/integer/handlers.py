@@ -231,11 +231,23 @@ def _subtract(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     return _elementwise(low, var, call, args)
 
 
+def _positive_scalar(c: Any) -> float | None:
+    if not is_float_const(c):
+        return None
+    v = _np(c).reshape(-1)
+    return float(v[0]) if v.size == 1 and np.isfinite(v[0]) and v[0] > 0 else None
+
+
 @_handles("relax.multiply")
 def _multiply(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     a, b = args
     if isinstance(a, QTensor) and isinstance(b, QTensor) and not a.var.same_as(b.var):
         return Pending("multiply", (a, b), call)
+    for x, other in ((a, b), (b, a)):
+        alpha = _positive_scalar(other)
+        if isinstance(x, QTensor) and alpha is not None:
+            # (q - zp) * s * alpha: the same integers with the scale s * alpha (Gemm's alpha on its input).
+            return QTensor(x.var, float(np.float32(x.scale) * np.float32(alpha)), x.zero_point, x.dtype)
     for p, other in ((a, b), (b, a)):
         # Gemm's alpha, a folded scale: a positive constant per output channel scales the weights.
         if (
@@ -365,6 +377,8 @@ def _elementwise(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
                 ops += tuple(o for o in a.ops if o not in ops)
         elif isinstance(a, _tvm.RelaxConst):
             operands.append(_np(a))
+        elif isinstance(a, QConst):
+            operands.append(a.real())  # a quantised constant operand: its float value, exactly
         elif isinstance(a, _tvm.PrimValue):
             operands.append(float(a.value))
         else:

@@ -285,20 +285,20 @@ def avg_pool2d_int8(
     bottom, right = (int(padding[2]), int(padding[3])) if len(padding) == 4 else (top, left)
 
     def average(*idx: Any) -> Any:
-        if count_include_pad:
-            # The window within the padded input: a ceil_mode window past the padding counts less.
-            h0 = idx[h_axis] * sh - top
-            w0 = idx[w_axis] * sw - left
-            count = (tirx.min(h0 + kh, height + bottom) - h0) * (tirx.min(w0 + kw, width + right) - w0)
-        else:
-            h0 = idx[h_axis] * sh - top
-            w0 = idx[w_axis] * sw - left
-            count = (tirx.min(h0 + kh, height) - tirx.max(h0, 0)) * (
-                tirx.min(w0 + kw, width) - tirx.max(w0, 0)
-            )
+        h0 = idx[h_axis] * sh - top
+        w0 = idx[w_axis] * sw - left
+        inside = (tirx.min(h0 + kh, height) - tirx.max(h0, 0)) * (tirx.min(w0 + kw, width) - tirx.max(w0, 0))
+        # The divisor: the taps inside the input, or with count_include_pad the window within the padded
+        # input (a ceil_mode window past the padding counts less).
+        count = (
+            (tirx.min(h0 + kh, height + bottom) - h0) * (tirx.min(w0 + kw, width + right) - w0)
+            if count_include_pad
+            else inside
+        )
         if requant is not None:
+            # Padding stands for real 0: the sum of (x - zp_in) runs over the taps inside the input.
             zp_in, zp_out, multiplier, shift = requant
-            centred = (total(*idx) - count * c32(zp_in)).astype("int64") * tirx.const(multiplier, "int64")
+            centred = (total(*idx) - inside * c32(zp_in)).astype("int64") * tirx.const(multiplier, "int64")
             denominator = count.astype("int64") * tirx.const(1 << (31 - shift), "int64")
             return _clamp(div_round_even(centred, denominator) + c32(zp_out), act_min, act_max, out_dtype)
         s = total(*idx)
