@@ -318,6 +318,12 @@ def _onnx_importer() -> Any:
                 sym = _clip(self.bb, inputs, attrs, opset)
             elif op_name == "Pad":
                 sym = _pad(self.bb, inputs, attrs, opset)
+            elif op_name == "Dropout" and attrs["tvm_custom"]["num_outputs"] == 1:
+                # Inference: the identity (0.27 keeps an R.nn.dropout returning a tuple).
+                sym = inputs[0]
+            elif op_name in ("Max", "Min") and len(inputs) == 2 and None not in inputs:
+                # Two operands: one element-wise op (0.27 stacks them and reduces).
+                sym = self.bb.normalize((relax.op.maximum if op_name == "Max" else relax.op.minimum)(*inputs))
             if sym is None:
                 sym = super()._convert_operator(op_name, inputs, attrs, opset)
             # Bind a node's result while its node is converted (the importer leaves a call unbound until

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import numpy as np
 
-from tvm_mcu import _tvm, api, pipeline, resource_model
+from tvm_mcu import _tvm, api, ops, pipeline, resource_model
 from tvm_mcu.analysis.channels import ChannelPlan, channel_groups, magnitudes
-from tvm_mcu.errors import BadOptionError, BudgetError
+from tvm_mcu.errors import BadOptionError, BudgetError, UnsupportedOpError
 from tvm_mcu.frontend import ImportedModel, load_model
 from tvm_mcu.outputs import output_file
 from tvm_mcu.passes.relax.prune_channels import PruneChannels
@@ -59,6 +59,18 @@ class Budget:
     sram: int | None = None
     flash: int | None = None
     macs: int | None = None
+
+
+_PART_NAMES = {"export": "writing ONNX", "train": "training", "int8": "the int8 build"}
+
+
+def _check_ops(name: str, mod: _tvm.IRModule, parts: tuple[str, ...]) -> None:
+    found: set[str] = set()
+    _tvm.structural_walk(mod["main"].body, (_tvm.RelaxCall, lambda c: found.add(_tvm.op_name(c) or "")))
+    refused = ops.refusals(parts, sorted(found - {""}))
+    if refused:
+        listed = "; ".join(f"{op} ({_PART_NAMES[part]}): {reason}" for op, part, reason in refused)
+        raise UnsupportedOpError(f"prune cannot take {name}: {listed}")
 
 
 def parse_budget(text: str) -> Budget:
@@ -267,9 +279,13 @@ def prune_model(
     if any(s.dtype != "float32" for s in imported.inputs) or _is_quantized(imported.mod):
         raise BadOptionError(f"{model_path} is quantised: prune the float model, then quantise the result")
     mod = pipeline.run(pipeline.inference_passes(), imported.mod)
-    plan = channel_groups(mod)
     if method == "diff" and epochs == 0:
         method = "l1"  # no data to train the gates on: weight magnitude alone
+    # Every op must be exportable (the result is written as ONNX), trainable when it is trained, and have
+    # an integer lowering when the figures are int8: checked now, not after the search.
+    parts = ("export", *(("train",) if epochs > 0 else ()), *(("int8",) if int8 else ()))
+    _check_ops(imported.name, mod, parts)
+    plan = channel_groups(mod)
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from tvm_mcu import _tvm
+from tvm_mcu import _tvm, ops
 from tvm_mcu._tvm import relax
 
 
@@ -255,14 +255,16 @@ def _binary(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
     return Info(axis, rinfo.nodes)
 
 
-def _mean(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
+def _reduce(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
+    """mean / max / min / sum over some axes: channels pass through unless the channel axis is reduced."""
     xi = ctx.info(call.args[0])
     if xi is None:
         return None
     rank = len(_shape(call.args[0]))
     axes = [int(a) % rank for a in call.attrs.axis] if call.attrs.axis is not None else list(range(rank))
     if xi.axis in axes:
-        ctx.pin(xi.nodes, f"mean '{name}' reduces over the channel axis")
+        kind = (_tvm.op_name(call) or "").removeprefix("relax.")
+        ctx.pin(xi.nodes, f"{kind} '{name}' reduces over the channel axis")
         return None
     keep = bool(call.attrs.keepdims)
     return Info(xi.axis if keep else xi.axis - sum(1 for a in axes if a < xi.axis), xi.nodes)
@@ -284,12 +286,12 @@ def _permute(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
     return Info(axes.index(xi.axis), xi.nodes)
 
 
-def _reshape(ctx: _Ctx, i: int, name: str, call: Any, out_shape: tuple[int, ...]) -> Info | None:
+def _reshape(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
     """Follows the channel index through the row-major reshape; it must vary along one output axis."""
     xi = ctx.info(call.args[0])
     if xi is None:
         return None
-    in_shape = _shape(call.args[0])
+    in_shape, out_shape = _shape(call.args[0]), _tvm.tensor_shape(call.ty)
     channel = np.indices(in_shape)[xi.axis].reshape(out_shape)
     for j in range(len(out_shape)):
         line = np.take(channel, np.arange(out_shape[j]), axis=j)
@@ -339,25 +341,53 @@ def _matmul(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
     return Info(len(_shape(x)) - 1, out)
 
 
+def _prelu(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
+    """A slope per channel (sliced with them) or one slope for all."""
+    x, slope = call.args
+    xi = ctx.info(x)
+    if xi is None:
+        return None
+    n_slope = int(np.prod(_shape(slope)))
+    if n_slope > 1:
+        if int(call.attrs.axis) % len(_shape(x)) != xi.axis or not _is_const(slope):
+            ctx.pin(xi.nodes, f"prelu '{name}' has slopes along another axis than the channels")
+            return None
+        ctx.sites.append(Site(i, 1, 0, xi.nodes))
+    return xi
+
+
+def _squeeze(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
+    xi = ctx.info(call.args[0])
+    if xi is None:
+        return None
+    shape = _shape(call.args[0])
+    axes = (
+        [int(a) % len(shape) for a in call.attrs.axis]
+        if call.attrs.axis is not None
+        else [k for k, d in enumerate(shape) if d == 1]
+    )
+    if xi.axis in axes:
+        ctx.pin(xi.nodes, f"squeeze '{name}' removes the channel axis")
+        return None
+    return Info(xi.axis - sum(1 for a in axes if a < xi.axis), xi.nodes)
+
+
+def _expand_dims(ctx: _Ctx, i: int, name: str, call: Any) -> Info | None:
+    xi = ctx.info(call.args[0])
+    if xi is None:
+        return None
+    rank = len(_shape(call.args[0])) + len(call.attrs.axis)
+    new = sorted(int(a) % rank for a in call.attrs.axis)
+    axis = xi.axis
+    for a in new:  # each new axis at or before the channel axis moves it along
+        if a <= axis:
+            axis += 1
+    return Info(axis, xi.nodes)
+
+
 Rule = Callable[[_Ctx, int, str, Any], Info | None]
-_UNARY = ("relax.nn.relu", "relax.nn.leakyrelu", "relax.sigmoid", "relax.clip", "relax.tanh", "relax.nn.silu")
-RULES: dict[str, Rule] = {
-    "relax.nn.conv2d": _conv2d,
-    **dict.fromkeys(_UNARY, _same),
-    "relax.nn.max_pool2d": _pool,
-    "relax.nn.avg_pool2d": _pool,
-    "relax.nn.adaptive_avg_pool2d": _pool,
-    "relax.nn.pad": _pad,
-    **dict.fromkeys(
-        ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum"),
-        _binary,
-    ),
-    "relax.mean": _mean,
-    "relax.nn.softmax": _softmax,
-    "relax.permute_dims": _permute,
-    "relax.concat": _concat,
-    "relax.matmul": _matmul,
-}
+# The rules the operator registry (tvm_mcu.ops) names.
+RULES: dict[str, Rule] = ops.rules("channels", globals())
 
 
 def channel_groups(mod: _tvm.IRModule) -> ChannelPlan:
@@ -382,13 +412,12 @@ def channel_groups(mod: _tvm.IRModule) -> ChannelPlan:
         info: Info | None = None
         if isinstance(value, _tvm.RelaxVar):
             info = ctx.info(value)
-        elif isinstance(value, relax.Call) and _tvm.op_name(value) == "relax.reshape":
-            info = _reshape(ctx, i, name, value, _shape(b.var))
         elif isinstance(value, relax.Call) and _tvm.op_name(value) in RULES:
             info = RULES[str(_tvm.op_name(value))](ctx, i, name, value)
         elif isinstance(value, relax.Call):
             op = _tvm.op_name(value) or "a call to a function"
-            _pin_args(ctx, value, f"no channel rule for {op} ('{name}')")
+            why = ops.refusal("channels", op) if _tvm.op_name(value) else None
+            _pin_args(ctx, value, f"no channel rule for {op} ('{name}')" + (f": {why}" if why else ""))
         elif b.var not in returned:
             for v in _vars_in(value):
                 inf = ctx.info(v)

@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 import tvm_mcu
-from tvm_mcu import _tvm
+from tvm_mcu import _tvm, ops
 from tvm_mcu._tvm import IRModule, relax
 from tvm_mcu.errors import BadOptionError, UnsupportedOpError
 
@@ -257,29 +257,91 @@ def _pad(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
     )
 
 
-_RULES: dict[str, Rule] = {
-    "relax.nn.conv2d": _conv2d,
-    "relax.add": _simple("Add", 2),
-    "relax.subtract": _simple("Sub", 2),
-    "relax.multiply": _simple("Mul", 2),
-    "relax.divide": _simple("Div", 2),
-    "relax.maximum": _bound("Max"),
-    "relax.minimum": _bound("Min"),
-    "relax.clip": _clip,
-    "relax.nn.relu": _simple("Relu", 1),
-    "relax.nn.leakyrelu": _leakyrelu,
-    "relax.sigmoid": _simple("Sigmoid", 1),
-    "relax.nn.max_pool2d": _pool2d("MaxPool"),
-    "relax.nn.avg_pool2d": _pool2d("AveragePool"),
-    "relax.nn.adaptive_avg_pool2d": _adaptive_avg_pool2d,
-    "relax.mean": _mean,
-    "relax.reshape": _reshape,
-    "relax.permute_dims": _permute_dims,
-    "relax.matmul": _matmul,
-    "relax.concat": _concat,
-    "relax.nn.softmax": _softmax,
-    "relax.nn.pad": _pad,
-}
+def _unary(op_type: str) -> Rule:
+    return _simple(op_type, 1)
+
+
+def _reduce(op_type: str, axes_input: bool = False) -> Rule:
+    """A reduction over ``axis`` (None: every axis, in both IRs); ReduceSum takes its axes as an input
+    from opset 13, the others as an attribute until 18."""
+
+    def rule(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
+        keep = int(a.keepdims)
+        if a.axis is None:
+            w.node(op_type, [w.tensor(call.args[0])], out, keepdims=keep)
+        elif axes_input:
+            w.node(
+                op_type,
+                [w.tensor(call.args[0]), w.const(np.array(a.axis, np.int64), "axes")],
+                out,
+                keepdims=keep,
+            )
+        else:
+            w.node(op_type, [w.tensor(call.args[0])], out, keepdims=keep, axes=a.axis)
+
+    return rule
+
+
+def _silu(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
+    x = w.tensor(call.args[0])
+    s = w.fresh("sigmoid")
+    w.node("Sigmoid", [x], s)
+    w.node("Mul", [x, s], out)
+
+
+def _gelu(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
+    """0.5 * x * (1 + erf(x / sqrt(2))): TVM's exact GELU, in opset-13 ops (Gelu itself is opset 20)."""
+    x = call.args[0]
+    dt = _dtype(x)
+    xn = w.tensor(x)
+    (
+        scaled,
+        erf,
+        one_plus,
+        half,
+    ) = (w.fresh(n) for n in ("gelu_scaled", "gelu_erf", "gelu_1p", "gelu_half"))
+    w.node("Mul", [xn, w.scalar(1 / np.sqrt(2.0), dt)], scaled)
+    w.node("Erf", [scaled], erf)
+    w.node("Add", [erf, w.scalar(1.0, dt)], one_plus)
+    w.node("Mul", [xn, w.scalar(0.5, dt)], half)
+    w.node("Mul", [half, one_plus], out)
+
+
+def _prelu(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
+    x, slope = call.args
+    rank = len(_shape(x.ty))
+    axis = int(a.axis) % rank
+    _require(isinstance(slope, _tvm.RelaxConst), "a slope that is not a constant")
+    value = _tvm.const_value(slope).reshape(-1)
+    # ONNX PRelu broadcasts the slope numpy-style: one value per element of ``axis``, then ones.
+    shaped = value.reshape((value.size,) + (1,) * (rank - 1 - axis)) if value.size > 1 else value.reshape(())
+    w.node("PRelu", [w.tensor(x), w.const(shaped, "slope")], out)
+
+
+def _log_softmax(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
+    w.node("LogSoftmax", [w.tensor(call.args[0])], out, axis=a.axis)
+
+
+def _squeeze(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
+    x = call.args[0]
+    axes = a.axis if a.axis is not None else [k for k, d in enumerate(_shape(x.ty)) if d == 1]
+    w.node("Squeeze", [w.tensor(x), w.const(np.array(axes, np.int64), "axes")], out)
+
+
+def _expand_dims(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
+    w.node("Unsqueeze", [w.tensor(call.args[0]), w.const(np.array(a.axis, np.int64), "axes")], out)
+
+
+# The rules the operator registry (tvm_mcu.ops) names.
+_add, _subtract, _multiply, _divide, _power = (_simple(t, 2) for t in ("Add", "Sub", "Mul", "Div", "Pow"))
+_maximum, _minimum = _bound("Max"), _bound("Min")
+_relu, _sigmoid, _tanh, _exp, _log, _sqrt, _abs, _negative, _erf = (
+    _unary(t) for t in ("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Abs", "Neg", "Erf")
+)
+_max_pool2d, _avg_pool2d = _pool2d("MaxPool"), _pool2d("AveragePool")
+_reduce_max, _reduce_min, _reduce_sum = _reduce("ReduceMax"), _reduce("ReduceMin"), _reduce("ReduceSum", True)
+
+_RULES: dict[str, Rule] = ops.rules("export", globals())
 
 
 def _value_info(name: str, ty: Any) -> onnx.ValueInfoProto:
@@ -339,7 +401,7 @@ def _write(w: _Writer, binding: Any, out: str | None) -> None:
             return
         rule = _RULES.get(op or "")
         if rule is None:
-            raise _Refused("no rule")
+            raise _Refused(ops.refusal("export", op or "") or "no rule")
         out = out or w.fresh(str(op).rsplit(".", 1)[-1])
         attrs = _Attrs(value.attrs)
         rule(w, value, attrs, out)

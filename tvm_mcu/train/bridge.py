@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from tvm_mcu import _tvm
+from tvm_mcu import _tvm, ops
 from tvm_mcu._tvm import relax, tvm
 from tvm_mcu.analysis.channels import bindings as main_bindings
 from tvm_mcu.errors import BadOptionError, UnsupportedOpError
@@ -197,7 +197,7 @@ class RelaxModule(nn.Module):
         subject = f"{op} (binding '{name}')"
         rule = RULES.get(op)
         if rule is None:
-            raise UnsupportedOpError(f"{subject} has no torch rule")
+            raise UnsupportedOpError(f"{subject} has no torch rule: {ops.refusal('train', op)}")
         attr_values = _tvm.attr_values(value.attrs)
         with _refusal(subject):
             unknown = sorted(set(attr_values) ^ rule.attrs)

@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from tvm_mcu import ops
 from tvm_mcu.train import require_torch
 
 require_torch()
@@ -42,16 +43,14 @@ class Rule:
     attrs: frozenset[str]
 
 
-RULES: dict[str, Rule] = {}
+def _reads(*attrs: str) -> Callable[[Callable[[Args, Attrs], Any]], Any]:
+    """Declares the attribute names a rule reads (all of them: any other is refused)."""
 
-
-def _rule(*ops: str, attrs: tuple[str, ...] = ()) -> Callable[[Callable[[Args, Attrs], Any]], Any]:
-    def register(fn: Callable[[Args, Attrs], Any]) -> Callable[[Args, Attrs], Any]:
-        for op in ops:
-            RULES[op] = Rule(fn, frozenset(attrs))
+    def mark(fn: Callable[[Args, Attrs], Any]) -> Callable[[Args, Attrs], Any]:
+        fn.reads = frozenset(attrs)  # type: ignore[attr-defined]
         return fn
 
-    return register
+    return mark
 
 
 def _expect(a: Attrs, **wanted: str) -> None:
@@ -81,43 +80,47 @@ def _padding(a: Attrs) -> tuple[int, int, int, int]:
 
 
 # ------------------------------------------------------------------------------------- elementwise
-_BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "relax.add": torch.add,
-    "relax.subtract": torch.sub,
-    "relax.multiply": torch.mul,
-    "relax.divide": torch.div,
-    "relax.maximum": torch.maximum,
-    "relax.minimum": torch.minimum,
-}
-
-
-def _binary(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Rule:
+def _binary(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[Args, Attrs], Any]:
     # numpy broadcasting, as Relax; scalar constants arrive as 0-d tensors.
+    @_reads()
     def fn(args: Args, a: Attrs) -> torch.Tensor:
         return f(args[0], args[1])
 
-    return Rule(fn, frozenset())
+    return fn
 
 
-RULES.update({name: _binary(f) for name, f in _BINARY.items()})
+def _unary(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Args, Attrs], Any]:
+    @_reads()
+    def fn(args: Args, a: Attrs) -> torch.Tensor:
+        return f(args[0])
+
+    return fn
 
 
-@_rule("relax.nn.relu")
+_add, _subtract, _multiply, _divide = (_binary(f) for f in (torch.add, torch.sub, torch.mul, torch.div))
+_maximum, _minimum, _power = (_binary(f) for f in (torch.maximum, torch.minimum, torch.pow))
+_tanh, _exp, _log, _sqrt = (_unary(f) for f in (torch.tanh, torch.exp, torch.log, torch.sqrt))
+_abs, _negative, _erf = (_unary(f) for f in (torch.abs, torch.neg, torch.erf))
+_silu = _unary(F.silu)
+_gelu = _unary(F.gelu)  # the exact (erf) form, as Relax's
+
+
+@_reads()
 def _relu(args: Args, a: Attrs) -> torch.Tensor:
     return F.relu(args[0])
 
 
-@_rule("relax.sigmoid")
+@_reads()
 def _sigmoid(args: Args, a: Attrs) -> torch.Tensor:
     return torch.sigmoid(args[0])
 
 
-@_rule("relax.nn.leakyrelu", attrs=("alpha",))
+@_reads("alpha")
 def _leakyrelu(args: Args, a: Attrs) -> torch.Tensor:
     return F.leaky_relu(args[0], float(a["alpha"]))
 
 
-@_rule("relax.clip")
+@_reads()
 def _clip(args: Args, a: Attrs) -> torch.Tensor:
     x, lo, hi = args
     if not isinstance(lo, int | float) or not isinstance(hi, int | float):
@@ -125,16 +128,15 @@ def _clip(args: Args, a: Attrs) -> torch.Tensor:
     return torch.clamp(x, float(lo), float(hi))
 
 
-@_rule("relax.nn.softmax", attrs=("axis",))
+@_reads("axis")
 def _softmax(args: Args, a: Attrs) -> torch.Tensor:
     x = args[0]
     return F.softmax(x, dim=_axis(a["axis"], x.ndim, "softmax"))
 
 
 # ------------------------------------------------------------------------------------- convolution
-@_rule(
-    "relax.nn.conv2d",
-    attrs=(
+@_reads(
+    *(
         "strides",
         "padding",
         "dilation",
@@ -143,7 +145,7 @@ def _softmax(args: Args, a: Attrs) -> torch.Tensor:
         "kernel_layout",
         "out_layout",
         "out_dtype",
-    ),
+    )
 )
 def _conv2d(args: Args, a: Attrs) -> torch.Tensor:
     _expect(a, data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW")
@@ -157,7 +159,7 @@ def _conv2d(args: Args, a: Attrs) -> torch.Tensor:
     return F.conv2d(x, w, None, tuple(a["strides"]), pad, tuple(a["dilation"]), int(a["groups"]))
 
 
-@_rule("relax.matmul", attrs=("out_dtype",))
+@_reads("out_dtype")
 def _matmul(args: Args, a: Attrs) -> torch.Tensor:
     _float32(a)
     return torch.matmul(args[0], args[1])
@@ -207,7 +209,7 @@ def _window_sum(x: torch.Tensor, a: Attrs) -> torch.Tensor:
     return F.conv2d(x, ones, None, tuple(a["strides"]), 0, tuple(a["dilation"]), c)
 
 
-@_rule("relax.nn.max_pool2d", attrs=_POOL_ATTRS)
+@_reads(*_POOL_ATTRS)
 def _max_pool2d(args: Args, a: Attrs) -> torch.Tensor:
     # count_include_pad has no meaning for a max pool; padding is -inf, so it never wins.
     x = args[0]
@@ -223,7 +225,7 @@ def _max_pool2d(args: Args, a: Attrs) -> torch.Tensor:
     return y
 
 
-@_rule("relax.nn.avg_pool2d", attrs=_POOL_ATTRS)
+@_reads(*_POOL_ATTRS)
 def _avg_pool2d(args: Args, a: Attrs) -> torch.Tensor:
     # The divisor counts the window's elements inside the input, plus those in the explicit padding
     # when count_include_pad; never the ceil_mode extra (TVM's topi pool and ONNX AveragePool agree).
@@ -241,7 +243,7 @@ def _avg_pool2d(args: Args, a: Attrs) -> torch.Tensor:
     return y
 
 
-@_rule("relax.nn.adaptive_avg_pool2d", attrs=("output_size", "layout", "out_layout"))
+@_reads("output_size", "layout", "out_layout")
 def _adaptive_avg_pool2d(args: Args, a: Attrs) -> torch.Tensor:
     # torch's windows are TVM's: [floor(i * in / out), ceil((i + 1) * in / out)).
     _expect(a, layout="NCHW", out_layout="NCHW")
@@ -254,7 +256,7 @@ def _adaptive_avg_pool2d(args: Args, a: Attrs) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, tuple(size))
 
 
-@_rule("relax.mean", attrs=("axis", "keepdims"))
+@_reads("axis", "keepdims")
 def _mean(args: Args, a: Attrs) -> torch.Tensor:
     x = args[0]
     if a["axis"] is None:
@@ -264,7 +266,7 @@ def _mean(args: Args, a: Attrs) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- layout
-@_rule("relax.reshape")
+@_reads()
 def _reshape(args: Args, a: Attrs) -> torch.Tensor:
     x, shape = args
     if not isinstance(shape, tuple) or not shape or shape[0] != 1:
@@ -272,7 +274,7 @@ def _reshape(args: Args, a: Attrs) -> torch.Tensor:
     return x.reshape(x.shape[0], *shape[1:])
 
 
-@_rule("relax.permute_dims", attrs=("axes",))
+@_reads("axes")
 def _permute_dims(args: Args, a: Attrs) -> torch.Tensor:
     x = args[0]
     axes = a["axes"]
@@ -281,7 +283,7 @@ def _permute_dims(args: Args, a: Attrs) -> torch.Tensor:
     return x.permute(*axes)
 
 
-@_rule("relax.concat", attrs=("axis",))
+@_reads("axis")
 def _concat(args: Args, a: Attrs) -> torch.Tensor:
     parts = args[0]
     if a["axis"] is None:
@@ -289,7 +291,7 @@ def _concat(args: Args, a: Attrs) -> torch.Tensor:
     return torch.cat(list(parts), dim=_axis(a["axis"], parts[0].ndim, "concat"))
 
 
-@_rule("relax.nn.pad", attrs=("pad_width", "pad_value", "pad_mode"))
+@_reads("pad_width", "pad_value", "pad_mode")
 def _pad(args: Args, a: Attrs) -> torch.Tensor:
     _expect(a, pad_mode="constant")
     x = args[0]
@@ -302,3 +304,59 @@ def _pad(args: Args, a: Attrs) -> torch.Tensor:
     # Relax: (before, after) per axis from the first; torch: from the last axis backwards.
     flat = [w for pair in reversed(pairs) for w in pair]
     return F.pad(x, flat, value=float(a["pad_value"]))
+
+
+@_reads("axis")
+def _prelu(args: Args, a: Attrs) -> torch.Tensor:
+    x, slope = args
+    axis = _axis(a["axis"], x.ndim, "prelu")
+    shaped = slope.reshape((-1,) + (1,) * (x.ndim - 1 - axis)) if slope.numel() > 1 else slope.reshape(())
+    return torch.where(x < 0, x * shaped, x)
+
+
+def _reduction(f: Callable[..., torch.Tensor], what: str) -> Callable[[Args, Attrs], Any]:
+    @_reads("axis", "keepdims")
+    def fn(args: Args, a: Attrs) -> torch.Tensor:
+        x = args[0]
+        if a["axis"] is None:
+            raise NoRule(f"{what} over every axis (the batch axis included)")
+        axes = tuple(_axis(ax, x.ndim, what) for ax in a["axis"])
+        return f(x, axes, bool(a["keepdims"]))
+
+    return fn
+
+
+_sum = _reduction(lambda x, axes, keep: torch.sum(x, dim=axes, keepdim=keep), "sum")
+_max = _reduction(lambda x, axes, keep: torch.amax(x, dim=axes, keepdim=keep), "max")
+_min = _reduction(lambda x, axes, keep: torch.amin(x, dim=axes, keepdim=keep), "min")
+
+
+@_reads("axis")
+def _log_softmax(args: Args, a: Attrs) -> torch.Tensor:
+    x = args[0]
+    return F.log_softmax(x, dim=_axis(a["axis"], x.ndim, "log-softmax"))
+
+
+@_reads("axis")
+def _squeeze(args: Args, a: Attrs) -> torch.Tensor:
+    x = args[0]
+    if a["axis"] is None:
+        raise NoRule("axis None (would squeeze a batch of 1)")
+    axes = sorted((_axis(ax, x.ndim, "squeeze") for ax in a["axis"]), reverse=True)
+    for ax in axes:
+        x = x.squeeze(ax)
+    return x
+
+
+@_reads("axis")
+def _expand_dims(args: Args, a: Attrs) -> torch.Tensor:
+    x = args[0]
+    rank = x.ndim + len(a["axis"])
+    for ax in sorted(int(v) % rank for v in a["axis"]):
+        if ax == 0:
+            raise NoRule("a new axis 0 (before the batch axis)")
+        x = x.unsqueeze(ax)
+    return x
+
+
+RULES: dict[str, Rule] = {op: Rule(fn, fn.reads) for op, fn in ops.rules("train", globals()).items()}

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tvm_mcu import _tvm
+from tvm_mcu import _tvm, ops
 from tvm_mcu._tvm import relax
 from tvm_mcu.passes.relax.integer import elementwise, fixed_point
 from tvm_mcu.passes.relax.integer.emit import (
@@ -46,16 +46,6 @@ class Lowering(Protocol):
 
 
 Handler = Callable[[Lowering, Any, Any, list[Any]], Any]
-HANDLERS: dict[str, Handler] = {}
-
-
-def _handles(*ops: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        for op in ops:
-            HANDLERS[op] = fn
-        return fn
-
-    return register
 
 
 def _np(c: Any) -> np.ndarray:
@@ -83,7 +73,6 @@ def is_float_const(expr: Any) -> bool:
 
 
 # ---------------------------------------------------------------------- quantize / dequantize
-@_handles("relax.dequantize")
 def _dequantize(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     data, scale, zp = args
     axis = int(call.attrs.axis)
@@ -102,7 +91,6 @@ def _dequantize(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     return QTensor(data, float(np.float32(_scalar(scale))), int(_np(zp).reshape(-1)[0]), dtype)
 
 
-@_handles("relax.quantize")
 def _quantize(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     src, scale, zp = args
     dtype = str(call.attrs.out_dtype)
@@ -175,7 +163,6 @@ def _clamp_range(lo: float | None, hi: float | None, out: QType) -> tuple[int, i
 
 
 # ---------------------------------------------------------------------- operators awaiting a quantize
-@_handles("relax.nn.conv2d")
 def _conv2d(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     x, w = args
     if isinstance(x, QTensor) and isinstance(w, QConst):
@@ -183,7 +170,6 @@ def _conv2d(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     return NotImplemented
 
 
-@_handles("relax.matmul")
 def _matmul(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     x, w = args
     if isinstance(x, QTensor) and isinstance(w, QConst):
@@ -199,7 +185,6 @@ def _bias_value(other: Any) -> Any:
     return None
 
 
-@_handles("relax.add")
 def _add(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     a, b = args
     for p, other in ((a, b), (b, a)):
@@ -223,7 +208,6 @@ def _per_output_channel(p: Pending, bias: Any) -> bool:
     return size in (1, channels)
 
 
-@_handles("relax.subtract")
 def _subtract(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     a, b = args
     if isinstance(a, QTensor) and isinstance(b, QTensor):
@@ -238,7 +222,6 @@ def _positive_scalar(c: Any) -> float | None:
     return float(v[0]) if v.size == 1 and np.isfinite(v[0]) and v[0] > 0 else None
 
 
-@_handles("relax.multiply")
 def _multiply(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     a, b = args
     if isinstance(a, QTensor) and isinstance(b, QTensor) and not a.var.same_as(b.var):
@@ -263,6 +246,15 @@ def _multiply(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     return _elementwise(low, var, call, args)
 
 
+def _divide(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
+    x, other = args
+    k = _positive_scalar(other)
+    if isinstance(x, QTensor) and k is not None:
+        # (q - zp) * s / k: the same integers with the scale s / k.
+        return QTensor(x.var, float(np.float32(x.scale) / np.float32(k)), x.zero_point, x.dtype)
+    return _elementwise(low, var, call, args)
+
+
 def _scaled(p: Pending, k: np.ndarray) -> Pending:
     """A conv/dense result multiplied by ``k`` (one value, or one per output channel): the weight scales
     and the bias scaled. A negative gain gives a negative scale, which the requantisation takes as is."""
@@ -280,7 +272,6 @@ def _scaled(p: Pending, k: np.ndarray) -> Pending:
     return Pending(p.kind, (x, weights), p.call, bias=bias, act=p.act)
 
 
-@_handles("relax.nn.batch_norm")
 def _batch_norm(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     """Inference batch norm of a conv result (folded into its weight scales and bias) or of a quantised
     tensor (a depthwise 1x1 convolution with weight +-1 and the gain as its per-channel scale)."""
@@ -338,7 +329,6 @@ def _activation_bounds(call: Any) -> tuple[float | None, float | None]:
     return float(call.args[1].value), float(call.args[2].value)
 
 
-@_handles("relax.nn.relu", "relax.clip")
 def _activation(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     src = args[0]
     if isinstance(src, Pending) and src.act is None and src.kind not in ("clamp",):
@@ -349,13 +339,6 @@ def _activation(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     return _elementwise(low, var, call, args)
 
 
-@_handles(
-    *(
-        op
-        for op in elementwise.NUMPY_RULES
-        if op not in ("relax.nn.relu", "relax.clip", "relax.add", "relax.subtract", "relax.multiply")
-    )
-)
 def _elementwise(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     """An element-wise op of one quantised tensor (and constants): composed into an Elementwise."""
     op = _tvm.op_name(call) or ""
@@ -389,7 +372,6 @@ def _elementwise(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     return Elementwise(source, elementwise.compose(op, call, operands, rank), (*ops, op), call)
 
 
-@_handles("relax.nn.avg_pool2d", "relax.nn.max_pool2d", "relax.mean", "relax.max", "relax.min")
 def _pool(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     op = _tvm.op_name(call)
     src = args[0]
@@ -407,21 +389,18 @@ def _pool(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     return NotImplemented
 
 
-@_handles("relax.nn.softmax")
 def _softmax(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     if isinstance(args[0], QTensor):
         return Pending("softmax", (args[0],), call)
     return NotImplemented
 
 
-@_handles("relax.nn.pad")
 def _pad(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     if isinstance(args[0], QTensor):
         return Pending("pad", (args[0],), call)
     return NotImplemented
 
 
-@_handles("relax.concat")
 def _concat(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     fields = args[0]
     items = list(fields.fields) if isinstance(fields, QTuple | relax.Tuple) else None
@@ -432,7 +411,6 @@ def _concat(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     return NotImplemented
 
 
-@_handles("relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten")
 def _layout_op(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     """A data-movement op of a quantised value: the same op on the integer tensor or constant."""
     src = args[0]
@@ -453,7 +431,6 @@ def _layout_op(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     return NotImplemented
 
 
-@_handles("relax.astype")
 def _astype(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     """TFLite's int8 average pool arrives as ``astype(int32) -> avg_pool2d -> astype(int8)``."""
     src = args[0]
@@ -468,3 +445,11 @@ def _astype(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     if isinstance(src, QTensor | Elementwise) and dtype.startswith("float"):
         return src  # a float -> float cast of a dequantised value changes nothing
     return NotImplemented
+
+
+# The handlers the operator registry (tvm_mcu.ops) names; the element-wise functions of the lookup
+# tables that have no record of their own (comparisons, where: parts of imported activations).
+HANDLERS: dict[str, Handler] = {
+    **dict.fromkeys(elementwise.NUMPY_RULES, _elementwise),
+    **ops.rules("int8", globals()),
+}
