@@ -129,15 +129,6 @@ def _split_rows(func: PrimFunc, axis: int) -> PrimFunc:
     return sch.mod["main"].with_attr(ATTR_DONE, True)
 
 
-def row_axis(func: PrimFunc) -> int | None:
-    """The axis of the rows of an operator's 4-D tensors, from its convolution or pooling blocks'
-    layout (TOPI names them ``conv2d_nhwc``, ``depthwise_conv2d_nchw``, ...); None when none says."""
-    names: list[str] = []
-    structural_walk(func.body, (s_tir.SBlock, lambda b: names.append(b.name_hint.lower())))
-    axes = {1 if "nhwc" in n else 2 for n in names if "nhwc" in n or "nchw" in n}
-    return axes.pop() if len(axes) == 1 else None
-
-
 # --- RollRowBuffers ------------------------------------------------------------------------------
 
 
