@@ -12,6 +12,7 @@ from tvm import te, topi
 from tests import host
 from tvm_mcu import _tvm, pipeline
 from tvm_mcu.analysis.rows import row_axis, window_rows
+from tvm_mcu.analysis.tir_access import free_vars
 from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, split_rows
@@ -156,6 +157,22 @@ def test_padded_conv_after_pooling_is_bit_exact(layout: str, tmp_path: Path) -> 
     arrays = _arrays(func)
     got, _ = _run_lowered(split_rows(func, 2 if layout == "NCHW" else 1), arrays, tmp_path)
     np.testing.assert_array_equal(got, _reference(func, arrays))
+
+
+def test_window_loop_extents_are_not_expressions_of_the_loops_around_them() -> None:
+    """A window loop's bounds are read from one-element buffers. As expressions of the enclosing
+    window loops (whose bounds are expressions of theirs), RemoveNoOp relaxed each extent over every
+    loop around it, recursively: compile time exponential in the chain's depth."""
+    func = split_rows(_chain("NCHW", CHAINS["strided-depthwise"]), 2)
+    lowered = pipeline.run(pipeline.operator_passes(symbol_prefix="k_"), tvm.IRModule({"main": func}))
+    loops: list = []
+    for f in lowered.functions.values():
+        _tvm.structural_walk(f.body, (_tvm.tirx.For, loops.append))
+    loop_vars = {lp.loop_var for lp in loops}
+    windows = [lp for lp in loops if not isinstance(lp.extent, _tvm.tirx.IntImm)]
+    assert len(windows) >= 3  # one per operator but the last
+    for lp in loops:
+        assert not free_vars(lp.extent) & loop_vars, lp.extent
 
 
 @pytest.mark.parametrize(
