@@ -270,7 +270,9 @@ def plan_schedules(
             split_macs = _chain_macs(split_graph, split_macs, macs)
             plans.append((label, split_graph, split_macs, partial.overhead(chains, macs)))
         row_axes = {s.callee: rows_of.row_axis(funcs[s.callee]) for s in graph.steps if s.callee in funcs}
-        rows = partial.find_row_chains(graph, row_axes)
+        rows = partial.find_row_chains(
+            graph, row_axes, lambda callee, axis: rows_of.window_rows(funcs[callee], axis), macs=macs
+        )
         if rows:
             try:
                 split_graph, split_funcs, split_macs, row_lowered = _split(
