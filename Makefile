@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.tvm-mcu-installed
 # QEMU plugin), venv support for Debian's own python3, and Fashion-MNIST (pruning, fine-tuning, benchmarks).
 DEB_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc python3-venv dataset-fashion-mnist
 
-.PHONY: all setup system venv plugin demo test bench bench-prune lint clean
+.PHONY: all setup system venv plugin demo test bench bench-prune bench-compile lint clean
 
 all: test
 
@@ -56,6 +56,11 @@ bench: setup
 # The pruning methods comparison, docs/BENCHMARKS_PRUNING.md (trains dozens of models: hours).
 bench-prune: setup
 	$(PY) bench/run_bench.py --pruning-methods
+
+# Compile time against depth alone (MobileNetV1-style networks of 4 to 32 blocks): rewrites that section
+# of docs/BENCHMARKS.md (minutes).
+bench-compile: setup
+	$(PY) bench/run_bench.py --compile-time
 
 lint: venv
 	$(VENV)/bin/ruff check tvm_mcu passes targets tests bench examples

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
+import resource
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +329,119 @@ def sram_section(tmp: Path) -> list[str]:
     return lines
 
 
+# Compile time against depth: MobileNetV1-style int8 networks (bench/mobilenetv1.py) of these depths
+# and input sizes, compiled for this board.
+COMPILE_HEADING = "## Compile time against depth"
+COMPILE_BLOCKS = (4, 8, 13, 16, 24, 32)
+COMPILE_SIZES = (96, 128)
+COMPILE_BOARD = "mps2-an386"
+COMPILE_REPEATS = 2
+
+
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least squares ``y = a + b x``: (a, b, R^2)."""
+    b, a = np.polyfit(xs, ys, 1)
+    pred = np.polyval([b, a], xs)
+    ss = float(np.sum((np.asarray(ys) - np.mean(ys)) ** 2))
+    return float(a), float(b), 1.0 - float(np.sum((np.asarray(ys) - pred) ** 2)) / ss if ss else 1.0
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the firmware's gcc): unlike wall time, it
+    does not grow when other jobs share the cores."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def compile_time_section(tmp: Path) -> list[str]:
+    """Compile time of MobileNetV1-style int8 networks of 4 to 32 blocks at 96x96 and 128x128."""
+    sys.path.insert(0, str(Path(__file__).parent))  # bench/mobilenetv1.py
+    from mobilenetv1 import WIDTH
+    from mobilenetv1 import build as build_mobilenetv1
+
+    lines = [
+        "",
+        COMPILE_HEADING,
+        "",
+        "MobileNetV1-style int8 networks (`bench/mobilenetv1.py`: stem 3x3/2, N depthwise-separable blocks",
+        f"with MobileNetV1's stride-2 positions spread over the depth, width {WIDTH}, seeded weights, QDQ by",
+        f"`tvm-mcu quantize`), compiled for {COMPILE_BOARD} with the default schedule choice, the fastest",
+        f"of {COMPILE_REPEATS} runs kept. **compile s**: wall time of `api.compile_model` (import, graph",
+        "passes, every candidate schedule, C library, firmware build: what `tvm-mcu compile` does",
+        "after Python has started and imported TVM); **CPU s**: the CPU time of the same (the firmware's",
+        "gcc included), which other jobs on a shared machine do not inflate; **compiler s**: the",
+        "compiler's own part (the report's `compile_seconds`). **operators**: the network's steps layer by",
+        "layer; **chains**: the operators of each chain of the chosen schedule (a run of more than 12",
+        "windowed steps is cut into several row chains where the SRAM it needs is least; see",
+        "`tvm_mcu/schedule/partial.py`). `bench/run_bench.py --compile-time` (`make bench-compile`)",
+        "rewrites only this section.",
+        "",
+        "Before row chains were cut and their window loops' bounds hidden from TVM's analysers, compile",
+        "time grew exponentially with depth, the whole network being one row chain: `plan_schedules`",
+        "alone took 7.4 s at 7 blocks, 26.7 s at 8 and 124.5 s at 9 (96x96), and `tvm-mcu compile` of 13",
+        "blocks did not finish in 20 minutes.",
+        "",
+        "| blocks | input | MACs | operators | chains | compile s | CPU s | compiler s | chosen schedule "
+        "| arena B | arena + in/out B | CPU s per block |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    growth = []
+    for size in COMPILE_SIZES:
+        cpu: list[float] = []
+        for blocks in COMPILE_BLOCKS:
+            _, path = build_mobilenetv1(tmp / "mobilenetv1", blocks, size)
+            runs = []
+            for _ in range(COMPILE_REPEATS):
+                wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+                compiled = api.compile_model(path, COMPILE_BOARD, tmp / f"depth_{blocks}_{size}")
+                runs.append((time.perf_counter() - wall0, _cpu_seconds() - cpu0, compiled.report))
+            wall, cpu_s = min(run[0] for run in runs), min(run[1] for run in runs)
+            r = runs[-1][2]
+            compiler_s = min(run[2].compile_seconds for run in runs)
+            sched = json.loads((compiled.out_dir / "schedule.json").read_text())
+            chains = list(sched["chains"].values())
+            operators = len(sched["steps"]) + sum(len(c["steps"]) - 1 for c in chains)
+            shown = " + ".join(f"{c['mode']} {len(c['steps'])}" for c in chains) or "none"
+            cpu.append(cpu_s)
+            print(f"compile time: {blocks} blocks at {size}: {wall:.1f} s, CPU {cpu_s:.1f} s", flush=True)
+            lines.append(
+                f"| {blocks} | {size}x{size} | {r.macs:,} | {operators} | {shown} | {wall:.1f} | {cpu_s:.1f} | "
+                f"{compiler_s:.1f} | {r.schedule} | {r.arena_bytes:,} | {r.arena_bytes + r.io_bytes:,} | "
+                f"{cpu_s / blocks:.2f} |"
+            )
+        xs = [float(b) for b in COMPILE_BLOCKS]
+        a, b, r2 = _fit(xs, cpu)
+        ratio = cpu[COMPILE_BLOCKS.index(32)] / cpu[COMPILE_BLOCKS.index(16)]
+        k = float(np.polyfit(np.log(xs), np.log(cpu), 1)[0])
+        growth.append(
+            f"- {size}x{size}: CPU s = {a:.2f} + {b:.3f} x blocks by least squares (R^2 = {r2:.3f}); 32 "
+            f"blocks take {ratio:.2f}x the CPU time of 16 (2 would be linear); a power law fits blocks^{k:.2f}."
+        )
+    return [
+        *lines,
+        "",
+        "Growth with depth (no worse than linear while the ratio stays at most 2):",
+        "",
+        *growth,
+    ]
+
+
+def replace_section(text: str, heading: str, section: list[str]) -> str:
+    """``text`` with the section under ``heading`` (up to the next ``## `` heading) replaced by
+    ``section``, or ``section`` appended when there is none."""
+    lines = text.split("\n")
+    if heading not in lines:
+        return text.rstrip("\n") + "\n" + "\n".join(section)
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    while start > 0 and not lines[start - 1].strip():
+        start -= 1
+    body = list(section)
+    while body and not body[-1].strip():
+        body.pop()
+    return "\n".join([*lines[:start], *body, "", *lines[end:]])
+
+
 def ptq_section(tmp: Path) -> list[str]:
     """Post-training quantisation of the demo model: accuracy before and after, and on QEMU."""
     from tvm_mcu.ptq import evaluate_accuracy, quantize_onnx
@@ -428,10 +544,22 @@ def main(argv: list[str] | None = None) -> int:
         help="instead, compare the pruning methods at 1/2, 1/4 and 1/8 of the int8 SRAM (trains dozens of "
         "models: hours); the file is rewritten after every row",
     )
+    p.add_argument(
+        "--compile-time",
+        action="store_true",
+        help="instead, measure only the compile time against depth and rewrite that section of the "
+        "file in place (minutes)",
+    )
     args = p.parse_args(argv)
     if args.pruning_methods:
         return pruning_methods(Path(args.out or ROOT / "docs" / PRUNING_DOC))
     out = Path(args.out or ROOT / "docs" / "BENCHMARKS.md")
+    if args.compile_time:
+        with tempfile.TemporaryDirectory() as tmp:
+            section = compile_time_section(Path(tmp))
+        out.write_text(replace_section(out.read_text() if out.is_file() else "", COMPILE_HEADING, section))
+        print(f"wrote the compile-time section of {out}")
+        return 0
     rows: list[dict[str, object]] = []
     skipped: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -449,12 +577,13 @@ def main(argv: list[str] | None = None) -> int:
         ptq = ptq_section(Path(tmp))
         backend = onnx_backend_section(Path(tmp))
         pruning = resource_model_section(Path(tmp))
+        depth = compile_time_section(Path(tmp))
     pruning += [
         "The pruning methods compared at 1/2, 1/4 and 1/8 of the int8 SRAM (accuracy float and int8 on QEMU,",
         f"resources, training time): [{PRUNING_DOC}]({PRUNING_DOC}), written by `make bench-prune` (hours).",
         "",
     ]
-    text = render(rows, skipped) + "\n".join(int8 + ptq + backend + pruning)
+    text = render(rows, skipped) + "\n".join(int8 + ptq + backend + pruning + depth)
     out.write_text(text)
     print(f"wrote {out}")
     bad = [r for r in rows if r.get("match") == "NO"]

@@ -196,6 +196,82 @@ def test_find_row_chains_takes_windowed_runs_and_stops_at_shared_tensors() -> No
     assert find_row_chains(graph, {"conv": None, "pool": None}) == []
 
 
+def _run(shapes: list[tuple[int, ...]]) -> Graph:
+    """A run of convolutions: input ``x`` of ``shapes[0]``, step ``s<k>`` writing ``shapes[k + 1]``,
+    then a dense layer (not windowed: it ends the run)."""
+    tensors = [Tensor("x", shapes[0], "int8", "input")]
+    steps, prev = [], "x"
+    for k, shape in enumerate(shapes[1:]):
+        tensors.append(Tensor(f"s{k}", shape, "int8", "intermediate"))
+        steps.append(Step(f"s{k}", "conv", (prev,), f"s{k}", "conv2d"))
+        prev = f"s{k}"
+    tensors.append(Tensor("y", (1, 10), "int8", "output"))
+    steps.append(Step("y", "fc", (prev,), "y", "dense"))
+    return Graph({t.name: t for t in tensors}, tuple(steps), ("x",), ("y",), {})
+
+
+def test_a_run_longer_than_the_depth_bound_is_cut_where_a_tensor_is_small() -> None:
+    from tvm_mcu.schedule.partial import find_row_chains
+
+    # 16 rows of 8x16 channels, then a stride-2 step down to 2 channels (128 B), then 8 rows of 16.
+    shapes = [(1, 16, 8, 4), (1, 16, 8, 16), (1, 16, 8, 16), (1, 8, 8, 2), (1, 8, 8, 16), (1, 8, 8, 16)]
+    graph = _run([*shapes, (1, 8, 8, 4)])
+    axes = {"conv": 1, "fc": None}
+    chains = find_row_chains(graph, axes, lambda callee, axis: 3, max_depth=3)
+    assert [c.steps for c in chains] == [("s0", "s1", "s2"), ("s3", "s4", "s5")]
+    # Within the bound, the run stays one chain.
+    assert [c.steps for c in find_row_chains(graph, axes, lambda callee, axis: 3, max_depth=6)] == [
+        ("s0", "s1", "s2", "s3", "s4", "s5")
+    ]
+
+
+@pytest.mark.parametrize("max_depth", [2, 3, 5])
+def test_a_long_run_is_cut_into_pieces_of_bounded_depth_in_order(max_depth: int) -> None:
+    from tvm_mcu.schedule.partial import cut_run
+
+    rng = np.random.default_rng(0)
+    shapes = [(1, 24, 6, int(c)) for c in rng.integers(1, 16, 31)]
+    graph = _run(shapes)
+    names = tuple(s.name for s in graph.steps[:-1])
+    pieces = cut_run(graph, names, 1, lambda callee, axis: 3, max_depth=max_depth)
+    assert tuple(n for p in pieces for n in p) == names
+    assert all(1 <= len(p) <= max_depth for p in pieces)
+
+
+def _deep_ds_cnn(blocks: int) -> bytes:
+    """A MobileNetV1-style int8 network, 32x32x3: conv 3x3/2, ``blocks`` depthwise-separable blocks
+    (depthwise 3x3 + RELU, pointwise + RELU; every third strided), global average pool, classifier."""
+    from tests.zoo.tflite_int8 import AF, BO, SAME, VALID, Int8Writer
+
+    w = Int8Writer(seed=131)
+    x = w.activation("input", (1, 32, 32, 3), 0.05, -1)
+    y = w.conv2d("stem", x, 8, (3, 3), 2, SAME, AF.RELU)
+    for i in range(blocks):
+        y = w.depthwise(f"dw{i}", y, (3, 3), 1, 2 if i % 3 == 1 else 1, SAME, AF.RELU)
+        y = w.conv2d(f"pw{i}", y, 8 + 4 * (i // 3), (1, 1), 1, SAME, AF.RELU)
+    _, h, width, c = w.shape(y)
+    y = w.pool(BO.AVERAGE_POOL_2D, "avgpool", y, (h, width), 1, VALID)
+    y = w.reshape("flat", y, (1, c))
+    y = w.fully_connected("fc", y, 4)
+    return w.finish([x], [y], "deep_ds_cnn")
+
+
+def test_a_deep_network_runs_in_row_chains_of_bounded_depth_bit_exact(tmp_path: Path) -> None:
+    """15 windowed steps in one run: more than one chain may take (MAX_ROW_DEPTH), all exact."""
+    from tvm_mcu.schedule.partial import MAX_ROW_DEPTH
+
+    path = tmp_path / "deep_ds_cnn.tflite"
+    path.write_bytes(_deep_ds_cnn(7))
+    model = load_model(path)
+    whole = compile_module(model.mod, model_name="deep", in_place=False, partial_execution=False)
+    assert sum(s.kind == "conv2d" for s in whole.graph.steps) == 15 > MAX_ROW_DEPTH
+    rows = compile_module(model.mod, model_name="deep", schedule="row bands")
+    chains = [s.chain for s in rows.graph.steps if s.partial.startswith("rows:")]
+    assert chains and all(2 <= len(c) <= MAX_ROW_DEPTH for c in chains)
+    _assert_same_outputs(model, whole, rows, tmp_path)
+    assert rows.plan.arena_bytes < whole.plan.arena_bytes
+
+
 # Models with runs of convolutions (and pooling) whose intermediates only the next one reads.
 ROWS = ["mobilenet_block", "int8_ds_cnn_block", "conv_stride_dilation"]
 

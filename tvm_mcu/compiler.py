@@ -10,6 +10,7 @@ import numpy as np
 
 from tvm_mcu import _tvm, pipeline
 from tvm_mcu.analysis import inplace as analysis_inplace
+from tvm_mcu.analysis import rows as rows_of
 from tvm_mcu.analysis.inplace import InPlace
 from tvm_mcu.analysis.macs import step_macs
 from tvm_mcu.analysis.peak import PeakResult, best_order_peak, whole_buffer_peak
@@ -19,7 +20,6 @@ from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupC
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_integer_interface import io_quantization
-from tvm_mcu.passes.tir import row_bands
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.execute_in_place import make_in_place
@@ -271,8 +271,10 @@ def plan_schedules(
             funcs = {**funcs, **split_funcs}
             split_macs = _chain_macs(split_graph, split_macs, macs)
             plans.append((label, split_graph, split_macs, partial.overhead(chains, macs)))
-        row_axes = {s.callee: row_bands.row_axis(funcs[s.callee]) for s in graph.steps if s.callee in funcs}
-        rows = partial.find_row_chains(graph, row_axes)
+        row_axes = {s.callee: rows_of.row_axis(funcs[s.callee]) for s in graph.steps if s.callee in funcs}
+        rows = partial.find_row_chains(
+            graph, row_axes, lambda callee, axis: rows_of.window_rows(funcs[callee], axis), macs=macs
+        )
         if rows:
             try:
                 split_graph, split_funcs, split_macs, row_lowered = _split(

@@ -24,10 +24,11 @@ the image border) and its s_tir lowering would move a buffer that lives across i
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from tvm_mcu._tvm import Analyzer, PrimFunc, s_tir, structural_map, structural_walk, tirx, tvm
-from tvm_mcu.analysis.tir_access import free_vars, loads_of, stores_to
+from tvm_mcu.analysis.tir_access import free_vars, stores_to
 from tvm_mcu.passes.tir import sblocks
 
 logger = logging.getLogger(__name__)
@@ -136,15 +137,6 @@ def _split_rows(func: PrimFunc, axis: int) -> PrimFunc:
     return sch.mod["main"].with_attr(ATTR_DONE, True)
 
 
-def row_axis(func: PrimFunc) -> int | None:
-    """The axis of the rows of an operator's 4-D tensors, from its convolution or pooling blocks'
-    layout (TOPI names them ``conv2d_nhwc``, ``depthwise_conv2d_nchw``, ...); None when none says."""
-    names: list[str] = []
-    structural_walk(func.body, (s_tir.SBlock, lambda b: names.append(b.name_hint.lower())))
-    axes = {1 if "nhwc" in n else 2 for n in names if "nhwc" in n or "nchw" in n}
-    return axes.pop() if len(axes) == 1 else None
-
-
 # --- RollRowBuffers ------------------------------------------------------------------------------
 
 
@@ -182,12 +174,11 @@ class _Ring:
         band = bands_outward[0]
         self.k, self.band, self.loop, self.axis = k, band, loop, axis
         written = {st.buffer for st in _stores(loop.body)}
-        read_outside = {
-            ld.source
-            for ld in _loads(band.body)
-            if ld.source in written
-            and len(loads_of(band.body, ld.source)) > len(loads_of(loop.body, ld.source))
-        }
+        # Loads counted in one walk each: walking the band again for every load it holds was
+        # quadratic in the band's size, for each of a chain's rings.
+        inside = Counter(ld.source for ld in _loads(loop.body))
+        everywhere = Counter(ld.source for ld in _loads(band.body))
+        read_outside = {b for b in written if everywhere[b] > inside[b]}
         if len(read_outside) != 1:
             raise ValueError(f"row band {k}: expected one buffer produced for the next operator")
         self.buffer = next(iter(read_outside))
@@ -405,6 +396,7 @@ def _skip_computed_rows(func: PrimFunc) -> PrimFunc:
         return func
     row_vars = {lp.loop_var for lp in new_rows}
     counters: list[Any] = []
+    bound_buffers: list[Any] = []
 
     def on_realize(realize: Any) -> Any:
         if not any(v in row_vars for v in free_vars(realize.predicate)):
@@ -439,10 +431,29 @@ def _skip_computed_rows(func: PrimFunc) -> PrimFunc:
         done = tirx.Var(f"{loop.loop_var.name}_done", dtype)
         first = tirx.Max(tirx.Max(done, base), zero)
         last = tirx.Min(base + rows, height)
-        new = _with_for(loop, min=first - base, extent=tirx.Max(last - first, zero))
+        # The loop's bounds (relative to the window) pass through one-element buffers, registers in
+        # the C, which TVM's analysers cannot see through. As expressions they are in terms of the
+        # window's base, i.e. of the enclosing window loops, whose own bounds are in terms of theirs:
+        # RemoveNoOp relaxes each loop's extent over the ranges of every loop around it (EvalSet,
+        # recursively through each range's bounds), which doubles the expression at each level of the
+        # chain, and then asks ConstIntBoundAnalyzer about the result: time exponential in the chain's
+        # depth (124 s at 19 operators, unfinished after 20 minutes at 27). Opaque, each extent is
+        # ``stop - start``.
+        bounds = {"start": first - base, "stop": tirx.Max(last, first) - base}
+        lets, values = [], {}
+        for what, value in bounds.items():
+            buf = tirx.decl_buffer((1,), dtype, name=f"{loop.loop_var.name}_{what}")
+            bound_buffers.append(buf)
+            values[what] = tirx.Var(f"{loop.loop_var.name}_{what}", dtype)
+            lets += [
+                tirx.BufferStore(buf, value, [zero]),
+                tirx.LetStmt(values[what], tirx.BufferLoad(buf, [zero])),
+            ]
+        new = _with_for(loop, min=values["start"], extent=values["stop"] - values["start"])
         return tirx.SeqStmt(
             [
                 tirx.LetStmt(done, tirx.Cast(dtype, tirx.BufferLoad(counter, [zero]))),
+                *lets,
                 new,
                 tirx.BufferStore(counter, tirx.Cast("int32", tirx.Max(done, last)), [zero]),
             ]
@@ -451,7 +462,11 @@ def _skip_computed_rows(func: PrimFunc) -> PrimFunc:
     body = structural_map(func.body, [(s_tir.SBlockRealize, on_realize), (tirx.For, on_for)])
     root = body.block
     inits = [tirx.BufferStore(c, tirx.const(0, "int32"), [tirx.const(0, "int32")]) for c in counters]
-    root = _with(root, alloc_buffers=[*root.alloc_buffers, *counters], body=tirx.SeqStmt([*inits, root.body]))
+    root = _with(
+        root,
+        alloc_buffers=[*root.alloc_buffers, *counters, *bound_buffers],
+        body=tirx.SeqStmt([*inits, root.body]),
+    )
     body = s_tir.SBlockRealize(body.iter_values, body.predicate, root)
     return PrimFunc(func.params, body, func.ret_type, func.attrs)
 
@@ -464,7 +479,10 @@ class SkipComputedRows:
         loops marked ``tvmmcu.new_rows`` by RollRowBuffers.
     Rewrites to
         a row counter per loop (int32, at the function's root); the loop runs over rows
-        ``[max(done, base, 0), min(base + K, H))`` and then records ``done``; its blocks lose the
+        ``[max(done, base, 0), min(base + K, H))`` and then records ``done``. Those bounds are
+        stored to and read back from one-element buffers (registers in the C): opaque to TVM's
+        analysers, so no loop's extent is an expression of the loops around it, and lowering a
+        chain stays polynomial in its depth (see the comment in ``on_for``). Its blocks lose the
         image-border predicates the new bounds imply (indices compacted under them are simplified
         first); the marker is removed.
     Declines when

@@ -11,9 +11,11 @@ from tvm import te, topi
 
 from tests import host
 from tvm_mcu import _tvm, pipeline
+from tvm_mcu.analysis.rows import row_axis, window_rows
+from tvm_mcu.analysis.tir_access import free_vars
 from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
-from tvm_mcu.passes.tir.row_bands import RollRowBuffers, row_axis, split_rows
+from tvm_mcu.passes.tir.row_bands import RollRowBuffers, split_rows
 
 # (output channels, kernel, stride, depthwise) per convolution; ReLU between them.
 Spec = list[tuple[int, int, int, bool]]
@@ -155,3 +157,40 @@ def test_padded_conv_after_pooling_is_bit_exact(layout: str, tmp_path: Path) -> 
     arrays = _arrays(func)
     got, _ = _run_lowered(split_rows(func, 2 if layout == "NCHW" else 1), arrays, tmp_path)
     np.testing.assert_array_equal(got, _reference(func, arrays))
+
+
+def test_window_loop_extents_are_not_expressions_of_the_loops_around_them() -> None:
+    """A window loop's bounds are read from one-element buffers. As expressions of the enclosing
+    window loops (whose bounds are expressions of theirs), RemoveNoOp relaxed each extent over every
+    loop around it, recursively: compile time exponential in the chain's depth."""
+    func = split_rows(_chain("NCHW", CHAINS["strided-depthwise"]), 2)
+    lowered = pipeline.run(pipeline.operator_passes(symbol_prefix="k_"), tvm.IRModule({"main": func}))
+    loops: list = []
+    for f in lowered.functions.values():
+        _tvm.structural_walk(f.body, (_tvm.tirx.For, loops.append))
+    loop_vars = {lp.loop_var for lp in loops}
+    windows = [lp for lp in loops if not isinstance(lp.extent, _tvm.tirx.IntImm)]
+    assert len(windows) >= 3  # one per operator but the last
+    for lp in loops:
+        assert not free_vars(lp.extent) & loop_vars, lp.extent
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "dilation", "rows"),
+    [(3, 1, 1, 3), (3, 2, 1, 3), (1, 1, 1, 1), (1, 2, 1, 1), (5, 1, 1, 5), (3, 1, 2, 5)],
+    ids=["3x3", "3x3-stride2", "1x1", "1x1-stride2", "5x5", "3x3-dilation2"],
+)
+def test_window_rows_is_the_input_rows_one_output_row_reads(
+    kernel: int, stride: int, dilation: int, rows: int
+) -> None:
+    x = te.placeholder((1, 4, 16, 16), "float32", name="x")
+    w = te.placeholder((4, 4, kernel, kernel), "float32", name="w")
+    y = topi.nn.conv2d_nchw(x, w, stride, kernel // 2 * dilation, dilation)
+    assert window_rows(te.create_prim_func([x, w, y]), 2) == rows
+
+
+def test_window_rows_of_pooling_and_of_an_elementwise_kernel() -> None:
+    x = te.placeholder((1, 16, 16, 4), "float32", name="x")
+    pool = topi.nn.pool2d(x, (2, 2), (2, 2), (1, 1), (0, 0, 0, 0), "max", layout="NHWC")
+    assert window_rows(te.create_prim_func([x, pool]), 1) == 2
+    assert window_rows(te.create_prim_func([x, topi.nn.relu(x)]), 1) is None

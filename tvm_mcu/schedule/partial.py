@@ -11,11 +11,13 @@ A row chain is a run of windowed operators (convolutions of any kind, pooling), 
 by the next operator only: run a row of its output at a time, each intermediate is a line buffer of the
 rows the next operator's window needs (passes/tir/row_bands.py). No row is computed twice; the cost is
 shifting the line buffers up after each row. It shrinks the high-resolution early layers, where every
-operator mixes all channels and a channel split cannot apply.
+operator mixes all channels and a channel split cannot apply. A run longer than ``MAX_ROW_DEPTH`` is
+cut into several chains, where the SRAM it needs is least.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -38,6 +40,15 @@ ACCUMULATE_SLICES = (1, 2, 4, 8, 16)
 INSTR_PER_MAC = 9.0
 INSTR_PER_ACCUMULATOR_PASS = 16.0
 CHAIN_OVERHEAD = 0.002
+# The most steps one row chain runs. Each operator of a chain runs inside the row loop of the next,
+# so lowering a chain costs more than linearly in its depth (s_tir's compute_at and TVM's lowering
+# passes walk the whole nest for each operator): a longer run is cut into several chains
+# (cut_run), which keeps compile time linear in a network's depth. Cut where a tensor is small, a
+# long run usually needs less SRAM, not more: its line buffers all live at once, and its late,
+# low-resolution layers gain little from them (MobileNetV1-style, 13 blocks at 96x96: 66,818 B as
+# one chain of 27 steps, 41,858 B as chains of 8 and 4 steps, the rest whole). 12 keeps every run of
+# the benchmark models whole (the longest, the KWS DS-CNN's, has 9 steps).
+MAX_ROW_DEPTH = 12
 # Per element a line buffer shifts: the shift is a contiguous copy the C compiler turns into memmove
 # (measured: row bands cost +0.4 % on ResNet-8 and +1.2 % on the MobileNetV2-style benchmark).
 INSTR_PER_SHIFTED_ELEMENT = 1.0
@@ -130,12 +141,36 @@ def find_chains(graph: Graph, options: dict[str, list[InPlace]], *, accumulate: 
     return chains
 
 
-def find_row_chains(graph: Graph, row_axes: dict[str, int | None]) -> list[Chain]:
-    """Maximal runs of windowed steps (``WINDOWED``), each output read by the next step only.
+def find_row_chains(
+    graph: Graph,
+    row_axes: dict[str, int | None],
+    window: Callable[[str, int], int | None] | None = None,
+    *,
+    macs: dict[str, int] | None = None,
+    max_depth: int = MAX_ROW_DEPTH,
+) -> list[Chain]:
+    """Runs of windowed steps (``WINDOWED``), each output read by the next step only, as row chains
+    of at most ``max_depth`` steps.
 
     ``row_axes``: for each callee, the axis of its output's rows (None when the kernel does not say,
-    e.g. pooling alone); the members of a chain must agree on it.
+    e.g. pooling alone); the members of a chain must agree on it. A run longer than ``max_depth`` is
+    cut where the SRAM it needs is least (:func:`cut_run`), from ``window(callee, axis)``: the rows of
+    its input one output row of a callee reads (None: unknown, its input counted whole), and ``macs``
+    per step (the cost of a chain against the model's instructions; None: shifted elements only).
     """
+    chains: list[Chain] = []
+    for names, axis in _row_runs(graph, row_axes):
+        if len(names) <= max_depth:
+            chains.append(Chain(names, axis, mode="rows"))
+            continue
+        for cut in cut_run(graph, names, axis, window, macs=macs, max_depth=max_depth):
+            if len(cut) >= 2:
+                chains.append(Chain(cut, axis, mode="rows"))
+    return chains
+
+
+def _row_runs(graph: Graph, row_axes: dict[str, int | None]) -> list[tuple[tuple[str, ...], int]]:
+    """Maximal runs of windowed steps that may run a row at a time, with their rows' axis."""
     readers: dict[str, list[int]] = {}
     for i, step in enumerate(graph.steps):
         for name in step.inputs:
@@ -146,7 +181,7 @@ def find_row_chains(graph: Graph, row_axes: dict[str, int | None]) -> list[Chain
     def windowed(step: Any) -> bool:
         return step.kind in WINDOWED and not step.in_place and len(graph.tensors[step.output].shape) == 4
 
-    chains: list[Chain] = []
+    runs: list[tuple[tuple[str, ...], int]] = []
     i = 0
     while i < len(steps):
         if not windowed(steps[i]):
@@ -176,11 +211,77 @@ def find_row_chains(graph: Graph, row_axes: dict[str, int | None]) -> list[Chain
             while names and graph.tensors[by_name[names[-1]].output].shape[axis] <= 1:
                 names.pop()
         if axis is not None and len(names) >= 2:
-            chains.append(Chain(tuple(names), axis, mode="rows"))
+            runs.append((tuple(names), axis))
             i += len(names)
         else:
             i += 1
-    return chains
+    return runs
+
+
+def cut_run(
+    graph: Graph,
+    names: tuple[str, ...],
+    axis: int,
+    window: Callable[[str, int], int | None] | None = None,
+    *,
+    macs: dict[str, int] | None = None,
+    max_depth: int = MAX_ROW_DEPTH,
+) -> list[tuple[str, ...]]:
+    """A run of windowed steps cut into pieces of at most ``max_depth`` steps: the cuts that need the
+    least SRAM at the piece that needs most, then (among those) the fewest extra instructions.
+
+    A piece of one step runs whole: its input and output. A longer piece is a row chain: its input
+    and output whole, each intermediate as a line buffer of the rows its consumer's window reads.
+    Cutting where a tensor is small (after a stride, or before a pointwise convolution widens it)
+    keeps that tensor whole at little cost; a deep network's late, low-resolution layers gain little
+    from line buffers and pay their shifts, so they are usually left as single steps. Exact: one
+    dynamic programme for the least SRAM, a second for the cheapest cuts within it.
+    """
+    by_name = {s.name: s for s in graph.steps}
+    steps = [by_name[n] for n in names]
+    acts = [n for n in steps[0].inputs if graph.tensors[n].kind != "weight"]
+    tensors = [graph.tensors[acts[0]], *(graph.tensors[s.output] for s in steps)]  # tensors[i] feeds step i
+    whole = [t.nbytes for t in tensors]
+    elements = [int(np.prod(t.shape, dtype=np.int64)) for t in tensors]
+    lines = list(whole)  # the line buffer of tensors[i] (i >= 1) while step i reads it
+    for i in range(1, len(steps)):
+        k = window(steps[i].callee, axis) if window is not None else None
+        rows = tensors[i].shape[axis]
+        if k is not None and rows > 0:
+            lines[i] = whole[i] * min(k, rows) // rows
+    total = max(sum((macs or {}).values()), 1) * INSTR_PER_MAC if macs else 0.0
+    # The model's inputs and outputs live in the caller's buffers for the whole run.
+    io = {graph.storage_root(n) for n in (*graph.inputs, *graph.outputs)}
+    resident = sum(graph.tensors[n].nbytes for n in io)
+    for k, t in enumerate(tensors):
+        if graph.storage_root(t.name) in io:
+            whole[k] = lines[k] = 0
+
+    def sram(j: int, i: int) -> int:  # steps j..i-1 as one piece
+        return resident + whole[j] + whole[i] + sum(lines[j + 1 : i])
+
+    def extra(j: int, i: int) -> float:  # as row_overhead estimates a chain
+        if i - j == 1:
+            return 0.0
+        return CHAIN_OVERHEAD * total + 2 * INSTR_PER_SHIFTED_ELEMENT * sum(elements[j + 1 : i])
+
+    n = len(steps)
+    pieces = [(j, i) for i in range(1, n + 1) for j in range(max(0, i - max_depth), i)]
+    least = [0] + [2**62] * n  # least SRAM of the steps before i
+    for j, i in pieces:
+        least[i] = min(least[i], max(least[j], sram(j, i)))
+    peak = least[n]
+    cheapest: list[tuple[float, int]] = [(0.0, -1)] + [(float("inf"), -1)] * n  # (cost, cut before)
+    for j, i in pieces:
+        if sram(j, i) <= peak and cheapest[j][0] + extra(j, i) < cheapest[i][0]:
+            cheapest[i] = (cheapest[j][0] + extra(j, i), j)
+    out: list[tuple[str, ...]] = []
+    i = n
+    while i > 0:
+        j = cheapest[i][1]
+        out.append(names[j:i])
+        i = j
+    return out[::-1]
 
 
 def row_overhead(chains: list[Chain], graph: Graph, macs: dict[str, int]) -> float:
