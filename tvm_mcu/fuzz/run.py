@@ -1,0 +1,281 @@
+"""Run one fuzz case (compile, run on QEMU, compare) and classify what happened.
+
+A case is a float model (a seed's, or a reducer's candidate), a variant (``quantize.VARIANTS``) and a
+board. ``execute`` writes the model, makes the variant, calls ``tvm_mcu.api.verify`` and turns whatever
+happens into an :class:`Outcome`; it never raises. The verdicts:
+
+- **pass**: the firmware's outputs match the reference (``onnx.reference``) within verify's tolerance;
+- **wrong**: the firmware ran and its outputs differ from the reference, and onnxruntime (the second
+  reference) does not side with the firmware either;
+- **reference failed**: ``onnx.reference`` raised or disagreed with the firmware while onnxruntime
+  agrees with the firmware: the oracle, not the compiler, is wrong;
+- **refused**: a :class:`~tvm_mcu.errors.TvmMcuError` (unsupported op, does not fit...) with its one-line
+  message; a message over several lines, or naming internal Relax/TIR names (``lv12``, ``call_tir``...)
+  instead of the user's operators, is flagged (``bad_message``) and counts as a failure;
+- **crash**: any other exception (with its traceback), a firmware that faulted, failed to build or timed
+  out (``FirmwareError``), a worker process that died or exceeded its time (see ``pool.py``);
+- **quantizer failed**: the quantiser itself raised: not the compiler's failure.
+
+An outcome's ``signature`` says which failure it is (verdict, exception type, innermost frame and the
+normalised first line of the message): the reducer keeps it while it shrinks the model, and the summary
+groups failures by it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from pathlib import Path
+from types import TracebackType
+
+import attrs
+import numpy as np
+
+from tvm_mcu.fuzz.quantize import INT8_VARIANTS, quantize
+
+PASS = "pass"
+WRONG = "wrong"
+REFERENCE_FAILED = "reference failed"
+REFUSED = "refused"
+CRASH = "crash"
+QUANTIZER_FAILED = "quantizer failed"
+VERDICTS = (PASS, WRONG, REFERENCE_FAILED, REFUSED, CRASH, QUANTIZER_FAILED)
+
+# Names a user never wrote: Relax bindings and globals, TIR, Relax and TVM IR/FFI names, fused kernels.
+_INTERNAL_NAME = re.compile(
+    r"\b(lv\d+|gv\d+|call_tir|call_dps_packed|R\.\w+|T\.\w+|relax\.\w+|tir\.\w+|ir\.\w+|ffi\.\w+|fused_\w+)"
+)
+# A Python or TVM exception relayed inside a refusal: the compiler failed, it did not decide to refuse.
+_RELAYED = re.compile(
+    r"\b(TypeError|ValueError|AttributeError|KeyError|IndexError|AssertionError|InternalError|TVMError|"
+    r"RuntimeError|NotImplementedError)\b"
+)
+
+
+@attrs.frozen
+class Case:
+    """One compilation to try: a model (named by the seed that generated it), a variant, a board."""
+
+    seed: int
+    variant: str
+    board: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.seed}_{self.variant}"
+
+
+@attrs.frozen
+class Outcome:
+    """What one case gave. ``message`` is one line; ``detail`` holds the traceback, the console or the
+    error figures; ``bad_message`` says why a refusal's message is not one clear line ("" when it is)."""
+
+    case: Case
+    verdict: str
+    message: str
+    signature: str
+    detail: str = ""
+    bad_message: str = ""
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        """A failure of the compiler the reducer should shrink: wrong, crash, or a badly worded refusal."""
+        return self.verdict in (WRONG, CRASH) or (self.verdict == REFUSED and bool(self.bad_message))
+
+
+def board_for(seed: int, variant_index: int, boards: tuple[str, ...]) -> str:
+    """Boards in rotation: consecutive seeds, and a seed's variants, land on different boards."""
+    return boards[(seed + variant_index) % len(boards)]
+
+
+def int8_variants_for(seed: int) -> tuple[str, str]:
+    """The two int8 variants of a seed: tvm-mcu's quantiser, and onnxruntime's with int8 or uint8
+    activations alternating by seed."""
+    return (INT8_VARIANTS[0], INT8_VARIANTS[1 + seed % 2])
+
+
+# ----------------------------------------------------------------------------------- messages
+def message_problem(message: str) -> str:
+    """Why a refusal's message is not one line naming the user's op or the reason ("" when it is)."""
+    text = message.strip()
+    if not text:
+        return "empty message"
+    if "\n" in text:
+        return f"spans {len(text.splitlines())} lines"
+    found = _INTERNAL_NAME.search(text)
+    if found:
+        return f"names the internal '{found.group(1)}' instead of the model's operator"
+    relayed = _RELAYED.search(text)
+    if relayed:
+        return f"relays an internal {relayed.group(1)} instead of naming the operator"
+    return ""
+
+
+def normalise(line: str) -> str:
+    """A message line with paths, addresses and numbers made generic, so the same failure on another
+    model (other shapes, node numbers, directories) has the same signature."""
+    line = re.sub(r"(/[\w.+-]+)+/?", "<path>", line)
+    line = re.sub(r"0x[0-9a-fA-F]+", "<hex>", line)
+    line = re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", line)
+    return line.strip()[:120]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0].strip() if lines else ""
+
+
+def innermost_frame(tb: TracebackType | None) -> str:
+    """``file:function`` of the frame that raised (file name only, so it is stable across machines)."""
+    frames = traceback.extract_tb(tb)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{Path(last.filename).name}:{last.name}"
+
+
+def _raised_in_reference(tb: TracebackType | None) -> bool:
+    return any(
+        Path(f.filename).name == "reference.py" and "tvm_mcu" in f.filename for f in traceback.extract_tb(tb)
+    )
+
+
+def crash_outcome(case: Case, exc: BaseException, seconds: float, verdict: str = CRASH) -> Outcome:
+    where = innermost_frame(exc.__traceback__)
+    first = _first_line(exc)
+    return Outcome(
+        case,
+        verdict,
+        f"{type(exc).__name__} at {where}: {first}"[:300],
+        f"{verdict}:{type(exc).__name__}:{where}:{normalise(first)}",
+        "".join(traceback.format_exception(exc)),
+        seconds=seconds,
+    )
+
+
+def refusal_outcome(case: Case, exc: BaseException, seconds: float) -> Outcome:
+    from tvm_mcu.errors import BadOptionError
+
+    message = str(exc)
+    problem = message_problem(message)
+    if not problem and isinstance(exc, BadOptionError):
+        problem = "BadOptionError although the fuzzer gives no option but the board"
+    signature = f"{REFUSED}:{type(exc).__name__}"
+    if problem:
+        # The internal error the refusal wraps, if any, tells one such bug from another.
+        cause = exc.__cause__ or exc.__context__
+        inner = f":{type(cause).__name__}@{innermost_frame(cause.__traceback__)}" if cause else ""
+        signature += f":{normalise(problem)}{inner}"
+    return Outcome(
+        case,
+        REFUSED,
+        message.strip().splitlines()[0] if message.strip() else "",
+        signature,
+        "".join(traceback.format_exception(exc)) if problem else "",
+        bad_message=problem,
+        seconds=seconds,
+    )
+
+
+# ----------------------------------------------------------------------------------- execution
+def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
+    """Compile, run and compare ``model`` (float ONNX bytes) as ``case`` says, in ``work_dir``."""
+    from tvm_mcu import api
+    from tvm_mcu.errors import FirmwareError, TvmMcuError, VerificationError
+
+    start = time.perf_counter()
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    float_path = work_dir / "model.onnx"
+    float_path.write_bytes(model)
+    try:
+        target = quantize(float_path, case.variant, case.seed, work_dir / f"model_{case.variant}.onnx")
+    except Exception as exc:  # whatever the quantiser raises is its failure, not the compiler's
+        return crash_outcome(case, exc, time.perf_counter() - start, QUANTIZER_FAILED)
+    build = work_dir / "build"
+    try:
+        verification = api.verify(target, case.board, build, seed=case.seed)
+    except (FirmwareError, VerificationError) as exc:
+        verdict = WRONG if isinstance(exc, VerificationError) else CRASH
+        return crash_outcome(case, exc, time.perf_counter() - start, verdict)
+    except TvmMcuError as exc:
+        return refusal_outcome(case, exc, time.perf_counter() - start)
+    except Exception as exc:  # a bug: classified with its traceback, never swallowed
+        if not _raised_in_reference(exc.__traceback__):
+            return crash_outcome(case, exc, time.perf_counter() - start)
+        # onnx.reference raised after the firmware ran: ask onnxruntime about the firmware's outputs.
+        ref_error = f"onnx.reference raised {type(exc).__name__}: {_first_line(exc)}"
+        try:
+            model_in = _inputs(target, case.seed)
+            outputs = api.run_compiled(build, model_in).outputs
+        except Exception as rerun:
+            return crash_outcome(case, rerun, time.perf_counter() - start)
+        return _second_opinion(case, target, build, outputs, ref_error, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    report = verification.report
+    if verification.passed:
+        return Outcome(case, PASS, f"max abs error {report.max_abs_error:.3g}", PASS, seconds=seconds)
+    ref_error = (
+        f"onnx.reference differs from the firmware by {report.max_abs_error:.4g} "
+        f"(tolerance {report.tolerance:.3g})"
+    )
+    return _second_opinion(case, target, build, verification.outputs, ref_error, seconds)
+
+
+def _inputs(target: Path, seed: int) -> list[np.ndarray]:
+    """The inputs ``verify`` drew for this model and seed."""
+    from tvm_mcu import api
+    from tvm_mcu.frontend import load_model
+
+    return api.model_inputs(load_model(target), input_path=None, seed=seed)
+
+
+def _second_opinion(
+    case: Case, target: Path, build: Path, outputs: list[np.ndarray], ref_error: str, seconds: float
+) -> Outcome:
+    """``reference failed`` when onnxruntime agrees with the firmware's ``outputs``, else ``wrong``."""
+    try:
+        agree, how = ort_agrees(target, build, case.seed, outputs)
+    except Exception as exc:  # onnxruntime cannot run the model: no second opinion
+        agree, how = False, f"onnxruntime could not run the model ({type(exc).__name__}: {_first_line(exc)})"
+    if agree:
+        message = f"{ref_error}; onnxruntime agrees with the firmware ({how})"
+        kind = "raised" if "raised" in ref_error else "differs"
+        return Outcome(case, REFERENCE_FAILED, message, f"{REFERENCE_FAILED}:{kind}", seconds=seconds)
+    message = f"{ref_error}; onnxruntime: {how}"
+    return Outcome(case, WRONG, message, WRONG, seconds=seconds)
+
+
+def ort_agrees(target: Path, build: Path, seed: int, outputs: list[np.ndarray]) -> tuple[bool, str]:
+    """Whether onnxruntime's outputs for the model at ``target`` match the firmware's ``outputs`` within
+    verify's tolerance (float: 1e-4 scaled; quantised: one quantisation step), and how far apart."""
+    import onnxruntime as ort
+
+    from tvm_mcu import api
+    from tvm_mcu.report import Report
+
+    report = Report.read(build / api.REPORT)
+    inputs = _inputs(target, seed)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # No graph rewrites: QDQ models run as written (dequantise, float op, quantise), like the reference.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+    # Graph order, as the frontend lists them; a quantised model's firmware got these float inputs
+    # quantised by ``run``, onnxruntime quantises them with the model's own QuantizeLinear.
+    feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs, strict=True)}
+    want_all = session.run(None, feeds)
+    err = tol = 0.0
+    for row, got, want in zip(report.outputs, outputs, want_all, strict=True):
+        want = np.asarray(want).reshape(got.shape)
+        if got.dtype.kind in "iu" and want.dtype.kind == "f" and row.scale is not None:
+            got = ((got.astype(np.int32) - int(row.zero_point or 0)) * np.float32(row.scale)).astype(
+                np.float32
+            )
+            tol = max(tol, 1.0001 * row.scale)
+        elif got.dtype.kind == "f":
+            tol = max(tol, api.tolerance_for([want]))
+        err = max(err, api.max_abs_error(got, want))
+    return err <= tol, f"max abs error {err:.4g}, tolerance {tol:.3g}"
