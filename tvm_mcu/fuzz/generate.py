@@ -244,15 +244,22 @@ def pool(g: _Builder, x: Tensor, *, keep_size: bool = False) -> Tensor | None:
     op = g.pick(("MaxPool", "AveragePool"))
     if keep_size:
         a: dict[str, object] = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+        if g.chance(0.3):
+            a["ceil_mode"] = 1  # no effect at stride 1, but the attribute must still be read right
         if op == "AveragePool":
             a["count_include_pad"] = int(g.chance(0.5))
         return g.node(op, [x.name], x.shape, **a)
     kh = g.pick((2, 3, 1, 5), (5, 4, 0.5, 0.5))
     kw = kh if g.chance(0.7) else g.pick((2, 3, 1), (5, 4, 1))
     auto_pad = g.pick(("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"), (7, 1, 1, 1))
-    ceil = auto_pad == "NOTSET" and g.chance(0.35)
+    ceil = auto_pad == "NOTSET" and g.chance(0.5)
     wh = pool_window(g.rng, h, kh, auto_pad, ceil=ceil, max_pool=op == "MaxPool")
     ww = pool_window(g.rng, w, kw, auto_pad, ceil=ceil, max_pool=op == "MaxPool")
+    if ceil and (wh is None or ww is None):
+        # ceil_mode would have a window start in the end padding on some axis: draw again without it.
+        ceil = False
+        wh = pool_window(g.rng, h, kh, auto_pad, ceil=False, max_pool=op == "MaxPool")
+        ww = pool_window(g.rng, w, kw, auto_pad, ceil=False, max_pool=op == "MaxPool")
     if wh is None or ww is None or c * wh.out * ww.out > MAX_ELEMENTS:
         return None
     a = {"kernel_shape": [wh.kernel, ww.kernel], **_window_attrs(auto_pad, (wh, ww), g.chance(0.2))}
@@ -328,7 +335,7 @@ def concat(g: _Builder, x: Tensor) -> Tensor | None:
 def pad(g: _Builder, x: Tensor) -> Tensor | None:
     """Pad (constant, reflect or edge) on the spatial axes, rarely on the channels too."""
     _, c, h, w = x.shape
-    mode = g.pick(("constant", "reflect", "edge"), (3, 1, 1))
+    mode = g.pick(("constant", "reflect", "edge"), (2, 1.5, 1.5))
     limit = (min(h, w) - 1) if mode == "reflect" else 2
     if limit < 1:
         return None
@@ -406,12 +413,12 @@ Step = Callable[[_Builder, Tensor], "Tensor | None"]
 # (weight, step) over 4-D tensors; a step returns None when it does not fit the current shape.
 _BODY: tuple[tuple[float, Step], ...] = (
     (6.0, conv_block),
-    (2.5, pool),
+    (3.0, pool),
     (2.0, residual),
     (1.5, concat),
     (1.0, bn_or_act),
     (1.0, const_arith),
-    (0.8, pad),
+    (1.0, pad),
     (0.5, transpose),
     (0.5, reshape),
     (0.4, identity),
