@@ -84,15 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
     )
     summary = Campaign(config, _print_progress).run()
-    counts = summary["counts"]
-    assert isinstance(counts, dict)
-    print(
-        ", ".join(f"{k}: {v}" for k, v in counts.items()),
-        f"(bad refusal messages: {summary['bad_refusals']})",
-    )
+    totals = ", ".join(f"{k}: {v}" for k, v in summary.totals.items())
+    print(f"{totals} (bad refusal messages: {summary.bad_refusals})")
     print(f"summary: {config.out_dir / 'summary.md'}")
-    failed = counts["wrong"] + counts["crash"] + int(summary["bad_refusals"])  # type: ignore[call-overload]
-    return 1 if failed else 0
+    return 1 if summary.failures else 0
 
 
 if __name__ == "__main__":

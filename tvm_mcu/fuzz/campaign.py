@@ -36,15 +36,8 @@ from tvm_mcu.fuzz.generate import random_cnn
 from tvm_mcu.fuzz.pool import CASE_TIMEOUT_S, Task, WorkerPool
 from tvm_mcu.fuzz.quantize import FLOAT
 from tvm_mcu.fuzz.reduce import DEFAULT_MAX_TESTS, reduce_model
-from tvm_mcu.fuzz.run import (
-    REFERENCE_FAILED,
-    REFUSED,
-    VERDICTS,
-    Case,
-    Outcome,
-    board_for,
-    int8_variants_for,
-)
+from tvm_mcu.fuzz.run import Case, Outcome, board_for, int8_variants_for
+from tvm_mcu.fuzz.summary import Repro, Summary, render_markdown, reported, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +60,6 @@ class Config:
     max_tests: int = DEFAULT_MAX_TESTS
     per_signature: int = 1
     timeout_s: float = CASE_TIMEOUT_S
-
-
-@attrs.frozen
-class Repro:
-    """A failure's reproducer files (the reduced float model, and as quantised) and its record."""
-
-    model: Path
-    quantized: Path | None
-    record: Path
-    nodes_before: int
-    nodes_after: int
-    tests: int
 
 
 def cases_for(config: Config) -> list[Case]:
@@ -116,7 +97,7 @@ class Campaign:
         self.cases_dir = config.out_dir / "cases"
         self.pool = WorkerPool(config.jobs, config.out_dir / "logs", timeout_s=config.timeout_s)
 
-    def run(self) -> dict[str, object]:
+    def run(self) -> Summary:
         start = time.perf_counter()
         cfg = self.config
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,8 +116,9 @@ class Campaign:
             repros = self._reduce_all(outcomes) if cfg.reduce else {}
         finally:
             self.pool.close()
-        summary = summarise(cfg, outcomes, repros, time.perf_counter() - start)
-        (cfg.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary = summarise(cfg.kind, cfg.start, cfg.n, outcomes, repros, time.perf_counter() - start)
+        record = {"config": {k: str(v) for k, v in attrs.asdict(cfg).items()}, **summary.to_json()}
+        (cfg.out_dir / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
         (cfg.out_dir / "summary.md").write_text(render_markdown(summary))
         return summary
 
@@ -147,7 +129,7 @@ class Campaign:
         work = self._case_dir(case)
         shutil.rmtree(work, ignore_errors=True)
         outcome = self.pool.run(Task(case, model_bytes(case.seed), work))
-        if outcome.verdict not in (REFERENCE_FAILED,) and not outcome.failed:
+        if not reported(outcome):
             shutil.rmtree(work / "build", ignore_errors=True)  # only failures keep their firmware
         return outcome
 
@@ -157,9 +139,7 @@ class Campaign:
         chosen: list[Outcome] = []
         per_sig: collections.Counter[str] = collections.Counter()
         for o in outcomes:
-            if (o.failed or o.verdict == REFERENCE_FAILED) and per_sig[
-                o.signature
-            ] < self.config.per_signature:
+            if reported(o) and per_sig[o.signature] < self.config.per_signature:
                 per_sig[o.signature] += 1
                 chosen.append(o)
         repros: dict[str, Repro] = {}
@@ -168,7 +148,7 @@ class Campaign:
                 repros[o.case.name] = repro
         by_sig = {o.signature: repros[o.case.name] for o in chosen}
         for o in outcomes:
-            if (o.failed or o.verdict == REFERENCE_FAILED) and o.case.name not in repros:
+            if reported(o) and o.case.name not in repros:
                 self._write_record(o, by_sig[o.signature], own=False)
         return repros
 
@@ -247,121 +227,3 @@ class Campaign:
             record["reproduce"] = reproduce_commands(case, self._case_dir(case) / "model.onnx", None)
             path = self._case_dir(case) / f"failure_{case.name}.json"
             path.write_text(json.dumps(record, indent=2) + "\n")
-
-
-# ----------------------------------------------------------------------------------- summary
-def summarise(
-    config: Config, outcomes: Sequence[Outcome], repros: dict[str, Repro], seconds: float
-) -> dict[str, object]:
-    def counts(key: Callable[[Outcome], str]) -> dict[str, dict[str, int]]:
-        table: dict[str, dict[str, int]] = {}
-        for o in outcomes:
-            row = table.setdefault(key(o), dict.fromkeys(VERDICTS, 0))
-            row[o.verdict] += 1
-        return dict(sorted(table.items()))
-
-    by_sig: dict[str, list[Outcome]] = collections.defaultdict(list)
-    for o in outcomes:
-        if o.failed or o.verdict == REFERENCE_FAILED:
-            by_sig[o.signature].append(o)
-    signatures = []
-    for sig, group in sorted(by_sig.items(), key=lambda kv: -len(kv[1])):
-        repro = next((repros[o.case.name] for o in group if o.case.name in repros), None)
-        signatures.append(
-            {
-                "signature": sig,
-                "verdict": group[0].verdict,
-                "count": len(group),
-                "cases": [o.case.name for o in group],
-                "message": group[0].message,
-                "reproducer": str(repro.model) if repro else None,
-                "reproducer_quantized": str(repro.quantized) if repro and repro.quantized else None,
-                "nodes": [repro.nodes_before, repro.nodes_after] if repro else None,
-            }
-        )
-    refusals = collections.Counter(o.message for o in outcomes if o.verdict == REFUSED and not o.bad_message)
-    total = dict.fromkeys(VERDICTS, 0)
-    for o in outcomes:
-        total[o.verdict] += 1
-    return {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in attrs.asdict(config).items()},
-        "models": len(outcomes),
-        "seconds": round(seconds, 1),
-        "counts": total,
-        "bad_refusals": sum(1 for o in outcomes if o.verdict == REFUSED and o.bad_message),
-        "per_variant": counts(lambda o: o.case.variant),
-        "per_board": counts(lambda o: o.case.board),
-        "signatures": signatures,
-        "refusals": [{"message": m, "count": c} for m, c in refusals.most_common()],
-        "failures": [
-            {
-                "case": o.case.name,
-                "board": o.case.board,
-                "verdict": o.verdict,
-                "message": o.message,
-                "bad_message": o.bad_message,
-                "signature": o.signature,
-            }
-            for o in outcomes
-            if o.failed or o.verdict == REFERENCE_FAILED
-        ],
-        "quantizer_failures": [
-            {"case": o.case.name, "message": o.message} for o in outcomes if o.verdict == "quantizer failed"
-        ],
-    }
-
-
-def _table(title: str, rows: dict[str, dict[str, int]]) -> list[str]:
-    lines = [f"| {title} | " + " | ".join(VERDICTS) + " |", "|---|" + "---|" * len(VERDICTS)]
-    lines += [f"| {k} | " + " | ".join(str(r[v]) for v in VERDICTS) + " |" for k, r in rows.items()]
-    return lines
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(summary: dict[str, object]) -> str:
-    """The summary as markdown: counts, tables per variant and board, failures by signature, refusals."""
-    cfg = summary["config"]
-    assert isinstance(cfg, dict)
-    counts = summary["counts"]
-    assert isinstance(counts, dict)
-    out = [
-        f"# Fuzz run: {summary['models']} models, kind {cfg['kind']}, seeds {cfg['start']}.."
-        f"{int(cfg['start']) + int(cfg['n']) - 1}",
-        "",
-        ", ".join(f"{k}: {v}" for k, v in counts.items())
-        + f" (refusals with a bad message: {summary['bad_refusals']}); {summary['seconds']} s",
-        "",
-        *_table("variant", summary["per_variant"]),  # type: ignore[arg-type]
-        "",
-        *_table("board", summary["per_board"]),  # type: ignore[arg-type]
-        "",
-        "## Failures by signature",
-        "",
-    ]
-    signatures = summary["signatures"]
-    assert isinstance(signatures, list)
-    if not signatures:
-        out.append("None.")
-    for s in signatures:
-        out += [
-            f"- **{s['verdict']}** x{s['count']} `{_md(s['signature'])}`",
-            f"  - {_md(s['message'])}",
-            f"  - cases: {', '.join(s['cases'])}",
-            f"  - reproducer: {s['reproducer'] or '(not reduced)'}"
-            + (f" ({s['nodes'][0]} -> {s['nodes'][1]} nodes)" if s["nodes"] else ""),
-        ]
-        if s["reproducer_quantized"]:
-            out.append(f"  - as quantised: {s['reproducer_quantized']}")
-    out += ["", "## Refusals", ""]
-    refusals = summary["refusals"]
-    assert isinstance(refusals, list)
-    out += [f"- x{r['count']}: {_md(r['message'])}" for r in refusals] or ["None."]
-    quant = summary["quantizer_failures"]
-    assert isinstance(quant, list)
-    if quant:
-        out += ["", "## Quantiser failures", ""]
-        out += [f"- {q['case']}: {_md(q['message'])}" for q in quant]
-    return "\n".join(out) + "\n"

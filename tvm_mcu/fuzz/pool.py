@@ -16,6 +16,7 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,17 @@ class Task:
     work_dir: Path
 
 
-def _worker_main(conn: Connection, log_path: str) -> None:
-    """Run tasks from ``conn`` until it closes; stdout and stderr (TVM's C++ logging included) go to the
-    worker's log file."""
+def run_task(task: Task) -> Outcome:
+    """What a worker does with a task: compile, run and classify the case."""
+    return execute(task.case, task.model, task.work_dir)
+
+
+Handler = Callable[[Task], Outcome]
+
+
+def _worker_main(conn: Connection, log_path: str, handler: Handler) -> None:
+    """Run tasks from ``conn`` through ``handler`` until it closes; stdout and stderr (TVM's C++ logging
+    included) go to the worker's log file."""
     os.setsid()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
@@ -54,13 +63,13 @@ def _worker_main(conn: Connection, log_path: str) -> None:
         except EOFError:
             return
         logger.info("case %s in %s", task.case, task.work_dir)
-        conn.send(execute(task.case, task.model, task.work_dir))
+        conn.send(handler(task))
 
 
 class _Worker:
-    def __init__(self, ctx: Any, log_path: Path) -> None:
+    def __init__(self, ctx: Any, log_path: Path, handler: Handler) -> None:
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, str(log_path)), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, str(log_path), handler), daemon=True)
         self.process.start()
         child.close()
 
@@ -79,9 +88,13 @@ class _Worker:
 
 
 class WorkerPool:
-    """``jobs`` worker processes, started when first needed, replaced when one dies."""
+    """``jobs`` worker processes, started when first needed, replaced when one dies. ``handler`` (a
+    module-level function: it is pickled by name into the spawned workers) runs each task."""
 
-    def __init__(self, jobs: int, log_dir: Path, *, timeout_s: float = CASE_TIMEOUT_S) -> None:
+    def __init__(
+        self, jobs: int, log_dir: Path, *, timeout_s: float = CASE_TIMEOUT_S, handler: Handler = run_task
+    ) -> None:
+        self._handler = handler
         self._ctx = multiprocessing.get_context("spawn")
         self._log_dir = Path(log_dir)
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +108,7 @@ class WorkerPool:
         slot, worker = self._slots.get()
         try:
             if worker is None:
-                worker = _Worker(self._ctx, self._log_dir / f"worker-{slot}.log")
+                worker = _Worker(self._ctx, self._log_dir / f"worker-{slot}.log", self._handler)
             start = time.perf_counter()
             worker.conn.send(task)
             ready = multiprocessing.connection.wait([worker.conn, worker.process.sentinel], self._timeout_s)

@@ -101,6 +101,31 @@ def _remove_dead(model: onnx.ModelProto) -> None:
     g.input.extend(inputs)
 
 
+def _windows_fit(model: onnx.ModelProto, known: dict[str, tuple[int, ...]]) -> bool:
+    """Every Conv / MaxPool / AveragePool window fits its padded input (pooling pads also smaller than
+    the kernel). onnxruntime runs some models that break this (a window larger than its input gives an
+    output of 1 by C's truncating division) that the specification leaves undefined."""
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "MaxPool", "AveragePool") or node.input[0] not in known:
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        size = known[node.input[0]][2:]
+        n = len(size)
+        kernel = a.get("kernel_shape") or weights.get(node.input[1], (0, 0) + (1,) * n)[2:]
+        auto_pad = a.get("auto_pad", b"NOTSET")
+        if auto_pad in (b"SAME_UPPER", b"SAME_LOWER"):
+            continue
+        pads = [0] * (2 * n) if auto_pad == b"VALID" else list(a.get("pads") or [0] * (2 * n))
+        dilations = a.get("dilations") or [1] * n
+        for i in range(n):
+            if size[i] + pads[i] + pads[i + n] < dilations[i] * (kernel[i] - 1) + 1:
+                return False
+            if node.op_type != "Conv" and max(pads[i], pads[i + n]) >= kernel[i]:
+                return False
+    return True
+
+
 def tidy(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """``model`` without dead parts and with its output shapes inferred again, or None when it is not a
     valid model onnxruntime runs with the shapes it declares (or has no node or no input left)."""
@@ -116,6 +141,8 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto | None:
         o.type.tensor_type.ClearField("shape")
     try:
         known = shapes(m)
+        if not _windows_fit(m, known):
+            return None
         for o in m.graph.output:
             if o.name not in known:
                 return None
