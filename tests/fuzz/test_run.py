@@ -25,6 +25,7 @@ from tvm_mcu.errors import (
 )
 from tvm_mcu.fuzz import random_cnn
 from tvm_mcu.fuzz import run as run_mod
+from tvm_mcu.fuzz.oracle import Departure
 from tvm_mcu.fuzz.run import (
     CRASH,
     PASS,
@@ -39,6 +40,7 @@ from tvm_mcu.fuzz.run import (
     message_problem,
     normalise,
 )
+from tvm_mcu.fuzz.summary import render_markdown, summarise
 
 MODEL = random_cnn(0).SerializeToString(deterministic=True)
 CASE = Case(0, "float", "mps2-an386")
@@ -84,12 +86,28 @@ def test_outcome_of_each_kind(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, verify: Verify, verdict: str, flagged: bool
 ) -> None:
     monkeypatch.setattr(api, "verify", verify)
+    monkeypatch.setattr(run_mod, "_inputs", lambda *a: [])
+    monkeypatch.setattr(run_mod, "ort_agrees", lambda *a: (True, "max abs error 0, tolerance 1e-4"))
     o = execute(CASE, MODEL, tmp_path)
     assert o.verdict == verdict
     assert bool(o.bad_message) == flagged
     assert o.failed == (verdict in (WRONG, CRASH) or flagged)
     assert "\n" not in o.message and o.signature.startswith(verdict)
     assert (tmp_path / "model.onnx").read_bytes() == MODEL
+
+
+def test_a_pass_onnxruntime_does_not_confirm_is_marked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(api, "verify", _verify_returning(_verification(True)))
+    monkeypatch.setattr(run_mod, "_inputs", lambda *a: [])
+    monkeypatch.setattr(run_mod, "ort_agrees", lambda *a: (False, "max abs error 0.3, tolerance 1e-4"))
+    o = execute(CASE, MODEL, tmp_path)
+    assert o.verdict == PASS and o.signature == "pass:onnxruntime disagrees" and not o.failed
+    assert "max abs error 0.3" in o.detail
+    summary = summarise("float", 0, 1, [o], {}, 1.0)
+    assert summary.doubted_passes == (o,) and summary.failures == 0
+    assert "Passes onnxruntime does not confirm" in render_markdown(summary)
 
 
 def test_a_crash_keeps_its_traceback_and_innermost_frame(
@@ -106,10 +124,16 @@ def test_a_mismatch_asks_onnxruntime(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ort_agrees: bool, verdict: str
 ) -> None:
     monkeypatch.setattr(api, "verify", _verify_returning(_verification(False)))
+    monkeypatch.setattr(run_mod, "_inputs", lambda *a: [])
     monkeypatch.setattr(run_mod, "ort_agrees", lambda *a: (ort_agrees, "max abs error 1e-07, tolerance 1e-4"))
+    monkeypatch.setattr(
+        run_mod, "first_departure", lambda *a: Departure("MaxPool", "MaxPool 'maxpool_3' ...")
+    )
     o = execute(CASE, MODEL, tmp_path)
     assert o.verdict == verdict
     assert "onnx.reference differs from the firmware by 0.5" in o.message
+    if verdict == REFERENCE_FAILED:
+        assert o.signature == "reference failed:MaxPool" and "maxpool_3" in o.detail
 
 
 @pytest.mark.parametrize(("ort_agrees", "verdict"), [(True, REFERENCE_FAILED), (False, WRONG)])
@@ -126,12 +150,13 @@ def test_a_reference_that_raises_asks_onnxruntime(
     monkeypatch.setattr(api, "verify", verify)
     monkeypatch.setattr(api, "run_compiled", lambda *a: SimpleNamespace(outputs=outputs))
     monkeypatch.setattr(run_mod, "_inputs", lambda *a: [])
-    monkeypatch.setattr(run_mod, "ort_agrees", lambda t, b, s, got: (ort_agrees and got is outputs, "close"))
+    monkeypatch.setattr(run_mod, "ort_agrees", lambda t, b, i, got: (ort_agrees and got is outputs, "close"))
+    monkeypatch.setattr(run_mod, "first_departure", lambda *a: None)
     o = execute(CASE, MODEL, tmp_path)
     assert o.verdict == verdict
     assert o.message.startswith("onnx.reference raised")
     if verdict == REFERENCE_FAILED:
-        assert o.signature == "reference failed:raised"
+        assert o.signature == "reference failed:?"
 
 
 def test_a_failing_quantiser_is_not_the_compilers_failure(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import attrs
 
-from tvm_mcu.fuzz.run import QUANTIZER_FAILED, REFERENCE_FAILED, REFUSED, VERDICTS, Outcome
+from tvm_mcu.fuzz.run import PASS, QUANTIZER_FAILED, REFERENCE_FAILED, REFUSED, VERDICTS, Outcome
 
 Counts = dict[str, int]
 
@@ -70,6 +70,11 @@ class Summary:
         return sum(1 for o in self.outcomes if o.verdict == REFUSED and o.bad_message)
 
     @property
+    def doubted_passes(self) -> tuple[Outcome, ...]:
+        """Passes onnxruntime does not confirm (the firmware and onnx.reference may share a mistake)."""
+        return tuple(o for o in self.outcomes if o.verdict == PASS and o.signature != PASS)
+
+    @property
     def failures(self) -> int:
         """Wrong outputs, crashes and badly worded refusals: what must be 0."""
         return sum(1 for o in self.outcomes if o.failed)
@@ -88,6 +93,7 @@ class Summary:
             "counts": self.totals,
             "failures": self.failures,
             "bad_refusals": self.bad_refusals,
+            "doubted_passes": [{"case": o.case.name, "detail": o.detail} for o in self.doubted_passes],
             "per_variant": self.counts(lambda o: o.case.variant),
             "per_board": self.counts(lambda o: o.case.board),
             "signatures": [
@@ -188,6 +194,9 @@ def render_markdown(summary: Summary) -> str:
             )
             if g.repro.quantized:
                 out.append(f"  - as quantised: {g.repro.quantized}")
+    if summary.doubted_passes:
+        out += ["", "## Passes onnxruntime does not confirm", ""]
+        out += [f"- {o.case.name} ({o.case.board}): {_md(o.detail)}" for o in summary.doubted_passes]
     out += ["", "## Refusals", ""]
     out += [f"- x{n}: {_md(m)}" for m, n in summary.refusals()] or ["None."]
     quant = [o for o in summary.outcomes if o.verdict == QUANTIZER_FAILED]
