@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import itertools
 import json
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +42,8 @@ from tvm_mcu.fuzz.summary import Repro, Summary, render_markdown, reported, summ
 logger = logging.getLogger(__name__)
 
 KINDS = ("float", "int8")
+# Where `make` installs the project (the reproduce commands are run from the project's root).
+VENV_BIN = ".venv/bin"
 
 
 @attrs.frozen
@@ -80,12 +82,14 @@ def outcome_json(o: Outcome) -> dict[str, object]:
 
 
 def reproduce_commands(case: Case, model: Path, quantized: Path | None) -> list[str]:
-    """Shell commands that re-run a case: the fuzzer's own (re-quantising), and plain ``tvm-mcu verify``."""
-    py = f"{Path(sys.executable).name} -m tvm_mcu.fuzz"
-    commands = [f"{py} --model {model} --variant {case.variant} --board {case.board} --seed {case.seed}"]
+    """Shell commands, from the project's root, that re-run a case: the fuzzer's own (which quantises the
+    float model again as the variant says), and plain ``tvm-mcu verify`` on the model the compiler saw."""
+    fuzz = f"{VENV_BIN}/python -m tvm_mcu.fuzz --model {model} --variant {case.variant}"
     compiled = quantized if quantized is not None else model
-    commands.append(f"tvm-mcu verify {compiled} --board {case.board} --seed {case.seed}")
-    return commands
+    return [
+        f"{fuzz} --board {case.board} --seed {case.seed}",
+        f"{VENV_BIN}/tvm-mcu verify {compiled} --board {case.board} --seed {case.seed}",
+    ]
 
 
 class Campaign:
@@ -154,9 +158,10 @@ class Campaign:
 
     def reduce_one(self, outcome: Outcome) -> Repro:
         case = outcome.case
+        logger.info("reducing %s on %s: %s", case.name, case.board, outcome.signature)
         original = onnx.load_from_string(model_bytes(case.seed))
         scratch = self.config.out_dir / "reduce" / case.name
-        counter = iter(range(1_000_000))
+        counter = itertools.count()
 
         def still_fails(model: onnx.ModelProto) -> bool:
             work = scratch / f"t{next(counter)}"
