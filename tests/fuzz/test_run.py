@@ -136,27 +136,53 @@ def test_a_mismatch_asks_onnxruntime(
         assert o.signature == "reference failed:MaxPool" and "maxpool_3" in o.detail
 
 
-@pytest.mark.parametrize(("ort_agrees", "verdict"), [(True, REFERENCE_FAILED), (False, WRONG)])
-def test_a_reference_that_raises_asks_onnxruntime(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ort_agrees: bool, verdict: str
+@pytest.mark.parametrize(
+    ("in_reference", "ort_agrees", "departs", "verdict"),
+    [
+        (True, True, True, REFERENCE_FAILED),
+        (True, False, True, CRASH),
+        (False, True, True, REFERENCE_FAILED),  # e.g. verify cannot reshape the reference's output
+        (False, True, False, CRASH),  # the reference agrees with onnxruntime: verify's own bug
+    ],
+    ids=["reference-raises", "firmware-wrong-too", "verify-trips-on-reference", "verify-bug"],
+)
+def test_an_exception_after_the_build_asks_onnxruntime(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    in_reference: bool,
+    ort_agrees: bool,
+    departs: bool,
+    verdict: str,
 ) -> None:
     from tvm_mcu import reference
 
-    def verify(*args: object, **kwargs: object) -> None:
-        # The firmware ran; then the oracle itself fails (here on an unreadable model).
-        reference.reference_outputs(SimpleNamespace(format="onnx", data=b"not a model", inputs=()), [])
+    def verify(model: Path, board: str, out_dir: Path, **kwargs: object) -> None:
+        (out_dir / "report.json").parent.mkdir(parents=True)
+        (out_dir / "report.json").write_text("{}")  # the firmware was built and ran; then:
+        if in_reference:  # the oracle itself fails (here on an unreadable model)
+            reference.reference_outputs(SimpleNamespace(format="onnx", data=b"not a model", inputs=()), [])
+        np.zeros(4).reshape(3)  # verify trips over what the reference returned
 
     outputs = [np.ones(2, np.float32)]
+    departure = Departure("MaxPool(ceil_mode)", "MaxPool 'maxpool_1' ...") if departs else None
     monkeypatch.setattr(api, "verify", verify)
     monkeypatch.setattr(api, "run_compiled", lambda *a: SimpleNamespace(outputs=outputs))
     monkeypatch.setattr(run_mod, "_inputs", lambda *a: [])
     monkeypatch.setattr(run_mod, "ort_agrees", lambda t, b, i, got: (ort_agrees and got is outputs, "close"))
-    monkeypatch.setattr(run_mod, "first_departure", lambda *a: None)
+    monkeypatch.setattr(run_mod, "first_departure", lambda *a: departure)
     o = execute(CASE, MODEL, tmp_path)
     assert o.verdict == verdict
-    assert o.message.startswith("onnx.reference raised")
     if verdict == REFERENCE_FAILED:
-        assert o.signature == "reference failed:?"
+        assert o.signature == "reference failed:MaxPool(ceil_mode)" and "maxpool_1" in o.detail
+        assert o.message.startswith("onnx.reference raised" if in_reference else "verify raised ValueError")
+    else:
+        assert "Traceback" in o.detail
+
+
+def test_an_exception_before_the_build_is_a_crash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(api, "verify", _deep_keyerror)
+    monkeypatch.setattr(run_mod, "ort_agrees", lambda *a: pytest.fail("no firmware to ask about"))
+    assert execute(CASE, MODEL, tmp_path).verdict == CRASH
 
 
 def test_a_failing_quantiser_is_not_the_compilers_failure(

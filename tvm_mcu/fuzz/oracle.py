@@ -22,7 +22,7 @@ from onnx import helper
 
 @attrs.frozen
 class Departure:
-    """Where ``onnx.reference`` first parts from onnxruntime: the node's op type and a one-line account."""
+    """Where ``onnx.reference`` first parts from onnxruntime: the node's op (``flavour``) and an account."""
 
     op: str
     description: str
@@ -71,6 +71,19 @@ def ort_agrees(
     return err <= tol, f"max abs error {err:.4g}, tolerance {tol:.3g}"
 
 
+def flavour(node: onnx.NodeProto) -> str:
+    """The op type with the mode attributes that make it a different computation (``auto_pad``,
+    ``ceil_mode``, ``count_include_pad``): "MaxPool(auto_pad=SAME_LOWER)", "AveragePool(ceil_mode)"."""
+    modes = []
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        if a.name == "auto_pad" and value not in (b"NOTSET", "NOTSET"):
+            modes.append(f"auto_pad={value.decode() if isinstance(value, bytes) else value}")
+        elif a.name in ("ceil_mode", "count_include_pad") and value:
+            modes.append(a.name)
+    return node.op_type + (f"({','.join(sorted(modes))})" if modes else "")
+
+
 def _describe(node: onnx.NodeProto) -> str:
     attributes = ", ".join(f"{a.name}={helper.get_attribute_value(a)!r}" for a in node.attribute)
     return f"{node.op_type} '{node.name}'" + (f" ({attributes})" if attributes else "")
@@ -107,14 +120,14 @@ def first_departure(target: Path, inputs: list[np.ndarray]) -> Departure | None:
             got = np.asarray(results[0])
         except Exception as exc:  # the reference cannot compute this node: that is the departure
             first = str(exc).split("\n")[0]
-            return Departure(node.op_type, f"{_describe(node)} raised {type(exc).__name__}: {first}")
+            return Departure(flavour(node), f"{_describe(node)} raised {type(exc).__name__}: {first}")
         want = truth[node.output[0]]
         if got.shape != want.shape:
             return Departure(
-                node.op_type,
+                flavour(node),
                 f"{_describe(node)} gives shape {list(got.shape)}, onnxruntime {list(want.shape)}",
             )
         err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)), initial=0.0))
         if err > _tolerance(want):
-            return Departure(node.op_type, f"{_describe(node)} differs from onnxruntime by {err:.4g}")
+            return Departure(flavour(node), f"{_describe(node)} differs from onnxruntime by {err:.4g}")
     return None

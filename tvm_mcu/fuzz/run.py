@@ -211,16 +211,8 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
     except TvmMcuError as exc:
         return refusal_outcome(case, exc, time.perf_counter() - start)
     except Exception as exc:  # a bug: classified with its traceback, never swallowed
-        if not _raised_in_reference(exc.__traceback__):
-            return crash_outcome(case, exc, time.perf_counter() - start)
-        # onnx.reference raised after the firmware ran: ask onnxruntime about the firmware's outputs.
-        ref_error = f"onnx.reference raised {type(exc).__name__}: {_first_line(exc)}"
-        try:
-            model_in = _inputs(target, case.seed)
-            outputs = api.run_compiled(build, model_in).outputs
-        except Exception as rerun:
-            return crash_outcome(case, rerun, time.perf_counter() - start)
-        return _second_opinion(case, target, build, outputs, ref_error, time.perf_counter() - start)
+        blamed = _blame_reference(case, target, build, exc)
+        return blamed or crash_outcome(case, exc, time.perf_counter() - start)
     seconds = time.perf_counter() - start
     report = verification.report
     if verification.passed:
@@ -273,9 +265,39 @@ def _second_opinion(
         departure = first_departure(target, inputs)
     except Exception as exc:  # locating the departure is a courtesy; the verdict stands without it
         departure = Departure("?", f"(locating it failed: {type(exc).__name__}: {_first_line(exc)})")
+    return _reference_failed(case, message, departure, seconds)
+
+
+def _reference_failed(case: Case, message: str, departure: Departure | None, seconds: float) -> Outcome:
     if departure is None:
-        departure = Departure("?", "(every node agrees: the outputs' packing or dtype differs)")
+        departure = Departure("?", "no node (the outputs agree node by node; only the comparison differs)")
     detail = f"onnx.reference first departs from onnxruntime at {departure.description}"
     return Outcome(
         case, REFERENCE_FAILED, message, f"{REFERENCE_FAILED}:{departure.op}", detail, seconds=seconds
     )
+
+
+def _blame_reference(case: Case, target: Path, build: Path, exc: BaseException) -> Outcome | None:
+    """A "reference failed" outcome for ``exc`` (not a TvmMcuError) raised after the firmware was built,
+    when the reference and not the firmware is wrong: onnxruntime agrees with the firmware and
+    ``onnx.reference`` departs from onnxruntime at some node (it raised, or gave a shape verify could
+    not compare). None otherwise: the exception is a crash."""
+    from tvm_mcu import api
+
+    start = time.perf_counter()
+    if not (build / api.REPORT).is_file():
+        return None  # compilation never finished: nothing to ask onnxruntime about
+    where = "onnx.reference" if _raised_in_reference(exc.__traceback__) else "verify"
+    ref_error = f"{where} raised {type(exc).__name__}: {_first_line(exc)}"
+    try:
+        inputs = _inputs(target, case.seed)
+        outputs = api.run_compiled(build, inputs).outputs
+        agree, how = ort_agrees(target, build, inputs, outputs)
+        departure = first_departure(target, inputs) if agree else None
+    except Exception as second:  # no second opinion: the original exception stands as a crash
+        logger.warning("no second opinion on %s: %s: %s", case, type(second).__name__, _first_line(second))
+        return None
+    if departure is None:
+        return None
+    message = f"{ref_error}; onnxruntime agrees with the firmware ({how})"
+    return _reference_failed(case, message, departure, time.perf_counter() - start)
