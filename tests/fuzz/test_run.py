@@ -110,6 +110,35 @@ def test_a_pass_onnxruntime_does_not_confirm_is_marked(
     assert "Passes onnxruntime does not confirm" in render_markdown(summary)
 
 
+@pytest.mark.parametrize("reference_passes", [True, False])
+def test_an_output_shape_the_model_does_not_declare_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reference_passes: bool
+) -> None:
+    """TVM's importer and onnx.reference share some shape mistakes (MaxPool SAME_LOWER): verify then
+    passes; the model's declared output shapes do not."""
+    import onnx
+
+    from tvm_mcu.report import Report
+
+    declared = [
+        tuple(d.dim_value for d in o.type.tensor_type.shape.dim)
+        for o in onnx.load_from_string(MODEL).graph.output
+    ]
+    shrunk = [(*shape[:-1], shape[-1] - 1) if shape[-1] > 1 else (*shape[:-1], 2) for shape in declared]
+
+    def verify(model: Path, board: str, out_dir: Path, **kwargs: object) -> SimpleNamespace:
+        out_dir.mkdir(parents=True)
+        (out_dir / "report.json").write_text("{}")
+        return _verification(reference_passes)
+
+    rows = SimpleNamespace(outputs=[SimpleNamespace(shape=shape) for shape in shrunk])
+    monkeypatch.setattr(api, "verify", verify)
+    monkeypatch.setattr(Report, "read", staticmethod(lambda path: rows))
+    o = execute(CASE, MODEL, tmp_path)
+    assert o.verdict == WRONG and o.signature == "wrong:output shape" and o.failed
+    assert f"the model declares {list(declared[0])}" in o.message
+
+
 def test_a_crash_keeps_its_traceback_and_innermost_frame(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -170,6 +199,7 @@ def test_an_exception_after_the_build_asks_onnxruntime(
     monkeypatch.setattr(run_mod, "_inputs", lambda *a: [])
     monkeypatch.setattr(run_mod, "ort_agrees", lambda t, b, i, got: (ort_agrees and got is outputs, "close"))
     monkeypatch.setattr(run_mod, "first_departure", lambda *a: departure)
+    monkeypatch.setattr(run_mod, "_misshapen", lambda *a: None)  # the shapes are right here
     o = execute(CASE, MODEL, tmp_path)
     assert o.verdict == verdict
     if verdict == REFERENCE_FAILED:

@@ -59,7 +59,12 @@ def ort_agrees(
     # quantised by ``run``, onnxruntime quantises them with the model's own QuantizeLinear.
     feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs, strict=True)}
     err = tol = 0.0
-    for row, got, want in zip(report.outputs, outputs, session.run(None, feeds), strict=True):
+    for k, (row, got, want) in enumerate(zip(report.outputs, outputs, session.run(None, feeds), strict=True)):
+        if np.size(want) != got.size:
+            return (
+                False,
+                f"output {k}: the firmware gives shape {list(got.shape)}, onnxruntime {list(np.shape(want))}",
+            )
         want = np.asarray(want).reshape(got.shape)
         if got.dtype.kind in "iu" and want.dtype.kind == "f" and row.scale is not None:
             real = (got.astype(np.int32) - int(row.zero_point or 0)) * np.float32(row.scale)

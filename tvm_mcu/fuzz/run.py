@@ -34,6 +34,7 @@ from types import TracebackType
 
 import attrs
 import numpy as np
+import onnx
 
 from tvm_mcu.fuzz.oracle import Departure, first_departure, ort_agrees
 from tvm_mcu.fuzz.quantize import INT8_VARIANTS, quantize
@@ -211,10 +212,14 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
     except TvmMcuError as exc:
         return refusal_outcome(case, exc, time.perf_counter() - start)
     except Exception as exc:  # a bug: classified with its traceback, never swallowed
-        blamed = _blame_reference(case, target, build, exc)
+        misshapen = _misshapen(case, target, build, time.perf_counter() - start)
+        blamed = misshapen or _blame_reference(case, target, build, exc)
         return blamed or crash_outcome(case, exc, time.perf_counter() - start)
     seconds = time.perf_counter() - start
     report = verification.report
+    misshapen = _misshapen(case, target, build, seconds)
+    if misshapen is not None:
+        return misshapen
     if verification.passed:
         message = f"max abs error {report.max_abs_error:.3g}"
         doubt = _ort_doubts(target, build, case.seed, verification.outputs)
@@ -226,6 +231,26 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
         f"(tolerance {report.tolerance:.3g})"
     )
     return _second_opinion(case, target, build, verification.outputs, ref_error, seconds)
+
+
+def _misshapen(case: Case, target: Path, build: Path, seconds: float) -> Outcome | None:
+    """A "wrong" outcome when a compiled output's shape is not the one the model declares (whatever the
+    references say: onnx.reference and TVM's importer share some shape mistakes), else None."""
+    from tvm_mcu import api
+    from tvm_mcu.report import Report
+
+    if not (build / api.REPORT).is_file():
+        return None
+    declared = [
+        tuple(int(d.dim_value) for d in o.type.tensor_type.shape.dim)
+        for o in onnx.load(str(target)).graph.output
+    ]
+    compiled = [tuple(row.shape) for row in Report.read(build / api.REPORT).outputs]
+    for k, (want, got) in enumerate(zip(declared, compiled, strict=False)):
+        if want and all(want) and int(np.prod(want)) != int(np.prod(got)):
+            message = f"output {k} has shape {list(got)}; the model declares {list(want)}"
+            return Outcome(case, WRONG, message, f"{WRONG}:output shape", seconds=seconds)
+    return None
 
 
 def _inputs(target: Path, seed: int) -> list[np.ndarray]:

@@ -170,6 +170,9 @@ def render_markdown(summary: Summary) -> str:
         ", ".join(f"{k}: {v}" for k, v in totals.items())
         + f" (refusals with a bad message: {summary.bad_refusals}); {summary.seconds:.0f} s",
         "",
+        f"Failures (wrong, crash, badly worded refusals): {summary.failures}; refusals: "
+        f"{100 * totals[REFUSED] / max(1, len(summary.outcomes)):.1f} % of the models.",
+        "",
         *_table("variant", summary.counts(lambda o: o.case.variant)),
         "",
         *_table("board", summary.counts(lambda o: o.case.board)),
