@@ -261,3 +261,13 @@ def test_boards_and_quantisers_rotate() -> None:
     assert board_for(3, 0, boards) != board_for(3, 1, boards)
     assert {int8_variants_for(s)[1] for s in range(2)} == {"ort-s8", "ort-u8"}
     assert all(int8_variants_for(s)[0] == "tvm-mcu" for s in range(4))
+
+
+def test_project_frame_is_where_tvm_mcu_called_into_the_failure() -> None:
+    from tvm_mcu.errors import BadOptionError
+    from tvm_mcu.fuzz.run import project_frame
+
+    with pytest.raises(BadOptionError) as info:
+        api.pack((), [np.zeros(1)])
+    assert project_frame(info.value.__traceback__) == "api.py:pack"
+    assert project_frame(None) == "?"

@@ -145,6 +145,20 @@ def innermost_frame(tb: TracebackType | None) -> str:
     return f"{Path(last.filename).name}:{last.name}"
 
 
+# The project's own sources (tvm_mcu/, installed passes/ and targets/ included), not site-packages.
+_PROJECT = Path(__file__).resolve().parent.parent.parent
+
+
+def project_frame(tb: TracebackType | None) -> str:
+    """``file:function`` of the innermost frame in tvm-mcu's own code: where the project called into
+    what failed (TVM's C++ frames say little about which pass was running)."""
+    for frame in reversed(traceback.extract_tb(tb)):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(_PROJECT) and ".venv" not in path.parts and "fuzz" not in path.parts:
+            return f"{path.name}:{frame.name}"
+    return "?"
+
+
 def _raised_in_reference(tb: TracebackType | None) -> bool:
     return any(
         Path(f.filename).name == "reference.py" and "tvm_mcu" in f.filename for f in traceback.extract_tb(tb)
@@ -153,12 +167,13 @@ def _raised_in_reference(tb: TracebackType | None) -> bool:
 
 def crash_outcome(case: Case, exc: BaseException, seconds: float, verdict: str = CRASH) -> Outcome:
     where = innermost_frame(exc.__traceback__)
+    ours = project_frame(exc.__traceback__)
     first = _first_line(exc)
     return Outcome(
         case,
         verdict,
-        f"{type(exc).__name__} at {where}: {first}"[:300],
-        f"{verdict}:{type(exc).__name__}:{where}:{normalise(first)}",
+        f"{type(exc).__name__} at {where} (from {ours}): {first}"[:300],
+        f"{verdict}:{type(exc).__name__}:{where}:{ours}:{normalise(first)}",
         "".join(traceback.format_exception(exc)),
         seconds=seconds,
     )
