@@ -63,3 +63,43 @@ def test_calibration_data_is_seeded_and_shaped() -> None:
     shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
     assert data.shape == (CALIBRATION_SAMPLES, *shape[1:]) and data.dtype == np.float32
     assert np.array_equal(data, b[name]) and not np.array_equal(data, c[name])
+
+
+def _has_2d_gemm_bias(model: onnx.ModelProto) -> bool:
+    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return any(
+        n.op_type == "Gemm" and len(n.input) > 2 and len(dims.get(n.input[2], ())) == 2
+        for n in model.graph.node
+    )
+
+
+@pytest.mark.parametrize("variant", ["ort-s8", "ort-qop-u8"])
+def test_onnxruntime_quantises_a_two_dimensional_gemm_bias(tmp_path: Path, variant: str) -> None:
+    """onnxruntime 1.32 fails on (1, N) Gemm biases (or, QDQ with its bias adjustment off, writes an
+    invalid per-channel DequantizeLinear): the variant hands it the same bias as (N,)."""
+    seed = next(s for s in range(100) if _has_2d_gemm_bias(random_cnn(s)))
+    path = tmp_path / "model.onnx"
+    path.write_bytes(random_cnn(seed).SerializeToString(deterministic=True))
+    out = quantize(path, variant, seed, tmp_path / "q.onnx")
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_check_quantized_refuses_scales_that_do_not_fit_their_axis() -> None:
+    from onnx import helper
+
+    from tvm_mcu.fuzz.quantize import check_quantized
+
+    def model(bias_shape: tuple[int, ...], axis: int) -> onnx.ModelProto:
+        inits = [
+            numpy_helper.from_array(np.zeros(bias_shape, np.int32), "b"),
+            numpy_helper.from_array(np.ones(4, np.float32), "s"),
+            numpy_helper.from_array(np.zeros(4, np.int32), "z"),
+        ]
+        node = helper.make_node("DequantizeLinear", ["b", "s", "z"], ["y"], name="dq", axis=axis)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        return helper.make_model(helper.make_graph([node], "g", [], [y], initializer=inits))
+
+    check_quantized(model((1, 4), 1))
+    check_quantized(model((4,), 0))
+    with pytest.raises(ValueError, match="4 scales on axis 0 of 'b' \\[1, 4\\]"):
+        check_quantized(model((1, 4), 0))

@@ -98,7 +98,7 @@ def _ort_quantize(float_path: Path, calibration: dict[str, np.ndarray], out_path
     ort_logger.setLevel(logging.ERROR)
     try:
         quantize_static(
-            float_path,
+            _flat_gemm_biases(onnx.load(str(float_path))),
             out_path,
             _Reader(),
             quant_format=QuantFormat.QOperator if variant == ORT_QOP_U8 else QuantFormat.QDQ,
@@ -106,10 +106,50 @@ def _ort_quantize(float_path: Path, calibration: dict[str, np.ndarray], out_path
             activation_type=QuantType.QInt8 if variant == ORT_S8 else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            # onnxruntime 1.32's weight-scale adjustment for int32 biases indexes a 2-D Gemm bias
-            # ((1, N), valid ONNX) as if 1-D and raises "truth value of an array ... is ambiguous". It
-            # only widens weight scales for biases too large for int32, which these models never have.
-            extra_options={"QDQDisableWeightAdjustForInt32Bias": True},
         )
     finally:
         ort_logger.setLevel(level)
+    check_quantized(onnx.load(str(out_path)))
+
+
+def _flat_gemm_biases(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every (1, N) Gemm bias initializer stored as (N,) (the same Gemm).
+
+    onnxruntime 1.32's quantiser treats a Gemm bias as 1-D: with a (1, N) bias (valid ONNX, which the
+    generator draws) its QDQ weight-scale adjustment raises "truth value of an array ... is ambiguous",
+    QOperator's does too, and with that adjustment disabled it writes a per-channel DequantizeLinear
+    of the (1, N) bias on axis 0 with N scales (invalid). Flattening the bias keeps the dense heads in
+    the onnxruntime variants; the tvm-mcu variant still gets the (1, N) form.
+    """
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    biases = {n.input[2] for n in out.graph.node if n.op_type == "Gemm" and len(n.input) > 2 and n.input[2]}
+    for k, t in enumerate(out.graph.initializer):
+        if t.name in biases and len(t.dims) == 2 and t.dims[0] == 1:
+            out.graph.initializer[k].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(t).reshape(-1), t.name)
+            )
+    return out
+
+
+def check_quantized(model: onnx.ModelProto) -> None:
+    """Raise ValueError when a per-axis QuantizeLinear / DequantizeLinear of a constant has as many scales
+    as its axis has elements: ``onnx.checker`` does not look, and the model would be invalid."""
+    from onnx import helper
+
+    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.input[0] not in dims:
+            continue
+        scales = dims.get(node.input[1], ())
+        if len(scales) != 1 or scales[0] == 1:
+            continue  # per tensor
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        shape = dims[node.input[0]]
+        if shape[axis] != scales[0]:
+            raise ValueError(
+                f"the quantiser wrote {node.op_type} '{node.name}' with {scales[0]} scales on axis {axis} "
+                f"of '{node.input[0]}' {list(shape)}"
+            )
