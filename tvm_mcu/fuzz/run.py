@@ -153,8 +153,10 @@ def project_frame(tb: TracebackType | None) -> str:
     """``file:function`` of the innermost frame in tvm-mcu's own code: where the project called into
     what failed (TVM's C++ frames say little about which pass was running)."""
     for frame in reversed(traceback.extract_tb(tb)):
-        path = Path(frame.filename).resolve()
-        if path.is_relative_to(_PROJECT) and ".venv" not in path.parts and "fuzz" not in path.parts:
+        path = Path(frame.filename)
+        if not path.is_absolute():
+            continue  # C++ frames ("<unknown>") and generated code
+        if path.resolve().is_relative_to(_PROJECT) and not {".venv", "fuzz"} & set(path.parts):
             return f"{path.name}:{frame.name}"
     return "?"
 
