@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.tvm-mcu-installed
 # QEMU plugin), venv support for Debian's own python3, and Fashion-MNIST (pruning, fine-tuning, benchmarks).
 DEB_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc python3-venv dataset-fashion-mnist
 
-.PHONY: all setup system venv plugin demo test bench bench-prune bench-compile lint clean
+.PHONY: all setup system venv plugin demo test bench bench-prune bench-compile fuzz lint clean
 
 all: test
 
@@ -61,6 +61,14 @@ bench-prune: setup
 # of docs/BENCHMARKS.md (minutes).
 bench-compile: setup
 	$(PY) bench/run_bench.py --compile-time
+
+# The random-model fuzzer: N seeded CNNs (KIND=float, or int8: each seed quantised by tvm-mcu and by
+# onnxruntime), compiled, run on QEMU and compared; failures reduced. Summary in out/fuzz/KIND/summary.md.
+N    ?= 100
+KIND ?= float
+JOBS ?= 2
+fuzz: setup
+	$(PY) -m tvm_mcu.fuzz --n $(N) --kind $(KIND) --jobs $(JOBS) --out out/fuzz/$(KIND)
 
 lint: venv
 	$(VENV)/bin/ruff check tvm_mcu passes targets tests bench examples

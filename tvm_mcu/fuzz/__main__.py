@@ -1,0 +1,94 @@
+"""``python -m tvm_mcu.fuzz``: the fuzzer's command line (``make fuzz`` runs it).
+
+    python -m tvm_mcu.fuzz --n 300 --kind float --out out/fuzz/float
+    python -m tvm_mcu.fuzz --n 150 --kind int8 --jobs 2
+    python -m tvm_mcu.fuzz --model repro_12_ort-s8.onnx --variant ort-s8 --board mps2-an386 --seed 12
+
+The first forms run a campaign (see ``campaign.py``) and print the counts; the last runs one case in this
+process and prints its outcome (what a reproducer's JSON tells you to run). Exit status: 0 when no case
+failed (wrong, crash or a badly worded refusal), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from tvm_mcu.fuzz.campaign import KINDS, Campaign, Config
+from tvm_mcu.fuzz.quantize import VARIANTS
+from tvm_mcu.fuzz.reduce import DEFAULT_MAX_TESTS
+from tvm_mcu.fuzz.run import Case, Outcome, execute
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tvm_mcu.targets.board import list_boards
+
+    boards = [b.name for b in list_boards()]
+    p = argparse.ArgumentParser(prog="python -m tvm_mcu.fuzz", description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=100, help="number of seeds (default 100)")
+    p.add_argument("--kind", choices=KINDS, default="float")
+    p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--out", type=Path, help="output directory (default out/fuzz/KIND)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--boards", nargs="+", choices=boards, default=boards, help="boards, in rotation")
+    p.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, help="variants of every seed (default: the kind's)"
+    )
+    p.add_argument("--no-reduce", action="store_true", help="do not reduce failures")
+    p.add_argument("--max-tests", type=int, default=DEFAULT_MAX_TESTS, help="compilations per reduction")
+    p.add_argument("--per-signature", type=int, default=1, help="failures reduced per distinct signature")
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds per case before its worker is killed"
+    )
+    one = p.add_argument_group("one case")
+    one.add_argument("--model", type=Path, help="run this float ONNX model as one case and print the outcome")
+    one.add_argument("--variant", choices=VARIANTS, default="float")
+    one.add_argument("--board", choices=boards, default="mps2-an386")
+    one.add_argument("--seed", type=int, default=0, help="input seed of verify (and calibration)")
+    return p
+
+
+def _print_progress(o: Outcome, done: int, total: int) -> None:
+    mark = "" if o.verdict == "pass" else f": {o.message[:160]}"
+    print(f"[{done}/{total}] {o.case.name} on {o.case.board}: {o.verdict}{mark}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.model is not None:
+        case = Case(args.seed, args.variant, args.board)
+        with tempfile.TemporaryDirectory(prefix="tvmmcu-fuzz-") as tmp:
+            o = execute(case, args.model.read_bytes(), Path(tmp))
+        print(f"{o.verdict}: {o.message}\nsignature: {o.signature}")
+        if o.bad_message:
+            print(f"bad message: {o.bad_message}")
+        if o.detail:
+            print(o.detail)
+        return 1 if o.failed else 0
+    config = Config(
+        n=args.n,
+        kind=args.kind,
+        out_dir=args.out or Path("out") / "fuzz" / args.kind,
+        boards=tuple(args.boards),
+        start=args.start,
+        jobs=args.jobs,
+        variants=tuple(args.variants or ()),
+        reduce=not args.no_reduce,
+        max_tests=args.max_tests,
+        per_signature=args.per_signature,
+        timeout_s=args.timeout,
+    )
+    summary = Campaign(config, _print_progress).run()
+    totals = ", ".join(f"{k}: {v}" for k, v in summary.totals.items())
+    print(f"{totals} (bad refusal messages: {summary.bad_refusals})")
+    print(f"summary: {config.out_dir / 'summary.md'}")
+    return 1 if summary.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The int8 variants of a fuzz model: tvm-mcu's own PTQ and onnxruntime's ``quantize_static``.
+
+A variant names how the float model becomes the model the compiler sees:
+
+- ``float``: the float model itself;
+- ``tvm-mcu``: ``tvm_mcu.ptq.quantize_onnx`` (what ``tvm-mcu quantize`` runs): QDQ, int8 activations;
+- ``ort-s8`` / ``ort-u8``: onnxruntime's ``quantize_static``, QDQ format, int8 weights per channel,
+  int8 (QInt8) or uint8 (QUInt8) activations;
+- ``ort-qop-u8``: ``quantize_static`` in QOperator format (QLinearConv, QLinearMatMul...), uint8
+  activations: an optional variant, another import dialect.
+
+Calibration data is seeded (``np.random.default_rng([seed, 1])``), standard normal like the inputs that
+``verify`` draws, so the calibrated ranges suit the inputs the model is checked with. Whatever a quantiser
+raises propagates: the runner classifies it as "quantizer failed", not as a compiler failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+FLOAT = "float"
+TVM_MCU = "tvm-mcu"
+ORT_S8 = "ort-s8"
+ORT_U8 = "ort-u8"
+ORT_QOP_U8 = "ort-qop-u8"
+VARIANTS = (FLOAT, TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8)
+INT8_VARIANTS = (TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8)
+# Enough samples to calibrate ranges that cover most of a standard-normal input's outputs, few enough
+# that calibration takes well under a second on these small models.
+CALIBRATION_SAMPLES = 16
+
+
+def input_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """The static shape of every graph input that is not an initializer."""
+    inits = {t.name for t in model.graph.initializer}
+    return {
+        i.name: tuple(int(d.dim_value) for d in i.type.tensor_type.shape.dim)
+        for i in model.graph.input
+        if i.name not in inits
+    }
+
+
+def calibration_data(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
+    """``CALIBRATION_SAMPLES`` seeded standard-normal samples per input, shape ``(N, *shape[1:])``."""
+    rng = np.random.default_rng([seed, 1])
+    return {
+        name: rng.standard_normal((CALIBRATION_SAMPLES, *shape[1:])).astype(np.float32)
+        for name, shape in input_shapes(model).items()
+    }
+
+
+def quantize(float_path: Path, variant: str, seed: int, out_path: Path) -> Path:
+    """Write the ``variant`` of the float model at ``float_path`` to ``out_path`` (the float model itself
+    for ``float``) and return the path the compiler should read."""
+    if variant == FLOAT:
+        return Path(float_path)
+    model = onnx.load(str(float_path))
+    calibration = calibration_data(model, seed)
+    if variant == TVM_MCU:
+        from tvm_mcu.ptq import quantize_onnx
+
+        quantize_onnx(Path(float_path), calibration, Path(out_path))
+        return Path(out_path)
+    if variant in (ORT_S8, ORT_U8, ORT_QOP_U8):
+        _ort_quantize(Path(float_path), calibration, Path(out_path), variant)
+        return Path(out_path)
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+
+
+def _ort_quantize(float_path: Path, calibration: dict[str, np.ndarray], out_path: Path, variant: str) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+        """One feed per calibration sample (batch 1), in order."""
+
+        def __init__(self) -> None:
+            self._samples = iter(
+                [{k: v[n : n + 1] for k, v in calibration.items()} for n in range(CALIBRATION_SAMPLES)]
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._samples, None)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # quantize_static logs advice (pre-processing, opset upgrades) at WARNING on every call.
+    ort_logger = logging.getLogger("root")
+    level = ort_logger.level
+    ort_logger.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            _flat_gemm_biases(onnx.load(str(float_path))),
+            out_path,
+            _Reader(),
+            quant_format=QuantFormat.QOperator if variant == ORT_QOP_U8 else QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8 if variant == ORT_S8 else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        ort_logger.setLevel(level)
+    check_quantized(onnx.load(str(out_path)))
+
+
+def _flat_gemm_biases(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every (1, N) Gemm bias initializer stored as (N,) (the same Gemm).
+
+    onnxruntime 1.32's quantiser treats a Gemm bias as 1-D: with a (1, N) bias (valid ONNX, which the
+    generator draws) its QDQ weight-scale adjustment raises "truth value of an array ... is ambiguous",
+    QOperator's does too, and with that adjustment disabled it writes a per-channel DequantizeLinear
+    of the (1, N) bias on axis 0 with N scales (invalid). Flattening the bias keeps the dense heads in
+    the onnxruntime variants; the tvm-mcu variant still gets the (1, N) form.
+    """
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    biases = {n.input[2] for n in out.graph.node if n.op_type == "Gemm" and len(n.input) > 2 and n.input[2]}
+    for k, t in enumerate(out.graph.initializer):
+        if t.name in biases and len(t.dims) == 2 and t.dims[0] == 1:
+            out.graph.initializer[k].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(t).reshape(-1), t.name)
+            )
+    return out
+
+
+def check_quantized(model: onnx.ModelProto) -> None:
+    """Raise ValueError when a per-axis QuantizeLinear / DequantizeLinear of a constant has as many scales
+    as its axis has elements: ``onnx.checker`` does not look, and the model would be invalid."""
+    from onnx import helper
+
+    dims = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.input[0] not in dims:
+            continue
+        scales = dims.get(node.input[1], ())
+        if len(scales) != 1 or scales[0] == 1:
+            continue  # per tensor
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        shape = dims[node.input[0]]
+        if shape[axis] != scales[0]:
+            raise ValueError(
+                f"the quantiser wrote {node.op_type} '{node.name}' with {scales[0]} scales on axis {axis} "
+                f"of '{node.input[0]}' {list(shape)}"
+            )
