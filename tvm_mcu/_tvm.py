@@ -283,7 +283,11 @@ def from_onnx(model: Any, shape_dict: dict[str, list[int]]) -> IRModule:
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     importer = _onnx_importer()(shape_dict, "float32", keep_params_in_input=False, sanitize=True)
-    mod = importer.from_onnx(model.graph, opset)
+    try:
+        mod = importer.from_onnx(model.graph, opset)
+    except BaseException:
+        importer.bb._end_block()  # see building_function: no stray "BlockBuilder destroyed" line
+        raise
     producer: dict[Any, str] = {}
     for k, node in enumerate(model.graph.node):
         label = f"{node.op_type} '{node.name or (node.output[0] if node.output else k)}'"
@@ -366,9 +370,10 @@ def _clip(bb: Any, inputs: list[Any], attrs: dict[str, Any], opset: int) -> Any 
 
 def _pad(bb: Any, inputs: list[Any], attrs: dict[str, Any], opset: int) -> Any | None:
     """ONNX Pad with constant pads (and value) as one ``R.nn.pad`` (0.27 imports it as a TE kernel
-    behind ``call_tir``, opaque to the int8 lowering and the channel analysis). None (TVM's own
-    conversion) for dynamic pads, an ``axes`` input or a mode other than constant (0.27 legalises
-    ``R.nn.pad`` in edge mode as a constant pad)."""
+    behind ``call_tir``, opaque to the int8 lowering and the channel analysis); the value may be a
+    DequantizeLinear of a constant (ONNX Runtime quantises it), the pads may name axes (Pad-18). None
+    (TVM's own conversion) for dynamic pads or a mode other than constant (0.27 legalises ``R.nn.pad``
+    in edge mode as a constant pad)."""
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if mode != "constant":
@@ -380,22 +385,49 @@ def _pad(bb: Any, inputs: list[Any], attrs: dict[str, Any], opset: int) -> Any |
         pads = [int(p) for p in attrs.get("pads", [])]
         value = float(attrs.get("value", 0.0))
     else:
-        if len(inputs) > 3 and inputs[3] is not None:
-            return None
         if not isinstance(inputs[1], RelaxConst):
             return None
-        pads = [int(p) for p in const_value(inputs[1]).reshape(-1)]
-        if len(inputs) > 2 and inputs[2] is not None:
-            if not isinstance(inputs[2], RelaxConst):
+        given = [int(p) for p in const_value(inputs[1]).reshape(-1)]
+        axes = list(range(rank))
+        if len(inputs) > 3 and inputs[3] is not None:  # Pad-18: the pads are for these axes only
+            if not isinstance(inputs[3], RelaxConst):
                 return None
-            value = float(const_value(inputs[2]).reshape(-1)[0])
-    if len(pads) != 2 * rank:
-        return None
+            axes = [int(a) % rank for a in const_value(inputs[3]).reshape(-1)]
+        if len(given) != 2 * len(axes):
+            return None
+        pads = [0] * (2 * rank)
+        for k, a in enumerate(axes):
+            pads[a], pads[rank + a] = given[k], given[len(axes) + k]
+        if len(inputs) > 2 and inputs[2] is not None:
+            constant = _constant_value(bb, inputs[2])
+            if constant is None:
+                return None
+            value = float(constant.reshape(-1)[0])
     # Relax pads are (before, after) per axis, interleaved; ONNX lists all befores, then all afters.
     widths = [w for a in range(rank) for w in (pads[a], pads[rank + a])]
     if any(w < 0 for w in widths):
         return None  # negative pads crop: TVM's conversion
     return bb.normalize(relax.op.nn.pad(x, widths, mode, value))
+
+
+def _constant_value(bb: Any, expr: Any) -> np.ndarray | None:
+    """The value of a constant, or of a DequantizeLinear of constants (ONNX Runtime quantises a Pad's
+    value input), as the float32 numbers ONNX computes; None for anything else."""
+    if isinstance(expr, RelaxVar):
+        bound = bb.lookup_binding(expr)
+        if bound is None:
+            return None
+        expr = bound
+    if isinstance(expr, RelaxConst):
+        return const_value(expr)
+    if isinstance(expr, relax.Call) and op_name(expr) == "relax.dequantize":
+        data, scale, zp = expr.args
+        if all(isinstance(a, RelaxConst) for a in (data, scale, zp)):
+            q, s, z = (const_value(a) for a in (data, scale, zp))
+            return (
+                (q.astype(np.int64) - z.astype(np.int64)).astype(np.float32) * s.astype(np.float32)
+            ).astype(np.float32)
+    return None
 
 
 def provenance(func: Any, var: Any) -> str | None:

@@ -91,7 +91,9 @@ def _restageable(func: _tvm.PrimFunc, option: InPlace, step: str) -> bool:
     extent 1 has no channel loop to move."""
     try:
         make_in_place(func, option.kind, option.axis)
-    except (_tvm.s_tir.ScheduleError, ValueError, TypeError) as exc:
+    except (_tvm.s_tir.ScheduleError, _tvm.tvm.error.InternalError, ValueError) as exc:
+        # TVM's schedule refuses the move, or the moved loops would leave a scratch tensor of the kernel
+        # outside them (InternalError: ill-formed TIR): this kernel cannot be restaged.
         logger.info("in place declined for %s (%s): %s", step, option.kind, str(exc).splitlines()[0])
         return False
     return True
@@ -160,21 +162,18 @@ def _split(
     split = pipeline.run([GroupChains([(list(c.steps), c.spec) for c in chains], prefix=prefix)], fused)
     graph, _ = _ordered_graph(split)
     funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
-    rows = {
-        name for name, f in funcs.items() if str((f.attrs or {}).get(ATTR_PARTIAL, "")).startswith("rows")
-    }
-    lowered: dict[str, _tvm.PrimFunc] = {}
-    if rows:
-        # Row bands finish inside the lowering (RollRowBuffers): a chain it cannot roll declines here,
-        # and the lowered chains are kept for lower_operators.
-        try:
-            done = pipeline.run(
-                pipeline.operator_passes(symbol_prefix=c_ops.OP_PREFIX),
-                _tvm.IRModule({_tvm.GlobalVar(n): funcs[n] for n in sorted(rows)}),
-            )
-        except (_tvm.TVMError, ValueError) as exc:
-            raise ValueError(_tvm.error_summary(exc)) from exc
-        lowered = {gv.name_hint: f for gv, f in done.functions_items()}
+    chained = sorted(name for name, f in funcs.items() if ATTR_PARTIAL in (f.attrs or {}))
+    # The chains are lowered here: a chain the lowering cannot take (row bands finish inside it, in
+    # RollRowBuffers; a TVM check may fail on a restructured chain) declines this candidate with its
+    # reason instead of failing the compile. The lowered chains are kept for lower_operators.
+    try:
+        done = pipeline.run(
+            pipeline.operator_passes(symbol_prefix=c_ops.OP_PREFIX),
+            _tvm.IRModule({_tvm.GlobalVar(n): funcs[n] for n in chained}),
+        )
+    except (_tvm.TVMError, ValueError) as exc:
+        raise ValueError(_tvm.error_summary(exc)) from exc
+    lowered = {gv.name_hint: f for gv, f in done.functions_items()}
     macs = step_macs(split, graph)  # before in-place clones rename the callees
     if in_place:
         graph, _ = inplace.choose(graph, in_place_options(funcs, graph))
@@ -247,7 +246,7 @@ def plan_schedules(
         shared, chosen = inplace.choose(graph, options)
         if chosen:
             plans.append(("in place", shared, macs, 0.0))
-    row_lowered: dict[str, _tvm.PrimFunc] = {}
+    chain_lowered: dict[str, _tvm.PrimFunc] = {}  # chains lowered by _split, for lower_operators
     if partial_execution:
         seen: list[list[partial.Chain]] = []
         # Accumulating chains re-read their consumer's accumulator once per slice: wider slices cost
@@ -262,12 +261,13 @@ def plan_schedules(
             seen.append(chains)
             label = "partial execution" + (f" (accumulating, {width}-channel slices)" if accumulate else "")
             try:
-                split_graph, split_funcs, split_macs, _ = _split(
+                split_graph, split_funcs, split_macs, split_lowered = _split(
                     fused, chains, in_place=in_place, prefix=f"{CHAIN_PREFIX}{len(seen) - 1}_"
                 )
             except ValueError as exc:
                 logger.info("partial execution declined: %s", exc)
                 continue
+            chain_lowered.update(split_lowered)
             funcs = {**funcs, **split_funcs}
             split_macs = _chain_macs(split_graph, split_macs, macs)
             plans.append((label, split_graph, split_macs, partial.overhead(chains, macs)))
@@ -277,16 +277,17 @@ def plan_schedules(
         )
         if rows:
             try:
-                split_graph, split_funcs, split_macs, row_lowered = _split(
+                split_graph, split_funcs, split_macs, split_lowered = _split(
                     fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_"
                 )
             except ValueError as exc:
                 logger.info("row bands declined: %s", exc)
             else:
+                chain_lowered.update(split_lowered)
                 funcs = {**funcs, **split_funcs}
                 split_macs = _chain_macs(split_graph, split_macs, macs)
                 plans.append(("row bands", split_graph, split_macs, partial.row_overhead(rows, graph, macs)))
-    lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], row_lowered)
+    lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], chain_lowered)
     candidates = tuple(
         choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m) + extra)
         for (label, _, m, extra), g in zip(plans, graphs, strict=True)

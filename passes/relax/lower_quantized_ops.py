@@ -76,7 +76,7 @@ class _Lowering:
         """The op as the user knows it: the ONNX node when the importer recorded it, with the Relax op."""
         op = _tvm.op_name(value) if isinstance(value, relax.Call) else type(value).__name__
         node = _tvm.provenance(self.func, var)
-        return f"{node} ({op})" if node else f"{op} ('{_tvm.var_name(var)}')"
+        return node if node else f"{op} ('{_tvm.var_name(var)}')"
 
     # ------------------------------------------------------------------ bindings
     def binding(self, var: Any, value: Any) -> None:
@@ -120,6 +120,12 @@ class _Lowering:
         if all(_is_constant(a) for a in value.args):
             return self.bb.emit(value)  # constants only: FoldConstant evaluates it at compile time
         if op is not None and op not in _INTEGER_SAFE and _is_float(var):
+            floats = [a for a in value.args if isinstance(a, _tvm.RelaxVar) and _is_float(a)]
+            if floats:
+                raise NotInteger(
+                    "it reads a float tensor the model does not quantise (no QuantizeLinear/DequantizeLinear "
+                    "before it), so it would run in float"
+                )
             raise NotInteger("no integer lowering for this operator")
         return self.bb.emit(self.rebuild(value, self.lookup_plain))
 

@@ -4,9 +4,10 @@ A case is a float model (a seed's, or a reducer's candidate), a variant (``quant
 board. ``execute`` writes the model, makes the variant, calls ``tvm_mcu.api.verify`` and turns whatever
 happens into an :class:`Outcome`; it never raises. The verdicts:
 
-- **pass**: the firmware's outputs match the reference (``onnx.reference``) within verify's tolerance
-  (onnxruntime is asked too: a pass it does not confirm keeps its verdict, with the signature
-  "pass:onnxruntime disagrees", and the summary counts it);
+- **pass**: the firmware's outputs match verify's reference (onnxruntime, or ``onnx.reference`` where
+  onnxruntime cannot run the model) within verify's tolerance, or a QDQ model matches operator by
+  operator (``tvm_mcu.qdq_check``); a pass resting on ``onnx.reference`` is checked against onnxruntime
+  too: one it does not confirm keeps its verdict, with the signature "pass:onnxruntime disagrees";
 - **wrong**: the firmware ran and its outputs differ from the reference, and onnxruntime (the second
   reference) does not side with the firmware either;
 - **reference failed**: ``onnx.reference`` raised or disagreed with the firmware while onnxruntime
@@ -224,6 +225,15 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
     try:
         verification = api.verify(target, case.board, build, seed=case.seed)
     except (FirmwareError, VerificationError) as exc:
+        if isinstance(exc, VerificationError) and "no reference interpreter can run" in str(exc):
+            message = _first_line(exc)
+            return Outcome(
+                case,
+                REFERENCE_FAILED,
+                message,
+                f"{REFERENCE_FAILED}:no oracle",
+                seconds=time.perf_counter() - start,
+            )
         verdict = WRONG if isinstance(exc, VerificationError) else CRASH
         return crash_outcome(case, exc, time.perf_counter() - start, verdict)
     except TvmMcuError as exc:
@@ -238,8 +248,15 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
     if misshapen is not None:
         return misshapen
     if verification.passed:
-        message = f"max abs error {report.max_abs_error:.3g}"
-        doubt = _ort_doubts(target, build, case.seed, verification.outputs)
+        message = f"max abs error {report.max_abs_error:.3g} against {report.reference}" + (
+            f" ({report.verdict})" if report.verdict not in ("", "match") else ""
+        )
+        # verify prefers onnxruntime; only a pass that rests on the other oracle needs its opinion.
+        doubt = (
+            ""
+            if report.reference == "onnxruntime"
+            else _ort_doubts(target, build, case.seed, verification.outputs)
+        )
         return Outcome(
             case, PASS, message, f"{PASS}:{ORT_DISAGREES}" if doubt else PASS, doubt, seconds=seconds
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import attrs
 import numpy as np
 
 from tvm_mcu import _tvm, ops
@@ -62,7 +63,7 @@ def _scalar(c: Any) -> float:
 def _broadcast_param(value: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
     value = value.reshape(-1)
     if value.size == 1:
-        return np.broadcast_to(value, shape).copy()
+        return np.full(shape, value[0], dtype=value.dtype)
     bshape = [1] * len(shape)
     bshape[axis] = value.size
     return np.broadcast_to(value.reshape(bshape), shape).copy()
@@ -101,7 +102,10 @@ def _quantize(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
         emitter = EMITTERS.get(src.kind)
         if emitter is None:
             raise NotInteger(f"no integer lowering for {src.kind}")
-        return low.bb.emit(emitter(low.bb, src, out, low.rounding))
+        result = low.bb.emit(emitter(low.bb, src, out, low.rounding))
+        for move in src.post:
+            result = low.bb.emit(relax.Call(move.op, [result, *move.args[1:]], move.attrs, move.ty_args))
+        return result
     if isinstance(src, QTensor):
         return low.bb.emit(requantize(low.bb, src, out, rounding=low.rounding))
     if isinstance(src, Elementwise):
@@ -188,7 +192,13 @@ def _bias_value(other: Any) -> Any:
 def _add(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     a, b = args
     for p, other in ((a, b), (b, a)):
-        if isinstance(p, Pending) and p.kind in ("conv2d", "dense") and p.bias is None and p.act is None:
+        if (
+            isinstance(p, Pending)
+            and p.kind in ("conv2d", "dense")
+            and p.bias is None
+            and p.act is None
+            and not p.post
+        ):
             bias = _bias_value(other)
             if bias is not None and _per_output_channel(p, bias):
                 return Pending(p.kind, p.inputs, p.call, bias=bias)
@@ -237,6 +247,7 @@ def _multiply(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
             isinstance(p, Pending)
             and p.kind in ("conv2d", "dense")
             and p.act is None
+            and not p.post
             and is_float_const(other)
         ):
             k = _np(other).astype(np.float32).reshape(-1)
@@ -285,7 +296,7 @@ def _batch_norm(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     axis = int(call.attrs.axis)
     if low.rounding != fixed_point.ONNX:
         return NotImplemented
-    if isinstance(data, Pending) and data.kind == "conv2d" and data.act is None:
+    if isinstance(data, Pending) and data.kind == "conv2d" and data.act is None and not data.post:
         layout = str(data.call.attrs.out_layout or data.call.attrs.data_layout)
         if axis % 4 != layout.index("C"):
             return NotImplemented
@@ -332,7 +343,8 @@ def _activation_bounds(call: Any) -> tuple[float | None, float | None]:
 def _activation(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     src = args[0]
     if isinstance(src, Pending) and src.act is None and src.kind not in ("clamp",):
-        return Pending(src.kind, src.inputs, src.call, bias=src.bias, act=_activation_bounds(call))
+        # A clamp commutes with data movement (post), so it still fuses into the operator's epilogue.
+        return attrs.evolve(src, act=_activation_bounds(call))
     if isinstance(src, QTensor) and low.rounding == fixed_point.TFLITE:
         # TFLite's standalone RELU/RELU6: requantised to the output, then clamped (its exact arithmetic).
         return Pending("clamp", (src,), call, act=_activation_bounds(call))
@@ -428,7 +440,21 @@ def _layout_op(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     if isinstance(src, QTensor):
         new = low.bb.emit(relax.Call(call.op, [src.var, *call.args[1:]], call.attrs, call.ty_args))
         return QTensor(new, src.scale, src.zero_point, src.dtype)
+    if isinstance(src, Pending):
+        return attrs.evolve(src, post=(*src.post, call))  # moved after the operator, on its integers
+    if isinstance(src, Elementwise) and _is_scalar_function(src):
+        moved = low.bb.emit(relax.Call(call.op, [src.source.var, *call.args[1:]], call.attrs, call.ty_args))
+        source = QTensor(moved, src.source.scale, src.source.zero_point, src.source.dtype)
+        return Elementwise(source, src.fn, src.ops, call)
     return NotImplemented
+
+
+def _is_scalar_function(ew: Elementwise) -> bool:
+    """Whether an element-wise function uses no per-element constants (it then commutes with any
+    data movement of its input)."""
+    grid = np.zeros((2,) + (1,) * len(ew.source.var.ty.shape), dtype=np.float32)
+    with np.errstate(all="ignore"):
+        return bool(np.asarray(ew.fn(grid)).size <= 2)
 
 
 def _astype(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:

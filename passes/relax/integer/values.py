@@ -74,7 +74,8 @@ class Pending:
 
     ``kind`` names the integer operator it becomes; ``inputs`` are QTensors (and QConsts); ``attrs`` are
     the Relax call's attributes; ``bias`` a QConst or float array; ``act`` the float clamp (lo, hi) of a
-    following relu / clip.
+    following relu / clip; ``post`` data-movement calls (reshape, transpose...) applied to its result
+    before the quantize: they commute with the requantisation, so they run on the integer result.
     """
 
     kind: str
@@ -82,6 +83,7 @@ class Pending:
     call: Any = attrs.field(eq=False)  # the original Relax call (attributes, shapes)
     bias: Any = None
     act: tuple[float | None, float | None] | None = None
+    post: tuple[Any, ...] = attrs.field(default=(), eq=False)
 
 
 @attrs.frozen
