@@ -25,6 +25,7 @@ from tvm_mcu.frontend import load_model, random_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
 from prune_bench import methods_section, resource_model_section  # noqa: E402
+from robustness import FUZZ_HEADING, ORT_HEADING, fuzz_section, ort_section  # noqa: E402
 
 # Pruning benchmark: training epochs per method and training images per epoch.
 PRUNING_DOC = "BENCHMARKS_PRUNING.md"
@@ -533,6 +534,14 @@ def onnx_backend_section(tmp: Path) -> list[str]:
     ]
 
 
+# The sections `--only` (and `--compile-time`) can rewrite alone: heading, and the function making it.
+PARTIAL = {
+    "compile-time": (COMPILE_HEADING, compile_time_section),
+    "ort": (ORT_HEADING, ort_section),
+    "fuzz": (FUZZ_HEADING, fuzz_section),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument(
@@ -550,15 +559,22 @@ def main(argv: list[str] | None = None) -> int:
         help="instead, measure only the compile time against depth and rewrite that section of the "
         "file in place (minutes)",
     )
+    p.add_argument(
+        "--only",
+        choices=sorted(PARTIAL),
+        help="instead, measure only this section and rewrite it in the file in place",
+    )
     args = p.parse_args(argv)
     if args.pruning_methods:
         return pruning_methods(Path(args.out or ROOT / "docs" / PRUNING_DOC))
     out = Path(args.out or ROOT / "docs" / "BENCHMARKS.md")
-    if args.compile_time:
+    only = "compile-time" if args.compile_time else args.only
+    if only:
+        heading, make_section = PARTIAL[only]
         with tempfile.TemporaryDirectory() as tmp:
-            section = compile_time_section(Path(tmp))
-        out.write_text(replace_section(out.read_text() if out.is_file() else "", COMPILE_HEADING, section))
-        print(f"wrote the compile-time section of {out}")
+            section = make_section(Path(tmp))
+        out.write_text(replace_section(out.read_text() if out.is_file() else "", heading, section))
+        print(f"wrote the {only} section of {out}")
         return 0
     rows: list[dict[str, object]] = []
     skipped: list[str] = []
@@ -578,12 +594,14 @@ def main(argv: list[str] | None = None) -> int:
         backend = onnx_backend_section(Path(tmp))
         pruning = resource_model_section(Path(tmp))
         depth = compile_time_section(Path(tmp))
+        ort = ort_section(Path(tmp))
+        fuzz = fuzz_section(Path(tmp))
     pruning += [
         "The pruning methods compared at 1/2, 1/4 and 1/8 of the int8 SRAM (accuracy float and int8 on QEMU,",
         f"resources, training time): [{PRUNING_DOC}]({PRUNING_DOC}), written by `make bench-prune` (hours).",
         "",
     ]
-    text = render(rows, skipped) + "\n".join(int8 + ptq + backend + pruning + depth)
+    text = render(rows, skipped) + "\n".join(int8 + ort + ptq + backend + pruning + depth + fuzz)
     out.write_text(text)
     print(f"wrote {out}")
     bad = [r for r in rows if r.get("match") == "NO"]

@@ -409,8 +409,17 @@ def check_against_references(
 
 
 def _is_qdq(model: ImportedModel, rows: tuple[IoRow, ...]) -> bool:
-    return model.format == "onnx" and any(
-        r.scale is not None and np.dtype(r.dtype).kind in "iu" for r in rows
+    """An ONNX model that quantises anything (its outputs may still be float: a quantiser can leave the
+    last operators in float)."""
+    if model.format != "onnx":
+        return False
+    if any(r.scale is not None and np.dtype(r.dtype).kind in "iu" for r in rows):
+        return True
+    import onnx
+
+    return any(
+        n.op_type == "QuantizeLinear" or n.op_type.startswith(("QLinear", "QGemm"))
+        for n in onnx.load_from_string(model.data).graph.node
     )
 
 

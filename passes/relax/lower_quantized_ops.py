@@ -235,6 +235,10 @@ class LowerQuantizedOps:
                     for b in block.bindings:
                         low.binding(b.var, b.value)
                 ret = func.body.body
+                while isinstance(ret, _tvm.RelaxVar) and isinstance(
+                    low.origin.get(ret), relax.Tuple | _tvm.RelaxVar
+                ):
+                    ret = low.origin[ret]  # a tuple of outputs bound to a variable: its fields
                 outs = list(ret.fields) if isinstance(ret, relax.Tuple) else [ret]
                 results = []
                 for o in outs:
@@ -273,6 +277,11 @@ def _output(low: _Lowering, v: Any, o: Any, allow_float: bool) -> Any:
     if isinstance(v, LOWERED):
         if allow_float:
             return low.materialize(o) if isinstance(o, _tvm.RelaxVar) else low.materialize(v)
-        low.problems.append(f"output '{_tvm.var_name(o)}': a float value of a quantised model")
+        src = o
+        while isinstance(low.origin.get(src), _tvm.RelaxVar):  # output aliases: the binding that made it
+            src = low.origin[src]
+        node = _tvm.provenance(low.func, src) if isinstance(src, _tvm.RelaxVar) else None
+        what = f"the output of {node}" if node else f"output '{_tvm.var_name(o)}'"
+        low.problems.append(f"{what}: a float value (the model does not quantise this output)")
         return o
     return v

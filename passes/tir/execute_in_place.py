@@ -29,6 +29,8 @@ def make_in_place(func: PrimFunc, kind: str, axis: int = 3) -> PrimFunc:
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     writer = sblocks.writer_of(sch, func.params[-1])
     channel = _loop_of(sch, writer, axis)
+    if channel is None:
+        raise ValueError(f"the output's axis {axis} has one element: no channel loop to restage")
     loops = list(sch.get_loops(writer))
     outer = loops[: sblocks.position(sch, loops, channel)]
     if kind == "pointwise":

@@ -75,6 +75,12 @@ class Summary:
         return tuple(o for o in self.outcomes if o.verdict == PASS and o.signature != PASS)
 
     @property
+    def integer_only(self) -> tuple[int, int]:
+        """(passes with no float operator, passes) of the quantised variants."""
+        passes = [o for o in self.outcomes if o.verdict == PASS and o.case.variant != "float"]
+        return sum(1 for o in passes if o.float_ops == 0), len(passes)
+
+    @property
     def failures(self) -> int:
         """Wrong outputs, crashes and badly worded refusals: what must be 0."""
         return sum(1 for o in self.outcomes if o.failed)
@@ -92,6 +98,7 @@ class Summary:
             "seconds": round(self.seconds, 1),
             "counts": self.totals,
             "failures": self.failures,
+            "integer_only_passes": list(self.integer_only),
             "bad_refusals": self.bad_refusals,
             "doubted_passes": [{"case": o.case.name, "detail": o.detail} for o in self.doubted_passes],
             "per_variant": self.counts(lambda o: o.case.variant),
@@ -123,6 +130,7 @@ class Summary:
                     "message": o.message,
                     "bad_message": o.bad_message,
                     "signature": o.signature,
+                    "float_ops": o.float_ops,
                     "seconds": round(o.seconds, 2),
                 }
                 for o in self.outcomes
@@ -173,6 +181,16 @@ def render_markdown(summary: Summary) -> str:
         f"Failures (wrong, crash, badly worded refusals): {summary.failures}; refusals: "
         f"{100 * totals[REFUSED] / max(1, len(summary.outcomes)):.1f} % of the models.",
         "",
+        *(
+            [
+                f"Quantised models that passed with integer code only: {summary.integer_only[0]} of "
+                f"{summary.integer_only[1]} (the others kept operators their quantiser left in float, "
+                "compiled with --allow-float).",
+                "",
+            ]
+            if summary.kind != "float"
+            else []
+        ),
         *_table("variant", summary.counts(lambda o: o.case.variant)),
         "",
         *_table("board", summary.counts(lambda o: o.case.board)),

@@ -1,7 +1,8 @@
 """Post-training static quantisation: a float ONNX model plus calibration data -> a standard QDQ ONNX model.
 
-The float model is run sample by sample in ``onnx.reference.ReferenceEvaluator`` (every intermediate
-tensor made a graph output on a copy) to find the range of every activation; then a QDQ model is written
+The float model is run sample by sample in onnxruntime (``onnx.reference`` where onnxruntime cannot run
+it; every intermediate tensor made a graph output on a copy) to find the range of every activation; then
+a QDQ model is written
 with the conventions of TFLite's int8 scheme and onnxruntime's QDQ format:
 
 - weights (Conv: axis 0 of OIHW; Gemm: axis 0 when ``transB=1``, else 1; MatMul with a constant B: axis 1)

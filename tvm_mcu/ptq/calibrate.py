@@ -141,32 +141,27 @@ def _samples(spec: _InputSpec, array: np.ndarray, label: str) -> list[np.ndarray
 def _calibrate(
     model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
 ) -> tuple[dict[str, tuple[float, float]], dict[str, np.dtype[Any]]]:
-    """Min/max of every float tensor over the samples, and the dtype of every tensor."""
-    from onnx.reference import ReferenceEvaluator
+    """Min/max of every float tensor over the samples, and the dtype of every tensor.
 
+    The model runs in onnxruntime (graph optimisations off, so every tensor keeps its name), or in
+    ``onnx.reference`` where onnxruntime cannot run it: each is wrong or missing somewhere (see
+    ``tvm_mcu.reference``).
+    """
     observed = onnx.ModelProto()
     observed.CopyFrom(model)
     outputs = {o.name for o in observed.graph.output}
     for node in observed.graph.node:
         for name in node.output:
             if name and name not in outputs:
-                observed.graph.output.append(onnx.ValueInfoProto(name=name))
+                observed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
                 outputs.add(name)
     names = [o.name for o in observed.graph.output]
-    try:
-        evaluator = ReferenceEvaluator(observed)
-    except Exception as exc:  # onnx.reference raises several types for ops it lacks
-        raise ModelError(f"onnx.reference cannot run the model ({type(exc).__name__}: {exc})") from exc
+    run = _runner(observed)
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
     dtypes: dict[str, np.dtype[Any]] = {}
     for feed in feeds:
-        try:
-            results = evaluator.run(None, feed)
-        except Exception as exc:  # onnx.reference raises several types for bad shapes or ops
-            raise ModelError(
-                f"onnx.reference failed on a calibration sample ({type(exc).__name__}: {exc})"
-            ) from exc
+        results = run(feed)
         for name, value in [*feed.items(), *zip(names, results, strict=True)]:
             value = np.asarray(value)
             dtypes[name] = value.dtype
@@ -179,6 +174,49 @@ def _calibrate(
     for t in model.graph.initializer:
         dtypes[t.name] = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
     return {name: (lo[name], hi[name]) for name in lo}, dtypes
+
+
+def _runner(observed: onnx.ModelProto) -> Any:
+    """``feed -> every output`` by onnxruntime, or by onnx.reference when onnxruntime cannot load it."""
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            observed.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as first:  # onnxruntime lacks a kernel: onnx.reference may have it
+        try:
+            evaluator = ReferenceEvaluator(observed)
+        except Exception as exc:  # noqa: BLE001 -- both interpreters' failures are reported together
+            raise ModelError(
+                f"neither onnxruntime ({type(first).__name__}: {str(first).splitlines()[0]}) nor "
+                f"onnx.reference ({type(exc).__name__}: {exc}) can run the model"
+            ) from exc
+
+        def reference(feed: dict[str, np.ndarray]) -> list[Any]:
+            try:
+                return list(evaluator.run(None, feed))
+            except Exception as exc:  # onnx.reference raises several types for bad shapes or ops
+                raise ModelError(
+                    f"onnx.reference failed on a calibration sample ({type(exc).__name__}: {exc})"
+                ) from exc
+
+        return reference
+
+    def runtime(feed: dict[str, np.ndarray]) -> list[Any]:
+        try:
+            return list(session.run(None, feed))
+        except Exception as exc:  # onnxruntime raises its own types for bad inputs
+            raise ModelError(
+                f"onnxruntime failed on a calibration sample ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    return runtime
 
 
 # ------------------------------------------------------------------------------------------- plan

@@ -43,16 +43,18 @@ def _folded_bias(
     n_out = w_int.shape[o_axis]
     sums = np.moveaxis(w_int.astype(np.int64), o_axis, 0).reshape(n_out, -1)
     pre_shift = 0
-    if p.bias is None:
+    p_bias = p.bias
+    if isinstance(p_bias, QConst) and not _in_accumulator_units(p_bias, x, w_scale):
+        # An integer bias in other units (Gemm's alpha scaled the product, not the bias): its value.
+        p_bias = p_bias.real().reshape(-1)
+    if p_bias is None:
         bias = np.zeros(n_out, dtype=np.int64)
-    elif isinstance(p.bias, QConst):
-        if np.any(p.bias.zero_points != 0):
-            raise NotInteger("the bias has a nonzero zero point")
-        bias = p.bias.values.astype(np.int64).reshape(-1)
+    elif isinstance(p_bias, QConst):
+        bias = p_bias.values.astype(np.int64).reshape(-1)
         if bias.size == 1:
             bias = np.full(n_out, bias[0], dtype=np.int64)
     else:  # a float bias: quantise it with the accumulator's scale, as TFLite's converter does
-        real = np.asarray(p.bias, dtype=np.float64).reshape(-1)
+        real = np.asarray(p_bias, dtype=np.float64).reshape(-1)
         if real.size == 1:
             real = np.full(n_out, real[0])
         pre_shift = _bias_precision(x, w_scale, np.abs(sums).sum(axis=1), real, out)
@@ -68,6 +70,18 @@ def _folded_bias(
     if np.any(np.abs(folded) >= 2**31):
         raise NotInteger("the folded bias overflows int32")
     return folded.astype(np.int32), pre_shift
+
+
+def _in_accumulator_units(bias: QConst, x: QTensor, w_scale: np.ndarray) -> bool:
+    """Whether an integer bias counts units of the accumulator, ``s_in * s_w`` per output channel (as
+    TFLite and ONNX Runtime quantise it), with zero point 0: then its integers add to the sum as they are."""
+    if np.any(bias.zero_points != 0):
+        return False
+    scales = bias.scales.astype(np.float32).reshape(-1)
+    unit = (np.float32(x.scale) * w_scale.astype(np.float32)).astype(np.float32)
+    if scales.size == 1:
+        scales = np.full(unit.shape, scales[0], dtype=np.float32)
+    return scales.shape == unit.shape and bool(np.allclose(scales, unit, rtol=1e-6, atol=0.0))
 
 
 # A float bias rounded to the accumulator's grid may be off by half a unit of it; a unit at most this

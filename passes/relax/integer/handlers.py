@@ -396,6 +396,15 @@ def _pool(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
     }
     if isinstance(src, QTensor):
         return Pending(kinds[op or ""], (src,), call)
+    if op in ("relax.nn.max_pool2d", "relax.max", "relax.min") and isinstance(src, Elementwise):
+        # max(f(x)) = f(max(x)) for a nondecreasing f: the maximum runs on the integers, the table after.
+        if _is_scalar_function(src) and _nondecreasing(src):
+            pooled = low.bb.emit(
+                relax.Call(call.op, [src.source.var, *call.args[1:]], call.attrs, call.ty_args)
+            )
+            source = QTensor(pooled, src.source.scale, src.source.zero_point, src.source.dtype)
+            return Elementwise(source, src.fn, src.ops, call)
+        return NotImplemented
     if op == "relax.nn.avg_pool2d" and isinstance(src, IntAccumulate) and src.call is None:
         return IntAccumulate(src.source, call)
     return NotImplemented
@@ -447,6 +456,18 @@ def _layout_op(low: Lowering, var: Any, call: Any, args: list[Any]) -> Any:
         source = QTensor(moved, src.source.scale, src.source.zero_point, src.source.dtype)
         return Elementwise(source, src.fn, src.ops, call)
     return NotImplemented
+
+
+def _nondecreasing(ew: Elementwise) -> bool:
+    """Whether the function never decreases over the source's dequantised values (then it commutes with
+    a maximum or a minimum)."""
+    lo, hi = QUANTIZED_DTYPES[ew.source.dtype]
+    x = ((np.arange(lo, hi + 1) - ew.source.zero_point) * np.float32(ew.source.scale)).astype(np.float32)
+    with np.errstate(all="ignore"):
+        y = np.asarray(
+            ew.fn(x.reshape((-1,) + (1,) * len(ew.source.var.ty.shape))), dtype=np.float32
+        ).reshape(-1)
+    return bool(np.all(np.diff(y) >= 0))
 
 
 def _is_scalar_function(ew: Elementwise) -> bool:
