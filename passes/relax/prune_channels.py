@@ -83,6 +83,9 @@ def _apply(mod: tvm.IRModule, plan: ChannelPlan, gone: set[int]) -> tvm.IRModule
     remap: dict[Any, Any] = {}
 
     def sub(expr: Any) -> Any:
+        if isinstance(expr, relax.Tuple):
+            # A fresh tuple: a mapped one would keep its old type (concat would see the old channels).
+            return relax.Tuple([sub(f) for f in expr.fields])
         return _tvm.structural_map(expr, [(_tvm.RelaxVar, lambda v: remap.get(v, v))])
 
     attrs = dict(func.attrs) if func.attrs is not None else {}

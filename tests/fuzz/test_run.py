@@ -54,6 +54,7 @@ def _verification(passed: bool) -> SimpleNamespace:
         reference="onnxruntime",
         verdict="match" if passed else "mismatch",
         float_ops=(),
+        library_warnings=(),
     )
     return SimpleNamespace(report=report, outputs=[np.zeros(3, np.float32)], reference=[], passed=passed)
 
@@ -281,3 +282,14 @@ def test_project_frame_is_where_tvm_mcu_called_into_the_failure() -> None:
         api.pack((), [np.zeros(1)])
     assert project_frame(info.value.__traceback__) == "api.py:pack"
     assert project_frame(None) == "?"
+
+
+def test_a_library_that_warns_is_wrong_even_when_its_numbers_are_right(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    verification = _verification(True)
+    verification.report.library_warnings = ("model_ops.c:12: warning: 'x' may be used uninitialized",)
+    monkeypatch.setattr(api, "verify", _verify_returning(verification))
+    o = execute(CASE, MODEL, tmp_path)
+    assert o.verdict == WRONG and o.signature == "wrong:library warning" and o.failed
+    assert "may be used uninitialized" in o.message

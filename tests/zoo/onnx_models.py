@@ -282,6 +282,18 @@ def conv_flatten_fc() -> onnx.ModelProto:
     return g.model([("x", [1, 2, 6, 6])], [("logits", [1, 5])])
 
 
+def concat_into_conv() -> onnx.ModelProto:
+    """Two conv branches concatenated into a 1x1 conv: pruning a branch slices the consumer's input
+    channels at the branch's offset in the concat."""
+    g = _Graph("concat_into_conv", seed=14)
+    x = g.op("Relu", [g.conv("x", 3, 6, 3, pads=[1, 1, 1, 1])])
+    a = g.op("Relu", [g.conv(x, 6, 5, 1)])
+    b = g.op("Relu", [g.conv(x, 6, 4, 3, pads=[1, 1, 1, 1])])
+    y = g.conv(g.op("Concat", [a, b], axis=1), 9, 3, 1)
+    _rename_output(g, y, "y")
+    return g.model([("x", [1, 3, 8, 8])], [("y", [1, 3, 8, 8])])
+
+
 ONNX_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     f.__name__: f
     for f in (
@@ -298,5 +310,6 @@ ONNX_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
         pad_reshape_flatten,
         mobilenet_block,
         conv_flatten_fc,
+        concat_into_conv,
     )
 }

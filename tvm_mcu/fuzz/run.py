@@ -9,7 +9,8 @@ happens into an :class:`Outcome`; it never raises. The verdicts:
   operator (``tvm_mcu.qdq_check``); a pass resting on ``onnx.reference`` is checked against onnxruntime
   too: one it does not confirm keeps its verdict, with the signature "pass:onnxruntime disagrees";
 - **wrong**: the firmware ran and its outputs differ from the reference, and onnxruntime (the second
-  reference) does not side with the firmware either;
+  reference) does not side with the firmware either; or an output's shape is not the model's, or the
+  generated library compiles with a warning;
 - **reference failed**: ``onnx.reference`` raised or disagreed with the firmware while onnxruntime
   agrees with the firmware: the oracle, not the compiler, is wrong;
 - **refused**: a :class:`~tvm_mcu.errors.TvmMcuError` (unsupported op, does not fit...) with its one-line
@@ -254,6 +255,13 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
     misshapen = _misshapen(case, target, build, seconds)
     if misshapen is not None:
         return misshapen
+    if report.library_warnings:
+        # The generated library must build warning-free (-Wall -Wextra): a warning is a compiler bug even
+        # when the numbers come out right.
+        first = report.library_warnings[0]
+        return Outcome(
+            case, WRONG, f"the generated C warns: {first}"[:300], f"{WRONG}:library warning", seconds=seconds
+        )
     if verification.passed:
         message = f"max abs error {report.max_abs_error:.3g} against {report.reference}" + (
             f" ({report.verdict})" if report.verdict not in ("", "match") else ""
