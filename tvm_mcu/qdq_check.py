@@ -17,6 +17,7 @@ onnxruntime's. A segment that is not is an operator tvm-mcu computes wrongly, na
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,29 @@ class SegmentCheck:
         return ", ".join(ops or self.nodes)
 
 
+@attrs.frozen
+class Segments:
+    """The checks, and what tvm-mcu's operators compute when each is fed the others' outputs.
+
+    ``own`` maps each QuantizeLinear output to the integers tvm-mcu's own segments give, run one after
+    another from the model's input (the firmware must equal them exactly: it runs the same operators,
+    only placed in one memory plan and schedule); ``outputs`` maps each graph output to the quantised
+    tensor it dequantises (None for an output that is not a DequantizeLinear of one).
+    """
+
+    checks: tuple[SegmentCheck, ...]
+    own: dict[str, np.ndarray] = attrs.field(eq=False)
+    outputs: tuple[str | None, ...]
+    # Each graph output as onnxruntime computes it from tvm-mcu's own integers (the float operators after
+    # the last quantisation run in onnxruntime on them): what the firmware must give, within float error.
+    own_outputs: tuple[np.ndarray, ...] = attrs.field(eq=False, default=())
+
+
 def check_segments(
     model_data: bytes, feeds: dict[str, np.ndarray], *, workdir: Path | None = None
-) -> list[SegmentCheck]:
+) -> Segments:
     """Every quantised operator of the QDQ (or QOperator) model, compiled alone and compared with
-    onnxruntime on the integers onnxruntime computes for ``feeds``."""
+    onnxruntime on the integers onnxruntime computes for ``feeds``; and run on its own integers."""
     import onnx
 
     from tvm_mcu.frontend import onnx_rewrite
@@ -61,6 +80,9 @@ def check_segments(
     integer_inputs = {i.name for i in model.graph.input if i.type.tensor_type.elem_type in (2, 3)}
     boundaries = {n.output[0] for n in quantize} | integer_inputs
     values = _run(model, [n.output[0] for n in quantize], feeds)
+    # The integers tvm-mcu's own operators give; the model's quantised inputs are quantised by the caller
+    # exactly as onnxruntime quantises them.
+    own: dict[str, np.ndarray] = {i: np.asarray(feeds[i]) for i in integer_inputs if i in feeds}
     checks: list[SegmentCheck] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(workdir) if workdir is not None else Path(tmp)
@@ -68,21 +90,49 @@ def check_segments(
             nodes, inputs = _segment(q, producer, boundaries, inits, list(model.graph.node))
             labels = tuple(f"{n.op_type} '{n.name or n.output[0]}'" for n in nodes)
             if not inputs or all(i not in boundaries for i in inputs):
-                continue  # quantises a float graph input: the caller's conversion, not an operator
+                # Quantises a float graph input: the caller's conversion, not an operator.
+                own[q.output[0]] = values[q.output[0]]
+                continue
             if any(i not in boundaries for i in inputs):
                 checks.append(SegmentCheck(q.output[0], labels, 0, "it reads a float tensor"))
                 continue
             sub = _submodel(model, nodes, inputs, q.output[0], types, f"segment{k}")
-            checks.append(
-                _check(
-                    sub,
-                    labels,
-                    {i: values[i] if i in values else feeds[i] for i in inputs},
-                    values[q.output[0]],
-                    work / f"s{k}",
-                )
+            check, run = _compile(sub, labels, work / f"s{k}")
+            if run is None:
+                checks.append(check)
+                continue
+            got = run([values[i] if i in values else feeds[i] for i in inputs])
+            diff = np.abs(got.astype(np.int32) - values[q.output[0]].astype(np.int32).reshape(got.shape))
+            checks.append(attrs.evolve(check, steps=int(diff.max(initial=0))))
+            if all(i in own for i in inputs):
+                own[q.output[0]] = run([own[i] for i in inputs])
+    dequantised = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    outputs = tuple(o.name if o.name in boundaries else dequantised.get(o.name) for o in model.graph.output)
+    return Segments(tuple(checks), own, outputs, _outputs_from(model, own, feeds))
+
+
+def _outputs_from(
+    model: Any, own: dict[str, np.ndarray], feeds: dict[str, np.ndarray]
+) -> tuple[np.ndarray, ...]:
+    """The graph outputs onnxruntime computes when every quantised tensor in ``own`` holds tvm-mcu's
+    integers: the QuantizeLinear nodes that made them are cut, their outputs become graph inputs."""
+    import onnx
+
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    keep = [n for n in cut.graph.node if not (n.op_type == "QuantizeLinear" and n.output[0] in own)]
+    del cut.graph.node[:]
+    cut.graph.node.extend(keep)
+    elem = {np.dtype("int8"): onnx.TensorProto.INT8, np.dtype("uint8"): onnx.TensorProto.UINT8}
+    given = {i.name for i in cut.graph.input}
+    for name, value in own.items():
+        if name not in given:
+            cut.graph.input.append(
+                onnx.helper.make_tensor_value_info(name, elem[value.dtype], list(value.shape))
             )
-    return checks
+    outputs = [o.name for o in cut.graph.output]
+    values = _run(cut, outputs, {**feeds, **{k: v for k, v in own.items() if k not in feeds}})
+    return tuple(values[o] for o in outputs)
 
 
 def _run(model: Any, outputs: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -145,9 +195,11 @@ def _submodel(
     return sub
 
 
-def _check(
-    sub: Any, labels: tuple[str, ...], feeds: dict[str, np.ndarray], want: np.ndarray, work: Path
-) -> SegmentCheck:
+def _compile(
+    sub: Any, labels: tuple[str, ...], work: Path
+) -> tuple[SegmentCheck, Callable[[list[np.ndarray]], np.ndarray] | None]:
+    """The segment compiled alone and built for the host: a check to fill in, and the function running
+    it (None, with the reason in the check, when it does not compile alone)."""
     from tvm_mcu import compiler
     from tvm_mcu.codegen import model_c
     from tvm_mcu.frontend import load_model
@@ -156,23 +208,27 @@ def _check(
     work.mkdir(parents=True, exist_ok=True)
     path = work / "segment.onnx"
     path.write_bytes(sub.SerializeToString())
+    name = sub.graph.output[0].name
     try:
         model = load_model(path)
         compiled = compiler.compile_module(
             model.mod, model_name="segment", rounding="onnx", in_place=False, partial_execution=False
         )
     except TvmMcuError as exc:
-        return SegmentCheck(sub.graph.output[0].name, labels, 0, f"it does not compile alone ({exc})")
+        return SegmentCheck(name, labels, 0, f"it does not compile alone ({exc})"), None
     model_c.write_library(compiled.library, work / "lib", plan_json=compiled.plan.to_json())
+    lib = build_host_library(work / "lib")
     graph = compiled.graph
     ins, outs = model_c.io_slots(graph, graph.inputs), model_c.io_slots(graph, graph.outputs)
-    packed = bytearray(model_c.packed_bytes(ins))
-    for slot, spec in zip(ins, model.inputs, strict=True):
-        packed[slot.offset : slot.offset + slot.nbytes] = np.ascontiguousarray(feeds[spec.name]).tobytes()
-    raw = run_host_library(build_host_library(work / "lib"), bytes(packed), model_c.packed_bytes(outs))
-    slot = outs[0]
-    got = np.frombuffer(raw[slot.offset : slot.offset + slot.nbytes], np.dtype(slot.dtype)).reshape(
-        slot.shape
-    )
-    diff = np.abs(got.astype(np.int32) - np.asarray(want).astype(np.int32).reshape(got.shape))
-    return SegmentCheck(sub.graph.output[0].name, labels, int(diff.max(initial=0)))
+
+    def run(arrays: list[np.ndarray]) -> np.ndarray:
+        packed = bytearray(model_c.packed_bytes(ins))
+        for slot, a in zip(ins, arrays, strict=True):
+            raw_in = np.ascontiguousarray(a).astype(slot.dtype).tobytes()
+            packed[slot.offset : slot.offset + slot.nbytes] = raw_in
+        raw = run_host_library(lib, bytes(packed), model_c.packed_bytes(outs))
+        slot = outs[0]
+        out = np.frombuffer(raw[slot.offset : slot.offset + slot.nbytes], np.dtype(slot.dtype))
+        return out.reshape(slot.shape)
+
+    return SegmentCheck(name, labels, 0), run
