@@ -82,6 +82,27 @@ def test_candidates_skip_inputs_read_later_and_model_inputs() -> None:
     assert [(c.step, c.input) for c in cands] == [(2, "b")]
 
 
+def test_a_step_whose_output_a_model_output_views_never_runs_in_place() -> None:
+    """y = flatten(mean(c)): mean's output lives in the caller's buffer for y (its view), sized for y;
+    writing it over c's arena buffer would place c there instead, and overflow into the next output
+    (found by the fuzzer: a conv output that was also a model output came back overwritten)."""
+    tensors = [
+        _t("x", 8, "input"),
+        _t("a", 72, "output"),
+        _t("c", 72),
+        _t("m", 36),
+        _t("y", 36, "alias", alias_of="m"),
+    ]
+    steps = [
+        Step("a", "conv", ("x",), "a", "conv2d"),
+        Step("c", "clip", ("a",), "c", "tir_clip"),
+        Step("m", "mean", ("c",), "m", "mean"),
+    ]
+    graph = graphs.graph(steps, tensors, outputs=("y", "a"))
+    options = {"mean": [InPlace("depthwise", 0, 8)], "tir_clip": [InPlace("elementwise", 0, 0)]}
+    assert inplace.candidates(graph, options) == []
+
+
 def test_choose_takes_convolutions_only_where_they_lower_the_peak() -> None:
     graph = _graph()
     options = {"dw": [InPlace("depthwise", 0, 8)]}
@@ -293,3 +314,40 @@ def test_unknown_schedule_is_a_clear_error(tmp_path: Path) -> None:
     model = load_model(write_model("int8_resnet_block", tmp_path))
     with pytest.raises(BadOptionError, match="no 'tiles' schedule; its candidates are: layer by layer"):
         compile_module(model.mod, model_name="m", schedule="tiles")
+
+
+def test_a_chain_its_consumer_reads_through_another_shape_is_declined(tmp_path: Path) -> None:
+    """Found by the fuzzer: depthwise 3x1 conv -> 1x1 conv -> depthwise 3x3 (SAME) -> softmax over the
+    channels on a 3x3 input; the channel-slice candidate met a load with fewer indices than its channel
+    axis (an IndexError). It must decline that candidate and compile the model right."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(294)
+
+    def w(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], group=3),
+        helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"]),
+        helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"], group=4, auto_pad="SAME_UPPER"),
+        helper.make_node("Softmax", ["c3"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "softmax_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 3])],
+        [w("w1", 3, 1, 3, 1), w("b1", 3), w("w2", 4, 3, 1, 1), w("b2", 4), w("w3", 4, 1, 3, 3), w("b3", 4)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "softmax_chain.onnx"
+    onnx.save(model, path)
+    imported = load_model(path)
+    compiled = compile_module(imported.mod, model_name="softmax_chain")
+    lib = host.build_shared(compiled, tmp_path, "softmax_chain")
+    x = random_inputs(imported, 0)
+    from tvm_mcu.reference import reference_outputs
+
+    np.testing.assert_allclose(host.run(lib, compiled, x)[0], reference_outputs(imported, x)[0], atol=1e-5)

@@ -106,6 +106,9 @@ def _reduced_channel_loop(sch: s_tir.Schedule, block: Any, source: Any, axis: in
     blk = sch.get(block)
     loads = loads_of(blk.body, source)
     reduce_vars = {iv.var for iv in blk.iter_vars if int(iv.iter_type) == sblocks.REDUCE}
+    if any(len(ld.indices) <= axis for ld in loads):
+        # It reads the source through another shape (a grouped convolution's reshaped view, say).
+        raise ValueError(f"{blk.name_hint} reads {source.name} with fewer than {axis + 1} indices")
     chosen = {ld.indices[axis] for ld in loads}
     if not loads or len(chosen) != 1 or next(iter(chosen)) not in reduce_vars:
         raise ValueError(f"{blk.name_hint} does not reduce over the channels of {source.name}")

@@ -37,7 +37,9 @@ def candidates(graph: Graph, options: dict[str, list[InPlace]]) -> list[Candidat
             last_read[graph.storage_root(name)] = i
     found = []
     for i, step in enumerate(graph.steps):
-        if step.kind == "copy" or step.in_place or step.output in graph.outputs:
+        # An output that is (or a view of it is) a model output lives in the caller's buffer, sized for
+        # that output: it cannot take over its input's arena buffer (nor the input its slot).
+        if step.kind == "copy" or step.in_place or step.output in graph.outputs or step.output in out_roots:
             continue
         if graph.storage_root(step.output) != step.output:
             continue
