@@ -271,6 +271,15 @@ def reshape_transpose(dtype: str) -> onnx.ModelProto:
     return g.model(y, 0.05, 1)
 
 
+def conv_all_padding(dtype: str) -> onnx.ModelProto:
+    """A dilated conv on a 1x1 input whose every window lies in the padding (found by the fuzzer): the
+    kernel never reads its input, and the library must still build warning-free."""
+    g = _Q(dtype, 19)
+    x = g.input([1, 4, 1, 1], 0.02, -12)
+    y = g.op("Conv", [x, g.weight((3, 4, 3, 3))], dilations=[2, 1], pads=[3, 1, 3, 1], strides=[2, 2])
+    return g.model(y, 0.001, -24)
+
+
 QDQ_OPS: dict[str, Callable[[str], onnx.ModelProto]] = {
     "sigmoid": _unary("Sigmoid", 1 / 256, -128),
     "tanh": _unary("Tanh", 1 / 128, 0),
@@ -298,4 +307,5 @@ QDQ_OPS: dict[str, Callable[[str], onnx.ModelProto]] = {
     "conv_bn_relu": conv_bn_relu,
     "conv_uint8_weights": conv_uint8_weights,
     "reshape_transpose": reshape_transpose,
+    "conv_all_padding": conv_all_padding,
 }
