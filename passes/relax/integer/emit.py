@@ -208,12 +208,18 @@ def _emit_add(bb: Any, p: Pending, out: QType, rounding: str, subtract: bool) ->
     a, b = p.inputs
     if not isinstance(a, QTensor) or not isinstance(b, QTensor):
         raise NotInteger("add of a quantised tensor and a constant is not supported")
-    act_min, act_max = _act_range(p, out)
     kernel, prm = kernels.add_int8, params.add_params(a.scale, b.scale, out.scale)
     if rounding == fixed_point.ONNX:
         even = params.add_params_even(a.scale, b.scale, out.scale)
         if even is not None:  # else exponents too far apart: TFLite's add, within a step
             kernel, prm = kernels.add_int8_even, even
+    return _binary_call(bb, kernel, p, out, "sub_int8" if subtract else "add_int8", subtract=subtract, **prm)
+
+
+def _binary_call(bb: Any, kernel: Any, p: Pending, out: QType, name: str, **extra: Any) -> Any:
+    """An integer kernel of two quantised tensors (broadcast to the call's shape) into ``out``."""
+    a, b = p.inputs
+    act_min, act_max = _act_range(p, out)
     return bb.call_te(
         kernel,
         a.var,
@@ -224,10 +230,9 @@ def _emit_add(bb: Any, p: Pending, out: QType, rounding: str, subtract: bool) ->
         zp_out=out.zero_point,
         act_min=act_min,
         act_max=act_max,
-        subtract=subtract,
         out_dtype=out.dtype,
-        primfunc_name_hint="sub_int8" if subtract else "add_int8",
-        **prm,
+        primfunc_name_hint=name,
+        **extra,
     )
 
 
@@ -241,29 +246,12 @@ def emit_subtract(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
 
 def emit_multiply(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
     a, b = p.inputs
-    m, shift = params.quantize_multiplier(
-        float(
-            np.float64(np.float32(a.scale))
-            * np.float64(np.float32(b.scale))
-            / np.float64(np.float32(out.scale))
-        )
+    real = (
+        np.float64(np.float32(a.scale)) * np.float64(np.float32(b.scale)) / np.float64(np.float32(out.scale))
     )
-    act_min, act_max = _act_range(p, out)
-    return bb.call_te(
-        kernels.mul_int8,
-        a.var,
-        b.var,
-        out_shape=[int(d) for d in p.call.ty.shape],
-        zp_a=a.zero_point,
-        zp_b=b.zero_point,
-        zp_out=out.zero_point,
-        multiplier=m,
-        shift=shift,
-        act_min=act_min,
-        act_max=act_max,
-        rounding=rounding,
-        out_dtype=out.dtype,
-        primfunc_name_hint="mul_int8",
+    m, shift = params.quantize_multiplier(float(real))
+    return _binary_call(
+        bb, kernels.mul_int8, p, out, "mul_int8", multiplier=m, shift=shift, rounding=rounding
     )
 
 
