@@ -194,8 +194,8 @@ REFUSED = {
         r"relax\.nn\.avg_pool2d .*dilation \[2, 2\]",
     ),
     "pad-reflect": (
-        lambda bb, x: bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1], "reflect")),
-        r"relax\.nn\.pad .*pad_mode='reflect'",
+        lambda bb, x: bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1], "circular")),
+        r"relax\.nn\.pad .*pad_mode='circular'",
     ),
     "adaptive-pool-2x2": (
         lambda bb, x: bb.emit(relax.op.nn.adaptive_avg_pool2d(x, (2, 2))),

@@ -371,12 +371,14 @@ def _clip(bb: Any, inputs: list[Any], attrs: dict[str, Any], opset: int) -> Any 
 def _pad(bb: Any, inputs: list[Any], attrs: dict[str, Any], opset: int) -> Any | None:
     """ONNX Pad with constant pads (and value) as one ``R.nn.pad`` (0.27 imports it as a TE kernel
     behind ``call_tir``, opaque to the int8 lowering and the channel analysis); the value may be a
-    DequantizeLinear of a constant (ONNX Runtime quantises it), the pads may name axes (Pad-18). None
-    (TVM's own conversion) for dynamic pads or a mode other than constant (0.27 legalises ``R.nn.pad``
-    in edge mode as a constant pad)."""
+    DequantizeLinear of a constant (ONNX Runtime quantises it), the pads may name axes (Pad-18). The
+    modes reflect, edge and wrap become Relax's reflect, replicate and circular (legalised to TOPI's
+    pads, equal to onnxruntime's) while every pad is within what ONNX allows (reflect: below the axis'
+    size; wrap: at most it). None (TVM's own conversion) for dynamic pads, negative (cropping) pads or
+    a pad beyond those limits."""
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    if mode != "constant":
+    if mode not in _PAD_MODES:
         return None
     x = inputs[0]
     rank = len(x.ty.shape)
@@ -407,7 +409,15 @@ def _pad(bb: Any, inputs: list[Any], attrs: dict[str, Any], opset: int) -> Any |
     widths = [w for a in range(rank) for w in (pads[a], pads[rank + a])]
     if any(w < 0 for w in widths):
         return None  # negative pads crop: TVM's conversion
-    return bb.normalize(relax.op.nn.pad(x, widths, mode, value))
+    limit = {"reflect": -1, "wrap": 0}.get(mode)
+    shape = [int(d) for d in x.ty.shape]
+    if limit is not None and any(w > shape[k // 2] + limit for k, w in enumerate(widths)):
+        return None
+    return bb.normalize(relax.op.nn.pad(x, widths, _PAD_MODES[mode], value))
+
+
+# ONNX Pad's modes and Relax's names for them.
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
 
 
 def _constant_value(bb: Any, expr: Any) -> np.ndarray | None:

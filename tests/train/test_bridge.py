@@ -301,11 +301,11 @@ REFUSALS: dict[str, tuple[Callable[[Any], Any], tuple[int, ...], str, str]] = {
         "float32",
         r"relax\.permute_dims .* for axes \(1, 0, 2, 3\)",
     ),
-    "pad_reflect": (
-        lambda x: relax.op.nn.pad(x, (0, 0, 0, 0, 1, 1, 1, 1), "reflect"),
+    "pad_reflect_channels": (
+        lambda x: relax.op.nn.pad(x, (0, 0, 1, 1, 0, 0, 0, 0), "reflect"),
         (1, 3, 4, 4),
         "float32",
-        r"relax\.nn\.pad .* for pad_mode 'reflect' \(supported: constant\)",
+        r"relax\.nn\.pad .* for pad_mode='reflect' on the channel axis",
     ),
     "pad_of_batch": (
         lambda x: relax.op.nn.pad(x, (1, 0, 0, 0, 0, 0, 0, 0), "constant", 0.0),

@@ -245,16 +245,21 @@ def inception_concat() -> onnx.ModelProto:
 
 
 def pad_reshape_flatten() -> onnx.ModelProto:
-    """Constant Pad (asymmetric, nonzero value), valid conv, Reshape, Transpose, Flatten."""
+    """Pads of every mode tvm-mcu reads: constant (asymmetric, nonzero value), edge and reflect; valid
+    conv, Reshape, Transpose, Flatten."""
     g = _Graph("pad_reshape_flatten", seed=10)
     pads = g.const("pads", np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64))  # N C H W begins, then ends
     y = g.op("Pad", ["x", pads, g.const("pad_value", np.array(0.5, np.float32))], mode="constant")
-    y = g.conv(y, 3, 4, 3)  # 8x8 padded to 11x11 -> 9x9
-    y = g.op("Reshape", [y, g.const("shape", np.array([1, 4, 9, 9], np.int64))])
+    y = g.op("Pad", [y, g.const("edge_pads", np.array([0, 0, 0, 1, 0, 0, 1, 0], np.int64))], mode="edge")
+    y = g.conv(y, 3, 4, 3)  # 8x8 padded to 11x11, then 12x12 -> 10x10
+    y = g.op(
+        "Pad", [y, g.const("reflect_pads", np.array([0, 0, 1, 0, 0, 0, 0, 2], np.int64))], mode="reflect"
+    )
+    y = g.op("Reshape", [y, g.const("shape", np.array([1, 4, 11, 12], np.int64))])
     y = g.op("Transpose", [y], perm=[0, 2, 3, 1])
     y = g.op("Flatten", [y], axis=1)
     _rename_output(g, y, "y")
-    return g.model([("x", [1, 3, 8, 8])], [("y", [1, 324])])
+    return g.model([("x", [1, 3, 8, 8])], [("y", [1, 528])])
 
 
 def mobilenet_block() -> onnx.ModelProto:

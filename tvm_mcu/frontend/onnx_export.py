@@ -245,15 +245,23 @@ def _concat(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
     w.node("Concat", list(parts), out, axis=a.axis)
 
 
+# Relax's pad modes and ONNX's names for them (circular is ONNX's "wrap", opset 19: beyond OPSETS).
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
 def _pad(w: _Writer, call: Any, a: _Attrs, out: str) -> None:
-    _require(a.pad_mode == "constant", f"pad_mode={a.pad_mode!r}; only 'constant' has a rule")
+    mode = str(a.pad_mode)
+    _require(mode in _PAD_MODES, f"pad_mode={mode!r} (ONNX writes it from opset 19 only)")
     x, widths = call.args[0], a.pad_width
     rank = len(_shape(x.ty))
     _require(len(widths) == 2 * rank, f"pad_width {widths} for a rank-{rank} tensor")
     # Relax interleaves (before, after) per axis; ONNX lists every before, then every after.
     pads = np.array(widths[0::2] + widths[1::2], np.int64)
     w.node(
-        "Pad", [w.tensor(x), w.const(pads, "pads"), w.scalar(a.pad_value, _dtype(x))], out, mode="constant"
+        "Pad",
+        [w.tensor(x), w.const(pads, "pads"), w.scalar(a.pad_value, _dtype(x))],
+        out,
+        mode=_PAD_MODES[mode],
     )
 
 

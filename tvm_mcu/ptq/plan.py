@@ -82,11 +82,12 @@ def _check_single_output(node: onnx.NodeProto, g: _Graph) -> str | None:
     return "its Indices output is used" if len([o for o in node.output if o]) > 1 else None
 
 
-def _check_constant_pad(node: onnx.NodeProto, g: _Graph) -> str | None:
+def _check_pad(node: onnx.NodeProto, g: _Graph) -> str | None:
+    """Constant, reflect and edge pads move values without changing them: exact on the integers."""
     mode = _attr(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    if mode != "constant":
-        return f"mode '{mode}' is not quantised (constant only)"
+    if mode not in ("constant", "reflect", "edge"):
+        return f"mode '{mode}' is not quantised (constant, reflect, edge)"
     if len(node.input) > 3 and node.input[3]:
         return "an axes input is not quantised"
     if g.const(node, 1) is None or (len(node.input) > 2 and node.input[2] and g.const(node, 2) is None):
@@ -153,7 +154,7 @@ _RULES: dict[str, _OpRule] = {
     # Max reductions and constant padding move values without changing their scale.
     "GlobalMaxPool": _OpRule(SAME_SCALE, (0,)),
     "ReduceMax": _OpRule(SAME_SCALE, (0,), _check_constant_operands),
-    "Pad": _OpRule(SAME_SCALE, (0,), _check_constant_pad),
+    "Pad": _OpRule(SAME_SCALE, (0,), _check_pad),
 }
 
 

@@ -293,7 +293,9 @@ def _concat(args: Args, a: Attrs) -> torch.Tensor:
 
 @_reads("pad_width", "pad_value", "pad_mode")
 def _pad(args: Args, a: Attrs) -> torch.Tensor:
-    _expect(a, pad_mode="constant")
+    mode = str(a["pad_mode"])
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise NoRule(f"pad_mode={mode!r}")
     x = args[0]
     widths = tuple(a["pad_width"])
     if len(widths) != 2 * x.ndim:
@@ -303,7 +305,13 @@ def _pad(args: Args, a: Attrs) -> torch.Tensor:
         raise NoRule(f"pad_width {widths} (pads the batch axis)")
     # Relax: (before, after) per axis from the first; torch: from the last axis backwards.
     flat = [w for pair in reversed(pairs) for w in pair]
-    return F.pad(x, flat, value=float(a["pad_value"]))
+    if mode == "constant":
+        return F.pad(x, flat, value=float(a["pad_value"]))
+    # torch pads only the spatial axes (the last ndim - 2) in these modes, the same as Relax's TOPI
+    # kernels for pads within the axis' size.
+    if any(pairs[1]) or not 3 <= x.ndim <= 5:
+        raise NoRule(f"pad_mode={mode!r} on the channel axis or a rank-{x.ndim} tensor")
+    return F.pad(x, flat[: 2 * (x.ndim - 2)], mode=mode)
 
 
 @_reads("axis")
