@@ -252,6 +252,20 @@ def test_dynamic_non_batch_dimension_is_refused(tmp_path: Path) -> None:
         load_model(_save(model, tmp_path / "dynamic.onnx"))
 
 
+def test_a_declared_shape_the_operators_contradict_is_the_models_fault(tmp_path: Path) -> None:
+    """A graph output declared 8x8 behind a valid 3x3 conv of an 8x8 input (6x6): refused naming the
+    node and both shapes, before TVM's importer (whose result would disagree with the declaration)."""
+    model = _onnx_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv1")],
+        [_float("x", [1, 3, 8, 8])],
+        [_float("y", [1, 4, 8, 8])],
+        initializers=(_const("w", np.ones((4, 3, 3, 3))),),
+        check=False,
+    )
+    with pytest.raises(ModelError, match=r"declared shape contradicts .*conv1.*\(6\) vs \(8\)"):
+        load_model(_save(model, tmp_path / "wrong_shape.onnx"))
+
+
 def _tflite_sigmoid(tmp_path: Path, *, shape: list[int], signature: list[int] | None) -> Path:
     """A one-op TFLite model whose input and output declare ``shape`` (and ``shape_signature``)."""
     w = TFLiteWriter(seed=0)

@@ -93,6 +93,7 @@ def _load_onnx(path: Path, data: bytes) -> ImportedModel:
     if opset < MIN_ONNX_OPSET:
         model = _upgrade_opset(path, model, opset)
         notes.append(f"converted from ONNX opset {opset} to {UPGRADE_OPSET} with onnx.version_converter")
+    _check_declared_shapes(path, model)
     model, rewritten = onnx_rewrite.rewrite(model)
     notes.extend(rewritten)
     problems = []
@@ -127,6 +128,26 @@ def _load_onnx(path: Path, data: bytes) -> ImportedModel:
         raise ModelError(f"TVM's ONNX importer rejected {path}: {_first_line(exc)}") from exc
     outputs = _relax_outputs(mod, model_outputs(model))
     return ImportedModel(path.stem, path, "onnx", mod, inputs, outputs, data, tuple(notes))
+
+
+def _check_declared_shapes(path: Path, model: Any) -> None:
+    """A model whose declared shapes (graph outputs, value_info) contradict what its operators compute,
+    by ONNX's own shape inference, is the model's fault: a ModelError naming the node. Any other
+    complaint of the inference (an operator it cannot infer, say) is left to the importer."""
+    import onnx
+
+    try:
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        text = " ".join(str(exc).split())
+        if "existing" in text and "differ" in text:
+            detail = text.split("Inference error(s):", 1)[-1].strip()
+            raise ModelError(
+                f"{path}: a declared shape contradicts what the operators compute (ONNX shape "
+                f"inference): {detail}"
+            ) from exc
+    except Exception:  # noqa: BLE001 - the inference's other failures are not this check's concern
+        return
 
 
 def _upgrade_opset(path: Path, model: Any, opset: int) -> Any:
