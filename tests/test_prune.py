@@ -10,7 +10,7 @@ import pytest
 
 from tests.zoo import INT8_MODELS, write_model
 from tvm_mcu import api, cli
-from tvm_mcu.errors import BadOptionError, BudgetError
+from tvm_mcu.errors import BadOptionError, BudgetError, UnsupportedOpError
 from tvm_mcu.prune import MAX_TIGHTEN, Budget, Resources, parse_budget, prune_model, widest_fit
 
 BOARD = "mps2-an386"
@@ -104,6 +104,35 @@ def test_a_tflite_model_is_refused(tmp_path: Path) -> None:
     path = write_model(INT8_MODELS[0], tmp_path)
     with pytest.raises(BadOptionError, match="prune takes a float ONNX model"):
         prune_model(path, board=BOARD, budget=Budget(macs=1), out_path=tmp_path / "x.onnx")
+
+
+def test_an_op_without_an_export_rule_is_refused_at_the_start_naming_its_node(tmp_path: Path) -> None:
+    """Tile compiles (TVM imports it as a TIR kernel) but cannot be written back to ONNX: prune refuses
+    before any measurement, naming the ONNX node, not only the Relax op."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    reps = onnx.numpy_helper.from_array(np.array([1, 1, 2, 1], np.int64), "reps")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"]),
+            helper.make_node("Tile", ["c", "reps"], ["y"], name="t1"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 6])],
+        [w, reps],
+    )
+    path = tmp_path / "tile.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    api.compile_model(path, BOARD, tmp_path / "build")  # compile takes it
+    with pytest.raises(
+        UnsupportedOpError, match=r"prune cannot take tile: Tile 't1' \(relax.call_tir\) \(writing ONNX\)"
+    ):
+        prune_model(path, board=BOARD, budget=Budget(sram=1), out_path=tmp_path / "x.onnx", int8=False)
+    assert not (tmp_path / "x.onnx").exists()
 
 
 @pytest.mark.parametrize("name", ["mobilenet_block", "resnet_block"])

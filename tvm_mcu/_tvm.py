@@ -60,6 +60,7 @@ __all__ = [
     "is_internal_error",
     "from_onnx",
     "provenance",
+    "provenance_name",
     "ATTR_PROVENANCE",
     "from_tflite",
     "relax_const",
@@ -447,6 +448,12 @@ def provenance(func: Any, var: Any) -> str | None:
         return None
     label = table.get(var_name(var))
     return None if label is None else str(label)
+
+
+def provenance_name(func: Any, var: Any) -> str | None:
+    """The name of the ONNX node a binding came from (``conv_7`` of ``Conv 'conv_7'``), if known."""
+    label = provenance(func, var)
+    return None if label is None else label.split(" ", 1)[-1].strip("'")
 
 
 def from_tflite(model: Any) -> IRModule:

@@ -65,12 +65,34 @@ _PART_NAMES = {"export": "writing ONNX", "train": "training", "int8": "the int8 
 
 
 def _check_ops(name: str, mod: _tvm.IRModule, parts: tuple[str, ...]) -> None:
-    found: set[str] = set()
-    _tvm.structural_walk(mod["main"].body, (_tvm.RelaxCall, lambda c: found.add(_tvm.op_name(c) or "")))
-    refused = ops.refusals(parts, sorted(found - {""}))
+    """Refuse, before any work, a model with an op that some part of ``parts`` has no rule for; each
+    refusal names the ONNX node(s) the op came from when the importer recorded them."""
+    func = mod["main"]
+    nodes: dict[str, list[str]] = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            node = _tvm.provenance(func, b.var)
+
+            def seen(call: Any, node: str | None = node) -> None:
+                listed = nodes.setdefault(_tvm.op_name(call) or "", [])
+                if node and node not in listed:
+                    listed.append(node)
+
+            _tvm.structural_walk(b.value, (_tvm.RelaxCall, seen))
+    refused = ops.refusals(parts, sorted(set(nodes) - {""}))
     if refused:
-        listed = "; ".join(f"{op} ({_PART_NAMES[part]}): {reason}" for op, part, reason in refused)
+        listed = "; ".join(
+            f"{_where(op, nodes[op])} ({_PART_NAMES[part]}): {reason}" for op, part, reason in refused
+        )
         raise UnsupportedOpError(f"prune cannot take {name}: {listed}")
+
+
+def _where(op: str, nodes: list[str]) -> str:
+    """``Pad 'p1'`` (relax.call_tir), or the op alone when no ONNX node is known."""
+    if not nodes:
+        return op
+    more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
+    return f"{', '.join(nodes[:3])}{more} ({op})"
 
 
 def parse_budget(text: str) -> Budget:
@@ -107,7 +129,7 @@ class Resources:
     flash: int  # firmware text + rodata + data
     macs: int
     schedule: str
-    bottleneck: str = ""  # the largest activation of the compiled graph
+    bottleneck: str = ""  # the largest activation of the compiled graph ("a conv2d output of 900 B")
 
     def excess(self, budget: Budget) -> list[tuple[str, int, int]]:
         """(resource, value, limit) for each budget exceeded."""
@@ -211,7 +233,7 @@ def measure(
         r.flash_bytes,
         r.macs,
         r.schedule,
-        f"'{biggest.name}' ({biggest.output_bytes} B)" if biggest else "",
+        f"a {biggest.kind} output of {biggest.output_bytes} B" if biggest else "",
     )
 
 
@@ -297,9 +319,11 @@ def prune_model(
             if epochs:
                 best, training = _fine_tune(job, mod, data, epochs, train_limit)
         elif not plan.prunable:
+            pinned = "; ".join(f"{g.label}: {g.reason}" for g in plan.groups[:6])
+            more = f"; and {len(plan.groups) - 6} more" if len(plan.groups) > 6 else ""
             raise BudgetError(
                 f"{imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
-                "prunable channel group:\n" + str(plan)
+                f"prunable channel group ({pinned}{more})"
             )
         else:
             _narrowest(job, budget)

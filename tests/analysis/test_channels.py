@@ -39,7 +39,7 @@ EXPECTED = {
     ],
     "conv_grouped_depthwise": [
         (4, False, "model input 'x'"),
-        (8, False, "grouped convolution 'lv' (groups=2)"),
+        (8, False, "grouped convolution 'conv_3' (groups=2)"),
         (6, False, "model output"),
     ],
     "conv_flatten_fc": [
@@ -52,7 +52,7 @@ EXPECTED = {
     "gemm_head": [
         (8, False, "model input 'x'"),
         (16, True, ""),
-        (10, False, "softmax 'gv' normalises over the channels"),
+        (10, False, "softmax 'softmax_10' normalises over the channels"),
     ],
 }
 
@@ -82,7 +82,7 @@ def test_the_plan_is_deterministic_and_prints(tmp_path: Path) -> None:
     first, second = channel_groups(mod), channel_groups(mod)
     assert str(first) == str(second)
     text = str(first)
-    assert "model output 'gv'" in text and "prunable" in text.splitlines()[0]
+    assert "model output of Gemm 'gemm_60'" in text and "prunable" in text.splitlines()[0]
 
 
 def test_an_op_without_a_rule_ends_its_group_with_the_reason() -> None:

@@ -109,7 +109,7 @@ def test_depthwise_groups_follow_the_channels(tmp_path: Path) -> None:
 def test_flatten_into_dense_drops_each_channels_block_of_features(tmp_path: Path) -> None:
     _, mod = inference_model("conv_flatten_fc", tmp_path)
     plan = channel_groups(mod)
-    conv2 = next(g for g in plan.groups if g.label == "nn.conv2d 'lv5'")
+    conv2 = next(g for g in plan.groups if g.label == "Conv 'conv_8'")
     pruned = PruneChannels(keep={conv2.gid: [1, 3]})(mod)
     shapes = [_tvm.tensor_shape(b.var.ty) for blk in pruned["main"].body.blocks for b in blk.bindings]
     # 2 channels of 3x3 flattened: 18 features; the dense weight keeps the matching 18 rows.

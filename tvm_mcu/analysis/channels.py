@@ -396,6 +396,8 @@ def channel_groups(mod: _tvm.IRModule) -> ChannelPlan:
     ctx = _Ctx()
     binds = bindings(func)
     names = unique_names(binds)
+    # What messages and labels call a binding: the ONNX node it came from, when the importer said.
+    shown = tuple(_tvm.provenance_name(func, b.var) or n for b, n in zip(binds, names, strict=True))
     index = {b.var: i for i, b in enumerate(binds)}
     for p in func.params:
         shape = _shape(p)
@@ -408,7 +410,7 @@ def channel_groups(mod: _tvm.IRModule) -> ChannelPlan:
     tuples = {b.var: list(b.value.fields) for b in binds if isinstance(b.value, relax.Tuple)}
     outputs = [f for r in returned for f in tuples.get(r, [r])]
     for i, b in enumerate(binds):
-        value, name = b.value, names[i]
+        value, name = b.value, shown[i]
         info: Info | None = None
         if isinstance(value, _tvm.RelaxVar):
             info = ctx.info(value)
@@ -428,8 +430,9 @@ def channel_groups(mod: _tvm.IRModule) -> ChannelPlan:
     for out in outputs:
         inf = ctx.info(out)
         if inf is not None:
-            ctx.pin(inf.nodes, f"model output '{_tvm.var_name(out)}'")
-    return _plan(ctx, binds, names, index)
+            node = _tvm.provenance(func, out) if isinstance(out, _tvm.RelaxVar) else None
+            ctx.pin(inf.nodes, f"model output of {node}" if node else f"model output '{_tvm.var_name(out)}'")
+    return _plan(func, ctx, binds, names, index)
 
 
 def _vars_in(expr: Any) -> list[Any]:
@@ -438,7 +441,11 @@ def _vars_in(expr: Any) -> list[Any]:
     return found
 
 
-def _plan(ctx: _Ctx, binds: list[Any], names: tuple[str, ...], index: dict[Any, int]) -> ChannelPlan:
+def _plan(
+    func: Any, ctx: _Ctx, binds: list[Any], names: tuple[str, ...], index: dict[Any, int]
+) -> ChannelPlan:
+    """The groups of ``ctx``'s channel units; a group's label is the ONNX node (``Conv 'conv_7'``) or
+    the Relax op and binding (``nn.conv2d 'lv5'``) of its first tensor, unique within the plan."""
     unit_of = {n: ctx.find(n) for n in range(len(ctx.parent))}
     infos = {index[v]: inf for v, inf in ctx.infos.items() if v in index}
     # Model inputs take the negative indices -1, -2, ... (their channels are never pruned).
@@ -467,14 +474,19 @@ def _plan(ctx: _Ctx, binds: list[Any], names: tuple[str, ...], index: dict[Any, 
     for u in sorted(order, key=lambda u: order[u]):
         by_sig.setdefault(tuple(where[u]), []).append(u)
     groups = []
+    used: set[str] = set()
     for gid, (sig, units) in enumerate(by_sig.items()):
         first = sig[0] if sig else order[units[0]][0] - len(binds)
         if first < 0:
             label = f"input '{label_of[first]}'"
         else:
+            node = _tvm.provenance(func, binds[first].var)
             op = binds[first].value
             kind = (_tvm.op_name(op) or "").removeprefix("relax.") if isinstance(op, relax.Call) else "value"
-            label = f"{kind} '{names[first]}'"
+            label = node or f"{kind} '{names[first]}'"
+        if label in used:
+            label = f"{label} #{gid}"
+        used.add(label)
         reason = next((reasons[u] for u in units if u in reasons), "")
         groups.append(Group(gid, label, tuple(units), tuple(label_of[i] for i in sig), reason))
     return ChannelPlan(tuple(groups), infos, tuple(ctx.sites), unit_of, names, frozenset(ctx.depthwise))
