@@ -10,6 +10,7 @@ from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
 from tvm_mcu.passes.relax.make_integer_interface import MakeIntegerInterface
 from tvm_mcu.passes.relax.raise_tir_calls import RaiseTirCalls
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
+from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
@@ -87,6 +88,10 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         s_tir.transform.StmtSimplify(),
         s_tir.transform.LowerOpaqueBlock(),
         tirx.transform.FlattenBuffer(),
+        # A reduction left undecomposed (inside a row band) initialises its accumulator before its
+        # loops, not behind a first-iteration test; needs LowerOpaqueBlock's explicit ``if``, and runs
+        # before LoopPartition and UnrollLoop copy that ``if``.
+        HoistReductionInit(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
         tirx.transform.VectorizeLoop(False),

@@ -1,1 +1,24 @@
-"""TIR (tensor-level) passes: scheduling for small scratch, the unpacked C calling convention, workspaces."""
+"""TIR (tensor-level) passes: scheduling for small scratch, the unpacked C calling convention, workspaces.
+
+Each is a ``tvm.transform`` module pass; ``tvm_mcu.pipeline`` lists them in order, with the reason for
+each ordering constraint.
+"""
+
+from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
+from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
+from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
+from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
+from tvm_mcu.passes.tir.partial_execution import PartialExecution
+from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
+from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+
+__all__ = [
+    "ExecuteInPlace",
+    "HoistReductionInit",
+    "HoistScratchToWorkspace",
+    "MakeUnpackedAPI",
+    "PartialExecution",
+    "RollRowBuffers",
+    "ScheduleForMcu",
+    "SkipComputedRows",
+]
