@@ -432,6 +432,8 @@ def _per_operator(
     workdir: Path,
     rows: tuple[IoRow, ...],
     outputs: list[np.ndarray],
+    *,
+    allow_float: bool,
 ) -> Checked:
     """A QDQ model whose outputs differ by more than a step: check each quantised operator alone
     (:mod:`tvm_mcu.qdq_check`). The difference is rounding at ties that later layers amplified when every
@@ -442,7 +444,7 @@ def _per_operator(
     from tvm_mcu import qdq_check
 
     feeds = {spec.name: x for spec, x in zip(model.inputs, inputs, strict=True)}
-    segments = qdq_check.check_segments(model.data, feeds, workdir=workdir)
+    segments = qdq_check.check_segments(model.data, feeds, workdir=workdir, allow_float=allow_float)
     wrong = [s for s in segments.checks if s.steps > 1]
     unchecked = [s for s in segments.checks if s.skipped]
     cmp = checked.comparison
@@ -504,7 +506,13 @@ def verify(
     checked = check_against_references(model, inputs, outcome.report.outputs, outcome.outputs)
     if not checked.comparison.passed and _is_qdq(model, outcome.report.outputs):
         checked = _per_operator(
-            model, inputs, checked, compiled.out_dir / "per_operator", outcome.report.outputs, outcome.outputs
+            model,
+            inputs,
+            checked,
+            compiled.out_dir / "per_operator",
+            outcome.report.outputs,
+            outcome.outputs,
+            allow_float=allow_float,
         )
     result = checked.comparison
     report = attrs.evolve(

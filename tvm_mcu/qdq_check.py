@@ -61,10 +61,18 @@ class Segments:
 
 
 def check_segments(
-    model_data: bytes, feeds: dict[str, np.ndarray], *, workdir: Path | None = None
+    model_data: bytes,
+    feeds: dict[str, np.ndarray],
+    *,
+    workdir: Path | None = None,
+    allow_float: bool = False,
 ) -> Segments:
     """Every quantised operator of the QDQ (or QOperator) model, compiled alone and compared with
-    onnxruntime on the integers onnxruntime computes for ``feeds``; and run on its own integers."""
+    onnxruntime on the integers onnxruntime computes for ``feeds``; and run on its own integers.
+
+    ``allow_float``: compile each segment as the whole model was compiled, its operators without an
+    integer lowering in float (a float segment between two quantisations is then checked like the rest).
+    """
     import onnx
 
     from tvm_mcu.frontend import onnx_rewrite
@@ -97,7 +105,7 @@ def check_segments(
                 checks.append(SegmentCheck(q.output[0], labels, 0, "it reads a float tensor"))
                 continue
             sub = _submodel(model, nodes, inputs, q.output[0], types, f"segment{k}")
-            check, run = _compile(sub, labels, work / f"s{k}")
+            check, run = _compile(sub, labels, work / f"s{k}", allow_float=allow_float)
             if run is None:
                 checks.append(check)
                 continue
@@ -196,7 +204,7 @@ def _submodel(
 
 
 def _compile(
-    sub: Any, labels: tuple[str, ...], work: Path
+    sub: Any, labels: tuple[str, ...], work: Path, *, allow_float: bool
 ) -> tuple[SegmentCheck, Callable[[list[np.ndarray]], np.ndarray] | None]:
     """The segment compiled alone and built for the host: a check to fill in, and the function running
     it (None, with the reason in the check, when it does not compile alone)."""
@@ -212,7 +220,12 @@ def _compile(
     try:
         model = load_model(path)
         compiled = compiler.compile_module(
-            model.mod, model_name="segment", rounding="onnx", in_place=False, partial_execution=False
+            model.mod,
+            model_name="segment",
+            rounding="onnx",
+            in_place=False,
+            partial_execution=False,
+            allow_float=allow_float,
         )
     except TvmMcuError as exc:
         return SegmentCheck(name, labels, 0, f"it does not compile alone ({exc})"), None
