@@ -62,8 +62,9 @@ bench-prune: setup
 bench-compile: setup
 	$(PY) bench/run_bench.py --compile-time
 
-# The random-model fuzzer: N seeded CNNs (KIND=float, or int8: each seed quantised by tvm-mcu and by
-# onnxruntime), compiled, run on QEMU and compared; failures reduced. Summary in out/fuzz/KIND/summary.md.
+# The random-model fuzzer: N seeded CNNs (KIND=float; int8: each seed quantised by tvm-mcu and by
+# onnxruntime; prune: each float seed pruned by tvm-mcu prune), compiled, run on QEMU and compared;
+# failures reduced. Summary in out/fuzz/KIND/summary.md.
 N    ?= 100
 KIND ?= float
 JOBS ?= 2

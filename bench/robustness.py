@@ -5,8 +5,8 @@ BatchNormalization, a ResNet with concat and softmax, an odd-shaped CNN, the dem
 onnxruntime's ``quantize_static`` (QDQ and QOperator formats, int8 and uint8 activations), compiled
 without ``--allow-float``, verified on the FPU-less Cortex-M3 and measured on the Cortex-M4.
 
-``fuzz_section``: seeded random CNNs (``tvm_mcu.fuzz``) compiled, run on QEMU and compared, float and
-int8 by both quantisers, counted by verdict.
+``fuzz_section``: seeded random CNNs (``tvm_mcu.fuzz``) compiled, run on QEMU and compared, float,
+int8 by both quantisers and float pruned by ``tvm-mcu prune``, counted by verdict.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ ORT_HEADING = "## Models quantised by ONNX Runtime"
 FUZZ_HEADING = "## Fuzzing"
 FUZZ_FLOAT = 300
 FUZZ_INT8 = 150
+# Each prune case compiles its model about ten times (the width search): fewer seeds.
+FUZZ_PRUNE = 40
 FUZZ_JOBS = 2
 
 
@@ -73,14 +75,16 @@ def ort_section(tmp: Path) -> list[str]:
     ]
 
 
-def fuzz_section(tmp: Path, *, n_float: int = FUZZ_FLOAT, n_int8: int = FUZZ_INT8) -> list[str]:
+def fuzz_section(
+    tmp: Path, *, n_float: int = FUZZ_FLOAT, n_int8: int = FUZZ_INT8, n_prune: int = FUZZ_PRUNE
+) -> list[str]:
     from tvm_mcu.fuzz.campaign import Campaign, Config
     from tvm_mcu.fuzz.run import REFUSED, VERDICTS
     from tvm_mcu.targets.board import list_boards
 
     boards = tuple(b.name for b in list_boards())
     summaries = []
-    for kind, n in (("float", n_float), ("int8", n_int8)):
+    for kind, n in (("float", n_float), ("int8", n_int8), ("prune", n_prune)):
         config = Config(n=n, kind=kind, out_dir=tmp / f"fuzz_{kind}", boards=boards, jobs=FUZZ_JOBS)
         summary = Campaign(config).run()
         print(f"fuzz {kind}: {summary.totals}", flush=True)
@@ -96,7 +100,7 @@ def fuzz_section(tmp: Path, *, n_float: int = FUZZ_FLOAT, n_int8: int = FUZZ_INT
             + " | ".join(str(t[v]) for v in VERDICTS)
             + f" | {s.bad_refusals} | {refused:.1f} % | {s.seconds / 60:.0f} |"
         )
-        if kind != "float":
+        if kind == "int8":
             exact, passed = s.integer_only
             notes.append(
                 f"- int8: {exact} of {passed} passing quantised models are integer-only; the others keep "
@@ -104,7 +108,10 @@ def fuzz_section(tmp: Path, *, n_float: int = FUZZ_FLOAT, n_int8: int = FUZZ_INT
                 "the fuzzer compiles with `--allow-float`."
             )
         for g in s.groups:
-            notes.append(f"- {kind} {g.verdict} x{len(g.outcomes)}: {g.outcomes[0].message}")
+            cases = ", ".join(f"{o.case.seed}/{o.case.variant}" for o in g.outcomes[:6])
+            notes.append(
+                f"- {kind} {g.verdict} x{len(g.outcomes)} (seed/variant {cases}): {g.outcomes[0].message}"
+            )
         for message, count in s.refusals()[:8]:
             notes.append(f"- {kind} refused x{count}: {message}")
     return [
@@ -117,7 +124,9 @@ def fuzz_section(tmp: Path, *, n_float: int = FUZZ_FLOAT, n_int8: int = FUZZ_INT
         "activations, several inputs and outputs, opsets 13 to 21), compiled for the five boards in turn, run on",
         "QEMU and compared with onnxruntime (onnx.reference where it cannot run a model). int8: each seed",
         "quantised by `tvm-mcu quantize` and by onnxruntime's `quantize_static` (QInt8 and QUInt8 activations",
-        "by turns). **wrong**: outputs off the reference (within a step for int8, per operator allowed);",
+        "by turns). prune: each float seed through `tvm-mcu prune` (L1, no training) to 80 % of its SRAM, or of",
+        "its MACs when no width meets that, and the pruned model verified.",
+        "**wrong**: outputs off the reference (within a step for int8, per operator allowed);",
         "**refused**: a one-line TvmMcuError; **bad messages**: refusals naming internals or over several lines.",
         "",
         "| kind | seeds | models | " + " | ".join(VERDICTS) + " | bad messages | refused | minutes |",

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
+from tvm_mcu import api
 from tvm_mcu.fuzz import random_cnn
-from tvm_mcu.fuzz.run import PASS, REFUSED, Case, board_for, execute
+from tvm_mcu.fuzz.quantize import PRUNE
+from tvm_mcu.fuzz.run import PASS, PRUNE_SHARE, REFUSED, Case, board_for, execute
 from tvm_mcu.targets.board import list_boards
 
 FLOAT_SEEDS = (126, 260, 132, 68, 69, 87, 172, 11, 22, 122, 12, 182)
@@ -28,6 +32,8 @@ INT8_CASES = (
     (7, "ort-s8"),
     (119, "ort-u8"),
 )
+# Float seeds through `tvm-mcu prune` (the "prune" kind): one pruned for SRAM, one with nothing to prune.
+PRUNE_SEEDS = (2, 10)
 BOARDS = tuple(b.name for b in list_boards())
 CASES = [Case(s, "float", board_for(s, 0, BOARDS)) for s in FLOAT_SEEDS] + [
     Case(s, v, board_for(s, k, BOARDS)) for k, (s, v) in enumerate(INT8_CASES)
@@ -42,3 +48,32 @@ def test_sample_case(case: Case, tmp_path: Path) -> None:
     assert outcome.verdict == PASS or clean_refusal, (
         f"{outcome.verdict}: {outcome.message}\n{outcome.bad_message}\n{outcome.detail}"
     )
+
+
+def _weights(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+
+
+@pytest.mark.emulator
+def test_a_pruned_seed_is_narrower_and_verifies(tmp_path: Path) -> None:
+    """Seed 2 (its SRAM peak sits on tensors pruning cannot narrow: pruned to 80 % of its MACs): fewer
+    weights and MACs, and the pruned model matches the reference on the board."""
+    seed = PRUNE_SEEDS[0]
+    case = Case(seed, PRUNE, board_for(seed, 0, BOARDS))
+    original = random_cnn(seed)
+    outcome = execute(case, original.SerializeToString(deterministic=True), tmp_path)
+    assert outcome.verdict == PASS, f"{outcome.verdict}: {outcome.message}\n{outcome.detail}"
+    pruned = onnx.load(tmp_path / "pruned.onnx")
+    assert _weights(pruned) < _weights(original)
+    before = api.compile_model(tmp_path / "model.onnx", case.board, tmp_path / "b0").report
+    after = api.compile_model(tmp_path / "pruned.onnx", case.board, tmp_path / "b1").report
+    assert after.macs <= PRUNE_SHARE * before.macs
+
+
+def test_a_seed_with_nothing_to_prune_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Seed 10: every channel group is pinned (its input, its output); one line, each group's reason."""
+    seed = PRUNE_SEEDS[1]
+    case = Case(seed, PRUNE, board_for(seed, 0, BOARDS))
+    outcome = execute(case, random_cnn(seed).SerializeToString(deterministic=True), tmp_path)
+    assert outcome.verdict == REFUSED and not outcome.bad_message, outcome.bad_message
+    assert "no prunable channel group (input 'input': model input 'input'; " in outcome.message

@@ -2,6 +2,7 @@
 
     python -m tvm_mcu.fuzz --n 300 --kind float --out out/fuzz/float
     python -m tvm_mcu.fuzz --n 150 --kind int8 --jobs 2
+    python -m tvm_mcu.fuzz --n 40 --kind prune
     python -m tvm_mcu.fuzz --model repro_12_ort-s8.onnx --variant ort-s8 --board mps2-an386 --seed 12
 
 The first forms run a campaign (see ``campaign.py``) and print the counts; the last runs one case in this

@@ -34,14 +34,14 @@ import onnx
 
 from tvm_mcu.fuzz.generate import random_cnn
 from tvm_mcu.fuzz.pool import CASE_TIMEOUT_S, Task, WorkerPool
-from tvm_mcu.fuzz.quantize import FLOAT
+from tvm_mcu.fuzz.quantize import FLOAT, PRUNE
 from tvm_mcu.fuzz.reduce import DEFAULT_MAX_TESTS, reduce_model
 from tvm_mcu.fuzz.run import Case, Outcome, board_for, int8_variants_for
 from tvm_mcu.fuzz.summary import Repro, Summary, render_markdown, reported, summarise
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("float", "int8")
+KINDS = ("float", "int8", "prune")
 # Where `make` installs the project (the reproduce commands are run from the project's root).
 VENV_BIN = ".venv/bin"
 
@@ -67,7 +67,7 @@ class Config:
 def cases_for(config: Config) -> list[Case]:
     cases = []
     for seed in range(config.start, config.start + config.n):
-        own = (FLOAT,) if config.kind == "float" else int8_variants_for(seed)
+        own = {"float": (FLOAT,), "prune": (PRUNE,)}.get(config.kind) or int8_variants_for(seed)
         variants = config.variants or own
         cases += [Case(seed, v, board_for(seed, k, config.boards)) for k, v in enumerate(variants)]
     return cases

@@ -7,7 +7,9 @@ A variant names how the float model becomes the model the compiler sees:
 - ``ort-s8`` / ``ort-u8``: onnxruntime's ``quantize_static``, QDQ format, int8 weights per channel,
   int8 (QInt8) or uint8 (QUInt8) activations;
 - ``ort-qop-u8``: ``quantize_static`` in QOperator format (QLinearConv, QLinearMatMul...), uint8
-  activations: an optional variant, another import dialect.
+  activations: an optional variant, another import dialect;
+- ``prune``: the float model through ``tvm-mcu prune`` (L1 norms, no training, float figures) to 80 % of
+  its compiled SRAM; the pruned model is the one verified (``run.execute``).
 
 Calibration data is seeded (``np.random.default_rng([seed, 1])``), standard normal like the inputs that
 ``verify`` draws, so the calibrated ranges suit the inputs the model is checked with. Whatever a quantiser
@@ -27,7 +29,8 @@ TVM_MCU = "tvm-mcu"
 ORT_S8 = "ort-s8"
 ORT_U8 = "ort-u8"
 ORT_QOP_U8 = "ort-qop-u8"
-VARIANTS = (FLOAT, TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8)
+PRUNE = "prune"
+VARIANTS = (FLOAT, TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, PRUNE)
 INT8_VARIANTS = (TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8)
 # Enough samples to calibrate ranges that cover most of a standard-normal input's outputs, few enough
 # that calibration takes well under a second on these small models.
@@ -56,7 +59,7 @@ def calibration_data(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]
 def quantize(float_path: Path, variant: str, seed: int, out_path: Path) -> Path:
     """Write the ``variant`` of the float model at ``float_path`` to ``out_path`` (the float model itself
     for ``float``) and return the path the compiler should read."""
-    if variant == FLOAT:
+    if variant in (FLOAT, PRUNE):
         return Path(float_path)
     model = onnx.load(str(float_path))
     calibration = calibration_data(model, seed)

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 
 from tvm_mcu.fuzz.oracle import Departure, first_departure, ort_agrees
-from tvm_mcu.fuzz.quantize import INT8_VARIANTS, quantize
+from tvm_mcu.fuzz.quantize import INT8_VARIANTS, PRUNE, quantize
 
 logger = logging.getLogger(__name__)
 
@@ -226,11 +226,13 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
         return crash_outcome(case, exc, time.perf_counter() - start, QUANTIZER_FAILED)
     build = work_dir / "build"
     try:
+        if case.variant == PRUNE:
+            target = _pruned(target, case.board, work_dir)
         # A quantiser may leave operators in float (ONNX Runtime does not quantise Div, Sub, ...): the
         # compiler must run those correctly too, so int8 cases compile with --allow-float; the summary
         # counts the models that are integer-only.
         verification = api.verify(
-            target, case.board, build, seed=case.seed, allow_float=case.variant != "float"
+            target, case.board, build, seed=case.seed, allow_float=case.variant in INT8_VARIANTS
         )
     except (FirmwareError, VerificationError) as exc:
         if isinstance(exc, VerificationError) and "no reference interpreter can run" in str(exc):
@@ -286,6 +288,43 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
         f"(tolerance {report.tolerance:.3g})"
     )
     return _second_opinion(case, target, build, verification.outputs, ref_error, seconds)
+
+
+# The budget a prune case asks for: this share of the float model's compiled SRAM or, when no width
+# meets that (the peak may sit on tensors no pruning narrows), of its MACs, or any fewer MACs at all.
+PRUNE_SHARE = 0.8
+
+
+def _pruned(model: Path, board: str, work_dir: Path) -> Path:
+    """``tvm-mcu prune`` of the float model to ``PRUNE_SHARE`` of its SRAM as compiled in float, or of
+    its MACs when no width meets that, or to one MAC fewer (L1 norms, no training, float figures: the
+    float model is the one compiled); the pruned model is the one verified. A model prune cannot take,
+    or one no narrower width makes cheaper (nothing to prune), is a TvmMcuError: a refusal."""
+    from tvm_mcu import api
+    from tvm_mcu.errors import BudgetError
+    from tvm_mcu.prune import Budget, prune_model
+
+    report = api.compile_model(model, board, work_dir / "unpruned").report
+    out = work_dir / "pruned.onnx"
+    sram = Budget(sram=max(1, int(PRUNE_SHARE * (report.arena_bytes + report.io_bytes))))
+    macs = Budget(macs=max(1, int(PRUNE_SHARE * report.macs)))
+    fewer = Budget(macs=max(1, report.macs - 1))
+    for k, budget in enumerate((sram, macs, fewer)):
+        try:
+            prune_model(
+                model,
+                board=board,
+                budget=budget,
+                method="l1",
+                out_path=out,
+                int8=False,
+                workdir=work_dir / f"prune{k}",
+            )
+            break
+        except BudgetError:
+            if budget is fewer:
+                raise
+    return out
 
 
 def _misshapen(case: Case, target: Path, build: Path, seconds: float) -> Outcome | None:
