@@ -41,6 +41,10 @@ _LIBS = ("-lm", "-lc", "-lgcc")
 _MEASURE_BYTES = 0x1000_0000
 
 
+# Every operator function of a generated library starts with this (tvm_mcu.codegen.c_ops.OP_PREFIX).
+OP_SYMBOL_PREFIX = "tvmmcu_op_"
+
+
 @attrs.frozen
 class Firmware:
     """A linked firmware image and what the linker placed where."""
@@ -60,6 +64,10 @@ class Firmware:
     # Floating-point support routines linked in (soft-float helpers, libm): empty for integer-only code
     # on a core without an FPU. On FPU cores, inline FPU instructions do not show here.
     float_routines: tuple[str, ...] = ()
+    # Entry addresses of the operator functions (OP_SYMBOL_PREFIX) and the code range [lo, hi) of
+    # tvmmcu_model_run: the instruction counter attributes instructions to each operator call with them.
+    op_entries: tuple[int, ...] = ()
+    driver: tuple[int, int] | None = None
 
 
 def render_linker_script(board: Board) -> str:
@@ -248,7 +256,16 @@ def build_firmware(
         input_bytes=int.from_bytes(io_bytes[:4], "little"),
         output_bytes=int.from_bytes(io_bytes[4:], "little"),
         float_routines=float_routines(image),
+        op_entries=tuple(
+            sorted(s.addr for s in image.symbols.values() if s.name.startswith(OP_SYMBOL_PREFIX) and s.size)
+        ),
+        driver=_code_range(image, "tvmmcu_model_run"),
     )
+
+
+def _code_range(image: ElfImage, name: str) -> tuple[int, int] | None:
+    symbol = image.symbols.get(name)
+    return None if symbol is None or not symbol.size else (symbol.addr, symbol.addr + symbol.size)
 
 
 # The run-time helpers GCC calls for float/double arithmetic without an FPU (ARM EABI and libgcc

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 _PACKAGE = "tvm_mcu.targets"
 _RESULT_LINE = re.compile(r"^tvmmcu: rc=(-?\d+) stack=(\d+)$", re.MULTILINE)
-_COUNTS = re.compile(r"^total=(\d+) roi=(\d+) roi_calls=(\d+)$")
+_COUNTS = re.compile(r"^total=(\d+) roi=(\d+) roi_calls=(\d+)$", re.MULTILINE)
+_STEPS = re.compile(r"^steps=([\d,]*|overflow)$", re.MULTILINE)
 
 
 @attrs.frozen
@@ -45,6 +46,10 @@ class RunResult:
     flash_bytes: int  # Firmware.flash_bytes
     ram_bytes: int  # Firmware.ram_bytes (static; add stack_bytes for the total RAM in use)
     wall_seconds: float  # host time of the QEMU process; not a measure of the target
+    # Instructions of each operator call in the order the driver made them (the operator function and
+    # every routine it calls, to its return); the driver's own instructions are in none. Empty for a
+    # firmware without operator functions (a hand-written library).
+    step_instructions: tuple[int, ...] = ()
 
 
 @functools.cache
@@ -64,9 +69,13 @@ def _plugin_arg(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
-def qemu_command(fw: Firmware, plugin: Path, counts: Path) -> list[str]:
-    """The qemu-system-arm command line that runs ``fw`` with semihosting and the counting plugin."""
+def qemu_command(fw: Firmware, plugin: Path, counts: Path, entries: Path | None = None) -> list[str]:
+    """The qemu-system-arm command line that runs ``fw`` with semihosting and the counting plugin
+    (counting per operator call when ``entries`` names a file of ``fw.op_entries``)."""
     board = fw.board
+    per_step = ""
+    if entries is not None and fw.driver is not None:
+        per_step = f",steps={_plugin_arg(entries)},driver={fw.driver[0]:#x}:{fw.driver[1]:#x}"
     return [
         str(find_toolchain().qemu),
         "-M",
@@ -85,7 +94,8 @@ def qemu_command(fw: Firmware, plugin: Path, counts: Path) -> list[str]:
         "-kernel",
         str(fw.elf),
         "-plugin",
-        f"{_plugin_arg(plugin)},roi_begin={fw.roi_begin:#x},roi_end={fw.roi_end:#x},out={_plugin_arg(counts)}",
+        f"{_plugin_arg(plugin)},roi_begin={fw.roi_begin:#x},roi_end={fw.roi_end:#x},out={_plugin_arg(counts)}"
+        + per_step,
     ]
 
 
@@ -116,7 +126,11 @@ def run_firmware(
         work = Path(tmp)
         (work / "input.bin").write_bytes(input_bytes)
         counts_file = work / "insn_count.txt"
-        cmd = qemu_command(fw, plugin, counts_file)
+        entries = None
+        if fw.op_entries and fw.driver is not None:
+            entries = work / "op_entries.txt"
+            entries.write_text("".join(f"{a:#x}\n" for a in fw.op_entries), encoding="ascii")
+        cmd = qemu_command(fw, plugin, counts_file, entries)
         logger.debug("running %s", cmd)
         start = time.perf_counter()
         try:
@@ -142,7 +156,9 @@ def run_firmware(
                 f"instruction counts{context}"
             )
         output = output_path.read_bytes()
-        counts = _COUNTS.match(counts_file.read_text(encoding="ascii").strip())
+        counts_text = counts_file.read_text(encoding="ascii")
+        counts = _COUNTS.search(counts_text)
+        steps = _STEPS.search(counts_text)
     if len(output) != output_nbytes or counts is None or counts.group(3) != "1":
         raise FirmwareError(
             f"{fw.elf} on {board.name}: output.bin has {len(output)} bytes (expected {output_nbytes}) and "
@@ -159,7 +175,18 @@ def run_firmware(
         flash_bytes=fw.flash_bytes,
         ram_bytes=fw.ram_bytes,
         wall_seconds=wall,
+        step_instructions=_step_counts(steps, fw, context),
     )
+
+
+def _step_counts(found: re.Match[str] | None, fw: Firmware, context: str) -> tuple[int, ...]:
+    if found is None:
+        if fw.op_entries and fw.driver is not None:
+            raise FirmwareError(f"the instruction counter gave no per-operator counts for {fw.elf}{context}")
+        return ()
+    if found.group(1) == "overflow":
+        raise FirmwareError(f"{fw.elf} made more operator calls than the instruction counter records")
+    return tuple(int(n) for n in found.group(1).split(",") if n)
 
 
 def _exit_error(fw: Firmware, status: int, found: re.Match[str] | None, context: str) -> Exception:

@@ -108,6 +108,20 @@ def test_compile_run_verify(tmp_path, capsys):
     )
     ran = json.loads(capsys.readouterr().out)
     assert ran["instructions"] > 0 and ran["stack_bytes"] > 0
+    # Every instruction is in one operator call or in the driver; each call is counted, the convs most.
+    ops = ran["ops"]
+    assert all(op["instructions"] > 0 for op in ops if op["kind"] != "copy")
+    assert sum(op["instructions"] or 0 for op in ops) + ran["driver_instructions"] == ran["instructions"]
+    assert 0 < ran["driver_instructions"] < 20 * len(ops)
+    convs = [op for op in ops if op["macs"]]
+    assert convs and all(
+        op["instructions_per_mac"] == round(op["instructions"] / op["macs"], 3) for op in convs
+    )
+    assert max(ops, key=lambda op: op["instructions"] or 0)["macs"] > 0
+    assert main(["explain", str(out)]) == 0
+    explained = capsys.readouterr().out
+    assert f"instructions (QEMU, not cycles): {ran['instructions']:,}" in explained
+    assert f"{max(op['instructions'] or 0 for op in ops):,}" in explained
     y = np.load(tmp_path / "y.npy")
     assert list(y.shape) == compiled["outputs"][0]["shape"]
 

@@ -241,7 +241,11 @@ def run_compiled(out_dir: Path, inputs: list[np.ndarray]) -> RunOutcome:
     fw = build_firmware(out_dir, board, out_dir / FIRMWARE_DIR)
     out_bytes = max((r.offset + r.bytes for r in report.outputs), default=0)
     result = run_firmware(fw, pack(report.inputs, inputs), out_bytes)
-    report = report.with_run(stack_bytes=result.stack_bytes, instructions=result.instructions)
+    report = report.with_run(
+        stack_bytes=result.stack_bytes,
+        instructions=result.instructions,
+        step_instructions=result.step_instructions,
+    )
     report = attrs.evolve(report, flash_bytes=result.flash_bytes, ram_bytes=result.ram_bytes)
     report.write(out_dir / REPORT)
     return RunOutcome(unpack(report.outputs, result.output), report)
@@ -533,8 +537,12 @@ def verify(
 
 def explain(directory: Path, *, png: Path | None = None) -> tuple[str, Path]:
     """The schedule of a compiled model as a table, and a PNG of live SRAM per step (default
-    ``DIR/schedule.png``), before and after in-place and partial execution, with the budget line."""
+    ``DIR/schedule.png``), before and after in-place and partial execution, with the budget line; after
+    a run (``tvm-mcu run``/``verify``), each step's instructions too."""
     record = explain_mod.read(Path(directory))
+    report_path = Path(directory) / REPORT
+    if report_path.is_file():
+        record = explain_mod.with_run(record, Report.read(report_path))
     text = explain_mod.render_text(record)
     path = explain_mod.plot(record, Path(png) if png else Path(directory) / explain_mod.PLOT)
     return text, path

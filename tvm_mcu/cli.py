@@ -58,9 +58,20 @@ def _print_report(r: Report, as_json: bool) -> None:
 
 
 def _print_ops(r: Report) -> None:
-    print(f"  {'step':<6}{'operator':<14}{'MACs':>12}{'output B':>11}{'scratch B':>11}  name")
+    """One row per step; after a run, its instructions (QEMU, not cycles) and instructions per MAC."""
+    ran = r.instructions is not None and r.driver_instructions is not None
+    extra = f"{'instructions':>14}{'per MAC':>9}" if ran else ""
+    print(f"  {'step':<6}{'operator':<14}{'MACs':>12}{'output B':>11}{'scratch B':>11}{extra}  name")
     for i, op in enumerate(r.ops):
-        print(f"  {i:<6}{op.kind:<14}{op.macs:>12,}{op.output_bytes:>11,}{op.scratch_bytes:>11,}  {op.name}")
+        extra = ""
+        if ran:
+            count = f"{op.instructions:,}" if op.instructions is not None else "-"
+            per_mac = f"{op.instructions_per_mac:.2f}" if op.instructions_per_mac is not None else ""
+            extra = f"{count:>14}{per_mac:>9}"
+        sizes = f"{op.macs:>12,}{op.output_bytes:>11,}{op.scratch_bytes:>11,}"
+        print(f"  {i:<6}{op.kind:<14}{sizes}{extra}  {op.name}")
+    if ran:
+        print(f"  driver and harness: {r.driver_instructions:,} instructions")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -124,6 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"  output '{row.name}' {list(o.shape)} {o.dtype}: {np.array2string(flat[:10], precision=4)}"
                 + (" ..." if flat.size > 10 else "")
             )
+        _print_ops(outcome.report)
     _print_report(outcome.report, args.json)
     return 0
 

@@ -14,6 +14,7 @@ from typing import Any
 from tvm_mcu.compiler import Compiled
 from tvm_mcu.errors import BadOptionError
 from tvm_mcu.passes.tir.partial_execution import parse_spec
+from tvm_mcu.report import Report
 
 SCHEDULE = "schedule.json"
 PLOT = "schedule.png"
@@ -67,6 +68,27 @@ def read(directory: Path) -> dict[str, Any]:
     return record
 
 
+def with_run(record: dict[str, Any], report: Report) -> dict[str, Any]:
+    """``record`` with each step's MACs and, once the model has run, its instructions (report.json)."""
+    if len(report.ops) != len(record["steps"]):
+        return record
+    steps = [
+        {
+            **s,
+            "macs": op.macs,
+            "instructions": op.instructions,
+            "instructions_per_mac": op.instructions_per_mac,
+        }
+        for s, op in zip(record["steps"], report.ops, strict=True)
+    ]
+    return {
+        **record,
+        "steps": steps,
+        "instructions": report.instructions,
+        "driver_instructions": report.driver_instructions,
+    }
+
+
 def render_text(record: dict[str, Any]) -> str:
     lines = [
         f"schedule: {record['schedule']}",
@@ -78,10 +100,16 @@ def render_text(record: dict[str, Any]) -> str:
     ]
     if record.get("sram_budget_bytes"):
         lines.append(f"budget: {record['sram_budget_bytes']:,} B")
+    ran = record.get("instructions") is not None
+    if ran:
+        lines.append(
+            f"instructions (QEMU, not cycles): {record['instructions']:,}, of which "
+            f"{record['driver_instructions']:,} in the driver (calls, copies) and the harness"
+        )
     lines.append("")
     lines.append(
         f"{'#':>3}  {'step':<20} {'kind':<14} {'how':<26} {'out B':>8} {'scratch':>8} "
-        f"{'live B':>9} {'before':>9}"
+        f"{'live B':>9} {'before':>9}" + (f" {'instructions':>12} {'share':>6} {'per MAC':>8}" if ran else "")
     )
     peak = record["peak_bytes"]
     for s in record["steps"]:
@@ -93,7 +121,9 @@ def render_text(record: dict[str, Any]) -> str:
         lines.append(
             f"{s['index']:>3}  {s['name'][:20]:<20} {s['kind'][:14]:<14} {how[:26]:<26} "
             f"{s['output_bytes']:>8,} {s['workspace_bytes']:>8,} {s['live_bytes']:>9,} "
-            f"{s['live_bytes_layer_by_layer']:>9,}{mark}"
+            f"{s['live_bytes_layer_by_layer']:>9,}"
+            + (_instructions(s, record["instructions"]) if ran else "")
+            + mark
         )
     chains = record.get("chains", {})
     if chains:
@@ -106,7 +136,17 @@ def render_text(record: dict[str, Any]) -> str:
                 how = f"axis {chain['axis']}, {chain['slice']}-channel slices"
                 how += ", accumulating" if chain.get("accumulate") else ""
             lines.append(f"  {name} = {' -> '.join(chain['steps'])} ({how})")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _instructions(step: dict[str, Any], total: int) -> str:
+    n = step.get("instructions")
+    if n is None:  # a copy: the driver's memcpy
+        return f" {'-':>12} {'':>6} {'':>8}"
+    per_mac = step.get("instructions_per_mac")
+    return f" {n:>12,} {100 * n / max(total, 1):>5.1f}% " + (
+        f"{per_mac:>8.2f}" if per_mac is not None else f"{'':>8}"
+    )
 
 
 def _short(chain: dict[str, Any]) -> str:

@@ -22,6 +22,10 @@ class OpRow:
     macs: int
     output_bytes: int
     scratch_bytes: int
+    # Set by a run: the instructions of this step's operator call (its function and every routine it
+    # calls; a copy step's memcpy is the driver's), and per MAC.
+    instructions: int | None = None
+    instructions_per_mac: float | None = None
 
 
 def _int_tuple(values: object) -> tuple[int, ...]:
@@ -30,6 +34,10 @@ def _int_tuple(values: object) -> tuple[int, ...]:
 
 def _str_tuple(values: object) -> tuple[str, ...]:
     return tuple(str(v) for v in values)  # type: ignore[attr-defined]
+
+
+def _per_mac(instructions: int, macs: int) -> float | None:
+    return round(instructions / macs, 3) if macs else None
 
 
 @attrs.frozen
@@ -82,6 +90,9 @@ class Report:
     peak_sram_bytes: int | None = None
     instructions: int | None = None
     instructions_per_mac: float | None = None
+    # The instructions in no operator call: the driver's argument set-up and status tests, its copies,
+    # and the harness' 6 around the model call.
+    driver_instructions: int | None = None
     # Set by verify: the largest error against the reference the verdict rests on, its tolerance, the
     # verdict, where the largest error is, and what the oracles said (one could not run the model, the
     # references disagree with each other).
@@ -95,14 +106,35 @@ class Report:
     worst_difference: str = ""
     reference_notes: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
-    def with_run(self, *, stack_bytes: int, instructions: int) -> Report:
-        ipm = round(instructions / self.macs, 3) if self.macs else None
+    def with_run(
+        self, *, stack_bytes: int, instructions: int, step_instructions: tuple[int, ...] = ()
+    ) -> Report:
+        """The figures of one run; ``step_instructions`` are the operator calls' counts in call order
+        (one per step but the copies, which the driver makes itself)."""
+        ops = self.ops
+        driver = None
+        if step_instructions:
+            called = [k for k, op in enumerate(ops) if op.kind != "copy"]
+            if len(called) != len(step_instructions):
+                raise RuntimeError(
+                    f"the firmware made {len(step_instructions)} operator calls; the report has "
+                    f"{len(called)} operator steps"
+                )
+            rows = list(ops)
+            for k, n in zip(called, step_instructions, strict=True):
+                rows[k] = attrs.evolve(
+                    rows[k], instructions=n, instructions_per_mac=_per_mac(n, rows[k].macs)
+                )
+            ops = tuple(rows)
+            driver = instructions - sum(step_instructions)
         return attrs.evolve(
             self,
             stack_bytes=stack_bytes,
             peak_sram_bytes=self.arena_bytes + self.io_bytes + stack_bytes,
             instructions=instructions,
-            instructions_per_mac=ipm,
+            instructions_per_mac=_per_mac(instructions, self.macs),
+            ops=ops,
+            driver_instructions=driver,
         )
 
     def to_json(self) -> dict[str, Any]:

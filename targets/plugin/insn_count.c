@@ -1,10 +1,20 @@
 /* QEMU TCG plugin: exact count of the guest instructions executed, in total and inside the region
- * of interest (ROI) that tvm-mcu's firmware marks with two marker functions.
+ * of interest (ROI) that tvm-mcu's firmware marks with two marker functions, and per operator step.
  *
- * Arguments (all required):
+ * Arguments:
  *   roi_begin=ADDR  entry address of tvmmcu_roi_begin (the Thumb bit is ignored)
  *   roi_end=ADDR    entry address of tvmmcu_roi_end
- *   out=PATH        file that receives `total=<n> roi=<n> roi_calls=<n>` when QEMU exits
+ *   out=PATH        file that receives `total=<n> roi=<n> roi_calls=<n>` when QEMU exits, then a line
+ *                   `steps=<n0>,<n1>,...` when the step arguments are given
+ *   steps=PATH      (optional, with driver=) a file of entry addresses, one per line: the operator
+ *                   functions the model's driver calls
+ *   driver=LO:HI    (optional, with steps=) the driver function's code, [LO, HI)
+ *
+ * Steps: entering one of the `steps` functions while no step is open opens one (a call from inside an
+ * operator, to a helper or another operator function, stays in the open step); the next instruction
+ * executed in the driver closes it. A step's count is everything executed from its function's first
+ * instruction to its return into the driver (the helpers, libgcc and libm routines it calls included);
+ * the driver's own instructions (argument set-up, status tests, copies it makes) are in no step.
  *
  * Every instruction gets an inline 64-bit add when its block is translated, so the count is exact
  * even when a block is left early. The two marker instructions get a callback instead, which takes
@@ -34,12 +44,59 @@ static uint64_t begin_addr;
 static uint64_t end_addr;
 static const char *out_path; /* QEMU keeps argv alive for the plugin's lifetime */
 
+#define MAX_STEP_ENTRIES 4096
+#define MAX_STEPS 65536
+static uint64_t step_entries[MAX_STEP_ENTRIES]; /* sorted */
+static size_t n_step_entries;
+static uint64_t driver_lo;
+static uint64_t driver_hi;
+static int have_driver;
+static uint64_t steps[MAX_STEPS]; /* counts of the steps of the current (then last) ROI */
+static size_t n_steps;
+static int step_overflow;
+static int step_open;
+static uint64_t step_start;
+
 static void on_roi_begin(unsigned int vcpu_index, void *userdata)
 {
     (void)vcpu_index;
     (void)userdata;
     roi_start = total;
     in_roi = 1;
+    n_steps = 0;
+    step_open = 0;
+    step_overflow = 0;
+    total += 1;
+}
+
+static void close_step(void)
+{
+    if (step_open) {
+        if (n_steps < MAX_STEPS) {
+            steps[n_steps++] = total - step_start;
+        } else {
+            step_overflow = 1;
+        }
+        step_open = 0;
+    }
+}
+
+static void on_step_entry(unsigned int vcpu_index, void *userdata)
+{
+    (void)vcpu_index;
+    (void)userdata;
+    if (in_roi && !step_open) {
+        step_open = 1;
+        step_start = total;
+    }
+    total += 1;
+}
+
+static void on_driver(unsigned int vcpu_index, void *userdata)
+{
+    (void)vcpu_index;
+    (void)userdata;
+    close_step();
     total += 1;
 }
 
@@ -48,11 +105,27 @@ static void on_roi_end(unsigned int vcpu_index, void *userdata)
     (void)vcpu_index;
     (void)userdata;
     if (in_roi) {
+        close_step();
         roi = total - roi_start;
         roi_calls += 1;
         in_roi = 0;
     }
     total += 1;
+}
+
+static int is_step_entry(uint64_t vaddr)
+{
+    size_t lo = 0;
+    size_t hi = n_step_entries;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (step_entries[mid] < vaddr) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo < n_step_entries && step_entries[lo] == vaddr;
 }
 
 static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -66,6 +139,10 @@ static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_roi_begin, QEMU_PLUGIN_CB_NO_REGS, NULL);
         } else if (vaddr == end_addr) {
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_roi_end, QEMU_PLUGIN_CB_NO_REGS, NULL);
+        } else if (is_step_entry(vaddr)) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_step_entry, QEMU_PLUGIN_CB_NO_REGS, NULL);
+        } else if (have_driver && vaddr >= driver_lo && vaddr < driver_hi) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_driver, QEMU_PLUGIN_CB_NO_REGS, NULL);
         } else {
             qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &total, 1);
         }
@@ -82,6 +159,13 @@ static void write_counts(qemu_plugin_id_t id, void *userdata)
         return;
     }
     fprintf(f, "total=%" PRIu64 " roi=%" PRIu64 " roi_calls=%" PRIu64 "\n", total, roi, roi_calls);
+    if (have_driver) {
+        fprintf(f, step_overflow ? "steps=overflow" : "steps=");
+        for (size_t i = 0; i < n_steps && !step_overflow; ++i) {
+            fprintf(f, "%s%" PRIu64, i ? "," : "", steps[i]);
+        }
+        fprintf(f, "\n");
+    }
     fclose(f);
 }
 
@@ -95,6 +179,55 @@ static int parse_addr(const char *text, uint64_t *value)
         return -1;
     }
     *value = (uint64_t)v & ~(uint64_t)1; /* Thumb function addresses have bit 0 set */
+    return 0;
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a;
+    const uint64_t y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Reads the step entry addresses of `path`, one C integer literal per line. */
+static int read_step_entries(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "insn_count: cannot read %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[64];
+    while (fgets(line, sizeof line, f) != NULL) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] == '\0') {
+            continue;
+        }
+        if (n_step_entries == MAX_STEP_ENTRIES || parse_addr(line, &step_entries[n_step_entries]) != 0) {
+            fprintf(stderr, "insn_count: %s: bad or too many addresses at '%s'\n", path, line);
+            fclose(f);
+            return -1;
+        }
+        n_step_entries += 1;
+    }
+    fclose(f);
+    qsort(step_entries, n_step_entries, sizeof step_entries[0], compare_u64);
+    return 0;
+}
+
+/* Parses `LO:HI` (C integer literals) into the driver range. */
+static int parse_range(const char *text)
+{
+    char lo[32];
+    const char *colon = strchr(text, ':');
+    if (colon == NULL || (size_t)(colon - text) >= sizeof lo) {
+        return -1;
+    }
+    memcpy(lo, text, (size_t)(colon - text));
+    lo[colon - text] = '\0';
+    if (parse_addr(lo, &driver_lo) != 0 || parse_addr(colon + 1, &driver_hi) != 0 || driver_lo >= driver_hi) {
+        return -1;
+    }
     return 0;
 }
 
@@ -113,8 +246,17 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             have_end = 1;
         } else if (strncmp(arg, "out=", 4) == 0 && arg[4] != '\0') {
             out_path = arg + 4;
+        } else if (strncmp(arg, "steps=", 6) == 0 && arg[6] != '\0') {
+            if (read_step_entries(arg + 6) != 0) {
+                return 1;
+            }
+        } else if (strncmp(arg, "driver=", 7) == 0 && parse_range(arg + 7) == 0) {
+            have_driver = 1;
         } else {
-            fprintf(stderr, "insn_count: bad argument '%s' (expected roi_begin=ADDR, roi_end=ADDR, out=PATH)\n", arg);
+            fprintf(stderr,
+                    "insn_count: bad argument '%s' (expected roi_begin=ADDR, roi_end=ADDR, out=PATH, "
+                    "steps=PATH, driver=LO:HI)\n",
+                    arg);
             return 1;
         }
     }

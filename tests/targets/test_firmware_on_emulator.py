@@ -316,3 +316,64 @@ def test_harness_rejects_an_input_file_of_the_wrong_size(build, tmp_path, nbytes
 def test_input_size_mismatch_is_rejected_before_running(build):
     with pytest.raises(BadOptionError, match="takes 64 input bytes and gives 68 output bytes.*passed 3"):
         run_firmware(build("affine", "mps2-an385"), b"abc", IN_BYTES + 4)
+
+
+# Three operator calls: spin(10), spin(1000) calling spin(5) itself (a nested call stays in its step),
+# a memcpy by the driver (in no step), then spin(100). ``spin`` loops ``n`` times on a volatile.
+STEPS_C = """\
+#include <string.h>
+#include "model.h"
+
+static volatile int32_t sink;
+
+__attribute__((noinline)) int32_t tvmmcu_op_spin(int32_t n)
+{
+    for (int32_t i = 0; i < n; ++i) {
+        sink = sink + i;
+    }
+    return 0;
+}
+
+__attribute__((noinline)) int32_t tvmmcu_op_outer(int32_t n)
+{
+    tvmmcu_op_spin(5);
+    return tvmmcu_op_spin(n);
+}
+
+int32_t tvmmcu_model_run(const void *input, void *output)
+{
+    if (tvmmcu_op_spin(10) != 0) {
+        return 1;
+    }
+    if (tvmmcu_op_outer(1000) != 0) {
+        return 2;
+    }
+    memcpy(output, input, TVMMCU_OUTPUT_BYTES);
+    if (tvmmcu_op_spin(100) != 0) {
+        return 3;
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("board", ["mps2-an385", "mps2-an386"], ids=["an385", "an386"])
+def test_instructions_are_attributed_to_each_operator_call(tmp_path, board):
+    fw = build_firmware(write_lib(tmp_path, "steps", STEPS_C), load_board(board), tmp_path / "out")
+    assert len(fw.op_entries) == 2 and fw.driver is not None
+    result = run_firmware(fw, bytes(range(IN_BYTES)), IN_BYTES)
+    assert result.output == bytes(range(IN_BYTES))
+    first, nested, last = result.step_instructions
+    # The loop body costs the same per iteration in every call: the counts grow with n alone.
+    per_iteration = (last - first) / 90
+    assert per_iteration >= 3 and per_iteration == int(per_iteration)
+    assert nested == pytest.approx(first + 995 * per_iteration, abs=40)  # + the outer call's frame
+    driver = result.instructions - sum(result.step_instructions)
+    assert IN_BYTES // 4 <= driver < 200  # the copy and the calls, not the loops
+
+
+def test_the_counter_finds_the_functions_the_code_generator_names():
+    from tvm_mcu.codegen import c_ops
+    from tvm_mcu.targets.firmware import OP_SYMBOL_PREFIX
+
+    assert c_ops.OP_PREFIX == OP_SYMBOL_PREFIX
