@@ -79,19 +79,36 @@ def build_kernel(lowered: Any, directory: Path, symbol: str) -> tuple[Any, int]:
     its workspace size. Each call builds under a fresh file name: dlopen hands back an already loaded
     library of the same path.
     """
-    from tvm_mcu.codegen import c_ops
-
-    source, _ = c_ops.kernels_source(lowered)
+    source = kernel_source(lowered)
     gcc = shutil.which("gcc")
     assert gcc is not None, "host gcc is missing (make setup installs it)"
     directory.mkdir(parents=True, exist_ok=True)
     n = len(list(directory.glob("kernel*.so")))
     c, so = directory / f"kernel{n}.c", directory / f"kernel{n}.so"
-    c.write_text("#include <stdint.h>\n#include <stdbool.h>\n#include <math.h>\n" + source)
+    c.write_text("#include <stdint.h>\n#include <stdbool.h>\n#include <math.h>\n" + _helpers(source) + source)
     subprocess.run([gcc, "-O2", "-shared", "-fPIC", str(c), "-o", str(so), "-lm"], check=True)
     fn = getattr(ctypes.CDLL(str(so)), symbol)
     ws = int(lowered["main"].attrs["tvmmcu.workspace_bytes"])
     return fn, ws
+
+
+def kernel_source(lowered: Any) -> str:
+    """The C of a lowered operator module, as the library has it."""
+    from tvm_mcu.codegen import c_ops
+
+    return c_ops.kernels_source(lowered)[0]
+
+
+def _helpers(source: str) -> str:
+    """The text of the helper headers ``source`` calls (the library ships them as files)."""
+    from tvm_mcu.passes.relax.integer import fixed_point
+    from tvm_mcu.passes.tir import dot_kernels
+
+    texts = []
+    for module in (fixed_point, dot_kernels):
+        if module.HELPER_PREFIX in source:
+            texts.append(module.HEADER_TEXT)
+    return "\n".join(texts)
 
 
 def call_kernel(fn: Any, arrays: list[np.ndarray], workspace_bytes: int) -> None:

@@ -18,6 +18,7 @@ from tvm.ir import IRModule
 
 __all__ = [
     "Analyzer",
+    "detect_linear_equation",
     "tvm",
     "relax",
     "tirx",
@@ -93,6 +94,7 @@ DeclBuffer = tirx.DeclBuffer
 
 # CodeGenCHost; target strings such as "c -mcpu=..." are rejected in 0.27, targets are dicts.
 # Integer-set analysis (tvm.arith before 0.27).
+from tvm.sym import detect_linear_equation  # noqa: E402
 from tvm.sym.analyzer import Analyzer  # noqa: E402
 
 C_TARGET = tvm.target.Target({"kind": "c"})

@@ -20,6 +20,7 @@ from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupC
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_integer_interface import io_quantization
+from tvm_mcu.passes.tir import dot_kernels
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.execute_in_place import make_in_place
@@ -351,15 +352,22 @@ def compile_module(
     macs = sched.macs[picked.label]
     lowered = _only(lowered, graph)
     kernels, prototypes = c_ops.kernels_source(lowered)
-    helpers = fixed_point.HELPER_PREFIX in kernels
+    # The headers of helpers the kernels call (each only when called).
+    headers = {
+        header: text
+        for prefix, header, text in (
+            (fixed_point.HELPER_PREFIX, fixed_point.HEADER_NAME, fixed_point.HEADER_TEXT),
+            (dot_kernels.HELPER_PREFIX, dot_kernels.HEADER_NAME, dot_kernels.HEADER_TEXT),
+        )
+        if prefix in kernels
+    }
     files = {
         "model.h": model_c.emit_model_h(graph, plan, model_name=model_name),
         "model.c": model_c.emit_model_c(graph, plan, model_name=model_name, op_prefix=c_ops.OP_PREFIX),
         "model_ops.h": model_c.emit_ops_h(prototypes),
-        "model_ops.c": model_c.emit_ops_c(kernels, includes=[fixed_point.HEADER_NAME] if helpers else []),
+        "model_ops.c": model_c.emit_ops_c(kernels, includes=list(headers)),
     }
-    if helpers:
-        files[fixed_point.HEADER_NAME] = model_c.BANNER + fixed_point.HEADER_TEXT
+    files.update({header: model_c.BANNER + text for header, text in headers.items()})
     ops = tuple(
         OpInfo(
             s.name, s.kind, s.callee, macs.get(s.name, 0), graph.tensors[s.output].nbytes, s.workspace_bytes

@@ -15,6 +15,7 @@ from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspac
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 
 
 def graph_passes(*, allow_float: bool = False, rounding: str = "tflite") -> list[tvm.transform.Pass]:
@@ -92,6 +93,10 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         # loops, not behind a first-iteration test; needs LowerOpaqueBlock's explicit ``if``, and runs
         # before LoopPartition and UnrollLoop copy that ``if``.
         HoistReductionInit(),
+        # Innermost integer reductions over contiguous operands become dot-product micro-kernel calls;
+        # needs flat indices and the accumulator's initialisation hoisted (so the loop holds only the
+        # multiply-accumulate), and runs before LoopPartition and UnrollLoop split or unroll the loop.
+        UseDotKernels(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
         tirx.transform.VectorizeLoop(False),

@@ -19,8 +19,9 @@ _DROP = (
     re.compile(r"^#endif$"),
     re.compile(r"^#include <(math|stdbool)\.h>$"),
 )
-# Prototypes CodeGenC emits for the C library functions it calls (expf, ...): <math.h> declares them.
-_LIBM_PROTO = re.compile(r"^TVM_DLL \w+ \w+\([\w, ]*\);$")
+# Prototypes CodeGenC emits for the C functions it calls (expf, ..., the helpers): <math.h> and the
+# helper headers declare them.
+_LIBM_PROTO = re.compile(r"^TVM_DLL \w+ \w+\([\w, *]*\);$")
 _OP_PROTO = re.compile(rf"^TVM_DLL (int32_t {OP_PREFIX}\w+\(.*\));$")
 # A scratch buffer carved out of the workspace argument (HoistScratchToWorkspace): distinct scratch
 # buffers never overlap each other, the operator's tensors or its weights, so each such pointer is

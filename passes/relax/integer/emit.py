@@ -141,6 +141,19 @@ def _multipliers(x: QTensor, w_scale: np.ndarray, out_scale: float) -> tuple[np.
     return params.quantize_multipliers(params.effective_scale(x.scale, w_scale, out_scale))
 
 
+def _reduction_contiguous(
+    w: np.ndarray, kernel_layout: str, data_layout: str, groups: int
+) -> tuple[np.ndarray, str]:
+    """The weights of an NHWC convolution laid out OHWI at compile time (same values, same flash): each
+    output channel's taps then run along the input channels contiguously, as they do in the input, so
+    the innermost reduction is a dot product of two contiguous vectors (UseDotKernels). Other layouts
+    and grouped convolutions keep theirs."""
+    if data_layout != "NHWC" or groups != 1 or sorted(kernel_layout) != sorted("OHWI"):
+        return w, kernel_layout
+    perm = [kernel_layout.index(axis) for axis in "OHWI"]
+    return np.ascontiguousarray(w.transpose(perm)), "OHWI"
+
+
 def emit_conv2d(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
     x, w = p.inputs
     a = p.call.attrs
@@ -152,6 +165,7 @@ def emit_conv2d(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
     bias, pre_shift = _folded_bias(p, x, w_int, w_scale, o_axis, out)
     m, shift = _multipliers(x, w_scale / np.float32(1 << pre_shift), out.scale)
     act_min, act_max = _act_range(p, out)
+    w_int, kernel_layout = _reduction_contiguous(w_int, kernel_layout, str(a.data_layout), int(a.groups))
     return bb.call_te(
         kernels.conv2d_int8,
         x.var,

@@ -1,0 +1,115 @@
+"""The integer dot-product micro-kernels the generated library ships, and the TIR calls to them.
+
+They are ``static inline`` C functions in a header of the library (:data:`HEADER_NAME`, text
+:data:`HEADER_TEXT`), like the fixed-point helpers; :class:`~tvm_mcu.passes.tir.use_dot_kernels.
+UseDotKernels` replaces a convolution's or dense layer's innermost reduction loop with a call.
+
+On a core with the DSP extension (``__ARM_FEATURE_DSP``: Cortex-M4, M7, M33 built with DSP) each word
+of four int8 values is split by SXTB16 into two pairs of int16 (bytes 0 and 2; with ROR 8, bytes 1 and
+3) and SMLAD adds both pairs' products to the accumulator: two multiply-accumulates per instruction,
+four per pair of 32-bit loads. Elsewhere (Cortex-M3, the M33 of mps2-an521 built ``+nodsp``, the host
+the tests run on) the same functions are plain C loops. Both are exact: the products and the sum are
+the C loop's, wrapping modulo 2**32 like it. Loads go through ``memcpy`` of 4 bytes, which GCC emits as
+one LDR: Armv7-M and Armv8-M mainline allow an unaligned LDR, so a slice of any channel offset works.
+"""
+
+from __future__ import annotations
+
+HEADER_NAME = "tvmmcu_dot.h"
+# Functions of the header, so codegen can tell whether a library needs it.
+HELPER_PREFIX = "tvmmcu_dot_"
+
+# C function for (data dtype, weight dtype): acc + sum over k < n of x[k] * w[k].
+DOT = {("int8", "int8"): "tvmmcu_dot_s8s8", ("uint8", "int8"): "tvmmcu_dot_u8s8"}
+# acc + value * sum over k < n of w[k]: the taps of a window that lie in the padding.
+SUM = {"int8": "tvmmcu_dot_sum_s8"}
+
+HEADER_TEXT = """\
+/* Integer dot products for the convolution and dense kernels: acc + sum of x[k] * w[k] for k < n.
+ * With the DSP extension, SXTB16/UXTB16 widen a word of four 8-bit values to two pairs of 16-bit
+ * values and SMLAD adds both products of a pair at once; without it, a plain loop. Both wrap modulo
+ * 2**32 exactly as the C loop they replace. Loads of 4 bytes may be unaligned (LDR allows it on
+ * Armv7-M and Armv8-M mainline). */
+#ifndef TVMMCU_DOT_H
+#define TVMMCU_DOT_H
+
+#include <stdint.h>
+#include <string.h>
+
+static inline uint32_t tvmmcu_dot_word(const void *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+#if defined(__ARM_FEATURE_DSP)
+/* Bytes 0 and 2 of x, sign- (s) or zero-extended (u) to two halfwords; rotated by 8: bytes 1 and 3. */
+static inline uint32_t tvmmcu_dot_s02(uint32_t x) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1" : "=r"(r) : "r"(x));
+  return r;
+}
+static inline uint32_t tvmmcu_dot_s13(uint32_t x) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+  return r;
+}
+static inline uint32_t tvmmcu_dot_u02(uint32_t x) {
+  uint32_t r;
+  __asm__("uxtb16 %0, %1" : "=r"(r) : "r"(x));
+  return r;
+}
+static inline uint32_t tvmmcu_dot_u13(uint32_t x) {
+  uint32_t r;
+  __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+  return r;
+}
+/* acc + a.lo * b.lo + a.hi * b.hi (signed halfwords), modulo 2**32. */
+static inline int32_t tvmmcu_dot_smlad(uint32_t a, uint32_t b, int32_t acc) {
+  int32_t r;
+  __asm__("smlad %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
+  return r;
+}
+#endif
+
+/* The two kernels in one body: x holds int8 (x_unsigned = 0) or uint8 values; each caller passes a
+ * constant, so the compiler keeps only its half. */
+static inline int32_t tvmmcu_dot_x8s8(const void *x, const int8_t *w, int32_t n, int32_t acc,
+                                      int x_unsigned) {
+  const int8_t *xs = (const int8_t *)x;
+  const uint8_t *xu = (const uint8_t *)x;
+  int32_t k = 0;
+#if defined(__ARM_FEATURE_DSP)
+  for (; k + 4 <= n; k += 4) {
+    const uint32_t a = tvmmcu_dot_word(xu + k);
+    const uint32_t b = tvmmcu_dot_word(w + k);
+    acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u02(a) : tvmmcu_dot_s02(a), tvmmcu_dot_s02(b), acc);
+    acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u13(a) : tvmmcu_dot_s13(a), tvmmcu_dot_s13(b), acc);
+  }
+#endif
+  for (; k < n; ++k) {
+    const int32_t v = x_unsigned ? (int32_t)xu[k] : (int32_t)xs[k];
+    acc = (int32_t)((uint32_t)acc + (uint32_t)(v * (int32_t)w[k]));
+  }
+  return acc;
+}
+
+static inline int32_t tvmmcu_dot_s8s8(const int8_t *x, const int8_t *w, int32_t n, int32_t acc) {
+  return tvmmcu_dot_x8s8(x, w, n, acc, 0);
+}
+
+static inline int32_t tvmmcu_dot_u8s8(const uint8_t *x, const int8_t *w, int32_t n, int32_t acc) {
+  return tvmmcu_dot_x8s8(x, w, n, acc, 1);
+}
+
+/* acc + value * (w[0] + ... + w[n - 1]): a window's taps in the padding, which hold the zero point. */
+static inline int32_t tvmmcu_dot_sum_s8(const int8_t *w, int32_t n, int32_t value, int32_t acc) {
+  int32_t sum = 0;
+  for (int32_t k = 0; k < n; ++k) {
+    sum += w[k];
+  }
+  return (int32_t)((uint32_t)acc + (uint32_t)sum * (uint32_t)value);
+}
+
+#endif
+"""

@@ -1,0 +1,253 @@
+"""UseDotKernels: an integer reduction over contiguous data and weights becomes a dot-product call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm_mcu._tvm import (
+    Analyzer,
+    PrimFunc,
+    TensorLoad,
+    detect_linear_equation,
+    structural_equal,
+    structural_map,
+    structural_walk,
+    tirx,
+    tvm,
+)
+from tvm_mcu.passes.tir.dot_kernels import DOT, SUM
+
+ATTR_DONE = "tvmmcu.dot_kernels"
+
+
+def _uses(expr: Any, var: Any) -> bool:
+    found: list[Any] = []
+    structural_walk(expr, (tirx.Var, lambda v: found.append(v) if v.same_as(var) else None))
+    return bool(found)
+
+
+def _strip_cast(expr: Any) -> Any | None:
+    """``x`` of ``int32(x)``, or None."""
+    if isinstance(expr, tirx.Cast) and str(expr.ty) == "int32":
+        return expr.value
+    return None
+
+
+def _contiguous(load: Any, var: Any) -> Any | None:
+    """``buf[base]`` (the element at the loop's first iteration, 0) when ``load`` reads a flat buffer at
+    ``base + var``; None otherwise."""
+    if not isinstance(load, TensorLoad) or len(load.indices) != 1:
+        return None
+    coeffs = detect_linear_equation(load.indices[0], [var])
+    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or int(coeffs[0]) != 1:
+        return None
+    base = coeffs[1]
+    if _uses(base, var):
+        return None
+    return tirx.BufferLoad(load.source, [base])
+
+
+def _conjuncts(cond: Any) -> list[Any]:
+    if isinstance(cond, tirx.And):
+        return _conjuncts(cond.a) + _conjuncts(cond.b)
+    return [cond]
+
+
+def _bound(test: Any, var: Any) -> tuple[str, Any] | None:
+    """("lo", L) for a test equivalent to ``var >= L``, ("hi", U) for ``var < U``; None when ``test``
+    is not a comparison linear in ``var`` with coefficient 1 or -1."""
+    kinds = {tirx.LT: "<", tirx.LE: "<=", tirx.GT: ">", tirx.GE: ">="}
+    op = next((o for t, o in kinds.items() if isinstance(test, t)), None)
+    if op is None:
+        return None
+    coeffs = detect_linear_equation(test.a - test.b, [var])  # test: c * var + d (op) 0
+    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or _uses(coeffs[1], var):
+        return None
+    c, d = int(coeffs[0]), coeffs[1]
+    one = tirx.IntImm(str(d.ty), 1)
+    bound: tuple[str, Any] | None = None
+    if c == -1:  # -var + d (op) 0  is  var (flipped op) d
+        bound = {"<": ("lo", d + one), "<=": ("lo", d), ">": ("hi", d), ">=": ("hi", d + one)}[op]
+    elif c == 1:  # var (op) -d
+        bound = {"<": ("hi", -d), "<=": ("hi", -d + one), ">": ("lo", -d + one), ">=": ("lo", -d)}[op]
+    # One canonical form, whatever form the analysis returned the offset in.
+    return None if bound is None else (bound[0], Analyzer().simplify(bound[1]))
+
+
+def _padding(cond: Any, var: Any) -> tuple[Any, list[Any], list[Any]] | None:
+    """(the conjuncts free of ``var`` as one condition or None, lower bounds, upper bounds on ``var``)
+    of a window's padding test; None when a conjunct on ``var`` is no linear bound."""
+    free: list[Any] = []
+    lows: list[Any] = []
+    highs: list[Any] = []
+    for test in _conjuncts(cond):
+        if not _uses(test, var):
+            free.append(test)
+            continue
+        bound = _bound(test, var)
+        if bound is None:
+            return None
+        (lows if bound[0] == "lo" else highs).append(bound[1])
+    outer = None
+    for test in free:
+        outer = test if outer is None else tirx.And(outer, test)
+    return outer, lows, highs
+
+
+def _operand(expr: Any, var: Any) -> tuple[Any, Any, Any] | None:
+    """(element at the first iteration, padding test or None, padding value or None) of a data
+    operand ``buf[base + var]`` or ``if_then_else(test, buf[base + var], value)``."""
+    if isinstance(expr, tvm.ir.Call) and str(getattr(expr.op, "name", "")) == "prim.if_then_else":
+        cond, then, other = expr.args
+        first = _contiguous(then, var)
+        if first is None or not isinstance(other, tirx.IntImm):
+            return None
+        return first, cond, other
+    first = _contiguous(expr, var)
+    return None if first is None else (first, None, None)
+
+
+def _i32(e: Any) -> Any:
+    return e if str(e.ty) == "int32" else tirx.Cast("int32", e)
+
+
+def _shifted(load: Any, offset: Any) -> Any:
+    """``&buf[base + offset]`` of ``buf[base]``."""
+    if isinstance(offset, tirx.IntImm) and int(offset) == 0:
+        return tirx.address_of(load)
+    index = load.indices[0]
+    if str(offset.ty) != str(index.ty):
+        offset = tirx.Cast(str(index.ty), offset)
+    return tirx.address_of(tirx.BufferLoad(load.source, [index + offset]))
+
+
+def _rewrite(loop: Any) -> Any | None:
+    """The call replacing ``loop``, or None when it is not a dot product the kernels compute."""
+    if loop.kind != tirx.ForKind.SERIAL or loop.step is not None or not isinstance(loop.min, tirx.IntImm):
+        return None
+    if int(loop.min) != 0:
+        return None
+    store = loop.body
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+        return None
+    value = store.value
+    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
+        return None
+    acc = value.a
+    if not (
+        isinstance(acc, TensorLoad)
+        and acc.source.same_as(store.buffer)
+        and len(acc.indices) == len(store.indices)
+        and all(structural_equal(a, b) for a, b in zip(acc.indices, store.indices, strict=True))
+    ):
+        return None
+    if any(_uses(i, loop.loop_var) for i in store.indices):
+        return None
+    a, b = _strip_cast(value.b.a), _strip_cast(value.b.b)
+    if a is None or b is None:
+        return None
+    var = loop.loop_var
+    for data, weight in ((a, b), (b, a)):
+        x = _operand(data, var)
+        w = _contiguous(weight, var)
+        if x is None or w is None:
+            continue
+        first, cond, pad = x
+        name = DOT.get((str(first.source.dtype), str(w.source.dtype)))
+        if name is None:
+            continue
+        return _calls(store, acc, name, first, w, _i32(loop.extent), cond, pad, var)
+    return None
+
+
+def _calls(
+    store: Any, acc: Any, name: str, first: Any, w: Any, n: Any, cond: Any, pad: Any, var: Any
+) -> Any | None:
+    """The statement computing ``store`` with the kernels: one dot product, or, for a window that may
+    reach into the padding, a dot product over the taps inside and padding sums for the rest."""
+
+    def update(value: Any) -> Any:
+        return tirx.BufferStore(store.buffer, value, store.indices)
+
+    def dot(lo: Any, count: Any) -> Any:
+        return tirx.call_extern("int32", name, _shifted(first, lo), _shifted(w, lo), count, acc)
+
+    zero = tirx.IntImm("int32", 0)
+    if cond is None:
+        return update(tirx.call_extern("int32", name, tirx.address_of(first), tirx.address_of(w), n, acc))
+    parts = _padding(cond, var)
+    if parts is None:
+        return None
+    outer, lows, highs = parts
+    value = tirx.IntImm("int32", int(pad))
+    summed = str(w.source.dtype)
+
+    def pad_sum(lo: Any, count: Any) -> Any:
+        return tirx.call_extern("int32", SUM[summed], _shifted(w, lo), count, value, acc)
+
+    everything = update(pad_sum(zero, n))
+    if not lows and not highs:  # the test does not depend on the loop: all taps inside, or none
+        inside = update(dot(zero, n))
+        return tirx.IfThenElse(outer, inside, everything) if outer is not None else inside
+    # Taps [lo, hi) lie inside the input: lo = clamp(max(lows), 0, n), hi = clamp(min(highs), lo, n).
+    lo: Any = zero
+    for bound in lows:
+        lo = tirx.Max(lo, _i32(bound))
+    lo = tirx.Min(lo, n)
+    hi: Any = n
+    for bound in highs:
+        hi = tirx.Min(hi, _i32(bound))
+    hi = tirx.Max(hi, lo)
+    lo_var, hi_var = tirx.Var("taps_lo", "int32"), tirx.Var("taps_hi", "int32")
+    body = tirx.SeqStmt(
+        [
+            tirx.LetStmt(lo_var, lo),
+            tirx.LetStmt(hi_var, hi),
+            update(dot(lo_var, hi_var - lo_var)),
+            update(pad_sum(zero, lo_var)),
+            update(pad_sum(hi_var, n - hi_var)),
+        ]
+    )
+    return tirx.IfThenElse(outer, body, everything) if outer is not None else body
+
+
+def use_dot_kernels(func: PrimFunc) -> PrimFunc:
+    def on_for(loop: Any) -> Any:
+        return _rewrite(loop) or loop
+
+    body = structural_map(func.body, (tirx.For, on_for))
+    return func.with_body(body).with_attr(ATTR_DONE, True)
+
+
+@tvm.transform.module_pass(opt_level=0, name="UseDotKernels")
+class UseDotKernels:
+    """Replace an integer convolution's or dense layer's innermost reduction loop by a call to a
+    dot-product micro-kernel of the library's ``tvmmcu_dot.h`` (SMLAD on Cortex-M cores with DSP).
+
+    Matches
+        a serial loop ``for v in [0, n)`` whose body is only ``acc[i] = acc[i] + int32(X) * int32(W)``
+        (either operand order) with ``acc`` int32, ``i`` free of ``v``, ``W = w[b + v]`` int8 and
+        ``X = x[a + v]`` int8 or uint8, or ``X = if_then_else(c, x[a + v], z)`` with ``c`` free of ``v``
+        and ``z`` a constant (a window tap that may lie in the padding, which holds ``z``). Flat
+        buffers: after FlattenBuffer.
+    Rewrites to
+        ``acc[i] = tvmmcu_dot_s8s8(&x[a], &w[b], n, acc[i])`` (``tvmmcu_dot_u8s8`` for uint8 data); with
+        a condition, ``if (c) that; else acc[i] = tvmmcu_dot_sum_s8(&w[b], n, z, acc[i]);``.
+    Declines when
+        the loop does not start at 0, has a step or another kind, its body does anything else, an
+        operand is strided (not ``base + v``), or the dtypes have no kernel (int16 weights, float);
+        or the function already carries ``tvmmcu.dot_kernels``.
+    Numerics
+        unchanged: the kernels add the same int32 products in the same modular arithmetic.
+    Ordering
+        after FlattenBuffer and HoistReductionInit (flat indices, the accumulator's initialisation out
+        of the loop), before LoopPartition and UnrollLoop (which would split or unroll the loop).
+    """
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        out = mod.clone()
+        for gv, func in mod.functions_items():
+            if not isinstance(func, PrimFunc) or (func.attrs is not None and ATTR_DONE in func.attrs):
+                continue
+            out[gv] = use_dot_kernels(func)
+        return out

@@ -1,0 +1,335 @@
+"""UseDotKernels: integer reductions over contiguous operands become dot-product micro-kernel calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm.script import ir as I
+from tvm.script import tirx as T
+
+from tests import host
+from tvm_mcu import _tvm, pipeline
+from tvm_mcu.passes.tir import UseDotKernels
+from tvm_mcu.passes.tir.dot_kernels import HEADER_TEXT
+
+
+@I.ir_module
+class Before:
+    @T.prim_func(s_tir=True)
+    def f(
+        X: T.handle("int8", "global"),
+        U: T.handle("uint8", "global"),
+        W: T.handle("int8", "global"),
+        C: T.handle("int32", "global"),
+    ):
+        T.func_attr({"global_symbol": "f"})
+        X_1 = T.decl_buffer((64,), "int8", data=X)
+        U_1 = T.decl_buffer((64,), "uint8", data=U)
+        W_1 = T.decl_buffer((128,), "int8", data=W)
+        C_1 = T.decl_buffer((8,), "int32", data=C)
+        acc = T.alloc_buffer((1,), "int32")
+        # A dense layer: data and weights both run along k.
+        for o in range(4):
+            acc[0] = 0
+            for k in range(16):
+                acc[0] = acc[0] + T.Cast("int32", X_1[o * 16 + k]) * T.Cast("int32", W_1[o * 32 + k + 3])
+            C_1[o] = acc[0]
+        # A window that may lie in the padding (which holds 7): uint8 data, the weight first.
+        for o in range(4):
+            acc[0] = 0
+            for ry in range(3):
+                for k in range(16):
+                    acc[0] = acc[0] + T.Cast("int32", W_1[ry * 16 + k]) * T.Cast(
+                        "int32", T.if_then_else(o + ry >= 1, U_1[(o + ry) * 16 + k - 16], T.uint8(7))
+                    )
+            C_1[o + 4] = acc[0]
+        # A row of taps that runs into the padding (which holds -5) on either side.
+        for o in range(4):
+            acc[0] = 0
+            for k in range(8):
+                acc[0] = acc[0] + T.Cast(
+                    "int32",
+                    T.if_then_else(T.And(o * 3 + k >= 2, o * 3 + k < 12), X_1[o * 3 + k - 2], T.int8(-5)),
+                ) * T.Cast("int32", W_1[k + 64])
+            C_1[o] = acc[0]
+
+
+@I.ir_module
+class Expected:
+    @T.prim_func(s_tir=True)
+    def f(
+        X: T.handle("int8", "global"),
+        U: T.handle("uint8", "global"),
+        W: T.handle("int8", "global"),
+        C: T.handle("int32", "global"),
+    ):
+        T.func_attr({"global_symbol": "f", "tvmmcu.dot_kernels": True})
+        X_1 = T.decl_buffer((64,), "int8", data=X)
+        U_1 = T.decl_buffer((64,), "uint8", data=U)
+        W_1 = T.decl_buffer((128,), "int8", data=W)
+        C_1 = T.decl_buffer((8,), "int32", data=C)
+        acc = T.alloc_buffer((1,), "int32")
+        for o in range(4):
+            acc[0] = 0
+            acc[0] = T.call_extern(
+                "int32",
+                "tvmmcu_dot_s8s8",
+                T.address_of(X_1[o * 16]),
+                T.address_of(W_1[o * 32 + 3]),
+                16,
+                acc[0],
+            )
+            C_1[o] = acc[0]
+        for o in range(4):
+            acc[0] = 0
+            for ry in range(3):
+                if o + ry >= 1:
+                    acc[0] = T.call_extern(
+                        "int32",
+                        "tvmmcu_dot_u8s8",
+                        T.address_of(U_1[(o + ry) * 16 - 16]),
+                        T.address_of(W_1[ry * 16]),
+                        16,
+                        acc[0],
+                    )
+                else:
+                    acc[0] = T.call_extern(
+                        "int32", "tvmmcu_dot_sum_s8", T.address_of(W_1[ry * 16]), 16, 7, acc[0]
+                    )
+            C_1[o + 4] = acc[0]
+        # The taps inside, [taps_lo, taps_hi), in one dot product; the padding's on either side.
+        for o in range(4):
+            acc[0] = 0
+            taps_lo: T.let[T.int32] = T.min(T.max(0, 2 - o * 3), 8)
+            taps_hi: T.let[T.int32] = T.max(T.min(8, 12 - o * 3), T.min(T.max(0, 2 - o * 3), 8))
+            acc[0] = T.call_extern(
+                "int32",
+                "tvmmcu_dot_s8s8",
+                T.address_of(X_1[o * 3 - 2 + taps_lo]),
+                T.address_of(W_1[64 + taps_lo]),
+                taps_hi - taps_lo,
+                acc[0],
+            )
+            acc[0] = T.call_extern("int32", "tvmmcu_dot_sum_s8", T.address_of(W_1[64]), taps_lo, -5, acc[0])
+            acc[0] = T.call_extern(
+                "int32", "tvmmcu_dot_sum_s8", T.address_of(W_1[64 + taps_hi]), 8 - taps_hi, -5, acc[0]
+            )
+            C_1[o] = acc[0]
+
+
+def test_contiguous_reductions_become_kernel_calls() -> None:
+    _tvm.assert_structural_equal(UseDotKernels()(Before), Expected)
+
+
+@I.ir_module
+class Declined:
+    @T.prim_func(s_tir=True)
+    def f(
+        X: T.handle("int8", "global"),
+        W: T.handle("int8", "global"),
+        V: T.handle("int16", "global"),
+        C: T.handle("int32", "global"),
+    ):
+        T.func_attr({"global_symbol": "f"})
+        X_1 = T.decl_buffer((64,), "int8", data=X)
+        W_1 = T.decl_buffer((256,), "int8", data=W)
+        V_1 = T.decl_buffer((64,), "int16", data=V)
+        C_1 = T.decl_buffer((8,), "int32", data=C)
+        acc = T.alloc_buffer((4,), "int32")
+        # Strided weights (a HWIO layout): no contiguous vector.
+        for k in range(16):
+            acc[0] = acc[0] + T.Cast("int32", X_1[k]) * T.Cast("int32", W_1[k * 16])
+        # int16 weights (a subtracted weight zero point): no kernel.
+        for k in range(16):
+            acc[0] = acc[0] + T.Cast("int32", X_1[k]) * T.Cast("int32", V_1[k])
+        # The accumulator moves with the loop.
+        for k in range(4):
+            acc[k] = acc[k] + T.Cast("int32", X_1[k]) * T.Cast("int32", W_1[k])
+        # The padding test is no range of the loop.
+        for k in range(16):
+            acc[0] = acc[0] + T.Cast("int32", T.if_then_else(k % 2 == 0, X_1[k], T.int8(0))) * T.Cast(
+                "int32", W_1[k]
+            )
+        # Something else happens in the loop.
+        for k in range(16):
+            acc[0] = acc[0] + T.Cast("int32", X_1[k]) * T.Cast("int32", W_1[k])
+            C_1[1] = acc[0]
+        # The loop does not start at 0.
+        for k in range(2, 16):
+            acc[0] = acc[0] + T.Cast("int32", X_1[k]) * T.Cast("int32", W_1[k])
+        C_1[0] = acc[0]
+
+
+def test_declines_what_the_kernels_do_not_compute() -> None:
+    after = UseDotKernels()(Declined)
+    _tvm.assert_structural_equal(after["f"].body, Declined["f"].body)
+
+
+def test_idempotent_and_input_untouched() -> None:
+    snapshot = Before.script()
+    once = UseDotKernels()(Before)
+    _tvm.assert_structural_equal(UseDotKernels()(once), once)
+    assert Before.script() == snapshot
+
+
+def _conv_nhwc(shape, kernel, strides, pads, zp, data_dtype="int8", dilation=(1, 1)):
+    """An int8 NHWC convolution with OHWI weights (the layout the int8 lowering gives), padding holding
+    the zero point: the loop nest the pass sees in a compiled model."""
+    from tvm import te, topi
+
+    n, h, w, c = shape
+    o, kh, kw = kernel
+    x = te.placeholder(shape, data_dtype, name="x")
+    wt = te.placeholder((o, kh, kw, c), "int8", name="w")
+    top, left, bottom, right = pads
+    padded = topi.nn.pad(
+        x, [0, top, left, 0], [0, bottom, right, 0], pad_value=_tvm.tirx.const(zp, data_dtype)
+    )
+    acc = topi.nn.conv(padded, wt, strides, 0, dilation, 1, "NHWC", "OHWI", out_dtype="int32")
+    return te.create_prim_func([x, wt, acc])
+
+
+CASES = [
+    # (input NHWC, (O, KH, KW), strides, pads (t, l, b, r), zero point, data dtype)
+    ((1, 5, 4, 64), (8, 1, 1), (1, 1), (0, 0, 0, 0), -128, "int8"),
+    ((1, 6, 7, 13), (5, 3, 3), (1, 1), (1, 1, 1, 1), 5, "int8"),
+    ((1, 7, 6, 6), (3, 3, 2), (2, 1), (2, 0, 1, 1), -3, "int8"),
+    ((1, 5, 5, 7), (4, 3, 3), (1, 2), (1, 2, 0, 1), 131, "uint8"),
+    ((1, 4, 9, 1), (6, 2, 4), (1, 2), (1, 1, 0, 2), 83, "int8"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"c{c[0][3]}k{c[1][1]}x{c[1][2]}" for c in CASES])
+def test_convolutions_stay_bit_exact_on_the_host(case, tmp_path: Path) -> None:
+    """The lowered convolution with and without the pass, built by host gcc (the portable C path of
+    the kernels), on random data at the extremes: the same int32 accumulators."""
+    shape, kernel, strides, pads, zp, dtype = case
+    func = _conv_nhwc(shape, kernel, strides, pads, zp, dtype)
+    mod = tvm.IRModule({"main": func})
+    passes = pipeline.operator_passes(symbol_prefix="k_")
+    without = [p for p in passes if p.info.name != "UseDotKernels"]
+    assert len(without) == len(passes) - 1
+    rng = np.random.default_rng(sum(shape) + kernel[1])
+    info = np.iinfo(np.dtype(dtype))
+    x = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    w = rng.integers(-128, 127, (kernel[0], kernel[1], kernel[2], shape[3]), endpoint=True).astype(np.int8)
+    outs = []
+    for chosen in (without, passes):
+        lowered = pipeline.run(chosen, mod)
+        calls = "tvmmcu_dot_" in host.kernel_source(lowered)
+        assert calls == (chosen is passes)
+        fn, ws = host.build_kernel(lowered, tmp_path, "k_main")
+        out = np.zeros([int(d) for d in func.params[-1].ty.shape], np.int32)
+        host.call_kernel(fn, [x, w, out], ws)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    assert np.any(outs[0] != 0)
+
+
+def test_the_header_is_plain_c99_without_the_dsp_extension(tmp_path: Path) -> None:
+    """The portable path (host, Cortex-M3) against numpy on every length 0..37 at every byte offset,
+    the extremes of int8 and uint8 included."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    (tmp_path / "tvmmcu_dot.h").write_text(HEADER_TEXT)
+    src = tmp_path / "t.c"
+    src.write_text(
+        '#include "tvmmcu_dot.h"\n'
+        "int32_t s8(const int8_t *x, const int8_t *w, int32_t n, int32_t a)\n"
+        "{ return tvmmcu_dot_s8s8(x, w, n, a); }\n"
+        "int32_t u8(const uint8_t *x, const int8_t *w, int32_t n, int32_t a)\n"
+        "{ return tvmmcu_dot_u8s8(x, w, n, a); }\n"
+        "int32_t sm(const int8_t *w, int32_t n, int32_t v, int32_t a)\n"
+        "{ return tvmmcu_dot_sum_s8(w, n, v, a); }\n"
+    )
+    so = tmp_path / "t.so"
+    gcc = shutil.which("gcc")
+    assert gcc is not None
+    subprocess.run(
+        [gcc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", str(src), "-o", str(so)],
+        check=True,
+    )
+    lib = ctypes.CDLL(str(so))
+    for fn in (lib.s8, lib.u8, lib.sm):
+        fn.restype = ctypes.c_int32
+    rng = np.random.default_rng(0)
+    xs = rng.integers(-128, 128, 48).astype(np.int8)
+    xs[:8] = -128
+    us = xs.view(np.uint8)
+    ws = rng.integers(-128, 128, 48).astype(np.int8)
+    ws[:8] = -128
+    p = ctypes.c_void_p
+    for n in range(38):
+        for off in range(4):
+            x, u, w = xs[off : off + n], us[off : off + n], ws[3 - off : 3 - off + n]
+            acc = int(rng.integers(-(2**20), 2**20))
+            want = acc + int(np.dot(x.astype(np.int64), w.astype(np.int64)))
+            got = lib.s8(p(xs.ctypes.data + off), p(ws.ctypes.data + 3 - off), n, acc)
+            assert got == want, (n, off)
+            want = acc + int(np.dot(u.astype(np.int64), w.astype(np.int64)))
+            assert lib.u8(p(us.ctypes.data + off), p(ws.ctypes.data + 3 - off), n, acc) == want
+            want = acc + 131 * int(w.astype(np.int64).sum())
+            assert lib.sm(p(ws.ctypes.data + 3 - off), n, 131, acc) == want
+
+
+LENGTHS = range(38)
+# Every length at every byte offset of the data, the weights at the mirrored offset: three kernels.
+KERNELS_C = """\
+#include "model.h"
+#include "tvmmcu_dot.h"
+
+int32_t tvmmcu_model_run(const void *input, void *output)
+{
+    const int8_t *x = (const int8_t *)input;
+    const int8_t *w = x + 48;
+    int32_t *out = (int32_t *)output;
+    for (int32_t n = 0; n < 38; ++n) {
+        for (int32_t off = 0; off < 4; ++off) {
+            *out++ = tvmmcu_dot_s8s8(x + off, w + 3 - off, n, 1000 * n + off);
+            *out++ = tvmmcu_dot_u8s8((const uint8_t *)x + off, w + 3 - off, n, -1000 * n - off);
+            *out++ = tvmmcu_dot_sum_s8(w + 3 - off, n, 131, n);
+        }
+    }
+    return 0;
+}
+"""
+
+
+def _expected_kernels(data: np.ndarray) -> np.ndarray:
+    x, w = data[:48].astype(np.int64), data[48:].astype(np.int64)
+    u = data[:48].view(np.uint8).astype(np.int64)
+    out = []
+    for n in LENGTHS:
+        for off in range(4):
+            xs, us, ws = x[off : off + n], u[off : off + n], w[3 - off : 3 - off + n]
+            out += [1000 * n + off + xs @ ws, -1000 * n - off + us @ ws, n + 131 * ws.sum()]
+    return np.array(out, np.int64).astype(np.int32)
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500", "mps2-an385", "mps2-an521"])
+def test_the_kernels_are_exact_on_every_core(board: str, tmp_path: Path) -> None:
+    """SMLAD on SXTB16/UXTB16 pairs (Cortex-M4, M7) and the plain loop (M3, the M33 built without DSP)
+    against numpy, the extremes of int8 and uint8 included, at every alignment."""
+    from tests.targets.test_firmware_on_emulator import MODEL_H
+    from tvm_mcu.targets import build_firmware, load_board, run_firmware
+
+    n_out = len(LENGTHS) * 4 * 3 * 4
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "model.h").write_text(MODEL_H.format(inputs=96, outputs=n_out))
+    (lib / "model.c").write_text(KERNELS_C)
+    (lib / "tvmmcu_dot.h").write_text(HEADER_TEXT)
+    fw = build_firmware(lib, load_board(board), tmp_path / "fw")
+    assert fw.warnings == ()
+    rng = np.random.default_rng(7)
+    data = rng.integers(-128, 128, 96).astype(np.int8)
+    data[:6], data[48:54] = -128, -128  # the largest products
+    data[6:9] = 127
+    result = run_firmware(fw, data.tobytes(), n_out)
+    np.testing.assert_array_equal(np.frombuffer(result.output, np.int32), _expected_kernels(data))
