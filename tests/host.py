@@ -86,7 +86,7 @@ def build_kernel(lowered: Any, directory: Path, symbol: str) -> tuple[Any, int]:
     n = len(list(directory.glob("kernel*.so")))
     c, so = directory / f"kernel{n}.c", directory / f"kernel{n}.so"
     c.write_text("#include <stdint.h>\n#include <stdbool.h>\n#include <math.h>\n" + _helpers(source) + source)
-    subprocess.run([gcc, "-O2", "-shared", "-fPIC", str(c), "-o", str(so), "-lm"], check=True)
+    subprocess.run([gcc, *CFLAGS, str(c), "-o", str(so), "-lm"], check=True)
     fn = getattr(ctypes.CDLL(str(so)), symbol)
     ws = int(lowered["main"].attrs["tvmmcu.workspace_bytes"])
     return fn, ws

@@ -116,8 +116,6 @@ def _shifted(load: Any, offset: Any) -> Any:
     if isinstance(offset, tirx.IntImm) and int(offset) == 0:
         return tirx.address_of(load)
     index = load.indices[0]
-    if str(offset.ty) != str(index.ty):
-        offset = tirx.Cast(str(index.ty), offset)
     return tirx.address_of(tirx.BufferLoad(load.source, [index + offset]))
 
 
@@ -156,7 +154,7 @@ def _rewrite(loop: Any) -> Any | None:
         name = DOT.get((str(first.source.dtype), str(w.source.dtype)))
         if name is None:
             continue
-        return _calls(store, acc, name, first, w, _i32(loop.extent), cond, pad, var)
+        return _calls(store, acc, name, first, w, loop.extent, cond, pad, var)
     return None
 
 
@@ -164,17 +162,19 @@ def _calls(
     store: Any, acc: Any, name: str, first: Any, w: Any, n: Any, cond: Any, pad: Any, var: Any
 ) -> Any | None:
     """The statement computing ``store`` with the kernels: one dot product, or, for a window that may
-    reach into the padding, a dot product over the taps inside and padding sums for the rest."""
+    reach into the padding, a dot product over the taps inside and padding sums for the rest. Bounds
+    are computed in the loop variable's type (NarrowDataType later narrows them with the loops); only
+    the counts passed to the kernels are int32."""
 
     def update(value: Any) -> Any:
         return tirx.BufferStore(store.buffer, value, store.indices)
 
     def dot(lo: Any, count: Any) -> Any:
-        return tirx.call_extern("int32", name, _shifted(first, lo), _shifted(w, lo), count, acc)
+        return tirx.call_extern("int32", name, _shifted(first, lo), _shifted(w, lo), _i32(count), acc)
 
-    zero = tirx.IntImm("int32", 0)
+    zero = tirx.IntImm(str(var.ty), 0)
     if cond is None:
-        return update(tirx.call_extern("int32", name, tirx.address_of(first), tirx.address_of(w), n, acc))
+        return update(dot(zero, n))
     parts = _padding(cond, var)
     if parts is None:
         return None
@@ -183,7 +183,7 @@ def _calls(
     summed = str(w.source.dtype)
 
     def pad_sum(lo: Any, count: Any) -> Any:
-        return tirx.call_extern("int32", SUM[summed], _shifted(w, lo), count, value, acc)
+        return tirx.call_extern("int32", SUM[summed], _shifted(w, lo), _i32(count), value, acc)
 
     everything = update(pad_sum(zero, n))
     if not lows and not highs:  # the test does not depend on the loop: all taps inside, or none
@@ -192,22 +192,13 @@ def _calls(
     # Taps [lo, hi) lie inside the input: lo = clamp(max(lows), 0, n), hi = clamp(min(highs), lo, n).
     lo: Any = zero
     for bound in lows:
-        lo = tirx.Max(lo, _i32(bound))
+        lo = tirx.Max(lo, bound)
     lo = tirx.Min(lo, n)
     hi: Any = n
     for bound in highs:
-        hi = tirx.Min(hi, _i32(bound))
+        hi = tirx.Min(hi, bound)
     hi = tirx.Max(hi, lo)
-    lo_var, hi_var = tirx.Var("taps_lo", "int32"), tirx.Var("taps_hi", "int32")
-    body = tirx.SeqStmt(
-        [
-            tirx.LetStmt(lo_var, lo),
-            tirx.LetStmt(hi_var, hi),
-            update(dot(lo_var, hi_var - lo_var)),
-            update(pad_sum(zero, lo_var)),
-            update(pad_sum(hi_var, n - hi_var)),
-        ]
-    )
+    body = tirx.SeqStmt([update(dot(lo, hi - lo)), update(pad_sum(zero, lo)), update(pad_sum(hi, n - hi))])
     return tirx.IfThenElse(outer, body, everything) if outer is not None else body
 
 

@@ -100,22 +100,27 @@ class Expected:
                         "int32", "tvmmcu_dot_sum_s8", T.address_of(W_1[ry * 16]), 16, 7, acc[0]
                     )
             C_1[o + 4] = acc[0]
-        # The taps inside, [taps_lo, taps_hi), in one dot product; the padding's on either side.
+        # The taps inside, [lo, hi), in one dot product; the padding's on either side.
         for o in range(4):
             acc[0] = 0
-            taps_lo: T.let[T.int32] = T.min(T.max(0, 2 - o * 3), 8)
-            taps_hi: T.let[T.int32] = T.max(T.min(8, 12 - o * 3), T.min(T.max(0, 2 - o * 3), 8))
             acc[0] = T.call_extern(
                 "int32",
                 "tvmmcu_dot_s8s8",
-                T.address_of(X_1[o * 3 - 2 + taps_lo]),
-                T.address_of(W_1[64 + taps_lo]),
-                taps_hi - taps_lo,
+                T.address_of(X_1[o * 3 - 2 + T.min(T.max(0, 2 - o * 3), 8)]),
+                T.address_of(W_1[64 + T.min(T.max(0, 2 - o * 3), 8)]),
+                T.max(T.min(8, 12 - o * 3), T.min(T.max(0, 2 - o * 3), 8)) - T.min(T.max(0, 2 - o * 3), 8),
                 acc[0],
             )
-            acc[0] = T.call_extern("int32", "tvmmcu_dot_sum_s8", T.address_of(W_1[64]), taps_lo, -5, acc[0])
             acc[0] = T.call_extern(
-                "int32", "tvmmcu_dot_sum_s8", T.address_of(W_1[64 + taps_hi]), 8 - taps_hi, -5, acc[0]
+                "int32", "tvmmcu_dot_sum_s8", T.address_of(W_1[64]), T.min(T.max(0, 2 - o * 3), 8), -5, acc[0]
+            )
+            acc[0] = T.call_extern(
+                "int32",
+                "tvmmcu_dot_sum_s8",
+                T.address_of(W_1[64 + T.max(T.min(8, 12 - o * 3), T.min(T.max(0, 2 - o * 3), 8))]),
+                8 - T.max(T.min(8, 12 - o * 3), T.min(T.max(0, 2 - o * 3), 8)),
+                -5,
+                acc[0],
             )
             C_1[o] = acc[0]
 

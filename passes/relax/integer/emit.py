@@ -137,6 +137,19 @@ def _weights(w: Any, o_axis: int) -> tuple[np.ndarray, np.ndarray]:
     return values, scale
 
 
+def _bounded(
+    x: QTensor, w_int: np.ndarray, o_axis: int, bias: np.ndarray, pre_shift: int, shift: np.ndarray
+) -> bool:
+    """Whether every biased accumulator of the layer takes the short requantisation: its magnitude,
+    at most ``max|x| * sum|w| * 2**pre_shift + |bias|`` per output channel (padding holds the zero
+    point, an input value too), fits ``fixed_point.fits_bounded``."""
+    largest_x = 255 if x.dtype == "uint8" else 128
+    n_out = w_int.shape[o_axis]
+    weights = np.abs(np.moveaxis(w_int.astype(np.int64), o_axis, 0).reshape(n_out, -1)).sum(axis=1)
+    largest = (largest_x * weights << pre_shift) + np.abs(bias.astype(np.int64))
+    return fixed_point.fits_bounded(largest, shift)
+
+
 def _multipliers(x: QTensor, w_scale: np.ndarray, out_scale: float) -> tuple[np.ndarray, np.ndarray]:
     return params.quantize_multipliers(params.effective_scale(x.scale, w_scale, out_scale))
 
@@ -165,6 +178,7 @@ def emit_conv2d(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
     bias, pre_shift = _folded_bias(p, x, w_int, w_scale, o_axis, out)
     m, shift = _multipliers(x, w_scale / np.float32(1 << pre_shift), out.scale)
     act_min, act_max = _act_range(p, out)
+    bounded = _bounded(x, w_int, o_axis, bias, pre_shift, shift)
     w_int, kernel_layout = _reduction_contiguous(w_int, kernel_layout, str(a.data_layout), int(a.groups))
     return bb.call_te(
         kernels.conv2d_int8,
@@ -186,6 +200,7 @@ def emit_conv2d(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
         rounding=rounding,
         out_dtype=out.dtype,
         pre_shift=pre_shift,
+        bounded=bounded,
         primfunc_name_hint="conv2d_int8",
     )
 
@@ -201,6 +216,7 @@ def emit_dense(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
     bias, pre_shift = _folded_bias(p, x, w_int, w_scale, 0, out)
     m, shift = _multipliers(x, w_scale / np.float32(1 << pre_shift), out.scale)
     act_min, act_max = _act_range(p, out)
+    bounded = _bounded(x, w_int, 0, bias, pre_shift, shift)
     return bb.call_te(
         kernels.dense_int8,
         x.var,
@@ -214,6 +230,7 @@ def emit_dense(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
         rounding=rounding,
         out_dtype=out.dtype,
         pre_shift=pre_shift,
+        bounded=bounded,
         primfunc_name_hint="dense_int8",
     )
 

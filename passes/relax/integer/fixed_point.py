@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tvm_mcu._tvm import tirx
 
 Expr = Any  # a TIR PrimExpr
@@ -53,6 +55,25 @@ static inline int32_t tvmmcu_fp_mbqm(int32_t x, int32_t multiplier, int32_t shif
   int32_t right = shift > 0 ? 0 : -shift;
   int32_t shifted = (int32_t)((uint32_t)x << left);
   return tvmmcu_fp_rdbpot(tvmmcu_fp_srdhm(shifted, multiplier), right);
+}
+
+/* tvmmcu_fp_mbqm for |x| * 2**(max(shift, 0) + 1) < 2**31, which the compiler proves for a layer from
+ * its weights, bias and input range before it calls this: SaturatingRoundingDoublingHighMul(x', m) is
+ * then floor((2x' * m + 2**31) / 2**32), one rounded high multiply (SMMULR with the DSP extension), and
+ * RoundingDivideByPOT is (h + 2**(r-1) - (h < 0)) >> r (ties away from zero). Equal to tvmmcu_fp_mbqm
+ * for every such x. */
+static inline int32_t tvmmcu_fp_mbqm_bounded(int32_t x, int32_t multiplier, int32_t shift) {
+  int32_t left = shift > 0 ? shift : 0;
+  int32_t right = shift > 0 ? 0 : -shift;
+  int32_t doubled = (int32_t)((uint32_t)x << (left + 1));
+#if defined(__ARM_FEATURE_DSP)
+  int32_t high;
+  __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(doubled), "r"(multiplier));
+#else
+  int32_t high = (int32_t)(((int64_t)doubled * multiplier + ((int64_t)1 << 31)) >> 32);
+#endif
+  int32_t half = (int32_t)((1u << right) >> 1);
+  return (high + half - ((high < 0) & (right != 0))) >> right;
 }
 
 /* value / 2**total rounded half to even (ONNX QuantizeLinear's rounding), saturated to int32. */
@@ -161,13 +182,24 @@ ONNX = "onnx"
 
 
 def multiply_by_quantized_multiplier(
-    x: Expr, multiplier: Expr | int, shift: Expr | int, rounding: str = TFLITE
+    x: Expr, multiplier: Expr | int, shift: Expr | int, rounding: str = TFLITE, *, bounded: bool = False
 ) -> Expr:
     """``x * multiplier * 2**(shift - 31)``, rounded as ``rounding`` says (TFLite's
-    ``MultiplyByQuantizedMultiplier``, or one half-to-even rounding)."""
+    ``MultiplyByQuantizedMultiplier``, or one half-to-even rounding). ``bounded``: the caller proved
+    ``|x| * 2**(max(shift, 0) + 1) < 2**31`` (:func:`fits_bounded`), so TFLite's rounding takes the short
+    exact path."""
     m = tirx.const(multiplier, "int32") if isinstance(multiplier, int) else i32(multiplier)
     s = tirx.const(shift, "int32") if isinstance(shift, int) else i32(shift)
-    return _call("mbqm" if rounding == TFLITE else "mbqm_even", i32(x), m, s)
+    if rounding != TFLITE:
+        return _call("mbqm_even", i32(x), m, s)
+    return _call("mbqm_bounded" if bounded else "mbqm", i32(x), m, s)
+
+
+def fits_bounded(largest: np.ndarray, shift: np.ndarray) -> bool:
+    """Whether values of magnitude at most ``largest`` (per channel) may take the short path of
+    :func:`multiply_by_quantized_multiplier` with these shifts."""
+    left = np.maximum(np.asarray(shift, np.int64), 0) + 1
+    return bool(np.all(np.asarray(largest, np.int64) << left < 2**31))
 
 
 def div_round_even(numerator: Expr, denominator: Expr) -> Expr:

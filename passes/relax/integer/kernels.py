@@ -48,8 +48,9 @@ def _requantize(
     act_max: int,
     rounding: str,
     out_dtype: str = "int8",
+    bounded: bool = False,
 ) -> Any:
-    scaled = multiply_by_quantized_multiplier(acc, multiplier, shift, rounding)
+    scaled = multiply_by_quantized_multiplier(acc, multiplier, shift, rounding, bounded=bounded)
     return _clamp(scaled + c32(zp_out), act_min, act_max, out_dtype)
 
 
@@ -73,6 +74,7 @@ def conv2d_int8(
     rounding: str,
     out_dtype: str = "int8",
     pre_shift: int = 0,
+    bounded: bool = False,
 ) -> TeTensor:
     """Integer conv2d (regular, grouped, depthwise): TFLite's ``ConvPerChannel`` / ``DepthwiseConv``.
 
@@ -80,7 +82,8 @@ def conv2d_int8(
     per output channel, so the products need no input offset. ``data`` is int8 or uint8 (its zero
     point pads it); ``weight`` int8, or int16 when a weight zero point was subtracted at compile time.
     ``pre_shift``: the accumulator is scaled by ``2**pre_shift`` before the bias is added, for a float
-    bias finer than the accumulator's unit (see ``emit._bias_precision``).
+    bias finer than the accumulator's unit (see ``emit._bias_precision``). ``bounded``: every biased
+    accumulator is small enough for the short requantisation (``fixed_point.fits_bounded``).
     """
     top, left, bottom, right = (int(p) for p in padding)
     h_axis, w_axis = data_layout.index("H"), data_layout.index("W")
@@ -106,6 +109,7 @@ def conv2d_int8(
             act_max,
             rounding,
             out_dtype,
+            bounded,
         )
 
     return te.compute(acc.shape, epilogue, name="requantize")
@@ -124,8 +128,10 @@ def dense_int8(
     rounding: str,
     out_dtype: str = "int8",
     pre_shift: int = 0,
+    bounded: bool = False,
 ) -> TeTensor:
-    """Integer fully connected, TFLite's ``FullyConnected``: ``data`` [N, K], ``weight`` [M, K]."""
+    """Integer fully connected, TFLite's ``FullyConnected``: ``data`` [N, K], ``weight`` [M, K]
+    (``bounded`` as for :func:`conv2d_int8`)."""
     n, k_dim = data.shape
     m = weight.shape[0]
     k = te.reduce_axis((0, k_dim), name="k")
@@ -141,6 +147,7 @@ def dense_int8(
             act_max,
             rounding,
             out_dtype,
+            bounded,
         ),
         name="requantize",
     )

@@ -1,0 +1,119 @@
+"""The short requantisation (tvmmcu_fp_mbqm_bounded) equals TFLite's MultiplyByQuantizedMultiplier
+(tvmmcu_fp_mbqm) wherever the compiler lets a layer use it, on the host and on the cores."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tvm_mcu.passes.relax.integer import emit, fixed_point
+from tvm_mcu.passes.relax.integer.values import QTensor
+
+# Both functions on n values: out[2k] the generic, out[2k + 1] the short one.
+BOTH_C = """\
+#include "model.h"
+#include "tvmmcu_fixed_point.h"
+
+static void both(const int32_t *v, int32_t n, int32_t *out)
+{
+    for (int32_t k = 0; k < n; ++k) {
+        const int32_t x = v[3 * k], m = v[3 * k + 1], s = v[3 * k + 2];
+        out[2 * k] = tvmmcu_fp_mbqm(x, m, s);
+        out[2 * k + 1] = tvmmcu_fp_mbqm_bounded(x, m, s);
+    }
+}
+
+int32_t tvmmcu_model_run(const void *input, void *output)
+{
+    both((const int32_t *)input, TVMMCU_INPUT_BYTES / 12, (int32_t *)output);
+    return 0;
+}
+
+int32_t host_both(const int32_t *v, int32_t n, int32_t *out)
+{
+    both(v, n, out);
+    return 0;
+}
+"""
+
+
+def _cases(n: int, seed: int = 0) -> np.ndarray:
+    """(x, multiplier, shift) triples that satisfy the bound, many at its edge, ties included."""
+    rng = np.random.default_rng(seed)
+    m = rng.integers(1 << 30, (1 << 31) - 1, n, endpoint=True)
+    m[:4] = [1 << 30, (1 << 31) - 1, 1 << 30, 1518500250]
+    s = rng.integers(-31, 8, n)
+    left = np.maximum(s, 0) + 1
+    limit = ((1 << 31) - 1) >> left  # the largest |x| the bound allows
+    x = (rng.random(n) * 2 - 1) * limit
+    x = np.rint(x).astype(np.int64)
+    edge = rng.random(n) < 0.3
+    x[edge] = np.where(rng.random(edge.sum()) < 0.5, 1, -1) * limit[edge]
+    small = rng.random(n) < 0.2  # small values: exact ties of the final shift are common
+    x[small] = rng.integers(-64, 65, small.sum())
+    assert fixed_point.fits_bounded(np.abs(x), s)
+    return np.stack([x, m, s], axis=1).astype(np.int32)
+
+
+def _write_lib(directory: Path, n: int) -> Path:
+    from tests.targets.test_firmware_on_emulator import MODEL_H
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.h").write_text(MODEL_H.format(inputs=12 * n, outputs=8 * n))
+    (directory / "model.c").write_text(BOTH_C)
+    (directory / fixed_point.HEADER_NAME).write_text(fixed_point.HEADER_TEXT)
+    return directory
+
+
+def test_equal_to_the_generic_path_on_the_host(tmp_path: Path) -> None:
+    n = 20000
+    lib = _write_lib(tmp_path / "lib", n)
+    gcc = shutil.which("gcc")
+    assert gcc is not None
+    so = tmp_path / "both.so"
+    flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I", str(lib)]
+    subprocess.run([gcc, *flags, str(lib / "model.c"), "-o", str(so)], check=True)
+    fn = ctypes.CDLL(str(so)).host_both
+    cases = _cases(n)
+    out = np.zeros(2 * n, np.int32)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
+    fn(cases.ctypes.data, n, out.ctypes.data)
+    generic, short = out[0::2], out[1::2]
+    np.testing.assert_array_equal(short, generic)
+    assert len(np.unique(generic)) > n // 2  # not a degenerate sample
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500", "mps2-an385"])
+def test_equal_to_the_generic_path_on_the_cores(board: str, tmp_path: Path) -> None:
+    """SMMULR on the cores with DSP (M4, M7), the 64-bit product without (M3)."""
+    from tvm_mcu.targets import build_firmware, load_board, run_firmware
+
+    n = 600
+    fw = build_firmware(_write_lib(tmp_path / "lib", n), load_board(board), tmp_path / "fw")
+    assert fw.warnings == ()
+    cases = _cases(n, seed=1)
+    out = np.frombuffer(run_firmware(fw, cases.tobytes(), 8 * n).output, np.int32)
+    np.testing.assert_array_equal(out[1::2], out[0::2])
+
+
+def test_a_layer_takes_the_short_path_only_when_its_accumulators_are_bounded() -> None:
+    x8 = QTensor(None, 0.1, 0, "int8")
+    xu = QTensor(None, 0.1, 128, "uint8")
+    w = np.full((4, 1, 1, 100), 127, np.int8)  # O=4, 100 taps: |acc| <= 128 * 12700 = 1,625,600
+    bias = np.array([0, -5, 5, 2**20], np.int32)
+    right_shift = np.full(4, -7)
+    assert emit._bounded(x8, w, 0, bias, 0, right_shift)
+    # A left shift of 9: 2**10 * (1,625,600 + 2**20) > 2**31.
+    assert not emit._bounded(x8, w, 0, bias, 0, np.array([-1, -1, -1, 9]))
+    # uint8 data doubles the bound: at a left shift of 9, 2**10 * 128 * 12700 fits, 2**10 * 255 * 12700
+    # does not.
+    assert emit._bounded(x8, w[:3], 0, bias[:3], 0, np.full(3, 9))
+    assert not emit._bounded(xu, w[:3], 0, bias[:3], 0, np.full(3, 9))
+    # The pre-shift of a fine float bias scales the products.
+    assert not emit._bounded(x8, w, 0, bias, 12, right_shift)
