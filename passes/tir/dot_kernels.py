@@ -23,6 +23,8 @@ HELPER_PREFIX = "tvmmcu_dot_"
 DOT = {("int8", "int8"): "tvmmcu_dot_s8s8", ("uint8", "int8"): "tvmmcu_dot_u8s8"}
 # acc + value * sum over k < n of w[k]: the taps of a window that lie in the padding.
 SUM = {"int8": "tvmmcu_dot_sum_s8"}
+# C function for (data dtype, weight dtype): a 2-D window of strided taps, the padding's clipped off.
+WINDOW = {("int8", "int8"): "tvmmcu_dot_win_s8s8", ("uint8", "int8"): "tvmmcu_dot_win_u8s8"}
 
 HEADER_TEXT = """\
 /* Integer dot products for the convolution and dense kernels: acc + sum of x[k] * w[k] for k < n.
@@ -100,6 +102,63 @@ static inline int32_t tvmmcu_dot_s8s8(const int8_t *x, const int8_t *w, int32_t 
 
 static inline int32_t tvmmcu_dot_u8s8(const uint8_t *x, const int8_t *w, int32_t n, int32_t acc) {
   return tvmmcu_dot_x8s8(x, w, n, acc, 1);
+}
+
+/* A window of kh x kw taps, strided: tap (ry, rx) of the weights is w[ry * wsy + rx * wsx]; the taps
+ * [y0, y1) x [x0, x1) lie inside the input, x pointing at tap (y0, x0); the others hold the padding
+ * value pad. A depthwise convolution's window (channels between taps), or a row too short for a dot
+ * product. Inlined at its call with constant sizes and strides, which the compiler unrolls. */
+static inline int32_t tvmmcu_dot_win_x8s8(const void *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                          int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t y0,
+                                          int32_t y1, int32_t x0, int32_t x1, int32_t pad, int32_t acc,
+                                          int x_unsigned) {
+  const int8_t *xs = (const int8_t *)x;
+  const uint8_t *xu = (const uint8_t *)x;
+  uint32_t sum = (uint32_t)acc;
+  if (y0 == 0 && x0 == 0 && y1 == kh && x1 == kw) { /* inside the input: every tap, no test */
+#pragma GCC unroll 64
+    for (int32_t ry = 0; ry < kh; ++ry) {
+#pragma GCC unroll 64
+      for (int32_t rx = 0; rx < kw; ++rx) {
+        const int32_t at = ry * xsy + rx * xsx;
+        const int32_t v = x_unsigned ? (int32_t)xu[at] : (int32_t)xs[at];
+        sum += (uint32_t)(v * (int32_t)w[ry * wsy + rx * wsx]);
+      }
+    }
+    return (int32_t)sum;
+  }
+  /* At a border: the taps inside, then pad times the weights of the others (all minus inside). */
+  uint32_t all = 0;
+  uint32_t inside = 0;
+#pragma GCC unroll 64
+  for (int32_t ry = 0; ry < kh; ++ry) {
+#pragma GCC unroll 64
+    for (int32_t rx = 0; rx < kw; ++rx) {
+      all += (uint32_t)(int32_t)w[ry * wsy + rx * wsx];
+    }
+  }
+  for (int32_t ry = y0; ry < y1; ++ry) {
+    for (int32_t rx = x0; rx < x1; ++rx) {
+      const int32_t at = (ry - y0) * xsy + (rx - x0) * xsx;
+      const int32_t v = x_unsigned ? (int32_t)xu[at] : (int32_t)xs[at];
+      const int32_t wv = w[ry * wsy + rx * wsx];
+      sum += (uint32_t)(v * wv);
+      inside += (uint32_t)wv;
+    }
+  }
+  return (int32_t)(sum + (all - inside) * (uint32_t)pad);
+}
+
+static inline int32_t tvmmcu_dot_win_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                          int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t y0,
+                                          int32_t y1, int32_t x0, int32_t x1, int32_t pad, int32_t acc) {
+  return tvmmcu_dot_win_x8s8(x, xsy, xsx, w, wsy, wsx, kh, kw, y0, y1, x0, x1, pad, acc, 0);
+}
+
+static inline int32_t tvmmcu_dot_win_u8s8(const uint8_t *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                          int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t y0,
+                                          int32_t y1, int32_t x0, int32_t x1, int32_t pad, int32_t acc) {
+  return tvmmcu_dot_win_x8s8(x, xsy, xsx, w, wsy, wsx, kh, kw, y0, y1, x0, x1, pad, acc, 1);
 }
 
 /* acc + value * (w[0] + ... + w[n - 1]): a window's taps in the padding, which hold the zero point. */

@@ -15,7 +15,7 @@ from tvm_mcu._tvm import (
     tirx,
     tvm,
 )
-from tvm_mcu.passes.tir.dot_kernels import DOT, SUM
+from tvm_mcu.passes.tir.dot_kernels import DOT, SUM, WINDOW
 
 ATTR_DONE = "tvmmcu.dot_kernels"
 
@@ -119,13 +119,18 @@ def _shifted(load: Any, offset: Any) -> Any:
     return tirx.address_of(tirx.BufferLoad(load.source, [index + offset]))
 
 
-def _rewrite(loop: Any) -> Any | None:
-    """The call replacing ``loop``, or None when it is not a dot product the kernels compute."""
-    if loop.kind != tirx.ForKind.SERIAL or loop.step is not None or not isinstance(loop.min, tirx.IntImm):
-        return None
-    if int(loop.min) != 0:
-        return None
-    store = loop.body
+def _from_zero(loop: Any) -> bool:
+    """A plain serial loop starting at 0."""
+    return (
+        loop.kind == tirx.ForKind.SERIAL
+        and loop.step is None
+        and isinstance(loop.min, tirx.IntImm)
+        and int(loop.min) == 0
+    )
+
+
+def _mac(store: Any, loop_vars: list[Any]) -> tuple[Any, Any, Any] | None:
+    """(acc[i], A, B) of ``acc[i] = acc[i] + int32(A) * int32(B)`` with ``i`` free of the loops."""
     if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
         return None
     value = store.value
@@ -139,12 +144,23 @@ def _rewrite(loop: Any) -> Any | None:
         and all(structural_equal(a, b) for a, b in zip(acc.indices, store.indices, strict=True))
     ):
         return None
-    if any(_uses(i, loop.loop_var) for i in store.indices):
+    if any(_uses(i, v) for i in store.indices for v in loop_vars):
         return None
     a, b = _strip_cast(value.b.a), _strip_cast(value.b.b)
     if a is None or b is None:
         return None
+    return acc, a, b
+
+
+def _rewrite(loop: Any) -> Any | None:
+    """The call replacing ``loop``, or None when it is not a dot product the kernels compute."""
+    if not _from_zero(loop):
+        return None
     var = loop.loop_var
+    mac = _mac(loop.body, [var])
+    if mac is None:
+        return None
+    acc, a, b = mac
     for data, weight in ((a, b), (b, a)):
         x = _operand(data, var)
         w = _contiguous(weight, var)
@@ -154,8 +170,122 @@ def _rewrite(loop: Any) -> Any | None:
         name = DOT.get((str(first.source.dtype), str(w.source.dtype)))
         if name is None:
             continue
-        return _calls(store, acc, name, first, w, loop.extent, cond, pad, var)
+        return _calls(loop.body, acc, name, first, w, loop.extent, cond, pad, var)
     return None
+
+
+# A row of at least this many contiguous taps is faster as dot products (4 taps per SMLAD pair) than
+# tap by tap in a window.
+MIN_DOT_TAPS = 8
+
+
+def _strides(load: Any, ry: Any, rx: Any) -> tuple[int, int, Any] | None:
+    """(stride along ry, stride along rx, base) of a flat load ``buf[base + sy * ry + sx * rx]``."""
+    if not isinstance(load, TensorLoad) or len(load.indices) != 1:
+        return None
+    coeffs = detect_linear_equation(load.indices[0], [ry, rx])
+    if len(coeffs) != 3 or not all(isinstance(c, tirx.IntImm) for c in coeffs[:2]):
+        return None
+    if _uses(coeffs[2], ry) or _uses(coeffs[2], rx):
+        return None
+    return int(coeffs[0]), int(coeffs[1]), coeffs[2]
+
+
+def _window(loop: Any) -> Any | None:
+    """The call replacing a two-level window ``for ry: for rx: acc += x * w`` with strided taps."""
+    inner = loop.body
+    if not _from_zero(loop) or not isinstance(inner, tirx.For) or not _from_zero(inner):
+        return None
+    if not isinstance(loop.extent, tirx.IntImm) or not isinstance(inner.extent, tirx.IntImm):
+        return None
+    ry, rx = loop.loop_var, inner.loop_var
+    mac = _mac(inner.body, [ry, rx])
+    if mac is None:
+        return None
+    acc, a, b = mac
+    kh, kw = int(loop.extent), int(inner.extent)
+    for data, weight in ((a, b), (b, a)):
+        cond, pad, load = None, 0, data
+        if isinstance(data, tvm.ir.Call) and str(getattr(data.op, "name", "")) == "prim.if_then_else":
+            cond, load, other = data.args
+            if not isinstance(other, tirx.IntImm):
+                continue
+            pad = int(other)
+        xs, ws = _strides(load, ry, rx), _strides(weight, ry, rx)
+        if xs is None or ws is None:
+            continue
+        name = WINDOW.get((str(load.source.dtype), str(weight.source.dtype)))
+        if name is None:
+            continue
+        if xs[1] == 1 and ws[1] == 1 and kw >= MIN_DOT_TAPS:
+            return None  # each row is a dot product: the dot rule's
+        bounds = _window_bounds(cond, ry, rx, kh, kw)
+        if bounds is None:
+            continue
+        outer, taps = bounds
+        store = inner.body
+        # (name, data load and strides, weight load and strides, window, padding value, accumulator)
+        fixed = (name, load, xs, weight, ws, (kh, kw), pad, acc)
+        inside = tirx.BufferStore(store.buffer, _window_call(fixed, taps), store.indices)
+        if outer is None:
+            return inside
+        zero = tirx.IntImm(str(ry.ty), 0)
+        padding = _window_call(fixed, (zero, zero, zero, zero))
+        return tirx.IfThenElse(outer, inside, tirx.BufferStore(store.buffer, padding, store.indices))
+    return None
+
+
+def _window_call(fixed: tuple[Any, ...], taps: tuple[Any, Any, Any, Any]) -> Any:
+    """The window kernel's call for the taps [y0, y1) x [x0, x1) inside the input."""
+    name, load, xs, weight, ws, (kh, kw), pad, acc = fixed
+    y0, y1, x0, x1 = taps
+    at = tirx.BufferLoad(load.source, [xs[2] + y0 * xs[0] + x0 * xs[1]])
+    args = [tirx.address_of(at), _c(xs[0]), _c(xs[1])]
+    args += [tirx.address_of(tirx.BufferLoad(weight.source, [ws[2]])), _c(ws[0]), _c(ws[1])]
+    args += [_c(kh), _c(kw), _i32(y0), _i32(y1), _i32(x0), _i32(x1), _c(pad), acc]
+    return tirx.call_extern("int32", name, *args)
+
+
+def _c(v: int) -> Any:
+    return tirx.IntImm("int32", v)
+
+
+def _window_bounds(
+    cond: Any, ry: Any, rx: Any, kh: int, kw: int
+) -> tuple[Any, tuple[Any, Any, Any, Any]] | None:
+    """(the test's conjuncts on neither loop, (y0, y1, x0, x1)): the taps inside the input, clamped to
+    the window; the whole window without a test. None when a conjunct is no bound of one loop."""
+    dtype = str(ry.ty)
+    full = (tirx.IntImm(dtype, 0), tirx.IntImm(dtype, kh), tirx.IntImm(dtype, 0), tirx.IntImm(dtype, kw))
+    if cond is None:
+        return None, full
+    outer = None
+    lows: dict[str, list[Any]] = {"y": [], "x": []}
+    highs: dict[str, list[Any]] = {"y": [], "x": []}
+    for test in _conjuncts(cond):
+        on_y, on_x = _uses(test, ry), _uses(test, rx)
+        if on_y and on_x:
+            return None
+        if not on_y and not on_x:
+            outer = test if outer is None else tirx.And(outer, test)
+            continue
+        axis, var = ("y", ry) if on_y else ("x", rx)
+        bound = _bound(test, var)
+        if bound is None:
+            return None
+        (lows if bound[0] == "lo" else highs)[axis].append(bound[1])
+    ranges = []
+    for axis, extent in (("y", kh), ("x", kw)):
+        n = tirx.IntImm(dtype, extent)
+        lo: Any = tirx.IntImm(dtype, 0)
+        for b in lows[axis]:
+            lo = tirx.Max(lo, b)
+        lo = tirx.Min(lo, n)
+        hi: Any = n
+        for b in highs[axis]:
+            hi = tirx.Min(hi, b)
+        ranges += [lo, tirx.Max(hi, lo)]
+    return outer, (ranges[0], ranges[1], ranges[2], ranges[3])
 
 
 def _calls(
@@ -203,36 +333,45 @@ def _calls(
 
 
 def use_dot_kernels(func: PrimFunc) -> PrimFunc:
-    def on_for(loop: Any) -> Any:
-        return _rewrite(loop) or loop
-
-    body = structural_map(func.body, (tirx.For, on_for))
+    # Windows first: a window's inner loop may also be a (too short) row of contiguous taps.
+    body = structural_map(func.body, (tirx.For, lambda loop: _window(loop) or loop))
+    body = structural_map(body, (tirx.For, lambda loop: _rewrite(loop) or loop))
     return func.with_body(body).with_attr(ATTR_DONE, True)
 
 
 @tvm.transform.module_pass(opt_level=0, name="UseDotKernels")
 class UseDotKernels:
-    """Replace an integer convolution's or dense layer's innermost reduction loop by a call to a
-    dot-product micro-kernel of the library's ``tvmmcu_dot.h`` (SMLAD on Cortex-M cores with DSP).
+    """Replace an integer convolution's or dense layer's reduction loops by calls to the micro-kernels
+    of the library's ``tvmmcu_dot.h`` (SMLAD on Cortex-M cores with DSP, plain C elsewhere).
 
     Matches
-        a serial loop ``for v in [0, n)`` whose body is only ``acc[i] = acc[i] + int32(X) * int32(W)``
-        (either operand order) with ``acc`` int32, ``i`` free of ``v``, ``W = w[b + v]`` int8 and
-        ``X = x[a + v]`` int8 or uint8, or ``X = if_then_else(c, x[a + v], z)`` with ``c`` free of ``v``
-        and ``z`` a constant (a window tap that may lie in the padding, which holds ``z``). Flat
-        buffers: after FlattenBuffer.
+        (dot) a serial loop ``for v in [0, n)`` whose body is only ``acc[i] = acc[i] + int32(X) *
+        int32(W)`` (either operand order) with ``acc`` int32, ``i`` free of ``v``, ``W = w[b + v]`` int8
+        and ``X = x[a + v]`` int8 or uint8, or ``X = if_then_else(c, x[a + v], z)`` with ``z`` a
+        constant (a tap that may lie in the padding, which holds ``z``) and ``c`` a conjunction of tests
+        free of ``v`` and linear bounds on ``v``;
+        (window) two such loops ``for ry in [0, kh): for rx in [0, kw)`` around that body with both
+        operands' flat indices linear in ``ry`` and ``rx`` with constant strides (a depthwise window,
+        channels apart; a row of fewer than ``MIN_DOT_TAPS`` contiguous taps), ``c``'s tests each on
+        one of the loops or neither. Windows are matched first. Flat buffers: after FlattenBuffer.
     Rewrites to
-        ``acc[i] = tvmmcu_dot_s8s8(&x[a], &w[b], n, acc[i])`` (``tvmmcu_dot_u8s8`` for uint8 data); with
-        a condition, ``if (c) that; else acc[i] = tvmmcu_dot_sum_s8(&w[b], n, z, acc[i]);``.
+        (dot) ``acc[i] = tvmmcu_dot_s8s8(&x[a], &w[b], n, acc[i])`` (``_u8s8`` for uint8 data); with a
+        test, the taps inside ``[lo, hi)`` (the bounds clamped to the loop) in one such call and
+        ``tvmmcu_dot_sum_s8`` adding ``z`` times the weights of the taps before and after, under an
+        ``if`` on the tests free of ``v`` (else every tap is padding);
+        (window) one ``tvmmcu_dot_win_s8s8`` call with the strides, the window's size and the rows and
+        columns of taps inside the input.
     Declines when
-        the loop does not start at 0, has a step or another kind, its body does anything else, an
-        operand is strided (not ``base + v``), or the dtypes have no kernel (int16 weights, float);
-        or the function already carries ``tvmmcu.dot_kernels``.
+        a loop does not start at 0, has a step or another kind, or a non-constant extent (window), the
+        body does anything else, an operand is neither contiguous nor a constant-stride window, a test
+        is no bound of one loop, or the dtypes have no kernel (int16 weights, float); or the function
+        already carries ``tvmmcu.dot_kernels``.
     Numerics
-        unchanged: the kernels add the same int32 products in the same modular arithmetic.
+        unchanged: the kernels add the same int32 products, and the padding's value times its taps'
+        weights, in the same modular arithmetic.
     Ordering
         after FlattenBuffer and HoistReductionInit (flat indices, the accumulator's initialisation out
-        of the loop), before LoopPartition and UnrollLoop (which would split or unroll the loop).
+        of the loop), before LoopPartition and UnrollLoop (which would split or unroll the loops).
     """
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:

@@ -26,10 +26,10 @@ class Before:
         C: T.handle("int32", "global"),
     ):
         T.func_attr({"global_symbol": "f"})
-        X_1 = T.decl_buffer((64,), "int8", data=X)
+        X_1 = T.decl_buffer((80,), "int8", data=X)
         U_1 = T.decl_buffer((64,), "uint8", data=U)
         W_1 = T.decl_buffer((128,), "int8", data=W)
-        C_1 = T.decl_buffer((8,), "int32", data=C)
+        C_1 = T.decl_buffer((28,), "int32", data=C)
         acc = T.alloc_buffer((1,), "int32")
         # A dense layer: data and weights both run along k.
         for o in range(4):
@@ -55,6 +55,20 @@ class Before:
                     T.if_then_else(T.And(o * 3 + k >= 2, o * 3 + k < 12), X_1[o * 3 + k - 2], T.int8(-5)),
                 ) * T.Cast("int32", W_1[k + 64])
             C_1[o] = acc[0]
+        # A depthwise 3x3 window over a 5x4x4 NHWC input padded by one (the padding holds 3).
+        for y, x, c in T.grid(5, 4, 4):
+            acc[0] = 0
+            for ry in range(3):
+                for rx in range(3):
+                    acc[0] = acc[0] + T.Cast(
+                        "int32",
+                        T.if_then_else(
+                            T.And(T.And(y + ry >= 1, y + ry < 6), T.And(x + rx >= 1, x + rx < 5)),
+                            X_1[(y + ry) * 16 + (x + rx) * 4 + c - 20],
+                            T.int8(3),
+                        ),
+                    ) * T.Cast("int32", W_1[ry * 12 + rx * 4 + c + 80])
+            C_1[8 + y * 4 + x] = acc[0]
 
 
 @I.ir_module
@@ -67,10 +81,10 @@ class Expected:
         C: T.handle("int32", "global"),
     ):
         T.func_attr({"global_symbol": "f", "tvmmcu.dot_kernels": True})
-        X_1 = T.decl_buffer((64,), "int8", data=X)
+        X_1 = T.decl_buffer((80,), "int8", data=X)
         U_1 = T.decl_buffer((64,), "uint8", data=U)
         W_1 = T.decl_buffer((128,), "int8", data=W)
-        C_1 = T.decl_buffer((8,), "int32", data=C)
+        C_1 = T.decl_buffer((28,), "int32", data=C)
         acc = T.alloc_buffer((1,), "int32")
         for o in range(4):
             acc[0] = 0
@@ -123,6 +137,37 @@ class Expected:
                 acc[0],
             )
             C_1[o] = acc[0]
+        # The taps inside: rows [y0, y1), columns [x0, x1); x points at tap (y0, x0).
+        for y, x, c in T.grid(5, 4, 4):
+            acc[0] = 0
+            acc[0] = T.call_extern(
+                "int32",
+                "tvmmcu_dot_win_s8s8",
+                T.address_of(
+                    X_1[
+                        16 * y
+                        + 4 * x
+                        + c
+                        - 20
+                        + T.min(T.max(0, 1 - y), 3) * 16
+                        + T.min(T.max(0, 1 - x), 3) * 4
+                    ]
+                ),
+                16,
+                4,
+                T.address_of(W_1[c + 80]),
+                12,
+                4,
+                3,
+                3,
+                T.min(T.max(0, 1 - y), 3),
+                T.max(T.min(3, 6 - y), T.min(T.max(0, 1 - y), 3)),
+                T.min(T.max(0, 1 - x), 3),
+                T.max(T.min(3, 5 - x), T.min(T.max(0, 1 - x), 3)),
+                3,
+                acc[0],
+            )
+            C_1[8 + y * 4 + x] = acc[0]
 
 
 def test_contiguous_reductions_become_kernel_calls() -> None:
@@ -181,19 +226,22 @@ def test_idempotent_and_input_untouched() -> None:
 
 
 def _conv_nhwc(shape, kernel, strides, pads, zp, data_dtype="int8", dilation=(1, 1)):
-    """An int8 NHWC convolution with OHWI weights (the layout the int8 lowering gives), padding holding
-    the zero point: the loop nest the pass sees in a compiled model."""
+    """An int8 NHWC convolution with OHWI weights (the layout the int8 lowering gives; O = 0: a
+    depthwise one, HWOI as TFLite's), padding holding the zero point: the loop nest the pass sees in a
+    compiled model."""
     from tvm import te, topi
 
     n, h, w, c = shape
     o, kh, kw = kernel
     x = te.placeholder(shape, data_dtype, name="x")
-    wt = te.placeholder((o, kh, kw, c), "int8", name="w")
+    depthwise = o == 0
+    wt = te.placeholder((kh, kw, c, 1) if depthwise else (o, kh, kw, c), "int8", name="w")
     top, left, bottom, right = pads
     padded = topi.nn.pad(
         x, [0, top, left, 0], [0, bottom, right, 0], pad_value=_tvm.tirx.const(zp, data_dtype)
     )
-    acc = topi.nn.conv(padded, wt, strides, 0, dilation, 1, "NHWC", "OHWI", out_dtype="int32")
+    groups, layout = (c, "HWOI") if depthwise else (1, "OHWI")
+    acc = topi.nn.conv(padded, wt, strides, 0, dilation, groups, "NHWC", layout, out_dtype="int32")
     return te.create_prim_func([x, wt, acc])
 
 
@@ -204,10 +252,15 @@ CASES = [
     ((1, 7, 6, 6), (3, 3, 2), (2, 1), (2, 0, 1, 1), -3, "int8"),
     ((1, 5, 5, 7), (4, 3, 3), (1, 2), (1, 2, 0, 1), 131, "uint8"),
     ((1, 4, 9, 1), (6, 2, 4), (1, 2), (1, 1, 0, 2), 83, "int8"),
+    # Depthwise (O = 0): windows of taps a channel apart.
+    ((1, 7, 5, 6), (0, 3, 3), (1, 1), (1, 1, 1, 1), -128, "int8"),
+    ((1, 6, 6, 5), (0, 3, 3), (2, 2), (0, 0, 1, 1), 200, "uint8"),
+    # A row of 3 channels x 5 taps (too short for dot products): a window too.
+    ((1, 6, 6, 3), (4, 5, 5), (1, 1), (2, 2, 2, 2), 9, "int8"),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"c{c[0][3]}k{c[1][1]}x{c[1][2]}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"c{c[0][3]}o{c[1][0]}k{c[1][1]}x{c[1][2]}" for c in CASES])
 def test_convolutions_stay_bit_exact_on_the_host(case, tmp_path: Path) -> None:
     """The lowered convolution with and without the pass, built by host gcc (the portable C path of
     the kernels), on random data at the extremes: the same int32 accumulators."""
@@ -220,7 +273,8 @@ def test_convolutions_stay_bit_exact_on_the_host(case, tmp_path: Path) -> None:
     rng = np.random.default_rng(sum(shape) + kernel[1])
     info = np.iinfo(np.dtype(dtype))
     x = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
-    w = rng.integers(-128, 127, (kernel[0], kernel[1], kernel[2], shape[3]), endpoint=True).astype(np.int8)
+    w_shape = [int(d) for d in func.params[1].ty.shape]
+    w = rng.integers(-128, 127, w_shape, endpoint=True).astype(np.int8)
     outs = []
     for chosen in (without, passes):
         lowered = pipeline.run(chosen, mod)
