@@ -9,6 +9,7 @@ from tvm_mcu._tvm import C_TARGET, relax, s_tir, tirx, tvm
 from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
 from tvm_mcu.passes.relax.make_integer_interface import MakeIntegerInterface
 from tvm_mcu.passes.relax.raise_tir_calls import RaiseTirCalls
+from tvm_mcu.passes.tir.block_output_channels import BlockOutputChannels
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
@@ -97,6 +98,8 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         # needs flat indices and the accumulator's initialisation hoisted (so the loop holds only the
         # multiply-accumulate), and runs before LoopPartition and UnrollLoop split or unroll the loop.
         UseDotKernels(),
+        # Four output channels per pass over the data; blocks UseDotKernels' calls.
+        BlockOutputChannels(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
         tirx.transform.VectorizeLoop(False),

@@ -4,6 +4,7 @@ Each is a ``tvm.transform`` module pass; ``tvm_mcu.pipeline`` lists them in orde
 each ordering constraint.
 """
 
+from tvm_mcu.passes.tir.block_output_channels import BlockOutputChannels
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
@@ -14,6 +15,7 @@ from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 
 __all__ = [
+    "BlockOutputChannels",
     "ExecuteInPlace",
     "HoistReductionInit",
     "HoistScratchToWorkspace",

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 HEADER_NAME = "tvmmcu_dot.h"
 # Functions of the header, so codegen can tell whether a library needs it.
-HELPER_PREFIX = "tvmmcu_dot_"
+HELPER_PREFIX = "tvmmcu_dot"
 
 # C function for (data dtype, weight dtype): acc + sum over k < n of x[k] * w[k].
 DOT = {("int8", "int8"): "tvmmcu_dot_s8s8", ("uint8", "int8"): "tvmmcu_dot_u8s8"}
 # acc + value * sum over k < n of w[k]: the taps of a window that lie in the padding.
 SUM = {"int8": "tvmmcu_dot_sum_s8"}
+# Four output channels at once, their weights ws apart, the data read once for all four:
+# acc[j] += sum over k < n of x[k] * w[j * ws + k] (j < 4).
+DOT4 = {("int8", "int8"): "tvmmcu_dot4_s8s8", ("uint8", "int8"): "tvmmcu_dot4_u8s8"}
+SUM4 = {"int8": "tvmmcu_dot4_sum_s8"}
 # C function for (data dtype, weight dtype): a 2-D window of strided taps, the padding's clipped off.
 WINDOW = {("int8", "int8"): "tvmmcu_dot_win_s8s8", ("uint8", "int8"): "tvmmcu_dot_win_u8s8"}
 
@@ -104,6 +108,61 @@ static inline int32_t tvmmcu_dot_u8s8(const uint8_t *x, const int8_t *w, int32_t
   return tvmmcu_dot_x8s8(x, w, n, acc, 1);
 }
 
+/* Four output channels: acc[j] + sum of x[k] * w[j * ws + k]. Each word of x is widened once for the
+ * four channels' weights: 25 instructions per 16 multiply-accumulates with the DSP extension. */
+static inline int32_t tvmmcu_dot4_x8s8(const void *x, const int8_t *w, int32_t ws, int32_t n, int32_t *acc,
+                                       int x_unsigned) {
+  const int8_t *xs = (const int8_t *)x;
+  const uint8_t *xu = (const uint8_t *)x;
+  const int8_t *w0 = w;
+  const int8_t *w1 = w + ws;
+  const int8_t *w2 = w1 + ws;
+  const int8_t *w3 = w2 + ws;
+  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+  int32_t k = 0;
+#if defined(__ARM_FEATURE_DSP)
+  for (; k + 4 <= n; k += 4) {
+    const uint32_t v = tvmmcu_dot_word(xu + k);
+    const uint32_t v02 = x_unsigned ? tvmmcu_dot_u02(v) : tvmmcu_dot_s02(v);
+    const uint32_t v13 = x_unsigned ? tvmmcu_dot_u13(v) : tvmmcu_dot_s13(v);
+    uint32_t b = tvmmcu_dot_word(w0 + k);
+    a0 = tvmmcu_dot_smlad(v02, tvmmcu_dot_s02(b), a0);
+    a0 = tvmmcu_dot_smlad(v13, tvmmcu_dot_s13(b), a0);
+    b = tvmmcu_dot_word(w1 + k);
+    a1 = tvmmcu_dot_smlad(v02, tvmmcu_dot_s02(b), a1);
+    a1 = tvmmcu_dot_smlad(v13, tvmmcu_dot_s13(b), a1);
+    b = tvmmcu_dot_word(w2 + k);
+    a2 = tvmmcu_dot_smlad(v02, tvmmcu_dot_s02(b), a2);
+    a2 = tvmmcu_dot_smlad(v13, tvmmcu_dot_s13(b), a2);
+    b = tvmmcu_dot_word(w3 + k);
+    a3 = tvmmcu_dot_smlad(v02, tvmmcu_dot_s02(b), a3);
+    a3 = tvmmcu_dot_smlad(v13, tvmmcu_dot_s13(b), a3);
+  }
+#endif
+  for (; k < n; ++k) {
+    const int32_t v = x_unsigned ? (int32_t)xu[k] : (int32_t)xs[k];
+    a0 = (int32_t)((uint32_t)a0 + (uint32_t)(v * (int32_t)w0[k]));
+    a1 = (int32_t)((uint32_t)a1 + (uint32_t)(v * (int32_t)w1[k]));
+    a2 = (int32_t)((uint32_t)a2 + (uint32_t)(v * (int32_t)w2[k]));
+    a3 = (int32_t)((uint32_t)a3 + (uint32_t)(v * (int32_t)w3[k]));
+  }
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
+  return 0;
+}
+
+static inline int32_t tvmmcu_dot4_s8s8(const int8_t *x, const int8_t *w, int32_t ws, int32_t n,
+                                       int32_t *acc) {
+  return tvmmcu_dot4_x8s8(x, w, ws, n, acc, 0);
+}
+
+static inline int32_t tvmmcu_dot4_u8s8(const uint8_t *x, const int8_t *w, int32_t ws, int32_t n,
+                                       int32_t *acc) {
+  return tvmmcu_dot4_x8s8(x, w, ws, n, acc, 1);
+}
+
 /* A window of kh x kw taps, strided: tap (ry, rx) of the weights is w[ry * wsy + rx * wsx]; the taps
  * [y0, y1) x [x0, x1) lie inside the input, x pointing at tap (y0, x0); the others hold the padding
  * value pad. A depthwise convolution's window (channels between taps), or a row too short for a dot
@@ -168,6 +227,15 @@ static inline int32_t tvmmcu_dot_sum_s8(const int8_t *w, int32_t n, int32_t valu
     sum += w[k];
   }
   return (int32_t)((uint32_t)acc + (uint32_t)sum * (uint32_t)value);
+}
+
+/* Four output channels' padding taps: acc[j] + value * (w[j * ws] + ... + w[j * ws + n - 1]). */
+static inline int32_t tvmmcu_dot4_sum_s8(const int8_t *w, int32_t ws, int32_t n, int32_t value,
+                                         int32_t *acc) {
+  for (int32_t j = 0; j < 4; ++j) {
+    acc[j] = tvmmcu_dot_sum_s8(w + j * ws, n, value, acc[j]);
+  }
+  return 0;
 }
 
 #endif

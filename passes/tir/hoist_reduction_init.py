@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tvm_mcu._tvm import PrimFunc, TensorLoad, structural_equal, structural_map, structural_walk, tirx, tvm
+from tvm_mcu.passes.tir.each_function import rewrite_each
 
 ATTR_DONE = "tvmmcu.reduction_init_hoisted"
 
@@ -119,9 +120,4 @@ class HoistReductionInit:
     """
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        out = mod.clone()
-        for gv, func in mod.functions_items():
-            if not isinstance(func, PrimFunc) or (func.attrs is not None and ATTR_DONE in func.attrs):
-                continue
-            out[gv] = hoist_reduction_inits(func)
-        return out
+        return rewrite_each(mod, ATTR_DONE, hoist_reduction_inits)

@@ -16,6 +16,7 @@ from tvm_mcu._tvm import (
     tvm,
 )
 from tvm_mcu.passes.tir.dot_kernels import DOT, SUM, WINDOW
+from tvm_mcu.passes.tir.each_function import rewrite_each
 
 ATTR_DONE = "tvmmcu.dot_kernels"
 
@@ -375,9 +376,4 @@ class UseDotKernels:
     """
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        out = mod.clone()
-        for gv, func in mod.functions_items():
-            if not isinstance(func, PrimFunc) or (func.attrs is not None and ATTR_DONE in func.attrs):
-                continue
-            out[gv] = use_dot_kernels(func)
-        return out
+        return rewrite_each(mod, ATTR_DONE, use_dot_kernels)

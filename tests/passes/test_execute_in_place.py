@@ -8,6 +8,7 @@ from tvm.script import ir as I
 from tvm.script import tirx as T
 
 from tests import host
+from tests.passes import assert_idempotent_and_pure
 from tvm_mcu import _tvm, pipeline
 from tvm_mcu.analysis.inplace import in_place_options
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
@@ -190,10 +191,7 @@ def test_structure(before, expected):
 
 
 def test_idempotent_and_input_untouched():
-    snapshot = Pointwise.script()
-    once = ExecuteInPlace()(Pointwise)
-    _tvm.assert_structural_equal(ExecuteInPlace()(once), once)
-    assert Pointwise.script() == snapshot
+    assert_idempotent_and_pure(ExecuteInPlace(), Pointwise)
 
 
 def test_declines_unmarked_functions():

@@ -3,6 +3,7 @@
 from tvm.script import ir as I
 from tvm.script import tirx as T
 
+from tests.passes import assert_idempotent_and_pure
 from tvm_mcu._tvm import assert_structural_equal, build_c_source
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 
@@ -79,7 +80,4 @@ def test_declines_when_nothing_is_allocated():
 
 
 def test_idempotent_and_input_untouched():
-    snapshot = Before.script()
-    once = HoistScratchToWorkspace()(Before)
-    assert_structural_equal(HoistScratchToWorkspace()(once), once)
-    assert Before.script() == snapshot
+    assert_idempotent_and_pure(HoistScratchToWorkspace(), Before)

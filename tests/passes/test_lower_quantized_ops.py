@@ -77,10 +77,11 @@ def test_conv_bias_relu_becomes_one_integer_operator():
     calls = _calls(after["main"])
     assert calls == ["call_tir:conv2d_int8"], calls
     assert _tvm.tensor_dtype(after["main"].ret_ty) == "int8"
-    # the weights stay int8; the bias has the input zero point folded in: b - zp * sum(w[..., c])
+    # the weights stay int8, laid out OHWI (each output channel's taps contiguous along the input
+    # channels); the bias has the input zero point folded in: b - zp * sum(w[..., c])
     call = next(b.value for blk in after["main"].body.blocks for b in blk.bindings)
     consts = [_tvm.const_value(a) for a in call.args[1].fields[1:]]
-    assert consts[0].dtype == np.int8 and np.array_equal(consts[0], data["w"])
+    assert consts[0].dtype == np.int8 and np.array_equal(consts[0], data["w"].transpose(3, 0, 1, 2))
     expected_bias = data["b"].astype(np.int64) - 3 * data["w"].astype(np.int64).sum(axis=(0, 1, 2))
     assert np.array_equal(consts[1], expected_bias.astype(np.int32))
 

@@ -4,6 +4,7 @@ import pytest
 from tvm.script import ir as I
 from tvm.script import tirx as T
 
+from tests.passes import assert_idempotent_and_pure
 from tvm_mcu._tvm import assert_structural_equal, build_c_source, structural_equal
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 
@@ -47,11 +48,7 @@ def test_generated_c_has_plain_signature_and_no_runtime():
 
 
 def test_idempotent_and_input_untouched():
-    snapshot = Before.script()
-    once = MakeUnpackedAPI(prefix="op_")(Before)
-    twice = MakeUnpackedAPI(prefix="op_")(once)
-    assert_structural_equal(once, twice)
-    assert Before.script() == snapshot
+    assert_idempotent_and_pure(MakeUnpackedAPI(prefix="op_"), Before)
 
 
 def test_declines_already_unpacked_module():

@@ -6,6 +6,7 @@ import tvm
 from tvm.script import ir as I
 from tvm.script import tirx as T
 
+from tests.passes import assert_idempotent_and_pure
 from tvm_mcu._tvm import assert_structural_equal
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 
@@ -158,7 +159,4 @@ def test_declines_blocks_that_cannot_move():
 
 
 def test_idempotent_and_input_untouched():
-    snapshot = MatmulBias.script()
-    once = ScheduleForMcu()(MatmulBias)
-    assert_structural_equal(ScheduleForMcu()(once), once)
-    assert MatmulBias.script() == snapshot
+    assert_idempotent_and_pure(ScheduleForMcu(), MatmulBias)

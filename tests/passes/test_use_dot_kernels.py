@@ -11,6 +11,7 @@ from tvm.script import ir as I
 from tvm.script import tirx as T
 
 from tests import host
+from tests.passes import assert_idempotent_and_pure
 from tvm_mcu import _tvm, pipeline
 from tvm_mcu.passes.tir import UseDotKernels
 from tvm_mcu.passes.tir.dot_kernels import HEADER_TEXT
@@ -219,10 +220,7 @@ def test_declines_what_the_kernels_do_not_compute() -> None:
 
 
 def test_idempotent_and_input_untouched() -> None:
-    snapshot = Before.script()
-    once = UseDotKernels()(Before)
-    _tvm.assert_structural_equal(UseDotKernels()(once), once)
-    assert Before.script() == snapshot
+    assert_idempotent_and_pure(UseDotKernels(), Before)
 
 
 def _conv_nhwc(shape, kernel, strides, pads, zp, data_dtype="int8", dilation=(1, 1)):
@@ -288,86 +286,124 @@ def test_convolutions_stay_bit_exact_on_the_host(case, tmp_path: Path) -> None:
     assert np.any(outs[0] != 0)
 
 
-def test_the_header_is_plain_c99_without_the_dsp_extension(tmp_path: Path) -> None:
-    """The portable path (host, Cortex-M3) against numpy on every length 0..37 at every byte offset,
-    the extremes of int8 and uint8 included."""
-    import ctypes
-    import shutil
-    import subprocess
-
-    (tmp_path / "tvmmcu_dot.h").write_text(HEADER_TEXT)
-    src = tmp_path / "t.c"
-    src.write_text(
-        '#include "tvmmcu_dot.h"\n'
-        "int32_t s8(const int8_t *x, const int8_t *w, int32_t n, int32_t a)\n"
-        "{ return tvmmcu_dot_s8s8(x, w, n, a); }\n"
-        "int32_t u8(const uint8_t *x, const int8_t *w, int32_t n, int32_t a)\n"
-        "{ return tvmmcu_dot_u8s8(x, w, n, a); }\n"
-        "int32_t sm(const int8_t *w, int32_t n, int32_t v, int32_t a)\n"
-        "{ return tvmmcu_dot_sum_s8(w, n, v, a); }\n"
-    )
-    so = tmp_path / "t.so"
-    gcc = shutil.which("gcc")
-    assert gcc is not None
-    subprocess.run(
-        [gcc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", str(src), "-o", str(so)],
-        check=True,
-    )
-    lib = ctypes.CDLL(str(so))
-    for fn in (lib.s8, lib.u8, lib.sm):
-        fn.restype = ctypes.c_int32
-    rng = np.random.default_rng(0)
-    xs = rng.integers(-128, 128, 48).astype(np.int8)
-    xs[:8] = -128
-    us = xs.view(np.uint8)
-    ws = rng.integers(-128, 128, 48).astype(np.int8)
-    ws[:8] = -128
-    p = ctypes.c_void_p
-    for n in range(38):
-        for off in range(4):
-            x, u, w = xs[off : off + n], us[off : off + n], ws[3 - off : 3 - off + n]
-            acc = int(rng.integers(-(2**20), 2**20))
-            want = acc + int(np.dot(x.astype(np.int64), w.astype(np.int64)))
-            got = lib.s8(p(xs.ctypes.data + off), p(ws.ctypes.data + 3 - off), n, acc)
-            assert got == want, (n, off)
-            want = acc + int(np.dot(u.astype(np.int64), w.astype(np.int64)))
-            assert lib.u8(p(us.ctypes.data + off), p(ws.ctypes.data + 3 - off), n, acc) == want
-            want = acc + 131 * int(w.astype(np.int64).sum())
-            assert lib.sm(p(ws.ctypes.data + 3 - off), n, 131, acc) == want
-
-
 LENGTHS = range(38)
-# Every length at every byte offset of the data, the weights at the mirrored offset: three kernels.
+W_ROWS = 41  # the four-channel kernels' weight stride: odd, so rows start at every alignment
+WINDOWS = [  # (kh, kw, x strides, w strides, taps inside y0, y1, x0, x1)
+    (3, 3, (20, 4), (9, 3), (0, 3, 0, 3)),
+    (3, 3, (20, 4), (9, 3), (1, 3, 0, 2)),
+    (3, 3, (20, 4), (9, 3), (0, 0, 0, 0)),
+    (10, 4, (10, 1), (4, 1), (4, 10, 1, 4)),
+    (2, 5, (7, 2), (5, 1), (0, 2, 2, 5)),
+]
+# Every length at every byte offset of the data, the weights at the mirrored offset; the four-channel
+# kernels; windows inside and at borders. The input: 128 data bytes, then 192 weight bytes.
 KERNELS_C = """\
 #include "model.h"
 #include "tvmmcu_dot.h"
 
+static const int32_t windows[][12] = {WINDOWS};
+
 int32_t tvmmcu_model_run(const void *input, void *output)
 {
     const int8_t *x = (const int8_t *)input;
-    const int8_t *w = x + 48;
+    const int8_t *w = x + 128;
     int32_t *out = (int32_t *)output;
     for (int32_t n = 0; n < 38; ++n) {
         for (int32_t off = 0; off < 4; ++off) {
             *out++ = tvmmcu_dot_s8s8(x + off, w + 3 - off, n, 1000 * n + off);
             *out++ = tvmmcu_dot_u8s8((const uint8_t *)x + off, w + 3 - off, n, -1000 * n - off);
             *out++ = tvmmcu_dot_sum_s8(w + 3 - off, n, 131, n);
+            int32_t acc[4] = {n, -n, off, 7};
+            tvmmcu_dot4_s8s8(x + off, w + off, {W_ROWS}, n, acc);
+            for (int j = 0; j < 4; ++j) *out++ = acc[j];
+            tvmmcu_dot4_u8s8((const uint8_t *)x + off, w + off, {W_ROWS}, n, acc);
+            for (int j = 0; j < 4; ++j) *out++ = acc[j];
+            tvmmcu_dot4_sum_s8(w + off, {W_ROWS}, n, -77, acc);
+            for (int j = 0; j < 4; ++j) *out++ = acc[j];
         }
+    }
+    for (unsigned k = 0; k < sizeof windows / sizeof windows[0]; ++k) {
+        const int32_t *c = windows[k];
+        const int8_t *at = x + 8 + c[8] * c[2] + c[10] * c[3];
+        *out++ = tvmmcu_dot_win_s8s8(at, c[2], c[3], w, c[4], c[5], c[0], c[1], c[8], c[9], c[10], c[11],
+                                     -9, 5);
+        *out++ = tvmmcu_dot_win_u8s8((const uint8_t *)at, c[2], c[3], w, c[4], c[5], c[0], c[1], c[8], c[9],
+                                     c[10], c[11], 200, -5);
     }
     return 0;
 }
-"""
+""".replace("{W_ROWS}", str(W_ROWS)).replace(
+    "{WINDOWS}",
+    "{"
+    + ", ".join(
+        "{" + ", ".join(str(v) for v in (kh, kw, *xs, *ws, 0, 0, *t)) + "}" for kh, kw, xs, ws, t in WINDOWS
+    )
+    + "}",
+)
 
 
 def _expected_kernels(data: np.ndarray) -> np.ndarray:
-    x, w = data[:48].astype(np.int64), data[48:].astype(np.int64)
-    u = data[:48].view(np.uint8).astype(np.int64)
-    out = []
+    x, w = data[:128].astype(np.int64), data[128:].astype(np.int64)
+    u = data[:128].view(np.uint8).astype(np.int64)
+    out: list[int] = []
     for n in LENGTHS:
         for off in range(4):
             xs, us, ws = x[off : off + n], u[off : off + n], w[3 - off : 3 - off + n]
             out += [1000 * n + off + xs @ ws, -1000 * n - off + us @ ws, n + 131 * ws.sum()]
+            rows = [w[off + j * W_ROWS : off + j * W_ROWS + n] for j in range(4)]
+            acc = [n + x[off : off + n] @ rows[0], -n + x[off : off + n] @ rows[1]]
+            acc += [off + x[off : off + n] @ rows[2], 7 + x[off : off + n] @ rows[3]]
+            out += acc
+            acc = [a + u[off : off + n] @ r for a, r in zip(acc, rows, strict=True)]
+            out += acc
+            out += [a - 77 * r.sum() for a, r in zip(acc, rows, strict=True)]
+    for kh, kw, (xsy, xsx), (wsy, wsx), (y0, y1, x0, x1) in WINDOWS:
+        for values, pad, acc in ((x, -9, 5), (u, 200, -5)):
+            total = acc
+            for ry in range(kh):
+                for rx in range(kw):
+                    tap = w[ry * wsy + rx * wsx]
+                    inside = y0 <= ry < y1 and x0 <= rx < x1
+                    total += tap * (values[8 + ry * xsy + rx * xsx] if inside else pad)
+            out.append(total)
     return np.array(out, np.int64).astype(np.int32)
+
+
+def _kernel_data() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    data = rng.integers(-128, 128, 320).astype(np.int8)
+    data[:6], data[128:134] = -128, -128  # the largest products
+    data[6:9] = 127
+    return data
+
+
+def _kernel_lib(directory: Path) -> tuple[Path, int]:
+    from tests.targets.test_firmware_on_emulator import MODEL_H
+
+    n_out = 4 * (len(LENGTHS) * 4 * 15 + 2 * len(WINDOWS))
+    directory.mkdir(parents=True)
+    (directory / "model.h").write_text(MODEL_H.format(inputs=320, outputs=n_out))
+    (directory / "model.c").write_text(KERNELS_C)
+    (directory / "tvmmcu_dot.h").write_text(HEADER_TEXT)
+    return directory, n_out
+
+
+def test_the_kernels_are_exact_in_plain_c(tmp_path: Path) -> None:
+    """The portable path (the host, as on Cortex-M3) against numpy at every length and alignment."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    lib, n_out = _kernel_lib(tmp_path / "lib")
+    gcc = shutil.which("gcc")
+    assert gcc is not None
+    so = tmp_path / "k.so"
+    flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I", str(lib)]
+    subprocess.run([gcc, *flags, str(lib / "model.c"), "-o", str(so)], check=True)
+    data = _kernel_data()
+    out = np.zeros(n_out // 4, np.int32)
+    ctypes.CDLL(str(so)).tvmmcu_model_run(ctypes.c_void_p(data.ctypes.data), ctypes.c_void_p(out.ctypes.data))
+    np.testing.assert_array_equal(out, _expected_kernels(data))
 
 
 @pytest.mark.emulator
@@ -375,20 +411,11 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
 def test_the_kernels_are_exact_on_every_core(board: str, tmp_path: Path) -> None:
     """SMLAD on SXTB16/UXTB16 pairs (Cortex-M4, M7) and the plain loop (M3, the M33 built without DSP)
     against numpy, the extremes of int8 and uint8 included, at every alignment."""
-    from tests.targets.test_firmware_on_emulator import MODEL_H
     from tvm_mcu.targets import build_firmware, load_board, run_firmware
 
-    n_out = len(LENGTHS) * 4 * 3 * 4
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    (lib / "model.h").write_text(MODEL_H.format(inputs=96, outputs=n_out))
-    (lib / "model.c").write_text(KERNELS_C)
-    (lib / "tvmmcu_dot.h").write_text(HEADER_TEXT)
+    lib, n_out = _kernel_lib(tmp_path / "lib")
     fw = build_firmware(lib, load_board(board), tmp_path / "fw")
     assert fw.warnings == ()
-    rng = np.random.default_rng(7)
-    data = rng.integers(-128, 128, 96).astype(np.int8)
-    data[:6], data[48:54] = -128, -128  # the largest products
-    data[6:9] = 127
+    data = _kernel_data()
     result = run_firmware(fw, data.tobytes(), n_out)
     np.testing.assert_array_equal(np.frombuffer(result.output, np.int32), _expected_kernels(data))

@@ -1,0 +1,244 @@
+"""BlockOutputChannels: four output channels' dot products at once, the data read once for the four."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm_mcu._tvm import (
+    PrimFunc,
+    TensorLoad,
+    detect_linear_equation,
+    structural_map,
+    structural_walk,
+    tirx,
+    tvm,
+)
+from tvm_mcu.passes.tir.dot_kernels import DOT, DOT4, SUM, SUM4
+from tvm_mcu.passes.tir.each_function import rewrite_each
+
+ATTR_DONE = "tvmmcu.output_channels_blocked"
+BLOCK = 4
+
+# The one-channel kernel -> its four-channel form, and whether it reads data (else a padding sum).
+_FOUR = {**{name: (DOT4[key], True) for key, name in DOT.items()}, **{SUM[k]: (SUM4[k], False) for k in SUM}}
+
+
+def _uses(expr: Any, var: Any) -> bool:
+    found: list[Any] = []
+    structural_walk(expr, (tirx.Var, lambda v: found.append(v) if v.same_as(var) else None))
+    return bool(found)
+
+
+def _substitute(node: Any, var: Any, value: Any) -> Any:
+    return structural_map(node, (tirx.Var, lambda v: value if v.same_as(var) else v))
+
+
+def _kernel_call(store: Any, acc: Any) -> Any | None:
+    """The call of ``acc[0] = kernel(..., acc[0])`` when ``store`` is one, else None."""
+    if not isinstance(store, tirx.BufferStore) or not store.buffer.same_as(acc):
+        return None
+    call = store.value
+    if not isinstance(call, tvm.ir.Call) or str(getattr(call.op, "name", "")) != "tirx.call_extern":
+        return None
+    name = str(call.args[0].value) if hasattr(call.args[0], "value") else str(call.args[0])
+    if name not in _FOUR:
+        return None
+    last = call.args[-1]
+    if not (isinstance(last, TensorLoad) and last.source.same_as(acc)):
+        return None
+    return call
+
+
+def _weight_stride(call: Any, var: Any) -> int | None:
+    """The stride along ``var`` of the weights a kernel call reads (its weight pointer ``&w[i]``, ``i``
+    linear in ``var``), the data and sizes being free of ``var``; None otherwise."""
+    name = str(call.args[0].value)
+    reads_data = _FOUR[name][1]
+    args = list(call.args[1:-1])
+    at = 1 if reads_data else 0
+    weight = args[at]
+    others = args[:at] + args[at + 1 :]
+    if any(_uses(a, var) for a in others):
+        return None
+    if not (isinstance(weight, tvm.ir.Call) and str(getattr(weight.op, "name", "")) == "tirx.address_of"):
+        return None
+    load = weight.args[0]
+    if not isinstance(load, TensorLoad) or len(load.indices) != 1:
+        return None
+    coeffs = detect_linear_equation(load.indices[0], [var])
+    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or _uses(coeffs[1], var):
+        return None
+    return int(coeffs[0])
+
+
+def _reduction(stmts: list[Any], acc: Any, var: Any) -> tuple[list[Any], int] | None:
+    """The calls of the statements updating ``acc`` (loops and tests around them free of ``var``, nothing
+    else written) and their common weight stride along ``var``; None when they are not that."""
+    calls: list[Any] = []
+    ok = True
+
+    def check(node: Any) -> None:
+        nonlocal ok
+        if isinstance(node, tirx.BufferStore):
+            call = _kernel_call(node, acc)
+            if call is None:
+                ok = False
+            else:
+                calls.append(call)
+        elif isinstance(node, tirx.For):
+            if _uses(node.min, var) or _uses(node.extent, var):
+                ok = False
+        elif isinstance(node, tirx.IfThenElse):
+            if _uses(node.condition, var):
+                ok = False
+        elif isinstance(node, tirx.Stmt) and not isinstance(node, tirx.SeqStmt | tirx.Evaluate):
+            ok = False
+
+    for stmt in stmts:
+        structural_walk(stmt, check)
+    if not ok or not calls:
+        return None
+    strides = {_weight_stride(c, var) for c in calls}
+    if len(strides) != 1 or None in strides:
+        return None
+    (stride,) = strides
+    return calls, int(stride)  # type: ignore[arg-type]
+
+
+def _writes(stmt: Any, buffer: Any) -> bool:
+    found: list[Any] = []
+    structural_walk(stmt, (tirx.BufferStore, lambda s: found.append(s) if s.buffer.same_as(buffer) else None))
+    return bool(found)
+
+
+def _blocked(loop: Any) -> Any | None:
+    """The four-channel form of ``loop``, or None."""
+    if loop.kind != tirx.ForKind.SERIAL or loop.step is not None:
+        return None
+    if (
+        not isinstance(loop.min, tirx.IntImm)
+        or int(loop.min) != 0
+        or not isinstance(loop.extent, tirx.IntImm)
+    ):
+        return None
+    extent = int(loop.extent)
+    body = loop.body
+    if extent < BLOCK or not isinstance(body, tirx.SeqStmt) or len(body.seq) < 4:
+        return None
+    alloc, init = body.seq[0], body.seq[1]
+    if not isinstance(alloc, tirx.AllocBuffer) or str(alloc.buffer.dtype) != "int32":
+        return None
+    acc = alloc.buffer
+    if [int(d) for d in acc.shape] != [1]:
+        return None
+    if not (
+        isinstance(init, tirx.BufferStore)
+        and init.buffer.same_as(acc)
+        and not _uses(init.value, loop.loop_var)
+    ):
+        return None
+    rest = list(body.seq[2:])
+    split = max((k + 1 for k, s in enumerate(rest) if _writes(s, acc)), default=0)
+    update, epilogue = rest[:split], rest[split:]
+    if not epilogue or not update:
+        return None
+    found = _reduction(update, acc, loop.loop_var)
+    if found is None:
+        return None
+    _, stride = found
+    var = loop.loop_var
+    dtype = str(var.ty)
+    outer = tirx.Var(f"{var.name}_o", dtype)
+    inner = tirx.Var(f"{var.name}_i", dtype)
+    four = tirx.decl_buffer((BLOCK,), "int32", name=f"{acc.name}4", layout=None)
+    first = outer * tirx.IntImm(dtype, BLOCK)
+
+    def blocked_call(store: Any) -> Any:
+        call = _kernel_call(store, acc)
+        if call is None:
+            return store
+        name, _ = _FOUR[str(call.args[0].value)]
+        args = [_substitute(a, var, first) for a in call.args[1:-1]]
+        reads_data = _FOUR[str(call.args[0].value)][1]
+        at = 2 if reads_data else 1  # the four channels' stride follows the weight pointer
+        args.insert(at, tirx.IntImm("int32", stride))
+        pointer = tirx.address_of(tirx.BufferLoad(four, [tirx.IntImm(dtype, 0)]))
+        return tirx.Evaluate(tirx.call_extern("int32", name, *args, pointer))
+
+    update4 = [structural_map(_fresh_loops(s), (tirx.BufferStore, blocked_call)) for s in update]
+    inits = [tirx.BufferStore(four, init.value, [tirx.IntImm(dtype, j)]) for j in range(BLOCK)]
+
+    def read_four(load: Any) -> Any:
+        return tirx.BufferLoad(four, [inner]) if load.source.same_as(acc) else load
+
+    tail = [
+        structural_map(_fresh_loops(_substitute(s, var, first + inner)), (TensorLoad, read_four))
+        for s in epilogue
+    ]
+    per_channel = tirx.For(
+        inner, tirx.IntImm(dtype, 0), tirx.IntImm(dtype, BLOCK), tirx.ForKind.SERIAL, _seq(tail)
+    )
+    blocks = tirx.For(
+        outer,
+        tirx.IntImm(dtype, 0),
+        tirx.IntImm(dtype, extent // BLOCK),
+        tirx.ForKind.SERIAL,
+        tirx.SeqStmt([tirx.AllocBuffer(four), *inits, *update4, per_channel]),
+    )
+    left = extent % BLOCK
+    if not left:
+        return blocks
+    remainder = tirx.For(
+        var, tirx.IntImm(dtype, extent - left), tirx.IntImm(dtype, left), tirx.ForKind.SERIAL, body
+    )
+    return tirx.SeqStmt([blocks, remainder])
+
+
+def _fresh_loops(stmt: Any) -> Any:
+    """``stmt`` with a new variable for each loop it holds (the copy keeps the function SSA)."""
+
+    def fresh(loop: Any) -> Any:
+        var = tirx.Var(loop.loop_var.name, str(loop.loop_var.ty))
+        body = _substitute(loop.body, loop.loop_var, var)
+        return tirx.For(var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations)
+
+    return structural_map(stmt, (tirx.For, fresh))
+
+
+def _seq(stmts: list[Any]) -> Any:
+    return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
+
+
+def block_output_channels(func: PrimFunc) -> PrimFunc:
+    body = structural_map(func.body, (tirx.For, lambda loop: _blocked(loop) or loop))
+    return func.with_body(body).with_attr(ATTR_DONE, True)
+
+
+@tvm.transform.module_pass(opt_level=0, name="BlockOutputChannels")
+class BlockOutputChannels:
+    """Compute four output channels' reductions per pass over the data (``tvmmcu_dot4_*``).
+
+    Matches
+        a serial loop ``for f in [0, F)`` (F >= 4, constant) whose body is ``acc = alloc int32[1];
+        acc[0] = c; <update>; <epilogue>`` where ``c`` is free of ``f``, every store of ``<update>`` is
+        ``acc[0] = tvmmcu_dot_*(x, &w[i], n, acc[0])`` or ``tvmmcu_dot_sum_s8(&w[i], n, z, acc[0])``
+        (UseDotKernels' calls) with ``i`` linear in ``f`` with one stride ``S`` for all of them and
+        everything else (data, sizes, the loops and tests around the calls) free of ``f``, and
+        ``<epilogue>`` (which reads ``acc[0]`` and ``f``) writes no ``acc``: one output pixel's channels.
+    Rewrites to
+        ``for fo in [0, F / 4): acc4 = alloc int32[4]; acc4[0..3] = c; <update with each call on the
+        four channels fo * 4 .. fo * 4 + 3: tvmmcu_dot4_*(x, &w[i(fo * 4)], S, n, &acc4[0])>;
+        for fi in [0, 4): <epilogue with f = fo * 4 + fi, acc[0] = acc4[fi]>``, then the original loop
+        over the last F mod 4 channels.
+    Declines when
+        the loop is not of that form (a window call, a store to anything else, a test or loop bound on
+        ``f``, data that depends on ``f`` as in a depthwise convolution, different strides), or the
+        function already carries ``tvmmcu.output_channels_blocked``.
+    Numerics
+        unchanged: each channel's accumulator receives the same products in the same order.
+    Ordering
+        after UseDotKernels (it blocks that pass's calls), before LoopPartition and UnrollLoop.
+    """
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return rewrite_each(mod, ATTR_DONE, block_output_channels)
