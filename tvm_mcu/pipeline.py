@@ -16,6 +16,7 @@ from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspac
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+from tvm_mcu.passes.tir.split_borders import SplitBorders
 from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 
 
@@ -100,6 +101,9 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         UseDotKernels(),
         # Four output channels per pass over the data; blocks UseDotKernels' calls.
         BlockOutputChannels(),
+        # Output loops split where the windows' tap clamps change: constant taps in the interior; reads
+        # both passes' calls.
+        SplitBorders(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
         tirx.transform.VectorizeLoop(False),

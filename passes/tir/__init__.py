@@ -12,6 +12,7 @@ from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+from tvm_mcu.passes.tir.split_borders import SplitBorders
 from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "RollRowBuffers",
     "ScheduleForMcu",
     "SkipComputedRows",
+    "SplitBorders",
     "UseDotKernels",
 ]

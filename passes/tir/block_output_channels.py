@@ -14,23 +14,13 @@ from tvm_mcu._tvm import (
     tvm,
 )
 from tvm_mcu.passes.tir.dot_kernels import DOT, DOT4, SUM, SUM4
-from tvm_mcu.passes.tir.each_function import rewrite_each
+from tvm_mcu.passes.tir.each_function import constant_extent, fresh_loops, rewrite_each, substitute, uses
 
 ATTR_DONE = "tvmmcu.output_channels_blocked"
 BLOCK = 4
 
 # The one-channel kernel -> its four-channel form, and whether it reads data (else a padding sum).
 _FOUR = {**{name: (DOT4[key], True) for key, name in DOT.items()}, **{SUM[k]: (SUM4[k], False) for k in SUM}}
-
-
-def _uses(expr: Any, var: Any) -> bool:
-    found: list[Any] = []
-    structural_walk(expr, (tirx.Var, lambda v: found.append(v) if v.same_as(var) else None))
-    return bool(found)
-
-
-def _substitute(node: Any, var: Any, value: Any) -> Any:
-    return structural_map(node, (tirx.Var, lambda v: value if v.same_as(var) else v))
 
 
 def _kernel_call(store: Any, acc: Any) -> Any | None:
@@ -58,7 +48,7 @@ def _weight_stride(call: Any, var: Any) -> int | None:
     at = 1 if reads_data else 0
     weight = args[at]
     others = args[:at] + args[at + 1 :]
-    if any(_uses(a, var) for a in others):
+    if any(uses(a, var) for a in others):
         return None
     if not (isinstance(weight, tvm.ir.Call) and str(getattr(weight.op, "name", "")) == "tirx.address_of"):
         return None
@@ -66,7 +56,7 @@ def _weight_stride(call: Any, var: Any) -> int | None:
     if not isinstance(load, TensorLoad) or len(load.indices) != 1:
         return None
     coeffs = detect_linear_equation(load.indices[0], [var])
-    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or _uses(coeffs[1], var):
+    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or uses(coeffs[1], var):
         return None
     return int(coeffs[0])
 
@@ -86,10 +76,10 @@ def _reduction(stmts: list[Any], acc: Any, var: Any) -> tuple[list[Any], int] | 
             else:
                 calls.append(call)
         elif isinstance(node, tirx.For):
-            if _uses(node.min, var) or _uses(node.extent, var):
+            if uses(node.min, var) or uses(node.extent, var):
                 ok = False
         elif isinstance(node, tirx.IfThenElse):
-            if _uses(node.condition, var):
+            if uses(node.condition, var):
                 ok = False
         elif isinstance(node, tirx.Stmt) and not isinstance(node, tirx.SeqStmt | tirx.Evaluate):
             ok = False
@@ -113,15 +103,9 @@ def _writes(stmt: Any, buffer: Any) -> bool:
 
 def _blocked(loop: Any) -> Any | None:
     """The four-channel form of ``loop``, or None."""
-    if loop.kind != tirx.ForKind.SERIAL or loop.step is not None:
+    extent = constant_extent(loop)
+    if extent is None:
         return None
-    if (
-        not isinstance(loop.min, tirx.IntImm)
-        or int(loop.min) != 0
-        or not isinstance(loop.extent, tirx.IntImm)
-    ):
-        return None
-    extent = int(loop.extent)
     body = loop.body
     if extent < BLOCK or not isinstance(body, tirx.SeqStmt) or len(body.seq) < 4:
         return None
@@ -134,7 +118,7 @@ def _blocked(loop: Any) -> Any | None:
     if not (
         isinstance(init, tirx.BufferStore)
         and init.buffer.same_as(acc)
-        and not _uses(init.value, loop.loop_var)
+        and not uses(init.value, loop.loop_var)
     ):
         return None
     rest = list(body.seq[2:])
@@ -158,21 +142,21 @@ def _blocked(loop: Any) -> Any | None:
         if call is None:
             return store
         name, _ = _FOUR[str(call.args[0].value)]
-        args = [_substitute(a, var, first) for a in call.args[1:-1]]
+        args = [substitute(a, var, first) for a in call.args[1:-1]]
         reads_data = _FOUR[str(call.args[0].value)][1]
         at = 2 if reads_data else 1  # the four channels' stride follows the weight pointer
         args.insert(at, tirx.IntImm("int32", stride))
         pointer = tirx.address_of(tirx.BufferLoad(four, [tirx.IntImm(dtype, 0)]))
         return tirx.Evaluate(tirx.call_extern("int32", name, *args, pointer))
 
-    update4 = [structural_map(_fresh_loops(s), (tirx.BufferStore, blocked_call)) for s in update]
+    update4 = [structural_map(fresh_loops(s), (tirx.BufferStore, blocked_call)) for s in update]
     inits = [tirx.BufferStore(four, init.value, [tirx.IntImm(dtype, j)]) for j in range(BLOCK)]
 
     def read_four(load: Any) -> Any:
         return tirx.BufferLoad(four, [inner]) if load.source.same_as(acc) else load
 
     tail = [
-        structural_map(_fresh_loops(_substitute(s, var, first + inner)), (TensorLoad, read_four))
+        structural_map(fresh_loops(substitute(s, var, first + inner)), (TensorLoad, read_four))
         for s in epilogue
     ]
     per_channel = tirx.For(
@@ -192,17 +176,6 @@ def _blocked(loop: Any) -> Any | None:
         var, tirx.IntImm(dtype, extent - left), tirx.IntImm(dtype, left), tirx.ForKind.SERIAL, body
     )
     return tirx.SeqStmt([blocks, remainder])
-
-
-def _fresh_loops(stmt: Any) -> Any:
-    """``stmt`` with a new variable for each loop it holds (the copy keeps the function SSA)."""
-
-    def fresh(loop: Any) -> Any:
-        var = tirx.Var(loop.loop_var.name, str(loop.loop_var.ty))
-        body = _substitute(loop.body, loop.loop_var, var)
-        return tirx.For(var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations)
-
-    return structural_map(stmt, (tirx.For, fresh))
 
 
 def _seq(stmts: list[Any]) -> Any:

@@ -27,6 +27,9 @@ SUM = {"int8": "tvmmcu_dot_sum_s8"}
 # acc[j] += sum over k < n of x[k] * w[j * ws + k] (j < 4).
 DOT4 = {("int8", "int8"): "tvmmcu_dot4_s8s8", ("uint8", "int8"): "tvmmcu_dot4_u8s8"}
 SUM4 = {"int8": "tvmmcu_dot4_sum_s8"}
+# Window kernels with at most this many taps are unrolled where their taps inside are known (the
+# header's TVMMCU_DOT_WIN_UNROLL); SplitBorders makes them known only for such windows.
+WINDOW_UNROLL_TAPS = 16
 # C function for (data dtype, weight dtype): a 2-D window of strided taps, the padding's clipped off.
 WINDOW = {("int8", "int8"): "tvmmcu_dot_win_s8s8", ("uint8", "int8"): "tvmmcu_dot_win_u8s8"}
 
@@ -166,27 +169,14 @@ static inline int32_t tvmmcu_dot4_u8s8(const uint8_t *x, const int8_t *w, int32_
 /* A window of kh x kw taps, strided: tap (ry, rx) of the weights is w[ry * wsy + rx * wsx]; the taps
  * [y0, y1) x [x0, x1) lie inside the input, x pointing at tap (y0, x0); the others hold the padding
  * value pad. A depthwise convolution's window (channels between taps), or a row too short for a dot
- * product. Inlined at its call with constant sizes and strides, which the compiler unrolls. */
-static inline int32_t tvmmcu_dot_win_x8s8(const void *x, int32_t xsy, int32_t xsx, const int8_t *w,
-                                          int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t y0,
-                                          int32_t y1, int32_t x0, int32_t x1, int32_t pad, int32_t acc,
-                                          int x_unsigned) {
+ * product. The general form, for taps inside not known when compiling: the taps inside, then pad
+ * times the weights of the others (all minus those inside). */
+static inline int32_t tvmmcu_dot_win_any(
+    const void *x, int32_t xsy, int32_t xsx, const int8_t *w, int32_t wsy, int32_t wsx, int32_t kh,
+    int32_t kw, int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t pad, int32_t acc, int x_unsigned) {
   const int8_t *xs = (const int8_t *)x;
   const uint8_t *xu = (const uint8_t *)x;
   uint32_t sum = (uint32_t)acc;
-  if (y0 == 0 && x0 == 0 && y1 == kh && x1 == kw) { /* inside the input: every tap, no test */
-#pragma GCC unroll 64
-    for (int32_t ry = 0; ry < kh; ++ry) {
-#pragma GCC unroll 64
-      for (int32_t rx = 0; rx < kw; ++rx) {
-        const int32_t at = ry * xsy + rx * xsx;
-        const int32_t v = x_unsigned ? (int32_t)xu[at] : (int32_t)xs[at];
-        sum += (uint32_t)(v * (int32_t)w[ry * wsy + rx * wsx]);
-      }
-    }
-    return (int32_t)sum;
-  }
-  /* At a border: the taps inside, then pad times the weights of the others (all minus inside). */
   uint32_t all = 0;
   uint32_t inside = 0;
 #pragma GCC unroll 64
@@ -206,6 +196,60 @@ static inline int32_t tvmmcu_dot_win_x8s8(const void *x, int32_t xsy, int32_t xs
     }
   }
   return (int32_t)(sum + (all - inside) * (uint32_t)pad);
+}
+
+/* Window kernels of at most this many taps are unrolled wherever their taps inside are constants
+ * (SplitBorders makes them so; passes/tir/dot_kernels.py WINDOW_UNROLL_TAPS). */
+#define TVMMCU_DOT_WIN_UNROLL 16
+
+/* The window kernel. Where the compiler knows (after inlining, from constant arguments) that every tap
+ * lies inside the input, or which taps do in a small window, the taps are unrolled with constant
+ * offsets and the padding's folded in. Elsewhere (a large window at an unknown position) every tap of
+ * a window wholly inside is unrolled once, and the others take the general form. */
+static inline int32_t tvmmcu_dot_win_x8s8(const void *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                          int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t y0,
+                                          int32_t y1, int32_t x0, int32_t x1, int32_t pad, int32_t acc,
+                                          int x_unsigned) {
+  const int whole = y0 == 0 && x0 == 0 && y1 == kh && x1 == kw;
+  const int known = __builtin_constant_p(y0) && __builtin_constant_p(y1) && __builtin_constant_p(x0) &&
+                    __builtin_constant_p(x1) && __builtin_constant_p(kh) && __builtin_constant_p(kw);
+  if ((__builtin_constant_p(whole) && whole) || (known && kh * kw <= TVMMCU_DOT_WIN_UNROLL)) {
+    const int8_t *xs = (const int8_t *)x;
+    const uint8_t *xu = (const uint8_t *)x;
+    uint32_t sum = (uint32_t)acc;
+    uint32_t padded = 0;
+#pragma GCC unroll 64
+    for (int32_t ry = 0; ry < kh; ++ry) {
+#pragma GCC unroll 64
+      for (int32_t rx = 0; rx < kw; ++rx) {
+        const int32_t wv = w[ry * wsy + rx * wsx];
+        if (ry >= y0 && ry < y1 && rx >= x0 && rx < x1) {
+          const int32_t at = (ry - y0) * xsy + (rx - x0) * xsx;
+          const int32_t v = x_unsigned ? (int32_t)xu[at] : (int32_t)xs[at];
+          sum += (uint32_t)(v * wv);
+        } else {
+          padded += (uint32_t)wv;
+        }
+      }
+    }
+    return (int32_t)(sum + padded * (uint32_t)pad);
+  }
+  if (!known && whole) {
+    const int8_t *xs = (const int8_t *)x;
+    const uint8_t *xu = (const uint8_t *)x;
+    uint32_t sum = (uint32_t)acc;
+#pragma GCC unroll 64
+    for (int32_t ry = 0; ry < kh; ++ry) {
+#pragma GCC unroll 64
+      for (int32_t rx = 0; rx < kw; ++rx) {
+        const int32_t at = ry * xsy + rx * xsx;
+        const int32_t v = x_unsigned ? (int32_t)xu[at] : (int32_t)xs[at];
+        sum += (uint32_t)(v * (int32_t)w[ry * wsy + rx * wsx]);
+      }
+    }
+    return (int32_t)sum;
+  }
+  return tvmmcu_dot_win_any(x, xsy, xsx, w, wsy, wsx, kh, kw, y0, y1, x0, x1, pad, acc, x_unsigned);
 }
 
 static inline int32_t tvmmcu_dot_win_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, const int8_t *w,

@@ -11,20 +11,13 @@ from tvm_mcu._tvm import (
     detect_linear_equation,
     structural_equal,
     structural_map,
-    structural_walk,
     tirx,
     tvm,
 )
 from tvm_mcu.passes.tir.dot_kernels import DOT, SUM, WINDOW
-from tvm_mcu.passes.tir.each_function import rewrite_each
+from tvm_mcu.passes.tir.each_function import from_zero, rewrite_each, uses
 
 ATTR_DONE = "tvmmcu.dot_kernels"
-
-
-def _uses(expr: Any, var: Any) -> bool:
-    found: list[Any] = []
-    structural_walk(expr, (tirx.Var, lambda v: found.append(v) if v.same_as(var) else None))
-    return bool(found)
 
 
 def _strip_cast(expr: Any) -> Any | None:
@@ -43,7 +36,7 @@ def _contiguous(load: Any, var: Any) -> Any | None:
     if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or int(coeffs[0]) != 1:
         return None
     base = coeffs[1]
-    if _uses(base, var):
+    if uses(base, var):
         return None
     return tirx.BufferLoad(load.source, [base])
 
@@ -62,7 +55,7 @@ def _bound(test: Any, var: Any) -> tuple[str, Any] | None:
     if op is None:
         return None
     coeffs = detect_linear_equation(test.a - test.b, [var])  # test: c * var + d (op) 0
-    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or _uses(coeffs[1], var):
+    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or uses(coeffs[1], var):
         return None
     c, d = int(coeffs[0]), coeffs[1]
     one = tirx.IntImm(str(d.ty), 1)
@@ -82,7 +75,7 @@ def _padding(cond: Any, var: Any) -> tuple[Any, list[Any], list[Any]] | None:
     lows: list[Any] = []
     highs: list[Any] = []
     for test in _conjuncts(cond):
-        if not _uses(test, var):
+        if not uses(test, var):
             free.append(test)
             continue
         bound = _bound(test, var)
@@ -120,16 +113,6 @@ def _shifted(load: Any, offset: Any) -> Any:
     return tirx.address_of(tirx.BufferLoad(load.source, [index + offset]))
 
 
-def _from_zero(loop: Any) -> bool:
-    """A plain serial loop starting at 0."""
-    return (
-        loop.kind == tirx.ForKind.SERIAL
-        and loop.step is None
-        and isinstance(loop.min, tirx.IntImm)
-        and int(loop.min) == 0
-    )
-
-
 def _mac(store: Any, loop_vars: list[Any]) -> tuple[Any, Any, Any] | None:
     """(acc[i], A, B) of ``acc[i] = acc[i] + int32(A) * int32(B)`` with ``i`` free of the loops."""
     if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
@@ -145,7 +128,7 @@ def _mac(store: Any, loop_vars: list[Any]) -> tuple[Any, Any, Any] | None:
         and all(structural_equal(a, b) for a, b in zip(acc.indices, store.indices, strict=True))
     ):
         return None
-    if any(_uses(i, v) for i in store.indices for v in loop_vars):
+    if any(uses(i, v) for i in store.indices for v in loop_vars):
         return None
     a, b = _strip_cast(value.b.a), _strip_cast(value.b.b)
     if a is None or b is None:
@@ -155,7 +138,7 @@ def _mac(store: Any, loop_vars: list[Any]) -> tuple[Any, Any, Any] | None:
 
 def _rewrite(loop: Any) -> Any | None:
     """The call replacing ``loop``, or None when it is not a dot product the kernels compute."""
-    if not _from_zero(loop):
+    if not from_zero(loop):
         return None
     var = loop.loop_var
     mac = _mac(loop.body, [var])
@@ -187,7 +170,7 @@ def _strides(load: Any, ry: Any, rx: Any) -> tuple[int, int, Any] | None:
     coeffs = detect_linear_equation(load.indices[0], [ry, rx])
     if len(coeffs) != 3 or not all(isinstance(c, tirx.IntImm) for c in coeffs[:2]):
         return None
-    if _uses(coeffs[2], ry) or _uses(coeffs[2], rx):
+    if uses(coeffs[2], ry) or uses(coeffs[2], rx):
         return None
     return int(coeffs[0]), int(coeffs[1]), coeffs[2]
 
@@ -195,7 +178,7 @@ def _strides(load: Any, ry: Any, rx: Any) -> tuple[int, int, Any] | None:
 def _window(loop: Any) -> Any | None:
     """The call replacing a two-level window ``for ry: for rx: acc += x * w`` with strided taps."""
     inner = loop.body
-    if not _from_zero(loop) or not isinstance(inner, tirx.For) or not _from_zero(inner):
+    if not from_zero(loop) or not isinstance(inner, tirx.For) or not from_zero(inner):
         return None
     if not isinstance(loop.extent, tirx.IntImm) or not isinstance(inner.extent, tirx.IntImm):
         return None
@@ -264,7 +247,7 @@ def _window_bounds(
     lows: dict[str, list[Any]] = {"y": [], "x": []}
     highs: dict[str, list[Any]] = {"y": [], "x": []}
     for test in _conjuncts(cond):
-        on_y, on_x = _uses(test, ry), _uses(test, rx)
+        on_y, on_x = uses(test, ry), uses(test, rx)
         if on_y and on_x:
             return None
         if not on_y and not on_x:
