@@ -24,6 +24,7 @@ from tvm_mcu.errors import TvmMcuError
 from tvm_mcu.frontend import load_model, random_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
+from kernels import KERNELS_HEADING, kernels_section  # noqa: E402
 from prune_bench import methods_section, resource_model_section  # noqa: E402
 from robustness import FUZZ_HEADING, ORT_HEADING, fuzz_section, ort_section  # noqa: E402
 
@@ -539,6 +540,7 @@ PARTIAL = {
     "compile-time": (COMPILE_HEADING, compile_time_section),
     "ort": (ORT_HEADING, ort_section),
     "fuzz": (FUZZ_HEADING, fuzz_section),
+    "kernels": (KERNELS_HEADING, lambda tmp: kernels_section(tmp, SHARED_MODELS)),
 }
 
 
@@ -589,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = _row(label, board, path, work)
                 print(f"{label} on {board}: {row.get('error') or row.get('insns')}", flush=True)
                 rows.append(row)
-        int8 = int8_section(Path(tmp)) + sram_section(Path(tmp))
+        int8 = int8_section(Path(tmp)) + kernels_section(Path(tmp), SHARED_MODELS) + sram_section(Path(tmp))
         ptq = ptq_section(Path(tmp))
         backend = onnx_backend_section(Path(tmp))
         pruning = resource_model_section(Path(tmp))

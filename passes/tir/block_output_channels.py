@@ -14,7 +14,7 @@ from tvm_mcu._tvm import (
     tvm,
 )
 from tvm_mcu.passes.tir.dot_kernels import DOT, DOT4, SUM, SUM4
-from tvm_mcu.passes.tir.each_function import constant_extent, fresh_loops, rewrite_each, substitute, uses
+from tvm_mcu.passes.tir.each_function import constant_extent, fresh_variables, rewrite_each, substitute, uses
 
 ATTR_DONE = "tvmmcu.output_channels_blocked"
 BLOCK = 4
@@ -149,14 +149,14 @@ def _blocked(loop: Any) -> Any | None:
         pointer = tirx.address_of(tirx.BufferLoad(four, [tirx.IntImm(dtype, 0)]))
         return tirx.Evaluate(tirx.call_extern("int32", name, *args, pointer))
 
-    update4 = [structural_map(fresh_loops(s), (tirx.BufferStore, blocked_call)) for s in update]
+    update4 = [structural_map(fresh_variables(s), (tirx.BufferStore, blocked_call)) for s in update]
     inits = [tirx.BufferStore(four, init.value, [tirx.IntImm(dtype, j)]) for j in range(BLOCK)]
 
     def read_four(load: Any) -> Any:
         return tirx.BufferLoad(four, [inner]) if load.source.same_as(acc) else load
 
     tail = [
-        structural_map(fresh_loops(substitute(s, var, first + inner)), (TensorLoad, read_four))
+        structural_map(fresh_variables(substitute(s, var, first + inner)), (TensorLoad, read_four))
         for s in epilogue
     ]
     per_channel = tirx.For(

@@ -24,16 +24,25 @@ def substitute(node: Any, var: Any, value: Any) -> Any:
     return structural_map(node, (tirx.Var, lambda v: value if v.same_as(var) else v))
 
 
-def fresh_loops(stmt: Any) -> Any:
-    """``stmt`` with a new variable for each loop it holds: a copy of a loop nest placed beside the
-    original keeps the function in SSA form (TVM's passes reject a loop variable defined twice)."""
+def fresh_variables(stmt: Any) -> Any:
+    """``stmt`` with a new variable for each one it defines (loop variables, ``Bind`` lets): a copy of
+    a statement placed beside the original keeps the function in SSA form (TVM's passes reject a
+    variable defined twice)."""
+    defined: list[Any] = []
 
-    def fresh(loop: Any) -> Any:
-        var = tirx.Var(loop.loop_var.name, str(loop.loop_var.ty))
-        body = substitute(loop.body, loop.loop_var, var)
-        return tirx.For(var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations)
+    def define(node: Any) -> None:
+        var = node.loop_var if isinstance(node, tirx.For) else node.var
+        defined.append(var)
 
-    return structural_map(stmt, (tirx.For, fresh))
+    structural_walk(stmt, [(tirx.For, define), (tirx.Bind, define)])
+    if not defined:
+        return stmt
+    renamed = [(old, tirx.Var(str(old.name), str(old.ty))) for old in defined]
+
+    def rename(var: Any) -> Any:
+        return next((new for old, new in renamed if old.same_as(var)), var)
+
+    return structural_map(stmt, (tirx.Var, rename))
 
 
 def uses(expr: Any, var: Any) -> bool:
@@ -56,3 +65,35 @@ def from_zero(loop: Any) -> bool:
 def constant_extent(loop: Any) -> int | None:
     """The iteration count of a plain serial loop from 0 with a constant one, else None."""
     return int(loop.extent) if from_zero(loop) and isinstance(loop.extent, tirx.IntImm) else None
+
+
+def fresh_buffers(stmt: Any) -> Any:
+    """``stmt`` with a new buffer for each buffer it allocates (and its loads and stores): a copy of a
+    statement that allocates keeps each allocation declared once."""
+    allocated: list[Any] = []
+    structural_walk(stmt, (tirx.AllocBuffer, lambda a: allocated.append(a.buffer)))
+    if not allocated:
+        return stmt
+    renamed = {}
+    for old in allocated:
+        shape = [int(d) for d in old.shape]
+        renamed[old] = tirx.decl_buffer(shape, str(old.dtype), name=str(old.name), layout=None)
+
+    def new(buffer: Any) -> Any:
+        return next((b for o, b in renamed.items() if o.same_as(buffer)), buffer)
+
+    def on_alloc(alloc: Any) -> Any:
+        buffer = new(alloc.buffer)
+        return alloc if buffer is alloc.buffer else tirx.AllocBuffer(buffer, alloc.annotations)
+
+    def on_store(store: Any) -> Any:
+        buffer = new(store.buffer)
+        return store if buffer is store.buffer else tirx.BufferStore(buffer, store.value, store.indices)
+
+    def on_load(load: Any) -> Any:
+        buffer = new(load.source)
+        return load if buffer is load.source else tirx.BufferLoad(buffer, load.indices)
+
+    return structural_map(
+        stmt, [(tirx.AllocBuffer, on_alloc), (tirx.BufferStore, on_store), (tvm.ir.TensorLoad, on_load)]
+    )

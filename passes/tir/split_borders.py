@@ -14,7 +14,14 @@ from tvm_mcu._tvm import (
     tvm,
 )
 from tvm_mcu.passes.tir.dot_kernels import HELPER_PREFIX, WINDOW, WINDOW_UNROLL_TAPS
-from tvm_mcu.passes.tir.each_function import constant_extent, fresh_loops, rewrite_each, substitute, uses
+from tvm_mcu.passes.tir.each_function import (
+    constant_extent,
+    fresh_buffers,
+    fresh_variables,
+    rewrite_each,
+    substitute,
+    uses,
+)
 
 ATTR_DONE = "tvmmcu.borders_split"
 
@@ -91,7 +98,9 @@ def _split(loop: Any) -> Any | None:
     loops = []
     for start, stop in pieces:
         fresh = tirx.Var(var.name, dtype)
-        body = _simplified(fresh_loops(substitute(loop.body, var, fresh)), fresh, start, stop)
+        body = _simplified(
+            fresh_buffers(fresh_variables(substitute(loop.body, var, fresh))), fresh, start, stop
+        )
         loops.append(
             tirx.For(
                 fresh,

@@ -1,0 +1,105 @@
+"""The kernels' section of docs/BENCHMARKS.md: instructions of the int8 MLPerf Tiny models against
+CMSIS-NN's, per model and per operator, with flash and peak SRAM before and after the kernels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tvm_mcu import api
+from tvm_mcu.frontend import load_model, random_inputs
+from tvm_mcu.reference import reference_outputs
+
+KERNELS_HEADING = "## Kernels against CMSIS-NN"
+BOARD = "mps2-an386"
+NO_DSP_BOARD = "mps2-an385"
+SEEDS = 5
+# (label, file, CMSIS-NN instructions on mps2-an386: TFLite Micro with its CMSIS-NN v7 kernels,
+# arm-none-eabi-gcc -Ofast, the same QEMU and plugin; ../shared/notes/anchors.md section 6), and
+# tvm-mcu's figures before these kernels (TVM's scalar loops): instructions, flash B, peak SRAM B.
+MODELS = (
+    ("KWS DS-CNN", "kws_ref_model.tflite", 7_842_131, (23_868_288, 36_184, 8_766)),
+    ("ResNet-8", "pretrainedResnet_quant.tflite", 29_869_303, (139_851_900, 91_872, 37_622)),
+    ("AD autoencoder", "ad01_int8.tflite", 579_591, (1_405_063, 288_356, 1_620)),
+)
+GOAL = 0.7  # of CMSIS-NN's instructions
+
+
+def _run(path: Path, board: str, out: Path) -> tuple[object, bool]:
+    """Compile, run SEEDS seeded inputs and compare each with the tflite-micro interpreter."""
+    model = load_model(path)
+    compiled = api.compile_model(path, board, out)
+    exact = True
+    report: object = compiled.report
+    for seed in range(SEEDS):
+        inputs = random_inputs(model, seed)
+        outcome = api.run_compiled(compiled.out_dir, inputs)
+        want = reference_outputs(model, inputs)
+        exact &= all(
+            np.array_equal(g, np.asarray(w).reshape(g.shape))
+            for g, w in zip(outcome.outputs, want, strict=True)
+        )
+        report = outcome.report
+    return report, exact
+
+
+def kernels_section(tmp: Path, models_dir: Path) -> list[str]:
+    lines = [
+        "",
+        KERNELS_HEADING,
+        "",
+        f"The int8 MLPerf Tiny models on {BOARD} (Cortex-M4 with the DSP extension) against TFLite Micro with",
+        "CMSIS-NN (`../shared/notes/anchors.md` section 6: the same QEMU and instruction-counting plugin,",
+        "instructions, not cycles), with the figures tvm-mcu had before its own kernels (TVM's scalar loops).",
+        "The schedule is the one the compiler picks (the smallest peak SRAM). Bit-exact: the int8 outputs",
+        f"equal the `tflite-micro` interpreter's on {SEEDS} seeded inputs. Goal: at most {GOAL}x CMSIS-NN's",
+        "instructions with no more flash than 5 % above and no more peak SRAM than before.",
+        "",
+        "| model | bit-exact | MACs | instructions | per MAC | CMSIS-NN | per MAC | ratio | before | flash B (before) | peak SRAM B (before) | instructions on Cortex-M3 (no DSP) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    per_op: list[str] = []
+    for label, file, cmsis, (before, flash_before, sram_before) in MODELS:
+        path = models_dir / file
+        if not path.is_file():
+            lines.append(f"| {label} | skipped: {path} is absent |" + " |" * 10)
+            continue
+        report, exact = _run(path, BOARD, tmp / f"{path.stem}_kernels")
+        m3, m3_exact = _run(path, NO_DSP_BOARD, tmp / f"{path.stem}_kernels_m3")
+        r, n = report, int(report.macs)  # type: ignore[attr-defined]
+        insns = int(r.instructions)  # type: ignore[attr-defined]
+        print(
+            f"kernels: {label}: {insns:,} instructions, {insns / cmsis:.2f}x CMSIS-NN, exact={exact}",
+            flush=True,
+        )
+        lines.append(
+            f"| {label} | {'yes' if exact and m3_exact else 'NO'} | {n:,} | {insns:,} | {insns / n:.2f} | "
+            f"{cmsis:,} | {cmsis / n:.2f} | {insns / cmsis:.2f}x | {before:,} ({before / cmsis:.2f}x) | "
+            f"{r.flash_bytes:,} ({flash_before:,}) | {r.peak_sram_bytes:,} ({sram_before:,}) | "  # type: ignore[attr-defined]
+            f"{int(m3.instructions):,} |"  # type: ignore[attr-defined]
+        )
+        per_op += [
+            "",
+            f"{label}, per operator ({r.schedule}; driver and harness {r.driver_instructions:,} instructions):",  # type: ignore[attr-defined]
+            "",
+            "| step | operator | MACs | instructions | share | per MAC |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for k, op in enumerate(r.ops):  # type: ignore[attr-defined]
+            count = op.instructions or 0
+            per_mac = f"{op.instructions_per_mac:.2f}" if op.instructions_per_mac is not None else ""
+            per_op.append(
+                f"| {k} | {op.kind} | {op.macs:,} | {count:,} | {100 * count / insns:.1f} % | {per_mac} |"
+            )
+    lines += [
+        "",
+        "Where the instructions go: dot products of contiguous int8 vectors (SMLAD on SXTB16 pairs, four",
+        "output channels per pass over the input: `tvmmcu_dot4_*`), windows of strided taps (depthwise",
+        "convolutions, rows too short for dot products: unrolled at compile time where the taps inside are",
+        "known, the output loops split at the borders), TFLite's requantisation by one rounded high",
+        "multiply where the accumulator is provably small, and the rest (ADD, pooling, softmax) TVM's loops.",
+        *per_op,
+        "",
+    ]
+    return lines
