@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.zoo import write_model
@@ -42,3 +43,48 @@ def test_a_tight_sram_budget_stays_bit_exact(tmp_path: Path) -> None:
     assert tight.report.arena_bytes + tight.report.io_bytes <= budget
     v = api.verify(path, "mps2-an386", tmp_path / "verify", seed=3, schedule=tight.report.schedule)
     assert v.passed and v.report.max_abs_error == 0.0
+
+
+def _random_layers(seed: int) -> bytes:
+    """A seeded random int8 TFLite network for the kernels: a convolution of random size, stride,
+    padding and channel count (rarely a multiple of 4), a depthwise one, maybe another convolution with
+    an output scale small enough for the requantisation to shift left, then a dense layer."""
+    from tests.zoo.tflite_int8 import AF, SAME, VALID, Int8Writer
+
+    rng = np.random.default_rng(1000 + seed)
+    w = Int8Writer(seed=2000 + seed)
+    h, wd = (int(v) for v in rng.integers(3, 12, 2))
+    c = int(rng.integers(1, 11))
+    zp = int(rng.integers(-128, 128))
+    x = w.activation("input", (1, h, wd, c), float(rng.uniform(0.01, 0.1)), zp)
+    acts = [AF.NONE, AF.RELU, AF.RELU6]
+    k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+    pad = SAME if rng.random() < 0.6 or min(h, wd) < max(k) else VALID
+    # At least two channels into the depthwise layer: TVM's importer reads one channel's per-channel
+    # weight scale as per-tensor and rejects its quantized dimension.
+    y = w.conv2d("c1", x, int(rng.integers(2, 14)), k, int(rng.integers(1, 3)), pad, acts[rng.integers(3)])
+    kd = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    y = w.depthwise(
+        "dw", y, kd, int(rng.integers(1, 3)), int(rng.integers(1, 3)), SAME, acts[rng.integers(3)]
+    )
+    if rng.random() < 0.6:
+        s, _ = w.params(y)
+        # An output scale below the product of the scales: multipliers above one, a left shift.
+        tiny = (s * float(rng.uniform(0.05, 0.5)), int(rng.integers(-20, 20)))
+        y = w.conv2d("c2", y, int(rng.integers(1, 9)), (1, 1), 1, SAME, AF.NONE, out_params=tiny)
+    _, oh, ow, oc = w.shape(y)
+    y = w.fully_connected("fc", w.reshape("flat", y, (1, oh * ow * oc)), int(rng.integers(1, 11)))
+    return w.finish([x], [y], f"kernels_{seed}")
+
+
+KERNEL_SEEDS = range(24)
+
+
+@pytest.mark.parametrize("seed", KERNEL_SEEDS)
+def test_random_layers_are_bit_exact_with_tflite_micro(seed: int, tmp_path: Path) -> None:
+    """The kernel fuzz sample: random shapes, strides, paddings, channel counts and zero points, on the
+    Cortex-M4 (SMLAD, SMMULR) against the tflite-micro interpreter."""
+    path = tmp_path / f"kernels_{seed}.tflite"
+    path.write_bytes(_random_layers(seed))
+    v = api.verify(path, "mps2-an386", tmp_path / "out", seed=seed)
+    assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference
