@@ -33,7 +33,7 @@ INT8_CASES = (
     (119, "ort-u8"),
 )
 # Float seeds through `tvm-mcu prune` (the "prune" kind): one pruned for SRAM, one with nothing to prune.
-PRUNE_SEEDS = (2, 10)
+PRUNE_SEEDS = (2, 10, 11)
 BOARDS = tuple(b.name for b in list_boards())
 CASES = [Case(s, "float", board_for(s, 0, BOARDS)) for s in FLOAT_SEEDS] + [
     Case(s, v, board_for(s, k, BOARDS)) for k, (s, v) in enumerate(INT8_CASES)
@@ -77,3 +77,13 @@ def test_a_seed_with_nothing_to_prune_is_refused_in_one_line(tmp_path: Path) -> 
     outcome = execute(case, random_cnn(seed).SerializeToString(deterministic=True), tmp_path)
     assert outcome.verdict == REFUSED and not outcome.bad_message, outcome.bad_message
     assert "no prunable channel group (input 'input': model input 'input'; " in outcome.message
+
+
+def test_a_pinned_output_without_an_onnx_node_is_named_by_its_place(tmp_path: Path) -> None:
+    """Seed 11: a model output the importer made (no ONNX node behind its variable) was named by its
+    Relax variable ('lv9'): the refusal now gives its place among the outputs."""
+    seed = PRUNE_SEEDS[2]
+    case = Case(seed, PRUNE, board_for(seed, 0, BOARDS))
+    outcome = execute(case, random_cnn(seed).SerializeToString(deterministic=True), tmp_path)
+    assert outcome.verdict == REFUSED and not outcome.bad_message, outcome.bad_message
+    assert "model output 1 of 2" in outcome.message and "'lv" not in outcome.message

@@ -427,11 +427,13 @@ def channel_groups(mod: _tvm.IRModule) -> ChannelPlan:
                     ctx.pin(inf.nodes, f"'{name}' is a {type(value).__name__}")
         if info is not None:
             ctx.infos[b.var] = info
-    for out in outputs:
+    for k, out in enumerate(outputs):
         inf = ctx.info(out)
         if inf is not None:
             node = _tvm.provenance(func, out) if isinstance(out, _tvm.RelaxVar) else None
-            ctx.pin(inf.nodes, f"model output of {node}" if node else f"model output '{_tvm.var_name(out)}'")
+            # Without the ONNX node, the output's place (never the importer's internal name).
+            where = f"of {node}" if node else (f"{k + 1} of {len(outputs)}" if len(outputs) > 1 else "")
+            ctx.pin(inf.nodes, f"model output {where}".rstrip())
     return _plan(func, ctx, binds, names, index)
 
 
