@@ -173,6 +173,8 @@ INT8_MODELS = (
     ("AD autoencoder", "ad01_int8.tflite", 1_160),
 )
 INT8_BOARDS = ("mps2-an386", "mps2-an500")
+INT8_HEADING = "## int8 models (MLPerf Tiny reference models)"
+SRAM_HEADING = "## Peak SRAM: layer by layer, in place, partial execution (channel slices, row bands)"
 INT8_SEEDS = 20
 
 
@@ -182,7 +184,7 @@ def int8_section(tmp: Path) -> list[str]:
 
     lines = [
         "",
-        "## int8 models (MLPerf Tiny reference models)",
+        INT8_HEADING,
         "",
         "Compiled with integer-only kernels and run on QEMU; **bit-exact** means the int8 outputs equal the",
         f"`tflite-micro` interpreter's on all {INT8_SEEDS} seeded random inputs. The whole-buffer bound counts",
@@ -257,7 +259,7 @@ def sram_section(tmp: Path) -> list[str]:
     board = "mps2-an386"
     lines = [
         "",
-        "## Peak SRAM: layer by layer, in place, partial execution (channel slices, row bands)",
+        SRAM_HEADING,
         "",
         f"On {board}. **Peak SRAM** = arena + the caller's input and output buffers + the stack painted on",
         "QEMU: everything the model needs in SRAM. *Layer by layer* keeps every tensor whole in a buffer of",
@@ -541,6 +543,8 @@ PARTIAL = {
     "ort": (ORT_HEADING, ort_section),
     "fuzz": (FUZZ_HEADING, fuzz_section),
     "kernels": (KERNELS_HEADING, lambda tmp: kernels_section(tmp, SHARED_MODELS)),
+    "int8": (INT8_HEADING, int8_section),
+    "sram": (SRAM_HEADING, sram_section),
 }
 
 
