@@ -26,13 +26,14 @@ MODELS = (
 GOAL = 0.7  # of CMSIS-NN's instructions
 
 
-def _run(path: Path, board: str, out: Path) -> tuple[object, bool]:
-    """Compile, run SEEDS seeded inputs and compare each with the tflite-micro interpreter."""
+def bit_exact_run(path: Path, board: str, out: Path, seeds: int = SEEDS) -> tuple[object, bool]:
+    """Compile, run ``seeds`` seeded inputs and compare each with the tflite-micro interpreter: the
+    report of the last run, and whether every output was equal."""
     model = load_model(path)
     compiled = api.compile_model(path, board, out)
     exact = True
     report: object = compiled.report
-    for seed in range(SEEDS):
+    for seed in range(seeds):
         inputs = random_inputs(model, seed)
         outcome = api.run_compiled(compiled.out_dir, inputs)
         want = reference_outputs(model, inputs)
@@ -65,8 +66,8 @@ def kernels_section(tmp: Path, models_dir: Path) -> list[str]:
         if not path.is_file():
             lines.append(f"| {label} | skipped: {path} is absent |" + " |" * 10)
             continue
-        report, exact = _run(path, BOARD, tmp / f"{path.stem}_kernels")
-        m3, m3_exact = _run(path, NO_DSP_BOARD, tmp / f"{path.stem}_kernels_m3")
+        report, exact = bit_exact_run(path, BOARD, tmp / f"{path.stem}_kernels")
+        m3, m3_exact = bit_exact_run(path, NO_DSP_BOARD, tmp / f"{path.stem}_kernels_m3")
         r, n = report, int(report.macs)  # type: ignore[attr-defined]
         insns = int(r.instructions)  # type: ignore[attr-defined]
         print(

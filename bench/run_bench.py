@@ -24,7 +24,7 @@ from tvm_mcu.errors import TvmMcuError
 from tvm_mcu.frontend import load_model, random_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
-from kernels import KERNELS_HEADING, kernels_section  # noqa: E402
+from kernels import KERNELS_HEADING, bit_exact_run, kernels_section  # noqa: E402
 from prune_bench import methods_section, resource_model_section  # noqa: E402
 from robustness import FUZZ_HEADING, ORT_HEADING, fuzz_section, ort_section  # noqa: E402
 
@@ -180,7 +180,7 @@ INT8_SEEDS = 20
 
 def int8_section(tmp: Path) -> list[str]:
     """The int8 reference models: bit-exactness over seeded inputs, memory, instructions, peers."""
-    from tvm_mcu.reference import reference_outputs, tflm_arena
+    from tvm_mcu.reference import tflm_arena
 
     lines = [
         "",
@@ -201,20 +201,8 @@ def int8_section(tmp: Path) -> list[str]:
             lines.append(f"| {label} | - | skipped: {path} is absent | | | | | | | | | | | | |")
             continue
         arena = tflm_arena(path.read_bytes())
-        model = load_model(path)
         for board in INT8_BOARDS:
-            compiled = api.compile_model(path, board, tmp / f"{path.stem}_{board}")
-            exact = True
-            report = compiled.report
-            for seed in range(INT8_SEEDS):
-                inputs = random_inputs(model, seed)
-                outcome = api.run_compiled(compiled.out_dir, inputs)
-                want = reference_outputs(model, inputs)
-                exact &= all(
-                    np.array_equal(g, np.asarray(w).reshape(g.shape))
-                    for g, w in zip(outcome.outputs, want, strict=True)
-                )
-                report = outcome.report
+            report, exact = bit_exact_run(path, board, tmp / f"{path.stem}_{board}", INT8_SEEDS)
             print(
                 f"{label} on {board}: bit-exact={exact} arena={report.arena_bytes} insns={report.instructions}",
                 flush=True,

@@ -53,26 +53,16 @@ static inline uint32_t tvmmcu_dot_word(const void *p) {
 
 #if defined(__ARM_FEATURE_DSP)
 /* Bytes 0 and 2 of x, sign- (s) or zero-extended (u) to two halfwords; rotated by 8: bytes 1 and 3. */
-static inline uint32_t tvmmcu_dot_s02(uint32_t x) {
-  uint32_t r;
-  __asm__("sxtb16 %0, %1" : "=r"(r) : "r"(x));
-  return r;
-}
-static inline uint32_t tvmmcu_dot_s13(uint32_t x) {
-  uint32_t r;
-  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
-  return r;
-}
-static inline uint32_t tvmmcu_dot_u02(uint32_t x) {
-  uint32_t r;
-  __asm__("uxtb16 %0, %1" : "=r"(r) : "r"(x));
-  return r;
-}
-static inline uint32_t tvmmcu_dot_u13(uint32_t x) {
-  uint32_t r;
-  __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
-  return r;
-}
+#define TVMMCU_DOT_EXTEND(name, instruction)                    \
+  static inline uint32_t name(uint32_t x) {                     \
+    uint32_t r;                                                 \
+    __asm__(instruction : "=r"(r) : "r"(x));                    \
+    return r;                                                   \
+  }
+TVMMCU_DOT_EXTEND(tvmmcu_dot_s02, "sxtb16 %0, %1")
+TVMMCU_DOT_EXTEND(tvmmcu_dot_s13, "sxtb16 %0, %1, ror #8")
+TVMMCU_DOT_EXTEND(tvmmcu_dot_u02, "uxtb16 %0, %1")
+TVMMCU_DOT_EXTEND(tvmmcu_dot_u13, "uxtb16 %0, %1, ror #8")
 /* acc + a.lo * b.lo + a.hi * b.hi (signed halfwords), modulo 2**32. */
 static inline int32_t tvmmcu_dot_smlad(uint32_t a, uint32_t b, int32_t acc) {
   int32_t r;
