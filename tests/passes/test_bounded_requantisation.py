@@ -1,5 +1,6 @@
-"""The short requantisation (tvmmcu_fp_mbqm_bounded) equals TFLite's MultiplyByQuantizedMultiplier
-(tvmmcu_fp_mbqm) wherever the compiler lets a layer use it, on the host and on the cores."""
+"""The short requantisations (tvmmcu_fp_mbqm_bounded, and tvmmcu_fp_mbqm_right for right shifts) equal
+TFLite's MultiplyByQuantizedMultiplier (tvmmcu_fp_mbqm) wherever the compiler lets a layer use them, on
+the host and on the cores."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from tvm_mcu.passes.relax.integer import emit, fixed_point
 from tvm_mcu.passes.relax.integer.values import QTensor
 
-# Both functions on n values: out[2k] the generic, out[2k + 1] the short one.
+# The functions on n values: out[3k] the generic, out[3k + 1] the short one, out[3k + 2] the right-shift
+# one (the generic where the shift is not a right shift).
 BOTH_C = """\
 #include "model.h"
 #include "tvmmcu_fixed_point.h"
@@ -23,8 +25,9 @@ static void both(const int32_t *v, int32_t n, int32_t *out)
 {
     for (int32_t k = 0; k < n; ++k) {
         const int32_t x = v[3 * k], m = v[3 * k + 1], s = v[3 * k + 2];
-        out[2 * k] = tvmmcu_fp_mbqm(x, m, s);
-        out[2 * k + 1] = tvmmcu_fp_mbqm_bounded(x, m, s);
+        out[3 * k] = tvmmcu_fp_mbqm(x, m, s);
+        out[3 * k + 1] = tvmmcu_fp_mbqm_bounded(x, m, s);
+        out[3 * k + 2] = s <= -1 ? tvmmcu_fp_mbqm_right(x, m, -s) : tvmmcu_fp_mbqm(x, m, s);
     }
 }
 
@@ -64,7 +67,7 @@ def _write_lib(directory: Path, n: int) -> Path:
     from tests.targets.test_firmware_on_emulator import MODEL_H
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.h").write_text(MODEL_H.format(inputs=12 * n, outputs=8 * n))
+    (directory / "model.h").write_text(MODEL_H.format(inputs=12 * n, outputs=12 * n))
     (directory / "model.c").write_text(BOTH_C)
     (directory / fixed_point.HEADER_NAME).write_text(fixed_point.HEADER_TEXT)
     return directory
@@ -80,12 +83,14 @@ def test_equal_to_the_generic_path_on_the_host(tmp_path: Path) -> None:
     subprocess.run([gcc, *flags, str(lib / "model.c"), "-o", str(so)], check=True)
     fn = ctypes.CDLL(str(so)).host_both
     cases = _cases(n)
-    out = np.zeros(2 * n, np.int32)
+    out = np.zeros(3 * n, np.int32)
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
     fn(cases.ctypes.data, n, out.ctypes.data)
-    generic, short = out[0::2], out[1::2]
+    generic, short, right = out[0::3], out[1::3], out[2::3]
     np.testing.assert_array_equal(short, generic)
+    np.testing.assert_array_equal(right, generic)
     assert len(np.unique(generic)) > n // 2  # not a degenerate sample
+    assert np.count_nonzero(cases[:, 2] <= -1) > n // 2  # the right-shift path mostly taken
 
 
 @pytest.mark.emulator
@@ -98,8 +103,9 @@ def test_equal_to_the_generic_path_on_the_cores(board: str, tmp_path: Path) -> N
     fw = build_firmware(_write_lib(tmp_path / "lib", n), load_board(board), tmp_path / "fw")
     assert fw.warnings == ()
     cases = _cases(n, seed=1)
-    out = np.frombuffer(run_firmware(fw, cases.tobytes(), 8 * n).output, np.int32)
-    np.testing.assert_array_equal(out[1::2], out[0::2])
+    out = np.frombuffer(run_firmware(fw, cases.tobytes(), 12 * n).output, np.int32)
+    np.testing.assert_array_equal(out[1::3], out[0::3])
+    np.testing.assert_array_equal(out[2::3], out[0::3])
 
 
 def test_a_layer_takes_the_short_path_only_when_its_accumulators_are_bounded() -> None:
@@ -117,3 +123,11 @@ def test_a_layer_takes_the_short_path_only_when_its_accumulators_are_bounded() -
     assert not emit._bounded(xu, w[:3], 0, bias[:3], 0, np.full(3, 9))
     # The pre-shift of a fine float bias scales the products.
     assert not emit._bounded(x8, w, 0, bias, 12, right_shift)
+
+
+def test_a_layer_takes_the_right_shift_path_only_when_every_shift_is_one_to_31_bits_right() -> None:
+    assert fixed_point.right_shifts(np.array([-1, -7, -31]))
+    assert not fixed_point.right_shifts(np.array([-1, 0, -7]))
+    assert not fixed_point.right_shifts(np.array([-1, 2]))
+    assert not fixed_point.right_shifts(np.array([-32]))
+    assert not fixed_point.right_shifts(np.array([], np.int64))

@@ -183,3 +183,13 @@ def test_single_op_lowers_to_its_integer_operator(name, tmp_path):
         if isinstance(b.var.ty, _tvm.TensorType) and _tvm.tensor_dtype(b.var.ty).startswith("float")
     ]
     assert float_vars == [], f"float tensors left: {[_tvm.var_name(v) for v in float_vars]}"
+
+
+def test_a_pool_of_whole_windows_divides_in_32_bits(tmp_path):
+    """A window count known when compiling keeps TFLite's division int32: a 64-bit one is a library call
+    (__aeabi_ldivmod, about 1 kB of flash on a Cortex-M)."""
+    model = load_model(write_model("int8_avgpool_global", tmp_path))
+    ops = compile_module(model.mod, model_name="pool").library.files["model_ops.c"]
+    assert "pool_sum" in ops
+    assert "/ 30)" in ops, ops  # the 6 x 5 window's count, an int32 constant
+    assert "/ (int64_t)" not in ops, ops

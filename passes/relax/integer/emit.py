@@ -179,6 +179,7 @@ def emit_conv2d(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
     m, shift = _multipliers(x, w_scale / np.float32(1 << pre_shift), out.scale)
     act_min, act_max = _act_range(p, out)
     bounded = _bounded(x, w_int, o_axis, bias, pre_shift, shift)
+    right_shift = bounded and fixed_point.right_shifts(shift)
     w_int, kernel_layout = _reduction_contiguous(w_int, kernel_layout, str(a.data_layout), int(a.groups))
     return bb.call_te(
         kernels.conv2d_int8,
@@ -186,7 +187,7 @@ def emit_conv2d(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
         _const(w_int),
         _const(bias),
         _const(m),
-        _const(shift),
+        _const(-shift if right_shift else shift),
         strides=_ints(a.strides),
         padding=_ints(a.padding),
         dilation=_ints(a.dilation),
@@ -201,6 +202,7 @@ def emit_conv2d(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
         out_dtype=out.dtype,
         pre_shift=pre_shift,
         bounded=bounded,
+        right_shift=right_shift,
         primfunc_name_hint="conv2d_int8",
     )
 
@@ -217,13 +219,14 @@ def emit_dense(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
     m, shift = _multipliers(x, w_scale / np.float32(1 << pre_shift), out.scale)
     act_min, act_max = _act_range(p, out)
     bounded = _bounded(x, w_int, 0, bias, pre_shift, shift)
+    right_shift = bounded and fixed_point.right_shifts(shift)
     return bb.call_te(
         kernels.dense_int8,
         x.var,
         _const(w_int),
         _const(bias),
         _const(m),
-        _const(shift),
+        _const(-shift if right_shift else shift),
         zp_out=out.zero_point,
         act_min=act_min,
         act_max=act_max,
@@ -231,6 +234,7 @@ def emit_dense(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
         out_dtype=out.dtype,
         pre_shift=pre_shift,
         bounded=bounded,
+        right_shift=right_shift,
         primfunc_name_hint="dense_int8",
     )
 

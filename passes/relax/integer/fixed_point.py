@@ -76,6 +76,20 @@ static inline int32_t tvmmcu_fp_mbqm_bounded(int32_t x, int32_t multiplier, int3
   return (high + half - ((high < 0) & (right != 0))) >> right;
 }
 
+/* tvmmcu_fp_mbqm_bounded where the shift is a right shift of at least one bit, passed as right = -shift
+ * (1..31), which the compiler checks for every channel of the layer: no left shift to decode, and
+ * h - (h < 0) is h + (h >> 31) (arithmetic shift). Equal to tvmmcu_fp_mbqm for every such x. */
+static inline int32_t tvmmcu_fp_mbqm_right(int32_t x, int32_t multiplier, int32_t right) {
+  int32_t doubled = (int32_t)((uint32_t)x << 1);
+#if defined(__ARM_FEATURE_DSP)
+  int32_t high;
+  __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(doubled), "r"(multiplier));
+#else
+  int32_t high = (int32_t)(((int64_t)doubled * multiplier + ((int64_t)1 << 31)) >> 32);
+#endif
+  return (int32_t)((uint32_t)high + (1u << (right - 1)) + (uint32_t)(high >> 31)) >> right;
+}
+
 /* value / 2**total rounded half to even (ONNX QuantizeLinear's rounding), saturated to int32. */
 static inline int32_t tvmmcu_fp_round_even(int64_t value, int32_t total) {
   int64_t q = value;
@@ -182,17 +196,32 @@ ONNX = "onnx"
 
 
 def multiply_by_quantized_multiplier(
-    x: Expr, multiplier: Expr | int, shift: Expr | int, rounding: str = TFLITE, *, bounded: bool = False
+    x: Expr,
+    multiplier: Expr | int,
+    shift: Expr | int,
+    rounding: str = TFLITE,
+    *,
+    bounded: bool = False,
+    right: bool = False,
 ) -> Expr:
     """``x * multiplier * 2**(shift - 31)``, rounded as ``rounding`` says (TFLite's
     ``MultiplyByQuantizedMultiplier``, or one half-to-even rounding). ``bounded``: the caller proved
     ``|x| * 2**(max(shift, 0) + 1) < 2**31`` (:func:`fits_bounded`), so TFLite's rounding takes the short
-    exact path."""
+    exact path. ``right`` (with ``bounded``): ``shift`` holds ``-shift``, a right shift of 1 to 31 bits
+    (:func:`right_shifts`), the shortest path."""
     m = tirx.const(multiplier, "int32") if isinstance(multiplier, int) else i32(multiplier)
     s = tirx.const(shift, "int32") if isinstance(shift, int) else i32(shift)
     if rounding != TFLITE:
         return _call("mbqm_even", i32(x), m, s)
+    if bounded and right:
+        return _call("mbqm_right", i32(x), m, s)
     return _call("mbqm_bounded" if bounded else "mbqm", i32(x), m, s)
+
+
+def right_shifts(shift: np.ndarray) -> bool:
+    """Whether every shift is a right shift of 1 to 31 bits (``mbqm_right`` takes ``-shift``)."""
+    s = np.asarray(shift, np.int64)
+    return bool(s.size and np.all((s <= -1) & (s >= -31)))
 
 
 def fits_bounded(largest: np.ndarray, shift: np.ndarray) -> bool:

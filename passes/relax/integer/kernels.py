@@ -49,8 +49,11 @@ def _requantize(
     rounding: str,
     out_dtype: str = "int8",
     bounded: bool = False,
+    right_shift: bool = False,
 ) -> Any:
-    scaled = multiply_by_quantized_multiplier(acc, multiplier, shift, rounding, bounded=bounded)
+    scaled = multiply_by_quantized_multiplier(
+        acc, multiplier, shift, rounding, bounded=bounded, right=right_shift
+    )
     return _clamp(scaled + c32(zp_out), act_min, act_max, out_dtype)
 
 
@@ -75,6 +78,7 @@ def conv2d_int8(
     out_dtype: str = "int8",
     pre_shift: int = 0,
     bounded: bool = False,
+    right_shift: bool = False,
 ) -> TeTensor:
     """Integer conv2d (regular, grouped, depthwise): TFLite's ``ConvPerChannel`` / ``DepthwiseConv``.
 
@@ -83,7 +87,9 @@ def conv2d_int8(
     point pads it); ``weight`` int8, or int16 when a weight zero point was subtracted at compile time.
     ``pre_shift``: the accumulator is scaled by ``2**pre_shift`` before the bias is added, for a float
     bias finer than the accumulator's unit (see ``emit._bias_precision``). ``bounded``: every biased
-    accumulator is small enough for the short requantisation (``fixed_point.fits_bounded``).
+    accumulator is small enough for the short requantisation (``fixed_point.fits_bounded``);
+    ``right_shift``: besides, ``shift`` holds ``-shift``, every channel's a right shift
+    (``fixed_point.right_shifts``).
     """
     top, left, bottom, right = (int(p) for p in padding)
     h_axis, w_axis = data_layout.index("H"), data_layout.index("W")
@@ -110,6 +116,7 @@ def conv2d_int8(
             rounding,
             out_dtype,
             bounded,
+            right_shift,
         )
 
     return te.compute(acc.shape, epilogue, name="requantize")
@@ -129,9 +136,10 @@ def dense_int8(
     out_dtype: str = "int8",
     pre_shift: int = 0,
     bounded: bool = False,
+    right_shift: bool = False,
 ) -> TeTensor:
     """Integer fully connected, TFLite's ``FullyConnected``: ``data`` [N, K], ``weight`` [M, K]
-    (``bounded`` as for :func:`conv2d_int8`)."""
+    (``bounded`` and ``right_shift`` as for :func:`conv2d_int8`)."""
     n, k_dim = data.shape
     m = weight.shape[0]
     k = te.reduce_axis((0, k_dim), name="k")
@@ -148,6 +156,7 @@ def dense_int8(
             rounding,
             out_dtype,
             bounded,
+            right_shift,
         ),
         name="requantize",
     )
@@ -291,6 +300,14 @@ def avg_pool2d_int8(
 
     bottom, right = (int(padding[2]), int(padding[3])) if len(padding) == 4 else (top, left)
 
+    out_h, out_w = int(out_shape[h_axis]), int(out_shape[w_axis])
+    # Every window wholly inside the input: the count is a constant and TFLite's division stays int32
+    # (an index-derived count turns int64 under Relax's index rewriting: a 64-bit division, a library
+    # call and 1 kB of flash on a Cortex-M).
+    whole = (
+        top == 0 and left == 0 and (out_h - 1) * sh + kh <= height and (out_w - 1) * sw + kw <= width
+    )
+
     def average(*idx: Any) -> Any:
         h0 = idx[h_axis] * sh - top
         w0 = idx[w_axis] * sw - left
@@ -309,6 +326,8 @@ def avg_pool2d_int8(
             denominator = count.astype("int64") * tirx.const(1 << (31 - shift), "int64")
             return _clamp(div_round_even(centred, denominator) + c32(zp_out), act_min, act_max, out_dtype)
         s = total(*idx)
+        if whole:
+            count = c32(kh * kw)
         half = tirx.truncdiv(count, c32(2))
         avg = tirx.Select(s > c32(0), tirx.truncdiv(s + half, count), tirx.truncdiv(s - half, count))
         return _clamp(avg, act_min, act_max, out_dtype)
