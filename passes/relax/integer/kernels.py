@@ -304,9 +304,7 @@ def avg_pool2d_int8(
     # Every window wholly inside the input: the count is a constant and TFLite's division stays int32
     # (an index-derived count turns int64 under Relax's index rewriting: a 64-bit division, a library
     # call and 1 kB of flash on a Cortex-M).
-    whole = (
-        top == 0 and left == 0 and (out_h - 1) * sh + kh <= height and (out_w - 1) * sw + kw <= width
-    )
+    whole = top == 0 and left == 0 and (out_h - 1) * sh + kh <= height and (out_w - 1) * sw + kw <= width
 
     def average(*idx: Any) -> Any:
         h0 = idx[h_axis] * sh - top
