@@ -131,3 +131,23 @@ def test_a_layer_takes_the_right_shift_path_only_when_every_shift_is_one_to_31_b
     assert not fixed_point.right_shifts(np.array([-1, 2]))
     assert not fixed_point.right_shifts(np.array([-32]))
     assert not fixed_point.right_shifts(np.array([], np.int64))
+
+
+def test_the_bound_on_a_requantised_value_holds_at_the_edges() -> None:
+    """largest_product (the ADD kernel's proof that its sum takes the short path) bounds TFLite's
+    MultiplyByQuantizedMultiplier of every value up to the given magnitude."""
+    from tvm_mcu.passes.relax.integer.params import _rdbpot, _srdhm
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        largest = int(rng.integers(1, 1 << 28))
+        m = int(rng.integers(1 << 30, 1 << 31))
+        s = int(rng.integers(-20, 3))
+        bound = fixed_point.largest_product(largest, m, s)
+        for x in (largest, -largest, largest - 1, -(largest - 1)):
+            if abs(x << max(s, 0)) >= 1 << 31:
+                continue
+            got = _rdbpot(_srdhm(x << max(s, 0), m), max(-s, 0))
+            assert abs(got) <= bound, (x, m, s, got, bound)
+            if abs(x) == largest:
+                assert bound - abs(got) <= 3  # and is tight

@@ -231,6 +231,12 @@ def fits_bounded(largest: np.ndarray, shift: np.ndarray) -> bool:
     return bool(np.all(np.asarray(largest, np.int64) << left < 2**31))
 
 
+def largest_product(largest: int, multiplier: int, shift: int) -> int:
+    """A bound on ``|multiply_by_quantized_multiplier(x, multiplier, shift)|`` for ``|x| <= largest``
+    (each of its two roundings moves the value by at most one)."""
+    return -(-(largest * multiplier << max(shift, 0)) // (1 << (31 + max(-shift, 0)))) + 2
+
+
 def div_round_even(numerator: Expr, denominator: Expr) -> Expr:
     """``numerator / denominator`` (int64, denominator > 0), rounded half to even."""
     return _call("div_round_even", numerator.astype("int64"), denominator.astype("int64"))
