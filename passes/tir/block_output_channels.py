@@ -13,14 +13,19 @@ from tvm_mcu._tvm import (
     tirx,
     tvm,
 )
-from tvm_mcu.passes.tir.dot_kernels import DOT, DOT4, SUM, SUM4
+from tvm_mcu.passes.tir.dot_kernels import DOT, DOT4, SUM, SUM4, WINDOW, WINDOW4
 from tvm_mcu.passes.tir.each_function import constant_extent, fresh_variables, rewrite_each, substitute, uses
 
 ATTR_DONE = "tvmmcu.output_channels_blocked"
 BLOCK = 4
 
-# The one-channel kernel -> its four-channel form, and whether it reads data (else a padding sum).
-_FOUR = {**{name: (DOT4[key], True) for key, name in DOT.items()}, **{SUM[k]: (SUM4[k], False) for k in SUM}}
+# The one-channel kernel -> its four-channel form, and where its weight pointer is among its arguments
+# (the four channels' stride goes right after it).
+_FOUR = {
+    **{name: (DOT4[key], 1) for key, name in DOT.items()},
+    **{SUM[k]: (SUM4[k], 0) for k in SUM},
+    **{name: (WINDOW4[key], 3) for key, name in WINDOW.items()},
+}
 
 
 def _kernel_call(store: Any, acc: Any) -> Any | None:
@@ -43,9 +48,8 @@ def _weight_stride(call: Any, var: Any) -> int | None:
     """The stride along ``var`` of the weights a kernel call reads (its weight pointer ``&w[i]``, ``i``
     linear in ``var``), the data and sizes being free of ``var``; None otherwise."""
     name = str(call.args[0].value)
-    reads_data = _FOUR[name][1]
+    at = _FOUR[name][1]
     args = list(call.args[1:-1])
-    at = 1 if reads_data else 0
     weight = args[at]
     others = args[:at] + args[at + 1 :]
     if any(uses(a, var) for a in others):
@@ -141,11 +145,9 @@ def _blocked(loop: Any) -> Any | None:
         call = _kernel_call(store, acc)
         if call is None:
             return store
-        name, _ = _FOUR[str(call.args[0].value)]
+        name, at = _FOUR[str(call.args[0].value)]
         args = [substitute(a, var, first) for a in call.args[1:-1]]
-        reads_data = _FOUR[str(call.args[0].value)][1]
-        at = 2 if reads_data else 1  # the four channels' stride follows the weight pointer
-        args.insert(at, tirx.IntImm("int32", stride))
+        args.insert(at + 1, tirx.IntImm("int32", stride))  # the four channels' stride after the weights
         pointer = tirx.address_of(tirx.BufferLoad(four, [tirx.IntImm(dtype, 0)]))
         return tirx.Evaluate(tirx.call_extern("int32", name, *args, pointer))
 
@@ -194,17 +196,19 @@ class BlockOutputChannels:
     Matches
         a serial loop ``for f in [0, F)`` (F >= 4, constant) whose body is ``acc = alloc int32[1];
         acc[0] = c; <update>; <epilogue>`` where ``c`` is free of ``f``, every store of ``<update>`` is
-        ``acc[0] = tvmmcu_dot_*(x, &w[i], n, acc[0])`` or ``tvmmcu_dot_sum_s8(&w[i], n, z, acc[0])``
-        (UseDotKernels' calls) with ``i`` linear in ``f`` with one stride ``S`` for all of them and
-        everything else (data, sizes, the loops and tests around the calls) free of ``f``, and
+        ``acc[0] = tvmmcu_dot_*(x, &w[i], n, acc[0])``, ``tvmmcu_dot_sum_s8(&w[i], n, z, acc[0])`` or
+        ``tvmmcu_dot_win_*(x, .., &w[i], .., acc[0])`` (UseDotKernels' calls) with ``i`` linear in
+        ``f`` with one stride ``S`` for all of them and everything else (data, sizes, the loops and
+        tests around the calls) free of ``f``, and
         ``<epilogue>`` (which reads ``acc[0]`` and ``f``) writes no ``acc``: one output pixel's channels.
     Rewrites to
         ``for fo in [0, F / 4): acc4 = alloc int32[4]; acc4[0..3] = c; <update with each call on the
-        four channels fo * 4 .. fo * 4 + 3: tvmmcu_dot4_*(x, &w[i(fo * 4)], S, n, &acc4[0])>;
+        four channels fo * 4 .. fo * 4 + 3: tvmmcu_dot4_*(x, &w[i(fo * 4)], S, n, &acc4[0]), the
+        stride ``S`` right after the weight pointer (``tvmmcu_dot4_win_*`` likewise)>;
         for fi in [0, 4): <epilogue with f = fo * 4 + fi, acc[0] = acc4[fi]>``, then the original loop
         over the last F mod 4 channels.
     Declines when
-        the loop is not of that form (a window call, a store to anything else, a test or loop bound on
+        the loop is not of that form (a store to anything else, a test or loop bound on
         ``f``, data that depends on ``f`` as in a depthwise convolution, different strides), or the
         function already carries ``tvmmcu.output_channels_blocked``.
     Numerics

@@ -32,6 +32,8 @@ SUM4 = {"int8": "tvmmcu_dot4_sum_s8"}
 WINDOW_UNROLL_TAPS = 16
 # C function for (data dtype, weight dtype): a 2-D window of strided taps, the padding's clipped off.
 WINDOW = {("int8", "int8"): "tvmmcu_dot_win_s8s8", ("uint8", "int8"): "tvmmcu_dot_win_u8s8"}
+# Four output channels' windows, their weights ws apart (the argument after the weight pointer).
+WINDOW4 = {("int8", "int8"): "tvmmcu_dot4_win_s8s8", ("uint8", "int8"): "tvmmcu_dot4_win_u8s8"}
 
 HEADER_TEXT = """\
 /* Integer dot products for the convolution and dense kernels: acc + sum of x[k] * w[k] for k < n.
@@ -283,6 +285,106 @@ static inline int32_t tvmmcu_dot_win_u8s8(const uint8_t *x, int32_t xsy, int32_t
                                           int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t y0,
                                           int32_t y1, int32_t x0, int32_t x1, int32_t pad, int32_t acc) {
   return tvmmcu_dot_win_x8s8(x, xsy, xsx, w, wsy, wsx, kh, kw, y0, y1, x0, x1, pad, acc, 1);
+}
+
+/* acc[j] + sum over k < n of x[k] * w[j * ws + k] for a short contiguous run (a row of a window): one
+ * word of data widened for the four channels' words, the last n mod 4 values one by one. Inlined. */
+static inline void tvmmcu_dot4_run_x8s8(const void *x, const int8_t *w, int32_t ws, int32_t n, uint32_t *a,
+                                        int x_unsigned) {
+  const int8_t *xs = (const int8_t *)x;
+  const uint8_t *xu = (const uint8_t *)x;
+  int32_t k = 0;
+#if defined(__ARM_FEATURE_DSP)
+  for (; k + 4 <= n; k += 4) {
+    const uint32_t v = tvmmcu_dot_word(xu + k);
+    const uint32_t v02 = x_unsigned ? tvmmcu_dot_u02(v) : tvmmcu_dot_s02(v);
+    const uint32_t v13 = x_unsigned ? tvmmcu_dot_u13(v) : tvmmcu_dot_s13(v);
+#pragma GCC unroll 4
+    for (int32_t j = 0; j < 4; ++j) {
+      const uint32_t b = tvmmcu_dot_word(w + j * ws + k);
+      a[j] = (uint32_t)tvmmcu_dot_smlad(v02, tvmmcu_dot_s02(b), (int32_t)a[j]);
+      a[j] = (uint32_t)tvmmcu_dot_smlad(v13, tvmmcu_dot_s13(b), (int32_t)a[j]);
+    }
+  }
+#endif
+  for (; k < n; ++k) {
+    const int32_t v = x_unsigned ? (int32_t)xu[k] : (int32_t)xs[k];
+#pragma GCC unroll 4
+    for (int32_t j = 0; j < 4; ++j) {
+      a[j] += (uint32_t)(v * (int32_t)w[j * ws + k]);
+    }
+  }
+}
+
+/* Four output channels of a window (tvmmcu_dot_win_x8s8), their weights ws apart: the data read once
+ * for the four. Taps contiguous along x (xsx = wsx = 1, as the input channels of a convolution are) go
+ * through word loads, and a window whose inside rows follow each other in both the data and the
+ * weights (a whole row of taps per row: x0 = 0, x1 = kw = xsy = wsy) is one run. The padding adds pad
+ * times the weights of the taps outside. */
+static inline int32_t tvmmcu_dot4_win_x8s8(const void *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                           int32_t ws, int32_t wsy, int32_t wsx, int32_t kh, int32_t kw,
+                                           int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t pad,
+                                           int32_t *acc, int x_unsigned) {
+  const int8_t *xs = (const int8_t *)x;
+  const uint8_t *xu = (const uint8_t *)x;
+  uint32_t a[4] = {(uint32_t)acc[0], (uint32_t)acc[1], (uint32_t)acc[2], (uint32_t)acc[3]};
+  if (pad != 0 && !(y0 == 0 && x0 == 0 && y1 == kh && x1 == kw)) {
+    /* The weights of the taps outside: whole rows above and below, the columns left and right. */
+    int32_t out[4] = {0, 0, 0, 0};
+    for (int32_t ry = 0; ry < kh; ++ry) {
+      const int inside = ry >= y0 && ry < y1;
+#pragma GCC unroll 16
+      for (int32_t rx = 0; rx < kw; ++rx) {
+        if (!inside || rx < x0 || rx >= x1) {
+#pragma GCC unroll 4
+          for (int32_t j = 0; j < 4; ++j) {
+            out[j] += w[j * ws + ry * wsy + rx * wsx];
+          }
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int32_t j = 0; j < 4; ++j) {
+      a[j] += (uint32_t)pad * (uint32_t)out[j];
+    }
+  }
+  if (xsx == 1 && wsx == 1 && x0 == 0 && x1 == kw && xsy == kw && wsy == kw) {
+    tvmmcu_dot4_run_x8s8(x, w + y0 * kw, ws, (y1 - y0) * kw, a, x_unsigned);
+  } else if (xsx == 1 && wsx == 1) {
+    for (int32_t ry = y0; ry < y1; ++ry) {
+      tvmmcu_dot4_run_x8s8(xu + (ry - y0) * xsy, w + ry * wsy + x0, ws, x1 - x0, a, x_unsigned);
+    }
+  } else {
+    for (int32_t ry = y0; ry < y1; ++ry) {
+      for (int32_t rx = x0; rx < x1; ++rx) {
+        const int32_t at = (ry - y0) * xsy + (rx - x0) * xsx;
+        const int32_t v = x_unsigned ? (int32_t)xu[at] : (int32_t)xs[at];
+#pragma GCC unroll 4
+        for (int32_t j = 0; j < 4; ++j) {
+          a[j] += (uint32_t)(v * (int32_t)w[j * ws + ry * wsy + rx * wsx]);
+        }
+      }
+    }
+  }
+  acc[0] = (int32_t)a[0];
+  acc[1] = (int32_t)a[1];
+  acc[2] = (int32_t)a[2];
+  acc[3] = (int32_t)a[3];
+  return 0;
+}
+
+static inline int32_t tvmmcu_dot4_win_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                           int32_t ws, int32_t wsy, int32_t wsx, int32_t kh, int32_t kw,
+                                           int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t pad,
+                                           int32_t *acc) {
+  return tvmmcu_dot4_win_x8s8(x, xsy, xsx, w, ws, wsy, wsx, kh, kw, y0, y1, x0, x1, pad, acc, 0);
+}
+
+static inline int32_t tvmmcu_dot4_win_u8s8(const uint8_t *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                           int32_t ws, int32_t wsy, int32_t wsx, int32_t kh, int32_t kw,
+                                           int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t pad,
+                                           int32_t *acc) {
+  return tvmmcu_dot4_win_x8s8(x, xsy, xsx, w, ws, wsy, wsx, kh, kw, y0, y1, x0, x1, pad, acc, 1);
 }
 
 /* acc + value * (w[0] + ... + w[n - 1]): a window's taps in the padding, which hold the zero point. */

@@ -171,6 +171,82 @@ class Declined:
             Y_1[ff + 32] = acc[0]
 
 
+@I.ir_module
+class WindowBefore:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr({"global_symbol": "f"})
+        X_1 = T.decl_buffer((100,), "int8", data=X)
+        W_1 = T.decl_buffer((320,), "int8", data=W)
+        Y_1 = T.decl_buffer((80,), "int32", data=Y)
+        # A 10 x 4 window over one input channel (KWS's first convolution), clipped at the top.
+        for p in range(10):
+            for ff in range(8):
+                acc = T.alloc_buffer((1,), "int32")
+                acc[0] = 0
+                acc[0] = T.call_extern(
+                    "int32",
+                    "tvmmcu_dot_win_s8s8",
+                    T.address_of(X_1[p * 10]),
+                    10,
+                    1,
+                    T.address_of(W_1[ff * 40]),
+                    4,
+                    1,
+                    10,
+                    4,
+                    T.max(3 - p, 0),
+                    10,
+                    0,
+                    4,
+                    -128,
+                    acc[0],
+                )
+                Y_1[p * 8 + ff] = acc[0]
+
+
+@I.ir_module
+class WindowExpected:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr({"global_symbol": "f", "tvmmcu.output_channels_blocked": True})
+        X_1 = T.decl_buffer((100,), "int8", data=X)
+        W_1 = T.decl_buffer((320,), "int8", data=W)
+        Y_1 = T.decl_buffer((80,), "int32", data=Y)
+        for p in range(10):
+            for ff_o in range(2):
+                acc4 = T.alloc_buffer((4,), "int32")
+                acc4[0] = 0
+                acc4[1] = 0
+                acc4[2] = 0
+                acc4[3] = 0
+                T.call_extern(
+                    "int32",
+                    "tvmmcu_dot4_win_s8s8",
+                    T.address_of(X_1[p * 10]),
+                    10,
+                    1,
+                    T.address_of(W_1[ff_o * 4 * 40]),
+                    40,
+                    4,
+                    1,
+                    10,
+                    4,
+                    T.max(3 - p, 0),
+                    10,
+                    0,
+                    4,
+                    -128,
+                    T.address_of(acc4[0]),
+                )
+                for ff_i in range(4):
+                    Y_1[p * 8 + (ff_o * 4 + ff_i)] = acc4[ff_i]
+
+
+def test_a_window_of_four_channels_reads_its_taps_once() -> None:
+    _tvm.assert_structural_equal(BlockOutputChannels()(WindowBefore), WindowExpected)
+
+
 def test_declines_what_is_not_one_pixels_channels() -> None:
     after = BlockOutputChannels()(Declined)
     _tvm.assert_structural_equal(after["f"].body, Declined["f"].body)

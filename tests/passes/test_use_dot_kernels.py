@@ -294,7 +294,11 @@ WINDOWS = [  # (kh, kw, x strides, w strides, taps inside y0, y1, x0, x1)
     (3, 3, (20, 4), (9, 3), (0, 0, 0, 0)),
     (10, 4, (10, 1), (4, 1), (4, 10, 1, 4)),
     (2, 5, (7, 2), (5, 1), (0, 2, 2, 5)),
+    (3, 6, (6, 1), (6, 1), (1, 3, 0, 6)),  # rows that follow each other: one run (taps x channels)
+    (3, 6, (6, 1), (6, 1), (0, 3, 0, 6)),
 ]
+W_ALIGNED = 40  # a weight stride keeping every row word-aligned: the eight-a-step LDRD loop
+W_WINDOWS = 44  # the four-channel windows' weight stride
 # Every length at every byte offset of the data, the weights at the mirrored offset; the four-channel
 # kernels; windows inside and at borders. The input: 128 data bytes, then 192 weight bytes.
 KERNELS_C = (
@@ -321,6 +325,8 @@ int32_t tvmmcu_model_run(const void *input, void *output)
             for (int j = 0; j < 4; ++j) *out++ = acc[j];
             tvmmcu_dot4_sum_s8(w + off, {W_ROWS}, n, -77, acc);
             for (int j = 0; j < 4; ++j) *out++ = acc[j];
+            tvmmcu_dot4_s8s8(x + off, w + off, {W_ALIGNED}, n, acc);
+            for (int j = 0; j < 4; ++j) *out++ = acc[j];
         }
     }
     for (unsigned k = 0; k < sizeof windows / sizeof windows[0]; ++k) {
@@ -330,17 +336,30 @@ int32_t tvmmcu_model_run(const void *input, void *output)
                                      -9, 5);
         *out++ = tvmmcu_dot_win_u8s8((const uint8_t *)at, c[2], c[3], w, c[4], c[5], c[0], c[1], c[8], c[9],
                                      c[10], c[11], 200, -5);
+        int32_t acc[4] = {5, -6, 7, -8};
+        tvmmcu_dot4_win_s8s8(at, c[2], c[3], w, {W_WINDOWS}, c[4], c[5], c[0], c[1], c[8], c[9], c[10],
+                             c[11], -9, acc);
+        for (int j = 0; j < 4; ++j) *out++ = acc[j];
+        tvmmcu_dot4_win_u8s8((const uint8_t *)at, c[2], c[3], w, {W_WINDOWS}, c[4], c[5], c[0], c[1], c[8],
+                             c[9], c[10], c[11], 200, acc);
+        for (int j = 0; j < 4; ++j) *out++ = acc[j];
     }
     /* The same windows with constant sizes and taps, as SplitBorders leaves them: unrolled. */
     {KNOWN}
     return 0;
 }
 """.replace("{W_ROWS}", str(W_ROWS))
+    .replace("{W_ALIGNED}", str(W_ALIGNED))
+    .replace("{W_WINDOWS}", str(W_WINDOWS))
     .replace(
         "{KNOWN}",
         "\n    ".join(
             f"*out++ = tvmmcu_dot_win_s8s8(x + {8 + t[0] * xs[0] + t[2] * xs[1]}, {xs[0]}, {xs[1]}, w, "
-            f"{ws[0]}, {ws[1]}, {kh}, {kw}, {t[0]}, {t[1]}, {t[2]}, {t[3]}, -9, 5);"
+            f"{ws[0]}, {ws[1]}, {kh}, {kw}, {t[0]}, {t[1]}, {t[2]}, {t[3]}, -9, 5);\n    "
+            f"{{ int32_t acc[4] = {{5, -6, 7, -8}}; "
+            f"tvmmcu_dot4_win_s8s8(x + {8 + t[0] * xs[0] + t[2] * xs[1]}, {xs[0]}, {xs[1]}, w, {W_WINDOWS}, "
+            f"{ws[0]}, {ws[1]}, {kh}, {kw}, {t[0]}, {t[1]}, {t[2]}, {t[3]}, -9, acc); "
+            f"for (int j = 0; j < 4; ++j) *out++ = acc[j]; }}"
             for kh, kw, xs, ws, t in WINDOWS
         ),
     )
@@ -370,23 +389,31 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
             out += acc
             acc = [a + u[off : off + n] @ r for a, r in zip(acc, rows, strict=True)]
             out += acc
-            out += [a - 77 * r.sum() for a, r in zip(acc, rows, strict=True)]
-    for kh, kw, (xsy, xsx), (wsy, wsx), (y0, y1, x0, x1) in WINDOWS:
-        for values, pad, acc in ((x, -9, 5), (u, 200, -5)):
-            total = acc
-            for ry in range(kh):
-                for rx in range(kw):
-                    tap = w[ry * wsy + rx * wsx]
-                    inside = y0 <= ry < y1 and x0 <= rx < x1
-                    total += tap * (values[8 + ry * xsy + rx * xsx] if inside else pad)
-            out.append(total)
-    for kh, kw, (xsy, xsx), (wsy, wsx), (y0, y1, x0, x1) in WINDOWS:  # the constant ones
-        total = 5
+            acc = [a - 77 * r.sum() for a, r in zip(acc, rows, strict=True)]
+            out += acc
+            out += [
+                a + x[off : off + n] @ w[off + j * W_ALIGNED : off + j * W_ALIGNED + n]
+                for j, a in enumerate(acc)
+            ]
+
+    def window(values: np.ndarray, weights: np.ndarray, shape: tuple, pad: int, acc: int) -> int:
+        kh, kw, (xsy, xsx), (wsy, wsx), (y0, y1, x0, x1) = shape
+        total = acc
         for ry in range(kh):
             for rx in range(kw):
                 inside = y0 <= ry < y1 and x0 <= rx < x1
-                total += w[ry * wsy + rx * wsx] * (x[8 + ry * xsy + rx * xsx] if inside else -9)
-        out.append(total)
+                total += weights[ry * wsy + rx * wsx] * (values[8 + ry * xsy + rx * xsx] if inside else pad)
+        return total
+
+    four = [w[j * W_WINDOWS :] for j in range(4)]
+    for shape in WINDOWS:
+        out += [window(x, w, shape, -9, 5), window(u, w, shape, 200, -5)]
+        acc = [window(x, wj, shape, -9, a) for wj, a in zip(four, (5, -6, 7, -8), strict=True)]
+        out += acc
+        out += [window(u, wj, shape, 200, a) for wj, a in zip(four, acc, strict=True)]
+    for shape in WINDOWS:  # the constant ones
+        out.append(window(x, w, shape, -9, 5))
+        out += [window(x, wj, shape, -9, a) for wj, a in zip(four, (5, -6, 7, -8), strict=True)]
     return np.array(out, np.int64).astype(np.int32)
 
 
@@ -401,7 +428,7 @@ def _kernel_data() -> np.ndarray:
 def _kernel_lib(directory: Path) -> tuple[Path, int]:
     from tests.targets.test_firmware_on_emulator import MODEL_H
 
-    n_out = 4 * (len(LENGTHS) * 4 * 15 + 3 * len(WINDOWS))
+    n_out = 4 * (len(LENGTHS) * 4 * 19 + 15 * len(WINDOWS))
     directory.mkdir(parents=True)
     (directory / "model.h").write_text(MODEL_H.format(inputs=320, outputs=n_out))
     (directory / "model.c").write_text(KERNELS_C)
