@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tvm_mcu._tvm import (
@@ -18,13 +19,20 @@ from tvm_mcu._tvm import (
 ATTR_DONE = "tvmmcu.unpacked"
 
 
+def c_identifier(name: str) -> str:
+    """``name`` as a C identifier: an imported tensor's name may hold any character (ONNX names such as
+    ``/0/Conv_output_0`` reach the parameters through the frontend)."""
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", name) or "p"
+    return "_" + ident if ident[0].isdigit() else ident
+
+
 def _unpack(func: PrimFunc, symbol: str) -> PrimFunc:
     params: list[Any] = []
     remap: dict[Any, Any] = {}
     for p in func.params:
         if isinstance(p.ty, BufferType):
             dtype = p.ty.dtype if isinstance(p.ty.dtype, PrimType) else PrimType(str(p.ty.dtype))
-            ptr = tvm.ir.Var(str(p.name), PointerType(dtype))
+            ptr = tvm.ir.Var(c_identifier(str(p.name)), PointerType(dtype))
             remap[p] = ptr
             params.append(ptr)
         else:

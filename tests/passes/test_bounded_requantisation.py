@@ -151,3 +151,13 @@ def test_the_bound_on_a_requantised_value_holds_at_the_edges() -> None:
             assert abs(got) <= bound, (x, m, s, got, bound)
             if abs(x) == largest:
                 assert bound - abs(got) <= 3  # and is tight
+
+
+def test_the_right_shift_path_is_tflite_rounding_only() -> None:
+    """ONNX's half-to-even rounding takes the shift as it is: a layer must never hand it -shift."""
+    from tvm_mcu._tvm import tirx
+
+    x = tirx.Var("x", "int32")
+    for rounding, bounded in ((fixed_point.ONNX, True), (fixed_point.TFLITE, False)):
+        with pytest.raises(ValueError, match="right-shift"):
+            fixed_point.multiply_by_quantized_multiplier(x, 1 << 30, 3, rounding, bounded=bounded, right=True)

@@ -179,7 +179,7 @@ def emit_conv2d(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
     m, shift = _multipliers(x, w_scale / np.float32(1 << pre_shift), out.scale)
     act_min, act_max = _act_range(p, out)
     bounded = _bounded(x, w_int, o_axis, bias, pre_shift, shift)
-    right_shift = bounded and fixed_point.right_shifts(shift)
+    right_shift = bounded and rounding == fixed_point.TFLITE and fixed_point.right_shifts(shift)
     w_int, kernel_layout = _reduction_contiguous(w_int, kernel_layout, str(a.data_layout), int(a.groups))
     return bb.call_te(
         kernels.conv2d_int8,
@@ -219,7 +219,7 @@ def emit_dense(bb: Any, p: Pending, out: QType, rounding: str) -> Any:
     m, shift = _multipliers(x, w_scale / np.float32(1 << pre_shift), out.scale)
     act_min, act_max = _act_range(p, out)
     bounded = _bounded(x, w_int, 0, bias, pre_shift, shift)
-    right_shift = bounded and fixed_point.right_shifts(shift)
+    right_shift = bounded and rounding == fixed_point.TFLITE and fixed_point.right_shifts(shift)
     return bb.call_te(
         kernels.dense_int8,
         x.var,

@@ -211,6 +211,8 @@ def multiply_by_quantized_multiplier(
     (:func:`right_shifts`), the shortest path."""
     m = tirx.const(multiplier, "int32") if isinstance(multiplier, int) else i32(multiplier)
     s = tirx.const(shift, "int32") if isinstance(shift, int) else i32(shift)
+    if right and (rounding != TFLITE or not bounded):
+        raise ValueError("the right-shift requantisation is TFLite's short path only")
     if rounding != TFLITE:
         return _call("mbqm_even", i32(x), m, s)
     if bounded and right:
