@@ -15,6 +15,7 @@ import numpy as np
 
 from tvm_mcu.codegen import model_c
 from tvm_mcu.compiler import Compiled
+from tvm_mcu.passes.tir import block_weights
 
 CFLAGS = ("-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC")
 C_SOURCES = ("model.c", "model_ops.c")
@@ -89,7 +90,20 @@ def build_kernel(lowered: Any, directory: Path, symbol: str) -> tuple[Any, int]:
     subprocess.run([gcc, *CFLAGS, str(c), "-o", str(so), "-lm"], check=True)
     fn = getattr(ctypes.CDLL(str(so)), symbol)
     ws = int(lowered["main"].attrs["tvmmcu.workspace_bytes"])
-    return fn, ws
+    layout = lowered["main"].attrs.get(block_weights.ATTR_BLOCKED)
+    return _Kernel(fn, {int(k): int(v) for k, v in layout.items()} if layout else {}), ws
+
+
+class _Kernel:
+    """A built kernel and the weights it reads blocked (BlockWeights): parameter position -> channel
+    stride; :func:`call_kernel` hands it those arrays blocked, as the compiler stores them."""
+
+    def __init__(self, fn: Any, blocked: dict[int, int]) -> None:
+        self.fn = fn
+        self.blocked = blocked
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
 
 
 def kernel_source(lowered: Any) -> str:
@@ -118,6 +132,9 @@ def call_kernel(fn: Any, arrays: list[np.ndarray], workspace_bytes: int) -> None
     values: a kernel reading scratch it never wrote gives wrong outputs instead of lucky zeros.
     """
     workspace = np.full(max(workspace_bytes, 8), 0xFF, np.uint8)
-    ptrs = [a.ctypes.data for a in arrays] + [workspace.ctypes.data]
-    fn.argtypes = [ctypes.c_void_p] * len(ptrs)
-    assert fn(*ptrs) == 0
+    blocked = getattr(fn, "blocked", {})
+    given = [block_weights.block(a, blocked[k]) if k in blocked else a for k, a in enumerate(arrays)]
+    ptrs = [a.ctypes.data for a in given] + [workspace.ctypes.data]
+    raw = getattr(fn, "fn", fn)
+    raw.argtypes = [ctypes.c_void_p] * len(ptrs)
+    assert raw(*ptrs) == 0

@@ -20,7 +20,7 @@ from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupC
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_integer_interface import io_quantization
-from tvm_mcu.passes.tir import dot_kernels
+from tvm_mcu.passes.tir import block_weights, dot_kernels
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.execute_in_place import make_in_place
@@ -135,6 +135,16 @@ def lower_operators(
 def _only(lowered: _tvm.IRModule, graph: Graph) -> _tvm.IRModule:
     used = {s.callee for s in graph.steps if s.kind != "copy"}
     return _tvm.IRModule({gv: f for gv, f in lowered.functions_items() if gv.name_hint in used})
+
+
+def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
+    """Callee -> parameter position -> channel stride of the weights it reads blocked (BlockWeights)."""
+    out: dict[str, dict[int, int]] = {}
+    for gv, func in lowered.functions_items():
+        layout = func.attrs.get(block_weights.ATTR_BLOCKED) if func.attrs is not None else None
+        if layout:
+            out[gv.name_hint] = {int(k): int(v) for k, v in layout.items()}
+    return out
 
 
 def _staging_overhead(graph: Graph, macs: dict[str, int]) -> float:
@@ -363,7 +373,9 @@ def compile_module(
     }
     files = {
         "model.h": model_c.emit_model_h(graph, plan, model_name=model_name),
-        "model.c": model_c.emit_model_c(graph, plan, model_name=model_name, op_prefix=c_ops.OP_PREFIX),
+        "model.c": model_c.emit_model_c(
+            graph, plan, model_name=model_name, op_prefix=c_ops.OP_PREFIX, blocked=_blocked_weights(lowered)
+        ),
         "model_ops.h": model_c.emit_ops_h(prototypes),
         "model_ops.c": model_c.emit_ops_c(kernels, includes=list(headers)),
     }

@@ -10,6 +10,7 @@ from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
 from tvm_mcu.passes.relax.make_integer_interface import MakeIntegerInterface
 from tvm_mcu.passes.relax.raise_tir_calls import RaiseTirCalls
 from tvm_mcu.passes.tir.block_output_channels import BlockOutputChannels
+from tvm_mcu.passes.tir.block_weights import BlockWeights
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
@@ -101,6 +102,9 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         UseDotKernels(),
         # Four output channels per pass over the data; blocks UseDotKernels' calls.
         BlockOutputChannels(),
+        # Weights read only four channels at a time stored for one pointer (the compiler permutes the
+        # constants): rewrites BlockOutputChannels' calls; before SplitBorders copies them.
+        BlockWeights(),
         # Output loops split where the windows' tap clamps change: constant taps in the interior; reads
         # both passes' calls.
         SplitBorders(),

@@ -5,6 +5,7 @@ each ordering constraint.
 """
 
 from tvm_mcu.passes.tir.block_output_channels import BlockOutputChannels
+from tvm_mcu.passes.tir.block_weights import BlockWeights
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
@@ -17,6 +18,7 @@ from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 
 __all__ = [
     "BlockOutputChannels",
+    "BlockWeights",
     "ExecuteInPlace",
     "HoistReductionInit",
     "HoistScratchToWorkspace",

@@ -32,6 +32,12 @@ SUM4 = {"int8": "tvmmcu_dot4_sum_s8"}
 WINDOW_UNROLL_TAPS = 16
 # C function for (data dtype, weight dtype): a 2-D window of strided taps, the padding's clipped off.
 WINDOW = {("int8", "int8"): "tvmmcu_dot_win_s8s8", ("uint8", "int8"): "tvmmcu_dot_win_u8s8"}
+# Four output channels with blocked weights (BlockWeights): every 8 values of the reduction, the four
+# channels' 8 weights in turn; the stride argument gone.
+DOT4B = {("int8", "int8"): "tvmmcu_dot4b_s8s8", ("uint8", "int8"): "tvmmcu_dot4b_u8s8"}
+SUM4B = {"int8": "tvmmcu_dot4b_sum_s8"}
+# The reduction's values per block of the blocked layout.
+BLOCK_VALUES = 8
 # Four output channels' windows, their weights ws apart (the argument after the weight pointer).
 WINDOW4 = {("int8", "int8"): "tvmmcu_dot4_win_s8s8", ("uint8", "int8"): "tvmmcu_dot4_win_u8s8"}
 
@@ -73,6 +79,11 @@ typedef struct {
 } tvmmcu_dot_8_t;
 #define TVMMCU_DOT_LDRD(p, lo, hi) \
   __asm__ volatile("ldrd %0, %1, [%2]" : "=r"(lo), "=r"(hi) : "r"(p), "m"(*(const tvmmcu_dot_8_t *)(p)))
+/* The same, stepping p past the two words (post-indexed). */
+#define TVMMCU_DOT_LDRD_NEXT(p, lo, hi)                                  \
+  __asm__ volatile("ldrd %0, %1, [%2], #8"                                \
+                   : "=r"(lo), "=r"(hi), "+r"(p)                          \
+                   : "m"(*(const tvmmcu_dot_8_t *)(p)))
 /* acc + a.lo * b.lo + a.hi * b.hi (signed halfwords), modulo 2**32. */
 static inline int32_t tvmmcu_dot_smlad(uint32_t a, uint32_t b, int32_t acc) {
   int32_t r;
@@ -401,6 +412,92 @@ static inline int32_t tvmmcu_dot4_sum_s8(const int8_t *w, int32_t ws, int32_t n,
                                          int32_t *acc) {
   for (int32_t j = 0; j < 4; ++j) {
     acc[j] = tvmmcu_dot_sum_s8(w + j * ws, n, value, acc[j]);
+  }
+  return 0;
+}
+
+/* Four output channels whose weights are blocked (passes/tir/block_weights.py): for every 8 values of
+ * the reduction, the four channels' 8 weights one after another (32 bytes). acc[j] + sum over k < n of
+ * x[k] * wb[(k / 8) * 32 + j * 8 + k % 8]; n a multiple of 8, wb word-aligned. One pointer walks the
+ * four channels' weights, two words per LDRD: 43 instructions per 32 multiply-accumulates with the DSP
+ * extension. */
+static inline int32_t tvmmcu_dot4b_x8s8(const void *x, const int8_t *wb, int32_t n, int32_t *acc,
+                                        int x_unsigned) {
+  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+#if defined(__ARM_FEATURE_DSP)
+  const uint8_t *xu = (const uint8_t *)x;
+  const uint8_t *const end = xu + n;
+  const int8_t *p = wb;
+  uint32_t lo, hi, b0, b1;
+#define TVMMCU_DOT_BLOCK8(a)                         \
+  TVMMCU_DOT_LDRD_NEXT(p, b0, b1);                   \
+  a = tvmmcu_dot_smlad(v0, tvmmcu_dot_s02(b0), a); \
+  a = tvmmcu_dot_smlad(v1, tvmmcu_dot_s13(b0), a); \
+  a = tvmmcu_dot_smlad(v2, tvmmcu_dot_s02(b1), a); \
+  a = tvmmcu_dot_smlad(v3, tvmmcu_dot_s13(b1), a)
+#define TVMMCU_DOT_STEP8                                                       \
+  const uint32_t v0 = x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo); \
+  const uint32_t v1 = x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo); \
+  const uint32_t v2 = x_unsigned ? tvmmcu_dot_u02(hi) : tvmmcu_dot_s02(hi); \
+  const uint32_t v3 = x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi); \
+  TVMMCU_DOT_BLOCK8(a0);                                                     \
+  TVMMCU_DOT_BLOCK8(a1);                                                     \
+  TVMMCU_DOT_BLOCK8(a2);                                                     \
+  TVMMCU_DOT_BLOCK8(a3)
+  if ((((uint32_t)(uintptr_t)x) & 3u) == 0u) {
+    while (xu != end) {
+      TVMMCU_DOT_LDRD_NEXT(xu, lo, hi);
+      TVMMCU_DOT_STEP8;
+    }
+  } else {
+    while (xu != end) {
+      lo = tvmmcu_dot_word(xu);
+      hi = tvmmcu_dot_word(xu + 4);
+      xu += 8;
+      TVMMCU_DOT_STEP8;
+    }
+  }
+#undef TVMMCU_DOT_STEP8
+#undef TVMMCU_DOT_BLOCK8
+#else
+  const int8_t *xs = (const int8_t *)x;
+  const uint8_t *xu = (const uint8_t *)x;
+  for (int32_t k = 0; k < n; ++k) {
+    const int32_t v = x_unsigned ? (int32_t)xu[k] : (int32_t)xs[k];
+    const int8_t *w = wb + (k >> 3) * 32 + (k & 7);
+    a0 = (int32_t)((uint32_t)a0 + (uint32_t)(v * (int32_t)w[0]));
+    a1 = (int32_t)((uint32_t)a1 + (uint32_t)(v * (int32_t)w[8]));
+    a2 = (int32_t)((uint32_t)a2 + (uint32_t)(v * (int32_t)w[16]));
+    a3 = (int32_t)((uint32_t)a3 + (uint32_t)(v * (int32_t)w[24]));
+  }
+#endif
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
+  return 0;
+}
+
+static inline int32_t tvmmcu_dot4b_s8s8(const int8_t *x, const int8_t *wb, int32_t n, int32_t *acc) {
+  return tvmmcu_dot4b_x8s8(x, wb, n, acc, 0);
+}
+
+static inline int32_t tvmmcu_dot4b_u8s8(const uint8_t *x, const int8_t *wb, int32_t n, int32_t *acc) {
+  return tvmmcu_dot4b_x8s8(x, wb, n, acc, 1);
+}
+
+/* The blocked weights' padding taps: acc[j] + value * (the n weights of channel j from wb). */
+static inline int32_t tvmmcu_dot4b_sum_s8(const int8_t *wb, int32_t n, int32_t value, int32_t *acc) {
+  int32_t s[4] = {0, 0, 0, 0};
+  for (int32_t k = 0; k < n; ++k) {
+    const int8_t *w = wb + (k >> 3) * 32 + (k & 7);
+    s[0] += w[0];
+    s[1] += w[8];
+    s[2] += w[16];
+    s[3] += w[24];
+  }
+  for (int32_t j = 0; j < 4; ++j) {
+    acc[j] = (int32_t)((uint32_t)acc[j] + (uint32_t)s[j] * (uint32_t)value);
   }
   return 0;
 }

@@ -299,6 +299,7 @@ WINDOWS = [  # (kh, kw, x strides, w strides, taps inside y0, y1, x0, x1)
 ]
 W_ALIGNED = 40  # a weight stride keeping every row word-aligned: the eight-a-step LDRD loop
 W_WINDOWS = 44  # the four-channel windows' weight stride
+BLOCKED_LENGTHS = range(0, 49, 8)  # the blocked kernels' counts (multiples of 8)
 # Every length at every byte offset of the data, the weights at the mirrored offset; the four-channel
 # kernels; windows inside and at borders. The input: 128 data bytes, then 192 weight bytes.
 KERNELS_C = (
@@ -343,6 +344,18 @@ int32_t tvmmcu_model_run(const void *input, void *output)
         tvmmcu_dot4_win_u8s8((const uint8_t *)at, c[2], c[3], w, {W_WINDOWS}, c[4], c[5], c[0], c[1], c[8],
                              c[9], c[10], c[11], 200, acc);
         for (int j = 0; j < 4; ++j) *out++ = acc[j];
+    }
+    /* Blocked weights (BlockWeights' layout): the 192 weight bytes as four channels of 48 values. */
+    for (int32_t n = 0; n <= 48; n += 8) {
+        for (int32_t off = 0; off < 4; ++off) {
+            int32_t acc[4] = {n, -n, off, -7};
+            tvmmcu_dot4b_s8s8(x + off, w, n, acc);
+            for (int j = 0; j < 4; ++j) *out++ = acc[j];
+            tvmmcu_dot4b_u8s8((const uint8_t *)x + off, w, n, acc);
+            for (int j = 0; j < 4; ++j) *out++ = acc[j];
+            tvmmcu_dot4b_sum_s8(w, n, 93, acc);
+            for (int j = 0; j < 4; ++j) *out++ = acc[j];
+        }
     }
     /* The same windows with constant sizes and taps, as SplitBorders leaves them: unrolled. */
     {KNOWN}
@@ -411,6 +424,15 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
         acc = [window(x, wj, shape, -9, a) for wj, a in zip(four, (5, -6, 7, -8), strict=True)]
         out += acc
         out += [window(u, wj, shape, 200, a) for wj, a in zip(four, acc, strict=True)]
+    blocked = w[:192].reshape(6, 4, 8)  # [n / 8][channel][8]
+    for n in BLOCKED_LENGTHS:
+        for off in range(4):
+            rows = [blocked[: n // 8, j, :].reshape(-1) for j in range(4)]
+            acc = [a + x[off : off + n] @ r for a, r in zip((n, -n, off, -7), rows, strict=True)]
+            out += acc
+            acc = [a + u[off : off + n] @ r for a, r in zip(acc, rows, strict=True)]
+            out += acc
+            out += [a + 93 * r.sum() for a, r in zip(acc, rows, strict=True)]
     for shape in WINDOWS:  # the constant ones
         out.append(window(x, w, shape, -9, 5))
         out += [window(x, wj, shape, -9, a) for wj, a in zip(four, (5, -6, 7, -8), strict=True)]
@@ -428,7 +450,7 @@ def _kernel_data() -> np.ndarray:
 def _kernel_lib(directory: Path) -> tuple[Path, int]:
     from tests.targets.test_firmware_on_emulator import MODEL_H
 
-    n_out = 4 * (len(LENGTHS) * 4 * 19 + 15 * len(WINDOWS))
+    n_out = 4 * (len(LENGTHS) * 4 * 19 + 15 * len(WINDOWS) + len(BLOCKED_LENGTHS) * 4 * 12)
     directory.mkdir(parents=True)
     (directory / "model.h").write_text(MODEL_H.format(inputs=320, outputs=n_out))
     (directory / "model.c").write_text(KERNELS_C)

@@ -12,6 +12,7 @@ import attrs
 import numpy as np
 
 from tvm_mcu import __version__
+from tvm_mcu.passes.tir.block_weights import block
 from tvm_mcu.schedule.graph import Graph, Tensor
 from tvm_mcu.schedule.memory import MemoryPlan, workspace_name
 
@@ -197,7 +198,36 @@ def _describe(t: Tensor) -> str:
     return f"{t.name} {t.dtype}[{','.join(str(d) for d in t.shape)}]"
 
 
-def emit_model_c(graph: Graph, plan: MemoryPlan, *, model_name: str, op_prefix: str) -> str:
+def _layouts_used(graph: Graph, blocked: dict[str, dict[int, int]]) -> dict[str, list[int]]:
+    """Weight name -> the layouts its steps read it in, in first-use order: 0 as stored, S blocked with
+    channel stride S (``blocked``: callee -> parameter position -> S, BlockWeights')."""
+    used: dict[str, list[int]] = {}
+    for step in graph.steps:
+        for k, name in enumerate(step.inputs):
+            if graph.tensors[name].kind == "weight":
+                layout = blocked.get(step.callee, {}).get(k, 0)
+                if layout not in used.setdefault(name, []):
+                    used[name].append(layout)
+    return used
+
+
+def _weight_variant(name: str, layout: int) -> str:
+    return weight_symbol(name) + (f"_b{layout}" if layout else "")
+
+
+def emit_model_c(
+    graph: Graph,
+    plan: MemoryPlan,
+    *,
+    model_name: str,
+    op_prefix: str,
+    blocked: dict[str, dict[int, int]] | None = None,
+) -> str:
+    """``model.c``. ``blocked``: callee -> parameter position -> channel stride of the weights that
+    operator reads blocked (passes/tir/block_weights.py); those are stored so (a weight read both ways
+    is stored both ways)."""
+    blocked = blocked or {}
+    layouts = _layouts_used(graph, blocked)
     lines = [
         BANNER,
         f"/* {model_name}: weights, static arena and the operator call sequence. */",
@@ -209,14 +239,16 @@ def emit_model_c(graph: Graph, plan: MemoryPlan, *, model_name: str, op_prefix: 
         "",
     ]
     for name in graph.weights:  # first-use order, deterministic
-        value = graph.weights[name]
         t = graph.tensors[name]
-        lines.append(f"/* {_describe(t)} */")
-        lines.append(
-            f"static const {c_type(t.dtype)} {weight_symbol(name)}[{max(value.size, 1)}]"
-            f" __attribute__((aligned({WEIGHT_ALIGN}))) = {format_array(value)};"
-        )
-        lines.append("")
+        for layout in layouts.get(name, [0]):
+            value = graph.weights[name] if not layout else block(graph.weights[name], layout)
+            note = f", blocked by four channels of {layout} values" if layout else ""
+            lines.append(f"/* {_describe(t)}{note} */")
+            lines.append(
+                f"static const {c_type(t.dtype)} {_weight_variant(name, layout)}[{max(value.size, 1)}]"
+                f" __attribute__((aligned({WEIGHT_ALIGN}))) = {format_array(value)};"
+            )
+            lines.append("")
     uses_io = {"in": False, "out": False}
     body: list[str] = []
     for i, step in enumerate(graph.steps):
@@ -229,6 +261,9 @@ def emit_model_c(graph: Graph, plan: MemoryPlan, *, model_name: str, op_prefix: 
             body.append(f"  memcpy({dst}, {src}, {out_t.nbytes});")
             continue
         args = [_operand(graph, plan, n) for n in (*step.inputs, step.output)]
+        for k, layout in blocked.get(step.callee, {}).items():
+            t = graph.tensors[step.inputs[k]]
+            args[k] = f"({c_type(t.dtype)} *){_weight_variant(t.name, layout)}"
         if step.workspace_bytes:
             args.append(f"tvmmcu_arena + {plan.offset_of(workspace_name(step.name))}")
         call = f"{op_prefix}{step.callee}({', '.join(args)})"
