@@ -59,6 +59,19 @@ def _weight_load(call: Any, at: int) -> Any | None:
 
 
 def _multiple(expr: Any, k: int, ana: Any) -> bool:
+    """Whether ``expr`` is provably a multiple of ``k``: by the analyzer, or term by term (a product
+    with a constant multiple of ``k``, sums, differences, minima and maxima of multiples, casts), which
+    covers the clamped bounds of a padded row."""
+    if isinstance(expr, tirx.IntImm):
+        return int(expr) % k == 0
+    if isinstance(expr, tirx.Mul):
+        return any(isinstance(f, tirx.IntImm) and int(f) % k == 0 for f in (expr.a, expr.b)) or (
+            _multiple(expr.a, k, ana) or _multiple(expr.b, k, ana)
+        )
+    if isinstance(expr, tirx.Add | tirx.Sub | tirx.Min | tirx.Max):
+        return _multiple(expr.a, k, ana) and _multiple(expr.b, k, ana)
+    if isinstance(expr, tirx.Cast):
+        return _multiple(expr.value, k, ana)
     return bool(ana.can_prove(tirx.floormod(expr, tirx.IntImm(str(expr.ty), k)) == 0))
 
 

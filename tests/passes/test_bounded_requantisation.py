@@ -161,3 +161,44 @@ def test_the_right_shift_path_is_tflite_rounding_only() -> None:
     for rounding, bounded in ((fixed_point.ONNX, True), (fixed_point.TFLITE, False)):
         with pytest.raises(ValueError, match="right-shift"):
             fixed_point.multiply_by_quantized_multiplier(x, 1 << 30, 3, rounding, bounded=bounded, right=True)
+
+
+SAT_C = """\
+#include "model.h"
+#include "tvmmcu_fixed_point.h"
+
+static void sat(const int32_t *v, int32_t n, int32_t *out)
+{
+    for (int32_t k = 0; k < n; ++k) {
+        out[2 * k] = tvmmcu_fp_sat_s8(v[k]);
+        out[2 * k + 1] = tvmmcu_fp_sat_u8(v[k]);
+    }
+}
+
+int32_t tvmmcu_model_run(const void *input, void *output)
+{
+    sat((const int32_t *)input, TVMMCU_INPUT_BYTES / 4, (int32_t *)output);
+    return 0;
+}
+"""
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385", "mps2-an521"])
+def test_saturation_to_8_bits_on_the_cores(board: str, tmp_path: Path) -> None:
+    """SSAT/USAT where the core has them (M4, M3, M33), the C comparisons elsewhere: the same values."""
+    from tests.targets.test_firmware_on_emulator import MODEL_H
+    from tvm_mcu.targets import build_firmware, load_board, run_firmware
+
+    values = np.concatenate([np.arange(-300, 300), [-(2**31), 2**31 - 1, -129, 128, 255, 256]]).astype(
+        np.int32
+    )
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "model.h").write_text(MODEL_H.format(inputs=4 * values.size, outputs=8 * values.size))
+    (lib / "model.c").write_text(SAT_C)
+    (lib / fixed_point.HEADER_NAME).write_text(fixed_point.HEADER_TEXT)
+    fw = build_firmware(lib, load_board(board), tmp_path / "fw")
+    out = np.frombuffer(run_firmware(fw, values.tobytes(), 8 * values.size).output, np.int32)
+    np.testing.assert_array_equal(out[0::2], np.clip(values, -128, 127))
+    np.testing.assert_array_equal(out[1::2], np.clip(values, 0, 255))

@@ -41,6 +41,27 @@ static inline int32_t tvmmcu_fp_srdhm(int32_t a, int32_t b) {
   return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
 }
 
+/* x saturated to int8 (s8) or uint8 (u8): one SSAT/USAT on Armv7-M and Armv8-M mainline. */
+static inline int32_t tvmmcu_fp_sat_s8(int32_t x) {
+#if defined(__ARM_FEATURE_SAT)
+  int32_t r;
+  __asm__("ssat %0, #8, %1" : "=r"(r) : "r"(x));
+  return r;
+#else
+  return x < -128 ? -128 : (x > 127 ? 127 : x);
+#endif
+}
+
+static inline int32_t tvmmcu_fp_sat_u8(int32_t x) {
+#if defined(__ARM_FEATURE_SAT)
+  int32_t r;
+  __asm__("usat %0, #8, %1" : "=r"(r) : "r"(x));
+  return r;
+#else
+  return x < 0 ? 0 : (x > 255 ? 255 : x);
+#endif
+}
+
 /* RoundingDivideByPOT: x / 2**exponent, ties away from zero (exponent in 0..31). */
 static inline int32_t tvmmcu_fp_rdbpot(int32_t x, int32_t exponent) {
   int32_t mask = (int32_t)((((uint32_t)1) << exponent) - 1u);
@@ -179,6 +200,13 @@ def i32(e: Any) -> Expr:
 
 def srdhm(a: Expr, b: Expr | int) -> Expr:
     return _call("srdhm", i32(a), b if not isinstance(b, int) else tirx.const(b, "int32"))
+
+
+def saturate(x: Expr, dtype: str) -> Expr | None:
+    """``x`` (int32) saturated to the range of ``dtype`` (int8 or uint8: one SSAT/USAT), or None for
+    other types."""
+    name = {"int8": "sat_s8", "uint8": "sat_u8"}.get(dtype)
+    return None if name is None else _call(name, i32(x))
 
 
 def rdbpot(x: Expr, exponent: Expr | int) -> Expr:

@@ -26,6 +26,7 @@ from tvm_mcu.passes.relax.integer.fixed_point import (
     reciprocal_bits,
     reciprocal_scale,
     round_even,
+    saturate,
     srdhm,
 )
 
@@ -37,8 +38,17 @@ def c32(v: int) -> Any:
 
 
 def _clamp(value: Any, act_min: int, act_max: int, dtype: str = "int8") -> Any:
-    """Saturate an int32 value to the activation range (within ``dtype``'s) and narrow it."""
-    return tirx.max(tirx.min(value, c32(act_max)), c32(act_min)).astype(dtype)
+    """Saturate an int32 value to the activation range (within ``dtype``'s) and narrow it: one
+    saturating instruction to ``dtype``'s range, then the bounds of the activation it leaves."""
+    lo, hi = {"int8": (-128, 127), "uint8": (0, 255)}.get(str(dtype), (None, None))
+    sat = saturate(value, str(dtype))
+    if sat is None or lo is None or not lo <= act_min <= act_max <= hi:
+        return tirx.max(tirx.min(value, c32(act_max)), c32(act_min)).astype(dtype)
+    if act_max < hi:
+        sat = tirx.min(sat, c32(act_max))
+    if act_min > lo:
+        sat = tirx.max(sat, c32(act_min))
+    return sat.astype(dtype)
 
 
 def _requantize(
