@@ -40,9 +40,9 @@ def c32(v: int) -> Any:
 def _clamp(value: Any, act_min: int, act_max: int, dtype: str = "int8") -> Any:
     """Saturate an int32 value to the activation range (within ``dtype``'s) and narrow it: one
     saturating instruction to ``dtype``'s range, then the bounds of the activation it leaves."""
-    lo, hi = {"int8": (-128, 127), "uint8": (0, 255)}.get(str(dtype), (None, None))
+    lo, hi = {"int8": (-128, 127), "uint8": (0, 255)}.get(str(dtype), (1, 0))
     sat = saturate(value, str(dtype))
-    if sat is None or lo is None or not lo <= act_min <= act_max <= hi:
+    if sat is None or not lo <= act_min <= act_max <= hi:
         return tirx.max(tirx.min(value, c32(act_max)), c32(act_min)).astype(dtype)
     if act_max < hi:
         sat = tirx.min(sat, c32(act_max))
