@@ -13,7 +13,7 @@ from tvm_mcu._tvm import (
     tirx,
     tvm,
 )
-from tvm_mcu.passes.tir.dot_kernels import DOT, DOT4, SUM, SUM4, WINDOW, WINDOW4
+from tvm_mcu.passes.tir.dot_kernels import DOT, DOT4, RUNS, RUNS4, SUM, SUM4, WINDOW, WINDOW4
 from tvm_mcu.passes.tir.each_function import constant_extent, fresh_variables, rewrite_each, substitute, uses
 
 ATTR_DONE = "tvmmcu.output_channels_blocked"
@@ -25,6 +25,7 @@ _FOUR = {
     **{name: (DOT4[key], 1) for key, name in DOT.items()},
     **{SUM[k]: (SUM4[k], 0) for k in SUM},
     **{name: (WINDOW4[key], 3) for key, name in WINDOW.items()},
+    **{name: (RUNS4[key], 3) for key, name in RUNS.items()},
 }
 
 

@@ -17,7 +17,7 @@ from tvm_mcu._tvm import (
     tirx,
     tvm,
 )
-from tvm_mcu.passes.tir.dot_kernels import BLOCK_VALUES, DOT4, DOT4B, SUM4, SUM4B
+from tvm_mcu.passes.tir.dot_kernels import BLOCK_VALUES, DOT4, DOT4B, RUNS4, RUNS4B, SUM4, SUM4B
 from tvm_mcu.passes.tir.each_function import rewrite_each
 
 ATTR_DONE = "tvmmcu.weights_blocked"
@@ -25,11 +25,31 @@ ATTR_DONE = "tvmmcu.weights_blocked"
 # for each weight parameter laid out blocked (``block``).
 ATTR_BLOCKED = "tvmmcu.blocked_weights"
 
-# The four-channel kernel -> (its blocked form, where its weight pointer is among its arguments).
+# The four-channel kernel -> (its blocked form, where its weight pointer is among its arguments, how
+# many stride arguments follow it: the channel stride, and for the runs kernel the taps' two).
 _BLOCKED = {
-    **{name: (DOT4B[key], 1) for key, name in DOT4.items()},
-    **{SUM4[k]: (SUM4B[k], 0) for k in SUM4},
+    **{name: (DOT4B[key], 1, 1) for key, name in DOT4.items()},
+    **{SUM4[k]: (SUM4B[k], 0, 1) for k in SUM4},
+    **{name: (RUNS4B[key], 3, 3) for key, name in RUNS4.items()},
 }
+
+
+def _stride_and_count(call: Any) -> tuple[Any, Any] | None:
+    """(channel stride, values read per channel or per tap) of a four-channel kernel call; None for a
+    runs call whose taps do not follow each other in the weights (wsx = n, wsy = kw * n)."""
+    name = _call_name(call)
+    _, at, strides = _BLOCKED[name]
+    args = call.args[1:]
+    if strides == 1:
+        return args[at + 1], args[at + 2]
+    wsy, wsx, kw, n = args[at + 2], args[at + 3], args[at + 5], args[at + 6]
+    if not all(isinstance(v, tirx.IntImm) for v in (wsy, wsx, kw, n)):
+        return None
+    if int(wsx) != int(n) or int(wsy) != int(kw) * int(n):
+        return None
+    return args[at + 1], n
+
+
 CHANNELS = 4
 
 
@@ -119,9 +139,11 @@ def _blockable(func: PrimFunc, owners: dict[Any, Any]) -> dict[Any, int]:
             return
         owner = owners.get(load.source, load.source)
         by_kernels[owner] = by_kernels.get(owner, 0) + 1
-        stride, n = call.args[2 + at], call.args[3 + at]
+        found = _stride_and_count(call)
+        stride, n = found if found is not None else (None, None)
         if (
-            isinstance(stride, tirx.IntImm)
+            found is not None
+            and isinstance(stride, tirx.IntImm)
             and int(stride) % BLOCK_VALUES == 0
             and _multiple(load.indices[0], BLOCK_VALUES, ana)
             and _multiple(n, BLOCK_VALUES, ana)
@@ -181,7 +203,7 @@ def block_weights(func: PrimFunc) -> PrimFunc:
         name = _call_name(call)
         if name not in _BLOCKED:
             return call
-        blocked, at = _BLOCKED[name]
+        blocked, at, strides = _BLOCKED[name]
         load = _weight_load(call, at)
         if load is None or owners.get(load.source, load.source) not in chosen:
             return call
@@ -189,7 +211,7 @@ def block_weights(func: PrimFunc) -> PrimFunc:
         moved = _moved(load.indices[0], chosen[owner])
         args = list(call.args[1:])
         args[at] = tirx.address_of(tirx.BufferLoad(load.source, [moved]))
-        del args[at + 1]  # the channel stride
+        del args[at + 1 : at + 1 + strides]  # the channel stride (and the taps' strides)
         return tirx.call_extern(str(call.ty), blocked, *args)
 
     body = structural_map(func.body, (tvm.ir.Call, rewrite))
@@ -203,15 +225,18 @@ class BlockWeights:
 
     Matches
         a weight parameter (in the function's ``buffer_map``) of ``O x S`` values, ``O`` a multiple of
-        4, whose every read is the weight pointer ``&W[i]`` of a ``tvmmcu_dot4_*`` or
-        ``tvmmcu_dot4_sum_s8`` call (BlockOutputChannels') with channel stride ``S`` (a multiple of 8,
-        the same in every call), ``i`` and the count provably multiples of 8.
+        4, whose every read is the weight pointer ``&W[i]`` of a ``tvmmcu_dot4_*``,
+        ``tvmmcu_dot4_sum_s8`` or ``tvmmcu_dot4_runs_*`` call (BlockOutputChannels') with channel stride
+        ``S`` (a multiple of 8, the same in every call), ``i`` and the count (the run length) provably
+        multiples of 8, a runs call's taps following each other in the weights (``wsx = n``,
+        ``wsy = kw * n``).
     Rewrites to
-        ``tvmmcu_dot4b_*(x, &W[i + 3 * (i mod S)], n, acc)`` (``tvmmcu_dot4b_sum_s8`` likewise, the
-        stride argument gone) and records ``tvmmcu.blocked_weights = {parameter position: S}``: the
-        compiler stores that constant blocked (:func:`block`), for each four channels and each 8 values
-        of the reduction the four channels' 8 values in turn, so channel ``c``'s value ``r`` sits at
-        ``c * S + 4 * r`` for ``c`` a multiple of 4.
+        ``tvmmcu_dot4b_*(x, &W[i + 3 * (i mod S)], n, acc)`` (``tvmmcu_dot4b_sum_s8`` and
+        ``tvmmcu_dot4b_runs_*`` likewise, the stride arguments gone) and records
+        ``tvmmcu.blocked_weights = {parameter position: S}``: the compiler stores that constant blocked
+        (:func:`block`), for each four channels and each 8 values of the reduction the four channels'
+        8 values in turn, so channel ``c``'s value ``r`` sits at ``c * S + 4 * r`` for ``c`` a multiple
+        of 4.
     Declines when
         the weights are read anywhere else (the channels past the last block of four, another kernel),
         with several strides, at an offset or over a count not provably a multiple of 8, or ``O`` is

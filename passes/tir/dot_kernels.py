@@ -36,6 +36,10 @@ WINDOW = {("int8", "int8"): "tvmmcu_dot_win_s8s8", ("uint8", "int8"): "tvmmcu_do
 # channels' 8 weights in turn; the stride argument gone.
 DOT4B = {("int8", "int8"): "tvmmcu_dot4b_s8s8", ("uint8", "int8"): "tvmmcu_dot4b_u8s8"}
 SUM4B = {"int8": "tvmmcu_dot4b_sum_s8"}
+# A window of taps, each a run of n contiguous values (a convolution's input channels), in one call.
+RUNS = {("int8", "int8"): "tvmmcu_dot_runs_s8s8", ("uint8", "int8"): "tvmmcu_dot_runs_u8s8"}
+RUNS4 = {("int8", "int8"): "tvmmcu_dot4_runs_s8s8", ("uint8", "int8"): "tvmmcu_dot4_runs_u8s8"}
+RUNS4B = {("int8", "int8"): "tvmmcu_dot4b_runs_s8s8", ("uint8", "int8"): "tvmmcu_dot4b_runs_u8s8"}
 # The reduction's values per block of the blocked layout.
 BLOCK_VALUES = 8
 # Four output channels' windows, their weights ws apart (the argument after the weight pointer).
@@ -417,24 +421,24 @@ static inline int32_t tvmmcu_dot4_sum_s8(const int8_t *w, int32_t ws, int32_t n,
 }
 
 /* Four output channels whose weights are blocked (passes/tir/block_weights.py): for every 8 values of
- * the reduction, the four channels' 8 weights one after another (32 bytes). acc[j] + sum over k < n of
+ * the reduction, the four channels' 8 weights one after another (32 bytes). a[j] + sum over k < n of
  * x[k] * wb[(k / 8) * 32 + j * 8 + k % 8]; n a multiple of 8, wb word-aligned. One pointer walks the
  * four channels' weights, two words per LDRD: 43 instructions per 32 multiply-accumulates with the DSP
  * extension. */
-static inline int32_t tvmmcu_dot4b_x8s8(const void *x, const int8_t *wb, int32_t n, int32_t *acc,
-                                        int x_unsigned) {
-  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+static inline __attribute__((always_inline)) void tvmmcu_dot4b_run(const void *x, const int8_t *wb,
+                                                                   int32_t n, int32_t *a, int x_unsigned) {
+  int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
 #if defined(__ARM_FEATURE_DSP)
   const uint8_t *xu = (const uint8_t *)x;
   const uint8_t *const end = xu + n;
   const int8_t *p = wb;
   uint32_t lo, hi, b0, b1;
-#define TVMMCU_DOT_BLOCK8(a)                         \
-  TVMMCU_DOT_LDRD_NEXT(p, b0, b1);                   \
-  a = tvmmcu_dot_smlad(v0, tvmmcu_dot_s02(b0), a); \
-  a = tvmmcu_dot_smlad(v1, tvmmcu_dot_s13(b0), a); \
-  a = tvmmcu_dot_smlad(v2, tvmmcu_dot_s02(b1), a); \
-  a = tvmmcu_dot_smlad(v3, tvmmcu_dot_s13(b1), a)
+#define TVMMCU_DOT_BLOCK8(acc)                           \
+  TVMMCU_DOT_LDRD_NEXT(p, b0, b1);                       \
+  acc = tvmmcu_dot_smlad(v0, tvmmcu_dot_s02(b0), acc); \
+  acc = tvmmcu_dot_smlad(v1, tvmmcu_dot_s13(b0), acc); \
+  acc = tvmmcu_dot_smlad(v2, tvmmcu_dot_s02(b1), acc); \
+  acc = tvmmcu_dot_smlad(v3, tvmmcu_dot_s13(b1), acc)
 #define TVMMCU_DOT_STEP8                                                       \
   const uint32_t v0 = x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo); \
   const uint32_t v1 = x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo); \
@@ -471,10 +475,15 @@ static inline int32_t tvmmcu_dot4b_x8s8(const void *x, const int8_t *wb, int32_t
     a3 = (int32_t)((uint32_t)a3 + (uint32_t)(v * (int32_t)w[24]));
   }
 #endif
-  acc[0] = a0;
-  acc[1] = a1;
-  acc[2] = a2;
-  acc[3] = a3;
+  a[0] = a0;
+  a[1] = a1;
+  a[2] = a2;
+  a[3] = a3;
+}
+
+static inline int32_t tvmmcu_dot4b_x8s8(const void *x, const int8_t *wb, int32_t n, int32_t *acc,
+                                        int x_unsigned) {
+  tvmmcu_dot4b_run(x, wb, n, acc, x_unsigned);
   return 0;
 }
 
@@ -486,8 +495,33 @@ static inline int32_t tvmmcu_dot4b_u8s8(const uint8_t *x, const int8_t *wb, int3
   return tvmmcu_dot4b_x8s8(x, wb, n, acc, 1);
 }
 
-/* The blocked weights' padding taps: acc[j] + value * (the n weights of channel j from wb). */
+/* The blocked weights' padding taps: acc[j] + value * (the n weights of channel j from wb), n a
+ * multiple of 8. With the DSP extension SMLAD multiplies the widened weights by value in both halves
+ * (value is an int8 or uint8 zero point: it fits a halfword). */
 static inline int32_t tvmmcu_dot4b_sum_s8(const int8_t *wb, int32_t n, int32_t value, int32_t *acc) {
+#if defined(__ARM_FEATURE_DSP)
+  const uint32_t pair = ((uint32_t)(uint16_t)(int16_t)value << 16) | (uint32_t)(uint16_t)(int16_t)value;
+  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+  const int8_t *p = wb;
+  uint32_t b0, b1;
+#define TVMMCU_DOT_PAD8(a)                                \
+  TVMMCU_DOT_LDRD_NEXT(p, b0, b1);                        \
+  a = tvmmcu_dot_smlad(tvmmcu_dot_s02(b0), pair, a);  \
+  a = tvmmcu_dot_smlad(tvmmcu_dot_s13(b0), pair, a);  \
+  a = tvmmcu_dot_smlad(tvmmcu_dot_s02(b1), pair, a);  \
+  a = tvmmcu_dot_smlad(tvmmcu_dot_s13(b1), pair, a)
+  for (int32_t k = 0; k < n; k += 8) {
+    TVMMCU_DOT_PAD8(a0);
+    TVMMCU_DOT_PAD8(a1);
+    TVMMCU_DOT_PAD8(a2);
+    TVMMCU_DOT_PAD8(a3);
+  }
+#undef TVMMCU_DOT_PAD8
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
+#else
   int32_t s[4] = {0, 0, 0, 0};
   for (int32_t k = 0; k < n; ++k) {
     const int8_t *w = wb + (k >> 3) * 32 + (k & 7);
@@ -499,7 +533,125 @@ static inline int32_t tvmmcu_dot4b_sum_s8(const int8_t *wb, int32_t n, int32_t v
   for (int32_t j = 0; j < 4; ++j) {
     acc[j] = (int32_t)((uint32_t)acc[j] + (uint32_t)s[j] * (uint32_t)value);
   }
+#endif
   return 0;
+}
+
+/* A window of kh x kw taps, each a run of n contiguous values (a convolution's input channels): tap
+ * (ry, rx) reads x at (ry - y0) * xsy + (rx - x0) * xsx (the taps [y0, y1) x [x0, x1) inside the input,
+ * x pointing at tap (y0, x0)) and the weights at w + ry * wsy + rx * wsx; the taps outside hold pad.
+ * One call for the whole window: the accumulator stays in registers across its taps. */
+static inline int32_t tvmmcu_dot_runs_x8s8(const void *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                           int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t n,
+                                           int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t pad,
+                                           int32_t acc, int x_unsigned) {
+  const uint8_t *xu = (const uint8_t *)x;
+  for (int32_t ry = 0; ry < kh; ++ry) {
+    for (int32_t rx = 0; rx < kw; ++rx) {
+      const int8_t *wt = w + ry * wsy + rx * wsx;
+      if (ry >= y0 && ry < y1 && rx >= x0 && rx < x1) {
+        acc = tvmmcu_dot_x8s8(xu + (ry - y0) * xsy + (rx - x0) * xsx, wt, n, acc, x_unsigned);
+      } else {
+        acc = tvmmcu_dot_sum_s8(wt, n, pad, acc);
+      }
+    }
+  }
+  return acc;
+}
+
+static inline int32_t tvmmcu_dot_runs_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                           int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t n,
+                                           int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t pad,
+                                           int32_t acc) {
+  return tvmmcu_dot_runs_x8s8(x, xsy, xsx, w, wsy, wsx, kh, kw, n, y0, y1, x0, x1, pad, acc, 0);
+}
+
+static inline int32_t tvmmcu_dot_runs_u8s8(const uint8_t *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                           int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t n,
+                                           int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t pad,
+                                           int32_t acc) {
+  return tvmmcu_dot_runs_x8s8(x, xsy, xsx, w, wsy, wsx, kh, kw, n, y0, y1, x0, x1, pad, acc, 1);
+}
+
+/* Four output channels of tvmmcu_dot_runs, their weights ws apart. */
+static inline int32_t tvmmcu_dot4_runs_x8s8(const void *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                            int32_t ws, int32_t wsy, int32_t wsx, int32_t kh, int32_t kw,
+                                            int32_t n, int32_t y0, int32_t y1, int32_t x0, int32_t x1,
+                                            int32_t pad, int32_t *acc, int x_unsigned) {
+  const uint8_t *xu = (const uint8_t *)x;
+  for (int32_t ry = 0; ry < kh; ++ry) {
+    for (int32_t rx = 0; rx < kw; ++rx) {
+      const int8_t *wt = w + ry * wsy + rx * wsx;
+      if (ry >= y0 && ry < y1 && rx >= x0 && rx < x1) {
+        tvmmcu_dot4_x8s8(xu + (ry - y0) * xsy + (rx - x0) * xsx, wt, ws, n, acc, x_unsigned);
+      } else {
+        tvmmcu_dot4_sum_s8(wt, ws, n, pad, acc);
+      }
+    }
+  }
+  return 0;
+}
+
+static inline int32_t tvmmcu_dot4_runs_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                            int32_t ws, int32_t wsy, int32_t wsx, int32_t kh, int32_t kw,
+                                            int32_t n, int32_t y0, int32_t y1, int32_t x0, int32_t x1,
+                                            int32_t pad, int32_t *acc) {
+  return tvmmcu_dot4_runs_x8s8(x, xsy, xsx, w, ws, wsy, wsx, kh, kw, n, y0, y1, x0, x1, pad, acc, 0);
+}
+
+static inline int32_t tvmmcu_dot4_runs_u8s8(const uint8_t *x, int32_t xsy, int32_t xsx, const int8_t *w,
+                                            int32_t ws, int32_t wsy, int32_t wsx, int32_t kh, int32_t kw,
+                                            int32_t n, int32_t y0, int32_t y1, int32_t x0, int32_t x1,
+                                            int32_t pad, int32_t *acc) {
+  return tvmmcu_dot4_runs_x8s8(x, xsy, xsx, w, ws, wsy, wsx, kh, kw, n, y0, y1, x0, x1, pad, acc, 1);
+}
+
+/* Four output channels of tvmmcu_dot_runs with blocked weights (BlockWeights), the taps one after
+ * another (tap t's weights at wb + 4 * n * t; n a multiple of 8): the accumulators stay in registers
+ * across the window, and a row of taps inside whose data follow each other (xsx = n) is one run. */
+static inline int32_t tvmmcu_dot4b_runs_x8s8(const void *x, int32_t xsy, int32_t xsx, const int8_t *wb,
+                                             int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
+                                             int32_t x0, int32_t x1, int32_t pad, int32_t *acc,
+                                             int x_unsigned) {
+  const uint8_t *xu = (const uint8_t *)x;
+  int32_t a[4] = {acc[0], acc[1], acc[2], acc[3]};
+  if (pad != 0 && !(y0 == 0 && x0 == 0 && y1 == kh && x1 == kw)) {
+    for (int32_t ry = 0; ry < kh; ++ry) {
+      for (int32_t rx = 0; rx < kw; ++rx) {
+        if (ry < y0 || ry >= y1 || rx < x0 || rx >= x1) {
+          tvmmcu_dot4b_sum_s8(wb + 4 * n * (ry * kw + rx), n, pad, a);
+        }
+      }
+    }
+  }
+  for (int32_t ry = y0; ry < y1; ++ry) {
+    const uint8_t *row = xu + (ry - y0) * xsy;
+    const int8_t *wrow = wb + 4 * n * (ry * kw + x0);
+    if (xsx == n) {
+      tvmmcu_dot4b_run(row, wrow, (x1 - x0) * n, a, x_unsigned);
+    } else {
+      for (int32_t rx = x0; rx < x1; ++rx) {
+        tvmmcu_dot4b_run(row + (rx - x0) * xsx, wrow + 4 * n * (rx - x0), n, a, x_unsigned);
+      }
+    }
+  }
+  acc[0] = a[0];
+  acc[1] = a[1];
+  acc[2] = a[2];
+  acc[3] = a[3];
+  return 0;
+}
+
+static inline int32_t tvmmcu_dot4b_runs_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, const int8_t *wb,
+                                             int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
+                                             int32_t x0, int32_t x1, int32_t pad, int32_t *acc) {
+  return tvmmcu_dot4b_runs_x8s8(x, xsy, xsx, wb, kh, kw, n, y0, y1, x0, x1, pad, acc, 0);
+}
+
+static inline int32_t tvmmcu_dot4b_runs_u8s8(const uint8_t *x, int32_t xsy, int32_t xsx, const int8_t *wb,
+                                             int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
+                                             int32_t x0, int32_t x1, int32_t pad, int32_t *acc) {
+  return tvmmcu_dot4b_runs_x8s8(x, xsy, xsx, wb, kh, kw, n, y0, y1, x0, x1, pad, acc, 1);
 }
 
 #endif

@@ -14,7 +14,7 @@ from tvm_mcu._tvm import (
     tirx,
     tvm,
 )
-from tvm_mcu.passes.tir.dot_kernels import DOT, SUM, WINDOW
+from tvm_mcu.passes.tir.dot_kernels import DOT, RUNS, SUM, WINDOW
 from tvm_mcu.passes.tir.each_function import from_zero, rewrite_each, uses
 
 ATTR_DONE = "tvmmcu.dot_kernels"
@@ -219,15 +219,77 @@ def _window(loop: Any) -> Any | None:
     return None
 
 
-def _window_call(fixed: tuple[Any, ...], taps: tuple[Any, Any, Any, Any]) -> Any:
-    """The window kernel's call for the taps [y0, y1) x [x0, x1) inside the input."""
+def _window_call(fixed: tuple[Any, ...], taps: tuple[Any, Any, Any, Any], run: int = 0) -> Any:
+    """The window kernel's call for the taps [y0, y1) x [x0, x1) inside the input (``run``: the runs
+    kernel's values per tap)."""
     name, load, xs, weight, ws, (kh, kw), pad, acc = fixed
     y0, y1, x0, x1 = taps
     at = tirx.BufferLoad(load.source, [xs[2] + y0 * xs[0] + x0 * xs[1]])
     args = [tirx.address_of(at), _c(xs[0]), _c(xs[1])]
     args += [tirx.address_of(tirx.BufferLoad(weight.source, [ws[2]])), _c(ws[0]), _c(ws[1])]
-    args += [_c(kh), _c(kw), _i32(y0), _i32(y1), _i32(x0), _i32(x1), _c(pad), acc]
+    args += [_c(kh), _c(kw), *([_c(run)] if run else []), _i32(y0), _i32(y1), _i32(x0), _i32(x1)]
+    args += [_c(pad), acc]
     return tirx.call_extern("int32", name, *args)
+
+
+def _runs(loop: Any) -> Any | None:
+    """The call replacing a window of runs ``for ry: for rx: for rc in [0, n): acc += x * w`` with ``rc``
+    contiguous in both operands (an NHWC convolution's taps of input channels) and ``n`` at least
+    ``MIN_DOT_TAPS``: the runs kernel, one call for the whole window."""
+    middle = loop.body
+    if not from_zero(loop) or not isinstance(middle, tirx.For) or not from_zero(middle):
+        return None
+    inner = middle.body
+    if not isinstance(inner, tirx.For) or not from_zero(inner):
+        return None
+    if not all(isinstance(f.extent, tirx.IntImm) for f in (loop, middle, inner)):
+        return None
+    ry, rx, rc = loop.loop_var, middle.loop_var, inner.loop_var
+    kh, kw, n = int(loop.extent), int(middle.extent), int(inner.extent)
+    if n < MIN_DOT_TAPS:
+        return None
+    mac = _mac(inner.body, [ry, rx, rc])
+    if mac is None:
+        return None
+    acc, a, b = mac
+    for data, weight in ((a, b), (b, a)):
+        cond, pad, load = None, 0, data
+        if isinstance(data, tvm.ir.Call) and str(getattr(data.op, "name", "")) == "prim.if_then_else":
+            cond, load, other = data.args
+            if not isinstance(other, tirx.IntImm) or uses(cond, rc):
+                continue
+            pad = int(other)
+        xs, ws = _strides3(load, ry, rx, rc), _strides3(weight, ry, rx, rc)
+        if xs is None or ws is None:
+            continue
+        name = RUNS.get((str(load.source.dtype), str(weight.source.dtype)))
+        if name is None:
+            continue
+        bounds = _window_bounds(cond, ry, rx, kh, kw)
+        if bounds is None:
+            continue
+        outer, taps = bounds
+        store = inner.body
+        fixed = (name, load, xs, weight, ws, (kh, kw), pad, acc)
+        inside = tirx.BufferStore(store.buffer, _window_call(fixed, taps, n), store.indices)
+        if outer is None:
+            return inside
+        zero = tirx.IntImm(str(ry.ty), 0)
+        padding = _window_call(fixed, (zero, zero, zero, zero), n)
+        return tirx.IfThenElse(outer, inside, tirx.BufferStore(store.buffer, padding, store.indices))
+    return None
+
+
+def _strides3(load: Any, ry: Any, rx: Any, rc: Any) -> tuple[int, int, Any] | None:
+    """(stride along ry, stride along rx, base) of a flat load ``buf[base + sy * ry + sx * rx + rc]``."""
+    if not isinstance(load, TensorLoad) or len(load.indices) != 1:
+        return None
+    coeffs = detect_linear_equation(load.indices[0], [ry, rx, rc])
+    if len(coeffs) != 4 or not all(isinstance(c, tirx.IntImm) for c in coeffs[:3]) or int(coeffs[2]) != 1:
+        return None
+    if any(uses(coeffs[3], v) for v in (ry, rx, rc)):
+        return None
+    return int(coeffs[0]), int(coeffs[1]), coeffs[3]
 
 
 def _c(v: int) -> Any:
@@ -317,8 +379,10 @@ def _calls(
 
 
 def use_dot_kernels(func: PrimFunc) -> PrimFunc:
-    # Windows first: a window's inner loop may also be a (too short) row of contiguous taps.
-    body = structural_map(func.body, (tirx.For, lambda loop: _window(loop) or loop))
+    # Windows of runs first (their innermost loops are dot products too), then windows: a window's inner
+    # loop may also be a (too short) row of contiguous taps.
+    body = structural_map(func.body, (tirx.For, lambda loop: _runs(loop) or loop))
+    body = structural_map(body, (tirx.For, lambda loop: _window(loop) or loop))
     body = structural_map(body, (tirx.For, lambda loop: _rewrite(loop) or loop))
     return func.with_body(body).with_attr(ATTR_DONE, True)
 
@@ -337,14 +401,19 @@ class UseDotKernels:
         (window) two such loops ``for ry in [0, kh): for rx in [0, kw)`` around that body with both
         operands' flat indices linear in ``ry`` and ``rx`` with constant strides (a depthwise window,
         channels apart; a row of fewer than ``MIN_DOT_TAPS`` contiguous taps), ``c``'s tests each on
-        one of the loops or neither. Windows are matched first. Flat buffers: after FlattenBuffer.
+        one of the loops or neither;
+        (runs) three such loops ``for ry: for rx: for rc in [0, n)`` with ``rc`` contiguous in both
+        operands and ``n >= MIN_DOT_TAPS`` (an NHWC convolution's taps, each ``n`` input channels),
+        ``c``'s tests on ``ry``, ``rx`` or neither. Runs are matched first, then windows. Flat buffers:
+        after FlattenBuffer.
     Rewrites to
         (dot) ``acc[i] = tvmmcu_dot_s8s8(&x[a], &w[b], n, acc[i])`` (``_u8s8`` for uint8 data); with a
         test, the taps inside ``[lo, hi)`` (the bounds clamped to the loop) in one such call and
         ``tvmmcu_dot_sum_s8`` adding ``z`` times the weights of the taps before and after, under an
         ``if`` on the tests free of ``v`` (else every tap is padding);
         (window) one ``tvmmcu_dot_win_s8s8`` call with the strides, the window's size and the rows and
-        columns of taps inside the input.
+        columns of taps inside the input; (runs) one ``tvmmcu_dot_runs_s8s8`` call likewise, with the
+        run length ``n``.
     Declines when
         a loop does not start at 0, has a step or another kind, or a non-constant extent (window), the
         body does anything else, an operand is neither contiguous nor a constant-stride window, a test

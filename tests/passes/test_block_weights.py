@@ -8,7 +8,7 @@ from tvm.script import tirx as T
 
 from tests.passes import assert_idempotent_and_pure
 from tvm_mcu import _tvm
-from tvm_mcu.passes.tir import BlockWeights
+from tvm_mcu.passes.tir import BlockOutputChannels, BlockWeights, UseDotKernels
 from tvm_mcu.passes.tir.block_weights import ATTR_BLOCKED, block
 
 
@@ -182,3 +182,61 @@ def test_declines_weights_read_otherwise() -> None:
 
 def test_idempotent_and_input_untouched() -> None:
     assert_idempotent_and_pure(BlockWeights(), Before)
+
+
+@I.ir_module
+class RunsBlocked:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr(
+            {
+                "global_symbol": "f",
+                "tvmmcu.blocked_weights": {1: 72},
+                "tvmmcu.dot_kernels": True,
+                "tvmmcu.output_channels_blocked": True,
+                "tvmmcu.weights_blocked": True,
+            }
+        )
+        X_1 = T.decl_buffer((72,), "int8", data=X)
+        W_1 = T.decl_buffer((288,), "int8", data=W)
+        Y_1 = T.decl_buffer((36,), "int32", data=Y)
+        for yy, xx, ff_o in T.grid(3, 3, 1):
+            acc4 = T.alloc_buffer((4,), "int32")
+            acc4[0] = 0
+            acc4[1] = 0
+            acc4[2] = 0
+            acc4[3] = 0
+            # The taps' strides gone: tap t's weights are 4 * 8 * t into the blocked channels.
+            T.call_extern(
+                "int32",
+                "tvmmcu_dot4b_runs_s8s8",
+                T.address_of(
+                    X_1[
+                        24 * (yy - 1)
+                        + 8 * (xx - 1)
+                        + T.min(T.max(0, 1 - yy), 3) * 24
+                        + T.min(T.max(0, 1 - xx), 3) * 8
+                    ]
+                ),
+                24,
+                8,
+                T.address_of(W_1[ff_o * 288]),
+                3,
+                3,
+                8,
+                T.min(T.max(0, 1 - yy), 3),
+                T.max(T.min(3, 4 - yy), T.min(T.max(0, 1 - yy), 3)),
+                T.min(T.max(0, 1 - xx), 3),
+                T.max(T.min(3, 4 - xx), T.min(T.max(0, 1 - xx), 3)),
+                -3,
+                T.address_of(acc4[0]),
+            )
+            for ff_i in range(4):
+                Y_1[yy * 12 + xx * 4 + (ff_o * 4 + ff_i)] = acc4[ff_i]
+
+
+def test_a_window_of_runs_reads_its_taps_blocked() -> None:
+    from tests.passes.test_use_dot_kernels import RunsBefore
+
+    after = BlockWeights()(BlockOutputChannels()(UseDotKernels()(RunsBefore)))
+    _tvm.assert_structural_equal(after, RunsBlocked)

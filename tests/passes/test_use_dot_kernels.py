@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -286,6 +287,76 @@ def test_convolutions_stay_bit_exact_on_the_host(case, tmp_path: Path) -> None:
     assert np.any(outs[0] != 0)
 
 
+@I.ir_module
+class RunsBefore:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr({"global_symbol": "f"})
+        X_1 = T.decl_buffer((72,), "int8", data=X)
+        W_1 = T.decl_buffer((288,), "int8", data=W)
+        Y_1 = T.decl_buffer((36,), "int32", data=Y)
+        # A 3x3 NHWC convolution of 8 input channels over a 3x3 input padded by one (padding holds -3),
+        # four output channels: each tap a run of 8 contiguous input channels.
+        for yy, xx, ff in T.grid(3, 3, 4):
+            acc = T.alloc_buffer((1,), "int32")
+            acc[0] = 0
+            for ry, rx, rc in T.grid(3, 3, 8):
+                acc[0] = acc[0] + T.Cast(
+                    "int32",
+                    T.if_then_else(
+                        yy + ry >= 1 and yy + ry < 4 and xx + rx >= 1 and xx + rx < 4,
+                        X_1[(yy + ry - 1) * 24 + (xx + rx - 1) * 8 + rc],
+                        T.int8(-3),
+                    ),
+                ) * T.Cast("int32", W_1[ff * 72 + ry * 24 + rx * 8 + rc])
+            Y_1[yy * 12 + xx * 4 + ff] = acc[0]
+
+
+@I.ir_module
+class RunsExpected:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr({"global_symbol": "f", "tvmmcu.dot_kernels": True})
+        X_1 = T.decl_buffer((72,), "int8", data=X)
+        W_1 = T.decl_buffer((288,), "int8", data=W)
+        Y_1 = T.decl_buffer((36,), "int32", data=Y)
+        for yy, xx, ff in T.grid(3, 3, 4):
+            acc = T.alloc_buffer((1,), "int32")
+            acc[0] = 0
+            # One call for the window: the taps inside start at (y0, x0) = (max(0, 1 - yy), ...).
+            acc[0] = T.call_extern(
+                "int32",
+                "tvmmcu_dot_runs_s8s8",
+                T.address_of(
+                    X_1[
+                        24 * (yy - 1)
+                        + 8 * (xx - 1)
+                        + T.min(T.max(0, 1 - yy), 3) * 24
+                        + T.min(T.max(0, 1 - xx), 3) * 8
+                    ]
+                ),
+                24,
+                8,
+                T.address_of(W_1[ff * 72]),
+                24,
+                8,
+                3,
+                3,
+                8,
+                T.min(T.max(0, 1 - yy), 3),
+                T.max(T.min(3, 4 - yy), T.min(T.max(0, 1 - yy), 3)),
+                T.min(T.max(0, 1 - xx), 3),
+                T.max(T.min(3, 4 - xx), T.min(T.max(0, 1 - xx), 3)),
+                -3,
+                acc[0],
+            )
+            Y_1[yy * 12 + xx * 4 + ff] = acc[0]
+
+
+def test_a_window_of_channel_runs_is_one_call() -> None:
+    _tvm.assert_structural_equal(UseDotKernels()(RunsBefore), RunsExpected)
+
+
 LENGTHS = range(38)
 W_ROWS = 41  # the four-channel kernels' weight stride: odd, so rows start at every alignment
 WINDOWS = [  # (kh, kw, x strides, w strides, taps inside y0, y1, x0, x1)
@@ -300,6 +371,15 @@ WINDOWS = [  # (kh, kw, x strides, w strides, taps inside y0, y1, x0, x1)
 W_ALIGNED = 40  # a weight stride keeping every row word-aligned: the eight-a-step LDRD loop
 W_WINDOWS = 44  # the four-channel windows' weight stride
 BLOCKED_LENGTHS = range(0, 49, 8)  # the blocked kernels' counts (multiples of 8)
+RUNS_WINDOWS = [  # (kh, kw, n, x strides, taps inside y0, y1, x0, x1): taps of n contiguous values
+    (2, 2, 8, (40, 12), (0, 2, 0, 2)),
+    (2, 2, 8, (40, 12), (1, 2, 0, 1)),
+    (2, 2, 8, (40, 8), (0, 2, 1, 2)),
+    (1, 3, 16, (60, 16), (0, 1, 0, 3)),  # the taps' data follow each other: one run
+    (1, 3, 16, (60, 16), (0, 1, 1, 3)),
+    (2, 2, 8, (40, 8), (0, 0, 0, 0)),  # all padding
+]
+W_RUNS = 44  # the unblocked four-channel runs kernel's channel stride
 # Every length at every byte offset of the data, the weights at the mirrored offset; the four-channel
 # kernels; windows inside and at borders. The input: 128 data bytes, then 192 weight bytes.
 KERNELS_C = (
@@ -308,6 +388,7 @@ KERNELS_C = (
 #include "tvmmcu_dot.h"
 
 static const int32_t windows[][12] = {WINDOWS};
+static const int32_t runs[][11] = {RUNS};
 
 int32_t tvmmcu_model_run(const void *input, void *output)
 {
@@ -357,6 +438,26 @@ int32_t tvmmcu_model_run(const void *input, void *output)
             for (int j = 0; j < 4; ++j) *out++ = acc[j];
         }
     }
+    /* Windows of runs (each tap n values; the weights' taps follow each other): one channel, four
+       channels ws apart, four channels blocked. */
+    for (unsigned k = 0; k < sizeof runs / sizeof runs[0]; ++k) {
+        const int32_t *c = runs[k];
+        const int8_t *at = x + 8 + c[7] * c[3] + c[9] * c[4];
+        *out++ = tvmmcu_dot_runs_s8s8(at, c[3], c[4], w, c[1] * c[2], c[2], c[0], c[1], c[2], c[7], c[8],
+                                      c[9], c[10], -9, 5);
+        *out++ = tvmmcu_dot_runs_u8s8((const uint8_t *)at, c[3], c[4], w, c[1] * c[2], c[2], c[0], c[1], c[2],
+                                      c[7], c[8], c[9], c[10], 200, -5);
+        int32_t acc[4] = {5, -6, 7, -8};
+        tvmmcu_dot4_runs_s8s8(at, c[3], c[4], w, {W_RUNS}, c[1] * c[2], c[2], c[0], c[1], c[2], c[7], c[8],
+                              c[9], c[10], -9, acc);
+        for (int j = 0; j < 4; ++j) *out++ = acc[j];
+        int32_t accb[4] = {5, -6, 7, -8};
+        tvmmcu_dot4b_runs_s8s8(at, c[3], c[4], w, c[0], c[1], c[2], c[7], c[8], c[9], c[10], -9, accb);
+        for (int j = 0; j < 4; ++j) *out++ = accb[j];
+        tvmmcu_dot4b_runs_u8s8((const uint8_t *)at, c[3], c[4], w, c[0], c[1], c[2], c[7], c[8], c[9], c[10],
+                               200, accb);
+        for (int j = 0; j < 4; ++j) *out++ = accb[j];
+    }
     /* The same windows with constant sizes and taps, as SplitBorders leaves them: unrolled. */
     {KNOWN}
     return 0;
@@ -364,6 +465,16 @@ int32_t tvmmcu_model_run(const void *input, void *output)
 """.replace("{W_ROWS}", str(W_ROWS))
     .replace("{W_ALIGNED}", str(W_ALIGNED))
     .replace("{W_WINDOWS}", str(W_WINDOWS))
+    .replace("{W_RUNS}", str(W_RUNS))
+    .replace(
+        "{RUNS}",
+        "{"
+        + ", ".join(
+            "{" + ", ".join(str(v) for v in (kh, kw, n, *xs, 0, 0, *t)) + "}"
+            for kh, kw, n, xs, t in RUNS_WINDOWS
+        )
+        + "}",
+    )
     .replace(
         "{KNOWN}",
         "\n    ".join(
@@ -433,6 +544,39 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
             acc = [a + u[off : off + n] @ r for a, r in zip(acc, rows, strict=True)]
             out += acc
             out += [a + 93 * r.sum() for a, r in zip(acc, rows, strict=True)]
+
+    def runs(values: np.ndarray, tap_weights: Any, shape: tuple, pad: int, acc: int) -> int:
+        kh, kw, n, (xsy, xsx), (y0, y1, x0, x1) = shape
+        total = acc
+        for ry in range(kh):
+            for rx in range(kw):
+                wt = tap_weights(ry * kw + rx, n)
+                if y0 <= ry < y1 and x0 <= rx < x1:
+                    at = 8 + ry * xsy + rx * xsx
+                    total += int(values[at : at + n] @ wt)
+                else:
+                    total += pad * int(wt.sum())
+        return total
+
+    def plain(channel: int) -> Any:
+        return lambda t, n: w[channel * W_RUNS + t * n : channel * W_RUNS + (t + 1) * n]
+
+    def blocked_channel(channel: int) -> Any:  # tap t's n values: 4 * n * t into the blocked layout
+        def get(t: int, n: int) -> np.ndarray:
+            base = 4 * n * t
+            return np.concatenate(
+                [w[base + 32 * c + 8 * channel : base + 32 * c + 8 * channel + 8] for c in range(n // 8)]
+            )
+
+        return get
+
+    for shape in RUNS_WINDOWS:
+        out += [runs(x, lambda t, n: w[t * n : (t + 1) * n], shape, -9, 5)]
+        out += [runs(u, lambda t, n: w[t * n : (t + 1) * n], shape, 200, -5)]
+        out += [runs(x, plain(j), shape, -9, a) for j, a in enumerate((5, -6, 7, -8))]
+        acc = [runs(x, blocked_channel(j), shape, -9, a) for j, a in enumerate((5, -6, 7, -8))]
+        out += acc
+        out += [runs(u, blocked_channel(j), shape, 200, a) for j, a in enumerate(acc)]
     for shape in WINDOWS:  # the constant ones
         out.append(window(x, w, shape, -9, 5))
         out += [window(x, wj, shape, -9, a) for wj, a in zip(four, (5, -6, 7, -8), strict=True)]
@@ -450,7 +594,9 @@ def _kernel_data() -> np.ndarray:
 def _kernel_lib(directory: Path) -> tuple[Path, int]:
     from tests.targets.test_firmware_on_emulator import MODEL_H
 
-    n_out = 4 * (len(LENGTHS) * 4 * 19 + 15 * len(WINDOWS) + len(BLOCKED_LENGTHS) * 4 * 12)
+    n_out = 4 * (
+        len(LENGTHS) * 4 * 19 + 15 * len(WINDOWS) + len(BLOCKED_LENGTHS) * 4 * 12 + 14 * len(RUNS_WINDOWS)
+    )
     directory.mkdir(parents=True)
     (directory / "model.h").write_text(MODEL_H.format(inputs=320, outputs=n_out))
     (directory / "model.c").write_text(KERNELS_C)
