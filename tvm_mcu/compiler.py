@@ -26,7 +26,7 @@ from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.execute_in_place import make_in_place
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
-from tvm_mcu.schedule import choice, inplace, partial
+from tvm_mcu.schedule import choice, cost, inplace, partial
 from tvm_mcu.schedule.graph import Graph, extract_graph, reorder
 from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
 
@@ -147,15 +147,27 @@ def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
     return out
 
 
-def _staging_overhead(graph: Graph, macs: dict[str, int]) -> float:
+def channels_last(mod: _tvm.IRModule) -> bool:
+    """Whether the model's convolutions are channels-last (NHWC), where the SIMD kernels apply."""
+    layouts = {
+        str(b.value.attrs.data_layout)
+        for func in mod.functions.values()
+        if isinstance(func, _tvm.relax.Function)
+        for block in func.body.blocks
+        for b in block.bindings
+        if isinstance(b.value, _tvm.relax.Call) and _tvm.op_name(b.value) == "relax.nn.conv2d"
+    }
+    return layouts == {"NHWC"}
+
+
+def _staging_overhead(graph: Graph, macs: dict[str, int], costs: cost.Costs) -> float:
     """Estimated extra instructions of the in-place kernels' staging copies, relative to the MACs'."""
     staged = sum(
         int(np.prod(graph.tensors[s.output].shape, dtype=np.int64))
         for s in graph.steps
         if s.in_place in ("depthwise", "pointwise")
     )
-    total = max(sum(macs.values()), 1) * choice.INSTR_PER_MAC
-    return staged * choice.INSTR_PER_STAGED_ELEMENT / total
+    return staged * costs.per_staged_element / costs.instructions(macs)
 
 
 def _ordered_graph(fused: _tvm.IRModule) -> tuple[Graph, PeakResult]:
@@ -248,6 +260,7 @@ def plan_schedules(
     graph, bound = _ordered_graph(fused)
     whole_peak = whole_buffer_peak(graph)
     macs = step_macs(fused, graph)
+    costs = cost.for_model(graph, channels_last(mod))
     funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
     options = in_place_options(funcs, graph)
     # Candidate schedules, cheapest first: (label, graph, MACs per step, estimated extra instructions
@@ -281,10 +294,15 @@ def plan_schedules(
             chain_lowered.update(split_lowered)
             funcs = {**funcs, **split_funcs}
             split_macs = _chain_macs(split_graph, split_macs, macs)
-            plans.append((label, split_graph, split_macs, partial.overhead(chains, macs)))
+            extra = partial.overhead(chains, macs, costs)
+            plans.append((label, split_graph, split_macs, extra))
         row_axes = {s.callee: rows_of.row_axis(funcs[s.callee]) for s in graph.steps if s.callee in funcs}
         rows = partial.find_row_chains(
-            graph, row_axes, lambda callee, axis: rows_of.window_rows(funcs[callee], axis), macs=macs
+            graph,
+            row_axes,
+            lambda callee, axis: rows_of.window_rows(funcs[callee], axis),
+            macs=macs,
+            costs=costs,
         )
         if rows:
             try:
@@ -297,10 +315,11 @@ def plan_schedules(
                 chain_lowered.update(split_lowered)
                 funcs = {**funcs, **split_funcs}
                 split_macs = _chain_macs(split_graph, split_macs, macs)
-                plans.append(("row bands", split_graph, split_macs, partial.row_overhead(rows, graph, macs)))
+                extra = partial.row_overhead(rows, graph, macs, costs)
+                plans.append(("row bands", split_graph, split_macs, extra))
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], chain_lowered)
     candidates = tuple(
-        choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m) + extra)
+        choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m, costs) + extra)
         for (label, _, m, extra), g in zip(plans, graphs, strict=True)
     )
     return Schedules(

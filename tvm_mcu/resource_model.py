@@ -42,7 +42,7 @@ from tvm_mcu.analysis.channels import ChannelPlan
 from tvm_mcu.analysis.macs import mac_blocks
 from tvm_mcu.frontend import ImportedModel, load_model
 from tvm_mcu.passes.relax.prune_channels import PruneChannels
-from tvm_mcu.schedule import choice, partial
+from tvm_mcu.schedule import choice, cost
 from tvm_mcu.schedule.graph import dtype_bytes
 from tvm_mcu.schedule.memory import live_profile
 
@@ -94,7 +94,7 @@ class ScheduleModel:
     chains: int
     extra: Affine  # besides the accumulating passes
     # Accumulating chains: (consumer step, slice); each re-enters the consumer's output once per slice,
-    # INSTR_PER_ACCUMULATOR_PASS instructions per MAC of the consumer over the slice (multilinear).
+    # cost.Costs.per_accumulator_pass instructions per MAC of the consumer over the slice (multilinear).
     accumulate: tuple[tuple[str, int], ...]
     code_bytes: int  # flash besides the weights, from this schedule's full-width firmware
 
@@ -123,6 +123,7 @@ class ResourceModel:
     schedules: tuple[ScheduleModel, ...]
     board: str
     int8: bool
+    costs: cost.Costs  # the compiler's cost model for this model's kernels (schedule/cost.py)
     # The SRAM budget the model is compiled with (``compile --sram-budget``), None: the default rule.
     sram_budget: float | None = None
 
@@ -158,9 +159,10 @@ class ResourceModel:
     def overhead(self, s: ScheduleModel, k: np.ndarray) -> float:
         """The compiler's estimate of ``s``'s extra instructions at ``k``, a fraction of the model's."""
         k = np.asarray(k, float)
-        total = max(float(self.macs(k)), 1.0) * choice.INSTR_PER_MAC
-        acc = sum(partial.INSTR_PER_ACCUMULATOR_PASS * self.step_macs(k, c) / n for c, n in s.accumulate)
-        return s.chains * partial.CHAIN_OVERHEAD + (float(s.extra(k - self.full)) + acc) / total
+        costs = self.costs
+        total = max(float(self.macs(k)), 1.0) * costs.per_mac
+        acc = sum(costs.per_accumulator_pass * self.step_macs(k, c) / n for c, n in s.accumulate)
+        return s.chains * costs.chain_overhead + (float(s.extra(k - self.full)) + acc) / total
 
     def eligible(self, k: np.ndarray) -> list[ScheduleModel]:
         """The candidates the compiler chooses among at ``k``: within its instruction overhead (under a
@@ -325,6 +327,7 @@ class _Probe:
     extra: dict[str, float]  # schedule label -> estimated extra instructions besides accumulating passes
     accumulate: dict[str, tuple[tuple[str, int], ...]]  # schedule label -> (consumer step, slice)
     candidates: tuple[choice.Candidate, ...]
+    costs: cost.Costs
 
 
 def _probe(path: Path) -> _Probe:
@@ -337,14 +340,15 @@ def _probe(path: Path) -> _Probe:
     buffers = {c.label: {b.name: b.size for b in c.plan.buffers} for c in s.candidates}
     io = {c.label: c.io_bytes for c in s.candidates}
     macs = s.macs[LAYER_BY_LAYER]
-    total = max(sum(macs.values()), 1) * choice.INSTR_PER_MAC
+    costs = cost.for_model(s.graph, compiler.channels_last(model.mod))
+    total = costs.instructions(macs)
     extra = {
-        c.label: (c.extra_instructions - _chains(c) * partial.CHAIN_OVERHEAD) * total
-        - sum(partial.INSTR_PER_ACCUMULATOR_PASS * macs[n] / k for n, k in _accumulating(c, macs))
+        c.label: (c.extra_instructions - _chains(c) * costs.chain_overhead) * total
+        - sum(costs.per_accumulator_pass * macs[n] / k for n, k in _accumulating(c, macs))
         for c in s.candidates
     }
     accumulate = {c.label: _accumulating(c, macs) for c in s.candidates}
-    return _Probe(weights, itemsize, blocks, buffers, io, extra, accumulate, s.candidates)
+    return _Probe(weights, itemsize, blocks, buffers, io, extra, accumulate, s.candidates, costs)
 
 
 def _get(d: Mapping[str, float], key: str) -> float | None:
@@ -476,6 +480,7 @@ def build(
         tuple(schedules),
         board,
         int8,
+        base.costs,
     )
 
 

@@ -336,10 +336,97 @@ static inline void tvmmcu_dot4_run_x8s8(const void *x, const int8_t *w, int32_t 
  * through word loads, and a window whose inside rows follow each other in both the data and the
  * weights (a whole row of taps per row: x0 = 0, x1 = kw = xsy = wsy) is one run. The padding adds pad
  * times the weights of the taps outside. */
+#if defined(__ARM_FEATURE_DSP)
+/* tvmmcu_dot4_win_x8s8 for rows of kw contiguous taps, kw a multiple of 4 (a convolution over one input
+ * channel, KWS's first layer): each word of a row's data is loaded whole where it lies inside, is the
+ * padding value four times where it lies outside, and is put together byte by byte at a border, so
+ * every row is one word per 4 taps against the four channels' weight words: no separate padding sums. */
+static inline int32_t tvmmcu_dot4_win_rows_x8s8(const void *x, int32_t xsy, const int8_t *w, int32_t ws,
+                                                int32_t wsy, int32_t kh, int32_t kw, int32_t y0,
+                                                int32_t y1, int32_t x0, int32_t x1, int32_t pad,
+                                                int32_t *acc, int x_unsigned) {
+  const uint8_t *xu = (const uint8_t *)x;
+  const uint32_t padword = 0x01010101u * (uint32_t)(uint8_t)pad;
+  const int full = x0 == 0 && x1 == kw;
+  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+#define TVMMCU_DOT_ROW4(v, wt)                                                    \
+  do {                                                                            \
+    const uint32_t v02 = x_unsigned ? tvmmcu_dot_u02(v) : tvmmcu_dot_s02(v);   \
+    const uint32_t v13 = x_unsigned ? tvmmcu_dot_u13(v) : tvmmcu_dot_s13(v);   \
+    uint32_t b = tvmmcu_dot_word(wt);                                             \
+    a0 = tvmmcu_dot_smlad(v02, tvmmcu_dot_s02(b), a0);                          \
+    a0 = tvmmcu_dot_smlad(v13, tvmmcu_dot_s13(b), a0);                          \
+    b = tvmmcu_dot_word((wt) + ws);                                               \
+    a1 = tvmmcu_dot_smlad(v02, tvmmcu_dot_s02(b), a1);                          \
+    a1 = tvmmcu_dot_smlad(v13, tvmmcu_dot_s13(b), a1);                          \
+    b = tvmmcu_dot_word((wt) + 2 * ws);                                           \
+    a2 = tvmmcu_dot_smlad(v02, tvmmcu_dot_s02(b), a2);                          \
+    a2 = tvmmcu_dot_smlad(v13, tvmmcu_dot_s13(b), a2);                          \
+    b = tvmmcu_dot_word((wt) + 3 * ws);                                           \
+    a3 = tvmmcu_dot_smlad(v02, tvmmcu_dot_s02(b), a3);                          \
+    a3 = tvmmcu_dot_smlad(v13, tvmmcu_dot_s13(b), a3);                          \
+  } while (0)
+  /* Rows above and below the input: the padding value against every weight. */
+  for (int32_t ry = 0; ry < kh; ++ry) {
+    if (ry == y0) {
+      ry = y1 - 1 < y0 ? y0 : y1 - 1; /* skip the rows inside */
+      if (y1 > y0) {
+        continue;
+      }
+    }
+    for (int32_t c = 0; c < kw; c += 4) {
+      TVMMCU_DOT_ROW4(padword, w + ry * wsy + c);
+    }
+  }
+  /* Rows inside: whole words where the row lies inside, put together at a left or right border. */
+  if (full) {
+    for (int32_t ry = y0; ry < y1; ++ry) {
+      const uint8_t *row = xu + (ry - y0) * xsy;
+      const int8_t *wrow = w + ry * wsy;
+      for (int32_t c = 0; c < kw; c += 4) {
+        const uint32_t v = tvmmcu_dot_word(row + c);
+        TVMMCU_DOT_ROW4(v, wrow + c);
+      }
+    }
+    y1 = y0; /* done */
+  }
+  for (int32_t ry = y0; ry < y1; ++ry) {
+    const uint8_t *row = xu + (ry - y0) * xsy - x0; /* column c of the row at row[c] */
+    const int8_t *wrow = w + ry * wsy;
+    for (int32_t c = 0; c < kw; c += 4) {
+      uint32_t v;
+      if (c >= x0 && c + 4 <= x1) {
+        v = tvmmcu_dot_word(row + c);
+      } else if (c + 4 <= x0 || c >= x1) {
+        v = padword;
+      } else {
+        v = 0;
+        for (int32_t b = 3; b >= 0; --b) {
+          const uint32_t byte = c + b >= x0 && c + b < x1 ? row[c + b] : (uint32_t)(uint8_t)pad;
+          v = (v << 8) | byte;
+        }
+      }
+      TVMMCU_DOT_ROW4(v, wrow + c);
+    }
+  }
+#undef TVMMCU_DOT_ROW4
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
+  return 0;
+}
+#endif
+
 static inline int32_t tvmmcu_dot4_win_x8s8(const void *x, int32_t xsy, int32_t xsx, const int8_t *w,
                                            int32_t ws, int32_t wsy, int32_t wsx, int32_t kh, int32_t kw,
                                            int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t pad,
                                            int32_t *acc, int x_unsigned) {
+#if defined(__ARM_FEATURE_DSP)
+  if (xsx == 1 && wsx == 1 && (kw & 3) == 0) {
+    return tvmmcu_dot4_win_rows_x8s8(x, xsy, w, ws, wsy, kh, kw, y0, y1, x0, x1, pad, acc, x_unsigned);
+  }
+#endif
   const int8_t *xs = (const int8_t *)x;
   const uint8_t *xu = (const uint8_t *)x;
   uint32_t a[4] = {(uint32_t)acc[0], (uint32_t)acc[1], (uint32_t)acc[2], (uint32_t)acc[3]};

@@ -22,12 +22,12 @@ from tvm_mcu.schedule.memory import MemoryPlan, live_profile
 
 logger = logging.getLogger(__name__)
 
-# Extra instructions (fraction of the plain schedule's estimate) accepted without a budget.
-MAX_OVERHEAD = 0.02
-# Instructions per MAC of our kernels and per element staged by an in-place kernel (load + store + loop),
-# used only to rank candidates; reports give QEMU's measured counts.
-INSTR_PER_MAC = 9.0
-INSTR_PER_STAGED_ELEMENT = 3.0
+# Extra instructions (fraction of the plain schedule's estimate, schedule/cost.py) accepted without a
+# budget. With the SIMD kernels a MAC costs about 2 instructions, so fixed per-element work (an in-place
+# kernel's staging, a line buffer's shifts) weighs about 4x more against it than it did at 9: running
+# KWS's depthwise-separable blocks in place is estimated at 4.8 % (it halves the SRAM: 16,502 ->
+# 8,630 B) and measures faster, since its depthwise loops split their borders better.
+MAX_OVERHEAD = 0.05
 
 
 @attrs.frozen

@@ -25,6 +25,7 @@ import numpy as np
 
 from tvm_mcu.analysis.inplace import InPlace
 from tvm_mcu.passes.relax.group_chains import CHAIN_PREFIX
+from tvm_mcu.schedule import cost
 from tvm_mcu.schedule.graph import Graph
 
 # Op families that compute each output channel from all input channels (and so can produce a slice).
@@ -33,13 +34,6 @@ PRODUCERS = ("conv2d", "matmul", "dense")
 WINDOWED = ("conv2d", "max_pool2d", "avg_pool2d")
 # Slice widths tried for accumulating chains.
 ACCUMULATE_SLICES = (1, 2, 4, 8, 16)
-# Estimates for ranking candidates (reports give QEMU's counts): instructions per MAC of our kernels;
-# per output element and slice, an accumulating consumer's extra pass (accumulator load and store,
-# loop set-up: about 16 instructions measured on the MobileNetV2-style benchmark); per chain for its
-# loop over slices.
-INSTR_PER_MAC = 9.0
-INSTR_PER_ACCUMULATOR_PASS = 16.0
-CHAIN_OVERHEAD = 0.002
 # The most steps one row chain runs. Each operator of a chain runs inside the row loop of the next,
 # so lowering a chain costs more than linearly in its depth (s_tir's compute_at and TVM's lowering
 # passes walk the whole nest for each operator): a longer run is cut into several chains
@@ -49,9 +43,6 @@ CHAIN_OVERHEAD = 0.002
 # one chain of 27 steps, 41,858 B as chains of 8 and 4 steps, the rest whole). 12 keeps every run of
 # the benchmark models whole (the longest, the KWS DS-CNN's, has 9 steps).
 MAX_ROW_DEPTH = 12
-# Per element a line buffer shifts: the shift is a contiguous copy the C compiler turns into memmove
-# (measured: row bands cost +0.4 % on ResNet-8 and +1.2 % on the MobileNetV2-style benchmark).
-INSTR_PER_SHIFTED_ELEMENT = 1.0
 
 
 @attrs.frozen
@@ -148,6 +139,7 @@ def find_row_chains(
     *,
     macs: dict[str, int] | None = None,
     max_depth: int = MAX_ROW_DEPTH,
+    costs: cost.Costs = cost.FLOAT,
 ) -> list[Chain]:
     """Runs of windowed steps (``WINDOWED``), each output read by the next step only, as row chains
     of at most ``max_depth`` steps.
@@ -163,7 +155,7 @@ def find_row_chains(
         if len(names) <= max_depth:
             chains.append(Chain(names, axis, mode="rows"))
             continue
-        for cut in cut_run(graph, names, axis, window, macs=macs, max_depth=max_depth):
+        for cut in cut_run(graph, names, axis, window, macs=macs, max_depth=max_depth, costs=costs):
             if len(cut) >= 2:
                 chains.append(Chain(cut, axis, mode="rows"))
     return chains
@@ -226,6 +218,7 @@ def cut_run(
     *,
     macs: dict[str, int] | None = None,
     max_depth: int = MAX_ROW_DEPTH,
+    costs: cost.Costs = cost.FLOAT,
 ) -> list[tuple[str, ...]]:
     """A run of windowed steps cut into pieces of at most ``max_depth`` steps: the cuts that need the
     least SRAM at the piece that needs most, then (among those) the fewest extra instructions.
@@ -249,7 +242,7 @@ def cut_run(
         rows = tensors[i].shape[axis]
         if k is not None and rows > 0:
             lines[i] = whole[i] * min(k, rows) // rows
-    total = max(sum((macs or {}).values()), 1) * INSTR_PER_MAC if macs else 0.0
+    total = costs.instructions(macs) if macs else 0.0
     # The model's inputs and outputs live in the caller's buffers for the whole run.
     io = {graph.storage_root(n) for n in (*graph.inputs, *graph.outputs)}
     resident = sum(graph.tensors[n].nbytes for n in io)
@@ -263,7 +256,7 @@ def cut_run(
     def extra(j: int, i: int) -> float:  # as row_overhead estimates a chain
         if i - j == 1:
             return 0.0
-        return CHAIN_OVERHEAD * total + 2 * INSTR_PER_SHIFTED_ELEMENT * sum(elements[j + 1 : i])
+        return costs.chain_overhead * total + 2 * costs.per_shifted_element * sum(elements[j + 1 : i])
 
     n = len(steps)
     pieces = [(j, i) for i in range(1, n + 1) for j in range(max(0, i - max_depth), i)]
@@ -284,18 +277,18 @@ def cut_run(
     return out[::-1]
 
 
-def row_overhead(chains: list[Chain], graph: Graph, macs: dict[str, int]) -> float:
+def row_overhead(chains: list[Chain], graph: Graph, macs: dict[str, int], costs: cost.Costs) -> float:
     """Estimated extra instructions of row chains relative to the model's. Each intermediate's line
     buffer shifts its kept rows once per row of its consumer: for 3x3 windows at stride 1, each
     element is copied about twice."""
-    total = max(sum(macs.values()), 1) * INSTR_PER_MAC
+    total = costs.instructions(macs)
     by_name = {s.name: s for s in graph.steps}
     extra = 0.0
     for c in chains:
-        extra += CHAIN_OVERHEAD * total
+        extra += costs.chain_overhead * total
         for name in c.steps[:-1]:
             shape = graph.tensors[by_name[name].output].shape
-            extra += 2 * INSTR_PER_SHIFTED_ELEMENT * int(np.prod(shape, dtype=np.int64))
+            extra += 2 * costs.per_shifted_element * int(np.prod(shape, dtype=np.int64))
     return extra / total
 
 
@@ -316,15 +309,15 @@ def annotate(graph: Graph, chains: list[Chain]) -> Graph:
     return attrs.evolve(graph, steps=tuple(steps))
 
 
-def overhead(chains: list[Chain], macs: dict[str, int]) -> float:
+def overhead(chains: list[Chain], macs: dict[str, int], costs: cost.Costs) -> float:
     """Estimated extra instructions of ``chains``, as a fraction of the model's (``macs``: per step of
     the unsplit graph). An accumulating consumer re-enters each output element once per slice
     instead of once: one pass per ``slice`` of its MACs."""
-    total = max(sum(macs.values()), 1) * INSTR_PER_MAC
+    total = costs.instructions(macs)
     extra = 0.0
     for c in chains:
-        extra += CHAIN_OVERHEAD * total
+        extra += costs.chain_overhead * total
         if c.accumulate:
             consumer = next(n for n in reversed(c.steps) if macs.get(n, 0))
-            extra += INSTR_PER_ACCUMULATOR_PASS * macs[consumer] / c.slice
+            extra += costs.per_accumulator_pass * macs[consumer] / c.slice
     return extra / total

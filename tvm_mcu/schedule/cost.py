@@ -1,0 +1,65 @@
+"""The one cost model: estimated instructions of the generated kernels.
+
+The scheduler ranks candidate schedules with it (:mod:`tvm_mcu.schedule.choice`: the smallest SRAM
+within ``MAX_OVERHEAD`` extra instructions; :mod:`tvm_mcu.schedule.partial`: where to cut row chains)
+and the resource model prices a pruned model's schedule with the same numbers
+(:mod:`tvm_mcu.resource_model`). Reports never use it: they give QEMU's exact counts.
+
+Calibrated on mps2-an386 (Cortex-M4 with DSP), QEMU instruction counts of the MLPerf Tiny models
+(docs/BENCHMARKS.md, "Kernels against CMSIS-NN"):
+
+- int8 kernels (``passes/tir/dot_kernels.py``): KWS 2.46, ResNet-8 1.84, anomaly detection 1.53
+  instructions per MAC over the whole model (requantisation, pooling and additions included): 2.0.
+- float kernels (TVM's loops, plain C): KWS 8.8, the Fashion-MNIST CNN 15.7: 9.0.
+- an in-place kernel stages its output and copies it back: for KWS's pointwise convolutions about 4
+  instructions per element, while its depthwise convolutions, staged a channel plane at a time, run
+  faster in place than layer by layer (5.5 against 10.2 per MAC: their loops split their borders
+  better); in all KWS runs 16 % faster in place. Per staged element: 3 for float kernels (a load, a
+  store and the loop), 1 for the integer ones (the net of the two).
+- an accumulating chain's consumer re-enters its output once per slice: accumulator load and store and
+  loop set-up, about 16 instructions per element and slice (MobileNetV2-style benchmark).
+- a row band's line buffer shifts its kept rows once per row: a contiguous copy, 1 per element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from tvm_mcu.schedule.graph import Graph
+
+# Op families whose instructions scale with their MACs.
+_COMPUTE = ("conv2d", "matmul", "dense", "chain")
+
+
+@attrs.frozen
+class Costs:
+    """Instructions per unit of work of one kind of kernels."""
+
+    per_mac: float
+    per_staged_element: float = 3.0
+    per_accumulator_pass: float = 16.0
+    per_shifted_element: float = 1.0
+    # A partial-execution chain's loop over its slices, as a fraction of the model's instructions.
+    chain_overhead: float = 0.002
+
+    def instructions(self, macs: Mapping[str, int]) -> float:
+        """The model's estimated instructions from its MACs per step (at least one MAC's)."""
+        return max(sum(macs.values()), 1) * self.per_mac
+
+
+INT8 = Costs(per_mac=2.0, per_staged_element=1.0)
+FLOAT = Costs(per_mac=9.0)
+
+
+def for_int8(int8: bool) -> Costs:
+    return INT8 if int8 else FLOAT
+
+
+def for_model(graph: Graph, channels_last: bool) -> Costs:
+    """The costs of ``graph``'s kernels: the SIMD integer kernels' when every computing step produces
+    8-bit integers and the convolutions are channels-last (NHWC: the dot kernels' contiguous
+    reductions; an NCHW model's int8 convolutions stay TVM's loops, about as costly as float's)."""
+    outputs = [graph.tensors[s.output].dtype for s in graph.steps if s.kind in _COMPUTE]
+    return for_int8(channels_last and bool(outputs) and all(d in ("int8", "uint8") for d in outputs))
