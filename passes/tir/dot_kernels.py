@@ -337,10 +337,11 @@ static inline void tvmmcu_dot4_run_x8s8(const void *x, const int8_t *w, int32_t 
  * weights (a whole row of taps per row: x0 = 0, x1 = kw = xsy = wsy) is one run. The padding adds pad
  * times the weights of the taps outside. */
 #if defined(__ARM_FEATURE_DSP)
-/* tvmmcu_dot4_win_x8s8 for rows of kw contiguous taps, kw a multiple of 4 (a convolution over one input
- * channel, KWS's first layer): each word of a row's data is loaded whole where it lies inside, is the
- * padding value four times where it lies outside, and is put together byte by byte at a border, so
- * every row is one word per 4 taps against the four channels' weight words: no separate padding sums. */
+/* tvmmcu_dot4_win_x8s8 for rows of kw >= 4 contiguous taps (a convolution over one input channel, KWS's
+ * first layer; a kernel row of an RGB input's taps): each word of a row's data is loaded whole where it
+ * lies inside, is the padding value four times where it lies outside, and is put together byte by byte
+ * at a border, so every row is one word per 4 taps against the four channels' weight words, the last
+ * kw mod 4 taps one by one: no separate padding sums. */
 static inline int32_t tvmmcu_dot4_win_rows_x8s8(const void *x, int32_t xsy, const int8_t *w, int32_t ws,
                                                 int32_t wsy, int32_t kh, int32_t kw, int32_t y0,
                                                 int32_t y1, int32_t x0, int32_t x1, int32_t pad,
@@ -349,6 +350,14 @@ static inline int32_t tvmmcu_dot4_win_rows_x8s8(const void *x, int32_t xsy, cons
   const uint32_t padword = 0x01010101u * (uint32_t)(uint8_t)pad;
   const int full = x0 == 0 && x1 == kw;
   int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+/* One tap of the four channels, a scalar value: the last kw mod 4 taps of a row. */
+#define TVMMCU_DOT_TAP4(v, wt)                                                                      \
+  do {                                                                                              \
+    a0 = (int32_t)((uint32_t)a0 + (uint32_t)((v) * (int32_t)(wt)[0]));                              \
+    a1 = (int32_t)((uint32_t)a1 + (uint32_t)((v) * (int32_t)(wt)[ws]));                             \
+    a2 = (int32_t)((uint32_t)a2 + (uint32_t)((v) * (int32_t)(wt)[2 * ws]));                         \
+    a3 = (int32_t)((uint32_t)a3 + (uint32_t)((v) * (int32_t)(wt)[3 * ws]));                         \
+  } while (0)
 #define TVMMCU_DOT_ROW4(v, wt)                                                    \
   do {                                                                            \
     const uint32_t v02 = x_unsigned ? tvmmcu_dot_u02(v) : tvmmcu_dot_s02(v);   \
@@ -374,8 +383,11 @@ static inline int32_t tvmmcu_dot4_win_rows_x8s8(const void *x, int32_t xsy, cons
         continue;
       }
     }
-    for (int32_t c = 0; c < kw; c += 4) {
+    for (int32_t c = 0; c + 4 <= kw; c += 4) {
       TVMMCU_DOT_ROW4(padword, w + ry * wsy + c);
+    }
+    for (int32_t c = kw & ~3; c < kw; ++c) {
+      TVMMCU_DOT_TAP4(pad, w + ry * wsy + c);
     }
   }
   /* Rows inside: whole words where the row lies inside, put together at a left or right border. */
@@ -383,9 +395,13 @@ static inline int32_t tvmmcu_dot4_win_rows_x8s8(const void *x, int32_t xsy, cons
     for (int32_t ry = y0; ry < y1; ++ry) {
       const uint8_t *row = xu + (ry - y0) * xsy;
       const int8_t *wrow = w + ry * wsy;
-      for (int32_t c = 0; c < kw; c += 4) {
+      for (int32_t c = 0; c + 4 <= kw; c += 4) {
         const uint32_t v = tvmmcu_dot_word(row + c);
         TVMMCU_DOT_ROW4(v, wrow + c);
+      }
+      for (int32_t c = kw & ~3; c < kw; ++c) {
+        const int32_t v = x_unsigned ? (int32_t)row[c] : (int32_t)(int8_t)row[c];
+        TVMMCU_DOT_TAP4(v, wrow + c);
       }
     }
     y1 = y0; /* done */
@@ -393,7 +409,12 @@ static inline int32_t tvmmcu_dot4_win_rows_x8s8(const void *x, int32_t xsy, cons
   for (int32_t ry = y0; ry < y1; ++ry) {
     const uint8_t *row = xu + (ry - y0) * xsy - x0; /* column c of the row at row[c] */
     const int8_t *wrow = w + ry * wsy;
-    for (int32_t c = 0; c < kw; c += 4) {
+    for (int32_t c = kw & ~3; c < kw; ++c) {
+      const int inside = c >= x0 && c < x1;
+      const int32_t v = !inside ? pad : (x_unsigned ? (int32_t)row[c] : (int32_t)(int8_t)row[c]);
+      TVMMCU_DOT_TAP4(v, wrow + c);
+    }
+    for (int32_t c = 0; c + 4 <= kw; c += 4) {
       uint32_t v;
       if (c >= x0 && c + 4 <= x1) {
         v = tvmmcu_dot_word(row + c);
@@ -410,6 +431,7 @@ static inline int32_t tvmmcu_dot4_win_rows_x8s8(const void *x, int32_t xsy, cons
     }
   }
 #undef TVMMCU_DOT_ROW4
+#undef TVMMCU_DOT_TAP4
   acc[0] = a0;
   acc[1] = a1;
   acc[2] = a2;
@@ -423,7 +445,7 @@ static inline int32_t tvmmcu_dot4_win_x8s8(const void *x, int32_t xsy, int32_t x
                                            int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t pad,
                                            int32_t *acc, int x_unsigned) {
 #if defined(__ARM_FEATURE_DSP)
-  if (xsx == 1 && wsx == 1 && (kw & 3) == 0) {
+  if (xsx == 1 && wsx == 1 && kw >= 4) {
     return tvmmcu_dot4_win_rows_x8s8(x, xsy, w, ws, wsy, kh, kw, y0, y1, x0, x1, pad, acc, x_unsigned);
   }
 #endif

@@ -158,9 +158,13 @@ def _rewrite(loop: Any) -> Any | None:
     return None
 
 
-# A row of at least this many contiguous taps is faster as dot products (4 taps per SMLAD pair) than
+# A run of at least this many contiguous taps is faster as dot products (4 taps per SMLAD pair) than
 # tap by tap in a window.
 MIN_DOT_TAPS = 8
+# A window row of contiguous taps shorter than this stays in the window kernel, whose rows path takes
+# it a word at a time with its padding in the words (a kernel row of an RGB input: 3 taps x 3
+# channels); a longer one is the dot rule's.
+MAX_WINDOW_ROW = 16
 
 
 def _strides(load: Any, ry: Any, rx: Any) -> tuple[int, int, Any] | None:
@@ -201,8 +205,8 @@ def _window(loop: Any) -> Any | None:
         name = WINDOW.get((str(load.source.dtype), str(weight.source.dtype)))
         if name is None:
             continue
-        if xs[1] == 1 and ws[1] == 1 and kw >= MIN_DOT_TAPS:
-            return None  # each row is a dot product: the dot rule's
+        if xs[1] == 1 and ws[1] == 1 and kw >= MAX_WINDOW_ROW:
+            return None  # each row is a long dot product: the dot rule's
         bounds = _window_bounds(cond, ry, rx, kh, kw)
         if bounds is None:
             continue
@@ -378,10 +382,73 @@ def _calls(
     return tirx.IfThenElse(outer, body, everything) if outer is not None else body
 
 
+def _fused(loop: Any) -> Any | None:
+    """``for k in [0, K * C)`` for ``for rx in [0, K): for rc in [0, C): acc += X * W`` whose operands
+    run contiguously across ``rx`` (stride ``C`` along ``rx``, 1 along ``rc``, in both) and ``C`` is
+    less than ``MIN_DOT_TAPS`` (an RGB input's 3 channels): the taps of a kernel row as one run, which
+    the window rule then takes row by row. A padding test's bounds on ``rx`` become bounds on ``k``
+    (``rx >= L`` is ``k >= L * C``, ``rx < U`` is ``k < U * C``); None otherwise."""
+    inner = loop.body
+    if not from_zero(loop) or not isinstance(inner, tirx.For) or not from_zero(inner):
+        return None
+    if not isinstance(loop.extent, tirx.IntImm) or not isinstance(inner.extent, tirx.IntImm):
+        return None
+    rx, rc = loop.loop_var, inner.loop_var
+    kw, c = int(loop.extent), int(inner.extent)
+    store = inner.body
+    mac = _mac(store, [rx, rc])
+    if mac is None or kw < 2 or c >= MIN_DOT_TAPS:
+        return None  # runs of MIN_DOT_TAPS or more: the runs kernel's
+    acc, a, b = mac
+    k = tirx.Var(f"{rx.name}_{rc.name}", str(rx.ty))
+    dtype = str(k.ty)
+
+    def run(load: Any) -> Any | None:
+        strides = _strides(load, rx, rc)
+        if strides is None or strides[0] != c or strides[1] != 1:
+            return None
+        return tirx.BufferLoad(load.source, [strides[2] + k])
+
+    def operand(expr: Any) -> Any | None:
+        if isinstance(expr, tvm.ir.Call) and str(getattr(expr.op, "name", "")) == "prim.if_then_else":
+            cond, then, other = expr.args
+            load = run(then)
+            if load is None or not isinstance(other, tirx.IntImm):
+                return None
+            tests = []
+            for test in _conjuncts(cond):
+                if uses(test, rc):
+                    return None
+                if not uses(test, rx):
+                    tests.append(test)
+                    continue
+                bound = _bound(test, rx)
+                if bound is None:
+                    return None
+                limit = bound[1] * tirx.IntImm(str(bound[1].ty), c)
+                limit = limit if str(limit.ty) == dtype else tirx.Cast(dtype, limit)
+                tests.append(k >= limit if bound[0] == "lo" else k < limit)
+            new_cond = tests[0]
+            for test in tests[1:]:
+                new_cond = tirx.And(new_cond, test)
+            return tirx.if_then_else(new_cond, load, other)
+        return run(expr)
+
+    fa, fb = operand(a), operand(b)
+    if fa is None or fb is None:
+        return None
+    value = tirx.Add(acc, tirx.Mul(tirx.Cast("int32", fa), tirx.Cast("int32", fb)))
+    body = tirx.BufferStore(store.buffer, value, store.indices)
+    return tirx.For(k, tirx.IntImm(dtype, 0), tirx.IntImm(dtype, kw * c), tirx.ForKind.SERIAL, body)
+
+
 def use_dot_kernels(func: PrimFunc) -> PrimFunc:
     # Windows of runs first (their innermost loops are dot products too), then windows: a window's inner
     # loop may also be a (too short) row of contiguous taps.
     body = structural_map(func.body, (tirx.For, lambda loop: _runs(loop) or loop))
+    # A kernel row of short runs that follow each other (NHWC data, OHWI weights, few input channels)
+    # becomes one run, which the window rule then takes row by row.
+    body = structural_map(body, (tirx.For, lambda loop: _fused(loop) or loop))
     body = structural_map(body, (tirx.For, lambda loop: _window(loop) or loop))
     body = structural_map(body, (tirx.For, lambda loop: _rewrite(loop) or loop))
     return func.with_body(body).with_attr(ATTR_DONE, True)
@@ -404,8 +471,10 @@ class UseDotKernels:
         one of the loops or neither;
         (runs) three such loops ``for ry: for rx: for rc in [0, n)`` with ``rc`` contiguous in both
         operands and ``n >= MIN_DOT_TAPS`` (an NHWC convolution's taps, each ``n`` input channels),
-        ``c``'s tests on ``ry``, ``rx`` or neither. Runs are matched first, then windows. Flat buffers:
-        after FlattenBuffer.
+        ``c``'s tests on ``ry``, ``rx`` or neither; (fused row) ``for rx in [0, K): for rc in [0, C)``
+        contiguous across ``rx`` in both operands with ``C < MIN_DOT_TAPS`` (an RGB input) becomes one
+        loop over ``K * C``, its bounds on ``rx`` scaled by ``C``, for the window rule. Runs are
+        matched first, then fused rows, then windows. Flat buffers: after FlattenBuffer.
     Rewrites to
         (dot) ``acc[i] = tvmmcu_dot_s8s8(&x[a], &w[b], n, acc[i])`` (``_u8s8`` for uint8 data); with a
         test, the taps inside ``[lo, hi)`` (the bounds clamped to the loop) in one such call and

@@ -357,6 +357,75 @@ def test_a_window_of_channel_runs_is_one_call() -> None:
     _tvm.assert_structural_equal(UseDotKernels()(RunsBefore), RunsExpected)
 
 
+@I.ir_module
+class RgbBefore:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr({"global_symbol": "f"})
+        X_1 = T.decl_buffer((27,), "int8", data=X)
+        W_1 = T.decl_buffer((54,), "int8", data=W)
+        Y_1 = T.decl_buffer((18,), "int32", data=Y)
+        # A 3x3 NHWC convolution of an RGB input (3 channels) over a 3x3 image padded by one (padding
+        # holds -3), two output channels: each kernel row's taps are 9 contiguous values.
+        for yy, xx, ff in T.grid(3, 3, 2):
+            acc = T.alloc_buffer((1,), "int32")
+            acc[0] = 0
+            for ry, rx, rc in T.grid(3, 3, 3):
+                acc[0] = acc[0] + T.Cast(
+                    "int32",
+                    T.if_then_else(
+                        yy + ry >= 1 and yy + ry < 4 and xx + rx >= 1 and xx + rx < 4,
+                        X_1[(yy + ry - 1) * 9 + (xx + rx - 1) * 3 + rc],
+                        T.int8(-3),
+                    ),
+                ) * T.Cast("int32", W_1[ff * 27 + ry * 9 + rx * 3 + rc])
+            Y_1[yy * 6 + xx * 2 + ff] = acc[0]
+
+
+@I.ir_module
+class RgbExpected:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr({"global_symbol": "f", "tvmmcu.dot_kernels": True})
+        X_1 = T.decl_buffer((27,), "int8", data=X)
+        W_1 = T.decl_buffer((54,), "int8", data=W)
+        Y_1 = T.decl_buffer((18,), "int32", data=Y)
+        for yy, xx, ff in T.grid(3, 3, 2):
+            acc = T.alloc_buffer((1,), "int32")
+            acc[0] = 0
+            # Rows of 9 taps x channels (rx >= 1 - xx became k >= 3 * (1 - xx)), one window call.
+            acc[0] = T.call_extern(
+                "int32",
+                "tvmmcu_dot_win_s8s8",
+                T.address_of(
+                    X_1[
+                        9 * (yy - 1)
+                        + 3 * (xx - 1)
+                        + T.min(T.max(0, 1 - yy), 3) * 9
+                        + T.min(T.max(0, 3 - xx * 3), 9)
+                    ]
+                ),
+                9,
+                1,
+                T.address_of(W_1[ff * 27]),
+                9,
+                1,
+                3,
+                9,
+                T.min(T.max(0, 1 - yy), 3),
+                T.max(T.min(3, 4 - yy), T.min(T.max(0, 1 - yy), 3)),
+                T.min(T.max(0, 3 - xx * 3), 9),
+                T.max(T.min(9, 12 - xx * 3), T.min(T.max(0, 3 - xx * 3), 9)),
+                -3,
+                acc[0],
+            )
+            Y_1[yy * 6 + xx * 2 + ff] = acc[0]
+
+
+def test_kernel_rows_of_an_rgb_input_are_one_window_of_rows() -> None:
+    _tvm.assert_structural_equal(UseDotKernels()(RgbBefore), RgbExpected)
+
+
 LENGTHS = range(38)
 W_ROWS = 41  # the four-channel kernels' weight stride: odd, so rows start at every alignment
 WINDOWS = [  # (kh, kw, x strides, w strides, taps inside y0, y1, x0, x1)
@@ -367,6 +436,8 @@ WINDOWS = [  # (kh, kw, x strides, w strides, taps inside y0, y1, x0, x1)
     (10, 4, (10, 1), (4, 1), (0, 10, 0, 4)),  # rows of whole words (KWS's first convolution)
     (10, 4, (10, 1), (4, 1), (0, 7, 0, 3)),
     (3, 8, (12, 1), (8, 1), (1, 3, 2, 7)),
+    (3, 9, (20, 1), (9, 1), (1, 3, 3, 9)),  # a kernel row of an RGB input: 2 words and a tap
+    (3, 6, (20, 1), (6, 1), (0, 3, 0, 4)),
     (2, 5, (7, 2), (5, 1), (0, 2, 2, 5)),
     (3, 6, (6, 1), (6, 1), (1, 3, 0, 6)),  # rows that follow each other: one run (taps x channels)
     (3, 6, (6, 1), (6, 1), (0, 3, 0, 6)),
