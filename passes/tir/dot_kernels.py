@@ -57,6 +57,14 @@ HEADER_TEXT = """\
 #include <stdint.h>
 #include <string.h>
 
+/* Kernels called with constant sizes from several operators: GCC may specialise a copy for each set of
+ * constants (IPA-CP cloning, on at -O3 only), as it would inline them, without copying the caller. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define TVMMCU_DOT_CLONE __attribute__((optimize("ipa-cp-clone")))
+#else
+#define TVMMCU_DOT_CLONE
+#endif
+
 static inline uint32_t tvmmcu_dot_word(const void *p) {
   uint32_t v;
   memcpy(&v, p, 4);
@@ -718,7 +726,8 @@ static inline int32_t tvmmcu_dot4_runs_u8s8(const uint8_t *x, int32_t xsy, int32
 /* Four output channels of tvmmcu_dot_runs with blocked weights (BlockWeights), the taps one after
  * another (tap t's weights at wb + 4 * n * t; n a multiple of 8): the accumulators stay in registers
  * across the window, and a row of taps inside whose data follow each other (xsx = n) is one run. */
-static inline int32_t tvmmcu_dot4b_runs_x8s8(const void *x, int32_t xsy, int32_t xsx, const int8_t *wb,
+static inline TVMMCU_DOT_CLONE int32_t tvmmcu_dot4b_runs_x8s8(const void *x, int32_t xsy, int32_t xsx,
+                                                              const int8_t *wb,
                                              int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
                                              int32_t x0, int32_t x1, int32_t pad, int32_t *acc,
                                              int x_unsigned) {
