@@ -163,7 +163,7 @@ def _blocked(loop: Any) -> Any | None:
         for s in epilogue
     ]
     per_channel = tirx.For(
-        inner, tirx.IntImm(dtype, 0), tirx.IntImm(dtype, BLOCK), tirx.ForKind.SERIAL, _seq(tail)
+        inner, tirx.IntImm(dtype, 0), tirx.IntImm(dtype, BLOCK), tirx.ForKind.UNROLLED, _seq(tail)
     )
     blocks = tirx.For(
         outer,
@@ -206,7 +206,8 @@ class BlockOutputChannels:
         ``for fo in [0, F / 4): acc4 = alloc int32[4]; acc4[0..3] = c; <update with each call on the
         four channels fo * 4 .. fo * 4 + 3: tvmmcu_dot4_*(x, &w[i(fo * 4)], S, n, &acc4[0]), the
         stride ``S`` right after the weight pointer (``tvmmcu_dot4_win_*`` likewise)>;
-        for fi in [0, 4): <epilogue with f = fo * 4 + fi, acc[0] = acc4[fi]>``, then the original loop
+        for fi in [0, 4) (unrolled: the four accumulators stay in registers): <epilogue with
+        f = fo * 4 + fi, acc[0] = acc4[fi]>``, then the original loop
         over the last F mod 4 channels.
     Declines when
         the loop is not of that form (a store to anything else, a test or loop bound on

@@ -89,7 +89,7 @@ class Expected:
                             -3,
                             T.address_of(acc4[0]),
                         )
-                for ff_i in range(4):
+                for ff_i in T.unroll(4):  # unrolled: the accumulators stay in registers
                     Y_1[p * 8 + (ff_o * 4 + ff_i)] = T.Cast(
                         "int8", T.max(T.min(acc4[ff_i] + C_1[ff_o * 4 + ff_i], 127), -128)
                     )
@@ -239,7 +239,7 @@ class WindowExpected:
                     -128,
                     T.address_of(acc4[0]),
                 )
-                for ff_i in range(4):
+                for ff_i in T.unroll(4):
                     Y_1[p * 8 + (ff_o * 4 + ff_i)] = acc4[ff_i]
 
 

@@ -231,7 +231,7 @@ class RunsBlocked:
                 -3,
                 T.address_of(acc4[0]),
             )
-            for ff_i in range(4):
+            for ff_i in T.unroll(4):
                 Y_1[yy * 12 + xx * 4 + (ff_o * 4 + ff_i)] = acc4[ff_i]
 
 
