@@ -137,6 +137,18 @@ def _only(lowered: _tvm.IRModule, graph: Graph) -> _tvm.IRModule:
     return _tvm.IRModule({gv: f for gv, f in lowered.functions_items() if gv.name_hint in used})
 
 
+def _weight_parameters(graph: Graph) -> dict[str, set[int]]:
+    """Operator symbol -> positions of the parameters every call of it passes a weight in."""
+    out: dict[str, set[int]] = {}
+    for step in graph.steps:
+        if step.kind == "copy":
+            continue
+        weights = {k for k, n in enumerate(step.inputs) if graph.tensors[n].kind == "weight"}
+        symbol = c_ops.OP_PREFIX + step.callee
+        out[symbol] = out[symbol] & weights if symbol in out else weights
+    return out
+
+
 def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
     """Callee -> parameter position -> channel stride of the weights it reads blocked (BlockWeights)."""
     out: dict[str, dict[int, int]] = {}
@@ -380,7 +392,7 @@ def compile_module(
     graph, plan = picked.graph, picked.plan
     macs = sched.macs[picked.label]
     lowered = _only(lowered, graph)
-    kernels, prototypes = c_ops.kernels_source(lowered)
+    kernels, prototypes = c_ops.kernels_source(lowered, readonly=_weight_parameters(graph))
     # The headers of helpers the kernels call (each only when called).
     headers = {
         header: text

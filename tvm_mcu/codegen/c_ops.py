@@ -32,8 +32,16 @@ _WORKSPACE_VIEW = re.compile(
 )
 
 
-def kernels_source(lowered: _tvm.IRModule) -> tuple[str, list[str]]:
-    """C definitions of every PrimFunc in ``lowered`` (unpacked, with workspaces) and their prototypes."""
+def kernels_source(
+    lowered: _tvm.IRModule, readonly: dict[str, set[int]] | None = None
+) -> tuple[str, list[str]]:
+    """C definitions of every PrimFunc in ``lowered`` (unpacked, with workspaces) and their prototypes.
+
+    ``readonly``: function symbol -> positions of its parameters that hold constant weights. Those
+    become ``const T* restrict``: nothing writes them and no other pointer reaches them (they live in
+    flash), so the compiler may keep a weight in a register across the stores of a loop (a depthwise
+    window's nine weights across a channel's pixels) instead of reloading it after every store.
+    """
     raw = _tvm.build_c_source(lowered)
     body: list[str] = []
     prototypes: list[str] = []
@@ -42,18 +50,36 @@ def kernels_source(lowered: _tvm.IRModule) -> tuple[str, list[str]]:
             continue
         proto = _OP_PROTO.match(line)
         if proto:
-            prototypes.append(proto.group(1) + ";")
+            prototypes.append(_readonly_params(proto.group(1), readonly or {}) + ";")
             continue
         if _LIBM_PROTO.match(line):
             continue
         line = _WORKSPACE_VIEW.sub(r"\1 restrict \2", line)
-        body.append(line.removeprefix("TVM_DLL "))
+        line = line.removeprefix("TVM_DLL ")
+        if _DEFINITION.match(line):
+            line = _readonly_params(line, readonly or {})
+        body.append(line)
     text = "\n".join(_mark_unused_parameters(body)).strip("\n")
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text + "\n", sorted(set(prototypes))
 
 
 _DEFINITION = re.compile(rf"^int32_t {OP_PREFIX}\w+\((.*)\) {{$")
+_SIGNATURE = re.compile(rf"^(int32_t ({OP_PREFIX}\w+)\()(.*)(\).*)$")
+
+
+def _readonly_params(signature: str, readonly: dict[str, set[int]]) -> str:
+    """``signature`` (``int32_t f(T* a, ...)`` with or without its body's brace) with the parameters
+    ``readonly`` lists for ``f`` made ``const T* restrict``."""
+    m = _SIGNATURE.match(signature)
+    if m is None or m.group(2) not in readonly:
+        return signature
+    params = m.group(3).split(", ")
+    for k in readonly[m.group(2)]:
+        if k < len(params) and params[k].count("*") == 1 and not params[k].startswith("const "):
+            ctype, name = params[k].rsplit(" ", 1)
+            params[k] = f"const {ctype} restrict {name}"
+    return m.group(1) + ", ".join(params) + m.group(4)
 
 
 def _mark_unused_parameters(lines: list[str]) -> list[str]:
