@@ -14,7 +14,7 @@ from tvm_mcu._tvm import (
     tirx,
     tvm,
 )
-from tvm_mcu.passes.tir.dot_kernels import DOT, RUNS, SUM, WINDOW
+from tvm_mcu.passes.tir.dot_kernels import COPY, DOT, RUNS, SUM, WINDOW
 from tvm_mcu.passes.tir.each_function import from_zero, rewrite_each, uses
 
 ATTR_DONE = "tvmmcu.dot_kernels"
@@ -442,6 +442,30 @@ def _fused(loop: Any) -> Any | None:
     return tirx.For(k, tirx.IntImm(dtype, 0), tirx.IntImm(dtype, kw * c), tirx.ForKind.SERIAL, body)
 
 
+# A copy loop of at least this many bytes becomes a word-at-a-time copy call.
+MIN_COPY_BYTES = 8
+
+
+def _copy(loop: Any) -> Any | None:
+    """``tvmmcu_dot_copy8(&A[a], &B[b], n)`` for ``for i in [0, n): A[a + i] = B[b + i]`` over 8-bit
+    buffers (an in-place kernel's staged output written back), ``n >= MIN_COPY_BYTES`` constant, the
+    two buffers distinct; None otherwise."""
+    if not from_zero(loop) or not isinstance(loop.extent, tirx.IntImm) or int(loop.extent) < MIN_COPY_BYTES:
+        return None
+    store = loop.body
+    if not isinstance(store, tirx.BufferStore) or len(store.indices) != 1:
+        return None
+    var = loop.loop_var
+    dst = _contiguous(tirx.BufferLoad(store.buffer, store.indices), var)
+    src = _contiguous(store.value, var)
+    if dst is None or src is None or dst.source.same_as(src.source):
+        return None
+    if str(dst.source.dtype) != str(src.source.dtype) or str(dst.source.dtype) not in ("int8", "uint8"):
+        return None
+    call = tirx.call_extern("int32", COPY, tirx.address_of(dst), tirx.address_of(src), _i32(loop.extent))
+    return tirx.Evaluate(call)
+
+
 def use_dot_kernels(func: PrimFunc) -> PrimFunc:
     # Windows of runs first (their innermost loops are dot products too), then windows: a window's inner
     # loop may also be a (too short) row of contiguous taps.
@@ -451,6 +475,7 @@ def use_dot_kernels(func: PrimFunc) -> PrimFunc:
     body = structural_map(body, (tirx.For, lambda loop: _fused(loop) or loop))
     body = structural_map(body, (tirx.For, lambda loop: _window(loop) or loop))
     body = structural_map(body, (tirx.For, lambda loop: _rewrite(loop) or loop))
+    body = structural_map(body, (tirx.For, lambda loop: _copy(loop) or loop))
     return func.with_body(body).with_attr(ATTR_DONE, True)
 
 
@@ -473,8 +498,10 @@ class UseDotKernels:
         operands and ``n >= MIN_DOT_TAPS`` (an NHWC convolution's taps, each ``n`` input channels),
         ``c``'s tests on ``ry``, ``rx`` or neither; (fused row) ``for rx in [0, K): for rc in [0, C)``
         contiguous across ``rx`` in both operands with ``C < MIN_DOT_TAPS`` (an RGB input) becomes one
-        loop over ``K * C``, its bounds on ``rx`` scaled by ``C``, for the window rule. Runs are
-        matched first, then fused rows, then windows. Flat buffers: after FlattenBuffer.
+        loop over ``K * C``, its bounds on ``rx`` scaled by ``C``, for the window rule; (copy)
+        ``for i in [0, n): A[a + i] = B[b + i]`` over distinct 8-bit buffers, ``n >= MIN_COPY_BYTES``
+        (an in-place kernel's staged output written back). Runs are matched first, then fused rows,
+        then windows, dot products and copies. Flat buffers: after FlattenBuffer.
     Rewrites to
         (dot) ``acc[i] = tvmmcu_dot_s8s8(&x[a], &w[b], n, acc[i])`` (``_u8s8`` for uint8 data); with a
         test, the taps inside ``[lo, hi)`` (the bounds clamped to the loop) in one such call and
@@ -482,7 +509,7 @@ class UseDotKernels:
         ``if`` on the tests free of ``v`` (else every tap is padding);
         (window) one ``tvmmcu_dot_win_s8s8`` call with the strides, the window's size and the rows and
         columns of taps inside the input; (runs) one ``tvmmcu_dot_runs_s8s8`` call likewise, with the
-        run length ``n``.
+        run length ``n``; (copy) ``tvmmcu_dot_copy8(&A[a], &B[b], n)``, a word at a time.
     Declines when
         a loop does not start at 0, has a step or another kind, or a non-constant extent (window), the
         body does anything else, an operand is neither contiguous nor a constant-stride window, a test

@@ -709,3 +709,35 @@ def test_the_kernels_are_exact_on_every_core(board: str, tmp_path: Path) -> None
     data = _kernel_data()
     result = run_firmware(fw, data.tobytes(), n_out)
     np.testing.assert_array_equal(np.frombuffer(result.output, np.int32), _expected_kernels(data))
+
+
+@I.ir_module
+class CopyBefore:
+    @T.prim_func(s_tir=True)
+    def f(A: T.handle("int8", "global"), W: T.handle("int8", "global")):
+        T.func_attr({"global_symbol": "f"})
+        A_1 = T.decl_buffer((320,), "int8", data=A)
+        W_1 = T.decl_buffer((64,), "int8", data=W)
+        # An in-place pointwise convolution's staged pixel written back; a strided copy stays.
+        for p in range(5):
+            for c in range(64):
+                A_1[p * 64 + c] = W_1[c]
+            for c in range(4):
+                A_1[p * 64 + c * 16] = W_1[c]
+
+
+@I.ir_module
+class CopyExpected:
+    @T.prim_func(s_tir=True)
+    def f(A: T.handle("int8", "global"), W: T.handle("int8", "global")):
+        T.func_attr({"global_symbol": "f", "tvmmcu.dot_kernels": True})
+        A_1 = T.decl_buffer((320,), "int8", data=A)
+        W_1 = T.decl_buffer((64,), "int8", data=W)
+        for p in range(5):
+            T.call_extern("int32", "tvmmcu_dot_copy8", T.address_of(A_1[p * 64]), T.address_of(W_1[0]), 64)
+            for c in range(4):
+                A_1[p * 64 + c * 16] = W_1[c]
+
+
+def test_a_staged_copy_back_is_a_word_copy() -> None:
+    _tvm.assert_structural_equal(UseDotKernels()(CopyBefore), CopyExpected)
