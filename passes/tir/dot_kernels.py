@@ -602,17 +602,18 @@ static inline __attribute__((always_inline)) void tvmmcu_dot4b_run(const void *x
 
 /* Always inlined: the operator's accumulators then stay in registers between the call and its
  * requantisation (measured: fewer instructions on every MLPerf Tiny model, a few hundred bytes more). */
-static inline __attribute__((always_inline)) int32_t tvmmcu_dot4b_x8s8(const void *x, const int8_t *wb, int32_t n, int32_t *acc,
-                                        int x_unsigned) {
+#define TVMMCU_DOT_INLINE static inline __attribute__((always_inline))
+TVMMCU_DOT_INLINE int32_t tvmmcu_dot4b_x8s8(const void *x, const int8_t *wb, int32_t n, int32_t *acc,
+                                            int x_unsigned) {
   tvmmcu_dot4b_run(x, wb, n, acc, x_unsigned);
   return 0;
 }
 
-static inline __attribute__((always_inline)) int32_t tvmmcu_dot4b_s8s8(const int8_t *x, const int8_t *wb, int32_t n, int32_t *acc) {
+TVMMCU_DOT_INLINE int32_t tvmmcu_dot4b_s8s8(const int8_t *x, const int8_t *wb, int32_t n, int32_t *acc) {
   return tvmmcu_dot4b_x8s8(x, wb, n, acc, 0);
 }
 
-static inline __attribute__((always_inline)) int32_t tvmmcu_dot4b_u8s8(const uint8_t *x, const int8_t *wb, int32_t n, int32_t *acc) {
+TVMMCU_DOT_INLINE int32_t tvmmcu_dot4b_u8s8(const uint8_t *x, const int8_t *wb, int32_t n, int32_t *acc) {
   return tvmmcu_dot4b_x8s8(x, wb, n, acc, 1);
 }
 
