@@ -27,7 +27,7 @@ static void both(const int32_t *v, int32_t n, int32_t *out)
         const int32_t x = v[3 * k], m = v[3 * k + 1], s = v[3 * k + 2];
         out[3 * k] = tvmmcu_fp_mbqm(x, m, s);
         out[3 * k + 1] = tvmmcu_fp_mbqm_bounded(x, m, s);
-        out[3 * k + 2] = s <= -1 ? tvmmcu_fp_mbqm_right(x, m, -s) : tvmmcu_fp_mbqm(x, m, s);
+        out[3 * k + 2] = s <= -1 ? tvmmcu_fp_mbqm_right(x, m, -s - 1) : tvmmcu_fp_mbqm(x, m, s);
     }
 }
 

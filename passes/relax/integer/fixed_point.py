@@ -97,10 +97,12 @@ static inline int32_t tvmmcu_fp_mbqm_bounded(int32_t x, int32_t multiplier, int3
   return (high + half - ((high < 0) & (right != 0))) >> right;
 }
 
-/* tvmmcu_fp_mbqm_bounded where the shift is a right shift of at least one bit, passed as right = -shift
- * (1..31), which the compiler checks for every channel of the layer: no left shift to decode, and
- * h - (h < 0) is h + (h >> 31) (arithmetic shift). Equal to tvmmcu_fp_mbqm for every such x. */
-static inline int32_t tvmmcu_fp_mbqm_right(int32_t x, int32_t multiplier, int32_t right) {
+/* tvmmcu_fp_mbqm_bounded where the shift is a right shift of r >= 1 bits, passed as rm1 = r - 1 =
+ * -shift - 1 (0..30), which the compiler checks for every channel of the layer: no left shift to
+ * decode, and RoundingDivideByPOT (h + 2**(r-1) - (h < 0)) >> r is ((h' >> (r-1)) + 1) >> 1 with
+ * h' = h - (h < 0) = h + (h >> 31) (floor((floor(a / m) + 1) / 2) = floor((a + m) / 2m)): four
+ * instructions after the multiply. Equal to tvmmcu_fp_mbqm for every such x. */
+static inline int32_t tvmmcu_fp_mbqm_right(int32_t x, int32_t multiplier, int32_t rm1) {
   int32_t doubled = (int32_t)((uint32_t)x << 1);
 #if defined(__ARM_FEATURE_DSP)
   int32_t high;
@@ -108,7 +110,7 @@ static inline int32_t tvmmcu_fp_mbqm_right(int32_t x, int32_t multiplier, int32_
 #else
   int32_t high = (int32_t)(((int64_t)doubled * multiplier + ((int64_t)1 << 31)) >> 32);
 #endif
-  return (int32_t)((uint32_t)high + (1u << (right - 1)) + (uint32_t)(high >> 31)) >> right;
+  return (((high + (high >> 31)) >> rm1) + 1) >> 1;
 }
 
 /* value / 2**total rounded half to even (ONNX QuantizeLinear's rounding), saturated to int32. */
@@ -235,8 +237,8 @@ def multiply_by_quantized_multiplier(
     """``x * multiplier * 2**(shift - 31)``, rounded as ``rounding`` says (TFLite's
     ``MultiplyByQuantizedMultiplier``, or one half-to-even rounding). ``bounded``: the caller proved
     ``|x| * 2**(max(shift, 0) + 1) < 2**31`` (:func:`fits_bounded`), so TFLite's rounding takes the short
-    exact path. ``right`` (with ``bounded``): ``shift`` holds ``-shift``, a right shift of 1 to 31 bits
-    (:func:`right_shifts`), the shortest path."""
+    exact path. ``right`` (with ``bounded``): ``shift`` holds ``-shift - 1``, for a right shift of 1 to
+    31 bits (:func:`right_shifts`), the shortest path."""
     m = tirx.const(multiplier, "int32") if isinstance(multiplier, int) else i32(multiplier)
     s = tirx.const(shift, "int32") if isinstance(shift, int) else i32(shift)
     if right and (rounding != TFLITE or not bounded):
@@ -249,7 +251,7 @@ def multiply_by_quantized_multiplier(
 
 
 def right_shifts(shift: np.ndarray) -> bool:
-    """Whether every shift is a right shift of 1 to 31 bits (``mbqm_right`` takes ``-shift``)."""
+    """Whether every shift is a right shift of 1 to 31 bits (``mbqm_right`` takes ``-shift - 1``)."""
     s = np.asarray(shift, np.int64)
     return bool(s.size and np.all((s <= -1) & (s >= -31)))
 

@@ -100,7 +100,7 @@ def conv2d_int8(
     ``pre_shift``: the accumulator is scaled by ``2**pre_shift`` before the bias is added, for a float
     bias finer than the accumulator's unit (see ``emit._bias_precision``). ``bounded``: every biased
     accumulator is small enough for the short requantisation (``fixed_point.fits_bounded``);
-    ``right_shift``: besides, ``shift`` holds ``-shift``, every channel's a right shift
+    ``right_shift``: besides, ``shift`` holds ``-shift - 1``, every channel's a right shift
     (``fixed_point.right_shifts``).
     """
     top, left, bottom, right = (int(p) for p in padding)
