@@ -202,3 +202,13 @@ def test_saturation_to_8_bits_on_the_cores(board: str, tmp_path: Path) -> None:
     out = np.frombuffer(run_firmware(fw, values.tobytes(), 8 * values.size).output, np.int32)
     np.testing.assert_array_equal(out[0::2], np.clip(values, -128, 127))
     np.testing.assert_array_equal(out[1::2], np.clip(values, 0, 255))
+
+
+def test_one_half_of_a_shifted_value_is_an_exact_shift() -> None:
+    """The ADD kernel's larger-scale input (multiplier 2**30, one half) is scaled by a plain shift:
+    TFLite's two roundings leave v * 2**20 * (1/2) * 2**s exact for s <= 0 down to -19."""
+    from tvm_mcu.passes.relax.integer.params import _rdbpot, _srdhm
+
+    for v in range(-255, 256):
+        for s in range(-19, 1):
+            assert _rdbpot(_srdhm(v << 20, 1 << 30), -s) == v << (19 + s)

@@ -216,11 +216,18 @@ def add_int8(
     largest_sum = largest_product(largest_a, m1, s1) + largest_product(largest_b, m2, s2)
     bounded_out = bounded_a and bounded_b and fits_bounded(largest_sum, so)
 
+    def scaled(v: Any, m: int, s: int, bounded: bool) -> Any:
+        # The input with the larger scale has multiplier 2**30 (one half) and shift 0: v * 2**left_shift
+        # times one half, an exact shift (the product is even, so neither rounding moves it).
+        if m == 1 << 30 and s <= 0 and left_shift - 1 + s >= 0:
+            return v * c32(1 << (left_shift - 1 + s))
+        return multiply_by_quantized_multiplier(v * c32(1 << left_shift), m, s, bounded=bounded)
+
     def f(*idx: Any) -> Any:
         va = i32(a(*_broadcast_index(a.shape, idx))) - c32(zp_a)
         vb = i32(b(*_broadcast_index(b.shape, idx))) - c32(zp_b)
-        sa = multiply_by_quantized_multiplier(va * c32(1 << left_shift), m1, s1, bounded=bounded_a)
-        sb = multiply_by_quantized_multiplier(vb * c32(1 << left_shift), m2, s2, bounded=bounded_b)
+        sa = scaled(va, m1, s1, bounded_a)
+        sb = scaled(vb, m2, s2, bounded_b)
         raw = multiply_by_quantized_multiplier(sa - sb if subtract else sa + sb, mo, so, bounded=bounded_out)
         return _clamp(raw + c32(zp_out), act_min, act_max, out_dtype)
 
