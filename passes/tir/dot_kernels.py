@@ -739,11 +739,19 @@ static inline TVMMCU_DOT_CLONE int32_t tvmmcu_dot4b_runs_x8s8(const void *x, int
   const uint8_t *xu = (const uint8_t *)x;
   int32_t a[4] = {acc[0], acc[1], acc[2], acc[3]};
   if (pad != 0 && !(y0 == 0 && x0 == 0 && y1 == kh && x1 == kw)) {
+    /* The taps outside, a run of weights at a time (a row's taps follow each other): whole rows above
+     * and below, the taps left and right of the inside rows. */
     for (int32_t ry = 0; ry < kh; ++ry) {
-      for (int32_t rx = 0; rx < kw; ++rx) {
-        if (ry < y0 || ry >= y1 || rx < x0 || rx >= x1) {
-          tvmmcu_dot4b_sum_s8(wb + 4 * n * (ry * kw + rx), n, pad, a);
-        }
+      const int8_t *wrow = wb + 4 * n * ry * kw;
+      if (ry < y0 || ry >= y1) {
+        tvmmcu_dot4b_sum_s8(wrow, kw * n, pad, a);
+        continue;
+      }
+      if (x0 > 0) {
+        tvmmcu_dot4b_sum_s8(wrow, x0 * n, pad, a);
+      }
+      if (x1 < kw) {
+        tvmmcu_dot4b_sum_s8(wrow + 4 * n * x1, (kw - x1) * n, pad, a);
       }
     }
   }
