@@ -76,7 +76,7 @@ def kernels_section(tmp: Path, models_dir: Path) -> list[str]:
         )
         lines.append(
             f"| {label} | {'yes' if exact and m3_exact else 'NO'} | {n:,} | {insns:,} | {insns / n:.2f} | "
-            f"{cmsis:,} | {cmsis / n:.2f} | {insns / cmsis:.2f}x | {before:,} ({before / cmsis:.2f}x) | "
+            f"{cmsis:,} | {cmsis / n:.2f} | {insns / cmsis:.3f}x | {before:,} ({before / cmsis:.2f}x) | "
             f"{r.flash_bytes:,} ({flash_before:,}) | {r.peak_sram_bytes:,} ({sram_before:,}) | "  # type: ignore[attr-defined]
             f"{int(m3.instructions):,} |"  # type: ignore[attr-defined]
         )

@@ -210,17 +210,21 @@ def _window(loop: Any) -> Any | None:
         bounds = _window_bounds(cond, ry, rx, kh, kw)
         if bounds is None:
             continue
-        outer, taps = bounds
-        store = inner.body
         # (name, data load and strides, weight load and strides, window, padding value, accumulator)
-        fixed = (name, load, xs, weight, ws, (kh, kw), pad, acc)
-        inside = tirx.BufferStore(store.buffer, _window_call(fixed, taps), store.indices)
-        if outer is None:
-            return inside
-        zero = tirx.IntImm(str(ry.ty), 0)
-        padding = _window_call(fixed, (zero, zero, zero, zero))
-        return tirx.IfThenElse(outer, inside, tirx.BufferStore(store.buffer, padding, store.indices))
+        return _window_store(inner.body, (name, load, xs, weight, ws, (kh, kw), pad, acc), bounds)
     return None
+
+
+def _window_store(store: Any, fixed: tuple[Any, ...], bounds: tuple[Any, Any], run: int = 0) -> Any:
+    """``store`` of the window kernel's call over the taps inside, under an ``if`` on the tests free of
+    the window's loops (else every tap is padding)."""
+    outer, taps = bounds
+    inside = tirx.BufferStore(store.buffer, _window_call(fixed, taps, run), store.indices)
+    if outer is None:
+        return inside
+    zero = tirx.IntImm(str(taps[0].ty), 0)
+    padding = _window_call(fixed, (zero, zero, zero, zero), run)
+    return tirx.IfThenElse(outer, inside, tirx.BufferStore(store.buffer, padding, store.indices))
 
 
 def _window_call(fixed: tuple[Any, ...], taps: tuple[Any, Any, Any, Any], run: int = 0) -> Any:
@@ -272,15 +276,7 @@ def _runs(loop: Any) -> Any | None:
         bounds = _window_bounds(cond, ry, rx, kh, kw)
         if bounds is None:
             continue
-        outer, taps = bounds
-        store = inner.body
-        fixed = (name, load, xs, weight, ws, (kh, kw), pad, acc)
-        inside = tirx.BufferStore(store.buffer, _window_call(fixed, taps, n), store.indices)
-        if outer is None:
-            return inside
-        zero = tirx.IntImm(str(ry.ty), 0)
-        padding = _window_call(fixed, (zero, zero, zero, zero), n)
-        return tirx.IfThenElse(outer, inside, tirx.BufferStore(store.buffer, padding, store.indices))
+        return _window_store(inner.body, (name, load, xs, weight, ws, (kh, kw), pad, acc), bounds, n)
     return None
 
 
