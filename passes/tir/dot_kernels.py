@@ -431,11 +431,20 @@ static inline int32_t tvmmcu_dot4_win_rows_x8s8(const void *x, int32_t xsy, cons
       } else if (c + 4 <= x0 || c >= x1) {
         v = padword;
       } else {
-        v = 0;
-        for (int32_t b = 3; b >= 0; --b) {
-          const uint32_t byte = c + b >= x0 && c + b < x1 ? row[c + b] : (uint32_t)(uint8_t)pad;
-          v = (v << 8) | byte;
+        /* A border word: its 1 to 3 inside bytes loaded (no byte outside the row read) into the
+         * padding word. */
+        const int32_t lo = c > x0 ? c : x0;
+        const int32_t k = (c + 4 < x1 ? c + 4 : x1) - lo;
+        const uint32_t at = 8u * (uint32_t)(lo - c);
+        const uint8_t *p = row + lo;
+        uint32_t d = p[0];
+        if (k >= 2) {
+          uint16_t h;
+          memcpy(&h, p + k - 2, 2);
+          d = k == 2 ? (uint32_t)h : d | ((uint32_t)h << 8);
         }
+        const uint32_t mask = ((1u << (8u * (uint32_t)k)) - 1u) << at;
+        v = (padword & ~mask) | (d << at);
       }
       TVMMCU_DOT_ROW4(v, wrow + c);
     }
