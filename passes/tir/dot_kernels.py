@@ -42,6 +42,8 @@ RUNS4 = {("int8", "int8"): "tvmmcu_dot4_runs_s8s8", ("uint8", "int8"): "tvmmcu_d
 RUNS4B = {("int8", "int8"): "tvmmcu_dot4b_runs_s8s8", ("uint8", "int8"): "tvmmcu_dot4b_runs_u8s8"}
 # A copy of contiguous bytes (an in-place kernel's staged output written back), a word at a time.
 COPY = "tvmmcu_dot_copy8"
+# The same from contiguous bytes to every stride-th byte (a depthwise plane written back).
+SCATTER = "tvmmcu_dot_scatter8"
 # The reduction's values per block of the blocked layout.
 BLOCK_VALUES = 8
 # Four output channels' windows, their weights ws apart (the argument after the weight pointer).
@@ -792,6 +794,27 @@ static inline int32_t tvmmcu_dot4b_runs_u8s8(const uint8_t *x, int32_t xsy, int3
                                              int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
                                              int32_t x0, int32_t x1, int32_t pad, int32_t *acc) {
   return tvmmcu_dot4b_runs_x8s8(x, xsy, xsx, wb, kh, kw, n, y0, y1, x0, x1, pad, acc, 1);
+}
+
+/* n bytes from src to every stride-th byte of dst (a depthwise convolution's staged channel plane
+ * written back between the other channels): a word of src at a time. */
+static inline int32_t tvmmcu_dot_scatter8(void *dst, int32_t stride, const void *src, int32_t n) {
+  uint8_t *d = (uint8_t *)dst;
+  const uint8_t *s = (const uint8_t *)src;
+  int32_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    const uint32_t v = tvmmcu_dot_word(s + k);
+    d[0] = (uint8_t)v;
+    d[stride] = (uint8_t)(v >> 8);
+    d[2 * stride] = (uint8_t)(v >> 16);
+    d[3 * stride] = (uint8_t)(v >> 24);
+    d += 4 * stride;
+  }
+  for (; k < n; ++k) {
+    *d = s[k];
+    d += stride;
+  }
+  return 0;
 }
 
 /* n bytes from src to dst (they do not overlap: a staged output copied back), a word at a time. */

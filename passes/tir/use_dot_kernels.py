@@ -14,7 +14,7 @@ from tvm_mcu._tvm import (
     tirx,
     tvm,
 )
-from tvm_mcu.passes.tir.dot_kernels import COPY, DOT, RUNS, SUM, WINDOW
+from tvm_mcu.passes.tir.dot_kernels import COPY, DOT, RUNS, SCATTER, SUM, WINDOW
 from tvm_mcu.passes.tir.each_function import from_zero, rewrite_each, uses
 
 ATTR_DONE = "tvmmcu.dot_kernels"
@@ -462,6 +462,35 @@ def _copy(loop: Any) -> Any | None:
     return tirx.Evaluate(call)
 
 
+def _scatter(loop: Any) -> Any | None:
+    """``tvmmcu_dot_scatter8(&A[a], S, &B[b], H * W)`` for ``for y in [0, H): for x in [0, W):
+    A[a + y * W * S + x * S] = B[b + y * W + x]`` over distinct 8-bit buffers (a depthwise
+    convolution's staged plane written back between the other channels), ``H * W >= MIN_COPY_BYTES``;
+    None otherwise."""
+    inner = loop.body
+    if not from_zero(loop) or not isinstance(inner, tirx.For) or not from_zero(inner):
+        return None
+    if not isinstance(loop.extent, tirx.IntImm) or not isinstance(inner.extent, tirx.IntImm):
+        return None
+    h, w = int(loop.extent), int(inner.extent)
+    store = inner.body
+    if h * w < MIN_COPY_BYTES or not isinstance(store, tirx.BufferStore) or len(store.indices) != 1:
+        return None
+    y, x = loop.loop_var, inner.loop_var
+    dst = _strides(tirx.BufferLoad(store.buffer, store.indices), y, x)
+    src = _strides(store.value, y, x)
+    if dst is None or src is None or store.buffer.same_as(store.value.source):
+        return None
+    dtype = str(store.buffer.dtype)
+    if dtype != str(store.value.source.dtype) or dtype not in ("int8", "uint8"):
+        return None
+    if src[1] != 1 or src[0] != w or dst[0] != w * dst[1] or dst[1] < 1:
+        return None
+    first = tirx.address_of(tirx.BufferLoad(store.buffer, [dst[2]]))
+    source = tirx.address_of(tirx.BufferLoad(store.value.source, [src[2]]))
+    return tirx.Evaluate(tirx.call_extern("int32", SCATTER, first, _c(dst[1]), source, _c(h * w)))
+
+
 def use_dot_kernels(func: PrimFunc) -> PrimFunc:
     # Windows of runs first (their innermost loops are dot products too), then windows: a window's inner
     # loop may also be a (too short) row of contiguous taps.
@@ -471,7 +500,7 @@ def use_dot_kernels(func: PrimFunc) -> PrimFunc:
     body = structural_map(body, (tirx.For, lambda loop: _fused(loop) or loop))
     body = structural_map(body, (tirx.For, lambda loop: _window(loop) or loop))
     body = structural_map(body, (tirx.For, lambda loop: _rewrite(loop) or loop))
-    body = structural_map(body, (tirx.For, lambda loop: _copy(loop) or loop))
+    body = structural_map(body, (tirx.For, lambda loop: _copy(loop) or _scatter(loop) or loop))
     return func.with_body(body).with_attr(ATTR_DONE, True)
 
 
@@ -496,8 +525,10 @@ class UseDotKernels:
         contiguous across ``rx`` in both operands with ``C < MIN_DOT_TAPS`` (an RGB input) becomes one
         loop over ``K * C``, its bounds on ``rx`` scaled by ``C``, for the window rule; (copy)
         ``for i in [0, n): A[a + i] = B[b + i]`` over distinct 8-bit buffers, ``n >= MIN_COPY_BYTES``
-        (an in-place kernel's staged output written back). Runs are matched first, then fused rows,
-        then windows, dot products and copies. Flat buffers: after FlattenBuffer.
+        (an in-place kernel's staged output written back), or ``for y: for x: A[a + (y * W + x) * S]
+        = B[b + y * W + x]`` (a depthwise plane written back between the channels). Runs are matched
+        first, then fused rows, then windows, dot products and copies. Flat buffers: after
+        FlattenBuffer.
     Rewrites to
         (dot) ``acc[i] = tvmmcu_dot_s8s8(&x[a], &w[b], n, acc[i])`` (``_u8s8`` for uint8 data); with a
         test, the taps inside ``[lo, hi)`` (the bounds clamped to the loop) in one such call and
@@ -505,7 +536,8 @@ class UseDotKernels:
         ``if`` on the tests free of ``v`` (else every tap is padding);
         (window) one ``tvmmcu_dot_win_s8s8`` call with the strides, the window's size and the rows and
         columns of taps inside the input; (runs) one ``tvmmcu_dot_runs_s8s8`` call likewise, with the
-        run length ``n``; (copy) ``tvmmcu_dot_copy8(&A[a], &B[b], n)``, a word at a time.
+        run length ``n``; (copy) ``tvmmcu_dot_copy8(&A[a], &B[b], n)`` or
+        ``tvmmcu_dot_scatter8(&A[a], S, &B[b], H * W)``, a word of the source at a time.
     Declines when
         a loop does not start at 0, has a step or another kind, or a non-constant extent (window), the
         body does anything else, an operand is neither contiguous nor a constant-stride window, a test

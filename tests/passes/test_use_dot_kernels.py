@@ -445,6 +445,7 @@ WINDOWS = [  # (kh, kw, x strides, w strides, taps inside y0, y1, x0, x1)
 W_ALIGNED = 40  # a weight stride keeping every row word-aligned: the eight-a-step LDRD loop
 W_WINDOWS = 44  # the four-channel windows' weight stride
 BLOCKED_LENGTHS = range(0, 49, 8)  # the blocked kernels' counts (multiples of 8)
+COPY_LENGTHS = range(0, 41, 5)  # the copies' byte counts
 RUNS_WINDOWS = [  # (kh, kw, n, x strides, taps inside y0, y1, x0, x1): taps of n contiguous values
     (2, 2, 8, (40, 12), (0, 2, 0, 2)),
     (2, 2, 8, (40, 12), (1, 2, 0, 1)),
@@ -499,6 +500,16 @@ int32_t tvmmcu_model_run(const void *input, void *output)
         tvmmcu_dot4_win_u8s8((const uint8_t *)at, c[2], c[3], w, {W_WINDOWS}, c[4], c[5], c[0], c[1], c[8],
                              c[9], c[10], c[11], 200, acc);
         for (int j = 0; j < 4; ++j) *out++ = acc[j];
+    }
+    /* Copies: the 128 data bytes' first n bytes a word at a time, and scattered 3 bytes apart. */
+    for (int32_t n = 0; n <= 40; n += 5) {
+        int8_t buf[160];
+        for (int j = 0; j < 160; ++j) buf[j] = (int8_t)(j - 80);
+        tvmmcu_dot_copy8(buf + 1, x + 3, n);
+        tvmmcu_dot_scatter8(buf + 42, 3, x, n);
+        for (int j = 0; j < 160; j += 4) {
+            *out++ = (int32_t)buf[j] + 256 * buf[j + 1] + 65536 * buf[j + 2] - 16777216 * buf[j + 3];
+        }
     }
     /* Blocked weights (BlockWeights' layout): the 192 weight bytes as four channels of 48 values. */
     for (int32_t n = 0; n <= 48; n += 8) {
@@ -609,6 +620,14 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
         acc = [window(x, wj, shape, -9, a) for wj, a in zip(four, (5, -6, 7, -8), strict=True)]
         out += acc
         out += [window(u, wj, shape, 200, a) for wj, a in zip(four, acc, strict=True)]
+    for n in COPY_LENGTHS:
+        buf = np.arange(-80, 80, dtype=np.int64).astype(np.int8).astype(np.int64)
+        buf[1 : 1 + n] = x[3 : 3 + n]
+        buf[42 : 42 + 3 * n : 3] = x[:n]
+        out += [
+            int(buf[j] + 256 * buf[j + 1] + 65536 * buf[j + 2] - 16777216 * buf[j + 3])
+            for j in range(0, 160, 4)
+        ]
     blocked = w[:192].reshape(6, 4, 8)  # [n / 8][channel][8]
     for n in BLOCKED_LENGTHS:
         for off in range(4):
@@ -669,7 +688,11 @@ def _kernel_lib(directory: Path) -> tuple[Path, int]:
     from tests.targets.test_firmware_on_emulator import MODEL_H
 
     n_out = 4 * (
-        len(LENGTHS) * 4 * 19 + 15 * len(WINDOWS) + len(BLOCKED_LENGTHS) * 4 * 12 + 14 * len(RUNS_WINDOWS)
+        len(LENGTHS) * 4 * 19
+        + 15 * len(WINDOWS)
+        + len(BLOCKED_LENGTHS) * 4 * 12
+        + 14 * len(RUNS_WINDOWS)
+        + 40 * len(COPY_LENGTHS)
     )
     directory.mkdir(parents=True)
     (directory / "model.h").write_text(MODEL_H.format(inputs=320, outputs=n_out))
@@ -741,3 +764,30 @@ class CopyExpected:
 
 def test_a_staged_copy_back_is_a_word_copy() -> None:
     _tvm.assert_structural_equal(UseDotKernels()(CopyBefore), CopyExpected)
+
+
+@I.ir_module
+class ScatterBefore:
+    @T.prim_func(s_tir=True)
+    def f(A: T.handle("int8", "global"), W: T.handle("int8", "global")):
+        T.func_attr({"global_symbol": "f"})
+        A_1 = T.decl_buffer((800,), "int8", data=A)
+        W_1 = T.decl_buffer((25,), "int8", data=W)
+        # A depthwise convolution's staged 5x5 plane of channel 3 written back between the 32 channels.
+        for y in range(5):
+            for x in range(5):
+                A_1[y * 160 + x * 32 + 3] = W_1[y * 5 + x]
+
+
+@I.ir_module
+class ScatterExpected:
+    @T.prim_func(s_tir=True)
+    def f(A: T.handle("int8", "global"), W: T.handle("int8", "global")):
+        T.func_attr({"global_symbol": "f", "tvmmcu.dot_kernels": True})
+        A_1 = T.decl_buffer((800,), "int8", data=A)
+        W_1 = T.decl_buffer((25,), "int8", data=W)
+        T.call_extern("int32", "tvmmcu_dot_scatter8", T.address_of(A_1[3]), 32, T.address_of(W_1[0]), 25)
+
+
+def test_a_staged_plane_written_back_between_channels_is_one_scatter() -> None:
+    _tvm.assert_structural_equal(UseDotKernels()(ScatterBefore), ScatterExpected)
