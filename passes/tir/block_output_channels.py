@@ -14,7 +14,14 @@ from tvm_mcu._tvm import (
     tvm,
 )
 from tvm_mcu.passes.tir.dot_kernels import DOT, DOT4, RUNS, RUNS4, SUM, SUM4, WINDOW, WINDOW4
-from tvm_mcu.passes.tir.each_function import constant_extent, fresh_variables, rewrite_each, substitute, uses
+from tvm_mcu.passes.tir.each_function import (
+    constant_extent,
+    extern_name,
+    fresh_variables,
+    rewrite_each,
+    substitute,
+    uses,
+)
 
 ATTR_DONE = "tvmmcu.output_channels_blocked"
 BLOCK = 4
@@ -34,10 +41,7 @@ def _kernel_call(store: Any, acc: Any) -> Any | None:
     if not isinstance(store, tirx.BufferStore) or not store.buffer.same_as(acc):
         return None
     call = store.value
-    if not isinstance(call, tvm.ir.Call) or str(getattr(call.op, "name", "")) != "tirx.call_extern":
-        return None
-    name = str(call.args[0].value) if hasattr(call.args[0], "value") else str(call.args[0])
-    if name not in _FOUR:
+    if extern_name(call) not in _FOUR:
         return None
     last = call.args[-1]
     if not (isinstance(last, TensorLoad) and last.source.same_as(acc)):

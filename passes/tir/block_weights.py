@@ -18,7 +18,7 @@ from tvm_mcu._tvm import (
     tvm,
 )
 from tvm_mcu.passes.tir.dot_kernels import BLOCK_VALUES, DOT4, DOT4B, RUNS4, RUNS4B, SUM4, SUM4B
-from tvm_mcu.passes.tir.each_function import rewrite_each
+from tvm_mcu.passes.tir.each_function import extern_name, rewrite_each
 
 ATTR_DONE = "tvmmcu.weights_blocked"
 # On the function: parameter position -> the stride S between output channels of the weights it holds,
@@ -37,7 +37,7 @@ _BLOCKED = {
 def _stride_and_count(call: Any) -> tuple[Any, Any] | None:
     """(channel stride, values read per channel or per tap) of a four-channel kernel call; None for a
     runs call whose taps do not follow each other in the weights (wsx = n, wsy = kw * n)."""
-    name = _call_name(call)
+    name = extern_name(call)
     _, at, strides = _BLOCKED[name]
     args = call.args[1:]
     if strides == 1:
@@ -61,12 +61,6 @@ def block(weights: np.ndarray, stride: int) -> np.ndarray:
     out = flat.shape[0]
     blocks = flat.reshape(out // CHANNELS, CHANNELS, stride // BLOCK_VALUES, BLOCK_VALUES)
     return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3)).reshape(weights.shape)
-
-
-def _call_name(call: Any) -> str:
-    if str(getattr(call.op, "name", "")) != "tirx.call_extern":
-        return ""
-    return str(call.args[0].value) if hasattr(call.args[0], "value") else ""
 
 
 def _weight_load(call: Any, at: int) -> Any | None:
@@ -130,7 +124,7 @@ def _blockable(func: PrimFunc, owners: dict[Any, Any]) -> dict[Any, int]:
             sizes[owner] = int(shape[0])
 
     def visit(call: Any) -> None:
-        name = _call_name(call)
+        name = extern_name(call)
         if name not in _BLOCKED:
             return
         at = _BLOCKED[name][1]
@@ -200,7 +194,7 @@ def block_weights(func: PrimFunc) -> PrimFunc:
         return func.with_attr(ATTR_DONE, True)
 
     def rewrite(call: Any) -> Any:
-        name = _call_name(call)
+        name = extern_name(call)
         if name not in _BLOCKED:
             return call
         blocked, at, strides = _BLOCKED[name]

@@ -97,3 +97,10 @@ def fresh_buffers(stmt: Any) -> Any:
     return structural_map(
         stmt, [(tirx.AllocBuffer, on_alloc), (tirx.BufferStore, on_store), (tvm.ir.TensorLoad, on_load)]
     )
+
+
+def extern_name(node: Any) -> str:
+    """The C function a ``call_extern`` calls, ``""`` for any other node."""
+    if not isinstance(node, tvm.ir.Call) or str(getattr(node.op, "name", "")) != "tirx.call_extern":
+        return ""
+    return str(node.args[0].value) if hasattr(node.args[0], "value") else ""

@@ -16,6 +16,7 @@ from tvm_mcu._tvm import (
 from tvm_mcu.passes.tir.dot_kernels import HELPER_PREFIX, WINDOW, WINDOW_UNROLL_TAPS
 from tvm_mcu.passes.tir.each_function import (
     constant_extent,
+    extern_name,
     fresh_buffers,
     fresh_variables,
     rewrite_each,
@@ -39,9 +40,7 @@ def _kernel_arguments(body: Any, pieces: list[Any]) -> list[Any]:
         found: list[Any] = []
 
         def visit(call: Any) -> None:
-            if str(getattr(call.op, "name", "")) != "tirx.call_extern":
-                return
-            name = str(call.args[0].value) if hasattr(call.args[0], "value") else ""
+            name = extern_name(call)
             if not name.startswith(HELPER_PREFIX):
                 return
             if name in windows and int(call.args[7]) * int(call.args[8]) > WINDOW_UNROLL_TAPS:
