@@ -8,8 +8,9 @@ and the resource model prices a pruned model's schedule with the same numbers
 Calibrated on mps2-an386 (Cortex-M4 with DSP), QEMU instruction counts of the MLPerf Tiny models
 (docs/BENCHMARKS.md, "Kernels against CMSIS-NN"):
 
-- int8 kernels (``passes/tir/dot_kernels.py``): KWS 2.46, ResNet-8 1.84, anomaly detection 1.53
-  instructions per MAC over the whole model (requantisation, pooling and additions included): 2.0.
+- int8 kernels (``passes/tir/dot_kernels.py``): KWS 2.05, ResNet-8 1.66, anomaly detection 1.46
+  instructions per MAC over the whole model (requantisation, pooling and additions included): 2.0
+  (rounded up: the overheads of in-place staging and line buffers are then not overstated).
 - float kernels (TVM's loops, plain C): KWS 8.8, the Fashion-MNIST CNN 15.7: 9.0.
 - an in-place kernel stages its output and copies it back: for KWS's pointwise convolutions about 4
   instructions per element, while its depthwise convolutions, staged a channel plane at a time, run
