@@ -78,12 +78,16 @@ def test_conv_bias_relu_becomes_one_integer_operator():
     assert calls == ["call_tir:conv2d_int8"], calls
     assert _tvm.tensor_dtype(after["main"].ret_ty) == "int8"
     # the weights stay int8, laid out OHWI (each output channel's taps contiguous along the input
-    # channels); the bias has the input zero point folded in: b - zp * sum(w[..., c])
+    # channels); the bias has the input zero point folded in: b - zp * sum(w[..., c]), and sits
+    # beside each channel's multiplier and shift in one [C, 3] int32 constant
     call = next(b.value for blk in after["main"].body.blocks for b in blk.bindings)
     consts = [_tvm.const_value(a) for a in call.args[1].fields[1:]]
+    assert len(consts) == 2
     assert consts[0].dtype == np.int8 and np.array_equal(consts[0], data["w"].transpose(3, 0, 1, 2))
     expected_bias = data["b"].astype(np.int64) - 3 * data["w"].astype(np.int64).sum(axis=(0, 1, 2))
-    assert np.array_equal(consts[1], expected_bias.astype(np.int32))
+    assert consts[1].dtype == np.int32 and consts[1].shape == (len(expected_bias), 3)
+    assert np.array_equal(consts[1][:, 0], expected_bias.astype(np.int32))
+    assert (consts[1][:, 1] >= 1 << 30).all()  # Q31 multipliers in [0.5, 1)
 
 
 def test_float_module_is_unchanged():
@@ -189,7 +193,7 @@ def test_a_pool_of_whole_windows_divides_in_32_bits(tmp_path):
     """A window count known when compiling keeps TFLite's division int32: a 64-bit one is a library call
     (__aeabi_ldivmod, about 1 kB of flash on a Cortex-M)."""
     model = load_model(write_model("int8_avgpool_global", tmp_path))
-    ops = compile_module(model.mod, model_name="pool").library.files["model_ops.c"]
+    ops = host.operators_source(compile_module(model.mod, model_name="pool"))
     assert "pool_sum" in ops
     assert "/ 30)" in ops, ops  # the 6 x 5 window's count, an int32 constant
     assert "/ (int64_t)" not in ops, ops

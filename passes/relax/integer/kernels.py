@@ -5,8 +5,8 @@ int32, the bias (with the input zero point folded in at compile time), TFLite's 
 activation clamp. Padding is written with the input's zero point, so padded taps contribute nothing, as
 TFLite's bounds test does; ScheduleForMcu later inlines the padding and the epilogue into the loops.
 
-Parameters that differ per output channel (multiplier, shift, bias) are int32 tensors indexed by the
-channel; scalars are compile-time constants in the expressions. The fixed-point arithmetic is in
+Parameters that differ per output channel (bias, multiplier, shift) are one int32 tensor [C, 3] indexed
+by the channel; scalars are compile-time constants in the expressions. The fixed-point arithmetic is in
 ``fixed_point`` (C helpers called through ``call_extern``).
 """
 
@@ -72,9 +72,7 @@ def _requantize(
 def conv2d_int8(
     data: TeTensor,
     weight: TeTensor,
-    bias: TeTensor,
-    multiplier: TeTensor,
-    shift: TeTensor,
+    requant: TeTensor,
     *,
     strides: Sequence[int],
     padding: Sequence[int],
@@ -94,8 +92,9 @@ def conv2d_int8(
 ) -> TeTensor:
     """Integer conv2d (regular, grouped, depthwise): TFLite's ``ConvPerChannel`` / ``DepthwiseConv``.
 
-    ``padding`` is (top, left, bottom, right). ``bias`` already holds ``bias - zp_in * sum(weights)``
-    per output channel, so the products need no input offset. ``data`` is int8 or uint8 (its zero
+    ``padding`` is (top, left, bottom, right). ``requant`` [C, 3] holds each output channel's bias,
+    multiplier and shift; the bias already is ``bias - zp_in * sum(weights)``, so the products need
+    no input offset. ``data`` is int8 or uint8 (its zero
     point pads it); ``weight`` int8, or int16 when a weight zero point was subtracted at compile time.
     ``pre_shift``: the accumulator is scaled by ``2**pre_shift`` before the bias is added, for a float
     bias finer than the accumulator's unit (see ``emit._bias_precision``). ``bounded``: every biased
@@ -119,9 +118,9 @@ def conv2d_int8(
     def epilogue(*idx: Any) -> Any:
         c = idx[c_axis]
         return _requantize(
-            _scaled_acc(acc(*idx), pre_shift) + bias[c],
-            multiplier[c],
-            shift[c],
+            _scaled_acc(acc(*idx), pre_shift) + requant[c, 0],
+            requant[c, 1],
+            requant[c, 2],
             zp_out,
             act_min,
             act_max,
@@ -137,9 +136,7 @@ def conv2d_int8(
 def dense_int8(
     data: TeTensor,
     weight: TeTensor,
-    bias: TeTensor,
-    multiplier: TeTensor,
-    shift: TeTensor,
+    requant: TeTensor,
     *,
     zp_out: int,
     act_min: int,
@@ -159,9 +156,9 @@ def dense_int8(
     return te.compute(
         (n, m),
         lambda i, j: _requantize(
-            _scaled_acc(acc[i, j], pre_shift) + bias[j],
-            multiplier[j],
-            shift[j],
+            _scaled_acc(acc[i, j], pre_shift) + requant[j, 0],
+            requant[j, 1],
+            requant[j, 2],
             zp_out,
             act_min,
             act_max,
