@@ -13,11 +13,11 @@ import numpy as np
 from tvm_mcu.errors import FirmwareError, ToolchainError
 
 CFLAGS = ("-O2", "-std=c99", "-shared", "-fPIC")
-C_SOURCES = ("model.c", "model_ops.c")
+C_SOURCES = ("model.c",)
 
 
 def build_host_library(lib_dir: Path, name: str = "model") -> ctypes.CDLL:
-    """Build the library written in ``lib_dir`` (model.c, model_ops.c) and load it."""
+    """Build the library written in ``lib_dir`` (model.c) and load it."""
     gcc = shutil.which("gcc")
     if gcc is None:
         raise ToolchainError("the host C compiler gcc is not on PATH; install with: sudo apt-get install gcc")

@@ -13,12 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mcu.codegen import model_c
+from tvm_mcu.codegen import c_ops, model_c
 from tvm_mcu.compiler import Compiled
 from tvm_mcu.passes.tir import block_weights
 
 CFLAGS = ("-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC")
-C_SOURCES = ("model.c", "model_ops.c")
+C_SOURCES = ("model.c",)
+
+
+def operators_source(compiled: Compiled) -> str:
+    """The operator kernels' C in model.c (from the first ``TVMMCU_OP`` definition to the driver)."""
+    text = compiled.library.files["model.c"]
+    start = text.index(f"\n{c_ops.OP_QUALIFIER} int32_t ")
+    return text[start : text.index("int32_t tvmmcu_model_run(", start)]
 
 
 def build_shared(compiled: Compiled, directory: Path, name: str) -> ctypes.CDLL:
@@ -107,10 +114,9 @@ class _Kernel:
 
 
 def kernel_source(lowered: Any) -> str:
-    """The C of a lowered operator module, as the library has it."""
-    from tvm_mcu.codegen import c_ops
-
-    return c_ops.kernels_source(lowered)[0]
+    """The C of a lowered operator module, as the library has it, but its operators exported (the
+    library's are static to model.c): ctypes calls them."""
+    return f"#define {c_ops.OP_QUALIFIER}\n" + c_ops.kernels_source(lowered)
 
 
 def _helpers(source: str) -> str:

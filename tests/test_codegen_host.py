@@ -29,7 +29,7 @@ from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
 from tvm_mcu.reference import reference_outputs
 from tvm_mcu.schedule.memory import workspace_name
 
-LIBRARY_FILES = {"model.h", "model.c", "model_ops.h", "model_ops.c"}
+LIBRARY_FILES = {"model.h", "model.c"}
 FLOAT_ATOL = 1e-4
 
 

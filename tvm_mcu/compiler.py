@@ -392,7 +392,7 @@ def compile_module(
     graph, plan = picked.graph, picked.plan
     macs = sched.macs[picked.label]
     lowered = _only(lowered, graph)
-    kernels, prototypes = c_ops.kernels_source(lowered, readonly=_weight_parameters(graph))
+    kernels = c_ops.kernels_source(lowered, readonly=_weight_parameters(graph))
     # The headers of helpers the kernels call (each only when called).
     headers = {
         header: text
@@ -405,10 +405,14 @@ def compile_module(
     files = {
         "model.h": model_c.emit_model_h(graph, plan, model_name=model_name),
         "model.c": model_c.emit_model_c(
-            graph, plan, model_name=model_name, op_prefix=c_ops.OP_PREFIX, blocked=_blocked_weights(lowered)
+            graph,
+            plan,
+            model_name=model_name,
+            op_prefix=c_ops.OP_PREFIX,
+            ops=kernels,
+            includes=tuple(headers),
+            blocked=_blocked_weights(lowered),
         ),
-        "model_ops.h": model_c.emit_ops_h(prototypes),
-        "model_ops.c": model_c.emit_ops_c(kernels, includes=list(headers)),
     }
     files.update({header: model_c.BANNER + text for header, text in headers.items()})
     ops = tuple(

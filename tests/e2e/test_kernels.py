@@ -31,7 +31,7 @@ def test_every_schedule_is_bit_exact_on_the_kernels(name: str, tmp_path: Path) -
             v = api.verify(path, board, tmp_path / f"{k}_{board}", seed=k, schedule=label)
             assert v.report.schedule == label
             assert v.passed and v.report.max_abs_error == 0.0, (label, board, v.report.worst_difference)
-            source = (tmp_path / f"{k}_{board}" / "model_ops.c").read_text()
+            source = (tmp_path / f"{k}_{board}" / "model.c").read_text()
             assert "tvmmcu_dot" in source, label  # the convolutions run on the kernels
             if k == 0:  # the pointwise and 3x3 convolutions' weights stored blocked, read so
                 assert "tvmmcu_dot4b_" in source, label

@@ -288,7 +288,7 @@ def test_a_library_that_warns_is_wrong_even_when_its_numbers_are_right(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     verification = _verification(True)
-    verification.report.library_warnings = ("model_ops.c:12: warning: 'x' may be used uninitialized",)
+    verification.report.library_warnings = ("model.c:12: warning: 'x' may be used uninitialized",)
     monkeypatch.setattr(api, "verify", _verify_returning(verification))
     o = execute(CASE, MODEL, tmp_path)
     assert o.verdict == WRONG and o.signature == "wrong:library warning" and o.failed

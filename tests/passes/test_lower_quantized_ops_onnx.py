@@ -48,7 +48,7 @@ def test_operator_is_within_one_step_of_onnxruntime_in_integers_only(name, dtype
     compiled = compile_module(
         model.mod, model_name=name, rounding="onnx", in_place=False, partial_execution=False
     )
-    kernels = compiled.library.files["model_ops.c"]
+    kernels = host.operators_source(compiled)
     assert not re.search(r"\b(float|double)\b", kernels), f"{name}: float code in the kernels"
     # TFLite's double rounding and its short paths are not ONNX's (a right-shift path there was wrong).
     assert not re.search(r"tvmmcu_fp_mbqm(_bounded|_right)?\(", kernels), f"{name}: TFLite rounding"
