@@ -57,10 +57,13 @@ def _models(tmp: Path) -> list[tuple[str, Path]]:
     return models
 
 
+PRUNING_HEADING = "## Pruning: the resource model against the firmware"
+
+
 def resource_model_section(tmp: Path) -> list[str]:
     lines = [
         "",
-        "## Pruning: the resource model against the firmware",
+        PRUNING_HEADING,
         "",
         f"int8 (PTQ with seeded calibration data), {BOARD}. The model is read off the compiler at full width",
         "and with each prunable group halved; predictions below are for other widths, compared with the",

@@ -25,7 +25,7 @@ from tvm_mcu.frontend import load_model, random_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
 from kernels import KERNELS_HEADING, bit_exact_run, kernels_section  # noqa: E402
-from prune_bench import methods_section, resource_model_section  # noqa: E402
+from prune_bench import PRUNING_HEADING, methods_section, resource_model_section  # noqa: E402
 from robustness import FUZZ_HEADING, ORT_HEADING, fuzz_section, ort_section  # noqa: E402
 
 # Pruning benchmark: training epochs per method and training images per epoch.
@@ -525,6 +525,16 @@ def onnx_backend_section(tmp: Path) -> list[str]:
     ]
 
 
+def pruning_section(tmp: Path) -> list[str]:
+    """The resource model against the firmware, and where the pruning methods are compared."""
+    return [
+        *resource_model_section(tmp),
+        "The pruning methods compared at 1/2, 1/4 and 1/8 of the int8 SRAM (accuracy float and int8 on QEMU,",
+        f"resources, training time): [{PRUNING_DOC}]({PRUNING_DOC}), written by `make bench-prune` (hours).",
+        "",
+    ]
+
+
 # The sections `--only` (and `--compile-time`) can rewrite alone: heading, and the function making it.
 PARTIAL = {
     "compile-time": (COMPILE_HEADING, compile_time_section),
@@ -533,6 +543,7 @@ PARTIAL = {
     "kernels": (KERNELS_HEADING, lambda tmp: kernels_section(tmp, SHARED_MODELS)),
     "int8": (INT8_HEADING, int8_section),
     "sram": (SRAM_HEADING, sram_section),
+    "pruning": (PRUNING_HEADING, pruning_section),
 }
 
 
@@ -586,15 +597,10 @@ def main(argv: list[str] | None = None) -> int:
         int8 = int8_section(Path(tmp)) + kernels_section(Path(tmp), SHARED_MODELS) + sram_section(Path(tmp))
         ptq = ptq_section(Path(tmp))
         backend = onnx_backend_section(Path(tmp))
-        pruning = resource_model_section(Path(tmp))
+        pruning = pruning_section(Path(tmp))
         depth = compile_time_section(Path(tmp))
         ort = ort_section(Path(tmp))
         fuzz = fuzz_section(Path(tmp))
-    pruning += [
-        "The pruning methods compared at 1/2, 1/4 and 1/8 of the int8 SRAM (accuracy float and int8 on QEMU,",
-        f"resources, training time): [{PRUNING_DOC}]({PRUNING_DOC}), written by `make bench-prune` (hours).",
-        "",
-    ]
     text = render(rows, skipped) + "\n".join(int8 + ort + ptq + backend + pruning + depth + fuzz)
     out.write_text(text)
     print(f"wrote {out}")

@@ -18,6 +18,7 @@ from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 from tvm_mcu.passes.tir.split_borders import SplitBorders
+from tvm_mcu.passes.tir.stage_windows import StageWindows
 from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 
 
@@ -102,6 +103,9 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         UseDotKernels(),
         # Four output channels per pass over the data; blocks UseDotKernels' calls.
         BlockOutputChannels(),
+        # A window every block of channels reads is copied once per pixel: rewrites BlockOutputChannels'
+        # calls into ones BlockWeights blocks.
+        StageWindows(),
         # Weights read only four channels at a time stored for one pointer (the compiler permutes the
         # constants): rewrites BlockOutputChannels' calls; before SplitBorders copies them.
         BlockWeights(),

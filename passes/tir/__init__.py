@@ -14,6 +14,7 @@ from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 from tvm_mcu.passes.tir.split_borders import SplitBorders
+from tvm_mcu.passes.tir.stage_windows import StageWindows
 from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "ScheduleForMcu",
     "SkipComputedRows",
     "SplitBorders",
+    "StageWindows",
     "UseDotKernels",
 ]

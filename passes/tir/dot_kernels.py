@@ -44,6 +44,8 @@ RUNS4B = {("int8", "int8"): "tvmmcu_dot4b_runs_s8s8", ("uint8", "int8"): "tvmmcu
 COPY = "tvmmcu_dot_copy8"
 # The same from contiguous bytes to every stride-th byte (a depthwise plane written back).
 SCATTER = "tvmmcu_dot_scatter8"
+# A window's taps copied once, the padding value where a tap lies outside (StageWindows).
+STAGE = "tvmmcu_dot_stage8"
 # The reduction's values per block of the blocked layout.
 BLOCK_VALUES = 8
 # Four output channels' windows, their weights ws apart (the argument after the weight pointer).
@@ -813,6 +815,36 @@ static inline int32_t tvmmcu_dot_scatter8(void *dst, int32_t stride, const void 
   for (; k < n; ++k) {
     *d = s[k];
     d += stride;
+  }
+  return 0;
+}
+
+/* A window of kh x kw one-byte taps copied to dst row after row, the padding value pad where a tap
+ * lies outside: the taps [y0, y1) x [x0, x1) are inside, x at tap (y0, x0), its rows xsy and its
+ * columns xsx bytes apart (tvmmcu_dot4_win_x8s8's window). One output pixel's window staged once for
+ * every block of output channels, which then read kh * kw contiguous bytes. */
+static inline int32_t tvmmcu_dot_stage8(void *dst, const void *x, int32_t xsy, int32_t xsx, int32_t kh,
+                                        int32_t kw, int32_t y0, int32_t y1, int32_t x0, int32_t x1,
+                                        int32_t pad) {
+  uint8_t *d = (uint8_t *)dst;
+  const uint8_t *s = (const uint8_t *)x;
+  if (y0 != 0 || x0 != 0 || y1 != kh || x1 != kw) {
+    const uint32_t padword = 0x01010101u * (uint32_t)(uint8_t)pad;
+    const int32_t n = kh * kw;
+    int32_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+      memcpy(d + k, &padword, 4);
+    }
+    for (; k < n; ++k) {
+      d[k] = (uint8_t)pad;
+    }
+  }
+  for (int32_t ry = y0; ry < y1; ++ry) {
+    const uint8_t *row = s + (ry - y0) * xsy;
+    uint8_t *out = d + ry * kw + x0;
+    for (int32_t rx = 0; rx < x1 - x0; ++rx) {
+      out[rx] = row[rx * xsx];
+    }
   }
   return 0;
 }

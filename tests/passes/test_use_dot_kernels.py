@@ -224,10 +224,11 @@ def test_idempotent_and_input_untouched() -> None:
     assert_idempotent_and_pure(UseDotKernels(), Before)
 
 
-def _conv_nhwc(shape, kernel, strides, pads, zp, data_dtype="int8", dilation=(1, 1)):
+def _conv_nhwc(shape, kernel, strides, pads, zp, data_dtype="int8", dilation=(1, 1), epilogue=False):
     """An int8 NHWC convolution with OHWI weights (the layout the int8 lowering gives; O = 0: a
     depthwise one, HWOI as TFLite's), padding holding the zero point: the loop nest the pass sees in a
-    compiled model."""
+    compiled model. ``epilogue``: each accumulator then goes through an element-wise step, as through
+    a requantisation (the accumulator becomes one element and BlockOutputChannels blocks the channels)."""
     from tvm import te, topi
 
     n, h, w, c = shape
@@ -241,6 +242,9 @@ def _conv_nhwc(shape, kernel, strides, pads, zp, data_dtype="int8", dilation=(1,
     )
     groups, layout = (c, "HWOI") if depthwise else (1, "OHWI")
     acc = topi.nn.conv(padded, wt, strides, 0, dilation, groups, "NHWC", layout, out_dtype="int32")
+    if epilogue:
+        out = te.compute(acc.shape, lambda *i: acc(*i) * 3 + 1, name="epilogue")
+        return te.create_prim_func([x, wt, out])
     return te.create_prim_func([x, wt, acc])
 
 
@@ -446,6 +450,7 @@ W_ALIGNED = 40  # a weight stride keeping every row word-aligned: the eight-a-st
 W_WINDOWS = 44  # the four-channel windows' weight stride
 BLOCKED_LENGTHS = range(0, 49, 8)  # the blocked kernels' counts (multiples of 8)
 COPY_LENGTHS = range(0, 41, 5)  # the copies' byte counts
+STAGED = 44  # bytes around each staged window (the largest has 40 taps)
 RUNS_WINDOWS = [  # (kh, kw, n, x strides, taps inside y0, y1, x0, x1): taps of n contiguous values
     (2, 2, 8, (40, 12), (0, 2, 0, 2)),
     (2, 2, 8, (40, 12), (1, 2, 0, 1)),
@@ -501,6 +506,18 @@ int32_t tvmmcu_model_run(const void *input, void *output)
                              c[9], c[10], c[11], 200, acc);
         for (int j = 0; j < 4; ++j) *out++ = acc[j];
     }
+    /* Staged windows (StageWindows): the kh x kw taps row after row, the padding value outside,
+       nothing written past them; the padding as an int8 and as a uint8 value. */
+    for (unsigned k = 0; k < sizeof windows / sizeof windows[0]; ++k) {
+        const int32_t *c = windows[k];
+        const int8_t *at = x + 8 + c[8] * c[2] + c[10] * c[3];
+        for (int32_t pad = -9; pad <= 200; pad += 209) {
+            uint8_t staged[STAGED];
+            for (int j = 0; j < STAGED; ++j) staged[j] = 99;
+            tvmmcu_dot_stage8(staged, at, c[2], c[3], c[0], c[1], c[8], c[9], c[10], c[11], pad);
+            for (int j = 0; j < STAGED; ++j) *out++ = staged[j];
+        }
+    }
     /* Copies: the 128 data bytes' first n bytes a word at a time, and scattered 3 bytes apart. */
     for (int32_t n = 0; n <= 40; n += 5) {
         int8_t buf[160];
@@ -548,6 +565,7 @@ int32_t tvmmcu_model_run(const void *input, void *output)
     return 0;
 }
 """.replace("{W_ROWS}", str(W_ROWS))
+    .replace("STAGED", str(STAGED))
     .replace("{W_ALIGNED}", str(W_ALIGNED))
     .replace("{W_WINDOWS}", str(W_WINDOWS))
     .replace("{W_RUNS}", str(W_RUNS))
@@ -620,6 +638,14 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
         acc = [window(x, wj, shape, -9, a) for wj, a in zip(four, (5, -6, 7, -8), strict=True)]
         out += acc
         out += [window(u, wj, shape, 200, a) for wj, a in zip(four, acc, strict=True)]
+    for kh, kw, (xsy, xsx), _, (y0, y1, x0, x1) in WINDOWS:
+        for pad in (-9, 200):
+            staged = np.full(STAGED, 99, np.int64)
+            for ry in range(kh):
+                for rx in range(kw):
+                    inside = y0 <= ry < y1 and x0 <= rx < x1
+                    staged[ry * kw + rx] = u[8 + ry * xsy + rx * xsx] if inside else pad % 256
+            out += list(staged)
     for n in COPY_LENGTHS:
         buf = np.arange(-80, 80, dtype=np.int64).astype(np.int8).astype(np.int64)
         buf[1 : 1 + n] = x[3 : 3 + n]
@@ -693,6 +719,7 @@ def _kernel_lib(directory: Path) -> tuple[Path, int]:
         + len(BLOCKED_LENGTHS) * 4 * 12
         + 14 * len(RUNS_WINDOWS)
         + 40 * len(COPY_LENGTHS)
+        + 2 * STAGED * len(WINDOWS)
     )
     directory.mkdir(parents=True)
     (directory / "model.h").write_text(MODEL_H.format(inputs=320, outputs=n_out))
