@@ -23,6 +23,7 @@ from tvm_mcu.passes.tir.each_function import (
     substitute,
     uses,
 )
+from tvm_mcu.passes.tir.float_kernels import WINDOW_F32
 
 ATTR_DONE = "tvmmcu.borders_split"
 
@@ -34,7 +35,7 @@ def _kernel_arguments(body: Any, pieces: list[Any]) -> list[Any]:
     as over an NCHW convolution's input channels, would be copied with that whole loop: flash). Dot
     products', and windows' of at most ``WINDOW_UNROLL_TAPS`` taps (larger ones stay one general call)."""
     args: list[Any] = []
-    windows = set(WINDOW.values())
+    windows = set(WINDOW.values()) | set(WINDOW_F32.values())
 
     def calls(node: Any) -> list[Any]:
         found: list[Any] = []
