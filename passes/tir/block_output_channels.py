@@ -214,10 +214,13 @@ class BlockOutputChannels:
         ``f`` with one stride ``S`` for all of them and everything else (data, sizes, the loops and
         tests around the calls) free of ``f``, and
         ``<epilogue>`` (which reads ``acc[0]`` and ``f``) writes no ``acc``: one output pixel's channels.
+        Likewise ``acc = alloc float32[1]`` with the float kernels' calls (``tvmmcu_dot_f32``,
+        ``tvmmcu_dot_win_f32``, ``tvmmcu_dot_runs_f32``).
     Rewrites to
         ``for fo in [0, F / 4): acc4 = alloc int32[4]; acc4[0..3] = c; <update with each call on the
         four channels fo * 4 .. fo * 4 + 3: tvmmcu_dot4_*(x, &w[i(fo * 4)], S, n, &acc4[0]), the
-        stride ``S`` right after the weight pointer (``tvmmcu_dot4_win_*`` likewise)>;
+        stride ``S`` right after the weight pointer (``tvmmcu_dot4_win_*`` and the float
+        ``tvmmcu_dot4_*_f32`` likewise, ``acc4`` of the accumulator's dtype)>;
         for fi in [0, 4) (unrolled: the four accumulators stay in registers): <epilogue with
         f = fo * 4 + fi, acc[0] = acc4[fi]>``, then the original loop
         over the last F mod 4 channels.

@@ -176,7 +176,8 @@ class SplitBorders:
         with arguments holding ``max(k, c * v + d)`` or ``min(k, c * v + d)`` (``k``, ``c``, ``d``
         constants): UseDotKernels' clamps of a window's taps to the input; only calls every loop
         between ``v`` and the call moves the clamps of (output loops, pieces split already), not calls
-        inside a reduction loop, and windows of at most ``WINDOW_UNROLL_TAPS`` taps.
+        inside a reduction loop, and windows (integer or float) of at most ``WINDOW_UNROLL_TAPS``
+        taps.
     Rewrites to
         consecutive copies of the loop over [0, lo), [lo, hi) and [hi, N) (the empty ones left out),
         where [lo, hi) is the interior in which every such clamp takes its constant side, each copy's

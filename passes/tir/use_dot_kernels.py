@@ -541,6 +541,30 @@ def _strided(load: Any, var: Any) -> tuple[int, Any] | None:
     return int(coeffs[0]), tirx.BufferLoad(load.source, [coeffs[1]])
 
 
+def _fold(expr: Any) -> Any:
+    """``expr`` with its ``min`` and ``max`` of two constants folded (a window's axis without padding
+    tests clamps constants)."""
+
+    def fold(node: Any) -> Any:
+        if isinstance(node.a, tirx.IntImm) and isinstance(node.b, tirx.IntImm):
+            pick = min if isinstance(node, tirx.Min) else max
+            return tirx.IntImm(str(node.ty), pick(int(node.a), int(node.b)))
+        return node
+
+    return structural_map(expr, ((tirx.Min, tirx.Max), fold))
+
+
+def _float_bounds(
+    cond: Any, ry: Any, rx: Any, kh: int, kw: int
+) -> tuple[Any, tuple[Any, Any, Any, Any]] | None:
+    """:func:`_window_bounds` with the clamps of constants folded."""
+    bounds = _window_bounds(cond, ry, rx, kh, kw)
+    if bounds is None:
+        return None
+    outer, (y0, y1, x0, x1) = bounds
+    return outer, (_fold(y0), _fold(y1), _fold(x0), _fold(x1))
+
+
 def _guarded(outer: Any, store: Any) -> Any:
     """``store`` under ``if outer`` (else every tap is zero padding: the accumulator stays)."""
     return store if outer is None else tirx.IfThenElse(outer, store, None)
@@ -615,7 +639,7 @@ def _float_window(loop: Any) -> Any | None:
         name = WINDOW_F32.get((str(load.source.dtype), str(weight.source.dtype)))
         if name is None:
             continue
-        bounds = _window_bounds(cond, ry, rx, kh, kw)
+        bounds = _float_bounds(cond, ry, rx, kh, kw)
         if bounds is None:
             continue
         outer, (y0, y1, x0, x1) = bounds
@@ -658,7 +682,7 @@ def _float_runs(loop: Any) -> Any | None:
         name = RUNS_F32.get((str(load.source.dtype), str(weight.source.dtype)))
         if name is None:
             continue
-        bounds = _window_bounds(cond, ry, rx, kh, kw)
+        bounds = _float_bounds(cond, ry, rx, kh, kw)
         if bounds is None:
             continue
         outer, (y0, y1, x0, x1) = bounds
@@ -681,6 +705,10 @@ def _weight_strides3(load: Any, ry: Any, rx: Any, rc: Any) -> tuple[int, int, in
     if any(uses(coeffs[3], v) for v in (ry, rx, rc)):
         return None
     return int(coeffs[0]), int(coeffs[1]), int(coeffs[2]), coeffs[3]
+
+
+# A float copy of at least this many values becomes a call (four values a step).
+MIN_COPY_FLOATS = 8
 
 
 def _float_scatter(loop: Any) -> Any | None:
@@ -719,10 +747,6 @@ def _float_scatter(loop: Any) -> Any | None:
     first = tirx.address_of(tirx.BufferLoad(store.buffer, [dst_base]))
     source = tirx.address_of(tirx.BufferLoad(store.value.source, [src_base]))
     return tirx.Evaluate(tirx.call_extern("int32", SCATTER_F32, first, _c(stride), source, _c(n)))
-
-
-# A float copy of at least this many values becomes a call (four values a step).
-MIN_COPY_FLOATS = 8
 
 
 def use_float_kernels(body: Any) -> Any:
@@ -773,6 +797,11 @@ class UseDotKernels:
         = B[b + y * W + x]`` (a depthwise plane written back between the channels). Runs are matched
         first, then fused rows, then windows, dot products and copies. Flat buffers: after
         FlattenBuffer.
+        (float32) the same dot, window and runs loops over float32 ``acc``, ``X`` and ``W`` without
+        casts (``acc[i] = acc[i] + X * W``), ``X``'s padding value ``0.0``, ``W`` at any constant
+        stride along the reduction (TVM's HWIO weights: the output channels in between); and float32
+        copies ``for i in [0, n): A[a + i * S] = B[b + i]`` (or the plane form above) of at least
+        ``MIN_COPY_FLOATS`` values between distinct buffers.
     Rewrites to
         (dot) ``acc[i] = tvmmcu_dot_s8s8(&x[a], &w[b], n, acc[i])`` (``_u8s8`` for uint8 data); with a
         test, the taps inside ``[lo, hi)`` (the bounds clamped to the loop) in one such call and
@@ -782,14 +811,23 @@ class UseDotKernels:
         columns of taps inside the input; (runs) one ``tvmmcu_dot_runs_s8s8`` call likewise, with the
         run length ``n``; (copy) ``tvmmcu_dot_copy8(&A[a], &B[b], n)`` or
         ``tvmmcu_dot_scatter8(&A[a], S, &B[b], H * W)``, a word of the source at a time.
+        (float32) ``acc[i] = tvmmcu_dot_f32(&x[a + lo], &w[b + lo * s], s, hi - lo, acc[i])``,
+        ``tvmmcu_dot_win_f32`` (the window kernel's arguments without the padding value) and
+        ``tvmmcu_dot_runs_f32`` (the weights' stride along the runs after the taps'), each over the
+        taps inside only, under an ``if`` on the tests free of the loops (else the accumulator stays);
+        ``tvmmcu_dot_scatter_f32(&A[a], S, &B[b], n)``.
     Declines when
         a loop does not start at 0, has a step or another kind, or a non-constant extent (window), the
         body does anything else, an operand is neither contiguous nor a constant-stride window, a test
-        is no bound of one loop, or the dtypes have no kernel (int16 weights, float); or the function
-        already carries ``tvmmcu.dot_kernels``.
+        is no bound of one loop, or the dtypes have no kernel (int16 weights, float16, float32 mixed
+        with other types), a float padding value is not zero (its taps would add to the sum); or the
+        function already carries ``tvmmcu.dot_kernels``.
     Numerics
-        unchanged: the kernels add the same int32 products, and the padding's value times its taps'
-        weights, in the same modular arithmetic.
+        integer: unchanged, the kernels add the same int32 products, and the padding's value times
+        its taps' weights, in the same modular arithmetic. float32: each accumulator adds the same
+        products in the loop's order, the padding's zero products left out (``x + 0.0 * w`` is ``x``
+        for finite weights); GCC may contract a multiply-add to a fused one where the loop's C was not
+        (rounding once instead of twice): within float32 rounding of the loop, not bit-identical.
     Ordering
         after FlattenBuffer and HoistReductionInit (flat indices, the accumulator's initialisation out
         of the loop), before LoopPartition and UnrollLoop (which would split or unroll the loops).
