@@ -68,16 +68,10 @@ HEADER_TEXT = """\
     a3 += v_ * p_[3 * ws];             \\
   } while (0)
 
-/* acc + sum over k < n of x[k] * w[k * wk], four values a step. */
+/* acc + sum over k < n of x[k] * w[k * wk]. A plain loop: one channel is the rare case (the channels
+ * past the last block of four), kept small. */
 TVMMCU_F32_INLINE float tvmmcu_dot_f32(const float *x, const float *w, int32_t wk, int32_t n, float acc) {
-  int32_t k = 0;
-  for (; k + 4 <= n; k += 4) {
-    acc += x[k] * w[k * wk];
-    acc += x[k + 1] * w[(k + 1) * wk];
-    acc += x[k + 2] * w[(k + 2) * wk];
-    acc += x[k + 3] * w[(k + 3) * wk];
-  }
-  for (; k < n; ++k) {
+  for (int32_t k = 0; k < n; ++k) {
     acc += x[k] * w[k * wk];
   }
   return acc;
@@ -107,7 +101,8 @@ TVMMCU_F32_INLINE int32_t tvmmcu_dot4_f32(const float *x, const float *w, int32_
 
 /* A window of kh x kw taps, strided: tap (ry, rx) of the weights is w[ry * wsy + rx * wsx]; the taps
  * [y0, y1) x [x0, x1) lie inside the input, x pointing at tap (y0, x0); the others are zero padding and
- * left out. Unrolled where the taps inside are constants (SplitBorders' pieces). */
+ * left out. Unrolled where the taps inside are constants (SplitBorders' pieces), and for a small
+ * window wholly inside. */
 TVMMCU_F32_INLINE float tvmmcu_dot_win_f32(const float *x, int32_t xsy, int32_t xsx, const float *w,
                                            int32_t wsy, int32_t wsx, int32_t kh, int32_t kw, int32_t y0,
                                            int32_t y1, int32_t x0, int32_t x1, float acc) {
@@ -119,6 +114,19 @@ TVMMCU_F32_INLINE float tvmmcu_dot_win_f32(const float *x, int32_t xsy, int32_t 
         if (ry >= y0 && ry < y1 && rx >= x0 && rx < x1) {
           acc += x[(ry - y0) * xsy + (rx - x0) * xsx] * w[ry * wsy + rx * wsx];
         }
+      }
+    }
+    return acc;
+  }
+  if (__builtin_constant_p(kh) && __builtin_constant_p(kw) && kh * kw <= TVMMCU_F32_WIN_UNROLL && y0 == 0 &&
+      x0 == 0 && y1 == kh && x1 == kw) {
+    /* A small window wholly inside, its position known at run time only (a window per input channel
+     * of an NCHW convolution, not split): every tap unrolled once. */
+#pragma GCC unroll 16
+    for (int32_t ry = 0; ry < kh; ++ry) {
+#pragma GCC unroll 16
+      for (int32_t rx = 0; rx < kw; ++rx) {
+        acc += x[ry * xsy + rx * xsx] * w[ry * wsy + rx * wsx];
       }
     }
     return acc;

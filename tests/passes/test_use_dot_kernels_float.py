@@ -306,7 +306,7 @@ RUNS = [  # (kh, kw, n, x strides, w strides along ry, rx, rc, taps inside)
 ]
 SCATTERS = [(n, stride) for n in (0, 5, 8, 13) for stride in (1, 3)]
 W4 = 2  # the four-channel kernels' channel stride (HWIO weights have 1; 2 checks the scaling)
-N_OUT = 5 * len(DOTS) + 14 * len(WINDOWS) + 5 * len(RUNS) + 64 * len(SCATTERS)
+N_OUT = 5 * len(DOTS) + 15 * len(WINDOWS) + 5 * len(RUNS) + 64 * len(SCATTERS)
 
 
 def _c_rows(rows: list[tuple[int, ...]]) -> str:
@@ -319,7 +319,7 @@ def _window_at(kh: int, kw: int, xs: tuple[int, int], t: tuple[int, int, int, in
 
 def _known_windows() -> str:
     """The windows' calls with constant sizes and taps (as SplitBorders leaves them), and with
-    constant sizes but taps read at run time (the whole-rows path)."""
+    constant sizes but taps read at run time (the whole rows, the whole small window)."""
     lines = []
     for k, (kh, kw, xs, ws, t) in enumerate(WINDOWS):
         at = f"x + {_window_at(kh, kw, xs, t)}"
@@ -332,12 +332,19 @@ def _known_windows() -> str:
             f"tvmmcu_dot4_win_f32({at}, {xs[0]}, {xs[1]}, w, {W4}, {ws[0]}, {ws[1]}, {args}, acc); "
             "for (int j = 0; j < 4; ++j) *out++ = acc[j]; }"
         )
-        taps = f"windows[{k}][8], windows[{k}][9], windows[{k}][10], windows[{k}][11]"
+        # Through volatile reads: GCC would fold the constant table's values into known taps.
+        lines.append(f"taps[0] = windows[{k}][8]; taps[1] = windows[{k}][9]; taps[2] = windows[{k}][10];")
+        lines.append(f"taps[3] = windows[{k}][11];")
+        taps = "taps[0], taps[1], taps[2], taps[3]"
         lines.append(
             f"{{ float acc[4] = {{0.5f, -1.0f, 2.0f, 0.0f}}; "
             f"tvmmcu_dot4_win_f32({at}, {xs[0]}, {xs[1]}, w, {W4}, {ws[0]}, {ws[1]}, {kh}, {kw}, {taps}, "
             "acc); "
             "for (int j = 0; j < 4; ++j) *out++ = acc[j]; }"
+        )
+        lines.append(
+            f"*out++ = tvmmcu_dot_win_f32({at}, {xs[0]}, {xs[1]}, w, {ws[0]}, {ws[1]}, {kh}, {kw}, {taps}, "
+            "0.5f);"
         )
     return "\n    ".join(lines)
 
@@ -363,6 +370,7 @@ int32_t tvmmcu_model_run(const void *input, void *output)
         tvmmcu_dot4_f32(x + n % 3, w + 2, {W4}, wk, n, acc);
         for (int j = 0; j < 4; ++j) *out++ = acc[j];
     }
+    volatile int32_t taps[4];
     /* Sizes and taps read at run time: the general loops. */
     for (unsigned k = 0; k < sizeof windows / sizeof windows[0]; ++k) {
         const int32_t *c = windows[k];
@@ -422,12 +430,13 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
         out.append(0.25 * n + float(xs @ w[1 : 1 + n * wk : wk][:n]))
         sums = [float(xs @ w[2 + j * W4 : 2 + j * W4 + n * wk : wk][:n]) for j in range(4)]
         out += [a + s for a, s in zip((0.5, -0.5, 1.0, n), sums, strict=True)]
-    # Taps read at run time: one four-channel call per window; constant sizes: two (taps constant, taps
-    # read at run time).
-    for copies in (1, 2):
+    # Sizes and taps read at run time: one call of each kernel per window; constant sizes: each kernel
+    # with constant taps, then with taps read at run time.
+    for known in (False, True):
         for _kh, _kw, xs, ws, t in WINDOWS:
-            out.append(0.5 + _window(x, w, xs, ws, t, 0))
-            out += [a + _window(x, w, xs, ws, t, j) for j, a in enumerate(acc4)] * copies
+            one = 0.5 + _window(x, w, xs, ws, t, 0)
+            four = [a + _window(x, w, xs, ws, t, j) for j, a in enumerate(acc4)]
+            out += [one, *four, *four, one] if known else [one, *four]
     for _kh, _kw, n, xs, ws, t in RUNS:
         out.append(-0.5 + _window(x, w, xs, ws[:2], t, 0, n, ws[2]))
         out += [a + _window(x, w, xs, ws[:2], t, j, n, ws[2]) for j, a in enumerate(acc4)]
