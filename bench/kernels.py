@@ -109,8 +109,8 @@ def kernels_section(tmp: Path, models_dir: Path) -> list[str]:
     return lines
 
 
-# The float kernels are still TVM's loops: their instructions per MAC beside the goal of the issue that
-# asks for FPU kernels (at most 4 per MAC on a Cortex-M4F).
+# The float kernels (passes/tir/float_kernels.py): their instructions per MAC beside the goal of the issue
+# that asked for FPU kernels (at most 4 per MAC on a Cortex-M4F).
 FLOAT_MODELS = (("KWS DS-CNN (float32)", "kws_ref_model_float32.tflite"),)
 FLOAT_GOAL = 4.0
 
@@ -118,7 +118,7 @@ FLOAT_GOAL = 4.0
 def _float_rows(tmp: Path, models_dir: Path) -> list[str]:
     rows = [
         "",
-        f"Float kernels on {BOARD} (Cortex-M4F; TVM's loops in plain C, the FPU's multiply-accumulate): goal",
+        f"Float kernels on {BOARD} (Cortex-M4F; tvm-mcu's float kernels in plain C, the FPU's multiply-accumulate): goal",
         f"at most {FLOAT_GOAL:g} instructions per MAC.",
         "",
         "| model | MACs | instructions | per MAC |",

@@ -22,6 +22,7 @@ from tvm_mcu.passes.tir.each_function import (
     substitute,
     uses,
 )
+from tvm_mcu.passes.tir.float_kernels import DOT4_F32, DOT_F32, RUNS4_F32, RUNS_F32, WINDOW4_F32, WINDOW_F32
 
 ATTR_DONE = "tvmmcu.output_channels_blocked"
 BLOCK = 4
@@ -33,7 +34,14 @@ _FOUR = {
     **{SUM[k]: (SUM4[k], 0) for k in SUM},
     **{name: (WINDOW4[key], 3) for key, name in WINDOW.items()},
     **{name: (RUNS4[key], 3) for key, name in RUNS.items()},
+    # float32: the same positions (the float kernels take the weights' stride along the reduction after
+    # the channel stride).
+    **{name: (DOT4_F32[key], 1) for key, name in DOT_F32.items()},
+    **{name: (WINDOW4_F32[key], 3) for key, name in WINDOW_F32.items()},
+    **{name: (RUNS4_F32[key], 3) for key, name in RUNS_F32.items()},
 }
+# The accumulators' dtypes: int32 for the integer kernels, float32 for the float ones.
+_ACCUMULATORS = ("int32", "float32")
 
 
 def _kernel_call(store: Any, acc: Any) -> Any | None:
@@ -119,7 +127,7 @@ def _blocked(loop: Any) -> Any | None:
     if extent < BLOCK or not isinstance(body, tirx.SeqStmt) or len(body.seq) < 4:
         return None
     alloc, init = body.seq[0], body.seq[1]
-    if not isinstance(alloc, tirx.AllocBuffer) or str(alloc.buffer.dtype) != "int32":
+    if not isinstance(alloc, tirx.AllocBuffer) or str(alloc.buffer.dtype) not in _ACCUMULATORS:
         return None
     acc = alloc.buffer
     if [int(d) for d in acc.shape] != [1]:
@@ -143,7 +151,7 @@ def _blocked(loop: Any) -> Any | None:
     dtype = str(var.ty)
     outer = tirx.Var(f"{var.name}_o", dtype)
     inner = tirx.Var(f"{var.name}_i", dtype)
-    four = tirx.decl_buffer((BLOCK,), "int32", name=f"{acc.name}4", layout=None)
+    four = tirx.decl_buffer((BLOCK,), str(acc.dtype), name=f"{acc.name}4", layout=None)
     first = outer * tirx.IntImm(dtype, BLOCK)
 
     def blocked_call(store: Any) -> Any:
@@ -206,10 +214,13 @@ class BlockOutputChannels:
         ``f`` with one stride ``S`` for all of them and everything else (data, sizes, the loops and
         tests around the calls) free of ``f``, and
         ``<epilogue>`` (which reads ``acc[0]`` and ``f``) writes no ``acc``: one output pixel's channels.
+        Likewise ``acc = alloc float32[1]`` with the float kernels' calls (``tvmmcu_dot_f32``,
+        ``tvmmcu_dot_win_f32``, ``tvmmcu_dot_runs_f32``).
     Rewrites to
         ``for fo in [0, F / 4): acc4 = alloc int32[4]; acc4[0..3] = c; <update with each call on the
         four channels fo * 4 .. fo * 4 + 3: tvmmcu_dot4_*(x, &w[i(fo * 4)], S, n, &acc4[0]), the
-        stride ``S`` right after the weight pointer (``tvmmcu_dot4_win_*`` likewise)>;
+        stride ``S`` right after the weight pointer (``tvmmcu_dot4_win_*`` and the float
+        ``tvmmcu_dot4_*_f32`` likewise, ``acc4`` of the accumulator's dtype)>;
         for fi in [0, 4) (unrolled: the four accumulators stay in registers): <epilogue with
         f = fo * 4 + fi, acc[0] = acc4[fi]>``, then the original loop
         over the last F mod 4 channels.

@@ -15,6 +15,8 @@ one LDR: Armv7-M and Armv8-M mainline allow an unaligned LDR, so a slice of any 
 
 from __future__ import annotations
 
+from tvm_mcu.passes.tir.float_kernels import HEADER_TEXT as FLOAT_HEADER_TEXT
+
 HEADER_NAME = "tvmmcu_dot.h"
 # Functions of the header, so codegen can tell whether a library needs it.
 HELPER_PREFIX = "tvmmcu_dot"
@@ -866,3 +868,6 @@ static inline int32_t tvmmcu_dot_copy8(void *dst, const void *src, int32_t n) {
 
 #endif
 """
+
+# The float32 kernels: a section of the same header, with its own include guard.
+HEADER_TEXT += FLOAT_HEADER_TEXT

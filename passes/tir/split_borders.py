@@ -23,6 +23,7 @@ from tvm_mcu.passes.tir.each_function import (
     substitute,
     uses,
 )
+from tvm_mcu.passes.tir.float_kernels import WINDOW_F32
 
 ATTR_DONE = "tvmmcu.borders_split"
 
@@ -34,7 +35,7 @@ def _kernel_arguments(body: Any, pieces: list[Any]) -> list[Any]:
     as over an NCHW convolution's input channels, would be copied with that whole loop: flash). Dot
     products', and windows' of at most ``WINDOW_UNROLL_TAPS`` taps (larger ones stay one general call)."""
     args: list[Any] = []
-    windows = set(WINDOW.values())
+    windows = set(WINDOW.values()) | set(WINDOW_F32.values())
 
     def calls(node: Any) -> list[Any]:
         found: list[Any] = []
@@ -176,7 +177,8 @@ class SplitBorders:
         with arguments holding ``max(k, c * v + d)`` or ``min(k, c * v + d)`` (``k``, ``c``, ``d``
         constants): UseDotKernels' clamps of a window's taps to the input; only calls every loop
         between ``v`` and the call moves the clamps of (output loops, pieces split already), not calls
-        inside a reduction loop, and windows of at most ``WINDOW_UNROLL_TAPS`` taps.
+        inside a reduction loop, and windows (integer or float) of at most ``WINDOW_UNROLL_TAPS``
+        taps.
     Rewrites to
         consecutive copies of the loop over [0, lo), [lo, hi) and [hi, N) (the empty ones left out),
         where [lo, hi) is the interior in which every such clamp takes its constant side, each copy's

@@ -16,6 +16,7 @@ from tvm_mcu._tvm import (
 )
 from tvm_mcu.passes.tir.dot_kernels import COPY, DOT, RUNS, SCATTER, SUM, WINDOW
 from tvm_mcu.passes.tir.each_function import from_zero, rewrite_each, uses
+from tvm_mcu.passes.tir.float_kernels import DOT_F32, RUNS_F32, SCATTER_F32, WINDOW_F32
 
 ATTR_DONE = "tvmmcu.dot_kernels"
 
@@ -491,6 +492,272 @@ def _scatter(loop: Any) -> Any | None:
     return tirx.Evaluate(tirx.call_extern("int32", SCATTER, first, _c(dst[1]), source, _c(h * w)))
 
 
+# Float32 rules: the same loops over float32 data, weights and accumulator (no casts), the padding
+# zero (its taps add nothing, so the kernels visit the taps inside only), the weights at any constant
+# stride along the reduction (TVM's HWIO layout puts the output channels in between).
+
+
+def _mac_f32(store: Any, loop_vars: list[Any]) -> tuple[Any, Any, Any] | None:
+    """(acc[i], A, B) of ``acc[i] = acc[i] + A * B`` over float32 ``acc`` with ``i`` free of the loops."""
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "float32":
+        return None
+    value = store.value
+    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
+        return None
+    acc = value.a
+    if not (
+        isinstance(acc, TensorLoad)
+        and acc.source.same_as(store.buffer)
+        and len(acc.indices) == len(store.indices)
+        and all(structural_equal(a, b) for a, b in zip(acc.indices, store.indices, strict=True))
+    ):
+        return None
+    if any(uses(i, v) for i in store.indices for v in loop_vars):
+        return None
+    a, b = value.b.a, value.b.b
+    if str(a.ty) != "float32" or str(b.ty) != "float32":
+        return None
+    return acc, a, b
+
+
+def _zero_padded(expr: Any) -> tuple[Any, Any]:
+    """(test, value) of ``if_then_else(test, value, 0.0)``; (None, expr) for anything else. A padding
+    value other than zero is no padding the float kernels leave out: (None, expr), which no rule
+    takes as a load."""
+    if isinstance(expr, tvm.ir.Call) and str(getattr(expr.op, "name", "")) == "prim.if_then_else":
+        cond, then, other = expr.args
+        if isinstance(other, tirx.FloatImm) and float(other.value) == 0.0:
+            return cond, then
+    return None, expr
+
+
+def _strided(load: Any, var: Any) -> tuple[int, Any] | None:
+    """(stride, ``buf[base]``) of a flat load ``buf[base + stride * var]`` with a constant stride."""
+    if not isinstance(load, TensorLoad) or len(load.indices) != 1:
+        return None
+    coeffs = detect_linear_equation(load.indices[0], [var])
+    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or uses(coeffs[1], var):
+        return None
+    return int(coeffs[0]), tirx.BufferLoad(load.source, [coeffs[1]])
+
+
+def _fold(expr: Any) -> Any:
+    """``expr`` with its ``min`` and ``max`` of two constants folded (a window's axis without padding
+    tests clamps constants)."""
+
+    def fold(node: Any) -> Any:
+        if isinstance(node.a, tirx.IntImm) and isinstance(node.b, tirx.IntImm):
+            pick = min if isinstance(node, tirx.Min) else max
+            return tirx.IntImm(str(node.ty), pick(int(node.a), int(node.b)))
+        return node
+
+    return structural_map(expr, ((tirx.Min, tirx.Max), fold))
+
+
+def _float_bounds(
+    cond: Any, ry: Any, rx: Any, kh: int, kw: int
+) -> tuple[Any, tuple[Any, Any, Any, Any]] | None:
+    """:func:`_window_bounds` with the clamps of constants folded."""
+    bounds = _window_bounds(cond, ry, rx, kh, kw)
+    if bounds is None:
+        return None
+    outer, (y0, y1, x0, x1) = bounds
+    return outer, (_fold(y0), _fold(y1), _fold(x0), _fold(x1))
+
+
+def _guarded(outer: Any, store: Any) -> Any:
+    """``store`` under ``if outer`` (else every tap is zero padding: the accumulator stays)."""
+    return store if outer is None else tirx.IfThenElse(outer, store, None)
+
+
+def _float_dot(loop: Any) -> Any | None:
+    """``acc = tvmmcu_dot_f32(&x[a + lo], &w[b + lo * s], s, hi - lo, acc)`` for ``for v in [0, n):
+    acc += X * w[b + s * v]`` with ``X = x[a + v]`` or ``if_then_else(c, x[a + v], 0.0)``, the taps
+    ``[lo, hi)`` inside (under an ``if`` on the tests free of ``v``); None otherwise."""
+    if not from_zero(loop):
+        return None
+    var = loop.loop_var
+    mac = _mac_f32(loop.body, [var])
+    if mac is None:
+        return None
+    acc, a, b = mac
+    for data, weight in ((a, b), (b, a)):
+        cond, load = _zero_padded(data)
+        first = _contiguous(load, var)
+        w = _strided(weight, var)
+        if first is None or w is None:
+            continue
+        name = DOT_F32.get((str(first.source.dtype), str(w[1].source.dtype)))
+        if name is None:
+            continue
+        stride, w_first = w
+        zero = tirx.IntImm(str(var.ty), 0)
+        lo, hi, outer = zero, loop.extent, None
+        if cond is not None:
+            parts = _padding(cond, var)
+            if parts is None:
+                continue
+            # Taps [lo, hi) lie inside: lo = clamp(max(lows), 0, n), hi = clamp(min(highs), lo, n).
+            outer, lows, highs = parts
+            for bound in lows:
+                lo = tirx.Max(lo, bound)
+            if lows:
+                lo = tirx.Min(lo, loop.extent)
+            for bound in highs:
+                hi = tirx.Min(hi, bound)
+            if highs:
+                hi = tirx.Max(hi, lo)
+        w_lo = lo if lo is zero else lo * tirx.IntImm(str(var.ty), stride)
+        count = _i32(hi if lo is zero else hi - lo)
+        call = tirx.call_extern(
+            "float32", name, _shifted(first, lo), _shifted(w_first, w_lo), _c(stride), count, acc
+        )
+        return _guarded(outer, tirx.BufferStore(loop.body.buffer, call, loop.body.indices))
+    return None
+
+
+def _float_window(loop: Any) -> Any | None:
+    """``acc = tvmmcu_dot_win_f32(&x[first tap inside], xsy, xsx, &w[b], wsy, wsx, kh, kw, y0, y1, x0,
+    x1, acc)`` for a window ``for ry in [0, kh): for rx in [0, kw): acc += X * W`` with constant
+    strides in both operands (a depthwise window, a single input channel's taps); None otherwise."""
+    inner = loop.body
+    if not from_zero(loop) or not isinstance(inner, tirx.For) or not from_zero(inner):
+        return None
+    if not isinstance(loop.extent, tirx.IntImm) or not isinstance(inner.extent, tirx.IntImm):
+        return None
+    ry, rx = loop.loop_var, inner.loop_var
+    mac = _mac_f32(inner.body, [ry, rx])
+    if mac is None:
+        return None
+    acc, a, b = mac
+    kh, kw = int(loop.extent), int(inner.extent)
+    for data, weight in ((a, b), (b, a)):
+        cond, load = _zero_padded(data)
+        xs, ws = _strides(load, ry, rx), _strides(weight, ry, rx)
+        if xs is None or ws is None:
+            continue
+        name = WINDOW_F32.get((str(load.source.dtype), str(weight.source.dtype)))
+        if name is None:
+            continue
+        bounds = _float_bounds(cond, ry, rx, kh, kw)
+        if bounds is None:
+            continue
+        outer, (y0, y1, x0, x1) = bounds
+        at = tirx.BufferLoad(load.source, [xs[2] + y0 * xs[0] + x0 * xs[1]])
+        args = [tirx.address_of(at), _c(xs[0]), _c(xs[1])]
+        args += [tirx.address_of(tirx.BufferLoad(weight.source, [ws[2]])), _c(ws[0]), _c(ws[1])]
+        args += [_c(kh), _c(kw), _i32(y0), _i32(y1), _i32(x0), _i32(x1), acc]
+        call = tirx.call_extern("float32", name, *args)
+        return _guarded(outer, tirx.BufferStore(inner.body.buffer, call, inner.body.indices))
+    return None
+
+
+def _float_runs(loop: Any) -> Any | None:
+    """``acc = tvmmcu_dot_runs_f32(&x[first tap inside], xsy, xsx, &w[b], wsy, wsx, wc, kh, kw, n, y0,
+    y1, x0, x1, acc)`` for ``for ry in [0, kh): for rx in [0, kw): for rc in [0, n): acc += X * W`` with
+    ``rc`` contiguous in the data and ``wc`` apart in the weights (an NHWC convolution's taps of input
+    channels); None otherwise."""
+    middle = loop.body
+    if not from_zero(loop) or not isinstance(middle, tirx.For) or not from_zero(middle):
+        return None
+    inner = middle.body
+    if not isinstance(inner, tirx.For) or not from_zero(inner):
+        return None
+    if not all(isinstance(f.extent, tirx.IntImm) for f in (loop, middle, inner)):
+        return None
+    ry, rx, rc = loop.loop_var, middle.loop_var, inner.loop_var
+    kh, kw, n = int(loop.extent), int(middle.extent), int(inner.extent)
+    mac = _mac_f32(inner.body, [ry, rx, rc])
+    if mac is None:
+        return None
+    acc, a, b = mac
+    for data, weight in ((a, b), (b, a)):
+        cond, load = _zero_padded(data)
+        if cond is not None and uses(cond, rc):
+            continue
+        xs = _strides3(load, ry, rx, rc)
+        ws = _weight_strides3(weight, ry, rx, rc)
+        if xs is None or ws is None:
+            continue
+        name = RUNS_F32.get((str(load.source.dtype), str(weight.source.dtype)))
+        if name is None:
+            continue
+        bounds = _float_bounds(cond, ry, rx, kh, kw)
+        if bounds is None:
+            continue
+        outer, (y0, y1, x0, x1) = bounds
+        at = tirx.BufferLoad(load.source, [xs[2] + y0 * xs[0] + x0 * xs[1]])
+        args = [tirx.address_of(at), _c(xs[0]), _c(xs[1])]
+        args += [tirx.address_of(tirx.BufferLoad(weight.source, [ws[3]])), _c(ws[0]), _c(ws[1]), _c(ws[2])]
+        args += [_c(kh), _c(kw), _c(n), _i32(y0), _i32(y1), _i32(x0), _i32(x1), acc]
+        call = tirx.call_extern("float32", name, *args)
+        return _guarded(outer, tirx.BufferStore(inner.body.buffer, call, inner.body.indices))
+    return None
+
+
+def _weight_strides3(load: Any, ry: Any, rx: Any, rc: Any) -> tuple[int, int, int, Any] | None:
+    """(strides along ry, rx and rc, base) of a flat load ``buf[base + sy * ry + sx * rx + sc * rc]``."""
+    if not isinstance(load, TensorLoad) or len(load.indices) != 1:
+        return None
+    coeffs = detect_linear_equation(load.indices[0], [ry, rx, rc])
+    if len(coeffs) != 4 or not all(isinstance(c, tirx.IntImm) for c in coeffs[:3]):
+        return None
+    if any(uses(coeffs[3], v) for v in (ry, rx, rc)):
+        return None
+    return int(coeffs[0]), int(coeffs[1]), int(coeffs[2]), coeffs[3]
+
+
+# A float copy of at least this many values becomes a call (four values a step).
+MIN_COPY_FLOATS = 8
+
+
+def _float_scatter(loop: Any) -> Any | None:
+    """``tvmmcu_dot_scatter_f32(&A[a], S, &B[b], n)`` for a float32 copy ``for i in [0, n): A[a + i * S]
+    = B[b + i]`` or ``for y in [0, H): for x in [0, W): A[a + (y * W + x) * S] = B[b + y * W + x]``
+    (n = H * W) between distinct buffers, ``n >= MIN_COPY_FLOATS``: an in-place operator's staged
+    output written back; None otherwise."""
+    if not from_zero(loop) or not isinstance(loop.extent, tirx.IntImm):
+        return None
+    inner = loop.body
+    if isinstance(inner, tirx.For):
+        if not from_zero(inner) or not isinstance(inner.extent, tirx.IntImm):
+            return None
+        y, x = loop.loop_var, inner.loop_var
+        store, w, n = inner.body, int(inner.extent), int(loop.extent) * int(inner.extent)
+        if not isinstance(store, tirx.BufferStore) or len(store.indices) != 1:
+            return None
+        dst = _strides(tirx.BufferLoad(store.buffer, store.indices), y, x)
+        src = _strides(store.value, y, x)
+        if dst is None or src is None or src[1] != 1 or src[0] != w or dst[0] != w * dst[1]:
+            return None
+        stride, dst_base, src_base = dst[1], dst[2], src[2]
+    else:
+        store, n, var = inner, int(loop.extent), loop.loop_var
+        if not isinstance(store, tirx.BufferStore) or len(store.indices) != 1:
+            return None
+        dst1 = _strided(tirx.BufferLoad(store.buffer, store.indices), var)
+        src1 = _contiguous(store.value, var)
+        if dst1 is None or src1 is None:
+            return None
+        stride, dst_base, src_base = dst1[0], dst1[1].indices[0], src1.indices[0]
+    if n < MIN_COPY_FLOATS or stride < 1 or store.buffer.same_as(store.value.source):
+        return None
+    if str(store.buffer.dtype) != "float32" or str(store.value.source.dtype) != "float32":
+        return None
+    first = tirx.address_of(tirx.BufferLoad(store.buffer, [dst_base]))
+    source = tirx.address_of(tirx.BufferLoad(store.value.source, [src_base]))
+    return tirx.Evaluate(tirx.call_extern("int32", SCATTER_F32, first, _c(stride), source, _c(n)))
+
+
+def use_float_kernels(body: Any) -> Any:
+    """``body`` with its float32 reductions and copies as kernel calls: windows of runs first (their
+    inner loops are dot products too), then windows, then dot products, then copies."""
+    body = structural_map(body, (tirx.For, lambda loop: _float_runs(loop) or loop))
+    body = structural_map(body, (tirx.For, lambda loop: _float_window(loop) or loop))
+    body = structural_map(body, (tirx.For, lambda loop: _float_dot(loop) or loop))
+    return structural_map(body, (tirx.For, lambda loop: _float_scatter(loop) or loop))
+
+
 def use_dot_kernels(func: PrimFunc) -> PrimFunc:
     # Windows of runs first (their innermost loops are dot products too), then windows: a window's inner
     # loop may also be a (too short) row of contiguous taps.
@@ -501,6 +768,7 @@ def use_dot_kernels(func: PrimFunc) -> PrimFunc:
     body = structural_map(body, (tirx.For, lambda loop: _window(loop) or loop))
     body = structural_map(body, (tirx.For, lambda loop: _rewrite(loop) or loop))
     body = structural_map(body, (tirx.For, lambda loop: _copy(loop) or _scatter(loop) or loop))
+    body = use_float_kernels(body)
     return func.with_body(body).with_attr(ATTR_DONE, True)
 
 
@@ -529,6 +797,11 @@ class UseDotKernels:
         = B[b + y * W + x]`` (a depthwise plane written back between the channels). Runs are matched
         first, then fused rows, then windows, dot products and copies. Flat buffers: after
         FlattenBuffer.
+        (float32) the same dot, window and runs loops over float32 ``acc``, ``X`` and ``W`` without
+        casts (``acc[i] = acc[i] + X * W``), ``X``'s padding value ``0.0``, ``W`` at any constant
+        stride along the reduction (TVM's HWIO weights: the output channels in between); and float32
+        copies ``for i in [0, n): A[a + i * S] = B[b + i]`` (or the plane form above) of at least
+        ``MIN_COPY_FLOATS`` values between distinct buffers.
     Rewrites to
         (dot) ``acc[i] = tvmmcu_dot_s8s8(&x[a], &w[b], n, acc[i])`` (``_u8s8`` for uint8 data); with a
         test, the taps inside ``[lo, hi)`` (the bounds clamped to the loop) in one such call and
@@ -538,14 +811,23 @@ class UseDotKernels:
         columns of taps inside the input; (runs) one ``tvmmcu_dot_runs_s8s8`` call likewise, with the
         run length ``n``; (copy) ``tvmmcu_dot_copy8(&A[a], &B[b], n)`` or
         ``tvmmcu_dot_scatter8(&A[a], S, &B[b], H * W)``, a word of the source at a time.
+        (float32) ``acc[i] = tvmmcu_dot_f32(&x[a + lo], &w[b + lo * s], s, hi - lo, acc[i])``,
+        ``tvmmcu_dot_win_f32`` (the window kernel's arguments without the padding value) and
+        ``tvmmcu_dot_runs_f32`` (the weights' stride along the runs after the taps'), each over the
+        taps inside only, under an ``if`` on the tests free of the loops (else the accumulator stays);
+        ``tvmmcu_dot_scatter_f32(&A[a], S, &B[b], n)``.
     Declines when
         a loop does not start at 0, has a step or another kind, or a non-constant extent (window), the
         body does anything else, an operand is neither contiguous nor a constant-stride window, a test
-        is no bound of one loop, or the dtypes have no kernel (int16 weights, float); or the function
-        already carries ``tvmmcu.dot_kernels``.
+        is no bound of one loop, or the dtypes have no kernel (int16 weights, float16, float32 mixed
+        with other types), a float padding value is not zero (its taps would add to the sum); or the
+        function already carries ``tvmmcu.dot_kernels``.
     Numerics
-        unchanged: the kernels add the same int32 products, and the padding's value times its taps'
-        weights, in the same modular arithmetic.
+        integer: unchanged, the kernels add the same int32 products, and the padding's value times
+        its taps' weights, in the same modular arithmetic. float32: each accumulator adds the same
+        products in the loop's order, the padding's zero products left out (``x + 0.0 * w`` is ``x``
+        for finite weights); GCC may contract a multiply-add to a fused one where the loop's C was not
+        (rounding once instead of twice): within float32 rounding of the loop, not bit-identical.
     Ordering
         after FlattenBuffer and HoistReductionInit (flat indices, the accumulator's initialisation out
         of the loop), before LoopPartition and UnrollLoop (which would split or unroll the loops).
