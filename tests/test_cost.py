@@ -22,8 +22,8 @@ def test_the_simd_kernels_cost_applies_to_channels_last_int8_models_only(tmp_pat
     assert _costs(write_model("mobilenet_block", tmp_path)) == cost.FLOAT  # float
     qdq = tmp_path / "conv.onnx"
     qdq.write_bytes(QDQ_OPS["conv_uint8_weights"]("int8").SerializeToString())
-    assert _costs(qdq) == cost.FLOAT  # ONNX QDQ: NCHW convolutions keep TVM's loops
-    assert cost.INT8.per_mac < cost.FLOAT.per_mac
+    assert _costs(qdq) == cost.INT8_NCHW  # ONNX QDQ: NCHW convolutions keep TVM's loops
+    assert cost.INT8.per_mac < cost.FLOAT.per_mac < cost.INT8_NCHW.per_mac
 
 
 def test_no_other_module_holds_its_own_instruction_constants() -> None:

@@ -7,8 +7,11 @@ per prunable group with that group halved. Every shape the compiler produces is 
 channel counts, because a channel axis holds the channels of the groups flowing through it (a flatten
 holds each channel's block of features). Two compiles per group therefore give, exactly:
 
-- each dimension of each weight tensor, so flash = code (constant, read from the full-width firmware)
-  + the sum over weights of the product of their dimensions (multilinear);
+- each dimension of each weight tensor, so flash = code (read from the full-width firmware) + the sum
+  over weights of the product of their dimensions (multilinear). The kernels run four output channels
+  at a time, so a group whose kept count is no multiple of 4 adds the code of the channels left over:
+  the model with the group at such a count (half, one less when that is a multiple of 4) is built
+  once, and its extra code is added whenever the group keeps such a count;
 - each iteration extent of each multiply-reduce block, so MACs = the sum of their products;
 - the size of each buffer of each candidate schedule's memory plan (the operator order, in-place
   decisions and partial-execution splits of the full-width compile), so the bytes live at each step
@@ -42,6 +45,7 @@ from tvm_mcu.analysis.channels import ChannelPlan
 from tvm_mcu.analysis.macs import mac_blocks
 from tvm_mcu.frontend import ImportedModel, load_model
 from tvm_mcu.passes.relax.prune_channels import PruneChannels
+from tvm_mcu.passes.tir.block_output_channels import BLOCK as CHANNEL_BLOCK
 from tvm_mcu.schedule import choice, cost
 from tvm_mcu.schedule.graph import dtype_bytes
 from tvm_mcu.schedule.memory import live_profile
@@ -124,6 +128,8 @@ class ResourceModel:
     board: str
     int8: bool
     costs: cost.Costs  # the compiler's cost model for this model's kernels (schedule/cost.py)
+    # Per group, the code bytes its channels left over beyond blocks of four add (its probe's firmware).
+    remainder_code: tuple[float, ...] = ()
     # The SRAM budget the model is compiled with (``compile --sram-budget``), None: the default rule.
     sram_budget: float | None = None
 
@@ -150,7 +156,12 @@ class ResourceModel:
         """Weights plus the code of the schedule the compiler would choose at ``k``."""
         fixed = np.asarray(k.detach().numpy() if _is_torch(k) else k, float)
         dk = k - _like(self.full, k)
-        return self.schedule(fixed).code_bytes + _sum([w(dk) for w in self.weights])
+        left_over = np.mod(np.round(fixed), CHANNEL_BLOCK) != 0
+        remainder = self.remainder_code or (0.0,) * len(self.groups)
+        code = self.schedule(fixed).code_bytes + sum(
+            c for c, r in zip(remainder, left_over, strict=True) if r
+        )
+        return code + _sum([w(dk) for w in self.weights])
 
     def macs(self, k: Any) -> Any:
         dk = k - _like(self.full, k)
@@ -403,13 +414,29 @@ def build(
         for i, c in enumerate(base.candidates):
             built = api.compile_model(base_path, board, work / f"code{i}", schedule=c.label)
             flash[c.label] = built.report.flash_bytes
+        default = api.compile_model(base_path, board, work / "code").report
         probes = []
+        probe_code = []
         for i, g in enumerate(groups):
             if progress:
                 progress(f"resource model: probing group {g.gid} ({g.label}), {i + 1} of {len(groups)}")
             keep = {g.gid: tuple(range(int(narrow[i])))}
             path = deployable(PruneChannels(keep=keep)(mod), imported, work, int8=int8, tag=f"probe{g.gid}")
             probes.append(_probe(path))
+            labels = {c.label for c in probes[-1].candidates}
+            left_over = _left_over_width(g.size)
+            if left_over != int(narrow[i]):
+                keep = {g.gid: tuple(range(left_over))}
+                path = deployable(
+                    PruneChannels(keep=keep)(mod), imported, work, int8=int8, tag=f"code{g.gid}"
+                )
+            probe_report = api.compile_model(
+                path,
+                board,
+                work / f"code_probe{g.gid}",
+                schedule=default.schedule if default.schedule in labels else None,
+            ).report
+            probe_code.append(float(probe_report.flash_bytes - probe_report.weights_bytes))
 
     def dims(get: Callable[[_Probe], tuple[int, ...] | None]) -> tuple[Affine, ...]:
         ref = get(base)
@@ -481,7 +508,17 @@ def build(
         board,
         int8,
         base.costs,
+        remainder_code=tuple(
+            max(0.0, c - float(default.flash_bytes - default.weights_bytes)) for c in probe_code
+        ),
     )
+
+
+def _left_over_width(size: int) -> int:
+    """A kept count whose firmware holds the code of channels left over beyond blocks of
+    ``CHANNEL_BLOCK``: half, one less when that is a multiple of ``CHANNEL_BLOCK``."""
+    half = size // 2
+    return half - 1 if half % CHANNEL_BLOCK == 0 and half > 1 else half
 
 
 @attrs.frozen

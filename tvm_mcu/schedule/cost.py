@@ -14,6 +14,8 @@ Calibrated on mps2-an386 (Cortex-M4 with DSP), QEMU instruction counts of the ML
 - float kernels (``passes/tir/float_kernels.py``, plain C, FPU multiply-accumulate): KWS 2.81, the
   Fashion-MNIST CNN 5.76 (NCHW windows per input channel, not split at the borders): 3.0
   (KWS's figure rounded up, as for int8; TVM's loops gave 8.8 and 15.7).
+- an NCHW model's int8 convolutions (ONNX QDQ models: no dot kernels over channels) stay TVM's loops:
+  9.0, their calibration before the kernels.
 - an in-place kernel stages its output and copies it back: for KWS's pointwise convolutions about 4
   instructions per element, while its depthwise convolutions, staged a channel plane at a time, run
   faster in place than layer by layer (5.5 against 10.2 per MAC: their loops split their borders
@@ -54,15 +56,15 @@ class Costs:
 
 INT8 = Costs(per_mac=2.0, per_staged_element=1.0)
 FLOAT = Costs(per_mac=3.0)
-
-
-def for_int8(int8: bool) -> Costs:
-    return INT8 if int8 else FLOAT
+INT8_NCHW = Costs(per_mac=9.0)
 
 
 def for_model(graph: Graph, channels_last: bool) -> Costs:
     """The costs of ``graph``'s kernels: the SIMD integer kernels' when every computing step produces
     8-bit integers and the convolutions are channels-last (NHWC: the dot kernels' contiguous
-    reductions; an NCHW model's int8 convolutions stay TVM's loops, about as costly as float's)."""
+    reductions); an NCHW model's int8 convolutions stay TVM's loops; float models run the float
+    kernels."""
     outputs = [graph.tensors[s.output].dtype for s in graph.steps if s.kind in _COMPUTE]
-    return for_int8(channels_last and bool(outputs) and all(d in ("int8", "uint8") for d in outputs))
+    if not outputs or not all(d in ("int8", "uint8") for d in outputs):
+        return FLOAT
+    return INT8 if channels_last else INT8_NCHW
