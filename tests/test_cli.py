@@ -357,3 +357,16 @@ def test_verify_json_has_the_verdict_and_a_mismatch_is_said_on_stderr(tmp_path, 
     assert (
         captured.err.startswith("MISMATCH: max abs error 0.5") and "largest at output 'probs'" in captured.err
     )
+
+
+def test_compile_with_halfword_weights_says_which_operators(tmp_path, capsys):
+    model = write_model("int8_ds_cnn_block", tmp_path)
+    out = tmp_path / "out"
+    args = ["compile", str(model), "--board", "mps2-an386", "-o", str(out), "--weights", "int16"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["int16_weight_ops"], report.get("int16_weight_ops")
+    assert f"weights stored as int16 for: {', '.join(report['int16_weight_ops'])}" in text
+    bad = _cli("compile", str(model), "--board", "mps2-an386", "--weights", "int4")
+    assert bad.returncode == 2 and "invalid choice: 'int4' (choose from 'int8', 'int16')" in bad.stderr

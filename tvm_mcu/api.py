@@ -104,6 +104,7 @@ def compile_model(
     in_place: bool = True,
     partial_execution: bool = True,
     schedule: str | None = None,
+    weights: str = "int8",
 ) -> Compiled:
     """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
     schedule.json.
@@ -114,6 +115,7 @@ def compile_model(
     with ``strict_budget=False`` the default schedule instead, and the report records no budget).
     ``in_place=False, partial_execution=False`` keeps every tensor whole in a buffer of its own (the
     layer-by-layer baseline). ``schedule``: take this candidate (e.g. "row bands") instead of choosing.
+    ``weights="int16"``: the SIMD kernels' weights stored pre-widened (compiler.compile_module).
     """
     board = load_board(board_name)
     out_dir = outputs.output_dir(Path(out_dir))
@@ -128,6 +130,7 @@ def compile_model(
         in_place=in_place,
         partial_execution=partial_execution,
         schedule=schedule,
+        weights=weights,
     )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)
@@ -162,6 +165,7 @@ def compile_model(
         allow_float=allow_float,
         float_ops=result.float_ops,
         float_routines=fw.float_routines,
+        int16_weight_ops=result.int16_weight_ops,
         schedule=result.schedule,
         sram_budget_bytes=result.sram_budget,
         io_bytes=model_c.packed_bytes(ins) + model_c.packed_bytes(outs),
@@ -496,14 +500,17 @@ def verify(
     seed: int = 0,
     allow_float: bool = False,
     schedule: str | None = None,
+    weights: str = "int8",
 ) -> Verification:
     """Compile, run on the emulated board and compare with the independent references
     (:func:`check_against_references`; tolerances in :func:`compare`).
 
     ``schedule``: verify this candidate schedule (e.g. "row bands") instead of the one the compiler
-    would choose.
+    would choose. ``weights``: as for :func:`compile_model`.
     """
-    compiled = compile_model(model_path, board_name, out_dir, allow_float=allow_float, schedule=schedule)
+    compiled = compile_model(
+        model_path, board_name, out_dir, allow_float=allow_float, schedule=schedule, weights=weights
+    )
     model = load_model(Path(model_path))
     inputs = model_inputs(model, input_path=input_path, seed=seed)
     outcome = run_compiled(compiled.out_dir, inputs)

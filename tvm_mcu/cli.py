@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mcu import __version__, api
+from tvm_mcu import __version__, api, compiler
 from tvm_mcu.errors import BadOptionError, TvmMcuError
 from tvm_mcu.report import Report
 from tvm_mcu.schedule import choice
@@ -78,7 +78,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = Path(args.output or Path(args.model).stem + "_" + args.board)
     budget = _budget(args.sram_budget)
     compiled = api.compile_model(
-        Path(args.model), args.board, out, allow_float=args.allow_float, sram_budget=budget
+        Path(args.model),
+        args.board,
+        out,
+        allow_float=args.allow_float,
+        sram_budget=budget,
+        weights=args.weights,
     )
     if args.json:
         _print_report(compiled.report, True)
@@ -87,6 +92,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"compiled {args.model} for {args.board} into {out}/ (model.c, model.h, memory_plan.json, "
         f"{api.FIRMWARE_DIR}/firmware.elf, report.json)"
     )
+    if compiled.report.int16_weight_ops:
+        print(f"weights stored as int16 for: {', '.join(compiled.report.int16_weight_ops)}")
     _print_ops(compiled.report)
     _print_report(compiled.report, False)
     return 0
@@ -152,6 +159,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             input_path=input_path,
             seed=args.seed,
             allow_float=args.allow_float,
+            weights=args.weights,
         )
     finally:
         if ctx is not None:
@@ -211,6 +219,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run_demo(board=args.board, out_dir=Path(args.output), limit=args.limit)
 
 
+WEIGHTS_HELP = (
+    "int16: store the weights the SIMD kernels read pre-widened to halfwords (twice their flash, fewer "
+    "instructions; report.json lists the operators)"
+)
 ALLOW_FLOAT_HELP = (
     "int8 models: run operators that have no integer lowering in float instead of refusing the model "
     "(the report lists them)"
@@ -324,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="SRAM the schedule may use for arena + inputs/outputs, e.g. 32KiB: picks the schedule that "
         "fits with the fewest extra instructions, or fails naming the bottleneck",
     )
+    c.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
     c.set_defaults(func=cmd_compile)
 
     e = sub.add_parser("explain", help="print a compiled model's schedule and plot its live SRAM per step")
@@ -347,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", help="keep the build in this directory")
     v.add_argument("--json", action="store_true")
     v.add_argument("--allow-float", action="store_true", help=ALLOW_FLOAT_HELP)
+    v.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
     v.set_defaults(func=cmd_verify)
 
     q = sub.add_parser(

@@ -20,12 +20,13 @@ from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupC
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_integer_interface import io_quantization
-from tvm_mcu.passes.tir import block_weights, dot_kernels
+from tvm_mcu.passes.tir import block_weights, dot_kernels, widen_weights
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.execute_in_place import make_in_place
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+from tvm_mcu.passes.tir.widen_weights import WidenWeights
 from tvm_mcu.schedule import choice, cost, inplace, partial
 from tvm_mcu.schedule.graph import Graph, extract_graph, reorder
 from tvm_mcu.schedule.memory import MemoryPlan, plan_memory
@@ -45,6 +46,10 @@ class OpInfo:
     scratch_bytes: int
 
 
+# How the weights of the SIMD kernels may be stored (compile_module's ``weights``).
+WEIGHT_WIDTHS = ("int8", "int16")
+
+
 @attrs.frozen
 class Compiled:
     """Everything a compilation produces, before anything is written to disk."""
@@ -60,6 +65,8 @@ class Compiled:
     # Quantised models: (scale, zero point) of each int8 input and output the caller converts, if any.
     io_quantization: dict[str, list[list[float]]] | None = None
     float_ops: tuple[str, ...] = ()
+    # The operators whose weights are stored pre-widened to int16 (``weights="int16"``).
+    int16_weight_ops: tuple[str, ...] = ()
     # The schedule picked (tvm_mcu.schedule.choice), bytes live at each of its steps (arena + I/O), and
     # the plain layer-by-layer schedule's at the same steps (for a chain, the most over its operators).
     schedule: str = "layer by layer"
@@ -150,12 +157,15 @@ def _weight_parameters(graph: Graph) -> dict[str, set[int]]:
 
 
 def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
-    """Callee -> parameter position -> channel stride of the weights it reads blocked (BlockWeights)."""
+    """Callee -> parameter position -> channel stride of the weights it reads blocked (BlockWeights),
+    negated for those stored as halfwords (WidenWeights)."""
     out: dict[str, dict[int, int]] = {}
     for gv, func in lowered.functions_items():
-        layout = func.attrs.get(block_weights.ATTR_BLOCKED) if func.attrs is not None else None
+        found = dict(func.attrs) if func.attrs is not None else {}
+        layout = {int(k): int(v) for k, v in (found.get(block_weights.ATTR_BLOCKED) or {}).items()}
+        layout.update({int(k): -int(v) for k, v in (found.get(widen_weights.ATTR_WIDENED) or {}).items()})
         if layout:
-            out[gv.name_hint] = {int(k): int(v) for k, v in layout.items()}
+            out[gv.name_hint] = layout
     return out
 
 
@@ -350,6 +360,7 @@ def compile_module(
     sram_budget: int | None = None,
     strict_budget: bool = True,
     schedule: str | None = None,
+    weights: str = "int8",
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
@@ -363,8 +374,13 @@ def compile_module(
     ``strict_budget=False``: when no schedule fits, take the default choice instead (the compiled
     figures of a model still over its budget, as pruning measures them).
     ``schedule``: the label of the candidate to take instead of choosing (benchmarks, tests);
-    BadOptionError lists the candidates when the model has no such schedule.
+    BadOptionError lists the candidates when the model has no such schedule. ``weights``: "int8"
+    (as the model has them) or "int16": the weights the blocked SIMD kernels read are stored
+    pre-widened to halfwords (WidenWeights: twice their flash, fewer instructions; the report lists
+    the operators).
     """
+    if weights not in WEIGHT_WIDTHS:
+        raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, got {weights!r}")
     t0 = time.perf_counter()
     sched = plan_schedules(
         mod,
@@ -392,6 +408,13 @@ def compile_module(
     graph, plan = picked.graph, picked.plan
     macs = sched.macs[picked.label]
     lowered = _only(lowered, graph)
+    if weights == "int16":
+        lowered = pipeline.run([WidenWeights()], lowered)
+    widened = {
+        gv.name_hint
+        for gv, f in lowered.functions_items()
+        if f.attrs is not None and widen_weights.ATTR_WIDENED in f.attrs
+    }
     kernels = c_ops.kernels_source(lowered, readonly=_weight_parameters(graph))
     # The headers of helpers the kernels call (each only when called).
     headers = {
@@ -440,4 +463,5 @@ def compile_module(
         profile=tuple(choice.profile(graph, plan)),
         profile_before=_profile_by_step(candidates[0], graph),
         sram_budget=sram_budget,
+        int16_weight_ops=tuple(st.name for st in graph.steps if st.callee in widened),
     )

@@ -78,6 +78,8 @@ class Report:
     allow_float: bool = False
     float_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     float_routines: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    # The operators whose weights are stored pre-widened to int16 (compile --weights int16).
+    int16_weight_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # Warnings the C compiler gave for the generated library (-Wall -Wextra); expected to be none.
     library_warnings: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # The schedule picked (layer by layer, in place, ...), the SRAM budget asked for, and the bytes of the

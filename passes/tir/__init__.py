@@ -16,6 +16,7 @@ from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 from tvm_mcu.passes.tir.split_borders import SplitBorders
 from tvm_mcu.passes.tir.stage_windows import StageWindows
 from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
+from tvm_mcu.passes.tir.widen_weights import WidenWeights
 
 __all__ = [
     "BlockOutputChannels",
@@ -31,4 +32,5 @@ __all__ = [
     "SplitBorders",
     "StageWindows",
     "UseDotKernels",
+    "WidenWeights",
 ]

@@ -42,6 +42,10 @@ SUM4B = {"int8": "tvmmcu_dot4b_sum_s8"}
 RUNS = {("int8", "int8"): "tvmmcu_dot_runs_s8s8", ("uint8", "int8"): "tvmmcu_dot_runs_u8s8"}
 RUNS4 = {("int8", "int8"): "tvmmcu_dot4_runs_s8s8", ("uint8", "int8"): "tvmmcu_dot4_runs_u8s8"}
 RUNS4B = {("int8", "int8"): "tvmmcu_dot4b_runs_s8s8", ("uint8", "int8"): "tvmmcu_dot4b_runs_u8s8"}
+# The blocked kernels over weights pre-widened to halfwords (WidenWeights, ``--weights int16``).
+DOT4H = {("int8", "int8"): "tvmmcu_dot4h_s8s16", ("uint8", "int8"): "tvmmcu_dot4h_u8s16"}
+SUM4H = {"int8": "tvmmcu_dot4h_sum_s16"}
+RUNS4H = {("int8", "int8"): "tvmmcu_dot4h_runs_s8s16", ("uint8", "int8"): "tvmmcu_dot4h_runs_u8s16"}
 # A copy of contiguous bytes (an in-place kernel's staged output written back), a word at a time.
 COPY = "tvmmcu_dot_copy8"
 # The same from contiguous bytes to every stride-th byte (a depthwise plane written back).
@@ -746,47 +750,51 @@ static inline int32_t tvmmcu_dot4_runs_u8s8(const uint8_t *x, int32_t xsy, int32
 /* Four output channels of tvmmcu_dot_runs with blocked weights (BlockWeights), the taps one after
  * another (tap t's weights at wb + 4 * n * t; n a multiple of 8): the accumulators stay in registers
  * across the window, and a row of taps inside whose data follow each other (xsx = n) is one run. */
-static inline TVMMCU_DOT_CLONE int32_t tvmmcu_dot4b_runs_x8s8(const void *x, int32_t xsy, int32_t xsx,
-                                                              const int8_t *wb,
-                                             int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
-                                             int32_t x0, int32_t x1, int32_t pad, int32_t *acc,
-                                             int x_unsigned) {
-  const uint8_t *xu = (const uint8_t *)x;
-  int32_t a[4] = {acc[0], acc[1], acc[2], acc[3]};
-  if (pad != 0 && !(y0 == 0 && x0 == 0 && y1 == kh && x1 == kw)) {
-    /* The taps outside, a run of weights at a time (a row's taps follow each other): whole rows above
-     * and below, the taps left and right of the inside rows. */
-    for (int32_t ry = 0; ry < kh; ++ry) {
-      const int8_t *wrow = wb + 4 * n * ry * kw;
-      if (ry < y0 || ry >= y1) {
-        tvmmcu_dot4b_sum_s8(wrow, kw * n, pad, a);
-        continue;
-      }
-      if (x0 > 0) {
-        tvmmcu_dot4b_sum_s8(wrow, x0 * n, pad, a);
-      }
-      if (x1 < kw) {
-        tvmmcu_dot4b_sum_s8(wrow + 4 * n * x1, (kw - x1) * n, pad, a);
-      }
-    }
+/* Four output channels over a window of runs of blocked weights: each tap a run of n values; the taps
+ * of a row follow each other in the data when xsx = n. The padding taps are summed a run of weights at
+ * a time. One body for both weight widths: WT the weights' type, RUN and SUM the blocked run and
+ * padding kernels (tvmmcu_dot4b_runs_x8s8 over int8 weights, tvmmcu_dot4h_runs_x8s16 over halfwords). */
+#define TVMMCU_DOT_RUNS4(name, WT, RUN, SUM)                                                              \
+  static inline TVMMCU_DOT_CLONE int32_t name(const void *x, int32_t xsy, int32_t xsx, const void *w,      \
+                                              int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,   \
+                                              int32_t x0, int32_t x1, int32_t pad, int32_t *acc,           \
+                                              int x_unsigned) {                                            \
+    const uint8_t *xu = (const uint8_t *)x;                                                                \
+    const WT *wb = (const WT *)w;                                                                          \
+    int32_t a[4] = {acc[0], acc[1], acc[2], acc[3]};                                                       \
+    if (pad != 0 && !(y0 == 0 && x0 == 0 && y1 == kh && x1 == kw)) {                                       \
+      for (int32_t ry = 0; ry < kh; ++ry) {                                                                \
+        const WT *wrow = wb + 4 * n * ry * kw;                                                             \
+        if (ry < y0 || ry >= y1) {                                                                         \
+          SUM(wrow, kw * n, pad, a);                                                                       \
+          continue;                                                                                        \
+        }                                                                                                  \
+        if (x0 > 0) {                                                                                      \
+          SUM(wrow, x0 * n, pad, a);                                                                       \
+        }                                                                                                  \
+        if (x1 < kw) {                                                                                     \
+          SUM(wrow + 4 * n * x1, (kw - x1) * n, pad, a);                                                   \
+        }                                                                                                  \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int32_t ry = y0; ry < y1; ++ry) {                                                                 \
+      const uint8_t *row = xu + (ry - y0) * xsy;                                                           \
+      const WT *wrow = wb + 4 * n * (ry * kw + x0);                                                        \
+      if (xsx == n) {                                                                                      \
+        RUN(row, wrow, (x1 - x0) * n, a, x_unsigned);                                                      \
+      } else {                                                                                             \
+        for (int32_t rx = x0; rx < x1; ++rx) {                                                             \
+          RUN(row + (rx - x0) * xsx, wrow + 4 * n * (rx - x0), n, a, x_unsigned);                          \
+        }                                                                                                  \
+      }                                                                                                    \
+    }                                                                                                      \
+    acc[0] = a[0];                                                                                         \
+    acc[1] = a[1];                                                                                         \
+    acc[2] = a[2];                                                                                         \
+    acc[3] = a[3];                                                                                         \
+    return 0;                                                                                              \
   }
-  for (int32_t ry = y0; ry < y1; ++ry) {
-    const uint8_t *row = xu + (ry - y0) * xsy;
-    const int8_t *wrow = wb + 4 * n * (ry * kw + x0);
-    if (xsx == n) {
-      tvmmcu_dot4b_run(row, wrow, (x1 - x0) * n, a, x_unsigned);
-    } else {
-      for (int32_t rx = x0; rx < x1; ++rx) {
-        tvmmcu_dot4b_run(row + (rx - x0) * xsx, wrow + 4 * n * (rx - x0), n, a, x_unsigned);
-      }
-    }
-  }
-  acc[0] = a[0];
-  acc[1] = a[1];
-  acc[2] = a[2];
-  acc[3] = a[3];
-  return 0;
-}
+TVMMCU_DOT_RUNS4(tvmmcu_dot4b_runs_x8s8, int8_t, tvmmcu_dot4b_run, tvmmcu_dot4b_sum_s8)
 
 static inline int32_t tvmmcu_dot4b_runs_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, const int8_t *wb,
                                              int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
@@ -798,6 +806,137 @@ static inline int32_t tvmmcu_dot4b_runs_u8s8(const uint8_t *x, int32_t xsy, int3
                                              int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
                                              int32_t x0, int32_t x1, int32_t pad, int32_t *acc) {
   return tvmmcu_dot4b_runs_x8s8(x, xsy, xsx, wb, kh, kw, n, y0, y1, x0, x1, pad, acc, 1);
+}
+
+/* Weights pre-widened to halfwords (--weights int16, WidenWeights): the blocked layout of
+ * tvmmcu_dot4b_run with each 8 values of a channel stored as int16 in the order SMLAD pairs them with
+ * the data's SXTB16 halves: w0 w2 w1 w3 w4 w6 w5 w7 (16 bytes). Twice the flash, no widening of the
+ * weights: 31 instructions per 32 multiply-accumulates with the DSP extension (43 from int8). */
+static const uint8_t tvmmcu_dot_half_at[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+
+static inline __attribute__((always_inline)) void tvmmcu_dot4h_run(const void *x, const int16_t *wh,
+                                                                   int32_t n, int32_t *a, int x_unsigned) {
+  int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+#if defined(__ARM_FEATURE_DSP)
+  const uint8_t *xu = (const uint8_t *)x;
+  const uint8_t *const end = xu + n;
+  const int16_t *p = wh;
+  uint32_t lo, hi, c0, c1;
+#define TVMMCU_DOT_HALF8(acc)                \
+  TVMMCU_DOT_LDRD_NEXT(p, c0, c1);           \
+  acc = tvmmcu_dot_smlad(v0, c0, acc);       \
+  acc = tvmmcu_dot_smlad(v1, c1, acc);       \
+  TVMMCU_DOT_LDRD_NEXT(p, c0, c1);           \
+  acc = tvmmcu_dot_smlad(v2, c0, acc);       \
+  acc = tvmmcu_dot_smlad(v3, c1, acc)
+#define TVMMCU_DOT_STEP8                                                       \
+  const uint32_t v0 = x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo); \
+  const uint32_t v1 = x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo); \
+  const uint32_t v2 = x_unsigned ? tvmmcu_dot_u02(hi) : tvmmcu_dot_s02(hi); \
+  const uint32_t v3 = x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi); \
+  TVMMCU_DOT_HALF8(a0);                                                      \
+  TVMMCU_DOT_HALF8(a1);                                                      \
+  TVMMCU_DOT_HALF8(a2);                                                      \
+  TVMMCU_DOT_HALF8(a3)
+  if ((((uint32_t)(uintptr_t)x) & 3u) == 0u) {
+    while (xu != end) {
+      TVMMCU_DOT_LDRD_NEXT(xu, lo, hi);
+      TVMMCU_DOT_STEP8;
+    }
+  } else {
+    while (xu != end) {
+      lo = tvmmcu_dot_word(xu);
+      hi = tvmmcu_dot_word(xu + 4);
+      xu += 8;
+      TVMMCU_DOT_STEP8;
+    }
+  }
+#undef TVMMCU_DOT_STEP8
+#undef TVMMCU_DOT_HALF8
+#else
+  const int8_t *xs = (const int8_t *)x;
+  const uint8_t *xu = (const uint8_t *)x;
+  for (int32_t k = 0; k < n; ++k) {
+    const int32_t v = x_unsigned ? (int32_t)xu[k] : (int32_t)xs[k];
+    const int16_t *w = wh + (k >> 3) * 32 + tvmmcu_dot_half_at[k & 7];
+    a0 = (int32_t)((uint32_t)a0 + (uint32_t)(v * (int32_t)w[0]));
+    a1 = (int32_t)((uint32_t)a1 + (uint32_t)(v * (int32_t)w[8]));
+    a2 = (int32_t)((uint32_t)a2 + (uint32_t)(v * (int32_t)w[16]));
+    a3 = (int32_t)((uint32_t)a3 + (uint32_t)(v * (int32_t)w[24]));
+  }
+#endif
+  a[0] = a0;
+  a[1] = a1;
+  a[2] = a2;
+  a[3] = a3;
+}
+
+TVMMCU_DOT_INLINE int32_t tvmmcu_dot4h_s8s16(const int8_t *x, const void *wh, int32_t n, int32_t *acc) {
+  tvmmcu_dot4h_run(x, (const int16_t *)wh, n, acc, 0);
+  return 0;
+}
+
+TVMMCU_DOT_INLINE int32_t tvmmcu_dot4h_u8s16(const uint8_t *x, const void *wh, int32_t n, int32_t *acc) {
+  tvmmcu_dot4h_run(x, (const int16_t *)wh, n, acc, 1);
+  return 0;
+}
+
+/* The halfword weights' padding taps: acc[j] + value * (the n weights of channel j), n a multiple
+ * of 8. */
+static inline int32_t tvmmcu_dot4h_sum_s16(const void *wh, int32_t n, int32_t value, int32_t *acc) {
+#if defined(__ARM_FEATURE_DSP)
+  /* SMLAD multiplies two weights by value (an 8-bit zero point: it fits a halfword) at once. */
+  const uint32_t pair = ((uint32_t)(uint16_t)(int16_t)value << 16) | (uint32_t)(uint16_t)(int16_t)value;
+  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+  const int16_t *p = (const int16_t *)wh;
+  uint32_t c0, c1;
+#define TVMMCU_DOT_HALFPAD8(a)                \
+  TVMMCU_DOT_LDRD_NEXT(p, c0, c1);            \
+  a = tvmmcu_dot_smlad(c0, pair, a);          \
+  a = tvmmcu_dot_smlad(c1, pair, a);          \
+  TVMMCU_DOT_LDRD_NEXT(p, c0, c1);            \
+  a = tvmmcu_dot_smlad(c0, pair, a);          \
+  a = tvmmcu_dot_smlad(c1, pair, a)
+  for (int32_t k = 0; k < n; k += 8) {
+    TVMMCU_DOT_HALFPAD8(a0);
+    TVMMCU_DOT_HALFPAD8(a1);
+    TVMMCU_DOT_HALFPAD8(a2);
+    TVMMCU_DOT_HALFPAD8(a3);
+  }
+#undef TVMMCU_DOT_HALFPAD8
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
+#else
+  const int16_t *w = (const int16_t *)wh;
+  int32_t s[4] = {0, 0, 0, 0};
+  for (int32_t k = 0; k < n; k += 8) {
+    for (int32_t j = 0; j < 4; ++j) {
+      for (int32_t i = 0; i < 8; ++i) {
+        s[j] += w[(k >> 3) * 32 + j * 8 + i];
+      }
+    }
+  }
+  for (int32_t j = 0; j < 4; ++j) {
+    acc[j] = (int32_t)((uint32_t)acc[j] + (uint32_t)s[j] * (uint32_t)value);
+  }
+#endif
+  return 0;
+}
+
+TVMMCU_DOT_RUNS4(tvmmcu_dot4h_runs_x8s16, int16_t, tvmmcu_dot4h_run, tvmmcu_dot4h_sum_s16)
+
+static inline int32_t tvmmcu_dot4h_runs_s8s16(const int8_t *x, int32_t xsy, int32_t xsx, const void *wh,
+                                              int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
+                                              int32_t x0, int32_t x1, int32_t pad, int32_t *acc) {
+  return tvmmcu_dot4h_runs_x8s16(x, xsy, xsx, wh, kh, kw, n, y0, y1, x0, x1, pad, acc, 0);
+}
+
+static inline int32_t tvmmcu_dot4h_runs_u8s16(const uint8_t *x, int32_t xsy, int32_t xsx, const void *wh,
+                                              int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
+                                              int32_t x0, int32_t x1, int32_t pad, int32_t *acc) {
+  return tvmmcu_dot4h_runs_x8s16(x, xsy, xsx, wh, kh, kw, n, y0, y1, x0, x1, pad, acc, 1);
 }
 
 /* n bytes from src to every stride-th byte of dst (a depthwise convolution's staged channel plane

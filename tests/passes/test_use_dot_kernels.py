@@ -474,6 +474,7 @@ int32_t tvmmcu_model_run(const void *input, void *output)
 {
     const int8_t *x = (const int8_t *)input;
     const int8_t *w = x + 128;
+    const int16_t *wh = (const int16_t *)(const void *)(x + 320);
     int32_t *out = (int32_t *)output;
     for (int32_t n = 0; n < 38; ++n) {
         for (int32_t off = 0; off < 4; ++off) {
@@ -538,6 +539,14 @@ int32_t tvmmcu_model_run(const void *input, void *output)
             for (int j = 0; j < 4; ++j) *out++ = acc[j];
             tvmmcu_dot4b_sum_s8(w, n, 93, acc);
             for (int j = 0; j < 4; ++j) *out++ = acc[j];
+            /* The same weights pre-widened to halfwords (WidenWeights' layout), after the bytes. */
+            int32_t acch[4] = {n, -n, off, -7};
+            tvmmcu_dot4h_s8s16(x + off, wh, n, acch);
+            for (int j = 0; j < 4; ++j) *out++ = acch[j];
+            tvmmcu_dot4h_u8s16((const uint8_t *)x + off, wh, n, acch);
+            for (int j = 0; j < 4; ++j) *out++ = acch[j];
+            tvmmcu_dot4h_sum_s16(wh, n, 93, acch);
+            for (int j = 0; j < 4; ++j) *out++ = acch[j];
         }
     }
     /* Windows of runs (each tap n values; the weights' taps follow each other): one channel, four
@@ -559,6 +568,12 @@ int32_t tvmmcu_model_run(const void *input, void *output)
         tvmmcu_dot4b_runs_u8s8((const uint8_t *)at, c[3], c[4], w, c[0], c[1], c[2], c[7], c[8], c[9], c[10],
                                200, accb);
         for (int j = 0; j < 4; ++j) *out++ = accb[j];
+        int32_t acch[4] = {5, -6, 7, -8};
+        tvmmcu_dot4h_runs_s8s16(at, c[3], c[4], wh, c[0], c[1], c[2], c[7], c[8], c[9], c[10], -9, acch);
+        for (int j = 0; j < 4; ++j) *out++ = acch[j];
+        tvmmcu_dot4h_runs_u8s16((const uint8_t *)at, c[3], c[4], wh, c[0], c[1], c[2], c[7], c[8], c[9],
+                                c[10], 200, acch);
+        for (int j = 0; j < 4; ++j) *out++ = acch[j];
     }
     /* The same windows with constant sizes and taps, as SplitBorders leaves them: unrolled. */
     {KNOWN}
@@ -659,10 +674,11 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
         for off in range(4):
             rows = [blocked[: n // 8, j, :].reshape(-1) for j in range(4)]
             acc = [a + x[off : off + n] @ r for a, r in zip((n, -n, off, -7), rows, strict=True)]
-            out += acc
+            blocked_out = list(acc)
             acc = [a + u[off : off + n] @ r for a, r in zip(acc, rows, strict=True)]
-            out += acc
-            out += [a + 93 * r.sum() for a, r in zip(acc, rows, strict=True)]
+            blocked_out += acc
+            blocked_out += [a + 93 * r.sum() for a, r in zip(acc, rows, strict=True)]
+            out += blocked_out * 2  # int8 and halfword weights alike
 
     def runs(values: np.ndarray, tap_weights: Any, shape: tuple, pad: int, acc: int) -> int:
         kh, kw, n, (xsy, xsx), (y0, y1, x0, x1) = shape
@@ -694,8 +710,8 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
         out += [runs(u, lambda t, n: w[t * n : (t + 1) * n], shape, 200, -5)]
         out += [runs(x, plain(j), shape, -9, a) for j, a in enumerate((5, -6, 7, -8))]
         acc = [runs(x, blocked_channel(j), shape, -9, a) for j, a in enumerate((5, -6, 7, -8))]
-        out += acc
-        out += [runs(u, blocked_channel(j), shape, 200, a) for j, a in enumerate(acc)]
+        unsigned = [runs(u, blocked_channel(j), shape, 200, a) for j, a in enumerate(acc)]
+        out += (acc + unsigned) * 2  # int8 and halfword weights alike
     for shape in WINDOWS:  # the constant ones
         out.append(window(x, w, shape, -9, 5))
         out += [window(x, wj, shape, -9, a) for wj, a in zip(four, (5, -6, 7, -8), strict=True)]
@@ -703,11 +719,16 @@ def _expected_kernels(data: np.ndarray) -> np.ndarray:
 
 
 def _kernel_data() -> np.ndarray:
+    """128 data bytes, 192 weight bytes, then those weights as halfwords in WidenWeights' order (the
+    192 bytes as 6 blocks of 4 channels x 8 values)."""
+    from tvm_mcu.passes.tir.widen_weights import HALF_ORDER
+
     rng = np.random.default_rng(7)
     data = rng.integers(-128, 128, 320).astype(np.int8)
     data[:6], data[128:134] = -128, -128  # the largest products
     data[6:9] = 127
-    return data
+    halfwords = data[128:].reshape(6, 4, 8)[:, :, HALF_ORDER].astype("<i2")
+    return np.concatenate([data, halfwords.reshape(-1).view(np.int8)])
 
 
 def _kernel_lib(directory: Path) -> tuple[Path, int]:
@@ -716,13 +737,13 @@ def _kernel_lib(directory: Path) -> tuple[Path, int]:
     n_out = 4 * (
         len(LENGTHS) * 4 * 19
         + 15 * len(WINDOWS)
-        + len(BLOCKED_LENGTHS) * 4 * 12
-        + 14 * len(RUNS_WINDOWS)
+        + len(BLOCKED_LENGTHS) * 4 * 24
+        + 22 * len(RUNS_WINDOWS)
         + 40 * len(COPY_LENGTHS)
         + 2 * STAGED * len(WINDOWS)
     )
     directory.mkdir(parents=True)
-    (directory / "model.h").write_text(MODEL_H.format(inputs=320, outputs=n_out))
+    (directory / "model.h").write_text(MODEL_H.format(inputs=320 + 384, outputs=n_out))
     (directory / "model.c").write_text(KERNELS_C)
     (directory / "tvmmcu_dot.h").write_text(HEADER_TEXT)
     return directory, n_out

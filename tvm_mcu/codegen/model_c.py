@@ -14,6 +14,7 @@ import numpy as np
 from tvm_mcu import __version__
 from tvm_mcu.codegen.c_ops import OP_QUALIFIER_DEFINITION
 from tvm_mcu.passes.tir.block_weights import block
+from tvm_mcu.passes.tir.widen_weights import widen
 from tvm_mcu.schedule.graph import Graph, Tensor
 from tvm_mcu.schedule.memory import MemoryPlan, workspace_name
 
@@ -167,7 +168,8 @@ def _describe(t: Tensor) -> str:
 
 def _layouts_used(graph: Graph, blocked: dict[str, dict[int, int]]) -> dict[str, list[int]]:
     """Weight name -> the layouts its steps read it in, in first-use order: 0 as stored, S blocked with
-    channel stride S (``blocked``: callee -> parameter position -> S, BlockWeights')."""
+    channel stride S, -S blocked and pre-widened to halfwords (``blocked``: callee -> parameter
+    position -> S or -S, BlockWeights' and WidenWeights')."""
     used: dict[str, list[int]] = {}
     for step in graph.steps:
         for k, name in enumerate(step.inputs):
@@ -179,7 +181,18 @@ def _layouts_used(graph: Graph, blocked: dict[str, dict[int, int]]) -> dict[str,
 
 
 def _weight_variant(name: str, layout: int) -> str:
+    if layout < 0:
+        return weight_symbol(name) + f"_h{-layout}"
     return weight_symbol(name) + (f"_b{layout}" if layout else "")
+
+
+def _stored(values: np.ndarray, layout: int) -> tuple[np.ndarray, str]:
+    """A weight's values in ``layout`` (see :func:`_layouts_used`) and a note for its comment."""
+    if layout > 0:
+        return block(values, layout), f", blocked by four channels of {layout} values"
+    if layout < 0:
+        return widen(values, -layout), f", blocked by four channels of {-layout} values, as int16"
+    return values, ""
 
 
 def emit_model_c(
@@ -195,7 +208,8 @@ def emit_model_c(
     """``model.c``: the weights, the operators (``ops``, c_ops.kernels_source's, with the helper
     headers ``includes``), the arena and the call sequence, one translation unit. ``blocked``: callee
     -> parameter position -> channel stride of the weights that operator reads blocked
-    (passes/tir/block_weights.py); those are stored so (a weight read both ways is stored both ways)."""
+    (passes/tir/block_weights.py; negative: blocked halfwords, passes/tir/widen_weights.py); those are
+    stored so (a weight read several ways is stored each way)."""
     blocked = blocked or {}
     layouts = _layouts_used(graph, blocked)
     lines = [
@@ -213,11 +227,11 @@ def emit_model_c(
     for name in graph.weights:  # first-use order, deterministic
         t = graph.tensors[name]
         for layout in layouts.get(name, [0]):
-            value = graph.weights[name] if not layout else block(graph.weights[name], layout)
-            note = f", blocked by four channels of {layout} values" if layout else ""
+            value, note = _stored(graph.weights[name], layout)
             lines.append(f"/* {_describe(t)}{note} */")
             lines.append(
-                f"static const {c_type(t.dtype)} {_weight_variant(name, layout)}[{max(value.size, 1)}]"
+                f"static const {c_type(str(value.dtype))} {_weight_variant(name, layout)}"
+                f"[{max(value.size, 1)}]"
                 f" __attribute__((aligned({WEIGHT_ALIGN}))) = {format_array(value)};"
             )
             lines.append("")
