@@ -111,3 +111,16 @@ def test_halfword_weights_are_bit_exact_and_faster(name: str, tmp_path: Path) ->
     narrow = api.run_compiled(tmp_path / "int8", inputs)
     assert wide.report.instructions < narrow.report.instructions
     assert wide.report.flash_bytes > narrow.report.flash_bytes
+
+
+def test_a_kernel_larger_than_its_input_builds_warning_free(tmp_path: Path) -> None:
+    """Every window partial (a 5x5 kernel over a 3x3 input): the window kernel's whole-window path is
+    dead, and GCC, seeing the arena's size in one translation unit, must not warn about it."""
+    from tests.zoo.qdq_ops import QDQ_OPS
+
+    path = tmp_path / "conv.onnx"
+    path.write_bytes(QDQ_OPS["conv_larger_than_input"]("int8").SerializeToString())
+    for board in ("mps2-an500", "mps2-an385"):
+        v = api.verify(path, board, tmp_path / board, seed=1)
+        assert v.passed, v.report.worst_difference
+        assert v.report.library_warnings == (), v.report.library_warnings

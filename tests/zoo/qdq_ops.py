@@ -280,6 +280,17 @@ def conv_all_padding(dtype: str) -> onnx.ModelProto:
     return g.model(y, 0.001, -24)
 
 
+def conv_larger_than_input(dtype: str) -> onnx.ModelProto:
+    """A 5x5 conv, padding 2, on a 3x3 input: every window is partial (found by the fuzzer: in one
+    translation unit GCC warned about the window kernel's dead whole-window path)."""
+    g = _Q(dtype, 23)
+    x = g.input([1, 1, 3, 3], 0.02, 7)
+    y = g.op("MaxPool", [x], kernel_shape=[2, 2], pads=[0, 0, 1, 1], strides=[1, 1])  # into the arena
+    y = g.quantized(y, 0.02, 7)
+    y = g.op("Conv", [y, g.weight((1, 1, 5, 5))], pads=[2, 2, 2, 2])
+    return g.model(y, 0.01, -9)
+
+
 QDQ_OPS: dict[str, Callable[[str], onnx.ModelProto]] = {
     "sigmoid": _unary("Sigmoid", 1 / 256, -128),
     "tanh": _unary("Tanh", 1 / 128, 0),
@@ -308,4 +319,5 @@ QDQ_OPS: dict[str, Callable[[str], onnx.ModelProto]] = {
     "conv_uint8_weights": conv_uint8_weights,
     "reshape_transpose": reshape_transpose,
     "conv_all_padding": conv_all_padding,
+    "conv_larger_than_input": conv_larger_than_input,
 }
