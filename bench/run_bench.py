@@ -24,9 +24,16 @@ from tvm_mcu.errors import TvmMcuError
 from tvm_mcu.frontend import load_model, random_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
-from kernels import KERNELS_HEADING, bit_exact_run, kernels_section  # noqa: E402
+from kernels import (  # noqa: E402
+    KERNELS_HEADING,
+    SCHEDULES_HEADING,
+    bit_exact_run,
+    kernels_section,
+    schedules_section,
+)
 from prune_bench import PRUNING_HEADING, methods_section, resource_model_section  # noqa: E402
 from robustness import FUZZ_HEADING, ORT_HEADING, fuzz_section, ort_section  # noqa: E402
+from sparse import SPARSE_HEADING, sparse_section  # noqa: E402
 
 # Pruning benchmark: training epochs per method and training images per epoch.
 PRUNING_DOC = "BENCHMARKS_PRUNING.md"
@@ -541,6 +548,8 @@ PARTIAL = {
     "ort": (ORT_HEADING, ort_section),
     "fuzz": (FUZZ_HEADING, fuzz_section),
     "kernels": (KERNELS_HEADING, lambda tmp: kernels_section(tmp, SHARED_MODELS)),
+    "schedules": (SCHEDULES_HEADING, lambda tmp: schedules_section(tmp, SHARED_MODELS)),
+    "sparse": (SPARSE_HEADING, sparse_section),
     "int8": (INT8_HEADING, int8_section),
     "sram": (SRAM_HEADING, sram_section),
     "pruning": (PRUNING_HEADING, pruning_section),
@@ -595,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label} on {board}: {row.get('error') or row.get('insns')}", flush=True)
                 rows.append(row)
         int8 = int8_section(Path(tmp)) + kernels_section(Path(tmp), SHARED_MODELS) + sram_section(Path(tmp))
+        int8 += schedules_section(Path(tmp), SHARED_MODELS) + sparse_section(Path(tmp))
         ptq = ptq_section(Path(tmp))
         backend = onnx_backend_section(Path(tmp))
         pruning = pruning_section(Path(tmp))

@@ -16,6 +16,7 @@ one LDR: Armv7-M and Armv8-M mainline allow an unaligned LDR, so a slice of any 
 from __future__ import annotations
 
 from tvm_mcu.passes.tir.float_kernels import HEADER_TEXT as FLOAT_HEADER_TEXT
+from tvm_mcu.passes.tir.sparse_kernels import HEADER_TEXT as SPARSE_HEADER_TEXT
 
 HEADER_NAME = "tvmmcu_dot.h"
 # Functions of the header, so codegen can tell whether a library needs it.
@@ -1008,8 +1009,9 @@ static inline int32_t tvmmcu_dot_copy8(void *dst, const void *src, int32_t n) {
 #endif
 """
 
-# The float32 kernels: a section of the same header, with its own include guard.
-HEADER_TEXT += FLOAT_HEADER_TEXT
+# The float32 kernels and the filterlet-sparse ones: sections of the same header, each with its own
+# include guard.
+HEADER_TEXT += FLOAT_HEADER_TEXT + SPARSE_HEADER_TEXT
 
 # A window kernel's whole-window path is dead when the padding makes every window partial (an input
 # smaller than the kernel), but in one translation unit GCC propagates the arena's bounds into it and
