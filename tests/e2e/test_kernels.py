@@ -21,7 +21,7 @@ def _schedules(path: Path) -> list[str]:
     return [c.label for c in compiler.plan_schedules(model.mod, model_name=model.name).candidates]
 
 
-@pytest.mark.parametrize("name", ["int8_ds_cnn_block", "int8_resnet_block"])
+@pytest.mark.parametrize("name", ["int8_ds_cnn_block", "int8_ds_cnn_two_blocks", "int8_resnet_block"])
 def test_every_schedule_is_bit_exact_on_the_kernels(name: str, tmp_path: Path) -> None:
     path = write_model(name, tmp_path)
     labels = _schedules(path)

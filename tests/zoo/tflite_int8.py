@@ -419,6 +419,21 @@ def ds_cnn_block() -> bytes:
     return w.finish([x], [y], "ds_cnn_block")
 
 
+def ds_cnn_two_blocks() -> bytes:
+    """KWS's shape in small: conv 10x4/2, then two depthwise 3x3 + pointwise blocks (a pointwise
+    convolution feeding a depthwise one: the channel-slice chain KWS's partial execution runs), global
+    AVERAGE_POOL_2D, FULLY_CONNECTED; input [1, 20, 10, 1]."""
+    w = Int8Writer(seed=124)
+    x = w.activation("input", (1, 20, 10, 1), 0.1, 6)
+    y = w.conv2d("conv", x, 16, (10, 4), 2, SAME, AF.RELU)
+    for i in (1, 2):
+        y = w.depthwise(f"depthwise{i}", y, (3, 3), 1, 1, SAME, AF.RELU)
+        y = w.conv2d(f"pointwise{i}", y, 16, (1, 1), 1, SAME, AF.RELU)
+    g = w.pool(BO.AVERAGE_POOL_2D, "avgpool", y, w.shape(y)[1:3], 1, VALID)
+    f = w.fully_connected("fc", w.reshape("flat", g, (1, 16)), 12)
+    return w.finish([x], [f], "ds_cnn_two_blocks")
+
+
 def resnet_block() -> bytes:
     """conv 3x3 + RELU, conv 3x3, residual ADD (rescaled) with fused RELU, AVERAGE_POOL_2D 4x4/4,
     RESHAPE, FULLY_CONNECTED, SOFTMAX; input [1, 16, 16, 3]."""
@@ -463,7 +478,12 @@ SINGLE_OP_MODELS: tuple[Callable[[], bytes], ...] = (
     mean_hw,
     concat_same_params,
 )
-MULTI_OP_MODELS: tuple[Callable[[], bytes], ...] = (ds_cnn_block, resnet_block, autoencoder)
+MULTI_OP_MODELS: tuple[Callable[[], bytes], ...] = (
+    ds_cnn_block,
+    ds_cnn_two_blocks,
+    resnet_block,
+    autoencoder,
+)
 
 TFLITE_INT8_MODELS: dict[str, Callable[[], bytes]] = {
     f.__name__: f for f in SINGLE_OP_MODELS + MULTI_OP_MODELS

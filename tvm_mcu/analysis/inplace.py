@@ -81,6 +81,14 @@ def in_place_options(func: _tvm.PrimFunc, candidates: list[int]) -> list[InPlace
             continue
         readers = [b for b in blocks if _reads(b, x)]
         found = _classify(x, out, writer, readers)
+        if (
+            found is not None
+            and not readers[0].same_as(writer)
+            and not _elementwise_after(blocks, readers[0])
+        ):
+            # The reader's output reaches the output through another window or reduction (a chain of a
+            # pointwise convolution into a depthwise one): an output pixel needs more than its own.
+            found = None
         if found is None and _read_before_writer(func, x, writer, readers):
             # A fused chain reads the input early (all slices) and once more in its final epilogue.
             found = _classify(x, out, writer, [writer])
@@ -97,6 +105,38 @@ def in_place_options(func: _tvm.PrimFunc, candidates: list[int]) -> list[InPlace
             continue  # staging most of the output gains little or nothing
         options.append(InPlace(kind, k, scratch, axis))
     return options
+
+
+def _elementwise_after(blocks: list[Any], reader: Any) -> bool:
+    """Every block besides ``reader`` is element-wise on the function's intermediates: no reduction,
+    and each intermediate it loads (a buffer a block of the function writes) read at the indices it
+    stores to. Then the output element at an index depends on the reader's result at that index only."""
+    written = {w.source for b in blocks for w in b.writes}
+    analyzer = _tvm.Analyzer()
+    for b in blocks:
+        if b.same_as(reader):
+            continue
+        kinds = {iv.var: int(iv.iter_type) for iv in b.iter_vars}
+        if any(
+            kind == _REDUCE and int(iv.dom.extent) > 1
+            for iv, kind in zip(b.iter_vars, kinds.values(), strict=True)
+        ):
+            return False
+        target = _written_buffer(b)
+        stores = stores_to(b.body, target) if target is not None else []
+        if len(stores) != 1:
+            return False
+        for iv in b.iter_vars:
+            analyzer.bind(iv.var, _tvm.tvm.ir.Range(0, int(iv.dom.extent)))
+        for buf in written:
+            if buf.same_as(target):
+                continue
+            for ld in loads_of(b.body, buf):
+                if len(ld.indices) != len(stores[0].indices) or not all(
+                    analyzer.can_prove_equal(i, j) for i, j in zip(ld.indices, stores[0].indices, strict=True)
+                ):
+                    return False
+    return True
 
 
 def _top_level_index(func: _tvm.PrimFunc) -> dict[Any, int]:
