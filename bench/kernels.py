@@ -27,12 +27,17 @@ GOAL = 0.7  # of CMSIS-NN's instructions
 
 
 def bit_exact_run(
-    path: Path, board: str, out: Path, seeds: int = SEEDS, weights: str = "int8"
+    path: Path,
+    board: str,
+    out: Path,
+    seeds: int = SEEDS,
+    weights: str = "int8",
+    schedule: str | None = None,
 ) -> tuple[object, bool]:
     """Compile, run ``seeds`` seeded inputs and compare each with the tflite-micro interpreter: the
     report of the last run, and whether every output was equal."""
     model = load_model(path)
-    compiled = api.compile_model(path, board, out, weights=weights)
+    compiled = api.compile_model(path, board, out, weights=weights, schedule=schedule)
     exact = True
     report: object = compiled.report
     for seed in range(seeds):
@@ -172,3 +177,49 @@ def _float_rows(tmp: Path, models_dir: Path) -> list[str]:
         print(f"kernels: {label}: {insns:,} instructions, {insns / n:.2f} per MAC", flush=True)
         rows.append(f"| {label} | {n:,} | {insns:,} | {insns / n:.2f} |")
     return rows
+
+
+SCHEDULES_HEADING = "## Kernels under every schedule and board"
+SCHEDULE_SEEDS = 20
+SCHEDULE_BOARDS = ("mps2-an385", "mps2-an386", "mps2-an500", "mps2-an521", "lm3s6965evb")
+
+
+def schedules_section(tmp: Path, models_dir: Path) -> list[str]:
+    """Every candidate schedule the compiler can pick for each MLPerf Tiny model (a budget picks one of
+    them), on every board it fits, bit-exact with tflite-micro on ``SCHEDULE_SEEDS`` seeded inputs."""
+    from tvm_mcu import compiler
+    from tvm_mcu.errors import BudgetError, FirmwareError
+
+    lines = [
+        "",
+        SCHEDULES_HEADING,
+        "",
+        "Each int8 MLPerf Tiny model compiled under every candidate schedule (an SRAM budget makes the",
+        f"compiler pick one of these) for every board, run on {SCHEDULE_SEEDS} seeded inputs and compared",
+        "with the `tflite-micro` interpreter. The M4 and M7 run the SIMD path (SMLAD), the M3 and the M33",
+        "(built without DSP) the portable C one. Instructions of the last input.",
+        "",
+        "| model | schedule | board | bit-exact | peak SRAM B | instructions |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    for label, file, _, _ in MODELS:
+        path = models_dir / file
+        if not path.is_file():
+            lines.append(f"| {label} | skipped: {path} is absent | | | | |")
+            continue
+        model = load_model(path)
+        candidates = compiler.plan_schedules(model.mod, model_name=model.name).candidates
+        for k, c in enumerate(candidates):
+            for board in SCHEDULE_BOARDS:
+                out = tmp / f"{path.stem}_s{k}_{board}"
+                try:
+                    r, exact = bit_exact_run(path, board, out, seeds=SCHEDULE_SEEDS, schedule=c.label)
+                except (BudgetError, FirmwareError) as exc:  # the board's SRAM or flash is too small
+                    lines.append(f"| {label} | {c.label} | {board} | does not fit: {str(exc)[:80]} | | |")
+                    continue
+                print(f"schedules: {label} {c.label} {board}: exact={exact}", flush=True)
+                lines.append(
+                    f"| {label} | {c.label} | {board} | {'yes' if exact else 'NO'} | "
+                    f"{r.peak_sram_bytes:,} | {int(r.instructions):,} |"  # type: ignore[attr-defined]
+                )
+    return [*lines, ""]
