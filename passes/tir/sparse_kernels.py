@@ -71,6 +71,37 @@ static inline int32_t tvmmcu_sparse4p_x8s8(const void *x, int32_t ps, const int1
   /* Whole words at word-aligned addresses: one LDRD per pixel and 8 values. */
   const int aligned =
       ((((uint32_t)(uintptr_t)x) | (uint32_t)ps | (uint32_t)(uintptr_t)w | (uint32_t)n) & 3u) == 0u;
+  if (aligned && (n & 7) == 0 && n > 0) {
+    /* The common case (input channels a multiple of 8): the weights of consecutive kept filterlets
+     * follow each other, so one pointer walks them all; nothing per filterlet but its data pointer. */
+    for (int32_t f = first; f < last; ++f) {
+      const uint8_t *q = (const uint8_t *)x + at[taps[f]];
+      const uint8_t *const end = q + n;
+      do {
+        uint32_t b0, b1, lo, hi;
+        TVMMCU_DOT_LDRD_NEXT(w, b0, b1);
+        const uint32_t w0 = tvmmcu_dot_s02(b0), w1 = tvmmcu_dot_s13(b0);
+        const uint32_t w2 = tvmmcu_dot_s02(b1), w3 = tvmmcu_dot_s13(b1);
+#define TVMMCU_SPARSE_PIXEL(acc, off)                                                   \
+  TVMMCU_DOT_LDRD(q + (off), lo, hi);                                                   \
+  acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo), w0, acc); \
+  acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo), w1, acc); \
+  acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u02(hi) : tvmmcu_dot_s02(hi), w2, acc); \
+  acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi), w3, acc)
+        TVMMCU_SPARSE_PIXEL(a0, 0);
+        TVMMCU_SPARSE_PIXEL(a1, ps);
+        TVMMCU_SPARSE_PIXEL(a2, 2 * ps);
+        TVMMCU_SPARSE_PIXEL(a3, 3 * ps);
+#undef TVMMCU_SPARSE_PIXEL
+        q += 8;
+      } while (q != end);
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+    return 0;
+  }
 #endif
   for (int32_t f = first; f < last; ++f) {
     const uint8_t *xp = (const uint8_t *)x + at[taps[f]];
