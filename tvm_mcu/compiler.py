@@ -20,12 +20,13 @@ from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupC
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_integer_interface import io_quantization
-from tvm_mcu.passes.tir import block_weights, dot_kernels, widen_weights
+from tvm_mcu.passes.tir import block_weights, dot_kernels, sparse_filterlets, sparse_kernels, widen_weights
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.execute_in_place import make_in_place
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+from tvm_mcu.passes.tir.use_dot_kernels import MIN_DOT_TAPS
 from tvm_mcu.passes.tir.widen_weights import WidenWeights
 from tvm_mcu.schedule import choice, cost, inplace, partial
 from tvm_mcu.schedule.graph import Graph, extract_graph, reorder
@@ -166,6 +167,47 @@ def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
         layout.update({int(k): -int(v) for k, v in (found.get(widen_weights.ATTR_WIDENED) or {}).items()})
         if layout:
             out[gv.name_hint] = layout
+    return out
+
+
+# A convolution's weights are stored sparse (CSR over filterlets, visited by the sparse kernel) when at
+# most this fraction of their filterlets hold a non-zero value: the flash saved then outweighs the index
+# (2 B per kept filterlet) and the sparse kernel's cost per kept MAC.
+SPARSE_MAX_KEPT = 0.75
+
+
+def _sparse_candidates(graph: Graph) -> dict[str, dict[int, int]]:
+    """Callee -> parameter position -> output channels of the int8 OHWI convolution weights (taps of at
+    least ``MIN_DOT_TAPS`` input channels) with at most ``SPARSE_MAX_KEPT`` of their filterlets kept,
+    in every step that calls the callee."""
+    found: dict[str, dict[int, int]] = {}
+    refused: set[tuple[str, int]] = set()
+    for step in graph.steps:
+        if step.kind not in ("conv2d", "chain"):
+            continue
+        for k, name in enumerate(step.inputs):
+            t = graph.tensors[name]
+            w = graph.weights.get(name) if t.kind == "weight" else None
+            if w is None:
+                continue
+            fits = w.ndim == 4 and str(w.dtype) == "int8" and w.shape[1] * w.shape[2] > 1
+            fits = fits and w.shape[3] >= MIN_DOT_TAPS
+            if fits and float(sparse_kernels.filterlets_kept(w).mean()) <= SPARSE_MAX_KEPT:
+                if (step.callee, k) not in refused:
+                    found.setdefault(step.callee, {})[k] = int(w.shape[0])
+            else:
+                refused.add((step.callee, k))
+                found.get(step.callee, {}).pop(k, None)
+    return {callee: wanted for callee, wanted in found.items() if wanted}
+
+
+def _sparse_stored(lowered: _tvm.IRModule) -> dict[str, set[int]]:
+    """Callee -> positions of the weights SparseFilterlets made it read sparse."""
+    out: dict[str, set[int]] = {}
+    for gv, func in lowered.functions_items():
+        found = func.attrs.get(sparse_filterlets.ATTR_SPARSE) if func.attrs is not None else None
+        if found:
+            out[gv.name_hint] = {int(k) for k in found}
     return out
 
 
@@ -339,6 +381,13 @@ def plan_schedules(
                 split_macs = _chain_macs(split_graph, split_macs, macs)
                 extra = partial.row_overhead(rows, graph, macs, costs)
                 plans.append(("row bands", split_graph, split_macs, extra))
+    if channels_last(mod):
+        # Marked last: the splits above hand back every function of their module, unmarked. Chains too:
+        # SparseFilterlets rewrites the convolutions' calls inside them.
+        for plan_graph in [g for _, g, _, _ in plans]:
+            for callee, wanted in _sparse_candidates(plan_graph).items():
+                if callee in funcs:
+                    funcs[callee] = funcs[callee].with_attr(sparse_filterlets.ATTR_WANTED, wanted)
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], chain_lowered)
     candidates = tuple(
         choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m, costs) + extra)
@@ -435,6 +484,7 @@ def compile_module(
             ops=kernels,
             includes=tuple(headers),
             blocked=_blocked_weights(lowered),
+            sparse=_sparse_stored(lowered),
         ),
     }
     files.update({header: model_c.BANNER + text for header, text in headers.items()})

@@ -22,6 +22,10 @@ import numpy as np
 # C function for (data dtype, weight dtype).
 SPARSE4P = {("int8", "int8"): "tvmmcu_sparse4p_s8s8", ("uint8", "int8"): "tvmmcu_sparse4p_u8s8"}
 SPARSE1P = {("int8", "int8"): "tvmmcu_sparse1p_s8s8", ("uint8", "int8"): "tvmmcu_sparse1p_u8s8"}
+SPARSE1P_BLOB = {
+    ("int8", "int8"): "tvmmcu_sparse1p_blob_s8s8",
+    ("uint8", "int8"): "tvmmcu_sparse1p_blob_u8s8",
+}
 # Output pixels per call of the four-pixel kernel.
 PIXELS = 4
 
@@ -46,6 +50,15 @@ def compress(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"{int(rows[-1])} kept filterlets of {w.shape[1]} taps: indices beyond int16")
     values = w[kept].reshape(-1)
     return values, taps.astype(np.int16), rows.astype(np.int16)
+
+
+def compress_blob(weights: np.ndarray) -> np.ndarray:
+    """:func:`compress`'s three arrays as one int8 array (what the weight parameter of a convolution
+    stored sparse holds): rows, taps, zeros to the next multiple of 8 bytes, values."""
+    values, taps, rows = compress(weights)
+    head = np.concatenate([rows, taps]).astype("<i2").view(np.int8)
+    gap = (-head.size) % 8
+    return np.concatenate([head, np.zeros(gap, np.int8), values.astype(np.int8)])
 
 
 HEADER_TEXT = """\
@@ -215,6 +228,33 @@ static inline int32_t tvmmcu_sparse1p_u8s8(const uint8_t *x, int32_t xsy, int32_
                                            int32_t last, int32_t n, int32_t y0, int32_t y1, int32_t x0,
                                            int32_t x1, int32_t pad, int32_t acc) {
   return tvmmcu_sparse1p_x8s8(x, xsy, xsx, kw, vals, taps, first, last, n, y0, y1, x0, x1, pad, acc, 1);
+}
+
+/* The same over one blob (compress_blob: rows, taps, then the values at the next multiple of 8 bytes),
+ * out_channels rows: what a convolution's weight parameter holds when stored sparse. */
+static inline int32_t tvmmcu_sparse1p_blob_x8s8(const void *x, int32_t xsy, int32_t xsx, int32_t kw,
+                                                const int8_t *blob, int32_t out_channels, int32_t o,
+                                                int32_t n, int32_t y0, int32_t y1, int32_t x0, int32_t x1,
+                                                int32_t pad, int32_t acc, int x_unsigned) {
+  const int16_t *rows = (const int16_t *)(const void *)blob;
+  const int16_t *taps = rows + out_channels + 1;
+  const int32_t at = (2 * (out_channels + 1 + rows[out_channels]) + 7) & ~7;
+  return tvmmcu_sparse1p_x8s8(x, xsy, xsx, kw, blob + at, taps, rows[o], rows[o + 1], n, y0, y1, x0, x1, pad,
+                              acc, x_unsigned);
+}
+
+static inline int32_t tvmmcu_sparse1p_blob_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, int32_t kw,
+                                                const int8_t *blob, int32_t out_channels, int32_t o,
+                                                int32_t n, int32_t y0, int32_t y1, int32_t x0, int32_t x1,
+                                                int32_t pad, int32_t acc) {
+  return tvmmcu_sparse1p_blob_x8s8(x, xsy, xsx, kw, blob, out_channels, o, n, y0, y1, x0, x1, pad, acc, 0);
+}
+
+static inline int32_t tvmmcu_sparse1p_blob_u8s8(const uint8_t *x, int32_t xsy, int32_t xsx, int32_t kw,
+                                                const int8_t *blob, int32_t out_channels, int32_t o,
+                                                int32_t n, int32_t y0, int32_t y1, int32_t x0, int32_t x1,
+                                                int32_t pad, int32_t acc) {
+  return tvmmcu_sparse1p_blob_x8s8(x, xsy, xsx, kw, blob, out_channels, o, n, y0, y1, x0, x1, pad, acc, 1);
 }
 
 #endif /* TVMMCU_SPARSE_H */

@@ -21,7 +21,9 @@ def _schedules(path: Path) -> list[str]:
     return [c.label for c in compiler.plan_schedules(model.mod, model_name=model.name).candidates]
 
 
-@pytest.mark.parametrize("name", ["int8_ds_cnn_block", "int8_ds_cnn_two_blocks", "int8_resnet_block"])
+@pytest.mark.parametrize(
+    "name", ["int8_ds_cnn_block", "int8_ds_cnn_two_blocks", "int8_sparse_conv_block", "int8_resnet_block"]
+)
 def test_every_schedule_is_bit_exact_on_the_kernels(name: str, tmp_path: Path) -> None:
     path = write_model(name, tmp_path)
     labels = _schedules(path)
@@ -33,7 +35,8 @@ def test_every_schedule_is_bit_exact_on_the_kernels(name: str, tmp_path: Path) -
             assert v.passed and v.report.max_abs_error == 0.0, (label, board, v.report.worst_difference)
             source = (tmp_path / f"{k}_{board}" / "model.c").read_text()
             assert "tvmmcu_dot" in source, label  # the convolutions run on the kernels
-            if k == 0:  # the pointwise and 3x3 convolutions' weights stored blocked, read so
+            # The pointwise and 3x3 convolutions' weights stored blocked, read so (dense ones).
+            if k == 0 and "sparse" not in name:
                 assert "tvmmcu_dot4b_" in source, label
                 assert "blocked by four channels" in (tmp_path / f"{k}_{board}" / "model.c").read_text()
 
@@ -124,3 +127,22 @@ def test_a_kernel_larger_than_its_input_builds_warning_free(tmp_path: Path) -> N
         v = api.verify(path, board, tmp_path / board, seed=1)
         assert v.passed, v.report.worst_difference
         assert v.report.library_warnings == (), v.report.library_warnings
+
+
+def test_weights_pruned_elsewhere_are_stored_sparse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Convolutions whose weights keep 40 % and 55 % of their filterlets (zeros written by another tool)
+    are stored as CSR over filterlets and run the sparse kernel: bit-exact, less flash than dense."""
+    path = write_model("int8_sparse_conv_block", tmp_path)
+    for board in ("mps2-an386", "mps2-an385"):
+        v = api.verify(path, board, tmp_path / board, seed=4, schedule="layer by layer")
+        assert v.passed and v.report.max_abs_error == 0.0, (board, v.report.worst_difference)
+        source = (tmp_path / board / "model.c").read_text()
+        assert source.count("tvmmcu_sparse1p_blob_s8s8(") >= 2 and "filterlets kept (CSR)" in source
+    monkeypatch.setattr(compiler, "SPARSE_MAX_KEPT", 0.0)
+    dense = api.compile_model(path, "mps2-an386", tmp_path / "dense", schedule="layer by layer")
+    assert "tvmmcu_sparse1p" not in (tmp_path / "dense" / "model.c").read_text()
+    sparse = api.compile_model(path, "mps2-an386", tmp_path / "sparse_again", schedule="layer by layer")
+    assert sparse.report.flash_bytes == dense.report.flash_bytes  # the same switch, off: no sparse
+    monkeypatch.undo()
+    sparse = api.compile_model(path, "mps2-an386", tmp_path / "sparse", schedule="layer by layer")
+    assert sparse.report.flash_bytes < dense.report.flash_bytes

@@ -14,6 +14,7 @@ import numpy as np
 from tvm_mcu import __version__
 from tvm_mcu.codegen.c_ops import OP_QUALIFIER_DEFINITION
 from tvm_mcu.passes.tir.block_weights import block
+from tvm_mcu.passes.tir.sparse_kernels import compress_blob, filterlets_kept
 from tvm_mcu.passes.tir.widen_weights import widen
 from tvm_mcu.schedule.graph import Graph, Tensor
 from tvm_mcu.schedule.memory import MemoryPlan, workspace_name
@@ -166,28 +167,44 @@ def _describe(t: Tensor) -> str:
     return f"{t.name} {t.dtype}[{','.join(str(d) for d in t.shape)}]"
 
 
-def _layouts_used(graph: Graph, blocked: dict[str, dict[int, int]]) -> dict[str, list[int]]:
+SPARSE = "sparse"  # the layout of weights stored as CSR over filterlets (SparseFilterlets)
+
+
+def _layouts_used(
+    graph: Graph, blocked: dict[str, dict[int, int]], sparse: dict[str, set[int]]
+) -> dict[str, list[int | str]]:
     """Weight name -> the layouts its steps read it in, in first-use order: 0 as stored, S blocked with
     channel stride S, -S blocked and pre-widened to halfwords (``blocked``: callee -> parameter
     position -> S or -S, BlockWeights' and WidenWeights')."""
-    used: dict[str, list[int]] = {}
+    used: dict[str, list[int | str]] = {}
     for step in graph.steps:
         for k, name in enumerate(step.inputs):
             if graph.tensors[name].kind == "weight":
-                layout = blocked.get(step.callee, {}).get(k, 0)
+                layout: int | str = blocked.get(step.callee, {}).get(k, 0)
+                if k in sparse.get(step.callee, set()):
+                    layout = SPARSE
                 if layout not in used.setdefault(name, []):
                     used[name].append(layout)
     return used
 
 
-def _weight_variant(name: str, layout: int) -> str:
+def _weight_variant(name: str, layout: int | str) -> str:
+    if layout == SPARSE:
+        return weight_symbol(name) + "_csr"
+    assert isinstance(layout, int)
     if layout < 0:
         return weight_symbol(name) + f"_h{-layout}"
     return weight_symbol(name) + (f"_b{layout}" if layout else "")
 
 
-def _stored(values: np.ndarray, layout: int) -> tuple[np.ndarray, str]:
+def _stored(values: np.ndarray, layout: int | str) -> tuple[np.ndarray, str]:
     """A weight's values in ``layout`` (see :func:`_layouts_used`) and a note for its comment."""
+    if layout == SPARSE:
+        kept = int(filterlets_kept(values).sum())
+        return compress_blob(
+            values
+        ), f", {kept} of {values.shape[0] * values.shape[1] * values.shape[2]} filterlets kept (CSR)"
+    assert isinstance(layout, int)
     if layout > 0:
         return block(values, layout), f", blocked by four channels of {layout} values"
     if layout < 0:
@@ -204,6 +221,7 @@ def emit_model_c(
     ops: str = "",
     includes: tuple[str, ...] = (),
     blocked: dict[str, dict[int, int]] | None = None,
+    sparse: dict[str, set[int]] | None = None,
 ) -> str:
     """``model.c``: the weights, the operators (``ops``, c_ops.kernels_source's, with the helper
     headers ``includes``), the arena and the call sequence, one translation unit. ``blocked``: callee
@@ -211,7 +229,8 @@ def emit_model_c(
     (passes/tir/block_weights.py; negative: blocked halfwords, passes/tir/widen_weights.py); those are
     stored so (a weight read several ways is stored each way)."""
     blocked = blocked or {}
-    layouts = _layouts_used(graph, blocked)
+    sparse = sparse or {}
+    layouts = _layouts_used(graph, blocked, sparse)
     lines = [
         BANNER,
         f"/* {model_name}: weights, operators, static arena and the operator call sequence. */",
@@ -247,7 +266,9 @@ def emit_model_c(
             body.append(f"  memcpy({dst}, {src}, {out_t.nbytes});")
             continue
         args = [_operand(graph, plan, n) for n in (*step.inputs, step.output)]
-        for k, layout in blocked.get(step.callee, {}).items():
+        variants: dict[int, int | str] = {**blocked.get(step.callee, {})}
+        variants.update({k: SPARSE for k in sparse.get(step.callee, set())})
+        for k, layout in variants.items():
             t = graph.tensors[step.inputs[k]]
             args[k] = f"({c_type(t.dtype)} *){_weight_variant(t.name, layout)}"
         if step.workspace_bytes:
