@@ -243,13 +243,18 @@ def _ordered_graph(fused: _tvm.IRModule) -> tuple[Graph, PeakResult]:
 
 
 def _split(
-    fused: _tvm.IRModule, chains: list[partial.Chain], *, in_place: bool, prefix: str
+    fused: _tvm.IRModule, chains: list[partial.Chain], *, in_place: bool, prefix: str, sparse: bool = False
 ) -> tuple[Graph, dict[str, _tvm.PrimFunc], dict[str, int], dict[str, _tvm.PrimFunc]]:
-    """The graph with ``chains`` fused and run a slice of channels at a time (then in place)."""
+    """The graph with ``chains`` fused and run a slice of channels at a time (then in place).
+    ``sparse``: the chains' convolutions with sparse weights are marked for SparseFilterlets."""
     split = pipeline.run([GroupChains([(list(c.steps), c.spec) for c in chains], prefix=prefix)], fused)
     graph, _ = _ordered_graph(split)
     funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
     chained = sorted(name for name, f in funcs.items() if ATTR_PARTIAL in (f.attrs or {}))
+    if sparse:  # before the chains are lowered, here
+        for callee, wanted in _sparse_candidates(graph).items():
+            if callee in chained:
+                funcs[callee] = funcs[callee].with_attr(sparse_filterlets.ATTR_WANTED, wanted)
     # The chains are lowered here: a chain the lowering cannot take (row bands finish inside it, in
     # RollRowBuffers; a TVM check may fail on a restructured chain) declines this candidate with its
     # reason instead of failing the compile. The lowered chains are kept for lower_operators.
@@ -350,7 +355,11 @@ def plan_schedules(
             label = "partial execution" + (f" (accumulating, {width}-channel slices)" if accumulate else "")
             try:
                 split_graph, split_funcs, split_macs, split_lowered = _split(
-                    fused, chains, in_place=in_place, prefix=f"{CHAIN_PREFIX}{len(seen) - 1}_"
+                    fused,
+                    chains,
+                    in_place=in_place,
+                    prefix=f"{CHAIN_PREFIX}{len(seen) - 1}_",
+                    sparse=channels_last(mod),
                 )
             except ValueError as exc:
                 logger.info("partial execution declined: %s", exc)
@@ -371,7 +380,7 @@ def plan_schedules(
         if rows:
             try:
                 split_graph, split_funcs, split_macs, split_lowered = _split(
-                    fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_"
+                    fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_", sparse=channels_last(mod)
                 )
             except ValueError as exc:
                 logger.info("row bands declined: %s", exc)
