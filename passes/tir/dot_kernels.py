@@ -559,66 +559,78 @@ static inline int32_t tvmmcu_dot4_sum_s8(const int8_t *w, int32_t ws, int32_t n,
   return 0;
 }
 
+/* The blocked kernels' loop, for int8 weights (tvmmcu_dot4b_run) and halfwords (tvmmcu_dot4h_run): 8
+ * values of the data a step (LDRD where word-aligned), widened once, then BLOCK8 adds one channel's 8
+ * products from the weight pointer p; AT(k) is where value k of channel 0 sits in a block of 32. */
+#if defined(__ARM_FEATURE_DSP)
+#define TVMMCU_DOT_STEP8(BLOCK8)                                                 \
+  const uint32_t v0 = x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo);   \
+  const uint32_t v1 = x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo);   \
+  const uint32_t v2 = x_unsigned ? tvmmcu_dot_u02(hi) : tvmmcu_dot_s02(hi);   \
+  const uint32_t v3 = x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi);   \
+  BLOCK8(a0);                                                                  \
+  BLOCK8(a1);                                                                  \
+  BLOCK8(a2);                                                                  \
+  BLOCK8(a3)
+#define TVMMCU_DOT_BLOCKED_LOOP(BLOCK8)                 \
+  if ((((uint32_t)(uintptr_t)x) & 3u) == 0u) {         \
+    while (xu != end) {                                 \
+      TVMMCU_DOT_LDRD_NEXT(xu, lo, hi);                 \
+      TVMMCU_DOT_STEP8(BLOCK8);                         \
+    }                                                   \
+  } else {                                              \
+    while (xu != end) {                                 \
+      lo = tvmmcu_dot_word(xu);                         \
+      hi = tvmmcu_dot_word(xu + 4);                     \
+      xu += 8;                                          \
+      TVMMCU_DOT_STEP8(BLOCK8);                         \
+    }                                                   \
+  }
+#endif
+#define TVMMCU_DOT_BLOCKED_RUN(name, WT, BLOCK8, AT)                                               \
+  static inline __attribute__((always_inline)) void name(const void *x, const WT *wb, int32_t n,     \
+                                                         int32_t *a, int x_unsigned) {              \
+    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];                                            \
+    TVMMCU_DOT_BLOCKED_BODY(BLOCK8, AT)                                                             \
+    a[0] = a0;                                                                                      \
+    a[1] = a1;                                                                                      \
+    a[2] = a2;                                                                                      \
+    a[3] = a3;                                                                                      \
+  }
+#if defined(__ARM_FEATURE_DSP)
+#define TVMMCU_DOT_BLOCKED_BODY(BLOCK8, AT)         \
+  const uint8_t *xu = (const uint8_t *)x;           \
+  const uint8_t *const end = xu + n;                \
+  const void *p = wb;                               \
+  uint32_t lo, hi, b0, b1;                          \
+  TVMMCU_DOT_BLOCKED_LOOP(BLOCK8)
+#else
+#define TVMMCU_DOT_BLOCKED_BODY(BLOCK8, AT)                                  \
+  const int8_t *xs = (const int8_t *)x;                                      \
+  const uint8_t *xu = (const uint8_t *)x;                                    \
+  for (int32_t k = 0; k < n; ++k) {                                          \
+    const int32_t v = x_unsigned ? (int32_t)xu[k] : (int32_t)xs[k];          \
+    const int32_t at = (k >> 3) * 32 + AT(k & 7);                            \
+    a0 = (int32_t)((uint32_t)a0 + (uint32_t)(v * (int32_t)wb[at]));          \
+    a1 = (int32_t)((uint32_t)a1 + (uint32_t)(v * (int32_t)wb[at + 8]));      \
+    a2 = (int32_t)((uint32_t)a2 + (uint32_t)(v * (int32_t)wb[at + 16]));     \
+    a3 = (int32_t)((uint32_t)a3 + (uint32_t)(v * (int32_t)wb[at + 24]));     \
+  }
+#endif
+
 /* Four output channels whose weights are blocked (passes/tir/block_weights.py): for every 8 values of
  * the reduction, the four channels' 8 weights one after another (32 bytes). a[j] + sum over k < n of
  * x[k] * wb[(k / 8) * 32 + j * 8 + k % 8]; n a multiple of 8, wb word-aligned. One pointer walks the
  * four channels' weights, two words per LDRD: 43 instructions per 32 multiply-accumulates with the DSP
  * extension. */
-static inline __attribute__((always_inline)) void tvmmcu_dot4b_run(const void *x, const int8_t *wb,
-                                                                   int32_t n, int32_t *a, int x_unsigned) {
-  int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-#if defined(__ARM_FEATURE_DSP)
-  const uint8_t *xu = (const uint8_t *)x;
-  const uint8_t *const end = xu + n;
-  const int8_t *p = wb;
-  uint32_t lo, hi, b0, b1;
-#define TVMMCU_DOT_BLOCK8(acc)                           \
+#define TVMMCU_DOT_BYTE8(acc)                            \
   TVMMCU_DOT_LDRD_NEXT(p, b0, b1);                       \
   acc = tvmmcu_dot_smlad(v0, tvmmcu_dot_s02(b0), acc); \
   acc = tvmmcu_dot_smlad(v1, tvmmcu_dot_s13(b0), acc); \
   acc = tvmmcu_dot_smlad(v2, tvmmcu_dot_s02(b1), acc); \
   acc = tvmmcu_dot_smlad(v3, tvmmcu_dot_s13(b1), acc)
-#define TVMMCU_DOT_STEP8                                                       \
-  const uint32_t v0 = x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo); \
-  const uint32_t v1 = x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo); \
-  const uint32_t v2 = x_unsigned ? tvmmcu_dot_u02(hi) : tvmmcu_dot_s02(hi); \
-  const uint32_t v3 = x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi); \
-  TVMMCU_DOT_BLOCK8(a0);                                                     \
-  TVMMCU_DOT_BLOCK8(a1);                                                     \
-  TVMMCU_DOT_BLOCK8(a2);                                                     \
-  TVMMCU_DOT_BLOCK8(a3)
-  if ((((uint32_t)(uintptr_t)x) & 3u) == 0u) {
-    while (xu != end) {
-      TVMMCU_DOT_LDRD_NEXT(xu, lo, hi);
-      TVMMCU_DOT_STEP8;
-    }
-  } else {
-    while (xu != end) {
-      lo = tvmmcu_dot_word(xu);
-      hi = tvmmcu_dot_word(xu + 4);
-      xu += 8;
-      TVMMCU_DOT_STEP8;
-    }
-  }
-#undef TVMMCU_DOT_STEP8
-#undef TVMMCU_DOT_BLOCK8
-#else
-  const int8_t *xs = (const int8_t *)x;
-  const uint8_t *xu = (const uint8_t *)x;
-  for (int32_t k = 0; k < n; ++k) {
-    const int32_t v = x_unsigned ? (int32_t)xu[k] : (int32_t)xs[k];
-    const int8_t *w = wb + (k >> 3) * 32 + (k & 7);
-    a0 = (int32_t)((uint32_t)a0 + (uint32_t)(v * (int32_t)w[0]));
-    a1 = (int32_t)((uint32_t)a1 + (uint32_t)(v * (int32_t)w[8]));
-    a2 = (int32_t)((uint32_t)a2 + (uint32_t)(v * (int32_t)w[16]));
-    a3 = (int32_t)((uint32_t)a3 + (uint32_t)(v * (int32_t)w[24]));
-  }
-#endif
-  a[0] = a0;
-  a[1] = a1;
-  a[2] = a2;
-  a[3] = a3;
-}
+#define TVMMCU_DOT_BYTE_AT(i) (i)
+TVMMCU_DOT_BLOCKED_RUN(tvmmcu_dot4b_run, int8_t, TVMMCU_DOT_BYTE8, TVMMCU_DOT_BYTE_AT)
 
 /* Always inlined: the operator's accumulators then stay in registers between the call and its
  * requantisation (measured: fewer instructions on every MLPerf Tiny model, a few hundred bytes more). */
@@ -814,63 +826,15 @@ static inline int32_t tvmmcu_dot4b_runs_u8s8(const uint8_t *x, int32_t xsy, int3
  * the data's SXTB16 halves: w0 w2 w1 w3 w4 w6 w5 w7 (16 bytes). Twice the flash, no widening of the
  * weights: 31 instructions per 32 multiply-accumulates with the DSP extension (43 from int8). */
 static const uint8_t tvmmcu_dot_half_at[8] = {0, 2, 1, 3, 4, 6, 5, 7};
-
-static inline __attribute__((always_inline)) void tvmmcu_dot4h_run(const void *x, const int16_t *wh,
-                                                                   int32_t n, int32_t *a, int x_unsigned) {
-  int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-#if defined(__ARM_FEATURE_DSP)
-  const uint8_t *xu = (const uint8_t *)x;
-  const uint8_t *const end = xu + n;
-  const int16_t *p = wh;
-  uint32_t lo, hi, c0, c1;
 #define TVMMCU_DOT_HALF8(acc)                \
-  TVMMCU_DOT_LDRD_NEXT(p, c0, c1);           \
-  acc = tvmmcu_dot_smlad(v0, c0, acc);       \
-  acc = tvmmcu_dot_smlad(v1, c1, acc);       \
-  TVMMCU_DOT_LDRD_NEXT(p, c0, c1);           \
-  acc = tvmmcu_dot_smlad(v2, c0, acc);       \
-  acc = tvmmcu_dot_smlad(v3, c1, acc)
-#define TVMMCU_DOT_STEP8                                                       \
-  const uint32_t v0 = x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo); \
-  const uint32_t v1 = x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo); \
-  const uint32_t v2 = x_unsigned ? tvmmcu_dot_u02(hi) : tvmmcu_dot_s02(hi); \
-  const uint32_t v3 = x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi); \
-  TVMMCU_DOT_HALF8(a0);                                                      \
-  TVMMCU_DOT_HALF8(a1);                                                      \
-  TVMMCU_DOT_HALF8(a2);                                                      \
-  TVMMCU_DOT_HALF8(a3)
-  if ((((uint32_t)(uintptr_t)x) & 3u) == 0u) {
-    while (xu != end) {
-      TVMMCU_DOT_LDRD_NEXT(xu, lo, hi);
-      TVMMCU_DOT_STEP8;
-    }
-  } else {
-    while (xu != end) {
-      lo = tvmmcu_dot_word(xu);
-      hi = tvmmcu_dot_word(xu + 4);
-      xu += 8;
-      TVMMCU_DOT_STEP8;
-    }
-  }
-#undef TVMMCU_DOT_STEP8
-#undef TVMMCU_DOT_HALF8
-#else
-  const int8_t *xs = (const int8_t *)x;
-  const uint8_t *xu = (const uint8_t *)x;
-  for (int32_t k = 0; k < n; ++k) {
-    const int32_t v = x_unsigned ? (int32_t)xu[k] : (int32_t)xs[k];
-    const int16_t *w = wh + (k >> 3) * 32 + tvmmcu_dot_half_at[k & 7];
-    a0 = (int32_t)((uint32_t)a0 + (uint32_t)(v * (int32_t)w[0]));
-    a1 = (int32_t)((uint32_t)a1 + (uint32_t)(v * (int32_t)w[8]));
-    a2 = (int32_t)((uint32_t)a2 + (uint32_t)(v * (int32_t)w[16]));
-    a3 = (int32_t)((uint32_t)a3 + (uint32_t)(v * (int32_t)w[24]));
-  }
-#endif
-  a[0] = a0;
-  a[1] = a1;
-  a[2] = a2;
-  a[3] = a3;
-}
+  TVMMCU_DOT_LDRD_NEXT(p, b0, b1);           \
+  acc = tvmmcu_dot_smlad(v0, b0, acc);       \
+  acc = tvmmcu_dot_smlad(v1, b1, acc);       \
+  TVMMCU_DOT_LDRD_NEXT(p, b0, b1);           \
+  acc = tvmmcu_dot_smlad(v2, b0, acc);       \
+  acc = tvmmcu_dot_smlad(v3, b1, acc)
+#define TVMMCU_DOT_HALF_AT(i) (tvmmcu_dot_half_at[i])
+TVMMCU_DOT_BLOCKED_RUN(tvmmcu_dot4h_run, int16_t, TVMMCU_DOT_HALF8, TVMMCU_DOT_HALF_AT)
 
 TVMMCU_DOT_INLINE int32_t tvmmcu_dot4h_s8s16(const int8_t *x, const void *wh, int32_t n, int32_t *acc) {
   tvmmcu_dot4h_run(x, (const int16_t *)wh, n, acc, 0);

@@ -114,9 +114,10 @@ def _shifted(load: Any, offset: Any) -> Any:
     return tirx.address_of(tirx.BufferLoad(load.source, [index + offset]))
 
 
-def _mac(store: Any, loop_vars: list[Any]) -> tuple[Any, Any, Any] | None:
-    """(acc[i], A, B) of ``acc[i] = acc[i] + int32(A) * int32(B)`` with ``i`` free of the loops."""
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+def _accumulation(store: Any, loop_vars: list[Any], dtype: str) -> tuple[Any, Any] | None:
+    """(acc[i], A * B) of ``acc[i] = acc[i] + A * B`` over a ``dtype`` accumulator with ``i`` free of
+    the loops."""
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != dtype:
         return None
     value = store.value
     if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
@@ -131,7 +132,16 @@ def _mac(store: Any, loop_vars: list[Any]) -> tuple[Any, Any, Any] | None:
         return None
     if any(uses(i, v) for i in store.indices for v in loop_vars):
         return None
-    a, b = _strip_cast(value.b.a), _strip_cast(value.b.b)
+    return acc, value.b
+
+
+def _mac(store: Any, loop_vars: list[Any]) -> tuple[Any, Any, Any] | None:
+    """(acc[i], A, B) of ``acc[i] = acc[i] + int32(A) * int32(B)`` with ``i`` free of the loops."""
+    found = _accumulation(store, loop_vars, "int32")
+    if found is None:
+        return None
+    acc, product = found
+    a, b = _strip_cast(product.a), _strip_cast(product.b)
     if a is None or b is None:
         return None
     return acc, a, b
@@ -499,22 +509,11 @@ def _scatter(loop: Any) -> Any | None:
 
 def _mac_f32(store: Any, loop_vars: list[Any]) -> tuple[Any, Any, Any] | None:
     """(acc[i], A, B) of ``acc[i] = acc[i] + A * B`` over float32 ``acc`` with ``i`` free of the loops."""
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "float32":
+    found = _accumulation(store, loop_vars, "float32")
+    if found is None:
         return None
-    value = store.value
-    if not isinstance(value, tirx.Add) or not isinstance(value.b, tirx.Mul):
-        return None
-    acc = value.a
-    if not (
-        isinstance(acc, TensorLoad)
-        and acc.source.same_as(store.buffer)
-        and len(acc.indices) == len(store.indices)
-        and all(structural_equal(a, b) for a, b in zip(acc.indices, store.indices, strict=True))
-    ):
-        return None
-    if any(uses(i, v) for i in store.indices for v in loop_vars):
-        return None
-    a, b = value.b.a, value.b.b
+    acc, product = found
+    a, b = product.a, product.b
     if str(a.ty) != "float32" or str(b.ty) != "float32":
         return None
     return acc, a, b
