@@ -190,19 +190,30 @@ def _strides(load: Any, ry: Any, rx: Any) -> tuple[int, int, Any] | None:
     return int(coeffs[0]), int(coeffs[1]), coeffs[2]
 
 
+def _nest(loop: Any, depth: int) -> tuple[list[Any], list[int], Any] | None:
+    """(loop variables, constant extents, innermost body) of ``depth`` perfectly nested plain loops
+    from 0 with constant extents starting at ``loop``; None otherwise."""
+    loops = [loop]
+    for _ in range(depth - 1):
+        body = loops[-1].body
+        if not isinstance(body, tirx.For):
+            return None
+        loops.append(body)
+    if not all(from_zero(f) and isinstance(f.extent, tirx.IntImm) for f in loops):
+        return None
+    return [f.loop_var for f in loops], [int(f.extent) for f in loops], loops[-1].body
+
+
 def _window(loop: Any) -> Any | None:
     """The call replacing a two-level window ``for ry: for rx: acc += x * w`` with strided taps."""
-    inner = loop.body
-    if not from_zero(loop) or not isinstance(inner, tirx.For) or not from_zero(inner):
+    nest = _nest(loop, 2)
+    if nest is None:
         return None
-    if not isinstance(loop.extent, tirx.IntImm) or not isinstance(inner.extent, tirx.IntImm):
-        return None
-    ry, rx = loop.loop_var, inner.loop_var
-    mac = _mac(inner.body, [ry, rx])
+    (ry, rx), (kh, kw), body = nest
+    mac = _mac(body, [ry, rx])
     if mac is None:
         return None
     acc, a, b = mac
-    kh, kw = int(loop.extent), int(inner.extent)
     for data, weight in ((a, b), (b, a)):
         cond, pad, load = None, 0, data
         if isinstance(data, tvm.ir.Call) and str(getattr(data.op, "name", "")) == "prim.if_then_else":
@@ -222,7 +233,7 @@ def _window(loop: Any) -> Any | None:
         if bounds is None:
             continue
         # (name, data load and strides, weight load and strides, window, padding value, accumulator)
-        return _window_store(inner.body, (name, load, xs, weight, ws, (kh, kw), pad, acc), bounds)
+        return _window_store(body, (name, load, xs, weight, ws, (kh, kw), pad, acc), bounds)
     return None
 
 
@@ -255,19 +266,13 @@ def _runs(loop: Any) -> Any | None:
     """The call replacing a window of runs ``for ry: for rx: for rc in [0, n): acc += x * w`` with ``rc``
     contiguous in both operands (an NHWC convolution's taps of input channels) and ``n`` at least
     ``MIN_DOT_TAPS``: the runs kernel, one call for the whole window."""
-    middle = loop.body
-    if not from_zero(loop) or not isinstance(middle, tirx.For) or not from_zero(middle):
+    nest = _nest(loop, 3)
+    if nest is None:
         return None
-    inner = middle.body
-    if not isinstance(inner, tirx.For) or not from_zero(inner):
-        return None
-    if not all(isinstance(f.extent, tirx.IntImm) for f in (loop, middle, inner)):
-        return None
-    ry, rx, rc = loop.loop_var, middle.loop_var, inner.loop_var
-    kh, kw, n = int(loop.extent), int(middle.extent), int(inner.extent)
+    (ry, rx, rc), (kh, kw, n), body = nest
     if n < MIN_DOT_TAPS:
         return None
-    mac = _mac(inner.body, [ry, rx, rc])
+    mac = _mac(body, [ry, rx, rc])
     if mac is None:
         return None
     acc, a, b = mac
@@ -287,7 +292,7 @@ def _runs(loop: Any) -> Any | None:
         bounds = _window_bounds(cond, ry, rx, kh, kw)
         if bounds is None:
             continue
-        return _window_store(inner.body, (name, load, xs, weight, ws, (kh, kw), pad, acc), bounds, n)
+        return _window_store(body, (name, load, xs, weight, ws, (kh, kw), pad, acc), bounds, n)
     return None
 
 
@@ -619,17 +624,14 @@ def _float_window(loop: Any) -> Any | None:
     """``acc = tvmmcu_dot_win_f32(&x[first tap inside], xsy, xsx, &w[b], wsy, wsx, kh, kw, y0, y1, x0,
     x1, acc)`` for a window ``for ry in [0, kh): for rx in [0, kw): acc += X * W`` with constant
     strides in both operands (a depthwise window, a single input channel's taps); None otherwise."""
-    inner = loop.body
-    if not from_zero(loop) or not isinstance(inner, tirx.For) or not from_zero(inner):
+    nest = _nest(loop, 2)
+    if nest is None:
         return None
-    if not isinstance(loop.extent, tirx.IntImm) or not isinstance(inner.extent, tirx.IntImm):
-        return None
-    ry, rx = loop.loop_var, inner.loop_var
-    mac = _mac_f32(inner.body, [ry, rx])
+    (ry, rx), (kh, kw), body = nest
+    mac = _mac_f32(body, [ry, rx])
     if mac is None:
         return None
     acc, a, b = mac
-    kh, kw = int(loop.extent), int(inner.extent)
     for data, weight in ((a, b), (b, a)):
         cond, load = _zero_padded(data)
         xs, ws = _strides(load, ry, rx), _strides(weight, ry, rx)
@@ -641,13 +643,8 @@ def _float_window(loop: Any) -> Any | None:
         bounds = _float_bounds(cond, ry, rx, kh, kw)
         if bounds is None:
             continue
-        outer, (y0, y1, x0, x1) = bounds
-        at = tirx.BufferLoad(load.source, [xs[2] + y0 * xs[0] + x0 * xs[1]])
-        args = [tirx.address_of(at), _c(xs[0]), _c(xs[1])]
-        args += [tirx.address_of(tirx.BufferLoad(weight.source, [ws[2]])), _c(ws[0]), _c(ws[1])]
-        args += [_c(kh), _c(kw), _i32(y0), _i32(y1), _i32(x0), _i32(x1), acc]
-        call = tirx.call_extern("float32", name, *args)
-        return _guarded(outer, tirx.BufferStore(inner.body.buffer, call, inner.body.indices))
+        weights = (weight.source, ws[2], ws[:2])
+        return _float_call(name, body, load, xs, weights, (kh, kw), (), bounds, acc)
     return None
 
 
@@ -656,17 +653,11 @@ def _float_runs(loop: Any) -> Any | None:
     y1, x0, x1, acc)`` for ``for ry in [0, kh): for rx in [0, kw): for rc in [0, n): acc += X * W`` with
     ``rc`` contiguous in the data and ``wc`` apart in the weights (an NHWC convolution's taps of input
     channels); None otherwise."""
-    middle = loop.body
-    if not from_zero(loop) or not isinstance(middle, tirx.For) or not from_zero(middle):
+    nest = _nest(loop, 3)
+    if nest is None:
         return None
-    inner = middle.body
-    if not isinstance(inner, tirx.For) or not from_zero(inner):
-        return None
-    if not all(isinstance(f.extent, tirx.IntImm) for f in (loop, middle, inner)):
-        return None
-    ry, rx, rc = loop.loop_var, middle.loop_var, inner.loop_var
-    kh, kw, n = int(loop.extent), int(middle.extent), int(inner.extent)
-    mac = _mac_f32(inner.body, [ry, rx, rc])
+    (ry, rx, rc), (kh, kw, n), body = nest
+    mac = _mac_f32(body, [ry, rx, rc])
     if mac is None:
         return None
     acc, a, b = mac
@@ -684,14 +675,32 @@ def _float_runs(loop: Any) -> Any | None:
         bounds = _float_bounds(cond, ry, rx, kh, kw)
         if bounds is None:
             continue
-        outer, (y0, y1, x0, x1) = bounds
-        at = tirx.BufferLoad(load.source, [xs[2] + y0 * xs[0] + x0 * xs[1]])
-        args = [tirx.address_of(at), _c(xs[0]), _c(xs[1])]
-        args += [tirx.address_of(tirx.BufferLoad(weight.source, [ws[3]])), _c(ws[0]), _c(ws[1]), _c(ws[2])]
-        args += [_c(kh), _c(kw), _c(n), _i32(y0), _i32(y1), _i32(x0), _i32(x1), acc]
-        call = tirx.call_extern("float32", name, *args)
-        return _guarded(outer, tirx.BufferStore(inner.body.buffer, call, inner.body.indices))
+        weights = (weight.source, ws[3], ws[:3])
+        return _float_call(name, body, load, xs, weights, (kh, kw), (n,), bounds, acc)
     return None
+
+
+def _float_call(
+    name: str,
+    store: Any,
+    load: Any,
+    xs: tuple[int, int, Any],
+    weights: tuple[Any, Any, tuple[int, ...]],
+    window: tuple[int, int],
+    run: tuple[int, ...],
+    bounds: tuple[Any, tuple[Any, Any, Any, Any]],
+    acc: Any,
+) -> Any:
+    """``store`` of a float window or runs kernel's call: the data from the first tap inside, the
+    weights (buffer, base, strides), the window, the run length (runs only), the taps inside."""
+    outer, (y0, y1, x0, x1) = bounds
+    source, base, strides = weights
+    at = tirx.BufferLoad(load.source, [xs[2] + y0 * xs[0] + x0 * xs[1]])
+    args = [tirx.address_of(at), _c(xs[0]), _c(xs[1])]
+    args += [tirx.address_of(tirx.BufferLoad(source, [base])), *(_c(v) for v in strides)]
+    args += [_c(window[0]), _c(window[1]), *(_c(v) for v in run), _i32(y0), _i32(y1), _i32(x0), _i32(x1)]
+    call = tirx.call_extern("float32", name, *args, acc)
+    return _guarded(outer, tirx.BufferStore(store.buffer, call, store.indices))
 
 
 def _weight_strides3(load: Any, ry: Any, rx: Any, rc: Any) -> tuple[int, int, int, Any] | None:
