@@ -26,6 +26,14 @@ SPARSE1P_BLOB = {
     ("int8", "int8"): "tvmmcu_sparse1p_blob_s8s8",
     ("uint8", "int8"): "tvmmcu_sparse1p_blob_u8s8",
 }
+SPARSE1P_EDGE = {
+    ("int8", "int8"): "tvmmcu_sparse1p_edge_s8s8",
+    ("uint8", "int8"): "tvmmcu_sparse1p_edge_u8s8",
+}
+SPARSE4P_BLOB = {
+    ("int8", "int8"): "tvmmcu_sparse4p_blob_s8s8",
+    ("uint8", "int8"): "tvmmcu_sparse4p_blob_u8s8",
+}
 # Output pixels per call of the four-pixel kernel.
 PIXELS = 4
 
@@ -69,6 +77,10 @@ HEADER_TEXT = """\
  * vals[f * n] .. vals[f * n + n - 1] (one per input channel). The window's tap (ry, rx) is at
  * ry * xsy + rx * xsx bytes from its first tap. */
 
+/* Tap t's byte offset in the window: from the table at, or (without one) from the window's strides,
+ * kw a constant where the call is inlined (a multiply, no division). */
+#define TVMMCU_SPARSE_AT(t) (at != 0 ? (int32_t)at[(t)] : ((t) / kw) * xsy + ((t) % kw) * xsx)
+
 /* Four output pixels of one output channel, their windows ps bytes apart and wholly inside the input:
  * acc[p] += sum over the channel's filterlets f and k < n of x[p * ps + at[taps[f]] + k] * vals[f * n + k],
  * at[t] the byte offset of tap t in the window (ry * xsy + rx * xsx, a table of the layer's kh * kw taps,
@@ -77,7 +89,8 @@ HEADER_TEXT = """\
  * the dense four-channel kernels' 43 instructions per 32 multiply-accumulates. */
 static inline int32_t tvmmcu_sparse4p_x8s8(const void *x, int32_t ps, const int16_t *at, const int8_t *vals,
                                            const int16_t *taps, int32_t first, int32_t last, int32_t n,
-                                           int32_t *acc, int x_unsigned) {
+                                           int32_t *acc, int x_unsigned, int32_t xsy, int32_t xsx,
+                                           int32_t kw) {
   int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
   const int8_t *w = vals + first * n;
 #if defined(__ARM_FEATURE_DSP)
@@ -88,7 +101,7 @@ static inline int32_t tvmmcu_sparse4p_x8s8(const void *x, int32_t ps, const int1
     /* The common case (input channels a multiple of 8): the weights of consecutive kept filterlets
      * follow each other, so one pointer walks them all; nothing per filterlet but its data pointer. */
     for (int32_t f = first; f < last; ++f) {
-      const uint8_t *q = (const uint8_t *)x + at[taps[f]];
+      const uint8_t *q = (const uint8_t *)x + TVMMCU_SPARSE_AT(taps[f]);
       const uint8_t *const end = q + n;
       do {
         uint32_t b0, b1, lo, hi;
@@ -117,7 +130,7 @@ static inline int32_t tvmmcu_sparse4p_x8s8(const void *x, int32_t ps, const int1
   }
 #endif
   for (int32_t f = first; f < last; ++f) {
-    const uint8_t *xp = (const uint8_t *)x + at[taps[f]];
+    const uint8_t *xp = (const uint8_t *)x + TVMMCU_SPARSE_AT(taps[f]);
     int32_t k = 0;
 #if defined(__ARM_FEATURE_DSP)
     if (aligned) {
@@ -185,13 +198,13 @@ static inline int32_t tvmmcu_sparse4p_x8s8(const void *x, int32_t ps, const int1
 static inline int32_t tvmmcu_sparse4p_s8s8(const int8_t *x, int32_t ps, const int16_t *at, const int8_t *vals,
                                            const int16_t *taps, int32_t first, int32_t last, int32_t n,
                                            int32_t *acc) {
-  return tvmmcu_sparse4p_x8s8(x, ps, at, vals, taps, first, last, n, acc, 0);
+  return tvmmcu_sparse4p_x8s8(x, ps, at, vals, taps, first, last, n, acc, 0, 0, 0, 1);
 }
 
 static inline int32_t tvmmcu_sparse4p_u8s8(const uint8_t *x, int32_t ps, const int16_t *at,
                                            const int8_t *vals, const int16_t *taps, int32_t first,
                                            int32_t last, int32_t n, int32_t *acc) {
-  return tvmmcu_sparse4p_x8s8(x, ps, at, vals, taps, first, last, n, acc, 1);
+  return tvmmcu_sparse4p_x8s8(x, ps, at, vals, taps, first, last, n, acc, 1, 0, 0, 1);
 }
 
 /* One output pixel of one output channel whose window may cross the padding: the taps inside are
@@ -232,15 +245,53 @@ static inline int32_t tvmmcu_sparse1p_u8s8(const uint8_t *x, int32_t xsy, int32_
 
 /* The same over one blob (compress_blob: rows, taps, then the values at the next multiple of 8 bytes),
  * out_channels rows: what a convolution's weight parameter holds when stored sparse. */
+#define TVMMCU_SPARSE_BLOB                                                          \
+  const int16_t *rows = (const int16_t *)(const void *)blob;                        \
+  const int16_t *taps = rows + out_channels + 1;                                    \
+  const int8_t *vals = blob + ((2 * (out_channels + 1 + rows[out_channels]) + 7) & ~7)
 static inline int32_t tvmmcu_sparse1p_blob_x8s8(const void *x, int32_t xsy, int32_t xsx, int32_t kw,
                                                 const int8_t *blob, int32_t out_channels, int32_t o,
                                                 int32_t n, int32_t y0, int32_t y1, int32_t x0, int32_t x1,
                                                 int32_t pad, int32_t acc, int x_unsigned) {
-  const int16_t *rows = (const int16_t *)(const void *)blob;
-  const int16_t *taps = rows + out_channels + 1;
-  const int32_t at = (2 * (out_channels + 1 + rows[out_channels]) + 7) & ~7;
-  return tvmmcu_sparse1p_x8s8(x, xsy, xsx, kw, blob + at, taps, rows[o], rows[o + 1], n, y0, y1, x0, x1, pad,
-                              acc, x_unsigned);
+  TVMMCU_SPARSE_BLOB;
+  return tvmmcu_sparse1p_x8s8(x, xsy, xsx, kw, vals, taps, rows[o], rows[o + 1], n, y0, y1, x0, x1, pad, acc,
+                              x_unsigned);
+}
+
+/* The same, never inlined: the border pixels around a row's blocks of four (SparseFilterlets' copies of
+ * the loop), where a call costs little and a copy of the kernel much flash. */
+static __attribute__((noinline, unused)) int32_t
+tvmmcu_sparse1p_edge_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, int32_t kw, const int8_t *blob,
+                           int32_t out_channels, int32_t o, int32_t n, int32_t y0, int32_t y1, int32_t x0,
+                           int32_t x1, int32_t pad, int32_t acc) {
+  return tvmmcu_sparse1p_blob_x8s8(x, xsy, xsx, kw, blob, out_channels, o, n, y0, y1, x0, x1, pad, acc, 0);
+}
+
+static __attribute__((noinline, unused)) int32_t
+tvmmcu_sparse1p_edge_u8s8(const uint8_t *x, int32_t xsy, int32_t xsx, int32_t kw, const int8_t *blob,
+                           int32_t out_channels, int32_t o, int32_t n, int32_t y0, int32_t y1, int32_t x0,
+                           int32_t x1, int32_t pad, int32_t acc) {
+  return tvmmcu_sparse1p_blob_x8s8(x, xsy, xsx, kw, blob, out_channels, o, n, y0, y1, x0, x1, pad, acc, 1);
+}
+
+/* Four pixels ps bytes apart, their windows wholly inside, of output channel o, over the blob. */
+static inline int32_t tvmmcu_sparse4p_blob_x8s8(const void *x, int32_t ps, int32_t xsy, int32_t xsx,
+                                                int32_t kw, const int8_t *blob, int32_t out_channels,
+                                                int32_t o, int32_t n, int32_t *acc, int x_unsigned) {
+  TVMMCU_SPARSE_BLOB;
+  return tvmmcu_sparse4p_x8s8(x, ps, 0, vals, taps, rows[o], rows[o + 1], n, acc, x_unsigned, xsy, xsx, kw);
+}
+
+static inline int32_t tvmmcu_sparse4p_blob_s8s8(const int8_t *x, int32_t ps, int32_t xsy, int32_t xsx,
+                                                int32_t kw, const int8_t *blob, int32_t out_channels,
+                                                int32_t o, int32_t n, int32_t *acc) {
+  return tvmmcu_sparse4p_blob_x8s8(x, ps, xsy, xsx, kw, blob, out_channels, o, n, acc, 0);
+}
+
+static inline int32_t tvmmcu_sparse4p_blob_u8s8(const uint8_t *x, int32_t ps, int32_t xsy, int32_t xsx,
+                                                int32_t kw, const int8_t *blob, int32_t out_channels,
+                                                int32_t o, int32_t n, int32_t *acc) {
+  return tvmmcu_sparse4p_blob_x8s8(x, ps, xsy, xsx, kw, blob, out_channels, o, n, acc, 1);
 }
 
 static inline int32_t tvmmcu_sparse1p_blob_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, int32_t kw,
