@@ -977,14 +977,17 @@ static inline int32_t tvmmcu_dot_copy8(void *dst, const void *src, int32_t n) {
 # include guard.
 HEADER_TEXT += FLOAT_HEADER_TEXT + SPARSE_HEADER_TEXT
 
-# A window kernel's whole-window path is dead when the padding makes every window partial (an input
-# smaller than the kernel), but in one translation unit GCC propagates the arena's bounds into it and
-# warns about that path's reads (-Warray-bounds); the reads of a window are in bounds by construction
-# (the taps [y0, y1) x [x0, x1) lie inside). Only that warning, only in this header.
+# In one translation unit GCC propagates the arena's and the weights' sizes into the kernels and warns
+# about paths no call takes: a window kernel's whole-window path when the padding makes every window
+# partial (an input smaller than the kernel: -Warray-bounds), a dot product's scalar tail after its
+# word steps have covered the whole length (-Waggressive-loop-optimizations; fuzz: a 60-input dense
+# layer). The kernels' reads lie inside by construction (the taps [y0, y1) x [x0, x1), k < n). Only
+# those two warnings, only in this header.
 _QUIET = """\
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Warray-bounds"
+#pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
 #endif
 """
 _LOUD = """\
