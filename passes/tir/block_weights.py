@@ -10,7 +10,6 @@ from tvm_mcu._tvm import (
     Analyzer,
     PrimFunc,
     TensorLoad,
-    buffer_data_op,
     detect_linear_equation,
     structural_map,
     structural_walk,
@@ -18,7 +17,7 @@ from tvm_mcu._tvm import (
     tvm,
 )
 from tvm_mcu.passes.tir.dot_kernels import BLOCK_VALUES, DOT4, DOT4B, RUNS4, RUNS4B, SUM4, SUM4B
-from tvm_mcu.passes.tir.each_function import extern_name, rewrite_each
+from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, rewrite_each
 
 ATTR_DONE = "tvmmcu.weights_blocked"
 # On the function: parameter position -> the stride S between output channels of the weights it holds,
@@ -87,22 +86,6 @@ def _multiple(expr: Any, k: int, ana: Any) -> bool:
     if isinstance(expr, tirx.Cast):
         return _multiple(expr.value, k, ana)
     return bool(ana.can_prove(tirx.floormod(expr, tirx.IntImm(str(expr.ty), k)) == 0))
-
-
-def _owners(func: PrimFunc) -> dict[Any, Any]:
-    """Declared buffer -> the parameter whose memory it views: FlattenBuffer's flat views declare
-    ``data = buffer_data(param)``, a TVMScript buffer over a handle parameter ``data = param``."""
-    data_op = buffer_data_op()
-    out: dict[Any, Any] = {}
-
-    def visit(decl: Any) -> None:
-        data = decl.data
-        if isinstance(data, tvm.ir.Call) and data.op.same_as(data_op):
-            data = data.args[0]
-        out[decl.buffer] = data
-
-    structural_walk(func.body, (tirx.DeclBuffer, visit))
-    return out
 
 
 def _blockable(func: PrimFunc, owners: dict[Any, Any]) -> dict[Any, int]:
@@ -187,7 +170,7 @@ def _moved(index: Any, stride: int) -> Any:
 
 
 def block_weights(func: PrimFunc) -> PrimFunc:
-    owners = _owners(func)
+    owners = parameter_owners(func)
     position = {p: k for k, p in enumerate(func.params)}
     chosen = {p: s for p, s in _blockable(func, owners).items() if p in position}
     if not chosen:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tvm_mcu._tvm import PrimFunc, structural_map, structural_walk, tirx, tvm
+from tvm_mcu._tvm import PrimFunc, buffer_data_op, structural_map, structural_walk, tirx, tvm
 
 
 def rewrite_each(mod: tvm.IRModule, done: str, rewrite: Callable[[PrimFunc], PrimFunc]) -> tvm.IRModule:
@@ -104,3 +104,19 @@ def extern_name(node: Any) -> str:
     if not isinstance(node, tvm.ir.Call) or str(getattr(node.op, "name", "")) != "tirx.call_extern":
         return ""
     return str(node.args[0].value) if hasattr(node.args[0], "value") else ""
+
+
+def parameter_owners(func: PrimFunc) -> dict[Any, Any]:
+    """Declared buffer -> the parameter whose memory it views: FlattenBuffer's flat views declare
+    ``data = buffer_data(param)``, a TVMScript buffer over a handle parameter ``data = param``."""
+    data_op = buffer_data_op()
+    out: dict[Any, Any] = {}
+
+    def visit(decl: Any) -> None:
+        data = decl.data
+        if isinstance(data, tvm.ir.Call) and data.op.same_as(data_op):
+            data = data.args[0]
+        out[decl.buffer] = data
+
+    structural_walk(func.body, (tirx.DeclBuffer, visit))
+    return out

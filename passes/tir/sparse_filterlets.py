@@ -15,13 +15,13 @@ from tvm_mcu._tvm import (
     tirx,
     tvm,
 )
-from tvm_mcu.passes.tir.block_weights import _owners
 from tvm_mcu.passes.tir.dot_kernels import RUNS
 from tvm_mcu.passes.tir.each_function import (
     constant_extent,
     extern_name,
     fresh_buffers,
     fresh_variables,
+    parameter_owners,
     rewrite_each,
     substitute,
 )
@@ -237,7 +237,7 @@ def sparse_filterlets(func: PrimFunc) -> PrimFunc:
     position = {p: k for k, p in enumerate(func.params)}
     by_position = {int(k): int(v) for k, v in wanted_attr.items()}
     wanted = {p: by_position[k] for p, k in position.items() if k in by_position}
-    owners = _owners(func)
+    owners = parameter_owners(func)
 
     def owner_of(buffer: Any) -> Any:
         return owners.get(buffer, buffer)
