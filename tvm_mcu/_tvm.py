@@ -67,6 +67,7 @@ __all__ = [
     "relax_const",
     "attr_values",
     "call_with_args",
+    "call_with_attrs",
 ]
 
 GlobalVar = tvm.ir.GlobalVar
@@ -186,6 +187,21 @@ def _plain(v: Any) -> Any:
 def call_with_args(call: Any, args: list[Any]) -> Any:
     """``call`` with its arguments replaced (same op, attributes and type arguments)."""
     return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def call_with_attrs(call: Any, args: list[Any], **changes: Any) -> Any:
+    """``call`` with its arguments replaced and some attribute fields changed (the others kept).
+
+    0.27: an attributes object is rebuilt from its reflected fields with ``make_node``."""
+    if not changes:
+        return call_with_args(call, args)
+    fields = {name: getattr(call.attrs, name) for name in attr_fields(call.attrs)}
+    unknown = set(changes) - set(fields)
+    if unknown:
+        raise KeyError(f"{op_name(call)} has no attribute {', '.join(sorted(unknown))}")
+    fields.update(changes)
+    attrs = tvm.ir.make_node(type(call.attrs).__tvm_ffi_type_info__.type_key, **fields)
+    return relax.Call(call.op, args, attrs, call.ty_args)
 
 
 def _prim_dtype(dt: Any) -> str:

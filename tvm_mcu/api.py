@@ -93,6 +93,24 @@ def _io_rows(
     return tuple(rows)
 
 
+def _op_row(op: compiler.OpInfo) -> OpRow:
+    """The report's row of one step: its figures and how its weights are stored."""
+    w = op.weights
+    counted = [s for s in w if s.filterlets is not None]
+    return OpRow(
+        op.name,
+        op.kind,
+        op.macs,
+        op.output_bytes,
+        op.scratch_bytes,
+        weights_format=" + ".join(dict.fromkeys(s.format for s in w)),
+        weights_bytes=sum(s.stored_bytes for s in w),
+        index_bytes=sum(s.index_bytes for s in w),
+        filterlets_kept=sum(int(s.filterlets_kept or 0) for s in counted) if counted else None,
+        filterlets=sum(int(s.filterlets or 0) for s in counted) if counted else None,
+    )
+
+
 def compile_model(
     model_path: Path,
     board_name: str,
@@ -105,6 +123,7 @@ def compile_model(
     partial_execution: bool = True,
     schedule: str | None = None,
     weights: str = "int8",
+    sparse: bool = True,
 ) -> Compiled:
     """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
     schedule.json.
@@ -115,7 +134,8 @@ def compile_model(
     with ``strict_budget=False`` the default schedule instead, and the report records no budget).
     ``in_place=False, partial_execution=False`` keeps every tensor whole in a buffer of its own (the
     layer-by-layer baseline). ``schedule``: take this candidate (e.g. "row bands") instead of choosing.
-    ``weights="int16"``: the SIMD kernels' weights stored pre-widened (compiler.compile_module).
+    ``weights="int16"``: the SIMD kernels' weights stored pre-widened; ``sparse=False``: every weight
+    stored dense (compiler.compile_module).
     """
     board = load_board(board_name)
     out_dir = outputs.output_dir(Path(out_dir))
@@ -131,6 +151,7 @@ def compile_model(
         partial_execution=partial_execution,
         schedule=schedule,
         weights=weights,
+        sparse=sparse,
     )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)
@@ -157,7 +178,7 @@ def compile_model(
         compile_seconds=result.seconds,
         inputs=_io_rows(ins, (result.io_quantization or {}).get("inputs"), model.inputs),
         outputs=_io_rows(outs, (result.io_quantization or {}).get("outputs"), model.outputs),
-        ops=tuple(OpRow(o.name, o.kind, o.macs, o.output_bytes, o.scratch_bytes) for o in result.ops),
+        ops=tuple(_op_row(o) for o in result.ops),
         plan_strategy=result.plan.strategy,
         whole_buffer_peak_bytes=result.whole_buffer_peak,
         whole_buffer_bound_bytes=result.whole_buffer_bound.peak_bytes,
@@ -166,6 +187,7 @@ def compile_model(
         float_ops=result.float_ops,
         float_routines=fw.float_routines,
         int16_weight_ops=result.int16_weight_ops,
+        stored_weights_bytes=result.stored_weights_bytes,
         schedule=result.schedule,
         sram_budget_bytes=result.sram_budget,
         io_bytes=model_c.packed_bytes(ins) + model_c.packed_bytes(outs),
@@ -501,15 +523,22 @@ def verify(
     allow_float: bool = False,
     schedule: str | None = None,
     weights: str = "int8",
+    sparse: bool = True,
 ) -> Verification:
     """Compile, run on the emulated board and compare with the independent references
     (:func:`check_against_references`; tolerances in :func:`compare`).
 
     ``schedule``: verify this candidate schedule (e.g. "row bands") instead of the one the compiler
-    would choose. ``weights``: as for :func:`compile_model`.
+    would choose. ``weights``, ``sparse``: as for :func:`compile_model`.
     """
     compiled = compile_model(
-        model_path, board_name, out_dir, allow_float=allow_float, schedule=schedule, weights=weights
+        model_path,
+        board_name,
+        out_dir,
+        allow_float=allow_float,
+        schedule=schedule,
+        weights=weights,
+        sparse=sparse,
     )
     model = load_model(Path(model_path))
     inputs = model_inputs(model, input_path=input_path, seed=seed)

@@ -35,7 +35,10 @@ def _figures(r: Report) -> list[tuple[str, str]]:
             f"{b(r.whole_buffer_peak_bytes)} / {b(r.whole_buffer_bound_bytes)} (inputs and outputs included)",
         ),
         ("stack (painted)", b(r.stack_bytes)),
-        ("flash (text+rodata+data)", f"{b(r.flash_bytes)} (weights {b(r.weights_bytes)})"),
+        (
+            "flash (text+rodata+data)",
+            f"{b(r.flash_bytes)} (weights {b(r.weights_bytes)}, stored as {b(r.stored_weights_bytes)})",
+        ),
         ("static RAM (data+bss)", b(r.ram_bytes)),
         ("MACs", f"{r.macs:,}"),
         ("instructions (QEMU, not cycles)", "-" if r.instructions is None else f"{r.instructions:,}"),
@@ -61,15 +64,21 @@ def _print_ops(r: Report) -> None:
     """One row per step; after a run, its instructions (QEMU, not cycles) and instructions per MAC."""
     ran = r.instructions is not None and r.driver_instructions is not None
     extra = f"{'instructions':>14}{'per MAC':>9}" if ran else ""
-    print(f"  {'step':<6}{'operator':<14}{'MACs':>12}{'output B':>11}{'scratch B':>11}{extra}  name")
+    print(
+        f"  {'step':<6}{'operator':<14}{'MACs':>12}{'output B':>11}{'scratch B':>11}{'weights B':>11}"
+        f"{'kept':>7}{extra}  name (weights' format)"
+    )
     for i, op in enumerate(r.ops):
         extra = ""
         if ran:
             count = f"{op.instructions:,}" if op.instructions is not None else "-"
             per_mac = f"{op.instructions_per_mac:.2f}" if op.instructions_per_mac is not None else ""
             extra = f"{count:>14}{per_mac:>9}"
-        sizes = f"{op.macs:>12,}{op.output_bytes:>11,}{op.scratch_bytes:>11,}"
-        print(f"  {i:<6}{op.kind:<14}{sizes}{extra}  {op.name}")
+        stored = f"{op.weights_bytes:,}" if op.weights_bytes else ""
+        sizes = f"{op.macs:>12,}{op.output_bytes:>11,}{op.scratch_bytes:>11,}{stored:>11}"
+        kept = f"{(op.filterlets_kept or 0) / op.filterlets:.0%}" if op.filterlets else ""
+        fmt = f" ({op.weights_format})" if op.weights_format else ""
+        print(f"  {i:<6}{op.kind:<14}{sizes}{kept:>7}{extra}  {op.name}{fmt}")
     if ran:
         print(f"  driver and harness: {r.driver_instructions:,} instructions")
 
@@ -84,6 +93,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         allow_float=args.allow_float,
         sram_budget=budget,
         weights=args.weights,
+        sparse=not args.dense,
     )
     if args.json:
         _print_report(compiled.report, True)
@@ -160,6 +170,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             seed=args.seed,
             allow_float=args.allow_float,
             weights=args.weights,
+            sparse=not args.dense,
         )
     finally:
         if ctx is not None:
@@ -219,6 +230,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run_demo(board=args.board, out_dir=Path(args.output), limit=args.limit)
 
 
+DENSE_HELP = (
+    "store every weight dense: by default a convolution whose filterlets (one output channel's weights "
+    "at one tap) are mostly zero is stored as CSR over its kept filterlets and run by the sparse kernels"
+)
 WEIGHTS_HELP = (
     "int16: store the weights the SIMD kernels read pre-widened to halfwords (twice their flash, fewer "
     "instructions; report.json lists the operators)"
@@ -337,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fits with the fewest extra instructions, or fails naming the bottleneck",
     )
     c.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
+    c.add_argument("--dense", action="store_true", help=DENSE_HELP)
     c.set_defaults(func=cmd_compile)
 
     e = sub.add_parser("explain", help="print a compiled model's schedule and plot its live SRAM per step")
@@ -361,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.add_argument("--allow-float", action="store_true", help=ALLOW_FLOAT_HELP)
     v.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
+    v.add_argument("--dense", action="store_true", help=DENSE_HELP)
     v.set_defaults(func=cmd_verify)
 
     q = sub.add_parser(

@@ -16,6 +16,7 @@ from tvm_mcu.analysis.macs import step_macs
 from tvm_mcu.analysis.peak import PeakResult, best_order_peak, whole_buffer_peak
 from tvm_mcu.codegen import c_ops, model_c
 from tvm_mcu.errors import BadOptionError, UnsupportedOpError
+from tvm_mcu.passes.relax.channels_last import ChannelsLast
 from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupChains
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
@@ -45,6 +46,7 @@ class OpInfo:
     macs: int
     output_bytes: int
     scratch_bytes: int
+    weights: tuple[model_c.WeightStorage, ...] = ()  # per weight parameter, in the step's input order
 
 
 # How the weights of the SIMD kernels may be stored (compile_module's ``weights``).
@@ -68,6 +70,8 @@ class Compiled:
     float_ops: tuple[str, ...] = ()
     # The operators whose weights are stored pre-widened to int16 (``weights="int16"``).
     int16_weight_ops: tuple[str, ...] = ()
+    # The bytes model.c stores for the weights: each weight once per layout its steps read it in.
+    stored_weights_bytes: int = 0
     # The schedule picked (tvm_mcu.schedule.choice), bytes live at each of its steps (arena + I/O), and
     # the plain layer-by-layer schedule's at the same steps (for a chain, the most over its operators).
     schedule: str = "layer by layer"
@@ -212,7 +216,9 @@ def _sparse_stored(lowered: _tvm.IRModule) -> dict[str, set[int]]:
 
 
 def channels_last(mod: _tvm.IRModule) -> bool:
-    """Whether the model's convolutions are channels-last (NHWC), where the SIMD kernels apply."""
+    """Whether the model's convolutions compute channels-last (NHWC), where the SIMD kernels apply: as
+    imported (TFLite) or after ChannelsLast (ONNX)."""
+    mod = ChannelsLast()(mod)
     layouts = {
         str(b.value.attrs.data_layout)
         for func in mod.functions.values()
@@ -314,6 +320,7 @@ def plan_schedules(
     rounding: str = "tflite",
     in_place: bool = True,
     partial_execution: bool = True,
+    sparse: bool = True,
 ) -> Schedules:
     """Graph passes, then every candidate schedule with its memory plan (see :func:`compile_module`)."""
     try:
@@ -329,7 +336,9 @@ def plan_schedules(
     graph, bound = _ordered_graph(fused)
     whole_peak = whole_buffer_peak(graph)
     macs = step_macs(fused, graph)
-    costs = cost.for_model(graph, channels_last(mod))
+    last = channels_last(mod)
+    costs = cost.for_model(graph, last)
+    sparse = sparse and last
     funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
     options = in_place_options(funcs, graph)
     # Candidate schedules, cheapest first: (label, graph, MACs per step, estimated extra instructions
@@ -359,7 +368,7 @@ def plan_schedules(
                     chains,
                     in_place=in_place,
                     prefix=f"{CHAIN_PREFIX}{len(seen) - 1}_",
-                    sparse=channels_last(mod),
+                    sparse=sparse,
                 )
             except ValueError as exc:
                 logger.info("partial execution declined: %s", exc)
@@ -380,7 +389,7 @@ def plan_schedules(
         if rows:
             try:
                 split_graph, split_funcs, split_macs, split_lowered = _split(
-                    fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_", sparse=channels_last(mod)
+                    fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_", sparse=sparse
                 )
             except ValueError as exc:
                 logger.info("row bands declined: %s", exc)
@@ -390,7 +399,7 @@ def plan_schedules(
                 split_macs = _chain_macs(split_graph, split_macs, macs)
                 extra = partial.row_overhead(rows, graph, macs, costs)
                 plans.append(("row bands", split_graph, split_macs, extra))
-    if channels_last(mod):
+    if sparse:
         # Marked last: the splits above hand back every function of their module, unmarked. Chains too:
         # SparseFilterlets rewrites the convolutions' calls inside them.
         for plan_graph in [g for _, g, _, _ in plans]:
@@ -419,6 +428,7 @@ def compile_module(
     strict_budget: bool = True,
     schedule: str | None = None,
     weights: str = "int8",
+    sparse: bool = True,
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
@@ -435,7 +445,8 @@ def compile_module(
     BadOptionError lists the candidates when the model has no such schedule. ``weights``: "int8"
     (as the model has them) or "int16": the weights the blocked SIMD kernels read are stored
     pre-widened to halfwords (WidenWeights: twice their flash, fewer instructions; the report lists
-    the operators).
+    the operators). ``sparse=False``: every weight stored dense, even where most filterlets are zero
+    (to measure what the sparse formats save).
     """
     if weights not in WEIGHT_WIDTHS:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, got {weights!r}")
@@ -447,6 +458,7 @@ def compile_module(
         rounding=rounding,
         in_place=in_place,
         partial_execution=partial_execution,
+        sparse=sparse,
     )
     fused, bound, whole_peak, lowered = sched.fused, sched.bound, sched.whole_peak, sched.lowered
     candidates = list(sched.candidates)
@@ -474,6 +486,7 @@ def compile_module(
         if f.attrs is not None and widen_weights.ATTR_WIDENED in f.attrs
     }
     kernels = c_ops.kernels_source(lowered, readonly=_weight_parameters(graph))
+    blocked, stored = _blocked_weights(lowered), _sparse_stored(lowered)
     # The headers of helpers the kernels call (each only when called).
     headers = {
         header: text
@@ -492,14 +505,24 @@ def compile_module(
             op_prefix=c_ops.OP_PREFIX,
             ops=kernels,
             includes=tuple(headers),
-            blocked=_blocked_weights(lowered),
-            sparse=_sparse_stored(lowered),
+            blocked=blocked,
+            sparse=stored,
         ),
     }
     files.update({header: model_c.BANNER + text for header, text in headers.items()})
     ops = tuple(
         OpInfo(
-            s.name, s.kind, s.callee, macs.get(s.name, 0), graph.tensors[s.output].nbytes, s.workspace_bytes
+            s.name,
+            s.kind,
+            s.callee,
+            macs.get(s.name, 0),
+            graph.tensors[s.output].nbytes,
+            s.workspace_bytes,
+            tuple(
+                model_c.weight_storage(graph.weights[name], model_c.step_layout(s.callee, k, blocked, stored))
+                for k, name in enumerate(s.inputs)
+                if graph.tensors[name].kind == "weight" and name in graph.weights
+            ),
         )
         for s in graph.steps
     )
@@ -523,4 +546,5 @@ def compile_module(
         profile_before=_profile_by_step(candidates[0], graph),
         sram_budget=sram_budget,
         int16_weight_ops=tuple(st.name for st in graph.steps if st.callee in widened),
+        stored_weights_bytes=model_c.stored_weights_bytes(graph, blocked, stored),
     )

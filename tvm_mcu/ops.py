@@ -6,7 +6,9 @@ none:
 - ``channels``: its channel rule in :mod:`tvm_mcu.analysis.channels` (how channels flow through it);
 - ``train``: its torch rule in :mod:`tvm_mcu.train.torch_rules` (the training bridge);
 - ``export``: its rule in :mod:`tvm_mcu.frontend.onnx_export` (Relax back to ONNX);
-- ``int8``: its handler in :mod:`tvm_mcu.passes.relax.integer.handlers` (the integer lowering).
+- ``int8``: its handler in :mod:`tvm_mcu.passes.relax.integer.handlers` (the integer lowering);
+- ``layout``: its rule in :mod:`tvm_mcu.passes.relax.channels_last` (how it computes channels-last;
+  ``_boundary``: it reads NCHW, so its operands are moved back).
 
 Each part builds its own lookup table from this one (:func:`rules`), so the four cannot drift apart:
 adding an operator is one record here and its functions in the parts. A part that meets an op with a
@@ -22,7 +24,7 @@ from typing import Any
 
 import attrs
 
-PARTS = ("channels", "train", "export", "int8")
+PARTS = ("channels", "train", "export", "int8", "layout")
 
 
 @attrs.frozen
@@ -42,6 +44,7 @@ class Op:
     train: Rule
     export: Rule
     int8: Rule
+    layout: Rule = "_boundary"  # data movement and anything without a rule reads NCHW
 
 
 _NO_INT8_SUM = Refused("a sum of quantised values has no integer lowering (its output range is the sum's)")
@@ -51,16 +54,16 @@ _CHANNELS_ONLY_FLOAT = Refused("it has no float rule (quantisation is an int8 lo
 
 def _elementwise(name: str, train: str, export: str, int8: str = "_elementwise") -> Op:
     """An element-wise function of one tensor: channels pass through; int8 by lookup table."""
-    return Op(name, "_same", train, export, int8)
+    return Op(name, "_same", train, export, int8, "_same")
 
 
 def _binary(name: str, rule: str, int8: str) -> Op:
-    return Op(name, "_binary", rule, rule, int8)
+    return Op(name, "_binary", rule, rule, int8, "_binary")
 
 
 _OPS = (
     # ---------------------------------------------------------------- the layers that hold weights
-    Op("relax.nn.conv2d", "_conv2d", "_conv2d", "_conv2d", "_conv2d"),
+    Op("relax.nn.conv2d", "_conv2d", "_conv2d", "_conv2d", "_conv2d", "_conv2d"),
     Op("relax.matmul", "_matmul", "_matmul", "_matmul", "_matmul"),
     Op(
         "relax.nn.conv2d_transpose",
@@ -91,36 +94,38 @@ _OPS = (
     _elementwise("relax.erf", "_erf", "_erf"),
     _elementwise("relax.nn.silu", "_silu", "_silu"),
     _elementwise("relax.nn.gelu", "_gelu", "_gelu"),
-    Op("relax.nn.prelu", "_prelu", "_prelu", "_prelu", "_elementwise"),
+    Op("relax.nn.prelu", "_prelu", "_prelu", "_prelu", "_elementwise", "_axis"),
     # ---------------------------------------------------------------- pooling and reductions
-    Op("relax.nn.max_pool2d", "_pool", "_max_pool2d", "_max_pool2d", "_pool"),
-    Op("relax.nn.avg_pool2d", "_pool", "_avg_pool2d", "_avg_pool2d", "_pool"),
+    Op("relax.nn.max_pool2d", "_pool", "_max_pool2d", "_max_pool2d", "_pool", "_pool"),
+    Op("relax.nn.avg_pool2d", "_pool", "_avg_pool2d", "_avg_pool2d", "_pool", "_pool"),
     Op(
         "relax.nn.adaptive_avg_pool2d",
         "_pool",
         "_adaptive_avg_pool2d",
         "_adaptive_avg_pool2d",
         Refused("adaptive average pooling has no integer lowering"),
+        "_pool",
     ),
-    Op("relax.mean", "_reduce", "_mean", "_mean", "_pool"),
-    Op("relax.max", "_reduce", "_max", "_reduce_max", "_pool"),
-    Op("relax.min", "_reduce", "_min", "_reduce_min", "_pool"),
-    Op("relax.sum", "_reduce", "_sum", "_reduce_sum", _NO_INT8_SUM),
-    Op("relax.nn.softmax", "_softmax", "_softmax", "_softmax", "_softmax"),
+    Op("relax.mean", "_reduce", "_mean", "_mean", "_pool", "_reduce"),
+    Op("relax.max", "_reduce", "_max", "_reduce_max", "_pool", "_reduce"),
+    Op("relax.min", "_reduce", "_min", "_reduce_min", "_pool", "_reduce"),
+    Op("relax.sum", "_reduce", "_sum", "_reduce_sum", _NO_INT8_SUM, "_reduce"),
+    Op("relax.nn.softmax", "_softmax", "_softmax", "_softmax", "_softmax", "_axis"),
     Op(
         "relax.nn.log_softmax",
         "_softmax",
         "_log_softmax",
         "_log_softmax",
         Refused("log-softmax has no integer lowering"),
+        "_axis",
     ),
     # ---------------------------------------------------------------- data movement
-    Op("relax.nn.pad", "_pad", "_pad", "_pad", "_pad"),
+    Op("relax.nn.pad", "_pad", "_pad", "_pad", "_pad", "_pad"),
     Op("relax.reshape", "_reshape", "_reshape", "_reshape", "_layout_op"),
     Op("relax.permute_dims", "_permute", "_permute_dims", "_permute_dims", "_layout_op"),
     Op("relax.squeeze", "_squeeze", "_squeeze", "_squeeze", "_layout_op"),
     Op("relax.expand_dims", "_expand_dims", "_expand_dims", "_expand_dims", "_layout_op"),
-    Op("relax.concat", "_concat", "_concat", "_concat", "_concat"),
+    Op("relax.concat", "_concat", "_concat", "_concat", "_concat", "_concat"),
     Op(
         "relax.take",
         Refused("gather (take) has no channel rule"),
@@ -139,15 +144,16 @@ _OPS = (
         )
     ),
     # ---------------------------------------------------------------- quantisation and types
-    Op("relax.quantize", _QUANTISED, _QUANTISED, _QUANTISED, "_quantize"),
-    Op("relax.dequantize", _QUANTISED, _QUANTISED, _QUANTISED, "_dequantize"),
-    Op("relax.astype", _CHANNELS_ONLY_FLOAT, _CHANNELS_ONLY_FLOAT, _CHANNELS_ONLY_FLOAT, "_astype"),
+    Op("relax.quantize", _QUANTISED, _QUANTISED, _QUANTISED, "_quantize", "_axis"),
+    Op("relax.dequantize", _QUANTISED, _QUANTISED, _QUANTISED, "_dequantize", "_axis"),
+    Op("relax.astype", _CHANNELS_ONLY_FLOAT, _CHANNELS_ONLY_FLOAT, _CHANNELS_ONLY_FLOAT, "_astype", "_same"),
     Op(
         "relax.nn.batch_norm",
         Refused("batch norm is folded into constants before the channel analysis"),
         Refused("batch norm is folded into constants before training"),
         Refused("batch norm is folded into constants before export"),
         "_batch_norm",
+        "_axis",
     ),
 )
 

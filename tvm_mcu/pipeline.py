@@ -6,6 +6,7 @@ Each list is the pipeline; one comment per ordering constraint.
 from __future__ import annotations
 
 from tvm_mcu._tvm import C_TARGET, relax, s_tir, tirx, tvm
+from tvm_mcu.passes.relax.channels_last import ChannelsLast
 from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
 from tvm_mcu.passes.relax.make_integer_interface import MakeIntegerInterface
 from tvm_mcu.passes.relax.raise_tir_calls import RaiseTirCalls
@@ -29,6 +30,12 @@ def graph_passes(*, allow_float: bool = False, rounding: str = "tflite") -> list
         # The caller quantises the inputs and dequantises the outputs of a QDQ model; before the integer
         # lowering, which then sees int8 inputs.
         MakeIntegerInterface(),
+        # Folds a float model's BatchNorm into the OIHW convolution before it (FoldConstant evaluates the
+        # products later); before ChannelsLast, as it folds only OIHW weights.
+        relax.transform.FoldBatchnormToConv2D(),
+        # NCHW convolutions compute channels-last, where the SIMD kernels apply; before LowerQuantizedOps,
+        # which lowers the dequantize -> conv2d -> quantize patterns in whatever layout they have.
+        ChannelsLast(),
         # Must see the dequantize -> float op -> quantize patterns before FoldConstant turns the
         # dequantised weights into float constants.
         LowerQuantizedOps(allow_float=allow_float, rounding=rounding),

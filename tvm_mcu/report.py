@@ -26,6 +26,15 @@ class OpRow:
     # calls; a copy step's memcpy is the driver's), and per MAC.
     instructions: int | None = None
     instructions_per_mac: float | None = None
+    # The step's weights as stored in flash: their format(s) ("dense", "dense, blocked", "dense, int16",
+    # "filterlet CSR"; several joined by " + " for a chain of layers), bytes (values and indices), the
+    # index bytes of a sparse format, and for convolutions with several taps the filterlets that hold a
+    # non-zero value and all of them.
+    weights_format: str = ""
+    weights_bytes: int = 0
+    index_bytes: int = 0
+    filterlets_kept: int | None = None
+    filterlets: int | None = None
 
 
 def _int_tuple(values: object) -> tuple[int, ...]:
@@ -60,7 +69,7 @@ class Report:
     format: str
     arena_bytes: int
     arena_lower_bound_bytes: int
-    weights_bytes: int
+    weights_bytes: int  # the dense int8/float values of every weight
     flash_bytes: int
     ram_bytes: int
     macs: int
@@ -78,6 +87,8 @@ class Report:
     allow_float: bool = False
     float_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     float_routines: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    # What model.c stores for them: blocked, widened or sparse layouts, each weight once per layout.
+    stored_weights_bytes: int = 0
     # The operators whose weights are stored pre-widened to int16 (compile --weights int16).
     int16_weight_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # Warnings the C compiler gave for the generated library (-Wall -Wextra); expected to be none.

@@ -197,6 +197,56 @@ def _weight_variant(name: str, layout: int | str) -> str:
     return weight_symbol(name) + (f"_b{layout}" if layout else "")
 
 
+@attrs.frozen
+class WeightStorage:
+    """How one weight parameter of a step is stored in flash (the report's per-layer columns)."""
+
+    format: str  # "dense", "dense, blocked", "dense, int16" or "filterlet CSR"
+    stored_bytes: int  # everything the layout stores: values, and indices for a sparse one
+    index_bytes: int = 0
+    # Convolution weights with more than one tap: filterlets holding a non-zero value, and all of them.
+    filterlets_kept: int | None = None
+    filterlets: int | None = None
+
+
+def step_layout(
+    step_callee: str, position: int, blocked: dict[str, dict[int, int]], sparse: dict[str, set[int]]
+) -> int | str:
+    """The layout one step reads its weight parameter at ``position`` in (see :func:`_layouts_used`)."""
+    if position in sparse.get(step_callee, set()):
+        return SPARSE
+    return blocked.get(step_callee, {}).get(position, 0)
+
+
+def weight_storage(values: np.ndarray, layout: int | str) -> WeightStorage:
+    """The flash a weight takes in ``layout``, with its filterlet counts."""
+    stored, _ = _stored(values, layout)
+    counts: dict[str, int] = {}
+    if values.ndim == 4 and values.shape[1] * values.shape[2] > 1:
+        counts = {
+            "filterlets_kept": int(filterlets_kept(values).sum()),
+            "filterlets": int(values.shape[0] * values.shape[1] * values.shape[2]),
+        }
+    if layout == SPARSE:
+        index = stored.nbytes - int(counts["filterlets_kept"]) * int(values.shape[-1]) * values.itemsize
+        return WeightStorage("filterlet CSR", stored.nbytes, index, **counts)
+    assert isinstance(layout, int)
+    kind = "dense" if layout == 0 else ("dense, blocked" if layout > 0 else "dense, int16")
+    return WeightStorage(kind, stored.nbytes, 0, **counts)
+
+
+def stored_weights_bytes(
+    graph: Graph, blocked: dict[str, dict[int, int]], sparse: dict[str, set[int]]
+) -> int:
+    """The bytes of every weight array :func:`emit_model_c` writes (one per weight and layout)."""
+    return sum(
+        weight_storage(graph.weights[name], layout).stored_bytes
+        for name, layouts in _layouts_used(graph, blocked, sparse).items()
+        if name in graph.weights
+        for layout in layouts
+    )
+
+
 def _stored(values: np.ndarray, layout: int | str) -> tuple[np.ndarray, str]:
     """A weight's values in ``layout`` (see :func:`_layouts_used`) and a note for its comment."""
     if layout == SPARSE:

@@ -320,15 +320,27 @@ def _real(c: Any) -> np.ndarray | None:
 def _depthwise_affine(x: QTensor, k: np.ndarray, shift: np.ndarray, axis: int) -> Pending:
     """``x * k[c] + shift[c]`` as a depthwise 1x1 conv: weight 1 with scale k[c], float bias shift[c]."""
     shape = [int(d) for d in x.var.ty.shape]
-    if len(shape) != 4 or axis % 4 != 1:
-        raise NotInteger("batch norm of a quantised tensor other than NCHW channels")
-    channels = shape[1]
-    weights = np.ones((channels, 1, 1, 1), dtype=np.int8)
+    layouts = {1: ("NCHW", "OIHW"), 3: ("NHWC", "HWOI")}  # HWOI: the depthwise weights of TFLite
+    if len(shape) != 4 or axis % 4 not in layouts:
+        raise NotInteger("batch norm of a quantised tensor other than its channels (NCHW or NHWC)")
+    data_layout, kernel_layout = layouts[axis % 4]
+    channels = shape[axis % 4]
+    o_axis = kernel_layout.index("O")
+    weight_shape = [1, 1, 1, 1]
+    weight_shape[o_axis] = channels
+    weights = np.ones(weight_shape, dtype=np.int8)
     # The call only lends its attributes (and result type) to the conv2d emitter.
     call = relax.BlockBuilder().normalize(
-        relax.op.nn.conv2d(x.var, relax.const(weights), groups=channels, out_dtype="int32")
+        relax.op.nn.conv2d(
+            x.var,
+            relax.const(weights),
+            groups=channels,
+            data_layout=data_layout,
+            kernel_layout=kernel_layout,
+            out_dtype="int32",
+        )
     )
-    scales = np.broadcast_to(k.reshape(-1, 1, 1, 1), weights.shape).astype(np.float32)
+    scales = np.broadcast_to(k.reshape(weight_shape), weights.shape).astype(np.float32)
     return Pending(
         "conv2d", (x, QConst(weights, scales, np.zeros(weights.shape, np.int64))), call, bias=shift
     )
