@@ -91,6 +91,7 @@ def test_sparse_pruning_meets_the_budget_with_exact_zeros_that_survive_fine_tuni
             budget=Budget(sram=sram),
             out_path=tmp_path / "c.onnx",
             granularity=granularity,
+            search_steps=3,
         )
         budget = Budget(flash=channels.after.flash - conv_bytes // 4, sram=sram)
     out = tmp_path / "pruned.onnx"
