@@ -297,6 +297,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         board=args.board,
         budget=budget,
         method=args.method,
+        granularity=args.granularity,
+        importance=args.importance,
         out_path=Path(args.output),
         int8=not args.float,
         data=args.data,
@@ -310,9 +312,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(
-        f"pruned {args.model} -> {args.output} ({result.method}, {'float' if args.float else 'int8'} figures)"
-    )
+    how = result.method if result.granularity == "channel" else f"{result.granularity}, {result.importance}"
+    print(f"pruned {args.model} -> {args.output} ({how}, {'float' if args.float else 'int8'} figures)")
     print(f"  {'':<8}{'before':>14}{'after':>14}{'budget':>14}")
     b, a = result.before, result.after
     print(_bytes_row("SRAM B", b.sram, a.sram, budget.sram))
@@ -321,8 +322,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"  schedule: {b.schedule} -> {a.schedule}")
     if budget.sram is not None:
         print(f"  (as compiled with --sram-budget {budget.sram}: the fastest schedule within it)")
+    m = result.measured
+    if m is not None and result.granularity != "channel":
+        print(f"  (flash and MACs after: counted with the zero {result.unit} stored compactly; as compiled")
+        print(f"  today: flash {m.flash:,} B, MACs {m.macs:,})")
     for label, (kept, of) in result.widths.items():
-        print(f"  {label:<32} {kept:>4} of {of} channels")
+        if kept < of or result.granularity in ("channel", "mixed"):
+            print(f"  {label:<32} {kept:>4} of {of} channels")
+    for label, (kept, of) in result.sparsity.items():
+        print(f"  {label:<32} {kept:>4} of {of} {result.unit} ({kept / of:.0%})")
     for line in prune.training_lines(result):
         print(f"  {line}")
     return 0
@@ -393,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_quantize)
 
     pr = sub.add_parser(
-        "prune", help="remove channels of a float ONNX CNN until it meets SRAM/flash/MAC budgets on a board"
+        "prune",
+        help="remove channels (or zero filterlets or weights) of a float ONNX CNN until it meets "
+        "SRAM/flash/MAC budgets on a board",
     )
     pr.add_argument("model", help="float .onnx model")
     pr.add_argument("--board", required=True)
@@ -403,11 +413,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. sram=24KiB,flash=64KiB,macs=2M (any subset; figures as compiled)",
     )
     pr.add_argument(
+        "--granularity",
+        default="channel",
+        choices=["channel", "filterlet", "mixed", "unstructured"],
+        help="channel: remove channels (default); filterlet: zero whole filterlets W[o,:,ky,kx] of the "
+        "convolutions with a window (DTMM); mixed: remove channels as far as SRAM needs, then zero "
+        "filterlets; unstructured: zero single weights of any convolution or dense layer",
+    )
+    pr.add_argument(
         "--method",
-        default="diff",
         choices=["diff", "l1", "uniform"],
-        help="diff: gates trained with budget losses while the model trains (needs --data and --epochs; "
-        "without them, l1); l1: weight magnitude; uniform: width scaling",
+        help="how channels are ranked (--granularity channel only): diff (default): gates trained with "
+        "budget losses while the model trains (needs --data and --epochs; without them, l1); l1: weight "
+        "magnitude; uniform: width scaling",
+    )
+    pr.add_argument(
+        "--importance",
+        choices=["taylor", "magnitude"],
+        help="how filterlets or weights are ranked (--granularity filterlet, mixed, unstructured): taylor: "
+        "|w * dL/dw| over a few training batches (default with --data); magnitude: L2 norm (default "
+        "without --data)",
     )
     pr.add_argument(
         "--sram-model",

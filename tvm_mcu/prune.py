@@ -21,6 +21,10 @@ Methods (the same budget and epochs for each):
                network stuck at chance that fine-tuning could not revive.)
   ``uniform``  every group keeps the same fraction of its channels, the first ones (width scaling).
 ``l1`` and ``uniform`` search their level by bisection on measured candidates, then fine-tune.
+
+Those prune channels (``granularity="channel"``, the default). ``filterlet``, ``mixed`` and
+``unstructured`` zero filterlets or single weights instead, ranked by ``importance``
+(:mod:`tvm_mcu.prune_sparse`, which says which figures their search holds to the budget).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -159,19 +163,42 @@ class PruneResult:
     keep: dict[int, tuple[int, ...]]
     plan: ChannelPlan
     before: Resources
-    after: Resources
-    method: str
+    after: Resources  # the figures held to the budget (sparse granularities: flash and MACs counted)
+    method: str  # channel: diff, l1 or uniform; sparse granularities: the importance
     widths: dict[str, tuple[int, int]]  # group label -> (kept, of)
     training: Training | None = None
+    granularity: str = "channel"
+    importance: str = ""  # taylor or magnitude (sparse granularities)
+    # Sparse granularities: layer -> (kept, of) filterlets (filterlet, mixed) or elements (unstructured).
+    sparsity: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    # Sparse granularities: the written model as the compiler builds it today (see prune_sparse).
+    measured: Resources | None = None
+
+    @property
+    def unit(self) -> str:
+        """What ``sparsity`` counts: "filterlets", "elements", or "" for channel pruning."""
+        from tvm_mcu.prune_sparse import UNIT, UNIT_NAME
+
+        return UNIT_NAME[UNIT[self.granularity]] if self.granularity in UNIT else ""
 
 
 def result_json(result: PruneResult, budget: Budget) -> dict[str, object]:
+    sparse = result.granularity != "channel"
     return {
         "method": result.method,
+        "granularity": result.granularity,
+        "importance": result.importance or None,
         "budget": attrs.asdict(budget),
         "before": attrs.asdict(result.before),
         "after": attrs.asdict(result.after),
+        # Which figures "after" holds: flash and MACs counted in the compact formats, or all measured.
+        "after_figures": "counted flash and MACs, measured SRAM" if sparse else "measured",
+        "measured": attrs.asdict(result.measured) if result.measured else None,
         "widths": {k: list(v) for k, v in result.widths.items()},
+        "sparsity": {
+            k: {"kept": kept, "of": of, "fraction": kept / of if of else 1.0, "unit": result.unit}
+            for k, (kept, of) in result.sparsity.items()
+        },
         "plan": str(result.plan),
         "training": attrs.asdict(result.training) if result.training else None,
     }
@@ -180,6 +207,10 @@ def result_json(result: PruneResult, budget: Budget) -> dict[str, object]:
 def training_lines(result: PruneResult) -> list[str]:
     t = result.training
     if t is None:
+        if result.granularity != "channel":
+            return [
+                f"no fine-tuning (--epochs 0): {result.unit} chosen by {result.importance} importance alone"
+            ]
         return ["no fine-tuning (--epochs 0): channels chosen by weight magnitude alone"]
     per = ", ".join(f"{s:.1f}" for s in t.seconds_per_epoch)
     return [
@@ -266,7 +297,7 @@ def prune_model(
     *,
     board: str,
     budget: Budget,
-    method: str = "diff",
+    method: str | None = None,
     out_path: Path,
     int8: bool = True,
     workdir: Path | None = None,
@@ -279,6 +310,8 @@ def prune_model(
     resources: resource_model.ResourceModel | None = None,
     distill: bool = False,
     seed: int = 0,
+    granularity: str = "channel",
+    importance: str | None = None,
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
@@ -289,8 +322,15 @@ def prune_model(
     ``distill``: every training run of the pruned network (any method) learns from the original's
     outputs as well as the labels (knowledge distillation).
     ``seed``: of every training run (sample order and torch's state); the same seed gives the same model.
+    ``granularity``: "channel" (``method``: diff by default, l1, uniform), or "filterlet", "mixed",
+    "unstructured" ranked by ``importance`` ("taylor", the default with ``data``; "magnitude");
+    :func:`tvm_mcu.prune_sparse.check_options` refuses a method with a sparse granularity and an
+    importance with channels.
     """
-    if method not in METHODS:
+    from tvm_mcu.prune_sparse import check_options
+
+    method, importance = check_options(granularity, method, importance, data)
+    if granularity == "channel" and method not in METHODS:
         raise BadOptionError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     out_path = output_file(Path(out_path))
     if epochs > 0 and data is None:
@@ -305,7 +345,8 @@ def prune_model(
         method = "l1"  # no data to train the gates on: weight magnitude alone
     # Every op must be exportable (the result is written as ONNX), trainable when it is trained, and have
     # an integer lowering when the figures are int8: checked now, not after the search.
-    parts = ("export", *(("train",) if epochs > 0 else ()), *(("int8",) if int8 else ()))
+    trains = epochs > 0 or importance == "taylor"  # Taylor importance needs the model's gradients
+    parts = ("export", *(("train",) if trains else ()), *(("int8",) if int8 else ()))
     _check_ops(imported.name, mod, parts)
     plan = channel_groups(mod)
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
@@ -314,6 +355,7 @@ def prune_model(
         job = _Job(mod, plan, imported, board, work, int8, distill, budget.sram, seed)
         before = job.measure(mod, "original")
         training: Training | None = None
+        sparse = None
         if not before.excess(budget):
             keep, best, after = {g.gid: tuple(range(g.size)) for g in plan.prunable}, mod, before
             if epochs:
@@ -325,6 +367,13 @@ def prune_model(
                 f"{imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
                 f"prunable channel group ({pinned}{more})"
             )
+        elif granularity != "channel":
+            from tvm_mcu.prune_sparse import prune_sparse
+
+            sparse = prune_sparse(
+                job, budget, before, granularity, importance, data, epochs, train_limit, search_steps
+            )
+            keep, best, after, training = sparse.keep, sparse.mod, sparse.after, sparse.training
         else:
             _narrowest(job, budget)
             if method == "diff":
@@ -338,7 +387,21 @@ def prune_model(
         model = resource_model.export(best, imported)
     Path(out_path).write_bytes(model.SerializeToString())
     widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
-    return PruneResult(keep, plan, before, after, method, widths, training)
+    if granularity == "channel":
+        return PruneResult(keep, plan, before, after, method, widths, training)
+    return PruneResult(
+        keep,
+        plan,
+        before,
+        after,
+        importance,
+        widths,
+        training,
+        granularity,
+        importance,
+        sparse.sparsity if sparse else {},
+        sparse.measured if sparse else after,
+    )
 
 
 def _narrowest(job: _Job, budget: Budget) -> None:
@@ -548,8 +611,14 @@ def _teacher(job: _Job, ds: Any) -> tuple[float, Any]:
 
 
 def _fine_tune(
-    job: _Job, pruned: _tvm.IRModule, data: str | None, epochs: int, limit: int | None
+    job: _Job,
+    pruned: _tvm.IRModule,
+    data: str | None,
+    epochs: int,
+    limit: int | None,
+    masks: Mapping[tuple[int, int], np.ndarray] | None = None,
 ) -> tuple[_tvm.IRModule, Training]:
+    """Train ``pruned`` for ``epochs``; ``masks`` (weight site -> True where kept) stay zero throughout."""
     from tvm_mcu.train import require_torch
 
     require_torch()
@@ -562,7 +631,14 @@ def _fine_tune(
     acc_before, teacher = _teacher(job, ds)
     module = RelaxModule(pruned)
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)
-    log = train(module, ds, epochs=epochs, lr=FINE_TUNE_LR, teacher=teacher, seed=job.seed)
+    hold = None
+    if masks:
+        from tvm_mcu.train.sparse import MaskHold
+
+        hold = MaskHold(module, masks)
+    log = train(module, ds, epochs=epochs, lr=FINE_TUNE_LR, teacher=teacher, seed=job.seed, on_step=hold)
+    if hold is not None:
+        hold.remove()
     acc_after = evaluate(module, ds.x_test, ds.y_test)
     tuned = write_back(pruned, module)
     return tuned, Training(

@@ -1,0 +1,430 @@
+"""Sparse granularities of ``tvm-mcu prune``: zero filterlets (DTMM), filters and filterlets, or elements.
+
+``--granularity`` chooses what is pruned (``channel``, the default, is :mod:`tvm_mcu.prune`'s channel
+search and is not handled here):
+
+``filterlet``     whole filterlets ``W[o, :, ky, kx]`` of every convolution that has them
+                  (:mod:`tvm_mcu.analysis.sparsity`) are zeroed; every other layer keeps its weights.
+                  An output channel always keeps at least one filterlet (zeroing them all is channel
+                  pruning, which removes the channel instead: ``mixed``). Activations do not shrink, so
+                  an SRAM budget the model misses is refused.
+``mixed``         DTMM's per-layer filter ratio and filterlet ratio together. First the channels: every
+                  prunable group keeps the same fraction of its channels, the most important (the
+                  importance summed over each channel's producing weights, DTMM's filter importance),
+                  at the widest fraction (bisection over measured candidates, ``PruneChannels``) whose
+                  SRAM meets the budget and whose flash and MACs can still be met by filterlets (with
+                  one filterlet left per output channel). Then the filterlets of what remains, as
+                  ``filterlet``. So channels go only as far as the filterlets cannot reach (activations,
+                  or a budget deeper than filterlets alone allow), and the rest of the cut is fine-grained.
+``unstructured``  single weights anywhere in convolution and dense weights (the PatDNN-like baseline),
+                  stored as CSR over elements.
+
+Importance (``--importance``): ``taylor`` (the default when there are data) is the first-order Taylor
+term ``|w * dL/dw|`` (:func:`tvm_mcu.train.sparse.taylor_scores`, gradients summed over a few training
+batches) summed over the filterlet, as DTMM measures it; ``magnitude`` is the filterlet's L2 norm (an
+element's absolute value), which needs no data. Without data the default is ``magnitude``, as ``diff``
+falls back to ``l1`` without data; asking for ``taylor`` without data is an error.
+
+Ranking is global across layers, each layer's scores divided by their mean first. Raw scores are not
+comparable across layers (magnitudes scale with each layer's fan-in and initialisation, Taylor scores
+with how much gradient reaches the layer), so without normalisation a global threshold would empty
+the layers of small scores first. The mean, rather than the maximum, keeps one outlier from deciding a
+layer's cut, and rather than the L2 norm of the layer's scores (Molchanov et al. 2017), it does not
+depend on the number of units: an L2 norm grows with the square root of the count, so a large layer
+would be cut harder for being large. One global level (how many units are zeroed, weakest first)
+is then searched.
+
+Resources: the search finds the least pruning whose figures meet the budget, by bisection on the
+global level. SRAM is measured (``prune.measure``: export, quantise, compile, build). Flash and MACs
+are *counted* on top of the measurement of the dense twin (the same channels, no zeros): the weights
+are priced in the compact formats of :mod:`tvm_mcu.analysis.sparsity` instead of dense
+(:func:`candidate_figures`). That is what a compiler storing every filterlet- and element-sparse
+int8 weight compactly would give; today's compiler stores a convolution CSR over filterlets only when
+it keeps at most 75 % of them, and has no element-sparse format, so its measured flash does not
+reflect every zero yet. The written model is also compiled as it is (``PruneResult.measured``).
+Swapping the search to purely measured figures is the one ``return`` of :func:`candidate_figures`.
+
+Masks hold through fine-tuning (:class:`tvm_mcu.train.sparse.MaskHold`), and the written ONNX holds
+exact zeros, which int8 quantisation keeps (symmetric weights, zero point 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+
+from tvm_mcu import _tvm
+from tvm_mcu._tvm import tvm
+from tvm_mcu.analysis.channels import bindings, magnitudes
+from tvm_mcu.analysis.sparsity import Masks, WeightSite, counted_saving, kept_units, weight_sites
+from tvm_mcu.errors import BadOptionError, BudgetError
+from tvm_mcu.passes.relax.prune_channels import PruneChannels
+
+if TYPE_CHECKING:
+    from tvm_mcu.prune import Budget, Keep, Resources, Training, _Job
+    from tvm_mcu.train.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+GRANULARITIES = ("channel", "filterlet", "mixed", "unstructured")
+IMPORTANCES = ("taylor", "magnitude")
+# What each sparse granularity zeroes (its units) and counts (the format of analysis.sparsity).
+UNIT = {"filterlet": "filterlet", "mixed": "filterlet", "unstructured": "unstructured"}
+UNIT_NAME = {"filterlet": "filterlets", "unstructured": "elements"}
+
+
+def check_options(
+    granularity: str, method: str | None, importance: str | None, data: str | None
+) -> tuple[str, str]:
+    """The pruning method (channel) or importance (sparse) to use, or a BadOptionError naming the clash.
+
+    ``--method`` ranks channels and belongs to ``--granularity channel``; ``--importance`` ranks
+    filterlets or elements and belongs to the others (``mixed`` ranks its channels by the same
+    importance, summed per channel, as DTMM does). Giving one with the other granularity is refused
+    rather than ignored.
+    """
+    if granularity not in GRANULARITIES:
+        raise BadOptionError(f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}")
+    if importance is not None and importance not in IMPORTANCES:
+        raise BadOptionError(f"unknown importance {importance!r}; choose one of {', '.join(IMPORTANCES)}")
+    if granularity == "channel":
+        if importance is not None:
+            raise BadOptionError(
+                f"--importance {importance} ranks filterlets or elements (--granularity filterlet, mixed "
+                "or unstructured); channel pruning ranks channels by --method (diff, l1, uniform)"
+            )
+        return method or "diff", ""
+    if method is not None:
+        unit = "elements" if granularity == "unstructured" else "filterlets (and channels)"
+        raise BadOptionError(
+            f"--method {method} ranks the channels of --granularity channel; --granularity {granularity} "
+            f"ranks {unit} by --importance (taylor or magnitude): drop --method"
+        )
+    if importance == "taylor" and data is None:
+        raise BadOptionError(
+            "--importance taylor needs --data: its gradients come from training samples "
+            "(or use --importance magnitude)"
+        )
+    if importance is None:
+        importance = "taylor" if data is not None else "magnitude"
+        logger.info("importance: %s (%s)", importance, "there are data" if data else "no --data")
+    return "", importance
+
+
+@attrs.frozen
+class SparseOutcome:
+    """What :func:`prune_sparse` chose and measured."""
+
+    keep: dict[int, tuple[int, ...]]
+    mod: _tvm.IRModule = attrs.field(eq=False)  # masked (and fine-tuned)
+    after: Resources  # the figures held to the budget (candidate_figures)
+    measured: Resources  # the written model as the compiler builds it today
+    masks: dict[tuple[int, int], np.ndarray] = attrs.field(eq=False, repr=False)
+    sparsity: dict[str, tuple[int, int]]  # layer -> (kept, of) filterlets or elements
+    training: Training | None
+
+
+def replace_constants(mod: _tvm.IRModule, new: dict[tuple[int, int], np.ndarray]) -> _tvm.IRModule:
+    """A new module: constant argument ``arg`` of binding ``binding`` of ``main`` replaced by ``new``'s
+    value for ``(binding, arg)`` (the same shape and dtype, so every type stays); ``mod`` is unchanged."""
+    binds = bindings(mod["main"])
+    pairs = []
+    for (i, j), value in sorted(new.items()):
+        old = binds[i].value.args[j]
+        assert _tvm.const_value(old).shape == value.shape, (i, j)
+        pairs.append((old, _tvm.relax_const(np.ascontiguousarray(value))))
+
+    def on_const(c: Any) -> Any:
+        return next((v for old, v in pairs if old.same_as(c)), c)
+
+    return tvm.IRModule(
+        {gv: _tvm.structural_map(f, [(_tvm.RelaxConst, on_const)]) for gv, f in mod.functions_items()},
+        attrs=mod.attrs,
+    )
+
+
+def apply_masks(mod: _tvm.IRModule, masks: Masks) -> _tvm.IRModule:
+    """``mod`` with every masked-out weight exactly +0.0."""
+    binds = bindings(mod["main"])
+    new = {}
+    for (i, j), mask in masks.items():
+        w = _tvm.const_value(binds[i].value.args[j])
+        new[(i, j)] = np.where(mask, w, np.zeros((), w.dtype)).astype(w.dtype)
+    return replace_constants(mod, new)
+
+
+def masked_nonzeros(mod: _tvm.IRModule, masks: Masks) -> int:
+    """How many masked-out weights of ``mod`` are not exactly zero (0 when the masks hold)."""
+    binds = bindings(mod["main"])
+    return sum(
+        int(np.count_nonzero(_tvm.const_value(binds[i].value.args[j])[~np.asarray(m, bool)]))
+        for (i, j), m in masks.items()
+    )
+
+
+# ------------------------------------------------------------------------------------------- ranking
+def unit_scores(
+    sites: tuple[WeightSite, ...], unit: str, element: dict[tuple[int, int], np.ndarray]
+) -> dict[tuple[int, int], np.ndarray]:
+    """Per site, one score per unit: ``element`` scores summed over each filterlet's input channels
+    (shape ``(O, kh, kw)``), or the element scores themselves (the weight's shape)."""
+    return {s.key: element[s.key].sum(axis=1) if unit == "filterlet" else element[s.key] for s in sites}
+
+
+def element_scores(
+    mod: _tvm.IRModule,
+    keys: list[tuple[int, int]],
+    importance: str,
+    data: Dataset | None,
+    seed: int,
+) -> dict[tuple[int, int], np.ndarray]:
+    """Per weight, each element's score: ``|w * g|`` (taylor) or ``w**2`` (magnitude; summed over a
+    filterlet and square-rooted by :class:`Ranking`, the filterlet's L2 norm; an element's ``|w|``)."""
+    if importance == "taylor":
+        from tvm_mcu.train.bridge import RelaxModule
+        from tvm_mcu.train.sparse import taylor_scores
+
+        assert data is not None
+        return taylor_scores(RelaxModule(mod), keys, data.x_train, data.y_train, seed=seed)
+    binds = bindings(mod["main"])
+    return {(i, j): _tvm.const_value(binds[i].value.args[j]).astype(np.float64) ** 2 for i, j in keys}
+
+
+class Ranking:
+    """All units of ``sites`` in one global order, weakest first, each layer's scores divided by their
+    mean (module docstring); :meth:`masks` zeroes the first ``n``."""
+
+    def __init__(
+        self,
+        sites: tuple[WeightSite, ...],
+        scores: dict[tuple[int, int], np.ndarray],
+        unit: str,
+        importance: str,
+    ) -> None:
+        self.sites, self.unit = sites, unit
+        # Magnitude scores are squares (element_scores): the L2 norm is their sum's square root.
+        self.scores = {k: np.sqrt(v) if importance == "magnitude" else v for k, v in scores.items()}
+        normalised = []
+        for s in sites:
+            v = self.scores[s.key].astype(np.float64)
+            mean = float(v.mean())
+            normalised.append((v / mean if mean > 0 else np.zeros_like(v)).ravel())
+        self.offsets = np.cumsum([0] + [len(v) for v in normalised])
+        flat = np.concatenate(normalised) if normalised else np.zeros(0)
+        self.order = np.argsort(flat, kind="stable")  # ties: earlier layers, earlier units first
+
+    @property
+    def total(self) -> int:
+        return len(self.order)
+
+    def masks(self, n: int) -> dict[tuple[int, int], np.ndarray]:
+        """Element masks (True: kept) with the ``n`` weakest units zeroed; an output channel whose every
+        filterlet that would zero keeps its strongest one."""
+        pruned = np.zeros(self.total, bool)
+        pruned[self.order[:n]] = True
+        out = {}
+        for k, s in enumerate(self.sites):
+            score = self.scores[s.key]
+            gone = pruned[self.offsets[k] : self.offsets[k + 1]].reshape(score.shape)
+            if self.unit == "filterlet":
+                per_channel = gone.reshape(len(gone), -1)
+                for o in np.flatnonzero(per_channel.all(axis=1)):
+                    per_channel[o, int(np.argmax(score[o].ravel()))] = False
+                out[s.key] = np.ascontiguousarray(np.broadcast_to(~gone[:, None], s.shape))
+            else:
+                out[s.key] = ~gone
+        return out
+
+
+def narrowest_masks(sites: tuple[WeightSite, ...]) -> dict[tuple[int, int], np.ndarray]:
+    """One filterlet (the first tap) per output channel: the deepest filterlet cut, for counting."""
+    out = {}
+    for s in sites:
+        m = np.zeros(s.shape, bool)
+        m[:, :, 0, 0] = True
+        out[s.key] = m
+    return out
+
+
+def candidate_figures(
+    job: _Job, dense: Resources, sites: tuple[WeightSite, ...], masks: Masks, unit: str, tag: str
+) -> Resources:
+    """The figures a candidate is held to: SRAM as measured on its dense twin (zeros change no
+    activation), flash and MACs counted with its weights in the compact formats (module docstring).
+
+    ``dense`` is the dense twin's measurement (the same channels, no zeros). Once the compiler stores
+    every filterlet- and element-sparse weight compactly, the measured figures are the right ones and
+    this function becomes ``return job.measure(apply_masks(mod, masks), tag)`` (one compile per
+    bisection step; pass the candidate's module in).
+    """
+    saving = counted_saving(sites, masks, unit, 1 if job.int8 else 4)
+    return attrs.evolve(dense, flash=dense.flash - saving.flash, macs=dense.macs - saving.macs)
+
+
+def least_pruning(fits: Callable[[int], bool], total: int) -> int:
+    """The smallest ``n`` in ``0..total`` with ``fits(n)``, for ``fits`` monotone (bisection);
+    ``fits(total)`` is known to hold."""
+    lo, hi = -1, total  # fits(lo) unknown/False, fits(hi) True
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# -------------------------------------------------------------------------------------------- search
+def prune_sparse(
+    job: _Job,
+    budget: Budget,
+    before: Resources,
+    granularity: str,
+    importance: str,
+    data: str | None,
+    epochs: int,
+    limit: int | None,
+    steps: int,
+) -> SparseOutcome:
+    """Prune ``job``'s model at ``granularity`` until it meets ``budget`` (module docstring); fine-tune
+    with the masks held when ``epochs`` > 0."""
+    from tvm_mcu.prune import _describe, _fine_tune
+
+    unit = UNIT[granularity]
+    ds = _dataset(job, data, limit) if importance == "taylor" else None
+    keep = {g.gid: tuple(range(g.size)) for g in job.plan.prunable}
+    mod, dense = job.mod, before
+    if granularity == "mixed":
+        keep, mod, dense = _channels(job, budget, importance, ds, steps)
+    elif budget.sram is not None and before.sram > budget.sram:
+        raise BudgetError(
+            f"{job.imported.name} needs {before.sram:,} B of SRAM on {job.board}, over the budget of "
+            f"{budget.sram:,} B, and --granularity {granularity} leaves every activation as it is: "
+            "prune channels (--granularity mixed or channel)"
+        )
+    sites = weight_sites(mod)
+    if unit == "filterlet":
+        sites = tuple(s for s in sites if s.filterlets)
+    if not sites:
+        raise BudgetError(
+            f"{job.imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
+            "convolution with filterlets (kh * kw > 1, groups 1) to prune: try --granularity "
+            "unstructured or channel"
+        )
+    deepest = candidate_figures(job, dense, sites, _deepest(sites, unit), unit, "deepest")
+    if deepest.excess(budget):
+        what = "one filterlet per output channel" if unit == "filterlet" else "no weight"
+        raise BudgetError(
+            f"{job.imported.name} cannot meet the budget on {job.board} with --granularity {granularity}: "
+            f"even with {what} left in {len(sites)} layers, {_describe(deepest.excess(budget))} "
+            "(flash and MACs as counted in the compact format)"
+        )
+    keys = [s.key for s in sites]
+    element = element_scores(mod, keys, importance, ds, job.seed)
+    ranking = Ranking(sites, unit_scores(sites, unit, element), unit, importance)
+
+    def fits(n: int) -> bool:
+        r = candidate_figures(job, dense, sites, ranking.masks(n), unit, f"level{n}")
+        logger.info("prune %s level %d of %d: %s", granularity, n, ranking.total, r)
+        return not r.excess(budget)
+
+    n = least_pruning(fits, ranking.total)
+    masks = ranking.masks(n)
+    masked = apply_masks(mod, masks)
+    training = None
+    if epochs:
+        masked, training = _fine_tune(job, masked, data, epochs, limit, masks=masks)
+    # The masks held through training (MaskHold): an internal invariant, not a user error.
+    assert masked_nonzeros(masked, masks) == 0
+    after = candidate_figures(job, dense, sites, masks, unit, "result")
+    measured = job.measure(masked, "result")
+    sparsity = _sparsity(sites, masks, unit)
+    return SparseOutcome(keep, masked, after, measured, masks, sparsity, training)
+
+
+def _deepest(sites: tuple[WeightSite, ...], unit: str) -> dict[tuple[int, int], np.ndarray]:
+    if unit == "filterlet":
+        return narrowest_masks(sites)
+    return {s.key: np.zeros(s.shape, bool) for s in sites}
+
+
+def _sparsity(sites: tuple[WeightSite, ...], masks: Masks, unit: str) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for s in sites:
+        label = s.label if s.label not in out else f"{s.label} #{s.binding}"
+        out[label] = (kept_units(s, masks.get(s.key), unit), s.units(unit))
+    return out
+
+
+def _dataset(job: _Job, data: str | None, limit: int | None) -> Dataset:
+    from tvm_mcu.train import require_torch
+
+    require_torch()
+    from tvm_mcu.train.data import load_dataset
+
+    assert data is not None
+    return load_dataset(data, job.imported.inputs[0].shape, limit=limit)
+
+
+def channel_scores(
+    mod: _tvm.IRModule, plan: Any, importance: str, data: Dataset | None, seed: int
+) -> dict[int, float]:
+    """Each prunable unit's importance: the L1 norm of its producing weights (magnitude), or their
+    Taylor scores summed (DTMM's filter importance: over the filter's taps and input channels)."""
+    if importance == "magnitude":
+        return magnitudes(mod, plan)
+    producing = [s for s in plan.sites if s.produces]
+    element = element_scores(mod, sorted({(s.binding, s.arg) for s in producing}), "taylor", data, seed)
+    score: dict[int, float] = {}
+    for s in producing:
+        e = element[(s.binding, s.arg)]
+        per = np.moveaxis(e, s.axis, 0).reshape(e.shape[s.axis], -1).sum(axis=1)
+        for pos, node in enumerate(s.nodes):
+            u = plan.unit_of[node]
+            score[u] = score.get(u, 0.0) + float(per[pos])
+    return score
+
+
+def _channels(
+    job: _Job, budget: Budget, importance: str, data: Dataset | None, steps: int
+) -> tuple[Keep, _tvm.IRModule, Resources]:
+    """Mixed, first stage: the widest channel level (bisection, ``steps`` measured candidates) whose
+    measured SRAM meets the budget and whose flash and MACs filterlets could still bring within it."""
+    from tvm_mcu.prune import _describe, keep_channels
+
+    score = channel_scores(job.mod, job.plan, importance, data, job.seed)
+
+    def at(level: float, tag: str) -> tuple[Keep, _tvm.IRModule, Resources, list[tuple[str, int, int]]]:
+        keep = keep_channels(job.plan, score, "l1", level)
+        pruned = PruneChannels(keep=keep)(job.mod)
+        r = job.measure(pruned, tag)
+        sites = tuple(s for s in weight_sites(pruned) if s.filterlets)
+        deepest = candidate_figures(job, r, sites, narrowest_masks(sites), "filterlet", tag)
+        excess = [e for e in deepest.excess(budget) if e[0] != "sram"] + [
+            e for e in r.excess(budget) if e[0] == "sram"
+        ]
+        logger.info("prune mixed: channels at %.3f: %s; filterlets at their deepest: %s", level, r, deepest)
+        return keep, pruned, r, excess
+
+    keep, best, dense, excess = at(1.0, "channels_full")
+    if not excess:
+        return keep, best, dense
+    keep, best, dense, excess = at(0.0, "channels_narrowest")
+    if excess:
+        raise BudgetError(
+            f"{job.imported.name} cannot meet the budget on {job.board} with --granularity mixed: with "
+            f"every prunable group at one channel and one filterlet per output channel, {_describe(excess)}"
+        )
+    lo, hi = 0.0, 1.0
+    for step in range(steps):
+        mid = (lo + hi) / 2
+        k, p, r, e = at(mid, f"channels{step}")
+        if e:
+            hi = mid
+        else:
+            lo, keep, best, dense = mid, k, p, r
+    return keep, best, dense
