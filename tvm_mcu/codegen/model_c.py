@@ -13,6 +13,7 @@ import numpy as np
 
 from tvm_mcu import __version__
 from tvm_mcu.codegen.c_ops import OP_QUALIFIER_DEFINITION
+from tvm_mcu.passes.tir import sparse_element_kernels
 from tvm_mcu.passes.tir.block_weights import block
 from tvm_mcu.passes.tir.sparse_kernels import compress_blob, filterlets_kept
 from tvm_mcu.passes.tir.widen_weights import widen
@@ -168,10 +169,14 @@ def _describe(t: Tensor) -> str:
 
 
 SPARSE = "sparse"  # the layout of weights stored as CSR over filterlets (SparseFilterlets)
+ELEMENTS = "elements"  # the layout of weights stored as CSR over single weights (SparseElements)
 
 
 def _layouts_used(
-    graph: Graph, blocked: dict[str, dict[int, int]], sparse: dict[str, set[int]]
+    graph: Graph,
+    blocked: dict[str, dict[int, int]],
+    sparse: dict[str, set[int]],
+    elements: dict[str, set[int]],
 ) -> dict[str, list[int | str]]:
     """Weight name -> the layouts its steps read it in, in first-use order: 0 as stored, S blocked with
     channel stride S, -S blocked and pre-widened to halfwords (``blocked``: callee -> parameter
@@ -183,6 +188,8 @@ def _layouts_used(
                 layout: int | str = blocked.get(step.callee, {}).get(k, 0)
                 if k in sparse.get(step.callee, set()):
                     layout = SPARSE
+                if k in elements.get(step.callee, set()):
+                    layout = ELEMENTS
                 if layout not in used.setdefault(name, []):
                     used[name].append(layout)
     return used
@@ -191,6 +198,8 @@ def _layouts_used(
 def _weight_variant(name: str, layout: int | str) -> str:
     if layout == SPARSE:
         return weight_symbol(name) + "_csr"
+    if layout == ELEMENTS:
+        return weight_symbol(name) + "_ecsr"
     assert isinstance(layout, int)
     if layout < 0:
         return weight_symbol(name) + f"_h{-layout}"
@@ -204,6 +213,11 @@ def _stored(values: np.ndarray, layout: int | str) -> tuple[np.ndarray, str]:
         return compress_blob(
             values
         ), f", {kept} of {values.shape[0] * values.shape[1] * values.shape[2]} filterlets kept (CSR)"
+    if layout == ELEMENTS:
+        kept = int(np.count_nonzero(values))
+        return sparse_element_kernels.compress_blob(
+            values
+        ), f", {kept} of {values.size} values kept (element CSR)"
     assert isinstance(layout, int)
     if layout > 0:
         return block(values, layout), f", blocked by four channels of {layout} values"
@@ -222,15 +236,19 @@ def emit_model_c(
     includes: tuple[str, ...] = (),
     blocked: dict[str, dict[int, int]] | None = None,
     sparse: dict[str, set[int]] | None = None,
+    elements: dict[str, set[int]] | None = None,
 ) -> str:
     """``model.c``: the weights, the operators (``ops``, c_ops.kernels_source's, with the helper
     headers ``includes``), the arena and the call sequence, one translation unit. ``blocked``: callee
     -> parameter position -> channel stride of the weights that operator reads blocked
     (passes/tir/block_weights.py; negative: blocked halfwords, passes/tir/widen_weights.py); those are
-    stored so (a weight read several ways is stored each way)."""
+    stored so (a weight read several ways is stored each way). ``sparse`` and ``elements``: callee ->
+    the parameter positions it reads as CSR over filterlets (SparseFilterlets) or over single weights
+    (SparseElements)."""
     blocked = blocked or {}
     sparse = sparse or {}
-    layouts = _layouts_used(graph, blocked, sparse)
+    elements = elements or {}
+    layouts = _layouts_used(graph, blocked, sparse, elements)
     lines = [
         BANNER,
         f"/* {model_name}: weights, operators, static arena and the operator call sequence. */",
@@ -268,6 +286,7 @@ def emit_model_c(
         args = [_operand(graph, plan, n) for n in (*step.inputs, step.output)]
         variants: dict[int, int | str] = {**blocked.get(step.callee, {})}
         variants.update({k: SPARSE for k in sparse.get(step.callee, set())})
+        variants.update({k: ELEMENTS for k in elements.get(step.callee, set())})
         for k, layout in variants.items():
             t = graph.tensors[step.inputs[k]]
             args[k] = f"({c_type(t.dtype)} *){_weight_variant(t.name, layout)}"
