@@ -21,7 +21,15 @@ from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupC
 from tvm_mcu.passes.relax.integer import fixed_point
 from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_integer_interface import io_quantization
-from tvm_mcu.passes.tir import block_weights, dot_kernels, sparse_filterlets, sparse_kernels, widen_weights
+from tvm_mcu.passes.tir import (
+    block_weights,
+    dot_kernels,
+    sparse_element_kernels,
+    sparse_elements,
+    sparse_filterlets,
+    sparse_kernels,
+    widen_weights,
+)
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.execute_in_place import make_in_place
@@ -178,13 +186,44 @@ def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
 # most this fraction of their filterlets hold a non-zero value: the flash saved then outweighs the index
 # (2 B per kept filterlet) and the sparse kernel's cost per kept MAC.
 SPARSE_MAX_KEPT = 0.75
+# Weights pruned element by element (zeros anywhere) are stored as element CSR (visited by the element
+# kernel, sparse_element_kernels) when its flash is below this fraction of the dense weights' (2 B per
+# kept weight: fewer than about half of them kept), the unstructured baseline at its least flash.
+ELEMENT_MAX_FLASH = 1.0
+# Filterlet CSR is taken over element CSR up to this many bytes more: its kernel costs about half the
+# instructions per kept MAC (bench --only sparse).
+FILTERLET_SLACK_BYTES = 16
 
 
-def _sparse_candidates(graph: Graph) -> dict[str, dict[int, int]]:
-    """Callee -> parameter position -> output channels of the int8 OHWI convolution weights (taps of at
-    least ``MIN_DOT_TAPS`` input channels) with at most ``SPARSE_MAX_KEPT`` of their filterlets kept,
-    in every step that calls the callee."""
-    found: dict[str, dict[int, int]] = {}
+def _sparse_format(w: np.ndarray) -> str | None:
+    """The mark (SparseFilterlets' or SparseElements' wanted attribute) of the sparse format storing the
+    int8 OHWI convolution weights ``w`` (taps of at least ``MIN_DOT_TAPS`` input channels: the runs
+    kernel's) in the least flash, filterlets preferred within ``FILTERLET_SLACK_BYTES``; None: dense."""
+    if not (w.ndim == 4 and str(w.dtype) == "int8" and w.shape[1] * w.shape[2] > 1):
+        return None
+    if w.shape[3] < MIN_DOT_TAPS:
+        return None
+    flash: dict[str, int] = {}
+    if float(sparse_kernels.filterlets_kept(w).mean()) <= SPARSE_MAX_KEPT:
+        flash[sparse_filterlets.ATTR_WANTED] = sparse_kernels.compress_blob(w).size
+    if 2 * np.count_nonzero(w) < ELEMENT_MAX_FLASH * w.size:  # else element CSR cannot be smaller
+        try:
+            size = sparse_element_kernels.blob_bytes(w)
+        except ValueError:  # more entries than its row pointers hold
+            size = w.size
+        if size < ELEMENT_MAX_FLASH * w.size:
+            flash[sparse_elements.ATTR_WANTED] = size
+    filterlets = flash.get(sparse_filterlets.ATTR_WANTED)
+    elements = flash.get(sparse_elements.ATTR_WANTED)
+    if filterlets is not None and (elements is None or filterlets <= elements + FILTERLET_SLACK_BYTES):
+        return sparse_filterlets.ATTR_WANTED
+    return sparse_elements.ATTR_WANTED if elements is not None else None
+
+
+def _sparse_candidates(graph: Graph) -> dict[str, dict[str, dict[int, int]]]:
+    """Callee -> mark (:func:`_sparse_format`) -> parameter position -> output channels of the
+    convolution weights stored sparse, in the same format in every step that calls the callee."""
+    found: dict[tuple[str, int], tuple[str, int]] = {}
     refused: set[tuple[str, int]] = set()
     for step in graph.steps:
         if step.kind not in ("conv2d", "chain"):
@@ -194,22 +233,30 @@ def _sparse_candidates(graph: Graph) -> dict[str, dict[int, int]]:
             w = graph.weights.get(name) if t.kind == "weight" else None
             if w is None:
                 continue
-            fits = w.ndim == 4 and str(w.dtype) == "int8" and w.shape[1] * w.shape[2] > 1
-            fits = fits and w.shape[3] >= MIN_DOT_TAPS
-            if fits and float(sparse_kernels.filterlets_kept(w).mean()) <= SPARSE_MAX_KEPT:
-                if (step.callee, k) not in refused:
-                    found.setdefault(step.callee, {})[k] = int(w.shape[0])
+            key, mark = (step.callee, k), _sparse_format(w)
+            if mark is None or key in refused or found.get(key, (mark, 0))[0] != mark:
+                refused.add(key)
+                found.pop(key, None)
             else:
-                refused.add((step.callee, k))
-                found.get(step.callee, {}).pop(k, None)
-    return {callee: wanted for callee, wanted in found.items() if wanted}
+                found[key] = (mark, int(w.shape[0]))
+    out: dict[str, dict[str, dict[int, int]]] = {}
+    for (callee, k), (mark, channels) in found.items():
+        out.setdefault(callee, {}).setdefault(mark, {})[k] = channels
+    return out
 
 
-def _sparse_stored(lowered: _tvm.IRModule) -> dict[str, set[int]]:
-    """Callee -> positions of the weights SparseFilterlets made it read sparse."""
+def _marked(func: _tvm.PrimFunc, marks: dict[str, dict[int, int]]) -> _tvm.PrimFunc:
+    for mark, wanted in sorted(marks.items()):
+        func = func.with_attr(mark, wanted)
+    return func
+
+
+def _sparse_stored(lowered: _tvm.IRModule, attr: str) -> dict[str, set[int]]:
+    """Callee -> positions of the weights SparseFilterlets (``attr`` its ATTR_SPARSE) or SparseElements
+    made it read sparse."""
     out: dict[str, set[int]] = {}
     for gv, func in lowered.functions_items():
-        found = func.attrs.get(sparse_filterlets.ATTR_SPARSE) if func.attrs is not None else None
+        found = func.attrs.get(attr) if func.attrs is not None else None
         if found:
             out[gv.name_hint] = {int(k) for k in found}
     return out
@@ -258,9 +305,9 @@ def _split(
     funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
     chained = sorted(name for name, f in funcs.items() if ATTR_PARTIAL in (f.attrs or {}))
     if sparse:  # before the chains are lowered, here
-        for callee, wanted in _sparse_candidates(graph).items():
+        for callee, marks in _sparse_candidates(graph).items():
             if callee in chained:
-                funcs[callee] = funcs[callee].with_attr(sparse_filterlets.ATTR_WANTED, wanted)
+                funcs[callee] = _marked(funcs[callee], marks)
     # The chains are lowered here: a chain the lowering cannot take (row bands finish inside it, in
     # RollRowBuffers; a TVM check may fail on a restructured chain) declines this candidate with its
     # reason instead of failing the compile. The lowered chains are kept for lower_operators.
@@ -403,9 +450,9 @@ def plan_schedules(
         # Marked last: the splits above hand back every function of their module, unmarked. Chains too:
         # SparseFilterlets rewrites the convolutions' calls inside them.
         for plan_graph in [g for _, g, _, _ in plans]:
-            for callee, wanted in _sparse_candidates(plan_graph).items():
+            for callee, marks in _sparse_candidates(plan_graph).items():
                 if callee in funcs:
-                    funcs[callee] = funcs[callee].with_attr(sparse_filterlets.ATTR_WANTED, wanted)
+                    funcs[callee] = _marked(funcs[callee], marks)
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], chain_lowered)
     candidates = tuple(
         choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m, costs) + extra)
@@ -486,7 +533,9 @@ def compile_module(
         if f.attrs is not None and widen_weights.ATTR_WIDENED in f.attrs
     }
     kernels = c_ops.kernels_source(lowered, readonly=_weight_parameters(graph))
-    blocked, stored = _blocked_weights(lowered), _sparse_stored(lowered)
+    blocked = _blocked_weights(lowered)
+    stored = _sparse_stored(lowered, sparse_filterlets.ATTR_SPARSE)
+    elements = _sparse_stored(lowered, sparse_elements.ATTR_SPARSE)
     # The headers of helpers the kernels call (each only when called).
     headers = {
         header: text
@@ -507,6 +556,7 @@ def compile_module(
             includes=tuple(headers),
             blocked=blocked,
             sparse=stored,
+            elements=elements,
         ),
     }
     files.update({header: model_c.BANNER + text for header, text in headers.items()})
@@ -519,7 +569,7 @@ def compile_module(
             graph.tensors[s.output].nbytes,
             s.workspace_bytes,
             tuple(
-                model_c.weight_storage(graph.weights[name], model_c.step_layout(s.callee, k, blocked, stored))
+                model_c.weight_storage(graph.weights[name], model_c.step_layout(s.callee, k, blocked, stored, elements))
                 for k, name in enumerate(s.inputs)
                 if graph.tensors[name].kind == "weight" and name in graph.weights
             ),
@@ -546,5 +596,5 @@ def compile_module(
         profile_before=_profile_by_step(candidates[0], graph),
         sram_budget=sram_budget,
         int16_weight_ops=tuple(st.name for st in graph.steps if st.callee in widened),
-        stored_weights_bytes=model_c.stored_weights_bytes(graph, blocked, stored),
+        stored_weights_bytes=model_c.stored_weights_bytes(graph, blocked, stored, elements),
     )

@@ -18,6 +18,7 @@ from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspac
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+from tvm_mcu.passes.tir.sparse_elements import SparseElements
 from tvm_mcu.passes.tir.sparse_filterlets import SparseFilterlets
 from tvm_mcu.passes.tir.split_borders import SplitBorders
 from tvm_mcu.passes.tir.stage_windows import StageWindows
@@ -123,6 +124,9 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         # The runs calls over weights the compiler stores sparse visit only the kept filterlets: after
         # SplitBorders, whose copies of a call it rewrites all.
         SparseFilterlets(),
+        # The same for the weights stored element-sparse: after SplitBorders, whose copies of a call it
+        # rewrites all (SparseFilterlets rewrites other parameters: their order is free).
+        SparseElements(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
         tirx.transform.VectorizeLoop(False),

@@ -13,6 +13,7 @@ from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
+from tvm_mcu.passes.tir.sparse_elements import SparseElements
 from tvm_mcu.passes.tir.sparse_filterlets import SparseFilterlets
 from tvm_mcu.passes.tir.split_borders import SplitBorders
 from tvm_mcu.passes.tir.stage_windows import StageWindows
@@ -30,6 +31,7 @@ __all__ = [
     "RollRowBuffers",
     "ScheduleForMcu",
     "SkipComputedRows",
+    "SparseElements",
     "SparseFilterlets",
     "SplitBorders",
     "StageWindows",

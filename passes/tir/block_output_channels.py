@@ -197,13 +197,13 @@ def _seq(stmts: list[Any]) -> Any:
     return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
 
 
-# The compiler's mark of a convolution whose weights it means to store sparse (SparseFilterlets): its
-# kernels stay one output channel per call.
-_SPARSE_WANTED = "tvmmcu.sparse_weights"
+# The compiler's marks of a convolution whose weights it means to store sparse (SparseFilterlets,
+# SparseElements): its kernels stay one output channel per call.
+_SPARSE_WANTED = ("tvmmcu.sparse_weights", "tvmmcu.sparse_element_weights")
 
 
 def block_output_channels(func: PrimFunc) -> PrimFunc:
-    if func.attrs is not None and _SPARSE_WANTED in func.attrs:
+    if func.attrs is not None and any(mark in func.attrs for mark in _SPARSE_WANTED):
         return func.with_attr(ATTR_DONE, True)
     body = structural_map(func.body, (tirx.For, lambda loop: _blocked(loop) or loop))
     return func.with_body(body).with_attr(ATTR_DONE, True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from tvm_mcu._tvm import (
     Analyzer,
     PrimFunc,
@@ -35,9 +37,30 @@ ATTR_WANTED = "tvmmcu.sparse_weights"
 ATTR_SPARSE = "tvmmcu.sparse_filterlets"
 
 _RUNS_ARGS = ("x", "xsy", "xsx", "w", "wsy", "wsx", "kh", "kw", "n", "y0", "y1", "x0", "x1", "pad", "acc")
-_OF = {name: SPARSE1P_BLOB[key] for key, name in RUNS.items()}
-_FOUR = {SPARSE1P_BLOB[key]: SPARSE4P_BLOB[key] for key in SPARSE1P_BLOB}
-_EDGE = {SPARSE1P_BLOB[key]: SPARSE1P_EDGE[key] for key in SPARSE1P_BLOB}
+
+
+@attrs.frozen
+class SparseKernels:
+    """The kernels of one sparse format, each keyed by (data dtype, weight dtype) as ``RUNS``: the
+    one-pixel kernel replacing a runs call, its four-pixel interior kernel and its never-inlined
+    border copy; ``contiguous_taps``: the format needs a window row's taps back to back (xsx == n)."""
+
+    one: dict[tuple[str, str], str]
+    four: dict[tuple[str, str], str]
+    edge: dict[tuple[str, str], str]
+    contiguous_taps: bool = False
+
+    def of_runs(self, name: str) -> str | None:
+        return next((self.one[key] for key, runs in RUNS.items() if runs == name), None)
+
+    def four_of(self, name: str) -> str | None:
+        return next((self.four[key] for key, one in self.one.items() if one == name), None)
+
+    def edge_of(self, name: str) -> str | None:
+        return next((self.edge[key] for key, one in self.one.items() if one == name), None)
+
+
+FILTERLETS = SparseKernels(SPARSE1P_BLOB, SPARSE4P_BLOB, SPARSE1P_EDGE)
 _ONE_ARGS = ("x", "xsy", "xsx", "kw", "blob", "O", "o", "n", "y0", "y1", "x0", "x1", "pad", "acc")
 
 
@@ -49,8 +72,8 @@ def _pointer_load(pointer: Any) -> Any | None:
     return None
 
 
-def _sparse_call(call: Any, owner_of: Any, wanted: dict[Any, int]) -> Any | None:
-    """The sparse call replacing a runs call over a wanted parameter's filterlets, or None."""
+def _sparse_call(call: Any, owner_of: Any, wanted: dict[Any, int], kernels: SparseKernels) -> Any | None:
+    """The sparse call replacing a runs call over a wanted parameter's weights, or None."""
     a = dict(zip(_RUNS_ARGS, call.args[1:], strict=True))
     load = _pointer_load(a["w"])
     if load is None or owner_of(load.source) not in wanted:
@@ -58,6 +81,8 @@ def _sparse_call(call: Any, owner_of: Any, wanted: dict[Any, int]) -> Any | None
     if not all(isinstance(a[k], tirx.IntImm) for k in ("wsy", "wsx", "kh", "kw", "n")):
         return None
     kh, kw, n = int(a["kh"]), int(a["kw"]), int(a["n"])
+    if kernels.contiguous_taps and not (isinstance(a["xsx"], tirx.IntImm) and int(a["xsx"]) == n):
+        return None
     # A channel's filterlets follow each other tap after tap (OHWI): the weight pointer is channel o's.
     if int(a["wsx"]) != n or int(a["wsy"]) != kw * n:
         return None
@@ -73,7 +98,9 @@ def _sparse_call(call: Any, owner_of: Any, wanted: dict[Any, int]) -> Any | None
     channel = channel if str(channel.ty) == "int32" else tirx.Cast("int32", channel)
     args = [a["x"], a["xsy"], a["xsx"], a["kw"], blob, out_channels, channel, a["n"]]
     args += [a["y0"], a["y1"], a["x0"], a["x1"], a["pad"], a["acc"]]
-    return tirx.call_extern(str(call.ty), _OF[extern_name(call)], *args)
+    one = kernels.of_runs(extern_name(call))
+    assert one is not None  # the caller matched a runs call
+    return tirx.call_extern(str(call.ty), one, *args)
 
 
 def _values(expr: Any, var: Any, extent: int) -> list[int] | None:
@@ -96,21 +123,21 @@ def _inside(lows: list[int], highs: list[int], full: int) -> tuple[int, int] | N
     return inside[0], inside[-1] + 1
 
 
-def _edges(stmt: Any) -> Any:
+def _edges(stmt: Any, kernels: SparseKernels) -> Any:
     """``stmt`` with its one-pixel sparse calls through the never-inlined kernel (border copies)."""
 
     def rename(call: Any) -> Any:
-        name = extern_name(call)
-        return tirx.call_extern(str(call.ty), _EDGE[name], *call.args[1:]) if name in _EDGE else call
+        edge = kernels.edge_of(extern_name(call))
+        return tirx.call_extern(str(call.ty), edge, *call.args[1:]) if edge is not None else call
 
     return structural_map(stmt, (tvm.ir.Call, rename))
 
 
-def _copy(stmt: Any, var: Any, value: Any) -> Any:
-    return _edges(fresh_buffers(fresh_variables(substitute(stmt, var, value))))
+def _copy(stmt: Any, var: Any, value: Any, kernels: SparseKernels) -> Any:
+    return _edges(fresh_buffers(fresh_variables(substitute(stmt, var, value))), kernels)
 
 
-def _pixel_blocks(loop_y: Any) -> Any | None:
+def _pixel_blocks(loop_y: Any, kernels: SparseKernels) -> Any | None:
     """``for yy: for xx: for o: {acc; sparse1p; epilogue}`` with the runs of pixels whose windows lie
     inside taken four at a time by the four-pixel kernel; None when the nest is not that."""
     loop_x = loop_y.body
@@ -131,7 +158,8 @@ def _pixel_blocks(loop_y: Any) -> Any | None:
         return None
     call = update.value
     name = extern_name(call)
-    if name not in _FOUR or [int(d) for d in acc.shape] != [1]:
+    four_name = kernels.four_of(name)
+    if four_name is None or [int(d) for d in acc.shape] != [1]:
         return None
     a = dict(zip(_ONE_ARGS, call.args[1:], strict=True))
     yy, xx = loop_y.loop_var, loop_x.loop_var
@@ -170,7 +198,7 @@ def _pixel_blocks(loop_y: Any) -> Any | None:
     x_at = tirx.address_of(tirx.BufferLoad(x_load.source, [substitute(base, xx, at)]))
     args = [x_at, tirx.IntImm("int32", ps), a["xsy"], a["xsx"], a["kw"], a["blob"], a["O"], a["o"], a["n"]]
     kernel = tirx.call_extern(
-        "int32", _FOUR[name], *args, tirx.address_of(tirx.BufferLoad(four, [tirx.IntImm(dtype, 0)]))
+        "int32", four_name, *args, tirx.address_of(tirx.BufferLoad(four, [tirx.IntImm(dtype, 0)]))
     )
     inits = [tirx.BufferStore(four, init.value, [tirx.IntImm(dtype, p)]) for p in range(PIXELS)]
     p_var = tirx.Var("p", dtype)
@@ -195,7 +223,7 @@ def _pixel_blocks(loop_y: Any) -> Any | None:
         tirx.IntImm(dtype, 0),
         tirx.IntImm(dtype, PIXELS),
         tirx.ForKind.SERIAL,
-        _copy(loop_o, xx, at + one),
+        _copy(loop_o, xx, at + one, kernels),
     )
     full_rows = tirx.And(
         tirx.EQ(a["y0"], tirx.IntImm(str(a["y0"].ty), 0)), tirx.EQ(a["y1"], tirx.IntImm(str(a["y1"].ty), kh))
@@ -210,19 +238,19 @@ def _pixel_blocks(loop_y: Any) -> Any | None:
     end = first + blocks * PIXELS
     pieces = []
     if first > 0:
-        pieces.append(_copy_loop(loop_x, 0, first))
+        pieces.append(_copy_loop(loop_x, 0, first, kernels))
     pieces.append(blocked)
     if end < w:
-        pieces.append(_copy_loop(loop_x, end, w - end))
+        pieces.append(_copy_loop(loop_x, end, w - end, kernels))
     return tirx.For(
         yy, loop_y.min, loop_y.extent, loop_y.kind, _seq(pieces), loop_y.thread_binding, loop_y.annotations
     )
 
 
-def _copy_loop(loop: Any, start: int, extent: int) -> Any:
+def _copy_loop(loop: Any, start: int, extent: int, kernels: SparseKernels) -> Any:
     dtype = str(loop.loop_var.ty)
     var = tirx.Var(loop.loop_var.name, dtype)
-    body = _edges(fresh_buffers(fresh_variables(substitute(loop.body, loop.loop_var, var))))
+    body = _edges(fresh_buffers(fresh_variables(substitute(loop.body, loop.loop_var, var))), kernels)
     return tirx.For(var, tirx.IntImm(dtype, start), tirx.IntImm(dtype, extent), loop.kind, body)
 
 
@@ -230,12 +258,17 @@ def _seq(stmts: list[Any]) -> Any:
     return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
 
 
-def sparse_filterlets(func: PrimFunc) -> PrimFunc:
-    wanted_attr = func.attrs.get(ATTR_WANTED) if func.attrs is not None else None
-    if not wanted_attr:
-        return func.with_attr(ATTR_DONE, True)
+def rewrite_sparse(
+    func: PrimFunc, *, wanted_attr: str, done: str, stored: str, kernels: SparseKernels
+) -> PrimFunc:
+    """``func`` with the runs calls over the parameters its attribute ``wanted_attr`` names rewritten
+    to ``kernels`` (all or nothing per parameter), marked ``done``, and ``stored`` = {position: output
+    channels} of the parameters now read only so: SparseFilterlets' rewrite, for any sparse format."""
+    wanted_positions = func.attrs.get(wanted_attr) if func.attrs is not None else None
+    if not wanted_positions:
+        return func.with_attr(done, True)
     position = {p: k for k, p in enumerate(func.params)}
-    by_position = {int(k): int(v) for k, v in wanted_attr.items()}
+    by_position = {int(k): int(v) for k, v in wanted_positions.items()}
     wanted = {p: by_position[k] for p, k in position.items() if k in by_position}
     owners = parameter_owners(func)
 
@@ -245,9 +278,9 @@ def sparse_filterlets(func: PrimFunc) -> PrimFunc:
     rewritten: dict[Any, int] = {}
 
     def rewrite(call: Any) -> Any:
-        if extern_name(call) not in _OF:
+        if kernels.of_runs(extern_name(call)) is None:
             return call
-        sparse = _sparse_call(call, owner_of, wanted)
+        sparse = _sparse_call(call, owner_of, wanted, kernels)
         if sparse is None:
             return call
         load = _pointer_load(call.args[4])
@@ -266,15 +299,21 @@ def sparse_filterlets(func: PrimFunc) -> PrimFunc:
             reads[owner] = reads.get(owner, 0) + 1
 
     structural_walk(body, (TensorLoad, count))
-    done = {p for p in wanted if p in rewritten and reads.get(p, 0) == rewritten[p]}
-    if not done or done != set(rewritten):
-        return func.with_attr(ATTR_DONE, True)  # some read was left dense: keep the dense kernel
+    complete = {p for p in wanted if p in rewritten and reads.get(p, 0) == rewritten[p]}
+    if not complete or complete != set(rewritten):
+        return func.with_attr(done, True)  # some read was left dense: keep the dense kernel
     # Four pixels at once where their windows lie inside (the interior of a layer by layer loop nest).
-    body = structural_map(body, (tirx.For, lambda loop: _pixel_blocks(loop) or loop))
+    body = structural_map(body, (tirx.For, lambda loop: _pixel_blocks(loop, kernels) or loop))
     return (
         func.with_body(body)
-        .with_attr(ATTR_DONE, True)
-        .with_attr(ATTR_SPARSE, {position[p]: wanted[p] for p in done})
+        .with_attr(done, True)
+        .with_attr(stored, {position[p]: wanted[p] for p in complete})
+    )
+
+
+def sparse_filterlets(func: PrimFunc) -> PrimFunc:
+    return rewrite_sparse(
+        func, wanted_attr=ATTR_WANTED, done=ATTR_DONE, stored=ATTR_SPARSE, kernels=FILTERLETS
     )
 
 

@@ -22,7 +22,14 @@ def _schedules(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "name", ["int8_ds_cnn_block", "int8_ds_cnn_two_blocks", "int8_sparse_conv_block", "int8_resnet_block"]
+    "name",
+    [
+        "int8_ds_cnn_block",
+        "int8_ds_cnn_two_blocks",
+        "int8_sparse_conv_block",
+        "int8_element_sparse_conv_block",
+        "int8_resnet_block",
+    ],
 )
 def test_every_schedule_is_bit_exact_on_the_kernels(name: str, tmp_path: Path) -> None:
     path = write_model(name, tmp_path)
@@ -144,6 +151,7 @@ def test_weights_pruned_elsewhere_are_stored_sparse(tmp_path: Path, monkeypatch:
         # The pixels whose windows lie inside, four at a time; the border ones through the edge kernel.
         assert "tvmmcu_sparse4p_blob_s8s8(" in source and "tvmmcu_sparse1p_edge_s8s8(" in source
     monkeypatch.setattr(compiler, "SPARSE_MAX_KEPT", 0.0)
+    monkeypatch.setattr(compiler, "ELEMENT_MAX_FLASH", 0.0)
     dense = api.compile_model(path, "mps2-an386", tmp_path / "dense", schedule="layer by layer")
     assert "tvmmcu_sparse1p" not in (tmp_path / "dense" / "model.c").read_text()
     sparse = api.compile_model(path, "mps2-an386", tmp_path / "sparse_again", schedule="layer by layer")
@@ -151,3 +159,31 @@ def test_weights_pruned_elsewhere_are_stored_sparse(tmp_path: Path, monkeypatch:
     monkeypatch.undo()
     sparse = api.compile_model(path, "mps2-an386", tmp_path / "sparse", schedule="layer by layer")
     assert sparse.report.flash_bytes < dense.report.flash_bytes
+
+
+def test_weights_pruned_element_wise_are_stored_element_sparse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A convolution keeping a quarter of its single weights (zeros anywhere) is stored as element CSR
+    beside one stored as filterlet CSR: bit-exact on the M4 and M3, its array exactly the kept values,
+    one index byte each and the row pointers, less flash than dense."""
+    import re
+
+    path = write_model("int8_element_sparse_conv_block", tmp_path)
+    for board in ("mps2-an386", "mps2-an385"):
+        v = api.verify(path, board, tmp_path / board, seed=6, schedule="layer by layer")
+        assert v.passed and v.report.max_abs_error == 0.0, (board, v.report.worst_difference)
+        source = (tmp_path / board / "model.c").read_text()
+        assert source.count("filterlets kept (CSR)") == 1
+        assert "tvmmcu_esparse4p_blob_s8s8(" in source and "tvmmcu_esparse1p_edge_s8s8(" in source
+    found = re.search(
+        r"int8\[(\d+),3,3,32\], (\d+) of \d+ values kept \(element CSR\) \*/\n.*_ecsr\[(\d+)\]", source
+    )
+    assert found is not None
+    out_channels, kept, stored = (int(g) for g in found.groups())
+    assert stored == kept + kept + 2 * (out_channels + 1)  # values, distances, row pointers (no bridge)
+    sparse = api.compile_model(path, "mps2-an386", tmp_path / "sparse", schedule="layer by layer")
+    monkeypatch.setattr(compiler, "ELEMENT_MAX_FLASH", 0.0)
+    dense = api.compile_model(path, "mps2-an386", tmp_path / "dense", schedule="layer by layer")
+    assert "esparse" not in (tmp_path / "dense" / "model.c").read_text()
+    assert dense.report.flash_bytes - sparse.report.flash_bytes > out_channels * 9 * 32 - stored - 1024

@@ -93,16 +93,25 @@ class Int8Writer(TFLiteWriter):
         return t
 
     def weights(
-        self, name: str, shape: Sequence[int], axis: int | None, fan_in: int, keep: float = 1.0
+        self,
+        name: str,
+        shape: Sequence[int],
+        axis: int | None,
+        fan_in: int,
+        keep: float = 1.0,
+        density: float = 1.0,
     ) -> tuple[int, np.ndarray]:
         """Random symmetric int8 weights, one scale per channel along ``axis`` (None: one scale);
         ``keep`` < 1: of OHWI weights, each filterlet ``W[o, ry, rx, :]`` kept with that probability
-        (the others all zero, as filterlet pruning leaves them).
+        (the others all zero, as filterlet pruning leaves them); ``density`` < 1: each single weight
+        kept with that probability (zeros anywhere, as element-wise pruning leaves them).
 
         Returns (tensor index, float32 scales)."""
         data = self.rng.integers(-127, 128, size=tuple(shape), dtype=np.int8)
         if keep < 1.0:
             data = (data * (self.rng.random(tuple(shape)[:3]) < keep)[..., None]).astype(np.int8)
+        if density < 1.0:
+            data = (data * (self.rng.random(tuple(shape)) < density)).astype(np.int8)
         channels = 1 if axis is None else shape[axis]
         # Real weight std about 1/sqrt(fan_in), varied per channel so the multipliers differ.
         scales = (self.rng.uniform(0.6, 1.4, channels) / (_UNIFORM_INT8_STD * math.sqrt(fan_in))).astype(
@@ -167,11 +176,12 @@ class Int8Writer(TFLiteWriter):
         act: int = AF.NONE,
         out_params: tuple[float, int] | None = None,
         keep: float = 1.0,
+        density: float = 1.0,
     ) -> int:
         n, h, w, cin = self.shape(x)
         s_in, _ = self.params(x)
         fan_in = kernel[0] * kernel[1] * cin
-        wt, ws = self.weights(f"{name}_w", (out_channels, *kernel, cin), 0, fan_in, keep)
+        wt, ws = self.weights(f"{name}_w", (out_channels, *kernel, cin), 0, fan_in, keep, density)
         spread = self.spread[x]  # weights have real std 1/sqrt(fan_in): the output keeps the input's spread
         b = self.bias(f"{name}_b", s_in, ws, out_channels, spread)
         o = conv_options(stride, padding, act)
@@ -451,6 +461,19 @@ def sparse_conv_block() -> bytes:
     return w.finish([x], [f], "sparse_conv_block")
 
 
+def element_sparse_conv_block() -> bytes:
+    """A 3x3 convolution keeping 40 % of its filterlets, then a strided one keeping 25 % of its single
+    weights (pruned element-wise elsewhere: element CSR, a 288-value window), 32 and 16 channels,
+    global AVERAGE_POOL_2D, FULLY_CONNECTED; input [1, 9, 11, 16]."""
+    w = Int8Writer(seed=126)
+    x = w.activation("input", (1, 9, 11, 16), 0.05, -3)
+    y = w.conv2d("conv1", x, 32, (3, 3), 1, SAME, AF.RELU, keep=0.4)
+    y = w.conv2d("conv2", y, 16, (3, 3), 2, SAME, AF.RELU, density=0.25)
+    g = w.pool(BO.AVERAGE_POOL_2D, "avgpool", y, w.shape(y)[1:3], 1, VALID)
+    f = w.fully_connected("fc", w.reshape("flat", g, (1, 16)), 10)
+    return w.finish([x], [f], "element_sparse_conv_block")
+
+
 def resnet_block() -> bytes:
     """conv 3x3 + RELU, conv 3x3, residual ADD (rescaled) with fused RELU, AVERAGE_POOL_2D 4x4/4,
     RESHAPE, FULLY_CONNECTED, SOFTMAX; input [1, 16, 16, 3]."""
@@ -499,6 +522,7 @@ MULTI_OP_MODELS: tuple[Callable[[], bytes], ...] = (
     ds_cnn_block,
     ds_cnn_two_blocks,
     sparse_conv_block,
+    element_sparse_conv_block,
     resnet_block,
     autoencoder,
 )

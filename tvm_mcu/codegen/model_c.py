@@ -13,6 +13,7 @@ import numpy as np
 
 from tvm_mcu import __version__
 from tvm_mcu.codegen.c_ops import OP_QUALIFIER_DEFINITION
+from tvm_mcu.passes.tir import sparse_element_kernels
 from tvm_mcu.passes.tir.block_weights import block
 from tvm_mcu.passes.tir.sparse_kernels import compress_blob, filterlets_kept
 from tvm_mcu.passes.tir.widen_weights import widen
@@ -168,10 +169,14 @@ def _describe(t: Tensor) -> str:
 
 
 SPARSE = "sparse"  # the layout of weights stored as CSR over filterlets (SparseFilterlets)
+ELEMENTS = "elements"  # the layout of weights stored as CSR over single weights (SparseElements)
 
 
 def _layouts_used(
-    graph: Graph, blocked: dict[str, dict[int, int]], sparse: dict[str, set[int]]
+    graph: Graph,
+    blocked: dict[str, dict[int, int]],
+    sparse: dict[str, set[int]],
+    elements: dict[str, set[int]],
 ) -> dict[str, list[int | str]]:
     """Weight name -> the layouts its steps read it in, in first-use order: 0 as stored, S blocked with
     channel stride S, -S blocked and pre-widened to halfwords (``blocked``: callee -> parameter
@@ -183,6 +188,8 @@ def _layouts_used(
                 layout: int | str = blocked.get(step.callee, {}).get(k, 0)
                 if k in sparse.get(step.callee, set()):
                     layout = SPARSE
+                if k in elements.get(step.callee, set()):
+                    layout = ELEMENTS
                 if layout not in used.setdefault(name, []):
                     used[name].append(layout)
     return used
@@ -191,6 +198,8 @@ def _layouts_used(
 def _weight_variant(name: str, layout: int | str) -> str:
     if layout == SPARSE:
         return weight_symbol(name) + "_csr"
+    if layout == ELEMENTS:
+        return weight_symbol(name) + "_ecsr"
     assert isinstance(layout, int)
     if layout < 0:
         return weight_symbol(name) + f"_h{-layout}"
@@ -201,7 +210,7 @@ def _weight_variant(name: str, layout: int | str) -> str:
 class WeightStorage:
     """How one weight parameter of a step is stored in flash (the report's per-layer columns)."""
 
-    format: str  # "dense", "dense, blocked", "dense, int16" or "filterlet CSR"
+    format: str  # "dense", "dense, blocked", "dense, int16", "filterlet CSR" or "element CSR"
     stored_bytes: int  # everything the layout stores: values, and indices for a sparse one
     index_bytes: int = 0
     # Convolution weights with more than one tap: filterlets holding a non-zero value, and all of them.
@@ -210,9 +219,15 @@ class WeightStorage:
 
 
 def step_layout(
-    step_callee: str, position: int, blocked: dict[str, dict[int, int]], sparse: dict[str, set[int]]
+    step_callee: str,
+    position: int,
+    blocked: dict[str, dict[int, int]],
+    sparse: dict[str, set[int]],
+    elements: dict[str, set[int]],
 ) -> int | str:
     """The layout one step reads its weight parameter at ``position`` in (see :func:`_layouts_used`)."""
+    if position in elements.get(step_callee, set()):
+        return ELEMENTS
     if position in sparse.get(step_callee, set()):
         return SPARSE
     return blocked.get(step_callee, {}).get(position, 0)
@@ -230,18 +245,24 @@ def weight_storage(values: np.ndarray, layout: int | str) -> WeightStorage:
     if layout == SPARSE:
         index = stored.nbytes - int(counts["filterlets_kept"]) * int(values.shape[-1]) * values.itemsize
         return WeightStorage("filterlet CSR", stored.nbytes, index, **counts)
+    if layout == ELEMENTS:
+        index = stored.nbytes - int(np.count_nonzero(values)) * values.itemsize
+        return WeightStorage("element CSR", stored.nbytes, index, **counts)
     assert isinstance(layout, int)
     kind = "dense" if layout == 0 else ("dense, blocked" if layout > 0 else "dense, int16")
     return WeightStorage(kind, stored.nbytes, 0, **counts)
 
 
 def stored_weights_bytes(
-    graph: Graph, blocked: dict[str, dict[int, int]], sparse: dict[str, set[int]]
+    graph: Graph,
+    blocked: dict[str, dict[int, int]],
+    sparse: dict[str, set[int]],
+    elements: dict[str, set[int]],
 ) -> int:
     """The bytes of every weight array :func:`emit_model_c` writes (one per weight and layout)."""
     return sum(
         weight_storage(graph.weights[name], layout).stored_bytes
-        for name, layouts in _layouts_used(graph, blocked, sparse).items()
+        for name, layouts in _layouts_used(graph, blocked, sparse, elements).items()
         if name in graph.weights
         for layout in layouts
     )
@@ -254,6 +275,11 @@ def _stored(values: np.ndarray, layout: int | str) -> tuple[np.ndarray, str]:
         return compress_blob(
             values
         ), f", {kept} of {values.shape[0] * values.shape[1] * values.shape[2]} filterlets kept (CSR)"
+    if layout == ELEMENTS:
+        kept = int(np.count_nonzero(values))
+        return sparse_element_kernels.compress_blob(
+            values
+        ), f", {kept} of {values.size} values kept (element CSR)"
     assert isinstance(layout, int)
     if layout > 0:
         return block(values, layout), f", blocked by four channels of {layout} values"
@@ -272,15 +298,19 @@ def emit_model_c(
     includes: tuple[str, ...] = (),
     blocked: dict[str, dict[int, int]] | None = None,
     sparse: dict[str, set[int]] | None = None,
+    elements: dict[str, set[int]] | None = None,
 ) -> str:
     """``model.c``: the weights, the operators (``ops``, c_ops.kernels_source's, with the helper
     headers ``includes``), the arena and the call sequence, one translation unit. ``blocked``: callee
     -> parameter position -> channel stride of the weights that operator reads blocked
     (passes/tir/block_weights.py; negative: blocked halfwords, passes/tir/widen_weights.py); those are
-    stored so (a weight read several ways is stored each way)."""
+    stored so (a weight read several ways is stored each way). ``sparse`` and ``elements``: callee ->
+    the parameter positions it reads as CSR over filterlets (SparseFilterlets) or over single weights
+    (SparseElements)."""
     blocked = blocked or {}
     sparse = sparse or {}
-    layouts = _layouts_used(graph, blocked, sparse)
+    elements = elements or {}
+    layouts = _layouts_used(graph, blocked, sparse, elements)
     lines = [
         BANNER,
         f"/* {model_name}: weights, operators, static arena and the operator call sequence. */",
@@ -318,6 +348,7 @@ def emit_model_c(
         args = [_operand(graph, plan, n) for n in (*step.inputs, step.output)]
         variants: dict[int, int | str] = {**blocked.get(step.callee, {})}
         variants.update({k: SPARSE for k in sparse.get(step.callee, set())})
+        variants.update({k: ELEMENTS for k in elements.get(step.callee, set())})
         for k, layout in variants.items():
             t = graph.tensors[step.inputs[k]]
             args[k] = f"({c_type(t.dtype)} *){_weight_variant(t.name, layout)}"
