@@ -7,7 +7,8 @@ shaped network (MLPerf Tiny's, 32x32x3, 16/32/64 channels) written by PyTorch wi
 instruction counts depend on shapes and on which filterlets are zero, not on the values). Each 3x3
 convolution with at least 8 input channels keeps the fraction ``s`` of its filterlets with the largest
 L2 norms (every output channel keeps at least one), as a filterlet pruner leaves it; the model is
-quantised (tvm-mcu's PTQ keeps the zeros) and compiled layer by layer, once with ``sparse=False``.
+quantised (tvm-mcu's PTQ keeps the zeros) and compiled channels-last, layer by layer, once with
+``sparse=False``.
 """
 
 from __future__ import annotations
@@ -115,7 +116,9 @@ def _measure(
         x = [np.random.default_rng(0).standard_normal(shape).astype(np.float32)]
         runs, outputs = {}, {}
         for name, sparse in (("dense", False), ("sparse", True)):
-            api.compile_model(qdq, BOARD, work / name, schedule="layer by layer", sparse=sparse)
+            api.compile_model(
+                qdq, BOARD, work / name, schedule="layer by layer", sparse=sparse, channels_last=True
+            )
             outcome = api.run_compiled(work / name, x)
             runs[name], outputs[name] = outcome.report, outcome.outputs
         if not all(np.array_equal(a, b) for a, b in zip(outputs["dense"], outputs["sparse"], strict=True)):

@@ -124,6 +124,7 @@ def compile_model(
     schedule: str | None = None,
     weights: str = "int8",
     sparse: bool = True,
+    channels_last: bool = False,
 ) -> Compiled:
     """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
     schedule.json.
@@ -135,7 +136,8 @@ def compile_model(
     ``in_place=False, partial_execution=False`` keeps every tensor whole in a buffer of its own (the
     layer-by-layer baseline). ``schedule``: take this candidate (e.g. "row bands") instead of choosing.
     ``weights="int16"``: the SIMD kernels' weights stored pre-widened; ``sparse=False``: every weight
-    stored dense (compiler.compile_module).
+    stored dense; ``channels_last=True``: an ONNX (NCHW) model computed NHWC (compiler.compile_module's
+    ``convert``).
     """
     board = load_board(board_name)
     out_dir = outputs.output_dir(Path(out_dir))
@@ -152,6 +154,7 @@ def compile_model(
         schedule=schedule,
         weights=weights,
         sparse=sparse,
+        convert=channels_last,
     )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)
@@ -524,12 +527,13 @@ def verify(
     schedule: str | None = None,
     weights: str = "int8",
     sparse: bool = True,
+    channels_last: bool = False,
 ) -> Verification:
     """Compile, run on the emulated board and compare with the independent references
     (:func:`check_against_references`; tolerances in :func:`compare`).
 
     ``schedule``: verify this candidate schedule (e.g. "row bands") instead of the one the compiler
-    would choose. ``weights``, ``sparse``: as for :func:`compile_model`.
+    would choose. ``weights``, ``sparse``, ``channels_last``: as for :func:`compile_model`.
     """
     compiled = compile_model(
         model_path,
@@ -539,6 +543,7 @@ def verify(
         schedule=schedule,
         weights=weights,
         sparse=sparse,
+        channels_last=channels_last,
     )
     model = load_model(Path(model_path))
     inputs = model_inputs(model, input_path=input_path, seed=seed)

@@ -262,10 +262,11 @@ def _sparse_stored(lowered: _tvm.IRModule, attr: str) -> dict[str, set[int]]:
     return out
 
 
-def channels_last(mod: _tvm.IRModule) -> bool:
+def channels_last(mod: _tvm.IRModule, convert: bool = False) -> bool:
     """Whether the model's convolutions compute channels-last (NHWC), where the SIMD kernels apply: as
-    imported (TFLite) or after ChannelsLast (ONNX)."""
-    mod = ChannelsLast()(mod)
+    imported (TFLite) or, with ``convert``, after ChannelsLast (ONNX)."""
+    if convert:
+        mod = ChannelsLast()(mod)
     layouts = {
         str(b.value.attrs.data_layout)
         for func in mod.functions.values()
@@ -368,10 +369,12 @@ def plan_schedules(
     in_place: bool = True,
     partial_execution: bool = True,
     sparse: bool = True,
+    convert: bool = False,
 ) -> Schedules:
     """Graph passes, then every candidate schedule with its memory plan (see :func:`compile_module`)."""
     try:
-        fused = pipeline.run(pipeline.graph_passes(allow_float=allow_float, rounding=rounding), mod)
+        passes = pipeline.graph_passes(allow_float=allow_float, rounding=rounding, channels_last=convert)
+        fused = pipeline.run(passes, mod)
     except (AssertionError, _tvm.TVMError, ValueError, TypeError) as exc:
         if _tvm.is_internal_error(exc):
             raise
@@ -383,7 +386,7 @@ def plan_schedules(
     graph, bound = _ordered_graph(fused)
     whole_peak = whole_buffer_peak(graph)
     macs = step_macs(fused, graph)
-    last = channels_last(mod)
+    last = channels_last(mod, convert)
     costs = cost.for_model(graph, last)
     sparse = sparse and last
     funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
@@ -476,6 +479,7 @@ def compile_module(
     schedule: str | None = None,
     weights: str = "int8",
     sparse: bool = True,
+    convert: bool = False,
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
@@ -493,7 +497,8 @@ def compile_module(
     (as the model has them) or "int16": the weights the blocked SIMD kernels read are stored
     pre-widened to halfwords (WidenWeights: twice their flash, fewer instructions; the report lists
     the operators). ``sparse=False``: every weight stored dense, even where most filterlets are zero
-    (to measure what the sparse formats save).
+    (to measure what the sparse formats save). ``convert=True``: an NCHW (ONNX) model's convolutions
+    compute channels-last on the SIMD kernels (ChannelsLast; the interface stays NCHW).
     """
     if weights not in WEIGHT_WIDTHS:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, got {weights!r}")
@@ -506,6 +511,7 @@ def compile_module(
         in_place=in_place,
         partial_execution=partial_execution,
         sparse=sparse,
+        convert=convert,
     )
     fused, bound, whole_peak, lowered = sched.fused, sched.bound, sched.whole_peak, sched.lowered
     candidates = list(sched.candidates)
@@ -569,7 +575,9 @@ def compile_module(
             graph.tensors[s.output].nbytes,
             s.workspace_bytes,
             tuple(
-                model_c.weight_storage(graph.weights[name], model_c.step_layout(s.callee, k, blocked, stored, elements))
+                model_c.weight_storage(
+                    graph.weights[name], model_c.step_layout(s.callee, k, blocked, stored, elements)
+                )
                 for k, name in enumerate(s.inputs)
                 if graph.tensors[name].kind == "weight" and name in graph.weights
             ),

@@ -25,8 +25,11 @@ from tvm_mcu.passes.tir.stage_windows import StageWindows
 from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 
 
-def graph_passes(*, allow_float: bool = False, rounding: str = "tflite") -> list[tvm.transform.Pass]:
-    """Relax passes: integer lowering, simplification, legalisation of every op to TIR, fusion."""
+def graph_passes(
+    *, allow_float: bool = False, rounding: str = "tflite", channels_last: bool = False
+) -> list[tvm.transform.Pass]:
+    """Relax passes: integer lowering, simplification, legalisation of every op to TIR, fusion.
+    ``channels_last``: NCHW convolutions computed NHWC (ChannelsLast)."""
     return [
         # The caller quantises the inputs and dequantises the outputs of a QDQ model; before the integer
         # lowering, which then sees int8 inputs.
@@ -36,7 +39,7 @@ def graph_passes(*, allow_float: bool = False, rounding: str = "tflite") -> list
         relax.transform.FoldBatchnormToConv2D(),
         # NCHW convolutions compute channels-last, where the SIMD kernels apply; before LowerQuantizedOps,
         # which lowers the dequantize -> conv2d -> quantize patterns in whatever layout they have.
-        ChannelsLast(),
+        *([ChannelsLast()] if channels_last else []),
         # Must see the dequantize -> float op -> quantize patterns before FoldConstant turns the
         # dequantised weights into float constants.
         LowerQuantizedOps(allow_float=allow_float, rounding=rounding),
