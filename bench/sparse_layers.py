@@ -162,7 +162,7 @@ def sparse_layers_section(tmp: Path) -> list[str]:
     with np.load(calibration_file) as f:
         fashion = {"input": f["input"][:64]}
     rng = np.random.default_rng(1)
-    cifar = {"input": rng.standard_normal((32, 1, 3, 32, 32)).astype(np.float32).reshape(32, 3, 32, 32)}
+    cifar = {"input": rng.standard_normal((32, 3, 32, 32)).astype(np.float32)}
     rows = _measure(
         tmp, "Fashion-MNIST CNN 32/64/128", onnx.load(str(ROOT / "models" / "fashion_cnn_wide.onnx")), fashion
     )

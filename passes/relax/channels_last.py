@@ -52,7 +52,7 @@ def _shape(expr: Any) -> tuple[int, ...] | None:
         return None  # symbolic
 
 
-def _is_nchw_4d(expr: Any) -> bool:
+def _is_4d(expr: Any) -> bool:
     shape = _shape(expr)
     return shape is not None and len(shape) == 4
 
@@ -93,7 +93,7 @@ class _Rewriter:
         if isinstance(expr, _tvm.RelaxVar) and expr in self.last:
             return self.remap[expr]
         if isinstance(expr, _tvm.RelaxConst):
-            return relax.const(np.ascontiguousarray(_tvm.const_value(expr).transpose(TO_NHWC)))
+            return _tvm.relax_const(np.ascontiguousarray(_tvm.const_value(expr).transpose(TO_NHWC)))
         key = (expr, "nhwc")
         if key not in self.moved:
             name = _tvm.var_name(expr) if isinstance(expr, _tvm.RelaxVar) else "moved"
@@ -158,7 +158,7 @@ def _conv2d(rw: _Rewriter, call: Any) -> Done:
     if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "OIHW", "NCHW"):
         return None
     shape = _shape(weight)
-    if shape is None or not _is_nchw_4d(data):
+    if shape is None or not _is_4d(data):
         return None
     groups = int(a.groups)
     depthwise = groups > 1 and shape[1] == 1 and groups == shape[0] == (_shape(data) or (0, 0))[1]
@@ -180,12 +180,12 @@ def _transposed_weight(rw: _Rewriter, weight: Any, perm: tuple[int, ...]) -> Any
     """The weights transposed: at compile time for a constant or the dequantisation of one (whose
     per-channel axis moves with it), else by a ``permute_dims`` (weights passed as parameters)."""
     if isinstance(weight, _tvm.RelaxConst):
-        return relax.const(np.ascontiguousarray(_tvm.const_value(weight).transpose(perm)), weight.ty.dtype)
+        return _tvm.relax_const(np.ascontiguousarray(_tvm.const_value(weight).transpose(perm)))
     value = rw.origin.get(weight) if isinstance(weight, _tvm.RelaxVar) else None
     if isinstance(value, relax.Call) and _tvm.op_name(value) == "relax.dequantize":
         q = value.args[0]
         if isinstance(q, _tvm.RelaxConst):
-            moved = relax.const(np.ascontiguousarray(_tvm.const_value(q).transpose(perm)), q.ty.dtype)
+            moved = _tvm.relax_const(np.ascontiguousarray(_tvm.const_value(q).transpose(perm)))
             axis = int(value.attrs.axis) % 4
             args = [moved, rw.plain(value.args[1]), rw.plain(value.args[2])]
             new = _tvm.call_with_attrs(value, args, axis=perm.index(axis))
@@ -200,8 +200,8 @@ def _same(rw: _Rewriter, call: Any) -> Done:
     return _tvm.call_with_args(call, [rw.remap[call.args[0]], *map(rw.plain, call.args[1:])]), True
 
 
-def _operand(rw: _Rewriter, expr: Any, out_shape: tuple[int, ...]) -> Any | None:
-    """A binary op's operand for a channels-last result of NCHW shape ``out_shape``, or None."""
+def _operand(rw: _Rewriter, expr: Any) -> Any | None:
+    """A binary op's operand, channels-last for a channels-last 4-D result, or None (it cannot be)."""
     if rw.is_last(expr):
         return rw.remap[expr]
     shape = _shape(expr)
@@ -218,7 +218,7 @@ def _binary(rw: _Rewriter, call: Any) -> Done:
     out = _shape(call)
     if out is None or len(out) != 4 or not any(rw.is_last(a) for a in call.args):
         return None
-    args = [_operand(rw, a, out) for a in call.args]
+    args = [_operand(rw, a) for a in call.args]
     if any(a is None for a in args):
         return None
     return _tvm.call_with_args(call, args), True
@@ -274,7 +274,7 @@ def _concat(rw: _Rewriter, call: Any) -> Done:
     if not isinstance(fields, relax.Tuple) or call.attrs.axis is None:
         return None
     items = list(fields.fields)
-    if not all(_is_nchw_4d(f) for f in items) or not any(rw.is_last(f) for f in items):
+    if not all(_is_4d(f) for f in items) or not any(rw.is_last(f) for f in items):
         return None
     axis = _AXIS[int(call.attrs.axis) % 4]
     return _tvm.call_with_attrs(call, [relax.Tuple([rw.nhwc(f) for f in items])], axis=axis), True
