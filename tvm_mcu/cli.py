@@ -306,6 +306,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         method=args.method,
         granularity=args.granularity,
         importance=args.importance,
+        scheduler=args.scheduler,
         out_path=Path(args.output),
         int8=not args.float,
         data=args.data,
@@ -326,6 +327,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(_bytes_row("SRAM B", b.sram, a.sram, budget.sram))
     print(_bytes_row("flash B", b.flash, a.flash, budget.flash))
     print(_bytes_row("MACs", b.macs, a.macs, budget.macs))
+    if budget.instructions is not None or result.granularity != "channel":
+        print(_bytes_row("instr", b.instructions, a.instructions, budget.instructions))
+        print("  (instr: estimated by the kernels' cost model, channels-last; `tvm-mcu run` counts them)")
+    if result.search:
+        print(f"  {result.search}")
     print(f"  schedule: {b.schedule} -> {a.schedule}")
     if budget.sram is not None:
         print(f"  (as compiled with --sram-budget {budget.sram}: the fastest schedule within it)")
@@ -419,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--budget",
         required=True,
-        help="e.g. sram=24KiB,flash=64KiB,macs=2M (any subset; figures as compiled)",
+        help="e.g. sram=24KiB,flash=64KiB,macs=2M,instructions=5M (any subset; figures as compiled; "
+        "instructions as the kernels' cost model prices them)",
     )
     pr.add_argument(
         "--granularity",
@@ -442,6 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how filterlets or weights are ranked (--granularity filterlet, mixed, unstructured): taylor: "
         "|w * dL/dw| over a few training batches (default with --data); magnitude: L2 norm (default "
         "without --data)",
+    )
+    pr.add_argument(
+        "--scheduler",
+        default="global",
+        choices=["global", "anneal", "gates"],
+        help="how a filterlet cut is spread over the layers (--granularity filterlet, mixed): global "
+        "(default): the weakest filterlets of the whole model; anneal: DTMM's simulated annealing over "
+        "per-layer ratios, each filterlet priced by what it costs; gates: a gate per filterlet trained "
+        "with budget losses (needs --data and --epochs 2 or more)",
     )
     pr.add_argument(
         "--sram-model",

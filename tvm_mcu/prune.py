@@ -45,6 +45,7 @@ from tvm_mcu.errors import BadOptionError, BudgetError, UnsupportedOpError
 from tvm_mcu.frontend import ImportedModel, load_model
 from tvm_mcu.outputs import output_file
 from tvm_mcu.passes.relax.prune_channels import PruneChannels
+from tvm_mcu.schedule import cost
 from tvm_mcu.schedule.choice import parse_bytes
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class Budget:
     sram: int | None = None
     flash: int | None = None
     macs: int | None = None
+    # Instructions of one inference as the cost model prices the kernels (tvm_mcu.schedule.cost: the
+    # channels-last SIMD kernels, dense or sparse); QEMU's count of the result is reported beside it.
+    instructions: int | None = None
 
 
 _PART_NAMES = {"export": "writing ONNX", "train": "training", "int8": "the int8 build"}
@@ -100,21 +104,24 @@ def _where(op: str, nodes: list[str]) -> str:
 
 
 def parse_budget(text: str) -> Budget:
-    """``"sram=24KiB,flash=64KiB,macs=2M"`` (any subset) -> Budget; MACs take k/M/G (powers of 1000)."""
+    """``"sram=24KiB,flash=64KiB,macs=2M,instructions=5M"`` (any subset) -> Budget; MACs and
+    instructions take k/M/G (powers of 1000)."""
     values: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
         key = key.strip().lower()
-        if key not in ("sram", "flash", "macs") or not value:
-            raise BadOptionError(f"cannot read budget {part!r}: write e.g. sram=24KiB,flash=64KiB,macs=2M")
+        if key not in ("sram", "flash", "macs", "instructions") or not value:
+            raise BadOptionError(
+                f"cannot read budget {part!r}: write e.g. sram=24KiB,flash=64KiB,macs=2M,instructions=5M"
+            )
         if key in values:
             raise BadOptionError(f"budget {key} given twice")
         try:
-            values[key] = _count(value) if key == "macs" else parse_bytes(value)
+            values[key] = _count(value) if key in ("macs", "instructions") else parse_bytes(value)
         except ValueError as exc:
             raise BadOptionError(f"budget {key}: {exc}") from exc
     if not values:
-        raise BadOptionError("empty budget: give at least one of sram=, flash=, macs=")
+        raise BadOptionError("empty budget: give at least one of sram=, flash=, macs=, instructions=")
     return Budget(**values)
 
 
@@ -134,6 +141,9 @@ class Resources:
     macs: int
     schedule: str
     bottleneck: str = ""  # the largest activation of the compiled graph ("a conv2d output of 900 B")
+    # Estimated by the cost model (Budget.instructions), not measured: the dense kernels' per MAC, less
+    # what sparse storage saves as counted (prune_sparse.candidate_figures).
+    instructions: int = 0
 
     def excess(self, budget: Budget) -> list[tuple[str, int, int]]:
         """(resource, value, limit) for each budget exceeded."""
@@ -141,6 +151,7 @@ class Resources:
             ("sram", self.sram, budget.sram),
             ("flash", self.flash, budget.flash),
             ("macs", self.macs, budget.macs),
+            ("instructions", self.instructions, budget.instructions),
         )
         return [(k, v, lim) for k, v, lim in pairs if lim is not None and v > lim]
 
@@ -173,6 +184,8 @@ class PruneResult:
     sparsity: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     # Sparse granularities: the written model as the compiler builds it today (see prune_sparse).
     measured: Resources | None = None
+    scheduler: str = "global"  # filterlet, mixed: how the cut was spread over the layers
+    search: str = ""  # what the scheduler did, one line
 
     @property
     def unit(self) -> str:
@@ -199,6 +212,8 @@ def result_json(result: PruneResult, budget: Budget) -> dict[str, object]:
             k: {"kept": kept, "of": of, "fraction": kept / of if of else 1.0, "unit": result.unit}
             for k, (kept, of) in result.sparsity.items()
         },
+        "scheduler": result.scheduler if sparse else None,
+        "search": result.search or None,
         "plan": str(result.plan),
         "training": attrs.asdict(result.training) if result.training else None,
     }
@@ -265,7 +280,14 @@ def measure(
         r.macs,
         r.schedule,
         f"a {biggest.kind} output of {biggest.output_bytes} B" if biggest else "",
+        round(r.macs * dense_per_mac(int8)),
     )
+
+
+def dense_per_mac(int8: bool) -> float:
+    """The dense kernels' instructions per MAC (the cost model's, channels-last: where the SIMD and
+    sparse kernels run)."""
+    return cost.INT8.per_mac if int8 else cost.FLOAT.per_mac
 
 
 @attrs.frozen
@@ -312,6 +334,7 @@ def prune_model(
     seed: int = 0,
     granularity: str = "channel",
     importance: str | None = None,
+    scheduler: str = "global",
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
@@ -327,9 +350,15 @@ def prune_model(
     :func:`tvm_mcu.prune_sparse.check_options` refuses a method with a sparse granularity and an
     importance with channels.
     """
-    from tvm_mcu.prune_sparse import check_options
+    from tvm_mcu.prune_sparse import check_options, check_scheduler
 
     method, importance = check_options(granularity, method, importance, data)
+    check_scheduler(granularity, scheduler, data, epochs)
+    if granularity == "channel" and budget.instructions is not None:
+        # Channels keep the dense kernels, whose instructions the cost model prices per MAC: the
+        # instructions budget is a MACs budget for the channel search.
+        cap = int(budget.instructions / dense_per_mac(int8))
+        budget = attrs.evolve(budget, macs=min(cap, budget.macs or cap), instructions=None)
     if granularity == "channel" and method not in METHODS:
         raise BadOptionError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     out_path = output_file(Path(out_path))
@@ -371,7 +400,16 @@ def prune_model(
             from tvm_mcu.prune_sparse import prune_sparse
 
             sparse = prune_sparse(
-                job, budget, before, granularity, importance, data, epochs, train_limit, search_steps
+                job,
+                budget,
+                before,
+                granularity,
+                importance,
+                data,
+                epochs,
+                train_limit,
+                search_steps,
+                scheduler,
             )
             keep, best, after, training = sparse.keep, sparse.mod, sparse.after, sparse.training
         else:
@@ -401,6 +439,8 @@ def prune_model(
         importance,
         sparse.sparsity if sparse else {},
         sparse.measured if sparse else after,
+        sparse.scheduler if sparse else scheduler,
+        sparse.search if sparse else "",
     )
 
 

@@ -72,6 +72,11 @@ logger = logging.getLogger(__name__)
 
 GRANULARITIES = ("channel", "filterlet", "mixed", "unstructured")
 IMPORTANCES = ("taylor", "magnitude")
+# How the budget is spent over the layers (filterlet and mixed): ``global``, one order of the whole
+# model's filterlets; ``anneal``, DTMM's simulated annealing over per-layer ratios
+# (:mod:`tvm_mcu.prune_anneal`); ``gates``, filterlet gates trained with budget losses
+# (:mod:`tvm_mcu.train.filterlet_gates`).
+SCHEDULERS = ("global", "anneal", "gates")
 # What each sparse granularity zeroes (its units) and counts (the format of analysis.sparsity).
 UNIT = {"filterlet": "filterlet", "mixed": "filterlet", "unstructured": "unstructured"}
 UNIT_NAME = {"filterlet": "filterlets", "unstructured": "elements"}
@@ -123,9 +128,11 @@ class SparseOutcome:
     mod: _tvm.IRModule = attrs.field(eq=False)  # masked (and fine-tuned)
     after: Resources  # the figures held to the budget (candidate_figures)
     measured: Resources  # the written model as the compiler builds it today
-    masks: dict[tuple[int, int], np.ndarray] = attrs.field(eq=False, repr=False)
+    masks: Masks = attrs.field(eq=False, repr=False)
     sparsity: dict[str, tuple[int, int]]  # layer -> (kept, of) filterlets or elements
     training: Training | None
+    scheduler: str = "global"
+    search: str = ""  # what the scheduler did, one line
 
 
 def replace_constants(mod: _tvm.IRModule, new: dict[tuple[int, int], np.ndarray]) -> _tvm.IRModule:
@@ -261,8 +268,15 @@ def candidate_figures(
     this function becomes ``return job.measure(apply_masks(mod, masks), tag)`` (one compile per
     bisection step; pass the candidate's module in).
     """
-    saving = counted_saving(sites, masks, unit, 1 if job.int8 else 4)
-    return attrs.evolve(dense, flash=dense.flash - saving.flash, macs=dense.macs - saving.macs)
+    from tvm_mcu.prune import dense_per_mac
+
+    saving = counted_saving(sites, masks, unit, 1 if job.int8 else 4, dense_per_mac(job.int8))
+    return attrs.evolve(
+        dense,
+        flash=dense.flash - saving.flash,
+        macs=dense.macs - saving.macs,
+        instructions=dense.instructions - round(saving.instructions),
+    )
 
 
 def least_pruning(fits: Callable[[int], bool], total: int) -> int:
@@ -289,9 +303,11 @@ def prune_sparse(
     epochs: int,
     limit: int | None,
     steps: int,
+    scheduler: str = "global",
 ) -> SparseOutcome:
     """Prune ``job``'s model at ``granularity`` until it meets ``budget`` (module docstring); fine-tune
-    with the masks held when ``epochs`` > 0."""
+    with the masks held when ``epochs`` > 0. ``scheduler`` (filterlet, mixed): how the cut is spread
+    over the layers (SCHEDULERS)."""
     from tvm_mcu.prune import _describe, _fine_tune
 
     unit = UNIT[granularity]
@@ -326,24 +342,72 @@ def prune_sparse(
     keys = [s.key for s in sites]
     element = element_scores(mod, keys, importance, ds, job.seed)
     ranking = Ranking(sites, unit_scores(sites, unit, element), unit, importance)
-
-    def fits(n: int) -> bool:
-        r = candidate_figures(job, dense, sites, ranking.masks(n), unit, f"level{n}")
-        logger.info("prune %s level %d of %d: %s", granularity, n, ranking.total, r)
-        return not r.excess(budget)
-
-    n = least_pruning(fits, ranking.total)
-    masks = ranking.masks(n)
-    masked = apply_masks(mod, masks)
     training = None
-    if epochs:
+    search = ""
+    masks: Masks
+    if scheduler == "global":
+
+        def fits(n: int) -> bool:
+            r = candidate_figures(job, dense, sites, ranking.masks(n), unit, f"level{n}")
+            logger.info("prune %s level %d of %d: %s", granularity, n, ranking.total, r)
+            return not r.excess(budget)
+
+        n = least_pruning(fits, ranking.total)
+        masks = ranking.masks(n)
+        search = f"global order: the {n:,} weakest of {ranking.total:,} {UNIT_NAME[unit]} zeroed"
+    elif scheduler == "anneal":
+        masks, search = _anneal(job, budget, dense, sites, ranking)
+    else:
+        masks, mod, training, search = _gates(job, budget, dense, sites, ranking, mod, data, epochs, limit)
+    masked = apply_masks(mod, masks)
+    if epochs and scheduler != "gates":
         masked, training = _fine_tune(job, masked, data, epochs, limit, masks=masks)
     # The masks held through training (MaskHold): an internal invariant, not a user error.
     assert masked_nonzeros(masked, masks) == 0
     after = candidate_figures(job, dense, sites, masks, unit, "result")
     measured = job.measure(masked, "result")
     sparsity = _sparsity(sites, masks, unit)
-    return SparseOutcome(keep, masked, after, measured, masks, sparsity, training)
+    if after.excess(budget):  # every scheduler ends within the counted budget: our bug otherwise
+        raise AssertionError(f"the {scheduler} scheduler left {after} over the budget {budget}")
+    return SparseOutcome(keep, masked, after, measured, masks, sparsity, training, scheduler, search)
+
+
+def normalised_scores(ranking: Ranking) -> dict[tuple[int, int], np.ndarray]:
+    """Each site's unit scores divided by their mean: the global order's scores, per site."""
+    out = {}
+    for s in ranking.sites:
+        v = ranking.scores[s.key].astype(np.float64)
+        mean = float(v.mean())
+        out[s.key] = v / mean if mean > 0 else np.zeros_like(v)
+    return out
+
+
+def _limits(budget: Budget) -> dict[str, float]:
+    """The budgets the counted figures answer to (SRAM is the dense twin's: zeros change none)."""
+    return {r: float(v) for r in ("flash", "macs", "instructions") if (v := getattr(budget, r)) is not None}
+
+
+def _dense_figures(dense: Resources) -> dict[str, float]:
+    return {"flash": dense.flash, "macs": dense.macs, "instructions": dense.instructions}
+
+
+def _anneal(
+    job: _Job, budget: Budget, dense: Resources, sites: tuple[WeightSite, ...], ranking: Ranking
+) -> tuple[Masks, str]:
+    from tvm_mcu.prune import dense_per_mac
+    from tvm_mcu.prune_anneal import Figures, anneal, layer
+
+    scores = normalised_scores(ranking)
+    layers = [layer(s, scores[s.key]) for s in sites]
+    figures = Figures(_dense_figures(dense), _limits(budget))
+    masks, done = anneal(
+        layers, figures, itemsize=1 if job.int8 else 4, per_mac=dense_per_mac(job.int8), seed=job.seed
+    )
+    search = (
+        f"annealing: {done.temperatures} temperatures, {done.moves:,} moves ({done.accepted:,} taken); "
+        f"then {done.repaired} filterlets zeroed to fit and {done.filled} kept in the room left"
+    )
+    return masks, search
 
 
 def _deepest(sites: tuple[WeightSite, ...], unit: str) -> dict[tuple[int, int], np.ndarray]:
@@ -428,3 +492,68 @@ def _channels(
         else:
             lo, keep, best, dense = mid, k, p, r
     return keep, best, dense
+
+
+def check_scheduler(granularity: str, scheduler: str, data: str | None, epochs: int) -> None:
+    """BadOptionError for a scheduler the granularity does not take, or gates without training."""
+    if scheduler not in SCHEDULERS:
+        raise BadOptionError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if scheduler == "global":
+        return
+    if granularity not in ("filterlet", "mixed"):
+        raise BadOptionError(
+            f"--scheduler {scheduler} spreads a filterlet cut over the layers (--granularity filterlet or "
+            f"mixed); --granularity {granularity} has its own search: drop --scheduler"
+        )
+    if scheduler == "gates" and (data is None or epochs < 2):
+        raise BadOptionError(
+            "--scheduler gates trains its gates: it needs --data and --epochs 2 or more (half gating, half "
+            "fine-tuning); --scheduler anneal or global needs no training"
+        )
+
+
+def _gates(
+    job: _Job,
+    budget: Budget,
+    dense: Resources,
+    sites: tuple[WeightSite, ...],
+    ranking: Ranking,
+    mod: _tvm.IRModule,
+    data: str | None,
+    epochs: int,
+    limit: int | None,
+) -> tuple[Masks, _tvm.IRModule, Training, str]:
+    """Filterlet gates for the first half of the epochs, then fine-tuning with the masks held."""
+    from tvm_mcu.prune import _fine_tune, dense_per_mac
+    from tvm_mcu.prune_anneal import layer
+    from tvm_mcu.train.bridge import RelaxModule, write_back
+    from tvm_mcu.train.filterlet_gates import train_gates
+
+    ds = _dataset(job, data, limit)
+    scores = normalised_scores(ranking)
+    layers = [layer(s, scores[s.key]) for s in sites]
+    module = RelaxModule(mod)
+    gating = max(1, epochs // 2)
+    gates, log = train_gates(
+        module,
+        layers,
+        scores,
+        _dense_figures(dense),
+        _limits(budget),
+        ds,
+        epochs=gating,
+        itemsize=1 if job.int8 else 4,
+        per_mac=dense_per_mac(job.int8),
+        seed=job.seed,
+    )
+    masks = gates.masks()
+    trained = apply_masks(write_back(mod, module), masks)
+    tuned, training = _fine_tune(job, trained, data, epochs - gating, limit, masks=masks)
+    training = attrs.evolve(
+        training, epochs=epochs, seconds_per_epoch=(*log.train.seconds, *training.seconds_per_epoch)
+    )
+    search = (
+        f"gates: {gating} epochs gating ({len(log.history)} cuts), {log.forced} filterlets zeroed after "
+        f"training to fit, then {epochs - gating} epochs fine-tuning"
+    )
+    return masks, tuned, training, search

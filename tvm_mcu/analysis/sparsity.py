@@ -19,7 +19,9 @@ Counting (:func:`stored_bytes`, :func:`kept_macs`) prices a weight as it would b
   count fits 65535, else uint32): the narrowest that holds them.
 
 A weight is counted compact only where that is smaller than dense; its MACs are then the kept weights'
-(the sparse kernel visits nothing else), and dense otherwise. Read-only: nothing here changes a module.
+(the sparse kernel visits nothing else), and dense otherwise. Its instructions are priced by the one cost
+model (:mod:`tvm_mcu.schedule.cost`): the sparse kernel's per kept MAC and per output where it is
+stored compact, the dense kernels' per MAC otherwise. Read-only: nothing here changes a module.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 
 from tvm_mcu import _tvm
 from tvm_mcu.analysis.channels import bindings, unique_names
+from tvm_mcu.schedule import cost
 
 # A weight site's mask: True where the weight is kept (the weight's shape).
 Masks = Mapping[tuple[int, int], np.ndarray]
@@ -144,19 +147,57 @@ def kept_macs(site: WeightSite, mask: np.ndarray | None, granularity: str, items
     return site.pixels * int(np.count_nonzero(mask))
 
 
+def dense_instructions(site: WeightSite, per_mac: float) -> float:
+    """The layer's instructions with its weights dense, at the dense kernels' ``per_mac``."""
+    return site.pixels * int(np.prod(site.shape)) * per_mac
+
+
+def instructions(
+    site: WeightSite, mask: np.ndarray | None, granularity: str, itemsize: int, per_mac: float
+) -> float:
+    """The layer's instructions as the cost model prices its kernel (module docstring)."""
+    if mask is None or stored_bytes(site, mask, granularity, itemsize) == dense_bytes(site, itemsize):
+        return dense_instructions(site, per_mac)
+    outputs = site.pixels * site.out_channels
+    return cost.SPARSE[granularity].instructions(kept_macs(site, mask, granularity, itemsize), outputs)
+
+
+def filterlet_figures(site: WeightSite, kept: int, itemsize: int, per_mac: float) -> tuple[int, int, float]:
+    """(bytes, MACs, instructions) of a filterlet site keeping ``kept`` filterlets, whichever they are:
+    what :func:`stored_bytes`, :func:`kept_macs` and :func:`instructions` give for any such mask, from
+    the count alone (a search over per-layer ratios prices thousands of candidates)."""
+    dense = dense_bytes(site, itemsize)
+    head = 2 * (site.out_channels + 1 + kept)
+    compact = head + (-head % 8) + kept * site.shape[1] * itemsize
+    if compact >= dense:
+        return dense, site.pixels * int(np.prod(site.shape)), dense_instructions(site, per_mac)
+    macs = site.pixels * kept * site.shape[1]
+    return compact, macs, cost.SPARSE["filterlet"].instructions(macs, site.pixels * site.out_channels)
+
+
 @attrs.frozen
 class Saving:
     """What a set of masks saves against the dense weights, as counted (module docstring)."""
 
     flash: int
     macs: int
+    instructions: float = 0.0
 
 
-def counted_saving(sites: tuple[WeightSite, ...], masks: Masks, granularity: str, itemsize: int) -> Saving:
-    """Bytes and MACs the compact storage of ``masks`` saves against storing every site dense."""
+def counted_saving(
+    sites: tuple[WeightSite, ...],
+    masks: Masks,
+    granularity: str,
+    itemsize: int,
+    per_mac: float = cost.INT8.per_mac,
+) -> Saving:
+    """Bytes, MACs and instructions the compact storage of ``masks`` saves against storing every site
+    dense (``per_mac``: the dense kernels' instructions per MAC)."""
     flash = macs = 0
+    instr = 0.0
     for s in sites:
         mask = masks.get(s.key)
         flash += dense_bytes(s, itemsize) - stored_bytes(s, mask, granularity, itemsize)
         macs += s.pixels * int(np.prod(s.shape)) - kept_macs(s, mask, granularity, itemsize)
-    return Saving(flash, macs)
+        instr += dense_instructions(s, per_mac) - instructions(s, mask, granularity, itemsize, per_mac)
+    return Saving(flash, macs, instr)

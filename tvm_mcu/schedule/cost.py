@@ -24,6 +24,19 @@ Calibrated on mps2-an386 (Cortex-M4 with DSP), QEMU instruction counts of the ML
 - an accumulating chain's consumer re-enters its output once per slice: accumulator load and store and
   loop set-up, about 16 instructions per element and slice (MobileNetV2-style benchmark).
 - a row band's line buffer shifts its kept rows once per row: a contiguous copy, 1 per element.
+
+Sparse convolutions (weights stored CSR, ``passes/tir/sparse_kernels.py`` and
+``sparse_element_kernels.py``) cost per *kept* multiply-accumulate plus a fixed part per output (the
+call, the accumulators' set-up and the requantising epilogue), calibrated on the per-layer table of
+docs/BENCHMARKS.md ("Sparse layers of real networks", layer by layer on mps2-an386):
+
+- filterlet CSR: per kept MAC about the four-pixel SIMD kernel's (1.3-1.4 at 32 input channels) plus
+  the per-filterlet pointer work, 1.6; per output 32.
+- element CSR: 3.8-4.9 per kept MAC (one multiply per loaded pair of value and distance): 4.5; per
+  output 24.
+
+Pruning prices a candidate's instructions with these (:mod:`tvm_mcu.analysis.sparsity`), as it prices
+its flash and MACs by counting; reports give QEMU's counts.
 """
 
 from __future__ import annotations
@@ -68,3 +81,21 @@ def for_model(graph: Graph, channels_last: bool) -> Costs:
     if not outputs or not all(d in ("int8", "uint8") for d in outputs):
         return FLOAT
     return INT8 if channels_last else INT8_NCHW
+
+
+@attrs.frozen
+class SparseCosts:
+    """Instructions of a sparse convolution kernel: per kept multiply-accumulate and per output."""
+
+    per_kept_mac: float
+    per_output: float
+
+    def instructions(self, kept_macs: int, outputs: int) -> float:
+        return kept_macs * self.per_kept_mac + outputs * self.per_output
+
+
+# Keyed by the pruning unit whose zeros the format skips (tvm_mcu.analysis.sparsity's granularities).
+SPARSE = {
+    "filterlet": SparseCosts(per_kept_mac=1.6, per_output=32.0),
+    "unstructured": SparseCosts(per_kept_mac=4.5, per_output=24.0),
+}

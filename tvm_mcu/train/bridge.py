@@ -104,6 +104,10 @@ class RelaxModule(nn.Module):
         pruning code multiplies a group's output by a gate vector this way). Indices are positions in
         ``binding_names()``.
 
+    ``weight_taps`` (public, empty at first): parameter name (``b{binding}_{arg}``) -> function applied
+    to that weight wherever the forward pass reads it (filterlet gates multiply a convolution's weight
+    by their masks this way); the parameter itself is unchanged.
+
     Every float32 constant with ndim >= 1 becomes a trainable ``nn.Parameter`` named ``b{binding}_{arg}``
     (its site: binding index, argument index); scalar constants become buffers of the same naming.
     ``forward(*inputs)`` takes batched NCHW tensors (any batch N) and returns a tensor, or a tuple when
@@ -146,6 +150,7 @@ class RelaxModule(nn.Module):
         self._release = self._last_uses()
         # Public: the pruning code may change the taps between training runs.
         self.taps: dict[int, Tap] = {}
+        self.weight_taps: dict[str, Tap] = {}
         self._dry_run()
         self.taps = dict(taps or {})
         bad = sorted(k for k in self.taps if not 0 <= k < len(self._steps))
@@ -257,6 +262,8 @@ class RelaxModule(nn.Module):
 
     def _run(self, inputs: list[torch.Tensor], *, check: bool) -> Any:
         tensors: dict[str, Any] = {**self._parameters, **self._buffers}
+        for name, weight_tap in self.weight_taps.items():
+            tensors[name] = weight_tap(tensors[name])
         env: list[Any] = list(inputs)
 
         def resolve(arg: _Arg) -> Any:
