@@ -124,7 +124,7 @@ def compile_model(
     schedule: str | None = None,
     weights: str = "int8",
     sparse: bool = True,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
 ) -> Compiled:
     """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
     schedule.json.
@@ -136,8 +136,9 @@ def compile_model(
     ``in_place=False, partial_execution=False`` keeps every tensor whole in a buffer of its own (the
     layer-by-layer baseline). ``schedule``: take this candidate (e.g. "row bands") instead of choosing.
     ``weights="int16"``: the SIMD kernels' weights stored pre-widened; ``sparse=False``: every weight
-    stored dense; ``channels_last=True``: an ONNX (NCHW) model computed NHWC (compiler.compile_module's
-    ``convert``).
+    stored dense; ``channels_last=True``: an ONNX (NCHW) model computed NHWC, ``False``: NCHW, ``None``:
+    channels-last when its int8 convolution weights are filterlet- or element-sparse
+    (compiler.compile_module's ``convert``; the report's ``layout`` says which and why).
     """
     board = load_board(board_name)
     out_dir = outputs.output_dir(Path(out_dir))
@@ -191,6 +192,7 @@ def compile_model(
         float_routines=fw.float_routines,
         int16_weight_ops=result.int16_weight_ops,
         stored_weights_bytes=result.stored_weights_bytes,
+        layout=result.layout,
         schedule=result.schedule,
         sram_budget_bytes=result.sram_budget,
         io_bytes=model_c.packed_bytes(ins) + model_c.packed_bytes(outs),
@@ -527,7 +529,7 @@ def verify(
     schedule: str | None = None,
     weights: str = "int8",
     sparse: bool = True,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
 ) -> Verification:
     """Compile, run on the emulated board and compare with the independent references
     (:func:`check_against_references`; tolerances in :func:`compare`).

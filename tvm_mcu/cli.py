@@ -28,6 +28,7 @@ def _figures(r: Report) -> list[tuple[str, str]]:
         ("board", r.board),
         ("model", f"{r.model} ({r.format})"),
         ("schedule", r.schedule + (f" (budget {b(r.sram_budget_bytes)})" if r.sram_budget_bytes else "")),
+        ("layout", r.layout or "-"),
         ("arena", f"{b(r.arena_bytes)} (lower bound of this schedule {b(r.arena_lower_bound_bytes)})"),
         ("peak SRAM (arena + I/O + stack)", b(r.peak_sram_bytes)),
         (
@@ -234,8 +235,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 CHANNELS_LAST_HELP = (
     "compute an ONNX (NCHW) model's convolutions channels-last, on the SIMD and sparse kernels (2-3x fewer "
-    "instructions; the model's inputs and outputs stay NCHW). Not yet the default: an input with several "
-    "channels is transposed into the arena, and the resource model's code estimate is not calibrated for it"
+    "instructions; the model's inputs and outputs stay NCHW); --no-channels-last keeps them NCHW. Default: "
+    "channels-last when an int8 convolution's weights are sparse enough to store compactly (only the "
+    "channels-last kernels read the sparse formats), else NCHW (an input with several channels is "
+    "transposed into the arena, and row bands and in-place steps stop at the moves); report.json's "
+    "layout says which and why"
 )
 DENSE_HELP = (
     "store every weight dense: by default a convolution whose filterlets (one output channel's weights "
@@ -374,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
     c.add_argument("--dense", action="store_true", help=DENSE_HELP)
-    c.add_argument("--channels-last", action="store_true", help=CHANNELS_LAST_HELP)
+    c.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
     c.set_defaults(func=cmd_compile)
 
     e = sub.add_parser("explain", help="print a compiled model's schedule and plot its live SRAM per step")
@@ -400,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--allow-float", action="store_true", help=ALLOW_FLOAT_HELP)
     v.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
     v.add_argument("--dense", action="store_true", help=DENSE_HELP)
-    v.add_argument("--channels-last", action="store_true", help=CHANNELS_LAST_HELP)
+    v.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
     v.set_defaults(func=cmd_verify)
 
     q = sub.add_parser(

@@ -86,6 +86,8 @@ class Compiled:
     profile: tuple[int, ...] = ()
     profile_before: tuple[int, ...] = ()
     sram_budget: int | None = None
+    # How the convolutions compute and why ("NCHW, as imported", "channels-last: ...").
+    layout: str = ""
 
 
 def _primfuncs(mod: _tvm.IRModule) -> dict[str, _tvm.PrimFunc]:
@@ -260,6 +262,34 @@ def _sparse_stored(lowered: _tvm.IRModule, attr: str) -> dict[str, set[int]]:
         if found:
             out[gv.name_hint] = {int(k) for k in found}
     return out
+
+
+def sparse_reason(mod: _tvm.IRModule) -> str | None:
+    """Why an NCHW model should compute channels-last by default: its first int8 convolution whose
+    weights a sparse format would store (:func:`_sparse_format`; only the channels-last kernels read
+    the sparse formats), named; None when there is none. Weights are constants or the dequantisation
+    of int8 constants (ONNX QDQ), as imported."""
+    func = mod["main"]
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            call = b.value
+            if not (isinstance(call, _tvm.relax.Call) and _tvm.op_name(call) == "relax.nn.conv2d"):
+                continue
+            a = call.attrs
+            if (str(a.data_layout), str(a.kernel_layout), int(a.groups)) != ("NCHW", "OIHW", 1):
+                continue
+            w = values.get(call.args[1], call.args[1])
+            if isinstance(w, _tvm.relax.Call) and _tvm.op_name(w) == "relax.dequantize":
+                w = values.get(w.args[0], w.args[0])
+            if not isinstance(w, _tvm.RelaxConst):
+                continue
+            ohwi = np.ascontiguousarray(_tvm.const_value(w).transpose(0, 2, 3, 1))
+            if _sparse_format(ohwi) is not None:
+                kept = float(sparse_kernels.filterlets_kept(ohwi).mean())
+                node = _tvm.provenance(func, b.var) or _tvm.var_name(b.var)
+                return f"{node} keeps {kept:.0%} of its filterlets"
+    return None
 
 
 def channels_last(mod: _tvm.IRModule, convert: bool = False) -> bool:
@@ -479,7 +509,7 @@ def compile_module(
     schedule: str | None = None,
     weights: str = "int8",
     sparse: bool = True,
-    convert: bool = False,
+    convert: bool | None = None,
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
@@ -498,11 +528,16 @@ def compile_module(
     pre-widened to halfwords (WidenWeights: twice their flash, fewer instructions; the report lists
     the operators). ``sparse=False``: every weight stored dense, even where most filterlets are zero
     (to measure what the sparse formats save). ``convert=True``: an NCHW (ONNX) model's convolutions
-    compute channels-last on the SIMD kernels (ChannelsLast; the interface stays NCHW).
+    compute channels-last on the SIMD kernels (ChannelsLast; the interface stays NCHW); ``False``: they
+    stay NCHW; ``None`` (the default): channels-last when an int8 convolution's weights are sparse
+    enough to store compactly (:func:`sparse_reason`: only the channels-last kernels read the sparse
+    formats), else NCHW. The choice and its reason are in ``Compiled.layout``.
     """
     if weights not in WEIGHT_WIDTHS:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, got {weights!r}")
     t0 = time.perf_counter()
+    layout = _layout(mod, convert, sparse)
+    convert = layout.startswith("channels-last") and not channels_last(mod)
     sched = plan_schedules(
         mod,
         model_name=model_name,
@@ -605,4 +640,19 @@ def compile_module(
         sram_budget=sram_budget,
         int16_weight_ops=tuple(st.name for st in graph.steps if st.callee in widened),
         stored_weights_bytes=model_c.stored_weights_bytes(graph, blocked, stored, elements),
+        layout=layout,
     )
+
+
+def _layout(mod: _tvm.IRModule, convert: bool | None, sparse: bool) -> str:
+    """How ``compile_module`` lays out the convolutions for ``convert`` (its docstring), and why."""
+    if channels_last(mod):
+        return "channels-last, as imported"
+    if convert:
+        return "channels-last (asked for)"
+    reason = sparse_reason(mod) if convert is None and sparse else None
+    if reason is not None:
+        return f"channels-last: {reason}, and only the channels-last kernels read sparse weights"
+    if convert is False:
+        return "as imported (channels-last not asked for)"
+    return "as imported (--channels-last would move NCHW convolutions to the SIMD kernels)"

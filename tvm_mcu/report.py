@@ -96,6 +96,9 @@ class Report:
     # The schedule picked (layer by layer, in place, ...), the SRAM budget asked for, and the bytes of the
     # caller's input and output buffers (SRAM too: peak SRAM = arena + I/O + stack).
     schedule: str = "layer by layer"
+    # How the convolutions compute and why: "channels-last, as imported", "as imported (...)",
+    # "channels-last (asked for)", "channels-last: <node> keeps 30% of its filterlets, ...".
+    layout: str = ""
     sram_budget_bytes: int | None = None
     io_bytes: int = 0
     in_place_steps: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)

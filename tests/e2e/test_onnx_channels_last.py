@@ -104,3 +104,21 @@ def test_an_nchw_model_runs_on_the_dot_kernels(tmp_path: Path) -> None:
     assert v.report.instructions is not None and nchw.report.instructions is not None
     assert v.report.instructions < 0.5 * nchw.report.instructions
     assert v.report.arena_bytes == nchw.report.arena_bytes  # one input channel: the move is a reshape
+
+
+def test_a_sparse_onnx_model_goes_channels_last_by_default_and_says_why(tmp_path: Path) -> None:
+    """Without --channels-last, filterlet-sparse int8 weights move the model to the channels-last
+    kernels (the only ones reading sparse formats); --no-channels-last keeps it NCHW and dense; a dense
+    model stays NCHW. The report says which and why."""
+    path = _torch_pruned_qdq(tmp_path)
+    auto = api.compile_model(path, "mps2-an386", tmp_path / "auto")
+    assert auto.report.layout.startswith("channels-last: ")
+    assert "keeps 3" in auto.report.layout or "keeps 2" in auto.report.layout  # about KEEP of them
+    assert any("filterlet CSR" in op.weights_format for op in auto.report.ops)
+    nchw = api.compile_model(path, "mps2-an386", tmp_path / "nchw", channels_last=False)
+    assert nchw.report.layout.startswith("as imported (channels-last not asked for)")
+    assert not any("CSR" in op.weights_format for op in nchw.report.ops)
+    assert auto.report.stored_weights_bytes < 0.5 * nchw.report.stored_weights_bytes
+    demo = ort_quantize(demo_model(), tmp_path / "demo_qdq.onnx", activations="int8")
+    dense = api.compile_model(demo, "mps2-an386", tmp_path / "demo")
+    assert dense.report.layout.startswith("as imported (--channels-last would move")
