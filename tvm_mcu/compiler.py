@@ -222,20 +222,35 @@ def _sparse_format(w: np.ndarray) -> str | None:
     return sparse_elements.ATTR_WANTED if elements is not None else None
 
 
-def _sparse_candidates(graph: Graph) -> dict[str, dict[str, dict[int, int]]]:
+def _dense_sparse_format(w: np.ndarray) -> str | None:
+    """The mark for a dense layer's int8 ``[O, n]`` weights: element CSR where its flash is below the
+    dense weights' (``ELEMENT_MAX_FLASH``; a filterlet of a dense layer is its whole row, a channel)."""
+    if not (w.ndim == 2 and str(w.dtype) == "int8") or 2 * np.count_nonzero(w) >= ELEMENT_MAX_FLASH * w.size:
+        return None
+    try:
+        size = sparse_element_kernels.blob_bytes(w)
+    except ValueError:  # more entries than its row pointers hold
+        return None
+    return sparse_elements.ATTR_WANTED if size < ELEMENT_MAX_FLASH * w.size else None
+
+
+def _sparse_candidates(graph: Graph, convolutions: bool = True) -> dict[str, dict[str, dict[int, int]]]:
     """Callee -> mark (:func:`_sparse_format`) -> parameter position -> output channels of the
-    convolution weights stored sparse, in the same format in every step that calls the callee."""
+    convolution and dense weights stored sparse, in the same format in every step that calls the callee.
+    ``convolutions=False`` (an NCHW model: the sparse kernels read channels-last windows): dense layers
+    only."""
     found: dict[tuple[str, int], tuple[str, int]] = {}
     refused: set[tuple[str, int]] = set()
     for step in graph.steps:
-        if step.kind not in ("conv2d", "chain"):
+        if step.kind not in (("conv2d", "chain", "dense") if convolutions else ("dense",)):
             continue
         for k, name in enumerate(step.inputs):
             t = graph.tensors[name]
             w = graph.weights.get(name) if t.kind == "weight" else None
             if w is None:
                 continue
-            key, mark = (step.callee, k), _sparse_format(w)
+            mark = _dense_sparse_format(w) if step.kind == "dense" else _sparse_format(w)
+            key = (step.callee, k)
             if mark is None or key in refused or found.get(key, (mark, 0))[0] != mark:
                 refused.add(key)
                 found.pop(key, None)
@@ -297,7 +312,12 @@ def channels_last(mod: _tvm.IRModule, convert: bool = False) -> bool:
     imported (TFLite) or, with ``convert``, after ChannelsLast (ONNX)."""
     if convert:
         mod = ChannelsLast()(mod)
-    layouts = {
+    return _conv_layouts(mod) == {"NHWC"}
+
+
+def _conv_layouts(mod: _tvm.IRModule) -> set[str]:
+    """The data layouts of the model's convolutions."""
+    return {
         str(b.value.attrs.data_layout)
         for func in mod.functions.values()
         if isinstance(func, _tvm.relax.Function)
@@ -305,7 +325,6 @@ def channels_last(mod: _tvm.IRModule, convert: bool = False) -> bool:
         for b in block.bindings
         if isinstance(b.value, _tvm.relax.Call) and _tvm.op_name(b.value) == "relax.nn.conv2d"
     }
-    return layouts == {"NHWC"}
 
 
 def _staging_overhead(graph: Graph, macs: dict[str, int], costs: cost.Costs) -> float:
@@ -418,7 +437,6 @@ def plan_schedules(
     macs = step_macs(fused, graph)
     last = channels_last(mod, convert)
     costs = cost.for_model(graph, last)
-    sparse = sparse and last
     funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
     options = in_place_options(funcs, graph)
     # Candidate schedules, cheapest first: (label, graph, MACs per step, estimated extra instructions
@@ -448,7 +466,7 @@ def plan_schedules(
                     chains,
                     in_place=in_place,
                     prefix=f"{CHAIN_PREFIX}{len(seen) - 1}_",
-                    sparse=sparse,
+                    sparse=sparse and last,
                 )
             except ValueError as exc:
                 logger.info("partial execution declined: %s", exc)
@@ -469,7 +487,7 @@ def plan_schedules(
         if rows:
             try:
                 split_graph, split_funcs, split_macs, split_lowered = _split(
-                    fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_", sparse=sparse
+                    fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_", sparse=sparse and last
                 )
             except ValueError as exc:
                 logger.info("row bands declined: %s", exc)
@@ -483,7 +501,7 @@ def plan_schedules(
         # Marked last: the splits above hand back every function of their module, unmarked. Chains too:
         # SparseFilterlets rewrites the convolutions' calls inside them.
         for plan_graph in [g for _, g, _, _ in plans]:
-            for callee, marks in _sparse_candidates(plan_graph).items():
+            for callee, marks in _sparse_candidates(plan_graph, last).items():
                 if callee in funcs:
                     funcs[callee] = _marked(funcs[callee], marks)
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], chain_lowered)
@@ -648,6 +666,8 @@ def _layout(mod: _tvm.IRModule, convert: bool | None, sparse: bool) -> str:
     """How ``compile_module`` lays out the convolutions for ``convert`` (its docstring), and why."""
     if channels_last(mod):
         return "channels-last, as imported"
+    if not _conv_layouts(mod):
+        return "as imported (no NCHW convolution)"
     if convert:
         return "channels-last (asked for)"
     reason = sparse_reason(mod) if convert is None and sparse else None

@@ -40,6 +40,11 @@ ELEMENT1P_EDGE = {
     ("int8", "int8"): "tvmmcu_esparse1p_edge_s8s8",
     ("uint8", "int8"): "tvmmcu_esparse1p_edge_u8s8",
 }
+# One output of a dense layer (its weights [out, in], a row per output): over the row's entries only.
+ELEMENT_DOT_BLOB = {
+    ("int8", "int8"): "tvmmcu_esparse_dot_blob_s8s8",
+    ("uint8", "int8"): "tvmmcu_esparse_dot_blob_u8s8",
+}
 # The longest distance one entry holds (uint8).
 MAX_STEP = 255
 
@@ -170,6 +175,40 @@ static inline int32_t tvmmcu_esparse4p_blob_u8s8(const uint8_t *x, int32_t ps, i
                                                  int32_t kw, const int8_t *blob, int32_t out_channels,
                                                  int32_t o, int32_t n, int32_t *acc) {
   return tvmmcu_esparse4p_blob_x8s8(x, ps, xsy, xsx, kw, blob, out_channels, o, n, acc, 1);
+}
+
+/* One output o of a dense layer, its weights a row of n values per output (the blob of that [O, n]
+ * matrix): acc + sum over o's entries of value * x[column]. Two entries per iteration. */
+static inline int32_t tvmmcu_esparse_dot_blob_x8s8(const void *x, const int8_t *blob, int32_t out_channels,
+                                                   int32_t o, int32_t acc, int x_unsigned) {
+  TVMMCU_ESPARSE_ENTRIES;
+  const uint8_t *q = (const uint8_t *)x;
+  uint32_t a = (uint32_t)acc;
+#define TVMMCU_ESPARSE_DOT(k)                                                                  \
+  do {                                                                                         \
+    q += e[2 * (k) + 1];                                                                       \
+    a = tvmmcu_esparse_mla((int8_t)e[2 * (k)], x_unsigned ? (int32_t)*q : (int32_t)(int8_t)*q, a); \
+  } while (0)
+  if ((end - e) & 2) {
+    TVMMCU_ESPARSE_DOT(0);
+    e += 2;
+  }
+  for (; e != end; e += 4) {
+    TVMMCU_ESPARSE_DOT(0);
+    TVMMCU_ESPARSE_DOT(1);
+  }
+#undef TVMMCU_ESPARSE_DOT
+  return (int32_t)a;
+}
+
+static inline int32_t tvmmcu_esparse_dot_blob_s8s8(const int8_t *x, const int8_t *blob, int32_t out_channels,
+                                                   int32_t o, int32_t acc) {
+  return tvmmcu_esparse_dot_blob_x8s8(x, blob, out_channels, o, acc, 0);
+}
+
+static inline int32_t tvmmcu_esparse_dot_blob_u8s8(const uint8_t *x, const int8_t *blob, int32_t out_channels,
+                                                   int32_t o, int32_t acc) {
+  return tvmmcu_esparse_dot_blob_x8s8(x, blob, out_channels, o, acc, 1);
 }
 
 /* One output pixel of output channel o whose window may cross the padding: the taps inside are

@@ -3,10 +3,18 @@ only the kept ones."""
 
 from __future__ import annotations
 
-from tvm_mcu._tvm import PrimFunc, tvm
-from tvm_mcu.passes.tir.each_function import rewrite_each
-from tvm_mcu.passes.tir.sparse_element_kernels import ELEMENT1P_BLOB, ELEMENT1P_EDGE, ELEMENT4P_BLOB
-from tvm_mcu.passes.tir.sparse_filterlets import SparseKernels, rewrite_sparse
+from typing import Any
+
+from tvm_mcu._tvm import Analyzer, PrimFunc, TensorLoad, structural_map, structural_walk, tirx, tvm
+from tvm_mcu.passes.tir.dot_kernels import DOT
+from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, rewrite_each
+from tvm_mcu.passes.tir.sparse_element_kernels import (
+    ELEMENT1P_BLOB,
+    ELEMENT1P_EDGE,
+    ELEMENT4P_BLOB,
+    ELEMENT_DOT_BLOB,
+)
+from tvm_mcu.passes.tir.sparse_filterlets import SparseKernels, _pointer_load, rewrite_sparse
 
 ATTR_DONE = "tvmmcu.elements_done"
 # Set by the compiler before lowering: parameter position -> output channels, for the weights it will
@@ -19,7 +27,71 @@ ELEMENTS = SparseKernels(ELEMENT1P_BLOB, ELEMENT4P_BLOB, ELEMENT1P_EDGE, contigu
 
 
 def sparse_elements(func: PrimFunc) -> PrimFunc:
-    return rewrite_sparse(func, wanted_attr=ATTR_WANTED, done=ATTR_DONE, stored=ATTR_SPARSE, kernels=ELEMENTS)
+    out = rewrite_sparse(func, wanted_attr=ATTR_WANTED, done=ATTR_DONE, stored=ATTR_SPARSE, kernels=ELEMENTS)
+    if out.attrs is not None and out.attrs.get(ATTR_SPARSE):
+        return out
+    return _dense_rows(func)
+
+
+def _dense_rows(func: PrimFunc) -> PrimFunc:
+    """A dense layer's dot calls over a wanted parameter's rows (``tvmmcu_dot_*(x, &W[o * n], n, acc)``,
+    ``W`` the ``[O, n]`` weights) rewritten to the element kernel over the row's entries, all or
+    nothing per parameter; marked done, and ``ATTR_SPARSE`` for the parameters rewritten."""
+    wanted_positions = func.attrs.get(ATTR_WANTED) if func.attrs is not None else None
+    done = func.with_attr(ATTR_DONE, True)
+    if not wanted_positions:
+        return done
+    position = {p: k for k, p in enumerate(func.params)}
+    by_position = {int(k): int(v) for k, v in wanted_positions.items()}
+    wanted = {p: by_position[k] for p, k in position.items() if k in by_position}
+    owners = parameter_owners(func)
+
+    def owner_of(buffer: Any) -> Any:
+        return owners.get(buffer, buffer)
+
+    rewritten: dict[Any, int] = {}
+
+    def rewrite(call: Any) -> Any:
+        key = next((k for k, name in DOT.items() if name == extern_name(call)), None)
+        if key is None:
+            return call
+        x, w, n, acc = call.args[1:]
+        n = Analyzer().simplify(n)  # the count may be a cast of a constant
+        load = _pointer_load(w)
+        owner = owner_of(load.source) if load is not None else None
+        if load is None or owner not in wanted or not isinstance(n, tirx.IntImm):
+            return call
+        shape = load.source.shape  # the flat weights: O * n values
+        if (
+            len(shape) != 1
+            or not isinstance(shape[0], tirx.IntImm)
+            or int(n) * wanted[owner] != int(shape[0])
+        ):
+            return call  # not whole rows of the [O, n] weights
+        index = load.indices[0]
+        ana = Analyzer()
+        if not ana.can_prove(tirx.floormod(index, tirx.IntImm(str(index.ty), int(n))) == 0):
+            return call
+        channel = ana.simplify(tirx.floordiv(index, tirx.IntImm(str(index.ty), int(n))))
+        channel = channel if str(channel.ty) == "int32" else tirx.Cast("int32", channel)
+        blob = tirx.address_of(tirx.BufferLoad(load.source, [tirx.IntImm(str(index.ty), 0)]))
+        rewritten[owner] = rewritten.get(owner, 0) + 1
+        out_channels = tirx.IntImm("int32", wanted[owner])
+        return tirx.call_extern(str(call.ty), ELEMENT_DOT_BLOB[key], x, blob, out_channels, channel, acc)
+
+    body = structural_map(func.body, (tvm.ir.Call, rewrite))
+    reads: dict[Any, int] = {}
+
+    def count(load: Any) -> None:
+        owner = owner_of(load.source)
+        if owner in wanted:
+            reads[owner] = reads.get(owner, 0) + 1
+
+    structural_walk(body, (TensorLoad, count))
+    complete = {p for p in rewritten if reads.get(p, 0) == rewritten[p]}
+    if not complete or complete != set(rewritten):
+        return done  # some read was left dense: keep the dense kernel
+    return done.with_body(body).with_attr(ATTR_SPARSE, {position[p]: wanted[p] for p in complete})
 
 
 @tvm.transform.module_pass(opt_level=0, name="SparseElements")
@@ -42,6 +114,11 @@ class SparseElements:
         a read of the parameter is anything else, its offset is not provably a whole channel, or a
         call's taps are not contiguous (dilation): then nothing changes and the weights stay dense; or
         the function carries ``tvmmcu.elements_done``.
+    Also matches
+        a dense layer: the marked parameter is its ``[O, n]`` weights, read only by dot calls over whole
+        rows (``tvmmcu_dot_*(x, &W[o * n], n, acc)``, per output: BlockOutputChannels leaves marked
+        functions alone), rewritten to ``tvmmcu_esparse_dot_blob_*(x, &W[0], O, o, acc)`` over the
+        row's entries, all or nothing likewise.
     Numerics
         unchanged: a pruned weight's product is zero; the kept ones are summed modulo 2**32 as the runs
         kernel sums them, the padding taps as ``pad`` times their weights.

@@ -117,3 +117,66 @@ def test_a_parameter_read_otherwise_stays_dense() -> None:
 
 def test_idempotent_and_input_untouched() -> None:
     assert_idempotent_and_pure(SparseElements(), _wanted(RunsExpected, {1: 4}))
+
+
+@I.ir_module
+class DenseBefore:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr(
+            {"global_symbol": "f", "tvmmcu.dot_kernels": True, "tvmmcu.sparse_element_weights": {1: 6}}
+        )
+        X_1 = T.decl_buffer((40,), "int8", data=X)
+        W_1 = T.decl_buffer((240,), "int8", data=W)
+        Y_1 = T.decl_buffer((6,), "int32", data=Y)
+        for j in range(6):
+            acc = T.alloc_buffer((1,), "int32")
+            acc[0] = 0
+            acc[0] = T.call_extern(
+                "int32", "tvmmcu_dot_s8s8", T.address_of(X_1[0]), T.address_of(W_1[j * 40]), 40, acc[0]
+            )
+            Y_1[j] = acc[0]
+
+
+@I.ir_module
+class DenseExpected:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr(
+            {
+                "global_symbol": "f",
+                "tvmmcu.dot_kernels": True,
+                "tvmmcu.sparse_element_weights": {1: 6},
+                "tvmmcu.elements_done": True,
+                "tvmmcu.sparse_elements": {1: 6},
+            }
+        )
+        X_1 = T.decl_buffer((40,), "int8", data=X)
+        W_1 = T.decl_buffer((240,), "int8", data=W)
+        Y_1 = T.decl_buffer((6,), "int32", data=Y)
+        for j in range(6):
+            acc = T.alloc_buffer((1,), "int32")
+            acc[0] = 0
+            # The [6, 40] weights hold the element CSR blob; output j's row entries.
+            acc[0] = T.call_extern(
+                "int32",
+                "tvmmcu_esparse_dot_blob_s8s8",
+                T.address_of(X_1[0]),
+                T.address_of(W_1[0]),
+                6,
+                j,
+                acc[0],
+            )
+            Y_1[j] = acc[0]
+
+
+def test_a_dense_layers_rows_visit_their_kept_weights() -> None:
+    _tvm.assert_structural_equal(SparseElements()(DenseBefore), DenseExpected)
+
+
+def test_a_dense_read_that_is_not_whole_rows_stays_dense() -> None:
+    """Marked for 4 output channels, the 240 weights would be rows of 60, not the calls' 40."""
+    before = tvm.IRModule({"f": DenseBefore["f"].with_attr(ATTR_WANTED, {1: 4})})
+    after = SparseElements()(before)
+    _tvm.assert_structural_equal(after["f"].body, before["f"].body)
+    assert ATTR_SPARSE not in after["f"].attrs

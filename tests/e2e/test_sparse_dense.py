@@ -1,0 +1,68 @@
+"""Dense layers pruned elsewhere run sparse: a PyTorch MLP whose ``nn.Linear`` weights were pruned
+element by element (``torch.nn.utils.prune.l1_unstructured``), exported by ``torch.onnx.export`` and
+quantised by ONNX Runtime's ``quantize_static`` (QDQ, int8). tvm-mcu stores the pruned layers as
+element CSR, visits only the kept weights, and stays bit-exact with onnxruntime on cores with and
+without the DSP extension (the MLPerf Tiny anomaly detector is such a network of dense layers). The
+format saves flash, not time: at 20 % kept its kernel (one multiply per kept weight) runs about as many
+instructions as the dense SIMD kernel (two multiply-accumulates per instruction, four outputs per pass)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.zoo.ort_quantized import ort_quantize
+from tvm_mcu import api
+
+pytestmark = pytest.mark.emulator
+
+
+def _pruned_mlp(directory: Path, amount: float, activations: str = "int8") -> Path:
+    import torch  # installed by make test (the train extra)
+    from torch import nn
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 40), nn.ReLU(), nn.Linear(40, 10)
+    ).eval()
+    for layer in (model[0], model[2]):
+        prune.l1_unstructured(layer, "weight", amount=amount)
+        prune.remove(layer, "weight")
+    float_path = directory / "mlp_float.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 64),),
+        str(float_path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamo=False,
+    )
+    return ort_quantize(onnx.load(str(float_path)), directory / "mlp_qdq.onnx", activations=activations)
+
+
+@pytest.mark.parametrize(("board", "activations"), [("mps2-an386", "int8"), ("mps2-an385", "uint8")])
+def test_element_pruned_dense_layers_run_sparse_and_bit_exact(
+    board: str, activations: str, tmp_path: Path
+) -> None:
+    path = _pruned_mlp(tmp_path, amount=0.8, activations=activations)
+    v = api.verify(path, board, tmp_path / "sparse", seed=3)
+    assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference
+    rows = [op for op in v.report.ops if "element CSR" in op.weights_format]
+    assert len(rows) == 2  # the two pruned layers; the last one is dense
+    source = (tmp_path / "sparse" / "model.c").read_text()
+    assert source.count("tvmmcu_esparse_dot_blob_") >= 2
+    dense = api.compile_model(path, board, tmp_path / "dense", sparse=False)
+    assert not any("CSR" in op.weights_format for op in dense.report.ops)
+    # 20 % of the weights kept, 2 bytes each with its index: well under the dense bytes.
+    assert v.report.stored_weights_bytes < 0.6 * dense.report.stored_weights_bytes
+    assert v.report.flash_bytes < dense.report.flash_bytes
+
+
+def test_a_dense_layer_too_full_for_element_csr_stays_dense(tmp_path: Path) -> None:
+    path = _pruned_mlp(tmp_path, amount=0.3)  # 70 % kept: element CSR (2 B per weight) is larger
+    c = api.compile_model(path, "mps2-an386", tmp_path / "out")
+    assert not any("CSR" in op.weights_format for op in c.report.ops)
+    assert c.report.layout == "as imported (no NCHW convolution)"
