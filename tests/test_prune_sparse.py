@@ -265,18 +265,32 @@ def test_filterlet_bytes_are_the_compilers_blob(kept: float) -> None:
     assert compact_bytes(_site(w.shape), mask, "filterlet", 1) == compress_blob(w.transpose(0, 2, 3, 1)).size
 
 
-def test_element_csr_takes_the_narrowest_indices() -> None:
+@pytest.mark.parametrize("density", [0.02, 0.2, 0.6])
+def test_int8_element_bytes_are_the_compilers_blob(density: float) -> None:
+    """Counted element CSR is the compiler's blob of the weights in its stored order (OHWI), sparse
+    enough at 2 % for distances over 255 columns and their bridging entries."""
+    from tvm_mcu.passes.tir import sparse_element_kernels
+
+    site = _site((8, 40, 3, 3), filterlets=True)  # 360 columns per output channel
+    rng = np.random.default_rng(int(density * 100))
+    mask = rng.random(site.shape) < density
+    weights = np.where(mask, rng.integers(1, 127, site.shape), 0).astype(np.int8)
+    blob = sparse_element_kernels.compress_blob(np.ascontiguousarray(weights.transpose(0, 2, 3, 1)))
+    assert compact_bytes(site, mask, "unstructured", 1) == blob.size
+
+
+def test_float_element_csr_takes_the_narrowest_indices() -> None:
     site = _site((4, 16, 4, 4), filterlets=False)  # 256 columns: uint8 column indices
     mask = np.zeros(site.shape, bool)
     mask[:, :, 0, 0] = True  # 64 kept
-    assert compact_bytes(site, mask, "unstructured", 1) == 64 * (1 + 1) + 5 * 2
+    assert compact_bytes(site, mask, "unstructured", 4) == 64 * (4 + 1) + 5 * 2
     wide = _site((4, 17, 4, 4), filterlets=False)  # 272 columns: uint16
     mask = np.zeros(wide.shape, bool)
     mask[:, :, 0, 0] = True  # 68 kept
-    assert compact_bytes(wide, mask, "unstructured", 1) == 68 * (1 + 2) + 5 * 2
+    assert compact_bytes(wide, mask, "unstructured", 4) == 68 * (4 + 2) + 5 * 2
     # Dense is kept where the compact form is no smaller.
     full = np.ones(site.shape, bool)
-    assert stored_bytes(site, full, "unstructured", 1) == 4 * 256
+    assert stored_bytes(site, full, "unstructured", 4) == 4 * 256 * 4
 
 
 def _model_sites(tmp_path: Path) -> tuple[WeightSite, ...]:

@@ -14,9 +14,12 @@ Counting (:func:`stored_bytes`, :func:`kept_macs`) prices a weight as it would b
   plus one), an int16 tap per kept filterlet, zeros to a multiple of 8 bytes, then the kept filterlets'
   values (input channels x value size each): about 2 B per kept filterlet and 2 B per output channel.
 - ``unstructured``: CSR over elements, rows the output channels and columns the rest of the weight
-  (``I * kh * kw`` or the dense layer's inputs): the kept values, a column index per kept value (uint8
-  when the columns fit 256, else uint16) and a row pointer per row plus one (uint16 when the kept
-  count fits 65535, else uint32): the narrowest that holds them.
+  (``kh * kw * I`` or the dense layer's inputs). int8, the compiler's format
+  (:mod:`tvm_mcu.passes.tir.sparse_element_kernels`): per kept value the value and its one-byte
+  distance from the previous one (a zero entry bridging each 255 columns of a longer gap), and a
+  uint16 row pointer per row plus one. Float weights (no element kernel yet): a column index per kept
+  value (uint8 when the columns fit 256, else uint16) and row pointers (uint16 when the kept count
+  fits 65535, else uint32).
 
 A weight is counted compact only where that is smaller than dense; its MACs are then the kept weights'
 (the sparse kernel visits nothing else), and dense otherwise. Its instructions are priced by the one cost
@@ -125,6 +128,17 @@ def compact_bytes(site: WeightSite, mask: np.ndarray, granularity: str, itemsize
         kept = int(filterlet_kept(mask).sum())
         head = 2 * (site.out_channels + 1 + kept)
         return head + (-head % 8) + kept * site.shape[1] * itemsize
+    if itemsize == 1:
+        # The compiler's element CSR (an int8 value and a one-byte distance per entry, bridges over
+        # distances beyond 255), over each output channel's weights in its stored order: OHWI for a
+        # convolution, a row of the [out, in] weights for a dense layer.
+        from tvm_mcu.passes.tir import sparse_element_kernels
+
+        stored = np.moveaxis(mask, 1, -1) if site.op == "conv2d" else np.asarray(mask).T
+        try:
+            return sparse_element_kernels.blob_bytes(np.ascontiguousarray(stored).astype(np.int8))
+        except ValueError:  # more entries than its row pointers hold: not storable so
+            return dense_bytes(site, itemsize) + 1
     nnz = int(np.count_nonzero(mask))
     column = 1 if site.columns <= 1 << 8 else 2
     row = 2 if nnz < 1 << 16 else 4
