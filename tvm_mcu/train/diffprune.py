@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -297,7 +297,53 @@ def diffprune(
         fig = model.figures(k)
         history.append((step_count, fig.sram, fig.flash, fig.macs, tuple(int(x) for x in k)))
 
-    log = train(
+    log = train_gated(
+        module,
+        gates,
+        data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        extra_loss=extra_loss,
+        on_step=on_step,
+        progress=progress,
+        teacher=teacher,
+    )
+    gates.theta.requires_grad_(True)
+    forced = remove_to(gates, model, budget)
+    fill_to(gates, model, budget)
+    gates.alive[gates.theta.detach() <= 0] = 0.0
+    gates.begin_step()
+    return gates, DiffPruneLog(gates.keep(), log, tuple(history), forced, lr)
+
+
+class Gating(Protocol):
+    """Gates as the training loop drives them: their parameters, and fresh masks for a forward pass."""
+
+    theta: torch.nn.Parameter
+
+    def begin_step(self) -> torch.Tensor: ...
+
+
+def train_gated(
+    module: RelaxModule,
+    gates: Gating,
+    data: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    extra_loss: Callable[[], torch.Tensor],
+    on_step: Callable[[int, int], None],
+    progress: bool,
+    teacher: np.ndarray | None = None,
+) -> TrainLog:
+    """Train ``module`` under ``gates`` (channel or filterlet): fresh masks every forward pass, the gates
+    at GATE_LR, the weights' rate constant (the structure changes until the end of the annealing;
+    fine-tuning decays)."""
+    return train(
         _Masked(module, gates),
         data,
         epochs=epochs,
@@ -310,20 +356,14 @@ def diffprune(
         extra_params=[gates.theta],
         extra_lr=GATE_LR,
         teacher=teacher,
-        cosine=False,  # the structure changes until the end of the annealing; fine-tuning decays
+        cosine=False,
     )
-    gates.theta.requires_grad_(True)
-    forced = remove_to(gates, model, budget)
-    fill_to(gates, model, budget)
-    gates.alive[gates.theta.detach() <= 0] = 0.0
-    gates.begin_step()
-    return gates, DiffPruneLog(gates.keep(), log, tuple(history), forced, lr)
 
 
 class _Masked(torch.nn.Module):
     """The bridge module with fresh masks for every forward pass (the gates are trained separately)."""
 
-    def __init__(self, module: RelaxModule, gates: Gates) -> None:
+    def __init__(self, module: RelaxModule, gates: Gating) -> None:
         super().__init__()
         self.inner = module
         self._gates = [gates]  # not a submodule: its parameters go to their own optimiser group

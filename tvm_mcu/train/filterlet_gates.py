@@ -36,8 +36,15 @@ require_torch()
 import torch  # noqa: E402
 
 from tvm_mcu.train.bridge import RelaxModule, Tap  # noqa: E402
-from tvm_mcu.train.diffprune import ANNEAL, DEAD_THETA, GATE_LR, INIT_THETA, LAMBDA, PRIOR_WEIGHT  # noqa: E402
-from tvm_mcu.train.loop import TrainLog, train  # noqa: E402
+from tvm_mcu.train.diffprune import (  # noqa: E402
+    ANNEAL,
+    DEAD_THETA,
+    INIT_THETA,
+    LAMBDA,
+    PRIOR_WEIGHT,
+    train_gated,
+)
+from tvm_mcu.train.loop import TrainLog  # noqa: E402
 
 PRUNE_EVERY = 25
 # The weights' learning rate while the gates train: DiffPrune's for a mild cut (zeros change no
@@ -254,18 +261,9 @@ def train_gates(
             gates.theta.requires_grad_(False)
         history.append((step_count, tuple(gates.kept(gates.on()))))
 
-    class _Gated(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = module
-
-        def forward(self, *inputs: torch.Tensor) -> object:
-            if self.training:
-                gates.begin_step()
-            return self.inner(*inputs)
-
-    log = train(
-        _Gated(),
+    log = train_gated(
+        module,
+        gates,
         data,
         epochs=epochs,
         batch_size=batch_size,
@@ -274,9 +272,6 @@ def train_gates(
         extra_loss=extra_loss,
         on_step=on_step,
         progress=progress,
-        extra_params=[gates.theta],
-        extra_lr=GATE_LR,
-        cosine=False,
     )
     gates.theta.requires_grad_(False)
     forced = remove_to(gates, exact, limits)
