@@ -13,6 +13,7 @@ from tvm_mcu import cli
 from tvm_mcu.analysis.sparsity import (
     WeightSite,
     counted_saving,
+    dense_instructions,
     filterlet_figures,
     instructions,
     stored_bytes,
@@ -20,7 +21,6 @@ from tvm_mcu.analysis.sparsity import (
 from tvm_mcu.errors import BadOptionError
 from tvm_mcu.prune import Budget, parse_budget, prune_model
 from tvm_mcu.prune_anneal import Anneal, Figures, anneal, layer
-from tvm_mcu.schedule import cost
 
 BOARD = "mps2-an386"
 
@@ -33,11 +33,11 @@ def _figures(sites: list[WeightSite], masks: dict[tuple[int, int], np.ndarray]) 
     """The counted figures of ``masks`` from the mask-based counting (the reference for the count-based
     tables the annealing uses)."""
     dense_macs = sum(s.pixels * int(np.prod(s.shape)) for s in sites)
-    saving = counted_saving(tuple(sites), masks, "filterlet", 1, cost.INT8.per_mac)
+    saving = counted_saving(tuple(sites), masks, "filterlet", 1)
     return {
         "flash": 100_000 - saving.flash,
         "macs": dense_macs - saving.macs,
-        "instructions": dense_macs * cost.INT8.per_mac - saving.instructions,
+        "instructions": sum(dense_instructions(s, 1) for s in sites) - saving.instructions,
     }
 
 
@@ -48,9 +48,9 @@ def test_count_based_figures_match_the_mask_based_counting() -> None:
         on = np.zeros(16 * 9, bool)
         on[rng.permutation(16 * 9)[:kept]] = True
         mask = np.broadcast_to(on.reshape(16, 1, 3, 3), site.shape)
-        b, m, ins = filterlet_figures(site, kept, 1, cost.INT8.per_mac)
+        b, m, ins = filterlet_figures(site, kept, 1)
         assert b == stored_bytes(site, mask, "filterlet", 1)
-        assert ins == pytest.approx(instructions(site, mask, "filterlet", 1, cost.INT8.per_mac))
+        assert ins == pytest.approx(instructions(site, mask, "filterlet", 1))
         assert m == (site.pixels * kept * 8 if b < 16 * 8 * 9 else site.pixels * 16 * 8 * 9)
 
 
@@ -64,7 +64,7 @@ def test_annealing_meets_every_budget_and_spends_it_where_filterlets_are_cheap()
     layers = [layer(s, scores[s.key]) for s in sites]
     full = _figures(sites, {})
     limits = {"instructions": full["instructions"] * 0.4, "flash": 100_000 - 2_000}
-    masks, search = anneal(layers, Figures(full, limits), itemsize=1, per_mac=cost.INT8.per_mac, seed=0)
+    masks, search = anneal(layers, Figures(full, limits), itemsize=1, seed=0)
     got = _figures(sites, masks)
     assert got["instructions"] <= limits["instructions"] and got["flash"] <= limits["flash"]
     kept = {k: int(m.any(axis=1).sum()) for k, m in masks.items()}
@@ -72,14 +72,14 @@ def test_annealing_meets_every_budget_and_spends_it_where_filterlets_are_cheap()
     assert all(m.reshape(16, -1).any(axis=1).all() for m in masks.values())  # no channel emptied
     assert search.moves == search.temperatures * 100 and search.accepted > 0
     # Nothing left on the table: one more filterlet anywhere would break a budget.
-    a = Anneal(layers, Figures(full, limits), 1, cost.INT8.per_mac)
+    a = Anneal(layers, Figures(full, limits), 1)
     counts = [kept[cheap.key], kept[dear.key]]
     for i in range(2):
         if counts[i] < 144:
             more = list(counts)
             more[i] += 1
             assert a.excess(more) > 0
-    again, _ = anneal(layers, Figures(full, limits), itemsize=1, per_mac=cost.INT8.per_mac, seed=0)
+    again, _ = anneal(layers, Figures(full, limits), itemsize=1, seed=0)
     assert all(np.array_equal(masks[k], again[k]) for k in masks)  # seeded: repeatable
 
 
@@ -88,7 +88,7 @@ def test_annealing_refuses_a_budget_beyond_its_deepest_cut() -> None:
     lay = layer(site, np.ones((8, 3, 3)))
     full = _figures([site], {})
     with pytest.raises(ValueError, match="deepest cut"):
-        anneal([lay], Figures(full, {"flash": 100}), itemsize=1, per_mac=2.0)
+        anneal([lay], Figures(full, {"flash": 100}), itemsize=1)
 
 
 def test_parse_budget_reads_instructions() -> None:

@@ -93,7 +93,7 @@ class Figures:
 class Anneal:
     """The state, its figures and energy; every site's figures at every count, computed once."""
 
-    def __init__(self, layers: list[Layer], figures: Figures, itemsize: int, per_mac: float) -> None:
+    def __init__(self, layers: list[Layer], figures: Figures, itemsize: int) -> None:
         self.layers, self.fig = layers, figures
         self.total = max(sum(float(lay.kept_score[-1]) for lay in layers), 1e-30)
         # Per layer and kept count: the saving against dense (bytes, MACs, instructions).
@@ -101,9 +101,9 @@ class Anneal:
         for lay in layers:
             s = lay.site
             base = np.array(
-                [dense_bytes(s, itemsize), s.pixels * int(np.prod(s.shape)), dense_instructions(s, per_mac)]
+                [dense_bytes(s, itemsize), s.pixels * int(np.prod(s.shape)), dense_instructions(s, itemsize)]
             )
-            rows = [base - np.array(filterlet_figures(s, k, itemsize, per_mac)) for k in range(lay.units + 1)]
+            rows = [base - np.array(filterlet_figures(s, k, itemsize)) for k in range(lay.units + 1)]
             self.saving.append(np.array(rows, np.float64))
 
     def figures(self, kept: list[int]) -> dict[str, float]:
@@ -144,19 +144,22 @@ def anneal(
     figures: Figures,
     *,
     itemsize: int,
-    per_mac: float,
     seed: int = 0,
 ) -> tuple[Masks, Search]:
     """Per-layer ratios by simulated annealing (module docstring); the masks and what the search did.
     Raises ValueError when even the deepest cut misses a budget (the caller checks that first)."""
-    a = Anneal(layers, figures, itemsize, per_mac)
+    a = Anneal(layers, figures, itemsize)
     if a.excess([lay.least for lay in layers]) > 0:
         raise ValueError("the deepest cut misses the budget")
     rng = np.random.default_rng(seed)
     floor = np.array([lay.least / lay.units for lay in layers])
-    ratios = np.ones(len(layers))
+    # From the deepest cut, which fits (checked above), upwards: the figures are not monotone in a
+    # layer's count (a layer turns compact, and its kernel sparse, only below a count; the sparse
+    # kernel may cost more per MAC than the dense one), so a walk down from the dense model can stall
+    # at a wall of rising instructions; from the fitting side every state the walk keeps is known.
+    ratios = floor.copy()
     energy = a.energy(a.kept(ratios))
-    best: tuple[float, np.ndarray] | None = None
+    best: tuple[float, np.ndarray] | None = (energy, ratios.copy())
     temperatures = moves = accepted = 0
     t = T_START
     while t > T_END:
@@ -193,20 +196,31 @@ def _cost(a: Anneal, kept: list[int], i: int, step: int) -> tuple[float, float]:
 
 
 def _repair(a: Anneal, kept: list[int]) -> int:
-    """While a budget is missed, zero the filterlet that loses the least importance per unit of
-    excess it removes (DTMM's repair loops, a filterlet at a time); how many."""
+    """While a budget is missed, lower the one layer's count that loses the least importance per unit
+    of excess it removes, to any lower count (the figures are not monotone in a count: a single
+    filterlet may remove none); DTMM's repair loops. How many filterlets were zeroed."""
     n = 0
-    while a.excess(kept) > 0:
-        options = []
+    while (excess := a.excess(kept)) > 0:
+        now = np.array([a.figures(kept)[r] for r in RESOURCES])
+        best: tuple[float, int, int] | None = None
         for i, lay in enumerate(a.layers):
-            if kept[i] > lay.least:
-                score, spent = _cost(a, kept, i, -1)  # score <= 0, spent <= 0
-                if spent < 0:
-                    options.append((-score / -spent, i))
-        if not options:
+            counts = np.arange(lay.least, kept[i])
+            if counts.size == 0:
+                continue
+            figs = now + a.saving[i][kept[i]] - a.saving[i][counts]  # [counts, resources]
+            over = sum(
+                np.maximum(0.0, figs[:, RESOURCES.index(r)] / lim - 1.0) for r, lim in a.fig.limits.items()
+            )
+            gain = excess - np.asarray(over)
+            lost = lay.kept_score[kept[i]] - lay.kept_score[counts]
+            for j in np.flatnonzero(gain > 0):
+                ratio = float(lost[j] / gain[j])
+                if best is None or ratio < best[0]:
+                    best = (ratio, i, int(counts[j]))
+        if best is None:
             break  # cannot happen: the deepest cut fits (checked by anneal)
-        kept[min(options)[1]] -= 1
-        n += 1
+        n += kept[best[1]] - best[2]
+        kept[best[1]] = best[2]
     return n
 
 

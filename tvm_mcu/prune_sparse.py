@@ -60,7 +60,15 @@ import numpy as np
 from tvm_mcu import _tvm
 from tvm_mcu._tvm import tvm
 from tvm_mcu.analysis.channels import bindings, magnitudes
-from tvm_mcu.analysis.sparsity import Masks, WeightSite, counted_saving, kept_units, weight_sites
+from tvm_mcu.analysis.sparsity import (
+    Masks,
+    WeightSite,
+    counted_saving,
+    dense_bytes,
+    kept_units,
+    stored_bytes,
+    weight_sites,
+)
 from tvm_mcu.errors import BadOptionError, BudgetError
 from tvm_mcu.passes.relax.prune_channels import PruneChannels
 
@@ -268,9 +276,7 @@ def candidate_figures(
     this function becomes ``return job.measure(apply_masks(mod, masks), tag)`` (one compile per
     bisection step; pass the candidate's module in).
     """
-    from tvm_mcu.prune import dense_per_mac
-
-    saving = counted_saving(sites, masks, unit, 1 if job.int8 else 4, dense_per_mac(job.int8))
+    saving = counted_saving(sites, masks, unit, 1 if job.int8 else 4)
     return attrs.evolve(
         dense,
         flash=dense.flash - saving.flash,
@@ -324,12 +330,21 @@ def prune_sparse(
         )
     sites = weight_sites(mod)
     if unit == "filterlet":
-        sites = tuple(s for s in sites if s.filterlets)
+        # A layer whose compact form is no smaller than dense even at one filterlet per output channel
+        # (one input channel: each kept value costs its 2-byte index) saves nothing by its zeros: its
+        # filterlets are not pruned.
+        itemsize = 1 if job.int8 else 4
+        sites = tuple(
+            s
+            for s in sites
+            if s.filterlets
+            and stored_bytes(s, narrowest_masks((s,))[s.key], unit, itemsize) < dense_bytes(s, itemsize)
+        )
     if not sites:
         raise BudgetError(
             f"{job.imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
-            "convolution with filterlets (kh * kw > 1, groups 1) to prune: try --granularity "
-            "unstructured or channel"
+            "convolution with filterlets (kh * kw > 1, groups 1, more input channels than the index "
+            "costs) to prune: try --granularity unstructured or channel"
         )
     deepest = candidate_figures(job, dense, sites, _deepest(sites, unit), unit, "deepest")
     if deepest.excess(budget):
@@ -394,15 +409,12 @@ def _dense_figures(dense: Resources) -> dict[str, float]:
 def _anneal(
     job: _Job, budget: Budget, dense: Resources, sites: tuple[WeightSite, ...], ranking: Ranking
 ) -> tuple[Masks, str]:
-    from tvm_mcu.prune import dense_per_mac
     from tvm_mcu.prune_anneal import Figures, anneal, layer
 
     scores = normalised_scores(ranking)
     layers = [layer(s, scores[s.key]) for s in sites]
     figures = Figures(_dense_figures(dense), _limits(budget))
-    masks, done = anneal(
-        layers, figures, itemsize=1 if job.int8 else 4, per_mac=dense_per_mac(job.int8), seed=job.seed
-    )
+    masks, done = anneal(layers, figures, itemsize=1 if job.int8 else 4, seed=job.seed)
     search = (
         f"annealing: {done.temperatures} temperatures, {done.moves:,} moves ({done.accepted:,} taken); "
         f"then {done.repaired} filterlets zeroed to fit and {done.filled} kept in the room left"
@@ -524,7 +536,7 @@ def _gates(
     limit: int | None,
 ) -> tuple[Masks, _tvm.IRModule, Training, str]:
     """Filterlet gates for the first half of the epochs, then fine-tuning with the masks held."""
-    from tvm_mcu.prune import _fine_tune, dense_per_mac
+    from tvm_mcu.prune import _fine_tune
     from tvm_mcu.prune_anneal import layer
     from tvm_mcu.train.bridge import RelaxModule, write_back
     from tvm_mcu.train.filterlet_gates import train_gates
@@ -543,7 +555,6 @@ def _gates(
         ds,
         epochs=gating,
         itemsize=1 if job.int8 else 4,
-        per_mac=dense_per_mac(job.int8),
         seed=job.seed,
     )
     masks = gates.masks()

@@ -161,22 +161,22 @@ def kept_macs(site: WeightSite, mask: np.ndarray | None, granularity: str, items
     return site.pixels * int(np.count_nonzero(mask))
 
 
-def dense_instructions(site: WeightSite, per_mac: float) -> float:
-    """The layer's instructions with its weights dense, at the dense kernels' ``per_mac``."""
-    return site.pixels * int(np.prod(site.shape)) * per_mac
+def dense_instructions(site: WeightSite, itemsize: int) -> float:
+    """The layer's instructions with its weights dense (the cost model's dense layer)."""
+    return cost.conv_layer(itemsize).instructions(
+        site.pixels * int(np.prod(site.shape)), site.pixels * site.out_channels
+    )
 
 
-def instructions(
-    site: WeightSite, mask: np.ndarray | None, granularity: str, itemsize: int, per_mac: float
-) -> float:
+def instructions(site: WeightSite, mask: np.ndarray | None, granularity: str, itemsize: int) -> float:
     """The layer's instructions as the cost model prices its kernel (module docstring)."""
     if mask is None or stored_bytes(site, mask, granularity, itemsize) == dense_bytes(site, itemsize):
-        return dense_instructions(site, per_mac)
+        return dense_instructions(site, itemsize)
     outputs = site.pixels * site.out_channels
     return cost.SPARSE[granularity].instructions(kept_macs(site, mask, granularity, itemsize), outputs)
 
 
-def filterlet_figures(site: WeightSite, kept: int, itemsize: int, per_mac: float) -> tuple[int, int, float]:
+def filterlet_figures(site: WeightSite, kept: int, itemsize: int) -> tuple[int, int, float]:
     """(bytes, MACs, instructions) of a filterlet site keeping ``kept`` filterlets, whichever they are:
     what :func:`stored_bytes`, :func:`kept_macs` and :func:`instructions` give for any such mask, from
     the count alone (a search over per-layer ratios prices thousands of candidates)."""
@@ -184,7 +184,7 @@ def filterlet_figures(site: WeightSite, kept: int, itemsize: int, per_mac: float
     head = 2 * (site.out_channels + 1 + kept)
     compact = head + (-head % 8) + kept * site.shape[1] * itemsize
     if compact >= dense:
-        return dense, site.pixels * int(np.prod(site.shape)), dense_instructions(site, per_mac)
+        return dense, site.pixels * int(np.prod(site.shape)), dense_instructions(site, itemsize)
     macs = site.pixels * kept * site.shape[1]
     return compact, macs, cost.SPARSE["filterlet"].instructions(macs, site.pixels * site.out_channels)
 
@@ -203,15 +203,14 @@ def counted_saving(
     masks: Masks,
     granularity: str,
     itemsize: int,
-    per_mac: float = cost.INT8.per_mac,
 ) -> Saving:
     """Bytes, MACs and instructions the compact storage of ``masks`` saves against storing every site
-    dense (``per_mac``: the dense kernels' instructions per MAC)."""
+    dense."""
     flash = macs = 0
     instr = 0.0
     for s in sites:
         mask = masks.get(s.key)
         flash += dense_bytes(s, itemsize) - stored_bytes(s, mask, granularity, itemsize)
         macs += s.pixels * int(np.prod(s.shape)) - kept_macs(s, mask, granularity, itemsize)
-        instr += dense_instructions(s, per_mac) - instructions(s, mask, granularity, itemsize, per_mac)
+        instr += dense_instructions(s, itemsize) - instructions(s, mask, granularity, itemsize)
     return Saving(flash, macs, instr)

@@ -25,18 +25,19 @@ Calibrated on mps2-an386 (Cortex-M4 with DSP), QEMU instruction counts of the ML
   loop set-up, about 16 instructions per element and slice (MobileNetV2-style benchmark).
 - a row band's line buffer shifts its kept rows once per row: a contiguous copy, 1 per element.
 
-Sparse convolutions (weights stored CSR, ``passes/tir/sparse_kernels.py`` and
-``sparse_element_kernels.py``) cost per *kept* multiply-accumulate plus a fixed part per output (the
-call, the accumulators' set-up and the requantising epilogue), calibrated on the per-layer table of
-docs/BENCHMARKS.md ("Sparse layers of real networks", layer by layer on mps2-an386):
+A convolution layer alone, for pruning's per-layer pricing (:mod:`tvm_mcu.analysis.sparsity`), costs
+per multiply-accumulate plus a fixed part per output (the call, the accumulators' set-up, the
+requantising epilogue). Fitted (least squares) to the per-layer table of docs/BENCHMARKS.md ("Sparse
+layers of real networks": the Fashion-MNIST CNN's and a ResNet-8's 3x3 convolutions, layer by layer on
+mps2-an386, 24 sparse and 24 dense measurements, each within 16 % of the fit):
 
-- filterlet CSR: per kept MAC about the four-pixel SIMD kernel's (1.3-1.4 at 32 input channels) plus
-  the per-filterlet pointer work, 1.6; per output 32.
-- element CSR: 3.8-4.9 per kept MAC (one multiply per loaded pair of value and distance): 4.5; per
-  output 24.
+- dense (the SIMD kernels): 1.32 per MAC and 79 per output;
+- filterlet CSR: 2.70 per kept MAC and 59 per output (its border pixels go through a one-pixel
+  kernel: the table's sparse / (s x dense) is 1.8 to 3.3);
+- element CSR: about 4.5 per kept MAC (3.8-4.9 measured on its bench), the same 59 per output.
 
-Pruning prices a candidate's instructions with these (:mod:`tvm_mcu.analysis.sparsity`), as it prices
-its flash and MACs by counting; reports give QEMU's counts.
+Pruning prices a candidate's instructions with these, as it prices its flash and MACs by counting;
+reports give QEMU's counts.
 """
 
 from __future__ import annotations
@@ -84,18 +85,25 @@ def for_model(graph: Graph, channels_last: bool) -> Costs:
 
 
 @attrs.frozen
-class SparseCosts:
-    """Instructions of a sparse convolution kernel: per kept multiply-accumulate and per output."""
+class LayerCosts:
+    """Instructions of one convolution layer's kernel: per multiply-accumulate it does and per output."""
 
-    per_kept_mac: float
+    per_mac: float
     per_output: float
 
-    def instructions(self, kept_macs: int, outputs: int) -> float:
-        return kept_macs * self.per_kept_mac + outputs * self.per_output
+    def instructions(self, macs: int, outputs: int) -> float:
+        return macs * self.per_mac + outputs * self.per_output
 
 
-# Keyed by the pruning unit whose zeros the format skips (tvm_mcu.analysis.sparsity's granularities).
+# int8 convolution layers, dense and in each sparse format (keyed by the pruning unit whose zeros the
+# format skips: tvm_mcu.analysis.sparsity's granularities); the MACs of a sparse one are its kept ones.
+CONV_INT8 = LayerCosts(per_mac=1.32, per_output=79.0)
 SPARSE = {
-    "filterlet": SparseCosts(per_kept_mac=1.6, per_output=32.0),
-    "unstructured": SparseCosts(per_kept_mac=4.5, per_output=24.0),
+    "filterlet": LayerCosts(per_mac=2.70, per_output=59.0),
+    "unstructured": LayerCosts(per_mac=4.5, per_output=59.0),
 }
+
+
+def conv_layer(itemsize: int) -> LayerCosts:
+    """A dense convolution layer's costs: int8 (itemsize 1) or float (the float kernels, per MAC)."""
+    return CONV_INT8 if itemsize == 1 else LayerCosts(per_mac=FLOAT.per_mac, per_output=0.0)

@@ -137,9 +137,7 @@ class Priced:
     """The counted figures as differentiable functions of the kept counts (the CSR alignment's few
     bytes left out; the exact figures, :class:`~tvm_mcu.prune_anneal.Anneal`'s, decide every cut)."""
 
-    def __init__(
-        self, layers: list[Layer], dense: Mapping[str, float], itemsize: int, per_mac: float
-    ) -> None:
+    def __init__(self, layers: list[Layer], dense: Mapping[str, float], itemsize: int) -> None:
         sites = [lay.site for lay in layers]
         self.dense = dense
         f = lambda xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
@@ -148,7 +146,8 @@ class Priced:
         self.pixels = f([s.pixels for s in sites])
         self.d_bytes = f([int(np.prod(s.shape)) * itemsize for s in sites])
         self.d_macs = f([s.pixels * int(np.prod(s.shape)) for s in sites])
-        self.d_instr = self.d_macs * per_mac
+        d = cost.conv_layer(itemsize)
+        self.d_instr = self.d_macs * d.per_mac + self.pixels * self.o * d.per_output
         self.itemsize = itemsize
 
     def figures(self, k: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -156,7 +155,7 @@ class Priced:
         c_bytes = 2 * (self.o + 1 + k) + k * self.cin * self.itemsize
         c_macs = self.pixels * self.cin * k
         sparse = cost.SPARSE["filterlet"]
-        c_instr = c_macs * sparse.per_kept_mac + self.pixels * self.o * sparse.per_output
+        c_instr = c_macs * sparse.per_mac + self.pixels * self.o * sparse.per_output
         use = c_bytes < self.d_bytes
         saved = {
             "flash": torch.where(use, self.d_bytes - c_bytes, torch.zeros_like(k)),
@@ -176,9 +175,14 @@ def remove_to(gates: FilterletGates, exact: Anneal, target: Mapping[str, float])
     theta = gates.theta.detach().numpy()
     per_channel = np.bincount(gates.channel[on], minlength=gates.channel.max() + 1)
     owner = gates.owner.numpy()
+    # Layers whose deepest cut saves something towards a target: the others' zeros buy nothing.
+    useful = [
+        any(exact.saving[i][lay.least][RESOURCES.index(r)] > 0 for r in target)
+        for i, lay in enumerate(gates.layers)
+    ]
     removed = 0
     for u in np.flatnonzero(on)[np.argsort(theta[on], kind="stable")]:
-        if per_channel[gates.channel[u]] <= 1:
+        if per_channel[gates.channel[u]] <= 1 or not useful[owner[u]]:
             continue
         gates.alive[int(u)] = 0.0
         per_channel[gates.channel[u]] -= 1
@@ -222,7 +226,6 @@ def train_gates(
     *,
     epochs: int,
     itemsize: int,
-    per_mac: float,
     seed: int = 0,
     progress: bool = False,
     batch_size: int = 128,
@@ -230,8 +233,8 @@ def train_gates(
     """Train ``module`` (in place) with filterlet gates and budget losses for ``epochs`` (module
     docstring); the gates, frozen at a cut whose counted figures meet ``limits``."""
     gates = FilterletGates(layers, scores)
-    exact = Anneal(layers, Figures(dense, limits), itemsize, per_mac)
-    priced = Priced(layers, dense, itemsize, per_mac)
+    exact = Anneal(layers, Figures(dense, limits), itemsize)
+    priced = Priced(layers, dense, itemsize)
     module.weight_taps = gates.weight_taps()
     total = epochs * ((len(data.x_train) + batch_size - 1) // batch_size)
     every = max(1, min(PRUNE_EVERY, total // 20))
