@@ -66,6 +66,7 @@ def deploy(path: Path, ds: Any, work: Path) -> Deployed:
 
 
 def section(tmp: Path, *, emit: Callable[[list[str]], None] | None = None) -> list[str]:
+    from tvm_mcu.errors import BudgetError
     from tvm_mcu.prune import Budget, prune_model
     from tvm_mcu.train.data import load_dataset
 
@@ -80,8 +81,9 @@ def section(tmp: Path, *, emit: Callable[[list[str]], None] | None = None) -> li
         "trains a gate per filterlet with budget losses (DiffPrune at filterlet granularity).",
         f"Every scheduler trains {EPOCHS} epochs on {IMAGES:,} training images (global and anneal: fine-tuning",
         f"with the masks held; gates: {EPOCHS // 2} gating, {EPOCHS - EPOCHS // 2} fine-tuning). Budgets: the flash of",
-        "the convolutions' weights at 1/8 (the rest of the firmware as it is), and instructions at 1/3 of",
-        "the dense model's as the cost model prices them. **held to the budget**: the figures the search",
+        "the convolutions' weights at 1/8 (the rest of the firmware as it is), and instructions at 3/5 of",
+        "the dense model's as the cost model prices them (today's sparse kernel costs 2.7 instructions per",
+        "kept MAC against the dense kernel's 1.3, so a deeper instructions cut than about 1/2 cannot be met). **held to the budget**: the figures the search",
         "counted (flash with the CSR index bytes; instructions by the cost model, `tvm_mcu/schedule/cost.py`).",
         f"**measured**: PTQ ({CALIBRATION_IMAGES} training images), compiled channels-last, firmware flash",
         "(ELF), stored weight bytes, and on QEMU the instructions (not cycles) and int8 accuracy on the first",
@@ -111,25 +113,29 @@ def section(tmp: Path, *, emit: Callable[[list[str]], None] | None = None) -> li
     )
     budgets = [
         ("conv weights 1/8", Budget(flash=b.flash - conv + conv // 8)),
-        ("instructions 1/3", Budget(instructions=b.instructions // 3)),
+        ("instructions 3/5", Budget(instructions=b.instructions * 3 // 5)),
     ]
     notes: list[str] = []
     for name, budget in budgets:
         for scheduler in SCHEDULERS:
             out = work / f"{name.replace(' ', '_').replace('/', '')}_{scheduler}.onnx"
             t0 = time.perf_counter()
-            r = prune_model(
-                MODEL,
-                board=BOARD,
-                budget=budget,
-                out_path=out,
-                granularity="filterlet",
-                importance="taylor",
-                scheduler=scheduler,
-                data="fashion-mnist",
-                epochs=EPOCHS,
-                train_limit=IMAGES,
-            )
+            try:
+                r = prune_model(
+                    MODEL,
+                    board=BOARD,
+                    budget=budget,
+                    out_path=out,
+                    granularity="filterlet",
+                    importance="taylor",
+                    scheduler=scheduler,
+                    data="fashion-mnist",
+                    epochs=EPOCHS,
+                    train_limit=IMAGES,
+                )
+            except BudgetError as exc:
+                lines.append(f"| {name} | {scheduler} | cannot meet: {str(exc)[:160]} ||||||||||")
+                continue
             wall = time.perf_counter() - t0
             t = r.training
             assert t is not None
