@@ -57,8 +57,8 @@ def _instructions(tmp: Path, n: int, keep: float, sparse: bool | str) -> tuple[i
         loop = [
             f"for (int y = 1; y < {H - 1}; ++y) for (int c = {lo}; c < {hi}; c += 4) for (int o = 0; o < {OUT}; ++o) {{",
             "  int32_t acc[4] = {0, 0, 0, 0};",
-            f"  tvmmcu_sparse4p_s8s8(x + ((y - 1) * {W} + c - 1) * {n}, {n}, at, vals, taps, rows[o], rows[o + 1],",
-            f"                       {n}, acc);",
+            f"  tvmmcu_sparse4p_s8s8(x + ((y - 1) * {W} + c - 1) * {n}, {n}, at, {np.bitwise_or.reduce(offsets)}u, vals,",
+            f"                       taps, rows[o], rows[o + 1], {n}, acc);",
             "  s += acc[0] + acc[1] + acc[2] + acc[3];",
             "}",
         ]
@@ -77,7 +77,7 @@ def _instructions(tmp: Path, n: int, keep: float, sparse: bool | str) -> tuple[i
         _array("int8_t", "vals", vals),
         _array("int16_t", "taps", taps),
         _array("int16_t", "rows", rows),
-        _array("int16_t", "at", offsets),
+        _array("int32_t", "at", offsets),
         _array("int8_t", "wb", block(w, K * K * n).reshape(-1)),
         _array("int8_t", "eblob", element_blob(w)),
         "int32_t tvmmcu_model_run(const void *input, void *output) {",

@@ -8,11 +8,15 @@ NHWC data. A layer whose pruned filterlets are all zero is stored as CSR over fi
 kept weights plus 2 bytes per kept filterlet and per output channel, DTMM's format.
 
 The kernels visit only kept filterlets. ``tvmmcu_sparse4p_*`` computes one output channel at four
-output pixels of a row at once (CMSIS-NN's four-column mat-mul, which DTMM's sparse kernel derives
-from, without its im2col buffer: the four windows lie inside the input and are read where they are),
-so each filterlet's weights are widened once for four pixels and the data once per weight, as the dense
-four-channel kernels do the other way round; ``tvmmcu_sparse1p_*`` one pixel whose window may cross
-the padding (the taps outside add ``pad`` times their weights).
+output pixels at once (CMSIS-NN's four-column mat-mul, which DTMM's sparse kernel derives from), so each
+filterlet's weights are widened once for four pixels and the data once per weight, as the dense
+four-channel kernels do the other way round. Its four pixels are consecutive in the flattened output,
+anywhere: ``tvmmcu_sparse_stage`` reads their windows where they are when they lie inside the input and
+one pixel stride apart, and otherwise (a block on the border, or across two rows) copies them once per
+block into a buffer, a tap outside reading a row of the padding value (CMSIS-NN's im2col, for those
+blocks only), so the border keeps the four-pixel kernel. ``tvmmcu_sparse_setup`` builds the layer's tap
+offsets and padding row once. ``tvmmcu_sparse1p_*`` computes one pixel whose window may cross the
+padding (the taps outside add ``pad`` times their weights): the pixels left over after the blocks.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 
 # C function for (data dtype, weight dtype).
-SPARSE4P = {("int8", "int8"): "tvmmcu_sparse4p_s8s8", ("uint8", "int8"): "tvmmcu_sparse4p_u8s8"}
 SPARSE1P = {("int8", "int8"): "tvmmcu_sparse1p_s8s8", ("uint8", "int8"): "tvmmcu_sparse1p_u8s8"}
 SPARSE1P_BLOB = {
     ("int8", "int8"): "tvmmcu_sparse1p_blob_s8s8",
@@ -34,8 +37,6 @@ SPARSE4P_BLOB = {
     ("int8", "int8"): "tvmmcu_sparse4p_blob_s8s8",
     ("uint8", "int8"): "tvmmcu_sparse4p_blob_u8s8",
 }
-# Output pixels per call of the four-pixel kernel.
-PIXELS = 4
 
 
 def filterlets_kept(weights: np.ndarray) -> np.ndarray:
@@ -77,32 +78,93 @@ HEADER_TEXT = """\
  * vals[f * n] .. vals[f * n + n - 1] (one per input channel). The window's tap (ry, rx) is at
  * ry * xsy + rx * xsx bytes from its first tap. */
 
-/* Tap t's byte offset in the window: from the table at, or (without one) from the window's strides,
- * kw a constant where the call is inlined (a multiply, no division). */
-#define TVMMCU_SPARSE_AT(t) (at != 0 ? (int32_t)at[(t)] : ((t) / kw) * xsy + ((t) % kw) * xsx)
+/* A layer's tap offsets and padding row, for tvmmcu_sparse_stage and tvmmcu_sparse4p_*: built once per
+ * layer into state (1 + 2 * kh * kw + (n + 3) / 4 words): state[1 + t] the byte offset ry * xsy + rx * xsx
+ * of tap t = ry * kw + rx in a window of the input, state[1 + kh * kw + t] = 4 * t * ps its offset in a
+ * staged block (pixels ps bytes apart in both), then n bytes of pad, the padding row a tap outside the
+ * input reads; state[0] the input offsets ORed (their alignment). */
+static inline int32_t tvmmcu_sparse_setup(int32_t *state, int32_t kh, int32_t kw, int32_t xsy, int32_t xsx,
+                                          int32_t ps, int32_t n, int32_t pad) {
+  uint32_t any = 0u;
+  for (int32_t ry = 0; ry < kh; ++ry) {
+    for (int32_t rx = 0; rx < kw; ++rx) {
+      state[1 + ry * kw + rx] = ry * xsy + rx * xsx;
+      state[1 + kh * kw + ry * kw + rx] = 4 * (ry * kw + rx) * ps;
+      any |= (uint32_t)(ry * xsy + rx * xsx);
+    }
+  }
+  state[0] = (int32_t)any;
+  memset(state + 1 + 2 * kh * kw, pad, (size_t)n);
+  return 0;
+}
 
-/* Four output pixels of one output channel, their windows ps bytes apart and wholly inside the input:
- * acc[p] += sum over the channel's filterlets f and k < n of x[p * ps + at[taps[f]] + k] * vals[f * n + k],
- * at[t] the byte offset of tap t in the window (ry * xsy + rx * xsx, a table of the layer's kh * kw taps,
- * computed at compile time: no division per filterlet).
- * With the DSP extension, each 8 values of a filterlet are widened once (SXTB16) for the four pixels:
- * the dense four-channel kernels' 43 instructions per 32 multiply-accumulates. */
-static inline int32_t tvmmcu_sparse4p_x8s8(const void *x, int32_t ps, const int16_t *at, const int8_t *vals,
-                                           const int16_t *taps, int32_t first, int32_t last, int32_t n,
-                                           int32_t *acc, int x_unsigned, int32_t xsy, int32_t xsx,
-                                           int32_t kw) {
+/* The taps of a window inside the input, rows [y0, y1) and columns [x0, x1): bit ry * kw + rx (a
+ * window of at most 32 taps). */
+static inline int32_t tvmmcu_sparse_inside(int32_t y0, int32_t y1, int32_t x0, int32_t x1, int32_t kw) {
+  const uint32_t row = x1 > x0 ? (0xffffffffu >> (32 - (x1 - x0))) << x0 : 0u;
+  uint32_t m = 0u;
+  for (int32_t ry = y0; ry < y1; ++ry) {
+    m |= row << (ry * kw);
+  }
+  return (int32_t)m;
+}
+
+/* Four consecutive output pixels, pixel p's window at x + d_p (tap t at x + d_p + state[1 + t]), bit t of m_p
+ * set where that tap lies inside the input. When the four windows lie inside and ps bytes apart (one
+ * row), returns 0: tvmmcu_sparse4p_* reads them where they are. Else stages them, tap t of pixel p (or
+ * the padding row where it is outside) to buf + (4 * t + p) * ps, n bytes each, and returns 1: once per
+ * block for all output channels, so the border and the blocks across two rows keep the four-pixel
+ * kernel. buf holds 4 * kk * ps bytes. */
+static __attribute__((noinline, unused)) int32_t
+tvmmcu_sparse_stage(void *buf, const void *x, int32_t d0, int32_t d1, int32_t d2, int32_t d3, int32_t m0,
+                    int32_t m1, int32_t m2, int32_t m3, const int32_t *state, int32_t kk, int32_t ps,
+                    int32_t n) {
+  const uint32_t full = kk >= 32 ? 0xffffffffu : (1u << kk) - 1u;
+  if (((uint32_t)(m0 & m1 & m2 & m3) & full) == full && d1 == d0 + ps && d2 == d1 + ps && d3 == d2 + ps) {
+    return 0;
+  }
+  const int32_t d[4] = {d0, d1, d2, d3};
+  const uint32_t m[4] = {(uint32_t)m0, (uint32_t)m1, (uint32_t)m2, (uint32_t)m3};
+  const uint8_t *const pad = (const uint8_t *)(state + 1 + 2 * kk);
+  for (int32_t t = 0; t < kk; ++t) {
+    for (int32_t p = 0; p < 4; ++p) {
+      uint8_t *const out = (uint8_t *)buf + (4 * t + p) * ps;
+      const uint8_t *src = ((m[p] >> t) & 1u) != 0u ? (const uint8_t *)x + (d[p] + state[1 + t]) : pad;
+      int32_t k = 0;
+      for (; k + 8 <= n; k += 8) {
+        const uint32_t v0 = tvmmcu_dot_word(src + k), v1 = tvmmcu_dot_word(src + k + 4);
+        memcpy(out + k, &v0, 4);
+        memcpy(out + k + 4, &v1, 4);
+      }
+      for (; k < n; ++k) {
+        out[k] = src[k];
+      }
+    }
+  }
+  return 1;
+}
+
+/* Four output pixels of one output channel, ps bytes apart, tap t of the first at base + at[t] (at_bits:
+ * the offsets ORed, their alignment): acc[p] += sum over the channel's filterlets f and k < n of
+ * base[at[taps[f]] + p * ps + k] * vals[f * n + k].
+ * With the DSP extension, each 8 values of a filterlet are widened once (SXTB16) for the four pixels
+ * (ps constant where inlined: immediate offsets, no register per pixel): 41 instructions per 32
+ * multiply-accumulates. */
+TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_x8s8(const void *base, int32_t ps, const int32_t *at,
+                                               uint32_t at_bits, const int8_t *vals, const int16_t *taps,
+                                               int32_t first, int32_t last, int32_t n, int32_t *acc,
+                                               int x_unsigned) {
+  const uint8_t *const xb = (const uint8_t *)base;
   int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
   const int8_t *w = vals + first * n;
 #if defined(__ARM_FEATURE_DSP)
-  /* Whole words at word-aligned addresses: one LDRD per pixel and 8 values. */
-  const int aligned =
-      ((((uint32_t)(uintptr_t)x) | (uint32_t)ps | (uint32_t)(uintptr_t)w | (uint32_t)n) & 3u) == 0u;
-  if (aligned && (n & 7) == 0 && n > 0) {
-    /* The common case (input channels a multiple of 8): the weights of consecutive kept filterlets
-     * follow each other, so one pointer walks them all; nothing per filterlet but its data pointer. */
+  /* Whole words at word-aligned addresses: one LDRD per pixel and 8 values. The weights of consecutive
+   * kept filterlets follow each other: one pointer walks them all. */
+  const uint32_t spread = (uint32_t)(uintptr_t)base | at_bits | (uint32_t)(uintptr_t)w | (uint32_t)ps;
+  if (((spread | (uint32_t)n) & 3u) == 0u && (n & 7) == 0 && n > 0) {
     for (int32_t f = first; f < last; ++f) {
-      const uint8_t *q = (const uint8_t *)x + TVMMCU_SPARSE_AT(taps[f]);
-      const uint8_t *const end = q + n;
+      const uint8_t *q = xb + at[taps[f]];
+      const int8_t *const end = w + n;
       do {
         uint32_t b0, b1, lo, hi;
         TVMMCU_DOT_LDRD_NEXT(w, b0, b1);
@@ -120,7 +182,7 @@ static inline int32_t tvmmcu_sparse4p_x8s8(const void *x, int32_t ps, const int1
         TVMMCU_SPARSE_PIXEL(a3, 3 * ps);
 #undef TVMMCU_SPARSE_PIXEL
         q += 8;
-      } while (q != end);
+      } while (w != end);
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -129,64 +191,22 @@ static inline int32_t tvmmcu_sparse4p_x8s8(const void *x, int32_t ps, const int1
     return 0;
   }
 #endif
-  for (int32_t f = first; f < last; ++f) {
-    const uint8_t *xp = (const uint8_t *)x + TVMMCU_SPARSE_AT(taps[f]);
-    int32_t k = 0;
-#if defined(__ARM_FEATURE_DSP)
-    if (aligned) {
-      const int8_t *wp = w;
-      for (; k + 8 <= n; k += 8) {
-        uint32_t b0, b1, lo, hi;
-        TVMMCU_DOT_LDRD_NEXT(wp, b0, b1);
-        const uint32_t w0 = tvmmcu_dot_s02(b0), w1 = tvmmcu_dot_s13(b0);
-        const uint32_t w2 = tvmmcu_dot_s02(b1), w3 = tvmmcu_dot_s13(b1);
-        const uint8_t *q = xp + k;
-#define TVMMCU_SPARSE_PIXEL(acc, at)                                                    \
-  TVMMCU_DOT_LDRD(q + (at), lo, hi);                                                    \
-  acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo), w0, acc); \
-  acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo), w1, acc); \
-  acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u02(hi) : tvmmcu_dot_s02(hi), w2, acc); \
-  acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi), w3, acc)
-        TVMMCU_SPARSE_PIXEL(a0, 0);
-        TVMMCU_SPARSE_PIXEL(a1, ps);
-        TVMMCU_SPARSE_PIXEL(a2, 2 * ps);
-        TVMMCU_SPARSE_PIXEL(a3, 3 * ps);
-#undef TVMMCU_SPARSE_PIXEL
-      }
-    } else {
-      for (; k + 8 <= n; k += 8) {
-        const uint32_t b0 = tvmmcu_dot_word(w + k), b1 = tvmmcu_dot_word(w + k + 4);
-        const uint32_t w0 = tvmmcu_dot_s02(b0), w1 = tvmmcu_dot_s13(b0);
-        const uint32_t w2 = tvmmcu_dot_s02(b1), w3 = tvmmcu_dot_s13(b1);
-#define TVMMCU_SPARSE_PIXEL(acc, at)                                                          \
-  do {                                                                                          \
-    const uint32_t lo = tvmmcu_dot_word(xp + (at) + k), hi = tvmmcu_dot_word(xp + (at) + k + 4); \
-    acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo), w0, acc);       \
-    acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo), w1, acc);       \
-    acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u02(hi) : tvmmcu_dot_s02(hi), w2, acc);       \
-    acc = tvmmcu_dot_smlad(x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi), w3, acc);       \
-  } while (0)
-        TVMMCU_SPARSE_PIXEL(a0, 0);
-        TVMMCU_SPARSE_PIXEL(a1, ps);
-        TVMMCU_SPARSE_PIXEL(a2, 2 * ps);
-        TVMMCU_SPARSE_PIXEL(a3, 3 * ps);
-#undef TVMMCU_SPARSE_PIXEL
-      }
-    }
-#endif
-    for (; k < n; ++k) {
+  (void)at_bits;
+  /* Each weight loaded once for the four pixels; products wrap modulo 2**32 as the dense kernels'. */
+  for (int32_t f = first; f < last; ++f, w += n) {
+    const uint8_t *const q = xb + at[taps[f]];
+    const int8_t *const qs = (const int8_t *)q;
+    for (int32_t k = 0; k < n; ++k) {
       const int32_t wk = w[k];
-      const int8_t *xs = (const int8_t *)xp;
-#define TVMMCU_SPARSE_TAP(acc, at)                                                         \
-  acc = (int32_t)((uint32_t)acc +                                                        \
-                  (uint32_t)((x_unsigned ? (int32_t)xp[(at) + k] : (int32_t)xs[(at) + k]) * wk))
+#define TVMMCU_SPARSE_TAP(acc, off)                                                               \
+  acc = (int32_t)((uint32_t)acc +                                                               \
+                  (uint32_t)((x_unsigned ? (int32_t)q[(off) + k] : (int32_t)qs[(off) + k]) * wk))
       TVMMCU_SPARSE_TAP(a0, 0);
       TVMMCU_SPARSE_TAP(a1, ps);
       TVMMCU_SPARSE_TAP(a2, 2 * ps);
       TVMMCU_SPARSE_TAP(a3, 3 * ps);
 #undef TVMMCU_SPARSE_TAP
     }
-    w += n;
   }
   acc[0] = a0;
   acc[1] = a1;
@@ -195,16 +215,16 @@ static inline int32_t tvmmcu_sparse4p_x8s8(const void *x, int32_t ps, const int1
   return 0;
 }
 
-static inline int32_t tvmmcu_sparse4p_s8s8(const int8_t *x, int32_t ps, const int16_t *at, const int8_t *vals,
-                                           const int16_t *taps, int32_t first, int32_t last, int32_t n,
-                                           int32_t *acc) {
-  return tvmmcu_sparse4p_x8s8(x, ps, at, vals, taps, first, last, n, acc, 0, 0, 0, 1);
+TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_s8s8(const int8_t *base, int32_t ps, const int32_t *at,
+                                               uint32_t at_bits, const int8_t *vals, const int16_t *taps,
+                                               int32_t first, int32_t last, int32_t n, int32_t *acc) {
+  return tvmmcu_sparse4p_x8s8(base, ps, at, at_bits, vals, taps, first, last, n, acc, 0);
 }
 
-static inline int32_t tvmmcu_sparse4p_u8s8(const uint8_t *x, int32_t ps, const int16_t *at,
-                                           const int8_t *vals, const int16_t *taps, int32_t first,
-                                           int32_t last, int32_t n, int32_t *acc) {
-  return tvmmcu_sparse4p_x8s8(x, ps, at, vals, taps, first, last, n, acc, 1, 0, 0, 1);
+TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_u8s8(const uint8_t *base, int32_t ps, const int32_t *at,
+                                               uint32_t at_bits, const int8_t *vals, const int16_t *taps,
+                                               int32_t first, int32_t last, int32_t n, int32_t *acc) {
+  return tvmmcu_sparse4p_x8s8(base, ps, at, at_bits, vals, taps, first, last, n, acc, 1);
 }
 
 /* One output pixel of one output channel whose window may cross the padding: the taps inside are
@@ -274,24 +294,30 @@ tvmmcu_sparse1p_edge_u8s8(const uint8_t *x, int32_t xsy, int32_t xsx, int32_t kw
   return tvmmcu_sparse1p_blob_x8s8(x, xsy, xsx, kw, blob, out_channels, o, n, y0, y1, x0, x1, pad, acc, 1);
 }
 
-/* Four pixels ps bytes apart, their windows wholly inside, of output channel o, over the blob. */
-static inline int32_t tvmmcu_sparse4p_blob_x8s8(const void *x, int32_t ps, int32_t xsy, int32_t xsx,
-                                                int32_t kw, const int8_t *blob, int32_t out_channels,
-                                                int32_t o, int32_t n, int32_t *acc, int x_unsigned) {
+/* Four consecutive pixels of output channel o over the blob: read where they are (staged == 0: the first
+ * window at x + d0) or from tvmmcu_sparse_stage's buffer (staged == 1). */
+TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_blob_x8s8(const void *x, int32_t d0, const void *buf,
+                                                    int32_t staged, const int32_t *state, int32_t kk,
+                                                    int32_t ps, const int8_t *blob, int32_t out_channels,
+                                                    int32_t o, int32_t n, int32_t *acc, int x_unsigned) {
   TVMMCU_SPARSE_BLOB;
-  return tvmmcu_sparse4p_x8s8(x, ps, 0, vals, taps, rows[o], rows[o + 1], n, acc, x_unsigned, xsy, xsx, kw);
+  const void *const base = staged != 0 ? buf : (const void *)((const uint8_t *)x + d0);
+  return tvmmcu_sparse4p_x8s8(base, ps, state + 1 + (staged != 0 ? kk : 0), (uint32_t)state[0], vals, taps,
+                              rows[o], rows[o + 1], n, acc, x_unsigned);
 }
 
-static inline int32_t tvmmcu_sparse4p_blob_s8s8(const int8_t *x, int32_t ps, int32_t xsy, int32_t xsx,
-                                                int32_t kw, const int8_t *blob, int32_t out_channels,
-                                                int32_t o, int32_t n, int32_t *acc) {
-  return tvmmcu_sparse4p_blob_x8s8(x, ps, xsy, xsx, kw, blob, out_channels, o, n, acc, 0);
+TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_blob_s8s8(const int8_t *x, int32_t d0, const int8_t *buf,
+                                                    int32_t staged, const int32_t *state, int32_t kk,
+                                                    int32_t ps, const int8_t *blob, int32_t out_channels,
+                                                    int32_t o, int32_t n, int32_t *acc) {
+  return tvmmcu_sparse4p_blob_x8s8(x, d0, buf, staged, state, kk, ps, blob, out_channels, o, n, acc, 0);
 }
 
-static inline int32_t tvmmcu_sparse4p_blob_u8s8(const uint8_t *x, int32_t ps, int32_t xsy, int32_t xsx,
-                                                int32_t kw, const int8_t *blob, int32_t out_channels,
-                                                int32_t o, int32_t n, int32_t *acc) {
-  return tvmmcu_sparse4p_blob_x8s8(x, ps, xsy, xsx, kw, blob, out_channels, o, n, acc, 1);
+TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_blob_u8s8(const uint8_t *x, int32_t d0, const uint8_t *buf,
+                                                    int32_t staged, const int32_t *state, int32_t kk,
+                                                    int32_t ps, const int8_t *blob, int32_t out_channels,
+                                                    int32_t o, int32_t n, int32_t *acc) {
+  return tvmmcu_sparse4p_blob_x8s8(x, d0, buf, staged, state, kk, ps, blob, out_channels, o, n, acc, 1);
 }
 
 static inline int32_t tvmmcu_sparse1p_blob_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, int32_t kw,
