@@ -164,3 +164,45 @@ def test_a_parameter_read_otherwise_stays_dense() -> None:
 
 def test_idempotent_and_input_untouched() -> None:
     assert_idempotent_and_pure(SparseFilterlets(), _wanted(RunsExpected, {1: 4}))
+
+
+@I.ir_module
+class OneRowOfThree:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr({"global_symbol": "f", "tvmmcu.dot_kernels": True})
+        X_1 = T.decl_buffer((72,), "int8", data=X)
+        W_1 = T.decl_buffer((288,), "int8", data=W)
+        Y_1 = T.decl_buffer((12,), "int32", data=Y)
+        for yy, xx, ff in T.grid(1, 3, 4):
+            acc = T.alloc_buffer((1,), "int32")
+            acc[0] = 0
+            acc[0] = T.call_extern(
+                "int32",
+                "tvmmcu_dot_runs_s8s8",
+                T.address_of(X_1[24 * (yy - 1) + 8 * (xx - 1) + T.min(T.max(0, 1 - xx), 3) * 8 + 24]),
+                24,
+                8,
+                T.address_of(W_1[ff * 72]),
+                24,
+                8,
+                3,
+                3,
+                8,
+                1,
+                3,
+                T.min(T.max(0, 1 - xx), 3),
+                T.max(T.min(3, 4 - xx), T.min(T.max(0, 1 - xx), 3)),
+                -3,
+                acc[0],
+            )
+            Y_1[xx * 4 + ff] = acc[0]
+
+
+def test_fewer_than_four_pixels_stay_one_at_a_time() -> None:
+    """Declines the blocks (not the sparse calls) when the output has no block of four pixels."""
+    after = SparseFilterlets()(_wanted(OneRowOfThree, {1: 4}))
+    script = after.script()
+    assert "tvmmcu_sparse1p_blob_s8s8" in script
+    assert "tvmmcu_sparse4p" not in script and "tvmmcu_sparse_stage" not in script
+    assert dict(after["f"].attrs[ATTR_SPARSE]) == {1: 4}
