@@ -54,12 +54,16 @@ def _instructions(tmp: Path, n: int, keep: float, sparse: bool | str) -> tuple[i
             "}",
         ]
     elif sparse:
+        # Per block of four pixels, a pointer per tap (tvmmcu_sparse_stage's table for a block inside).
         loop = [
-            f"for (int y = 1; y < {H - 1}; ++y) for (int c = {lo}; c < {hi}; c += 4) for (int o = 0; o < {OUT}; ++o) {{",
-            "  int32_t acc[4] = {0, 0, 0, 0};",
-            f"  tvmmcu_sparse4p_s8s8(x + ((y - 1) * {W} + c - 1) * {n}, {n}, at, {np.bitwise_or.reduce(offsets)}u, vals,",
-            f"                       taps, rows[o], rows[o + 1], {n}, acc);",
-            "  s += acc[0] + acc[1] + acc[2] + acc[3];",
+            f"for (int y = 1; y < {H - 1}; ++y) for (int c = {lo}; c < {hi}; c += 4) {{",
+            f"  const int8_t *table[{K * K}];",
+            f"  for (int t = 0; t < {K * K}; ++t) table[t] = x + ((y - 1) * {W} + c - 1) * {n} + at[t];",
+            f"  for (int o = 0; o < {OUT}; ++o) {{",
+            "    int32_t acc[4] = {0, 0, 0, 0};",
+            f"    tvmmcu_sparse4p_s8s8(table, {n}, 1, vals, taps, rows[o], rows[o + 1], {n}, acc);",
+            "    s += acc[0] + acc[1] + acc[2] + acc[3];",
+            "  }",
             "}",
         ]
     else:

@@ -10,7 +10,7 @@ import attrs
 from tvm_mcu._tvm import Analyzer, PrimFunc, TensorLoad, structural_map, structural_walk, tirx, tvm
 from tvm_mcu.passes.tir.dot_kernels import RUNS
 from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, rewrite_each
-from tvm_mcu.passes.tir.sparse_kernels import SPARSE1P_BLOB, SPARSE1P_EDGE, SPARSE4P_BLOB
+from tvm_mcu.passes.tir.sparse_kernels import SPARSE1P_BLOB, SPARSE4P_BLOB
 from tvm_mcu.passes.tir.sparse_pixel_blocks import flat_blocks, row_blocks
 
 ATTR_DONE = "tvmmcu.filterlets_done"
@@ -26,14 +26,15 @@ _RUNS_ARGS = ("x", "xsy", "xsx", "w", "wsy", "wsx", "kh", "kw", "n", "y0", "y1",
 @attrs.frozen
 class SparseKernels:
     """The kernels of one sparse format, each keyed by (data dtype, weight dtype) as ``RUNS``: the
-    one-pixel kernel replacing a runs call, its four-pixel kernel and its never-inlined border copy;
-    ``contiguous_taps``: the format needs a window row's taps back to back (xsx == n); ``anywhere``:
-    the four-pixel kernel takes any four pixels, their windows crossing the border or not
-    (``sparse_pixel_blocks.flat_blocks``), else four of a row whose windows lie inside (``row_blocks``)."""
+    one-pixel kernel replacing a runs call, its four-pixel kernel and (``row_blocks`` only) its
+    never-inlined border copy; ``contiguous_taps``: the format needs a window row's taps back to back
+    (xsx == n); ``anywhere``: the four-pixel kernel takes any four pixels, their windows crossing the
+    border or not (``sparse_pixel_blocks.flat_blocks``), else four of a row whose windows lie inside
+    (``row_blocks``)."""
 
     one: dict[tuple[str, str], str]
     four: dict[tuple[str, str], str]
-    edge: dict[tuple[str, str], str]
+    edge: dict[tuple[str, str], str] = attrs.field(factory=dict)
     contiguous_taps: bool = False
     anywhere: bool = False
 
@@ -47,7 +48,7 @@ class SparseKernels:
         return next((self.edge[key] for key, one in self.one.items() if one == name), None)
 
 
-FILTERLETS = SparseKernels(SPARSE1P_BLOB, SPARSE4P_BLOB, SPARSE1P_EDGE, anywhere=True)
+FILTERLETS = SparseKernels(SPARSE1P_BLOB, SPARSE4P_BLOB, anywhere=True)
 
 
 def _pointer_load(pointer: Any) -> Any | None:
@@ -145,7 +146,7 @@ def rewrite_sparse(
             return next(iter(found)) if len(found) == 1 else None
 
         def blocks(loop: Any) -> Any:
-            return flat_blocks(loop, kernels.four_of, kernels.edge_of, window_of) or loop
+            return flat_blocks(loop, kernels.four_of, window_of) or loop
 
     else:
 
@@ -181,12 +182,13 @@ class SparseFilterlets:
         weight offset over ``kh * kw * n``; records ``tvmmcu.sparse_filterlets`` = {position: O} for
         the compiler to store the blob. Then a ``for yy: for xx: for o`` nest (layer by layer) runs four
         consecutive pixels of the flattened output per call (``sparse_pixel_blocks.flat_blocks``):
-        ``tvmmcu_sparse_setup`` once, per block ``tvmmcu_sparse_stage`` (the four windows staged
-        unless they lie inside one pixel stride apart), per block and channel
-        ``tvmmcu_sparse4p_blob_*`` and the epilogue once per pixel; the ``H * W % 4`` last pixels
-        through ``tvmmcu_sparse1p_edge_*`` (never inlined: little flash). Scratch: the state
-        (``4 * (1 + 2 * kh * kw) + n`` bytes) and the staged windows (``4 * kh * kw * ps`` bytes, ps
-        the input bytes from one window to the next; HoistScratchToWorkspace moves both to the arena).
+        ``tvmmcu_sparse_setup`` once, per block ``tvmmcu_sparse_stage`` (a pointer per tap to the four
+        pixels' data: in place where they lie inside one pixel stride apart, else staged), per block
+        and channel ``tvmmcu_sparse4p_blob_*`` and the epilogue once per pixel; the ``H * W % 4`` last
+        pixels as a block repeating the last pixel (not stored). Scratch: the state
+        (``4 * (1 + kh * kw) + n`` bytes) and the stage buffer (``8 * kh * kw + 4 * kh * kw * ps``
+        bytes, ps the input bytes from one window to the next); HoistScratchToWorkspace moves both to
+        the arena.
     Declines when
         a read of the parameter is anything else or its offset is not provably a whole channel (then
         nothing changes and the weights stay dense), or the function carries ``tvmmcu.filterlets_done``.

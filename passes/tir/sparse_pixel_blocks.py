@@ -9,9 +9,10 @@ Two shapes, by what the format's four-pixel kernel takes:
   copy.
 - :func:`flat_blocks` (filterlet CSR): four consecutive pixels of the flattened output ``(yy, xx)``,
   anywhere: each pixel's window offset and a mask of its taps inside the input are computed once per
-  block, and a tap outside reads a row of the padding value (built once per layer by
-  ``tvmmcu_sparse_setup`` with the table of tap offsets). Only the ``H * W % 4`` last pixels go
-  through the one-pixel kernel.
+  block, and the taps whose four pixels do not lie inside one pixel stride apart are staged once per
+  block (a tap outside reads a row of the padding value, built once per layer by
+  ``tvmmcu_sparse_setup`` with the table of tap offsets). The ``H * W % 4`` last pixels make a last
+  block whose missing pixels repeat the last one.
 """
 
 from __future__ import annotations
@@ -124,16 +125,18 @@ def _int32(expr: Any) -> Any:
     return expr if str(expr.ty) == "int32" else tirx.Cast("int32", expr)
 
 
-def flat_blocks(loop_y: Any, four_of: Any, edge_of: Any, window_of: Any) -> Any | None:
+def flat_blocks(loop_y: Any, four_of: Any, window_of: Any) -> Any | None:
     """The nest at ``loop_y`` four consecutive output pixels per call of the four-pixel kernel
-    ``four_of(one-pixel kernel)`` (``tvmmcu_sparse4p_blob_*``), its last ``H * W % 4`` pixels through
-    ``edge_of``; ``window_of(blob pointer)``: the window's (kh, kw), or None.
+    ``four_of(one-pixel kernel)`` (``tvmmcu_sparse4p_blob_*``), the last ``H * W % 4`` pixels as a block
+    whose missing pixels repeat the last one (computed, not stored); ``window_of(blob pointer)``: the
+    window's (kh, kw), or None.
 
     Per layer ``tvmmcu_sparse_setup`` fills a state buffer (the taps' offsets, the padding row); per
-    block ``tvmmcu_sparse_stage`` copies the four windows into a buffer (4 * taps * ps bytes, ps the
-    input bytes between horizontally adjacent windows) unless they lie inside and ps apart, then
-    every output channel runs the kernel on them. Both buffers are scratch (HoistScratchToWorkspace
-    places them in the arena). None when the nest is not one, it has fewer than 4 pixels, its
+    block ``tvmmcu_sparse_stage`` points each tap of its buffer's table at the four pixels' data, in
+    the input where they lie inside ps bytes apart (ps: the input bytes between horizontally adjacent
+    windows), else at copies in the buffer (8 * taps + 4 * taps * ps bytes); then every output
+    channel runs the kernel on them. Both buffers are scratch (HoistScratchToWorkspace places them in
+    the arena). None when the nest is not one, it has fewer than 4 pixels, its
     window start is not affine in (yy, xx) with constant coefficients, its strides, padding or
     weights change inside it, adjacent windows overlap by less than ``n`` bytes (ps < n), or its
     window has over 32 taps."""
@@ -163,74 +166,75 @@ def flat_blocks(loop_y: Any, four_of: Any, edge_of: Any, window_of: Any) -> Any 
     if blocks == 0 or ps < n:
         return None  # no block of four; or windows overlapping in a staged block (n bytes, ps apart)
     ana = Analyzer()
-    pb = tirx.Var("pb", dtype)
 
     def at(pixel: Any) -> tuple[Any, Any]:  # (yy, xx) of a flat pixel index
         width = tirx.IntImm(dtype, nest.w)
         return ana.simplify(tirx.floordiv(pixel, width)), ana.simplify(tirx.floormod(pixel, width))
 
-    def of_pixel(node: Any, p: Any) -> Any:  # an expression or statement at pixel p of block pb
-        out = _per_pixel(node, nest, *at(pb * tirx.IntImm(dtype, PIXELS) + p))
-        return out if isinstance(out, tirx.Stmt) else ana.simplify(out)
-
-    # Per block: each pixel's window offset and its taps inside, for the staging of the four windows.
-    offsets = [_int32(of_pixel(start, tirx.IntImm(dtype, p))) for p in range(PIXELS)]
-    masks = [
-        tirx.call_extern(
-            "int32",
-            INSIDE,
-            *(_int32(of_pixel(a[k], tirx.IntImm(dtype, p))) for k in ("y0", "y1", "x0", "x1")),
-            a["kw"],
-        )
-        for p in range(PIXELS)
-    ]
-    state = tirx.decl_buffer((1 + 2 * taps + (n + 3) // 4,), "int32", name="sparse_state", layout=None)
-    dtype_x = str(load.source.dtype)
-    staged = tirx.decl_buffer((PIXELS * taps * ps,), dtype_x, name="sparse_windows", layout=None)
+    state = tirx.decl_buffer((1 + taps + (n + 3) // 4,), "int32", name="sparse_state", layout=None)
+    # A pointer per tap (8 bytes), then the staged taps: TVMMCU_SPARSE_STAGE_BYTES.
+    staged = tirx.decl_buffer((8 * taps + PIXELS * taps * ps,), "uint8", name="sparse_windows", layout=None)
     zero = tirx.IntImm(dtype, 0)
     state_at, staged_at = (tirx.address_of(tirx.BufferLoad(b, [zero])) for b in (state, staged))
-    four = tirx.decl_buffer((PIXELS,), str(nest.acc.dtype), name=f"{nest.acc.name}4", layout=None)
     x0 = tirx.address_of(tirx.BufferLoad(load.source, [tirx.IntImm(str(load.indices[0].ty), 0)]))
     kk, pixel_stride = tirx.IntImm("int32", taps), tirx.IntImm("int32", ps)
-    stage = tirx.call_extern(
-        "int32", STAGE, staged_at, x0, *offsets, *masks, state_at, kk, pixel_stride, a["n"]
-    )
-    is_staged = tirx.Var("staged", "int32")
-    kernel = tirx.call_extern(
-        "int32",
-        four_name,
-        x0,
-        offsets[0],
-        staged_at,
-        is_staged,
-        state_at,
-        kk,
-        pixel_stride,
-        a["blob"],
-        a["O"],
-        a["o"],
-        a["n"],
-        tirx.address_of(tirx.BufferLoad(four, [zero])),
-    )
-    inits = [
-        tirx.BufferStore(four, of_pixel(nest.init.value, tirx.IntImm(dtype, p)), [tirx.IntImm(dtype, p)])
-        for p in range(PIXELS)
-    ]
-    p_var = tirx.Var("p", dtype)
 
-    def read_four(load: Any) -> Any:
-        return tirx.BufferLoad(four, [p_var]) if load.source.same_as(nest.acc) else load
+    def block(pixel: Any, valid: int) -> Any:
+        """Stage the block whose p-th pixel is ``pixel(p)``, then every output channel: the kernel, the
+        epilogue of its first ``valid`` pixels."""
 
-    tail = [structural_map(of_pixel(s, p_var), (TensorLoad, read_four)) for s in nest.epilogue]
-    per_pixel = tirx.For(p_var, zero, tirx.IntImm(dtype, PIXELS), tirx.ForKind.UNROLLED, _seq(tail))
-    loop_o = nest.loop_o
-    block = tirx.For(
-        o,
-        loop_o.min,
-        loop_o.extent,
-        loop_o.kind,
-        tirx.SeqStmt([tirx.AllocBuffer(four), *inits, tirx.Evaluate(kernel), per_pixel]),
-    )
+        def of_pixel(node: Any, p: Any) -> Any:  # an expression or statement at pixel p of the block
+            out = _per_pixel(node, nest, *at(pixel(p)))
+            return out if isinstance(out, tirx.Stmt) else ana.simplify(out)
+
+        offsets = [_int32(of_pixel(start, tirx.IntImm(dtype, p))) for p in range(PIXELS)]
+        masks = [
+            tirx.call_extern(
+                "int32",
+                INSIDE,
+                *(_int32(of_pixel(a[k], tirx.IntImm(dtype, p))) for k in ("y0", "y1", "x0", "x1")),
+                a["kw"],
+            )
+            for p in range(PIXELS)
+        ]
+        stage = tirx.call_extern(
+            "int32", STAGE, staged_at, x0, *offsets, *masks, state_at, kk, pixel_stride, a["n"]
+        )
+        aligned = tirx.Var("aligned", "int32")
+        four = tirx.decl_buffer((PIXELS,), str(nest.acc.dtype), name=f"{nest.acc.name}4", layout=None)
+        kernel = tirx.call_extern(
+            "int32",
+            four_name,
+            staged_at,
+            aligned,
+            pixel_stride,
+            a["blob"],
+            a["O"],
+            a["o"],
+            a["n"],
+            tirx.address_of(tirx.BufferLoad(four, [zero])),
+        )
+        inits = [
+            tirx.BufferStore(four, of_pixel(nest.init.value, tirx.IntImm(dtype, p)), [tirx.IntImm(dtype, p)])
+            for p in range(PIXELS)
+        ]
+        p_var = tirx.Var("p", dtype)
+
+        def read_four(load: Any) -> Any:
+            return tirx.BufferLoad(four, [p_var]) if load.source.same_as(nest.acc) else load
+
+        tail = [structural_map(of_pixel(s, p_var), (TensorLoad, read_four)) for s in nest.epilogue]
+        per_pixel = tirx.For(p_var, zero, tirx.IntImm(dtype, valid), tirx.ForKind.UNROLLED, _seq(tail))
+        loop_o = nest.loop_o
+        channels = tirx.For(
+            o,
+            loop_o.min,
+            loop_o.extent,
+            loop_o.kind,
+            tirx.SeqStmt([tirx.AllocBuffer(four), *inits, tirx.Evaluate(kernel), per_pixel]),
+        )
+        return fresh_variables(tirx.SeqStmt([tirx.LetStmt(aligned, stage), channels]))
+
     setup = tirx.call_extern(
         "int32",
         SETUP,
@@ -239,16 +243,22 @@ def flat_blocks(loop_y: Any, four_of: Any, edge_of: Any, window_of: Any) -> Any 
         a["kw"],
         a["xsy"],
         a["xsx"],
-        pixel_stride,
         a["n"],
         a["pad"],
     )
-    body = tirx.SeqStmt([tirx.LetStmt(is_staged, stage), block])
+    pb = tirx.Var("pb", dtype)
+    blocked = block(lambda p: pb * tirx.IntImm(dtype, PIXELS) + p, PIXELS)
     pieces = [tirx.AllocBuffer(state), tirx.AllocBuffer(staged), tirx.Evaluate(setup)]
-    pieces.append(tirx.For(pb, zero, tirx.IntImm(dtype, blocks), tirx.ForKind.SERIAL, body))
-    for pixel in range(blocks * PIXELS, pixels):
-        yy_p, xx_p = (tirx.IntImm(dtype, v) for v in divmod(pixel, nest.w))
-        pieces.append(_copy(_per_pixel(loop_o, nest, yy_p, xx_p), edge_of))
+    pieces.append(tirx.For(pb, zero, tirx.IntImm(dtype, blocks), tirx.ForKind.SERIAL, blocked))
+    left = pixels - blocks * PIXELS
+    if left:
+        # The last pixels as a block, its missing pixels repeating the last one (computed, not stored).
+        last = blocks * PIXELS
+
+        def pixel(p: Any) -> Any:
+            return tirx.Min(tirx.IntImm(dtype, last) + p, tirx.IntImm(dtype, pixels - 1))
+
+        pieces.append(block(pixel, left))
     return tirx.SeqStmt(pieces)
 
 

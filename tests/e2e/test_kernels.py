@@ -197,8 +197,9 @@ def test_weights_pruned_elsewhere_are_stored_sparse(tmp_path: Path, monkeypatch:
         assert v.passed and v.report.max_abs_error == 0.0, (board, v.report.worst_difference)
         source = (tmp_path / board / "model.c").read_text()
         assert source.count("filterlets kept (CSR)") == 2
-        # The pixels whose windows lie inside, four at a time; the border ones through the edge kernel.
-        assert "tvmmcu_sparse4p_blob_s8s8(" in source and "tvmmcu_sparse1p_edge_s8s8(" in source
+        # Four pixels per call, the border's taps staged: no pixel left to the one-pixel kernel.
+        assert source.count("tvmmcu_sparse4p_blob_s8s8(") == 4 and "tvmmcu_sparse_stage(" in source
+        assert "tvmmcu_sparse1p" not in source
     monkeypatch.setattr(compiler, "SPARSE_MAX_KEPT", 0.0)
     monkeypatch.setattr(compiler, "ELEMENT_MAX_FLASH", 0.0)
     dense = api.compile_model(path, "mps2-an386", tmp_path / "dense", schedule="layer by layer")

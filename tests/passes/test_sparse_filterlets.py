@@ -33,13 +33,13 @@ class Expected:
         X_1 = T.decl_buffer((72,), "int8", data=X)
         W_1 = T.decl_buffer((288,), "int8", data=W)
         Y_1 = T.decl_buffer((36,), "int32", data=Y)
-        # The layer's tap offsets and padding row; four windows of 9 taps, 8 bytes apart.
-        sparse_state = T.alloc_buffer((21,), "int32")
-        sparse_windows = T.alloc_buffer((288,), "int8")
-        T.call_extern("int32", "tvmmcu_sparse_setup", T.address_of(sparse_state[0]), 3, 3, 24, 8, 8, 8, -3)
-        # The 3x3 output's pixels 0-3 and 4-7, each block's windows staged (all cross the border).
+        # The layer's tap offsets and padding row; a pointer per tap and four staged pixels 8 bytes apart.
+        sparse_state = T.alloc_buffer((12,), "int32")
+        sparse_windows = T.alloc_buffer((360,), "uint8")
+        T.call_extern("int32", "tvmmcu_sparse_setup", T.address_of(sparse_state[0]), 3, 3, 24, 8, 8, -3)
+        # The 3x3 output's pixels 0-3 and 4-7 (blocks across rows: every tap staged).
         for pb in range(2):
-            staged: T.let[T.int32] = T.call_extern(
+            aligned: T.let[T.int32] = T.call_extern(
                 "int32",
                 "tvmmcu_sparse_stage",
                 T.address_of(sparse_windows[0]),
@@ -98,12 +98,8 @@ class Expected:
                 T.call_extern(
                     "int32",
                     "tvmmcu_sparse4p_blob_s8s8",
-                    T.address_of(X_1[0]),
-                    pb * 4 // 3 * 24 + pb % 3 * 8 - 32,
                     T.address_of(sparse_windows[0]),
-                    staged,
-                    T.address_of(sparse_state[0]),
-                    9,
+                    aligned,
                     8,
                     T.address_of(W_1[0]),
                     4,
@@ -113,36 +109,45 @@ class Expected:
                 )
                 for p in T.unroll(4):
                     Y_1[(pb * 4 + p) // 3 * 12 + (pb * 4 + p) % 3 * 4 + ff] = acc4[p]
-        # The last pixel (2, 2) alone, through the never-inlined one-pixel kernel.
+        # The last pixel (2, 2) as a block of four copies of it, its output stored once.
+        aligned: T.let[T.int32] = T.call_extern(
+            "int32",
+            "tvmmcu_sparse_stage",
+            T.address_of(sparse_windows[0]),
+            T.address_of(X_1[0]),
+            32,
+            32,
+            32,
+            32,
+            T.call_extern("int32", "tvmmcu_sparse_inside", 0, 2, 0, 2, 3),
+            T.call_extern("int32", "tvmmcu_sparse_inside", 0, 2, 0, 2, 3),
+            T.call_extern("int32", "tvmmcu_sparse_inside", 0, 2, 0, 2, 3),
+            T.call_extern("int32", "tvmmcu_sparse_inside", 0, 2, 0, 2, 3),
+            T.address_of(sparse_state[0]),
+            9,
+            8,
+            8,
+        )
         for ff in range(4):
-            acc = T.alloc_buffer((1,), "int32")
-            acc[0] = 0
-            acc[0] = T.call_extern(
+            acc4 = T.alloc_buffer((4,), "int32")
+            acc4[0] = 0
+            acc4[1] = 0
+            acc4[2] = 0
+            acc4[3] = 0
+            T.call_extern(
                 "int32",
-                "tvmmcu_sparse1p_edge_s8s8",
-                T.address_of(
-                    X_1[
-                        24 * T.Sub(2, 1)
-                        + 8 * T.Sub(2, 1)
-                        + T.min(T.max(0, T.Sub(1, 2)), 3) * 24
-                        + T.min(T.max(0, T.Sub(1, 2)), 3) * 8
-                    ]
-                ),
-                24,
+                "tvmmcu_sparse4p_blob_s8s8",
+                T.address_of(sparse_windows[0]),
+                aligned,
                 8,
-                3,
                 T.address_of(W_1[0]),
                 4,
                 ff,
                 8,
-                T.min(T.max(0, T.Sub(1, 2)), 3),
-                T.max(T.min(3, T.Sub(4, 2)), T.min(T.max(0, T.Sub(1, 2)), 3)),
-                T.min(T.max(0, T.Sub(1, 2)), 3),
-                T.max(T.min(3, T.Sub(4, 2)), T.min(T.max(0, T.Sub(1, 2)), 3)),
-                -3,
-                acc[0],
+                T.address_of(acc4[0]),
             )
-            Y_1[T.Mul(2, 12) + T.Mul(2, 4) + ff] = acc[0]
+            for p in T.unroll(1):
+                Y_1[T.min(p + 8, 8) // 3 * 12 + T.min(p + 8, 8) % 3 * 4 + ff] = acc4[p]
 
 
 def test_runs_over_sparse_weights_visit_the_kept_filterlets() -> None:
