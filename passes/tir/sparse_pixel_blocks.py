@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from tvm_mcu._tvm import Analyzer, TensorLoad, detect_linear_equation, structural_map, tirx, tvm
 from tvm_mcu.passes.tir.each_function import (
     constant_extent,
@@ -41,17 +43,20 @@ STAGE = "tvmmcu_sparse_stage"
 MAX_TAPS = 32
 
 
+@attrs.frozen
 class _Nest:
     """The parts of a ``for yy: for xx: for o: {alloc acc; init; acc = one(...); epilogue}`` nest."""
 
-    def __init__(self, loop_y: Any, loop_x: Any, loop_o: Any, h: int, w: int, init: Any, call: Any) -> None:
-        self.loop_y, self.loop_x, self.loop_o, self.h, self.w = loop_y, loop_x, loop_o, h, w
-        body = loop_o.body
-        self.acc = body.seq[0].buffer
-        self.init = init
-        self.call = call
-        self.epilogue = list(body.seq[3:])
-        self.args = dict(zip(ONE_ARGS, call.args[1:], strict=True))
+    loop_y: Any
+    loop_x: Any
+    loop_o: Any
+    h: int
+    w: int
+    acc: Any
+    init: Any
+    call: Any
+    epilogue: tuple[Any, ...]
+    args: dict[str, Any]
 
 
 def _nest(loop_y: Any) -> _Nest | None:
@@ -75,7 +80,8 @@ def _nest(loop_y: Any) -> _Nest | None:
         return None
     if len(call.args) != len(ONE_ARGS) + 1:
         return None
-    return _Nest(loop_y, loop_x, loop_o, h, w, init, update.value)
+    args = dict(zip(ONE_ARGS, call.args[1:], strict=True))
+    return _Nest(loop_y, loop_x, loop_o, h, w, alloc.buffer, init, call, tuple(body.seq[3:]), args)
 
 
 def _x_load(nest: _Nest) -> Any | None:
