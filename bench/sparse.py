@@ -54,12 +54,16 @@ def _instructions(tmp: Path, n: int, keep: float, sparse: bool | str) -> tuple[i
             "}",
         ]
     elif sparse:
+        # Per block of four pixels, a pointer per tap (tvmmcu_sparse_stage's table for a block inside).
         loop = [
-            f"for (int y = 1; y < {H - 1}; ++y) for (int c = {lo}; c < {hi}; c += 4) for (int o = 0; o < {OUT}; ++o) {{",
-            "  int32_t acc[4] = {0, 0, 0, 0};",
-            f"  tvmmcu_sparse4p_s8s8(x + ((y - 1) * {W} + c - 1) * {n}, {n}, at, vals, taps, rows[o], rows[o + 1],",
-            f"                       {n}, acc);",
-            "  s += acc[0] + acc[1] + acc[2] + acc[3];",
+            f"for (int y = 1; y < {H - 1}; ++y) for (int c = {lo}; c < {hi}; c += 4) {{",
+            f"  const int8_t *table[{K * K}];",
+            f"  for (int t = 0; t < {K * K}; ++t) table[t] = x + ((y - 1) * {W} + c - 1) * {n} + at[t];",
+            f"  for (int o = 0; o < {OUT}; ++o) {{",
+            "    int32_t acc[4] = {0, 0, 0, 0};",
+            f"    tvmmcu_sparse4p_s8s8(table, {n}, 1, vals, taps, rows[o], rows[o + 1], {n}, acc);",
+            "    s += acc[0] + acc[1] + acc[2] + acc[3];",
+            "  }",
             "}",
         ]
     else:
@@ -77,7 +81,7 @@ def _instructions(tmp: Path, n: int, keep: float, sparse: bool | str) -> tuple[i
         _array("int8_t", "vals", vals),
         _array("int16_t", "taps", taps),
         _array("int16_t", "rows", rows),
-        _array("int16_t", "at", offsets),
+        _array("int32_t", "at", offsets),
         _array("int8_t", "wb", block(w, K * K * n).reshape(-1)),
         _array("int8_t", "eblob", element_blob(w)),
         "int32_t tvmmcu_model_run(const void *input, void *output) {",

@@ -7,27 +7,11 @@ from typing import Any
 
 import attrs
 
-from tvm_mcu._tvm import (
-    Analyzer,
-    PrimFunc,
-    TensorLoad,
-    detect_linear_equation,
-    structural_map,
-    structural_walk,
-    tirx,
-    tvm,
-)
+from tvm_mcu._tvm import Analyzer, PrimFunc, TensorLoad, structural_map, structural_walk, tirx, tvm
 from tvm_mcu.passes.tir.dot_kernels import RUNS
-from tvm_mcu.passes.tir.each_function import (
-    constant_extent,
-    extern_name,
-    fresh_buffers,
-    fresh_variables,
-    parameter_owners,
-    rewrite_each,
-    substitute,
-)
-from tvm_mcu.passes.tir.sparse_kernels import PIXELS, SPARSE1P_BLOB, SPARSE1P_EDGE, SPARSE4P_BLOB
+from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, rewrite_each
+from tvm_mcu.passes.tir.sparse_kernels import SPARSE1P_BLOB, SPARSE4P_BLOB
+from tvm_mcu.passes.tir.sparse_pixel_blocks import flat_blocks, row_blocks
 
 ATTR_DONE = "tvmmcu.filterlets_done"
 # Set by the compiler before lowering: parameter position -> output channels, for the weights it will
@@ -42,13 +26,17 @@ _RUNS_ARGS = ("x", "xsy", "xsx", "w", "wsy", "wsx", "kh", "kw", "n", "y0", "y1",
 @attrs.frozen
 class SparseKernels:
     """The kernels of one sparse format, each keyed by (data dtype, weight dtype) as ``RUNS``: the
-    one-pixel kernel replacing a runs call, its four-pixel interior kernel and its never-inlined
-    border copy; ``contiguous_taps``: the format needs a window row's taps back to back (xsx == n)."""
+    one-pixel kernel replacing a runs call, its four-pixel kernel and (``row_blocks`` only) its
+    never-inlined border copy; ``contiguous_taps``: the format needs a window row's taps back to back
+    (xsx == n); ``anywhere``: the four-pixel kernel takes any four pixels, their windows crossing the
+    border or not (``sparse_pixel_blocks.flat_blocks``), else four of a row whose windows lie inside
+    (``row_blocks``)."""
 
     one: dict[tuple[str, str], str]
     four: dict[tuple[str, str], str]
-    edge: dict[tuple[str, str], str]
+    edge: dict[tuple[str, str], str] = attrs.field(factory=dict)
     contiguous_taps: bool = False
+    anywhere: bool = False
 
     def of_runs(self, name: str) -> str | None:
         return next((self.one[key] for key, runs in RUNS.items() if runs == name), None)
@@ -60,8 +48,7 @@ class SparseKernels:
         return next((self.edge[key] for key, one in self.one.items() if one == name), None)
 
 
-FILTERLETS = SparseKernels(SPARSE1P_BLOB, SPARSE4P_BLOB, SPARSE1P_EDGE)
-_ONE_ARGS = ("x", "xsy", "xsx", "kw", "blob", "O", "o", "n", "y0", "y1", "x0", "x1", "pad", "acc")
+FILTERLETS = SparseKernels(SPARSE1P_BLOB, SPARSE4P_BLOB, anywhere=True)
 
 
 def _pointer_load(pointer: Any) -> Any | None:
@@ -103,161 +90,6 @@ def _sparse_call(call: Any, owner_of: Any, wanted: dict[Any, int], kernels: Spar
     return tirx.call_extern(str(call.ty), one, *args)
 
 
-def _values(expr: Any, var: Any, extent: int) -> list[int] | None:
-    """``expr`` at ``var`` = 0 .. extent - 1, when each is a constant."""
-    ana = Analyzer()
-    out = []
-    for v in range(extent):
-        value = ana.simplify(substitute(expr, var, tirx.IntImm(str(var.ty), v)))
-        if not isinstance(value, tirx.IntImm):
-            return None
-        out.append(int(value))
-    return out
-
-
-def _inside(lows: list[int], highs: list[int], full: int) -> tuple[int, int] | None:
-    """[a, b): the one run of positions whose taps are all inside (low 0, high ``full``)."""
-    inside = [k for k, (lo, hi) in enumerate(zip(lows, highs, strict=True)) if lo == 0 and hi == full]
-    if not inside or inside != list(range(inside[0], inside[-1] + 1)):
-        return None
-    return inside[0], inside[-1] + 1
-
-
-def _edges(stmt: Any, kernels: SparseKernels) -> Any:
-    """``stmt`` with its one-pixel sparse calls through the never-inlined kernel (border copies)."""
-
-    def rename(call: Any) -> Any:
-        edge = kernels.edge_of(extern_name(call))
-        return tirx.call_extern(str(call.ty), edge, *call.args[1:]) if edge is not None else call
-
-    return structural_map(stmt, (tvm.ir.Call, rename))
-
-
-def _copy(stmt: Any, var: Any, value: Any, kernels: SparseKernels) -> Any:
-    return _edges(fresh_buffers(fresh_variables(substitute(stmt, var, value))), kernels)
-
-
-def _pixel_blocks(loop_y: Any, kernels: SparseKernels) -> Any | None:
-    """``for yy: for xx: for o: {acc; sparse1p; epilogue}`` with the runs of pixels whose windows lie
-    inside taken four at a time by the four-pixel kernel; None when the nest is not that."""
-    loop_x = loop_y.body
-    if not isinstance(loop_x, tirx.For) or not isinstance(loop_x.body, tirx.For):
-        return None
-    loop_o = loop_x.body
-    h, w = constant_extent(loop_y), constant_extent(loop_x)
-    if h is None or w is None or constant_extent(loop_o) is None:
-        return None
-    body = loop_o.body
-    if not isinstance(body, tirx.SeqStmt) or len(body.seq) < 4:
-        return None
-    alloc, init, update, *epilogue = body.seq
-    if not (isinstance(alloc, tirx.AllocBuffer) and isinstance(init, tirx.BufferStore)):
-        return None
-    acc = alloc.buffer
-    if not isinstance(update, tirx.BufferStore) or not update.buffer.same_as(acc):
-        return None
-    call = update.value
-    name = extern_name(call)
-    four_name = kernels.four_of(name)
-    if four_name is None or [int(d) for d in acc.shape] != [1]:
-        return None
-    a = dict(zip(_ONE_ARGS, call.args[1:], strict=True))
-    yy, xx = loop_y.loop_var, loop_x.loop_var
-    ys0, ys1 = _values(a["y0"], yy, h), _values(a["y1"], yy, h)
-    xs0, xs1 = _values(a["x0"], xx, w), _values(a["x1"], xx, w)
-    if ys0 is None or ys1 is None or xs0 is None or xs1 is None:
-        return None
-    kh, kw = max(hi - lo for lo, hi in zip(ys0, ys1, strict=True)), int(a["kw"])
-    rows, cols = _inside(ys0, ys1, kh), _inside(xs0, xs1, kw)
-    if rows is None or cols is None or (cols[1] - cols[0]) < PIXELS:
-        return None
-    x_load = a["x"].args[0] if isinstance(a["x"], tvm.ir.Call) else None
-    if not isinstance(x_load, TensorLoad) or len(x_load.indices) != 1:
-        return None
-    ana = Analyzer()
-    index = x_load.indices[0]
-    itype = str(index.ty)
-
-    def raw(clamp: Any) -> Any:  # the clamp in the index's type (the call's is a cast of it)
-        inner = clamp.value if isinstance(clamp, tirx.Cast) else clamp
-        return inner if str(inner.ty) == itype else tirx.Cast(itype, inner)
-
-    # The window's first tap (the kernel's x points at the first tap inside): the clamps taken out.
-    strides = (tirx.IntImm(itype, int(a["xsy"])), tirx.IntImm(itype, int(a["xsx"])))
-    base = ana.simplify(index - raw(a["y0"]) * strides[0] - raw(a["x0"]) * strides[1])
-    coeffs = detect_linear_equation(base, [xx])
-    if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm):
-        return None
-    ps = int(coeffs[0])
-    first, blocks = cols[0], (cols[1] - cols[0]) // PIXELS
-    dtype = str(xx.ty)
-    xb = tirx.Var("xb", dtype)
-    at = tirx.IntImm(dtype, first) + xb * tirx.IntImm(dtype, PIXELS)
-    four = tirx.decl_buffer((PIXELS,), str(acc.dtype), name=f"{acc.name}4", layout=None)
-    o = loop_o.loop_var
-    x_at = tirx.address_of(tirx.BufferLoad(x_load.source, [substitute(base, xx, at)]))
-    args = [x_at, tirx.IntImm("int32", ps), a["xsy"], a["xsx"], a["kw"], a["blob"], a["O"], a["o"], a["n"]]
-    kernel = tirx.call_extern(
-        "int32", four_name, *args, tirx.address_of(tirx.BufferLoad(four, [tirx.IntImm(dtype, 0)]))
-    )
-    inits = [tirx.BufferStore(four, init.value, [tirx.IntImm(dtype, p)]) for p in range(PIXELS)]
-    p_var = tirx.Var("p", dtype)
-
-    def read_four(load: Any) -> Any:
-        return tirx.BufferLoad(four, [p_var]) if load.source.same_as(acc) else load
-
-    tail = [structural_map(substitute(s, xx, at + p_var), (TensorLoad, read_four)) for s in epilogue]
-    per_pixel = tirx.For(
-        p_var, tirx.IntImm(dtype, 0), tirx.IntImm(dtype, PIXELS), tirx.ForKind.UNROLLED, _seq(tail)
-    )
-    block = tirx.For(
-        o,
-        loop_o.min,
-        loop_o.extent,
-        loop_o.kind,
-        tirx.SeqStmt([tirx.AllocBuffer(four), *inits, tirx.Evaluate(kernel), per_pixel]),
-    )
-    one = tirx.Var("p", dtype)
-    singles = tirx.For(
-        one,
-        tirx.IntImm(dtype, 0),
-        tirx.IntImm(dtype, PIXELS),
-        tirx.ForKind.SERIAL,
-        _copy(loop_o, xx, at + one, kernels),
-    )
-    full_rows = tirx.And(
-        tirx.EQ(a["y0"], tirx.IntImm(str(a["y0"].ty), 0)), tirx.EQ(a["y1"], tirx.IntImm(str(a["y1"].ty), kh))
-    )
-    blocked = tirx.For(
-        xb,
-        tirx.IntImm(dtype, 0),
-        tirx.IntImm(dtype, blocks),
-        tirx.ForKind.SERIAL,
-        tirx.IfThenElse(full_rows, fresh_variables(block), singles),
-    )
-    end = first + blocks * PIXELS
-    pieces = []
-    if first > 0:
-        pieces.append(_copy_loop(loop_x, 0, first, kernels))
-    pieces.append(blocked)
-    if end < w:
-        pieces.append(_copy_loop(loop_x, end, w - end, kernels))
-    return tirx.For(
-        yy, loop_y.min, loop_y.extent, loop_y.kind, _seq(pieces), loop_y.thread_binding, loop_y.annotations
-    )
-
-
-def _copy_loop(loop: Any, start: int, extent: int, kernels: SparseKernels) -> Any:
-    dtype = str(loop.loop_var.ty)
-    var = tirx.Var(loop.loop_var.name, dtype)
-    body = _edges(fresh_buffers(fresh_variables(substitute(loop.body, loop.loop_var, var))), kernels)
-    return tirx.For(var, tirx.IntImm(dtype, start), tirx.IntImm(dtype, extent), loop.kind, body)
-
-
-def _seq(stmts: list[Any]) -> Any:
-    return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
-
-
 def rewrite_sparse(
     func: PrimFunc, *, wanted_attr: str, done: str, stored: str, kernels: SparseKernels
 ) -> PrimFunc:
@@ -276,6 +108,7 @@ def rewrite_sparse(
         return owners.get(buffer, buffer)
 
     rewritten: dict[Any, int] = {}
+    windows: dict[Any, set[tuple[int, int]]] = {}  # parameter -> the (kh, kw) of its runs calls
 
     def rewrite(call: Any) -> Any:
         if kernels.of_runs(extern_name(call)) is None:
@@ -287,6 +120,8 @@ def rewrite_sparse(
         assert load is not None  # _sparse_call matched it
         owner = owner_of(load.source)
         rewritten[owner] = rewritten.get(owner, 0) + 1
+        a = dict(zip(_RUNS_ARGS, call.args[1:], strict=True))
+        windows.setdefault(owner, set()).add((int(a["kh"]), int(a["kw"])))
         return sparse
 
     body = structural_map(func.body, (tvm.ir.Call, rewrite))
@@ -302,8 +137,23 @@ def rewrite_sparse(
     complete = {p for p in wanted if p in rewritten and reads.get(p, 0) == rewritten[p]}
     if not complete or complete != set(rewritten):
         return func.with_attr(done, True)  # some read was left dense: keep the dense kernel
-    # Four pixels at once where their windows lie inside (the interior of a layer by layer loop nest).
-    body = structural_map(body, (tirx.For, lambda loop: _pixel_blocks(loop, kernels) or loop))
+    # Four pixels per call in a layer by layer loop nest.
+    if kernels.anywhere:
+
+        def window_of(blob: Any) -> tuple[int, int] | None:
+            load = _pointer_load(blob)
+            found = windows.get(owner_of(load.source), set()) if load is not None else set()
+            return next(iter(found)) if len(found) == 1 else None
+
+        def blocks(loop: Any) -> Any:
+            return flat_blocks(loop, kernels.four_of, window_of) or loop
+
+    else:
+
+        def blocks(loop: Any) -> Any:
+            return row_blocks(loop, kernels.four_of, kernels.edge_of) or loop
+
+    body = structural_map(body, (tirx.For, blocks))
     return (
         func.with_body(body)
         .with_attr(done, True)
@@ -330,10 +180,15 @@ class SparseFilterlets:
         ``tvmmcu_sparse1p_blob_*(x, xsy, xsx, kw, &W[0], O, o, n, y0, y1, x0, x1, pad, acc)``: the
         parameter holds the CSR blob (``sparse_kernels.compress_blob``), channel ``o`` is the call's
         weight offset over ``kh * kw * n``; records ``tvmmcu.sparse_filterlets`` = {position: O} for
-        the compiler to store the blob. Then, in a ``for yy: for xx: for o`` nest whose windows lie
-        inside for a run of constant ``xx``, that run is taken four pixels at a time
-        (``tvmmcu_sparse4p_blob_*``, the epilogue once per pixel) in the rows whose windows lie inside
-        (tested per row), the rest through ``tvmmcu_sparse1p_edge_*`` (never inlined: little flash).
+        the compiler to store the blob. Then a ``for yy: for xx: for o`` nest (layer by layer) runs four
+        consecutive pixels of the flattened output per call (``sparse_pixel_blocks.flat_blocks``):
+        ``tvmmcu_sparse_setup`` once, per block ``tvmmcu_sparse_stage`` (a pointer per tap to the four
+        pixels' data: in place where they lie inside one pixel stride apart, else staged), per block
+        and channel ``tvmmcu_sparse4p_blob_*`` and the epilogue once per pixel; the ``H * W % 4`` last
+        pixels as a block repeating the last pixel (not stored). Scratch: the state
+        (``4 * (1 + kh * kw) + n`` bytes) and the stage buffer (``8 * kh * kw + 4 * kh * kw * ps``
+        bytes, ps the input bytes from one window to the next); HoistScratchToWorkspace moves both to
+        the arena.
     Declines when
         a read of the parameter is anything else or its offset is not provably a whole channel (then
         nothing changes and the weights stay dense), or the function carries ``tvmmcu.filterlets_done``.

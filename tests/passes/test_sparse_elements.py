@@ -85,7 +85,7 @@ def test_weights_marked_for_filterlets_are_not_its_own() -> None:
     marked = tvm.IRModule({"f": RunsExpected["f"].with_attr(FILTERLETS_WANTED, {1: 4})})
     after = SparseElements()(SparseFilterlets()(marked))
     assert ATTR_SPARSE not in after["f"].attrs
-    assert "tvmmcu_sparse1p_blob_s8s8" in after.script() and "esparse" not in after.script()
+    assert "tvmmcu_sparse4p_blob_s8s8" in after.script() and "esparse" not in after.script()
 
 
 def _dilated(mod: tvm.IRModule) -> tvm.IRModule:

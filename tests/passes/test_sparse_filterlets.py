@@ -33,36 +33,121 @@ class Expected:
         X_1 = T.decl_buffer((72,), "int8", data=X)
         W_1 = T.decl_buffer((288,), "int8", data=W)
         Y_1 = T.decl_buffer((36,), "int32", data=Y)
-        for yy, xx, ff in T.grid(3, 3, 4):
-            acc = T.alloc_buffer((1,), "int32")
-            acc[0] = 0
-            # The parameter holds the CSR blob; channel ff's filterlets, the same window.
-            acc[0] = T.call_extern(
+        # The layer's tap offsets and padding row; a pointer per tap and four staged pixels 8 bytes apart.
+        sparse_state = T.alloc_buffer((12,), "int32")
+        sparse_windows = T.alloc_buffer((360,), "uint8")
+        T.call_extern("int32", "tvmmcu_sparse_setup", T.address_of(sparse_state[0]), 3, 3, 24, 8, 8, -3)
+        # The 3x3 output's pixels 0-3 and 4-7 (blocks across rows: every tap staged).
+        for pb in range(2):
+            aligned: T.let[T.int32] = T.call_extern(
                 "int32",
-                "tvmmcu_sparse1p_blob_s8s8",
-                T.address_of(
-                    X_1[
-                        24 * (yy - 1)
-                        + 8 * (xx - 1)
-                        + T.min(T.max(0, 1 - yy), 3) * 24
-                        + T.min(T.max(0, 1 - xx), 3) * 8
-                    ]
+                "tvmmcu_sparse_stage",
+                T.address_of(sparse_windows[0]),
+                T.address_of(X_1[0]),
+                pb * 4 // 3 * 24 + pb % 3 * 8 - 32,
+                pb * 32 - 24,
+                pb * 32 - 16,
+                pb * 4 // 3 * 24 + pb % 3 * 8 - 8,
+                T.call_extern(
+                    "int32",
+                    "tvmmcu_sparse_inside",
+                    T.min(T.max(0, 1 - pb * 4 // 3), 3),
+                    T.min(T.max(4 - pb * 4 // 3, T.max(0, 1 - pb * 4 // 3)), 3),
+                    T.max(0, 1 - pb % 3),
+                    T.min(3, 4 - pb % 3),
+                    3,
                 ),
-                24,
+                T.call_extern(
+                    "int32",
+                    "tvmmcu_sparse_inside",
+                    T.min(T.max(0, 1 - (pb * 4 + 1) // 3), 3),
+                    T.min(T.max(4 - (pb * 4 + 1) // 3, T.max(0, 1 - (pb * 4 + 1) // 3)), 3),
+                    T.max(0, 1 - (pb * 4 + 1) % 3),
+                    T.min(3, 4 - (pb * 4 + 1) % 3),
+                    3,
+                ),
+                T.call_extern(
+                    "int32",
+                    "tvmmcu_sparse_inside",
+                    T.min(T.max(0, 1 - (pb * 4 + 2) // 3), 3),
+                    T.min(T.max(4 - (pb * 4 + 2) // 3, T.max(0, 1 - (pb * 4 + 2) // 3)), 3),
+                    T.max(0, 1 - (pb * 4 + 2) % 3),
+                    T.min(3, 4 - (pb * 4 + 2) % 3),
+                    3,
+                ),
+                T.call_extern(
+                    "int32",
+                    "tvmmcu_sparse_inside",
+                    T.min(T.max(0, 0 - pb * 4 // 3), 3),
+                    T.min(T.max(3 - pb * 4 // 3, T.max(0, 0 - pb * 4 // 3)), 3),
+                    T.max(0, 1 - pb % 3),
+                    T.min(3, 4 - pb % 3),
+                    3,
+                ),
+                T.address_of(sparse_state[0]),
+                9,
                 8,
-                3,
+                8,
+            )
+            for ff in range(4):
+                acc4 = T.alloc_buffer((4,), "int32")
+                acc4[0] = 0
+                acc4[1] = 0
+                acc4[2] = 0
+                acc4[3] = 0
+                T.call_extern(
+                    "int32",
+                    "tvmmcu_sparse4p_blob_s8s8",
+                    T.address_of(sparse_windows[0]),
+                    aligned,
+                    8,
+                    T.address_of(W_1[0]),
+                    4,
+                    ff,
+                    8,
+                    T.address_of(acc4[0]),
+                )
+                for p in T.unroll(4):
+                    Y_1[(pb * 4 + p) // 3 * 12 + (pb * 4 + p) % 3 * 4 + ff] = acc4[p]
+        # The last pixel (2, 2) as a block of four copies of it, its output stored once.
+        aligned: T.let[T.int32] = T.call_extern(
+            "int32",
+            "tvmmcu_sparse_stage",
+            T.address_of(sparse_windows[0]),
+            T.address_of(X_1[0]),
+            32,
+            32,
+            32,
+            32,
+            T.call_extern("int32", "tvmmcu_sparse_inside", 0, 2, 0, 2, 3),
+            T.call_extern("int32", "tvmmcu_sparse_inside", 0, 2, 0, 2, 3),
+            T.call_extern("int32", "tvmmcu_sparse_inside", 0, 2, 0, 2, 3),
+            T.call_extern("int32", "tvmmcu_sparse_inside", 0, 2, 0, 2, 3),
+            T.address_of(sparse_state[0]),
+            9,
+            8,
+            8,
+        )
+        for ff in range(4):
+            acc4 = T.alloc_buffer((4,), "int32")
+            acc4[0] = 0
+            acc4[1] = 0
+            acc4[2] = 0
+            acc4[3] = 0
+            T.call_extern(
+                "int32",
+                "tvmmcu_sparse4p_blob_s8s8",
+                T.address_of(sparse_windows[0]),
+                aligned,
+                8,
                 T.address_of(W_1[0]),
                 4,
                 ff,
                 8,
-                T.min(T.max(0, 1 - yy), 3),
-                T.max(T.min(3, 4 - yy), T.min(T.max(0, 1 - yy), 3)),
-                T.min(T.max(0, 1 - xx), 3),
-                T.max(T.min(3, 4 - xx), T.min(T.max(0, 1 - xx), 3)),
-                -3,
-                acc[0],
+                T.address_of(acc4[0]),
             )
-            Y_1[yy * 12 + xx * 4 + ff] = acc[0]
+            for p in T.unroll(1):
+                Y_1[T.min(p + 8, 8) // 3 * 12 + T.min(p + 8, 8) % 3 * 4 + ff] = acc4[p]
 
 
 def test_runs_over_sparse_weights_visit_the_kept_filterlets() -> None:
@@ -84,3 +169,45 @@ def test_a_parameter_read_otherwise_stays_dense() -> None:
 
 def test_idempotent_and_input_untouched() -> None:
     assert_idempotent_and_pure(SparseFilterlets(), _wanted(RunsExpected, {1: 4}))
+
+
+@I.ir_module
+class OneRowOfThree:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr({"global_symbol": "f", "tvmmcu.dot_kernels": True})
+        X_1 = T.decl_buffer((72,), "int8", data=X)
+        W_1 = T.decl_buffer((288,), "int8", data=W)
+        Y_1 = T.decl_buffer((12,), "int32", data=Y)
+        for yy, xx, ff in T.grid(1, 3, 4):
+            acc = T.alloc_buffer((1,), "int32")
+            acc[0] = 0
+            acc[0] = T.call_extern(
+                "int32",
+                "tvmmcu_dot_runs_s8s8",
+                T.address_of(X_1[24 * (yy - 1) + 8 * (xx - 1) + T.min(T.max(0, 1 - xx), 3) * 8 + 24]),
+                24,
+                8,
+                T.address_of(W_1[ff * 72]),
+                24,
+                8,
+                3,
+                3,
+                8,
+                1,
+                3,
+                T.min(T.max(0, 1 - xx), 3),
+                T.max(T.min(3, 4 - xx), T.min(T.max(0, 1 - xx), 3)),
+                -3,
+                acc[0],
+            )
+            Y_1[xx * 4 + ff] = acc[0]
+
+
+def test_fewer_than_four_pixels_stay_one_at_a_time() -> None:
+    """Declines the blocks (not the sparse calls) when the output has no block of four pixels."""
+    after = SparseFilterlets()(_wanted(OneRowOfThree, {1: 4}))
+    script = after.script()
+    assert "tvmmcu_sparse1p_blob_s8s8" in script
+    assert "tvmmcu_sparse4p" not in script and "tvmmcu_sparse_stage" not in script
+    assert dict(after["f"].attrs[ATTR_SPARSE]) == {1: 4}

@@ -127,10 +127,30 @@ static inline int32_t tvmmcu_fp_round_even(int64_t value, int32_t total) {
   return q > INT32_MAX ? INT32_MAX : (q < INT32_MIN ? INT32_MIN : (int32_t)q);
 }
 
+/* tvmmcu_fp_round_even out of line: tvmmcu_fp_mbqm_even's uncommon case (a scale of 1/2 or more), called
+ * from every requantisation site without a copy at each. */
+#if defined(__GNUC__)
+__attribute__((noinline, unused))
+#endif
+static int32_t tvmmcu_fp_round_even_call(int64_t value, int32_t total) {
+  return tvmmcu_fp_round_even(value, total);
+}
+
 /* x * multiplier * 2**(shift - 31) with one rounding, half to even: the ONNX (float) semantics of a
  * requantisation, exact up to the multiplier's 31-bit precision. */
 static inline int32_t tvmmcu_fp_mbqm_even(int32_t x, int32_t multiplier, int32_t shift) {
-  return tvmmcu_fp_round_even((int64_t)x * multiplier, 31 - shift);
+  const int64_t value = (int64_t)x * multiplier;
+  const int32_t total = 31 - shift;
+  if (total >= 32 && total <= 63) {
+    /* The common case (a scale below 1/2) in 32-bit steps: floor(value / 2**total) is the high word
+     * shifted right by t, and adding 2**(total - 1) - 1 plus that floor's lowest bit before the floor
+     * rounds half to even (|value| <= 2**62: the sum does not overflow, the result fits int32). */
+    const int32_t t = total - 32;
+    const int32_t q = (int32_t)(value >> 32) >> t;
+    const uint64_t bias = ((uint64_t)((uint32_t)1 << t) << 31) - 1u + (uint32_t)(q & 1);
+    return (int32_t)((int64_t)((uint64_t)value + bias) >> 32) >> t;
+  }
+  return tvmmcu_fp_round_even_call(value, total);
 }
 
 /* numerator / denominator (denominator > 0) rounded half to even. */

@@ -1,0 +1,97 @@
+"""Filterlet-sparse convolutions four pixels at a time, border and odd maps included, bit-exact with
+onnxruntime under every schedule on a core with the DSP extension and one without.
+
+The model is PyTorch's, its 3x3 convolutions pruned by ``torch.nn.utils.prune`` with a filterlet mask
+and quantised by ONNX Runtime (QDQ, per-channel int8 weights, int8 or uint8 activations), compiled
+channels-last. Its maps are odd (9x9 -> 5x5, 14x14 -> 7x7: blocks of four pixels across two rows and a
+pixel or more left over), with input channels not a multiple of 8 (12, 20: the kernels' portable path)
+and of 8 (16: the SIMD one), and a strided one (every block staged). A dilated convolution, pruned too,
+stays dense: its taps are not runs of the window (no ``tvmmcu_dot_runs_*`` call for SparseFilterlets).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.zoo.ort_quantized import ort_quantize
+from tvm_mcu import api, compiler
+from tvm_mcu.frontend import load_model
+
+pytestmark = pytest.mark.emulator
+
+KEEP = 0.4  # the fraction of filterlets the mask keeps
+
+
+def _pruned_qdq(directory: Path, size: int, activations: str) -> Path:
+    import torch
+    from torch import nn
+    from torch.nn.utils import prune
+
+    torch.manual_seed(size)
+    model = nn.Sequential(
+        nn.Conv2d(3, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(12, 20, 3, padding=1),  # 12 input channels: not a multiple of 8
+        nn.ReLU(),
+        nn.Conv2d(20, 16, 3, padding=2, dilation=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1),  # size -> (size + 1) // 2
+        nn.ReLU(),
+        nn.Conv2d(16, 24, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    ).eval()
+    rng = np.random.default_rng(size)
+    for conv in (model[2], model[4], model[6], model[8]):
+        o, i, kh, kw = conv.weight.shape
+        keep = rng.random((o, 1, kh, kw)) < KEEP
+        keep[0, 0, 0, 0] = True  # no convolution loses every filterlet
+        mask = torch.tensor(np.broadcast_to(keep, (o, i, kh, kw)).astype(np.float32))
+        prune.custom_from_mask(conv, "weight", mask)
+        prune.remove(conv, "weight")
+    float_path = directory / "pruned_float.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, size, size),),
+        str(float_path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamo=False,
+    )
+    return ort_quantize(onnx.load(str(float_path)), directory / "pruned_qdq.onnx", activations=activations)
+
+
+@pytest.mark.parametrize(
+    ("size", "activations"), [(9, "int8"), (14, "uint8")], ids=["9x9-int8", "14x14-uint8"]
+)
+def test_blocks_of_four_pixels_are_bit_exact_under_every_schedule(
+    size: int, activations: str, tmp_path: Path
+) -> None:
+    path = _pruned_qdq(tmp_path, size, activations)
+    model = load_model(path)
+    labels = [
+        c.label for c in compiler.plan_schedules(model.mod, model_name=model.name, convert=True).candidates
+    ]
+    assert len(labels) >= 2
+    kind = "s8s8" if activations == "int8" else "u8s8"
+    for k, label in enumerate(labels):
+        for board in ("mps2-an386", "mps2-an385") if k == 0 else ("mps2-an386",):
+            out = tmp_path / f"{k}_{board}"
+            v = api.verify(path, board, out, seed=k, schedule=label, channels_last=True)
+            assert v.passed and v.report.max_abs_error == 0.0, (label, board, v.report.worst_difference)
+            assert v.report.library_warnings == (), v.report.library_warnings
+            source = (out / "model.c").read_text()
+            assert source.count("filterlets kept (CSR)") == 3, label  # all but the dilated one
+            if label == "layer by layer":
+                # Every sparse convolution four pixels per call (a last block for the H * W % 4 pixels
+                # left), no pixel through the one-pixel kernel.
+                blocks = source.count(f"tvmmcu_sparse4p_blob_{kind}(")
+                assert blocks >= 4 and source.count("tvmmcu_sparse_stage(") == blocks, label
+                assert "tvmmcu_sparse1p" not in source, label
+    assert "layer by layer" in labels
