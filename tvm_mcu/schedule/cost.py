@@ -29,12 +29,12 @@ A convolution layer alone, for pruning's per-layer pricing (:mod:`tvm_mcu.analys
 per multiply-accumulate plus a fixed part per output (the call, the accumulators' set-up, the
 requantising epilogue). Fitted (least squares) to the per-layer table of docs/BENCHMARKS.md ("Sparse
 layers of real networks": the Fashion-MNIST CNN's and a ResNet-8's 3x3 convolutions, layer by layer on
-mps2-an386, 24 sparse and 24 dense measurements, each within 16 % of the fit):
+mps2-an386, 24 sparse and 24 dense measurements):
 
-- dense (the SIMD kernels): 1.32 per MAC and 79 per output;
-- filterlet CSR: 2.70 per kept MAC and 59 per output (its border pixels go through a one-pixel
-  kernel: the table's sparse / (s x dense) is 1.8 to 3.3);
-- element CSR: about 4.5 per kept MAC (3.8-4.9 measured on its bench), the same 59 per output.
+- dense (the SIMD kernels): 1.32 per MAC and 52 per output (every layer within 0.5 %);
+- filterlet CSR (the four-pixel kernel, borders included): 1.41 per kept MAC and 36 per output
+  (within 7 %);
+- element CSR: about 4.5 per kept MAC (3.8-4.9 measured on its bench), 36 per output.
 
 Pruning prices a candidate's instructions with these, as it prices its flash and MACs by counting;
 reports give QEMU's counts.
@@ -97,10 +97,10 @@ class LayerCosts:
 
 # int8 convolution layers, dense and in each sparse format (keyed by the pruning unit whose zeros the
 # format skips: tvm_mcu.analysis.sparsity's granularities); the MACs of a sparse one are its kept ones.
-CONV_INT8 = LayerCosts(per_mac=1.32, per_output=79.0)
+CONV_INT8 = LayerCosts(per_mac=1.32, per_output=52.0)
 SPARSE = {
-    "filterlet": LayerCosts(per_mac=2.70, per_output=59.0),
-    "unstructured": LayerCosts(per_mac=4.5, per_output=59.0),
+    "filterlet": LayerCosts(per_mac=1.41, per_output=36.0),
+    "unstructured": LayerCosts(per_mac=4.5, per_output=36.0),
 }
 
 
