@@ -63,6 +63,10 @@ class Budget:
     sram: int | None = None
     flash: int | None = None
     macs: int | None = None
+    # The weights as the compiler stores them (Report.stored_weights_bytes: dense, blocked or sparse),
+    # apart from the code: a budget in flash has the code and runtime as a floor that a deep cut of the
+    # weights cannot go under, this one is the weights alone.
+    weights: int | None = None
 
 
 _PART_NAMES = {"export": "writing ONNX", "train": "training", "int8": "the int8 build"}
@@ -100,13 +104,16 @@ def _where(op: str, nodes: list[str]) -> str:
 
 
 def parse_budget(text: str) -> Budget:
-    """``"sram=24KiB,flash=64KiB,macs=2M"`` (any subset) -> Budget; MACs take k/M/G (powers of 1000)."""
+    """``"sram=24KiB,flash=64KiB,macs=2M,weights=8KiB"`` (any subset) -> Budget; MACs take k/M/G (powers
+    of 1000); ``weights`` are the stored weight bytes (:class:`Budget`)."""
     values: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
         key = key.strip().lower()
-        if key not in ("sram", "flash", "macs") or not value:
-            raise BadOptionError(f"cannot read budget {part!r}: write e.g. sram=24KiB,flash=64KiB,macs=2M")
+        if key not in ("sram", "flash", "macs", "weights") or not value:
+            raise BadOptionError(
+                f"cannot read budget {part!r}: write e.g. sram=24KiB,flash=64KiB,macs=2M,weights=8KiB"
+            )
         if key in values:
             raise BadOptionError(f"budget {key} given twice")
         try:
@@ -114,7 +121,7 @@ def parse_budget(text: str) -> Budget:
         except ValueError as exc:
             raise BadOptionError(f"budget {key}: {exc}") from exc
     if not values:
-        raise BadOptionError("empty budget: give at least one of sram=, flash=, macs=")
+        raise BadOptionError("empty budget: give at least one of sram=, flash=, macs=, weights=")
     return Budget(**values)
 
 
@@ -134,6 +141,7 @@ class Resources:
     macs: int
     schedule: str
     bottleneck: str = ""  # the largest activation of the compiled graph ("a conv2d output of 900 B")
+    weights: int = 0  # the weights as stored (Report.stored_weights_bytes), part of ``flash``
 
     def excess(self, budget: Budget) -> list[tuple[str, int, int]]:
         """(resource, value, limit) for each budget exceeded."""
@@ -141,6 +149,7 @@ class Resources:
             ("sram", self.sram, budget.sram),
             ("flash", self.flash, budget.flash),
             ("macs", self.macs, budget.macs),
+            ("weights", self.weights, budget.weights),
         )
         return [(k, v, lim) for k, v, lim in pairs if lim is not None and v > lim]
 
@@ -173,6 +182,7 @@ class PruneResult:
     sparsity: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     # Sparse granularities: the written model as the compiler builds it today (see prune_sparse).
     measured: Resources | None = None
+    channels_last: bool = False  # every figure compiled channels-last (sparse: measured, not counted)
 
     @property
     def unit(self) -> str:
@@ -192,7 +202,10 @@ def result_json(result: PruneResult, budget: Budget) -> dict[str, object]:
         "before": attrs.asdict(result.before),
         "after": attrs.asdict(result.after),
         # Which figures "after" holds: flash and MACs counted in the compact formats, or all measured.
-        "after_figures": "counted flash and MACs, measured SRAM" if sparse else "measured",
+        "after_figures": "counted flash and MACs, measured SRAM"
+        if sparse and not result.channels_last
+        else "measured",
+        "channels_last": result.channels_last,
         "measured": attrs.asdict(result.measured) if result.measured else None,
         "widths": {k: list(v) for k, v in result.widths.items()},
         "sparsity": {
@@ -246,16 +259,25 @@ def measure(
     int8: bool,
     tag: str,
     sram_budget: int | None = None,
+    channels_last: bool = False,
 ) -> Resources:
     """Export ``mod`` to ONNX, quantise it (int8), compile and build it for ``board``; the figures.
 
     With ``sram_budget`` the compiler takes the fastest schedule that fits it, as ``tvm-mcu compile
     --sram-budget`` would (without, it may prefer a faster schedule that needs more SRAM); when none
-    fits, the figures of its default choice.
+    fits, the figures of its default choice. ``channels_last``: compiled NHWC (``compile
+    --channels-last``), where the compiler stores convolution weights with zeros sparse (filterlet or
+    element CSR), so flash, stored weights and MACs are those of the sparse storage; NCHW (the
+    default) stores every weight dense.
     """
     path = resource_model.deployable(mod, imported, workdir, int8=int8, tag=tag)
     compiled = api.compile_model(
-        path, board, workdir / f"{tag}_build", sram_budget=sram_budget, strict_budget=False
+        path,
+        board,
+        workdir / f"{tag}_build",
+        sram_budget=sram_budget,
+        strict_budget=False,
+        channels_last=channels_last,
     )
     r = compiled.report
     biggest = max(r.ops, key=lambda o: o.output_bytes, default=None)
@@ -265,6 +287,7 @@ def measure(
         r.macs,
         r.schedule,
         f"a {biggest.kind} output of {biggest.output_bytes} B" if biggest else "",
+        r.stored_weights_bytes,
     )
 
 
@@ -281,10 +304,18 @@ class _Job:
     distill: bool = False
     sram_budget: int | None = None  # compile for it (the schedule a deployment with the budget gets)
     seed: int = 0  # of every training run (sample order, initial state): a run is repeatable
+    channels_last: bool = False  # compile NHWC, sparse weights stored sparse (measure)
 
     def measure(self, mod: _tvm.IRModule, tag: str) -> Resources:
         return measure(
-            mod, self.imported, self.board, self.work, int8=self.int8, tag=tag, sram_budget=self.sram_budget
+            mod,
+            self.imported,
+            self.board,
+            self.work,
+            int8=self.int8,
+            tag=tag,
+            sram_budget=self.sram_budget,
+            channels_last=self.channels_last,
         )
 
 
@@ -312,6 +343,7 @@ def prune_model(
     seed: int = 0,
     granularity: str = "channel",
     importance: str | None = None,
+    channels_last: bool = False,
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
@@ -326,6 +358,9 @@ def prune_model(
     "unstructured" ranked by ``importance`` ("taylor", the default with ``data``; "magnitude");
     :func:`tvm_mcu.prune_sparse.check_options` refuses a method with a sparse granularity and an
     importance with channels.
+    ``channels_last``: every candidate is compiled NHWC (``compile --channels-last``), as the model is
+    then to be deployed; sparse granularities are then held to the measured flash of the compiler's
+    sparse storage rather than to counted figures (:func:`tvm_mcu.prune_sparse.candidate_figures`).
     """
     from tvm_mcu.prune_sparse import check_options
 
@@ -352,7 +387,7 @@ def prune_model(
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        job = _Job(mod, plan, imported, board, work, int8, distill, budget.sram, seed)
+        job = _Job(mod, plan, imported, board, work, int8, distill, budget.sram, seed, channels_last)
         before = job.measure(mod, "original")
         training: Training | None = None
         sparse = None
@@ -378,7 +413,7 @@ def prune_model(
             _narrowest(job, budget)
             if method == "diff":
                 keep, best, after, training = _diff(
-                    job, budget, data or "", epochs, train_limit, sram_model, progress, resources
+                    job, budget, before, data or "", epochs, train_limit, sram_model, progress, resources
                 )
             else:
                 keep, best, after = _bisect(job, budget, method, search_steps)
@@ -388,7 +423,7 @@ def prune_model(
     Path(out_path).write_bytes(model.SerializeToString())
     widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
     if granularity == "channel":
-        return PruneResult(keep, plan, before, after, method, widths, training)
+        return PruneResult(keep, plan, before, after, method, widths, training, channels_last=channels_last)
     return PruneResult(
         keep,
         plan,
@@ -401,6 +436,7 @@ def prune_model(
         importance,
         sparse.sparsity if sparse else {},
         sparse.measured if sparse else after,
+        channels_last,
     )
 
 
@@ -455,6 +491,7 @@ FIT_TOLERANCE = 0.05
 def _diff(
     job: _Job,
     budget: Budget,
+    before: Resources,
     data: str,
     epochs: int,
     limit: int | None,
@@ -484,7 +521,7 @@ def _diff(
         )
     # Candidates are compiled with the SRAM budget (see _Job.measure): model that choice.
     model = resources.restricted(sram_model).within(budget.sram)
-    limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None}
+    limits = _model_limits(budget, before, model)
     ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
     module = RelaxModule(mod)
     acc_before, teacher = _teacher(job, ds)
@@ -525,6 +562,18 @@ def _diff(
     return keep, pruned, after, training
 
 
+def _model_limits(budget: Budget, before: Resources, model: resource_model.ResourceModel) -> dict[str, float]:
+    """The budget as the resource model's targets (sram, flash, macs). The model prices flash, weights
+    and code together: a stored-weights budget becomes the flash target the model predicts at full
+    width less the weight bytes to remove (channel pruning stores dense weights and leaves the code
+    about as it is); the compiled figures are checked against the real budget (``_fit_compiled``)."""
+    limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None and k != "weights"}
+    if budget.weights is not None:
+        flash = float(model.flash(model.full)) - (before.weights - budget.weights)
+        limits["flash"] = min(limits.get("flash", flash), flash)
+    return limits
+
+
 def _fit_compiled(
     job: _Job,
     budget: Budget,
@@ -548,7 +597,9 @@ def _fit_compiled(
         if attempt:
             gates.theta.data.copy_(theta)
             gates.alive.copy_(alive)
-            target = {r: v * (scale if r in missed else 1.0) for r, v in limits.items()}
+            # A missed stored-weights budget tightens the flash target it was translated to.
+            tight = {"flash" if r == "weights" else r for r in missed}
+            target = {r: v * (scale if r in tight else 1.0) for r, v in limits.items()}
             remove_to(gates, model, target)
             fill_to(gates, model, target)
         keep = gates.keep()
