@@ -1,0 +1,119 @@
+"""The pruning curves' code paths: a stored-weights budget, the sparse search measured channels-last
+(the written model compiles to the figures the search held), the curves section on a tiny model, and
+the done-when claims computed from rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+
+from tests.prune_helpers import digits_cnn
+from tvm_mcu import api
+from tvm_mcu.prune import Budget, Resources, parse_budget, prune_model
+from tvm_mcu.ptq import quantize_onnx
+
+BOARD = "mps2-an386"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def test_a_weights_budget_is_parsed_and_held() -> None:
+    assert parse_budget("weights=2KiB") == Budget(weights=2048)
+    r = Resources(100, 5000, 10, "s", "", weights=3000)
+    assert r.excess(Budget(weights=2048)) == [("weights", 3000, 2048)]
+    assert r.excess(Budget(weights=3000)) == []
+
+
+@pytest.mark.parametrize("granularity", ["filterlet", "unstructured"], ids=["filterlet", "unstructured"])
+def test_sparse_search_measured_channels_last_meets_a_weights_budget(
+    granularity: str, tmp_path: Path
+) -> None:
+    model = digits_cnn(tmp_path / "model.onnx")
+    full = prune_model(
+        model,
+        board=BOARD,
+        budget=Budget(weights=10**9),
+        out_path=tmp_path / "same.onnx",
+        granularity=granularity,
+        channels_last=True,
+    )
+    # Half of conv2's int8 weights (16 x 8 x 3 x 3) below the original's stored weights.
+    budget = Budget(weights=full.before.weights - 16 * 8 * 9 // 2)
+    out = tmp_path / "pruned.onnx"
+    result = prune_model(
+        model,
+        board=BOARD,
+        budget=budget,
+        out_path=out,
+        granularity=granularity,
+        importance="magnitude",
+        channels_last=True,
+    )
+    assert budget.weights is not None
+    assert result.channels_last
+    # Measured, not counted: the figures held are the written model's as compiled channels-last, but
+    # for the MACs (the report counts them dense; the sparse kernels visit the kept weights).
+    assert result.measured is not None
+    assert attrs.evolve(result.after, macs=result.measured.macs) == result.measured
+    assert result.after.macs < result.measured.macs
+    assert result.after.weights <= budget.weights < result.before.weights
+    assert result.after.flash < result.before.flash
+    # Compiled again from the written file: the stored weights are what the search measured.
+    rng = __import__("numpy").random.default_rng(0)
+    q = tmp_path / "q.onnx"
+    quantize_onnx(out, {"x": rng.standard_normal((8, 1, 8, 8)).astype("float32")}, q)
+    report = api.compile_model(q, BOARD, tmp_path / "build", channels_last=True).report
+    assert report.stored_weights_bytes == result.after.weights
+    assert any("CSR" in op.weights_format for op in report.ops)
+
+
+def _point(g: str, k: int, acc: float, instructions: int) -> object:
+    from prune_bench import Deployed
+    from prune_curves import Point
+
+    return Point(g, k, 1000 // max(k, 1), Deployed(0.9, acc, 1, 2, 3, instructions, "s", 4, 300), 0.0, 0.0, 3)
+
+
+def test_claims_are_computed_from_the_rows() -> None:
+    from prune_curves import claims
+
+    rows = [
+        _point(g, k, acc, n)
+        for k in (4, 8, 16, 32)
+        for g, acc, n in (
+            ("channel", 0.80, 50),
+            ("mixed", 0.82, 40),
+            ("filterlet", 0.7, 30),
+            ("unstructured", 0.9, 35),
+        )
+    ]
+    text = "\n".join(claims(rows))  # type: ignore[arg-type]
+    assert "every budget: **holds**" in text
+    assert "1 point better than channel at 1/16 and 1/32: **holds**" in text
+    assert "filterlet needs fewer instructions than unstructured at every budget: **holds**" in text
+    assert "mixed needs fewer instructions than unstructured at every budget: **does not hold**" in text
+    # Mixed 0.5 point better only at 1/32: the margin claim fails there.
+    rows[-3] = _point("mixed", 32, 0.805, 40)
+    assert "1/16 and 1/32: **does not hold**" in "\n".join(claims(rows))  # type: ignore[arg-type]
+
+
+@pytest.mark.emulator
+def test_curves_section_on_a_tiny_model(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from prune_curves import CURVES_HEADING, CurveModel, curves_section
+
+    model = digits_cnn(tmp_path / "digits_cnn.onnx")
+    m = CurveModel("digits CNN", model, 1, 200, 20, 2, data="digits")
+    emitted: list[list[str]] = []
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    lines = curves_section(tmp_path / "work", docs, models=[m], fractions=(2,), emit=emitted.append)
+    assert lines[1] == CURVES_HEADING
+    rows = [line for line in lines if line.startswith("| digits CNN |")]
+    assert len(rows) == 5, rows  # the original and four granularities at 1/2
+    assert len(emitted) >= 5  # a row at a time
+    assert (docs / "pruning_curves_digits_cnn_weights.png").stat().st_size > 1000
+    assert (docs / "pruning_curves_digits_cnn_instructions.png").is_file()
+    assert any("mixed at least as accurate" in line for line in lines)
