@@ -392,8 +392,9 @@ def _sites(job: _Job, mod: _tvm.IRModule, unit: str) -> tuple[WeightSite, ...]:
 
     Compiled channels-last, only those the compiler can store sparse
     (:func:`tvm_mcu.compiler.may_store_sparse`): zeros elsewhere save no flash and cost accuracy (on
-    the Fashion-MNIST CNN at 1/4 of its weights, the global ranking took about 3/4 of the first
-    convolution's filterlets, which the compiler stores dense: 0.52 float accuracy after fine-tuning).
+    the Fashion-MNIST CNN at 1/4 of its weights, the global Taylor ranking zeroed 232 of the first
+    convolution's 288 filterlets, which the compiler stores dense: 0.52 float accuracy after 2 epochs
+    of fine-tuning on 10,000 images, against 0.70 for channel pruning).
     Counted, every site is priced compact (module docstring), so every site is pruned.
     """
     from tvm_mcu.compiler import may_store_sparse
