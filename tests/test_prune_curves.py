@@ -12,6 +12,7 @@ import pytest
 
 from tests.prune_helpers import digits_cnn
 from tvm_mcu import api
+from tvm_mcu.errors import BudgetError
 from tvm_mcu.prune import Budget, Resources, parse_budget, prune_model
 from tvm_mcu.ptq import quantize_onnx
 
@@ -117,3 +118,52 @@ def test_curves_section_on_a_tiny_model(tmp_path: Path) -> None:
     assert (docs / "pruning_curves_digits_cnn_weights.png").stat().st_size > 1000
     assert (docs / "pruning_curves_digits_cnn_instructions.png").is_file()
     assert any("mixed at least as accurate" in line for line in lines)
+
+
+def _pointwise_cnn(path: Path) -> Path:
+    """conv 3x3 (1 -> 8), Relu, conv 1x1 (8 -> 16), Relu, global pool, Gemm to 10 on 8x8 inputs: no
+    weight the compiler stores sparse (one input channel; a 1x1 window). Seeded."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="pointwise"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pointwise_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [init("w1", 8, 1, 3, 3), init("w2", 16, 8, 1, 1), init("wf", 10, 16)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_mixed_with_nothing_stored_sparse_prunes_channels_only(tmp_path: Path) -> None:
+    model = _pointwise_cnn(tmp_path / "model.onnx")
+    kwargs = {"board": BOARD, "granularity": "mixed", "importance": "magnitude", "channels_last": True}
+    full = prune_model(model, budget=Budget(weights=10**9), out_path=tmp_path / "same.onnx", **kwargs)  # type: ignore[arg-type]
+    budget = Budget(weights=full.before.weights * 2 // 3)
+    result = prune_model(model, budget=budget, out_path=tmp_path / "p.onnx", search_steps=4, **kwargs)  # type: ignore[arg-type]
+    assert result.sparsity == {}
+    assert any(kept < of for kept, of in result.widths.values())
+    assert budget.weights is not None and result.after.weights <= budget.weights
+    # Filterlets alone have nothing to zero here: refused, naming what the compiler stores sparse.
+    with pytest.raises(BudgetError, match="store sparse"):
+        prune_model(
+            model, budget=budget, out_path=tmp_path / "f.onnx", **{**kwargs, "granularity": "filterlet"}
+        )  # type: ignore[arg-type]

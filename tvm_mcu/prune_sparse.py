@@ -337,11 +337,20 @@ def prune_sparse(
             "prune channels (--granularity mixed or channel)"
         )
     sites = _sites(job, mod, unit)
+    if not sites and granularity == "mixed" and not dense.excess(budget):
+        # No weight left to zero (none the compiler stores sparse): the channels met the budget alone.
+        training = None
+        if epochs:
+            mod, training = _fine_tune(job, mod, data, epochs, limit)
+        measured = job.measure(mod, "result")
+        return SparseOutcome(keep, mod, measured, measured, {}, {}, training)
     if not sites:
+        stored = " that the compiler can store sparse (several taps, 8 or more input channels)"
         raise BudgetError(
             f"{job.imported.name} misses its budget ({_describe(before.excess(budget))}) and has no "
-            "convolution with filterlets (kh * kw > 1, groups 1) to prune: try --granularity "
-            "unstructured or channel"
+            f"convolution with {'filterlets' if unit == 'filterlet' else 'weights'}"
+            f"{stored if job.channels_last else ' (kh * kw > 1, groups 1)'} to prune: try --granularity "
+            f"{'mixed or channel' if job.channels_last else 'unstructured or channel'}"
         )
     deepest = candidate_figures(job, dense, mod, sites, _deepest(sites, unit), unit, "deepest")
     if deepest.excess(budget):
