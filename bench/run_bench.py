@@ -32,7 +32,7 @@ from kernels import (  # noqa: E402
     schedules_section,
 )
 from prune_bench import METHODS_HEADING, PRUNING_HEADING, methods_section, resource_model_section  # noqa: E402
-from prune_curves import CURVES_HEADING, curves_section  # noqa: E402
+from prune_curves import CURVES_HEADING, curve_models, curves_section  # noqa: E402
 from robustness import FUZZ_HEADING, ORT_HEADING, fuzz_section, ort_section  # noqa: E402
 from sparse import SPARSE_HEADING, sparse_section  # noqa: E402
 
@@ -40,6 +40,7 @@ from sparse import SPARSE_HEADING, sparse_section  # noqa: E402
 PRUNING_DOC = "BENCHMARKS_PRUNING.md"
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
 SHARED_MODELS = ROOT.parent / "shared" / "models"
 BOARDS = ("mps2-an386", "mps2-an500", "lm3s6965evb")
 
@@ -576,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         "docs/BENCHMARKS_PRUNING.md and PNG plots in docs/; the section is rewritten after every row",
     )
     p.add_argument(
+        "--curves-models",
+        help="with --pruning-curves: only these models, by file stem, comma-separated "
+        "(fashion_cnn_wide, mobilenetv2_fashion); default both",
+    )
+    p.add_argument(
         "--compile-time",
         action="store_true",
         help="instead, measure only the compile time against depth and rewrite that section of the "
@@ -590,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pruning_methods or args.pruning_curves:
         target = Path(args.out or ROOT / "docs" / PRUNING_DOC)
         status = pruning_methods(target) if args.pruning_methods else 0
-        return status or (pruning_curves(target) if args.pruning_curves else 0)
+        stems = args.curves_models.split(",") if args.curves_models else None
+        return status or (pruning_curves(target, stems) if args.pruning_curves else 0)
     out = Path(args.out or ROOT / "docs" / "BENCHMARKS.md")
     only = "compile-time" if args.compile_time else args.only
     if only:
@@ -659,14 +666,16 @@ def pruning_methods(out: Path) -> int:
     return 0
 
 
-def pruning_curves(out: Path) -> int:
-    """``make bench-prune``: the pruning curves, their section of ``out`` and their plots (next to it)."""
+def pruning_curves(out: Path, stems: list[str] | None = None) -> int:
+    """``make bench-prune``: the pruning curves, their section of ``out`` and their plots (next to it);
+    ``stems``: only these models."""
 
     def emit(lines: list[str], *, done: bool = False) -> None:
         _write_section(out, CURVES_HEADING, lines, done=done)
 
     with tempfile.TemporaryDirectory() as tmp:
-        emit(curves_section(Path(tmp), out.parent, emit=emit), done=True)
+        models = [m for m in curve_models(BENCH) if stems is None or m.path.stem in stems]
+        emit(curves_section(Path(tmp), out.parent, models=models, emit=emit), done=True)
     print(f"wrote the curves section of {out}")
     return 0
 
