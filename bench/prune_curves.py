@@ -135,10 +135,17 @@ def plot(points: list[Point], label: str, stem: str, docs: Path) -> list[str]:
         ("instructions", lambda d: d.instructions, "instructions per inference (QEMU)"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        for g, _ in GRANULARITIES:
+        # Distinct markers: filterlet and mixed coincide where mixed cuts no channel.
+        for (g, _), marker, size in zip(GRANULARITIES, "osD^", (6, 11, 6, 6), strict=True):
             line = sorted((x_of(p.deployed), p.deployed.int8_acc) for p in points if p.granularity == g)
             if line:
-                ax.plot(*zip(*line, strict=True), marker="o", label=g)
+                ax.plot(
+                    *zip(*line, strict=True),
+                    marker=marker,
+                    markersize=size,
+                    label=g,
+                    zorder=3 if g == "mixed" else 2,
+                )
         for p in points:
             if p.k == 0:
                 ax.plot(x_of(p.deployed), p.deployed.int8_acc, "k*", markersize=10, label="original")
