@@ -55,7 +55,7 @@ bench: setup
 
 # The pruning methods comparison, docs/BENCHMARKS_PRUNING.md (trains dozens of models: hours).
 bench-prune: setup
-	$(PY) bench/run_bench.py --pruning-methods
+	$(PY) bench/run_bench.py --pruning-methods --pruning-curves
 	$(PY) bench/run_bench.py --pruning-schedulers
 
 # Compile time against depth alone (MobileNetV1-style networks of 4 to 32 blocks): rewrites that section

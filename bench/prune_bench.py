@@ -109,6 +109,7 @@ if __name__ == "__main__":
 # ------------------------------------------------------------------------------------------------------
 # Methods at fractions of the int8 peak SRAM: accuracy (float; int8 on QEMU), SRAM, flash, MACs,
 # instructions, training time.
+METHODS_HEADING = "## Pruning: methods at fractions of the int8 peak SRAM"
 
 QEMU_IMAGES = 300
 PLAIN_EPOCHS = 3  # epochs of plain training timed for the overhead of pruning while training
@@ -124,6 +125,8 @@ class Deployed:
     macs: int
     instructions: int
     schedule: str
+    weights: int = 0  # stored weight bytes (Report.stored_weights_bytes)
+    images: int = QEMU_IMAGES  # the test images run on QEMU
 
 
 def float_accuracy(path: Path, ds: Any) -> float:
@@ -135,8 +138,17 @@ def float_accuracy(path: Path, ds: Any) -> float:
     return evaluate(RelaxModule(mod), ds.x_test, ds.y_test)
 
 
-def deploy(path: Path, ds: Any, work: Path, sram_budget: int | None = None) -> Deployed:
-    """Float accuracy on the whole test split; PTQ on real training images; int8 on QEMU."""
+def deploy(
+    path: Path,
+    ds: Any,
+    work: Path,
+    sram_budget: int | None = None,
+    *,
+    channels_last: bool = False,
+    images: int = QEMU_IMAGES,
+) -> Deployed:
+    """Float accuracy on the whole test split; PTQ on real training images; int8 on QEMU (the first
+    ``images`` test images); ``channels_last`` as ``compile --channels-last``."""
     from tvm_mcu import api
     from tvm_mcu.api import FIRMWARE_DIR, REPORT, pack, unpack
     from tvm_mcu.ptq import quantize_onnx
@@ -149,24 +161,28 @@ def deploy(path: Path, ds: Any, work: Path, sram_budget: int | None = None) -> D
     float_acc = float_accuracy(path, ds)
     q = work / f"{path.stem}_int8.onnx"
     quantize_onnx(path, {imported.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}, q)
-    compiled = api.compile_model(q, BOARD, work / f"{path.stem}_build", sram_budget=sram_budget)
+    compiled = api.compile_model(
+        q, BOARD, work / f"{path.stem}_build", sram_budget=sram_budget, channels_last=channels_last
+    )
     report = Report.read(compiled.out_dir / REPORT)
     fw = build_firmware(compiled.out_dir, load_board(BOARD), compiled.out_dir / FIRMWARE_DIR)
     out_bytes = max((r.offset + r.bytes for r in report.outputs), default=0)
     correct, instructions = 0, 0
-    for x, y in zip(ds.x_test[:QEMU_IMAGES], ds.y_test[:QEMU_IMAGES], strict=True):
+    for x, y in zip(ds.x_test[:images], ds.y_test[:images], strict=True):
         result = run_firmware(fw, pack(report.inputs, [x[None]]), out_bytes)
         correct += int(np.argmax(unpack(report.outputs, result.output)[0]) == int(y))
         instructions = result.instructions
     r = compiled.report
     return Deployed(
         float_acc,
-        correct / QEMU_IMAGES,
+        correct / images,
         r.arena_bytes + r.io_bytes,
         fw.flash_bytes,
         r.macs,
         instructions,
         r.schedule,
+        r.stored_weights_bytes,
+        images,
     )
 
 
@@ -222,7 +238,7 @@ def methods_section(tmp: Path, *, emit: Callable[[list[str]], None] | None = Non
 
     lines = [
         "",
-        "## Pruning: methods at fractions of the int8 peak SRAM",
+        METHODS_HEADING,
         "",
         f"Float models trained in the repo (`bench/train_models.py`), pruned for {BOARD} (int8 deployment) by",
         "`tvm-mcu prune` with the same training epochs and images for every method (listed per model below;",

@@ -355,3 +355,19 @@ def test_least_pruning_finds_the_smallest_level_that_fits() -> None:
     assert least_pruning(fits, 100) == 37
     assert len(calls) <= 8
     assert least_pruning(lambda n: True, 100) == 0
+
+
+@pytest.mark.parametrize(
+    ("hint", "most_calls"),
+    [(37, 2), (36, 2), (40, 6), (30, 6), (0, 13), (99, 13)],
+    ids=["exact", "one-short", "above", "below", "zero", "last"],
+)
+def test_least_pruning_from_a_hint_brackets_the_answer_in_few_calls(hint: int, most_calls: int) -> None:
+    calls: list[int] = []
+
+    def fits(n: int) -> bool:
+        calls.append(n)
+        return n >= 37
+
+    assert least_pruning(fits, 1000, hint) == 37
+    assert len(calls) <= most_calls, calls

@@ -319,6 +319,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         progress=True,
         distill=args.distill,
         seed=args.seed,
+        channels_last=args.channels_last,
     )
     report = prune.result_json(result, budget)
     if args.json:
@@ -336,11 +337,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print("  (instr: estimated by the kernels' cost model, channels-last; `tvm-mcu run` counts them)")
     if result.search:
         print(f"  {result.search}")
+    print(_bytes_row("weights B", b.weights, a.weights, budget.weights))
     print(f"  schedule: {b.schedule} -> {a.schedule}")
     if budget.sram is not None:
         print(f"  (as compiled with --sram-budget {budget.sram}: the fastest schedule within it)")
     m = result.measured
-    if m is not None and result.granularity != "channel":
+    if m is not None and result.granularity != "channel" and not result.channels_last:
         print(f"  (flash and MACs after: counted with the zero {result.unit} stored compactly; as compiled")
         print(f"  today: flash {m.flash:,} B, MACs {m.macs:,})")
     for label, (kept, of) in result.widths.items():
@@ -429,8 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--budget",
         required=True,
-        help="e.g. sram=24KiB,flash=64KiB,macs=2M,instructions=5M (any subset; figures as compiled; "
-        "instructions as the kernels' cost model prices them)",
+        help="e.g. sram=24KiB,flash=64KiB,macs=2M,weights=8KiB,instructions=5M (any subset; figures as "
+        "compiled; weights: the weight bytes as stored, without the code; instructions as the kernels' "
+        "cost model prices them)",
+    )
+    pr.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="compile every candidate channels-last, as it is to be deployed (compile --channels-last): "
+        "zero filterlets and weights are then stored sparse and --granularity filterlet, mixed and "
+        "unstructured are held to the measured flash instead of counted figures",
     )
     pr.add_argument(
         "--granularity",

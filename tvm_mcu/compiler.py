@@ -197,13 +197,19 @@ ELEMENT_MAX_FLASH = 1.0
 FILTERLET_SLACK_BYTES = 16
 
 
+def may_store_sparse(kernel_taps: int, in_channels: int) -> bool:
+    """Whether a convolution weight with ``kernel_taps`` (kh * kw) taps of ``in_channels`` input channels
+    per group can be stored sparse at all: the sparse kernels are the runs kernel's (several taps, at
+    least ``MIN_DOT_TAPS`` input channels); any other (a first convolution on one input channel, a
+    1x1 or depthwise convolution, a dense layer) is stored dense whatever its zeros."""
+    return kernel_taps > 1 and in_channels >= MIN_DOT_TAPS
+
+
 def _sparse_format(w: np.ndarray) -> str | None:
     """The mark (SparseFilterlets' or SparseElements' wanted attribute) of the sparse format storing the
     int8 OHWI convolution weights ``w`` (taps of at least ``MIN_DOT_TAPS`` input channels: the runs
     kernel's) in the least flash, filterlets preferred within ``FILTERLET_SLACK_BYTES``; None: dense."""
-    if not (w.ndim == 4 and str(w.dtype) == "int8" and w.shape[1] * w.shape[2] > 1):
-        return None
-    if w.shape[3] < MIN_DOT_TAPS:
+    if not (w.ndim == 4 and str(w.dtype) == "int8" and may_store_sparse(w.shape[1] * w.shape[2], w.shape[3])):
         return None
     flash: dict[str, int] = {}
     if float(sparse_kernels.filterlets_kept(w).mean()) <= SPARSE_MAX_KEPT:

@@ -67,6 +67,10 @@ class Budget:
     # Instructions of one inference as the cost model prices the kernels (tvm_mcu.schedule.cost: the
     # channels-last SIMD kernels, dense or sparse); QEMU's count of the result is reported beside it.
     instructions: int | None = None
+    # The weights as the compiler stores them (Report.stored_weights_bytes: dense, blocked or sparse),
+    # apart from the code: a budget in flash has the code and runtime as a floor that a deep cut of the
+    # weights cannot go under, this one is the weights alone.
+    weights: int | None = None
 
 
 _PART_NAMES = {"export": "writing ONNX", "train": "training", "int8": "the int8 build"}
@@ -104,15 +108,17 @@ def _where(op: str, nodes: list[str]) -> str:
 
 
 def parse_budget(text: str) -> Budget:
-    """``"sram=24KiB,flash=64KiB,macs=2M,instructions=5M"`` (any subset) -> Budget; MACs and
-    instructions take k/M/G (powers of 1000)."""
+    """``"sram=24KiB,flash=64KiB,macs=2M,weights=8KiB,instructions=5M"`` (any subset) -> Budget; MACs
+    and instructions take k/M/G (powers of 1000); ``weights`` are the stored weight bytes
+    (:class:`Budget`)."""
     values: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
         key = key.strip().lower()
-        if key not in ("sram", "flash", "macs", "instructions") or not value:
+        if key not in ("sram", "flash", "macs", "weights", "instructions") or not value:
             raise BadOptionError(
-                f"cannot read budget {part!r}: write e.g. sram=24KiB,flash=64KiB,macs=2M,instructions=5M"
+                f"cannot read budget {part!r}: write e.g. sram=24KiB,flash=64KiB,macs=2M,weights=8KiB,"
+                "instructions=5M"
             )
         if key in values:
             raise BadOptionError(f"budget {key} given twice")
@@ -121,7 +127,9 @@ def parse_budget(text: str) -> Budget:
         except ValueError as exc:
             raise BadOptionError(f"budget {key}: {exc}") from exc
     if not values:
-        raise BadOptionError("empty budget: give at least one of sram=, flash=, macs=, instructions=")
+        raise BadOptionError(
+            "empty budget: give at least one of sram=, flash=, macs=, weights=, instructions="
+        )
     return Budget(**values)
 
 
@@ -141,6 +149,7 @@ class Resources:
     macs: int
     schedule: str
     bottleneck: str = ""  # the largest activation of the compiled graph ("a conv2d output of 900 B")
+    weights: int = 0  # the weights as stored (Report.stored_weights_bytes), part of ``flash``
     # Estimated by the cost model (Budget.instructions), not measured: the dense kernels' per MAC, less
     # what sparse storage saves as counted (prune_sparse.candidate_figures).
     instructions: int = 0
@@ -152,6 +161,7 @@ class Resources:
             ("flash", self.flash, budget.flash),
             ("macs", self.macs, budget.macs),
             ("instructions", self.instructions, budget.instructions),
+            ("weights", self.weights, budget.weights),
         )
         return [(k, v, lim) for k, v, lim in pairs if lim is not None and v > lim]
 
@@ -186,6 +196,7 @@ class PruneResult:
     measured: Resources | None = None
     scheduler: str = "global"  # filterlet, mixed: how the cut was spread over the layers
     search: str = ""  # what the scheduler did, one line
+    channels_last: bool = False  # every figure compiled channels-last (sparse: measured, not counted)
 
     @property
     def unit(self) -> str:
@@ -205,7 +216,10 @@ def result_json(result: PruneResult, budget: Budget) -> dict[str, object]:
         "before": attrs.asdict(result.before),
         "after": attrs.asdict(result.after),
         # Which figures "after" holds: flash and MACs counted in the compact formats, or all measured.
-        "after_figures": "counted flash and MACs, measured SRAM" if sparse else "measured",
+        "after_figures": "counted flash and MACs, measured SRAM"
+        if sparse and not result.channels_last
+        else "measured",
+        "channels_last": result.channels_last,
         "measured": attrs.asdict(result.measured) if result.measured else None,
         "widths": {k: list(v) for k, v in result.widths.items()},
         "sparsity": {
@@ -261,16 +275,25 @@ def measure(
     int8: bool,
     tag: str,
     sram_budget: int | None = None,
+    channels_last: bool = False,
 ) -> Resources:
     """Export ``mod`` to ONNX, quantise it (int8), compile and build it for ``board``; the figures.
 
     With ``sram_budget`` the compiler takes the fastest schedule that fits it, as ``tvm-mcu compile
     --sram-budget`` would (without, it may prefer a faster schedule that needs more SRAM); when none
-    fits, the figures of its default choice.
+    fits, the figures of its default choice. ``channels_last``: compiled NHWC (``compile
+    --channels-last``), where the compiler stores convolution weights with zeros sparse (filterlet or
+    element CSR), so flash, stored weights and MACs are those of the sparse storage; NCHW (the
+    default) stores every weight dense.
     """
     path = resource_model.deployable(mod, imported, workdir, int8=int8, tag=tag)
     compiled = api.compile_model(
-        path, board, workdir / f"{tag}_build", sram_budget=sram_budget, strict_budget=False
+        path,
+        board,
+        workdir / f"{tag}_build",
+        sram_budget=sram_budget,
+        strict_budget=False,
+        channels_last=channels_last,
     )
     r = compiled.report
     biggest = max(r.ops, key=lambda o: o.output_bytes, default=None)
@@ -280,7 +303,8 @@ def measure(
         r.macs,
         r.schedule,
         f"a {biggest.kind} output of {biggest.output_bytes} B" if biggest else "",
-        round(r.macs * dense_per_mac(int8)),
+        weights=r.stored_weights_bytes,
+        instructions=round(r.macs * dense_per_mac(int8)),
     )
 
 
@@ -303,10 +327,18 @@ class _Job:
     distill: bool = False
     sram_budget: int | None = None  # compile for it (the schedule a deployment with the budget gets)
     seed: int = 0  # of every training run (sample order, initial state): a run is repeatable
+    channels_last: bool = False  # compile NHWC, sparse weights stored sparse (measure)
 
     def measure(self, mod: _tvm.IRModule, tag: str) -> Resources:
         return measure(
-            mod, self.imported, self.board, self.work, int8=self.int8, tag=tag, sram_budget=self.sram_budget
+            mod,
+            self.imported,
+            self.board,
+            self.work,
+            int8=self.int8,
+            tag=tag,
+            sram_budget=self.sram_budget,
+            channels_last=self.channels_last,
         )
 
 
@@ -335,6 +367,7 @@ def prune_model(
     granularity: str = "channel",
     importance: str | None = None,
     scheduler: str = "global",
+    channels_last: bool = False,
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
@@ -349,6 +382,9 @@ def prune_model(
     "unstructured" ranked by ``importance`` ("taylor", the default with ``data``; "magnitude");
     :func:`tvm_mcu.prune_sparse.check_options` refuses a method with a sparse granularity and an
     importance with channels.
+    ``channels_last``: every candidate is compiled NHWC (``compile --channels-last``), as the model is
+    then to be deployed; sparse granularities are then held to the measured flash of the compiler's
+    sparse storage rather than to counted figures (:func:`tvm_mcu.prune_sparse.candidate_figures`).
     """
     from tvm_mcu.prune_sparse import check_options, check_scheduler
 
@@ -381,7 +417,7 @@ def prune_model(
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        job = _Job(mod, plan, imported, board, work, int8, distill, budget.sram, seed)
+        job = _Job(mod, plan, imported, board, work, int8, distill, budget.sram, seed, channels_last)
         before = job.measure(mod, "original")
         training: Training | None = None
         sparse = None
@@ -416,7 +452,7 @@ def prune_model(
             _narrowest(job, budget)
             if method == "diff":
                 keep, best, after, training = _diff(
-                    job, budget, data or "", epochs, train_limit, sram_model, progress, resources
+                    job, budget, before, data or "", epochs, train_limit, sram_model, progress, resources
                 )
             else:
                 keep, best, after = _bisect(job, budget, method, search_steps)
@@ -426,7 +462,7 @@ def prune_model(
     Path(out_path).write_bytes(model.SerializeToString())
     widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
     if granularity == "channel":
-        return PruneResult(keep, plan, before, after, method, widths, training)
+        return PruneResult(keep, plan, before, after, method, widths, training, channels_last=channels_last)
     return PruneResult(
         keep,
         plan,
@@ -441,6 +477,7 @@ def prune_model(
         sparse.measured if sparse else after,
         sparse.scheduler if sparse else scheduler,
         sparse.search if sparse else "",
+        channels_last,
     )
 
 
@@ -495,6 +532,7 @@ FIT_TOLERANCE = 0.05
 def _diff(
     job: _Job,
     budget: Budget,
+    before: Resources,
     data: str,
     epochs: int,
     limit: int | None,
@@ -524,7 +562,7 @@ def _diff(
         )
     # Candidates are compiled with the SRAM budget (see _Job.measure): model that choice.
     model = resources.restricted(sram_model).within(budget.sram)
-    limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None}
+    limits = _model_limits(budget, before, model)
     ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
     module = RelaxModule(mod)
     acc_before, teacher = _teacher(job, ds)
@@ -565,6 +603,18 @@ def _diff(
     return keep, pruned, after, training
 
 
+def _model_limits(budget: Budget, before: Resources, model: resource_model.ResourceModel) -> dict[str, float]:
+    """The budget as the resource model's targets (sram, flash, macs). The model prices flash, weights
+    and code together: a stored-weights budget becomes the flash target the model predicts at full
+    width less the weight bytes to remove (channel pruning stores dense weights and leaves the code
+    about as it is); the compiled figures are checked against the real budget (``_fit_compiled``)."""
+    limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None and k != "weights"}
+    if budget.weights is not None:
+        flash = float(model.flash(model.full)) - (before.weights - budget.weights)
+        limits["flash"] = min(limits.get("flash", flash), flash)
+    return limits
+
+
 def _fit_compiled(
     job: _Job,
     budget: Budget,
@@ -588,7 +638,9 @@ def _fit_compiled(
         if attempt:
             gates.theta.data.copy_(theta)
             gates.alive.copy_(alive)
-            target = {r: v * (scale if r in missed else 1.0) for r, v in limits.items()}
+            # A missed stored-weights budget tightens the flash target it was translated to.
+            tight = {"flash" if r == "weights" else r for r in missed}
+            target = {r: v * (scale if r in tight else 1.0) for r, v in limits.items()}
             remove_to(gates, model, target)
             fill_to(gates, model, target)
         keep = gates.keep()

@@ -44,7 +44,9 @@ MOVES_PER_TEMPERATURE = 100
 STEP = 0.05
 # Energy per unit of relative excess over a budget: 10 % over costs as much as zeroing all importance.
 PENALTY = 10.0
-RESOURCES = ("flash", "macs", "instructions")
+RESOURCES = ("flash", "weights", "macs", "instructions")
+# Each figure's column of a layer's saving table: flash and the stored weights save the same bytes.
+COLUMN = {"flash": 0, "weights": 0, "macs": 1, "instructions": 2}
 
 
 @attrs.frozen
@@ -108,7 +110,7 @@ class Anneal:
 
     def figures(self, kept: list[int]) -> dict[str, float]:
         saved = sum((sv[k] for sv, k in zip(self.saving, kept, strict=True)), np.zeros(3))
-        return {r: self.fig.dense[r] - saved[i] for i, r in enumerate(RESOURCES)}
+        return {r: self.fig.dense[r] - saved[COLUMN[r]] for r in RESOURCES if r in self.fig.dense}
 
     def excess(self, kept: list[int]) -> float:
         f = self.figures(kept)
@@ -191,7 +193,7 @@ def _cost(a: Anneal, kept: list[int], i: int, step: int) -> tuple[float, float]:
     k = kept[i]
     score = float(lay.kept_score[k + step] - lay.kept_score[k])
     delta = a.saving[i][k] - a.saving[i][k + step]  # > 0: the figure grows
-    spent = sum(float(delta[RESOURCES.index(r)]) / lim for r, lim in a.fig.limits.items() if r in RESOURCES)
+    spent = sum(float(delta[COLUMN[r]]) / lim for r, lim in a.fig.limits.items())
     return score, spent
 
 
@@ -201,15 +203,17 @@ def _repair(a: Anneal, kept: list[int]) -> int:
     filterlet may remove none); DTMM's repair loops. How many filterlets were zeroed."""
     n = 0
     while (excess := a.excess(kept)) > 0:
-        now = np.array([a.figures(kept)[r] for r in RESOURCES])
+        current = a.figures(kept)
         best: tuple[float, int, int] | None = None
         for i, lay in enumerate(a.layers):
             counts = np.arange(lay.least, kept[i])
             if counts.size == 0:
                 continue
-            figs = now + a.saving[i][kept[i]] - a.saving[i][counts]  # [counts, resources]
+            # Each budgeted figure at every lower count of this layer (the others as they are).
+            delta = a.saving[i][counts] - a.saving[i][kept[i]]  # [counts, columns]: more saved
             over = sum(
-                np.maximum(0.0, figs[:, RESOURCES.index(r)] / lim - 1.0) for r, lim in a.fig.limits.items()
+                np.maximum(0.0, (current[r] - delta[:, COLUMN[r]]) / lim - 1.0)
+                for r, lim in a.fig.limits.items()
             )
             gain = excess - np.asarray(over)
             lost = lay.kept_score[kept[i]] - lay.kept_score[counts]

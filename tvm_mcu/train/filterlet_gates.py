@@ -26,7 +26,7 @@ import attrs
 import numpy as np
 
 from tvm_mcu.analysis.sparsity import Masks
-from tvm_mcu.prune_anneal import RESOURCES, Anneal, Figures, Layer
+from tvm_mcu.prune_anneal import COLUMN, Anneal, Figures, Layer
 from tvm_mcu.schedule import cost
 from tvm_mcu.train import require_torch
 from tvm_mcu.train.data import Dataset
@@ -159,10 +159,11 @@ class Priced:
         use = c_bytes < self.d_bytes
         saved = {
             "flash": torch.where(use, self.d_bytes - c_bytes, torch.zeros_like(k)),
+            "weights": torch.where(use, self.d_bytes - c_bytes, torch.zeros_like(k)),
             "macs": torch.where(use, self.d_macs - c_macs, torch.zeros_like(k)),
             "instructions": torch.where(use, self.d_instr - c_instr, torch.zeros_like(k)),
         }
-        return {r: self.dense[r] - saved[r].sum() for r in RESOURCES}
+        return {r: self.dense[r] - saved[r].sum() for r in saved if r in self.dense}
 
 
 def remove_to(gates: FilterletGates, exact: Anneal, target: Mapping[str, float]) -> int:
@@ -177,8 +178,7 @@ def remove_to(gates: FilterletGates, exact: Anneal, target: Mapping[str, float])
     owner = gates.owner.numpy()
     # Layers whose deepest cut saves something towards a target: the others' zeros buy nothing.
     useful = [
-        any(exact.saving[i][lay.least][RESOURCES.index(r)] > 0 for r in target)
-        for i, lay in enumerate(gates.layers)
+        any(exact.saving[i][lay.least][COLUMN[r]] > 0 for r in target) for i, lay in enumerate(gates.layers)
     ]
     removed = 0
     for u in np.flatnonzero(on)[np.argsort(theta[on], kind="stable")]:

@@ -1,0 +1,273 @@
+"""``make bench-prune``, curves: int8 accuracy on QEMU against stored weight bytes and instructions for
+channel, filterlet, mixed and unstructured pruning at 1/4 to 1/32 of the original weights (DTMM).
+
+The budget of every point is ``Budget(weights=stored // k)``: the weights as the compiler stores them
+(``Report.stored_weights_bytes``: dense, filterlet CSR or element CSR) of the original int8 model
+compiled channels-last, divided by ``k``. Not the firmware flash: its code and runtime are a floor
+(about 10 KB for these models) that 1/32 of the original's flash cannot reach. The tables give both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from tvm_mcu import pipeline, resource_model
+from tvm_mcu.analysis.channels import channel_groups
+from tvm_mcu.frontend import load_model
+
+from prune_bench import BOARD, CALIBRATION_IMAGES, Deployed, deploy  # isort: skip
+
+CURVES_HEADING = "## Pruning curves: channel, filterlet, mixed and unstructured"
+FRACTIONS = (4, 8, 16, 32)  # k: the budget is 1/k of the original's stored weight bytes
+# (label, prune_model options): channel pruning is DiffPrune (the channel method of the methods section).
+GRANULARITIES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("channel", {"method": "diff"}),
+    ("filterlet", {"granularity": "filterlet", "importance": "taylor"}),
+    ("mixed", {"granularity": "mixed", "importance": "taylor"}),
+    ("unstructured", {"granularity": "unstructured", "importance": "taylor"}),
+)
+# The claims of the done-when: mixed at least channel everywhere and 1 point better at these k.
+MARGIN_AT = (16, 32)
+MARGIN = 0.01
+
+
+@attrs.frozen
+class CurveModel:
+    """A trained model and the training every granularity gets on it."""
+
+    label: str
+    path: Path
+    epochs: int
+    limit: int | None  # training images (None: all 60,000)
+    images: int  # test images run on QEMU
+    search_steps: int  # mixed's channel stage (bisection steps)
+    data: str = "fashion-mnist"
+
+
+@attrs.frozen
+class Point:
+    granularity: str
+    k: int  # 0: the original
+    budget: int  # stored weight bytes allowed
+    deployed: Deployed
+    train_s: float
+    search_s: float
+    macs: int  # the kept weights' (prune's figure: a sparse layer's kernel visits nothing else)
+
+
+def curve_models(root: Path) -> list[CurveModel]:
+    here = root / "models"
+    # Sized so that the whole section (2 models x 4 granularities x 4 budgets, each pruned with its
+    # search compiled channels-last, fine-tuned, quantised and run on QEMU) takes about 70-90 minutes
+    # on a 2-core machine shared with other benchmarks: there an epoch of the CNN ran at 316 images/s
+    # (2,875 on a quieter machine), DiffPrune's 2 epochs on 60,000 images took 563 s; the
+    # MobileNetV2-style sibling trains at about 1/16 of the CNN's rate; a measured search step
+    # (compile + build) takes 1-2 s (CNN), 5 s (MobileNetV2).
+    return [
+        CurveModel("Fashion-MNIST CNN 32/64/128", here / "fashion_cnn_wide.onnx", 2, 10_000, 300, 6),
+        CurveModel("MobileNetV2-style (Fashion-MNIST)", here / "mobilenetv2_fashion.onnx", 2, 2_000, 300, 6),
+    ]
+
+
+def _row(label: str, p: Point) -> str:
+    d = p.deployed
+    k = "original" if p.k == 0 else f"1/{p.k}"
+    return (
+        f"| {label} | {k} | {p.granularity} | {p.budget:,} | {d.float_acc:.4f} | {d.int8_acc:.3f} | "
+        f"{d.weights:,}{'' if d.weights <= p.budget else ' (over)'} | {d.flash:,} | {p.macs:,} | "
+        f"{d.instructions:,} | {p.train_s:.0f} | {p.search_s:.0f} |"
+    )
+
+
+def claims(points: list[Point]) -> list[str]:
+    """Whether the done-when claims hold on ``points`` (one model), each with its figures."""
+    at = {(p.granularity, p.k): p.deployed for p in points if p.k}
+    fractions = sorted({p.k for p in points if p.k})
+    out = []
+    ks = [k for k in fractions if ("mixed", k) in at and ("channel", k) in at]
+    if ks:
+        diffs = {k: at[("mixed", k)].int8_acc - at[("channel", k)].int8_acc for k in ks}
+        every = all(v >= 0 for v in diffs.values())
+        listed = ", ".join(f"1/{k} {100 * v:+.1f}" for k, v in diffs.items())
+        out.append(
+            f"mixed at least as accurate (int8, QEMU) as channel at every budget: **{_yes(every)}** "
+            f"(mixed - channel, points: {listed})"
+        )
+        margin = [k for k in MARGIN_AT if k in diffs]
+        if margin:
+            ok = all(diffs[k] >= MARGIN for k in margin)
+            out.append(
+                f"mixed at least {100 * MARGIN:.0f} point better than channel at "
+                f"{' and '.join(f'1/{k}' for k in margin)}: **{_yes(ok)}**"
+            )
+    for g in ("filterlet", "mixed"):
+        ks = [k for k in fractions if (g, k) in at and ("unstructured", k) in at]
+        if ks:
+            fewer = all(at[(g, k)].instructions < at[("unstructured", k)].instructions for k in ks)
+            ratio = ", ".join(
+                f"1/{k} {at[(g, k)].instructions / at[('unstructured', k)].instructions:.2f}x" for k in ks
+            )
+            out.append(
+                f"{g} needs fewer instructions than unstructured at every budget: **{_yes(fewer)}** ({ratio})"
+            )
+    return out
+
+
+def _yes(ok: bool) -> str:
+    return "holds" if ok else "does not hold"
+
+
+def plot(points: list[Point], label: str, stem: str, docs: Path) -> list[str]:
+    """Two PNGs (int8 accuracy against stored weight bytes and against instructions, log x, one line per
+    granularity, the original as a star); their markdown links."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    links = []
+    for x_name, x_of, what in (
+        ("weights", lambda d: d.weights, "stored weight bytes"),
+        ("instructions", lambda d: d.instructions, "instructions per inference (QEMU)"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        # Distinct markers: filterlet and mixed coincide where mixed cuts no channel.
+        for (g, _), marker, size in zip(GRANULARITIES, "osD^", (6, 11, 6, 6), strict=True):
+            line = sorted((x_of(p.deployed), p.deployed.int8_acc) for p in points if p.granularity == g)
+            if line:
+                ax.plot(
+                    *zip(*line, strict=True),
+                    marker=marker,
+                    markersize=size,
+                    label=g,
+                    zorder=3 if g == "mixed" else 2,
+                )
+        for p in points:
+            if p.k == 0:
+                ax.plot(x_of(p.deployed), p.deployed.int8_acc, "k*", markersize=10, label="original")
+        ax.set_xscale("log")
+        ax.set_xlabel(what)
+        ax.set_ylabel("int8 accuracy (QEMU)")
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"pruning_curves_{stem}_{x_name}.png"
+        fig.savefig(docs / name, metadata={"Software": None})
+        plt.close(fig)
+        links.append(f"![{label}: int8 accuracy against {what}]({name})")
+    return links
+
+
+def curves_section(
+    tmp: Path,
+    docs: Path,
+    *,
+    models: list[CurveModel] | None = None,
+    fractions: tuple[int, ...] = FRACTIONS,
+    emit: Callable[[list[str]], None] | None = None,
+) -> list[str]:
+    """The curves section (module docstring); ``emit`` gets it so far after every row."""
+    from tvm_mcu.errors import BudgetError
+    from tvm_mcu.prune import Budget, prune_model
+    from tvm_mcu.train.data import load_dataset
+
+    models = models if models is not None else curve_models(Path(__file__).parent)
+    t_start = time.perf_counter()
+    lines = [
+        "",
+        CURVES_HEADING,
+        "",
+        f"Float models trained in the repo (`bench/train_models.py`), pruned for {BOARD} by `tvm-mcu prune",
+        "--channels-last` at budgets of 1/k of the original's **stored weight bytes**",
+        "(`--budget weights=`, `Budget(weights=stored // k)`: the weights as the compiler stores them,",
+        "dense, filterlet CSR or element CSR, whichever is least; the code and runtime are not in it: the",
+        "firmware flash has them as a floor that 1/32 of the original flash cannot reach). Every",
+        "candidate of the searches is compiled channels-last and its figures measured (no counting).",
+        "channel = `diff` (DiffPrune: half the epochs pruning while training, half fine-tuning);",
+        "filterlet, mixed and unstructured ranked by Taylor importance, then fine-tuned with the masks",
+        "held; every method gets the same epochs and training images (per model below). Then quantised",
+        f"(PTQ, {CALIBRATION_IMAGES} training images), compiled channels-last and run on QEMU. Float accuracy on the",
+        "10,000 test images; int8 accuracy on QEMU for the first test images (per model below). weights B =",
+        'stored weight bytes (report; "(over)" when the fine-tuned model\'s int8 weights no longer fit),',
+        "flash B = firmware text + rodata + data (ELF), MACs as `tvm-mcu prune` counts them (compiled; in a",
+        "layer stored sparse, the kept weights': the report counts every layer dense), instructions counted",
+        "by the QEMU plugin (instructions, not cycles). Train s = seconds of training; search s = the rest",
+        "of the pruning run (importance, measured candidates: one compile each).",
+        "",
+        "| model | budget | granularity | weights budget B | float acc | int8 acc (QEMU) | weights B | flash B "
+        "| MACs | instructions | train s | search s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    verdicts: list[str] = []
+
+    def send() -> None:
+        if emit is not None:
+            emit([*lines, "", *(f"- {n}" for n in notes), "", *verdicts, ""])
+
+    for m in models:
+        images = f"{m.limit:,}" if m.limit else "all 60,000"
+        notes.append(
+            f"{m.label}: {m.epochs} epochs on {images} training images for every method; int8 accuracy on "
+            f"the first {m.images} test images on QEMU"
+        )
+        if not m.path.is_file():
+            notes.append(f"{m.label}: {m.path} is absent (run bench/train_models.py)")
+            continue
+        imported = load_model(m.path)
+        ds = load_dataset(m.data, imported.inputs[0].shape, limit=m.limit)
+        work = tmp / f"curves_{m.path.stem}"
+        work.mkdir(parents=True, exist_ok=True)
+        base = deploy(m.path, ds, work, channels_last=True, images=m.images)
+        points = [Point("original", 0, base.weights, base, 0.0, 0.0, base.macs)]
+        lines.append(_row(m.label, points[0]))
+        send()
+        mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+        model = resource_model.build(mod, channel_groups(mod), imported, BOARD, workdir=work / "resources")
+        for k in fractions:
+            budget = Budget(weights=base.weights // k)
+            for g, options in GRANULARITIES:
+                out = work / f"{m.path.stem}_{g}_{k}.onnx"
+                t0 = time.perf_counter()
+                try:
+                    result = prune_model(
+                        m.path,
+                        board=BOARD,
+                        budget=budget,
+                        out_path=out,
+                        data=m.data,
+                        epochs=m.epochs,
+                        train_limit=m.limit,
+                        search_steps=m.search_steps,
+                        resources=model,
+                        channels_last=True,
+                        **options,  # type: ignore[arg-type]
+                    )
+                except BudgetError as exc:
+                    lines.append(
+                        f"| {m.label} | 1/{k} | {g} | {budget.weights:,} | cannot meet: {exc} ||||||||"
+                    )
+                    print(f"curves {m.label} 1/{k} {g}: cannot meet: {exc}", flush=True)
+                    send()
+                    continue
+                t = result.training
+                train_s = sum(t.seconds_per_epoch) if t else 0.0
+                search_s = time.perf_counter() - t0 - train_s
+                d = deploy(out, ds, work, channels_last=True, images=m.images)
+                assert budget.weights is not None
+                p = Point(g, k, budget.weights, d, train_s, search_s, result.after.macs)
+                points.append(p)
+                lines.append(_row(m.label, p))
+                print(f"curves {m.label} 1/{k} {g}: {d} in {time.perf_counter() - t0:.0f} s", flush=True)
+                send()
+        stem = m.path.stem
+        links = plot(points, m.label, stem, docs)
+        verdicts += [f"### {m.label}", "", *(f"- {c}" for c in claims(points)), "", *links, ""]
+        send()
+    notes.append(f"the section ran for {(time.perf_counter() - t_start) / 60:.0f} minutes")
+    return [*lines, "", *(f"- {n}" for n in notes), "", *verdicts, ""]
