@@ -7,14 +7,19 @@ from typing import Any
 
 from tvm_mcu._tvm import Analyzer, PrimFunc, TensorLoad, structural_map, structural_walk, tirx, tvm
 from tvm_mcu.passes.tir.dot_kernels import DOT
-from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, rewrite_each
+from tvm_mcu.passes.tir.each_function import extern_name, rewrite_each
 from tvm_mcu.passes.tir.sparse_element_kernels import (
     ELEMENT1P_BLOB,
     ELEMENT1P_EDGE,
     ELEMENT4P_BLOB,
     ELEMENT_DOT_BLOB,
 )
-from tvm_mcu.passes.tir.sparse_filterlets import SparseKernels, _pointer_load, rewrite_sparse
+from tvm_mcu.passes.tir.sparse_filterlets import (
+    SparseKernels,
+    _pointer_load,
+    rewrite_sparse,
+    wanted_parameters,
+)
 
 ATTR_DONE = "tvmmcu.elements_done"
 # Set by the compiler before lowering: parameter position -> output channels, for the weights it will
@@ -37,18 +42,11 @@ def _dense_rows(func: PrimFunc) -> PrimFunc:
     """A dense layer's dot calls over a wanted parameter's rows (``tvmmcu_dot_*(x, &W[o * n], n, acc)``,
     ``W`` the ``[O, n]`` weights) rewritten to the element kernel over the row's entries, all or
     nothing per parameter; marked done, and ``ATTR_SPARSE`` for the parameters rewritten."""
-    wanted_positions = func.attrs.get(ATTR_WANTED) if func.attrs is not None else None
     done = func.with_attr(ATTR_DONE, True)
-    if not wanted_positions:
+    found = wanted_parameters(func, ATTR_WANTED)
+    if found is None:
         return done
-    position = {p: k for k, p in enumerate(func.params)}
-    by_position = {int(k): int(v) for k, v in wanted_positions.items()}
-    wanted = {p: by_position[k] for p, k in position.items() if k in by_position}
-    owners = parameter_owners(func)
-
-    def owner_of(buffer: Any) -> Any:
-        return owners.get(buffer, buffer)
-
+    position, wanted, owner_of = found
     rewritten: dict[Any, int] = {}
 
     def rewrite(call: Any) -> Any:

@@ -3,6 +3,7 @@ kept ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -90,15 +91,15 @@ def _sparse_call(call: Any, owner_of: Any, wanted: dict[Any, int], kernels: Spar
     return tirx.call_extern(str(call.ty), one, *args)
 
 
-def rewrite_sparse(
-    func: PrimFunc, *, wanted_attr: str, done: str, stored: str, kernels: SparseKernels
-) -> PrimFunc:
-    """``func`` with the runs calls over the parameters its attribute ``wanted_attr`` names rewritten
-    to ``kernels`` (all or nothing per parameter), marked ``done``, and ``stored`` = {position: output
-    channels} of the parameters now read only so: SparseFilterlets' rewrite, for any sparse format."""
+def wanted_parameters(
+    func: PrimFunc, wanted_attr: str
+) -> tuple[dict[Any, int], dict[Any, int], Callable[[Any], Any]] | None:
+    """What ``func``'s attribute ``wanted_attr`` (parameter position -> output channels) asks for:
+    (parameter -> its position, wanted parameter -> output channels, buffer -> the parameter whose
+    memory it views); None when it names no parameter."""
     wanted_positions = func.attrs.get(wanted_attr) if func.attrs is not None else None
     if not wanted_positions:
-        return func.with_attr(done, True)
+        return None
     position = {p: k for k, p in enumerate(func.params)}
     by_position = {int(k): int(v) for k, v in wanted_positions.items()}
     wanted = {p: by_position[k] for p, k in position.items() if k in by_position}
@@ -107,6 +108,19 @@ def rewrite_sparse(
     def owner_of(buffer: Any) -> Any:
         return owners.get(buffer, buffer)
 
+    return position, wanted, owner_of
+
+
+def rewrite_sparse(
+    func: PrimFunc, *, wanted_attr: str, done: str, stored: str, kernels: SparseKernels
+) -> PrimFunc:
+    """``func`` with the runs calls over the parameters its attribute ``wanted_attr`` names rewritten
+    to ``kernels`` (all or nothing per parameter), marked ``done``, and ``stored`` = {position: output
+    channels} of the parameters now read only so: SparseFilterlets' rewrite, for any sparse format."""
+    found = wanted_parameters(func, wanted_attr)
+    if found is None:
+        return func.with_attr(done, True)
+    position, wanted, owner_of = found
     rewritten: dict[Any, int] = {}
     windows: dict[Any, set[tuple[int, int]]] = {}  # parameter -> the (kh, kw) of its runs calls
 
