@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tvm_mcu._tvm import Analyzer, PrimFunc, TensorLoad, structural_map, structural_walk, tirx, tvm
+from tvm_mcu._tvm import Analyzer, PrimFunc, structural_map, tirx, tvm
 from tvm_mcu.passes.tir.dot_kernels import DOT
 from tvm_mcu.passes.tir.each_function import extern_name, rewrite_each
 from tvm_mcu.passes.tir.sparse_element_kernels import (
@@ -17,6 +17,7 @@ from tvm_mcu.passes.tir.sparse_element_kernels import (
 from tvm_mcu.passes.tir.sparse_filterlets import (
     SparseKernels,
     _pointer_load,
+    read_only_sparse,
     rewrite_sparse,
     wanted_parameters,
 )
@@ -78,16 +79,8 @@ def _dense_rows(func: PrimFunc) -> PrimFunc:
         return tirx.call_extern(str(call.ty), ELEMENT_DOT_BLOB[key], x, blob, out_channels, channel, acc)
 
     body = structural_map(func.body, (tvm.ir.Call, rewrite))
-    reads: dict[Any, int] = {}
-
-    def count(load: Any) -> None:
-        owner = owner_of(load.source)
-        if owner in wanted:
-            reads[owner] = reads.get(owner, 0) + 1
-
-    structural_walk(body, (TensorLoad, count))
-    complete = {p for p in rewritten if reads.get(p, 0) == rewritten[p]}
-    if not complete or complete != set(rewritten):
+    complete = read_only_sparse(body, wanted, owner_of, rewritten)
+    if complete is None:
         return done  # some read was left dense: keep the dense kernel
     return done.with_body(body).with_attr(ATTR_SPARSE, {position[p]: wanted[p] for p in complete})
 

@@ -111,6 +111,23 @@ def wanted_parameters(
     return position, wanted, owner_of
 
 
+def read_only_sparse(
+    body: Any, wanted: dict[Any, int], owner_of: Callable[[Any], Any], rewritten: dict[Any, int]
+) -> set[Any] | None:
+    """All or nothing per parameter: the rewritten parameters when each is read in ``body`` only by its
+    ``rewritten[p]`` sparse calls' blob pointers, else None (some read was left dense)."""
+    reads: dict[Any, int] = {}
+
+    def count(load: Any) -> None:
+        owner = owner_of(load.source)
+        if owner in wanted:
+            reads[owner] = reads.get(owner, 0) + 1
+
+    structural_walk(body, (TensorLoad, count))
+    complete = {p for p in wanted if p in rewritten and reads.get(p, 0) == rewritten[p]}
+    return complete if complete and complete == set(rewritten) else None
+
+
 def rewrite_sparse(
     func: PrimFunc, *, wanted_attr: str, done: str, stored: str, kernels: SparseKernels
 ) -> PrimFunc:
@@ -139,17 +156,8 @@ def rewrite_sparse(
         return sparse
 
     body = structural_map(func.body, (tvm.ir.Call, rewrite))
-    # All or nothing per parameter: every read of it must now be a sparse call's blob pointer.
-    reads: dict[Any, int] = {}
-
-    def count(load: Any) -> None:
-        owner = owner_of(load.source)
-        if owner in wanted:
-            reads[owner] = reads.get(owner, 0) + 1
-
-    structural_walk(body, (TensorLoad, count))
-    complete = {p for p in wanted if p in rewritten and reads.get(p, 0) == rewritten[p]}
-    if not complete or complete != set(rewritten):
+    complete = read_only_sparse(body, wanted, owner_of, rewritten)
+    if complete is None:
         return func.with_attr(done, True)  # some read was left dense: keep the dense kernel
     # Four pixels per call in a layer by layer loop nest.
     if kernels.anywhere:
