@@ -86,6 +86,7 @@ def section(tmp: Path, *, emit: Callable[[list[str]], None] | None = None) -> li
         ("instructions 3/5", Budget(instructions=b.instructions * 3 // 5)),
     ]
     notes: list[str] = []
+    of = "-"
     for name, budget in budgets:
         for scheduler in SCHEDULERS:
             out = work / f"{name.replace(' ', '_').replace('/', '')}_{scheduler}.onnx"
@@ -113,6 +114,7 @@ def section(tmp: Path, *, emit: Callable[[list[str]], None] | None = None) -> li
             train_s = sum(t.seconds_per_epoch)
             d = deploy(out, ds, work, channels_last=True)
             kept = "/".join(f"{k}" for k, _ in r.sparsity.values())
+            of = "/".join(f"{n}" for _, n in r.sparsity.values())
             weights_b = f"{budget.weights:,}" if budget.weights is not None else "-"
             instr_b = f"{budget.instructions:,}" if budget.instructions is not None else "-"
             lines.append(
@@ -124,5 +126,7 @@ def section(tmp: Path, *, emit: Callable[[list[str]], None] | None = None) -> li
             print(f"schedulers {name} {scheduler}: {t.accuracy_after:.4f} {d}", flush=True)
             if emit is not None:
                 emit([*lines, "", *(f"- {n}" for n in notes), ""])
-    notes.insert(0, "filterlets per layer (of): " + "/".join(str(s.units("filterlet")) for s in sites))
+    # The layers the schedulers prune: those the compiler can store sparse (the first convolution, on
+    # one input channel, cannot).
+    notes.insert(0, f"filterlets per pruned layer (of): {of}")
     return [*lines, "", *(f"- {n}" for n in notes), ""]

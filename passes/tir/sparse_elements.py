@@ -16,7 +16,7 @@ from tvm_mcu.passes.tir.sparse_element_kernels import (
 )
 from tvm_mcu.passes.tir.sparse_filterlets import (
     SparseKernels,
-    _pointer_load,
+    pointer_load,
     read_only_sparse,
     rewrite_sparse,
     wanted_parameters,
@@ -56,7 +56,7 @@ def _dense_rows(func: PrimFunc) -> PrimFunc:
             return call
         x, w, n, acc = call.args[1:]
         n = Analyzer().simplify(n)  # the count may be a cast of a constant
-        load = _pointer_load(w)
+        load = pointer_load(w)
         owner = owner_of(load.source) if load is not None else None
         if load is None or owner not in wanted or not isinstance(n, tirx.IntImm):
             return call

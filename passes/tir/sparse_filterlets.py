@@ -52,7 +52,8 @@ class SparseKernels:
 FILTERLETS = SparseKernels(SPARSE1P_BLOB, SPARSE4P_BLOB, anywhere=True)
 
 
-def _pointer_load(pointer: Any) -> Any | None:
+def pointer_load(pointer: Any) -> Any | None:
+    """The load ``pointer`` takes the address of (``&B[i]``, flat), or None."""
     if isinstance(pointer, tvm.ir.Call) and str(getattr(pointer.op, "name", "")) == "tirx.address_of":
         load = pointer.args[0]
         if isinstance(load, TensorLoad) and len(load.indices) == 1:
@@ -63,7 +64,7 @@ def _pointer_load(pointer: Any) -> Any | None:
 def _sparse_call(call: Any, owner_of: Any, wanted: dict[Any, int], kernels: SparseKernels) -> Any | None:
     """The sparse call replacing a runs call over a wanted parameter's weights, or None."""
     a = dict(zip(_RUNS_ARGS, call.args[1:], strict=True))
-    load = _pointer_load(a["w"])
+    load = pointer_load(a["w"])
     if load is None or owner_of(load.source) not in wanted:
         return None
     if not all(isinstance(a[k], tirx.IntImm) for k in ("wsy", "wsx", "kh", "kw", "n")):
@@ -147,7 +148,7 @@ def rewrite_sparse(
         sparse = _sparse_call(call, owner_of, wanted, kernels)
         if sparse is None:
             return call
-        load = _pointer_load(call.args[4])
+        load = pointer_load(call.args[4])
         assert load is not None  # _sparse_call matched it
         owner = owner_of(load.source)
         rewritten[owner] = rewritten.get(owner, 0) + 1
@@ -163,12 +164,19 @@ def rewrite_sparse(
     if kernels.anywhere:
 
         def window_of(blob: Any) -> tuple[int, int] | None:
-            load = _pointer_load(blob)
+            load = pointer_load(blob)
             found = windows.get(owner_of(load.source), set()) if load is not None else set()
             return next(iter(found)) if len(found) == 1 else None
 
         def blocks(loop: Any) -> Any:
             return flat_blocks(loop, kernels.four_of, window_of) or loop
+
+        def row_band_blocks(loop: Any) -> Any:
+            return flat_blocks(loop, kernels.four_of, window_of, row=True) or loop
+
+        # Whole layers first (blocks across rows), then the one-row nests left (row bands' steps).
+        body = structural_map(body, (tirx.For, blocks))
+        blocks = row_band_blocks
 
     else:
 
@@ -202,15 +210,18 @@ class SparseFilterlets:
         ``tvmmcu_sparse1p_blob_*(x, xsy, xsx, kw, &W[0], O, o, n, y0, y1, x0, x1, pad, acc)``: the
         parameter holds the CSR blob (``sparse_kernels.compress_blob``), channel ``o`` is the call's
         weight offset over ``kh * kw * n``; records ``tvmmcu.sparse_filterlets`` = {position: O} for
-        the compiler to store the blob. Then a ``for yy: for xx: for o`` nest (layer by layer) runs four
-        consecutive pixels of the flattened output per call (``sparse_pixel_blocks.flat_blocks``):
-        ``tvmmcu_sparse_setup`` once, per block ``tvmmcu_sparse_stage`` (a pointer per tap to the four
-        pixels' data: in place where they lie inside one pixel stride apart, else staged), per block
-        and channel ``tvmmcu_sparse4p_blob_*`` and the epilogue once per pixel; the ``H * W % 4`` last
-        pixels as a block repeating the last pixel (not stored). Scratch: the state
-        (``4 * (1 + kh * kw) + n`` bytes) and the stage buffer (``8 * kh * kw + 4 * kh * kw * ps``
-        bytes, ps the input bytes from one window to the next); HoistScratchToWorkspace moves both to
-        the arena.
+        the compiler to store the blob. Then a ``for yy: for xx: for o`` nest (layer by layer), or a
+        ``for xx: for o`` nest left (a row band's step, its row set outside), runs four consecutive
+        pixels of the flattened output per call (``sparse_pixel_blocks.flat_blocks``):
+        ``tvmmcu_sparse_setup`` once per nest, per block ``tvmmcu_sparse_stage`` (a pointer per tap to
+        the four pixels' data: in place where they lie inside one pixel stride apart, padding rows
+        where outside for all four, else staged), per block and channel ``tvmmcu_sparse4p_blob_*`` and
+        the epilogue once per pixel; the ``H * W % 4`` last pixels from a block of the last four
+        (only the new ones stored). Scratch: the state (``4 * (1 + kh * kw) + 3 * ps + n`` bytes) and
+        the stage buffer (``8 * kh * kw + 4 * copies * ps`` bytes, ps the input bytes from one window
+        to the next, copies the most taps a block of the nest stages); HoistScratchToWorkspace moves
+        both to the arena. A nest with the output channel fixed outside (a channel slice) keeps one
+        pixel per call.
     Declines when
         a read of the parameter is anything else or its offset is not provably a whole channel (then
         nothing changes and the weights stay dense), or the function carries ``tvmmcu.filterlets_done``.

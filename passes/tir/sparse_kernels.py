@@ -13,10 +13,12 @@ filterlet's weights are widened once for four pixels and the data once per weigh
 four-channel kernels do the other way round. Its four pixels are consecutive in the flattened output,
 anywhere: per block, ``tvmmcu_sparse_stage`` points each tap at the four pixels' data, in the input where
 they lie inside one pixel stride apart, and otherwise (a tap on the border, or a block across two rows)
-at copies made once per block, a tap outside reading a row of the padding value (CMSIS-NN's im2col, for
-those taps only), so the border keeps the four-pixel kernel. ``tvmmcu_sparse_setup`` builds the layer's tap
-offsets and padding row once. ``tvmmcu_sparse1p_*`` computes one pixel whose window may cross the
-padding (the taps outside add ``pad`` times their weights): the pixels left over after the blocks.
+at padding rows where the tap lies outside for all four pixels, else at copies made once per block, a
+pixel's tap outside copied from the padding (CMSIS-NN's im2col, for those taps only), so the border keeps
+the four-pixel kernel. ``tvmmcu_sparse_setup`` builds the layer's tap offsets and padding rows once.
+``tvmmcu_sparse1p_*`` computes one pixel whose window may cross the padding (the taps outside add
+``pad`` times their weights): the nests SparseFilterlets takes no blocks from (a channel slice's, or
+fewer than four pixels).
 """
 
 from __future__ import annotations
@@ -74,13 +76,13 @@ HEADER_TEXT = """\
  * vals[f * n] .. vals[f * n + n - 1] (one per input channel). The window's tap (ry, rx) is at
  * ry * xsy + rx * xsx bytes from its first tap. */
 
-/* A layer's tap offsets and padding row, for tvmmcu_sparse_stage: built once per layer into state
+/* A layer's tap offsets and padding rows, for tvmmcu_sparse_stage: built once per layer into state
  * (TVMMCU_SPARSE_STATE_WORDS): state[1 + t] the byte offset ry * xsy + rx * xsx of tap t = ry * kw + rx in
- * a window, state[0] those offsets ORed (their alignment), then n bytes of pad: the padding row a tap
- * outside the input reads. */
-#define TVMMCU_SPARSE_STATE_WORDS(kk, n) (1 + (kk) + ((n) + 3) / 4)
+ * a window, state[0] those offsets ORed (their alignment), then 3 * ps + n bytes of pad: four padding rows
+ * ps bytes apart, which a tap outside the input for all four pixels of a block reads. */
+#define TVMMCU_SPARSE_STATE_WORDS(kk, n, ps) (1 + (kk) + (3 * (ps) + (n) + 3) / 4)
 static inline int32_t tvmmcu_sparse_setup(int32_t *state, int32_t kh, int32_t kw, int32_t xsy, int32_t xsx,
-                                          int32_t n, int32_t pad) {
+                                          int32_t n, int32_t ps, int32_t pad) {
   uint32_t any = 0u;
   for (int32_t ry = 0; ry < kh; ++ry) {
     for (int32_t rx = 0; rx < kw; ++rx) {
@@ -89,7 +91,7 @@ static inline int32_t tvmmcu_sparse_setup(int32_t *state, int32_t kh, int32_t kw
     }
   }
   state[0] = (int32_t)any;
-  memset(state + 1 + kh * kw, pad, (size_t)n);
+  memset(state + 1 + kh * kw, pad, (size_t)(3 * ps + n));
   return 0;
 }
 
@@ -105,15 +107,16 @@ static inline int32_t tvmmcu_sparse_inside(int32_t y0, int32_t y1, int32_t x0, i
 }
 
 /* The bytes of tvmmcu_sparse_stage's buffer: a pointer per tap (8 bytes each, whatever the pointer
- * size), then four staged pixels per tap, ps bytes apart. */
-#define TVMMCU_SPARSE_STAGE_BYTES(kk, ps) (8 * (kk) + 4 * (kk) * (ps))
+ * size), then four staged pixels ps bytes apart for each of the most taps a block copies (at most kk). */
+#define TVMMCU_SPARSE_STAGE_BYTES(kk, copies, ps) (8 * (kk) + 4 * (copies) * (ps))
 
 /* Where tvmmcu_sparse4p_* reads four consecutive output pixels: pixel p's window at x + d_p (tap t at
  * x + d_p + state[1 + t]), bit t of m_p set where that tap lies inside the input. For each tap t, buf's
  * table gets a pointer to the first pixel's data, the others ps, 2 ps, 3 ps bytes after it: in the input
- * where the four pixels' taps lie inside ps bytes apart (a block in one row), else four copies in buf
- * (a tap outside reads the padding row): once per block for all output channels, and only the taps that
- * need it (a border row's, a border column's, or all of a block across two rows). Returns whether every
+ * where the four pixels' taps lie inside ps bytes apart (a block in one row), at the padding rows where
+ * the tap lies outside for all four, else at four copies in buf (a pixel's tap outside copied from the
+ * padding row), the copies back to back: once per block for all output channels, and only the taps that
+ * need it (a border column's, or those inside of a block across two rows). Returns whether every
  * pointer and ps are word-aligned. */
 static __attribute__((noinline, unused)) int32_t
 tvmmcu_sparse_stage(void *buf, const void *x, int32_t d0, int32_t d1, int32_t d2, int32_t d3, int32_t m0,
@@ -129,12 +132,17 @@ tvmmcu_sparse_stage(void *buf, const void *x, int32_t d0, int32_t d1, int32_t d2
                           (uint32_t)state[0] | (uint32_t)ps | (uint32_t)n;
   const int words = (spread & 3u) == 0u;
   const uint32_t row = d1 == d0 + ps && d2 == d1 + ps && d3 == d2 + ps ? (uint32_t)(m0 & m1 & m2 & m3) : 0u;
+  const uint32_t some = (uint32_t)(m0 | m1 | m2 | m3);
+  uint8_t *out = data;
   for (int32_t t = 0; t < kk; ++t) {
     if (((row >> t) & 1u) != 0u) {
       table[t] = xb + (d0 + state[1 + t]);
       continue;
     }
-    uint8_t *out = data + 4 * t * ps;
+    if (((some >> t) & 1u) == 0u) {
+      table[t] = pad;
+      continue;
+    }
     table[t] = out;
     for (int32_t p = 0; p < 4; ++p, out += ps) {
       const uint8_t *const src = ((m[p] >> t) & 1u) != 0u ? xb + (d[p] + state[1 + t]) : pad;

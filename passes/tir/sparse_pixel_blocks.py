@@ -1,6 +1,7 @@
 """The four-pixel rewrites of SparseFilterlets and SparseElements: a layer by layer nest of one-pixel
-sparse calls, ``for yy: for xx: for o: {acc; acc = sparse1p(...); epilogue}``, computed four pixels per
-call of the four-pixel kernel.
+sparse calls, ``for yy: for xx: for o: {acc; acc = sparse1p(...); epilogue}`` (or, filterlet CSR only,
+a row band's step ``for xx: for o: {...}``, its row set by the loops around it), computed four pixels
+per call of the four-pixel kernel.
 
 Two shapes, by what the format's four-pixel kernel takes:
 
@@ -9,10 +10,13 @@ Two shapes, by what the format's four-pixel kernel takes:
   copy.
 - :func:`flat_blocks` (filterlet CSR): four consecutive pixels of the flattened output ``(yy, xx)``,
   anywhere: each pixel's window offset and a mask of its taps inside the input are computed once per
-  block, and the taps whose four pixels do not lie inside one pixel stride apart are staged once per
-  block (a tap outside reads a row of the padding value, built once per layer by
-  ``tvmmcu_sparse_setup`` with the table of tap offsets). The ``H * W % 4`` last pixels make a last
-  block whose missing pixels repeat the last one.
+  block; a tap outside for all four pixels reads padding rows, one inside for some but not all (or
+  for a block whose windows are not one pixel stride apart) is staged once per block, back to back in
+  a buffer sized for the most taps a block of the nest copies (:func:`stage_copies`); the padding
+  rows and the table of tap offsets are built once per nest by ``tvmmcu_sparse_setup``. The
+  ``H * W % 4`` last pixels come from a last block of the output's last four pixels, only the new
+  ones stored. A nest whose output channel is fixed outside it (a channel slice) keeps one pixel per
+  call: its blocks would be staged once per channel.
 """
 
 from __future__ import annotations
@@ -45,9 +49,11 @@ MAX_TAPS = 32
 
 @attrs.frozen
 class _Nest:
-    """The parts of a ``for yy: for xx: for o: {alloc acc; init; acc = one(...); epilogue}`` nest."""
+    """The parts of a ``for yy: for xx: for o: {alloc acc; init; acc = one(...); epilogue}`` nest, or of
+    a one-row ``for xx: for o: {...}`` nest (``loop_y`` None: a row band's step, the row set by the
+    loops around it)."""
 
-    loop_y: Any
+    loop_y: Any | None
     loop_x: Any
     loop_o: Any
     h: int
@@ -58,16 +64,19 @@ class _Nest:
     epilogue: tuple[Any, ...]
     args: dict[str, Any]
 
+    @property
+    def loop_vars(self) -> list[Any]:
+        """The nest's pixel loop variables, outermost first."""
+        return [loop.loop_var for loop in (self.loop_y, self.loop_x) if loop is not None]
 
-def _nest(loop_y: Any) -> _Nest | None:
-    loop_x = loop_y.body
-    if not isinstance(loop_x, tirx.For) or not isinstance(loop_x.body, tirx.For):
-        return None
-    loop_o = loop_x.body
-    h, w = constant_extent(loop_y), constant_extent(loop_x)
-    if h is None or w is None or constant_extent(loop_o) is None:
-        return None
-    body = loop_o.body
+
+def _nest(loop: Any, *, rows: int) -> _Nest | None:
+    """The nest at ``loop`` with ``rows`` (1 or 2) pixel loops, then the output channels' loop, every
+    loop from 0 with a constant extent."""
+    loops = [loop]
+    while isinstance(loops[-1].body, tirx.For) and len(loops) <= rows:
+        loops.append(loops[-1].body)
+    body = loops[-1].body
     if not isinstance(body, tirx.SeqStmt) or len(body.seq) < 4:
         return None
     alloc, init, update = body.seq[0], body.seq[1], body.seq[2]
@@ -81,6 +90,16 @@ def _nest(loop_y: Any) -> _Nest | None:
     if len(call.args) != len(ONE_ARGS) + 1:
         return None
     args = dict(zip(ONE_ARGS, call.args[1:], strict=True))
+    # Not a channel slice's nest (the call's channel fixed outside, each block staged once per channel).
+    if len(loops) != rows + 1 or not uses(args["o"], loops[-1].loop_var):
+        return None
+    if any(constant_extent(v) is None for v in loops):
+        return None
+    loop_o = loops.pop()
+    loop_y, loop_x = (loops[0], loops[1]) if rows == 2 else (None, loops[0])
+    h = 1 if loop_y is None else constant_extent(loop_y)
+    w = constant_extent(loop_x)
+    assert h is not None and w is not None  # checked above
     return _Nest(loop_y, loop_x, loop_o, h, w, alloc.buffer, init, call, tuple(body.seq[3:]), args)
 
 
@@ -106,7 +125,8 @@ def _window_start(nest: _Nest, load: Any) -> Any:
 
 
 def _per_pixel(stmt: Any, nest: _Nest, yy: Any, xx: Any) -> Any:
-    return substitute(substitute(stmt, nest.loop_y.loop_var, yy), nest.loop_x.loop_var, xx)
+    out = substitute(stmt, nest.loop_x.loop_var, xx)
+    return out if nest.loop_y is None else substitute(out, nest.loop_y.loop_var, yy)
 
 
 def _edges(stmt: Any, edge_of: Any) -> Any:
@@ -131,22 +151,24 @@ def _int32(expr: Any) -> Any:
     return expr if str(expr.ty) == "int32" else tirx.Cast("int32", expr)
 
 
-def flat_blocks(loop_y: Any, four_of: Any, window_of: Any) -> Any | None:
-    """The nest at ``loop_y`` four consecutive output pixels per call of the four-pixel kernel
-    ``four_of(one-pixel kernel)`` (``tvmmcu_sparse4p_blob_*``), the last ``H * W % 4`` pixels as a block
-    whose missing pixels repeat the last one (computed, not stored); ``window_of(blob pointer)``: the
-    window's (kh, kw), or None.
+def flat_blocks(loop: Any, four_of: Any, window_of: Any, *, row: bool = False) -> Any | None:
+    """The nest at ``loop`` (``row``: a one-row nest ``for xx: for o``, as a row band's step computes
+    it, the row's taps and window start set by the loops around it) four consecutive output pixels per
+    call of the four-pixel kernel ``four_of(one-pixel kernel)`` (``tvmmcu_sparse4p_blob_*``), the last
+    ``H * W % 4`` pixels from a block of the last four pixels, only the new ones stored;
+    ``window_of(blob pointer)``: the window's (kh, kw), or None.
 
-    Per layer ``tvmmcu_sparse_setup`` fills a state buffer (the taps' offsets, the padding row); per
-    block ``tvmmcu_sparse_stage`` points each tap of its buffer's table at the four pixels' data, in
-    the input where they lie inside ps bytes apart (ps: the input bytes between horizontally adjacent
-    windows), else at copies in the buffer (8 * taps + 4 * taps * ps bytes); then every output
-    channel runs the kernel on them. Both buffers are scratch (HoistScratchToWorkspace places them in
-    the arena). None when the nest is not one, it has fewer than 4 pixels, its
-    window start is not affine in (yy, xx) with constant coefficients, its strides, padding or
-    weights change inside it, adjacent windows overlap by less than ``n`` bytes (ps < n), or its
-    window has over 32 taps."""
-    nest = _nest(loop_y)
+    Per nest ``tvmmcu_sparse_setup`` fills a state buffer (the taps' offsets, four padding rows ps
+    bytes apart: ``4 * (1 + taps) + 3 * ps + n`` bytes); per block ``tvmmcu_sparse_stage`` points each
+    tap of its buffer's table at the four pixels' data: in the input where they lie inside ps bytes
+    apart (ps: the input bytes between horizontally adjacent windows), at the padding rows where the
+    tap lies outside for all four, else at copies in the buffer (``8 * taps + 4 * copies * ps``
+    bytes, copies: :func:`stage_copies` of the nest); then every output channel runs the kernel on
+    them. Both buffers are scratch (HoistScratchToWorkspace places them in the arena). None when the
+    nest is not one (the output channel's loop innermost), it has fewer than 4 pixels, its window start
+    is not affine in (yy, xx) with constant coefficients, its strides, padding or weights change inside
+    it, adjacent windows overlap by less than ``n`` bytes (ps < n), or its window has over 32 taps."""
+    nest = _nest(loop, rows=1 if row else 2)
     if nest is None:
         return None
     a = nest.args
@@ -158,36 +180,42 @@ def flat_blocks(loop_y: Any, four_of: Any, window_of: Any) -> Any | None:
     kh, kw = window
     if kh * kw > MAX_TAPS or not all(isinstance(a[k], tirx.IntImm) for k in ("xsy", "xsx", "kw", "n")):
         return None
-    yy, xx, o = nest.loop_y.loop_var, nest.loop_x.loop_var, nest.loop_o.loop_var
-    if any(uses(a[k], v) for k in ("blob", "O", "pad") for v in (yy, xx, o)):
+    xx = nest.loop_x.loop_var
+    pixel_vars = nest.loop_vars
+    if any(uses(a[k], v) for k in ("blob", "O", "pad") for v in (*pixel_vars, nest.loop_o.loop_var)):
         return None
     start = _window_start(nest, load)
-    coeffs = detect_linear_equation(start, [yy, xx])
-    if len(coeffs) != 3 or not all(isinstance(c, tirx.IntImm) for c in coeffs[:2]):
+    coeffs = detect_linear_equation(start, pixel_vars)
+    variables = len(pixel_vars)
+    if len(coeffs) != variables + 1 or not all(isinstance(c, tirx.IntImm) for c in coeffs[:variables]):
         return None
     dtype = str(xx.ty)
     pixels = nest.h * nest.w
     blocks = pixels // PIXELS
-    n, taps, ps = int(a["n"]), kh * kw, int(coeffs[1])
+    n, taps, ps = int(a["n"]), kh * kw, int(coeffs[variables - 1])
     if blocks == 0 or ps < n:
         return None  # no block of four; or windows overlapping in a staged block (n bytes, ps apart)
     ana = Analyzer()
 
-    def at(pixel: Any) -> tuple[Any, Any]:  # (yy, xx) of a flat pixel index
+    def at(pixel: Any) -> tuple[Any, Any]:  # (yy, xx) of a flat pixel index; (None, xx) in a row
+        if nest.loop_y is None:
+            return None, pixel
         width = tirx.IntImm(dtype, nest.w)
         return ana.simplify(tirx.floordiv(pixel, width)), ana.simplify(tirx.floormod(pixel, width))
 
-    state = tirx.decl_buffer((1 + taps + (n + 3) // 4,), "int32", name="sparse_state", layout=None)
-    # A pointer per tap (8 bytes), then the staged taps: TVMMCU_SPARSE_STAGE_BYTES.
-    staged = tirx.decl_buffer((8 * taps + PIXELS * taps * ps,), "uint8", name="sparse_windows", layout=None)
+    # TVMMCU_SPARSE_STATE_WORDS: the tap offsets, then four padding rows ps bytes apart.
+    state = tirx.decl_buffer((1 + taps + (3 * ps + n + 3) // 4,), "int32", name="sparse_state", layout=None)
+    # TVMMCU_SPARSE_STAGE_BYTES: a pointer per tap (8 bytes), then the most taps a block copies.
+    copies = _most_copies(nest, (kh, kw), [int(c) for c in coeffs[:variables]])
+    staged = tirx.decl_buffer((8 * taps + PIXELS * copies * ps,), "uint8", name="sparse_windows", layout=None)
     zero = tirx.IntImm(dtype, 0)
     state_at, staged_at = (tirx.address_of(tirx.BufferLoad(b, [zero])) for b in (state, staged))
     x0 = tirx.address_of(tirx.BufferLoad(load.source, [tirx.IntImm(str(load.indices[0].ty), 0)]))
     kk, pixel_stride = tirx.IntImm("int32", taps), tirx.IntImm("int32", ps)
 
-    def block(pixel: Any, valid: int) -> Any:
+    def block(pixel: Any, first: int) -> Any:
         """Stage the block whose p-th pixel is ``pixel(p)``, then every output channel: the kernel, the
-        epilogue of its first ``valid`` pixels."""
+        epilogue of its pixels from ``first`` on."""
 
         def of_pixel(node: Any, p: Any) -> Any:  # an expression or statement at pixel p of the block
             out = _per_pixel(node, nest, *at(pixel(p)))
@@ -230,10 +258,16 @@ def flat_blocks(loop_y: Any, four_of: Any, window_of: Any) -> Any | None:
             return tirx.BufferLoad(four, [p_var]) if load.source.same_as(nest.acc) else load
 
         tail = [structural_map(of_pixel(s, p_var), (TensorLoad, read_four)) for s in nest.epilogue]
-        per_pixel = tirx.For(p_var, zero, tirx.IntImm(dtype, valid), tirx.ForKind.UNROLLED, _seq(tail))
+        per_pixel = tirx.For(
+            p_var,
+            tirx.IntImm(dtype, first),
+            tirx.IntImm(dtype, PIXELS - first),
+            tirx.ForKind.UNROLLED,
+            _seq(tail),
+        )
         loop_o = nest.loop_o
         channels = tirx.For(
-            o,
+            loop_o.loop_var,
             loop_o.min,
             loop_o.extent,
             loop_o.kind,
@@ -250,22 +284,66 @@ def flat_blocks(loop_y: Any, four_of: Any, window_of: Any) -> Any | None:
         a["xsy"],
         a["xsx"],
         a["n"],
+        pixel_stride,
         a["pad"],
     )
     pb = tirx.Var("pb", dtype)
-    blocked = block(lambda p: pb * tirx.IntImm(dtype, PIXELS) + p, PIXELS)
+    blocked = block(lambda p: pb * tirx.IntImm(dtype, PIXELS) + p, 0)
     pieces = [tirx.AllocBuffer(state), tirx.AllocBuffer(staged), tirx.Evaluate(setup)]
     pieces.append(tirx.For(pb, zero, tirx.IntImm(dtype, blocks), tirx.ForKind.SERIAL, blocked))
     left = pixels - blocks * PIXELS
     if left:
-        # The last pixels as a block, its missing pixels repeating the last one (computed, not stored).
-        last = blocks * PIXELS
-
-        def pixel(p: Any) -> Any:
-            return tirx.Min(tirx.IntImm(dtype, last) + p, tirx.IntImm(dtype, pixels - 1))
-
-        pieces.append(block(pixel, left))
+        # The last four pixels again, only the ``left`` new ones stored: a block in a row when the row
+        # has four, its taps then read in place as any other block's.
+        pieces.append(block(lambda p: tirx.IntImm(dtype, pixels - PIXELS) + p, PIXELS - left))
     return tirx.SeqStmt(pieces)
+
+
+def _most_copies(nest: _Nest, window: tuple[int, int], steps: list[int]) -> int:
+    """:func:`stage_copies` of ``nest``'s blocks; all taps (``kh * kw``) when the taps inside a pixel's
+    window are not known when compiling. A row band's rows are not, but a row outside is outside for all
+    four pixels of a block in one row: every row counts as inside."""
+    kh, kw = window
+    a, h, w = nest.args, nest.h, nest.w
+    xs0, xs1 = _values(a["x0"], nest.loop_x.loop_var, w), _values(a["x1"], nest.loop_x.loop_var, w)
+    ys0: list[int] | None
+    ys1: list[int] | None
+    if nest.loop_y is None:
+        if any(uses(a[k], nest.loop_x.loop_var) for k in ("y0", "y1")):
+            return kh * kw
+        ys0, ys1 = [0], [kh]
+    else:
+        ys0, ys1 = _values(a["y0"], nest.loop_y.loop_var, h), _values(a["y1"], nest.loop_y.loop_var, h)
+    if xs0 is None or xs1 is None or ys0 is None or ys1 is None:
+        return kh * kw
+    return stage_copies(list(zip(ys0, ys1, strict=True)), list(zip(xs0, xs1, strict=True)), kw, steps)
+
+
+def stage_copies(rows: list[tuple[int, int]], cols: list[tuple[int, int]], kw: int, steps: list[int]) -> int:
+    """The most taps ``tvmmcu_sparse_stage`` copies for one block of :func:`flat_blocks` (the last one
+    included) over an output of ``len(rows)`` x ``len(cols)`` pixels, computing what it computes: a tap
+    is read in place where it lies inside for the four pixels and their windows start ps bytes apart,
+    at the padding rows where it lies outside for all four, else copied. ``rows[yy]`` / ``cols[xx]``:
+    the window rows / columns inside, [y0, y1) / [x0, x1); ``steps``: the window start's bytes per
+    output row and column (per column only for one row): the last is ps."""
+    row_bits = [sum(1 << (ry * kw) for ry in range(y0, y1)) for y0, y1 in rows]
+    col_bits = [sum(1 << rx for rx in range(x0, x1)) for x0, x1 in cols]
+    w = len(cols)
+    pixels, ps = len(rows) * w, steps[-1]
+
+    def copied(flat: list[int]) -> int:
+        at = [divmod(f, w) for f in flat]
+        masks = [row_bits[y] * col_bits[x] for y, x in at]  # bit ry * kw + rx: the tap inside
+        starts = [sum(c * v for c, v in zip(steps, (y, x)[-len(steps) :], strict=True)) for y, x in at]
+        inside_all = masks[0] & masks[1] & masks[2] & masks[3]
+        some = masks[0] | masks[1] | masks[2] | masks[3]
+        in_row = all(starts[p] == starts[0] + p * ps for p in range(PIXELS))
+        return bin(some & ~inside_all if in_row else some).count("1")
+
+    blocks = [[b * PIXELS + p for p in range(PIXELS)] for b in range(pixels // PIXELS)]
+    if pixels % PIXELS:
+        blocks.append([pixels - PIXELS + p for p in range(PIXELS)])
+    return max(copied(b) for b in blocks)
 
 
 def _values(expr: Any, var: Any, extent: int) -> list[int] | None:
@@ -299,13 +377,14 @@ def row_blocks(loop_y: Any, four_of: Any, edge_of: Any) -> Any | None:
     """The nest at ``loop_y`` with the runs of pixels whose windows lie inside taken four at a time by
     the four-pixel kernel ``four_of(one-pixel kernel)`` (``x, ps, xsy, xsx, kw, blob, O, o, n, acc``)
     in the rows whose windows lie inside, the rest through ``edge_of``; None when the nest is not that."""
-    nest = _nest(loop_y)
+    nest = _nest(loop_y, rows=2)
     if nest is None:
         return None
     four_name = four_of(extern_name(nest.call))
     if four_name is None:
         return None
     a = nest.args
+    assert nest.loop_y is not None  # a whole layer's nest
     yy, xx = nest.loop_y.loop_var, nest.loop_x.loop_var
     h, w = nest.h, nest.w
     ys0, ys1 = _values(a["y0"], yy, h), _values(a["y1"], yy, h)

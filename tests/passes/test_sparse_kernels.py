@@ -12,6 +12,7 @@ import pytest
 
 from tvm_mcu.passes.tir.dot_kernels import HEADER_TEXT
 from tvm_mcu.passes.tir.sparse_kernels import compress, compress_blob, filterlets_kept
+from tvm_mcu.passes.tir.sparse_pixel_blocks import stage_copies
 
 H, W, KH, KW, OUT = 6, 9, 3, 3, 5
 PAD = {"s8": -9, "u8": 200}
@@ -52,6 +53,23 @@ def _window(stride: int) -> list[str]:
     ]
 
 
+# Bytes after the stage buffer that no stage call may write (the compiler's bound on its copies).
+CANARY = 16
+
+
+def _copies(n: int, stride: int) -> int:
+    """The compiler's bound on the taps a block copies (``stage_copies``), for this layer."""
+    ho, wo = _out_shape(stride)
+
+    def inside(o: int, size: int, k: int) -> tuple[int, int]:
+        i = o * stride - 1
+        return (-i if i < 0 else 0, size - i if size - i < k else k)
+
+    rows = [inside(oy, H, KH) for oy in range(ho)]
+    cols = [inside(ox, W, KW) for ox in range(wo)]
+    return stage_copies(rows, cols, KW, [stride * W * n, stride * n])
+
+
 def _source(n: int, stride: int) -> str:
     vals, taps, rows = compress(_weights(n))
     ho, wo = _out_shape(stride)
@@ -63,12 +81,14 @@ def _source(n: int, stride: int) -> str:
         _c_array("int16_t", "taps", taps),
         _c_array("int16_t", "rows", rows),
         _c_array("int8_t", "blob", compress_blob(_weights(n))),
-        f"static int32_t state[TVMMCU_SPARSE_STATE_WORDS({KH * KW}, {n})];",
-        f"static uint8_t staged[TVMMCU_SPARSE_STAGE_BYTES({KH * KW}, {ps})] __attribute__((aligned(8)));",
+        f"static int32_t state[TVMMCU_SPARSE_STATE_WORDS({KH * KW}, {n}, {ps})];",
+        f"#define STAGED TVMMCU_SPARSE_STAGE_BYTES({KH * KW}, {_copies(n, stride)}, {ps})",
+        f"static uint8_t staged[STAGED + {CANARY}] __attribute__((aligned(8)));",
         "int32_t tvmmcu_model_run(const void *input, void *output) {",
         "  const int8_t *xs = (const int8_t *)input;",
         "  const uint8_t *xu = (const uint8_t *)input;",
         "  int32_t *out = (int32_t *)output;",
+        f"  memset(staged + STAGED, 0xa5, {CANARY});",
     ]
     for kind, x in (("s8", "xs"), ("u8", "xu")):
         pad = PAD[kind]
@@ -82,7 +102,7 @@ def _source(n: int, stride: int) -> str:
             f"        rows[o + 1], {n}, y0, y1, x0, x1, {pad}, 7 * o - 3);",
             "  }",
             # Four consecutive pixels of the flattened output at once, wherever they lie.
-            f"  tvmmcu_sparse_setup(state, {KH}, {KW}, {W * n}, {n}, {n}, {pad});",
+            f"  tvmmcu_sparse_setup(state, {KH}, {KW}, {W * n}, {n}, {n}, {ps}, {pad});",
             f"  for (int32_t b = 0; b < {ho * wo // 4}; ++b) {{",
             "    int32_t d[4], m[4];",
             "    for (int32_t p = 0; p < 4; ++p) {",
@@ -100,7 +120,15 @@ def _source(n: int, stride: int) -> str:
             "    }",
             "  }",
         ]
-    lines += ["  return 0;", "}", ""]
+    # 1: no stage call wrote past the bytes the compiler would give it.
+    lines += [
+        "  int32_t intact = 1;",
+        f"  for (int k = 0; k < {CANARY}; ++k) intact &= staged[STAGED + k] == 0xa5;",
+        "  *out++ = intact;",
+        "  return 0;",
+        "}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -143,12 +171,13 @@ def _expected(x: np.ndarray, n: int, stride: int) -> np.ndarray:
         for b in range(flat.shape[0] // 4):
             for o in range(OUT):
                 out += list(flat[4 * b : 4 * b + 4, o])
+    out.append(1)  # the canary after the stage buffer intact
     return np.array(out, np.int64).astype(np.int32)
 
 
 def _outputs(stride: int) -> int:
     ho, wo = _out_shape(stride)
-    return 2 * (ho * wo * OUT + ho * wo // 4 * 4 * OUT)
+    return 2 * (ho * wo * OUT + ho * wo // 4 * 4 * OUT) + 1
 
 
 def _data(n: int) -> np.ndarray:
