@@ -212,3 +212,102 @@ def test_one_half_of_a_shifted_value_is_an_exact_shift() -> None:
     for v in range(-255, 256):
         for s in range(-19, 1):
             assert _rdbpot(_srdhm(v << 20, 1 << 30), -s) == v << (19 + s)
+
+
+# ONNX's one rounding with the scale known when compiling: out[k] = tvmmcu_fp_mbqm_even(x, m, S) with S a
+# literal (GCC's inline path for S >= 0, a scale of 1/2 or more) for each shift S the case names.
+EVEN_SHIFTS = (0, 1, 5, 17, 30, -1, -20)
+_EVEN_CASES = "\n".join(
+    f"        case {k}: out[k] = tvmmcu_fp_mbqm_even(x, m, {s}); break;" for k, s in enumerate(EVEN_SHIFTS)
+)
+EVEN_C = (
+    """\
+#include "model.h"
+#include "tvmmcu_fixed_point.h"
+
+static void even(const int32_t *v, int32_t n, int32_t *out)
+{
+    for (int32_t k = 0; k < n; ++k) {
+        const int32_t x = v[2 * k], m = v[2 * k + 1];
+        switch (k % COUNT) {
+"""
+    + _EVEN_CASES
+    + """
+        }
+    }
+}
+
+int32_t tvmmcu_model_run(const void *input, void *output)
+{
+    even((const int32_t *)input, TVMMCU_INPUT_BYTES / 8, (int32_t *)output);
+    return 0;
+}
+
+int32_t host_even(const int32_t *v, int32_t n, int32_t *out)
+{
+    even(v, n, out);
+    return 0;
+}
+"""
+).replace("COUNT", str(len(EVEN_SHIFTS)))
+
+
+def _even_cases(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, multiplier) pairs, exact ties and saturating products included, and the values ONNX's
+    rounding gives: x * m / 2**(31 - S) rounded half to even, saturated to int32."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-(2**31), 2**31, n, dtype=np.int64)
+    m = rng.integers(1 << 30, 1 << 31, n, dtype=np.int64)
+    small = rng.random(n) < 0.4  # small values: exact ties
+    x[small] = rng.integers(-9, 10, small.sum())
+    m[small] = 1 << 30  # x * 2**30 / 2**(31 - S): ties for S = 0
+    want = []
+    for k, (xv, mv) in enumerate(zip(x.tolist(), m.tolist(), strict=True)):
+        total = 31 - EVEN_SHIFTS[k % len(EVEN_SHIFTS)]
+        value = xv * mv
+        q, r = divmod(value, 1 << total)  # floor
+        half = 1 << (total - 1)
+        q += int(r > half or (r == half and q % 2 == 1))
+        want.append(max(-(2**31), min(2**31 - 1, q)))
+    return np.stack([x, m], axis=1).astype(np.int32), np.array(want, np.int64).astype(np.int32)
+
+
+def _write_even(directory: Path, n: int) -> Path:
+    from tests.targets.test_firmware_on_emulator import MODEL_H
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.h").write_text(MODEL_H.format(inputs=8 * n, outputs=4 * n))
+    (directory / "model.c").write_text(EVEN_C)
+    (directory / fixed_point.HEADER_NAME).write_text(fixed_point.HEADER_TEXT)
+    return directory
+
+
+def test_half_to_even_with_a_constant_scale_on_the_host(tmp_path: Path) -> None:
+    n = 14000
+    lib = _write_even(tmp_path / "lib", n)
+    gcc = shutil.which("gcc")
+    assert gcc is not None
+    so = tmp_path / "even.so"
+    flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I", str(lib)]
+    subprocess.run([gcc, *flags, str(lib / "model.c"), "-o", str(so)], check=True)
+    fn = ctypes.CDLL(str(so)).host_even
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
+    cases, want = _even_cases(n, seed=2)
+    out = np.zeros(n, np.int32)
+    fn(cases.ctypes.data, n, out.ctypes.data)
+    np.testing.assert_array_equal(out, want)
+    assert np.count_nonzero((want == 2**31 - 1) | (want == -(2**31))) > n // 20  # saturation reached
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"])
+def test_half_to_even_with_a_constant_scale_on_the_cores(board: str, tmp_path: Path) -> None:
+    """The inline path for a scale of 1/2 or more and the 32-bit-step one, on the M4 and the M3."""
+    from tvm_mcu.targets import build_firmware, load_board, run_firmware
+
+    n = 700
+    fw = build_firmware(_write_even(tmp_path / "lib", n), load_board(board), tmp_path / "fw")
+    assert fw.warnings == ()
+    cases, want = _even_cases(n, seed=3)
+    out = np.frombuffer(run_firmware(fw, cases.tobytes(), 4 * n).output, np.int32)
+    np.testing.assert_array_equal(out, want)

@@ -150,6 +150,15 @@ static inline int32_t tvmmcu_fp_mbqm_even(int32_t x, int32_t multiplier, int32_t
     const uint64_t bias = ((uint64_t)((uint32_t)1 << t) << 31) - 1u + (uint32_t)(q & 1);
     return (int32_t)((int64_t)((uint64_t)value + bias) >> 32) >> t;
   }
+#if defined(__GNUC__)
+  if (__builtin_constant_p(total) && total >= 1 && total <= 31) {
+    /* A scale of 1/2 or more known when compiling (a concatenation's or an addition's rescale): inline,
+     * the same bias before the floor in 64 bits (|value| <= 2**62: no overflow), then saturated. */
+    const int64_t floor = value >> total;
+    const int64_t q = (value + ((((int64_t)1) << (total - 1)) - 1 + (floor & 1))) >> total;
+    return q > INT32_MAX ? INT32_MAX : (q < INT32_MIN ? INT32_MIN : (int32_t)q);
+  }
+#endif
   return tvmmcu_fp_round_even_call(value, total);
 }
 
