@@ -52,9 +52,10 @@ def section(tmp: Path, *, emit: Callable[[list[str]], None] | None = None) -> li
         "(ELF), stored weight bytes, and on QEMU the instructions (not cycles) and int8 accuracy on the first",
         f"{QEMU_IMAGES} test images; float accuracy on all 10,000. **search s**: the scheduler's own",
         "time (Taylor scores, annealing, gate bookkeeping: the run's wall time less training);",
-        "**train s**: training. The instructions held are the cost model's for the four-pixel sparse kernel",
-        "(layer by layer); the compiler's schedule (SRAM first) may be row bands, whose line buffers the",
-        "sparse layers still read through the one-pixel kernel, so QEMU's count can exceed the held one.",
+        "**train s**: training. The instructions held are the cost model's (its per-layer fits of the dense",
+        "and four-pixel sparse kernels); the compiler's schedule (SRAM first) is row bands, whose sparse",
+        "layers take four pixels of a row per call; QEMU counts fewer than the model prices (the original's",
+        "row: priced and counted).",
         "",
         "| budget | scheduler | float acc | int8 acc (QEMU) | stored weights B held / budget | instr held / budget "
         "| firmware flash B | stored weights B | instructions (QEMU) | schedule | filterlets kept per layer "

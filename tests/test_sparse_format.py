@@ -55,3 +55,15 @@ def test_filterlets_within_the_slack_are_preferred() -> None:
 )
 def test_weights_stay_dense(w: np.ndarray) -> None:
     assert compiler._sparse_format(w) is None
+
+
+def test_pointwise_weights_pruned_element_wise_take_element_csr_rows() -> None:
+    """A 1x1 convolution has no runs call (no filterlet kernel), but its output channels are a dense
+    layer's rows at each pixel: element CSR where that is smaller, as for a dense layer."""
+    w = _weights((16, 1, 1, 32), density=0.1)
+    assert compiler._conv_sparse_format(w) == ELEMENTS
+    assert compiler._conv_sparse_format(_weights((16, 1, 1, 32), density=0.6)) is None  # larger
+    assert compiler._conv_sparse_format(_weights((16, 1, 1, 4), density=0.1)) is None  # 4 channels
+    assert compiler._conv_sparse_format(_weights((16, 3, 3, 32), filterlets=0.4)) == FILTERLETS
+    assert compiler.may_store_elements(1, 8) and not compiler.may_store_sparse(1, 8)
+    assert not compiler.may_store_elements(9, 1)  # a depthwise or single-channel window

@@ -201,8 +201,16 @@ def may_store_sparse(kernel_taps: int, in_channels: int) -> bool:
     """Whether a convolution weight with ``kernel_taps`` (kh * kw) taps of ``in_channels`` input channels
     per group can be stored sparse at all: the sparse kernels are the runs kernel's (several taps, at
     least ``MIN_DOT_TAPS`` input channels); any other (a first convolution on one input channel, a
-    1x1 or depthwise convolution, a dense layer) is stored dense whatever its zeros."""
+    1x1 or depthwise convolution, a dense layer) is stored dense whatever its zeros (a 1x1 one or a
+    dense layer may be stored element-sparse: :func:`may_store_elements`)."""
     return kernel_taps > 1 and in_channels >= MIN_DOT_TAPS
+
+
+def may_store_elements(kernel_taps: int, in_channels: int) -> bool:
+    """Whether such a convolution weight can be stored element-sparse (element CSR): the runs kernel's
+    (:func:`may_store_sparse`), and a 1x1 convolution's of at least ``MIN_DOT_TAPS`` input channels (per
+    pixel, its output channels' rows are a dense layer's: SparseElements' dot rows)."""
+    return may_store_sparse(kernel_taps, in_channels) or (kernel_taps == 1 and in_channels >= MIN_DOT_TAPS)
 
 
 def _sparse_format(w: np.ndarray) -> str | None:
@@ -226,6 +234,16 @@ def _sparse_format(w: np.ndarray) -> str | None:
     if filterlets is not None and (elements is None or filterlets <= elements + FILTERLET_SLACK_BYTES):
         return sparse_filterlets.ATTR_WANTED
     return sparse_elements.ATTR_WANTED if elements is not None else None
+
+
+def _conv_sparse_format(w: np.ndarray) -> str | None:
+    """The mark for a convolution's int8 OHWI weights: :func:`_sparse_format`, or for a 1x1 convolution
+    (:func:`may_store_elements`) its ``[O, n]`` rows' (:func:`_dense_sparse_format`)."""
+    if w.ndim == 4 and w.shape[1] * w.shape[2] == 1:
+        if not may_store_elements(1, w.shape[3]):
+            return None
+        return _dense_sparse_format(w.reshape(w.shape[0], -1))
+    return _sparse_format(w)
 
 
 def _dense_sparse_format(w: np.ndarray) -> str | None:
@@ -255,7 +273,7 @@ def _sparse_candidates(graph: Graph, convolutions: bool = True) -> dict[str, dic
             w = graph.weights.get(name) if t.kind == "weight" else None
             if w is None:
                 continue
-            mark = _dense_sparse_format(w) if step.kind == "dense" else _sparse_format(w)
+            mark = _dense_sparse_format(w) if step.kind == "dense" else _conv_sparse_format(w)
             key = (step.callee, k)
             if mark is None or key in refused or found.get(key, (mark, 0))[0] != mark:
                 refused.add(key)
@@ -287,8 +305,8 @@ def _sparse_stored(lowered: _tvm.IRModule, attr: str) -> dict[str, set[int]]:
 
 def sparse_reason(mod: _tvm.IRModule) -> str | None:
     """Why an NCHW model should compute channels-last by default: its first int8 convolution whose
-    weights a sparse format would store (:func:`_sparse_format`; only the channels-last kernels read
-    the sparse formats), named; None when there is none. Weights are constants or the dequantisation
+    weights a sparse format would store (:func:`_conv_sparse_format`; only the channels-last kernels
+    read the sparse formats), named; None when there is none. Weights are constants or the dequantisation
     of int8 constants (ONNX QDQ), as imported."""
     func = mod["main"]
     values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
@@ -306,10 +324,13 @@ def sparse_reason(mod: _tvm.IRModule) -> str | None:
             if not isinstance(w, _tvm.RelaxConst):
                 continue
             ohwi = np.ascontiguousarray(_tvm.const_value(w).transpose(0, 2, 3, 1))
-            if _sparse_format(ohwi) is not None:
-                kept = float(sparse_kernels.filterlets_kept(ohwi).mean())
+            mark = _conv_sparse_format(ohwi)
+            if mark is not None:
                 node = _tvm.provenance(func, b.var) or _tvm.var_name(b.var)
-                return f"{node} keeps {kept:.0%} of its filterlets"
+                if mark == sparse_filterlets.ATTR_WANTED:
+                    kept = float(sparse_kernels.filterlets_kept(ohwi).mean())
+                    return f"{node} keeps {kept:.0%} of its filterlets"
+                return f"{node} keeps {np.count_nonzero(ohwi) / ohwi.size:.0%} of its weights"
     return None
 
 
