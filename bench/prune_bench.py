@@ -119,7 +119,7 @@ CALIBRATION_IMAGES = 256
 @attrs.frozen
 class Deployed:
     float_acc: float
-    int8_acc: float  # on QEMU, the first QEMU_IMAGES test images
+    int8_acc: float  # over the first ``tested`` test images (see deploy)
     sram: int
     flash: int
     macs: int
@@ -127,6 +127,12 @@ class Deployed:
     schedule: str
     weights: int = 0  # stored weight bytes (Report.stored_weights_bytes)
     images: int = QEMU_IMAGES  # the test images run on QEMU
+    tested: int = QEMU_IMAGES  # the test images int8_acc is over: ``images``, or all with every_image
+    # With every_image: onnxruntime on the same QDQ model and test images, the predictions that differ
+    # from the firmware's and the largest difference of an output, in int8 steps (see ort_outputs).
+    ort_acc: float | None = None
+    ort_differ: int = 0
+    ort_steps: int = 0
 
 
 def float_accuracy(path: Path, ds: Any) -> float:
@@ -138,6 +144,37 @@ def float_accuracy(path: Path, ds: Any) -> float:
     return evaluate(RelaxModule(mod), ds.x_test, ds.y_test)
 
 
+def ort_outputs(q: Path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's first output of the QDQ model ``q`` for each sample of ``x`` (batch 1 each).
+
+    The model as written (no graph optimisation, as ``tvm_mcu.reference``): float32 arithmetic between
+    DequantizeLinear and QuantizeLinear, where tvm-mcu computes each quantised operator exactly in
+    integers; a value within float32 error of a rounding tie can round the other way (one step, which
+    later layers may carry to the outputs)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(q), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.stack([np.asarray(session.run(None, {name: s[None]})[0]).ravel() for s in x])
+
+
+def _host_library(out_dir: Path, lib_dir: Path) -> Any:
+    """The compiled library in ``out_dir`` (its C sources and headers, not the firmware) built by the
+    host's gcc and loaded."""
+    import shutil
+
+    from tvm_mcu.targets.host import build_host_library
+
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    for f in sorted([*out_dir.glob("*.c"), *out_dir.glob("*.h")]):
+        shutil.copy2(f, lib_dir / f.name)
+    return build_host_library(lib_dir)
+
+
 def deploy(
     path: Path,
     ds: Any,
@@ -146,15 +183,24 @@ def deploy(
     *,
     channels_last: bool = False,
     images: int = QEMU_IMAGES,
+    every_image: bool = False,
 ) -> Deployed:
     """Float accuracy on the whole test split; PTQ on real training images; int8 on QEMU (the first
-    ``images`` test images); ``channels_last`` as ``compile --channels-last``."""
+    ``images`` test images); ``channels_last`` as ``compile --channels-last``.
+
+    ``every_image``: the int8 accuracy is instead over the whole test split, computed by the compiled
+    library (the same C) built for the host by gcc; on the first ``images`` its outputs must be
+    byte-identical to the firmware's on QEMU (VerificationError otherwise: the figure would not be the
+    firmware's). onnxruntime runs the same QDQ model on the same images beside it (``ort_*``).
+    """
     from tvm_mcu import api
     from tvm_mcu.api import FIRMWARE_DIR, REPORT, pack, unpack
+    from tvm_mcu.errors import VerificationError
     from tvm_mcu.ptq import quantize_onnx
     from tvm_mcu.report import Report
     from tvm_mcu.targets.board import load_board
     from tvm_mcu.targets.firmware import build_firmware
+    from tvm_mcu.targets.host import run_host_library
     from tvm_mcu.targets.runner import run_firmware
 
     imported = load_model(path)
@@ -167,15 +213,39 @@ def deploy(
     report = Report.read(compiled.out_dir / REPORT)
     fw = build_firmware(compiled.out_dir, load_board(BOARD), compiled.out_dir / FIRMWARE_DIR)
     out_bytes = max((r.offset + r.bytes for r in report.outputs), default=0)
+    host = _host_library(compiled.out_dir, work / f"{path.stem}_host") if every_image else None
     correct, instructions = 0, 0
-    for x, y in zip(ds.x_test[:images], ds.y_test[:images], strict=True):
-        result = run_firmware(fw, pack(report.inputs, [x[None]]), out_bytes)
+    for i, (x, y) in enumerate(zip(ds.x_test[:images], ds.y_test[:images], strict=True)):
+        packed = pack(report.inputs, [x[None]])
+        result = run_firmware(fw, packed, out_bytes)
+        if host is not None and run_host_library(host, packed, out_bytes) != result.output:
+            raise VerificationError(
+                f"{q.name}: on test image {i} the firmware's outputs on QEMU differ from the same "
+                "library built for the host; its int8 accuracy over every test image cannot be the host's"
+            )
         correct += int(np.argmax(unpack(report.outputs, result.output)[0]) == int(y))
         instructions = result.instructions
+    tested, ort_acc, ort_differ, ort_steps = images, None, 0, 0
+    if host is not None:
+        tested = len(ds.x_test)
+        got = np.stack(
+            [
+                unpack(report.outputs, run_host_library(host, pack(report.inputs, [x[None]]), out_bytes))[0]
+                for x in ds.x_test
+            ]
+        ).reshape(tested, -1)
+        correct = int((np.argmax(got, axis=1) == ds.y_test).sum())
+        ref = ort_outputs(q, ds.x_test)
+        row = report.outputs[0]
+        assert row.scale is not None and row.zero_point is not None  # quantize_onnx quantises the outputs
+        steps = ref / row.scale + row.zero_point - got
+        ort_acc = float((np.argmax(ref, axis=1) == ds.y_test).mean())
+        ort_differ = int((np.argmax(ref, axis=1) != np.argmax(got, axis=1)).sum())
+        ort_steps = int(np.abs(np.rint(steps)).max(initial=0))
     r = compiled.report
     return Deployed(
         float_acc,
-        correct / images,
+        correct / tested,
         r.arena_bytes + r.io_bytes,
         fw.flash_bytes,
         r.macs,
@@ -183,6 +253,10 @@ def deploy(
         r.schedule,
         r.stored_weights_bytes,
         images,
+        tested,
+        ort_acc,
+        ort_differ,
+        ort_steps,
     )
 
 

@@ -4,6 +4,7 @@ the done-when claims computed from rows."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -121,6 +122,52 @@ def test_curves_section_on_a_tiny_model(tmp_path: Path) -> None:
     assert (docs / "pruning_curves_digits_cnn_weights.png").stat().st_size > 1000
     assert (docs / "pruning_curves_digits_cnn_instructions.png").is_file()
     assert any("mixed at least as accurate" in line for line in lines)
+    # Beside the int8 accuracy: the predictions that differ from onnxruntime's (the largest step).
+    assert all(re.fullmatch(r"\d+ \(\d+\)", row.split(" | ")[6]) for row in rows if "cannot" not in row)
+    assert any("checked against the host build's) on the first 20 test images" in line for line in lines)
+
+
+@pytest.mark.emulator
+def test_deploy_every_image_is_the_firmwares_accuracy_checked_on_qemu(tmp_path: Path) -> None:
+    from prune_bench import deploy
+
+    from tvm_mcu.train.data import load_dataset
+
+    model = digits_cnn(tmp_path / "digits_cnn.onnx")
+    ds = load_dataset("digits", (1, 1, 8, 8))
+    d = deploy(model, ds, tmp_path, channels_last=True, images=5, every_image=True)
+    assert (d.images, d.tested) == (5, len(ds.x_test)) == (5, 359)
+    assert d.instructions > 0
+    assert d.ort_acc is not None and abs(d.ort_acc - d.int8_acc) <= d.ort_differ / 359
+    assert 0 <= d.ort_steps <= 1  # a tiny CNN: at most a step from onnxruntime's float32 rounding
+    # Without every_image: the accuracy on QEMU's images only, as the methods section measures it.
+    q = deploy(model, ds, tmp_path / "qemu", channels_last=True, images=5)
+    assert (q.images, q.tested, q.ort_acc) == (5, 5, None)
+    assert q.instructions == d.instructions
+
+
+@pytest.mark.emulator
+def test_deploy_every_image_stops_when_the_host_build_is_not_the_firmware(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prune_bench import deploy
+
+    from tvm_mcu.errors import VerificationError
+    from tvm_mcu.targets import host
+    from tvm_mcu.train.data import load_dataset
+
+    real = host.run_host_library
+
+    def off_by_one(lib: object, packed: bytes, nbytes: int) -> bytes:
+        out = bytearray(real(lib, packed, nbytes))  # type: ignore[arg-type]
+        out[0] = (out[0] + 1) % 256
+        return bytes(out)
+
+    monkeypatch.setattr(host, "run_host_library", off_by_one)
+    model = digits_cnn(tmp_path / "digits_cnn.onnx")
+    ds = load_dataset("digits", (1, 1, 8, 8))
+    with pytest.raises(VerificationError, match="test image 0 the firmware's outputs on QEMU differ"):
+        deploy(model, ds, tmp_path, channels_last=True, images=3, every_image=True)
 
 
 def _pointwise_cnn(path: Path) -> Path:
@@ -170,3 +217,32 @@ def test_mixed_with_nothing_stored_sparse_prunes_channels_only(tmp_path: Path) -
         prune_model(
             model, budget=budget, out_path=tmp_path / "f.onnx", **{**kwargs, "granularity": "filterlet"}
         )  # type: ignore[arg-type]
+
+
+def test_the_curves_training_budget_is_set_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import run_bench
+
+    seen: list[object] = []
+
+    def section(tmp: Path, docs: Path, *, models: list[object], emit: object) -> list[str]:
+        seen.extend(models)
+        return ["", run_bench.CURVES_HEADING, ""]
+
+    monkeypatch.setattr(run_bench, "curves_section", section)
+    out = ["--pruning-curves", "--out", str(tmp_path / "BENCH.md")]
+    flags = ["--curves-epochs", "1", "--curves-images", "2,000", "--curves-qemu-images", "20"]
+    assert run_bench.main([*out, "--curves-models", "mobilenetv2_fashion", *flags]) == 0
+    assert run_bench.main(out) == 0
+    got = [(m.path.stem, m.epochs, m.limit, m.images) for m in seen]  # type: ignore[attr-defined]
+    assert got == [
+        ("mobilenetv2_fashion", 1, 2000, 20),
+        ("fashion_cnn_wide", 8, None, 300),  # the defaults of a real run
+        ("mobilenetv2_fashion", 4, 15_000, 300),
+    ]
+    # A misspelt model is refused, not silently skipped.
+    assert run_bench.main([*out, "--curves-models", "fashion_cnn"]) == 2
+    assert "no model ['fashion_cnn']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_bench.main([*out, "--curves-epochs", "0"])
