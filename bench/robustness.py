@@ -80,9 +80,9 @@ def fuzz_section(
 ) -> list[str]:
     from tvm_mcu.fuzz.campaign import Campaign, Config
     from tvm_mcu.fuzz.run import REFUSED, VERDICTS
-    from tvm_mcu.targets.board import list_boards
+    from tvm_mcu.targets.board import development_boards
 
-    boards = tuple(b.name for b in list_boards())
+    boards = tuple(b.name for b in development_boards())
     summaries = []
     for kind, n in (("float", n_float), ("int8", n_int8), ("prune", n_prune)):
         config = Config(n=n, kind=kind, out_dir=tmp / f"fuzz_{kind}", boards=boards, jobs=FUZZ_JOBS)

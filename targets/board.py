@@ -37,6 +37,9 @@ class Board:
     stack_bytes: int
     qemu_extra_args: tuple[str, ...] = ()
     harmless_stderr: tuple[str, ...] = ()
+    # The board's CPU clock (its highest system clock), for latency estimates; 0: an emulator-only
+    # development board, no clock to quote.
+    clock_hz: int = 0
 
 
 _FIELD_TYPES: dict[str, type] = {
@@ -54,8 +57,9 @@ _FIELD_TYPES: dict[str, type] = {
     "stack_bytes": int,
     "qemu_extra_args": list,
     "harmless_stderr": list,
+    "clock_hz": int,
 }
-_OPTIONAL = {"qemu_extra_args", "harmless_stderr"}
+_OPTIONAL = {"qemu_extra_args", "harmless_stderr", "clock_hz"}
 
 
 def _board_files() -> dict[str, Any]:
@@ -98,6 +102,8 @@ def _check(where: str, stem: str, board: Board) -> None:
             f"{where}: has_fpu = {str(board.has_fpu).lower()} but cpu_flags "
             f"{'use' if hard else 'do not use'} -mfloat-abi=hard"
         )
+    if board.clock_hz < 0:
+        raise BadOptionError(f"{where}: clock_hz = {board.clock_hz} must be a clock in Hz, or 0 for none")
     if board.stack_bytes <= 0 or board.stack_bytes % 8:
         raise BadOptionError(f"{where}: stack_bytes = {board.stack_bytes} must be a positive multiple of 8")
     if board.stack_bytes >= board.ram_bytes:
@@ -123,6 +129,12 @@ def _load_all() -> dict[str, Board]:
 def list_boards() -> list[Board]:
     """All board profiles shipped with tvm-mcu, sorted by name."""
     return sorted(_load_all().values(), key=lambda b: b.name)
+
+
+def development_boards() -> list[Board]:
+    """The boards QEMU emulates as themselves (each its own machine and memory map), sorted by name:
+    the fuzzer's rotation; a real board's profile runs on one of their machines with smaller limits."""
+    return [b for b in list_boards() if b.qemu_machine == b.name]
 
 
 def load_board(name: str) -> Board:

@@ -75,7 +75,17 @@ def _unsupported_model(path: Path) -> Path:
 def test_boards_lists_all_five(capsys):
     assert main(["boards", "--json"]) == 0
     boards = {b["name"] for b in json.loads(capsys.readouterr().out)}
-    assert boards == {"mps2-an385", "mps2-an386", "mps2-an500", "mps2-an521", "lm3s6965evb"}
+    assert boards == {
+        "mps2-an385",
+        "mps2-an386",
+        "mps2-an500",
+        "mps2-an521",
+        "lm3s6965evb",
+        "nrf52840dk",
+        "nucleo-h743zi",
+        "nucleo-l4r5zi",
+        "stm32f746g-disco",
+    }
 
 
 @pytest.mark.emulator

@@ -211,6 +211,7 @@ def cmd_boards(args: argparse.Namespace) -> int:
                         "flash_bytes": b.flash_bytes,
                         "ram_bytes": b.ram_bytes,
                         "has_fpu": b.has_fpu,
+                        "clock_hz": b.clock_hz,
                     }
                     for b in boards
                 ],
@@ -218,10 +219,14 @@ def cmd_boards(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(f"  {'board':<14}{'cpu':<12}{'flash':>10}{'SRAM':>10}  {'FPU':<5}{'zephyr board':<22}qemu -M")
+    print(
+        f"  {'board':<18}{'cpu':<12}{'flash':>10}{'SRAM':>10}{'clock':>9}  {'FPU':<5}{'zephyr board':<22}"
+        "qemu -M"
+    )
     for b in boards:
+        clock = f"{b.clock_hz // 1_000_000}MHz" if b.clock_hz else "-"
         print(
-            f"  {b.name:<14}{b.cpu:<12}{b.flash_bytes // 1024:>8}Ki{b.ram_bytes // 1024:>8}Ki  "
+            f"  {b.name:<18}{b.cpu:<12}{b.flash_bytes // 1024:>8}Ki{b.ram_bytes // 1024:>8}Ki{clock:>9}  "
             f"{'yes' if b.has_fpu else 'no':<5}{b.zephyr_board:<22}{b.qemu_machine}"
         )
     return 0

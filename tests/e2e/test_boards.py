@@ -12,7 +12,10 @@ from tests.zoo import ALL_MODELS, write_model
 from tvm_mcu import api
 from tvm_mcu.targets.board import list_boards
 
-BOARDS = [b.name for b in list_boards()]
+# The emulated development boards (each its own QEMU machine); the real boards' profiles run on those
+# machines, with their own limits (below).
+BOARDS = [b.name for b in list_boards() if b.qemu_machine == b.name]
+REAL_BOARDS = [b.name for b in list_boards() if b.qemu_machine != b.name]
 
 
 @pytest.mark.emulator
@@ -34,3 +37,44 @@ def test_verify_on_board(name, board, tmp_path):
     assert (r.stored_weights_bytes > 0) == (r.weights_bytes > 0)
     assert r.stored_weights_bytes <= r.weights_bytes * 2 and r.flash_bytes > r.stored_weights_bytes
     assert r.library_warnings == (), "the generated library must build warning-free with -Wall -Wextra"
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("board", REAL_BOARDS)
+@pytest.mark.parametrize("name", ["int8_resnet_block", "mobilenet_block"])
+def test_real_board_profiles_run_on_their_cores_machine(name, board, tmp_path):
+    """A real board's profile builds for its core and runs on the QEMU machine with that core, linked
+    into the board's own flash and SRAM sizes: the same outputs as the development board's build."""
+    from tvm_mcu.targets.board import load_board
+
+    model = write_model(name, tmp_path)
+    b = load_board(board)
+    v = api.verify(model, board, tmp_path / "out", seed=7)
+    assert v.passed, (name, board, v.report.worst_difference)
+    dev = api.verify(model, b.qemu_machine, tmp_path / "dev", seed=7)
+    assert v.report.max_abs_error == dev.report.max_abs_error
+    assert (tmp_path / "out" / "model.c").read_bytes() == (tmp_path / "dev" / "model.c").read_bytes()
+    assert v.report.flash_bytes <= b.flash_bytes and b.clock_hz > 0
+
+
+def test_a_model_too_big_for_a_real_board_is_refused_naming_its_limit(tmp_path):
+    """The nRF52840's 256 KiB of SRAM: an activation of 300 KB does not fit, and the error says so."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvm_mcu.errors import BudgetError
+
+    w = numpy_helper.from_array(np.full((8, 3, 3, 3), 0.1, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 96, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 96, 96])],
+        [w],
+    )
+    path = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    with pytest.raises(BudgetError, match=r"on nrf52840dk .* but the board has 262144 B"):
+        api.compile_model(path, "nrf52840dk", tmp_path / "out")
+    api.compile_model(path, "nucleo-l4r5zi", tmp_path / "fits")  # 640 KiB: it fits

@@ -19,7 +19,7 @@ from tvm_mcu import api
 from tvm_mcu.fuzz import random_cnn
 from tvm_mcu.fuzz.quantize import PRUNE
 from tvm_mcu.fuzz.run import PASS, PRUNE_SHARE, REFUSED, Case, board_for, execute
-from tvm_mcu.targets.board import list_boards
+from tvm_mcu.targets.board import development_boards
 
 FLOAT_SEEDS = (126, 260, 132, 68, 69, 87, 172, 11, 22, 122, 12, 182)
 INT8_CASES = (
@@ -34,7 +34,7 @@ INT8_CASES = (
 )
 # Float seeds through `tvm-mcu prune` (the "prune" kind): one pruned for SRAM, one with nothing to prune.
 PRUNE_SEEDS = (2, 10, 11)
-BOARDS = tuple(b.name for b in list_boards())
+BOARDS = tuple(b.name for b in development_boards())
 CASES = [Case(s, "float", board_for(s, 0, BOARDS)) for s in FLOAT_SEEDS] + [
     Case(s, v, board_for(s, k, BOARDS)) for k, (s, v) in enumerate(INT8_CASES)
 ]

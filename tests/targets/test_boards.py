@@ -8,7 +8,17 @@ from tvm_mcu.errors import BadOptionError
 from tvm_mcu.targets import Board, list_boards, load_board
 from tvm_mcu.targets.board import _parse
 
-BOARD_NAMES = ["lm3s6965evb", "mps2-an385", "mps2-an386", "mps2-an500", "mps2-an521"]
+BOARD_NAMES = [
+    "lm3s6965evb",
+    "mps2-an385",
+    "mps2-an386",
+    "mps2-an500",
+    "mps2-an521",
+    "nrf52840dk",
+    "nucleo-h743zi",
+    "nucleo-l4r5zi",
+    "stm32f746g-disco",
+]
 
 MPS2_MEMORY = {"flash_origin": 0, "flash_bytes": 4 << 20, "ram_origin": 0x2000_0000, "ram_bytes": 4 << 20}
 EXPECTED = {
@@ -23,6 +33,43 @@ EXPECTED = {
         "flash_bytes": 4 << 20,
         "ram_origin": 0x3800_0000,
         "ram_bytes": 2 << 20,
+    },
+    # Real boards: their core's QEMU machine and memory map, their own flash and SRAM sizes and clock.
+    "nucleo-l4r5zi": {
+        "zephyr_board": "nucleo_l4r5zi",
+        "qemu_machine": "mps2-an386",
+        "cpu": "cortex-m4",
+        "has_fpu": True,
+        "flash_bytes": 2 << 20,
+        "ram_bytes": 640 << 10,
+        "clock_hz": 120_000_000,
+    },
+    "nrf52840dk": {
+        "zephyr_board": "nrf52840dk/nrf52840",
+        "qemu_machine": "mps2-an386",
+        "cpu": "cortex-m4",
+        "has_fpu": True,
+        "flash_bytes": 1 << 20,
+        "ram_bytes": 256 << 10,
+        "clock_hz": 64_000_000,
+    },
+    "stm32f746g-disco": {
+        "zephyr_board": "stm32f746g_disco",
+        "qemu_machine": "mps2-an500",
+        "cpu": "cortex-m7",
+        "has_fpu": True,
+        "flash_bytes": 1 << 20,
+        "ram_bytes": 320 << 10,
+        "clock_hz": 216_000_000,
+    },
+    "nucleo-h743zi": {
+        "zephyr_board": "nucleo_h743zi",
+        "qemu_machine": "mps2-an500",
+        "cpu": "cortex-m7",
+        "has_fpu": True,
+        "flash_bytes": 2 << 20,
+        "ram_bytes": 512 << 10,
+        "clock_hz": 480_000_000,
     },
     "lm3s6965evb": {
         "zephyr_board": "qemu_cortex_m3",

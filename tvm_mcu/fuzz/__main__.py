@@ -26,16 +26,23 @@ from tvm_mcu.fuzz.run import Case, Outcome, execute
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tvm_mcu.targets.board import list_boards
+    from tvm_mcu.targets.board import development_boards, list_boards
 
     boards = [b.name for b in list_boards()]
+    rotation = [b.name for b in development_boards()]
     p = argparse.ArgumentParser(prog="python -m tvm_mcu.fuzz", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=100, help="number of seeds (default 100)")
     p.add_argument("--kind", choices=KINDS, default="float")
     p.add_argument("--start", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--out", type=Path, help="output directory (default out/fuzz/KIND)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
-    p.add_argument("--boards", nargs="+", choices=boards, default=boards, help="boards, in rotation")
+    p.add_argument(
+        "--boards",
+        nargs="+",
+        choices=boards,
+        default=rotation,
+        help="boards, in rotation (default: the development boards)",
+    )
     p.add_argument(
         "--variants", nargs="+", choices=VARIANTS, help="variants of every seed (default: the kind's)"
     )
