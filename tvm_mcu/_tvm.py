@@ -474,6 +474,14 @@ def provenance_name(func: Any, var: Any) -> str | None:
     return None if label is None else label.split(" ", 1)[-1].strip("'")
 
 
+def from_exported_program(program: Any) -> IRModule:
+    """TVM's ``torch.export`` importer (0.27: ``relax.frontend.torch.from_exported_program``): a single
+    output returned as itself, not as a one-element tuple."""
+    from tvm.relax.frontend.torch import from_exported_program as _from_exported_program
+
+    return _from_exported_program(program, unwrap_unit_return_tuple=True)
+
+
 def from_tflite(model: Any) -> IRModule:
     from tvm.relax.frontend.tflite import from_tflite as _from_tflite
 

@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="compile a model to a C library and firmware for a board")
-    c.add_argument("model", help=".onnx or .tflite file")
+    c.add_argument("model", help=".onnx, .tflite or .pt2 (torch.export.save) file")
     c.add_argument("--board", required=True, help="board name (see 'tvm-mcu boards')")
     c.add_argument("-o", "--output", help="output directory (default: MODEL_BOARD)")
     c.add_argument("--json", action="store_true", help="print report.json")

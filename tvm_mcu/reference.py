@@ -1,5 +1,5 @@
 """Independent oracles: onnxruntime and ``onnx.reference`` for ONNX models, the TFLite Micro interpreter for
-TFLite models.
+TFLite models, PyTorch itself for ``torch.export`` programs (.pt2).
 
 Two ONNX oracles, because each is wrong or missing somewhere: ``onnx.reference`` (1.23) has no
 DequantizeLinear before version 19, returns transposed shapes for MaxPool with some asymmetric pads and
@@ -26,6 +26,7 @@ from tvm_mcu.frontend import ImportedModel
 ONNXRUNTIME = "onnxruntime"
 ONNX_REFERENCE = "onnx.reference"
 TFLITE_MICRO = "tflite-micro"
+PYTORCH = "pytorch"
 
 
 @attrs.frozen
@@ -47,6 +48,8 @@ def oracle_names(model: ImportedModel) -> tuple[str, ...]:
         return (ONNXRUNTIME, ONNX_REFERENCE)
     if model.format == "tflite":
         return (TFLITE_MICRO,)
+    if model.format == "pt2":
+        return (PYTORCH,)
     raise ModelError(f"no reference for format {model.format}")
 
 
@@ -57,7 +60,12 @@ def run_oracle(name: str, model: ImportedModel, inputs: list[np.ndarray]) -> Ora
     RuntimeError, their own exception classes) for a model they lack a kernel for; that is a fact about
     the oracle, recorded, never the user's error.
     """
-    run = {ONNXRUNTIME: _onnxruntime, ONNX_REFERENCE: _onnx_reference, TFLITE_MICRO: _tflm}[name]
+    run = {
+        ONNXRUNTIME: _onnxruntime,
+        ONNX_REFERENCE: _onnx_reference,
+        TFLITE_MICRO: _tflm,
+        PYTORCH: _pytorch,
+    }[name]
     try:
         outputs = run(model, inputs)
     except Exception as exc:  # noqa: BLE001 -- recorded: any failure of an oracle is its own
@@ -75,6 +83,19 @@ def reference_outputs(model: ImportedModel, inputs: list[np.ndarray]) -> list[np
             return list(oracle.outputs)
         failures.append(f"{name}: {oracle.error}")
     raise ModelError(f"no reference interpreter can run {model.name} ({'; '.join(failures)})")
+
+
+def _pytorch(model: ImportedModel, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The exported program run by PyTorch itself (its module, on CPU)."""
+    import torch
+
+    from tvm_mcu.frontend import load_exported_program
+
+    program = load_exported_program(model.data, model.path)
+    with torch.no_grad():
+        out = program.module()(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
+    outs = out if isinstance(out, tuple | list) else (out,)
+    return [o.detach().numpy() for o in outs]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""Model files to Relax: ONNX and TFLite import, with the supported-operator check first."""
+"""Model files to Relax: ONNX, TFLite and ``torch.export`` (.pt2) import, with the supported-operator
+check first."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class ImportedModel:
 
     name: str
     path: Path
-    format: str  # "onnx" or "tflite"
+    format: str  # "onnx", "tflite" or "pt2"
     mod: _tvm.IRModule = attrs.field(eq=False, repr=False)
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -42,7 +43,8 @@ class ImportedModel:
 
 
 def load_model(path: Path) -> ImportedModel:
-    """Import an ``.onnx`` or ``.tflite`` file into Relax, refusing what cannot be compiled exactly."""
+    """Import an ``.onnx``, ``.tflite`` or ``.pt2`` file into Relax, refusing what cannot be compiled
+    exactly."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
@@ -51,7 +53,9 @@ def load_model(path: Path) -> ImportedModel:
         return _load_tflite(path, data)
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path, data)
-    raise ModelError(f"{path}: unknown model format (expected a .onnx or .tflite file)")
+    if path.suffix.lower() == ".pt2":
+        return _load_pt2(path, data)
+    raise ModelError(f"{path}: unknown model format (expected a .onnx, .tflite or .pt2 file)")
 
 
 # ----------------------------------------------------------------------------------------- ONNX
@@ -184,6 +188,64 @@ def _relax_outputs(mod: _tvm.IRModule, names: list[str]) -> tuple[TensorSpec, ..
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+
+
+# ----------------------------------------------------------------------------------------- PyTorch
+_TORCH_DTYPES = {"torch.float32": "float32", "torch.int8": "int8", "torch.uint8": "uint8"}
+
+
+def load_exported_program(data: bytes, path: Path) -> Any:
+    """The ``torch.export`` program saved in ``data`` (``torch.export.save``)."""
+    import io
+
+    try:
+        import torch
+    except ImportError as exc:
+        raise ModelError(
+            f"{path} is a PyTorch program: reading it needs PyTorch (pip install 'tvm-mcu[train]', or "
+            "export the model to ONNX)"
+        ) from exc
+    try:
+        return torch.export.load(io.BytesIO(data))
+    except Exception as exc:  # a zip that is not an exported program, or from another torch version
+        raise ModelError(f"{path} is not a readable torch.export program ({_first_line(exc)})") from exc
+
+
+def _load_pt2(path: Path, data: bytes) -> ImportedModel:
+    program = load_exported_program(data, path)
+    problems = []
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        op = str(node.target)
+        if op.startswith("quantized_decomposed."):
+            quantised = (
+                "a quantised torch.export program (PT2E) is not read: export the float model, and "
+                "quantise it with `tvm-mcu quantize` or to ONNX QDQ"
+            )
+            problems.append(support.Problem(op, node.name, quantised))
+            continue
+        rule = support.ATEN_RULES.get(op)
+        reason = "no lowering for this operator" if rule is None else rule(node)
+        if reason:
+            problems.append(support.Problem(op, node.name, reason))
+    support.check(problems, fmt="PyTorch", supported=support.ATEN_RULES)
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    inputs = []
+    for spec in program.graph_signature.input_specs:
+        if str(spec.kind).endswith("USER_INPUT"):
+            value = placeholders[spec.arg.name].meta.get("val")
+            dtype = _TORCH_DTYPES.get(str(getattr(value, "dtype", None)))
+            if value is None or dtype is None:
+                raise ModelError(f"input '{spec.arg.name}' of {path} is not a float32 or 8-bit tensor")
+            inputs.append(TensorSpec(spec.arg.name, tuple(int(d) for d in value.shape), dtype))
+    try:
+        mod = _tvm.from_exported_program(program)
+    except Exception as exc:  # TVM's importer raises several types for programs it cannot read
+        raise ModelError(f"TVM's PyTorch importer rejected {path}: {_first_line(exc)}") from exc
+    names = [str(spec.arg.name) for spec in program.graph_signature.output_specs]
+    outputs = _relax_outputs(mod, names)
+    return ImportedModel(path.stem, path, "pt2", mod, tuple(inputs), outputs, data)
 
 
 # ----------------------------------------------------------------------------------------- TFLite

@@ -161,6 +161,65 @@ TFLITE_RULES: dict[str, Rule] = {
 }
 
 
+# ----------------------------------------------------------------------------------------- PyTorch
+def _fx_arg(node: Any, index: int, name: str, default: Any = None) -> Any:
+    """Argument ``index`` (or keyword ``name``) of an ``torch.export`` graph node."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _aten_conv(node: Any) -> str | None:
+    """conv2d: 2-D, including depthwise and grouped, with stride, padding and dilation."""
+    weight = node.args[1].meta.get("val") if len(node.args) > 1 and hasattr(node.args[1], "meta") else None
+    if weight is not None and weight.dim() != 4:
+        return f"{weight.dim() - 2}-D kernels are not supported (2-D only)"
+    return None
+
+
+def _aten_adaptive_pool(node: Any) -> str | None:
+    """adaptive_avg_pool2d: to 1x1 (a global average) only."""
+    size = tuple(_fx_arg(node, 1, "output_size", ()))
+    return None if size in ((1, 1), (1,)) else f"output size {list(size)} (only 1x1, a global average)"
+
+
+def _aten_hardtanh(node: Any) -> str | None:
+    """hardtanh: any bounds (ReLU6 is hardtanh(0, 6))."""
+    return None
+
+
+def _aten_max_pool(node: Any) -> str | None:
+    """max_pool2d: 2-D with stride, padding and ceil_mode; no dilation."""
+    dilation = tuple(_fx_arg(node, 4, "dilation", (1, 1)))
+    return None if all(d == 1 for d in dilation) else f"dilation {list(dilation)} (only 1)"
+
+
+# ATen operators of a ``torch.export``-ed float program, by their overload's name, as the program holds
+# them before decomposition (what the user's module called; export has made in-place calls functional).
+# Each is exercised by tests/e2e/test_pt2.py.
+ATEN_RULES: dict[str, Rule] = {
+    "aten.conv2d.default": _aten_conv,
+    "aten.linear.default": _ok,
+    "aten.batch_norm.default": _ok,
+    "aten.relu.default": _ok,
+    "aten.hardtanh.default": _aten_hardtanh,
+    "aten.sigmoid.default": _ok,
+    "aten.tanh.default": _ok,
+    "aten.max_pool2d.default": _aten_max_pool,
+    "aten.avg_pool2d.default": _ok,
+    "aten.adaptive_avg_pool2d.default": _aten_adaptive_pool,
+    "aten.mean.dim": _ok,
+    "aten.flatten.using_ints": _ok,
+    "aten.view.default": _ok,
+    "aten.reshape.default": _ok,
+    "aten.add.Tensor": _ok,
+    "aten.mul.Tensor": _ok,
+    "aten.cat.default": _ok,
+    "aten.softmax.int": _ok,
+    "aten.dropout.default": _ok,
+}
+
+
 def check(problems: list[Problem], *, fmt: str, supported: dict[str, Rule]) -> None:
     """Raise one UnsupportedOpError that lists every problem, or return when there is none."""
     if not problems:
