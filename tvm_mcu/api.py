@@ -12,7 +12,7 @@ import numpy as np
 
 from tvm_mcu import compiler, outputs
 from tvm_mcu import explain as explain_mod
-from tvm_mcu.codegen import model_c
+from tvm_mcu.codegen import model_c, project
 from tvm_mcu.errors import BadOptionError, BudgetError, VerificationError
 from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
 from tvm_mcu.reference import oracle_names, run_oracle
@@ -125,9 +125,11 @@ def compile_model(
     weights: str = "int8",
     sparse: bool = True,
     channels_last: bool | None = None,
+    emit: tuple[str, ...] = (),
 ) -> Compiled:
     """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
-    schedule.json.
+    schedule.json, and the build files ``emit`` names (``codegen.project.EMITS``: a CMake library
+    target, toolchain file and example application; a Zephyr module).
 
     ``allow_float``: operators of an int8 model without an integer lowering run in float instead of
     being refused; the report lists them. ``sram_budget``: bytes of arena plus input and output
@@ -199,6 +201,9 @@ def compile_model(
         in_place_steps=tuple(f"{s.name} ({s.in_place})" for s in result.graph.steps if s.in_place),
     )
     report.write(out_dir / REPORT)
+    if emit:
+        example = pack(report.inputs, model_inputs(model, input_path=None, seed=0))
+        project.write_project(out_dir, board, model.name, emit, example)
     return Compiled(out_dir, report, fw.elf)
 
 

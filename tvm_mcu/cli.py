@@ -96,6 +96,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         weights=args.weights,
         sparse=not args.dense,
         channels_last=args.channels_last,
+        emit=args.emit,
     )
     if args.json:
         _print_report(compiled.report, True)
@@ -104,11 +105,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"compiled {args.model} for {args.board} into {out}/ (model.c, model.h, memory_plan.json, "
         f"{api.FIRMWARE_DIR}/firmware.elf, report.json)"
     )
+    if "cmake" in args.emit:
+        print(f"CMake: {out}/CMakeLists.txt (target tvmmcu_model), {out}/cmake/ (toolchain), {out}/example/")
+    if "zephyr" in args.emit:
+        print(f"Zephyr module: {out}/zephyr/ (module.yml, CMakeLists.txt, Kconfig: CONFIG_TVMMCU_MODEL)")
     if compiled.report.int16_weight_ops:
         print(f"weights stored as int16 for: {', '.join(compiled.report.int16_weight_ops)}")
     _print_ops(compiled.report)
     _print_report(compiled.report, False)
     return 0
+
+
+def _emits(text: str) -> tuple[str, ...]:
+    from tvm_mcu.codegen.project import EMITS
+
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [n for n in names if n not in EMITS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown build files {unknown or [text]}; choose from {', '.join(EMITS)}"
+        )
+    return names
 
 
 def _budget(text: str | None) -> int | None:
@@ -386,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
     c.add_argument("--dense", action="store_true", help=DENSE_HELP)
     c.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
+    c.add_argument(
+        "--emit",
+        type=_emits,
+        default=(),
+        help="build files beside the library, comma-separated: cmake (a CMakeLists.txt with the static "
+        "library target tvmmcu_model, a toolchain file for the board, an example application), zephyr "
+        "(a Zephyr module: module.yml, CMakeLists.txt, Kconfig)",
+    )
     c.set_defaults(func=cmd_compile)
 
     e = sub.add_parser("explain", help="print a compiled model's schedule and plot its live SRAM per step")
