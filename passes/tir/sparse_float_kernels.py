@@ -60,7 +60,14 @@ static inline float tvmmcu_sparse1p_blob_f32(const float *x, int32_t xsy, int32_
       continue;
     }
     const float *const xp = x + (ry - y0) * xsy + (rx - x0) * xsx;
-    for (int32_t k = 0; k < n; ++k) {
+    int32_t k = 0;
+    for (; k + 4 <= n; k += 4) { /* in order: one accumulator */
+      acc += xp[k] * w[k];
+      acc += xp[k + 1] * w[k + 1];
+      acc += xp[k + 2] * w[k + 2];
+      acc += xp[k + 3] * w[k + 3];
+    }
+    for (; k < n; ++k) {
       acc += xp[k] * w[k];
     }
   }
