@@ -200,13 +200,14 @@ def test_float_sparse_kernels_match_dense_bits_in_plain_c(n: int, stride: int, t
 
 
 @pytest.mark.emulator
-@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"])
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500", "mps2-an385", "mps2-an521"])
 @pytest.mark.parametrize("stride", STRIDES, ids=lambda s: f"stride{s}")
 @pytest.mark.parametrize("n", CHANNELS, ids=lambda n: f"n{n}")
 def test_float_sparse_kernels_match_dense_bits_on_cores(
     board: str, n: int, stride: int, tmp_path: Path
 ) -> None:
-    """With an FPU (VFMA: GCC contracts both kernels' acc += x * w) and with soft float."""
+    """With an FPU (M4F, M7: VFMA, GCC contracts both kernels' acc += x * w) and without (M3, the M33
+    as built: soft float)."""
     from tvm_mcu.targets import build_firmware, load_board, run_firmware
 
     lib, n_out = _library(tmp_path / "lib", n, stride)
