@@ -267,8 +267,9 @@ def sparse_layers_section(tmp: Path) -> list[str]:
         "outside at some of a block's pixels (zeros staged; the dense kernel leaves them out). The bound's "
         f"fixed part is one constant for the table, F = {PER_OUTPUT} per output value, above every layer's "
         "measured one. *arena B vs dense*: the sparse build's arena minus the dense one's (the layer's tap "
-        "offsets and padding row, and the stage buffer: 8 B per tap and 4 x 9 x the input bytes between two "
-        "adjacent windows; 0 where a larger buffer sets the peak). *sparse B*: the layer's weights as stored, "
+        "offsets and four padding rows, and the stage buffer: 8 B per tap and 4 x the most taps a block copies "
+        "x the input bytes between two adjacent windows; 0 where a larger buffer sets the peak). *sparse B*: "
+        "the layer's weights as stored, "
         "bias included (int32 or float32, dense).",
         "",
         "| " + " | ".join(header) + " |",
