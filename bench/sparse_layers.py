@@ -8,7 +8,8 @@ instruction counts depend on shapes and on which filterlets are zero, not on the
 convolution with at least 8 input channels keeps the fraction ``s`` of its filterlets with the largest
 L2 norms (every output channel keeps at least one), as a filterlet pruner leaves it; the model is
 quantised (tvm-mcu's PTQ keeps the zeros) and compiled channels-last, layer by layer, once with
-``sparse=False``.
+``sparse=False``; and the same pruned float model compiled as it is (float32 weights stored as filterlet
+CSR of float values, run by the float sparse kernel; its outputs bit-identical to the dense build's).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tvm_mcu.ptq import quantize_onnx
 LAYERS_HEADING = "### Sparse layers of real networks"
 BOARD = "mps2-an386"
 KEPT = (0.5, 0.25, 0.125)
+PRECISIONS = ("int8", "float32")  # the quantised model and the float one it was quantised from
 SLACK = 1.15  # the issue's bound: sparse <= s * SLACK * dense + PER_OUTPUT * outputs
 # Instructions per output value that do not scale with the filterlets kept: the requantising epilogue,
 # the call per block of four pixels and channel, the staging of the border taps. One constant for the
@@ -108,16 +110,22 @@ def _layers(report: Any) -> dict[str, Any]:
 
 
 def _builds(
-    tmp: Path, label: str, float_model: onnx.ModelProto, calibration: dict[str, np.ndarray], keep: float
+    tmp: Path,
+    label: str,
+    float_model: onnx.ModelProto,
+    calibration: dict[str, np.ndarray],
+    keep: float,
+    precision: str = "int8",
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """The network keeping ``keep`` of its filterlets compiled dense and sparse, run on QEMU: (dense
-    layers, sparse layers, the sparse arena minus the dense one) by layer name; raises RuntimeError
-    when their outputs differ."""
-    work = tmp / f"{label}_{keep}"
+    """The network keeping ``keep`` of its filterlets, quantised (``precision`` "int8") or not
+    ("float32"), compiled dense and sparse, run on QEMU: (dense layers, sparse layers, the sparse arena
+    minus the dense one) by layer name; raises RuntimeError when their outputs differ (not bitwise
+    equal: float included)."""
+    work = tmp / f"{label}_{keep}_{precision}"
     work.mkdir(parents=True, exist_ok=True)
     pruned = work / "float.onnx"
     pruned.write_bytes(_keep_filterlets(float_model, keep).SerializeToString())
-    qdq = quantize_onnx(pruned, calibration, work / "qdq.onnx").out_path
+    qdq = quantize_onnx(pruned, calibration, work / "qdq.onnx").out_path if precision == "int8" else pruned
     shape = [d.dim_value for d in float_model.graph.input[0].type.tensor_type.shape.dim]
     x = [np.random.default_rng(0).standard_normal(shape).astype(np.float32)]
     runs, outputs = {}, {}
@@ -127,37 +135,46 @@ def _builds(
         )
         outcome = api.run_compiled(work / name, x)
         runs[name], outputs[name] = outcome.report, outcome.outputs
-    if not all(np.array_equal(a, b) for a, b in zip(outputs["dense"], outputs["sparse"], strict=True)):
-        raise RuntimeError(f"{label} keeping {keep}: the sparse build's output differs from the dense one's")
+    if not all(a.tobytes() == b.tobytes() for a, b in zip(outputs["dense"], outputs["sparse"], strict=True)):
+        raise RuntimeError(
+            f"{label} {precision} keeping {keep}: the sparse build's output differs from the dense one's"
+        )
     sparse = {k: op for k, op in _layers(runs["sparse"]).items() if "filterlet CSR" in op.weights_format}
     return _layers(runs["dense"]), sparse, runs["sparse"].arena_bytes - runs["dense"].arena_bytes
 
 
+def _outputs(op: Any, precision: str) -> int:
+    """The output values of a layer's step (int8: a byte each, float32: four)."""
+    return int(op.output_bytes) // (4 if precision == "float32" else 1)
+
+
 def _fixed_costs(
-    tmp: Path, label: str, float_model: onnx.ModelProto, calibration: dict[str, np.ndarray]
-) -> dict[tuple[str, str], float]:
+    tmp: Path, label: str, float_model: onnx.ModelProto, calibration: dict[str, np.ndarray], precision: str
+) -> dict[tuple[str, str, str], float]:
     """Per layer, the instructions per output of its sparse step when each output channel keeps one
     filterlet, beyond that filterlet's share of the dense step (kept / filterlets x dense): the fixed
     cost per output the bound's PER_OUTPUT must cover."""
-    dense, sparse, _ = _builds(tmp, label, float_model, calibration, SINGLE)
+    dense, sparse, _ = _builds(tmp, label, float_model, calibration, SINGLE, precision)
     return {
-        (label, name): (op.instructions - op.filterlets_kept / op.filterlets * dense[name].instructions)
-        / op.output_bytes
+        (label, precision, name): (
+            op.instructions - op.filterlets_kept / op.filterlets * dense[name].instructions
+        )
+        / _outputs(op, precision)
         for name, op in sparse.items()
     }
 
 
 def _measure(
-    tmp: Path, label: str, float_model: onnx.ModelProto, calibration: dict[str, np.ndarray]
+    tmp: Path, label: str, float_model: onnx.ModelProto, calibration: dict[str, np.ndarray], precision: str
 ) -> list[list[str]]:
-    """The table's rows for one network."""
+    """The table's rows for one network at one precision."""
     rows: list[list[str]] = []
     for keep in KEPT:
-        dense, sparse, extra_sram = _builds(tmp, label, float_model, calibration, keep)
+        dense, sparse, extra_sram = _builds(tmp, label, float_model, calibration, keep, precision)
         for name, op in sparse.items():
             d = dense[name]
             s = op.filterlets_kept / op.filterlets
-            outputs = op.output_bytes  # int8: one byte per output value
+            outputs = _outputs(op, precision)
             bound = s * SLACK * d.instructions + PER_OUTPUT * outputs
             kept_bytes = op.weights_bytes - op.index_bytes
             channels = op.filterlets // 9  # the eligible convolutions are all 3x3
@@ -165,6 +182,7 @@ def _measure(
             rows.append(
                 [
                     label,
+                    precision,
                     name,
                     f"{keep:g}",
                     f"{op.filterlets_kept}/{op.filterlets} ({s:.3f})",
@@ -194,9 +212,17 @@ def sparse_layers_section(tmp: Path) -> list[str]:
         ("Fashion-MNIST CNN 32/64/128", onnx.load(str(ROOT / "models" / "fashion_cnn_wide.onnx")), fashion),
         ("ResNet-8 shape (seeded)", onnx.load(str(_resnet8_onnx(tmp / "resnet8.onnx"))), cifar),
     ]
-    rows = [row for label, model, data in networks for row in _measure(tmp, label, model, data)]
+    rows = [
+        row
+        for precision in PRECISIONS
+        for label, model, data in networks
+        for row in _measure(tmp, label, model, data, precision)
+    ]
     fixed = {
-        k: v for label, model, data in networks for k, v in _fixed_costs(tmp, label, model, data).items()
+        k: v
+        for precision in PRECISIONS
+        for label, model, data in networks
+        for k, v in _fixed_costs(tmp, label, model, data, precision).items()
     }
     worst_fixed = max(fixed, key=lambda k: fixed[k])
     if fixed[worst_fixed] > PER_OUTPUT:
@@ -205,6 +231,7 @@ def sparse_layers_section(tmp: Path) -> list[str]:
         )
     header = [
         "network",
+        "data",
         "layer",
         "s asked",
         "filterlets kept",
@@ -219,24 +246,31 @@ def sparse_layers_section(tmp: Path) -> list[str]:
         "bound: kept + 2/filterlet + 2/channel",
         "within",
     ]
-    worst = max(float(r[6]) for r in rows)
+    worst = {p: max(float(r[7]) for r in rows if r[1] == p) for p in PRECISIONS}
     return [
         LAYERS_HEADING,
         "",
         __doc__.split("\n\n", 1)[1].replace("\n", " ").strip() if __doc__ else "",
         f"Board {BOARD}; each layer's step measured on QEMU in the same run as the whole network (the dense and "
-        "sparse builds' outputs are identical). The largest sparse / (s x dense) is "
-        f"{worst:.3f}. *Fixed cost per output*: each layer compiled once more with every output channel "
+        "sparse builds' outputs are identical, byte for byte, float32 included: the float sparse kernel adds "
+        "each channel's kept products in the dense kernel's order). The largest sparse / (s x dense) is "
+        + ", ".join(f"{worst[p]:.3f} ({p})" for p in PRECISIONS)
+        + ". *Fixed cost per output*: each layer compiled once more with every output channel "
         "keeping one filterlet (its largest), its sparse step's instructions beyond that filterlet's share "
         "of the dense step (kept / filterlets x dense), per output value: at most "
-        f"{fixed[worst_fixed]:.1f} ({worst_fixed[1]} of {worst_fixed[0]}; "
-        + ", ".join(f"{k[0].split()[0]} {k[1]} {v:.1f}" for k, v in fixed.items())
-        + "). It is the requantising epilogue, the call per block of four pixels and output channel, the "
-        "block's tap pointers and the staging of the taps that cross the border or two rows (once per block "
-        f"for all channels). The bound's fixed part is one constant for the table, F = {PER_OUTPUT} per output, "
-        "above every layer's measured one. *arena B vs dense*: the sparse build's arena minus the dense one's "
-        "(the layer's tap offsets and padding row, and the stage buffer: 8 B per tap and 4 x 9 x the input "
-        "bytes between two adjacent windows; 0 where a larger buffer sets the peak).",
+        f"{fixed[worst_fixed]:.1f} ({worst_fixed[2]} of {worst_fixed[0]}, {worst_fixed[1]}; "
+        + ", ".join(f"{k[0].split()[0]} {k[1]} {k[2]} {v:.1f}" for k, v in fixed.items())
+        + "). It is the epilogue (int8: the requantisation; float32: bias and activation), the call per block "
+        "of four pixels and output channel, the block's tap pointers and the staging of the taps that cross "
+        "the border or two rows (once per block for all channels; float32: four bytes a value, the taps "
+        "outside at all four pixels neither staged nor visited), and for float32 the products of the taps "
+        "outside at some of a block's pixels (zeros staged; the dense kernel leaves them out). The bound's "
+        f"fixed part is one constant for the table, F = {PER_OUTPUT} per output value, above every layer's "
+        "measured one. *arena B vs dense*: the sparse build's arena minus the dense one's (the layer's tap "
+        "offsets and four padding rows, and the stage buffer: 8 B per tap and 4 x the most taps a block copies "
+        "x the input bytes between two adjacent windows; 0 where a larger buffer sets the peak). *sparse B*: "
+        "the layer's weights as stored, "
+        "bias included (int32 or float32, dense).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

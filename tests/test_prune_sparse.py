@@ -268,6 +268,23 @@ def test_filterlet_bytes_are_the_compilers_blob(kept: float) -> None:
     assert compact_bytes(_site(w.shape), mask, "filterlet", 1) == compress_blob(w.transpose(0, 2, 3, 1)).size
 
 
+@pytest.mark.parametrize("kept", [0.1, 0.5, 0.75])
+def test_float_filterlet_bytes_are_the_compilers_blob(kept: float) -> None:
+    """Float32 weights too: the counted filterlet format is the compiler's float blob (int16 indices,
+    then 4 B per kept value), and what it stores (compiler._sparse_format) when it pays."""
+    from tvm_mcu import compiler
+
+    rng = np.random.default_rng(1)
+    o, i, kh, kw = 12, 8, 3, 3
+    filterlet = rng.uniform(size=(o, kh, kw)) < kept
+    filterlet[:, 0, 0] = True
+    mask = np.broadcast_to(filterlet[:, None], (o, i, kh, kw))
+    w = np.where(mask, rng.standard_normal((o, i, kh, kw)), 0).astype(np.float32)
+    ohwi = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    assert compact_bytes(_site(w.shape), mask, "filterlet", 4) == compress_blob(ohwi).size
+    assert compiler._sparse_format(ohwi) is not None
+
+
 @pytest.mark.parametrize("density", [0.02, 0.2, 0.6])
 def test_int8_element_bytes_are_the_compilers_blob(density: float) -> None:
     """Counted element CSR is the compiler's blob of the weights in its stored order (OHWI), sparse

@@ -67,3 +67,39 @@ def test_pointwise_weights_pruned_element_wise_take_element_csr_rows() -> None:
     assert compiler._conv_sparse_format(_weights((16, 3, 3, 32), filterlets=0.4)) == FILTERLETS
     assert compiler.may_store_elements(1, 8) and not compiler.may_store_sparse(1, 8)
     assert not compiler.may_store_elements(9, 1)  # a depthwise or single-channel window
+
+
+def _float_weights(shape: tuple[int, ...], *, filterlets: float = 1.0, density: float = 1.0) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(shape)
+    w = w * (rng.random(shape[:3]) < filterlets)[..., None] * (rng.random(shape) < density)
+    return w.astype(np.float32)
+
+
+def test_float_weights_pruned_by_filterlets_take_filterlet_csr() -> None:
+    w = _float_weights((16, 3, 3, 12), filterlets=0.4)
+    assert compiler._sparse_format(w) == FILTERLETS
+    blob = sparse_kernels.compress_blob(w)
+    kept = int(sparse_kernels.filterlets_kept(w).sum())
+    # The kept float values plus 2 B per kept filterlet and per channel (and one row pointer and at most
+    # 7 B of alignment more): the flash bound.
+    assert blob.size <= 4 * 12 * kept + 2 * kept + 2 * 16 + 2 + 7 < w.nbytes
+
+
+@pytest.mark.parametrize(
+    "w",
+    [
+        _float_weights((16, 3, 3, 12), filterlets=0.9),  # more than SPARSE_MAX_KEPT of them kept
+        _float_weights((16, 3, 3, 12), density=0.1),  # zeros anywhere: no float element CSR
+        _float_weights((16, 1, 1, 12), filterlets=0.2),  # 1x1: no runs call to rewrite
+        _float_weights((16, 3, 3, 4), filterlets=0.2),  # taps of 4 input channels
+        np.where(_float_weights((16, 3, 3, 12), filterlets=0.3) != 0, np.float32(np.inf), 0).astype(
+            np.float32
+        ),
+        _float_weights((16, 3, 3, 12), filterlets=0.3).astype(np.float64),  # not float32
+    ],
+    ids=["kept-most", "element-pruned", "pointwise", "few-channels", "not-finite", "float64"],
+)
+def test_float_weights_stay_dense(w: np.ndarray) -> None:
+    assert compiler._sparse_format(w) is None
+    assert compiler._conv_sparse_format(w) is None

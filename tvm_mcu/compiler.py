@@ -213,11 +213,26 @@ def may_store_elements(kernel_taps: int, in_channels: int) -> bool:
     return may_store_sparse(kernel_taps, in_channels) or (kernel_taps == 1 and in_channels >= MIN_DOT_TAPS)
 
 
+def _float_sparse_format(w: np.ndarray) -> str | None:
+    """The mark for float32 OHWI convolution weights: filterlet CSR (float values,
+    ``sparse_float_kernels``) where at most ``SPARSE_MAX_KEPT`` of the filterlets are kept and the blob
+    is smaller than the dense weights (the int8 rule); None: dense. Only finite weights: a kept weight's
+    product with the staged padding must be zero. No element CSR: its kernels are integer only."""
+    if not np.isfinite(w).all() or float(sparse_kernels.filterlets_kept(w).mean()) > SPARSE_MAX_KEPT:
+        return None
+    return sparse_filterlets.ATTR_WANTED if sparse_kernels.compress_blob(w).size < w.nbytes else None
+
+
 def _sparse_format(w: np.ndarray) -> str | None:
     """The mark (SparseFilterlets' or SparseElements' wanted attribute) of the sparse format storing the
-    int8 OHWI convolution weights ``w`` (taps of at least ``MIN_DOT_TAPS`` input channels: the runs
-    kernel's) in the least flash, filterlets preferred within ``FILTERLET_SLACK_BYTES``; None: dense."""
-    if not (w.ndim == 4 and str(w.dtype) == "int8" and may_store_sparse(w.shape[1] * w.shape[2], w.shape[3])):
+    int8 or float32 OHWI convolution weights ``w`` (taps of at least ``MIN_DOT_TAPS`` input channels:
+    the runs kernel's) in the least flash, filterlets preferred within ``FILTERLET_SLACK_BYTES`` (float32:
+    :func:`_float_sparse_format`); None: dense."""
+    if not (w.ndim == 4 and may_store_sparse(w.shape[1] * w.shape[2], w.shape[3])):
+        return None
+    if str(w.dtype) == "float32":
+        return _float_sparse_format(w)
+    if str(w.dtype) != "int8":
         return None
     flash: dict[str, int] = {}
     if float(sparse_kernels.filterlets_kept(w).mean()) <= SPARSE_MAX_KEPT:
@@ -237,8 +252,9 @@ def _sparse_format(w: np.ndarray) -> str | None:
 
 
 def _conv_sparse_format(w: np.ndarray) -> str | None:
-    """The mark for a convolution's int8 OHWI weights: :func:`_sparse_format`, or for a 1x1 convolution
-    (:func:`may_store_elements`) its ``[O, n]`` rows' (:func:`_dense_sparse_format`)."""
+    """The mark for a convolution's int8 or float32 OHWI weights: :func:`_sparse_format`, or for a 1x1
+    convolution (:func:`may_store_elements`) its ``[O, n]`` rows' (:func:`_dense_sparse_format`: int8
+    only)."""
     if w.ndim == 4 and w.shape[1] * w.shape[2] == 1:
         if not may_store_elements(1, w.shape[3]):
             return None
@@ -304,10 +320,10 @@ def _sparse_stored(lowered: _tvm.IRModule, attr: str) -> dict[str, set[int]]:
 
 
 def sparse_reason(mod: _tvm.IRModule) -> str | None:
-    """Why an NCHW model should compute channels-last by default: its first int8 convolution whose
-    weights a sparse format would store (:func:`_conv_sparse_format`; only the channels-last kernels
-    read the sparse formats), named; None when there is none. Weights are constants or the dequantisation
-    of int8 constants (ONNX QDQ), as imported."""
+    """Why an NCHW model should compute channels-last by default: its first int8 or float32 convolution
+    whose weights a sparse format would store (:func:`_conv_sparse_format`; only the channels-last
+    kernels read the sparse formats), named; None when there is none. Weights are constants or the
+    dequantisation of int8 constants (ONNX QDQ), as imported."""
     func = mod["main"]
     values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     for block in func.body.blocks:
@@ -574,8 +590,8 @@ def compile_module(
     the operators). ``sparse=False``: every weight stored dense, even where most filterlets are zero
     (to measure what the sparse formats save). ``convert=True``: an NCHW (ONNX) model's convolutions
     compute channels-last on the SIMD kernels (ChannelsLast; the interface stays NCHW); ``False``: they
-    stay NCHW; ``None`` (the default): channels-last when an int8 convolution's weights are sparse
-    enough to store compactly (:func:`sparse_reason`: only the channels-last kernels read the sparse
+    stay NCHW; ``None`` (the default): channels-last when an int8 or float32 convolution's weights are
+    sparse enough to store compactly (:func:`sparse_reason`: only the channels-last kernels read the sparse
     formats), else NCHW. The choice and its reason are in ``Compiled.layout``.
     """
     if weights not in WEIGHT_WIDTHS:

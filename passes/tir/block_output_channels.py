@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tvm_mcu._tvm import (
@@ -18,6 +19,7 @@ from tvm_mcu.passes.tir.each_function import (
     constant_extent,
     extern_name,
     fresh_variables,
+    parameter_owners,
     rewrite_each,
     substitute,
     uses,
@@ -197,15 +199,57 @@ def _seq(stmts: list[Any]) -> Any:
     return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
 
 
-# The compiler's marks of a convolution whose weights it means to store sparse (SparseFilterlets,
-# SparseElements): its kernels stay one output channel per call.
-_SPARSE_WANTED = ("tvmmcu.sparse_weights", "tvmmcu.sparse_element_weights")
+# The compiler's marks of weights it means to store sparse -> the calls the sparse pass rewrites over
+# them, one output channel each (SparseFilterlets: runs; SparseElements: runs and a dense layer's dots),
+# and where each call's weight pointer is among its arguments: those calls' loops stay one channel per
+# call.
+_SPARSE_CALLS = {
+    "tvmmcu.sparse_weights": {
+        **{name: 4 for name in RUNS.values()},
+        **{name: 4 for name in RUNS_F32.values()},
+    },
+    "tvmmcu.sparse_element_weights": {
+        **{name: 4 for name in RUNS.values()},
+        **{name: 2 for name in DOT.values()},
+    },
+}
+
+
+def _sparse_reads(func: PrimFunc) -> Callable[[Any], bool]:
+    """Whether a loop holds a call the sparse passes rewrite over weights ``func``'s marks want sparse
+    (``_SPARSE_CALLS``). A marked weight read otherwise (a dilated convolution's taps are no runs)
+    stays dense, so its loop is blocked as any other."""
+    owners = parameter_owners(func)
+    wanted: dict[str, dict[Any, int]] = {}  # call -> marked parameter -> its weight pointer's position
+    for mark, calls in _SPARSE_CALLS.items():
+        positions = func.attrs.get(mark) if func.attrs is not None else None
+        for k in positions or {}:
+            for name, at in calls.items():
+                wanted.setdefault(name, {})[func.params[int(k)]] = at
+    if not wanted:
+        return lambda loop: False
+
+    def reads(loop: Any) -> bool:
+        found = False
+
+        def visit(call: Any) -> None:
+            nonlocal found
+            params = wanted.get(extern_name(call), {})
+            for param, at in params.items():
+                pointer = call.args[at] if len(call.args) > at else None
+                load = pointer.args[0] if isinstance(pointer, tvm.ir.Call) and pointer.args else None
+                if isinstance(load, TensorLoad) and owners.get(load.source, load.source).same_as(param):
+                    found = True
+
+        structural_walk(loop, (tvm.ir.Call, visit))
+        return found
+
+    return reads
 
 
 def block_output_channels(func: PrimFunc) -> PrimFunc:
-    if func.attrs is not None and any(mark in func.attrs for mark in _SPARSE_WANTED):
-        return func.with_attr(ATTR_DONE, True)
-    body = structural_map(func.body, (tirx.For, lambda loop: _blocked(loop) or loop))
+    sparse = _sparse_reads(func)
+    body = structural_map(func.body, (tirx.For, lambda loop: (not sparse(loop) and _blocked(loop)) or loop))
     return func.with_body(body).with_attr(ATTR_DONE, True)
 
 
@@ -233,8 +277,12 @@ class BlockOutputChannels:
         over the last F mod 4 channels.
     Declines when
         the loop is not of that form (a store to anything else, a test or loop bound on
-        ``f``, data that depends on ``f`` as in a depthwise convolution, different strides), or the
-        function already carries ``tvmmcu.output_channels_blocked``.
+        ``f``, data that depends on ``f`` as in a depthwise convolution, different strides), the loop
+        holds a call a sparse pass rewrites one channel per call over a parameter the compiler marked
+        for it (``tvmmcu.sparse_weights``: SparseFilterlets' runs calls ``tvmmcu_dot_runs_*``;
+        ``tvmmcu.sparse_element_weights``: SparseElements' runs calls and a dense layer's dot calls),
+        or the function already carries
+        ``tvmmcu.output_channels_blocked``.
     Numerics
         unchanged: each channel's accumulator receives the same products in the same order.
     Ordering

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from tvm_mcu.passes.tir.float_kernels import HEADER_TEXT as FLOAT_HEADER_TEXT
 from tvm_mcu.passes.tir.sparse_element_kernels import HEADER_TEXT as ELEMENT_HEADER_TEXT
+from tvm_mcu.passes.tir.sparse_float_kernels import HEADER_TEXT as SPARSE_F32_HEADER_TEXT
 from tvm_mcu.passes.tir.sparse_kernels import HEADER_TEXT as SPARSE_HEADER_TEXT
 
 HEADER_NAME = "tvmmcu_dot.h"
@@ -976,7 +977,7 @@ static inline int32_t tvmmcu_dot_copy8(void *dst, const void *src, int32_t n) {
 
 # The float32 kernels, the filterlet-sparse and the element-sparse ones: sections of the same header,
 # each with its own include guard.
-HEADER_TEXT += FLOAT_HEADER_TEXT + SPARSE_HEADER_TEXT + ELEMENT_HEADER_TEXT
+HEADER_TEXT += FLOAT_HEADER_TEXT + SPARSE_HEADER_TEXT + SPARSE_F32_HEADER_TEXT + ELEMENT_HEADER_TEXT
 
 # In one translation unit GCC propagates the arena's and the weights' sizes into the kernels and warns
 # about paths no call takes: a window kernel's whole-window path when the padding makes every window

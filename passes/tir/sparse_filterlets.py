@@ -11,6 +11,8 @@ import attrs
 from tvm_mcu._tvm import Analyzer, PrimFunc, TensorLoad, structural_map, structural_walk, tirx, tvm
 from tvm_mcu.passes.tir.dot_kernels import RUNS
 from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, rewrite_each
+from tvm_mcu.passes.tir.float_kernels import RUNS_F32
+from tvm_mcu.passes.tir.sparse_float_kernels import SPARSE1P_BLOB_F32, SPARSE4P_BLOB_F32
 from tvm_mcu.passes.tir.sparse_kernels import SPARSE1P_BLOB, SPARSE4P_BLOB
 from tvm_mcu.passes.tir.sparse_pixel_blocks import flat_blocks, row_blocks
 
@@ -22,6 +24,19 @@ ATTR_WANTED = "tvmmcu.sparse_weights"
 ATTR_SPARSE = "tvmmcu.sparse_filterlets"
 
 _RUNS_ARGS = ("x", "xsy", "xsx", "w", "wsy", "wsx", "kh", "kw", "n", "y0", "y1", "x0", "x1", "pad", "acc")
+# The float runs kernel's: the weights' stride along a run (wc) after the taps', no padding value (zero).
+_RUNS_F32_ARGS = ("x", "xsy", "xsx", "w", "wsy", "wsx", "wc", "kh", "kw", "n", "y0", "y1", "x0", "x1", "acc")
+# The runs kernels SparseFilterlets rewrites, keyed by (data dtype, weight dtype).
+_ALL_RUNS = {**RUNS, **RUNS_F32}
+
+
+def runs_args(call: Any) -> dict[str, Any]:
+    """A runs call's arguments by name: the float kernel's with ``pad`` 0 (its padding is 0.0, zero
+    bits) and the integer kernel's with ``wc`` 1 (its runs are contiguous in the weights)."""
+    if extern_name(call) in RUNS_F32.values():
+        a = dict(zip(_RUNS_F32_ARGS, call.args[1:], strict=True))
+        return {**a, "pad": tirx.IntImm("int32", 0)}
+    return {**dict(zip(_RUNS_ARGS, call.args[1:], strict=True)), "wc": tirx.IntImm("int32", 1)}
 
 
 @attrs.frozen
@@ -40,7 +55,8 @@ class SparseKernels:
     anywhere: bool = False
 
     def of_runs(self, name: str) -> str | None:
-        return next((self.one[key] for key, runs in RUNS.items() if runs == name), None)
+        found = (self.one[key] for key, runs in _ALL_RUNS.items() if runs == name and key in self.one)
+        return next(found, None)
 
     def four_of(self, name: str) -> str | None:
         return next((self.four[key] for key, one in self.one.items() if one == name), None)
@@ -49,7 +65,9 @@ class SparseKernels:
         return next((self.edge[key] for key, one in self.one.items() if one == name), None)
 
 
-FILTERLETS = SparseKernels(SPARSE1P_BLOB, SPARSE4P_BLOB, anywhere=True)
+FILTERLETS = SparseKernels(
+    {**SPARSE1P_BLOB, **SPARSE1P_BLOB_F32}, {**SPARSE4P_BLOB, **SPARSE4P_BLOB_F32}, anywhere=True
+)
 
 
 def pointer_load(pointer: Any) -> Any | None:
@@ -63,12 +81,14 @@ def pointer_load(pointer: Any) -> Any | None:
 
 def _sparse_call(call: Any, owner_of: Any, wanted: dict[Any, int], kernels: SparseKernels) -> Any | None:
     """The sparse call replacing a runs call over a wanted parameter's weights, or None."""
-    a = dict(zip(_RUNS_ARGS, call.args[1:], strict=True))
+    a = runs_args(call)
     load = pointer_load(a["w"])
     if load is None or owner_of(load.source) not in wanted:
         return None
-    if not all(isinstance(a[k], tirx.IntImm) for k in ("wsy", "wsx", "kh", "kw", "n")):
+    if not all(isinstance(a[k], tirx.IntImm) for k in ("wsy", "wsx", "wc", "kh", "kw", "n")):
         return None
+    if int(a["wc"]) != 1:
+        return None  # a run's weights not contiguous: no filterlet (HWIO float weights)
     kh, kw, n = int(a["kh"]), int(a["kw"]), int(a["n"])
     if kernels.contiguous_taps and not (isinstance(a["xsx"], tirx.IntImm) and int(a["xsx"]) == n):
         return None
@@ -152,7 +172,7 @@ def rewrite_sparse(
         assert load is not None  # _sparse_call matched it
         owner = owner_of(load.source)
         rewritten[owner] = rewritten.get(owner, 0) + 1
-        a = dict(zip(_RUNS_ARGS, call.args[1:], strict=True))
+        a = runs_args(call)
         windows.setdefault(owner, set()).add((int(a["kh"]), int(a["kw"])))
         return sparse
 
@@ -205,32 +225,47 @@ class SparseFilterlets:
         functions whose attribute ``tvmmcu.sparse_weights`` (parameter position -> output channels, set
         by the compiler where the weights' zero filterlets pay) names a weight parameter read by runs
         calls (``tvmmcu_dot_runs_*``: one pixel, one output channel, a window of taps each a run of ``n``
-        input channels, the channel's taps following each other: OHWI weights).
+        input channels, the channel's taps following each other: OHWI weights): int8 data and weights
+        (``_s8s8``, ``_u8s8``) or float32 (``tvmmcu_dot_runs_f32`` with the weights' stride along a
+        run ``wc`` = 1).
     Rewrites to
         ``tvmmcu_sparse1p_blob_*(x, xsy, xsx, kw, &W[0], O, o, n, y0, y1, x0, x1, pad, acc)``: the
-        parameter holds the CSR blob (``sparse_kernels.compress_blob``), channel ``o`` is the call's
-        weight offset over ``kh * kw * n``; records ``tvmmcu.sparse_filterlets`` = {position: O} for
-        the compiler to store the blob. Then a ``for yy: for xx: for o`` nest (layer by layer), or a
-        ``for xx: for o`` nest left (a row band's step, its row set outside), runs four consecutive
-        pixels of the flattened output per call (``sparse_pixel_blocks.flat_blocks``):
-        ``tvmmcu_sparse_setup`` once per nest, per block ``tvmmcu_sparse_stage`` (a pointer per tap to
-        the four pixels' data: in place where they lie inside one pixel stride apart, padding rows
-        where outside for all four, else staged), per block and channel ``tvmmcu_sparse4p_blob_*`` and
-        the epilogue once per pixel; the ``H * W % 4`` last pixels from a block of the last four
-        (only the new ones stored). Scratch: the state (``4 * (1 + kh * kw) + 3 * ps + n`` bytes) and
-        the stage buffer (``8 * kh * kw + 4 * copies * ps`` bytes, ps the input bytes from one window
-        to the next, copies the most taps a block of the nest stages); HoistScratchToWorkspace moves
-        both to the arena. A nest with the output channel fixed outside (a channel slice) keeps one
-        pixel per call.
+        parameter holds the CSR blob (``sparse_kernels.compress_blob``: int8 values, or float32 values
+        for ``tvmmcu_sparse1p_blob_f32``, whose ``pad`` is 0), channel ``o`` is the call's weight offset
+        over ``kh * kw * n``; records ``tvmmcu.sparse_filterlets`` = {position: O} for the compiler to
+        store the blob. Then a ``for yy: for xx: for o`` nest (layer by layer), or a ``for xx: for o``
+        nest left (a row band's step, its row set outside), runs four consecutive pixels of the
+        flattened output per call (``sparse_pixel_blocks.flat_blocks``): ``tvmmcu_sparse_setup`` once
+        per nest, per block ``tvmmcu_sparse_stage`` (a pointer per tap to the four pixels' data: in
+        place where they lie inside one pixel stride apart, padding rows where outside for all four,
+        else staged; float data: ``tvmmcu_sparse_stage_f32``, which also returns the taps outside for
+        all four for the kernel to skip), per block and channel ``tvmmcu_sparse4p_blob_*`` and the
+        epilogue once per pixel; the ``H * W % 4`` last pixels from a block of the last four (only the
+        new ones stored). Scratch: the state (``4 * (1 + kh * kw) + b * (3 * ps + n)`` bytes) and the
+        stage buffer (``8 * kh * kw + 4 * copies * b * ps`` bytes, ps the input values from one window
+        to the next, copies the most taps a block of the nest stages, ``b`` bytes per value);
+        HoistScratchToWorkspace moves both to the arena. A nest with the output channel fixed outside
+        (a channel slice) keeps one pixel per call.
     Declines when
-        a read of the parameter is anything else or its offset is not provably a whole channel (then
-        nothing changes and the weights stay dense), or the function carries ``tvmmcu.filterlets_done``.
+        a read of the parameter is anything else, its offset is not provably a whole channel, or a
+        float call's ``wc`` is not 1 (HWIO weights: a filterlet is not contiguous) (then nothing changes
+        and the weights stay dense), or the function carries ``tvmmcu.filterlets_done``. The four-pixel
+        blocks alone are declined (the one-pixel calls stay) as ``flat_blocks`` says, and for float data
+        whose accumulator does not start at a constant other than ``-0.0``.
     Numerics
-        unchanged: a pruned filterlet's products are zero; the kept ones are summed as the runs kernel
-        sums them (integers: any order), the padding taps as ``pad`` times their weights.
+        int8: unchanged, a pruned filterlet's products are zero; the kept ones are summed as the runs
+        kernel sums them (integers: any order), the padding taps as ``pad`` times their weights.
+        float32: bit-identical to the dense float kernels for finite data and weights (the compiler
+        stores only finite weights sparse): each channel adds its kept filterlets in tap order, each in
+        channel order, the dense order without the pruned filterlets, whose products ``x * +-0.0`` add
+        exactly nothing to an accumulator that is not ``-0.0`` (adds from ``+0.0`` never make one); the
+        same ``acc += x * w`` contracted to a fused multiply-add in both kernels or neither. The
+        padding's taps are left out (one pixel, skipped taps) or add ``+-0.0`` (staged zeros).
+        Data holding an infinity or NaN at a pruned filterlet's tap: the dense sum is NaN, this one not.
     Ordering
         after UseDotKernels and SplitBorders (it rewrites their calls, as many as SplitBorders made);
-        BlockOutputChannels leaves such functions alone (the sparse kernel is per channel).
+        BlockOutputChannels leaves the loops of runs calls over marked weights alone (the sparse kernel
+        is per channel).
     """
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:

@@ -61,11 +61,13 @@ def compress(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def compress_blob(weights: np.ndarray) -> np.ndarray:
     """:func:`compress`'s three arrays as one int8 array (what the weight parameter of a convolution
-    stored sparse holds): rows, taps, zeros to the next multiple of 8 bytes, values."""
+    stored sparse holds): rows, taps, zeros to the next multiple of 8 bytes, values (int8, or the bytes
+    of float32 weights' values, little-endian: ``sparse_float_kernels``)."""
     values, taps, rows = compress(weights)
     head = np.concatenate([rows, taps]).astype("<i2").view(np.int8)
     gap = (-head.size) % 8
-    return np.concatenate([head, np.zeros(gap, np.int8), values.astype(np.int8)])
+    data = values.astype("<f4").view(np.int8) if values.dtype == np.float32 else values.astype(np.int8)
+    return np.concatenate([head, np.zeros(gap, np.int8), data])
 
 
 HEADER_TEXT = """\

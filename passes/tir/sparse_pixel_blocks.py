@@ -8,19 +8,21 @@ Two shapes, by what the format's four-pixel kernel takes:
 - :func:`row_blocks` (element CSR): four pixels of a row ``ps`` bytes apart whose windows lie inside, in
   the rows whose windows lie inside; every other pixel through the one-pixel kernel's never-inlined
   copy.
-- :func:`flat_blocks` (filterlet CSR): four consecutive pixels of the flattened output ``(yy, xx)``,
-  anywhere: each pixel's window offset and a mask of its taps inside the input are computed once per
-  block; a tap outside for all four pixels reads padding rows, one inside for some but not all (or
-  for a block whose windows are not one pixel stride apart) is staged once per block, back to back in
-  a buffer sized for the most taps a block of the nest copies (:func:`stage_copies`); the padding
-  rows and the table of tap offsets are built once per nest by ``tvmmcu_sparse_setup``. The
-  ``H * W % 4`` last pixels come from a last block of the output's last four pixels, only the new
+- :func:`flat_blocks` (filterlet CSR, int8 or float32 data): four consecutive pixels of the flattened
+  output ``(yy, xx)``, anywhere: each pixel's window offset and a mask of its taps inside the input are
+  computed once per block; a tap outside for all four pixels reads padding rows, one inside for some
+  but not all (or for a block whose windows are not one pixel stride apart) is staged once per block,
+  back to back in a buffer sized for the most taps a block of the nest copies (:func:`stage_copies`);
+  the padding rows and the table of tap offsets are built once per nest by ``tvmmcu_sparse_setup``.
+  The ``H * W % 4`` last pixels come from a last block of the output's last four pixels, only the new
   ones stored. A nest whose output channel is fixed outside it (a channel slice) keeps one pixel per
-  call: its blocks would be staged once per channel.
+  call: its blocks would be staged once per channel. Float data: the set-up and the staging count
+  bytes (four per value), and the kernel skips the taps outside for all four pixels.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -34,6 +36,7 @@ from tvm_mcu.passes.tir.each_function import (
     substitute,
     uses,
 )
+from tvm_mcu.passes.tir.sparse_float_kernels import STAGE_F32
 
 # Output pixels per call of a four-pixel kernel.
 PIXELS = 4
@@ -45,6 +48,8 @@ INSIDE = "tvmmcu_sparse_inside"
 STAGE = "tvmmcu_sparse_stage"
 # Bits of a window mask: the taps of a window flat_blocks takes.
 MAX_TAPS = 32
+# Bytes per value of the data flat_blocks takes (the set-up and the staging count bytes).
+_VALUE_BYTES = {"int8": 1, "uint8": 1, "float32": 4}
 
 
 @attrs.frozen
@@ -151,6 +156,14 @@ def _int32(expr: Any) -> Any:
     return expr if str(expr.ty) == "int32" else tirx.Cast("int32", expr)
 
 
+def _starts_clear(nest: _Nest) -> bool:
+    """Whether a float accumulator starts at a constant other than ``-0.0``: the four-pixel float
+    kernel adds ``+-0.0`` for a tap in the padding at some of its pixels where the one-pixel kernel adds
+    nothing, the same sum unless the accumulator is ``-0.0``, which adds from another value never make."""
+    init = nest.init.value
+    return isinstance(init, tirx.FloatImm) and math.copysign(1.0, float(init.value)) > 0
+
+
 def flat_blocks(loop: Any, four_of: Any, window_of: Any, *, row: bool = False) -> Any | None:
     """The nest at ``loop`` (``row``: a one-row nest ``for xx: for o``, as a row band's step computes
     it, the row's taps and window start set by the loops around it) four consecutive output pixels per
@@ -164,10 +177,14 @@ def flat_blocks(loop: Any, four_of: Any, window_of: Any, *, row: bool = False) -
     apart (ps: the input bytes between horizontally adjacent windows), at the padding rows where the
     tap lies outside for all four, else at copies in the buffer (``8 * taps + 4 * copies * ps``
     bytes, copies: :func:`stage_copies` of the nest); then every output channel runs the kernel on
-    them. Both buffers are scratch (HoistScratchToWorkspace places them in the arena). None when the
-    nest is not one (the output channel's loop innermost), it has fewer than 4 pixels, its window start
-    is not affine in (yy, xx) with constant coefficients, its strides, padding or weights change inside
-    it, adjacent windows overlap by less than ``n`` bytes (ps < n), or its window has over 32 taps."""
+    them. Both buffers are scratch (HoistScratchToWorkspace places them in the arena). Int8 or uint8
+    data, or float32 (the set-up's and the staging's strides, run, offsets and pixel stride in bytes,
+    four per value; ``tvmmcu_sparse_stage_f32``, whose result, the taps outside for all four pixels,
+    the kernel skips). None when the nest is not one (the output channel's loop innermost), it has
+    fewer than 4 pixels, its window start is not affine in (yy, xx) with constant coefficients, its
+    strides, padding or weights change inside it, adjacent windows are fewer than ``n`` values apart
+    (ps < n), its window has over 32 taps, or float data's accumulator does not start at a constant
+    other than ``-0.0`` (:func:`_starts_clear`)."""
     nest = _nest(loop, rows=1 if row else 2)
     if nest is None:
         return None
@@ -175,7 +192,10 @@ def flat_blocks(loop: Any, four_of: Any, window_of: Any, *, row: bool = False) -
     four_name = four_of(extern_name(nest.call))
     window = window_of(a["blob"])
     load = _x_load(nest)
-    if four_name is None or window is None or load is None or str(load.source.dtype) not in ("int8", "uint8"):
+    if four_name is None or window is None or load is None:
+        return None
+    size = _VALUE_BYTES.get(str(load.source.dtype))
+    if size is None or (str(load.source.dtype) == "float32" and not _starts_clear(nest)):
         return None
     kh, kw = window
     if kh * kw > MAX_TAPS or not all(isinstance(a[k], tirx.IntImm) for k in ("xsy", "xsx", "kw", "n")):
@@ -194,7 +214,7 @@ def flat_blocks(loop: Any, four_of: Any, window_of: Any, *, row: bool = False) -
     blocks = pixels // PIXELS
     n, taps, ps = int(a["n"]), kh * kw, int(coeffs[variables - 1])
     if blocks == 0 or ps < n:
-        return None  # no block of four; or windows overlapping in a staged block (n bytes, ps apart)
+        return None  # no block of four; or windows overlapping in a staged block (n values, ps apart)
     ana = Analyzer()
 
     def at(pixel: Any) -> tuple[Any, Any]:  # (yy, xx) of a flat pixel index; (None, xx) in a row
@@ -204,14 +224,26 @@ def flat_blocks(loop: Any, four_of: Any, window_of: Any, *, row: bool = False) -
         return ana.simplify(tirx.floordiv(pixel, width)), ana.simplify(tirx.floormod(pixel, width))
 
     # TVMMCU_SPARSE_STATE_WORDS: the tap offsets, then four padding rows ps bytes apart.
-    state = tirx.decl_buffer((1 + taps + (3 * ps + n + 3) // 4,), "int32", name="sparse_state", layout=None)
+    state = tirx.decl_buffer(
+        (1 + taps + (size * (3 * ps + n) + 3) // 4,), "int32", name="sparse_state", layout=None
+    )
     # TVMMCU_SPARSE_STAGE_BYTES: a pointer per tap (8 bytes), then the most taps a block copies.
     copies = _most_copies(nest, (kh, kw), [int(c) for c in coeffs[:variables]])
-    staged = tirx.decl_buffer((8 * taps + PIXELS * copies * ps,), "uint8", name="sparse_windows", layout=None)
+    staged = tirx.decl_buffer(
+        (8 * taps + PIXELS * copies * ps * size,), "uint8", name="sparse_windows", layout=None
+    )
     zero = tirx.IntImm(dtype, 0)
     state_at, staged_at = (tirx.address_of(tirx.BufferLoad(b, [zero])) for b in (state, staged))
     x0 = tirx.address_of(tirx.BufferLoad(load.source, [tirx.IntImm(str(load.indices[0].ty), 0)]))
-    kk, pixel_stride = tirx.IntImm("int32", taps), tirx.IntImm("int32", ps)
+    # The set-up and the staging count bytes: the strides, the run and the pixel stride in bytes.
+    kk, pixel_stride = tirx.IntImm("int32", taps), tirx.IntImm("int32", ps * size)
+    n_bytes = tirx.IntImm("int32", n * size)
+    # The stage's result, the kernel's second argument: whether the table is word-aligned (int8), the
+    # taps outside for all four pixels (float).
+    stage_name, staged_name = (STAGE_F32, "outside") if size > 1 else (STAGE, "aligned")
+
+    def in_bytes(expr: Any) -> Any:
+        return expr if size == 1 else ana.simplify(expr * tirx.IntImm(str(expr.ty), size))
 
     def block(pixel: Any, first: int) -> Any:
         """Stage the block whose p-th pixel is ``pixel(p)``, then every output channel: the kernel, the
@@ -221,7 +253,7 @@ def flat_blocks(loop: Any, four_of: Any, window_of: Any, *, row: bool = False) -
             out = _per_pixel(node, nest, *at(pixel(p)))
             return out if isinstance(out, tirx.Stmt) else ana.simplify(out)
 
-        offsets = [_int32(of_pixel(start, tirx.IntImm(dtype, p))) for p in range(PIXELS)]
+        offsets = [in_bytes(_int32(of_pixel(start, tirx.IntImm(dtype, p)))) for p in range(PIXELS)]
         masks = [
             tirx.call_extern(
                 "int32",
@@ -232,9 +264,9 @@ def flat_blocks(loop: Any, four_of: Any, window_of: Any, *, row: bool = False) -
             for p in range(PIXELS)
         ]
         stage = tirx.call_extern(
-            "int32", STAGE, staged_at, x0, *offsets, *masks, state_at, kk, pixel_stride, a["n"]
+            "int32", stage_name, staged_at, x0, *offsets, *masks, state_at, kk, pixel_stride, n_bytes
         )
-        aligned = tirx.Var("aligned", "int32")
+        aligned = tirx.Var(staged_name, "int32")
         four = tirx.decl_buffer((PIXELS,), str(nest.acc.dtype), name=f"{nest.acc.name}4", layout=None)
         kernel = tirx.call_extern(
             "int32",
@@ -281,9 +313,9 @@ def flat_blocks(loop: Any, four_of: Any, window_of: Any, *, row: bool = False) -
         state_at,
         tirx.IntImm("int32", kh),
         a["kw"],
-        a["xsy"],
-        a["xsx"],
-        a["n"],
+        in_bytes(a["xsy"]),
+        in_bytes(a["xsx"]),
+        n_bytes,
         pixel_stride,
         a["pad"],
     )

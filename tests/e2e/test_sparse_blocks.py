@@ -26,7 +26,9 @@ pytestmark = pytest.mark.emulator
 KEEP = 0.4  # the fraction of filterlets the mask keeps
 
 
-def _pruned_qdq(directory: Path, size: int, activations: str) -> Path:
+def pruned_float(directory: Path, size: int) -> Path:
+    """The float ONNX model: PyTorch's, its 3x3 convolutions after the first pruned with a filterlet
+    mask (``torch.nn.utils.prune.custom_from_mask``, then made permanent), written by PyTorch's exporter."""
     import torch
     from torch import nn
     from torch.nn.utils import prune
@@ -64,6 +66,11 @@ def _pruned_qdq(directory: Path, size: int, activations: str) -> Path:
         output_names=["y"],
         dynamo=False,
     )
+    return float_path
+
+
+def _pruned_qdq(directory: Path, size: int, activations: str) -> Path:
+    float_path = pruned_float(directory, size)
     return ort_quantize(onnx.load(str(float_path)), directory / "pruned_qdq.onnx", activations=activations)
 
 

@@ -7,6 +7,7 @@ from tvm.script import tirx as T
 
 from tests.passes import assert_idempotent_and_pure
 from tvm_mcu import _tvm
+from tvm_mcu._tvm import tvm
 from tvm_mcu.passes.tir import BlockOutputChannels
 
 
@@ -254,3 +255,13 @@ def test_declines_what_is_not_one_pixels_channels() -> None:
 
 def test_idempotent_and_input_untouched() -> None:
     assert_idempotent_and_pure(BlockOutputChannels(), Before)
+
+
+def test_dots_over_element_sparse_weights_stay_one_channel_per_call() -> None:
+    """Declines: SparseElements rewrites a dense layer's dot calls over its marked weights one channel
+    each. The same weights marked for filterlets (whose pass rewrites runs calls only) are blocked."""
+    elements = tvm.IRModule({"f": Before["f"].with_attr("tvmmcu.sparse_element_weights", {1: 8})})
+    _tvm.assert_structural_equal(BlockOutputChannels()(elements)["f"].body, Before["f"].body)
+    filterlets = tvm.IRModule({"f": Before["f"].with_attr("tvmmcu.sparse_weights", {1: 8})})
+    expected = Expected["f"].with_attr("tvmmcu.sparse_weights", {1: 8})
+    _tvm.assert_structural_equal(BlockOutputChannels()(filterlets)["f"], expected)

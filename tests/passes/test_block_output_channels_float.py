@@ -183,3 +183,26 @@ class Declined:
 def test_declines_depthwise_windows_and_other_accumulators() -> None:
     after = BlockOutputChannels()(Declined)
     _tvm.assert_structural_equal(after["f"].body, Declined["f"].body)
+
+
+def test_marked_weights_read_by_no_runs_call_are_blocked() -> None:
+    """A weight the compiler marks for a sparse format but reads by no runs call (a dilated
+    convolution's taps) stays dense: its loops take four channels per call as any other."""
+    marked = _tvm.tvm.IRModule({"f": Before["f"].with_attr("tvmmcu.sparse_weights", {1: 8})})
+    expected = Expected["f"].with_attr("tvmmcu.sparse_weights", {1: 8})
+    _tvm.assert_structural_equal(BlockOutputChannels()(marked)["f"], expected)
+
+
+def test_runs_over_marked_weights_stay_one_channel_per_call() -> None:
+    """Declines: SparseFilterlets rewrites the runs calls over the marked weights one channel each."""
+    from tests.passes.test_sparse_filterlets_float import Before as Runs
+
+    blocked = BlockOutputChannels()(Runs)["f"]
+    assert "tvmmcu_dot4_runs_f32" in blocked.script()
+    marked = _tvm.tvm.IRModule({"f": Runs["f"].with_attr("tvmmcu.sparse_weights", {1: 4})})
+    _tvm.assert_structural_equal(BlockOutputChannels()(marked)["f"].body, Runs["f"].body)
+    # Another parameter marked: the runs calls read no marked weight, so they are blocked.
+    other = _tvm.tvm.IRModule({"f": Runs["f"].with_attr("tvmmcu.sparse_weights", {2: 4})})
+    _tvm.assert_structural_equal(
+        BlockOutputChannels()(other)["f"], blocked.with_attr("tvmmcu.sparse_weights", {2: 4})
+    )
