@@ -344,5 +344,6 @@ def test_empty_file(suffix: str, tmp_path: Path) -> None:
 
 def test_unknown_suffix(tmp_path: Path) -> None:
     path = write_model("gemm_head", tmp_path).rename(tmp_path / "model.bin")
-    with pytest.raises(ModelError, match=r"unknown model format \(expected a \.onnx, \.tflite or \.pt2 file\)"):
+    expected = r"unknown model format \(expected a \.onnx, \.tflite or \.pt2 file\)"
+    with pytest.raises(ModelError, match=expected):
         load_model(path)
