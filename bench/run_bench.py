@@ -14,6 +14,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -23,6 +24,7 @@ from tvm_mcu import __version__, api
 from tvm_mcu.demo import demo_files
 from tvm_mcu.errors import TvmMcuError
 from tvm_mcu.frontend import load_model, random_inputs
+from tvm_mcu.progress import Bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
 from kernels import (  # noqa: E402
@@ -643,26 +645,41 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows: list[dict[str, object]] = []
     skipped: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, path, where in _models():
+    models = list(_models())
+    sections: list[tuple[str, Callable[[Path], list[str]]]] = [
+        ("int8", int8_section),
+        ("kernels", lambda t: kernels_section(t, SHARED_MODELS)),
+        ("sram", sram_section),
+        ("schedules", lambda t: schedules_section(t, SHARED_MODELS)),
+        ("sparse", sparse_section),
+        ("ort", ort_section),
+        ("ptq", ptq_section),
+        ("onnx backend", onnx_backend_section),
+        ("pruning", pruning_section),
+        ("compile time", compile_time_section),
+        ("fuzz", fuzz_section),
+    ]
+    done: dict[str, list[str]] = {}
+    # A bar on a terminal (tvm_mcu.progress): the model rows, then the sections.
+    with tempfile.TemporaryDirectory() as tmp, Bar(len(models) * len(BOARDS) + len(sections), "bench") as bar:
+        for label, path, where in models:
             if path is None:
                 skipped.append(f"{label}: {where} is absent")
+                bar.update(bar.done + len(BOARDS))
                 continue
             for board in BOARDS:
                 work = Path(tmp) / f"{path.stem}"
                 work.mkdir(exist_ok=True)
                 row = _row(label, board, path, work)
+                bar.clear()
                 print(f"{label} on {board}: {row.get('error') or row.get('insns')}", flush=True)
                 rows.append(row)
-        int8 = int8_section(Path(tmp)) + kernels_section(Path(tmp), SHARED_MODELS) + sram_section(Path(tmp))
-        int8 += schedules_section(Path(tmp), SHARED_MODELS) + sparse_section(Path(tmp))
-        ptq = ptq_section(Path(tmp))
-        backend = onnx_backend_section(Path(tmp))
-        pruning = pruning_section(Path(tmp))
-        depth = compile_time_section(Path(tmp))
-        ort = ort_section(Path(tmp))
-        fuzz = fuzz_section(Path(tmp))
-    text = render(rows, skipped) + "\n".join(int8 + ort + ptq + backend + pruning + depth + fuzz)
+                bar.update(note=f"{label} on {board}")
+        for name, make in sections:
+            bar.update(bar.done, note=f"section {name}")
+            done[name] = make(Path(tmp))
+            bar.update()
+    text = render(rows, skipped) + "\n".join(line for lines in done.values() for line in lines)
     out.write_text(text)
     print(f"wrote {out}")
     bad = [r for r in rows if r.get("match") == "NO"]

@@ -338,7 +338,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         data=args.data,
         epochs=args.epochs,
         sram_model=args.sram_model,
-        progress=True,
+        progress=not args.json,
         distill=args.distill,
         seed=args.seed,
         channels_last=args.channels_last,

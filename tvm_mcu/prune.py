@@ -45,6 +45,7 @@ from tvm_mcu.errors import BadOptionError, BudgetError, UnsupportedOpError
 from tvm_mcu.frontend import ImportedModel, load_model
 from tvm_mcu.outputs import output_file
 from tvm_mcu.passes.relax.prune_channels import PruneChannels
+from tvm_mcu.progress import Bar
 from tvm_mcu.schedule import cost
 from tvm_mcu.schedule.choice import parse_bytes
 
@@ -328,6 +329,7 @@ class _Job:
     sram_budget: int | None = None  # compile for it (the schedule a deployment with the budget gets)
     seed: int = 0  # of every training run (sample order, initial state): a run is repeatable
     channels_last: bool = False  # compile NHWC, sparse weights stored sparse (measure)
+    progress: bool = False  # a progress bar of the measured search on a terminal
 
     def measure(self, mod: _tvm.IRModule, tag: str) -> Resources:
         return measure(
@@ -417,7 +419,9 @@ def prune_model(
     with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        job = _Job(mod, plan, imported, board, work, int8, distill, budget.sram, seed, channels_last)
+        job = _Job(
+            mod, plan, imported, board, work, int8, distill, budget.sram, seed, channels_last, progress
+        )
         before = job.measure(mod, "original")
         training: Training | None = None
         sparse = None
@@ -505,16 +509,19 @@ def _bisect(job: _Job, budget: Budget, method: str, steps: int) -> tuple[Keep, _
         pruned = PruneChannels(keep=keep)(job.mod)
         return keep, pruned, job.measure(pruned, tag)
 
-    keep, best, after = at(0.0, "level0")
-    lo, hi = 0.0, 1.0
-    for step in range(steps):
-        mid = (lo + hi) / 2
-        k, p, r = at(mid, f"step{step}")
-        logger.info("prune %s level %.3f: %s", method, mid, r)
-        if r.excess(budget):
-            hi = mid
-        else:
-            lo, keep, best, after = mid, k, p, r
+    with Bar(steps + 1, f"prune {method}", enabled=None if job.progress else False) as bar:
+        keep, best, after = at(0.0, "level0")
+        bar.update(note="narrowest measured")
+        lo, hi = 0.0, 1.0
+        for step in range(steps):
+            mid = (lo + hi) / 2
+            k, p, r = at(mid, f"step{step}")
+            logger.info("prune %s level %.3f: %s", method, mid, r)
+            if r.excess(budget):
+                hi = mid
+            else:
+                lo, keep, best, after = mid, k, p, r
+            bar.update(note=f"level {mid:.3f} {'over' if r.excess(budget) else 'fits'}")
     return keep, best, after
 
 

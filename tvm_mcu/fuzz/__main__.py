@@ -23,6 +23,7 @@ from tvm_mcu.fuzz.campaign import KINDS, Campaign, Config
 from tvm_mcu.fuzz.quantize import VARIANTS
 from tvm_mcu.fuzz.reduce import DEFAULT_MAX_TESTS
 from tvm_mcu.fuzz.run import Case, Outcome, execute
+from tvm_mcu.progress import Bar
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,9 +61,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_progress(o: Outcome, done: int, total: int) -> None:
-    mark = "" if o.verdict == "pass" else f": {o.message[:160]}"
-    print(f"[{done}/{total}] {o.case.name} on {o.case.board}: {o.verdict}{mark}", flush=True)
+class _Progress:
+    """A line per case (a pipe, a file, CI's log); on a terminal, a bar and a line per case that did
+    not pass."""
+
+    def __init__(self) -> None:
+        self.bar: Bar | None = None
+        self.failed = 0
+
+    def __call__(self, o: Outcome, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Bar(total, "fuzz")
+        passed = o.verdict == "pass"
+        self.failed += not passed
+        mark = "" if passed else f": {o.message[:160]}"
+        if not self.bar.enabled or not passed:
+            self.bar.clear()
+            print(f"[{done}/{total}] {o.case.name} on {o.case.board}: {o.verdict}{mark}", flush=True)
+        self.bar.update(done, note=f"{self.failed} not passed" if self.failed else "")
+        if done == total:
+            self.bar.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         per_signature=args.per_signature,
         timeout_s=args.timeout,
     )
-    summary = Campaign(config, _print_progress).run()
+    summary = Campaign(config, _Progress()).run()
     totals = ", ".join(f"{k}: {v}" for k, v in summary.totals.items())
     print(f"{totals} (bad refusal messages: {summary.bad_refusals})")
     print(f"summary: {config.out_dir / 'summary.md'}")
