@@ -79,7 +79,7 @@ def _instructions(tmp: Path, n: int, keep: float, sparse: bool | str) -> tuple[i
         '#include "model.h"',
         '#include "tvmmcu_dot.h"',
         _array("int8_t", "vals", vals),
-        _array("int16_t", "taps", taps),
+        _array("uint8_t", "taps", taps),
         _array("int16_t", "rows", rows),
         _array("int32_t", "at", offsets),
         _array("int8_t", "wb", block(w, K * K * n).reshape(-1)),

@@ -270,8 +270,8 @@ def test_filterlet_bytes_are_the_compilers_blob(kept: float) -> None:
 
 @pytest.mark.parametrize("kept", [0.1, 0.5, 0.75])
 def test_float_filterlet_bytes_are_the_compilers_blob(kept: float) -> None:
-    """Float32 weights too: the counted filterlet format is the compiler's float blob (int16 indices,
-    then 4 B per kept value), and what it stores (compiler._sparse_format) when it pays."""
+    """Float32 weights too: the counted filterlet format is the compiler's float blob (int16 rows, uint8
+    taps, then 4 B per kept value), and what it stores (compiler._sparse_format) when it pays."""
     from tvm_mcu import compiler
 
     rng = np.random.default_rng(1)

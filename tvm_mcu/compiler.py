@@ -186,7 +186,7 @@ def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
 
 # A convolution's weights are stored sparse (CSR over filterlets, visited by the sparse kernel) when at
 # most this fraction of their filterlets hold a non-zero value: the flash saved then outweighs the index
-# (2 B per kept filterlet) and the sparse kernel's cost per kept MAC.
+# (1 B per kept filterlet, 2 per channel) and the sparse kernel's cost per kept MAC.
 SPARSE_MAX_KEPT = 0.75
 # Weights pruned element by element (zeros anywhere) are stored as element CSR (visited by the element
 # kernel, sparse_element_kernels) when its flash is below this fraction of the dense weights' (2 B per

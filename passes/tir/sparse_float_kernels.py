@@ -2,7 +2,7 @@
 
 The float twin of :mod:`~tvm_mcu.passes.tir.sparse_kernels`: the same CSR over filterlets
 (:func:`~tvm_mcu.passes.tir.sparse_kernels.compress_blob` over float32 OHWI weights: int16 row pointers
-and taps, then the kept filterlets' float32 values from the next multiple of 8 bytes) and the same
+and uint8 taps, then the kept filterlets' float32 values from the next multiple of 8 bytes) and the same
 layer set-up (``tvmmcu_sparse_setup``, which counts bytes: the strides, the run and the pixel stride
 times 4, padding rows of zero bits, ``0.0f``) and block staging (``tvmmcu_sparse_stage_f32``:
 ``tvmmcu_sparse_stage``, which also returns the taps outside for all four pixels).
@@ -38,9 +38,9 @@ HEADER_TEXT = """\
  * dense float kernels' order without the pruned (zero) filterlets, so the sums are bit-identical. */
 #define TVMMCU_SPARSE_F32_BLOB                                                                     \\
   const int16_t *rows = (const int16_t *)(const void *)blob;                                       \\
-  const int16_t *taps = rows + out_channels + 1;                                                   \\
+  const uint8_t *taps = (const uint8_t *)(const void *)(rows + out_channels + 1);                  \\
   const float *vals = (const float *)(const void *)((const uint8_t *)(const void *)blob +          \\
-                                                    ((2 * (out_channels + 1 + rows[out_channels]) + 7) & ~7))
+                                                    ((2 * (out_channels + 1) + rows[out_channels] + 7) & ~7))
 
 /* One output pixel of output channel o whose window may cross the padding: the taps inside are
  * [y0, y1) x [x0, x1), x at tap (y0, x0); a kept filterlet outside is left out (zero padding), as the

@@ -4,8 +4,9 @@ A *filterlet* is one output channel's weights at one kernel tap over all its inp
 ``W[o, ry, rx, :]`` of OHWI weights: ``n`` contiguous values, as a tap's input channels are contiguous in
 NHWC data. A layer whose pruned filterlets are all zero is stored as CSR over filterlets
 (:func:`compress`): the kept filterlets' values back to back, per kept filterlet its tap ``ry * kw + rx``
-(int16) and per output channel the index of its first kept filterlet (int16, ``O + 1`` of them): the
-kept weights plus 2 bytes per kept filterlet and per output channel, DTMM's format.
+(uint8: a window has at most 256 taps) and per output channel the index of its first kept filterlet
+(int16, ``O + 1`` of them): the kept weights plus 1 byte per kept filterlet and 2 per output channel,
+DTMM's format with the narrowest tap index (DTMM stores an int16 offset).
 
 The kernels visit only kept filterlets. ``tvmmcu_sparse4p_*`` computes one output channel at four
 output pixels at once (CMSIS-NN's four-column mat-mul, which DTMM's sparse kernel derives from), so each
@@ -44,19 +45,23 @@ def filterlets_kept(weights: np.ndarray) -> np.ndarray:
 
 
 def compress(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR over the filterlets of OHWI ``weights``: (values [kept * n] of the weights' type, taps
-    [kept] int16 (``ry * kw + rx``), rows [O + 1] int16 (output channel o's filterlets are
-    ``rows[o]`` to ``rows[o + 1] - 1``)). Raises ValueError when an index does not fit int16."""
+    """CSR over the filterlets of OHWI ``weights``, with the narrowest index types that hold every
+    window and layer of a microcontroller's CNN: (values [kept * n] of the weights' type, taps [kept]
+    uint8 (``ry * kw + rx``: a window of at most 256 taps), rows [O + 1] int16 (output channel o's
+    filterlets are ``rows[o]`` to ``rows[o + 1] - 1``)). Raises ValueError when an index does not fit."""
     o, n = weights.shape[0], weights.shape[-1]
     w = np.asarray(weights).reshape(o, -1, n)
     kept = filterlets_kept(weights)
     taps = np.nonzero(kept)[1]
     counts = kept.sum(axis=1)
     rows = np.concatenate([[0], np.cumsum(counts)])
-    if rows[-1] > np.iinfo(np.int16).max or w.shape[1] > np.iinfo(np.int16).max:
-        raise ValueError(f"{int(rows[-1])} kept filterlets of {w.shape[1]} taps: indices beyond int16")
+    if rows[-1] > np.iinfo(np.int16).max or w.shape[1] > np.iinfo(np.uint8).max + 1:
+        raise ValueError(
+            f"{int(rows[-1])} kept filterlets of windows of {w.shape[1]} taps: indices beyond int16 rows "
+            "or uint8 taps"
+        )
     values = w[kept].reshape(-1)
-    return values, taps.astype(np.int16), rows.astype(np.int16)
+    return values, taps.astype(np.uint8), rows.astype(np.int16)
 
 
 def compress_blob(weights: np.ndarray) -> np.ndarray:
@@ -64,7 +69,7 @@ def compress_blob(weights: np.ndarray) -> np.ndarray:
     stored sparse holds): rows, taps, zeros to the next multiple of 8 bytes, values (int8, or the bytes
     of float32 weights' values, little-endian: ``sparse_float_kernels``)."""
     values, taps, rows = compress(weights)
-    head = np.concatenate([rows, taps]).astype("<i2").view(np.int8)
+    head = np.concatenate([rows.astype("<i2").view(np.int8), taps.view(np.int8)])
     gap = (-head.size) % 8
     data = values.astype("<f4").view(np.int8) if values.dtype == np.float32 else values.astype(np.int8)
     return np.concatenate([head, np.zeros(gap, np.int8), data])
@@ -74,9 +79,9 @@ HEADER_TEXT = """\
 #ifndef TVMMCU_SPARSE_H
 #define TVMMCU_SPARSE_H
 /* Filterlet-sparse convolution (passes/tir/sparse_kernels.py): output channel o keeps the filterlets
- * rows[o] .. rows[o + 1] - 1; filterlet f is tap taps[f] = ry * kw + rx of the window with the n values
- * vals[f * n] .. vals[f * n + n - 1] (one per input channel). The window's tap (ry, rx) is at
- * ry * xsy + rx * xsx bytes from its first tap. */
+ * rows[o] .. rows[o + 1] - 1 (int16); filterlet f is tap taps[f] = ry * kw + rx (uint8) of the window,
+ * with the n values vals[f * n] .. vals[f * n + n - 1] (one per input channel). The window's tap
+ * (ry, rx) is at ry * xsy + rx * xsx bytes from its first tap. */
 
 /* A layer's tap offsets and padding rows, for tvmmcu_sparse_stage: built once per layer into state
  * (TVMMCU_SPARSE_STATE_WORDS): state[1 + t] the byte offset ry * xsy + rx * xsx of tap t = ry * kw + rx in
@@ -184,7 +189,7 @@ tvmmcu_sparse_stage(void *buf, const void *x, int32_t d0, int32_t d1, int32_t d2
 #define TVMMCU_SPARSE_LDRD(p, lo, hi) TVMMCU_DOT_LDRD(p, lo, hi)
 #endif
 TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_x8s8(const void *table, int32_t ps, int32_t aligned,
-                                               const int8_t *vals, const int16_t *taps, int32_t first,
+                                               const int8_t *vals, const uint8_t *taps, int32_t first,
                                                int32_t last, int32_t n, int32_t *acc, int x_unsigned) {
   const uint8_t *const *const at = (const uint8_t *const *)table;
   int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
@@ -247,13 +252,13 @@ TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_x8s8(const void *table, int32_t ps, in
 }
 
 TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_s8s8(const void *table, int32_t ps, int32_t aligned,
-                                               const int8_t *vals, const int16_t *taps, int32_t first,
+                                               const int8_t *vals, const uint8_t *taps, int32_t first,
                                                int32_t last, int32_t n, int32_t *acc) {
   return tvmmcu_sparse4p_x8s8(table, ps, aligned, vals, taps, first, last, n, acc, 0);
 }
 
 TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_u8s8(const void *table, int32_t ps, int32_t aligned,
-                                               const int8_t *vals, const int16_t *taps, int32_t first,
+                                               const int8_t *vals, const uint8_t *taps, int32_t first,
                                                int32_t last, int32_t n, int32_t *acc) {
   return tvmmcu_sparse4p_x8s8(table, ps, aligned, vals, taps, first, last, n, acc, 1);
 }
@@ -261,7 +266,7 @@ TVMMCU_DOT_INLINE int32_t tvmmcu_sparse4p_u8s8(const void *table, int32_t ps, in
 /* One output pixel of one output channel whose window may cross the padding: the taps inside are
  * [y0, y1) x [x0, x1), x at tap (y0, x0); a filterlet outside adds pad times its weights. */
 static inline int32_t tvmmcu_sparse1p_x8s8(const void *x, int32_t xsy, int32_t xsx, int32_t kw,
-                                           const int8_t *vals, const int16_t *taps, int32_t first,
+                                           const int8_t *vals, const uint8_t *taps, int32_t first,
                                            int32_t last, int32_t n, int32_t y0, int32_t y1, int32_t x0,
                                            int32_t x1, int32_t pad, int32_t acc, int x_unsigned) {
   uint32_t a = (uint32_t)acc;
@@ -281,14 +286,14 @@ static inline int32_t tvmmcu_sparse1p_x8s8(const void *x, int32_t xsy, int32_t x
 }
 
 static inline int32_t tvmmcu_sparse1p_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, int32_t kw,
-                                           const int8_t *vals, const int16_t *taps, int32_t first,
+                                           const int8_t *vals, const uint8_t *taps, int32_t first,
                                            int32_t last, int32_t n, int32_t y0, int32_t y1, int32_t x0,
                                            int32_t x1, int32_t pad, int32_t acc) {
   return tvmmcu_sparse1p_x8s8(x, xsy, xsx, kw, vals, taps, first, last, n, y0, y1, x0, x1, pad, acc, 0);
 }
 
 static inline int32_t tvmmcu_sparse1p_u8s8(const uint8_t *x, int32_t xsy, int32_t xsx, int32_t kw,
-                                           const int8_t *vals, const int16_t *taps, int32_t first,
+                                           const int8_t *vals, const uint8_t *taps, int32_t first,
                                            int32_t last, int32_t n, int32_t y0, int32_t y1, int32_t x0,
                                            int32_t x1, int32_t pad, int32_t acc) {
   return tvmmcu_sparse1p_x8s8(x, xsy, xsx, kw, vals, taps, first, last, n, y0, y1, x0, x1, pad, acc, 1);
@@ -298,8 +303,8 @@ static inline int32_t tvmmcu_sparse1p_u8s8(const uint8_t *x, int32_t xsy, int32_
  * out_channels rows: what a convolution's weight parameter holds when stored sparse. */
 #define TVMMCU_SPARSE_BLOB                                                          \
   const int16_t *rows = (const int16_t *)(const void *)blob;                        \
-  const int16_t *taps = rows + out_channels + 1;                                    \
-  const int8_t *vals = blob + ((2 * (out_channels + 1 + rows[out_channels]) + 7) & ~7)
+  const uint8_t *taps = (const uint8_t *)(const void *)(rows + out_channels + 1);   \
+  const int8_t *vals = blob + ((2 * (out_channels + 1) + rows[out_channels] + 7) & ~7)
 static inline int32_t tvmmcu_sparse1p_blob_x8s8(const void *x, int32_t xsy, int32_t xsx, int32_t kw,
                                                 const int8_t *blob, int32_t out_channels, int32_t o,
                                                 int32_t n, int32_t y0, int32_t y1, int32_t x0, int32_t x1,

@@ -173,12 +173,13 @@ def test_float_blob_holds_the_kept_filterlets_values() -> None:
     w = _weights(16)
     vals, taps, rows = compress(w)
     kept = filterlets_kept(w)
-    assert vals.dtype == np.float32 and taps.dtype == np.int16 and rows.dtype == np.int16
+    assert vals.dtype == np.float32 and taps.dtype == np.uint8 and rows.dtype == np.int16
     assert rows[2] - rows[1] == 0 and rows[3] - rows[2] == KH * KW
     blob = compress_blob(w)
-    head = 2 * (OUT + 1 + int(kept.sum()))
+    head = 2 * (OUT + 1) + int(kept.sum())
     start = head + (-head) % 8
-    # The kept values as float32 bytes after the int16 indices; 2 B per kept filterlet and channel + 2.
+    # The kept values as float32 bytes after the indices: 1 B per kept filterlet (uint8 taps), 2 B per
+    # channel + 2 (int16 rows).
     assert blob.size == start + 4 * 16 * int(kept.sum())
     assert blob[start:].view(np.float32).tobytes() == vals.tobytes()
     assert start - head < 8

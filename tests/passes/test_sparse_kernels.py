@@ -78,7 +78,7 @@ def _source(n: int, stride: int) -> str:
         '#include "model.h"',
         '#include "tvmmcu_dot.h"',
         _c_array("int8_t", "vals", vals),
-        _c_array("int16_t", "taps", taps),
+        _c_array("uint8_t", "taps", taps),
         _c_array("int16_t", "rows", rows),
         _c_array("int8_t", "blob", compress_blob(_weights(n))),
         f"static int32_t state[TVMMCU_SPARSE_STATE_WORDS({KH * KW}, {n}, {ps})];",
@@ -201,11 +201,12 @@ def test_compressed_layout_holds_the_kept_filterlets_and_their_indices() -> None
     w = _weights(16)
     vals, taps, rows = compress(w)
     kept = filterlets_kept(w)
-    assert rows.dtype == np.int16 and taps.dtype == np.int16 and vals.dtype == np.int8
+    assert rows.dtype == np.int16 and taps.dtype == np.uint8 and vals.dtype == np.int8
     assert list(np.diff(rows)) == list(kept.sum(axis=1))
     assert rows[2] - rows[1] == 0 and rows[3] - rows[2] == KH * KW  # none kept, all kept
-    # The flash DTMM's format promises: the kept weights + 2 B per kept filterlet and per channel + 2.
-    assert vals.nbytes + taps.nbytes + rows.nbytes == kept.sum() * 16 + 2 * kept.sum() + 2 * (OUT + 1)
+    # Within the flash DTMM's format promises (the kept weights + 2 B per kept filterlet and per
+    # channel + 2): the narrowest tap index, 1 B per kept filterlet.
+    assert vals.nbytes + taps.nbytes + rows.nbytes == kept.sum() * 16 + kept.sum() + 2 * (OUT + 1)
     dense = np.zeros_like(w).reshape(OUT, -1, 16)
     for o in range(OUT):
         for f in range(rows[o], rows[o + 1]):

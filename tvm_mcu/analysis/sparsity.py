@@ -11,8 +11,8 @@ Counting (:func:`stored_bytes`, :func:`kept_macs`) prices a weight as it would b
 
 - ``filterlet``: DTMM's CSR over filterlets, the layout of
   :func:`tvm_mcu.passes.tir.sparse_kernels.compress_blob`: int16 row pointers (one per output channel,
-  plus one), an int16 tap per kept filterlet, zeros to a multiple of 8 bytes, then the kept filterlets'
-  values (input channels x value size each): about 2 B per kept filterlet and 2 B per output channel.
+  plus one), a uint8 tap per kept filterlet, zeros to a multiple of 8 bytes, then the kept filterlets'
+  values (input channels x value size each): about 1 B per kept filterlet and 2 B per output channel.
 - ``unstructured``: CSR over elements, rows the output channels and columns the rest of the weight
   (``kh * kw * I`` or the dense layer's inputs). int8, the compiler's format
   (:mod:`tvm_mcu.passes.tir.sparse_element_kernels`): per kept value the value and its one-byte
@@ -126,7 +126,7 @@ def compact_bytes(site: WeightSite, mask: np.ndarray, granularity: str, itemsize
     """The weight in its compact format (module docstring), whether or not that is smaller than dense."""
     if granularity == "filterlet":
         kept = int(filterlet_kept(mask).sum())
-        head = 2 * (site.out_channels + 1 + kept)
+        head = 2 * (site.out_channels + 1) + kept
         return head + (-head % 8) + kept * site.shape[1] * itemsize
     if itemsize == 1:
         # The compiler's element CSR (an int8 value and a one-byte distance per entry, bridges over
@@ -181,7 +181,7 @@ def filterlet_figures(site: WeightSite, kept: int, itemsize: int) -> tuple[int, 
     what :func:`stored_bytes`, :func:`kept_macs` and :func:`instructions` give for any such mask, from
     the count alone (a search over per-layer ratios prices thousands of candidates)."""
     dense = dense_bytes(site, itemsize)
-    head = 2 * (site.out_channels + 1 + kept)
+    head = 2 * (site.out_channels + 1) + kept
     compact = head + (-head % 8) + kept * site.shape[1] * itemsize
     if compact >= dense:
         return dense, site.pixels * int(np.prod(site.shape)), dense_instructions(site, itemsize)
