@@ -37,3 +37,8 @@ class FirmwareError(TvmMcuError):
 
 class VerificationError(TvmMcuError):
     """The emulated output differs from the reference beyond the stated tolerance."""
+
+
+class PassOrderError(TvmMcuError):
+    """A tvm-mcu pass was given a function it cannot take yet: a pass it needs has not run (a user's own
+    ``tvm.transform`` pipeline; ``tvm_mcu.pipeline`` lists the order and the reason for each step)."""

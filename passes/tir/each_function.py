@@ -5,16 +5,69 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tvm_mcu._tvm import PrimFunc, buffer_data_op, structural_map, structural_walk, tirx, tvm
+import attrs
+
+from tvm_mcu._tvm import PrimFunc, TensorLoad, buffer_data_op, structural_map, structural_walk, tirx, tvm
 
 
-def rewrite_each(mod: tvm.IRModule, done: str, rewrite: Callable[[PrimFunc], PrimFunc]) -> tvm.IRModule:
+@attrs.frozen
+class Needs:
+    """What a pass needs of every function it takes (its preconditions): the marks of the passes that
+    must have run (attribute -> that pass, as the user would add it), and flattened buffers (TVM's
+    ``LowerOpaqueBlock`` and ``FlattenBuffer``: one index per access, no blocks)."""
+
+    passes: tuple[tuple[str, str], ...] = ()
+    flat: bool = False
+
+
+def _flat(func: PrimFunc) -> bool:
+    found: list[bool] = []
+
+    def access(node: Any) -> None:
+        if len(node.indices) > 1:
+            found.append(True)
+
+    structural_walk(func.body, ((TensorLoad, tirx.BufferStore), access))
+    def block(node: Any) -> None:  # an s_tir block left (LowerOpaqueBlock not run)
+        if type(node).__name__ in ("SBlock", "SBlockRealize"):
+            found.append(True)
+
+    structural_walk(func.body, (object, block))
+    return not found
+
+
+def check_needs(name: str, gv_name: str, func: PrimFunc, needs: Needs) -> None:
+    """Raise PassOrderError naming what pass ``name`` needs and function ``gv_name`` lacks."""
+    from tvm_mcu.errors import PassOrderError
+
+    attrs_ = func.attrs if func.attrs is not None else {}
+    missing = [f"{before} (attribute {attr})" for attr, before in needs.passes if attr not in attrs_]
+    if needs.flat and not _flat(func):
+        missing.append("LowerOpaqueBlock and FlattenBuffer (flat buffers, no blocks)")
+    if missing:
+        raise PassOrderError(
+            f"{name} needs {' and '.join(missing)} to have run on '{gv_name}' first; tvm_mcu.pipeline "
+            "lists the passes in order with the reason for each"
+        )
+
+
+def rewrite_each(
+    mod: tvm.IRModule,
+    done: str,
+    rewrite: Callable[[PrimFunc], PrimFunc],
+    *,
+    name: str = "",
+    needs: Needs | None = None,
+) -> tvm.IRModule:
     """``mod`` with ``rewrite`` applied to every PrimFunc not marked ``done`` (the rewrite marks it):
-    running a pass twice changes nothing the second time, and the input module is left untouched."""
+    running a pass twice changes nothing the second time, and the input module is left untouched. Pass
+    ``name`` checks ``needs`` of each function first (PassOrderError)."""
     out = mod.clone()
     for gv, func in mod.functions_items():
         if not isinstance(func, PrimFunc) or (func.attrs is not None and done in func.attrs):
             continue
+        if needs is not None:
+            check_needs(name, gv.name_hint, func, needs)
         out[gv] = rewrite(func)
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tvm_mcu._tvm import PrimFunc, TensorLoad, structural_equal, structural_map, structural_walk, tirx, tvm
-from tvm_mcu.passes.tir.each_function import rewrite_each
+from tvm_mcu.passes.tir.each_function import Needs, rewrite_each
 
 ATTR_DONE = "tvmmcu.reduction_init_hoisted"
 
@@ -120,4 +120,6 @@ class HoistReductionInit:
     """
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return rewrite_each(mod, ATTR_DONE, hoist_reduction_inits)
+        return rewrite_each(
+            mod, ATTR_DONE, hoist_reduction_inits, name="HoistReductionInit", needs=Needs(flat=True)
+        )

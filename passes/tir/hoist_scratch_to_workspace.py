@@ -17,6 +17,7 @@ from tvm_mcu._tvm import (
     structural_walk,
     tvm,
 )
+from tvm_mcu.passes.tir.each_function import Needs, check_needs
 
 ATTR_BYTES = "tvmmcu.workspace_bytes"
 
@@ -91,5 +92,7 @@ class HoistScratchToWorkspace:
                 continue
             if func.attrs is not None and ATTR_BYTES in func.attrs:
                 continue
+            needs = Needs((("tvmmcu.unpacked", "MakeUnpackedAPI"),))
+            check_needs("HoistScratchToWorkspace", gv.name_hint, func, needs)
             out[gv] = _hoist(func, self._align, self._max_local_bytes)
         return out

@@ -15,6 +15,7 @@ from tvm_mcu._tvm import (
     tirx,
     tvm,
 )
+from tvm_mcu.passes.tir.each_function import Needs, check_needs
 
 ATTR_DONE = "tvmmcu.unpacked"
 
@@ -85,5 +86,6 @@ class MakeUnpackedAPI:
                 continue
             if func.attrs is not None and ATTR_DONE in func.attrs:
                 continue
+            check_needs("MakeUnpackedAPI", gv.name_hint, func, Needs(flat=True))
             out[gv] = _unpack(func, self._prefix + gv.name_hint)
         return out

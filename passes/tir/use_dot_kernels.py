@@ -15,7 +15,7 @@ from tvm_mcu._tvm import (
     tvm,
 )
 from tvm_mcu.passes.tir.dot_kernels import COPY, DOT, RUNS, SCATTER, SUM, WINDOW
-from tvm_mcu.passes.tir.each_function import from_zero, rewrite_each, uses
+from tvm_mcu.passes.tir.each_function import Needs, from_zero, rewrite_each, uses
 from tvm_mcu.passes.tir.float_kernels import DOT_F32, RUNS_F32, SCATTER_F32, WINDOW_F32
 
 ATTR_DONE = "tvmmcu.dot_kernels"
@@ -842,4 +842,4 @@ class UseDotKernels:
     """
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return rewrite_each(mod, ATTR_DONE, use_dot_kernels)
+        return rewrite_each(mod, ATTR_DONE, use_dot_kernels, name="UseDotKernels", needs=Needs(flat=True))
