@@ -28,6 +28,7 @@ def _flat(func: PrimFunc) -> bool:
             found.append(True)
 
     structural_walk(func.body, ((TensorLoad, tirx.BufferStore), access))
+
     def block(node: Any) -> None:  # an s_tir block left (LowerOpaqueBlock not run)
         if type(node).__name__ in ("SBlock", "SBlockRealize"):
             found.append(True)
