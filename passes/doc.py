@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 
-EXAMPLES = '''\
+EXAMPLES = """\
 ## Using the passes in your own pipeline
 
 Every pass is a `tvm.transform` module pass: put it in a `tvm.transform.Sequential` with TVM's own.
@@ -102,7 +102,7 @@ vm = relax.VirtualMachine(ex, tvm.cpu())
 x = rng.standard_normal((1, 1, 6, 6)).astype(np.float32)
 assert vm["main"](tvm.runtime.tensor(x)).numpy().shape == (1, 2, 6, 6)
 ```
-'''
+"""
 
 
 def _section(title: str, module: object) -> list[str]:
