@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.tvm-mcu-installed
 
 # Debian packages: the Cortex-M cross compiler and C library, the emulator, a host C compiler (for the
 # QEMU plugin), venv support for Debian's own python3, and Fashion-MNIST (pruning, fine-tuning, benchmarks).
-DEB_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc python3-venv dataset-fashion-mnist cmake
+DEB_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc python3-venv dataset-fashion-mnist cmake chromium
 
 .PHONY: all setup system venv plugin demo test bench bench-prune bench-compile fuzz lint clean
 

@@ -103,7 +103,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 0
     print(
         f"compiled {args.model} for {args.board} into {out}/ (model.c, model.h, memory_plan.json, "
-        f"{api.FIRMWARE_DIR}/firmware.elf, report.json)"
+        f"{api.FIRMWARE_DIR}/firmware.elf, report.json, report.html)"
     )
     if "cmake" in args.emit:
         print(f"CMake: {out}/CMakeLists.txt (target tvmmcu_model), {out}/cmake/ (toolchain), {out}/example/")

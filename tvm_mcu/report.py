@@ -161,7 +161,11 @@ class Report:
         return d
 
     def write(self, path: Path) -> None:
+        """``path`` (report.json), and report.html beside it (``report_html``)."""
+        from tvm_mcu import report_html
+
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        report_html.write(self, path.with_name("report.html"))
 
     @classmethod
     def read(cls, path: Path) -> Report:
