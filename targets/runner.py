@@ -20,6 +20,7 @@ import attrs
 
 from tvm_mcu.errors import BadOptionError, BudgetError, FirmwareError
 
+from .board import Board
 from .firmware import Firmware
 from .plugin import ensure_plugin
 from .toolchain import find_toolchain
@@ -69,13 +70,9 @@ def _plugin_arg(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
-def qemu_command(fw: Firmware, plugin: Path, counts: Path, entries: Path | None = None) -> list[str]:
-    """The qemu-system-arm command line that runs ``fw`` with semihosting and the counting plugin
-    (counting per operator call when ``entries`` names a file of ``fw.op_entries``)."""
-    board = fw.board
-    per_step = ""
-    if entries is not None and fw.driver is not None:
-        per_step = f",steps={_plugin_arg(entries)},driver={fw.driver[0]:#x}:{fw.driver[1]:#x}"
+def console_command(board: Board, elf: Path) -> list[str]:
+    """The qemu-system-arm command line that runs ``elf`` on ``board``'s machine, its semihosting console
+    on standard output (no display, serial port or monitor)."""
     return [
         str(find_toolchain().qemu),
         "-M",
@@ -92,7 +89,19 @@ def qemu_command(fw: Firmware, plugin: Path, counts: Path, entries: Path | None 
         "enable=on,target=native,chardev=sh0",
         *board.qemu_extra_args,
         "-kernel",
-        str(fw.elf),
+        str(elf),
+    ]
+
+
+def qemu_command(fw: Firmware, plugin: Path, counts: Path, entries: Path | None = None) -> list[str]:
+    """The qemu-system-arm command line that runs ``fw`` with semihosting and the counting plugin
+    (counting per operator call when ``entries`` names a file of ``fw.op_entries``)."""
+    board = fw.board
+    per_step = ""
+    if entries is not None and fw.driver is not None:
+        per_step = f",steps={_plugin_arg(entries)},driver={fw.driver[0]:#x}:{fw.driver[1]:#x}"
+    return [
+        *console_command(board, fw.elf),
         "-plugin",
         f"{_plugin_arg(plugin)},roi_begin={fw.roi_begin:#x},roi_end={fw.roi_end:#x},out={_plugin_arg(counts)}"
         + per_step,

@@ -15,7 +15,8 @@ import pytest
 from tests.zoo import write_model
 from tvm_mcu import api
 from tvm_mcu.frontend import load_model
-from tvm_mcu.targets import find_toolchain, load_board
+from tvm_mcu.targets import load_board
+from tvm_mcu.targets.runner import console_command
 
 pytestmark = pytest.mark.emulator
 
@@ -29,23 +30,7 @@ def _run_example(out: Path, board: str, tmp_path: Path) -> bytes:
     subprocess.run(configure, check=True, capture_output=True, text=True)
     built = subprocess.run([cmake, "--build", str(build)], check=True, capture_output=True, text=True)
     assert "warning" not in built.stdout.lower() + built.stderr.lower(), built.stdout + built.stderr
-    qemu = [
-        str(find_toolchain().qemu),
-        "-M",
-        load_board(board).qemu_machine,
-        "-display",
-        "none",
-        "-serial",
-        "none",
-        "-monitor",
-        "none",
-        "-chardev",
-        "stdio,id=sh0",
-        "-semihosting-config",
-        "enable=on,target=native,chardev=sh0",
-        "-kernel",
-        str(build / "example.elf"),
-    ]
+    qemu = console_command(load_board(board), build / "example.elf")
     ran = subprocess.run(qemu, check=True, capture_output=True, text=True, timeout=120)
     lines = ran.stdout.replace("\r", "").split("output:\n", 1)[1].split()
     return bytes.fromhex("".join(lines))
