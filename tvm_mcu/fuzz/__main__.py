@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output directory (default out/fuzz/KIND)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     p.add_argument(
+        "--workers",
+        type=int,
+        help="run the cases as Ray tasks on a local Ray with this many CPUs "
+        "(pip install 'tvm-mcu[distributed]')",
+    )
+    p.add_argument("--ray-address", help="run the cases as Ray tasks on the Ray cluster at this address")
+    p.add_argument(
         "--boards",
         nargs="+",
         choices=boards,
@@ -108,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         max_tests=args.max_tests,
         per_signature=args.per_signature,
         timeout_s=args.timeout,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
     summary = Campaign(config, _Progress()).run()
     totals = ", ".join(f"{k}: {v}" for k, v in summary.totals.items())

@@ -32,6 +32,7 @@ from pathlib import Path
 import attrs
 import onnx
 
+from tvm_mcu.fuzz.distributed import RayRunner
 from tvm_mcu.fuzz.generate import random_cnn
 from tvm_mcu.fuzz.pool import CASE_TIMEOUT_S, Task, WorkerPool
 from tvm_mcu.fuzz.quantize import FLOAT, PRUNE
@@ -62,6 +63,10 @@ class Config:
     max_tests: int = DEFAULT_MAX_TESTS
     per_signature: int = 1
     timeout_s: float = CASE_TIMEOUT_S
+    # Run the cases as Ray tasks (fuzz.distributed): on a local Ray with this many CPUs, or on the
+    # cluster at ``ray_address``; neither: local worker processes (``jobs`` of them).
+    workers: int | None = None
+    ray_address: str | None = None
 
 
 def cases_for(config: Config) -> list[Case]:
@@ -99,7 +104,13 @@ class Campaign:
         self.config = config
         self.progress = progress
         self.cases_dir = config.out_dir / "cases"
-        self.pool = WorkerPool(config.jobs, config.out_dir / "logs", timeout_s=config.timeout_s)
+        self.pool: WorkerPool | RayRunner
+        if config.workers or config.ray_address:
+            self.pool = RayRunner(
+                workers=config.workers, address=config.ray_address, timeout_s=config.timeout_s
+            )
+        else:
+            self.pool = WorkerPool(config.jobs, config.out_dir / "logs", timeout_s=config.timeout_s)
 
     def run(self) -> Summary:
         start = time.perf_counter()
@@ -110,7 +121,8 @@ class Campaign:
         results_path.write_text("")
         outcomes: list[Outcome] = []
         try:
-            with concurrent.futures.ThreadPoolExecutor(cfg.jobs) as ex:
+            # A thread per case in flight: each waits on its worker process or Ray task.
+            with concurrent.futures.ThreadPoolExecutor(cfg.workers or cfg.jobs) as ex:
                 for outcome in ex.map(self._run_case, cases):
                     outcomes.append(outcome)
                     with results_path.open("a") as f:

@@ -1,0 +1,84 @@
+"""The fuzzer's cases as Ray tasks (``--workers N`` on this machine, ``--ray-address`` for a cluster): the
+optional extra ``pip install 'tvm-mcu[distributed]'``; without it a campaign runs in local worker
+processes (``pool.WorkerPool``), the default.
+
+A task runs :func:`tvm_mcu.fuzz.run.execute` on a Ray worker, exactly as a local worker process does, in
+the case's directory (on a cluster, the output directory must be on storage every node sees). A task
+that overruns the case timeout is cancelled and gives the same crash outcome as a local worker that
+overruns; so a Ray campaign's outcomes equal the serial campaign's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tvm_mcu.errors import ToolchainError
+from tvm_mcu.fuzz.pool import Task
+from tvm_mcu.fuzz.run import CRASH, Outcome, execute
+
+INSTALL = (
+    "pip install 'tvm-mcu[distributed]' (or, in the repository, .venv/bin/pip install -e '.[distributed]')"
+)
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ToolchainError(
+            f"--workers/--ray-address run the cases as Ray tasks: install Ray with {INSTALL}"
+        ) from exc
+    return ray
+
+
+def _execute(case: Any, model: bytes, work: str) -> Outcome:
+    return execute(case, model, Path(work))
+
+
+class RayRunner:
+    """Runs tasks as Ray tasks, one CPU each: on a local Ray started with ``workers`` CPUs, or on the
+    cluster at ``address``; the same interface as ``WorkerPool`` (``run``, ``close``)."""
+
+    def __init__(self, *, workers: int | None, address: str | None, timeout_s: float) -> None:
+        ray = _ray()
+        self._ray = ray
+        self._timeout_s = timeout_s
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address:
+                ray.init(address=address, **options)
+            else:
+                ray.init(num_cpus=workers or 1, **options)
+        self._task = ray.remote(num_cpus=1, max_retries=0)(_execute)
+
+    def run(self, task: Task) -> Outcome:
+        ray = self._ray
+        start = time.perf_counter()
+        ref = self._task.remote(task.case, task.model, str(task.work_dir))
+        try:
+            outcome: Outcome = ray.get(ref, timeout=self._timeout_s)
+            return outcome
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            return Outcome(
+                task.case,
+                CRASH,
+                f"timeout: the case ran for more than {self._timeout_s:.0f} s",
+                f"{CRASH}:timeout",
+                seconds=time.perf_counter() - start,
+            )
+        except ray.exceptions.RayError as exc:  # the task's worker died, or Ray lost it
+            return Outcome(
+                task.case,
+                CRASH,
+                f"the Ray task died while compiling or running the case ({type(exc).__name__})",
+                f"{CRASH}:ray task died:{type(exc).__name__}",
+                seconds=time.perf_counter() - start,
+            )
+
+    def close(self) -> None:
+        if self._owns:
+            self._ray.shutdown()
