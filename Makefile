@@ -7,7 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tvm-mcu-installed
 
 # Debian packages: the Cortex-M cross compiler and C library, the emulator, a host C compiler (for the
-# QEMU plugin), venv support for Debian's own python3, and Fashion-MNIST (pruning, fine-tuning, benchmarks).
+# QEMU plugin), venv support for Debian's own python3, Fashion-MNIST (pruning, fine-tuning, benchmarks),
+# CMake (the --emit cmake example is built in a test) and Chromium (report.html is rendered in a test).
 DEB_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc python3-venv dataset-fashion-mnist cmake chromium
 
 .PHONY: all setup system venv plugin demo test bench bench-prune bench-compile fuzz lint clean
@@ -24,6 +25,8 @@ system:
 	command -v cc >/dev/null 2>&1 || need="$$need gcc"; \
 	$(PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1 || need="$$need python3-venv"; \
 	[ -d /usr/share/datasets/fashion-mnist ] || need="$$need dataset-fashion-mnist"; \
+	command -v cmake >/dev/null 2>&1 || need="$$need cmake"; \
+	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; \
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
