@@ -190,6 +190,77 @@ SRAM_HEADING = "## Peak SRAM: layer by layer, in place, partial execution (chann
 INT8_SEEDS = 20
 
 
+BOARDS_HEADING = "## Real boards: instructions and estimated cycles (MLPerf Tiny int8 models)"
+# Published latencies at 120 MHz on NUCLEO-L4R5ZI (MLPerf Tiny v1.1 results; shared notes, anchors.md):
+# (microTVM + CMSIS-NN, Plumerai) in ms, by INT8_MODELS label.
+PUBLISHED_MS = {"KWS DS-CNN": (99.81, 47.78), "ResNet-8": (389.56, 167.76), "AD autoencoder": (8.60, 4.05)}
+
+
+def boards_section(tmp: Path) -> list[str]:
+    """The int8 reference models on the real board profiles: QEMU's exact instruction count, and the
+    cycles and latency estimated from its instruction classes and the core's published timings."""
+    from tvm_mcu import api
+    from tvm_mcu.frontend import load_model
+    from tvm_mcu.targets.board import list_boards
+
+    boards = [b for b in list_boards() if b.qemu_machine != b.name]
+    lines = [
+        "",
+        BOARDS_HEADING,
+        "",
+        "Each model compiled for the board's profile (its flash and SRAM as the linker's limits) and run on",
+        "the QEMU machine with the same core. **instructions**: counted exactly by the QEMU plugin.",
+        "**est. cycles** and **est. latency**: an ESTIMATE, not a measurement: the plugin's count of each",
+        "instruction class times the core's published timings (`targets/cycles.py`: Cortex-M4 TRM table",
+        "3-1 and FPU table 7-1; zero wait states, every branch taken, no load pipelining; the M7's column is",
+        "the M4's with one-cycle loads and predicted branches and no dual issue), at the board's clock.",
+        "**published**: MLPerf Tiny v1.1 latencies on NUCLEO-L4R5ZI (Cortex-M4 at 120 MHz, a real board with",
+        "flash wait states): microTVM + CMSIS-NN / Plumerai.",
+        "",
+        "| model | board | core | clock | instructions | est. cycles | est. cycles / instr | est. latency ms | published ms (microTVM+CMSIS-NN / Plumerai, L4R5ZI) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    notes: list[str] = []
+    for label, file, _ in INT8_MODELS:
+        path = SHARED_MODELS / file
+        if not path.is_file():
+            lines.append(f"| {label} | - | skipped: {path} is absent | | | | | | |")
+            continue
+        inputs = api.model_inputs(load_model(path), input_path=None, seed=0)
+        for board in boards:
+            out = tmp / f"boards_{path.stem}_{board.name}"
+            try:
+                api.compile_model(path, board.name, out)
+            except TvmMcuError as exc:
+                lines.append(f"| {label} | {board.name} | refused: {str(exc)[:120]} | | | | | | |")
+                continue
+            r = api.run_compiled(out, inputs).report
+            assert r.instructions is not None and r.estimated_cycles is not None
+            published = PUBLISHED_MS.get(label)
+            ref = (
+                f"{published[0]:.2f} / {published[1]:.2f}"
+                if published and board.name == "nucleo-l4r5zi"
+                else ""
+            )
+            lines.append(
+                f"| {label} | {board.name} | {board.cpu} | {board.clock_hz // 1_000_000} MHz | "
+                f"{r.instructions:,} | {r.estimated_cycles:,} | {r.estimated_cycles / r.instructions:.2f} | "
+                f"{r.estimated_latency_ms:,.2f} | {ref} |"
+            )
+            print(
+                f"boards {label} on {board.name}: {r.instructions} instr, est. {r.estimated_cycles} cycles",
+                flush=True,
+            )
+            if published and board.name == "nucleo-l4r5zi" and r.estimated_latency_ms:
+                notes.append(
+                    f"- {label} on NUCLEO-L4R5ZI: estimated {r.estimated_latency_ms:,.2f} ms against microTVM + "
+                    f"CMSIS-NN's published {published[0]:.2f} ms ({r.estimated_latency_ms / published[0]:.2f}x) "
+                    f"and Plumerai's {published[1]:.2f} ms ({r.estimated_latency_ms / published[1]:.2f}x); "
+                    "the estimate has no flash wait states, which the real board's published figures include"
+                )
+    return [*lines, "", *notes, ""]
+
+
 def int8_section(tmp: Path) -> list[str]:
     """The int8 reference models: bit-exactness over seeded inputs, memory, instructions, peers."""
     from tvm_mcu.reference import tflm_arena
@@ -556,6 +627,7 @@ PARTIAL = {
     "schedules": (SCHEDULES_HEADING, lambda tmp: schedules_section(tmp, SHARED_MODELS)),
     "sparse": (SPARSE_HEADING, sparse_section),
     "int8": (INT8_HEADING, int8_section),
+    "boards": (BOARDS_HEADING, boards_section),
     "sram": (SRAM_HEADING, sram_section),
     "pruning": (PRUNING_HEADING, pruning_section),
 }
@@ -648,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     models = list(_models())
     sections: list[tuple[str, Callable[[Path], list[str]]]] = [
         ("int8", int8_section),
+        ("boards", boards_section),
         ("kernels", lambda t: kernels_section(t, SHARED_MODELS)),
         ("sram", sram_section),
         ("schedules", lambda t: schedules_section(t, SHARED_MODELS)),

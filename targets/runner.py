@@ -21,6 +21,7 @@ import attrs
 from tvm_mcu.errors import BadOptionError, BudgetError, FirmwareError
 
 from .board import Board
+from .cycles import estimate_cycles
 from .firmware import Firmware
 from .plugin import ensure_plugin
 from .toolchain import find_toolchain
@@ -31,6 +32,7 @@ _PACKAGE = "tvm_mcu.targets"
 _RESULT_LINE = re.compile(r"^tvmmcu: rc=(-?\d+) stack=(\d+)$", re.MULTILINE)
 _COUNTS = re.compile(r"^total=(\d+) roi=(\d+) roi_calls=(\d+)$", re.MULTILINE)
 _STEPS = re.compile(r"^steps=([\d,]*|overflow)$", re.MULTILINE)
+_CLASSES = re.compile(r"^classes=([\w:,]*)$", re.MULTILINE)
 
 
 @attrs.frozen
@@ -51,6 +53,11 @@ class RunResult:
     # every routine it calls, to its return); the driver's own instructions are in none. Empty for a
     # firmware without operator functions (a hand-written library).
     step_instructions: tuple[int, ...] = ()
+    # The model call's instructions by class (tvm_mcu.targets.cycles.CLASSES), and the cycles on the
+    # board's core they are estimated to take with the core's published timings: an estimate, not a
+    # measurement (targets/cycles.py says what it leaves out).
+    instruction_classes: tuple[tuple[str, int], ...] = ()
+    estimated_cycles: int | None = None
 
 
 @functools.cache
@@ -168,6 +175,7 @@ def run_firmware(
         counts_text = counts_file.read_text(encoding="ascii")
         counts = _COUNTS.search(counts_text)
         steps = _STEPS.search(counts_text)
+        profile = _CLASSES.search(counts_text)
     if len(output) != output_nbytes or counts is None or counts.group(3) != "1":
         raise FirmwareError(
             f"{fw.elf} on {board.name}: output.bin has {len(output)} bytes (expected {output_nbytes}) and "
@@ -175,6 +183,11 @@ def run_firmware(
         )
     if stderr:
         logger.warning("qemu-system-arm on %s wrote to stderr:\n%s", board.name, stderr)
+    classes = (
+        tuple((name, int(n)) for name, n in (item.split(":") for item in profile.group(1).split(",") if item))
+        if profile is not None
+        else ()
+    )
     return RunResult(
         output=output,
         rc=int(found.group(1)),
@@ -185,6 +198,8 @@ def run_firmware(
         ram_bytes=fw.ram_bytes,
         wall_seconds=wall,
         step_instructions=_step_counts(steps, fw, context),
+        instruction_classes=classes,
+        estimated_cycles=estimate_cycles(board.cpu, dict(classes), int(counts.group(2))) if classes else None,
     )
 
 

@@ -281,6 +281,8 @@ def run_compiled(out_dir: Path, inputs: list[np.ndarray]) -> RunOutcome:
         stack_bytes=result.stack_bytes,
         instructions=result.instructions,
         step_instructions=result.step_instructions,
+        estimated_cycles=result.estimated_cycles,
+        clock_hz=board.clock_hz,
     )
     report = attrs.evolve(report, flash_bytes=result.flash_bytes, ram_bytes=result.ram_bytes)
     report.write(out_dir / REPORT)

@@ -44,6 +44,14 @@ def _figures(r: Report) -> list[tuple[str, str]]:
         ("MACs", f"{r.macs:,}"),
         ("instructions (QEMU, not cycles)", "-" if r.instructions is None else f"{r.instructions:,}"),
         ("instructions per MAC", "-" if r.instructions_per_mac is None else f"{r.instructions_per_mac:.2f}"),
+        (
+            "cycles, estimated (not measured)",
+            "-" if r.estimated_cycles is None else f"{r.estimated_cycles:,}",
+        ),
+        (
+            "latency at the board's clock (est.)",
+            "-" if r.estimated_latency_ms is None else f"{r.estimated_latency_ms:,.2f} ms",
+        ),
         ("compile time", f"{r.compile_seconds:.2f} s"),
     ]
     if r.max_abs_error is not None:

@@ -109,6 +109,11 @@ class Report:
     # The instructions in no operator call: the driver's argument set-up and status tests, its copies,
     # and the harness' 6 around the model call.
     driver_instructions: int | None = None
+    # An ESTIMATE, not a measurement: the cycles of one inference on the board's core from the run's
+    # instruction classes and the core's published timings (tvm_mcu.targets.cycles), and at the board's
+    # clock the latency (None for a development board without one).
+    estimated_cycles: int | None = None
+    estimated_latency_ms: float | None = None
     # Set by verify: the largest error against the reference the verdict rests on, its tolerance, the
     # verdict, where the largest error is, and what the oracles said (one could not run the model, the
     # references disagree with each other).
@@ -123,7 +128,13 @@ class Report:
     reference_notes: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
     def with_run(
-        self, *, stack_bytes: int, instructions: int, step_instructions: tuple[int, ...] = ()
+        self,
+        *,
+        stack_bytes: int,
+        instructions: int,
+        step_instructions: tuple[int, ...] = (),
+        estimated_cycles: int | None = None,
+        clock_hz: int = 0,
     ) -> Report:
         """The figures of one run; ``step_instructions`` are the operator calls' counts in call order
         (one per step but the copies, which the driver makes itself)."""
@@ -151,6 +162,12 @@ class Report:
             instructions_per_mac=_per_mac(instructions, self.macs),
             ops=ops,
             driver_instructions=driver,
+            estimated_cycles=estimated_cycles,
+            estimated_latency_ms=(
+                round(estimated_cycles / clock_hz * 1e3, 3)
+                if estimated_cycles is not None and clock_hz
+                else None
+            ),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -122,6 +122,16 @@ def render(report: Report, schedule: dict[str, Any] | None) -> str:
         ["MACs", r.macs, "counted from the model"],
         ["instructions (not cycles)", r.instructions, "QEMU plugin, exact count of one inference"],
         ["instructions per MAC", r.instructions_per_mac, ""],
+        [
+            "cycles (an estimate)",
+            r.estimated_cycles,
+            "instruction classes counted on QEMU x the core's published timings; no caches or wait states",
+        ],
+        [
+            "latency at the board's clock (an estimate)",
+            r.estimated_latency_ms,
+            "ms: estimated cycles / clock",
+        ],
         ["compile time (s)", r.compile_seconds, "host"],
         ["max abs error", r.max_abs_error, f"against {_n(r.reference)} (tolerance {_n(r.tolerance)})"],
     ]

@@ -24,6 +24,12 @@
  * roi = instructions executed from the first instruction of tvmmcu_roi_begin (included) up to the
  * first instruction of tvmmcu_roi_end (excluded), for the last begin/end pair; roi_calls counts the
  * pairs.
+ *
+ * Classes: every inline-counted instruction also adds to the counter of its class (from its mnemonic as
+ * QEMU disassembles it: see classify), and an LDM/STM/PUSH/POP adds its register count to multi_regs;
+ * the ROI's class counts are written as `classes=<n0>,<n1>,...` in CLASS_NAMES' order, for the cycle
+ * estimate (tvm_mcu.targets.cycles). Instructions counted by callback (markers, the driver, step
+ * entries) are in no class.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -57,11 +63,86 @@ static int step_overflow;
 static int step_open;
 static uint64_t step_start;
 
+enum {
+    C_ALU, C_MUL, C_MLA, C_DIV, C_LOAD, C_STORE, C_MULTI, C_MULTI_REGS, C_BRANCH, C_FPU, C_FMAC, C_FDIV,
+    C_FMEM, N_CLASSES
+};
+static const char *const CLASS_NAMES[N_CLASSES] = {"alu", "mul", "mla", "div", "load", "store", "multi",
+                                                   "multi_regs", "branch", "fpu", "fmac", "fdiv", "fmem"};
+static uint64_t classes[N_CLASSES];
+static uint64_t classes_start[N_CLASSES];
+static uint64_t classes_roi[N_CLASSES];
+
+static int starts(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* The class of an instruction from its disassembly ("ldr r3, [r0, #4]", "smlad r4, r5, r6, r4", ...);
+ * *regs: the registers an LDM/STM/PUSH/POP moves. */
+static int classify(const char *text, uint64_t *regs)
+{
+    char m[16];
+    size_t n = 0;
+    while (text[n] != '\0' && text[n] != ' ' && text[n] != '\t' && n + 1 < sizeof m) {
+        m[n] = text[n];
+        n += 1;
+    }
+    m[n] = '\0';
+    *regs = 0;
+    if (m[0] == 'v') {
+        if (starts(m, "vdiv") || starts(m, "vsqrt")) {
+            return C_FDIV;
+        }
+        if (starts(m, "vldr") || starts(m, "vstr") || starts(m, "vpush") || starts(m, "vpop") ||
+            starts(m, "vldm") || starts(m, "vstm")) {
+            return C_FMEM;
+        }
+        if (starts(m, "vmla") || starts(m, "vmls") || starts(m, "vfma") || starts(m, "vfms") ||
+            starts(m, "vnmla") || starts(m, "vnmls") || starts(m, "vfnma") || starts(m, "vfnms")) {
+            return C_FMAC;
+        }
+        return C_FPU;
+    }
+    if (starts(m, "ldm") || starts(m, "stm") || starts(m, "push") || starts(m, "pop")) {
+        const char *open = strchr(text, '{');
+        uint64_t count = open != NULL ? 1 : 0;
+        for (const char *c = open; c != NULL && *c != '\0' && *c != '}'; ++c) {
+            count += *c == ',';
+        }
+        *regs = count;
+        return C_MULTI;
+    }
+    if (starts(m, "ldr") || starts(m, "ldaex") || starts(m, "lda")) {
+        return C_LOAD;
+    }
+    if (starts(m, "str") || starts(m, "stl")) {
+        return C_STORE;
+    }
+    if (starts(m, "sdiv") || starts(m, "udiv")) {
+        return C_DIV;
+    }
+    if (starts(m, "mla") || starts(m, "mls")) {
+        return C_MLA;
+    }
+    if (starts(m, "mul") || starts(m, "smul") || starts(m, "umul") || starts(m, "smla") || starts(m, "umla") ||
+        starts(m, "smlsd") || starts(m, "smus") || starts(m, "smua") || starts(m, "smmul") ||
+        starts(m, "smmla") || starts(m, "smmls") || starts(m, "umaal") || starts(m, "smlal")) {
+        return C_MUL;
+    }
+    if ((m[0] == 'b' && !starts(m, "bic") && !starts(m, "bfi") && !starts(m, "bfc") && !starts(m, "bkpt")) ||
+        starts(m, "cbz") || starts(m, "cbnz") || starts(m, "tbb") || starts(m, "tbh")) {
+        return C_BRANCH;
+    }
+    return C_ALU;
+}
+
 static void on_roi_begin(unsigned int vcpu_index, void *userdata)
 {
     (void)vcpu_index;
     (void)userdata;
     roi_start = total;
+    memcpy(classes_start, classes, sizeof classes);
     in_roi = 1;
     n_steps = 0;
     step_open = 0;
@@ -107,6 +188,9 @@ static void on_roi_end(unsigned int vcpu_index, void *userdata)
     if (in_roi) {
         close_step();
         roi = total - roi_start;
+        for (int c = 0; c < N_CLASSES; ++c) {
+            classes_roi[c] = classes[c] - classes_start[c];
+        }
         roi_calls += 1;
         in_roi = 0;
     }
@@ -145,6 +229,15 @@ static void on_tb_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_driver, QEMU_PLUGIN_CB_NO_REGS, NULL);
         } else {
             qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &total, 1);
+            char *text = qemu_plugin_insn_disas(insn);
+            uint64_t regs = 0;
+            const int c = text != NULL ? classify(text, &regs) : C_ALU;
+            free(text);
+            qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &classes[c], 1);
+            if (regs != 0) {
+                qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64,
+                                                           &classes[C_MULTI_REGS], regs);
+            }
         }
     }
 }
@@ -159,6 +252,11 @@ static void write_counts(qemu_plugin_id_t id, void *userdata)
         return;
     }
     fprintf(f, "total=%" PRIu64 " roi=%" PRIu64 " roi_calls=%" PRIu64 "\n", total, roi, roi_calls);
+    fprintf(f, "classes=");
+    for (int c = 0; c < N_CLASSES; ++c) {
+        fprintf(f, "%s%s:%" PRIu64, c ? "," : "", CLASS_NAMES[c], classes_roi[c]);
+    }
+    fprintf(f, "\n");
     if (have_driver) {
         fprintf(f, step_overflow ? "steps=overflow" : "steps=");
         for (size_t i = 0; i < n_steps && !step_overflow; ++i) {
