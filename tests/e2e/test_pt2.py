@@ -88,8 +88,11 @@ def _reductions() -> object:
 MODULES = [(_cnn, (1, 1, 12, 12)), (_branches, (1, 3, 8, 8)), (_reductions, (1, 2, 9, 9))]
 
 
-@pytest.mark.parametrize(("make", "shape"), MODULES, ids=["cnn", "branches", "reductions"])
-@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"])
+# Each module on the M4F (hardware float); the first also on the M3 (soft float).
+CASES = [(m, s, "mps2-an386") for m, s in MODULES] + [(*MODULES[0], "mps2-an385")]
+
+
+@pytest.mark.parametrize(("make", "shape", "board"), CASES, ids=["cnn", "branches", "reductions", "cnn-m3"])
 def test_an_exported_module_runs_as_pytorch_runs_it(make, shape, board: str, tmp_path: Path) -> None:
     path = _export(make(), shape, tmp_path / "model.pt2")
     model = load_model(path)

@@ -122,7 +122,8 @@ def test_element_pruned_pointwise_convolutions_run_sparse_under_every_schedule(
     assert len(labels) >= 3
     dense = api.compile_model(path, board, tmp_path / "dense", sparse=False, channels_last=True)
     assert not any("CSR" in op.weights_format for op in dense.report.ops)
-    for k, label in enumerate(labels):
+    # Every schedule on the M4; on the M3 (the portable element kernel) layer by layer (time).
+    for k, label in enumerate(labels if board == "mps2-an386" else ["layer by layer"]):
         out = tmp_path / f"sparse_{k}"
         v = api.verify(path, board, out, seed=k, schedule=label)
         assert v.passed and v.report.max_abs_error == 0.0, (label, v.report.worst_difference)
