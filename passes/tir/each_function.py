@@ -21,20 +21,27 @@ class Needs:
 
 
 def _flat(func: PrimFunc) -> bool:
+    """Whether every buffer access has one index and no s_tir block is left."""
     found: list[bool] = []
 
-    def access(node: Any) -> None:
-        if len(node.indices) > 1:
+    def visit(node: Any) -> None:
+        if isinstance(node, TensorLoad | tirx.BufferStore):
+            if len(node.indices) > 1:
+                found.append(True)
+        elif type(node).__name__ in ("SBlock", "SBlockRealize"):  # LowerOpaqueBlock not run
             found.append(True)
 
-    structural_walk(func.body, ((TensorLoad, tirx.BufferStore), access))
-
-    def block(node: Any) -> None:  # an s_tir block left (LowerOpaqueBlock not run)
-        if type(node).__name__ in ("SBlock", "SBlockRealize"):
-            found.append(True)
-
-    structural_walk(func.body, (object, block))
+    structural_walk(func.body, (object, visit))
     return not found
+
+
+def pointer_load(pointer: Any) -> Any | None:
+    """The load ``pointer`` takes the address of (``&B[i]``, flat), or None."""
+    if isinstance(pointer, tvm.ir.Call) and str(getattr(pointer.op, "name", "")) == "tirx.address_of":
+        load = pointer.args[0]
+        if isinstance(load, TensorLoad) and len(load.indices) == 1:
+            return load
+    return None
 
 
 def check_needs(name: str, gv_name: str, func: PrimFunc, needs: Needs) -> None:

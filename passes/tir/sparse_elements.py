@@ -7,7 +7,7 @@ from typing import Any
 
 from tvm_mcu._tvm import Analyzer, PrimFunc, structural_map, tirx, tvm
 from tvm_mcu.passes.tir.dot_kernels import DOT
-from tvm_mcu.passes.tir.each_function import extern_name, rewrite_each
+from tvm_mcu.passes.tir.each_function import extern_name, pointer_load, rewrite_each
 from tvm_mcu.passes.tir.sparse_element_kernels import (
     ELEMENT1P_BLOB,
     ELEMENT1P_EDGE,
@@ -16,7 +16,6 @@ from tvm_mcu.passes.tir.sparse_element_kernels import (
 )
 from tvm_mcu.passes.tir.sparse_filterlets import (
     SparseKernels,
-    pointer_load,
     read_only_sparse,
     rewrite_sparse,
     wanted_parameters,

@@ -10,7 +10,7 @@ import attrs
 
 from tvm_mcu._tvm import Analyzer, PrimFunc, TensorLoad, structural_map, structural_walk, tirx, tvm
 from tvm_mcu.passes.tir.dot_kernels import RUNS
-from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, rewrite_each
+from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, pointer_load, rewrite_each
 from tvm_mcu.passes.tir.float_kernels import RUNS_F32
 from tvm_mcu.passes.tir.sparse_float_kernels import SPARSE1P_BLOB_F32, SPARSE4P_BLOB_F32
 from tvm_mcu.passes.tir.sparse_kernels import SPARSE1P_BLOB, SPARSE4P_BLOB
@@ -68,15 +68,6 @@ class SparseKernels:
 FILTERLETS = SparseKernels(
     {**SPARSE1P_BLOB, **SPARSE1P_BLOB_F32}, {**SPARSE4P_BLOB, **SPARSE4P_BLOB_F32}, anywhere=True
 )
-
-
-def pointer_load(pointer: Any) -> Any | None:
-    """The load ``pointer`` takes the address of (``&B[i]``, flat), or None."""
-    if isinstance(pointer, tvm.ir.Call) and str(getattr(pointer.op, "name", "")) == "tirx.address_of":
-        load = pointer.args[0]
-        if isinstance(load, TensorLoad) and len(load.indices) == 1:
-            return load
-    return None
 
 
 def _sparse_call(call: Any, owner_of: Any, wanted: dict[Any, int], kernels: SparseKernels) -> Any | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from tvm_mcu._tvm import PrimFunc, TensorLoad, structural_map, structural_walk, tirx, tvm
 from tvm_mcu.passes.tir.dot_kernels import DOT4, STAGE, WINDOW4
-from tvm_mcu.passes.tir.each_function import constant_extent, extern_name, rewrite_each, uses
+from tvm_mcu.passes.tir.each_function import constant_extent, extern_name, pointer_load, rewrite_each, uses
 
 ATTR_DONE = "tvmmcu.windows_staged"
 # A window staged for fewer blocks of channels costs its copy for too little reuse.
@@ -25,15 +25,6 @@ def _window_calls(stmt: Any) -> list[Any]:
     found: list[Any] = []
     structural_walk(stmt, (tvm.ir.Call, lambda c: found.append(c) if extern_name(c) in _DOT4_OF else None))
     return found
-
-
-def _pointer_load(pointer: Any) -> Any | None:
-    """``A[i]`` of ``&A[i]``, or None."""
-    if isinstance(pointer, tvm.ir.Call) and str(getattr(pointer.op, "name", "")) == "tirx.address_of":
-        load = pointer.args[0]
-        if isinstance(load, TensorLoad) and len(load.indices) == 1:
-            return load
-    return None
 
 
 def _stores_outside(stmt: Any, allocated: set[Any]) -> bool:
@@ -79,7 +70,7 @@ def _staged(loop: Any, in_place: bool, allocated: set[Any]) -> Any | None:
         structural_walk(a[k], (TensorLoad, lambda ld: read.append(ld.source)))
     if any(r.same_as(s) for r in read for s in stored):
         return None
-    x, w = _pointer_load(a["x"]), _pointer_load(a["w"])
+    x, w = pointer_load(a["x"]), pointer_load(a["w"])
     if x is None or w is None:
         return None
     # An in-place kernel's parameters may be one memory: a store inside the loop could change the window.
