@@ -16,7 +16,7 @@ from tvm_mcu.codegen import model_c, project
 from tvm_mcu.errors import BadOptionError, BudgetError, VerificationError
 from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
 from tvm_mcu.reference import oracle_names, run_oracle
-from tvm_mcu.report import IoRow, OpRow, Report
+from tvm_mcu.report import IO_CALLER, IO_IN_ARENA, IoRow, OpRow, Report
 from tvm_mcu.schedule.graph import Graph
 from tvm_mcu.targets.board import Board, load_board
 from tvm_mcu.targets.firmware import build_firmware
@@ -126,6 +126,7 @@ def compile_model(
     sparse: bool = True,
     channels_last: bool | None = None,
     emit: tuple[str, ...] = (),
+    io_in_arena: bool = False,
 ) -> Compiled:
     """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
     schedule.json, and the build files ``emit`` names (``codegen.project.EMITS``: a CMake library
@@ -141,6 +142,9 @@ def compile_model(
     stored dense; ``channels_last=True``: an ONNX (NCHW) model computed NHWC, ``False``: NCHW, ``None``:
     channels-last when its int8 convolution weights are filterlet- or element-sparse
     (compiler.compile_module's ``convert``; the report's ``layout`` says which and why).
+    ``io_in_arena``: the model's inputs and outputs live in the arena, reused once dead (TFLite Micro's
+    convention: ``tvmmcu_model_input(k)``/``tvmmcu_model_output(k)``, ``tvmmcu_model_run(void)``); the
+    report's ``io_convention`` says which, and its SRAM figures count them either way.
     """
     board = load_board(board_name)
     out_dir = outputs.output_dir(Path(out_dir))
@@ -158,12 +162,13 @@ def compile_model(
         weights=weights,
         sparse=sparse,
         convert=channels_last,
+        io_in_arena=io_in_arena,
     )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)
-    _check_fits(
-        board, result.plan.arena_bytes, model_c.packed_bytes(ins) + model_c.packed_bytes(outs), result.graph
-    )
+    # The caller's input and output buffers: none when the arena holds them.
+    io_bytes = 0 if result.plan.io_in_arena else model_c.packed_bytes(ins) + model_c.packed_bytes(outs)
+    _check_fits(board, result.plan.arena_bytes, io_bytes, result.graph)
     out_dir = Path(out_dir)
     model_c.write_library(result.library, out_dir, plan_json=result.plan.to_json())
     (out_dir / SCHEDULE).write_text(json.dumps(explain_mod.schedule_json(result), indent=2) + "\n")
@@ -197,13 +202,23 @@ def compile_model(
         layout=result.layout,
         schedule=result.schedule,
         sram_budget_bytes=result.sram_budget,
-        io_bytes=model_c.packed_bytes(ins) + model_c.packed_bytes(outs),
+        io_bytes=io_bytes,
+        io_convention=IO_IN_ARENA if result.plan.io_in_arena else IO_CALLER,
         in_place_steps=tuple(f"{s.name} ({s.in_place})" for s in result.graph.steps if s.in_place),
     )
     report.write(out_dir / REPORT)
     if emit:
         example = pack(report.inputs, model_inputs(model, input_path=None, seed=0))
-        project.write_project(out_dir, board, model.name, emit, example)
+        project.write_project(
+            out_dir,
+            board,
+            model.name,
+            emit,
+            example,
+            io_in_arena=result.plan.io_in_arena,
+            n_inputs=len(ins),
+            n_outputs=len(outs),
+        )
     return Compiled(out_dir, report, fw.elf)
 
 
@@ -537,12 +552,14 @@ def verify(
     weights: str = "int8",
     sparse: bool = True,
     channels_last: bool | None = None,
+    io_in_arena: bool = False,
 ) -> Verification:
     """Compile, run on the emulated board and compare with the independent references
     (:func:`check_against_references`; tolerances in :func:`compare`).
 
     ``schedule``: verify this candidate schedule (e.g. "row bands") instead of the one the compiler
-    would choose. ``weights``, ``sparse``, ``channels_last``: as for :func:`compile_model`.
+    would choose. ``weights``, ``sparse``, ``channels_last``, ``io_in_arena``: as for
+    :func:`compile_model`.
     """
     compiled = compile_model(
         model_path,
@@ -553,6 +570,7 @@ def verify(
         weights=weights,
         sparse=sparse,
         channels_last=channels_last,
+        io_in_arena=io_in_arena,
     )
     model = load_model(Path(model_path))
     inputs = model_inputs(model, input_path=input_path, seed=seed)

@@ -16,7 +16,7 @@ import numpy as np
 
 from tvm_mcu import __version__, api, compiler
 from tvm_mcu.errors import BadOptionError, TvmMcuError
-from tvm_mcu.report import Report
+from tvm_mcu.report import IO_IN_ARENA, Report
 from tvm_mcu.schedule import choice
 
 
@@ -30,7 +30,13 @@ def _figures(r: Report) -> list[tuple[str, str]]:
         ("schedule", r.schedule + (f" (budget {b(r.sram_budget_bytes)})" if r.sram_budget_bytes else "")),
         ("layout", r.layout or "-"),
         ("arena", f"{b(r.arena_bytes)} (lower bound of this schedule {b(r.arena_lower_bound_bytes)})"),
-        ("peak SRAM (arena + I/O + stack)", b(r.peak_sram_bytes)),
+        (
+            "peak SRAM (arena + stack)"
+            if r.io_convention == IO_IN_ARENA
+            else "peak SRAM (arena + I/O + stack)",
+            b(r.peak_sram_bytes),
+        ),
+        ("inputs and outputs", _io_line(r)),
         (
             "whole-buffer peak / bound",
             f"{b(r.whole_buffer_peak_bytes)} / {b(r.whole_buffer_bound_bytes)} (inputs and outputs included)",
@@ -59,6 +65,12 @@ def _figures(r: Report) -> list[tuple[str, str]]:
             ("max abs error", f"{r.max_abs_error:.3g} vs {r.reference} (tolerance {r.tolerance:.3g})")
         )
     return rows
+
+
+def _io_line(r: Report) -> str:
+    if r.io_convention == IO_IN_ARENA:
+        return "in the arena (tvmmcu_model_input/output), reused once dead"
+    return f"{r.io_bytes:,} B, the caller's buffers (tvmmcu_model_run(input, output))"
 
 
 def _print_report(r: Report, as_json: bool) -> None:
@@ -105,6 +117,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         sparse=not args.dense,
         channels_last=args.channels_last,
         emit=args.emit,
+        io_in_arena=args.io_in_arena,
     )
     if args.json:
         _print_report(compiled.report, True)
@@ -199,6 +212,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             weights=args.weights,
             sparse=not args.dense,
             channels_last=args.channels_last,
+            io_in_arena=args.io_in_arena,
         )
     finally:
         if ctx is not None:
@@ -278,6 +292,12 @@ DENSE_HELP = (
 WEIGHTS_HELP = (
     "int16: store the weights the SIMD kernels read pre-widened to halfwords (twice their flash, fewer "
     "instructions; report.json lists the operators)"
+)
+IO_IN_ARENA_HELP = (
+    "place the model's inputs and outputs inside the arena (TFLite Micro's convention): "
+    "tvmmcu_model_run() takes no buffers, tvmmcu_model_input(k) and tvmmcu_model_output(k) return where "
+    "the caller writes the inputs and reads the outputs, and an input's bytes are reused once it is dead "
+    "(never more SRAM than with the caller's buffers; 'tvm-mcu run' follows the compiled directory)"
 )
 ALLOW_FLOAT_HELP = (
     "int8 models: run operators that have no integer lowering in float instead of refusing the model "
@@ -411,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
     c.add_argument("--dense", action="store_true", help=DENSE_HELP)
     c.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
+    c.add_argument("--io-in-arena", action="store_true", help=IO_IN_ARENA_HELP)
     c.add_argument(
         "--emit",
         type=_emits,
@@ -445,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
     v.add_argument("--dense", action="store_true", help=DENSE_HELP)
     v.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
+    v.add_argument("--io-in-arena", action="store_true", help=IO_IN_ARENA_HELP)
     v.set_defaults(func=cmd_verify)
 
     q = sub.add_parser(

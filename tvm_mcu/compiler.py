@@ -439,6 +439,11 @@ def _profile_by_step(base: choice.Candidate, graph: Graph) -> tuple[int, ...]:
     return tuple(out)
 
 
+# The in-place candidate that also overwrites model inputs and writes model outputs over dead inputs
+# (``io_in_arena`` only).
+IN_PLACE_IO = "in place (inputs and outputs too)"
+
+
 @attrs.frozen
 class Schedules:
     """The candidate schedules of a model, before one is chosen and emitted."""
@@ -462,8 +467,14 @@ def plan_schedules(
     partial_execution: bool = True,
     sparse: bool = True,
     convert: bool = False,
+    io_in_arena: bool = False,
 ) -> Schedules:
-    """Graph passes, then every candidate schedule with its memory plan (see :func:`compile_module`)."""
+    """Graph passes, then every candidate schedule with its memory plan (see :func:`compile_module`).
+
+    ``io_in_arena``: the memory plans hold the model's inputs and outputs. The candidates (order,
+    in-place steps, chains) are the caller convention's, so each plan, and the one chosen, needs no
+    more SRAM than with the caller's buffers (:func:`tvm_mcu.schedule.memory.plan_memory`), plus one,
+    ``IN_PLACE_IO``, whose in-place steps may also overwrite a model input or write a model output."""
     try:
         passes = pipeline.graph_passes(allow_float=allow_float, rounding=rounding, channels_last=convert)
         fused = pipeline.run(passes, mod)
@@ -489,6 +500,12 @@ def plan_schedules(
         shared, chosen = inplace.choose(graph, options)
         if chosen:
             plans.append(("in place", shared, macs, 0.0))
+        if io_in_arena:
+            # With the inputs and outputs in the arena an operator may also overwrite a model input or
+            # write a model output over its dead input: one more candidate, the others kept as they are.
+            io_shared, io_chosen = inplace.choose(graph, options, io_in_arena=True)
+            if io_chosen != chosen:
+                plans.append((IN_PLACE_IO, io_shared, macs, 0.0))
     chain_lowered: dict[str, _tvm.PrimFunc] = {}  # chains lowered by _split, for lower_operators
     if partial_execution:
         seen: list[list[partial.Chain]] = []
@@ -549,7 +566,9 @@ def plan_schedules(
                     funcs[callee] = _marked(funcs[callee], marks)
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], chain_lowered)
     candidates = tuple(
-        choice.Candidate(label, g, plan_memory(g), _staging_overhead(g, m, costs) + extra)
+        choice.Candidate(
+            label, g, plan_memory(g, io_in_arena=io_in_arena), _staging_overhead(g, m, costs) + extra
+        )
         for (label, _, m, extra), g in zip(plans, graphs, strict=True)
     )
     return Schedules(
@@ -571,6 +590,7 @@ def compile_module(
     weights: str = "int8",
     sparse: bool = True,
     convert: bool | None = None,
+    io_in_arena: bool = False,
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
@@ -592,7 +612,10 @@ def compile_module(
     compute channels-last on the SIMD kernels (ChannelsLast; the interface stays NCHW); ``False``: they
     stay NCHW; ``None`` (the default): channels-last when an int8 or float32 convolution's weights are
     sparse enough to store compactly (:func:`sparse_reason`: only the channels-last kernels read the sparse
-    formats), else NCHW. The choice and its reason are in ``Compiled.layout``.
+    formats), else NCHW. The choice and its reason are in ``Compiled.layout``. ``io_in_arena``: the
+    model's inputs and outputs live in the arena (TFLite Micro's convention): ``tvmmcu_model_run(void)``,
+    and ``tvmmcu_model_input(k)`` / ``tvmmcu_model_output(k)`` give where the caller writes and reads
+    them; an input's bytes are reused once it is dead. ``sram_budget`` then counts the arena alone.
     """
     if weights not in WEIGHT_WIDTHS:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, got {weights!r}")
@@ -608,6 +631,7 @@ def compile_module(
         partial_execution=partial_execution,
         sparse=sparse,
         convert=convert,
+        io_in_arena=io_in_arena,
     )
     fused, bound, whole_peak, lowered = sched.fused, sched.bound, sched.whole_peak, sched.lowered
     candidates = list(sched.candidates)

@@ -45,6 +45,7 @@ def schedule_json(c: Compiled) -> dict[str, Any]:
             }
         )
     return {
+        **({"io_in_arena": True} if c.plan.io_in_arena else {}),
         "schedule": c.schedule,
         "sram_budget_bytes": c.sram_budget,
         "peak_bytes": max(c.profile, default=0),
@@ -55,7 +56,10 @@ def schedule_json(c: Compiled) -> dict[str, Any]:
         "arena_bytes": c.plan.arena_bytes,
         "arena_lower_bound_bytes": c.plan.lower_bound,
         "whole_buffer_bound_bytes": c.whole_buffer_bound.peak_bytes,
-        "note": "live bytes = arena buffers live at the step + the caller's input and output buffers",
+        "note": "live bytes = arena buffers live at the step, the model's inputs and outputs among them "
+        "(--io-in-arena)"
+        if c.plan.io_in_arena
+        else "live bytes = arena buffers live at the step + the caller's input and output buffers",
         "steps": steps,
     }
 
@@ -92,7 +96,8 @@ def with_run(record: dict[str, Any], report: Report) -> dict[str, Any]:
 def render_text(record: dict[str, Any]) -> str:
     lines = [
         f"schedule: {record['schedule']}",
-        f"peak SRAM (arena + I/O, stack excluded): {record['peak_bytes']:,} B; "
+        f"peak SRAM ({'arena with I/O' if record.get('io_in_arena') else 'arena + I/O'}, stack excluded): "
+        f"{record['peak_bytes']:,} B; "
         f"layer by layer: {record['peak_bytes_layer_by_layer']:,} B; "
         f"whole-buffer bound (best order): {record['whole_buffer_bound_bytes']:,} B",
         f"arena {record['arena_bytes']:,} B, "

@@ -61,6 +61,12 @@ class IoRow:
     zero_point: int | None = None
 
 
+# Where the model's inputs and outputs live (Report.io_convention): buffers the caller passes to
+# tvmmcu_model_run, or the arena (--io-in-arena, TFLite Micro's convention).
+IO_CALLER = "caller buffers"
+IO_IN_ARENA = "in arena"
+
+
 @attrs.frozen
 class Report:
     board: str
@@ -94,13 +100,15 @@ class Report:
     # Warnings the C compiler gave for the generated library (-Wall -Wextra); expected to be none.
     library_warnings: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # The schedule picked (layer by layer, in place, ...), the SRAM budget asked for, and the bytes of the
-    # caller's input and output buffers (SRAM too: peak SRAM = arena + I/O + stack).
+    # caller's input and output buffers (SRAM too: peak SRAM = arena + I/O + stack; 0 when the arena
+    # holds them, ``io_convention`` IO_IN_ARENA).
     schedule: str = "layer by layer"
     # How the convolutions compute and why: "channels-last, as imported", "as imported (...)",
     # "channels-last (asked for)", "channels-last: <node> keeps 30% of its filterlets, ...".
     layout: str = ""
     sram_budget_bytes: int | None = None
     io_bytes: int = 0
+    io_convention: str = IO_CALLER
     in_place_steps: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     stack_bytes: int | None = None
     peak_sram_bytes: int | None = None

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tvm_mcu.report import Report
+from tvm_mcu.report import IO_IN_ARENA, Report
 
 SCHEDULE = "schedule.json"
 
@@ -104,9 +104,12 @@ def render(report: Report, schedule: dict[str, Any] | None) -> str:
     r = report
     verdict = r.verdict or ("not run" if r.instructions is None else "ran")
     cls = "pass" if r.verified else ("fail" if r.verified is False else "")
+    in_arena = r.io_convention == IO_IN_ARENA
     figures: list[list[Any]] = [
         [
-            "peak SRAM (arena + inputs/outputs + stack)",
+            "peak SRAM (arena with inputs/outputs + stack)"
+            if in_arena
+            else "peak SRAM (arena + inputs/outputs + stack)",
             r.peak_sram_bytes,
             "memory plan + stack painted on QEMU",
         ],
@@ -115,7 +118,14 @@ def render(report: Report, schedule: dict[str, Any] | None) -> str:
             r.arena_bytes,
             f"static memory plan ({_n(r.plan_strategy)}); lower bound {_n(r.arena_lower_bound_bytes)}",
         ],
-        ["inputs and outputs", r.io_bytes, "the caller's buffers, packed"],
+        [
+            "inputs and outputs",
+            r.io_bytes,
+            "in the arena (--io-in-arena, TFLite Micro's convention): tvmmcu_model_input(k) and "
+            "tvmmcu_model_output(k) give them, an input's bytes reused once it is dead"
+            if in_arena
+            else "the caller's buffers, packed, passed to tvmmcu_model_run",
+        ],
         ["stack", r.stack_bytes, "peak depth of the model call, painted stack on QEMU"],
         ["flash", r.flash_bytes, "firmware ELF (code, weights, harness)"],
         ["weights as stored", r.stored_weights_bytes, f"of {_n(r.weights_bytes)} dense"],
@@ -167,7 +177,7 @@ def render(report: Report, schedule: dict[str, Any] | None) -> str:
     body = [
         f"<h1>{html.escape(r.model)} on {html.escape(r.board)}</h1>",
         f'<div class="sub">{html.escape(r.format)} model, schedule <b>{html.escape(r.schedule or "-")}</b>, '
-        f"layout {html.escape(r.layout or '-')}; "
+        f"layout {html.escape(r.layout or '-')}, inputs and outputs {html.escape(r.io_convention)}; "
         f'verdict <span class="{cls}">{html.escape(verdict)}</span></div>',
         "<h2>Figures</h2>",
         _table(["figure", "value", "how it was measured"], figures, text=(2,)),

@@ -1,7 +1,11 @@
 /* Firmware main for one model: input.bin -> tvmmcu_model_run -> output.bin, with measurements.
  *
  * The generated model.h defines TVMMCU_INPUT_BYTES and TVMMCU_OUTPUT_BYTES (all inputs and all
- * outputs, packed in order) and declares tvmmcu_model_run. The host (tvm_mcu.targets.runner):
+ * outputs, packed in order, each at an 8-byte-aligned offset) and declares tvmmcu_model_run. A library
+ * compiled with --io-in-arena (model.h defines TVMMCU_IO_IN_ARENA) holds its inputs and outputs in its
+ * arena: the harness then has no buffers of its own, reads input.bin into tvmmcu_model_input(k) and
+ * writes output.bin from tvmmcu_model_output(k), in the same packed layout. The host
+ * (tvm_mcu.targets.runner):
  *   - writes input.bin into QEMU's working directory and reads output.bin back;
  *   - counts the guest instructions from the entry of tvmmcu_roi_begin up to the entry of
  *     tvmmcu_roi_end with its QEMU plugin;
@@ -21,8 +25,10 @@ extern uint32_t _sstack;
 
 #define TVMMCU_STACK_PAINT 0xDEADBEEFu
 
+#ifndef TVMMCU_IO_IN_ARENA
 static uint8_t tvmmcu_input[TVMMCU_INPUT_BYTES] __attribute__((aligned(16)));
 static uint8_t tvmmcu_output[TVMMCU_OUTPUT_BYTES] __attribute__((aligned(16)));
+#endif
 
 /* The tensor sizes this firmware was built for, for the host to check before a run. No code reads
  * it: link.ld KEEPs its section through --gc-sections. */
@@ -55,6 +61,56 @@ static void tvmmcu_say(const char *what, uint32_t a, const char *mid, uint32_t b
     tvmmcu_sh_puts(line.text);
 }
 
+#ifdef TVMMCU_IO_IN_ARENA
+/* The padding between two packed tensors: fewer than 8 bytes, as the packing aligns each to 8. */
+static uint8_t tvmmcu_padding[8];
+
+static uint32_t tvmmcu_padded(uint32_t at)
+{
+    return (at + 7u) & ~7u;
+}
+#endif
+
+/* Reads the packed inputs from the open file: 0, or the bytes left unread. */
+static int32_t tvmmcu_read_inputs(int32_t fd)
+{
+#ifdef TVMMCU_IO_IN_ARENA
+    uint32_t at = 0;
+    for (uint32_t k = 0; k < TVMMCU_NUM_INPUTS; ++k) {
+        const uint32_t gap = tvmmcu_padded(at) - at;
+        const uint32_t n = tvmmcu_model_input_bytes(k);
+        if ((gap != 0u && tvmmcu_sh_read(fd, tvmmcu_padding, gap) != 0) ||
+            tvmmcu_sh_read(fd, tvmmcu_model_input(k), n) != 0) {
+            return 1;
+        }
+        at += gap + n;
+    }
+    return 0;
+#else
+    return tvmmcu_sh_read(fd, tvmmcu_input, TVMMCU_INPUT_BYTES);
+#endif
+}
+
+/* Writes the packed outputs to the open file: 0, or the bytes left unwritten. */
+static int32_t tvmmcu_write_outputs(int32_t fd)
+{
+#ifdef TVMMCU_IO_IN_ARENA
+    uint32_t at = 0;
+    for (uint32_t k = 0; k < TVMMCU_NUM_OUTPUTS; ++k) {
+        const uint32_t gap = tvmmcu_padded(at) - at;
+        const uint32_t n = tvmmcu_model_output_bytes(k);
+        if ((gap != 0u && tvmmcu_sh_write(fd, tvmmcu_padding, gap) != 0) ||
+            tvmmcu_sh_write(fd, tvmmcu_model_output(k), n) != 0) {
+            return 1;
+        }
+        at += gap + n;
+    }
+    return 0;
+#else
+    return tvmmcu_sh_write(fd, tvmmcu_output, TVMMCU_OUTPUT_BYTES);
+#endif
+}
+
 static uint32_t tvmmcu_read_input(void)
 {
     static const char name[] = "input.bin";
@@ -68,7 +124,7 @@ static uint32_t tvmmcu_read_input(void)
     if (len != (int32_t)TVMMCU_INPUT_BYTES) {
         tvmmcu_say("input.bin holds ", (uint32_t)len, " bytes, the model takes ", TVMMCU_INPUT_BYTES);
         status = TVMMCU_EXIT_INPUT_SIZE;
-    } else if (tvmmcu_sh_read(fd, tvmmcu_input, TVMMCU_INPUT_BYTES) != 0) {
+    } else if (tvmmcu_read_inputs(fd) != 0) {
         tvmmcu_sh_puts("tvmmcu: short read from input.bin\n");
         status = TVMMCU_EXIT_INPUT_SIZE;
     }
@@ -84,7 +140,7 @@ static uint32_t tvmmcu_write_output(void)
         tvmmcu_sh_puts("tvmmcu: cannot create output.bin\n");
         return TVMMCU_EXIT_OUTPUT_WRITE;
     }
-    const int32_t left = tvmmcu_sh_write(fd, tvmmcu_output, TVMMCU_OUTPUT_BYTES);
+    const int32_t left = tvmmcu_write_outputs(fd);
     if (tvmmcu_sh_close(fd) != 0 || left != 0) {
         tvmmcu_sh_puts("tvmmcu: short write to output.bin\n");
         return TVMMCU_EXIT_OUTPUT_WRITE;
@@ -109,7 +165,11 @@ int main(void)
     }
 
     tvmmcu_roi_begin();
+#ifdef TVMMCU_IO_IN_ARENA
+    const int32_t rc = tvmmcu_model_run();
+#else
     const int32_t rc = tvmmcu_model_run(tvmmcu_input, tvmmcu_output);
+#endif
     tvmmcu_roi_end();
 
     const volatile uint32_t *low = &_sstack;

@@ -101,8 +101,49 @@ def weight_symbol(name: str) -> str:
     return f"tvmmcu_weight_{name}"
 
 
+# The entry point of a library whose inputs and outputs are the caller's buffers, documented in model.h.
+_CALLER_API = """\
+/* Runs the model once: reads TVMMCU_INPUT_BYTES from input, writes TVMMCU_OUTPUT_BYTES to output.
+ * Both buffers must be 8-byte aligned. Returns 0 on success, or the 1-based index of the step that
+ * failed. Not reentrant: all calls share one static arena. */
+int32_t tvmmcu_model_run(const void *input, void *output);
+"""
+# The entry points of a library whose inputs and outputs live in the arena (``io_in_arena``), with
+# their documentation in model.h: TFLite Micro's ``interpreter.input(0)`` / ``output(0)`` convention.
+_IO_IN_ARENA_API = """\
+/* Where input `index` (0 to TVMMCU_NUM_INPUTS - 1) lives in the arena, 8-byte aligned; NULL for any
+ * other index. Write every input before each tvmmcu_model_run: the run reuses an input's bytes for
+ * other tensors once it has read it, so an input does not survive the run. */
+void *tvmmcu_model_input(uint32_t index);
+/* Where output `index` (0 to TVMMCU_NUM_OUTPUTS - 1) lives in the arena, 8-byte aligned; NULL for any
+ * other index. Valid after tvmmcu_model_run until the inputs are written for the next run (an output
+ * may share bytes with an input). */
+const void *tvmmcu_model_output(uint32_t index);
+/* Bytes of input or output `index` (TVMMCU_INPUT<k>_BYTES, TVMMCU_OUTPUT<k>_BYTES); 0 for any other. */
+uint32_t tvmmcu_model_input_bytes(uint32_t index);
+uint32_t tvmmcu_model_output_bytes(uint32_t index);
+
+/* Runs the model once on the inputs in the arena, leaving the outputs there. Returns 0 on success, or
+ * the 1-based index of the step that failed. Not reentrant: all calls share one static arena. */
+int32_t tvmmcu_model_run(void);
+"""
+
+
+def io_arena_offsets(graph: Graph, plan: MemoryPlan, names: tuple[str, ...]) -> tuple[int, ...]:
+    """The arena offset of each of ``names`` (model inputs or outputs) in a plan that holds them."""
+    return tuple(plan.offset_of(graph.storage_root(n)) for n in names)
+
+
 def emit_model_h(graph: Graph, plan: MemoryPlan, *, model_name: str) -> str:
     ins, outs = io_slots(graph, graph.inputs), io_slots(graph, graph.outputs)
+    arena = (
+        [
+            "/* Bytes of the static arena holding every activation and operator workspace, and the model's",
+            " * inputs and outputs (compiled with --io-in-arena). */",
+        ]
+        if plan.io_in_arena
+        else ["/* Bytes of the static arena holding every activation and operator workspace. */"]
+    )
     lines = [
         BANNER,
         f"/* {model_name}: C library with a static memory plan; one entry point, no runtime, no heap. */",
@@ -111,33 +152,51 @@ def emit_model_h(graph: Graph, plan: MemoryPlan, *, model_name: str) -> str:
         "",
         "#include <stdint.h>",
         "",
-        "/* Bytes of the static arena holding every activation and operator workspace. */",
+        *arena,
         f"#define TVMMCU_ARENA_BYTES {plan.arena_bytes}",
         "/* Bytes of constant weights (placed in flash). */",
         f"#define TVMMCU_WEIGHT_BYTES {sum(graph.weights[n].nbytes for n in graph.weights)}",
         "",
-        "/* Inputs and outputs are packed one after another, each at an 8-byte-aligned offset. */",
+    ]
+    if plan.io_in_arena:
+        lines += [
+            "/* The inputs and outputs live in the arena (TFLite Micro's convention): tvmmcu_model_input(k)",
+            " * and tvmmcu_model_output(k) say where. Packed one after another, each at an 8-byte-aligned",
+            " * offset, they take TVMMCU_INPUT_BYTES and TVMMCU_OUTPUT_BYTES (a packed copy's layout, as",
+            " * tvm-mcu run's input.bin and output.bin hold them); <k>_ARENA_OFFSET is where each is. */",
+            "#define TVMMCU_IO_IN_ARENA 1",
+        ]
+    else:
+        lines.append(
+            "/* Inputs and outputs are packed one after another, each at an 8-byte-aligned offset. */"
+        )
+    lines += [
         f"#define TVMMCU_NUM_INPUTS {len(ins)}",
         f"#define TVMMCU_INPUT_BYTES {packed_bytes(ins)}",
         f"#define TVMMCU_NUM_OUTPUTS {len(outs)}",
         f"#define TVMMCU_OUTPUT_BYTES {packed_bytes(outs)}",
     ]
-    for label, slots in (("INPUT", ins), ("OUTPUT", outs)):
+    for label, slots, names in (("INPUT", ins, graph.inputs), ("OUTPUT", outs, graph.outputs)):
+        at = io_arena_offsets(graph, plan, names) if plan.io_in_arena else ()
         for k, s in enumerate(slots):
             dims = "x".join(str(d) for d in s.shape) or "scalar"
             lines.append(f"/* {label.lower()} {k} '{s.name}': {s.dtype} {dims} */")
             lines.append(f"#define TVMMCU_{label}{k}_OFFSET {s.offset}")
             lines.append(f"#define TVMMCU_{label}{k}_BYTES {s.nbytes}")
+            if at:
+                lines.append(f"#define TVMMCU_{label}{k}_ARENA_OFFSET {at[k]}")
     lines += [
         "",
         "#ifdef __cplusplus",
         'extern "C" {',
         "#endif",
         "",
-        "/* Runs the model once: reads TVMMCU_INPUT_BYTES from input, writes TVMMCU_OUTPUT_BYTES to output.",
-        " * Both buffers must be 8-byte aligned. Returns 0 on success, or the 1-based index of the step that",
-        " * failed. Not reentrant: all calls share one static arena. */",
-        "int32_t tvmmcu_model_run(const void *input, void *output);",
+    ]
+    if plan.io_in_arena:
+        lines += _IO_IN_ARENA_API.splitlines()
+    else:
+        lines += _CALLER_API.splitlines()
+    lines += [
         "",
         "#ifdef __cplusplus",
         "}",
@@ -369,19 +428,67 @@ def emit_model_c(
         lines.append("")
         lines.append(ops)
     if plan.arena_bytes:
-        lines.append("/* Every activation and workspace; offsets from the memory plan (memory_plan.json). */")
+        what = "activation, workspace, input and output" if plan.io_in_arena else "activation and workspace"
+        lines.append(f"/* Every {what}; offsets from the memory plan (memory_plan.json). */")
         lines.append(
             f"static uint8_t tvmmcu_arena[TVMMCU_ARENA_BYTES] __attribute__((aligned({plan.align})));"
         )
         lines.append("")
-    lines.append("int32_t tvmmcu_model_run(const void *input, void *output) {")
-    lines.append("  const uint8_t *in = (const uint8_t *)input;" if uses_io["in"] else "  (void)input;")
-    lines.append("  uint8_t *out = (uint8_t *)output;" if uses_io["out"] else "  (void)output;")
+    if plan.io_in_arena:
+        lines += _io_accessors(graph, plan)
+        lines.append("int32_t tvmmcu_model_run(void) {")
+    else:
+        lines.append("int32_t tvmmcu_model_run(const void *input, void *output) {")
+        lines.append("  const uint8_t *in = (const uint8_t *)input;" if uses_io["in"] else "  (void)input;")
+        lines.append("  uint8_t *out = (uint8_t *)output;" if uses_io["out"] else "  (void)output;")
     lines.append(joined)
     lines.append("  return 0;")
     lines.append("}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _switch(signature: str, cases: list[str], default: str) -> list[str]:
+    """A C function returning ``cases[index]`` (expressions), ``default`` for any other index."""
+    body = [line for k, value in enumerate(cases) for line in (f"  case {k}:", f"    return {value};")]
+    return [
+        f"{signature} {{",
+        "  switch (index) {",
+        *body,
+        "  default:",
+        f"    return {default};",
+        "  }",
+        "}",
+        "",
+    ]
+
+
+def _io_accessors(graph: Graph, plan: MemoryPlan) -> list[str]:
+    """``tvmmcu_model_input``/``_output`` and their ``_bytes`` for a plan holding the inputs and outputs."""
+    ins = io_arena_offsets(graph, plan, graph.inputs)
+    outs = io_arena_offsets(graph, plan, graph.outputs)
+    return [
+        *_switch(
+            "void *tvmmcu_model_input(uint32_t index)",
+            [f"tvmmcu_arena + {offset}" for offset in ins],
+            "(void *)0",
+        ),
+        *_switch(
+            "const void *tvmmcu_model_output(uint32_t index)",
+            [f"tvmmcu_arena + {offset}" for offset in outs],
+            "(const void *)0",
+        ),
+        *_switch(
+            "uint32_t tvmmcu_model_input_bytes(uint32_t index)",
+            [f"{graph.tensors[n].nbytes}u" for n in graph.inputs],
+            "0u",
+        ),
+        *_switch(
+            "uint32_t tvmmcu_model_output_bytes(uint32_t index)",
+            [f"{graph.tensors[n].nbytes}u" for n in graph.outputs],
+            "0u",
+        ),
+    ]
 
 
 @attrs.frozen

@@ -3,8 +3,9 @@
 - ``cmake``: ``CMakeLists.txt`` defining the static library target ``tvmmcu_model`` (``model.c``, its
   directory as the public include directory, ``libm``); ``cmake/arm-none-eabi-<board>.cmake``, a
   toolchain file with the board's CPU flags; ``example/``, a minimal application to copy: ``main.c``
-  fills the input (an example input, ``example_input.h``), calls ``tvmmcu_model_run`` and prints the
-  outputs as hex bytes, with the bare-metal start-up, semihosting console and linker script that run it
+  fills the input (an example input, ``example_input.h``; through ``tvmmcu_model_input(k)`` for a
+  library compiled with ``--io-in-arena``), calls ``tvmmcu_model_run`` and prints the outputs as hex
+  bytes, with the bare-metal start-up, semihosting console and linker script that run it
   on the board's QEMU machine (a real board's own start-up and linker script replace those three).
 - ``zephyr``: a Zephyr module in ``zephyr/``: ``module.yml``, ``CMakeLists.txt`` (``zephyr_library``
   over ``model.c`` when ``CONFIG_TVMMCU_MODEL``) and ``Kconfig``; for the board's Zephyr name. Zephyr
@@ -130,6 +131,65 @@ int main(void)
 """
 
 
+_EXAMPLE_MAIN_IO_IN_ARENA = """\
+/* A minimal application around the model '{model}', by tvm-mcu: fill the inputs, run the model, print
+ * the outputs (hex bytes, one output after another). The library holds its inputs and outputs in
+ * its arena (compiled with --io-in-arena): tvmmcu_model_input(k) and tvmmcu_model_output(k) say where.
+ * Replace the input with your data and the printing with your use of the outputs. */
+#include <stdint.h>
+#include <string.h>
+
+#include "example_input.h"
+#include "model.h"
+#include "semihost.h"
+
+static void print_hex(const uint8_t *bytes, uint32_t n)
+{{
+    static const char digits[] = "0123456789abcdef";
+    char line[2 * 32 + 2];
+    for (uint32_t at = 0; at < n; at += 32) {{
+        uint32_t k = 0;
+        for (uint32_t i = at; i < n && i < at + 32; ++i) {{
+            line[k++] = digits[bytes[i] >> 4];
+            line[k++] = digits[bytes[i] & 15];
+        }}
+        line[k++] = '\\n';
+        line[k] = '\\0';
+        tvmmcu_sh_puts(line);
+    }}
+}}
+
+int main(void)
+{{
+    /* your sensor data here: every input, before every run (the run reuses their bytes) */
+{fill}
+    const int32_t rc = tvmmcu_model_run();
+    if (rc != 0) {{
+        tvmmcu_sh_puts("tvmmcu_model_run failed\\n");
+        return (int)rc;
+    }}
+    tvmmcu_sh_puts("output:\\n");
+{show}
+    return 0;
+}}
+"""
+
+
+def _example_main(model: str, n_inputs: int, n_outputs: int, io_in_arena: bool) -> str:
+    if not io_in_arena:
+        return _EXAMPLE_MAIN.format(model=model)
+    fill = "\n".join(
+        f"    memcpy(tvmmcu_model_input({k}), tvmmcu_example_input + TVMMCU_INPUT{k}_OFFSET, "
+        f"TVMMCU_INPUT{k}_BYTES);"
+        for k in range(n_inputs)
+    )
+    show = "\n".join(
+        f"    print_hex((const uint8_t *)tvmmcu_model_output({k}), TVMMCU_OUTPUT{k}_BYTES);"
+        for k in range(n_outputs)
+    )
+    return _EXAMPLE_MAIN_IO_IN_ARENA.format(model=model, fill=fill, show=show)
+
+
 def _example_input(data: bytes) -> str:
     rows = [", ".join(str(b) for b in data[k : k + 16]) for k in range(0, len(data), 16)]
     body = ",\n    ".join(rows) or "0"
@@ -172,9 +232,20 @@ def _zephyr_files(model: str, board: Board) -> dict[str, str]:
 
 
 def write_project(
-    out_dir: Path, board: Board, model: str, emit: tuple[str, ...], example_input: bytes
+    out_dir: Path,
+    board: Board,
+    model: str,
+    emit: tuple[str, ...],
+    example_input: bytes,
+    *,
+    io_in_arena: bool = False,
+    n_inputs: int = 1,
+    n_outputs: int = 1,
 ) -> None:
-    """Write the build files ``emit`` names (``EMITS``) into the library directory ``out_dir``."""
+    """Write the build files ``emit`` names (``EMITS``) into the library directory ``out_dir``.
+
+    ``io_in_arena``: the library holds its ``n_inputs`` inputs and ``n_outputs`` outputs in its arena
+    (the example fills and prints them through ``tvmmcu_model_input``/``_output``)."""
     if "cmake" in emit:
         (out_dir / "CMakeLists.txt").write_text(_library_cmake(model))
         (out_dir / "cmake").mkdir(exist_ok=True)
@@ -184,7 +255,7 @@ def write_project(
         (example / "CMakeLists.txt").write_text(
             _EXAMPLE_CMAKE.format(toolchain=toolchain_name(board), machine=board.qemu_machine)
         )
-        (example / "main.c").write_text(_EXAMPLE_MAIN.format(model=model))
+        (example / "main.c").write_text(_example_main(model, n_inputs, n_outputs, io_in_arena))
         (example / "example_input.h").write_text(_example_input(example_input))
         (example / "link.ld").write_text(render_linker_script(board))
         runtime = importlib.resources.files("tvm_mcu.targets") / "runtime"

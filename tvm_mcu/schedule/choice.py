@@ -2,7 +2,8 @@
 
 A candidate is one complete schedule of the model (operator order, in-place decisions, and later the
 partial-execution splits) with its memory plan. SRAM here is what the schedule needs statically: the
-arena plus the caller's input and output buffers (the stack comes on top and is measured on the board).
+arena plus the caller's input and output buffers, or the arena alone when it holds them
+(``--io-in-arena``); the stack comes on top and is measured on the board.
 
 Rule: with a budget, the candidate that fits with the fewest extra instructions; without one, the
 candidate with the smallest SRAM among those within ``MAX_OVERHEAD`` extra instructions.
@@ -41,7 +42,7 @@ class Candidate:
 
     @property
     def io_bytes(self) -> int:
-        return io_bytes(self.graph)
+        return 0 if self.plan.io_in_arena else io_bytes(self.graph)
 
     @property
     def sram_bytes(self) -> int:
@@ -66,8 +67,9 @@ def io_bytes(graph: Graph) -> int:
 
 
 def profile(graph: Graph, plan: MemoryPlan) -> list[int]:
-    """Bytes live at each step: arena buffers of the plan plus the caller's input and output buffers."""
-    io = io_bytes(graph)
+    """Bytes live at each step: arena buffers of the plan plus the caller's input and output buffers
+    (none when the plan holds them)."""
+    io = 0 if plan.io_in_arena else io_bytes(graph)
     return [n + io for n in live_profile(plan.buffers, len(graph.steps))]
 
 
@@ -75,7 +77,8 @@ def bottleneck(graph: Graph, plan: MemoryPlan) -> Bottleneck:
     live = profile(graph, plan)
     i = max(range(len(live)), key=lambda k: (live[k], -k))
     at = [(b.name, b.size) for b in plan.buffers if b.start <= i <= b.end]
-    at += [(n, graph.tensors[n].nbytes) for n in (*graph.inputs, *graph.outputs)]
+    if not plan.io_in_arena:
+        at += [(n, graph.tensors[n].nbytes) for n in (*graph.inputs, *graph.outputs)]
     at.sort(key=lambda x: (-x[1], x[0]))
     step = graph.steps[i]
     return Bottleneck(i, step.name, step.kind, live[i], tuple(at))
@@ -110,6 +113,12 @@ def fits(candidates: list[Candidate], budget: int) -> Candidate | None:
     return next((c for c in ranked if c.sram_bytes <= budget), None)
 
 
+def _parts(c: Candidate) -> str:
+    if c.plan.io_in_arena:
+        return f"arena {c.plan.arena_bytes} B, inputs and outputs in it"
+    return f"arena {c.plan.arena_bytes} B + inputs/outputs {c.io_bytes} B"
+
+
 def choose(candidates: list[Candidate], *, budget: int | None, model_name: str) -> Candidate:
     """Apply the module's rule; raise BudgetError naming the bottleneck when nothing fits."""
     ranked = sorted(candidates, key=lambda c: (c.extra_instructions, c.sram_bytes))
@@ -129,8 +138,8 @@ def choose(candidates: list[Candidate], *, budget: int | None, model_name: str) 
         live = ", ".join(f"'{n}' {size} B" for n, size in b.buffers[:4])
         raise BudgetError(
             f"{model_name} cannot meet the SRAM budget of {budget} B: the smallest schedule found "
-            f"({best.label}) needs {best.sram_bytes} B (arena {best.plan.arena_bytes} B + inputs/outputs "
-            f"{best.io_bytes} B), {best.sram_bytes - budget} B over. The bottleneck is step {b.step} "
+            f"({best.label}) needs {best.sram_bytes} B ({_parts(best)}), {best.sram_bytes - budget} B over. "
+            f"The bottleneck is step {b.step} "
             f"'{b.step_name}' ({b.kind}), where {b.live_bytes} B are live: {live}"
         )
     within = [c for c in ranked if c.extra_instructions <= MAX_OVERHEAD]

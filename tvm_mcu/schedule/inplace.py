@@ -2,7 +2,9 @@
 
 An operator may overwrite an input when its kernel can be made safe for it
 (:mod:`tvm_mcu.analysis.inplace`), the input lives in the arena (the caller's input buffer is read-only),
-no later step reads it, and the output is not a model output (those live in the caller's buffer).
+no later step reads it, and the output is not a model output (those live in the caller's buffer). When
+the arena holds the model's inputs and outputs (``io_in_arena``), a model input may be overwritten and a
+model output may be written over its dead input too (never a model output: the caller reads it last).
 Element-wise operators run in place whenever they may: it costs nothing. Depthwise and pointwise
 convolutions stage a plane or a pixel and copy it, a few instructions per output byte, so they run in
 place only where that lowers the peak of live bytes.
@@ -27,8 +29,11 @@ class Candidate:
     input: str
 
 
-def candidates(graph: Graph, options: dict[str, list[InPlace]]) -> list[Candidate]:
-    """Every (step, input) pair of ``graph``'s order where running in place is allowed."""
+def candidates(
+    graph: Graph, options: dict[str, list[InPlace]], *, io_in_arena: bool = False
+) -> list[Candidate]:
+    """Every (step, input) pair of ``graph``'s order where running in place is allowed (``io_in_arena``:
+    over a model input, or writing a model output, too)."""
     out_roots = {graph.storage_root(o) for o in graph.outputs}
     in_roots = {graph.storage_root(i) for i in graph.inputs}
     last_read: dict[str, int] = {}
@@ -39,7 +44,9 @@ def candidates(graph: Graph, options: dict[str, list[InPlace]]) -> list[Candidat
     for i, step in enumerate(graph.steps):
         # An output that is (or a view of it is) a model output lives in the caller's buffer, sized for
         # that output: it cannot take over its input's arena buffer (nor the input its slot).
-        if step.kind == "copy" or step.in_place or step.output in graph.outputs or step.output in out_roots:
+        if step.kind == "copy" or step.in_place:
+            continue
+        if not io_in_arena and (step.output in graph.outputs or step.output in out_roots):
             continue
         if graph.storage_root(step.output) != step.output:
             continue
@@ -47,7 +54,7 @@ def candidates(graph: Graph, options: dict[str, list[InPlace]]) -> list[Candidat
             name = step.inputs[opt.param]
             t = graph.tensors[name]
             root = graph.storage_root(name)
-            if t.kind == "weight" or root in in_roots or root in out_roots:
+            if t.kind == "weight" or (root in in_roots and not io_in_arena) or root in out_roots:
                 continue
             if last_read.get(root) != i or step.inputs.count(name) != 1:
                 continue
@@ -69,17 +76,20 @@ def apply(graph: Graph, chosen: list[Candidate]) -> Graph:
     return attrs.evolve(graph, tensors=tensors, steps=tuple(steps))
 
 
-def _profile(graph: Graph, extra: dict[int, int]) -> list[int]:
-    buffers, _ = buffer_lifetimes(graph, 8)
+def _profile(graph: Graph, extra: dict[int, int], io_in_arena: bool = False) -> list[int]:
+    buffers, _ = buffer_lifetimes(graph, 8, io_in_arena=io_in_arena)
     live = live_profile(buffers, len(graph.steps))
     for i, nbytes in extra.items():
         live[i] += nbytes
     return live
 
 
-def choose(graph: Graph, options: dict[str, list[InPlace]]) -> tuple[Graph, list[Candidate]]:
-    """Run element-wise steps in place wherever allowed, convolutions where they lower the peak."""
-    cands = candidates(graph, options)
+def choose(
+    graph: Graph, options: dict[str, list[InPlace]], *, io_in_arena: bool = False
+) -> tuple[Graph, list[Candidate]]:
+    """Run element-wise steps in place wherever allowed, convolutions where they lower the peak
+    (``io_in_arena``: the model's inputs and outputs in the arena, see :func:`candidates`)."""
+    cands = candidates(graph, options, io_in_arena=io_in_arena)
     by_step: dict[int, Candidate] = {}
     for c in cands:
         by_step.setdefault(c.step, c)  # the first allowed input of a step
@@ -88,14 +98,14 @@ def choose(graph: Graph, options: dict[str, list[InPlace]]) -> tuple[Graph, list
     current = apply(graph, chosen)
     while pending:
         extra = {c.step: c.option.scratch_bytes for c in chosen}
-        live = _profile(current, extra)
+        live = _profile(current, extra, io_in_arena)
         peak = max(live)
         at_peak = [c for c in pending if live[c.step] == peak]
         if not at_peak:
             break
         trial = chosen + at_peak
         trial_graph = apply(graph, trial)
-        if max(_profile(trial_graph, {c.step: c.option.scratch_bytes for c in trial})) >= peak:
+        if max(_profile(trial_graph, {c.step: c.option.scratch_bytes for c in trial}, io_in_arena)) >= peak:
             break
         chosen, current = trial, trial_graph
         pending = [c for c in pending if c not in at_peak]

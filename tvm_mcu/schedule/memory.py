@@ -1,7 +1,9 @@
 """The static memory plan: lifetimes of every buffer in execution order, and their offsets in one arena.
 
-Model inputs and outputs live in the caller's buffers; every other activation and every operator's
-workspace lives in the arena. Views (reshape, flatten) share their source's storage.
+Every activation and every operator's workspace lives in the arena. The model's inputs and outputs
+live in the caller's buffers, or (``io_in_arena``, TFLite Micro's convention) in the arena too: an
+input from the start until its last reader, an output from the step producing it to the end, so an
+input's bytes are reused once it is dead. Views (reshape, flatten) share their source's storage.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class MemoryPlan:
     buffers: tuple[Buffer, ...]
     # Tensor name -> where it lives: "arena", "input:<k>", "output:<k>" (after following views).
     placement: dict[str, str]
+    # The model's inputs and outputs are arena buffers (named by their storage root) instead of the
+    # caller's: every placement is then "arena".
+    io_in_arena: bool = False
 
     def offset_of(self, name: str) -> int:
         for b in self.buffers:
@@ -50,7 +55,9 @@ class MemoryPlan:
         raise KeyError(name)
 
     def to_json(self) -> dict[str, object]:
+        io = {"io_in_arena": True} if self.io_in_arena else {}
         return {
+            **io,
             "arena_bytes": self.arena_bytes,
             "lower_bound_bytes": self.lower_bound,
             "align": self.align,
@@ -73,15 +80,31 @@ def workspace_name(step_name: str) -> str:
     return f"{step_name}.workspace"
 
 
-def buffer_lifetimes(graph: Graph, align: int) -> tuple[list[Buffer], dict[str, str]]:
-    """Arena buffers with their live ranges (step indices), and where each tensor lives."""
+def io_roots(graph: Graph) -> tuple[list[str], list[str]]:
+    """The storage roots of the model's inputs and of its outputs (each once, inputs first)."""
+    ins = list(dict.fromkeys(graph.storage_root(n) for n in graph.inputs))
+    outs = [r for r in dict.fromkeys(graph.storage_root(n) for n in graph.outputs) if r not in ins]
+    return ins, outs
+
+
+def buffer_lifetimes(
+    graph: Graph, align: int, *, io_in_arena: bool = False
+) -> tuple[list[Buffer], dict[str, str]]:
+    """Arena buffers with their live ranges (step indices), and where each tensor lives.
+
+    ``io_in_arena``: the inputs' and outputs' storage roots are arena buffers too, an input live from
+    step 0 (the caller fills it before the run) to its last reader, an output from its producer to the
+    last step (the caller reads it after the run). Their sizes are their exact bytes, not rounded up
+    (their offsets still are): no more than the caller's packed buffers would take.
+    """
     placement: dict[str, str] = {}
-    for k, name in enumerate(graph.inputs):
-        placement[name] = f"input:{k}"
-    for k, name in enumerate(graph.outputs):
-        root = graph.storage_root(name)
-        if root not in placement:
-            placement[root] = f"output:{k}"
+    if not io_in_arena:
+        for k, name in enumerate(graph.inputs):
+            placement[name] = f"input:{k}"
+        for k, name in enumerate(graph.outputs):
+            root = graph.storage_root(name)
+            if root not in placement:
+                placement[root] = f"output:{k}"
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     for i, step in enumerate(graph.steps):
@@ -94,6 +117,15 @@ def buffer_lifetimes(graph: Graph, align: int) -> tuple[list[Buffer], dict[str, 
             r = graph.storage_root(name)
             last[r] = max(last.get(r, i), i)
     buffers = []
+    io: list[Buffer] = []
+    if io_in_arena:
+        end = max(len(graph.steps) - 1, 0)
+        ins, outs = io_roots(graph)
+        # An input a step overwrote with a model output (in place) is both: live from 0 to the end.
+        kept = {graph.storage_root(n) for n in graph.outputs}
+        io += [Buffer(r, graph.tensors[r].nbytes, 0, end if r in kept else last.get(r, 0)) for r in ins]
+        io += [Buffer(r, graph.tensors[r].nbytes, first.get(r, end), end) for r in outs]
+        placement.update({b.name: "arena" for b in io})
     for root, start in first.items():
         if root in placement:
             continue
@@ -102,6 +134,7 @@ def buffer_lifetimes(graph: Graph, align: int) -> tuple[list[Buffer], dict[str, 
     for i, step in enumerate(graph.steps):
         if step.workspace_bytes:
             buffers.append(Buffer(workspace_name(step.name), _round_up(step.workspace_bytes, align), i, i))
+    buffers += io
     for name in graph.tensors:
         root = graph.storage_root(name)
         if name != root and root in placement:
@@ -123,18 +156,21 @@ def live_lower_bound(buffers: Iterable[Buffer], n_steps: int) -> int:
     return max(live_profile(buffers, n_steps), default=0)
 
 
-def _first_fit(order: list[Buffer], align: int) -> list[Buffer]:
-    """Place buffers in the given order at the lowest offset free for their whole lifetime."""
-    placed: list[Buffer] = []
+def _first_fit(
+    order: list[Buffer], align: int, placed: tuple[Buffer, ...] = (), floor: int = 0
+) -> list[Buffer]:
+    """Place buffers in the given order at the lowest offset (at least ``floor``) free for their whole
+    lifetime, around those ``placed`` already."""
+    placed_list = list(placed)
     for buf in order:
-        busy = sorted((p.offset, p.offset + p.size) for p in placed if p.overlaps_in_time(buf))
-        offset = 0
+        busy = sorted((p.offset, p.offset + p.size) for p in placed_list if p.overlaps_in_time(buf))
+        offset = floor
         for lo, hi in busy:
             if offset + buf.size <= lo:
                 break
             offset = max(offset, _round_up(hi, align))
-        placed.append(attrs.evolve(buf, offset=offset))
-    return placed
+        placed_list.append(attrs.evolve(buf, offset=offset))
+    return placed_list
 
 
 def _by_size(bufs: list[Buffer]) -> list[Buffer]:
@@ -164,21 +200,53 @@ STRATEGIES: dict[str, Callable[[list[Buffer]], list[Buffer]]] = {
 }
 
 
-def plan_memory(graph: Graph, *, align: int = 8) -> MemoryPlan:
-    """Assign arena offsets with several first-fit orders and keep the smallest arena."""
-    buffers, placement = buffer_lifetimes(graph, align)
-    bound = live_lower_bound(buffers, len(graph.steps))
+def _smallest(
+    buffers: list[Buffer], align: int, placed: tuple[Buffer, ...] = (), floor: int = 0
+) -> tuple[int, str, list[Buffer]]:
+    """The smallest arena of the first-fit orders: (bytes, strategy, placed buffers)."""
     best: tuple[int, str, list[Buffer]] | None = None
     for name, order in STRATEGIES.items():
-        placed = _first_fit(order(buffers), align)
-        size = max((b.offset + b.size for b in placed), default=0)
+        placed_all = _first_fit(order(buffers), align, placed, floor)
+        size = max((b.offset + b.size for b in placed_all), default=0)
         if best is None or size < best[0]:
-            best = (size, name, placed)
+            best = (size, name, placed_all)
     assert best is not None
+    return best
+
+
+def _io_above(graph: Graph, buffers: list[Buffer], align: int) -> list[tuple[int, str, list[Buffer]]]:
+    """Plans with the inputs and outputs above the caller convention's arena (its own best plan of the
+    other buffers), inputs first or outputs first: no more than that arena plus the caller's packed
+    buffers (but for up to ``align - 1`` bytes between the inputs and the outputs when both are live at
+    once and neither packs to a multiple of ``align``). The first-fit orders almost always do better:
+    they reuse a dead input's bytes."""
+    ins, outs = io_roots(graph)
+    io = {b.name: b for b in buffers if b.name in ins or b.name in outs}
+    size, name, below = _smallest([b for b in buffers if b.name not in io], align)
+    plans = []
+    for label, names in (("inputs first", ins + outs), ("outputs first", outs + ins)):
+        placed = _first_fit([io[n] for n in names], align, tuple(below), _round_up(size, align))
+        top = max((b.offset + b.size for b in placed), default=0)
+        plans.append((top, f"{name}, inputs and outputs above ({label})", placed))
+    return plans
+
+
+def plan_memory(graph: Graph, *, align: int = 8, io_in_arena: bool = False) -> MemoryPlan:
+    """Assign arena offsets with several first-fit orders and keep the smallest arena.
+
+    ``io_in_arena``: the model's inputs and outputs are placed in the arena too
+    (:func:`buffer_lifetimes`); the plan is never larger than the caller convention's arena plus its
+    packed input and output buffers (:func:`_io_above`), up to ``align - 1`` bytes of padding.
+    """
+    buffers, placement = buffer_lifetimes(graph, align, io_in_arena=io_in_arena)
+    bound = live_lower_bound(buffers, len(graph.steps))
+    best = _smallest(buffers, align)
+    if io_in_arena:
+        best = min([best, *_io_above(graph, buffers, align)], key=lambda p: p[0])
     size, strategy, placed = best
     _check_no_overlap(placed)
     placed.sort(key=lambda b: (b.start, b.name))
-    return MemoryPlan(size, bound, align, strategy, tuple(placed), placement)
+    return MemoryPlan(size, bound, align, strategy, tuple(placed), placement, io_in_arena)
 
 
 def _check_no_overlap(placed: list[Buffer]) -> None:
