@@ -27,6 +27,7 @@ from tvm_mcu.frontend import load_model, random_inputs
 from tvm_mcu.progress import Bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
+from io_arena import IO_ARENA_HEADING, io_arena_section  # noqa: E402
 from kernels import (  # noqa: E402
     KERNELS_HEADING,
     SCHEDULES_HEADING,
@@ -629,6 +630,7 @@ PARTIAL = {
     "int8": (INT8_HEADING, int8_section),
     "boards": (BOARDS_HEADING, boards_section),
     "sram": (SRAM_HEADING, sram_section),
+    "io-arena": (IO_ARENA_HEADING, lambda tmp: io_arena_section(tmp, SHARED_MODELS)),
     "pruning": (PRUNING_HEADING, pruning_section),
 }
 
@@ -723,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         ("boards", boards_section),
         ("kernels", lambda t: kernels_section(t, SHARED_MODELS)),
         ("sram", sram_section),
+        ("io-arena", lambda t: io_arena_section(t, SHARED_MODELS)),
         ("schedules", lambda t: schedules_section(t, SHARED_MODELS)),
         ("sparse", sparse_section),
         ("ort", ort_section),

@@ -297,7 +297,8 @@ IO_IN_ARENA_HELP = (
     "place the model's inputs and outputs inside the arena (TFLite Micro's convention): "
     "tvmmcu_model_run() takes no buffers, tvmmcu_model_input(k) and tvmmcu_model_output(k) return where "
     "the caller writes the inputs and reads the outputs, and an input's bytes are reused once it is dead "
-    "(never more SRAM than with the caller's buffers; 'tvm-mcu run' follows the compiled directory)"
+    "(no more SRAM than the caller's two 8-byte-aligned buffers; 'tvm-mcu run' follows the directory's "
+    "convention, report.json's io_convention)"
 )
 ALLOW_FLOAT_HELP = (
     "int8 models: run operators that have no integer lowering in float instead of refusing the model "
