@@ -200,16 +200,14 @@ STRATEGIES: dict[str, Callable[[list[Buffer]], list[Buffer]]] = {
 }
 
 
-def _smallest(
-    buffers: list[Buffer], align: int, placed: tuple[Buffer, ...] = (), floor: int = 0
-) -> tuple[int, str, list[Buffer]]:
+def _smallest(buffers: list[Buffer], align: int) -> tuple[int, str, list[Buffer]]:
     """The smallest arena of the first-fit orders: (bytes, strategy, placed buffers)."""
     best: tuple[int, str, list[Buffer]] | None = None
     for name, order in STRATEGIES.items():
-        placed_all = _first_fit(order(buffers), align, placed, floor)
-        size = max((b.offset + b.size for b in placed_all), default=0)
+        placed = _first_fit(order(buffers), align)
+        size = max((b.offset + b.size for b in placed), default=0)
         if best is None or size < best[0]:
-            best = (size, name, placed_all)
+            best = (size, name, placed)
     assert best is not None
     return best
 
