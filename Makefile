@@ -51,7 +51,7 @@ demo: setup
 	$(VENV)/bin/tvm-mcu demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 bench: setup
 	$(PY) bench/run_bench.py

@@ -450,6 +450,7 @@ def prune_model(
                 train_limit,
                 search_steps,
                 scheduler,
+                resources,
             )
             keep, best, after, training = sparse.keep, sparse.mod, sparse.after, sparse.training
         else:
@@ -530,6 +531,9 @@ def _bisect(job: _Job, budget: Budget, method: str, steps: int) -> tuple[Keep, _
 # 3/15/31 channels, 2 epochs of 30k images: 0.62 at 1e-3, 0.71 at 3e-3, 0.76 at 1e-2, 0.72 at 3e-2.
 FINE_TUNE_LR = 1e-2
 
+# Batch size of fine-tuning (train()'s default, named for GradualMasks' step count).
+TRAIN_BATCH = 128
+
 # Attempts at tightening the model's budget when the compiled figures still miss the real one.
 MAX_TIGHTEN = 6
 # The cut's search stops once the widest scale that fits is this close to the narrowest that misses.
@@ -546,8 +550,10 @@ def _diff(
     sram_model: str,
     progress: bool,
     resources: resource_model.ResourceModel | None,
+    fine_tune: bool = True,
 ) -> tuple[Keep, _tvm.IRModule, Resources, Training]:
-    """DiffPrune for the first half of the epochs, then fine-tuning of the cut network."""
+    """DiffPrune for the first half of the epochs, then fine-tuning of the cut network (without
+    ``fine_tune``, DiffPrune for all ``epochs`` and the cut network as it is)."""
     from tvm_mcu.train import require_torch
 
     require_torch()
@@ -573,7 +579,7 @@ def _diff(
     ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
     module = RelaxModule(mod)
     acc_before, teacher = _teacher(job, ds)
-    prune_epochs = max(1, epochs // 2)
+    prune_epochs = max(1, epochs // 2) if fine_tune else epochs
     gates, log = diffprune(
         module,
         plan,
@@ -716,8 +722,14 @@ def _fine_tune(
     epochs: int,
     limit: int | None,
     masks: Mapping[tuple[int, int], np.ndarray] | None = None,
+    ranks: Mapping[tuple[int, int], np.ndarray] | None = None,
 ) -> tuple[_tvm.IRModule, Training]:
-    """Train ``pruned`` for ``epochs``; ``masks`` (weight site -> True where kept) stay zero throughout."""
+    """Train ``pruned`` for ``epochs``; ``masks`` (weight site -> True where kept) stay zero throughout.
+
+    With ``ranks`` (:class:`tvm_mcu.train.sparse.GradualMasks`; ``pruned`` then still holds the weights
+    to prune) the masks ``ranks < 0`` are applied gradually over the first half of the training steps
+    and held over the second, as DiffPrune prunes over the first half of its epochs and fine-tunes over
+    the second; the pruned accuracy is the one-shot cut's."""
     from tvm_mcu.train import require_torch
 
     require_torch()
@@ -729,13 +741,31 @@ def _fine_tune(
     ds = load_dataset(data, job.imported.inputs[0].shape, limit=limit)
     acc_before, teacher = _teacher(job, ds)
     module = RelaxModule(pruned)
-    acc_pruned = evaluate(module, ds.x_test, ds.y_test)
-    hold = None
-    if masks:
+    hold: Any = None
+    if ranks:
+        from tvm_mcu.prune_sparse import apply_masks
+        from tvm_mcu.train.sparse import GradualMasks
+
+        one_shot = {k: np.asarray(r) < 0 for k, r in ranks.items()}
+        acc_pruned = evaluate(RelaxModule(apply_masks(pruned, one_shot)), ds.x_test, ds.y_test)
+        steps = (len(ds.x_train) + TRAIN_BATCH - 1) // TRAIN_BATCH
+        hold = GradualMasks(module, ranks, max(1, epochs * steps // 2))
+    else:
+        acc_pruned = evaluate(module, ds.x_test, ds.y_test)
+    if masks and not ranks:
         from tvm_mcu.train.sparse import MaskHold
 
         hold = MaskHold(module, masks)
-    log = train(module, ds, epochs=epochs, lr=FINE_TUNE_LR, teacher=teacher, seed=job.seed, on_step=hold)
+    log = train(
+        module,
+        ds,
+        epochs=epochs,
+        lr=FINE_TUNE_LR,
+        teacher=teacher,
+        seed=job.seed,
+        on_step=hold,
+        batch_size=TRAIN_BATCH,
+    )
     if hold is not None:
         hold.remove()
     acc_after = evaluate(module, ds.x_test, ds.y_test)

@@ -8,14 +8,17 @@ search and is not handled here):
                   An output channel always keeps at least one filterlet (zeroing them all is channel
                   pruning, which removes the channel instead: ``mixed``). Activations do not shrink, so
                   an SRAM budget the model misses is refused.
-``mixed``         DTMM's per-layer filter ratio and filterlet ratio together. First the channels: every
-                  prunable group keeps the same fraction of its channels, the most important (the
-                  importance summed over each channel's producing weights, DTMM's filter importance),
-                  at the widest fraction (bisection over measured candidates, ``PruneChannels``) whose
-                  SRAM meets the budget and whose flash and MACs can still be met by filterlets (with
-                  one filterlet left per output channel). Then the filterlets of what remains, as
-                  ``filterlet``. So channels go only as far as the filterlets cannot reach (activations,
-                  or a budget deeper than filterlets alone allow), and the rest of the cut is fine-grained.
+``mixed``         DTMM's per-layer filter ratio and filterlet ratio together. First the channels. With
+                  data and two or more epochs, DiffPrune (:mod:`tvm_mcu.train.diffprune`, gates for
+                  half the epochs, as channel pruning gets them) to MIXED_SPLIT times the budget's
+                  weights, MACs and flash above the code (:func:`channel_budget`); then the filterlets
+                  of what remains, as ``filterlet``, over the other half of the epochs. Without
+                  training: every prunable group keeps the same fraction of its channels, the most
+                  important (the importance summed over each channel's producing weights, DTMM's
+                  filter importance), at the widest fraction (bisection over measured candidates,
+                  ``PruneChannels``) whose SRAM meets the budget and whose flash and MACs can still
+                  be met by filterlets (with one filterlet left per output channel), so channels go
+                  only as far as the filterlets cannot reach.
 ``unstructured``  single weights anywhere in convolution and dense weights (the PatDNN-like baseline),
                   stored as CSR over elements.
 
@@ -51,8 +54,13 @@ dense twin (the same channels, no zeros): the weights priced in the compact form
 :mod:`tvm_mcu.analysis.sparsity`, what the channels-last build would store; SRAM is the dense twin's
 (zeros change no activation). The written model is also compiled as it is (``PruneResult.measured``).
 
-Masks hold through fine-tuning (:class:`tvm_mcu.train.sparse.MaskHold`), and the written ONNX holds
-exact zeros, which int8 quantisation keeps (symmetric weights, zero point 0).
+Training (``epochs`` > 0; the ``gates`` scheduler trains its own way): the searched masks are applied
+gradually over the first half of the training steps, weakest units first, on Zhu and Gupta's cubic
+schedule (:class:`tvm_mcu.train.sparse.GradualMasks`), and held over the second half
+(:class:`tvm_mcu.train.sparse.MaskHold`), as DiffPrune prunes over half its epochs and fine-tunes over
+the other half. The schedule changes when a unit goes, not which: the written model has exactly the
+searched masks, so its stored bytes are the searched ones. The written ONNX holds exact zeros, which
+int8 quantisation keeps (symmetric weights, zero point 0).
 """
 
 from __future__ import annotations
@@ -79,6 +87,7 @@ from tvm_mcu.passes.relax.prune_channels import PruneChannels
 
 if TYPE_CHECKING:
     from tvm_mcu.prune import Budget, Keep, Resources, Training, _Job
+    from tvm_mcu.resource_model import ResourceModel
     from tvm_mcu.train.data import Dataset
 
 logger = logging.getLogger(__name__)
@@ -260,6 +269,26 @@ class Ranking:
         return out
 
 
+def pruning_ranks(ranking: Ranking, masks: Masks) -> dict[tuple[int, int], np.ndarray]:
+    """Per weight of ``masks``, the order in which gradual pruning zeroes its units
+    (:class:`tvm_mcu.train.sparse.GradualMasks`): -1 where kept, else the unit's rank among the layer's
+    pruned units, weakest by ``ranking``'s scores first, broadcast over a filterlet's input channels."""
+    out = {}
+    for s in ranking.sites:
+        mask = np.asarray(masks[s.key], bool)
+        score = ranking.scores[s.key]
+        gone = ~mask.any(axis=1) if ranking.unit == "filterlet" else ~mask
+        rank = np.full(score.shape, -1, np.int64)
+        order = np.argsort(score[gone], kind="stable")
+        ranked = np.empty(len(order), np.int64)
+        ranked[order] = np.arange(len(order))
+        rank[gone] = ranked
+        out[s.key] = np.ascontiguousarray(
+            np.broadcast_to(rank[:, None], s.shape) if ranking.unit == "filterlet" else rank
+        )
+    return out
+
+
 def narrowest_masks(sites: tuple[WeightSite, ...]) -> dict[tuple[int, int], np.ndarray]:
     """One filterlet (the first tap) per output channel: the deepest filterlet cut, for counting."""
     out = {}
@@ -339,6 +368,7 @@ def prune_sparse(
     limit: int | None,
     steps: int,
     scheduler: str = "global",
+    resources: ResourceModel | None = None,
 ) -> SparseOutcome:
     """Prune ``job``'s model at ``granularity`` until it meets ``budget`` (module docstring); fine-tune
     with the masks held when ``epochs`` > 0. ``scheduler`` (filterlet, mixed): how the cut is spread
@@ -349,8 +379,28 @@ def prune_sparse(
     ds = _dataset(job, data, limit) if importance == "taylor" else None
     keep = {g.gid: tuple(range(g.size)) for g in job.plan.prunable}
     mod, dense = job.mod, before
+    channel_training = None
+    channels = ""  # mixed: how its channels were cut
     if granularity == "mixed":
-        keep, mod, dense = _channels(job, budget, importance, ds, steps)
+        trained = None
+        if data is not None and epochs >= 2 and (scheduler != "gates" or epochs >= 4):
+            trained = _channels_diff(job, budget, before, data, epochs, limit, resources)
+            if trained is not None and not _filterlets_reach(job, budget, trained[1], trained[2]):
+                # DiffPrune left too little for filterlets to take (layers too narrow to store sparse):
+                # its channels alone to the budget, the filterlets then take what room is left.
+                logger.info(
+                    "prune mixed: filterlets cannot reach the budget from %s: channels to it", trained[2]
+                )
+                trained = _channels_diff(job, budget, before, data, epochs, limit, resources, split=1.0)
+        if trained is not None:
+            keep, mod, dense, channel_training = trained
+            epochs -= channel_training.epochs
+            channels = (
+                f"channels by DiffPrune ({channel_training.epochs} epochs) to {MIXED_SPLIT:g}x the budget"
+            )
+        elif data is None or epochs < 2 or before.excess(channel_budget(budget, before, job.int8)):
+            keep, mod, dense = _channels(job, budget, importance, ds, steps)
+            channels = "channels by bisection (as far as filterlets cannot reach)"
     elif budget.sram is not None and before.sram > budget.sram:
         raise BudgetError(
             f"{job.imported.name} needs {before.sram:,} B of SRAM on {job.board}, over the budget of "
@@ -364,6 +414,8 @@ def prune_sparse(
         if epochs:
             mod, training = _fine_tune(job, mod, data, epochs, limit)
         measured = job.measure(mod, "result")
+        if channel_training is not None:
+            training = _both(channel_training, training)
         return SparseOutcome(keep, mod, measured, measured, {}, {}, training)
     if not sites:
         stored = " that the compiler can store sparse (several taps, 8 or more input channels)"
@@ -409,7 +461,9 @@ def prune_sparse(
         masks, mod, training, search = _gates(job, budget, dense, sites, ranking, mod, data, epochs, limit)
     masked = apply_masks(mod, masks)
     if epochs and scheduler != "gates":
-        masked, training = _fine_tune(job, masked, data, epochs, limit, masks=masks)
+        masked, training = _fine_tune(
+            job, mod, data, epochs, limit, masks=masks, ranks=pruning_ranks(ranking, masks)
+        )
     # The masks held through training (MaskHold): an internal invariant, not a user error.
     assert masked_nonzeros(masked, masks) == 0
     measured = job.measure(masked, "result")
@@ -425,6 +479,8 @@ def prune_sparse(
         else candidate_figures(job, dense, mod, sites, masks, unit, "result")
     )
     sparsity = _sparsity(sites, masks, unit)
+    if channel_training is not None:
+        training = _both(channel_training, training)
     if after.excess(budget):
         if not job.channels_last:  # every scheduler ends within the counted budget: our bug otherwise
             raise AssertionError(f"the {scheduler} scheduler left {after} over the budget {budget}")
@@ -434,6 +490,10 @@ def prune_sparse(
             "(the count's correction from the deepest cut fell short); try --scheduler global, which "
             "measures every step"
         )
+    if channels:
+        search = f"{channels}; then {search}"
+    if epochs and scheduler != "gates":
+        search += f"; zeroed gradually over {epochs} epochs' first half, held through the second"
     return SparseOutcome(keep, masked, after, measured, masks, sparsity, training, scheduler, search)
 
 
@@ -685,6 +745,96 @@ def _channels(
         else:
             lo, keep, best, dense = mid, k, p, r
     return keep, best, dense
+
+
+# Mixed with training, DiffPrune's share of the cut: its channels bring the weights (and the flash
+# above the code, the MACs) to MIXED_SPLIT times the budget, and filterlets take the rest, about half
+# of what the channels leave. Channels shrink activations and keep dense kernels; filterlets lose less
+# accuracy per byte at moderate sparsity but not beyond one filterlet per output channel (1/9 of a 3x3
+# convolution): so neither alone, and the split leaves the filterlets a moderate cut at every budget.
+MIXED_SPLIT = 2.0
+
+
+def channel_budget(budget: Budget, before: Resources, int8: bool, split: float = MIXED_SPLIT) -> Budget:
+    """The budget of mixed's channel stage: SRAM as asked (filterlets shrink no activation); weights,
+    MACs and the flash above the code ``split`` times the budget's, none where the original meets that;
+    an instructions budget as MACs of the dense kernels (channels keep them)."""
+    from tvm_mcu.prune import Budget, dense_per_mac
+
+    code = before.flash - before.weights
+
+    def relax(limit: int | None, full: int, floor: int = 0) -> int | None:
+        if limit is None:
+            return None
+        value = floor + split * (limit - floor) if limit > floor else limit
+        return None if value >= full else int(value)
+
+    macs = budget.macs
+    if budget.instructions is not None:
+        cap = int(budget.instructions / dense_per_mac(int8))
+        macs = min(cap, macs or cap)
+    return Budget(
+        sram=budget.sram,
+        flash=relax(budget.flash, before.flash, code),
+        macs=relax(macs, before.macs),
+        weights=relax(budget.weights, before.weights),
+    )
+
+
+def _channels_diff(
+    job: _Job,
+    budget: Budget,
+    before: Resources,
+    data: str,
+    epochs: int,
+    limit: int | None,
+    resources: ResourceModel | None,
+    split: float = MIXED_SPLIT,
+) -> tuple[Keep, _tvm.IRModule, Resources, Training] | None:
+    """Mixed, first stage with training: DiffPrune's gates for half of ``epochs`` (as channel pruning
+    gets them) to :func:`channel_budget`; the other half, which channel pruning spends fine-tuning, is
+    the filterlet stage's (gradual pruning, then fine-tuning), so both train as long. None when the
+    original meets that budget (no channel to cut) or no width
+    does (the caller then bisects as :func:`_channels` does, cutting channels only as far as filterlets
+    cannot reach)."""
+    from tvm_mcu.prune import _diff, _narrowest
+
+    target = channel_budget(budget, before, job.int8, split)
+    if not before.excess(target):
+        logger.info("prune mixed: the original meets the channel stage's budget %s", target)
+        return None
+    try:
+        _narrowest(job, target)
+    except BudgetError as exc:
+        logger.info("prune mixed: no width meets the channel stage's budget (%s): bisection instead", exc)
+        return None
+    logger.info("prune mixed: channels by DiffPrune to %s", target)
+    return _diff(
+        job, target, before, data, max(1, epochs // 2), limit, "compiler", job.progress, resources, False
+    )
+
+
+def _filterlets_reach(job: _Job, budget: Budget, mod: _tvm.IRModule, dense: Resources) -> bool:
+    """Whether filterlet pruning of ``mod`` (figures ``dense``) can meet ``budget``: it meets it
+    already, or its deepest filterlet cut does."""
+    if not dense.excess(budget):
+        return True
+    sites = _sites(job, mod, "filterlet")
+    return bool(sites) and not candidate_figures(
+        job, dense, mod, sites, _deepest(sites, "filterlet"), "filterlet", "reach"
+    ).excess(budget)
+
+
+def _both(first: Training, second: Training | None) -> Training:
+    """Two training runs in a row as one: the first's original accuracy, the second's result."""
+    if second is None:
+        return first
+    return attrs.evolve(
+        second,
+        epochs=first.epochs + second.epochs,
+        accuracy_before=first.accuracy_before,
+        seconds_per_epoch=(*first.seconds_per_epoch, *second.seconds_per_epoch),
+    )
 
 
 def check_scheduler(granularity: str, scheduler: str, data: str | None, epochs: int) -> None:

@@ -1,5 +1,5 @@
 """Sparse pruning's training side: Taylor importance sees what magnitude cannot; masks hold through
-fine-tuning."""
+fine-tuning; gradual pruning reaches exactly the searched masks, weakest filterlets first."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from tests.prune_helpers import digits_cnn  # noqa: E402
 from tvm_mcu import pipeline  # noqa: E402
 from tvm_mcu.analysis.sparsity import weight_sites  # noqa: E402
 from tvm_mcu.frontend import load_model  # noqa: E402
-from tvm_mcu.prune_sparse import Ranking, element_scores, unit_scores  # noqa: E402
+from tvm_mcu.prune_sparse import Ranking, element_scores, pruning_ranks, unit_scores  # noqa: E402
 from tvm_mcu.train.bridge import RelaxModule  # noqa: E402
 from tvm_mcu.train.data import Dataset  # noqa: E402
 from tvm_mcu.train.loop import train  # noqa: E402
-from tvm_mcu.train.sparse import MaskHold  # noqa: E402
+from tvm_mcu.train.sparse import GRADUAL_UPDATES, GradualMasks, MaskHold  # noqa: E402
 
 
 def _corner_model(path: Path) -> Path:
@@ -115,3 +115,68 @@ def test_masks_hold_through_fine_tuning(tmp_path: Path) -> None:
         assert np.count_nonzero(w[masks[s.key]]) == np.count_nonzero(masks[s.key])
     free = trained(hold=False)
     assert any(np.count_nonzero(free[s.key][~masks[s.key]]) > 0 for s in sites)
+
+
+def test_gradual_masks_prune_weakest_first_on_a_cubic_schedule_and_end_at_the_masks(tmp_path: Path) -> None:
+    """Filterlets of the digits CNN ranked by magnitude, 60 % zeroed: during the first half of training
+    the zeroed filterlets of each layer are exactly its weakest (by the ranking) in the number the
+    cubic schedule gives, never fewer than before; from the half on, exactly the searched masks, held
+    at +0.0 while the kept weights train."""
+    imported = load_model(digits_cnn(tmp_path / "model.onnx"))
+    mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+    sites = tuple(s for s in weight_sites(mod) if s.filterlets)
+    assert sites
+    keys = [s.key for s in sites]
+    ranking = Ranking(
+        sites,
+        unit_scores(sites, "filterlet", element_scores(mod, keys, "magnitude", None, 0)),
+        "filterlet",
+        "magnitude",
+    )
+    masks = ranking.masks(int(0.6 * ranking.total))
+    ranks = pruning_ranks(ranking, masks)
+    for s in sites:  # ranks cover exactly the pruned filterlets, whole, weakest first
+        assert np.array_equal(ranks[s.key] < 0, masks[s.key])
+        r = ranks[s.key][:, 0]
+        gone = r >= 0
+        by_rank = np.argsort(r[gone])
+        assert np.all(np.diff(ranking.scores[s.key][gone][by_rank]) >= 0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (320, 1, 8, 8)).astype(np.float32)
+    data = Dataset("random", x, rng.integers(0, 10, 320), x[:8], rng.integers(0, 10, 8))
+    module = RelaxModule(mod)
+    epochs, batch = 4, 32
+    steps = epochs * 10 // 2
+    gradual = GradualMasks(module, ranks, steps)
+    params = dict(module.named_parameters())
+    seen: list[dict[tuple[int, int], int]] = []
+
+    def on_step(epoch: int, step: int) -> None:
+        gradual(epoch, step)
+        done = len(seen)
+        zero: dict[tuple[int, int], int] = {}
+        for s in sites:
+            w = params[f"b{s.binding}_{s.arg}"].detach().numpy()
+            units = int((ranks[s.key][:, 0] >= 0).sum())
+            m = units if done + 1 >= steps else round(units * gradual.fraction(done))
+            # exactly the m weakest are zero (a kept weight trained to exactly 0.0 would be a fluke)
+            assert np.array_equal(~w.any(axis=1), (ranks[s.key][:, 0] >= 0) & (ranks[s.key][:, 0] < m))
+            zero[s.key] = m
+        seen.append(zero)
+
+    train(module, data, epochs=epochs, batch_size=batch, lr=1e-2, progress=False, on_step=on_step)
+    gradual.remove()
+    assert len(seen) == epochs * 10
+    for k in keys:
+        counts = [z[k] for z in seen]
+        final = int((ranks[k][:, 0] >= 0).sum())
+        assert counts == sorted(counts) and counts[0] < final and counts[steps - 1] == final
+        assert counts[-1] == final and 0 < counts[steps // 2] < final
+        # cubic: most of the cut early (at half the pruning steps, 1 - 0.5**3 = 87.5 % of it)
+        assert counts[steps // 2 - 1] >= 0.8 * final
+    assert gradual.fraction(0) < gradual.fraction(steps // 2) < gradual.fraction(steps - 1) == 1.0
+    assert len({gradual.fraction(i) for i in range(steps)}) <= GRADUAL_UPDATES + 1
+    for s in sites:
+        w = params[f"b{s.binding}_{s.arg}"].detach().numpy()
+        assert np.all(w[~masks[s.key]] == 0) and not np.signbit(w[~masks[s.key]]).any()
+        assert np.count_nonzero(w[masks[s.key]]) == np.count_nonzero(masks[s.key])

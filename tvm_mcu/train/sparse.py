@@ -1,4 +1,5 @@
-"""Sparse pruning's training side: first-order Taylor importance, and masks held through fine-tuning.
+"""Sparse pruning's training side: first-order Taylor importance, masks held through fine-tuning, and
+masks applied gradually while the model trains.
 
 Weights are addressed by their site (binding index, argument index), the names
 :class:`~tvm_mcu.train.bridge.RelaxModule` gives its parameters (``b{binding}_{arg}``).
@@ -110,6 +111,69 @@ class MaskHold:
 
     def __call__(self, epoch: int, step: int) -> None:
         self.apply()
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+
+# Gradual pruning: the masks grow this many times over the pruning phase (Zhu & Gupta 2017 prune
+# every ~100-1000 steps; the Fashion-MNIST runs have about 470 steps an epoch, so about one update
+# every 30 steps over two epochs).
+GRADUAL_UPDATES = 32
+
+
+class GradualMasks:
+    """Applies final masks step by step while a module trains (gradual pruning, Zhu & Gupta 2017).
+
+    ``ranks``: per weight, an integer array of its shape: -1 where the element is kept, else the rank
+    of its unit in the order it is pruned (0 first; every element of a unit, such as a filterlet, has
+    the unit's rank, so units go whole). Over the first ``steps`` optimiser steps the pruned fraction of
+    each weight's units follows the cubic schedule ``1 - (1 - t/steps)**3`` in GRADUAL_UPDATES steps:
+    most units go early, while the network still has the capacity to adapt, and few at the end; from
+    step ``steps`` on every unit of the final masks is pruned and held as :class:`MaskHold` holds it
+    (gradients and weights of pruned elements kept at exactly zero). The final masks are exactly
+    ``ranks < 0``: the schedule changes when a unit goes, never which units go.
+    """
+
+    def __init__(self, module: RelaxModule, ranks: Mapping[Key, np.ndarray], steps: int) -> None:
+        if steps < 1:
+            raise BadOptionError(f"gradual pruning needs at least one step (got {steps})")
+        self.steps = steps
+        self._done = -1
+        self._held: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor, int]] = []
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        for key, rank in ranks.items():
+            p = _parameter(module, key)
+            if tuple(rank.shape) != tuple(p.shape):
+                raise BadOptionError(
+                    f"ranks of shape {rank.shape} for the weight of binding {key[0]} of shape "
+                    f"{tuple(p.shape)}"
+                )
+            r = torch.from_numpy(np.array(rank, dtype=np.int64))
+            pruned = torch.zeros(p.shape, dtype=torch.bool)
+            self._held.append((p, r, pruned, int(rank.max()) + 1))
+            self._hooks.append(p.register_hook(lambda g, pruned=pruned: g.masked_fill(pruned, 0.0)))
+
+    def fraction(self, step: int) -> float:
+        """The fraction of each weight's pruned units gone after optimiser step ``step`` (from 0)."""
+        done = min(self.steps, step + 1)
+        t = (done * GRADUAL_UPDATES // self.steps) / GRADUAL_UPDATES if done < self.steps else 1.0
+        return 1.0 - (1.0 - t) ** 3
+
+    def apply(self, step: int) -> None:
+        f = self.fraction(step)
+        with torch.no_grad():
+            for p, rank, pruned, units in self._held:
+                m = units if f >= 1.0 else round(units * f)
+                pruned.copy_((rank >= 0) & (rank < m))
+                p.masked_fill_(pruned, 0.0)
+        self._done = step
+
+    def __call__(self, epoch: int, step: int) -> None:
+        # train() numbers steps within an epoch: count them here.
+        self.apply(self._done + 1)
 
     def remove(self) -> None:
         for h in self._hooks:
