@@ -102,6 +102,72 @@ vm = relax.VirtualMachine(ex, tvm.cpu())
 x = rng.standard_normal((1, 1, 6, 6)).astype(np.float32)
 assert vm["main"](tvm.runtime.tensor(x)).numpy().shape == (1, 2, 6, 6)
 ```
+
+An int8 model built by TVM itself instead of tvm-mcu's C library: ONNX Runtime's `quantize_static` makes
+a QDQ model, tvm-mcu's graph passes lower it to integer-only Relax and TIR, and `tvm.compile` builds it
+for the host's LLVM with `pipeline.tvm_tir_pipeline()`, TVM's own TIR pipeline with InlineFixedPoint
+last (the integer kernels' fixed-point helpers are otherwise C functions only tvm-mcu's library ships).
+The graph passes add no micro-kernel calls (those come with the TIR passes of
+`pipeline.operator_passes`), so nothing else is left to resolve:
+
+```python
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+from tvm import relax
+
+from tvm_mcu import pipeline
+from tvm_mcu.api import dequantize_linear, quantize_linear
+from tvm_mcu.frontend import load_model
+from tvm_mcu.passes.relax.make_integer_interface import io_quantization
+
+rng = np.random.default_rng(0)
+nodes = [
+    helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1]),
+    helper.make_node("Relu", ["h"], ["r"]),
+    helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+    helper.make_node("Flatten", ["p"], ["f"]),
+    helper.make_node("Softmax", ["f"], ["y"], axis=1),
+]
+weights = [
+    numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w"),
+    numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"),
+]
+graph = helper.make_graph(
+    nodes,
+    "conv_softmax",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+    weights,
+)
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), "float.onnx")
+
+
+class Calibration(CalibrationDataReader):
+    def __init__(self):
+        self.samples = iter([{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)])
+
+    def get_next(self):
+        return next(self.samples, None)
+
+
+quantize_static("float.onnx", "int8.onnx", Calibration(), activation_type=QuantType.QInt8)
+
+lowered = pipeline.run(pipeline.graph_passes(rounding="onnx"), load_model("int8.onnx").mod)
+assert "tvmmcu_fp_reciprocal_scale" in lowered.script()  # softmax's fixed-point helpers
+ex = tvm.compile(lowered, target="llvm", tir_pipeline=pipeline.tvm_tir_pipeline())
+vm = relax.VirtualMachine(ex, tvm.cpu())
+
+x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+[(scale_in, zero_in)] = io_quantization(lowered)["inputs"]  # the interface is int8: we quantise
+[(scale_out, zero_out)] = io_quantization(lowered)["outputs"]
+q = vm["main"](tvm.runtime.tensor(quantize_linear(x, scale_in, int(zero_in), "int8"))).numpy()
+want = ort.InferenceSession("int8.onnx").run(None, {"x": x})[0]
+assert np.abs(dequantize_linear(q, scale_out, int(zero_out)) - want).max() <= 1.0001 * scale_out
+```
 """
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "buffer_data_op",
     "ptr_byte_offset",
     "build_c_source",
+    "register_tir_pipeline",
     "building_function",
     "is_internal_error",
     "from_onnx",
@@ -285,6 +286,26 @@ def build_c_source(mod: IRModule) -> str:
     """
     build = tvm_ffi.get_global_func("target.build.c")
     return str(build(mod, C_TARGET).inspect_source())
+
+
+def register_tir_pipeline(name: str, after: Callable[[], list[Any]]) -> str:
+    """Register under ``name`` TVM's default TIR pipeline followed by the passes ``after()`` makes, for
+    ``tvm.compile(mod, target=..., tir_pipeline=name)``; returns ``name``. Registering again replaces.
+
+    0.27: ``tvm.tirx.build`` takes only a registered pipeline's name (it asserts a ``str``); a pipeline
+    is a factory of (lowering pass, host finalisation, device finalisation). The default for CPU
+    targets is ``s_tir``'s, whose last passes give the packed calling convention; the host
+    finalisation after it (LowerTVMBuiltin, LowerIntrin) does not simplify.
+    """
+    from tvm.s_tir import pipeline as s_tir_pipeline
+    from tvm.tirx import compilation_pipeline
+
+    def factory() -> tuple[Any, Any, Any]:
+        lowering, host, device = s_tir_pipeline.default_s_tir_pipeline()
+        return tvm.transform.Sequential([lowering, *after()], name=name), host, device
+
+    compilation_pipeline.register_tir_pipeline(name, factory)
+    return name
 
 
 # main's attribute mapping each binding's variable name to the ONNX node it came from, e.g.

@@ -5,7 +5,7 @@ Each list is the pipeline; one comment per ordering constraint.
 
 from __future__ import annotations
 
-from tvm_mcu._tvm import C_TARGET, relax, s_tir, tirx, tvm
+from tvm_mcu._tvm import C_TARGET, register_tir_pipeline, relax, s_tir, tirx, tvm
 from tvm_mcu.passes.relax.channels_last import ChannelsLast
 from tvm_mcu.passes.relax.lower_quantized_ops import LowerQuantizedOps
 from tvm_mcu.passes.relax.make_integer_interface import MakeIntegerInterface
@@ -15,6 +15,7 @@ from tvm_mcu.passes.tir.block_weights import BlockWeights
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
+from tvm_mcu.passes.tir.inline_fixed_point import InlineFixedPoint
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
@@ -158,6 +159,25 @@ def operator_passes(*, symbol_prefix: str) -> list[tvm.transform.Pass]:
         # Appends the workspace parameter after the unpacked ones.
         HoistScratchToWorkspace(align=8),
     ]
+
+
+TVM_TIR_PIPELINE = "tvmmcu_inline_fixed_point"
+
+
+def tvm_tir_pipeline() -> str:
+    """The name of TVM's own TIR pipeline with InlineFixedPoint after it, registered with TVM:
+    ``tvm.compile(graph-lowered module, target="llvm", tir_pipeline=pipeline.tvm_tir_pipeline())`` builds
+    an integer-lowered model (:func:`graph_passes`) with TVM's backends and no tvm-mcu header.
+
+    For TVM's build instead of tvm-mcu's C library: the graph passes' PrimFuncs call no micro-kernel (the
+    TIR passes that add those calls are in :func:`operator_passes`), only the fixed-point helpers.
+    """
+    return register_tir_pipeline(
+        TVM_TIR_PIPELINE,
+        # After all of TVM's lowering: its analysers would expand the helpers' let-chains, and its
+        # NarrowDataType rejects Let expressions (InlineFixedPoint's Ordering).
+        lambda: [InlineFixedPoint()],
+    )
 
 
 def run(passes: list[tvm.transform.Pass], mod: tvm.IRModule) -> tvm.IRModule:

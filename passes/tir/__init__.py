@@ -9,6 +9,7 @@ from tvm_mcu.passes.tir.block_weights import BlockWeights
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
+from tvm_mcu.passes.tir.inline_fixed_point import InlineFixedPoint
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
@@ -26,6 +27,7 @@ __all__ = [
     "ExecuteInPlace",
     "HoistReductionInit",
     "HoistScratchToWorkspace",
+    "InlineFixedPoint",
     "MakeUnpackedAPI",
     "PartialExecution",
     "RollRowBuffers",

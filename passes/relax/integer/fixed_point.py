@@ -4,6 +4,8 @@ They are ``static inline`` C functions in a header the generated library ships
 (:data:`HEADER_NAME`, text :data:`HEADER_TEXT`); TIR calls them through ``call_extern``. As calls they
 stay opaque to TVM's arithmetic analysers, which would otherwise substitute the long let-chains of these
 computations into each other (exponential time), and the C compiler inlines them.
+For TVM's own backends (``tvm.compile``), which lack the header, the TIR pass InlineFixedPoint
+replaces the calls with the same arithmetic, late in TVM's TIR pipeline.
 
 Every function is exactly TFLite's arithmetic, including the rounding and C's truncating division.
 """
