@@ -1,0 +1,106 @@
+"""Measurement work as Ray tasks (``--workers N`` on this machine, ``--ray-address`` for a cluster): the
+optional extra ``pip install 'tvm-mcu[distributed]'``, used by ``prune``, ``python -m tvm_mcu.fuzz`` and
+``bench/run_bench.py``. Without those flags every task runs in this process, one after another (the
+default), and gives the same results.
+
+A task is a module-level function (pickled by name) called with picklable arguments: file paths,
+options, attrs records, never TVM objects. On a cluster every path a task reads or writes must be on
+storage that every node sees. Ray is started here with ``workers`` CPUs, or joined at ``address``;
+:meth:`Workers.close` shuts down only a Ray that this process started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from tvm_mcu.errors import BadOptionError, ToolchainError, TvmMcuError
+
+T = TypeVar("T")
+
+INSTALL = (
+    "pip install 'tvm-mcu[distributed]' (or, in the repository, .venv/bin/pip install -e '.[distributed]')"
+)
+
+
+def ray_module() -> Any:
+    """The ``ray`` package, or a ToolchainError saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ToolchainError(
+            f"--workers/--ray-address run the work as Ray tasks: install Ray with {INSTALL}"
+        ) from exc
+    return ray
+
+
+class Workers:
+    """Where tasks run: in this process, one after another (neither ``workers`` nor ``address``), or as
+    Ray tasks of one CPU each on a local Ray started with ``workers`` CPUs, or on the cluster at
+    ``address``. :meth:`submit` starts a task, :meth:`gather` waits for several, in their order."""
+
+    def __init__(self, *, workers: int | None = None, address: str | None = None) -> None:
+        if workers is not None and workers < 1:
+            raise BadOptionError(f"--workers {workers}: give 1 or more")
+        self.ray: Any = None
+        self._owns = False
+        self._remote: dict[Callable[..., Any], Any] = {}
+        self.width = 1  # how many tasks run at once
+        if not workers and not address:
+            return
+        ray = ray_module()
+        self.ray = ray
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address:
+                ray.init(address=address, **options)
+            else:
+                ray.init(num_cpus=workers, **options)
+        self.width = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    @property
+    def serial(self) -> bool:
+        return self.ray is None
+
+    def remote(self, fn: Callable[..., Any]) -> Any:
+        """``fn`` as a Ray remote function of one CPU, never retried (a task that fails, fails)."""
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(num_cpus=1, max_retries=0)(fn)
+        return self._remote[fn]
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Any:
+        """Start ``fn(*args)``: a Ray object reference, or (serial) its value, computed now."""
+        if self.serial:
+            return fn(*args)
+        return self.remote(fn).remote(*args)
+
+    def gather(self, handles: Sequence[Any]) -> list[Any]:
+        """The values of ``handles`` (from :meth:`submit`), in their order. A task's TvmMcuError is
+        raised here as itself (one clear line), not wrapped in Ray's error."""
+        if self.serial:
+            return list(handles)
+        try:
+            return list(self.ray.get(list(handles)))
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, TvmMcuError):
+                raise exc.cause from None
+            raise
+
+    def map(self, fn: Callable[..., T], argsets: Iterable[Sequence[Any]]) -> list[T]:
+        """``[fn(*args) for args in argsets]``, the calls run as tasks at once (serial: in order)."""
+        return self.gather([self.submit(fn, *args) for args in argsets])
+
+    def close(self) -> None:
+        if self._owns:
+            self.ray.shutdown()
+            self._owns = False
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
