@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tvm_mcu import speculative
+from tvm_mcu.prune import level_search
 from tvm_mcu.prune_sparse import least_pruning, least_pruning_search
 
 WIDTHS = (1, 2, 3, 4, 7, 8, 15)
@@ -40,21 +41,16 @@ def _least_pruning_before(fits: Callable[[int], bool], total: int, hint: int | N
     return hi
 
 
-def _levels(steps: int) -> Callable[[], Generator[tuple[str, float], bool, tuple[str, float]]]:
-    """The level bisection of prune._bisect: the narrowest first (its verdict unused), then ``steps``."""
-
-    def search() -> Generator[tuple[str, float], bool, tuple[str, float]]:
-        yield ("level0", 0.0)
-        best, lo, hi = ("level0", 0.0), 0.0, 1.0
-        for step in range(steps):
-            point = (f"step{step}", (lo + hi) / 2)
-            if (yield point):
-                best, lo = point, point[1]
-            else:
-                hi = point[1]
-        return best
-
-    return search
+def _bisect_before(fits: Callable[[float], bool], steps: int) -> tuple[str, float]:
+    """prune._bisect's loop as it was written before it became a search: the oracle."""
+    best, lo, hi = ("level0", 0.0), 0.0, 1.0
+    for step in range(steps):
+        mid = (lo + hi) / 2
+        if fits(mid):
+            best, lo = (f"step{step}", mid), mid
+        else:
+            hi = mid
+    return best
 
 
 class Judge:
@@ -86,9 +82,9 @@ def test_level_bisection_gives_the_serial_answer_over_random_thresholds(width: i
             return point[1] <= threshold  # type: ignore[index]
 
         serial, fast = Judge(fits), Judge(fits)
-        want = speculative.run(_levels(steps), serial)
-        got = speculative.run(_levels(steps), fast, width)
-        assert got == want
+        want = speculative.run(functools.partial(level_search, steps), serial)
+        got = speculative.run(functools.partial(level_search, steps), fast, width)
+        assert got == want == _bisect_before(functools.partial(float.__ge__, threshold), steps)
         assert set(serial.judged) <= set(fast.judged)  # the serial path, judged (with the same verdicts)
         assert len(serial.rounds) == steps + 1 and all(len(r) == 1 for r in serial.rounds)
         assert len(fast.rounds) <= speculative.bisection_rounds(steps + 1, width)
@@ -97,7 +93,7 @@ def test_level_bisection_gives_the_serial_answer_over_random_thresholds(width: i
 
 def test_three_points_a_round_descend_two_levels() -> None:
     judge = Judge(lambda p: p[1] <= 0.3)  # type: ignore[index]
-    speculative.run(_levels(9), judge, 3)
+    speculative.run(functools.partial(level_search, 9), judge, 3)
     # The narrowest's two outcomes lead to the same point, judged once; then the first of its two
     # successors in breadth-first order.
     assert judge.rounds[0] == [("level0", 0.0), ("step0", 0.5), ("step1", 0.75)]

@@ -567,23 +567,32 @@ Keep = dict[int, tuple[int, ...]]
 Level = tuple[str, float]  # a candidate of a level search: its workdir tag, its level
 
 
+def level_search(steps: int) -> Generator[Level, bool, Level]:
+    """The search of :func:`_bisect` (:mod:`tvm_mcu.speculative`): the narrowest level first (the answer
+    when no level fits; its verdict is unused), then :func:`bisection`."""
+    narrowest = ("level0", 0.0)
+    yield narrowest
+    return (yield from bisection(narrowest, steps, "step"))
+
+
+def bisection(narrowest: Level, steps: int, prefix: str) -> Generator[Level, bool, Level]:
+    """Bisection of the level between ``narrowest``, known to fit, and 1: ``steps`` candidates tagged
+    ``prefix`` and the step; the widest that fits (``narrowest`` when none does)."""
+    best, lo, hi = narrowest, narrowest[1], 1.0
+    for step in range(steps):
+        point = (f"{prefix}{step}", (lo + hi) / 2)
+        if (yield point):
+            best, lo = point, point[1]
+        else:
+            hi = point[1]
+    return best
+
+
 def _bisect(job: _Job, budget: Budget, method: str, steps: int) -> tuple[Keep, _tvm.IRModule, Resources]:
     """The widest level of ``method`` whose measured figures meet the budget: bisection, ``steps``
     candidates after the narrowest, speculated ``job.width`` candidates a round (:mod:`speculative`)."""
     score = magnitudes(job.mod, job.plan)
     seen: dict[Level, tuple[Keep, _tvm.IRModule, Resources]] = {}
-
-    def search() -> Generator[Level, bool, Level]:
-        # The narrowest is measured first, and is the answer when no level fits (its verdict is unused).
-        yield ("level0", 0.0)
-        best, lo, hi = ("level0", 0.0), 0.0, 1.0
-        for step in range(steps):
-            point = (f"step{step}", (lo + hi) / 2)
-            if (yield point):
-                best, lo = point, point[1]
-            else:
-                hi = point[1]
-        return best
 
     rounds = speculative.bisection_rounds(steps + 1, job.width)
     with Bar(rounds, f"prune {method}", enabled=None if job.progress else False) as bar:
@@ -599,7 +608,7 @@ def _bisect(job: _Job, budget: Budget, method: str, steps: int) -> tuple[Keep, _
             bar.update(note=f"level {points[0][1]:.3f} {'fits' if fits[0] else 'over'}")
             return fits
 
-        best = speculative.run(search, judge, job.width)
+        best = speculative.run(lambda: level_search(steps), judge, job.width)
     return seen[best]
 
 

@@ -730,7 +730,7 @@ def _channels(
     """Mixed, first stage: the widest channel level (bisection, ``steps`` measured candidates, speculated
     ``job.width`` a round) whose measured SRAM meets the budget and whose flash and MACs filterlets
     could still bring within it."""
-    from tvm_mcu.prune import Level, _describe, keep_channels
+    from tvm_mcu.prune import Level, _describe, bisection, keep_channels
 
     score = channel_scores(job.mod, job.plan, importance, data, job.seed)
     seen: dict[Level, tuple[Keep, _tvm.IRModule, Resources, list[tuple[str, int, int]]]] = {}
@@ -771,14 +771,7 @@ def _channels(
             return full
         if not (yield narrowest):
             return None
-        best, lo, hi = narrowest, 0.0, 1.0
-        for step in range(steps):
-            point = (f"channels{step}", (lo + hi) / 2)
-            if (yield point):
-                best, lo = point, point[1]
-            else:
-                hi = point[1]
-        return best
+        return (yield from bisection(narrowest, steps, "channels"))
 
     best = speculative.run(search, judge, job.width)
     if best is None:
