@@ -11,7 +11,9 @@ storage that every node sees. Ray is started here with ``workers`` CPUs, or join
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -40,13 +42,21 @@ class Workers:
     Ray tasks of one CPU each on a local Ray started with ``workers`` CPUs, or on the cluster at
     ``address``. :meth:`submit` starts a task, :meth:`gather` waits for several, in their order."""
 
-    def __init__(self, *, workers: int | None = None, address: str | None = None) -> None:
+    def __init__(
+        self, *, workers: int | None = None, address: str | None = None, pythonpath: Sequence[Path] = ()
+    ) -> None:
         if workers is not None and workers < 1:
             raise BadOptionError(f"--workers {workers}: give 1 or more")
         self.ray: Any = None
         self._owns = False
         self._remote: dict[Callable[..., Any], Any] = {}
         self.width = 1  # how many tasks run at once
+        # Directories a task imports from besides the installed packages (bench/'s modules): on the
+        # workers' PYTHONPATH, so a function of such a module is found by its name there.
+        self._env: dict[str, Any] = {}
+        if pythonpath:
+            paths = [str(p) for p in pythonpath] + [v for v in [os.environ.get("PYTHONPATH")] if v]
+            self._env = {"runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}}
         if not workers and not address:
             return
         ray = ray_module()
@@ -67,7 +77,7 @@ class Workers:
     def remote(self, fn: Callable[..., Any]) -> Any:
         """``fn`` as a Ray remote function of one CPU, never retried (a task that fails, fails)."""
         if fn not in self._remote:
-            self._remote[fn] = self.ray.remote(num_cpus=1, max_retries=0)(fn)
+            self._remote[fn] = self.ray.remote(num_cpus=1, max_retries=0, **self._env)(fn)
         return self._remote[fn]
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Any:
@@ -91,6 +101,17 @@ class Workers:
     def map(self, fn: Callable[..., T], argsets: Iterable[Sequence[Any]]) -> list[T]:
         """``[fn(*args) for args in argsets]``, the calls run as tasks at once (serial: in order)."""
         return self.gather([self.submit(fn, *args) for args in argsets])
+
+    def imap(self, fn: Callable[..., T], argsets: Iterable[Sequence[Any]]) -> Iterator[T]:
+        """The values of :meth:`map` one by one, in order, each as soon as it is ready: on Ray every
+        call starts at once; serially each is computed when it is asked for (so a caller's progress
+        lines come as they did before)."""
+        if self.serial:
+            for args in argsets:
+                yield fn(*args)
+            return
+        for handle in [self.submit(fn, *args) for args in argsets]:
+            yield self.gather([handle])[0]
 
     def close(self) -> None:
         if self._owns:

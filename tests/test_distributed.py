@@ -1,10 +1,13 @@
-"""prune --workers: the candidates compiled and built as Ray tasks on a local Ray head (the distributed
-extra, which make setup installs), the bisections speculated: the serial run's result, to the byte, in
-fewer rounds. Without Ray, the flags give the install command, not a traceback."""
+"""Work as Ray tasks on a local Ray head (the distributed extra, which make setup installs): the pool keeps
+its tasks' order and errors; prune --workers compiles and builds the candidates as tasks, its bisections
+speculated, and gives the serial run's result, to the byte, in fewer rounds. Without Ray, the flags give
+the install command, not a traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +15,8 @@ import pytest
 
 from tests.prune_helpers import digits_cnn
 from tvm_mcu import cli
-from tvm_mcu.errors import ToolchainError
+from tvm_mcu.distributed import Workers
+from tvm_mcu.errors import BadOptionError, ToolchainError
 from tvm_mcu.prune import Budget, PruneResult, prune_model, result_json
 
 pytestmark = pytest.mark.emulator
@@ -29,6 +33,48 @@ def ray_head() -> Iterator[None]:
     ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def _square(k: int, delay: float) -> tuple[int, int]:
+    time.sleep(delay)
+    return k * k, os.getpid()
+
+
+def _refuse(k: int) -> int:
+    if k == 3:
+        raise BadOptionError(f"task {k} refused")
+    return k
+
+
+def test_the_pool_keeps_its_tasks_order_and_their_errors(ray_head: None) -> None:
+    delays = [0.4, 0.0, 0.2, 0.0, 0.1]  # later tasks finish first
+    argsets = list(enumerate(delays))
+    serial = Workers()
+    want = [(k * k, os.getpid()) for k in range(len(delays))]
+    assert serial.width == 1 and serial.map(_square, argsets) == want
+    with Workers(workers=WORKERS) as pool:
+        assert pool.width == WORKERS
+        on_ray = pool.map(_square, argsets)
+        streamed = list(pool.imap(_square, argsets))
+        with pytest.raises(BadOptionError, match="task 3 refused") as refused:
+            pool.map(_refuse, [(2,), (3,), (4,)])
+    assert [v for v, _ in on_ray] == [v for v, _ in streamed] == [v for v, _ in want]
+    assert os.getpid() not in {pid for _, pid in on_ray}  # they ran in Ray's workers
+    assert type(refused.value) is BadOptionError  # itself, not wrapped in Ray's error
+
+
+def test_a_task_imports_from_the_pools_pythonpath(ray_head: None, tmp_path: Path) -> None:
+    """bench/'s modules are not installed: a task of one finds it on the path the pool gives."""
+    (tmp_path / "bench_helper.py").write_text("def where(x):\n    return __file__, x + 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import bench_helper
+
+        with Workers(workers=WORKERS, pythonpath=(tmp_path,)) as pool:
+            assert pool.map(bench_helper.where, [(1,)]) == [(str(tmp_path / "bench_helper.py"), 2)]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("bench_helper", None)
 
 
 def _same(serial: PruneResult, on_ray: PruneResult, budget: Budget, tmp: Path) -> None:
