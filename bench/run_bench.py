@@ -744,6 +744,13 @@ def main(argv: list[str] | None = None) -> int:
         "directory (TMPDIR) must then be on storage every node sees",
     )
     args = p.parse_args(argv)
+    only = "compile-time" if args.compile_time else args.only
+    serial_only = args.pruning_methods or args.pruning_curves or args.pruning_schedulers or only
+    if (args.workers or args.ray_address) and serial_only and only not in PARALLEL:
+        p.error(
+            f"--workers and --ray-address run the main table and the {', '.join(PARALLEL)} sections' work "
+            "as Ray tasks; the others run here: drop them"
+        )
     if args.pruning_methods or args.pruning_curves:
         target = Path(args.out or ROOT / "docs" / PRUNING_DOC)
         status = pruning_methods(target) if args.pruning_methods else 0
@@ -758,8 +765,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pruning_schedulers:
         return pruning_schedulers(Path(args.out or ROOT / "docs" / PRUNING_DOC))
     out = Path(args.out or ROOT / "docs" / "BENCHMARKS.md")
-    only = "compile-time" if args.compile_time else args.only
     with Workers(workers=args.workers, address=args.ray_address, pythonpath=(BENCH,)) as pool:
+        pool.preload("kernels")  # bench/kernels.py: tvm_mcu's compiler and the reference interpreters
         if only:
             heading, make_section = PARTIAL[only]
             with tempfile.TemporaryDirectory() as tmp:

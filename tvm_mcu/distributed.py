@@ -11,6 +11,7 @@ storage that every node sees. Ray is started here with ``workers`` CPUs, or join
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -51,6 +52,7 @@ class Workers:
         self._owns = False
         self._remote: dict[Callable[..., Any], Any] = {}
         self.width = 1  # how many tasks run at once
+        self._preloading: list[Any] = []
         # Directories a task imports from besides the installed packages (bench/'s modules): on the
         # workers' PYTHONPATH, so a function of such a module is found by its name there.
         self._env: dict[str, Any] = {}
@@ -98,6 +100,12 @@ class Workers:
                 raise exc.cause from None
             raise
 
+    def preload(self, module: str) -> None:
+        """Import ``module`` in each worker now, without waiting: a worker's first task otherwise pays
+        for importing TVM (seconds), and the first round of a search would pay it ``width`` times over."""
+        if not self.serial:
+            self._preloading = [self.submit(_import, module) for _ in range(self.width)]
+
     def map(self, fn: Callable[..., T], argsets: Iterable[Sequence[Any]]) -> list[T]:
         """``[fn(*args) for args in argsets]``, the calls run as tasks at once (serial: in order)."""
         return self.gather([self.submit(fn, *args) for args in argsets])
@@ -125,3 +133,7 @@ class Workers:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _import(module: str) -> None:
+    importlib.import_module(module)

@@ -466,6 +466,7 @@ def prune_model(
         tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp,
         Workers(workers=workers, address=ray_address) as pool,
     ):
+        pool.preload(__name__)  # while the original is exported and measured
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         job = _Job(
