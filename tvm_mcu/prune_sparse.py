@@ -477,7 +477,7 @@ def prune_sparse(
         n = speculative.run(
             lambda: least_pruning_search(ranking.total, hint),
             lambda levels: [not r.excess(budget) for r in figures_all(levels)],
-            job.width,
+            job.width if job.channels_last else 1,  # counted figures cost nothing to wait for
         )
         masks = ranking.masks(n)
         search = f"global order: the {n:,} weakest of {ranking.total:,} {UNIT_NAME[unit]} zeroed"
