@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,13 @@ def test_without_ray_the_flags_say_how_to_install_it(
     assert cli.main([*argv, "--ray-address", "auto"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tvm-mcu: error: --workers/--ray-address") and "Traceback" not in err
+
+
+def test_a_cluster_that_is_not_there_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def init(**options: object) -> None:
+        raise ConnectionError("Could not find any running Ray instance.")  # ray.init's own words
+
+    no_cluster = types.SimpleNamespace(is_initialized=lambda: False, init=init)
+    monkeypatch.setitem(sys.modules, "ray", no_cluster)
+    with pytest.raises(ToolchainError, match="cannot join the Ray cluster at --ray-address auto: Could not"):
+        Workers(address="auto")

@@ -67,7 +67,13 @@ class Workers:
         if self._owns:
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address:
-                ray.init(address=address, **options)
+                try:
+                    ray.init(address=address, **options)
+                except ConnectionError as exc:
+                    raise ToolchainError(
+                        f"cannot join the Ray cluster at --ray-address {address}: {exc} (start one with "
+                        "`ray start --head`, or give its address)"
+                    ) from None
             else:
                 ray.init(num_cpus=workers, **options)
         self.width = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
