@@ -12,6 +12,7 @@ storage that every node sees. Ray is started here with ``workers`` CPUs, or join
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -65,7 +66,12 @@ class Workers:
         self.ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:
-            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            # Ray's own start-up lines stay out of the command's output (its warnings do not).
+            options: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": logging.WARNING,
+            }
             if address:
                 try:
                     ray.init(address=address, **options)
