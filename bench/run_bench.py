@@ -16,12 +16,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
 
 from tvm_mcu import __version__, api
 from tvm_mcu.demo import demo_files
+from tvm_mcu.distributed import Workers
 from tvm_mcu.errors import TvmMcuError
 from tvm_mcu.frontend import load_model, random_inputs
 from tvm_mcu.progress import Bar
@@ -68,10 +70,12 @@ def _inputs(path: Path) -> list[np.ndarray]:
 
 
 def _row(label: str, board: str, path: Path, work: Path) -> dict[str, object]:
+    """One row of the main table: ``path`` verified on ``board`` (a Ray task with ``--workers``)."""
     inputs = _inputs(path)
-    np.savez(work / "input.npz", *inputs)
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(work / f"input_{board}.npz", *inputs)
     try:
-        v = api.verify(path, board, work / board, input_path=work / "input.npz")
+        v = api.verify(path, board, work / board, input_path=work / f"input_{board}.npz")
     except TvmMcuError as exc:
         return {"model": label, "board": board, "error": str(exc)}
     r = v.report
@@ -187,6 +191,7 @@ INT8_MODELS = (
 )
 INT8_BOARDS = ("mps2-an386", "mps2-an500")
 INT8_HEADING = "## int8 models (MLPerf Tiny reference models)"
+SRAM_BOARD = "mps2-an386"
 SRAM_HEADING = "## Peak SRAM: layer by layer, in place, partial execution (channel slices, row bands)"
 INT8_SEEDS = 20
 
@@ -197,11 +202,19 @@ BOARDS_HEADING = "## Real boards: instructions and estimated cycles (MLPerf Tiny
 PUBLISHED_MS = {"KWS DS-CNN": (99.81, 47.78), "ResNet-8": (389.56, 167.76), "AD autoencoder": (8.60, 4.05)}
 
 
-def boards_section(tmp: Path) -> list[str]:
+def _board_run(path: Path, board: str, out: Path) -> Any:
+    """The report of ``path`` compiled for ``board`` and run on its seeded input, or the refusal (a Ray
+    task with ``--workers``)."""
+    try:
+        api.compile_model(path, board, out)
+    except TvmMcuError as exc:
+        return str(exc)
+    return api.run_compiled(out, api.model_inputs(load_model(path), input_path=None, seed=0)).report
+
+
+def boards_section(tmp: Path, pool: Workers | None = None) -> list[str]:
     """The int8 reference models on the real board profiles: QEMU's exact instruction count, and the
     cycles and latency estimated from its instruction classes and the core's published timings."""
-    from tvm_mcu import api
-    from tvm_mcu.frontend import load_model
     from tvm_mcu.targets.board import list_boards
 
     boards = [b for b in list_boards() if b.qemu_machine != b.name]
@@ -222,20 +235,22 @@ def boards_section(tmp: Path) -> list[str]:
         "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     notes: list[str] = []
-    for label, file, _ in INT8_MODELS:
-        path = SHARED_MODELS / file
+    present = [(label, SHARED_MODELS / file) for label, file, _ in INT8_MODELS]
+    runs = [
+        (path, board.name, tmp / f"boards_{path.stem}_{board.name}")
+        for _, path in present
+        for board in boards
+    ]
+    done = (pool or Workers()).imap(_board_run, [r for r in runs if r[0].is_file()])
+    for label, path in present:
         if not path.is_file():
             lines.append(f"| {label} | - | skipped: {path} is absent | | | | | | |")
             continue
-        inputs = api.model_inputs(load_model(path), input_path=None, seed=0)
         for board in boards:
-            out = tmp / f"boards_{path.stem}_{board.name}"
-            try:
-                api.compile_model(path, board.name, out)
-            except TvmMcuError as exc:
-                lines.append(f"| {label} | {board.name} | refused: {str(exc)[:120]} | | | | | | |")
+            r = next(done)
+            if isinstance(r, str):
+                lines.append(f"| {label} | {board.name} | refused: {r[:120]} | | | | | | |")
                 continue
-            r = api.run_compiled(out, inputs).report
             assert r.instructions is not None and r.estimated_cycles is not None
             published = PUBLISHED_MS.get(label)
             ref = (
@@ -262,7 +277,12 @@ def boards_section(tmp: Path) -> list[str]:
     return [*lines, "", *notes, ""]
 
 
-def int8_section(tmp: Path) -> list[str]:
+def _float_routines(path: Path, board: str, out: Path) -> tuple[str, ...]:
+    """The floating-point routines linked into ``path``'s firmware for ``board`` (a Ray task)."""
+    return tuple(api.compile_model(path, board, out).report.float_routines)
+
+
+def int8_section(tmp: Path, pool: Workers | None = None) -> list[str]:
     """The int8 reference models: bit-exactness over seeded inputs, memory, instructions, peers."""
     from tvm_mcu.reference import tflm_arena
 
@@ -279,14 +299,19 @@ def int8_section(tmp: Path) -> list[str]:
         "| model | board | bit-exact | arena B | whole-buffer bound B | TFLM arena head / total B | microTVM+CMSIS-NN workspace B | stack B | flash B | static RAM B | MACs | instructions | instr / MAC | float routines | compile s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for label, file, microtvm in INT8_MODELS:
-        path = SHARED_MODELS / file
+    pool = pool or Workers()
+    paths = [SHARED_MODELS / file for _, file, _ in INT8_MODELS]
+    runs = [
+        (path, board, tmp / f"{path.stem}_{board}", INT8_SEEDS) for path in paths for board in INT8_BOARDS
+    ]
+    done = pool.imap(bit_exact_run, [r for r in runs if r[0].is_file()])
+    for (label, _, microtvm), path in zip(INT8_MODELS, paths, strict=True):
         if not path.is_file():
             lines.append(f"| {label} | - | skipped: {path} is absent | | | | | | | | | | | | |")
             continue
         arena = tflm_arena(path.read_bytes())
         for board in INT8_BOARDS:
-            report, exact = bit_exact_run(path, board, tmp / f"{path.stem}_{board}", INT8_SEEDS)
+            report, exact = next(done)
             print(
                 f"{label} on {board}: bit-exact={exact} arena={report.arena_bytes} insns={report.instructions}",
                 flush=True,
@@ -298,12 +323,11 @@ def int8_section(tmp: Path) -> list[str]:
                 f"{report.instructions:,} | {report.instructions_per_mac} | "
                 f"{', '.join(report.float_routines) or 'none'} | {report.compile_seconds:.2f} |"
             )
-    no_fpu = []
-    for label, file, _ in INT8_MODELS:
-        path = SHARED_MODELS / file
-        if path.is_file():
-            report = api.compile_model(path, "mps2-an385", tmp / f"{path.stem}_m3").report
-            no_fpu.append(f"{label}: {', '.join(report.float_routines) or 'none'}")
+    m3 = [(label, path) for (label, _, _), path in zip(INT8_MODELS, paths, strict=True) if path.is_file()]
+    routines = pool.map(_float_routines, [(path, "mps2-an385", tmp / f"{path.stem}_m3") for _, path in m3])
+    no_fpu = [
+        f"{label}: {', '.join(found) or 'none'}" for (label, _), found in zip(m3, routines, strict=True)
+    ]
     if no_fpu:
         lines += [
             "",
@@ -317,18 +341,65 @@ def _peak(report: object) -> int:
     return int(report.peak_sram_bytes)  # type: ignore[attr-defined]
 
 
-def sram_section(tmp: Path) -> list[str]:
+def _sram_row(label: str, path: Path, microtvm: int | None, budget: str | None, out: Path) -> tuple[str, str]:
+    """One row of the SRAM table (compiled layer by layer, in place and as chosen, each run on QEMU, and
+    checked against the reference; builds in ``out``_0, _1, _2), and its progress line (a Ray task)."""
+    from tvm_mcu.reference import reference_outputs, tflm_arena
+
+    board = SRAM_BOARD
+    model = load_model(path)
+    inputs = random_inputs(model, 0)
+    runs = []
+    last: dict[str, object] = {"schedule": budget} if budget else {}
+    variants = ({"in_place": False, "partial_execution": False}, {"partial_execution": False}, last)
+    for k, options in enumerate(variants):
+        compiled = api.compile_model(path, board, Path(f"{out}_{k}"), **options)  # type: ignore[arg-type]
+        runs.append(api.run_compiled(compiled.out_dir, inputs))
+    plain, shared, chosen = (r.report for r in runs)
+    same = all(
+        np.array_equal(a, b) for r in runs[1:] for a, b in zip(runs[0].outputs, r.outputs, strict=True)
+    )
+    want = reference_outputs(model, inputs)
+    if path.suffix == ".tflite":
+        ref_ok = all(
+            np.array_equal(g, np.asarray(w).reshape(g.shape))
+            for g, w in zip(runs[2].outputs, want, strict=True)
+        )
+        ref = "bit-exact" if ref_ok else "NO"
+    else:
+        err = 0.0
+        for row, g, w in zip(chosen.outputs, runs[2].outputs, want, strict=True):
+            got = (
+                api.dequantize_linear(g, row.scale, int(row.zero_point or 0)) if row.scale is not None else g
+            )
+            err = max(err, api.max_abs_error(np.asarray(got), np.asarray(w).reshape(g.shape)))
+        step = max((row.scale or 0.0) for row in chosen.outputs)
+        ref = f"max err {err:.3g}" + (f" ({err / step:.2f} steps)" if step else "")
+    tflm = f"{tflm_arena(path.read_bytes())['head']:,}" if path.suffix == ".tflite" else "-"
+    overhead = (chosen.instructions - plain.instructions) / plain.instructions  # type: ignore[operator]
+    bound = chosen.whole_buffer_bound_bytes
+    said = (
+        f"SRAM {label}: {_peak(plain)} -> {_peak(shared)} -> {_peak(chosen)} B ({chosen.schedule}), "
+        f"overhead {overhead:+.2%}"
+    )
+    return said, (
+        f"| {label} | {bound:,} | {tflm} | {f'{microtvm:,}' if microtvm else '-'} | "
+        f"{_peak(plain):,} | {_peak(shared):,} | {_peak(chosen):,} | {chosen.schedule} | {_peak(chosen) / bound:.2f} | "
+        f"{chosen.arena_bytes / max(chosen.arena_lower_bound_bytes, 1):.3f} | "
+        f"{plain.instructions:,} | {chosen.instructions:,} | {overhead:+.2%} | {'yes' if same else 'NO'} | {ref} |"
+    )
+
+
+def sram_section(tmp: Path, pool: Workers | None = None) -> list[str]:
     """Peak SRAM layer by layer, in place, and with partial execution, against bounds and peers (issue 4)."""
     sys.path.insert(0, str(Path(__file__).parent))  # bench/mobilenetv2.py
     from mobilenetv2 import build as build_mobilenetv2
-
-    from tvm_mcu.reference import reference_outputs, tflm_arena
 
     _, mnv2 = build_mobilenetv2(tmp / "mobilenetv2")
     models = [(label, SHARED_MODELS / file, microtvm) for label, file, microtvm in INT8_MODELS]
     models.append(("demo CNN (float)", ROOT / "tvm_mcu" / "data" / "demo" / "fashion_cnn.onnx", None))
     models.append(("MobileNetV2-style 64x64 (int8)", mnv2, None))
-    board = "mps2-an386"
+    board = SRAM_BOARD
     lines = [
         "",
         SRAM_HEADING,
@@ -354,54 +425,15 @@ def sram_section(tmp: Path) -> list[str]:
     # The MobileNetV2-style model again, split by channel slices instead (the best before row bands).
     pex = "partial execution (accumulating, 4-channel slices)"
     rows.append((f"MobileNetV2-style, forced: {pex}", mnv2, None, pex))
-    for label, path, microtvm, budget in rows:
+    runs = [(*row, tmp / f"sram_{k}_{row[1].stem}") for k, row in enumerate(rows)]
+    done = (pool or Workers()).imap(_sram_row, [r for r in runs if r[1].is_file()])
+    for label, path, _, _ in rows:
         if not path.is_file():
             lines.append(f"| {label} | skipped: {path} is absent | | | | | | | | | | | | | |")
             continue
-        model = load_model(path)
-        inputs = random_inputs(model, 0)
-        runs = []
-        last: dict[str, object] = {"schedule": budget} if budget else {}
-        variants = ({"in_place": False, "partial_execution": False}, {"partial_execution": False}, last)
-        for k, options in enumerate(variants):
-            compiled = api.compile_model(path, board, tmp / f"sram_{path.stem}_{k}", **options)  # type: ignore[arg-type]
-            runs.append(api.run_compiled(compiled.out_dir, inputs))
-        plain, shared, chosen = (r.report for r in runs)
-        same = all(
-            np.array_equal(a, b) for r in runs[1:] for a, b in zip(runs[0].outputs, r.outputs, strict=True)
-        )
-        want = reference_outputs(model, inputs)
-        if path.suffix == ".tflite":
-            ref_ok = all(
-                np.array_equal(g, np.asarray(w).reshape(g.shape))
-                for g, w in zip(runs[2].outputs, want, strict=True)
-            )
-            ref = "bit-exact" if ref_ok else "NO"
-        else:
-            err = 0.0
-            for row, g, w in zip(chosen.outputs, runs[2].outputs, want, strict=True):
-                got = (
-                    api.dequantize_linear(g, row.scale, int(row.zero_point or 0))
-                    if row.scale is not None
-                    else g
-                )
-                err = max(err, api.max_abs_error(np.asarray(got), np.asarray(w).reshape(g.shape)))
-            step = max((row.scale or 0.0) for row in chosen.outputs)
-            ref = f"max err {err:.3g}" + (f" ({err / step:.2f} steps)" if step else "")
-        tflm = f"{tflm_arena(path.read_bytes())['head']:,}" if path.suffix == ".tflite" else "-"
-        overhead = (chosen.instructions - plain.instructions) / plain.instructions  # type: ignore[operator]
-        bound = chosen.whole_buffer_bound_bytes
-        print(
-            f"SRAM {label}: {_peak(plain)} -> {_peak(shared)} -> {_peak(chosen)} B ({chosen.schedule}), "
-            f"overhead {overhead:+.2%}",
-            flush=True,
-        )
-        lines.append(
-            f"| {label} | {bound:,} | {tflm} | {f'{microtvm:,}' if microtvm else '-'} | "
-            f"{_peak(plain):,} | {_peak(shared):,} | {_peak(chosen):,} | {chosen.schedule} | {_peak(chosen) / bound:.2f} | "
-            f"{chosen.arena_bytes / max(chosen.arena_lower_bound_bytes, 1):.3f} | "
-            f"{plain.instructions:,} | {chosen.instructions:,} | {overhead:+.2%} | {'yes' if same else 'NO'} | {ref} |"
-        )
+        said, line = next(done)
+        print(said, flush=True)
+        lines.append(line)
     return lines
 
 
@@ -619,6 +651,10 @@ def pruning_section(tmp: Path) -> list[str]:
     ]
 
 
+# The sections whose per-model work (compile, build, QEMU) runs as Ray tasks with --workers: their
+# function takes the pool after the directory. The main table's rows do too. The others run here.
+PARALLEL = ("int8", "boards", "sram")
+
 # The sections `--only` (and `--compile-time`) can rewrite alone: heading, and the function making it.
 PARTIAL = {
     "compile-time": (COMPILE_HEADING, compile_time_section),
@@ -694,7 +730,27 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(PARTIAL),
         help="instead, measure only this section and rewrite it in the file in place",
     )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        help="run the per-model work (compile, build, QEMU) of the main table and the "
+        f"{', '.join(PARALLEL)} sections as Ray tasks on a local Ray with this many CPUs: the same "
+        "markdown as serially but for the wall-clock columns (compile s); pip install "
+        "'tvm-mcu[distributed]'",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="as --workers, on the Ray cluster at this address; this checkout and the temporary "
+        "directory (TMPDIR) must then be on storage every node sees",
+    )
     args = p.parse_args(argv)
+    only = "compile-time" if args.compile_time else args.only
+    serial_only = args.pruning_methods or args.pruning_curves or args.pruning_schedulers or only
+    if (args.workers or args.ray_address) and serial_only and only not in PARALLEL:
+        p.error(
+            f"--workers and --ray-address run the main table and the {', '.join(PARALLEL)} sections' work "
+            "as Ray tasks; the others run here: drop them"
+        )
     if args.pruning_methods or args.pruning_curves:
         target = Path(args.out or ROOT / "docs" / PRUNING_DOC)
         status = pruning_methods(target) if args.pruning_methods else 0
@@ -709,14 +765,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.pruning_schedulers:
         return pruning_schedulers(Path(args.out or ROOT / "docs" / PRUNING_DOC))
     out = Path(args.out or ROOT / "docs" / "BENCHMARKS.md")
-    only = "compile-time" if args.compile_time else args.only
-    if only:
-        heading, make_section = PARTIAL[only]
-        with tempfile.TemporaryDirectory() as tmp:
-            section = make_section(Path(tmp))
-        out.write_text(replace_section(out.read_text() if out.is_file() else "", heading, section))
-        print(f"wrote the {only} section of {out}")
-        return 0
+    with Workers(workers=args.workers, address=args.ray_address, pythonpath=(BENCH,)) as pool:
+        pool.preload("kernels")  # bench/kernels.py: tvm_mcu's compiler and the reference interpreters
+        if only:
+            heading, make_section = PARTIAL[only]
+            with tempfile.TemporaryDirectory() as tmp:
+                section = _section(only, make_section, Path(tmp), pool)
+            out.write_text(replace_section(out.read_text() if out.is_file() else "", heading, section))
+            print(f"wrote the {only} section of {out}")
+            return 0
+        return _everything(out, pool)
+
+
+def _section(name: str, make: Callable[..., list[str]], tmp: Path, pool: Workers) -> list[str]:
+    """Section ``name``, its per-model work on ``pool`` where it has been made to (PARALLEL)."""
+    return make(tmp, pool) if name in PARALLEL else make(tmp)
+
+
+def _everything(out: Path, pool: Workers) -> int:
+    """The main table and every section of docs/BENCHMARKS.md, written to ``out``."""
     rows: list[dict[str, object]] = []
     skipped: list[str] = []
     models = list(_models())
@@ -738,22 +805,23 @@ def main(argv: list[str] | None = None) -> int:
     done: dict[str, list[str]] = {}
     # A bar on a terminal (tvm_mcu.progress): the model rows, then the sections.
     with tempfile.TemporaryDirectory() as tmp, Bar(len(models) * len(BOARDS) + len(sections), "bench") as bar:
+        present = [(label, path) for label, path, _ in models if path is not None]
+        table = [(label, board, path, Path(tmp) / path.stem) for label, path in present for board in BOARDS]
+        measured = pool.imap(_row, table)
         for label, path, where in models:
             if path is None:
                 skipped.append(f"{label}: {where} is absent")
                 bar.update(bar.done + len(BOARDS))
                 continue
             for board in BOARDS:
-                work = Path(tmp) / f"{path.stem}"
-                work.mkdir(exist_ok=True)
-                row = _row(label, board, path, work)
+                row = next(measured)
                 bar.clear()
                 print(f"{label} on {board}: {row.get('error') or row.get('insns')}", flush=True)
                 rows.append(row)
                 bar.update(note=f"{label} on {board}")
         for name, make in sections:
             bar.update(bar.done, note=f"section {name}")
-            done[name] = make(Path(tmp))
+            done[name] = _section(name, make, Path(tmp), pool)
             bar.update()
     text = render(rows, skipped) + "\n".join(line for lines in done.values() for line in lines)
     out.write_text(text)

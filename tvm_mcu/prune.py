@@ -32,15 +32,16 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import numpy as np
 
-from tvm_mcu import _tvm, api, ops, pipeline, resource_model
+from tvm_mcu import _tvm, api, ops, pipeline, resource_model, speculative
 from tvm_mcu.analysis.channels import ChannelPlan, channel_groups, magnitudes
+from tvm_mcu.distributed import Workers
 from tvm_mcu.errors import BadOptionError, BudgetError, UnsupportedOpError
 from tvm_mcu.frontend import ImportedModel, load_model
 from tvm_mcu.outputs import output_file
@@ -198,6 +199,9 @@ class PruneResult:
     scheduler: str = "global"  # filterlet, mixed: how the cut was spread over the layers
     search: str = ""  # what the scheduler did, one line
     channels_last: bool = False  # every figure compiled channels-last (sparse: measured, not counted)
+    # Measurement rounds (one compile each serially; up to --workers at once, speculated) and compiles.
+    rounds: int = 0
+    compiles: int = 0
 
     @property
     def unit(self) -> str:
@@ -267,18 +271,9 @@ def keep_channels(
     return keep
 
 
-def measure(
-    mod: _tvm.IRModule,
-    imported: ImportedModel,
-    board: str,
-    workdir: Path,
-    *,
-    int8: bool,
-    tag: str,
-    sram_budget: int | None = None,
-    channels_last: bool = False,
-) -> Resources:
-    """Export ``mod`` to ONNX, quantise it (int8), compile and build it for ``board``; the figures.
+@attrs.frozen
+class Compile:
+    """How every candidate of a pruning run is compiled and built for ``board``.
 
     With ``sram_budget`` the compiler takes the fastest schedule that fits it, as ``tvm-mcu compile
     --sram-budget`` would (without, it may prefer a faster schedule that needs more SRAM); when none
@@ -287,14 +282,24 @@ def measure(
     element CSR), so flash, stored weights and MACs are those of the sparse storage; NCHW (the
     default) stores every weight dense.
     """
-    path = resource_model.deployable(mod, imported, workdir, int8=int8, tag=tag)
+
+    board: str
+    int8: bool
+    sram_budget: int | None = None
+    channels_last: bool = False
+
+
+def compiled_figures(path: str, build: str, how: Compile) -> Resources:
+    """The figures of the deployable ONNX model at ``path`` compiled and built in ``build``: the part of
+    :meth:`_Job.measure` that a worker runs (a Ray task with ``--workers``: plain arguments, no TVM
+    object)."""
     compiled = api.compile_model(
-        path,
-        board,
-        workdir / f"{tag}_build",
-        sram_budget=sram_budget,
+        Path(path),
+        how.board,
+        Path(build),
+        sram_budget=how.sram_budget,
         strict_budget=False,
-        channels_last=channels_last,
+        channels_last=how.channels_last,
     )
     r = compiled.report
     biggest = max(r.ops, key=lambda o: o.output_bytes, default=None)
@@ -305,7 +310,7 @@ def measure(
         r.schedule,
         f"a {biggest.kind} output of {biggest.output_bytes} B" if biggest else "",
         weights=r.stored_weights_bytes,
-        instructions=round(r.macs * dense_per_mac(int8)),
+        instructions=round(r.macs * dense_per_mac(how.int8)),
     )
 
 
@@ -313,6 +318,25 @@ def dense_per_mac(int8: bool) -> float:
     """The dense kernels' instructions per MAC (the cost model's, channels-last: where the SIMD and
     sparse kernels run)."""
     return cost.INT8.per_mac if int8 else cost.FLOAT.per_mac
+
+
+class Tally:
+    """What a pruning run measured: rounds (one compile each serially, up to the workers' width at once
+    with ``--workers``), compiles, and the workdir tags taken (a tag used again gets a suffix, so
+    candidates compiled at once never share files)."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+        self.compiles = 0
+        self.tags: set[str] = set()
+
+    def fresh(self, tag: str) -> str:
+        unique, k = tag, 1
+        while unique in self.tags:
+            k += 1
+            unique = f"{tag}_{k}"
+        self.tags.add(unique)
+        return unique
 
 
 @attrs.frozen
@@ -330,18 +354,33 @@ class _Job:
     seed: int = 0  # of every training run (sample order, initial state): a run is repeatable
     channels_last: bool = False  # compile NHWC, sparse weights stored sparse (measure)
     progress: bool = False  # a progress bar of the measured search on a terminal
+    # Where the compiles run (serial, or Ray tasks: --workers, --ray-address), and what they counted.
+    workers: Workers = attrs.field(factory=Workers, eq=False)
+    tally: Tally = attrs.field(factory=Tally, eq=False)
 
     def measure(self, mod: _tvm.IRModule, tag: str) -> Resources:
-        return measure(
-            mod,
-            self.imported,
-            self.board,
-            self.work,
-            int8=self.int8,
-            tag=tag,
-            sram_budget=self.sram_budget,
-            channels_last=self.channels_last,
-        )
+        """Export ``mod`` to ONNX, quantise it (int8), compile and build it (:meth:`measure_all`)."""
+        return self.measure_all([(mod, tag)])[0]
+
+    def measure_all(self, candidates: Sequence[tuple[_tvm.IRModule, str]]) -> list[Resources]:
+        """The figures of each (module, tag), in one round: exported to ONNX and quantised with seeded
+        calibration data (int8) here, one after another, each compiled and built (:class:`Compile`) by a
+        worker as soon as it is written (serially: in turn). The tag names its files in the workdir."""
+        how = Compile(self.board, self.int8, self.sram_budget, self.channels_last)
+        handles = []
+        for mod, tag in candidates:
+            tag = self.tally.fresh(tag)
+            path = resource_model.deployable(mod, self.imported, self.work, int8=self.int8, tag=tag)
+            build = str(self.work / f"{tag}_build")
+            handles.append(self.workers.submit(compiled_figures, str(path), build, how))
+        self.tally.rounds += 1
+        self.tally.compiles += len(handles)
+        return self.workers.gather(handles)
+
+    @property
+    def width(self) -> int:
+        """Candidates measured at once (the speculative searches' width)."""
+        return self.workers.width
 
 
 def _describe(excess: list[tuple[str, int, int]]) -> str:
@@ -370,6 +409,8 @@ def prune_model(
     importance: str | None = None,
     scheduler: str = "global",
     channels_last: bool = False,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
@@ -387,6 +428,11 @@ def prune_model(
     ``channels_last``: every candidate is compiled NHWC (``compile --channels-last``), as the model is
     then to be deployed; sparse granularities are then held to the measured flash of the compiler's
     sparse storage rather than to counted figures (:func:`tvm_mcu.prune_sparse.candidate_figures`).
+    ``workers`` / ``ray_address``: the candidates are compiled and built as Ray tasks
+    (:mod:`tvm_mcu.distributed`; the ``distributed`` extra), on a local Ray with ``workers`` CPUs or on
+    the cluster at ``ray_address`` (then ``workdir`` must be on storage every node sees), and the
+    bisections measure that many candidates a round (:mod:`tvm_mcu.speculative`): the same result as
+    serially, in fewer rounds (``PruneResult.rounds``). Neither: serial, in this process.
     """
     from tvm_mcu.prune_sparse import check_options, check_scheduler
 
@@ -416,11 +462,15 @@ def prune_model(
     parts = ("export", *(("train",) if trains else ()), *(("int8",) if int8 else ()))
     _check_ops(imported.name, mod, parts)
     plan = channel_groups(mod)
-    with tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="tvm-mcu-prune-") as tmp,
+        Workers(workers=workers, address=ray_address) as pool,
+    ):
+        pool.preload(__name__)  # while the original is exported and measured
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         job = _Job(
-            mod, plan, imported, board, work, int8, distill, budget.sram, seed, channels_last, progress
+            mod, plan, imported, board, work, int8, distill, budget.sram, seed, channels_last, progress, pool
         )
         before = job.measure(mod, "original")
         training: Training | None = None
@@ -466,8 +516,20 @@ def prune_model(
         model = resource_model.export(best, imported)
     Path(out_path).write_bytes(model.SerializeToString())
     widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
+    rounds, compiles = job.tally.rounds, job.tally.compiles
     if granularity == "channel":
-        return PruneResult(keep, plan, before, after, method, widths, training, channels_last=channels_last)
+        return PruneResult(
+            keep,
+            plan,
+            before,
+            after,
+            method,
+            widths,
+            training,
+            channels_last=channels_last,
+            rounds=rounds,
+            compiles=compiles,
+        )
     return PruneResult(
         keep,
         plan,
@@ -483,6 +545,8 @@ def prune_model(
         sparse.scheduler if sparse else scheduler,
         sparse.search if sparse else "",
         channels_last,
+        rounds,
+        compiles,
     )
 
 
@@ -501,29 +565,52 @@ def _narrowest(job: _Job, budget: Budget) -> None:
 Keep = dict[int, tuple[int, ...]]
 
 
+Level = tuple[str, float]  # a candidate of a level search: its workdir tag, its level
+
+
+def level_search(steps: int) -> Generator[Level, bool, Level]:
+    """The search of :func:`_bisect` (:mod:`tvm_mcu.speculative`): the narrowest level first (the answer
+    when no level fits; its verdict is unused), then :func:`bisection`."""
+    narrowest = ("level0", 0.0)
+    yield narrowest
+    return (yield from bisection(narrowest, steps, "step"))
+
+
+def bisection(narrowest: Level, steps: int, prefix: str) -> Generator[Level, bool, Level]:
+    """Bisection of the level between ``narrowest``, known to fit, and 1: ``steps`` candidates tagged
+    ``prefix`` and the step; the widest that fits (``narrowest`` when none does)."""
+    best, lo, hi = narrowest, narrowest[1], 1.0
+    for step in range(steps):
+        point = (f"{prefix}{step}", (lo + hi) / 2)
+        if (yield point):
+            best, lo = point, point[1]
+        else:
+            hi = point[1]
+    return best
+
+
 def _bisect(job: _Job, budget: Budget, method: str, steps: int) -> tuple[Keep, _tvm.IRModule, Resources]:
-    """The widest level of ``method`` whose measured figures meet the budget (bisection)."""
+    """The widest level of ``method`` whose measured figures meet the budget: bisection, ``steps``
+    candidates after the narrowest, speculated ``job.width`` candidates a round (:mod:`speculative`)."""
     score = magnitudes(job.mod, job.plan)
+    seen: dict[Level, tuple[Keep, _tvm.IRModule, Resources]] = {}
 
-    def at(level: float, tag: str) -> tuple[Keep, _tvm.IRModule, Resources]:
-        keep = keep_channels(job.plan, score, method, level)
-        pruned = PruneChannels(keep=keep)(job.mod)
-        return keep, pruned, job.measure(pruned, tag)
+    rounds = speculative.bisection_rounds(steps + 1, job.width)
+    with Bar(rounds, f"prune {method}", enabled=None if job.progress else False) as bar:
 
-    with Bar(steps + 1, f"prune {method}", enabled=None if job.progress else False) as bar:
-        keep, best, after = at(0.0, "level0")
-        bar.update(note="narrowest measured")
-        lo, hi = 0.0, 1.0
-        for step in range(steps):
-            mid = (lo + hi) / 2
-            k, p, r = at(mid, f"step{step}")
-            logger.info("prune %s level %.3f: %s", method, mid, r)
-            if r.excess(budget):
-                hi = mid
-            else:
-                lo, keep, best, after = mid, k, p, r
-            bar.update(note=f"level {mid:.3f} {'over' if r.excess(budget) else 'fits'}")
-    return keep, best, after
+        def judge(points: list[Level]) -> list[bool]:
+            keeps = [keep_channels(job.plan, score, method, level) for _, level in points]
+            pruned = [PruneChannels(keep=keep)(job.mod) for keep in keeps]
+            figures = job.measure_all([(p, tag) for p, (tag, _) in zip(pruned, points, strict=True)])
+            for point, keep, p, r in zip(points, keeps, pruned, figures, strict=True):
+                seen[point] = keep, p, r
+                logger.info("prune %s level %.3f: %s", method, point[1], r)
+            fits = [not r.excess(budget) for r in figures]
+            bar.update(note=f"level {points[0][1]:.3f} {'fits' if fits[0] else 'over'}")
+            return fits
+
+        best = speculative.run(lambda: level_search(steps), judge, job.width)
+    return seen[best]
 
 
 # Fine-tuning after pruning (every method): Adam, cosine decay from this rate. The weights have their

@@ -39,7 +39,7 @@ is then searched.
 
 Resources: the search finds the least pruning whose figures meet the budget, by bisection on the
 global level (:func:`candidate_figures`). Compiled channels-last (``prune_model(channels_last=True)``,
-``prune --channels-last``) every candidate is *measured* (``prune.measure``: export, quantise, compile
+``prune --channels-last``) every candidate is *measured* (``prune._Job.measure``: export, quantise, compile
 channels-last, build): the compiler stores each convolution weight with zeros as filterlet CSR, element
 CSR or dense, whichever is least flash, so SRAM, flash and stored weights are the firmware's. MACs stay
 counted (the kept weights' in a layer stored compact, what its sparse kernel visits): the compiler's
@@ -66,13 +66,13 @@ int8 quantisation keeps (symmetric weights, zero point 0).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 
-from tvm_mcu import _tvm
+from tvm_mcu import _tvm, speculative
 from tvm_mcu._tvm import tvm
 from tvm_mcu.analysis.channels import bindings, magnitudes
 from tvm_mcu.analysis.sparsity import (
@@ -312,44 +312,67 @@ def candidate_figures(
     compiles channels-last (the compiler stores the zeros sparse; MACs counted), else counted: SRAM as
     measured on its dense twin ``dense`` (``mod`` as it is: the same channels, no zeros), flash, stored
     weights and MACs with the weights in the compact formats."""
-    saving = counted_saving(sites, masks, unit, 1 if job.int8 else 4)
+    return candidates_figures(job, dense, mod, sites, [(masks, tag)], unit)[0]
+
+
+def candidates_figures(
+    job: _Job,
+    dense: Resources,
+    mod: _tvm.IRModule,
+    sites: tuple[WeightSite, ...],
+    cuts: Sequence[tuple[Masks, str]],
+    unit: str,
+) -> list[Resources]:
+    """:func:`candidate_figures` of each (masks, tag) of ``cuts``, measured in one round."""
+    savings = [counted_saving(sites, masks, unit, 1 if job.int8 else 4) for masks, _ in cuts]
     if job.channels_last:
         # The report's MACs are every layer's dense count; the sparse kernels visit the kept weights (and
         # the instructions are the cost model's, from those).
-        return attrs.evolve(
-            job.measure(apply_masks(mod, masks), tag),
+        measured = job.measure_all([(apply_masks(mod, masks), tag) for masks, tag in cuts])
+        return [
+            attrs.evolve(
+                r, macs=dense.macs - saving.macs, instructions=dense.instructions - round(saving.instructions)
+            )
+            for r, saving in zip(measured, savings, strict=True)
+        ]
+    return [
+        attrs.evolve(
+            dense,
+            flash=dense.flash - saving.flash,
             macs=dense.macs - saving.macs,
+            weights=dense.weights - saving.flash,
             instructions=dense.instructions - round(saving.instructions),
         )
-    return attrs.evolve(
-        dense,
-        flash=dense.flash - saving.flash,
-        macs=dense.macs - saving.macs,
-        weights=dense.weights - saving.flash,
-        instructions=dense.instructions - round(saving.instructions),
-    )
+        for saving in savings
+    ]
 
 
 def least_pruning(fits: Callable[[int], bool], total: int, hint: int | None = None) -> int:
     """The smallest ``n`` in ``0..total`` with ``fits(n)``, for ``fits`` monotone; ``fits(total)`` is
-    known to hold. Bisection; with ``hint``, an estimate of the answer, first steps of 1, 2, 4, ... from
-    it bracket the answer (about ``2 log2(miss)`` calls instead of ``log2(total)``)."""
+    known to hold (:func:`least_pruning_search`, one call at a time)."""
+    return speculative.run(lambda: least_pruning_search(total, hint), lambda ns: [fits(n) for n in ns])
+
+
+def least_pruning_search(total: int, hint: int | None = None) -> Generator[int, bool, int]:
+    """The search of :func:`least_pruning` (:mod:`tvm_mcu.speculative`): yields each ``n`` to try,
+    receives whether it fits. Bisection; with ``hint``, an estimate of the answer, first steps of 1, 2,
+    4, ... from it bracket the answer (about ``2 log2(miss)`` calls instead of ``log2(total)``)."""
     lo, hi = -1, total  # fits(lo) unknown/False, fits(hi) True
     if hint is not None and 0 <= hint < total:
         step = 1
-        if fits(hint):
+        if (yield hint):
             hi = hint
-            while hi - step > lo and fits(hi - step):
+            while hi - step > lo and (yield hi - step):
                 hi, step = hi - step, 2 * step
             lo = max(lo, hi - step)
         else:
             lo = hint
-            while lo + step < hi and not fits(lo + step):
+            while lo + step < hi and not (yield lo + step):
                 lo, step = lo + step, 2 * step
             hi = min(hi, lo + step)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if fits(mid):
+        if (yield mid):
             hi = mid
         else:
             lo = mid
@@ -442,16 +465,19 @@ def prune_sparse(
     if scheduler == "global":
         seen: dict[int, Resources] = {}
 
-        def figures(n: int) -> Resources:
-            if n not in seen:
-                seen[n] = candidate_figures(job, dense, mod, sites, ranking.masks(n), unit, f"level{n}")
-                logger.info("prune %s level %d of %d: %s", granularity, n, ranking.total, seen[n])
-            return seen[n]
+        def figures_all(levels: list[int]) -> list[Resources]:
+            fresh = [n for n in dict.fromkeys(levels) if n not in seen]
+            cuts = [(ranking.masks(n), f"level{n}") for n in fresh]
+            for n, r in zip(fresh, candidates_figures(job, dense, mod, sites, cuts, unit), strict=True):
+                seen[n] = r
+                logger.info("prune %s level %d of %d: %s", granularity, n, ranking.total, r)
+            return [seen[n] for n in levels]
 
-        n = least_pruning(
-            lambda n: not figures(n).excess(budget),
-            ranking.total,
-            _hint(job, dense, mod, sites, ranking, budget, figures),
+        hint = _hint(job, dense, mod, sites, ranking, budget, lambda n: figures_all([n])[0])
+        n = speculative.run(
+            lambda: least_pruning_search(ranking.total, hint),
+            lambda levels: [not r.excess(budget) for r in figures_all(levels)],
+            job.width if job.channels_last else 1,  # counted figures cost nothing to wait for
         )
         masks = ranking.masks(n)
         search = f"global order: the {n:,} weakest of {ranking.total:,} {UNIT_NAME[unit]} zeroed"
@@ -701,50 +727,61 @@ def channel_scores(
 def _channels(
     job: _Job, budget: Budget, importance: str, data: Dataset | None, steps: int
 ) -> tuple[Keep, _tvm.IRModule, Resources]:
-    """Mixed, first stage: the widest channel level (bisection, ``steps`` measured candidates) whose
-    measured SRAM meets the budget and whose flash and MACs filterlets could still bring within it."""
-    from tvm_mcu.prune import _describe, keep_channels
+    """Mixed, first stage: the widest channel level (bisection, ``steps`` measured candidates, speculated
+    ``job.width`` a round) whose measured SRAM meets the budget and whose flash and MACs filterlets
+    could still bring within it."""
+    from tvm_mcu.prune import Level, _describe, bisection, keep_channels
 
     score = channel_scores(job.mod, job.plan, importance, data, job.seed)
+    seen: dict[Level, tuple[Keep, _tvm.IRModule, Resources, list[tuple[str, int, int]]]] = {}
 
-    def at(level: float, tag: str) -> tuple[Keep, _tvm.IRModule, Resources, list[tuple[str, int, int]]]:
-        keep = keep_channels(job.plan, score, "l1", level)
-        pruned = PruneChannels(keep=keep)(job.mod)
-        sites = _sites(job, pruned, "filterlet")
-        narrowest = narrowest_masks(sites)
-        if job.channels_last:
-            # One compile, of the deepest filterlet cut: zeros change no activation (its SRAM is the
-            # dense twin's) and the report counts MACs dense (its MACs are the dense twin's).
-            r = job.measure(apply_masks(pruned, narrowest), tag)
-            saving = counted_saving(sites, narrowest, "filterlet", 1 if job.int8 else 4)
-            deepest = attrs.evolve(r, macs=r.macs - saving.macs)
-        else:
-            r = job.measure(pruned, tag)
-            deepest = candidate_figures(job, r, pruned, sites, narrowest, "filterlet", tag)
-        excess = [e for e in deepest.excess(budget) if e[0] != "sram"] + [
-            e for e in r.excess(budget) if e[0] == "sram"
-        ]
-        logger.info("prune mixed: channels at %.3f: %s; filterlets at their deepest: %s", level, r, deepest)
-        return keep, pruned, r, excess
+    def judge(points: list[Level]) -> list[bool]:
+        cuts = []
+        for _, level in points:
+            keep = keep_channels(job.plan, score, "l1", level)
+            pruned = PruneChannels(keep=keep)(job.mod)
+            sites = _sites(job, pruned, "filterlet")
+            cuts.append((keep, pruned, sites, narrowest_masks(sites)))
+        # Channels-last, one compile of the deepest filterlet cut: zeros change no activation (its SRAM
+        # is the dense twin's) and the report counts MACs dense (its MACs are the dense twin's).
+        figures = job.measure_all(
+            [
+                (apply_masks(pruned, narrowest) if job.channels_last else pruned, tag)
+                for (_, pruned, _, narrowest), (tag, _) in zip(cuts, points, strict=True)
+            ]
+        )
+        for point, (keep, pruned, sites, narrowest), r in zip(points, cuts, figures, strict=True):
+            if job.channels_last:
+                saving = counted_saving(sites, narrowest, "filterlet", 1 if job.int8 else 4)
+                deepest = attrs.evolve(r, macs=r.macs - saving.macs)
+            else:
+                deepest = candidate_figures(job, r, pruned, sites, narrowest, "filterlet", point[0])
+            excess = [e for e in deepest.excess(budget) if e[0] != "sram"] + [
+                e for e in r.excess(budget) if e[0] == "sram"
+            ]
+            logger.info(
+                "prune mixed: channels at %.3f: %s; filterlets at their deepest: %s", point[1], r, deepest
+            )
+            seen[point] = keep, pruned, r, excess
+        return [not seen[point][3] for point in points]
 
-    keep, best, dense, excess = at(1.0, "channels_full")
-    if not excess:
-        return keep, best, dense
-    keep, best, dense, excess = at(0.0, "channels_narrowest")
-    if excess:
+    def search() -> Generator[Level, bool, Level | None]:
+        full, narrowest = ("channels_full", 1.0), ("channels_narrowest", 0.0)
+        if (yield full):
+            return full
+        if not (yield narrowest):
+            return None
+        return (yield from bisection(narrowest, steps, "channels"))
+
+    best = speculative.run(search, judge, job.width)
+    if best is None:
         raise BudgetError(
             f"{job.imported.name} cannot meet the budget on {job.board} with --granularity mixed: with "
-            f"every prunable group at one channel and one filterlet per output channel, {_describe(excess)}"
+            "every prunable group at one channel and one filterlet per output channel, "
+            f"{_describe(seen[('channels_narrowest', 0.0)][3])}"
         )
-    lo, hi = 0.0, 1.0
-    for step in range(steps):
-        mid = (lo + hi) / 2
-        k, p, r, e = at(mid, f"channels{step}")
-        if e:
-            hi = mid
-        else:
-            lo, keep, best, dense = mid, k, p, r
-    return keep, best, dense
+    keep, pruned, dense, _ = seen[best]
+    return keep, pruned, dense
 
 
 # Mixed with training, DiffPrune's share of the cut: its channels bring the weights (and the flash

@@ -1,6 +1,6 @@
 """The fuzzer's cases as Ray tasks (``--workers N`` on this machine, ``--ray-address`` for a cluster): the
-optional extra ``pip install 'tvm-mcu[distributed]'``; without it a campaign runs in local worker
-processes (``pool.WorkerPool``), the default.
+optional extra ``pip install 'tvm-mcu[distributed]'`` (:mod:`tvm_mcu.distributed`); without it a campaign
+runs in local worker processes (``pool.WorkerPool``), the default.
 
 A task runs :func:`tvm_mcu.fuzz.run.execute` on a Ray worker, exactly as a local worker process does, in
 the case's directory (on a cluster, the output directory must be on storage every node sees). A task
@@ -14,23 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tvm_mcu.errors import ToolchainError
+from tvm_mcu.distributed import Workers
 from tvm_mcu.fuzz.pool import Task
 from tvm_mcu.fuzz.run import CRASH, Outcome, execute
-
-INSTALL = (
-    "pip install 'tvm-mcu[distributed]' (or, in the repository, .venv/bin/pip install -e '.[distributed]')"
-)
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise ToolchainError(
-            f"--workers/--ray-address run the cases as Ray tasks: install Ray with {INSTALL}"
-        ) from exc
-    return ray
 
 
 def _execute(case: Any, model: bytes, work: str) -> Outcome:
@@ -42,17 +28,10 @@ class RayRunner:
     cluster at ``address``; the same interface as ``WorkerPool`` (``run``, ``close``)."""
 
     def __init__(self, *, workers: int | None, address: str | None, timeout_s: float) -> None:
-        ray = _ray()
-        self._ray = ray
+        self._workers = Workers(workers=workers or (None if address else 1), address=address)
+        self._ray = self._workers.ray
         self._timeout_s = timeout_s
-        self._owns = not ray.is_initialized()
-        if self._owns:
-            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if address:
-                ray.init(address=address, **options)
-            else:
-                ray.init(num_cpus=workers or 1, **options)
-        self._task = ray.remote(num_cpus=1, max_retries=0)(_execute)
+        self._task = self._workers.remote(_execute)
 
     def run(self, task: Task) -> Outcome:
         ray = self._ray
@@ -80,5 +59,4 @@ class RayRunner:
             )
 
     def close(self) -> None:
-        if self._owns:
-            self._ray.shutdown()
+        self._workers.close()
