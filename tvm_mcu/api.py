@@ -16,7 +16,7 @@ from tvm_mcu.codegen import model_c, project
 from tvm_mcu.errors import BadOptionError, BudgetError, VerificationError
 from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
 from tvm_mcu.reference import oracle_names, run_oracle
-from tvm_mcu.report import IO_CALLER, IO_IN_ARENA, IoRow, OpRow, Report
+from tvm_mcu.report import IO_APART, IO_CALLER, IO_IN_ARENA, IoRow, OpRow, Report
 from tvm_mcu.schedule.graph import Graph
 from tvm_mcu.targets.board import Board, load_board
 from tvm_mcu.targets.firmware import build_firmware
@@ -166,8 +166,9 @@ def compile_model(
     )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)
-    # The caller's input and output buffers: none when the arena holds them.
-    io_bytes = 0 if result.plan.io_in_arena else model_c.packed_bytes(ins) + model_c.packed_bytes(outs)
+    # The caller's input and output buffers (or the library's own, laid out alike): none when the arena
+    # holds them.
+    io_bytes = 0 if result.plan.holds_io else model_c.packed_bytes(ins) + model_c.packed_bytes(outs)
     _check_fits(board, result.plan.arena_bytes, io_bytes, result.graph)
     out_dir = Path(out_dir)
     model_c.write_library(result.library, out_dir, plan_json=result.plan.to_json())
@@ -204,6 +205,7 @@ def compile_model(
         sram_budget_bytes=result.sram_budget,
         io_bytes=io_bytes,
         io_convention=IO_IN_ARENA if result.plan.io_in_arena else IO_CALLER,
+        io_placement=IO_APART if result.plan.io_apart else None,
         in_place_steps=tuple(f"{s.name} ({s.in_place})" for s in result.graph.steps if s.in_place),
     )
     report.write(out_dir / REPORT)

@@ -32,7 +32,7 @@ def _figures(r: Report) -> list[tuple[str, str]]:
         ("arena", f"{b(r.arena_bytes)} (lower bound of this schedule {b(r.arena_lower_bound_bytes)})"),
         (
             "peak SRAM (arena + stack)"
-            if r.io_convention == IO_IN_ARENA
+            if r.io_convention == IO_IN_ARENA and r.io_placement is None
             else "peak SRAM (arena + I/O + stack)",
             b(r.peak_sram_bytes),
         ),
@@ -68,6 +68,8 @@ def _figures(r: Report) -> list[tuple[str, str]]:
 
 
 def _io_line(r: Report) -> str:
+    if r.io_convention == IO_IN_ARENA and r.io_placement is not None:
+        return f"{r.io_bytes:,} B (tvmmcu_model_input/output), {r.io_placement}"
     if r.io_convention == IO_IN_ARENA:
         return "in the arena (tvmmcu_model_input/output), reused once dead"
     return f"{r.io_bytes:,} B, the caller's buffers (tvmmcu_model_run(input, output))"
@@ -297,8 +299,9 @@ IO_IN_ARENA_HELP = (
     "place the model's inputs and outputs inside the arena (TFLite Micro's convention): "
     "tvmmcu_model_run() takes no buffers, tvmmcu_model_input(k) and tvmmcu_model_output(k) return where "
     "the caller writes the inputs and reads the outputs, and an input's bytes are reused once it is dead "
-    "(no more SRAM than the caller's two 8-byte-aligned buffers; 'tvm-mcu run' follows the directory's "
-    "convention, report.json's io_convention)"
+    "(never more SRAM than the caller's two 8-byte-aligned buffers: where sharing the arena saves nothing "
+    "they get buffers of their own beside it, report.json's io_placement says so; 'tvm-mcu run' follows "
+    "the directory's convention, report.json's io_convention)"
 )
 ALLOW_FLOAT_HELP = (
     "int8 models: run operators that have no integer lowering in float instead of refusing the model "

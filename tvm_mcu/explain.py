@@ -46,6 +46,7 @@ def schedule_json(c: Compiled) -> dict[str, Any]:
         )
     return {
         **({"io_in_arena": True} if c.plan.io_in_arena else {}),
+        **({"io_apart": True} if c.plan.io_apart else {}),
         "schedule": c.schedule,
         "sram_budget_bytes": c.sram_budget,
         "peak_bytes": max(c.profile, default=0),
@@ -58,7 +59,10 @@ def schedule_json(c: Compiled) -> dict[str, Any]:
         "whole_buffer_bound_bytes": c.whole_buffer_bound.peak_bytes,
         "note": "live bytes = arena buffers live at the step, the model's inputs and outputs among them "
         "(--io-in-arena)"
-        if c.plan.io_in_arena
+        if c.plan.holds_io
+        else "live bytes = arena buffers live at the step + the library's input and output buffers, "
+        "apart from the arena as sharing it saved nothing (--io-in-arena)"
+        if c.plan.io_apart
         else "live bytes = arena buffers live at the step + the caller's input and output buffers",
         "steps": steps,
     }
@@ -94,9 +98,10 @@ def with_run(record: dict[str, Any], report: Report) -> dict[str, Any]:
 
 
 def render_text(record: dict[str, Any]) -> str:
+    holds_io = record.get("io_in_arena") and not record.get("io_apart")
     lines = [
         f"schedule: {record['schedule']}",
-        f"peak SRAM ({'arena with I/O' if record.get('io_in_arena') else 'arena + I/O'}, stack excluded): "
+        f"peak SRAM ({'arena with I/O' if holds_io else 'arena + I/O'}, stack excluded): "
         f"{record['peak_bytes']:,} B; "
         f"layer by layer: {record['peak_bytes_layer_by_layer']:,} B; "
         f"whole-buffer bound (best order): {record['whole_buffer_bound_bytes']:,} B",

@@ -65,6 +65,10 @@ class IoRow:
 # tvmmcu_model_run, or the arena (--io-in-arena, TFLite Micro's convention).
 IO_CALLER = "caller buffers"
 IO_IN_ARENA = "in arena"
+# Report.io_placement of an IO_IN_ARENA library whose arena would have been larger with them than the
+# caller convention's arena and buffers: the library keeps them in buffers of its own, laid out as the
+# caller's (tvm_mcu.schedule.memory, ``io_apart``); None when they are where io_convention says.
+IO_APART = "outside the arena, in the library's own buffers: sharing the arena saved nothing"
 
 
 @attrs.frozen
@@ -101,7 +105,7 @@ class Report:
     library_warnings: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # The schedule picked (layer by layer, in place, ...), the SRAM budget asked for, and the bytes of the
     # caller's input and output buffers (SRAM too: peak SRAM = arena + I/O + stack; 0 when the arena
-    # holds them, ``io_convention`` IO_IN_ARENA).
+    # holds them, ``io_convention`` IO_IN_ARENA without ``io_placement`` IO_APART).
     schedule: str = "layer by layer"
     # How the convolutions compute and why: "channels-last, as imported", "as imported (...)",
     # "channels-last (asked for)", "channels-last: <node> keeps 30% of its filterlets, ...".
@@ -109,6 +113,7 @@ class Report:
     sram_budget_bytes: int | None = None
     io_bytes: int = 0
     io_convention: str = IO_CALLER
+    io_placement: str | None = None
     in_place_steps: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     stack_bytes: int | None = None
     peak_sram_bytes: int | None = None
@@ -183,6 +188,8 @@ class Report:
         d["inputs"] = [dict(r, shape=list(r["shape"])) for r in d["inputs"]]
         d["outputs"] = [dict(r, shape=list(r["shape"])) for r in d["outputs"]]
         d["compile_seconds"] = round(self.compile_seconds, 3)
+        if self.io_placement is None:
+            del d["io_placement"]  # report.json as before for the usual placements
         return d
 
     def write(self, path: Path) -> None:

@@ -104,7 +104,7 @@ def render(report: Report, schedule: dict[str, Any] | None) -> str:
     r = report
     verdict = r.verdict or ("not run" if r.instructions is None else "ran")
     cls = "pass" if r.verified else ("fail" if r.verified is False else "")
-    in_arena = r.io_convention == IO_IN_ARENA
+    in_arena = r.io_convention == IO_IN_ARENA and r.io_placement is None
     figures: list[list[Any]] = [
         [
             "peak SRAM (arena with inputs/outputs + stack)"
@@ -124,6 +124,9 @@ def render(report: Report, schedule: dict[str, Any] | None) -> str:
             "in the arena (--io-in-arena, TFLite Micro's convention): tvmmcu_model_input(k) and "
             "tvmmcu_model_output(k) give them, an input's bytes reused once it is dead"
             if in_arena
+            else "tvmmcu_model_input(k) and tvmmcu_model_output(k) give them (--io-in-arena), "
+            f"{r.io_placement}"
+            if r.io_placement
             else "the caller's buffers, packed, passed to tvmmcu_model_run",
         ],
         ["stack", r.stack_bytes, "peak depth of the model call, painted stack on QEMU"],

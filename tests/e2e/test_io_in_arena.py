@@ -13,7 +13,7 @@ from tests.e2e.test_emit import _run_example
 from tests.zoo import write_model
 from tvm_mcu import api, cli
 from tvm_mcu.frontend import load_model
-from tvm_mcu.report import IO_CALLER, IO_IN_ARENA, Report
+from tvm_mcu.report import IO_APART, IO_CALLER, IO_IN_ARENA, Report
 
 pytestmark = pytest.mark.emulator
 
@@ -83,3 +83,25 @@ def test_the_cli_compiles_and_runs_with_io_in_arena(
     assert "in the arena (tvmmcu_model_input/output)" in printed and "peak SRAM (arena + stack)" in printed
     report = Report.read(out / api.REPORT)
     assert report.io_convention == IO_IN_ARENA and report.stack_bytes is not None
+
+
+def test_io_live_all_at_once_costs_no_more_than_the_callers_buffers(tmp_path: Path) -> None:
+    # One concatenation: its inputs and output are all live at its one step, so the arena would need
+    # them back to back at aligned offsets, more than the caller's two buffers. The library keeps the
+    # caller's layout behind the accessors: the same measured peak and static RAM, the same outputs.
+    path = write_model("int8_concat_same_params", tmp_path)
+    inputs = api.model_inputs(load_model(path), input_path=None, seed=1)
+    caller = api.run_compiled(api.compile_model(path, "mps2-an386", tmp_path / "caller").out_dir, inputs)
+    io = api.run_compiled(
+        api.compile_model(path, "mps2-an386", tmp_path / "io", io_in_arena=True).out_dir, inputs
+    )
+    for got, want in zip(io.outputs, caller.outputs, strict=True):
+        np.testing.assert_array_equal(got, want)
+    r, before = io.report, caller.report
+    assert (r.io_convention, r.io_placement, before.io_placement) == (IO_IN_ARENA, IO_APART, None)
+    assert r.peak_sram_bytes is not None and before.peak_sram_bytes is not None
+    assert r.peak_sram_bytes <= before.peak_sram_bytes and r.ram_bytes <= before.ram_bytes
+    assert r.arena_bytes + r.io_bytes == before.arena_bytes + before.io_bytes
+    assert "io_placement" not in (tmp_path / "caller" / api.REPORT).read_text()
+    page = (tmp_path / "io" / "report.html").read_text()
+    assert "sharing the arena saved nothing" in page

@@ -141,7 +141,7 @@ def emit_model_h(graph: Graph, plan: MemoryPlan, *, model_name: str) -> str:
             "/* Bytes of the static arena holding every activation and operator workspace, and the model's",
             " * inputs and outputs (compiled with --io-in-arena). */",
         ]
-        if plan.io_in_arena
+        if plan.holds_io
         else ["/* Bytes of the static arena holding every activation and operator workspace. */"]
     )
     lines = [
@@ -158,7 +158,16 @@ def emit_model_h(graph: Graph, plan: MemoryPlan, *, model_name: str) -> str:
         f"#define TVMMCU_WEIGHT_BYTES {sum(graph.weights[n].nbytes for n in graph.weights)}",
         "",
     ]
-    if plan.io_in_arena:
+    if plan.io_apart:
+        lines += [
+            "/* The library holds the inputs and outputs (TFLite Micro's convention):",
+            " * tvmmcu_model_input(k) and tvmmcu_model_output(k) say where. Sharing the arena with them",
+            " * saved nothing here, so they are in two static buffers beside it, packed as the caller's",
+            " * would be: one after another, each at an 8-byte-aligned offset, TVMMCU_INPUT_BYTES and",
+            " * TVMMCU_OUTPUT_BYTES. */",
+            "#define TVMMCU_IO_IN_ARENA 1",
+        ]
+    elif plan.io_in_arena:
         lines += [
             "/* The inputs and outputs live in the arena (TFLite Micro's convention): tvmmcu_model_input(k)",
             " * and tvmmcu_model_output(k) say where. Packed one after another, each at an 8-byte-aligned",
@@ -177,7 +186,7 @@ def emit_model_h(graph: Graph, plan: MemoryPlan, *, model_name: str) -> str:
         f"#define TVMMCU_OUTPUT_BYTES {packed_bytes(outs)}",
     ]
     for label, slots, names in (("INPUT", ins, graph.inputs), ("OUTPUT", outs, graph.outputs)):
-        at = io_arena_offsets(graph, plan, names) if plan.io_in_arena else ()
+        at = io_arena_offsets(graph, plan, names) if plan.holds_io else ()
         for k, s in enumerate(slots):
             dims = "x".join(str(d) for d in s.shape) or "scalar"
             lines.append(f"/* {label.lower()} {k} '{s.name}': {s.dtype} {dims} */")
@@ -192,7 +201,13 @@ def emit_model_h(graph: Graph, plan: MemoryPlan, *, model_name: str) -> str:
         "#endif",
         "",
     ]
-    if plan.io_in_arena:
+    if plan.io_apart:  # the same contract; only the "in the arena" is not so
+        lines += (
+            _IO_IN_ARENA_API.replace("lives in the arena", "lives")
+            .replace(" in the arena,", ",")
+            .splitlines()
+        )
+    elif plan.io_in_arena:
         lines += _IO_IN_ARENA_API.splitlines()
     else:
         lines += _CALLER_API.splitlines()
@@ -428,13 +443,42 @@ def emit_model_c(
         lines.append("")
         lines.append(ops)
     if plan.arena_bytes:
-        what = "activation, workspace, input and output" if plan.io_in_arena else "activation and workspace"
+        what = "activation, workspace, input and output" if plan.holds_io else "activation and workspace"
         lines.append(f"/* Every {what}; offsets from the memory plan (memory_plan.json). */")
         lines.append(
             f"static uint8_t tvmmcu_arena[TVMMCU_ARENA_BYTES] __attribute__((aligned({plan.align})));"
         )
         lines.append("")
-    if plan.io_in_arena:
+    if plan.io_apart:
+        lines.append("/* The inputs and outputs, packed as model.h says: beside the arena, as sharing it")
+        lines.append(" * saved nothing (memory_plan.json's io_apart). */")
+        for which in ("input", "output"):
+            size = f"TVMMCU_{which.upper()}_BYTES"
+            lines.append(f"static uint8_t tvmmcu_{which}[{size}] __attribute__((aligned({IO_ALIGN})));")
+        lines.append("")
+        lines += _io_accessors(graph, plan)
+        lines += [
+            "/* The caller convention's run, given the two buffers: kept out of line and unspecialised, its",
+            " * code and stack are the caller convention's (GCC would otherwise propagate the buffers'",
+            " * addresses into the kernels, which can take registers and stack). */",
+            "#if defined(__GNUC__) && !defined(__clang__)",
+            "#define TVMMCU_RUN_QUALIFIER static __attribute__((noipa))",
+            "#elif defined(__GNUC__)",
+            "#define TVMMCU_RUN_QUALIFIER static __attribute__((noinline))",
+            "#else",
+            "#define TVMMCU_RUN_QUALIFIER static",
+            "#endif",
+            "TVMMCU_RUN_QUALIFIER int32_t tvmmcu_model_run_io(const void *input, void *output);",
+            "",
+            "int32_t tvmmcu_model_run(void) {",
+            "  return tvmmcu_model_run_io(tvmmcu_input, tvmmcu_output);",
+            "}",
+            "",
+            "TVMMCU_RUN_QUALIFIER int32_t tvmmcu_model_run_io(const void *input, void *output) {",
+            "  const uint8_t *in = (const uint8_t *)input;" if uses_io["in"] else "  (void)input;",
+            "  uint8_t *out = (uint8_t *)output;" if uses_io["out"] else "  (void)output;",
+        ]
+    elif plan.io_in_arena:
         lines += _io_accessors(graph, plan)
         lines.append("int32_t tvmmcu_model_run(void) {")
     else:
@@ -464,18 +508,23 @@ def _switch(signature: str, cases: list[str], default: str) -> list[str]:
 
 
 def _io_accessors(graph: Graph, plan: MemoryPlan) -> list[str]:
-    """``tvmmcu_model_input``/``_output`` and their ``_bytes`` for a plan holding the inputs and outputs."""
-    ins = io_arena_offsets(graph, plan, graph.inputs)
-    outs = io_arena_offsets(graph, plan, graph.outputs)
+    """``tvmmcu_model_input``/``_output`` and their ``_bytes`` for a library holding the inputs and
+    outputs: in its arena, or (``io_apart``) in its own packed input and output buffers."""
+    if plan.io_apart:
+        ins = [f"tvmmcu_input + {s.offset}" for s in io_slots(graph, graph.inputs)]
+        outs = [f"tvmmcu_output + {s.offset}" for s in io_slots(graph, graph.outputs)]
+    else:
+        ins = [f"tvmmcu_arena + {offset}" for offset in io_arena_offsets(graph, plan, graph.inputs)]
+        outs = [f"tvmmcu_arena + {offset}" for offset in io_arena_offsets(graph, plan, graph.outputs)]
     return [
         *_switch(
             "void *tvmmcu_model_input(uint32_t index)",
-            [f"tvmmcu_arena + {offset}" for offset in ins],
+            ins,
             "(void *)0",
         ),
         *_switch(
             "const void *tvmmcu_model_output(uint32_t index)",
-            [f"tvmmcu_arena + {offset}" for offset in outs],
+            outs,
             "(const void *)0",
         ),
         *_switch(

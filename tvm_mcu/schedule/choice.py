@@ -42,7 +42,7 @@ class Candidate:
 
     @property
     def io_bytes(self) -> int:
-        return 0 if self.plan.io_in_arena else io_bytes(self.graph)
+        return 0 if self.plan.holds_io else io_bytes(self.graph)
 
     @property
     def sram_bytes(self) -> int:
@@ -69,7 +69,7 @@ def io_bytes(graph: Graph) -> int:
 def profile(graph: Graph, plan: MemoryPlan) -> list[int]:
     """Bytes live at each step: arena buffers of the plan plus the caller's input and output buffers
     (none when the plan holds them)."""
-    io = 0 if plan.io_in_arena else io_bytes(graph)
+    io = 0 if plan.holds_io else io_bytes(graph)
     return [n + io for n in live_profile(plan.buffers, len(graph.steps))]
 
 
@@ -77,7 +77,7 @@ def bottleneck(graph: Graph, plan: MemoryPlan) -> Bottleneck:
     live = profile(graph, plan)
     i = max(range(len(live)), key=lambda k: (live[k], -k))
     at = [(b.name, b.size) for b in plan.buffers if b.start <= i <= b.end]
-    if not plan.io_in_arena:
+    if not plan.holds_io:
         at += [(n, graph.tensors[n].nbytes) for n in (*graph.inputs, *graph.outputs)]
     at.sort(key=lambda x: (-x[1], x[0]))
     step = graph.steps[i]
@@ -114,7 +114,7 @@ def fits(candidates: list[Candidate], budget: int) -> Candidate | None:
 
 
 def _parts(c: Candidate) -> str:
-    if c.plan.io_in_arena:
+    if c.plan.holds_io:
         return f"arena {c.plan.arena_bytes} B, inputs and outputs in it"
     return f"arena {c.plan.arena_bytes} B + inputs/outputs {c.io_bytes} B"
 

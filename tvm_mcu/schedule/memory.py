@@ -3,7 +3,10 @@
 Every activation and every operator's workspace lives in the arena. The model's inputs and outputs
 live in the caller's buffers, or (``io_in_arena``, TFLite Micro's convention) in the arena too: an
 input from the start until its last reader, an output from the step producing it to the end, so an
-input's bytes are reused once it is dead. Views (reshape, flatten) share their source's storage.
+input's bytes are reused once it is dead. Views (reshape, flatten) share their source's storage. When
+sharing the arena saves nothing (every input and output live at once, as in a single concatenation),
+the plan keeps the caller convention's arena and lays the inputs and outputs out as the caller's
+buffers would be, in the library's own buffers beside the arena (``io_apart``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,15 @@ class MemoryPlan:
     # The model's inputs and outputs are arena buffers (named by their storage root) instead of the
     # caller's: every placement is then "arena".
     io_in_arena: bool = False
+    # With ``io_in_arena``: the inputs and outputs are not in the arena after all but in the library's
+    # own static buffers, laid out as the caller's would be (placements "input:<k>", "output:<k>"),
+    # because sharing the arena with them saved nothing.
+    io_apart: bool = False
+
+    @property
+    def holds_io(self) -> bool:
+        """Whether the arena holds the model's inputs and outputs (its bytes count them)."""
+        return self.io_in_arena and not self.io_apart
 
     def offset_of(self, name: str) -> int:
         for b in self.buffers:
@@ -56,6 +68,8 @@ class MemoryPlan:
 
     def to_json(self) -> dict[str, object]:
         io = {"io_in_arena": True} if self.io_in_arena else {}
+        if self.io_apart:
+            io["io_apart"] = True
         return {
             **io,
             "arena_bytes": self.arena_bytes,
@@ -85,6 +99,26 @@ def io_roots(graph: Graph) -> tuple[list[str], list[str]]:
     ins = list(dict.fromkeys(graph.storage_root(n) for n in graph.inputs))
     outs = [r for r in dict.fromkeys(graph.storage_root(n) for n in graph.outputs) if r not in ins]
     return ins, outs
+
+
+def packed_io_bytes(graph: Graph) -> int:
+    """The caller's input and output buffers: each packs its tensors one after another, each at an
+    8-byte-aligned offset (model.h's layout)."""
+    total = 0
+    for names in (graph.inputs, graph.outputs):
+        cursor = 0
+        for name in names:
+            cursor = _round_up(cursor, 8) + graph.tensors[name].nbytes
+        total += cursor
+    return total
+
+
+def _caller_layout_allowed(graph: Graph) -> bool:
+    """Whether the caller convention's placement is valid for ``graph``: no step ran in place over a
+    model input or writing a model output (only the arena convention allows those)."""
+    ins, outs = io_roots(graph)
+    io = set(ins) | set(outs)
+    return not any(s.in_place and graph.storage_root(s.output) in io for s in graph.steps)
 
 
 def buffer_lifetimes(
@@ -233,14 +267,21 @@ def plan_memory(graph: Graph, *, align: int = 8, io_in_arena: bool = False) -> M
     """Assign arena offsets with several first-fit orders and keep the smallest arena.
 
     ``io_in_arena``: the model's inputs and outputs are placed in the arena too
-    (:func:`buffer_lifetimes`); the plan is never larger than the caller convention's arena plus its
-    packed input and output buffers (:func:`_io_above`), up to ``align - 1`` bytes of padding.
+    (:func:`buffer_lifetimes`, :func:`_io_above`). When that arena is larger than the caller
+    convention's plus its packed input and output buffers (model.h's alignment can put up to
+    ``align - 1`` bytes between them when all are live at once), the caller convention's plan is kept
+    instead, ``io_apart``: the library holds the inputs and outputs in buffers of their own, laid out
+    as the caller's would be, so the option never needs more SRAM than the caller convention.
     """
     buffers, placement = buffer_lifetimes(graph, align, io_in_arena=io_in_arena)
     bound = live_lower_bound(buffers, len(graph.steps))
     best = _smallest(buffers, align)
     if io_in_arena:
         best = min([best, *_io_above(graph, buffers, align)], key=lambda p: p[0])
+        if _caller_layout_allowed(graph):
+            caller = plan_memory(graph, align=align)
+            if best[0] > caller.arena_bytes + packed_io_bytes(graph):
+                return attrs.evolve(caller, io_in_arena=True, io_apart=True)
     size, strategy, placed = best
     _check_no_overlap(placed)
     placed.sort(key=lambda b: (b.start, b.name))
