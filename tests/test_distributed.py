@@ -102,20 +102,6 @@ def test_l1_on_ray_gives_the_serial_widths_and_figures_in_fewer_rounds(
     assert (serial.rounds, on_ray.rounds) == (7, 4)
 
 
-def test_mixed_without_training_on_ray_gives_the_serial_channels_and_filterlets(
-    ray_head: None, tmp_path: Path
-) -> None:
-    model = digits_cnn(tmp_path / "digits.onnx")
-    # Below the original's SRAM (channels by bisection), and a flash the channels alone do not reach.
-    budget = Budget(sram=1100, flash=7600)
-    options = {"board": BOARD, "budget": budget, "granularity": "mixed", "search_steps": 4}
-    serial = prune_model(model, out_path=tmp_path / "serial.onnx", **options)  # type: ignore[arg-type]
-    on_ray = prune_model(model, out_path=tmp_path / "ray.onnx", workers=WORKERS, **options)  # type: ignore[arg-type]
-    assert serial.importance == "magnitude" and "channels by bisection" in serial.search
-    assert any(kept < of for kept, of in serial.widths.values())
-    _same(serial, on_ray, budget, tmp_path)
-
-
 def test_without_ray_the_flags_say_how_to_install_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
