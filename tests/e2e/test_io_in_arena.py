@@ -22,7 +22,6 @@ pytestmark = pytest.mark.emulator
     ("name", "schedule"),
     [
         ("int8_ds_cnn_block", "partial execution"),
-        ("int8_ds_cnn_block", "row bands"),
         ("conv_grouped_depthwise", "in place"),
         ("conv_grouped_depthwise", "row bands"),
         ("two_inputs", None),

@@ -85,6 +85,25 @@ target_link_options(
 )
 """
 
+# Both example applications print their outputs so (hex bytes, 32 a line).
+_PRINT_HEX = """\
+static void print_hex(const uint8_t *bytes, uint32_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    char line[2 * 32 + 2];
+    for (uint32_t at = 0; at < n; at += 32) {
+        uint32_t k = 0;
+        for (uint32_t i = at; i < n && i < at + 32; ++i) {
+            line[k++] = digits[bytes[i] >> 4];
+            line[k++] = digits[bytes[i] & 15];
+        }
+        line[k++] = '\\n';
+        line[k] = '\\0';
+        tvmmcu_sh_puts(line);
+    }
+}
+"""
+
 _EXAMPLE_MAIN = """\
 /* A minimal application around the model '{model}', by tvm-mcu: fill the input, run the model, print
  * the outputs (hex bytes, packed as model.h lays them out). Replace the input with your data and the
@@ -100,22 +119,7 @@ _EXAMPLE_MAIN = """\
 static uint8_t input[TVMMCU_INPUT_BYTES] __attribute__((aligned(8)));
 static uint8_t output[TVMMCU_OUTPUT_BYTES] __attribute__((aligned(8)));
 
-static void print_hex(const uint8_t *bytes, uint32_t n)
-{{
-    static const char digits[] = "0123456789abcdef";
-    char line[2 * 32 + 2];
-    for (uint32_t at = 0; at < n; at += 32) {{
-        uint32_t k = 0;
-        for (uint32_t i = at; i < n && i < at + 32; ++i) {{
-            line[k++] = digits[bytes[i] >> 4];
-            line[k++] = digits[bytes[i] & 15];
-        }}
-        line[k++] = '\\n';
-        line[k] = '\\0';
-        tvmmcu_sh_puts(line);
-    }}
-}}
-
+{print_hex}
 int main(void)
 {{
     memcpy(input, tvmmcu_example_input, sizeof input); /* your sensor data here */
@@ -143,22 +147,7 @@ _EXAMPLE_MAIN_IO_IN_ARENA = """\
 #include "model.h"
 #include "semihost.h"
 
-static void print_hex(const uint8_t *bytes, uint32_t n)
-{{
-    static const char digits[] = "0123456789abcdef";
-    char line[2 * 32 + 2];
-    for (uint32_t at = 0; at < n; at += 32) {{
-        uint32_t k = 0;
-        for (uint32_t i = at; i < n && i < at + 32; ++i) {{
-            line[k++] = digits[bytes[i] >> 4];
-            line[k++] = digits[bytes[i] & 15];
-        }}
-        line[k++] = '\\n';
-        line[k] = '\\0';
-        tvmmcu_sh_puts(line);
-    }}
-}}
-
+{print_hex}
 int main(void)
 {{
     /* your sensor data here: every input, before every run (the run reuses their bytes) */
@@ -177,7 +166,7 @@ int main(void)
 
 def _example_main(model: str, n_inputs: int, n_outputs: int, io_in_arena: bool) -> str:
     if not io_in_arena:
-        return _EXAMPLE_MAIN.format(model=model)
+        return _EXAMPLE_MAIN.format(model=model, print_hex=_PRINT_HEX)
     fill = "\n".join(
         f"    memcpy(tvmmcu_model_input({k}), tvmmcu_example_input + TVMMCU_INPUT{k}_OFFSET, "
         f"TVMMCU_INPUT{k}_BYTES);"
@@ -187,7 +176,7 @@ def _example_main(model: str, n_inputs: int, n_outputs: int, io_in_arena: bool) 
         f"    print_hex((const uint8_t *)tvmmcu_model_output({k}), TVMMCU_OUTPUT{k}_BYTES);"
         for k in range(n_outputs)
     )
-    return _EXAMPLE_MAIN_IO_IN_ARENA.format(model=model, fill=fill, show=show)
+    return _EXAMPLE_MAIN_IO_IN_ARENA.format(model=model, fill=fill, show=show, print_hex=_PRINT_HEX)
 
 
 def _example_input(data: bytes) -> str:

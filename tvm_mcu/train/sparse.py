@@ -37,6 +37,16 @@ def _parameter(module: RelaxModule, key: Key) -> torch.nn.Parameter:
     return params[name]
 
 
+def _shaped_parameter(module: RelaxModule, key: Key, array: np.ndarray, what: str) -> torch.nn.Parameter:
+    """The weight at ``key``, when ``array`` (its ``what``: mask, ranks) has its shape."""
+    p = _parameter(module, key)
+    if tuple(array.shape) != tuple(p.shape):
+        raise BadOptionError(
+            f"{what} of shape {array.shape} for the weight of binding {key[0]} of shape {tuple(p.shape)}"
+        )
+    return p
+
+
 def taylor_scores(
     module: RelaxModule,
     keys: Iterable[Key],
@@ -92,11 +102,7 @@ class MaskHold:
         self._held: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         for key, mask in masks.items():
-            p = _parameter(module, key)
-            if tuple(mask.shape) != tuple(p.shape):
-                raise BadOptionError(
-                    f"mask of shape {mask.shape} for the weight of binding {key[0]} of shape {tuple(p.shape)}"
-                )
+            p = _shaped_parameter(module, key, mask, "mask")
             pruned = torch.from_numpy(~np.asarray(mask, dtype=bool))
             self._held.append((p, pruned))
             self._hooks.append(p.register_hook(lambda g, pruned=pruned: g.masked_fill(pruned, 0.0)))
@@ -145,12 +151,7 @@ class GradualMasks:
         self._held: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor, int]] = []
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         for key, rank in ranks.items():
-            p = _parameter(module, key)
-            if tuple(rank.shape) != tuple(p.shape):
-                raise BadOptionError(
-                    f"ranks of shape {rank.shape} for the weight of binding {key[0]} of shape "
-                    f"{tuple(p.shape)}"
-                )
+            p = _shaped_parameter(module, key, rank, "ranks")
             r = torch.from_numpy(np.array(rank, dtype=np.int64))
             pruned = torch.zeros(p.shape, dtype=torch.bool)
             self._held.append((p, r, pruned, int(rank.max()) + 1))
