@@ -70,13 +70,14 @@ def curve_models(root: Path) -> list[CurveModel]:
     # about 16 s (3,750 images/s); DiffPrune's epochs (channel) are about 1.5x a plain epoch. The
     # MobileNetV2-style sibling trains plainly at about 1/3 of the CNN's rate, under DiffPrune at about
     # 1/16 (measured side by side on the shared machine: 1,460 and 460 images/s plain; DiffPrune 111
-    # images/s against about 1,500), while `mixed` cuts its channels first and then trains about 5x
-    # faster than DiffPrune. So it gets 4 epochs on 15,000 images (DiffPrune about 4 minutes a run):
+    # images/s against about 1,500); `mixed` runs DiffPrune's gates for half its epochs, then trains the
+    # narrower network. So it gets 4 epochs on 15,000 images (DiffPrune about 4 minutes a run):
     # its training then takes about as long as the CNN's (8 epochs on all 60,000: about 3 minutes a
     # DiffPrune run, 2 a masked fine-tuning). Searches: a measured step (compile + build) takes 1-2 s
     # for the CNN, 5 s for MobileNetV2. Each point is deployed once: float accuracy, PTQ, compile, QEMU
     # on 300 images (0.04-0.05 s each), the host build on 10,000 (2-3 ms each), onnxruntime on 10,000.
-    # The whole section: about 80 minutes, 2-3x that on a machine shared with two other jobs.
+    # The whole section: about 80 minutes, 2-3x that on a machine shared with two other jobs (the CNN
+    # alone at 4 epochs: 73 minutes on a machine shared with three).
     return [
         CurveModel("Fashion-MNIST CNN 32/64/128", here / "fashion_cnn_wide.onnx", 8, None, 300, 6),
         CurveModel("MobileNetV2-style (Fashion-MNIST)", here / "mobilenetv2_fashion.onnx", 4, 15_000, 300, 6),
