@@ -738,6 +738,7 @@ def _fit_compiled(
         if attempt:
             gates.theta.data.copy_(theta)
             gates.alive.copy_(alive)
+            gates.hold_floors()
             # A missed stored-weights budget tightens the flash target it was translated to.
             tight = {"flash" if r == "weights" else r for r in missed}
             target = {r: v * (scale if r in tight else 1.0) for r, v in limits.items()}

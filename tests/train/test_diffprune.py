@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -19,7 +20,17 @@ from tvm_mcu.frontend import load_model  # noqa: E402
 from tvm_mcu.passes.relax.prune_channels import PruneChannels  # noqa: E402
 from tvm_mcu.train.bridge import RelaxModule, write_back  # noqa: E402
 from tvm_mcu.train.data import load_dataset  # noqa: E402
-from tvm_mcu.train.diffprune import PRUNE_LR_HARD, PRUNE_LR_MILD, Gates, diffprune, fill_to, prune_lr  # noqa: E402
+from tvm_mcu.train.diffprune import (  # noqa: E402
+    FLOOR_OF_UNIFORM,
+    PRUNE_LR_HARD,
+    PRUNE_LR_MILD,
+    Gates,
+    diffprune,
+    fill_to,
+    min_width,
+    prune_lr,
+    remove_to,
+)
 from tvm_mcu.train.loop import evaluate  # noqa: E402
 
 BOARD = "mps2-an386"
@@ -146,7 +157,7 @@ def test_fill_to_spends_what_the_budget_leaves_on_the_highest_gates(demo: tuple)
     added = fill_to(gates, model, budget)
     assert added > 0
     assert model.figures(gates.hard_counts()).sram <= budget["sram"]
-    on = ((gates.theta.detach() > 0) & (gates.alive > 0)).numpy()
+    on = (((gates.theta.detach() > 0) | (gates.held > 0)) & (gates.alive > 0)).numpy()
     # Each unit left off would break the budget on its own, or its group is full.
     for i in np.flatnonzero(~on):
         gates.theta.data[i], gates.alive[i] = 1.0, 1.0
@@ -159,3 +170,31 @@ def test_fill_to_spends_what_the_budget_leaves_on_the_highest_gates(demo: tuple)
         off = off_theta[units][~on[units]]
         if len(on_theta) and len(off):
             assert float(on_theta.min()) >= float(off.max())
+
+
+def test_a_group_whose_gates_all_fall_keeps_its_floor_unless_the_budget_needs_it(demo: tuple) -> None:
+    _, _, plan, model = demo
+    gates = Gates(plan, model.groups, floor=min_width(1 / 16))
+    assert min_width(1 / 16) == pytest.approx(FLOOR_OF_UNIFORM / 4)
+    size = [len(g.units) for g in gates.groups]
+    gi = int(np.argmax(size))
+    units = np.flatnonzero(gates.owner.numpy() == gi)
+    floor = gates.floors[gi]
+    assert floor == math.ceil(FLOOR_OF_UNIFORM / 4 * size[gi]) and floor > 1
+    with torch.no_grad():
+        gates.theta[units] = torch.linspace(-3.0, -2.0, len(units))  # the whole group priced off
+    gates.hold_floors()
+    k = gates.hard_counts()
+    assert k[gi] == floor
+    # The units held are the group's strongest, and the forward masks are what is counted.
+    held = np.flatnonzero(gates.held.numpy()[units] > 0)
+    assert list(held) == list(range(len(units) - floor, len(units)))
+    assert float(gates.mask().detach()[units].sum()) == floor
+    # A budget the other groups can meet leaves the floor alone ...
+    full = model.figures(model.full)
+    reachable = {"flash": float(model.figures(k).flash) * 0.97}
+    remove_to(gates, model, reachable)
+    assert gates.hard_counts()[gi] == floor
+    # ... one they cannot meet lowers it.
+    remove_to(gates, model, {"flash": 0.01 * float(full.flash)})
+    assert gates.hard_counts()[gi] < floor
