@@ -1,0 +1,115 @@
+"""Weight bitwidth while training: the forward pass sees exactly the weights the quantiser stores; the
+gates choose int8 or int4 per layer with straight-through gradients."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+pytest.importorskip("torch")
+
+import torch  # noqa: E402
+
+from tvm_mcu import pipeline, resource_model  # noqa: E402
+from tvm_mcu.frontend import load_model  # noqa: E402
+from tvm_mcu.train.bits import (  # noqa: E402
+    BitGates,
+    fake_quant,
+    hold_bits,
+    quantisation_error,
+    quantized,
+    weight_keys,
+)
+from tvm_mcu.train.bridge import RelaxModule  # noqa: E402
+
+DEMO = Path(str(resources.files("tvm_mcu") / "data" / "demo" / "fashion_cnn.onnx"))
+
+
+@pytest.fixture(scope="module")
+def demo() -> tuple:
+    imported = load_model(DEMO)
+    mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+    return imported, mod
+
+
+def _dequantized_weights(path: Path) -> list[np.ndarray]:
+    """The weights a QDQ model stores, dequantised: every DequantizeLinear of an initialiser with 2+ dims."""
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or inits[node.input[0]].ndim < 2:
+            continue
+        q = inits[node.input[0]].astype(np.float64)
+        scale = inits[node.input[1]].astype(np.float64)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        out.append((q * scale.reshape(shape)).astype(np.float32))
+    return out
+
+
+def test_fake_quant_is_what_the_quantiser_stores(demo: tuple, tmp_path: Path) -> None:
+    imported, mod = demo
+    module = RelaxModule(mod)
+    keys = weight_keys(module)
+    assert len(keys) >= 3  # the demo CNN's convolutions and its dense layer
+    params = dict(module.named_parameters())
+    trained = [quantized(params[f"b{b}_{a}"], 8, axis).detach().numpy() for (b, a), (_, axis) in keys.items()]
+    stored = _dequantized_weights(resource_model.deployable(mod, imported, tmp_path, int8=True, tag="q"))
+    # Each layer's int8 weights as trained are bit for bit the ones the quantiser writes (a dense
+    # layer's stored transposed, as Gemm's B).
+    assert len(stored) == len(trained)
+    unmatched = list(stored)
+    for t in trained:
+        hit = [
+            i
+            for i, s in enumerate(unmatched)
+            if any(s.shape == v.shape and np.array_equal(s, v) for v in (t, t.T))
+        ]
+        assert hit, f"no stored weight equals the trained int8 weights of shape {t.shape}"
+        unmatched.pop(hit[0])
+
+
+def test_fake_quant_passes_gradients_straight_through() -> None:
+    w = torch.tensor([[0.31, -0.7, 0.05], [0.0, 0.0, 0.0]], requires_grad=True)
+    q = fake_quant(w, 4, 0)
+    # Row 0: scale 0.7 / 7 = 0.1, so 0.31 -> 3 steps, 0.05 -> 0 (half to even); the zero row stays 0.
+    assert torch.allclose(q.detach(), torch.tensor([[0.3, -0.7, 0.0], [0.0, 0.0, 0.0]]))
+    (q * torch.arange(6.0).reshape(2, 3)).sum().backward()
+    assert w.grad is not None and torch.equal(w.grad, torch.arange(6.0).reshape(2, 3))
+    # int4 loses more than int8, and a layer's error is a fraction of its norm.
+    x = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    assert 0 < quantisation_error(x, 8, 0) < quantisation_error(x, 4, 0) < 0.2
+
+
+def test_gates_choose_int8_or_int4_and_price_the_bytes(demo: tuple) -> None:
+    _, mod = demo
+    module = RelaxModule(mod)
+    keys = weight_keys(module)
+    gates = BitGates(keys)
+    gates.attach(module)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32))
+    gates.begin_step()
+    int8_out = module(x).detach()
+    with torch.no_grad():
+        gates.theta.fill_(-0.5)  # every layer int4
+    gates.begin_step()
+    int4_out = module(x)
+    assert gates.bits() == {k: 4 for k in keys}
+    # The forward pass is the network with every weight at int4, as hold_bits computes it.
+    fixed = RelaxModule(mod)
+    hold_bits(fixed, {k: 4 for k in keys})
+    assert torch.equal(int4_out.detach(), fixed(x).detach())
+    assert not torch.equal(int4_out.detach(), int8_out)
+    # Gradients reach every gate (its salience) and, through the bytes, the budget.
+    full = {k: 1000.0 for k in keys}
+    loss = int4_out.square().mean() + gates.weight_bytes(full) / 1e4
+    loss.backward()
+    assert gates.theta.grad is not None and bool((gates.theta.grad != 0).all())
+    assert float(gates.weight_bytes(full).detach()) == pytest.approx(500.0 * len(keys))
