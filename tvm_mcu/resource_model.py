@@ -255,6 +255,34 @@ class ResourceModel:
         return np.array([base - f(k - np.eye(len(k))[i]) for i in range(len(k))])
 
 
+def site_weights(
+    plan: ChannelPlan, groups: tuple[int, ...], shapes: Mapping[tuple[int, int], tuple[int, ...]]
+) -> dict[tuple[int, int], Product]:
+    """The elements of each constant weight (binding, argument) -> shape, as a :class:`Product` of the
+    kept counts of ``groups``: an axis the plan indexes by channels keeps, of each group, the channels'
+    share of its positions (a flattened feature axis holds several per channel); the others keep their
+    size. Its bytes at ``b`` bits are ``b / 8`` of it. Exact at full width, and at any width where a
+    group's channels occur equally often on the axis (every case the plan makes)."""
+    at = {gid: i for i, gid in enumerate(groups)}
+    size = {g.gid: len(g.units) for g in plan.groups}
+    of_unit = plan.group_of_unit()
+    indexed: dict[tuple[int, int], dict[int, tuple[int, ...]]] = {}
+    for site in plan.sites:
+        indexed.setdefault((site.binding, site.arg), {})[site.axis] = site.nodes
+    out: dict[tuple[int, int], Product] = {}
+    for key, shape in sorted(shapes.items()):
+        factors = []
+        for axis, n in enumerate(shape):
+            coef = np.zeros(len(groups))
+            for node in indexed.get(key, {}).get(axis, ()):
+                gid = of_unit.get(plan.unit_of[node])
+                if gid in at:
+                    coef[at[gid]] += 1.0 / size[gid]
+            factors.append(Affine(float(n), coef))
+        out[key] = Product(1.0, tuple(factors))
+    return out
+
+
 # Array helpers that work for numpy arrays and torch tensors alike.
 
 

@@ -15,8 +15,11 @@ pytest.importorskip("torch")
 
 import torch  # noqa: E402
 
+from tests.prune_helpers import inference_model  # noqa: E402
 from tvm_mcu import pipeline, resource_model  # noqa: E402
+from tvm_mcu.analysis.channels import channel_groups  # noqa: E402
 from tvm_mcu.frontend import load_model  # noqa: E402
+from tvm_mcu.passes.relax.prune_channels import PruneChannels  # noqa: E402
 from tvm_mcu.train.bits import (  # noqa: E402
     BitGates,
     fake_quant,
@@ -113,3 +116,28 @@ def test_gates_choose_int8_or_int4_and_price_the_bytes(demo: tuple) -> None:
     loss.backward()
     assert gates.theta.grad is not None and bool((gates.theta.grad != 0).all())
     assert float(gates.weight_bytes(full).detach()) == pytest.approx(500.0 * len(keys))
+
+
+@pytest.mark.parametrize("name", ["resnet_block", "mobilenet_block", "conv_flatten_fc", "inception_concat"])
+def test_site_weights_count_the_elements_left_after_pruning(name: str, tmp_path: Path) -> None:
+    _, mod = inference_model(name, tmp_path)
+    plan = channel_groups(mod)
+    groups = tuple(g.gid for g in plan.prunable if g.size >= 2)
+    module = RelaxModule(mod)
+    params = dict(module.named_parameters())
+    shapes = {k: tuple(params[f"b{k[0]}_{k[1]}"].shape) for k in weight_keys(module)}
+    products = resource_model.site_weights(plan, groups, shapes)
+    assert products and groups
+    full = np.array([g.size for g in plan.prunable if g.size >= 2], float)
+    assert all(p(np.zeros(len(groups))) == np.prod(shapes[k]) for k, p in products.items())
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        keep = {
+            g.gid: tuple(sorted(rng.choice(g.size, int(rng.integers(1, g.size + 1)), replace=False)))
+            for g in plan.prunable
+            if g.size >= 2
+        }
+        k = np.array([len(keep[gid]) for gid in groups], float)
+        pruned = dict(RelaxModule(PruneChannels(keep=keep)(mod)).named_parameters())
+        for key, p in products.items():
+            assert p(k - full) == pruned[f"b{key[0]}_{key[1]}"].numel(), (name, key)
