@@ -35,7 +35,7 @@ import logging
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -540,6 +540,52 @@ def build(
             max(0.0, c - float(default.flash_bytes - default.weights_bytes)) for c in probe_code
         ),
     )
+
+
+class Bitwidths(Protocol):
+    """Which weights are int8 now: a number per weight of ``keys`` (1 int8, 0 int4), as a torch tensor
+    with gradients for a loss (``grad=True``) or as numpy for figures."""
+
+    keys: list[tuple[int, int]]
+
+    def int8(self, grad: bool) -> Any: ...
+
+
+@attrs.frozen
+class BitsModel(ResourceModel):
+    """The resource model with each layer's weight bitwidth: flash less half the int8 bytes of every
+    int4 weight stored packed (two per byte). ``elements``: each gated weight's elements as a function
+    of the kept channels (:func:`site_weights`); ``packed``: the weights whose kernels read int4 packed
+    (the others are stored a byte each whatever their bits)."""
+
+    elements: Mapping[tuple[int, int], Product] = attrs.field(factory=dict, eq=False)
+    packed: frozenset[tuple[int, int]] = frozenset()
+    bitwidths: Bitwidths | None = attrs.field(default=None, eq=False)
+
+    def flash(self, k: Any) -> Any:
+        out = super().flash(k)
+        if self.bitwidths is None:
+            return out
+        dk = k - _like(self.full, k)
+        int8 = self.bitwidths.int8(_is_torch(k))
+        saved = [
+            0.5 * (1 - int8[i]) * self.elements[key](dk)
+            for i, key in enumerate(self.bitwidths.keys)
+            if key in self.packed and key in self.elements
+        ]
+        return out - _sum(saved) if saved else out
+
+
+def with_bits(
+    model: ResourceModel,
+    elements: Mapping[tuple[int, int], Product],
+    packed: frozenset[tuple[int, int]],
+    bitwidths: Bitwidths,
+) -> BitsModel:
+    """``model`` pricing flash by ``bitwidths`` (see :class:`BitsModel`)."""
+    fields = {f.name: getattr(model, f.name) for f in attrs.fields(type(model)) if f.init}
+    fields.update(elements=elements, packed=packed, bitwidths=bitwidths)
+    return BitsModel(**fields)
 
 
 def _left_over_width(size: int) -> int:

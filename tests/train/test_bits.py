@@ -28,7 +28,9 @@ from tvm_mcu.train.bits import (  # noqa: E402
     quantized,
     weight_keys,
 )
-from tvm_mcu.train.bridge import RelaxModule  # noqa: E402
+from tvm_mcu.train.bridge import RelaxModule, write_back  # noqa: E402
+from tvm_mcu.train.data import load_dataset  # noqa: E402
+from tvm_mcu.train.diffprune import diffprune  # noqa: E402
 
 DEMO = Path(str(resources.files("tvm_mcu") / "data" / "demo" / "fashion_cnn.onnx"))
 
@@ -141,3 +143,39 @@ def test_site_weights_count_the_elements_left_after_pruning(name: str, tmp_path:
         pruned = dict(RelaxModule(PruneChannels(keep=keep)(mod)).named_parameters())
         for key, p in products.items():
             assert p(k - full) == pruned[f"b{key[0]}_{key[1]}"].numel(), (name, key)
+
+
+def test_joint_search_meets_a_flash_budget_with_bits_and_channels(demo: tuple, tmp_path: Path) -> None:
+    imported, mod = demo
+    plan = channel_groups(mod)
+    model = resource_model.build(mod, plan, imported, "mps2-an386", workdir=tmp_path / "rm")
+    module = RelaxModule(mod)
+    keys = weight_keys(module)
+    params = dict(module.named_parameters())
+    shapes = {k: tuple(params[f"b{k[0]}_{k[1]}"].shape) for k in keys}
+    bits = BitGates(keys)
+    joint = resource_model.with_bits(
+        model, resource_model.site_weights(plan, model.groups, shapes), frozenset(keys), bits
+    )
+    full = model.figures(model.full)
+    # Half the weights' bytes less than the full model: int4 everywhere alone would reach it.
+    weights = sum(float(np.prod(s)) for s in shapes.values())
+    budget = {"flash": full.flash - 0.4 * weights}
+    ds = load_dataset("fashion-mnist", imported.inputs[0].shape, limit=4000)
+    gates, log = diffprune(module, plan, joint, ds, budget, epochs=1, progress=False, bits=bits)
+    k = model.counts(log.keep)
+    assert joint.figures(k).flash <= budget["flash"]
+    chosen = bits.bits()
+    assert 4 in chosen.values()  # some layers int4 ...
+    assert model.figures(k).flash > budget["flash"]  # ... without which the kept channels miss it
+    # The network trained is the pruned one at those bits: the cut module quantised the same way
+    # computes the same outputs.
+    x = torch.from_numpy(ds.x_test[:16])
+    with torch.no_grad():
+        want = module(x)
+    module.taps, module.weight_taps = {}, {}
+    cut = RelaxModule(PruneChannels(keep=log.keep)(write_back(mod, module)))
+    hold_bits(cut, chosen)
+    with torch.no_grad():
+        got = cut(x)
+    assert torch.allclose(got, want, atol=1e-5)

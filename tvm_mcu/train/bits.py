@@ -18,6 +18,7 @@ int4 weights (its salience), and a flash budget loss prices its bytes (``weight_
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,8 @@ WEIGHT_OPS = {"relax.nn.conv2d": 1, "relax.matmul": 1}
 
 Key = tuple[int, int]
 Tap = Callable[[torch.Tensor], torch.Tensor]
+# A weight's input-channel axis and its channels' hard keep mask of the step (``BitGates.attach``).
+InputMask = tuple[int, Callable[[], torch.Tensor]]
 
 
 def qmax(bits: int) -> int:
@@ -133,19 +136,36 @@ class BitGates(torch.nn.Module):
         self._h = self.hard()
         return self._h
 
+    def int8(self, grad: bool) -> Any:
+        """1 per weight kept int8, 0 per int4: the straight-through tensor of this step (``grad``), or
+        numpy (``resource_model.Bitwidths``)."""
+        if grad:
+            return self._h if self._h is not None else self.hard()
+        return (self.theta.detach() > 0).numpy().astype(float)
+
     def bits(self) -> dict[Key, int]:
         """The bitwidth each weight has now."""
         on = (self.theta.detach() > 0).numpy()
         return {k: 8 if bool(on[i]) else 4 for i, k in enumerate(self.keys)}
 
-    def attach(self, module: RelaxModule) -> None:
-        """Put the gated quantisation on ``module``'s weights (after the taps already there)."""
+    def attach(self, module: RelaxModule, kept_inputs: Mapping[Key, InputMask] | None = None) -> None:
+        """Put the gated quantisation on ``module``'s weights (after the taps already there).
+
+        ``kept_inputs``: per weight, (axis, a function giving the hard 0/1 mask of its input channels
+        this step): channel pruning's gates. A pruned input channel's weights are left out of the
+        scales, as they are once the channel is cut (its activations are zero, so nothing else
+        changes), so the network trained is the deployed one."""
         for i, key in enumerate(self.keys):
             name = _name(key)
-            module.weight_taps[name] = _compose(self._tap(i, self.axis[key]), module.weight_taps.get(name))
+            tap = self._tap(i, self.axis[key], (kept_inputs or {}).get(key))
+            module.weight_taps[name] = _compose(tap, module.weight_taps.get(name))
 
-    def _tap(self, i: int, axis: int) -> Tap:
+    def _tap(self, i: int, axis: int, kept: InputMask | None) -> Tap:
         def tap(w: torch.Tensor) -> torch.Tensor:
+            if kept is not None:
+                shape = [1] * w.dim()
+                shape[kept[0]] = -1
+                w = w * kept[1]().detach().view(shape)
             h = (self._h if self._h is not None else self.hard())[i]
             q8, q4 = fake_quant(w, 8, axis), fake_quant(w, 4, axis)
             # Both terms carry w's straight-through gradient; the gate's is (q8 - q4) . dL/dw.

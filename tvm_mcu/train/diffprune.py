@@ -40,6 +40,7 @@ require_torch()
 
 import torch  # noqa: E402
 
+from tvm_mcu.train.bits import BitGates  # noqa: E402
 from tvm_mcu.train.bridge import RelaxModule  # noqa: E402
 from tvm_mcu.train.loop import TrainLog, train  # noqa: E402
 
@@ -204,6 +205,29 @@ class Gates(torch.nn.Module):
             keep[g.gid] = kept
         return keep
 
+    def input_masks(
+        self, keys: list[tuple[int, int]], out_axis: Mapping[tuple[int, int], int]
+    ) -> dict[tuple[int, int], tuple[int, Callable[[], torch.Tensor]]]:
+        """Per constant weight (binding, argument) of ``keys`` whose input-channel axis the plan
+        indexes by gated channels: (that axis, a function giving its channels' masks this step)."""
+        n = len(self.index)
+        out: dict[tuple[int, int], tuple[int, Callable[[], torch.Tensor]]] = {}
+        wanted = set(keys)
+        for site in self.plan.sites:
+            key = (site.binding, site.arg)
+            if key not in wanted or site.axis == out_axis[key]:
+                continue
+            gate = torch.tensor([self.index.get(self.plan.unit_of[node], n) for node in site.nodes])
+            if bool((gate == n).all()):
+                continue
+
+            def mask(gate: torch.Tensor = gate) -> torch.Tensor:
+                m = self._mask if self._mask is not None else self.mask()
+                return torch.cat([m, m.new_ones(1)])[gate]
+
+            out[key] = (site.axis, mask)
+        return out
+
     def hard_counts(self) -> np.ndarray:
         keep = self.keep()
         return np.array([len(keep[g.gid]) for g in self.groups], float)
@@ -230,27 +254,42 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
     """Remove units by lowest gate until the model predicts every budget met; how many were removed.
 
     Units held by their group's floor (``Gates.hold_floors``) stay; when the budget cannot be met
-    above the floors, the floors of the groups that could still narrow are lowered to one channel."""
+    above the floors, the floors of the groups that could still narrow are lowered to one channel.
+    With bit gates in the model (``resource_model.BitsModel`` over :class:`BitGates`), a missed flash
+    budget may instead put the int8 layer with the lowest gate to int4, when its gate is below the
+    lowest channel's: the gates of both kinds rank salience against price on one scale."""
     removed = 0
+    bits = getattr(model, "bitwidths", None)
+    packed: frozenset[tuple[int, int]] = getattr(model, "packed", frozenset())
     while True:
         k = gates.hard_counts()
         over = [r for r, v in _violations(model, k, budget).items() if v > 0]
         if not over:
             return removed
+        flips: list[int] = []
+        if isinstance(bits, BitGates) and "flash" in over:
+            flips = [i for i, key in enumerate(bits.keys) if key in packed and float(bits.theta[i]) > 0]
         # Groups whose narrowing lowers a missed resource and that keep more than one channel.
         useful = {gi for r in over for gi, d in enumerate(model.pressure(k, r)) if d > 0 and k[gi] > 1}
-        if not useful:
+        if not useful and not flips:
             return removed
         theta = gates.theta.detach()
         live = ((theta > 0) | (gates.held > 0)) & (gates.alive > 0) & (gates.held == 0)
         cands = [i for i in range(len(theta)) if live[i] and int(gates.owner[i]) in useful]
-        if not cands:
+        if not cands and not flips and useful:
             gates.lower_floors(useful)
             theta = gates.theta.detach()
             live = ((theta > 0) | (gates.held > 0)) & (gates.alive > 0) & (gates.held == 0)
             cands = [i for i in range(len(theta)) if live[i] and int(gates.owner[i]) in useful]
-            if not cands:
-                return removed
+        if not cands and not flips:
+            return removed
+        if flips:
+            assert isinstance(bits, BitGates)
+            flip = min(flips, key=lambda i: float(bits.theta[i]))
+            if not cands or float(bits.theta[flip]) < min(float(theta[i]) for i in cands):
+                bits.theta.data[flip] = -FILL_THETA
+                removed += 1
+                continue
         worst = min(cands, key=lambda i: float(theta[i]))
         gates.alive[worst] = 0.0
         removed += 1
@@ -299,6 +338,7 @@ def diffprune(
     progress: bool = True,
     prior: dict[int, float] | None = None,
     teacher: np.ndarray | None = None,
+    bits: BitGates | None = None,
 ) -> tuple[Gates, DiffPruneLog]:
     """Train ``module`` (in place) with gates and budget losses for ``epochs``; the gates and a log.
 
@@ -311,12 +351,20 @@ def diffprune(
     until the model predicts the target met. Once the target is the budget, the gates freeze and any
     room the budget leaves goes back to the highest gates (``fill_to``); the rest of the epochs train
     that structure.
+
+    ``bits`` (UDC's joint search of width and bitwidth): gates choosing int8 or int4 for each layer's
+    weights, trained alongside the channel gates; ``model`` must price them
+    (``resource_model.with_bits`` over ``bits``). They freeze with the channel gates, after the int4
+    layers with the highest gates go back to int8 while the budget holds (``fill_bits``); the weights
+    are trained as quantised at their bits.
     """
     full = model.figures(model.full)
     start = {r: float(getattr(full, r)) for r in budget}
     cut = min((budget[r] / start[r] for r in budget), default=1.0)
     gates = Gates(plan, model.groups, prior, floor=min_width(cut))
     module.taps = gates.taps(module.readers())
+    if bits is not None:
+        bits.attach(module, gates.input_masks(bits.keys, bits.axis))
     if lr is None:
         lr = prune_lr(cut)
     total = epochs * ((len(data.x_train) + batch_size - 1) // batch_size)
@@ -347,6 +395,9 @@ def diffprune(
             # Target reached: freeze the gates. Left to train, they random-walk below 0 one by one and
             # the network ends far narrower than the budget (wide CNN, 16 pruning epochs: 1 of 32
             # channels left in the first conv, 14 % of the SRAM budget unused).
+            if bits is not None:
+                fill_bits(bits, model, gates, budget)
+                bits.theta.requires_grad_(False)
             fill_to(gates, model, budget)
             gates.theta.requires_grad_(False)
         k = gates.hard_counts()
@@ -355,7 +406,7 @@ def diffprune(
 
     log = train_gated(
         module,
-        gates,
+        gates if bits is None else (gates, bits),
         data,
         epochs=epochs,
         batch_size=batch_size,
@@ -368,10 +419,32 @@ def diffprune(
     )
     gates.theta.requires_grad_(True)
     forced = remove_to(gates, model, budget)
+    if bits is not None:
+        fill_bits(bits, model, gates, budget)
+        bits.theta.requires_grad_(True)
+        bits.begin_step()
     fill_to(gates, model, budget)
     gates.alive[(gates.theta.detach() <= 0) & (gates.held == 0)] = 0.0
     gates.begin_step()
     return gates, DiffPruneLog(gates.keep(), log, tuple(history), forced, lr)
+
+
+def fill_bits(bits: BitGates, model: ResourceModel, gates: Gates, budget: dict[str, float]) -> int:
+    """Put int4 layers back to int8, highest gate first, while the model predicts every budget met at
+    the channel gates' counts; how many."""
+    added = 0
+    k = gates.hard_counts()
+    theta = bits.theta.data
+    for i in sorted(range(len(theta)), key=lambda i: (-float(theta[i]), i)):
+        if float(theta[i]) > 0:
+            continue
+        was = float(theta[i])
+        theta[i] = FILL_THETA
+        if any(v > 0 for v in _violations(model, k, budget).values()):
+            theta[i] = was
+        else:
+            added += 1
+    return added
 
 
 class Gating(Protocol):
@@ -384,7 +457,7 @@ class Gating(Protocol):
 
 def train_gated(
     module: RelaxModule,
-    gates: Gating,
+    gates: Gating | tuple[Gating, ...],
     data: Dataset,
     *,
     epochs: int,
@@ -399,8 +472,9 @@ def train_gated(
     """Train ``module`` under ``gates`` (channel or filterlet): fresh masks every forward pass, the gates
     at GATE_LR, the weights' rate constant (the structure changes until the end of the annealing;
     fine-tuning decays)."""
+    every = gates if isinstance(gates, tuple) else (gates,)
     return train(
-        _Masked(module, gates),
+        _Masked(module, every),
         data,
         epochs=epochs,
         batch_size=batch_size,
@@ -409,7 +483,7 @@ def train_gated(
         extra_loss=extra_loss,
         on_step=on_step,
         progress=progress,
-        extra_params=[gates.theta],
+        extra_params=[g.theta for g in every],
         extra_lr=GATE_LR,
         teacher=teacher,
         cosine=False,
@@ -419,12 +493,13 @@ def train_gated(
 class _Masked(torch.nn.Module):
     """The bridge module with fresh masks for every forward pass (the gates are trained separately)."""
 
-    def __init__(self, module: RelaxModule, gates: Gating) -> None:
+    def __init__(self, module: RelaxModule, gates: tuple[Gating, ...]) -> None:
         super().__init__()
         self.inner = module
-        self._gates = [gates]  # not a submodule: its parameters go to their own optimiser group
+        self._gates = list(gates)  # not submodules: their parameters go to their own optimiser group
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         if self.training:
-            self._gates[0].begin_step()
+            for g in self._gates:
+                g.begin_step()
         return self.inner(*inputs)
