@@ -344,9 +344,7 @@ def _load_tflite(path: Path, data: bytes) -> ImportedModel:
     except Exception as exc:  # TVM's importer raises several types for malformed graphs
         raise ModelError(f"TVM's TFLite importer rejected {path}: {_first_line(exc)}") from exc
     outputs = _relax_outputs(mod, out_names)
-    return ImportedModel(
-        path.stem, path, "tflite", mod, tuple(inputs), outputs, reference_data, tuple(notes)
-    )
+    return ImportedModel(path.stem, path, "tflite", mod, tuple(inputs), outputs, reference_data, tuple(notes))
 
 
 def random_inputs(model: ImportedModel, seed: int) -> list[np.ndarray]:
