@@ -12,10 +12,11 @@
   ``axis`` attribute, no blocks); once the 4-bit initializers are 8-bit, they are the standard operators
   of the model's opset and are moved to the default domain.
 
-Refused, each naming the node: a 4-bit (or 16-bit) activation, i.e. a ``QuantizeLinear`` whose output type
-is not 8-bit (activations are int8 or uint8); a 4-bit tensor read by anything but a ``DequantizeLinear``
-or held in a ``Constant`` node; a per-axis contrib Q/DQ in a model below opset 13. A blocked
-``DequantizeLinear`` (``block_size``) is left as it is and refused by the supported-operator check.
+Refused, each naming the node: a 4-bit activation, i.e. a ``QuantizeLinear`` to INT4 or UINT4
+(activations are int8 or uint8); a contrib Q/DQ of 16-bit tensors; a 4-bit tensor read by anything but
+a ``DequantizeLinear`` or held in a ``Constant`` node; a per-axis contrib Q/DQ in a model below opset 13.
+A blocked ``DequantizeLinear`` (``block_size``) is left as it is and refused by the supported-operator
+check.
 """
 
 from __future__ import annotations
@@ -65,17 +66,18 @@ def _quantized_type(node: Any, types: dict[str, int]) -> int:
 
 
 def check_activations(model: Any) -> None:
-    """Refuse every QuantizeLinear to a type other than int8 or uint8, naming the nodes."""
+    """Refuse every QuantizeLinear to a 4-bit type, naming the nodes (other types are the integer
+    lowering's to judge: ``--allow-float`` may run them in float)."""
     types = _constant_types(model)
     problems = []
     for i, node in enumerate(model.graph.node):
         if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx", MS_DOMAIN):
             continue
         qtype = _quantized_type(node, types)
-        if qtype not in _EIGHT_BIT:
-            name = _TYPE_NAMES.get(qtype, f"ONNX type {qtype}")
+        if qtype in _WIDENED:
             problems.append(
-                f"QuantizeLinear (node '{_label(node, i)}') quantises activation '{node.input[0]}' to {name}"
+                f"QuantizeLinear (node '{_label(node, i)}') quantises activation '{node.input[0]}' to "
+                f"{_TYPE_NAMES[qtype]}"
             )
     if problems:
         raise UnsupportedOpError(
