@@ -247,3 +247,25 @@ def test_blocked_weights_and_4bit_activations_are_refused_naming_the_node(kwargs
     path.write_bytes(proto.SerializeToString())
     with pytest.raises(UnsupportedOpError, match=pattern):
         load_model(path)
+
+
+def test_a_4bit_tensor_read_by_another_operator_is_refused(tmp_path):
+    """A 4-bit initializer cast to float (not dequantised): refused by name, not guessed at."""
+    w = helper.make_tensor("w", TensorProto.INT4, (4, 2, 3, 3), [1, -2, 3] * 24)
+    nodes = [
+        helper.make_node("Cast", ["w"], ["wf"], name="cast_weights", to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "wf"], ["y"], name="conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cast",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [w],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    onnx.checker.check_model(proto, full_check=True)
+    path = tmp_path / "cast.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(UnsupportedOpError, match=r"Cast \(node 'cast_weights'\) reads the 4-bit tensor 'w'"):
+        load_model(path)
