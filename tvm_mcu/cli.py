@@ -16,6 +16,7 @@ import numpy as np
 
 from tvm_mcu import __version__, api, compiler
 from tvm_mcu.errors import BadOptionError, TvmMcuError
+from tvm_mcu.ptq.common import DEFAULT_INT4_SQNR_DB, WEIGHT_CHOICES
 from tvm_mcu.report import IO_IN_ARENA, Report
 from tvm_mcu.schedule import choice
 
@@ -309,11 +310,27 @@ ALLOW_FLOAT_HELP = (
 )
 
 
+QUANTIZE_WEIGHTS_HELP = (
+    "int8 (default): every weight int8; int4: every Conv/Gemm/MatMul weight int4 per output channel "
+    "in [-7, 7] (INT4 initializers, opset 21), depthwise convolutions int8; mixed: int4 for the layers "
+    "whose output keeps --int4-sqnr dB on the calibration data with int4 weights, int8 elsewhere. "
+    "Activations are int8 in every case"
+)
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from tvm_mcu.ptq import evaluate_accuracy, quantize_onnx
 
     out = Path(args.output)
-    result = quantize_onnx(Path(args.model), Path(args.calibration), out)
+    result = quantize_onnx(
+        Path(args.model),
+        Path(args.calibration),
+        out,
+        weights=args.weights,
+        int4_sqnr_db=args.int4_sqnr,
+    )
+    # int8 weights: the report as before; int4/mixed add the per-layer choice and their accuracy key.
+    label = "int8" if args.weights == "int8" else f"{args.weights}-weight"
     report: dict[str, Any] = {
         "model": args.model,
         "output": str(out),
@@ -321,25 +338,49 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         "quantized_ops": result.quantized_ops,
         "notes": list(result.notes),
     }
+    if result.layers:
+        report["weights"] = args.weights
+        report["int4_sqnr_db"] = args.int4_sqnr
+        report["layers"] = [
+            {
+                "node": layer.node,
+                "op": layer.op,
+                "weight": layer.weight,
+                "bits": layer.bits,
+                "sqnr_int4_db": round(layer.sqnr_int4_db, 2),
+                "sqnr_int8_db": round(layer.sqnr_int8_db, 2),
+                "reason": layer.reason,
+            }
+            for layer in result.layers
+        ]
     if args.eval:
         data = np.load(args.eval)
         x, y = data[args.eval_x], data[args.eval_y]
         report["float_accuracy"] = evaluate_accuracy(Path(args.model), x, y)
-        report["int8_accuracy"] = evaluate_accuracy(out, x, y)
+        report[f"{label.replace('-', '_')}_accuracy"] = evaluate_accuracy(out, x, y)
         report["eval_samples"] = int(len(y))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    what = "int8" if args.weights == "int8" else "quantised (int8 activations)"
     print(
-        f"quantised {args.model} -> {out}: {result.quantized_ops} operators int8 "
+        f"quantised {args.model} -> {out}: {result.quantized_ops} operators {what} "
         f"(calibrated on {result.n_calibration_samples} samples)"
     )
+    if result.layers:
+        print(f"  weights {args.weights}: per layer (SQNR of its output on the calibration data, dB)")
+        for layer in result.layers:
+            print(
+                f"    {layer.node:<28} {layer.op:<6} int{layer.bits}  int4 {layer.sqnr_int4_db:6.1f}  "
+                f"int8 {layer.sqnr_int8_db:6.1f}  ({layer.reason})"
+            )
     for note in result.notes:
         print(f"  note: {note}")
     if args.eval:
         print(
             f"  accuracy on {report['eval_samples']} samples of {args.eval}: float "
-            f"{report['float_accuracy']:.4f} -> int8 {report['int8_accuracy']:.4f}"
+            f"{report['float_accuracy']:.4f} -> {label} "
+            f"{report[label.replace('-', '_') + '_accuracy']:.4f}"
         )
     return 0
 
@@ -487,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval", help=".npz with test inputs and labels: report the accuracy change")
     q.add_argument("--eval-x", default="x", help="array of --eval holding the inputs (default x)")
     q.add_argument("--eval-y", default="y", help="array of --eval holding the labels (default y)")
+    q.add_argument("--weights", choices=WEIGHT_CHOICES, default="int8", help=QUANTIZE_WEIGHTS_HELP)
+    q.add_argument(
+        "--int4-sqnr",
+        type=float,
+        default=DEFAULT_INT4_SQNR_DB,
+        metavar="DB",
+        help=f"--weights mixed: int4 where a layer keeps this SQNR (default {DEFAULT_INT4_SQNR_DB:g} dB)",
+    )
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quantize)
 

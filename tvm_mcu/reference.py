@@ -129,10 +129,34 @@ def _feeds(model: ImportedModel, inputs: list[np.ndarray]) -> dict[str, np.ndarr
     return {spec.name: np.asarray(x) for spec, x in zip(model.inputs, inputs, strict=True)}
 
 
+def _contrib_qdq() -> list[type]:
+    """ONNX Runtime's ``com.microsoft`` QuantizeLinear/DequantizeLinear (what its quantiser writes for
+    4-bit or 16-bit types below opset 21) for ``onnx.reference``: ONNX Runtime defines them as the
+    standard operators with one ``axis`` attribute (default 1) and no blocks."""
+    from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_21
+    from onnx.reference.ops.op_quantize_linear import QuantizeLinear_21
+
+    # onnx.reference keys an added operator by (op_domain, class name), and passes it the attributes
+    # the standard operator's newest schema declares: only ``axis`` is read.
+    class DequantizeLinear(DequantizeLinear_21):
+        op_domain = "com.microsoft"
+
+        def _run(self, *args: Any, axis: int = 1, **_: Any) -> Any:
+            return super()._run(*args, axis=axis)
+
+    class QuantizeLinear(QuantizeLinear_21):
+        op_domain = "com.microsoft"
+
+        def _run(self, *args: Any, axis: int = 1, **_: Any) -> Any:
+            return super()._run(*args, axis=axis)
+
+    return [DequantizeLinear, QuantizeLinear]
+
+
 def _onnx_reference(model: ImportedModel, inputs: list[np.ndarray]) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
-    evaluator = ReferenceEvaluator(_reference_model(model.data))
+    evaluator = ReferenceEvaluator(_reference_model(model.data), new_ops=_contrib_qdq())
     return [np.asarray(o) for o in evaluator.run(None, _feeds(model, inputs))]
 
 

@@ -82,11 +82,22 @@ FLOAT_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
 }
 
 
+WEIGHT_TYPES = {"int8": "QInt8", "int4": "QInt4", "uint4": "QUInt4"}
+
+
 def ort_quantize(
-    float_model: onnx.ModelProto, out: Path, *, activations: str, fmt: str = "QDQ", seed: int = 0
+    float_model: onnx.ModelProto,
+    out: Path,
+    *,
+    activations: str,
+    fmt: str = "QDQ",
+    seed: int = 0,
+    weights: str = "int8",
 ) -> Path:
-    """Quantise with ONNX Runtime's quantize_static: per-channel int8 weights, ``activations`` "int8"
-    (QInt8) or "uint8" (QUInt8), ``fmt`` "QDQ" or "QOperator", calibrated on 16 seeded normal samples."""
+    """Quantise with ONNX Runtime's quantize_static: per-channel ``weights`` "int8" (QInt8), "int4"
+    (QInt4) or "uint4" (QUInt4, zero point 8), ``activations`` "int8" (QInt8) or "uint8" (QUInt8),
+    ``fmt`` "QDQ" or "QOperator", calibrated on 16 seeded normal samples. Below opset 21, ONNX Runtime
+    writes the Q/DQ of a model with 4-bit weights in its ``com.microsoft`` domain."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     spec = float_model.graph.input[0]
@@ -111,6 +122,6 @@ def ort_quantize(
         quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
         per_channel=True,
         activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
+        weight_type=getattr(QuantType, WEIGHT_TYPES[weights]),
     )
     return out

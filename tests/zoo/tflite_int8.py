@@ -531,3 +531,41 @@ TFLITE_INT8_MODELS: dict[str, Callable[[], bytes]] = {
     f.__name__: f for f in SINGLE_OP_MODELS + MULTI_OP_MODELS
 }
 """Model name -> builder returning the .tflite flatbuffer (bytes)."""
+
+
+# ------------------------------------------------------------------------------- int4 weights
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """int4 ``values`` two a byte, the first in the low nibble (TFLite's PackInt8IntoDenseInt4)."""
+    nibbles = (np.asarray(values, np.int8).reshape(-1).astype(np.uint8) & 0x0F).astype(np.uint8)
+    if len(nibbles) % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
+
+
+def with_int4_weights(data: bytes, *, packed: bool = True) -> bytes:
+    """The model with the int8 filter of every CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED requantised
+    to int4: ``q4 = clip(round(q / 16), -7, 7)`` with 16 times the scale (the int32 bias likewise, its
+    scale staying input scale x weight scale), stored as INT4 (``packed``) or as INT8 tensors of the same
+    values (the int8 model that means the same)."""
+    import flatbuffers
+
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(data, 0))
+    graph = model.subgraphs[0]
+    weighted = (BO.CONV_2D, BO.DEPTHWISE_CONV_2D, BO.FULLY_CONNECTED)
+    for op in graph.operators:
+        if model.operatorCodes[op.opcodeIndex].builtinCode not in weighted:
+            continue
+        t = graph.tensors[op.inputs[1]]
+        q = np.frombuffer(bytes(bytearray(model.buffers[t.buffer].data)), np.int8).astype(np.float64)
+        q4 = np.clip(np.rint(q / 16.0), -7, 7).astype(np.int8)
+        t.quantization.scale = [float(np.float32(s * 16.0)) for s in t.quantization.scale]
+        model.buffers[t.buffer].data = pack_int4(q4) if packed else q4.view(np.uint8)
+        t.type = fb.TensorType.INT4 if packed else fb.TensorType.INT8
+        if len(op.inputs) > 2 and op.inputs[2] >= 0:
+            b = graph.tensors[op.inputs[2]]
+            values = np.frombuffer(bytes(bytearray(model.buffers[b.buffer].data)), np.int32)
+            model.buffers[b.buffer].data = np.rint(values / 16.0).astype(np.int32).view(np.uint8)
+            b.quantization.scale = [float(np.float32(s * 16.0)) for s in b.quantization.scale]
+    builder = flatbuffers.Builder(len(data) * 2)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

@@ -12,7 +12,7 @@ import numpy as np
 from tvm_mcu import _tvm
 from tvm_mcu.errors import ModelError, UnsupportedOpError
 from tvm_mcu.frontend import onnx_rewrite, support
-from tvm_mcu.frontend.tflite_rewrite import dequantize_weights
+from tvm_mcu.frontend.tflite_rewrite import dequantize_weights, unpack_int4_weights
 
 MIN_ONNX_OPSET = 11
 # Older models are converted to this opset before import.
@@ -265,11 +265,18 @@ def _load_tflite(path: Path, data: bytes) -> ImportedModel:
 
     notes: list[str] = []
     try:
-        data, dequantized = dequantize_weights(data)
+        # The reference runs int4 weights as written (TFLite Micro reads them); TVM gets them as int8.
+        reference_data, dequantized = dequantize_weights(data)
+        unpacked, int4 = unpack_int4_weights(data)
+        data = dequantize_weights(unpacked)[0] if int4 else reference_data
+    except (ModelError, UnsupportedOpError):
+        raise
     except Exception as exc:  # flatbuffers raises struct.error / IndexError / ValueError on garbage
         raise ModelError(
             f"{path} is not a readable TFLite model (truncated or corrupt flatbuffer: {exc})"
         ) from exc
+    if int4:
+        notes.append(f"{len(int4)} int4 weight tensor(s) stored as int8 for TVM, the same values")
     if dequantized:
         notes.append(
             f"{len(dequantized)} hybrid int8 weight tensor(s) stored as float32 (w = scale * q, exact); "
@@ -337,7 +344,7 @@ def _load_tflite(path: Path, data: bytes) -> ImportedModel:
     except Exception as exc:  # TVM's importer raises several types for malformed graphs
         raise ModelError(f"TVM's TFLite importer rejected {path}: {_first_line(exc)}") from exc
     outputs = _relax_outputs(mod, out_names)
-    return ImportedModel(path.stem, path, "tflite", mod, tuple(inputs), outputs, data, tuple(notes))
+    return ImportedModel(path.stem, path, "tflite", mod, tuple(inputs), outputs, reference_data, tuple(notes))
 
 
 def random_inputs(model: ImportedModel, seed: int) -> list[np.ndarray]:

@@ -9,6 +9,9 @@
   the QDQ form it means: ``DequantizeLinear`` of each quantised input, the float operator,
   ``QuantizeLinear`` of the output. The integer lowering then sees one form. Any other operator of the
   format is refused by name.
+- 4-bit weights: INT4/UINT4 initializers of ``DequantizeLinear`` become 8-bit ones holding the same
+  integers, and ONNX Runtime's ``com.microsoft`` Q/DQ (what it writes for 4-bit weights below opset 21)
+  the standard operators; 4-bit activations are refused (``onnx_int4``).
 
 Each rewrite keeps the model's meaning exactly (explicit pads are the ones ONNX defines; a QOperator is
 defined as its dequantise - float op - quantise composition). The reference interpreters keep running
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from tvm_mcu.errors import UnsupportedOpError
+from tvm_mcu.frontend import onnx_int4
 
 MS_DOMAIN = "com.microsoft"
 
@@ -39,6 +43,16 @@ def rewrite(model: Any) -> tuple[Any, list[str]]:
     n_qop = _qoperator_to_qdq(out)
     if n_qop:
         notes.append(f"{n_qop} QOperator node(s) (ONNX Runtime's QLinear* format) read as QDQ")
+    onnx_int4.check_activations(out)
+    n_int4 = onnx_int4.widen_int4_weights(out)
+    if n_int4:
+        notes.append(f"{n_int4} 4-bit weight tensor(s) (INT4/UINT4) stored as 8-bit, the same integers")
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
+    n_contrib = onnx_int4.contrib_qdq_to_onnx(out, opset)
+    if n_contrib:
+        notes.append(
+            f"{n_contrib} com.microsoft QuantizeLinear/DequantizeLinear node(s) read as the standard ones"
+        )
     return out, notes
 
 

@@ -79,6 +79,26 @@ def _onnx_softmax(node: Any) -> str | None:
     return None
 
 
+def _onnx_dequantize(node: Any) -> str | None:
+    """DequantizeLinear: per tensor or per axis (``axis``); int8, uint8, int32 and, as weights, int4 and
+    uint4 integers. Blocked quantisation (``block_size``) is not supported."""
+    block = int(_attr(node, "block_size", 0) or 0)
+    if block:
+        return (
+            f"block_size={block} (blocked quantisation: a scale per block of {block} values along the axis) "
+            "is not supported; quantise the weights per channel (axis) or per tensor"
+        )
+    return None
+
+
+def _onnx_quantize(node: Any) -> str | None:
+    """QuantizeLinear: per tensor, to int8 or uint8 (activations are 8-bit)."""
+    block = int(_attr(node, "block_size", 0) or 0)
+    if block:
+        return f"block_size={block} (blocked quantisation) is not supported; quantise per tensor"
+    return None
+
+
 ONNX_RULES: dict[str, Rule] = {
     "Conv": _onnx_conv,
     "Gemm": _onnx_gemm,
@@ -131,8 +151,8 @@ ONNX_RULES: dict[str, Rule] = {
     "InstanceNormalization": _ok,
     "Max": _ok,
     "Min": _ok,
-    "QuantizeLinear": _ok,
-    "DequantizeLinear": _ok,
+    "QuantizeLinear": _onnx_quantize,
+    "DequantizeLinear": _onnx_dequantize,
 }
 
 # ----------------------------------------------------------------------------------------- TFLite

@@ -52,8 +52,19 @@ import onnx
 
 from tvm_mcu.errors import BadOptionError, UnsupportedOpError
 from tvm_mcu.outputs import output_file
+from tvm_mcu.ptq import bits
+from tvm_mcu.ptq.bits import LayerBits
 from tvm_mcu.ptq.calibrate import _calibrate, _calibration_feeds, _input_specs, _samples
-from tvm_mcu.ptq.common import BATCHNORM_FIXED_OPSET, FLOAT, QuantizeResult, TensorQuant
+from tvm_mcu.ptq.common import (
+    BATCHNORM_FIXED_OPSET,
+    DEFAULT_INT4_SQNR_DB,
+    FLOAT,
+    INT4_QDQ_OPSET,
+    WEIGHT_CHOICES,
+    WEIGHTED,
+    QuantizeResult,
+    TensorQuant,
+)
 from tvm_mcu.ptq.plan import _RULES, _Graph, _plan
 from tvm_mcu.ptq.prepare import _convert, _load, _prepare, opset_of
 from tvm_mcu.ptq.write import _write_qdq, activation_params, weight_scales
@@ -68,8 +79,15 @@ def quantize_onnx(
     *,
     per_channel: bool = True,
     max_samples: int = 256,
+    weights: str = "int8",
+    int4_sqnr_db: float = DEFAULT_INT4_SQNR_DB,
 ) -> QuantizeResult:
     """Quantise the float ONNX model at ``model_path`` with ``calibration`` data into QDQ at ``out_path``.
+
+    ``weights``: "int8" (every weight), "int4" (every Conv/Gemm/MatMul weight but depthwise ones, written
+    as INT4 initializers of opset-21 DequantizeLinear) or "mixed" (int4 for the layers whose int4 output
+    SQNR on the calibration data is at least ``int4_sqnr_db``): see :mod:`tvm_mcu.ptq.bits`. Activations
+    are int8 in every case.
 
     Raises :class:`BadOptionError` for unusable calibration data or options, :class:`ModelError` for a
     model that cannot be read or run, :class:`UnsupportedOpError` when no op can be quantised.
@@ -78,9 +96,17 @@ def quantize_onnx(
         raise BadOptionError(f"max_samples must be a positive integer, got {max_samples!r}")
     if not isinstance(per_channel, bool):
         raise BadOptionError(f"per_channel must be True or False, got {per_channel!r}")
+    if weights not in WEIGHT_CHOICES:
+        raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
     out_path = output_file(Path(out_path))
     notes: list[str] = []
     model = _prepare(_load(Path(model_path)), notes)
+    if weights != "int8" and opset_of(model) < INT4_QDQ_OPSET:
+        notes.append(
+            f"converted from ONNX opset {opset_of(model)} to {INT4_QDQ_OPSET} (int4 weights need "
+            f"DequantizeLinear-{INT4_QDQ_OPSET})"
+        )
+        model = _convert(model, INT4_QDQ_OPSET)
     feeds = _calibration_feeds(calibration, model, max_samples, notes)
     ranges, dtypes = _calibrate(model, feeds)
     graph = _Graph.of(model, dtypes)
@@ -91,14 +117,31 @@ def quantize_onnx(
             f"{model_path} has no operator that can be quantised (it has {', '.join(ops)}); "
             f"quantisable operators are {', '.join(sorted(_RULES))}"
         )
-    qmodel, tensors = _write_qdq(model, graph, roles, ranges, per_channel=per_channel)
+    layers = bits.choose(
+        model,
+        graph,
+        roles,
+        ranges,
+        feeds,
+        weights=weights,
+        per_channel=per_channel,
+        int4_sqnr_db=int4_sqnr_db,
+    )
+    for layer in layers:
+        logger.info("%s '%s': int%d weights (%s)", layer.op, layer.node, layer.bits, layer.reason)
+    # choose() returns one record per weighted op, in graph order (none for int8).
+    weighted = [graph.nodes[i].output[0] for i, (role, _) in enumerate(roles) if role == WEIGHTED]
+    weight_bits = {out: layer.bits for out, layer in zip(weighted, layers, strict=False)}
+    qmodel, tensors = _write_qdq(
+        model, graph, roles, ranges, per_channel=per_channel, weight_bits=weight_bits
+    )
     onnx.checker.check_model(qmodel, full_check=True)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(qmodel.SerializeToString(deterministic=True))
     n_quantized = sum(role != FLOAT for role, _ in roles)
     logger.info("quantised %d of %d ops of %s into %s", n_quantized, len(roles), model_path, out_path)
-    return QuantizeResult(out_path, len(feeds), n_quantized, tensors, tuple(notes))
+    return QuantizeResult(out_path, len(feeds), n_quantized, tensors, tuple(notes), weights, layers)
 
 
 def evaluate_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
@@ -133,6 +176,9 @@ def evaluate_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 
 __all__ = [
+    "DEFAULT_INT4_SQNR_DB",
+    "WEIGHT_CHOICES",
+    "LayerBits",
     "QuantizeResult",
     "TensorQuant",
     "activation_params",

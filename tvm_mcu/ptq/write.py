@@ -17,6 +17,8 @@ from tvm_mcu.ptq.common import (
     FIXED,
     FLOAT,
     FUSED,
+    INT4_QDQ_OPSET,
+    INT4_QMAX,
     INT32_MAX,
     MIN_QDQ_OPSET,
     OWN_RANGE,
@@ -43,14 +45,14 @@ def activation_params(lo: float, hi: float) -> tuple[np.float32, int]:
     return scale, zero_point
 
 
-def weight_scales(w: np.ndarray, axis: int | None) -> np.ndarray:
-    """Symmetric int8 scales ``max|w| / 127`` per slice along ``axis`` (one scale when ``axis`` is None).
+def weight_scales(w: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX) -> np.ndarray:
+    """Symmetric scales ``max|w| / qmax`` per slice along ``axis`` (one scale when ``axis`` is None).
 
-    An all-zero channel gets scale 1/127: any scale represents it, and this one keeps its bias scale sane.
+    An all-zero channel gets scale 1/qmax: any scale represents it, and this one keeps its bias scale sane.
     """
     a = np.abs(w.astype(np.float64))
     amax = a.max() if axis is None else a.max(axis=tuple(k for k in range(w.ndim) if k != axis))
-    return (np.where(amax > 0, amax, 1.0) / WEIGHT_QMAX).astype(np.float32)
+    return (np.where(amax > 0, amax, 1.0) / qmax).astype(np.float32)
 
 
 def _broadcast(scale: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
@@ -96,6 +98,20 @@ class _Writer:
         """``q`` stored as an initializer, followed by the DequantizeLinear that gives it back as float."""
         inputs = [self.init(f"{base}_quantized", q), self.init(f"{base}_scale", scale)]
         inputs.append(self.init(f"{base}_zero_point", zero_point))
+        out = _fresh(self.names, f"{base}_DequantizeLinear_Output")
+        kwargs = {"axis": axis} if axis is not None and scale.ndim == 1 else {}
+        self.node("DequantizeLinear", inputs, out, f"{base}_DequantizeLinear", **kwargs)
+        return out
+
+    def dequantized_int4(self, base: str, q: np.ndarray, scale: np.ndarray, axis: int | None) -> str:
+        """int4 ``q`` (values in [-8, 7]) stored as an INT4 initializer (two per byte), zero point 0 of the
+        same type, followed by its DequantizeLinear (opset 21)."""
+        q_name = _fresh(self.names, f"{base}_quantized")
+        self.inits.append(helper.make_tensor(q_name, TensorProto.INT4, q.shape, q.reshape(-1).tolist()))
+        zp_name = _fresh(self.names, f"{base}_zero_point")
+        zeros = [0] * int(scale.size)
+        self.inits.append(helper.make_tensor(zp_name, TensorProto.INT4, scale.shape, zeros))
+        inputs = [q_name, self.init(f"{base}_scale", scale), zp_name]
         out = _fresh(self.names, f"{base}_DequantizeLinear_Output")
         kwargs = {"axis": axis} if axis is not None and scale.ndim == 1 else {}
         self.node("DequantizeLinear", inputs, out, f"{base}_DequantizeLinear", **kwargs)
@@ -148,9 +164,11 @@ def _write_qdq(
     ranges: Mapping[str, tuple[float, float]],
     *,
     per_channel: bool,
+    weight_bits: Mapping[str, int] | None = None,
 ) -> tuple[onnx.ModelProto, tuple[TensorQuant, ...]]:
     """The QDQ model, nodes in the float model's order: each op preceded by its weight DQs, followed by
-    the Q/DQ pairs of its outputs; the graph inputs' pairs come first."""
+    the Q/DQ pairs of its outputs; the graph inputs' pairs come first. ``weight_bits``: 4 or 8 per
+    weighted op (keyed by its first output), 8 where absent; any 4 makes the model opset 21."""
     w = _Writer(_all_names(model.graph), ranges)
     qset = _qdq_tensors(g, roles)
     for vi in model.graph.input:
@@ -162,7 +180,8 @@ def _write_qdq(
         del new.input[:]
         new.input.extend(w.read.get(n, n) for n in node.input)
         if role == WEIGHTED:
-            _quantize_weights(new, node, g, w, w.acts[node.input[0]].scale, per_channel)
+            bits = weight_bits.get(node.output[0], 8) if weight_bits else 8
+            _quantize_weights(new, node, g, w, w.acts[node.input[0]].scale, per_channel, bits)
         elif role == OWN_RANGE:
             for k, name in enumerate(node.input):
                 if name in g.inits and name in _activations(node, _RULES[node.op_type]):
@@ -183,46 +202,85 @@ def _write_qdq(
                 w.activation(o, src, None, f"calibrated, {node.op_type} fused with the op writing '{reason}'")
             else:
                 w.activation(o, src, None, "calibrated")
-    return _assemble(model, w), tuple(w.tensors)
+    int4 = any(b == 4 for b in (weight_bits or {}).values())
+    return _assemble(model, w, int4), tuple(w.tensors)
 
 
-def _quantize_weights(
-    new: onnx.NodeProto, node: onnx.NodeProto, g: _Graph, w: _Writer, s_in: np.float32, per_channel: bool
-) -> None:
-    """Replace the weight (and bias) inputs of ``new`` by int8 (int32) initializers and their DQ nodes."""
+@attrs.frozen
+class QuantizedWeight:
+    """A weighted op's weight as the QDQ model stores it: ``q * scale`` along ``axis`` (None: one scale);
+    ``weight`` and ``bias`` are the float values it stands for (Gemm's alpha and beta folded in)."""
+
+    weight: np.ndarray = attrs.field(eq=False)
+    bias: np.ndarray | None = attrs.field(eq=False)
+    q: np.ndarray = attrs.field(eq=False)
+    scale: np.ndarray = attrs.field(eq=False)
+    axis: int | None  # the quantised axis (None: per tensor)
+    channel_axis: int  # the output-channel axis of the weight
+
+    def dequantized(self) -> np.ndarray:
+        return (self.q.astype(np.float64) * _broadcast(self.scale, self.q.ndim, self.axis)).astype(np.float32)
+
+
+def quantized_weight(
+    node: onnx.NodeProto, g: _Graph, s_in: np.float32, per_channel: bool, qmax: int = WEIGHT_QMAX
+) -> QuantizedWeight:
+    """The symmetric weight of a Conv, Gemm or MatMul in ``[-qmax, qmax]``: scale ``max|w| / qmax`` per
+    output channel (or per tensor), grown where the int32 bias would not hold ``bias / (s_in * scale)``."""
     weight = g.inits[node.input[1]].astype(np.float64)
     bias = g.const(node, 2)
     if node.op_type == "Gemm":
-        transb = bool(_attr(node, "transB", 0))
-        axis = 0 if transb else 1
+        axis = 0 if _attr(node, "transB", 0) else 1
         weight = weight * float(_attr(node, "alpha", 1.0))
-        n = weight.shape[axis]
         if bias is not None:
-            bias = np.broadcast_to(bias.reshape(-1) * float(_attr(node, "beta", 1.0)), (n,))
-        kept = [a for a in new.attribute if a.name not in ("alpha", "beta")]
-        del new.attribute[:]
-        new.attribute.extend(kept)
+            bias = np.broadcast_to(bias.reshape(-1) * float(_attr(node, "beta", 1.0)), (weight.shape[axis],))
     else:
         axis = 1 if node.op_type == "MatMul" else 0
-    scale = weight_scales(weight, axis if per_channel else None)
+    scale = weight_scales(weight, axis if per_channel else None, qmax)
     if bias is not None:
         # Grow a weight scale when its bias would not fit int32 (w * s_in tiny, bias large).
         need = np.abs(bias.astype(np.float64)) / (float(s_in) * INT32_MAX)
         scale = np.maximum(scale, (need if per_channel else need.max()).astype(np.float32))
     q_axis = axis if per_channel else None
-    q = np.clip(np.rint(weight / _broadcast(scale, weight.ndim, q_axis)), -WEIGHT_QMAX, WEIGHT_QMAX)
-    zeros = np.zeros(scale.shape, np.int8)
+    q = np.clip(np.rint(weight / _broadcast(scale, weight.ndim, q_axis)), -qmax, qmax)
+    return QuantizedWeight(weight, bias, q, scale, q_axis, axis)
+
+
+def _quantize_weights(
+    new: onnx.NodeProto,
+    node: onnx.NodeProto,
+    g: _Graph,
+    w: _Writer,
+    s_in: np.float32,
+    per_channel: bool,
+    bits: int = 8,
+) -> None:
+    """Replace the weight (and bias) inputs of ``new`` by int8 or int4 (int32) initializers and their
+    DQ nodes."""
+    qmax = WEIGHT_QMAX if bits == 8 else INT4_QMAX
+    qw = quantized_weight(node, g, s_in, per_channel, qmax)
+    if node.op_type == "Gemm":
+        kept = [a for a in new.attribute if a.name not in ("alpha", "beta")]
+        del new.attribute[:]
+        new.attribute.extend(kept)
+    scale, q_axis, bias = qw.scale, qw.axis, qw.bias
     name = node.input[1]
-    new.input[1] = w.dequantized(name, q.astype(np.int8), scale, zeros, q_axis)
+    if bits == 8:
+        zeros = np.zeros(scale.shape, np.int8)
+        new.input[1] = w.dequantized(name, qw.q.astype(np.int8), scale, zeros, q_axis)
+    else:
+        zeros = np.zeros(scale.shape, np.int64)
+        new.input[1] = w.dequantized_int4(name, qw.q.astype(np.int64), scale, q_axis)
+    label = "int8" if bits == 8 else "int4"
     w.tensors.append(
         TensorQuant(
             name,
             "weight",
-            "int8",
+            label,
             tuple(map(float, scale.reshape(-1))),
             tuple(map(int, zeros.reshape(-1))),
             q_axis,
-            "symmetric, max|w| / 127" + (" per channel" if per_channel else " per tensor"),
+            f"symmetric, max|w| / {qmax}" + (" per channel" if per_channel else " per tensor"),
         )
     )
     if bias is None:
@@ -257,8 +315,9 @@ def _quantize_constant(name: str, value: np.ndarray, w: _Writer) -> str:
     return out
 
 
-def _assemble(model: onnx.ModelProto, w: _Writer) -> onnx.ModelProto:
-    """The QDQ model: the float model's interface and metadata around the new nodes."""
+def _assemble(model: onnx.ModelProto, w: _Writer, int4: bool = False) -> onnx.ModelProto:
+    """The QDQ model: the float model's interface and metadata around the new nodes; opset 21 or newer
+    when it holds int4 weights (the model was converted to it before calibration)."""
     graph = helper.make_graph(
         w.nodes,
         model.graph.name,
@@ -269,7 +328,10 @@ def _assemble(model: onnx.ModelProto, w: _Writer) -> onnx.ModelProto:
     )
     opsets = [
         helper.make_opsetid(
-            o.domain, max(o.version, MIN_QDQ_OPSET) if o.domain in _DEFAULT_DOMAINS else o.version
+            o.domain,
+            max(o.version, INT4_QDQ_OPSET if int4 else MIN_QDQ_OPSET)
+            if o.domain in _DEFAULT_DOMAINS
+            else o.version,
         )
         for o in model.opset_import
     ]
@@ -284,6 +346,11 @@ def _assemble(model: onnx.ModelProto, w: _Writer) -> onnx.ModelProto:
     out.model_version = model.model_version
     out.metadata_props.extend(model.metadata_props)
     out.metadata_props.append(
-        onnx.StringStringEntryProto(key="tvm_mcu.quantization", value="int8 QDQ, post-training static")
+        onnx.StringStringEntryProto(
+            key="tvm_mcu.quantization",
+            value="int8 activations, int4/int8 weights QDQ, post-training static"
+            if int4
+            else "int8 QDQ, post-training static",
+        )
     )
     return _drop_unused_initializers(out)
