@@ -341,19 +341,63 @@ def export(mod: _tvm.IRModule, imported: ImportedModel) -> Any:
     )
 
 
-def deployable(mod: _tvm.IRModule, imported: ImportedModel, workdir: Path, *, int8: bool, tag: str) -> Path:
-    """Write ``mod`` as the ONNX file that would be deployed (quantised with seeded data for int8)."""
+def deployable(
+    mod: _tvm.IRModule,
+    imported: ImportedModel,
+    workdir: Path,
+    *,
+    int8: bool,
+    tag: str,
+    bits: Mapping[tuple[int, int], int] | None = None,
+    calibration: Mapping[str, np.ndarray] | None = None,
+) -> Path:
+    """Write ``mod`` as the ONNX file that would be deployed (quantised with seeded data for int8, or
+    ``calibration``). ``bits``: the weights' widths, 4 or 8 per constant (binding, argument) of ``mod``
+    (``train.bits``): those at 4 are written int4 (int8 activations, every other weight int8)."""
     from tvm_mcu.ptq import quantize_onnx
 
     path = workdir / f"{tag}.onnx"
-    path.write_bytes(export(mod, imported).SerializeToString())
+    proto = export(mod, imported)
+    path.write_bytes(proto.SerializeToString())
     if not int8:
         return path
-    rng = np.random.default_rng(0)
-    calib = {s.name: rng.standard_normal((8, *s.shape[1:])).astype(np.float32) for s in imported.inputs}
+    if calibration is None:
+        rng = np.random.default_rng(0)
+        calibration = {
+            s.name: rng.standard_normal((8, *s.shape[1:])).astype(np.float32) for s in imported.inputs
+        }
     qpath = workdir / f"{tag}_int8.onnx"
-    quantize_onnx(path, calib, qpath)
+    if bits and any(b != 8 for b in bits.values()):
+        given = initializer_bits(mod, proto, bits)
+        quantize_onnx(path, calibration, qpath, weights="mixed", weight_bits=given)
+    else:
+        quantize_onnx(path, calibration, qpath)
     return qpath
+
+
+def initializer_bits(mod: _tvm.IRModule, proto: Any, bits: Mapping[tuple[int, int], int]) -> dict[str, int]:
+    """``bits`` by the name of the initializer ``export`` wrote each weight as: the one holding its
+    values (a dense layer's transposed, as Gemm's B)."""
+    from onnx import numpy_helper
+
+    from tvm_mcu.analysis.channels import bindings
+
+    binds = bindings(mod["main"])
+    inits = [(i.name, numpy_helper.to_array(i)) for i in proto.graph.initializer]
+    out: dict[str, int] = {}
+    for (b, a), width in sorted(bits.items()):
+        value = _tvm.const_value(binds[b].value.args[a])
+        names = [
+            n
+            for n, v in inits
+            if n not in out and any(v.shape == w.shape and np.array_equal(v, w) for w in (value, value.T))
+        ]
+        if not names:
+            raise AssertionError(
+                f"the exported model holds no initializer equal to the weight of binding {b}"
+            )
+        out[names[0]] = width
+    return out
 
 
 @attrs.frozen

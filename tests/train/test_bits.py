@@ -59,14 +59,24 @@ def _dequantized_weights(path: Path) -> list[np.ndarray]:
     return out
 
 
-def test_fake_quant_is_what_the_quantiser_stores(demo: tuple, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [8, 4, 48])
+def test_fake_quant_is_what_the_quantiser_stores(demo: tuple, tmp_path: Path, bits: int) -> None:
     imported, mod = demo
     module = RelaxModule(mod)
     keys = weight_keys(module)
     assert len(keys) >= 3  # the demo CNN's convolutions and its dense layer
+    # 48: the first and last layers int4, the others int8 (per-layer widths as the joint search gives).
+    order = sorted(keys)
+    width = {k: bits if bits != 48 else (4 if k in (order[0], order[-1]) else 8) for k in order}
     params = dict(module.named_parameters())
-    trained = [quantized(params[f"b{b}_{a}"], 8, axis).detach().numpy() for (b, a), (_, axis) in keys.items()]
-    stored = _dequantized_weights(resource_model.deployable(mod, imported, tmp_path, int8=True, tag="q"))
+    trained = [
+        quantized(params[f"b{b}_{a}"], width[(b, a)], axis).detach().numpy()
+        for (b, a), (_, axis) in keys.items()
+    ]
+    path = resource_model.deployable(mod, imported, tmp_path, int8=True, tag="q", bits=width)
+    stored = _dequantized_weights(path)
+    kinds = {i.data_type for i in onnx.load(str(path)).graph.initializer if i.name.endswith("quantized")}
+    assert (onnx.TensorProto.INT4 in kinds) == (bits != 8)
     # Each layer's int8 weights as trained are bit for bit the ones the quantiser writes (a dense
     # layer's stored transposed, as Gemm's B).
     assert len(stored) == len(trained)

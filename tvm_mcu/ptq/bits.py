@@ -69,8 +69,12 @@ def choose(
     weights: str,
     per_channel: bool,
     int4_sqnr_db: float = DEFAULT_INT4_SQNR_DB,
+    given: Mapping[str, int] | None = None,
 ) -> tuple[LayerBits, ...]:
-    """The width of every weighted op (none for ``int8``: nothing is measured, the model is as before)."""
+    """The width of every weighted op (none for ``int8``: nothing is measured, the model is as before).
+
+    ``given`` (with ``weights="mixed"``): the bits of each weight initializer, chosen elsewhere (the
+    joint search of ``tvm-mcu prune --method udc``); weights it does not name are int8."""
     if weights not in WEIGHT_CHOICES:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
     if (
@@ -80,14 +84,21 @@ def choose(
     ):
         raise BadOptionError(f"int4_sqnr_db must be a number of dB, got {int4_sqnr_db!r}")
     if weights == "int8":
+        if given is not None:
+            raise BadOptionError("per-layer weight bits are given with weights='mixed', not 'int8'")
         return ()
+    if given is not None and (weights != "mixed" or any(b not in (4, 8) for b in given.values())):
+        raise BadOptionError(f"per-layer weight bits are 4 or 8, with weights='mixed'; got {dict(given)}")
     layers = [i for i, (role, _) in enumerate(roles) if role == WEIGHTED]
     sqnr = _measure(model, g, layers, ranges, feeds, per_channel)
     out = []
     for i in layers:
         node = g.nodes[i]
         s4, s8 = sqnr[node.output[0]]
-        if is_depthwise(node, g):
+        if given is not None:
+            bits = given.get(node.input[1], 8)
+            reason = f"int{bits} as given"
+        elif is_depthwise(node, g):
             bits, reason = 8, "depthwise: int8"
         elif weights == "int4":
             bits, reason = 4, "--weights int4"
