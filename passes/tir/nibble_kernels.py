@@ -38,11 +38,9 @@ HEADER_TEXT = """\
 static const uint8_t tvmmcu_dot_nibble_at[8] = {0, 1, 4, 5, 2, 3, 6, 7};
 #define TVMMCU_DOT_NIBBLE_CHUNK 256
 
-/* Signed nibble q (0 to 7) of the word at p. */
-static inline int32_t tvmmcu_dot_nibble(const uint8_t *p, int32_t q) {
-  const uint32_t b = ((uint32_t)p[q >> 1] >> (4 * (q & 1))) & 15u;
-  return (int32_t)(b ^ 8u) - 8;
-}
+/* Signed nibble q (0 to 7) of the word w: its bits 4q..4q+3 sign-extended (SBFX where the compiler
+ * knows q). */
+#define TVMMCU_DOT_NIBBLE(w, q) ((int32_t)((((w) >> (4 * (q))) & 15u) ^ 8u) - 8)
 
 #if defined(__ARM_FEATURE_DSP)
 /* One word at p, stepping p past it (post-indexed); volatile as TVMMCU_DOT_LDRD_NEXT. */
@@ -89,14 +87,20 @@ static inline __attribute__((always_inline)) void tvmmcu_dot4q_run(const void *x
   const int8_t *xs = (const int8_t *)x;
   const uint8_t *xu = (const uint8_t *)x;
   int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-  for (int32_t k = 0; k < n; ++k) {
-    const int32_t v = x_unsigned ? (int32_t)xu[k] : (int32_t)xs[k];
-    const uint8_t *block = wq + (k >> 3) * 16;
-    const int32_t q = tvmmcu_dot_nibble_at[k & 7];
-    a0 = (int32_t)((uint32_t)a0 + (uint32_t)(v * tvmmcu_dot_nibble(block, q)));
-    a1 = (int32_t)((uint32_t)a1 + (uint32_t)(v * tvmmcu_dot_nibble(block + 4, q)));
-    a2 = (int32_t)((uint32_t)a2 + (uint32_t)(v * tvmmcu_dot_nibble(block + 8, q)));
-    a3 = (int32_t)((uint32_t)a3 + (uint32_t)(v * tvmmcu_dot_nibble(block + 12, q)));
+  /* A block of 8 values at a time: each channel's word loaded once, a nibble extracted per value (one
+   * SBFX on Armv7-M). */
+  for (int32_t k = 0; k < n; k += 8, wq += 16) {
+    const uint32_t w0 = tvmmcu_dot_word(wq), w1 = tvmmcu_dot_word(wq + 4);
+    const uint32_t w2 = tvmmcu_dot_word(wq + 8), w3 = tvmmcu_dot_word(wq + 12);
+#pragma GCC unroll 8
+    for (int32_t r = 0; r < 8; ++r) {
+      const int32_t v = x_unsigned ? (int32_t)xu[k + r] : (int32_t)xs[k + r];
+      const int32_t q = tvmmcu_dot_nibble_at[r];
+      a0 = (int32_t)((uint32_t)a0 + (uint32_t)(v * TVMMCU_DOT_NIBBLE(w0, q)));
+      a1 = (int32_t)((uint32_t)a1 + (uint32_t)(v * TVMMCU_DOT_NIBBLE(w1, q)));
+      a2 = (int32_t)((uint32_t)a2 + (uint32_t)(v * TVMMCU_DOT_NIBBLE(w2, q)));
+      a3 = (int32_t)((uint32_t)a3 + (uint32_t)(v * TVMMCU_DOT_NIBBLE(w3, q)));
+    }
   }
   a[0] = a0;
   a[1] = a1;
@@ -149,11 +153,12 @@ static inline int32_t tvmmcu_dot4q_sum_s4(const void *wq, int32_t n, int32_t val
   }
 #undef TVMMCU_DOT_NIBSUM8
 #else
-  for (int32_t k = 0; k < n; ++k) {
-    const uint8_t *block = w + (k >> 3) * 16;
-    const int32_t q = tvmmcu_dot_nibble_at[k & 7];
+  for (int32_t k = 0; k < n; k += 8, w += 16) {
     for (int32_t j = 0; j < 4; ++j) {
-      s[j] += tvmmcu_dot_nibble(block + 4 * j, q);
+      const uint32_t word = tvmmcu_dot_word(w + 4 * j);
+      for (int32_t q = 0; q < 8; ++q) {
+        s[j] += TVMMCU_DOT_NIBBLE(word, q);
+      }
     }
   }
 #endif
