@@ -145,7 +145,8 @@ class PackWeights:
     Ordering
         after BlockWeights (its attribute and calls), on the chosen schedule's lowered operators, as
         WidenWeights; a parameter is packed or widened, never both: WidenWeights widens what is left in
-        ``tvmmcu.blocked_weights``. It changes no workspace, scratch or schedule, only flash.
+        ``tvmmcu.blocked_weights``. It changes no workspace, scratch or schedule: flash, and a few
+        instructions per call (the flush of the scaled sums).
     """
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
