@@ -29,6 +29,7 @@ from tvm_mcu.frontend import load_model, random_inputs
 from tvm_mcu.progress import Bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
+from int4 import INT4_HEADING, int4_section  # noqa: E402
 from io_arena import IO_ARENA_HEADING, io_arena_section  # noqa: E402
 from kernels import (  # noqa: E402
     KERNELS_HEADING,
@@ -667,6 +668,7 @@ PARTIAL = {
     "boards": (BOARDS_HEADING, boards_section),
     "sram": (SRAM_HEADING, sram_section),
     "io-arena": (IO_ARENA_HEADING, lambda tmp: io_arena_section(tmp, SHARED_MODELS)),
+    "int4": (INT4_HEADING, int4_section),
     "pruning": (PRUNING_HEADING, pruning_section),
 }
 

@@ -379,4 +379,22 @@ def test_compile_with_halfword_weights_says_which_operators(tmp_path, capsys):
     assert report["int16_weight_ops"], report.get("int16_weight_ops")
     assert f"weights stored as int16 for: {', '.join(report['int16_weight_ops'])}" in text
     bad = _cli("compile", str(model), "--board", "mps2-an386", "--weights", "int4")
-    assert bad.returncode == 2 and "invalid choice: 'int4' (choose from 'int8', 'int16')" in bad.stderr
+    assert bad.returncode == 2
+    assert "invalid choice: 'int4' (choose from 'auto', 'int8', 'int16')" in bad.stderr
+
+
+def test_compile_with_int4_weights_says_which_operators(tmp_path, capsys):
+    from tests.zoo.qdq_ops import int4_cnn
+
+    model = tmp_path / "int4_cnn.onnx"
+    model.write_bytes(int4_cnn().SerializeToString())
+    out = tmp_path / "out"
+    assert main(["compile", str(model), "--board", "mps2-an386", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["int4_weight_ops"], report.get("int4_weight_ops")
+    assert f"weights stored as int4 for: {', '.join(report['int4_weight_ops'])}" in text
+    assert "(dense, int4" in text  # the operators' table names the format
+    assert main(["compile", str(model), "--board", "mps2-an386", "-o", str(out), "--weights", "int8"]) == 0
+    text = capsys.readouterr().out
+    assert "weights stored as int4" not in text and "(dense, int4" not in text

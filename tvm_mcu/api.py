@@ -122,7 +122,7 @@ def compile_model(
     in_place: bool = True,
     partial_execution: bool = True,
     schedule: str | None = None,
-    weights: str = "int8",
+    weights: str = "auto",
     sparse: bool = True,
     channels_last: bool | None = None,
     emit: tuple[str, ...] = (),
@@ -138,7 +138,8 @@ def compile_model(
     with ``strict_budget=False`` the default schedule instead, and the report records no budget).
     ``in_place=False, partial_execution=False`` keeps every tensor whole in a buffer of its own (the
     layer-by-layer baseline). ``schedule``: take this candidate (e.g. "row bands") instead of choosing.
-    ``weights="int16"``: the SIMD kernels' weights stored pre-widened; ``sparse=False``: every weight
+    ``weights``: "auto" stores the SIMD kernels' weights that fit int4 two per byte, "int8" as given,
+    "int16" pre-widened (compiler.compile_module's); ``sparse=False``: every weight
     stored dense; ``channels_last=True``: an ONNX (NCHW) model computed NHWC, ``False``: NCHW, ``None``:
     channels-last when its int8 convolution weights are filterlet- or element-sparse
     (compiler.compile_module's ``convert``; the report's ``layout`` says which and why).
@@ -199,6 +200,7 @@ def compile_model(
         float_ops=result.float_ops,
         float_routines=fw.float_routines,
         int16_weight_ops=result.int16_weight_ops,
+        int4_weight_ops=result.int4_weight_ops,
         stored_weights_bytes=result.stored_weights_bytes,
         layout=result.layout,
         schedule=result.schedule,
@@ -551,7 +553,7 @@ def verify(
     seed: int = 0,
     allow_float: bool = False,
     schedule: str | None = None,
-    weights: str = "int8",
+    weights: str = "auto",
     sparse: bool = True,
     channels_last: bool | None = None,
     io_in_arena: bool = False,

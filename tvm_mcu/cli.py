@@ -135,6 +135,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"Zephyr module: {out}/zephyr/ (module.yml, CMakeLists.txt, Kconfig: CONFIG_TVMMCU_MODEL)")
     if compiled.report.int16_weight_ops:
         print(f"weights stored as int16 for: {', '.join(compiled.report.int16_weight_ops)}")
+    if compiled.report.int4_weight_ops:
+        print(f"weights stored as int4 for: {', '.join(compiled.report.int4_weight_ops)}")
     _print_ops(compiled.report)
     _print_report(compiled.report, False)
     return 0
@@ -293,8 +295,10 @@ DENSE_HELP = (
     "at one tap) are mostly zero is stored as CSR over its kept filterlets and run by the sparse kernels"
 )
 WEIGHTS_HELP = (
-    "int16: store the weights the SIMD kernels read pre-widened to halfwords (twice their flash, fewer "
-    "instructions; report.json lists the operators)"
+    "how to store the weights the SIMD kernels read: auto (default): as int4, two per byte, where every "
+    "value of a weight lies in [-8, 7] (half their flash, about the same instructions, bit-exact), else "
+    "as given; int8: as given; int16: pre-widened to halfwords (twice their flash, fewer instructions). "
+    "report.json lists the operators with int4 or int16 weights"
 )
 IO_IN_ARENA_HELP = (
     "place the model's inputs and outputs inside the arena (TFLite Micro's convention): "
@@ -478,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="SRAM the schedule may use for arena + inputs/outputs, e.g. 32KiB: picks the schedule that "
         "fits with the fewest extra instructions, or fails naming the bottleneck",
     )
-    c.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
+    c.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="auto", help=WEIGHTS_HELP)
     c.add_argument("--dense", action="store_true", help=DENSE_HELP)
     c.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
     c.add_argument("--io-in-arena", action="store_true", help=IO_IN_ARENA_HELP)
@@ -513,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", help="keep the build in this directory")
     v.add_argument("--json", action="store_true")
     v.add_argument("--allow-float", action="store_true", help=ALLOW_FLOAT_HELP)
-    v.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="int8", help=WEIGHTS_HELP)
+    v.add_argument("--weights", choices=compiler.WEIGHT_WIDTHS, default="auto", help=WEIGHTS_HELP)
     v.add_argument("--dense", action="store_true", help=DENSE_HELP)
     v.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
     v.add_argument("--io-in-arena", action="store_true", help=IO_IN_ARENA_HELP)

@@ -24,6 +24,7 @@ from tvm_mcu.passes.relax.make_integer_interface import io_quantization
 from tvm_mcu.passes.tir import (
     block_weights,
     dot_kernels,
+    pack_weights,
     sparse_element_kernels,
     sparse_elements,
     sparse_filterlets,
@@ -33,6 +34,7 @@ from tvm_mcu.passes.tir import (
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.execute_in_place import make_in_place
+from tvm_mcu.passes.tir.pack_weights import PackWeights
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
 from tvm_mcu.passes.tir.use_dot_kernels import MIN_DOT_TAPS
@@ -57,8 +59,10 @@ class OpInfo:
     weights: tuple[model_c.WeightStorage, ...] = ()  # per weight parameter, in the step's input order
 
 
-# How the weights of the SIMD kernels may be stored (compile_module's ``weights``).
-WEIGHT_WIDTHS = ("int8", "int16")
+# How the weights of the SIMD kernels may be stored (compile_module's ``weights``): "auto" packs those
+# whose every value fits int4 two per byte and keeps the others int8, "int8" keeps every one as given,
+# "int16" widens every one to halfwords.
+WEIGHT_WIDTHS = ("auto", "int8", "int16")
 
 
 @attrs.frozen
@@ -76,8 +80,10 @@ class Compiled:
     # Quantised models: (scale, zero point) of each int8 input and output the caller converts, if any.
     io_quantization: dict[str, list[list[float]]] | None = None
     float_ops: tuple[str, ...] = ()
-    # The operators whose weights are stored pre-widened to int16 (``weights="int16"``).
+    # The operators whose weights are stored pre-widened to int16 (``weights="int16"``), and those with
+    # weights stored as int4, two per byte (``weights="auto"``, values in [-8, 7]).
     int16_weight_ops: tuple[str, ...] = ()
+    int4_weight_ops: tuple[str, ...] = ()
     # The bytes model.c stores for the weights: each weight once per layout its steps read it in.
     stored_weights_bytes: int = 0
     # The schedule picked (tvm_mcu.schedule.choice), bytes live at each of its steps (arena + I/O), and
@@ -171,17 +177,56 @@ def _weight_parameters(graph: Graph) -> dict[str, set[int]]:
     return out
 
 
-def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
-    """Callee -> parameter position -> channel stride of the weights it reads blocked (BlockWeights),
-    negated for those stored as halfwords (WidenWeights)."""
-    out: dict[str, dict[int, int]] = {}
+def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, model_c.Blocked]]:
+    """Callee -> parameter position -> how it reads those weights blocked: the channel stride
+    (BlockWeights) and the width, int8 as given, halfwords (WidenWeights) or nibbles (PackWeights)."""
+    out: dict[str, dict[int, model_c.Blocked]] = {}
     for gv, func in lowered.functions_items():
         found = dict(func.attrs) if func.attrs is not None else {}
-        layout = {int(k): int(v) for k, v in (found.get(block_weights.ATTR_BLOCKED) or {}).items()}
-        layout.update({int(k): -int(v) for k, v in (found.get(widen_weights.ATTR_WIDENED) or {}).items()})
+        layout: dict[int, model_c.Blocked] = {}
+        for attr, width in (
+            (block_weights.ATTR_BLOCKED, "int8"),
+            (widen_weights.ATTR_WIDENED, "int16"),
+            (pack_weights.ATTR_PACKED, "int4"),
+        ):
+            layout.update(
+                {int(k): model_c.Blocked(int(v), width) for k, v in (found.get(attr) or {}).items()}
+            )
         if layout:
             out[gv.name_hint] = layout
     return out
+
+
+def _int4_parameters(graph: Graph) -> dict[str, set[int]]:
+    """Callee -> positions of the parameters every call of it passes int8 weights in [-8, 7] in."""
+    out: dict[str, set[int]] = {}
+    for step in graph.steps:
+        if step.kind == "copy":
+            continue
+        fits = {
+            k
+            for k, n in enumerate(step.inputs)
+            if graph.tensors[n].kind == "weight"
+            and n in graph.weights
+            and pack_weights.fits_int4(graph.weights[n])
+        }
+        out[step.callee] = out[step.callee] & fits if step.callee in out else fits
+    return out
+
+
+def _pack_int4(lowered: _tvm.IRModule, graph: Graph) -> _tvm.IRModule:
+    """``lowered`` with the blocked weights that fit int4 packed (PackWeights), the parameters marked
+    from ``graph``'s constants."""
+    wanted = _int4_parameters(graph)
+    marked = _tvm.IRModule(
+        {
+            gv: f.with_attr(pack_weights.ATTR_INT4, sorted(wanted[gv.name_hint]))
+            if isinstance(f, _tvm.PrimFunc) and wanted.get(gv.name_hint)
+            else f
+            for gv, f in lowered.functions_items()
+        }
+    )
+    return pipeline.run([PackWeights()], marked)
 
 
 # A convolution's weights are stored sparse (CSR over filterlets, visited by the sparse kernel) when at
@@ -319,13 +364,12 @@ def _sparse_stored(lowered: _tvm.IRModule, attr: str) -> dict[str, set[int]]:
     return out
 
 
-def sparse_reason(mod: _tvm.IRModule) -> str | None:
-    """Why an NCHW model should compute channels-last by default: its first int8 or float32 convolution
-    whose weights a sparse format would store (:func:`_conv_sparse_format`; only the channels-last
-    kernels read the sparse formats), named; None when there is none. Weights are constants or the
-    dequantisation of int8 constants (ONNX QDQ), as imported."""
+def _nchw_conv_weights(mod: _tvm.IRModule) -> list[tuple[str, np.ndarray]]:
+    """(node, OHWI weights) of the model's NCHW convolutions (groups 1) whose weights are constants or
+    the dequantisation of int8 constants (ONNX QDQ), as imported, in order."""
     func = mod["main"]
     values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    out = []
     for block in func.body.blocks:
         for b in block.bindings:
             call = b.value
@@ -339,14 +383,32 @@ def sparse_reason(mod: _tvm.IRModule) -> str | None:
                 w = values.get(w.args[0], w.args[0])
             if not isinstance(w, _tvm.RelaxConst):
                 continue
-            ohwi = np.ascontiguousarray(_tvm.const_value(w).transpose(0, 2, 3, 1))
-            mark = _conv_sparse_format(ohwi)
-            if mark is not None:
-                node = _tvm.provenance(func, b.var) or _tvm.var_name(b.var)
-                if mark == sparse_filterlets.ATTR_WANTED:
-                    kept = float(sparse_kernels.filterlets_kept(ohwi).mean())
-                    return f"{node} keeps {kept:.0%} of its filterlets"
-                return f"{node} keeps {np.count_nonzero(ohwi) / ohwi.size:.0%} of its weights"
+            node = _tvm.provenance(func, b.var) or _tvm.var_name(b.var)
+            out.append((node, np.ascontiguousarray(_tvm.const_value(w).transpose(0, 2, 3, 1))))
+    return out
+
+
+def sparse_reason(mod: _tvm.IRModule) -> str | None:
+    """Why an NCHW model should compute channels-last by default: its first int8 or float32 convolution
+    whose weights a sparse format would store (:func:`_conv_sparse_format`; only the channels-last
+    kernels read the sparse formats), named; None when there is none."""
+    for node, ohwi in _nchw_conv_weights(mod):
+        mark = _conv_sparse_format(ohwi)
+        if mark is not None:
+            if mark == sparse_filterlets.ATTR_WANTED:
+                kept = float(sparse_kernels.filterlets_kept(ohwi).mean())
+                return f"{node} keeps {kept:.0%} of its filterlets"
+            return f"{node} keeps {np.count_nonzero(ohwi) / ohwi.size:.0%} of its weights"
+    return None
+
+
+def int4_reason(mod: _tvm.IRModule) -> str | None:
+    """Why an NCHW model should compute channels-last when packing int4 weights: its first int8
+    convolution whose weights all lie in [-8, 7], named (only the channels-last kernels read packed
+    weights); None when there is none."""
+    for node, ohwi in _nchw_conv_weights(mod):
+        if pack_weights.fits_int4(ohwi):
+            return f"the weights of {node} fit int4"
     return None
 
 
@@ -587,7 +649,7 @@ def compile_module(
     sram_budget: int | None = None,
     strict_budget: bool = True,
     schedule: str | None = None,
-    weights: str = "int8",
+    weights: str = "auto",
     sparse: bool = True,
     convert: bool | None = None,
     io_in_arena: bool = False,
@@ -604,15 +666,18 @@ def compile_module(
     ``strict_budget=False``: when no schedule fits, take the default choice instead (the compiled
     figures of a model still over its budget, as pruning measures them).
     ``schedule``: the label of the candidate to take instead of choosing (benchmarks, tests);
-    BadOptionError lists the candidates when the model has no such schedule. ``weights``: "int8"
-    (as the model has them) or "int16": the weights the blocked SIMD kernels read are stored
-    pre-widened to halfwords (WidenWeights: twice their flash, fewer instructions; the report lists
-    the operators). ``sparse=False``: every weight stored dense, even where most filterlets are zero
-    (to measure what the sparse formats save). ``convert=True``: an NCHW (ONNX) model's convolutions
+    BadOptionError lists the candidates when the model has no such schedule. ``weights``: how the weights
+    the blocked SIMD kernels read are stored: "auto" (the default) as int4, two per byte, where every
+    value of a weight lies in [-8, 7] (PackWeights: half their flash, about the same instructions,
+    bit-exact), else as the model has them; "int8": as the model has them; "int16": pre-widened to
+    halfwords (WidenWeights: twice their flash, fewer instructions). The report lists the operators with
+    int4 or int16 weights. ``sparse=False``: every weight stored dense, even where most filterlets are
+    zero (to measure what the sparse formats save). ``convert=True``: an NCHW (ONNX) model's convolutions
     compute channels-last on the SIMD kernels (ChannelsLast; the interface stays NCHW); ``False``: they
     stay NCHW; ``None`` (the default): channels-last when an int8 or float32 convolution's weights are
-    sparse enough to store compactly (:func:`sparse_reason`: only the channels-last kernels read the sparse
-    formats), else NCHW. The choice and its reason are in ``Compiled.layout``. ``io_in_arena``: the
+    sparse enough to store compactly (:func:`sparse_reason`: only the channels-last kernels read the
+    sparse formats) or, with ``weights="auto"``, fit int4 (:func:`int4_reason`: only they read packed
+    weights), else NCHW. The choice and its reason are in ``Compiled.layout``. ``io_in_arena``: the
     model's inputs and outputs live in the arena (TFLite Micro's convention): ``tvmmcu_model_run(void)``,
     and ``tvmmcu_model_input(k)`` / ``tvmmcu_model_output(k)`` give where the caller writes and reads
     them; an input's bytes are reused once it is dead. ``sram_budget`` then counts the arena alone.
@@ -620,7 +685,7 @@ def compile_module(
     if weights not in WEIGHT_WIDTHS:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, got {weights!r}")
     t0 = time.perf_counter()
-    layout = _layout(mod, convert, sparse)
+    layout = _layout(mod, convert, sparse, pack=weights == "auto")
     convert = layout.startswith("channels-last") and not channels_last(mod)
     sched = plan_schedules(
         mod,
@@ -653,10 +718,17 @@ def compile_module(
     lowered = _only(lowered, graph)
     if weights == "int16":
         lowered = pipeline.run([WidenWeights()], lowered)
+    elif weights == "auto":
+        lowered = _pack_int4(lowered, graph)
     widened = {
         gv.name_hint
         for gv, f in lowered.functions_items()
         if f.attrs is not None and widen_weights.ATTR_WIDENED in f.attrs
+    }
+    packed = {
+        gv.name_hint
+        for gv, f in lowered.functions_items()
+        if f.attrs is not None and f.attrs.get(pack_weights.ATTR_PACKED)
     }
     kernels = c_ops.kernels_source(lowered, readonly=_weight_parameters(graph))
     blocked = _blocked_weights(lowered)
@@ -724,13 +796,15 @@ def compile_module(
         profile_before=_profile_by_step(candidates[0], graph),
         sram_budget=sram_budget,
         int16_weight_ops=tuple(st.name for st in graph.steps if st.callee in widened),
+        int4_weight_ops=tuple(st.name for st in graph.steps if st.callee in packed),
         stored_weights_bytes=model_c.stored_weights_bytes(graph, blocked, stored, elements),
         layout=layout,
     )
 
 
-def _layout(mod: _tvm.IRModule, convert: bool | None, sparse: bool) -> str:
-    """How ``compile_module`` lays out the convolutions for ``convert`` (its docstring), and why."""
+def _layout(mod: _tvm.IRModule, convert: bool | None, sparse: bool, pack: bool = False) -> str:
+    """How ``compile_module`` lays out the convolutions for ``convert`` (its docstring), and why;
+    ``pack``: int4 weights would be packed."""
     if channels_last(mod):
         return "channels-last, as imported"
     if not _conv_layouts(mod):
@@ -740,6 +814,9 @@ def _layout(mod: _tvm.IRModule, convert: bool | None, sparse: bool) -> str:
     reason = sparse_reason(mod) if convert is None and sparse else None
     if reason is not None:
         return f"channels-last: {reason}, and only the channels-last kernels read sparse weights"
+    reason = int4_reason(mod) if convert is None and pack else None
+    if reason is not None:
+        return f"channels-last: {reason}, and only the channels-last kernels read packed weights"
     if convert is False:
         return "as imported (channels-last not asked for)"
     return "as imported (--channels-last would move NCHW convolutions to the SIMD kernels)"

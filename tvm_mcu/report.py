@@ -27,9 +27,9 @@ class OpRow:
     instructions: int | None = None
     instructions_per_mac: float | None = None
     # The step's weights as stored in flash: their format(s) ("dense", "dense, blocked", "dense, int16",
-    # "filterlet CSR"; several joined by " + " for a chain of layers), bytes (values and indices), the
-    # index bytes of a sparse format, and for convolutions with several taps the filterlets that hold a
-    # non-zero value and all of them.
+    # "dense, int4", "filterlet CSR"; several joined by " + " for a chain of layers), bytes (values and
+    # indices), the index bytes of a sparse format, and for convolutions with several taps the
+    # filterlets that hold a non-zero value and all of them.
     weights_format: str = ""
     weights_bytes: int = 0
     index_bytes: int = 0
@@ -99,8 +99,10 @@ class Report:
     float_routines: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # What model.c stores for them: blocked, widened or sparse layouts, each weight once per layout.
     stored_weights_bytes: int = 0
-    # The operators whose weights are stored pre-widened to int16 (compile --weights int16).
+    # The operators whose weights are stored pre-widened to int16 (compile --weights int16), and those
+    # whose weights are stored as int4, two per byte (--weights auto, the default: values in [-8, 7]).
     int16_weight_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    int4_weight_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # Warnings the C compiler gave for the generated library (-Wall -Wextra); expected to be none.
     library_warnings: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # The schedule picked (layer by layer, in place, ...), the SRAM budget asked for, and the bytes of the

@@ -11,6 +11,7 @@ from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.inline_fixed_point import InlineFixedPoint
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
+from tvm_mcu.passes.tir.pack_weights import PackWeights
 from tvm_mcu.passes.tir.partial_execution import PartialExecution
 from tvm_mcu.passes.tir.row_bands import RollRowBuffers, SkipComputedRows
 from tvm_mcu.passes.tir.schedule_for_mcu import ScheduleForMcu
@@ -29,6 +30,7 @@ __all__ = [
     "HoistScratchToWorkspace",
     "InlineFixedPoint",
     "MakeUnpackedAPI",
+    "PackWeights",
     "PartialExecution",
     "RollRowBuffers",
     "ScheduleForMcu",

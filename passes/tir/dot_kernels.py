@@ -16,6 +16,7 @@ one LDR: Armv7-M and Armv8-M mainline allow an unaligned LDR, so a slice of any 
 from __future__ import annotations
 
 from tvm_mcu.passes.tir.float_kernels import HEADER_TEXT as FLOAT_HEADER_TEXT
+from tvm_mcu.passes.tir.nibble_kernels import HEADER_TEXT as NIBBLE_HEADER_TEXT
 from tvm_mcu.passes.tir.sparse_element_kernels import HEADER_TEXT as ELEMENT_HEADER_TEXT
 from tvm_mcu.passes.tir.sparse_float_kernels import HEADER_TEXT as SPARSE_F32_HEADER_TEXT
 from tvm_mcu.passes.tir.sparse_kernels import HEADER_TEXT as SPARSE_HEADER_TEXT
@@ -49,6 +50,10 @@ RUNS4B = {("int8", "int8"): "tvmmcu_dot4b_runs_s8s8", ("uint8", "int8"): "tvmmcu
 DOT4H = {("int8", "int8"): "tvmmcu_dot4h_s8s16", ("uint8", "int8"): "tvmmcu_dot4h_u8s16"}
 SUM4H = {"int8": "tvmmcu_dot4h_sum_s16"}
 RUNS4H = {("int8", "int8"): "tvmmcu_dot4h_runs_s8s16", ("uint8", "int8"): "tvmmcu_dot4h_runs_u8s16"}
+# The blocked kernels over int4 weights packed two per byte (PackWeights; nibble_kernels.py).
+DOT4Q = {("int8", "int8"): "tvmmcu_dot4q_s8s4", ("uint8", "int8"): "tvmmcu_dot4q_u8s4"}
+SUM4Q = {"int8": "tvmmcu_dot4q_sum_s4"}
+RUNS4Q = {("int8", "int8"): "tvmmcu_dot4q_runs_s8s4", ("uint8", "int8"): "tvmmcu_dot4q_runs_u8s4"}
 # A copy of contiguous bytes (an in-place kernel's staged output written back), a word at a time.
 COPY = "tvmmcu_dot_copy8"
 # The same from contiguous bytes to every stride-th byte (a depthwise plane written back).
@@ -767,19 +772,21 @@ static inline int32_t tvmmcu_dot4_runs_u8s8(const uint8_t *x, int32_t xsy, int32
  * across the window, and a row of taps inside whose data follow each other (xsx = n) is one run. */
 /* Four output channels over a window of runs of blocked weights: each tap a run of n values; the taps
  * of a row follow each other in the data when xsx = n. The padding taps are summed a run of weights at
- * a time. One body for both weight widths: WT the weights' type, RUN and SUM the blocked run and
- * padding kernels (tvmmcu_dot4b_runs_x8s8 over int8 weights, tvmmcu_dot4h_runs_x8s16 over halfwords). */
-#define TVMMCU_DOT_RUNS4(name, WT, RUN, SUM)                                                              \
+ * a time. One body for every weight width: WT the weights' type, PER values per WT (2: nibbles), RUN
+ * and SUM the blocked run and padding kernels (tvmmcu_dot4b_runs_x8s8 over int8 weights,
+ * tvmmcu_dot4h_runs_x8s16 over halfwords, tvmmcu_dot4q_runs_x8s4 over packed int4). */
+#define TVMMCU_DOT_RUNS4(name, WT, PER, RUN, SUM)                                                         \
   static inline TVMMCU_DOT_CLONE int32_t name(const void *x, int32_t xsy, int32_t xsx, const void *w,      \
                                               int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,   \
                                               int32_t x0, int32_t x1, int32_t pad, int32_t *acc,           \
                                               int x_unsigned) {                                            \
     const uint8_t *xu = (const uint8_t *)x;                                                                \
     const WT *wb = (const WT *)w;                                                                          \
+    const int32_t tap = 4 * (n / PER); /* WTs per tap of the four channels */                              \
     int32_t a[4] = {acc[0], acc[1], acc[2], acc[3]};                                                       \
     if (pad != 0 && !(y0 == 0 && x0 == 0 && y1 == kh && x1 == kw)) {                                       \
       for (int32_t ry = 0; ry < kh; ++ry) {                                                                \
-        const WT *wrow = wb + 4 * n * ry * kw;                                                             \
+        const WT *wrow = wb + tap * ry * kw;                                                               \
         if (ry < y0 || ry >= y1) {                                                                         \
           SUM(wrow, kw * n, pad, a);                                                                       \
           continue;                                                                                        \
@@ -788,18 +795,18 @@ static inline int32_t tvmmcu_dot4_runs_u8s8(const uint8_t *x, int32_t xsy, int32
           SUM(wrow, x0 * n, pad, a);                                                                       \
         }                                                                                                  \
         if (x1 < kw) {                                                                                     \
-          SUM(wrow + 4 * n * x1, (kw - x1) * n, pad, a);                                                   \
+          SUM(wrow + tap * x1, (kw - x1) * n, pad, a);                                                     \
         }                                                                                                  \
       }                                                                                                    \
     }                                                                                                      \
     for (int32_t ry = y0; ry < y1; ++ry) {                                                                 \
       const uint8_t *row = xu + (ry - y0) * xsy;                                                           \
-      const WT *wrow = wb + 4 * n * (ry * kw + x0);                                                        \
+      const WT *wrow = wb + tap * (ry * kw + x0);                                                          \
       if (xsx == n) {                                                                                      \
         RUN(row, wrow, (x1 - x0) * n, a, x_unsigned);                                                      \
       } else {                                                                                             \
         for (int32_t rx = x0; rx < x1; ++rx) {                                                             \
-          RUN(row + (rx - x0) * xsx, wrow + 4 * n * (rx - x0), n, a, x_unsigned);                          \
+          RUN(row + (rx - x0) * xsx, wrow + tap * (rx - x0), n, a, x_unsigned);                            \
         }                                                                                                  \
       }                                                                                                    \
     }                                                                                                      \
@@ -809,7 +816,7 @@ static inline int32_t tvmmcu_dot4_runs_u8s8(const uint8_t *x, int32_t xsy, int32
     acc[3] = a[3];                                                                                         \
     return 0;                                                                                              \
   }
-TVMMCU_DOT_RUNS4(tvmmcu_dot4b_runs_x8s8, int8_t, tvmmcu_dot4b_run, tvmmcu_dot4b_sum_s8)
+TVMMCU_DOT_RUNS4(tvmmcu_dot4b_runs_x8s8, int8_t, 1, tvmmcu_dot4b_run, tvmmcu_dot4b_sum_s8)
 
 static inline int32_t tvmmcu_dot4b_runs_s8s8(const int8_t *x, int32_t xsy, int32_t xsx, const int8_t *wb,
                                              int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
@@ -892,7 +899,7 @@ static inline int32_t tvmmcu_dot4h_sum_s16(const void *wh, int32_t n, int32_t va
   return 0;
 }
 
-TVMMCU_DOT_RUNS4(tvmmcu_dot4h_runs_x8s16, int16_t, tvmmcu_dot4h_run, tvmmcu_dot4h_sum_s16)
+TVMMCU_DOT_RUNS4(tvmmcu_dot4h_runs_x8s16, int16_t, 1, tvmmcu_dot4h_run, tvmmcu_dot4h_sum_s16)
 
 static inline int32_t tvmmcu_dot4h_runs_s8s16(const int8_t *x, int32_t xsy, int32_t xsx, const void *wh,
                                               int32_t kh, int32_t kw, int32_t n, int32_t y0, int32_t y1,
@@ -975,9 +982,12 @@ static inline int32_t tvmmcu_dot_copy8(void *dst, const void *src, int32_t n) {
 #endif
 """
 
-# The float32 kernels, the filterlet-sparse and the element-sparse ones: sections of the same header,
-# each with its own include guard.
-HEADER_TEXT += FLOAT_HEADER_TEXT + SPARSE_HEADER_TEXT + SPARSE_F32_HEADER_TEXT + ELEMENT_HEADER_TEXT
+# The packed int4 kernels (they use the blocked kernels' macros), the float32 kernels, the
+# filterlet-sparse and the element-sparse ones: sections of the same header, each with its own include
+# guard.
+HEADER_TEXT += (
+    NIBBLE_HEADER_TEXT + FLOAT_HEADER_TEXT + SPARSE_HEADER_TEXT + SPARSE_F32_HEADER_TEXT + ELEMENT_HEADER_TEXT
+)
 
 # In one translation unit GCC propagates the arena's and the weights' sizes into the kernels and warns
 # about paths no call takes: a window kernel's whole-window path when the padding makes every window

@@ -59,9 +59,10 @@ class _Q:
         )
         return out
 
-    def weight(self, shape: tuple[int, ...], axis: int = 0) -> str:
-        """A per-channel int8 weight along ``axis``, dequantised."""
-        w = self.rng.integers(-127, 128, shape).astype(np.int8)
+    def weight(self, shape: tuple[int, ...], axis: int = 0, bits: int = 8) -> str:
+        """A per-channel int8 weight along ``axis``, dequantised; ``bits=4``: its values in [-8, 7] (an
+        ONNX INT4 initialiser as imported)."""
+        w = self.rng.integers(-127 if bits == 8 else -8, 128 if bits == 8 else 8, shape).astype(np.int8)
         scales = self.rng.uniform(0.002, 0.02, shape[axis]).astype(np.float32)
         out = self.name("wdq")
         self.nodes.append(
@@ -321,3 +322,35 @@ QDQ_OPS: dict[str, Callable[[str], onnx.ModelProto]] = {
     "conv_all_padding": conv_all_padding,
     "conv_larger_than_input": conv_larger_than_input,
 }
+
+
+def int4_cnn(bits: int = 4) -> onnx.ModelProto:
+    """An int8 QDQ CNN whose convolution and dense weights hold values in [-8, 7] (``bits=8``: the same
+    model with int8 weights): a 3x3 convolution over 3 input channels (too few for the blocked kernels:
+    its weights stay bytes), a padded 3x3 one over 8 (the padding summed), a depthwise one, a 1x1 one,
+    max pooling and a dense layer: every kind of schedule (in place, channel slices, row bands)."""
+    g = _Q("int8", 31)
+    x = g.input([1, 3, 8, 8], 0.05, 3)
+    y = g.op("Conv", [x, g.weight((8, 3, 3, 3), bits=bits)], pads=[1, 1, 1, 1])
+    y = g.quantized(g.op("Relu", [y]), 0.04, -128)
+    y = g.quantized(g.op("Conv", [y, g.weight((16, 8, 3, 3), bits=bits)], pads=[1, 1, 1, 1]), 0.05, 5)
+    y = g.op("Conv", [y, g.weight((16, 1, 3, 3), bits=bits)], pads=[1, 1, 1, 1], group=16)
+    y = g.quantized(y, 0.05, 2)
+    y = g.quantized(g.op("Conv", [y, g.weight((16, 16, 1, 1), bits=bits)]), 0.05, -3)
+    y = g.quantized(g.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2]), 0.05, -3)
+    y = g.op("Flatten", [y])
+    b = g.const((g.rng.standard_normal(12) * 0.3).astype(np.float32))
+    return g.model(g.op("Gemm", [y, g.weight((12, 256), bits=bits), b], transB=1), 0.1, 2)
+
+
+def int4_layer(kind: str, bits: int = 4) -> onnx.ModelProto:
+    """One layer with weights in [-8, 7] (``bits=8``: int8 weights) for the benchmark: "conv", a padded
+    3x3 convolution 32 -> 64 channels at 16x16; "dense", a dense layer 256 -> 64."""
+    g = _Q("int8", 32)
+    if kind == "conv":
+        x = g.input([1, 32, 16, 16], 0.05, 3)
+        y = g.op("Conv", [x, g.weight((64, 32, 3, 3), bits=bits)], pads=[1, 1, 1, 1])
+    else:
+        x = g.input([1, 256], 0.05, 3)
+        y = g.op("Gemm", [x, g.weight((64, 256), bits=bits)], transB=1)
+    return g.model(y, 0.5 if bits == 8 else 0.05, 1)

@@ -15,6 +15,7 @@ from tvm_mcu import __version__
 from tvm_mcu.codegen.c_ops import OP_QUALIFIER_DEFINITION
 from tvm_mcu.passes.tir import sparse_element_kernels
 from tvm_mcu.passes.tir.block_weights import block
+from tvm_mcu.passes.tir.pack_weights import pack
 from tvm_mcu.passes.tir.sparse_kernels import compress_blob, filterlets_kept
 from tvm_mcu.passes.tir.widen_weights import widen
 from tvm_mcu.schedule.graph import Graph, Tensor
@@ -242,49 +243,56 @@ def _describe(t: Tensor) -> str:
     return f"{t.name} {t.dtype}[{','.join(str(d) for d in t.shape)}]"
 
 
+DENSE = "dense"  # the layout of weights stored as the model has them
 SPARSE = "sparse"  # the layout of weights stored as CSR over filterlets (SparseFilterlets)
 ELEMENTS = "elements"  # the layout of weights stored as CSR over single weights (SparseElements)
 
 
+@attrs.frozen
+class Blocked:
+    """The layout of weights stored blocked by four channels of ``stride`` values (BlockWeights), each
+    value as ``width``: "int8" as the model has it, "int16" pre-widened (WidenWeights), "int4" packed
+    two per byte (PackWeights)."""
+
+    stride: int
+    width: str = "int8"
+
+
+# What a weight's symbol ends with in each blocked width: blocked, halfwords, nibbles (quarter words).
+_BLOCKED_SUFFIX = {"int8": "_b", "int16": "_h", "int4": "_q"}
+
+Layout = str | Blocked
+
+
 def _layouts_used(
     graph: Graph,
-    blocked: dict[str, dict[int, int]],
+    blocked: dict[str, dict[int, Blocked]],
     sparse: dict[str, set[int]],
     elements: dict[str, set[int]],
-) -> dict[str, list[int | str]]:
-    """Weight name -> the layouts its steps read it in, in first-use order: 0 as stored, S blocked with
-    channel stride S, -S blocked and pre-widened to halfwords (``blocked``: callee -> parameter
-    position -> S or -S, BlockWeights' and WidenWeights')."""
-    used: dict[str, list[int | str]] = {}
+) -> dict[str, list[Layout]]:
+    """Weight name -> the layouts its steps read it in, in first-use order (``blocked``: callee ->
+    parameter position -> its :class:`Blocked` layout, BlockWeights', WidenWeights' and PackWeights')."""
+    used: dict[str, list[Layout]] = {}
     for step in graph.steps:
         for k, name in enumerate(step.inputs):
             if graph.tensors[name].kind == "weight":
-                layout: int | str = blocked.get(step.callee, {}).get(k, 0)
-                if k in sparse.get(step.callee, set()):
-                    layout = SPARSE
-                if k in elements.get(step.callee, set()):
-                    layout = ELEMENTS
+                layout = step_layout(step.callee, k, blocked, sparse, elements)
                 if layout not in used.setdefault(name, []):
                     used[name].append(layout)
     return used
 
 
-def _weight_variant(name: str, layout: int | str) -> str:
-    if layout == SPARSE:
-        return weight_symbol(name) + "_csr"
-    if layout == ELEMENTS:
-        return weight_symbol(name) + "_ecsr"
-    assert isinstance(layout, int)
-    if layout < 0:
-        return weight_symbol(name) + f"_h{-layout}"
-    return weight_symbol(name) + (f"_b{layout}" if layout else "")
+def _weight_variant(name: str, layout: Layout) -> str:
+    if isinstance(layout, Blocked):
+        return weight_symbol(name) + f"{_BLOCKED_SUFFIX[layout.width]}{layout.stride}"
+    return weight_symbol(name) + {DENSE: "", SPARSE: "_csr", ELEMENTS: "_ecsr"}[layout]
 
 
 @attrs.frozen
 class WeightStorage:
     """How one weight parameter of a step is stored in flash (the report's per-layer columns)."""
 
-    format: str  # "dense", "dense, blocked", "dense, int16", "filterlet CSR" or "element CSR"
+    format: str  # "dense", "dense, blocked", "dense, int16", "dense, int4", "filterlet CSR" or "element CSR"
     stored_bytes: int  # everything the layout stores: values, and indices for a sparse one
     index_bytes: int = 0
     # Convolution weights with more than one tap: filterlets holding a non-zero value, and all of them.
@@ -295,19 +303,22 @@ class WeightStorage:
 def step_layout(
     step_callee: str,
     position: int,
-    blocked: dict[str, dict[int, int]],
+    blocked: dict[str, dict[int, Blocked]],
     sparse: dict[str, set[int]],
     elements: dict[str, set[int]],
-) -> int | str:
+) -> Layout:
     """The layout one step reads its weight parameter at ``position`` in (see :func:`_layouts_used`)."""
     if position in elements.get(step_callee, set()):
         return ELEMENTS
     if position in sparse.get(step_callee, set()):
         return SPARSE
-    return blocked.get(step_callee, {}).get(position, 0)
+    return blocked.get(step_callee, {}).get(position, DENSE)
 
 
-def weight_storage(values: np.ndarray, layout: int | str) -> WeightStorage:
+_BLOCKED_FORMAT = {"int8": "dense, blocked", "int16": "dense, int16", "int4": "dense, int4"}
+
+
+def weight_storage(values: np.ndarray, layout: Layout) -> WeightStorage:
     """The flash a weight takes in ``layout``, with its filterlet counts."""
     stored, _ = _stored(values, layout)
     counts: dict[str, int] = {}
@@ -322,14 +333,13 @@ def weight_storage(values: np.ndarray, layout: int | str) -> WeightStorage:
     if layout == ELEMENTS:
         index = stored.nbytes - int(np.count_nonzero(values)) * values.itemsize
         return WeightStorage("element CSR", stored.nbytes, index, **counts)
-    assert isinstance(layout, int)
-    kind = "dense" if layout == 0 else ("dense, blocked" if layout > 0 else "dense, int16")
+    kind = _BLOCKED_FORMAT[layout.width] if isinstance(layout, Blocked) else "dense"
     return WeightStorage(kind, stored.nbytes, 0, **counts)
 
 
 def stored_weights_bytes(
     graph: Graph,
-    blocked: dict[str, dict[int, int]],
+    blocked: dict[str, dict[int, Blocked]],
     sparse: dict[str, set[int]],
     elements: dict[str, set[int]],
 ) -> int:
@@ -342,7 +352,7 @@ def stored_weights_bytes(
     )
 
 
-def _stored(values: np.ndarray, layout: int | str) -> tuple[np.ndarray, str]:
+def _stored(values: np.ndarray, layout: Layout) -> tuple[np.ndarray, str]:
     """A weight's values in ``layout`` (see :func:`_layouts_used`) and a note for its comment."""
     if layout == SPARSE:
         kept = int(filterlets_kept(values).sum())
@@ -354,12 +364,14 @@ def _stored(values: np.ndarray, layout: int | str) -> tuple[np.ndarray, str]:
         return sparse_element_kernels.compress_blob(
             values
         ), f", {kept} of {values.size} values kept (element CSR)"
-    assert isinstance(layout, int)
-    if layout > 0:
-        return block(values, layout), f", blocked by four channels of {layout} values"
-    if layout < 0:
-        return widen(values, -layout), f", blocked by four channels of {-layout} values, as int16"
-    return values, ""
+    if not isinstance(layout, Blocked):
+        return values, ""
+    note = f", blocked by four channels of {layout.stride} values"
+    if layout.width == "int16":
+        return widen(values, layout.stride), note + ", as int16"
+    if layout.width == "int4":
+        return pack(values, layout.stride), note + ", as int4 two per byte"
+    return block(values, layout.stride), note
 
 
 def emit_model_c(
@@ -370,15 +382,15 @@ def emit_model_c(
     op_prefix: str,
     ops: str = "",
     includes: tuple[str, ...] = (),
-    blocked: dict[str, dict[int, int]] | None = None,
+    blocked: dict[str, dict[int, Blocked]] | None = None,
     sparse: dict[str, set[int]] | None = None,
     elements: dict[str, set[int]] | None = None,
 ) -> str:
     """``model.c``: the weights, the operators (``ops``, c_ops.kernels_source's, with the helper
     headers ``includes``), the arena and the call sequence, one translation unit. ``blocked``: callee
-    -> parameter position -> channel stride of the weights that operator reads blocked
-    (passes/tir/block_weights.py; negative: blocked halfwords, passes/tir/widen_weights.py); those are
-    stored so (a weight read several ways is stored each way). ``sparse`` and ``elements``: callee ->
+    -> parameter position -> the :class:`Blocked` layout that operator reads those weights in
+    (passes/tir/block_weights.py, widen_weights.py, pack_weights.py); those are stored so (a weight read
+    several ways is stored each way). ``sparse`` and ``elements``: callee ->
     the parameter positions it reads as CSR over filterlets (SparseFilterlets) or over single weights
     (SparseElements)."""
     blocked = blocked or {}
@@ -399,7 +411,7 @@ def emit_model_c(
     ]
     for name in graph.weights:  # first-use order, deterministic
         t = graph.tensors[name]
-        for layout in layouts.get(name, [0]):
+        for layout in layouts.get(name, [DENSE]):
             value, note = _stored(graph.weights[name], layout)
             lines.append(f"/* {_describe(t)}{note} */")
             lines.append(
@@ -420,7 +432,7 @@ def emit_model_c(
             body.append(f"  memcpy({dst}, {src}, {out_t.nbytes});")
             continue
         args = [_operand(graph, plan, n) for n in (*step.inputs, step.output)]
-        variants: dict[int, int | str] = {**blocked.get(step.callee, {})}
+        variants: dict[int, Layout] = {**blocked.get(step.callee, {})}
         variants.update({k: SPARSE for k in sparse.get(step.callee, set())})
         variants.update({k: ELEMENTS for k in elements.get(step.callee, set())})
         for k, layout in variants.items():
