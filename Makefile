@@ -60,6 +60,7 @@ bench: setup
 bench-prune: setup
 	$(PY) bench/run_bench.py --pruning-methods --pruning-curves
 	$(PY) bench/run_bench.py --pruning-schedulers
+	$(PY) bench/run_bench.py --bits-curves
 
 # Compile time against depth alone (MobileNetV1-style networks of 4 to 32 blocks): rewrites that section
 # of docs/BENCHMARKS.md (minutes).

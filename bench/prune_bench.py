@@ -181,9 +181,10 @@ def deploy(
     work: Path,
     sram_budget: int | None = None,
     *,
-    channels_last: bool = False,
+    channels_last: bool | None = False,
     images: int = QEMU_IMAGES,
     every_image: bool = False,
+    quantized: bool = False,
 ) -> Deployed:
     """Float accuracy on the whole test split; PTQ on real training images; int8 on QEMU (the first
     ``images`` test images); ``channels_last`` as ``compile --channels-last``.
@@ -192,6 +193,9 @@ def deploy(
     library (the same C) built for the host by gcc; on the first ``images`` its outputs must be
     byte-identical to the firmware's on QEMU (VerificationError otherwise: the figure would not be the
     firmware's). onnxruntime runs the same QDQ model on the same images beside it (``ort_*``).
+
+    ``quantized``: ``path`` is a QDQ model already (``prune --weights int4`` / ``--method udc`` write
+    one): deployed as it is; its float accuracy is NaN (the caller has the trained one).
     """
     from tvm_mcu import api
     from tvm_mcu.api import FIRMWARE_DIR, REPORT, pack, unpack
@@ -204,9 +208,12 @@ def deploy(
     from tvm_mcu.targets.runner import run_firmware
 
     imported = load_model(path)
-    float_acc = float_accuracy(path, ds)
-    q = work / f"{path.stem}_int8.onnx"
-    quantize_onnx(path, {imported.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}, q)
+    if quantized:
+        float_acc, q = float("nan"), path
+    else:
+        float_acc = float_accuracy(path, ds)
+        q = work / f"{path.stem}_int8.onnx"
+        quantize_onnx(path, {imported.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}, q)
     compiled = api.compile_model(
         q, BOARD, work / f"{path.stem}_build", sram_budget=sram_budget, channels_last=channels_last
     )

@@ -693,6 +693,13 @@ def main(argv: list[str] | None = None) -> int:
         "every row",
     )
     p.add_argument(
+        "--bits-curves",
+        action="store_true",
+        help="instead, the widths-and-bits curves: int8 DiffPrune, int4 everywhere and the joint search "
+        "(--method udc) at 1/2 to 1/16 of the stored weights, their section of docs/BENCHMARKS_PRUNING.md "
+        "and PNG plots in docs/ (takes the --curves-* options too); rewritten after every row",
+    )
+    p.add_argument(
         "--curves-models",
         help="with --pruning-curves: only these models, by file stem, comma-separated "
         "(fashion_cnn_wide, mobilenetv2_fashion); default both",
@@ -747,13 +754,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     only = "compile-time" if args.compile_time else args.only
-    serial_only = args.pruning_methods or args.pruning_curves or args.pruning_schedulers or only
+    serial_only = (
+        args.pruning_methods or args.pruning_curves or args.pruning_schedulers or args.bits_curves or only
+    )
     if (args.workers or args.ray_address) and serial_only and only not in PARALLEL:
         p.error(
             f"--workers and --ray-address run the main table and the {', '.join(PARALLEL)} sections' work "
             "as Ray tasks; the others run here: drop them"
         )
-    if args.pruning_methods or args.pruning_curves:
+    if args.pruning_methods or args.pruning_curves or args.bits_curves:
         target = Path(args.out or ROOT / "docs" / PRUNING_DOC)
         status = pruning_methods(target) if args.pruning_methods else 0
         stems = args.curves_models.split(",") if args.curves_models else None
@@ -763,7 +772,11 @@ def main(argv: list[str] | None = None) -> int:
             "images": args.curves_qemu_images,
         }
         budget = {k: v for k, v in budget.items() if v is not None}
-        return status or (pruning_curves(target, stems, **budget) if args.pruning_curves else 0)
+        if not status and args.pruning_curves:
+            status = pruning_curves(target, stems, **budget)
+        if not status and args.bits_curves:
+            status = pruning_curves(target, stems, bits=True, **budget)
+        return status
     if args.pruning_schedulers:
         return pruning_schedulers(Path(args.out or ROOT / "docs" / PRUNING_DOC))
     out = Path(args.out or ROOT / "docs" / "BENCHMARKS.md")
@@ -885,13 +898,17 @@ def _positive(text: str) -> int:
     return value
 
 
-def pruning_curves(out: Path, stems: list[str] | None = None, **budget: int) -> int:
-    """``make bench-prune``: the pruning curves, their section of ``out`` and their plots (next to it);
-    ``stems``: only these models; ``budget``: ``CurveModel`` fields (epochs, limit, images) to override
-    for every model."""
+def pruning_curves(out: Path, stems: list[str] | None = None, *, bits: bool = False, **budget: int) -> int:
+    """``make bench-prune``: the pruning curves (``bits``: the widths-and-bits curves instead, see
+    ``bits_curves.py``), their section of ``out`` and their plots (next to it); ``stems``: only these
+    models; ``budget``: ``CurveModel`` fields (epochs, limit, images) to override for every model."""
+    from bits_curves import HEADING as BITS_HEADING
+    from bits_curves import section as bits_section
+
+    heading, make = (BITS_HEADING, bits_section) if bits else (CURVES_HEADING, curves_section)
 
     def emit(lines: list[str], *, done: bool = False) -> None:
-        _write_section(out, CURVES_HEADING, lines, done=done)
+        _write_section(out, heading, lines, done=done)
 
     known = {m.path.stem for m in curve_models(BENCH)}
     if stems is not None and not set(stems) <= known:
@@ -903,8 +920,8 @@ def pruning_curves(out: Path, stems: list[str] | None = None, **budget: int) -> 
         models = [
             attrs.evolve(m, **budget) for m in curve_models(BENCH) if stems is None or m.path.stem in stems
         ]
-        emit(curves_section(Path(tmp), out.parent, models=models, emit=emit), done=True)
-    print(f"wrote the curves section of {out}")
+        emit(make(Path(tmp), out.parent, models=models, emit=emit), done=True)
+    print(f"wrote the {'bits ' if bits else ''}curves section of {out}")
     return 0
 
 

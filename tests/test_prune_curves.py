@@ -246,3 +246,28 @@ def test_the_curves_training_budget_is_set_from_the_command_line(
     assert "no model ['fashion_cnn']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_bench.main([*out, "--curves-epochs", "0"])
+
+
+def test_bits_curves_claims_judge_dominance_and_the_size_at_the_original_accuracy() -> None:
+    from bits_curves import Point as BitsPoint
+    from bits_curves import claims as bits_claims
+    from prune_bench import Deployed
+
+    def point(method: str, k: int, acc: float, weights: int) -> BitsPoint:
+        d = Deployed(acc, acc, 1000, 2000, 100, 1000, "s", weights)
+        return BitsPoint(method, k, weights, d, acc, "8", 0.0, 0.0)
+
+    base = point("original", 0, 0.90, 96_000)
+    found = bits_claims(
+        [
+            base,
+            *(point("int8 width", k, 0.897 - 0.01 * k, 96_000 // k) for k in (2, 4)),
+            *(point("int4 width", k, 0.896 - 0.005 * k, 96_000 // k) for k in (2, 4)),
+            *(point("joint (udc)", k, 0.899 - 0.004 * k, 96_000 // k) for k in (2, 4)),
+        ]
+    )
+    assert "**holds**" in found[0] and "1/2 +0.5" in found[0] and "1/4 +0.7" in found[0]
+    # At 0.90 - 0.5 point (0.895) no point of these reaches it.
+    assert "cannot be judged" in found[1] and "joint none" in found[1]
+    worse = bits_claims([base, point("int8 width", 2, 0.9, 40_000), point("joint (udc)", 2, 0.899, 30_000)])
+    assert "1.33x smaller" in worse[0] and "**does not hold**" in worse[0]

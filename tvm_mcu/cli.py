@@ -422,6 +422,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         workdir=Path(args.workdir) if args.workdir else None,
         workers=args.workers,
         ray_address=args.ray_address,
+        weights=args.weights,
     )
     report = prune.result_json(result, budget)
     if args.json:
@@ -439,6 +440,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print("  (instr: estimated by the kernels' cost model, channels-last; `tvm-mcu run` counts them)")
     if result.search:
         print(f"  {result.search}")
+    if result.bits:
+        widths = ", ".join(f"{layer} int{b}" for layer, b in result.bits.items())
+        print(f"  weights (written quantised): {widths}")
     print(_bytes_row("weights B", b.weights, a.weights, budget.weights))
     print(f"  schedule: {b.schedule} -> {a.schedule}")
     if budget.sram is not None:
@@ -574,10 +578,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--method",
-        choices=["diff", "l1", "uniform"],
+        choices=["diff", "l1", "uniform", "udc"],
         help="how channels are ranked (--granularity channel only): diff (default): gates trained with "
         "budget losses while the model trains (needs --data and --epochs; without them, l1); l1: weight "
-        "magnitude; uniform: width scaling",
+        "magnitude; uniform: width scaling; udc: diff's gates and a gate per layer choosing int8 or int4 "
+        "weights, searched together (UDC; writes the quantised model)",
+    )
+    pr.add_argument(
+        "--weights",
+        choices=["int8", "int4"],
+        default="int8",
+        help="int4: deploy every convolution and dense layer with int4 weights (depthwise ones stay "
+        "int8), budgeted and trained as such; writes the quantised model (--data calibrates it)",
     )
     pr.add_argument(
         "--importance",

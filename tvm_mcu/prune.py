@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-METHODS = ("diff", "l1", "uniform")
+METHODS = ("diff", "l1", "uniform", "udc")
 # Bisection steps of the search; each measures one candidate (export, quantise, compile, build).
 SEARCH_STEPS = 9
 
@@ -202,6 +202,8 @@ class PruneResult:
     # Measurement rounds (one compile each serially; up to --workers at once, speculated) and compiles.
     rounds: int = 0
     compiles: int = 0
+    # ``--weights int4`` / ``--method udc``: each layer's weight width in the written QDQ model.
+    bits: dict[str, int] = attrs.field(factory=dict)
 
     @property
     def unit(self) -> str:
@@ -235,6 +237,7 @@ def result_json(result: PruneResult, budget: Budget) -> dict[str, object]:
         "search": result.search or None,
         "plan": str(result.plan),
         "training": attrs.asdict(result.training) if result.training else None,
+        "weight_bits": dict(result.bits) or None,
     }
 
 
@@ -255,13 +258,15 @@ def training_lines(result: PruneResult) -> list[str]:
 
 
 def keep_channels(
-    plan: ChannelPlan, score: dict[int, float], method: str, level: float
+    plan: ChannelPlan, score: dict[int, float], method: str, level: float, quantum: int = 1
 ) -> dict[int, tuple[int, ...]]:
-    """Channels kept per prunable group at ``level`` in [0, 1] (1 keeps everything)."""
+    """Channels kept per prunable group at ``level`` in [0, 1] (1 keeps everything), a multiple of
+    ``quantum`` (or all)."""
     keep = {}
     for g in plan.prunable:
-        # level 1 keeps all; level 0 keeps one channel per group.
+        # level 1 keeps all; level 0 keeps one channel per group (one quantum).
         k = max(1, int(round(level * g.size)))
+        k = min(g.size, -(-k // quantum) * quantum)
         if method == "uniform":
             keep[g.gid] = tuple(range(k))
             continue
@@ -287,6 +292,9 @@ class Compile:
     int8: bool
     sram_budget: int | None = None
     channels_last: bool = False
+    # Some weights int4: the compiler's own layout choice (channels-last, where packed weights are
+    # read), as the written model compiles by default.
+    int4: bool = False
 
 
 def compiled_figures(path: str, build: str, how: Compile) -> Resources:
@@ -299,7 +307,7 @@ def compiled_figures(path: str, build: str, how: Compile) -> Resources:
         Path(build),
         sram_budget=how.sram_budget,
         strict_budget=False,
-        channels_last=how.channels_last,
+        channels_last=True if how.channels_last else (None if how.int4 else False),
     )
     r = compiled.report
     biggest = max(r.ops, key=lambda o: o.output_bytes, default=None)
@@ -357,20 +365,41 @@ class _Job:
     # Where the compiles run (serial, or Ray tasks: --workers, --ray-address), and what they counted.
     workers: Workers = attrs.field(factory=Workers, eq=False)
     tally: Tally = attrs.field(factory=Tally, eq=False)
+    # The weights' widths every candidate is quantised to (``--weights int4``), by (binding, argument);
+    # None: int8.
+    bits: Mapping[tuple[int, int], int] | None = attrs.field(default=None, eq=False)
 
-    def measure(self, mod: _tvm.IRModule, tag: str) -> Resources:
+    @property
+    def quantum(self) -> int:
+        """Kept channel counts are multiples of this: int4 weights pack only in whole blocks."""
+        from tvm_mcu.prune_bits import QUANTUM
+
+        return QUANTUM if self.bits else 1
+
+    def measure(
+        self, mod: _tvm.IRModule, tag: str, bits: Mapping[tuple[int, int], int] | None = None
+    ) -> Resources:
         """Export ``mod`` to ONNX, quantise it (int8), compile and build it (:meth:`measure_all`)."""
-        return self.measure_all([(mod, tag)])[0]
+        return self.measure_all([(mod, tag)], bits)[0]
 
-    def measure_all(self, candidates: Sequence[tuple[_tvm.IRModule, str]]) -> list[Resources]:
+    def measure_all(
+        self,
+        candidates: Sequence[tuple[_tvm.IRModule, str]],
+        bits: Mapping[tuple[int, int], int] | None = None,
+    ) -> list[Resources]:
         """The figures of each (module, tag), in one round: exported to ONNX and quantised with seeded
-        calibration data (int8) here, one after another, each compiled and built (:class:`Compile`) by a
-        worker as soon as it is written (serially: in turn). The tag names its files in the workdir."""
-        how = Compile(self.board, self.int8, self.sram_budget, self.channels_last)
+        calibration data (int8; weights at ``bits``, by default the job's) here, one after another,
+        each compiled and built (:class:`Compile`) by a worker as soon as it is written (serially: in
+        turn). The tag names its files in the workdir."""
+        widths = self.bits if bits is None else bits
+        int4 = any(b == 4 for b in (widths or {}).values())
+        how = Compile(self.board, self.int8, self.sram_budget, self.channels_last, int4)
         handles = []
         for mod, tag in candidates:
             tag = self.tally.fresh(tag)
-            path = resource_model.deployable(mod, self.imported, self.work, int8=self.int8, tag=tag)
+            path = resource_model.deployable(
+                mod, self.imported, self.work, int8=self.int8, tag=tag, bits=widths
+            )
             build = str(self.work / f"{tag}_build")
             handles.append(self.workers.submit(compiled_figures, str(path), build, how))
         self.tally.rounds += 1
@@ -411,6 +440,7 @@ def prune_model(
     channels_last: bool = False,
     workers: int | None = None,
     ray_address: str | None = None,
+    weights: str = "int8",
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
@@ -433,11 +463,17 @@ def prune_model(
     the cluster at ``ray_address`` (then ``workdir`` must be on storage every node sees), and the
     bisections measure that many candidates a round (:mod:`tvm_mcu.speculative`): the same result as
     serially, in fewer rounds (``PruneResult.rounds``). Neither: serial, in this process.
+    ``weights="int4"``: the model is deployed with int4 weights (``tvm-mcu quantize --weights int4``),
+    budgeted and trained as such; ``method="udc"``: the channels and each layer's width (int8 or int4)
+    searched together (:mod:`tvm_mcu.prune_bits`). Both write the quantised (QDQ) model, calibrated on
+    ``data``, and train the network as quantised at its widths.
     """
+    from tvm_mcu import prune_bits
     from tvm_mcu.prune_sparse import check_options, check_scheduler
 
     method, importance = check_options(granularity, method, importance, data)
     check_scheduler(granularity, scheduler, data, epochs)
+    prune_bits.check(method, weights, int8, granularity, data, epochs)
     if granularity == "channel" and budget.instructions is not None:
         # Channels keep the dense kernels, whose instructions the cost model prices per MAC: the
         # instructions budget is a MACs budget for the channel search.
@@ -472,11 +508,15 @@ def prune_model(
         job = _Job(
             mod, plan, imported, board, work, int8, distill, budget.sram, seed, channels_last, progress, pool
         )
-        before = job.measure(mod, "original")
+        if weights == "int4":
+            job = attrs.evolve(job, bits=prune_bits.all_int4(mod))
+        before = job.measure(mod, "original", bits={})  # as the user has it: int8
+        start = job.measure(mod, "original_int4") if job.bits else before
         training: Training | None = None
         sparse = None
-        if not before.excess(budget):
-            keep, best, after = {g.gid: tuple(range(g.size)) for g in plan.prunable}, mod, before
+        chosen: dict[tuple[int, int], int] = dict(job.bits or {})
+        if not start.excess(budget):
+            keep, best, after = {g.gid: tuple(range(g.size)) for g in plan.prunable}, mod, start
             if epochs:
                 best, training = _fine_tune(job, mod, data, epochs, train_limit)
         elif not plan.prunable:
@@ -505,16 +545,29 @@ def prune_model(
             keep, best, after, training = sparse.keep, sparse.mod, sparse.after, sparse.training
         else:
             _narrowest(job, budget)
-            if method == "diff":
-                keep, best, after, training = _diff(
-                    job, budget, before, data or "", epochs, train_limit, sram_model, progress, resources
+            if method in ("diff", "udc"):
+                mode = "search" if method == "udc" else ("int4" if job.bits else None)
+                keep, best, after, training, chosen = _diff(
+                    job,
+                    budget,
+                    before,
+                    data or "",
+                    epochs,
+                    train_limit,
+                    sram_model,
+                    progress,
+                    resources,
+                    bits_mode=mode,
                 )
             else:
                 keep, best, after = _bisect(job, budget, method, search_steps)
                 if epochs:
                     best, training = _fine_tune(job, best, data, epochs, train_limit)
-        model = resource_model.export(best, imported)
-    Path(out_path).write_bytes(model.SerializeToString())
+        if chosen:
+            written = _written_at_bits(best, imported, work, data, train_limit, chosen)
+        else:
+            written = resource_model.export(best, imported).SerializeToString()
+    Path(out_path).write_bytes(written)
     widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
     rounds, compiles = job.tally.rounds, job.tally.compiles
     if granularity == "channel":
@@ -529,6 +582,7 @@ def prune_model(
             channels_last=channels_last,
             rounds=rounds,
             compiles=compiles,
+            bits=prune_bits.describe(best, chosen),
         )
     return PruneResult(
         keep,
@@ -550,9 +604,30 @@ def prune_model(
     )
 
 
+def _written_at_bits(
+    mod: _tvm.IRModule,
+    imported: ImportedModel,
+    work: Path,
+    data: str | None,
+    limit: int | None,
+    bits: Mapping[tuple[int, int], int],
+) -> bytes:
+    """``mod`` quantised with its weights at ``bits``, calibrated on the first training inputs."""
+    from tvm_mcu.prune_bits import calibration
+    from tvm_mcu.train.data import load_dataset
+
+    assert data is not None  # prune_bits.check
+    ds = load_dataset(data, imported.inputs[0].shape, limit=limit)
+    feeds = {imported.inputs[0].name: calibration(ds.x_train)}
+    path = resource_model.deployable(
+        mod, imported, work, int8=True, tag="result", bits=bits, calibration=feeds
+    )
+    return path.read_bytes()
+
+
 def _narrowest(job: _Job, budget: Budget) -> None:
     """BudgetError when even one channel per prunable group misses the budget."""
-    keep = {g.gid: (0,) for g in job.plan.prunable}
+    keep = {g.gid: tuple(range(min(g.size, job.quantum))) for g in job.plan.prunable}
     r = job.measure(PruneChannels(keep=keep)(job.mod), "narrowest")
     if r.excess(budget):
         raise BudgetError(
@@ -599,7 +674,7 @@ def _bisect(job: _Job, budget: Budget, method: str, steps: int) -> tuple[Keep, _
     with Bar(rounds, f"prune {method}", enabled=None if job.progress else False) as bar:
 
         def judge(points: list[Level]) -> list[bool]:
-            keeps = [keep_channels(job.plan, score, method, level) for _, level in points]
+            keeps = [keep_channels(job.plan, score, method, level, job.quantum) for _, level in points]
             pruned = [PruneChannels(keep=keep)(job.mod) for keep in keeps]
             figures = job.measure_all([(p, tag) for p, (tag, _) in zip(pruned, points, strict=True)])
             for point, keep, p, r in zip(points, keeps, pruned, figures, strict=True):
@@ -638,9 +713,13 @@ def _diff(
     progress: bool,
     resources: resource_model.ResourceModel | None,
     fine_tune: bool = True,
-) -> tuple[Keep, _tvm.IRModule, Resources, Training]:
+    bits_mode: str | None = None,
+) -> tuple[Keep, _tvm.IRModule, Resources, Training, dict[tuple[int, int], int]]:
     """DiffPrune for the first half of the epochs, then fine-tuning of the cut network (without
-    ``fine_tune``, DiffPrune for all ``epochs`` and the cut network as it is)."""
+    ``fine_tune``, DiffPrune for all ``epochs`` and the cut network as it is); and the weights' widths.
+
+    ``bits_mode``: "search" (``--method udc``): a bit gate per layer trained with the channel gates;
+    "int4": every layer int4 (priced and trained so); None: int8."""
     from tvm_mcu.train import require_torch
 
     require_torch()
@@ -667,6 +746,13 @@ def _diff(
     module = RelaxModule(mod)
     acc_before, teacher = _teacher(job, ds)
     prune_epochs = max(1, epochs // 2) if fine_tune else epochs
+    bit_gates = None
+    from tvm_mcu.prune_bits import QUANTUM
+
+    if bits_mode is not None:
+        from tvm_mcu.prune_bits import gated_model
+
+        bit_gates, model = gated_model(module, plan, model, mod, fixed=bits_mode == "int4")
     gates, log = diffprune(
         module,
         plan,
@@ -678,13 +764,20 @@ def _diff(
         prior=magnitudes(mod, plan),
         teacher=teacher,
         seed=job.seed,
+        bits=bit_gates,
+        quantum=QUANTUM if bit_gates is not None else 1,
     )
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)
-    module.taps = {}
+    module.taps, module.weight_taps = {}, {}
     trained = write_back(mod, module)
-    keep, pruned, after, attempts = _fit_compiled(job, budget, gates, trained, model, limits)
+    keep, pruned, after, attempts = _fit_compiled(job, budget, gates, trained, model, limits, bit_gates)
+    chosen = bit_gates.bits() if bit_gates is not None else {}
     seconds = list(log.train.seconds)
     fine = RelaxModule(pruned)
+    if chosen:
+        from tvm_mcu.train.bits import hold_bits
+
+        hold_bits(fine, chosen)  # trained as deployed: quantisation-aware
     acc_after = acc_pruned if attempts == 1 else evaluate(fine, ds.x_test, ds.y_test)
     if epochs > prune_epochs:
         tlog = train(
@@ -700,7 +793,7 @@ def _diff(
         acc_after = evaluate(fine, ds.x_test, ds.y_test)
         pruned = write_back(pruned, fine)
     training = Training(data, epochs, acc_before, acc_pruned, acc_after, tuple(seconds), int(len(ds.y_test)))
-    return keep, pruned, after, training
+    return keep, pruned, after, training, chosen
 
 
 def _model_limits(budget: Budget, before: Resources, model: resource_model.ResourceModel) -> dict[str, float]:
@@ -722,15 +815,17 @@ def _fit_compiled(
     trained: _tvm.IRModule,
     model: resource_model.ResourceModel,
     limits: dict[str, float],
+    bits: Any = None,
 ) -> tuple[Keep, _tvm.IRModule, Resources, int]:
     """Cut the trained network at its gates; when the compiled figures miss the budget (the model's
     estimate was low), the widest cut that fits (:func:`widest_fit`). Each try restarts from the gates
     DiffPrune left, cuts the lowest units to the scaled targets and spends what they leave
     (``fill_to``); the gates are left at the last try. The cut, its module, its figures, the compiles.
     """
-    from tvm_mcu.train.diffprune import fill_to, remove_to
+    from tvm_mcu.train.diffprune import fill_bits, fill_to, remove_to
 
     theta, alive = gates.theta.detach().clone(), gates.alive.clone()
+    widths = bits.theta.detach().clone() if bits is not None else None
 
     def cut(
         scale: float, missed: frozenset[str], attempt: int
@@ -739,14 +834,19 @@ def _fit_compiled(
             gates.theta.data.copy_(theta)
             gates.alive.copy_(alive)
             gates.hold_floors()
+            if bits is not None:
+                bits.theta.data.copy_(widths)
             # A missed stored-weights budget tightens the flash target it was translated to.
             tight = {"flash" if r == "weights" else r for r in missed}
             target = {r: v * (scale if r in tight else 1.0) for r, v in limits.items()}
             remove_to(gates, model, target)
+            if bits is not None:
+                fill_bits(bits, model, gates, target)
             fill_to(gates, model, target)
         keep = gates.keep()
         pruned = PruneChannels(keep=keep)(trained)
-        return (keep, pruned), job.measure(pruned, f"diff{attempt}")
+        chosen = bits.bits() if bits is not None else None
+        return (keep, pruned), job.measure(pruned, f"diff{attempt}", chosen)
 
     try:
         (keep, pruned), after, tries = widest_fit(cut, budget)
@@ -840,6 +940,10 @@ def _fine_tune(
         hold = GradualMasks(module, ranks, max(1, epochs * steps // 2))
     else:
         acc_pruned = evaluate(module, ds.x_test, ds.y_test)
+    if job.bits:
+        from tvm_mcu.train.bits import hold_bits
+
+        hold_bits(module, job.bits)  # trained as deployed (--weights int4): quantisation-aware
     if masks and not ranks:
         from tvm_mcu.train.sparse import MaskHold
 

@@ -848,7 +848,7 @@ def _channels_diff(
     logger.info("prune mixed: channels by DiffPrune to %s", target)
     return _diff(
         job, target, before, data, max(1, epochs // 2), limit, "compiler", job.progress, resources, False
-    )
+    )[:4]
 
 
 def _filterlets_reach(job: _Job, budget: Budget, mod: _tvm.IRModule, dense: Resources) -> bool:

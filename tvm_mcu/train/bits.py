@@ -126,6 +126,16 @@ class BitGates(torch.nn.Module):
         start = [INIT_THETA + float((init or {}).get(k, 0.0)) for k in self.keys]
         self.theta = torch.nn.Parameter(torch.tensor(start, dtype=torch.float32))
         self._h: torch.Tensor | None = None
+        self.fixed = False  # the widths are given (``fix``): no gradient, no flips by the budget
+
+    def fix(self, bits: Mapping[Key, int]) -> None:
+        """Hold every weight at ``bits`` (8 where not given): the network is trained as quantised at
+        those widths and the search leaves them."""
+        with torch.no_grad():
+            for i, k in enumerate(self.keys):
+                self.theta[i] = INIT_THETA if bits.get(k, 8) == 8 else -INIT_THETA
+        self.theta.requires_grad_(False)
+        self.fixed = True
 
     def hard(self) -> torch.Tensor:
         """1 for the weights kept int8, 0 for int4, with sigmoid gradients (straight-through)."""

@@ -106,8 +106,11 @@ class Gates(torch.nn.Module):
         gids: tuple[int, ...],
         prior: dict[int, float] | None = None,
         floor: float = 0.0,
+        quantum: int = 1,
     ) -> None:
         super().__init__()
+        # Kept counts are multiples of ``quantum`` (or the whole group): ``keep`` rounds up.
+        self.quantum = max(1, int(quantum))
         by_gid = {g.gid: g for g in plan.groups}
         self.groups = [by_gid[gid] for gid in gids]
         self.index: dict[int, int] = {}  # unit -> gate index
@@ -196,12 +199,20 @@ class Gates(torch.nn.Module):
         return out
 
     def keep(self) -> dict[int, tuple[int, ...]]:
-        on = (((self.theta.detach() > 0) | (self.held > 0)) & (self.alive > 0)).numpy()
+        theta = self.theta.detach()
+        on = (((theta > 0) | (self.held > 0)) & (self.alive > 0)).numpy()
         keep = {}
         for g in self.groups:
             kept = tuple(c for c, u in enumerate(g.units) if on[self.index[u]])
             if not kept:  # never remove a whole group: keep its strongest unit
-                kept = (int(np.argmax([float(self.theta[self.index[u]]) for u in g.units])),)
+                kept = (int(np.argmax([float(theta[self.index[u]]) for u in g.units])),)
+            want = min(len(g.units), -(-len(kept) // self.quantum) * self.quantum)
+            if want > len(kept):  # up to a multiple of the quantum: the next highest gates
+                rest = sorted(
+                    (c for c, u in enumerate(g.units) if c not in kept),
+                    key=lambda c: (-float(theta[self.index[g.units[c]]]), c),
+                )
+                kept = tuple(sorted((*kept, *rest[: want - len(kept)])))
             keep[g.gid] = kept
         return keep
 
@@ -267,10 +278,12 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
         if not over:
             return removed
         flips: list[int] = []
-        if isinstance(bits, BitGates) and "flash" in over:
-            flips = [i for i, key in enumerate(bits.keys) if key in packed and float(bits.theta[i]) > 0]
-        # Groups whose narrowing lowers a missed resource and that keep more than one channel.
-        useful = {gi for r in over for gi, d in enumerate(model.pressure(k, r)) if d > 0 and k[gi] > 1}
+        if isinstance(bits, BitGates) and not bits.fixed and "flash" in over:
+            on8 = bits.theta.detach() > 0
+            flips = [i for i, key in enumerate(bits.keys) if key in packed and bool(on8[i])]
+        # Groups whose narrowing lowers a missed resource and that keep more than one channel (quantum).
+        q = gates.quantum
+        useful = {gi for r in over for gi, d in enumerate(model.pressure(k, r)) if d > 0 and k[gi] > q}
         if not useful and not flips:
             return removed
         theta = gates.theta.detach()
@@ -285,8 +298,9 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
             return removed
         if flips:
             assert isinstance(bits, BitGates)
-            flip = min(flips, key=lambda i: float(bits.theta[i]))
-            if not cands or float(bits.theta[flip]) < min(float(theta[i]) for i in cands):
+            widths = bits.theta.detach()
+            flip = min(flips, key=lambda i: float(widths[i]))
+            if not cands or float(widths[flip]) < min(float(theta[i]) for i in cands):
                 bits.theta.data[flip] = -FILL_THETA
                 removed += 1
                 continue
@@ -339,6 +353,7 @@ def diffprune(
     prior: dict[int, float] | None = None,
     teacher: np.ndarray | None = None,
     bits: BitGates | None = None,
+    quantum: int = 1,
 ) -> tuple[Gates, DiffPruneLog]:
     """Train ``module`` (in place) with gates and budget losses for ``epochs``; the gates and a log.
 
@@ -356,12 +371,13 @@ def diffprune(
     weights, trained alongside the channel gates; ``model`` must price them
     (``resource_model.with_bits`` over ``bits``). They freeze with the channel gates, after the int4
     layers with the highest gates go back to int8 while the budget holds (``fill_bits``); the weights
-    are trained as quantised at their bits.
+    are trained as quantised at their bits. ``quantum``: every group keeps a multiple of it (or all):
+    the cut rounds each count up to one, and the budget is met at the rounded counts.
     """
     full = model.figures(model.full)
     start = {r: float(getattr(full, r)) for r in budget}
     cut = min((budget[r] / start[r] for r in budget), default=1.0)
-    gates = Gates(plan, model.groups, prior, floor=min_width(cut))
+    gates = Gates(plan, model.groups, prior, floor=min_width(cut), quantum=quantum)
     module.taps = gates.taps(module.readers())
     if bits is not None:
         bits.attach(module, gates.input_masks(bits.keys, bits.axis))
@@ -421,7 +437,7 @@ def diffprune(
     forced = remove_to(gates, model, budget)
     if bits is not None:
         fill_bits(bits, model, gates, budget)
-        bits.theta.requires_grad_(True)
+        bits.theta.requires_grad_(not bits.fixed)
         bits.begin_step()
     fill_to(gates, model, budget)
     gates.alive[(gates.theta.detach() <= 0) & (gates.held == 0)] = 0.0
@@ -431,8 +447,10 @@ def diffprune(
 
 def fill_bits(bits: BitGates, model: ResourceModel, gates: Gates, budget: dict[str, float]) -> int:
     """Put int4 layers back to int8, highest gate first, while the model predicts every budget met at
-    the channel gates' counts; how many."""
+    the channel gates' counts; how many (none when the widths are fixed)."""
     added = 0
+    if bits.fixed:
+        return 0
     k = gates.hard_counts()
     theta = bits.theta.data
     for i in sorted(range(len(theta)), key=lambda i: (-float(theta[i]), i)):

@@ -1,0 +1,251 @@
+"""``make bench-prune``, widths and bits (UDC): int8 accuracy against stored weight bytes for int8
+DiffPrune (width only), int4 everywhere (``prune --weights int4``: DiffPrune of the int4 network,
+trained quantised) and the joint search (``prune --method udc``: channels and each layer's int8/int4
+width together), at 1/2 to 1/16 of the original int8 model's stored weights.
+
+Every point is deployed as the other curves are (``prune_bench.deploy(every_image=True)``): compiled
+channels-last, the int8 accuracy over all 10,000 test images by the compiled library built for the
+host, byte for byte the firmware's on QEMU on the first test images.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from tvm_mcu import pipeline, resource_model
+from tvm_mcu.analysis.channels import channel_groups
+from tvm_mcu.frontend import load_model
+
+from prune_bench import BOARD, CALIBRATION_IMAGES, Deployed, deploy  # isort: skip
+from prune_curves import CurveModel, curve_models  # isort: skip
+
+HEADING = "## Width and bitwidth: int8 DiffPrune, int4 everywhere, joint search (UDC)"
+FRACTIONS = (2, 4, 8, 16)  # k: the budget is 1/k of the original int8 model's stored weight bytes
+# (label, prune_model options)
+METHODS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("int8 width", {"method": "diff"}),
+    ("int4 width", {"method": "diff", "weights": "int4"}),
+    ("joint (udc)", {"method": "udc"}),
+)
+# The done-when: the joint search at the original int8 model's accuracy less this is at least
+# SMALLER times smaller than int8 DiffPrune alone.
+ACCURACY_SLACK = 0.005
+SMALLER = 2.0
+
+
+@attrs.frozen
+class Point:
+    method: str
+    k: int  # 0: the original
+    budget: int
+    deployed: Deployed
+    trained_acc: float  # the fine-tuned network's test accuracy as trained (int4 weights simulated)
+    bits: str  # the layers' widths, e.g. "8,4,4,4"
+    train_s: float
+    search_s: float
+
+
+def _row(label: str, p: Point) -> str:
+    d = p.deployed
+    k = "original" if p.k == 0 else f"1/{p.k}"
+    trained = "" if math.isnan(p.trained_acc) else f"{p.trained_acc:.4f}"
+    return (
+        f"| {label} | {k} | {p.method} | {p.budget:,} | {p.bits} | {trained} | {d.int8_acc:.4f} | "
+        f"{d.ort_differ} ({d.ort_steps}) | {d.weights:,}{'' if d.weights <= p.budget else ' (over)'} | "
+        f"{d.flash:,} | {d.instructions:,} | {p.train_s:.0f} | {p.search_s:.0f} |"
+    )
+
+
+def claims(points: list[Point]) -> list[str]:
+    """Whether the done-when claims hold on ``points`` (one model), with their figures."""
+    at = {(p.method, p.k): p.deployed for p in points if p.k}
+    base = next((p.deployed for p in points if p.k == 0), None)
+    ks = sorted({p.k for p in points if p.k})
+    out = []
+    joint, others = METHODS[2][0], [m for m, _ in METHODS[:2]]
+    both = [k for k in ks if all((m, k) in at for m in (joint, *others))]
+    if both:
+        dominant = all(at[(joint, k)].int8_acc >= max(at[(m, k)].int8_acc for m in others) for k in both)
+        listed = ", ".join(
+            f"1/{k} {100 * (at[(joint, k)].int8_acc - max(at[(m, k)].int8_acc for m in others)):+.1f}"
+            for k in both
+        )
+        out.append(
+            f"joint search at least as accurate (int8) as both others at every budget: **{_yes(dominant)}** "
+            f"(joint - best other, points: {listed})"
+        )
+    if base is not None:
+        floor = base.int8_acc - ACCURACY_SLACK
+
+        def least(method: str) -> int | None:
+            fit = [d.weights for (m, _), d in at.items() if m == method and d.int8_acc >= floor]
+            return min(fit) if fit else None
+
+        j, w = least(joint), least(METHODS[0][0])
+        if j is not None and w is not None:
+            out.append(
+                f"at the original's int8 accuracy - {100 * ACCURACY_SLACK:.1f} point ({floor:.4f}), joint "
+                f"{j:,} B against int8 width {w:,} B of stored weights: {w / j:.2f}x smaller, at least "
+                f"{SMALLER:g}x: **{_yes(w >= SMALLER * j)}**"
+            )
+        else:
+            out.append(
+                f"at the original's int8 accuracy - {100 * ACCURACY_SLACK:.1f} point ({floor:.4f}): "
+                f"joint {'none' if j is None else f'{j:,} B'}, int8 width {'none' if w is None else f'{w:,} B'}"
+                " of the budgets tried reach it: the 2x claim cannot be judged from these points"
+            )
+    return out
+
+
+def _yes(ok: bool) -> str:
+    return "holds" if ok else "does not hold"
+
+
+def plot(points: list[Point], label: str, stem: str, docs: Path) -> str:
+    """A PNG of int8 accuracy against stored weight bytes (log x), one line per method; its link."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for (m, _), marker in zip(METHODS, "osD", strict=True):
+        line = sorted((p.deployed.weights, p.deployed.int8_acc) for p in points if p.method == m)
+        if line:
+            ax.plot(*zip(*line, strict=True), marker=marker, label=m)
+    for p in points:
+        if p.k == 0:
+            ax.plot(p.deployed.weights, p.deployed.int8_acc, "k*", markersize=10, label="original (int8)")
+    ax.set_xscale("log")
+    ax.set_xlabel("stored weight bytes")
+    ax.set_ylabel("int8-activation accuracy (10,000 test images)")
+    ax.set_title(label, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    name = f"bits_curves_{stem}.png"
+    fig.savefig(docs / name, metadata={"Software": None})
+    plt.close(fig)
+    return f"![{label}: int8-activation accuracy against stored weight bytes]({name})"
+
+
+def section(
+    tmp: Path,
+    docs: Path,
+    *,
+    models: list[CurveModel] | None = None,
+    fractions: tuple[int, ...] = FRACTIONS,
+    emit: Callable[[list[str]], None] | None = None,
+) -> list[str]:
+    """The section (module docstring); ``emit`` gets it so far after every row."""
+    from tvm_mcu.errors import BudgetError
+    from tvm_mcu.prune import Budget, prune_model
+    from tvm_mcu.train.data import load_dataset
+
+    models = models if models is not None else curve_models(Path(__file__).parent)
+    t_start = time.perf_counter()
+    lines = [
+        "",
+        HEADING,
+        "",
+        f"The float models of the curves above, pruned for {BOARD} by `tvm-mcu prune` at budgets of 1/k of",
+        "the original int8 model's **stored weight bytes** (`--budget weights=`; int4 weights are stored",
+        "two per byte where the blocked SIMD kernels read them, the others a byte each). **int8 width** =",
+        "`--method diff` (DiffPrune, int8 weights); **int4 width** = `--method diff --weights int4` (every",
+        "convolution and dense layer int4 except those the compiler cannot pack, DiffPrune budgeted for",
+        "that, kept channel counts multiples of 8 so that the kernels pack them, trained with the weights",
+        "quantised as deployed: straight-through estimator); **joint (udc)** = `--method udc` (DiffPrune's",
+        "channel gates and a gate per layer choosing int8 or int4, trained together under the same budget",
+        "losses; a missed flash target puts the lowest-gated layer to int4 or cuts the lowest-gated channel,",
+        "whichever gate is lower). Every method gets the same epochs and training images (per model",
+        f"below); int4 and udc write the QDQ model calibrated on {CALIBRATION_IMAGES} training images, int8",
+        "width is quantised the same way (PTQ). bits = each conv/dense layer's weight width in order.",
+        "trained acc = the fine-tuned network's test accuracy as trained (weights at their widths, float",
+        "activations). **int8 acc**: activations int8, on all 10,000 test images by the compiled library",
+        "built for the host, checked byte for byte against the firmware on QEMU on the first test images.",
+        "vs ORT, weights B, flash B, instructions (QEMU plugin: instructions, not cycles), train s and",
+        "search s as in the curves above.",
+        "",
+        "| model | budget | method | weights budget B | bits | trained acc | int8 acc | vs ORT | weights B | "
+        "flash B | instructions | train s | search s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    verdicts: list[str] = []
+
+    def send() -> None:
+        if emit is not None:
+            emit([*lines, "", *(f"- {n}" for n in notes), "", *verdicts, ""])
+
+    for m in models:
+        images = f"{m.limit:,}" if m.limit else "all 60,000"
+        notes.append(f"{m.label}: {m.epochs} epochs on {images} training images for every method")
+        if not m.path.is_file():
+            notes.append(f"{m.label}: {m.path} is absent (run bench/train_models.py)")
+            continue
+        imported = load_model(m.path)
+        ds = load_dataset(m.data, imported.inputs[0].shape, limit=m.limit)
+        work = tmp / f"bits_{m.path.stem}"
+        work.mkdir(parents=True, exist_ok=True)
+        base = deploy(m.path, ds, work, channels_last=True, images=m.images, every_image=True)
+        points = [Point("original", 0, base.weights, base, base.float_acc, "8", 0.0, 0.0)]
+        lines.append(_row(m.label, points[0]))
+        send()
+        mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+        model = resource_model.build(mod, channel_groups(mod), imported, BOARD, workdir=work / "resources")
+        for k in fractions:
+            budget = Budget(weights=base.weights // k)
+            for method, options in METHODS:
+                out = work / f"{m.path.stem}_{method.split()[0]}_{k}.onnx"
+                t0 = time.perf_counter()
+                try:
+                    result = prune_model(
+                        m.path,
+                        board=BOARD,
+                        budget=budget,
+                        out_path=out,
+                        data=m.data,
+                        epochs=m.epochs,
+                        train_limit=m.limit,
+                        resources=model,
+                        channels_last=True,
+                        **options,  # type: ignore[arg-type]
+                    )
+                except BudgetError as exc:
+                    lines.append(
+                        f"| {m.label} | 1/{k} | {method} | {budget.weights:,} | cannot meet: {exc} ||||||||"
+                    )
+                    send()
+                    continue
+                t = result.training
+                train_s = sum(t.seconds_per_epoch) if t else 0.0
+                search_s = time.perf_counter() - t0 - train_s
+                quantized = bool(result.bits)
+                d = deploy(
+                    out, ds, work, channels_last=True, images=m.images, every_image=True, quantized=quantized
+                )
+                trained = t.accuracy_after if t else float("nan")
+                widths = ",".join(str(b) for b in result.bits.values()) if quantized else "8"
+                assert budget.weights is not None
+                p = Point(method, k, budget.weights, d, trained, widths, train_s, search_s)
+                points.append(p)
+                lines.append(_row(m.label, p))
+                print(f"bits {m.label} 1/{k} {method}: {d} in {time.perf_counter() - t0:.0f} s", flush=True)
+                send()
+        link = plot(points, m.label, m.path.stem, docs)
+        verdicts += [
+            f"### {m.label} (widths and bits)",
+            "",
+            *(f"- {c}" for c in claims(points)),
+            "",
+            link,
+            "",
+        ]
+        send()
+    notes.append(f"the section ran for {(time.perf_counter() - t_start) / 60:.0f} minutes")
+    return [*lines, "", *(f"- {n}" for n in notes), "", *verdicts, ""]

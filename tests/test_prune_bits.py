@@ -1,0 +1,78 @@
+"""Weight widths in prune: --weights int4 and --method udc (channels and each layer's int8/int4 width
+searched together) write a quantised model that meets the budget as compiled and runs exactly."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import onnx
+import pytest
+
+pytest.importorskip("torch")
+
+from tvm_mcu import api, pipeline  # noqa: E402
+from tvm_mcu.errors import BadOptionError  # noqa: E402
+from tvm_mcu.frontend import load_model  # noqa: E402
+from tvm_mcu.prune import Budget, prune_model  # noqa: E402
+from tvm_mcu.prune_bits import all_int4, check, describe  # noqa: E402
+
+BOARD = "mps2-an386"
+DEMO = Path(str(resources.files("tvm_mcu") / "data" / "demo" / "fashion_cnn.onnx"))
+
+
+def _int4_initializers(path: Path) -> int:
+    """The int4 weight tensors of a QDQ model (not their zero points)."""
+    inits = onnx.load(str(path)).graph.initializer
+    return sum(i.data_type == onnx.TensorProto.INT4 and len(i.dims) >= 2 for i in inits)
+
+
+@pytest.mark.emulator
+def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path: Path) -> None:
+    out = tmp_path / "pruned.onnx"
+    budget = Budget(weights=3000)  # of the demo CNN's 6,944 B: neither channels nor int4 alone
+    result = prune_model(
+        DEMO,
+        board=BOARD,
+        budget=budget,
+        method="udc",
+        out_path=out,
+        workdir=tmp_path / "work",
+        data="fashion-mnist",
+        epochs=2,
+        train_limit=3000,
+    )
+    assert result.after.weights <= 3000
+    assert 4 in result.bits.values() and _int4_initializers(out) == list(result.bits.values()).count(4)
+    # Kept channel counts are multiples of 8 (or whole groups): the kernels pack whole blocks.
+    assert all(kept % 8 == 0 or kept == of for kept, of in result.widths.values())
+    # The written model is the one measured: the same stored weights, compiled, and it runs exactly.
+    checked = api.verify(out, BOARD, tmp_path / "verify")
+    assert checked.passed and checked.report.verified
+    assert checked.report.stored_weights_bytes == result.after.weights
+    compiled = json.loads((tmp_path / "verify" / "report.json").read_text())
+    assert compiled["int4_weight_ops"] and compiled["stored_weights_bytes"] == result.after.weights
+    assert result.training is not None and result.training.accuracy_after > 0.5
+
+
+def test_widths_refuse_what_they_cannot_take() -> None:
+    with pytest.raises(BadOptionError, match="--data"):
+        check("udc", "int8", True, "channel", None, 2)
+    with pytest.raises(BadOptionError, match="--epochs 2"):
+        check("udc", "int8", True, "channel", "fashion-mnist", 1)
+    with pytest.raises(BadOptionError, match="drop --float"):
+        check("diff", "int4", False, "channel", "fashion-mnist", 2)
+    with pytest.raises(BadOptionError, match="granularity channel"):
+        check("diff", "int4", True, "filterlet", "fashion-mnist", 2)
+    with pytest.raises(BadOptionError, match="drop --weights"):
+        check("udc", "int4", True, "channel", "fashion-mnist", 2)
+    check("l1", "int8", False, "filterlet", None, 0)  # no widths asked: nothing to refuse
+
+
+def test_int4_everywhere_is_every_layer_the_compiler_packs() -> None:
+    mod = pipeline.run(pipeline.inference_passes(), load_model(DEMO).mod)
+    bits = all_int4(mod)
+    # Not the first conv (one input channel: no blocked kernel) nor the classifier (10 outputs).
+    assert list(bits.values()) == [8, 4, 4, 8]
+    assert list(describe(mod, bits)) == ["conv2d lv", "conv2d lv5", "conv2d lv10", "matmul lv17"]

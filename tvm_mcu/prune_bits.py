@@ -1,0 +1,113 @@
+"""Weight bitwidths in ``tvm-mcu prune``: ``--weights int4`` (every layer int4, trained as quantised)
+and ``--method udc`` (UDC's joint search: DiffPrune's channel gates and a bit gate per layer, trained
+together under the budget losses; :mod:`tvm_mcu.train.bits`).
+
+The compiler stores a layer's int4 weights two per byte where its kernels read them blocked
+(``passes/tir/pack_weights.py``): convolutions and dense layers with enough input channels, not
+depthwise ones. :func:`packable` is that rule as the resource model prices it; the compiled figures
+are what the budget is held to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tvm_mcu import _tvm, resource_model
+from tvm_mcu.analysis.channels import ChannelPlan, bindings
+from tvm_mcu.errors import BadOptionError
+
+# ``prune --weights``: the widths of the deployed weights.
+WEIGHTS = ("int8", "int4")
+# The blocked kernels read a reduction of 8 values a step; fewer input channels stay unblocked.
+MIN_PACKED_INPUTS = 8
+# With int4 weights, every pruned group keeps a multiple of this many channels: the blocked kernels
+# (the only readers of packed weights) take four output channels at a time and input runs of a
+# multiple of 8 values, so a layer between such counts keeps its weights a byte each.
+QUANTUM = 8
+
+Key = tuple[int, int]
+
+
+def check(method: str, weights: str, int8: bool, granularity: str, data: str | None, epochs: int) -> None:
+    """BadOptionError for a combination the bit widths cannot take."""
+    if weights not in WEIGHTS:
+        raise BadOptionError(f"--weights is one of {', '.join(WEIGHTS)}, got {weights!r}")
+    wants_bits = method == "udc" or weights != "int8"
+    if not wants_bits:
+        return
+    what = "--method udc" if method == "udc" else f"--weights {weights}"
+    if not int8:
+        raise BadOptionError(f"{what} sets the width of int8 deployment's weights: drop --float")
+    if granularity != "channel":
+        raise BadOptionError(f"{what} prunes channels (--granularity channel) for now")
+    if method == "udc" and weights != "int8":
+        raise BadOptionError("--method udc searches each layer's width itself: drop --weights")
+    if data is None:
+        raise BadOptionError(f"{what} writes the quantised model, calibrated on --data: give --data")
+    if method == "udc" and epochs < 2:
+        raise BadOptionError(
+            "--method udc trains its gates: it needs --data and --epochs 2 or more (half searching, "
+            "half training the network found at its bits)"
+        )
+
+
+def weight_shapes(mod: _tvm.IRModule) -> dict[Key, tuple[str, tuple[int, ...]]]:
+    """The constant weights of ``mod``'s convolutions and matmuls: (binding, argument) -> (op, shape)."""
+    out: dict[Key, tuple[str, tuple[int, ...]]] = {}
+    for i, b in enumerate(bindings(mod["main"])):
+        op = _tvm.op_name(b.value) if isinstance(b.value, _tvm.relax.Call) else ""
+        if op in ("relax.nn.conv2d", "relax.matmul") and isinstance(b.value.args[1], _tvm.RelaxConst):
+            value = _tvm.const_value(b.value.args[1])
+            if value.ndim >= 2:
+                out[(i, 1)] = (op, tuple(int(d) for d in value.shape))
+    return out
+
+
+def packable(op: str, shape: tuple[int, ...]) -> bool:
+    """Whether the compiler stores these int4 weights packed: not depthwise (OIHW with one input
+    channel per group), at least MIN_PACKED_INPUTS input channels, outputs in whole blocks of four (a
+    matmul's weights are (in, out)). Pruned counts are multiples of QUANTUM, so the full shape says."""
+    inputs, outputs = (shape[1], shape[0]) if op == "relax.nn.conv2d" else (shape[0], shape[-1])
+    return inputs >= MIN_PACKED_INPUTS and outputs % 4 == 0
+
+
+def all_int4(mod: _tvm.IRModule) -> dict[Key, int]:
+    """Every weight of ``mod`` int4 (``--weights int4``); depthwise ones stay int8, as the quantiser
+    leaves them."""
+    return {k: 4 if packable(op, shape) else 8 for k, (op, shape) in weight_shapes(mod).items()}
+
+
+def gated_model(
+    module: Any, plan: ChannelPlan, model: resource_model.ResourceModel, mod: _tvm.IRModule, fixed: bool
+) -> tuple[Any, resource_model.BitsModel]:
+    """Bit gates on ``module``'s weights and ``model`` pricing them: free gates (``--method udc``), or
+    fixed at int4 (``--weights int4``: the channels are then searched for the int4 network)."""
+    from tvm_mcu.train.bits import BitGates, weight_keys
+
+    keys = weight_keys(module)
+    shapes = weight_shapes(mod)
+    gates = BitGates(keys)
+    packed = frozenset(k for k in keys if k in shapes and packable(*shapes[k]))
+    if fixed:
+        gates.fix({k: 4 if k in packed else 8 for k in keys})
+    elements = resource_model.site_weights(plan, model.groups, {k: shapes[k][1] for k in keys if k in shapes})
+    return gates, resource_model.with_bits(model, elements, packed, gates)
+
+
+def describe(mod: _tvm.IRModule, bits: Mapping[Key, int]) -> dict[str, int]:
+    """``bits`` by layer: the op and the name of its value (``conv2d lv12``)."""
+    names = [_tvm.var_name(b.var) for b in bindings(mod["main"])]
+    ops = weight_shapes(mod)
+    return {
+        f"{ops[k][0].removeprefix('relax.').removeprefix('nn.')} {names[k[0]]}": int(b)
+        for k, b in sorted(bits.items())
+        if k in ops
+    }
+
+
+def calibration(x: np.ndarray, samples: int = 256) -> np.ndarray:
+    """The first ``samples`` training inputs: calibration of the written model."""
+    return np.ascontiguousarray(x[:samples], dtype=np.float32)
