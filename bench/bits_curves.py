@@ -17,12 +17,8 @@ from pathlib import Path
 
 import attrs
 
-from tvm_mcu import pipeline, resource_model
-from tvm_mcu.analysis.channels import channel_groups
-from tvm_mcu.frontend import load_model
-
-from prune_bench import BOARD, CALIBRATION_IMAGES, Deployed, deploy  # isort: skip
-from prune_curves import CurveModel, curve_models  # isort: skip
+from prune_bench import BOARD, CALIBRATION_IMAGES, Deployed  # isort: skip
+from prune_curves import CurveModel, curve_models, prepare, prune_point  # isort: skip
 
 HEADING = "## Width and bitwidth: int8 DiffPrune, int4 everywhere, joint search (UDC)"
 FRACTIONS = (2, 4, 8, 16)  # k: the budget is 1/k of the original int8 model's stored weight bytes
@@ -144,8 +140,6 @@ def section(
 ) -> list[str]:
     """The section (module docstring); ``emit`` gets it so far after every row."""
     from tvm_mcu.errors import BudgetError
-    from tvm_mcu.prune import Budget, prune_model
-    from tvm_mcu.train.data import load_dataset
 
     models = models if models is not None else curve_models(Path(__file__).parent)
     t_start = time.perf_counter()
@@ -188,51 +182,28 @@ def section(
         if not m.path.is_file():
             notes.append(f"{m.label}: {m.path} is absent (run bench/train_models.py)")
             continue
-        imported = load_model(m.path)
-        ds = load_dataset(m.data, imported.inputs[0].shape, limit=m.limit)
-        work = tmp / f"bits_{m.path.stem}"
-        work.mkdir(parents=True, exist_ok=True)
-        base = deploy(m.path, ds, work, channels_last=True, images=m.images, every_image=True)
+        ready = prepare(m, tmp, "bits")
+        base = ready.base
         points = [Point("original", 0, base.weights, base, base.float_acc, "8", 0.0, 0.0)]
         lines.append(_row(m.label, points[0]))
         send()
-        mod = pipeline.run(pipeline.inference_passes(), imported.mod)
-        model = resource_model.build(mod, channel_groups(mod), imported, BOARD, workdir=work / "resources")
         for k in fractions:
-            budget = Budget(weights=base.weights // k)
+            weights = base.weights // k
             for method, options in METHODS:
-                out = work / f"{m.path.stem}_{method.split()[0]}_{k}.onnx"
+                out = ready.work / f"{m.path.stem}_{method.split()[0]}_{k}.onnx"
                 t0 = time.perf_counter()
                 try:
-                    result = prune_model(
-                        m.path,
-                        board=BOARD,
-                        budget=budget,
-                        out_path=out,
-                        data=m.data,
-                        epochs=m.epochs,
-                        train_limit=m.limit,
-                        resources=model,
-                        channels_last=True,
-                        **options,  # type: ignore[arg-type]
-                    )
+                    result, d, train_s, search_s = prune_point(m, ready, weights, out, options)
                 except BudgetError as exc:
                     lines.append(
-                        f"| {m.label} | 1/{k} | {method} | {budget.weights:,} | cannot meet: {exc} ||||||||"
+                        f"| {m.label} | 1/{k} | {method} | {weights:,} | cannot meet: {exc} ||||||||"
                     )
                     send()
                     continue
                 t = result.training
-                train_s = sum(t.seconds_per_epoch) if t else 0.0
-                search_s = time.perf_counter() - t0 - train_s
-                quantized = bool(result.bits)
-                d = deploy(
-                    out, ds, work, channels_last=True, images=m.images, every_image=True, quantized=quantized
-                )
                 trained = t.accuracy_after if t else float("nan")
-                widths = ",".join(str(b) for b in result.bits.values()) if quantized else "8"
-                assert budget.weights is not None
-                p = Point(method, k, budget.weights, d, trained, widths, train_s, search_s)
+                widths = ",".join(str(b) for b in result.bits.values()) if result.bits else "8"
+                p = Point(method, k, weights, d, trained, widths, train_s, search_s)
                 points.append(p)
                 lines.append(_row(m.label, p))
                 print(f"bits {m.label} 1/{k} {method}: {d} in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -105,5 +105,66 @@ def int4_section(tmp: Path) -> list[str]:
         "Without the DSP extension (M3) the kernels load each channel's word once per 8 values and extract",
         "a nibble per value (SBFX).",
         "",
+        *_trained_rows(tmp),
     ]
     return lines
+
+
+# The trained models of the pruning benchmarks (bench/models), quantised whole by `tvm-mcu quantize`.
+TRAINED = (
+    ("Fashion-MNIST CNN 32/64/128", "fashion_cnn_wide.onnx"),
+    ("MobileNetV2-style (Fashion-MNIST)", "mobilenetv2_fashion.onnx"),
+)
+ACCURACY_IMAGES = 2000
+WEIGHTS_GOAL = 0.55  # stored weights of the all-int4 model at most this times the int8 model's
+
+
+def _trained_rows(tmp: Path) -> list[str]:
+    """Whole trained models, `tvm-mcu quantize --weights int4` against int8 (calibrated on 256 training
+    images): stored weights, flash, instructions (QEMU, one input), verify's verdict and onnxruntime's
+    accuracy of each QDQ model on the first test images."""
+    from prune_bench import BOARD, CALIBRATION_IMAGES, ort_outputs
+
+    from tvm_mcu.frontend import load_model
+    from tvm_mcu.ptq import quantize_onnx
+    from tvm_mcu.train.data import load_dataset
+
+    lines = [
+        "Whole trained models (bench/models) quantised by `tvm-mcu quantize --weights int4` (every",
+        "convolution and dense layer int4 per output channel in [-7, 7], depthwise ones int8) against the",
+        f"default int8, both calibrated on {CALIBRATION_IMAGES} training images, compiled channels-last for {BOARD}:",
+        "weights as stored (goal: the int4 model's at most "
+        f"{WEIGHTS_GOAL}x the int8 model's), firmware flash, instructions of one inference on QEMU,",
+        f"verify's verdict, and onnxruntime's accuracy of each QDQ model on the first {ACCURACY_IMAGES:,} test",
+        "images (post-training quantisation, no retraining: `tvm-mcu prune --weights int4` trains for it).",
+        "",
+        "| model | int8 weights B | int4 weights B | ratio | flash B int8 -> int4 | instructions int8 -> int4 | "
+        "accuracy int8 -> int4 | verify |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for label, name in TRAINED:
+        path = ROOT / "bench" / "models" / name
+        if not path.is_file():
+            lines.append(f"| {label} | absent: run bench/train_models.py |||||||")
+            continue
+        model = load_model(path)
+        ds = load_dataset("fashion-mnist", model.inputs[0].shape, limit=CALIBRATION_IMAGES)
+        calib = {model.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}
+        runs = {}
+        for weights in ("int8", "int4"):
+            q = tmp / f"{path.stem}_{weights}.onnx"
+            quantize_onnx(path, calib, q, weights=weights)
+            v = api.verify(q, BOARD, tmp / f"{path.stem}_{weights}_build", channels_last=True)
+            got = ort_outputs(q, ds.x_test[:ACCURACY_IMAGES])
+            acc = float((np.argmax(got, axis=1) == ds.y_test[:ACCURACY_IMAGES]).mean())
+            runs[weights] = (v, acc)
+        (v8, a8), (v4, a4) = runs["int8"], runs["int4"]
+        w8, w4 = v8.report.stored_weights_bytes, v4.report.stored_weights_bytes
+        verdicts = ", ".join(sorted({v.report.verdict if v.passed else "MISMATCH" for v in (v8, v4)}))
+        print(f"int4: {label}: {w8:,} -> {w4:,} B, accuracy {a8:.4f} -> {a4:.4f}", flush=True)
+        lines.append(
+            f"| {label} | {w8:,} | {w4:,} | {w4 / w8:.3f}x | {v8.report.flash_bytes:,} -> "
+            f"{v4.report.flash_bytes:,} | {v8.report.instructions:,} -> {v4.report.instructions:,} | "
+            f"{a8:.4f} -> {a4:.4f} | {verdicts} |"
+        )
+    return [*lines, ""]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -34,6 +35,8 @@ GRANULARITIES: tuple[tuple[str, dict[str, str]], ...] = (
     ("mixed", {"granularity": "mixed", "importance": "taylor"}),
     ("unstructured", {"granularity": "unstructured", "importance": "taylor"}),
 )
+# Distinct markers: filterlet and mixed coincide where mixed cuts no channel.
+STYLE = {"channel": ("o", 6), "filterlet": ("s", 11), "mixed": ("D", 6), "unstructured": ("^", 6)}
 # The claims of the done-when: mixed at least channel everywhere and 1 point better at these k.
 MARGIN_AT = (16, 32)
 MARGIN = 0.01
@@ -147,8 +150,8 @@ def plot(points: list[Point], label: str, stem: str, docs: Path) -> list[str]:
         ("instructions", lambda d: d.instructions, "instructions per inference (QEMU)"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        # Distinct markers: filterlet and mixed coincide where mixed cuts no channel.
-        for (g, _), marker, size in zip(GRANULARITIES, "osD^", (6, 11, 6, 6), strict=True):
+        for g, _ in GRANULARITIES:
+            marker, size = STYLE[g]
             line = sorted((x_of(p.deployed), p.deployed.int8_acc) for p in points if p.granularity == g)
             if line:
                 ax.plot(
@@ -175,6 +178,69 @@ def plot(points: list[Point], label: str, stem: str, docs: Path) -> list[str]:
     return links
 
 
+@attrs.frozen
+class Prepared:
+    """A curve model ready to prune: its data, work directory, deployed original and resource model."""
+
+    ds: Any
+    work: Path
+    base: Deployed
+    model: Any  # resource_model.ResourceModel, built once for every run
+
+
+def prepare(m: CurveModel, tmp: Path, prefix: str) -> Prepared:
+    """Load ``m``'s data, deploy the original (channels-last, every test image) and build its resource
+    model, in ``tmp / f"{prefix}_{stem}"``."""
+    from tvm_mcu.train.data import load_dataset
+
+    imported = load_model(m.path)
+    ds = load_dataset(m.data, imported.inputs[0].shape, limit=m.limit)
+    work = tmp / f"{prefix}_{m.path.stem}"
+    work.mkdir(parents=True, exist_ok=True)
+    base = deploy(m.path, ds, work, channels_last=True, images=m.images, every_image=True)
+    mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+    model = resource_model.build(mod, channel_groups(mod), imported, BOARD, workdir=work / "resources")
+    return Prepared(ds, work, base, model)
+
+
+def prune_point(
+    m: CurveModel, ready: Prepared, weights: int, out: Path, options: dict[str, str], **extra: Any
+) -> tuple[Any, Deployed, float, float]:
+    """``prune_model`` of ``m`` to ``weights`` stored weight bytes with ``options`` (channels-last, the
+    model's training), then deployed (``deploy(every_image=True)``; a quantised result as written): the
+    result, the deployed figures, seconds of training and the rest of the run. BudgetError as
+    ``prune_model``'s."""
+    from tvm_mcu.prune import Budget, prune_model
+
+    t0 = time.perf_counter()
+    result = prune_model(
+        m.path,
+        board=BOARD,
+        budget=Budget(weights=weights),
+        out_path=out,
+        data=m.data,
+        epochs=m.epochs,
+        train_limit=m.limit,
+        resources=ready.model,
+        channels_last=True,
+        **options,  # type: ignore[arg-type]
+        **extra,
+    )
+    t = result.training
+    train_s = sum(t.seconds_per_epoch) if t else 0.0
+    search_s = time.perf_counter() - t0 - train_s
+    d = deploy(
+        out,
+        ready.ds,
+        ready.work,
+        channels_last=True,
+        images=m.images,
+        every_image=True,
+        quantized=bool(result.bits),
+    )
+    return result, d, train_s, search_s
+
+
 def curves_section(
     tmp: Path,
     docs: Path,
@@ -185,8 +251,6 @@ def curves_section(
 ) -> list[str]:
     """The curves section (module docstring); ``emit`` gets it so far after every row."""
     from tvm_mcu.errors import BudgetError
-    from tvm_mcu.prune import Budget, prune_model
-    from tvm_mcu.train.data import load_dataset
 
     models = models if models is not None else curve_models(Path(__file__).parent)
     t_start = time.perf_counter()
@@ -244,48 +308,26 @@ def curves_section(
         if not m.path.is_file():
             notes.append(f"{m.label}: {m.path} is absent (run bench/train_models.py)")
             continue
-        imported = load_model(m.path)
-        ds = load_dataset(m.data, imported.inputs[0].shape, limit=m.limit)
-        work = tmp / f"curves_{m.path.stem}"
-        work.mkdir(parents=True, exist_ok=True)
-        base = deploy(m.path, ds, work, channels_last=True, images=m.images, every_image=True)
+        ready = prepare(m, tmp, "curves")
+        base = ready.base
         points = [Point("original", 0, base.weights, base, 0.0, 0.0, base.macs)]
         lines.append(_row(m.label, points[0]))
         send()
-        mod = pipeline.run(pipeline.inference_passes(), imported.mod)
-        model = resource_model.build(mod, channel_groups(mod), imported, BOARD, workdir=work / "resources")
         for k in fractions:
-            budget = Budget(weights=base.weights // k)
+            weights = base.weights // k
             for g, options in GRANULARITIES:
-                out = work / f"{m.path.stem}_{g}_{k}.onnx"
+                out = ready.work / f"{m.path.stem}_{g}_{k}.onnx"
                 t0 = time.perf_counter()
                 try:
-                    result = prune_model(
-                        m.path,
-                        board=BOARD,
-                        budget=budget,
-                        out_path=out,
-                        data=m.data,
-                        epochs=m.epochs,
-                        train_limit=m.limit,
-                        search_steps=m.search_steps,
-                        resources=model,
-                        channels_last=True,
-                        **options,  # type: ignore[arg-type]
+                    result, d, train_s, search_s = prune_point(
+                        m, ready, weights, out, options, search_steps=m.search_steps
                     )
                 except BudgetError as exc:
-                    lines.append(
-                        f"| {m.label} | 1/{k} | {g} | {budget.weights:,} | cannot meet: {exc} |||||||||"
-                    )
+                    lines.append(f"| {m.label} | 1/{k} | {g} | {weights:,} | cannot meet: {exc} |||||||||")
                     print(f"curves {m.label} 1/{k} {g}: cannot meet: {exc}", flush=True)
                     send()
                     continue
-                t = result.training
-                train_s = sum(t.seconds_per_epoch) if t else 0.0
-                search_s = time.perf_counter() - t0 - train_s
-                d = deploy(out, ds, work, channels_last=True, images=m.images, every_image=True)
-                assert budget.weights is not None
-                p = Point(g, k, budget.weights, d, train_s, search_s, result.after.macs)
+                p = Point(g, k, weights, d, train_s, search_s, result.after.macs)
                 points.append(p)
                 lines.append(_row(m.label, p))
                 print(f"curves {m.label} 1/{k} {g}: {d} in {time.perf_counter() - t0:.0f} s", flush=True)

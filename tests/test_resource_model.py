@@ -47,13 +47,9 @@ def test_the_full_width_figures_are_the_compiled_ones(demo: tuple) -> None:
 
 
 @pytest.mark.emulator
-@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float"])
-def test_demo_predictions_are_within_5_percent_of_the_firmware(
-    int8: bool, demo: tuple, tmp_path: Path
-) -> None:
+def test_demo_predictions_are_within_5_percent_of_the_firmware(demo: tuple, tmp_path: Path) -> None:
+    # int8 (float models: the zoo's below)
     imported, mod, plan, model, _ = demo
-    if not int8:
-        model = resource_model.build(mod, plan, imported, BOARD, int8=False, workdir=tmp_path / "m")
     checks = resource_model.check(model, mod, imported, _configs(plan, 1), tmp_path)
     for c in checks:
         assert c.predicted.macs == c.compiled.macs, c

@@ -414,6 +414,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         int8=not args.float,
         data=args.data,
         epochs=args.epochs,
+        train_limit=args.train_images,
         sram_model=args.sram_model,
         progress=not args.json,
         distill=args.distill,
@@ -615,6 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
         "layer-by-layer whole-buffer peak",
     )
     pr.add_argument("--data", help="fashion-mnist, digits or a .npz (x_train, y_train, x_test, y_test)")
+    pr.add_argument(
+        "--train-images",
+        type=int,
+        help="train on the first N training samples of --data only (quick runs; the test set stays whole)",
+    )
     pr.add_argument(
         "--distill",
         action="store_true",

@@ -24,7 +24,7 @@ def _schedules(path: Path) -> list[str]:
 @pytest.mark.parametrize(
     "name",
     [
-        "int8_ds_cnn_block",
+        # int8_ds_cnn_block's operators and schedules are in its two-block chain's (test time)
         "int8_ds_cnn_two_blocks",
         "int8_sparse_conv_block",
         "int8_element_sparse_conv_block",

@@ -133,7 +133,8 @@ def test_cli_diff_meets_an_int8_budget_as_compiled(
     out = tmp_path / "diff.onnx"
     # The flash budget leaves room for the int8 micro-kernels' code (the narrowest model needs 12,308 B).
     args = ["prune", str(DEMO), "--board", BOARD, "--budget", "sram=3000,flash=13KiB", "--method", "diff"]
-    code = cli.main([*args, "--data", "fashion-mnist", "--epochs", "2", "-o", str(out), "--json"])
+    data = ["--data", "fashion-mnist", "--train-images", "8000", "--epochs", "2"]
+    code = cli.main([*args, *data, "-o", str(out), "--json"])
     import json
 
     report = json.loads(capsys.readouterr().out)
