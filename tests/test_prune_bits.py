@@ -31,7 +31,8 @@ def _int4_initializers(path: Path) -> int:
 @pytest.mark.emulator
 def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path: Path) -> None:
     out = tmp_path / "pruned.onnx"
-    budget = Budget(weights=3000)  # of the demo CNN's 6,944 B: neither channels nor int4 alone
+    # Of the demo CNN's 6,944 B: int8 at its narrowest (8 channels a group) stores 1,712 B, int4 1,136.
+    budget = Budget(weights=1500)
     result = prune_model(
         DEMO,
         board=BOARD,
@@ -43,7 +44,7 @@ def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path
         epochs=2,
         train_limit=3000,
     )
-    assert result.after.weights <= 3000
+    assert result.after.weights <= 1500
     assert 4 in result.bits.values() and _int4_initializers(out) == list(result.bits.values()).count(4)
     # Kept channel counts are multiples of 8 (or whole groups): the kernels pack whole blocks.
     assert all(kept % 8 == 0 or kept == of for kept, of in result.widths.values())
@@ -53,7 +54,7 @@ def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path
     assert checked.report.stored_weights_bytes == result.after.weights
     compiled = json.loads((tmp_path / "verify" / "report.json").read_text())
     assert compiled["int4_weight_ops"] and compiled["stored_weights_bytes"] == result.after.weights
-    assert result.training is not None and result.training.accuracy_after > 0.5
+    assert result.training is not None and result.training.accuracy_after > 0.3  # chance: 0.1
 
 
 def test_widths_refuse_what_they_cannot_take() -> None:

@@ -544,7 +544,8 @@ def prune_model(
             )
             keep, best, after, training = sparse.keep, sparse.mod, sparse.after, sparse.training
         else:
-            _narrowest(job, budget)
+            # The joint search may put any layer to int4: the narrowest network is the int4 one.
+            _narrowest(attrs.evolve(job, bits=prune_bits.all_int4(mod)) if method == "udc" else job, budget)
             if method in ("diff", "udc"):
                 mode = "search" if method == "udc" else ("int4" if job.bits else None)
                 keep, best, after, training, chosen = _diff(

@@ -163,7 +163,8 @@ def test_joint_search_meets_a_flash_budget_with_bits_and_channels(demo: tuple, t
     keys = weight_keys(module)
     params = dict(module.named_parameters())
     shapes = {k: tuple(params[f"b{k[0]}_{k[1]}"].shape) for k in keys}
-    bits = BitGates(keys)
+    # Started below the channels' gates (0.5 instead of 1.5): the budget flips bits before channels.
+    bits = BitGates(keys, init={k: -1.0 for k in keys})
     joint = resource_model.with_bits(
         model, resource_model.site_weights(plan, model.groups, shapes), frozenset(keys), bits
     )
