@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import attrs
 import numpy as np
@@ -379,12 +380,24 @@ def _nchw_conv_weights(mod: _tvm.IRModule) -> list[tuple[str, np.ndarray]]:
             if (str(a.data_layout), str(a.kernel_layout), int(a.groups)) != ("NCHW", "OIHW", 1):
                 continue
             w = values.get(call.args[1], call.args[1])
+            zero_point: Any = 0
             if isinstance(w, _tvm.relax.Call) and _tvm.op_name(w) == "relax.dequantize":
+                zp = values.get(w.args[2], w.args[2])
+                if not isinstance(zp, _tvm.RelaxConst):
+                    continue
+                zero_point = _tvm.const_value(zp).astype(np.int32)
                 w = values.get(w.args[0], w.args[0])
             if not isinstance(w, _tvm.RelaxConst):
                 continue
+            weights = _tvm.const_value(w)
+            if np.ndim(zero_point) or np.any(zero_point):
+                # uint8 (or asymmetric) weights: the integer lowering takes the zero point out, so the
+                # values the kernels store are the differences (ONNX Runtime's QUInt4: 0..15 less 8).
+                centred = weights.astype(np.int32) - np.reshape(zero_point, (-1,) + (1,) * 3)
+                narrow = centred.size and int(centred.min()) >= -128 and int(centred.max()) <= 127
+                weights = centred.astype(np.int8) if narrow else centred
             node = _tvm.provenance(func, b.var) or _tvm.var_name(b.var)
-            out.append((node, np.ascontiguousarray(_tvm.const_value(w).transpose(0, 2, 3, 1))))
+            out.append((node, np.ascontiguousarray(weights.transpose(0, 2, 3, 1))))
     return out
 
 

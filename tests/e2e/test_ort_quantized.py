@@ -72,3 +72,5 @@ def test_ort_4bit_weight_model_matches_both_oracles(name, act, weights, tmp_path
     assert r.float_ops == () and r.float_routines == (), (r.float_ops, r.float_routines)
     assert [io.dtype for io in (*r.inputs, *r.outputs)] == [act] * (len(r.inputs) + len(r.outputs))
     assert len(np.unique(v.outputs[0])) > 1
+    # The 4-bit weights are stored two per byte: QUInt4's too, whose zero point 8 the lowering takes out.
+    assert r.int4_weight_ops, f"{name}: no layer's weights were packed"
