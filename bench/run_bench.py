@@ -898,6 +898,45 @@ def _positive(text: str) -> int:
     return value
 
 
+def section_lines(text: str, heading: str) -> list[str]:
+    """The lines of ``text``'s section under ``heading`` (up to the next ``## `` heading); none if absent."""
+    lines = text.split("\n")
+    if heading not in lines:
+        return []
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
+def keep_models(old: list[str], new: list[str], labels: list[str]) -> list[str]:
+    """``new`` (a curves section of some models) with what ``old`` (the section as it was) says of the
+    models ``labels``, not rerun: their table rows (ahead of the new ones), notes ("- label: ...") and
+    verdict blocks ("### label ..." up to the next "### "), so that a run of one model leaves the
+    others' figures in place."""
+    if not old or not labels:
+        return new
+    prefixes = tuple(f"| {label} |" for label in labels)
+    rows = [line for line in old if line.startswith(prefixes)]
+    notes = [line for line in old if line.startswith(tuple(f"- {label}:" for label in labels))]
+    blocks: list[str] = []
+    keep = False
+    for line in old:
+        if line.startswith("### "):
+            keep = line.startswith(tuple(f"### {label}" for label in labels))
+        if keep:
+            blocks.append(line)
+    out = list(new)
+    rule = next((i for i, line in enumerate(out) if line.startswith("|---")), None)
+    if rule is not None:
+        out[rule + 1 : rule + 1] = rows
+    first_note = next((i for i, line in enumerate(out) if line.startswith("- ")), None)
+    if first_note is not None:
+        out[first_note:first_note] = notes
+    first_block = next((i for i, line in enumerate(out) if line.startswith("### ")), len(out))
+    out[first_block:first_block] = blocks
+    return out
+
+
 def pruning_curves(out: Path, stems: list[str] | None = None, *, bits: bool = False, **budget: int) -> int:
     """``make bench-prune``: the pruning curves (``bits``: the widths-and-bits curves instead, see
     ``bits_curves.py``), their section of ``out`` and their plots (next to it); ``stems``: only these
@@ -906,9 +945,12 @@ def pruning_curves(out: Path, stems: list[str] | None = None, *, bits: bool = Fa
     from bits_curves import section as bits_section
 
     heading, make = (BITS_HEADING, bits_section) if bits else (CURVES_HEADING, curves_section)
+    # The models not rerun keep their rows, notes and verdicts.
+    before = section_lines(out.read_text(), heading) if out.is_file() else []
+    others = [m.label for m in curve_models(BENCH) if stems is not None and m.path.stem not in stems]
 
     def emit(lines: list[str], *, done: bool = False) -> None:
-        _write_section(out, heading, lines, done=done)
+        _write_section(out, heading, keep_models(before, lines, others), done=done)
 
     known = {m.path.stem for m in curve_models(BENCH)}
     if stems is not None and not set(stems) <= known:
