@@ -143,7 +143,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for c in compiled.report.compressed_weights:
         print(
             f"weights Golomb-Rice coded for {c.step} ({c.weight}): {c.raw_bytes:,} -> {c.stored_bytes:,} B "
-            f"({c.ratio:.3f}x), {c.decode_calls:,} decode calls per inference"
+            f"({c.ratio:.3f}x), "
+            + (f"{c.decode_calls:,}" if c.decode_calls is not None else "a run-time count of")
+            + " decode calls per inference"
         )
     _print_ops(compiled.report)
     _print_report(compiled.report, False)

@@ -113,8 +113,8 @@ class CompressedLayer:
     raw_bytes: int  # blocked int8 (what the kernels read)
     stored_bytes: int  # the blob: offsets, chunks, padding
     # Calls of tvmmcu_rice_decode per inference (each decodes a chunk unless the scratch holds it), from
-    # the lowered loops' trip counts (a loop of varying trip count at its largest).
-    decode_calls: int
+    # the lowered loops' trip counts; None where one is read at run time (row bands).
+    decode_calls: int | None
 
 
 def _primfuncs(mod: _tvm.IRModule) -> dict[str, _tvm.PrimFunc]:
@@ -681,7 +681,9 @@ def plan_schedules(
         ) from exc
     graph, bound = _ordered_graph(fused)
     if isinstance(compress, str):
-        compress = frozenset(c.name for c in compressible(graph, weights)) if compress == "all" else frozenset()
+        compress = (
+            frozenset(c.name for c in compressible(graph, weights)) if compress == "all" else frozenset()
+        )
     whole_peak = whole_buffer_peak(graph)
     macs = step_macs(fused, graph)
     last = channels_last(mod, convert)
@@ -804,10 +806,14 @@ def compile_module(
     if compress not in COMPRESS_MODES:
         raise BadOptionError(f"compress must be one of {', '.join(COMPRESS_MODES)}, got {compress!r}")
     if compress == "auto" and flash_budget is None:
-        raise BadOptionError("compress='auto' (--compress-weights auto) needs a flash budget (--flash-budget)")
+        raise BadOptionError(
+            "compress='auto' (--compress-weights auto) needs a flash budget (--flash-budget)"
+        )
     if flash_budget is not None and flash_budget <= 0:
         raise BadOptionError(f"the flash budget must be a positive number of bytes, got {flash_budget}")
-    first = compile_once(mod, model_name=model_name, compress="all" if compress == "all" else frozenset(), **options)
+    first = compile_once(
+        mod, model_name=model_name, compress="all" if compress == "all" else frozenset(), **options
+    )
     if flash_budget is None:
         return first
     if first.stored_weights_bytes <= flash_budget:
@@ -833,8 +839,8 @@ def compile_module(
     if left > flash_budget:
         raise BudgetError(
             f"{model_name}: the stored weights take {left} B even with every weight the kernels read "
-            f"blocked Golomb-Rice coded, over the flash budget of {flash_budget} B by {left - flash_budget} B; "
-            "prune the model (tvm-mcu prune) or quantise its weights to int4"
+            f"blocked Golomb-Rice coded, over the flash budget of {flash_budget} B by "
+            f"{left - flash_budget} B; prune the model (tvm-mcu prune) or quantise its weights to int4"
         )
     result = compile_once(mod, model_name=model_name, compress=frozenset(chosen), **options)
     if result.stored_weights_bytes > flash_budget:
@@ -1015,28 +1021,28 @@ def compile_once(
     )
 
 
-def _decode_calls(func: _tvm.PrimFunc) -> dict[int, int]:
+def _decode_calls(func: _tvm.PrimFunc) -> dict[int, int | None]:
     """Parameter position -> calls of tvmmcu_rice_decode on its weights one call of ``func`` makes: each
-    call's enclosing loops' trip counts multiplied, a trip count that varies at its largest."""
-    ana = _tvm.Analyzer()
+    call's enclosing loops' trip counts multiplied; None where a trip count is read at run time (a row
+    band's rows)."""
     owners = parameter_owners(func)
     position = {p: k for k, p in enumerate(func.params)}
-    total: dict[int, int] = {}
+    total: dict[int, int | None] = {}
 
-    def visit(stmt: Any, trips: int) -> None:
-        nonlocal total
+    def visit(stmt: Any, trips: int | None) -> None:
         if isinstance(stmt, _tvm.tirx.For):
-            extent = ana.simplify(stmt.extent)
-            n = int(extent) if isinstance(extent, _tvm.tirx.IntImm) else int(ana.const_int_bound(extent).max_value)
-            ana.bind(stmt.loop_var, _tvm.tvm.ir.Range.from_min_extent(stmt.min, stmt.extent))
-            visit(stmt.body, trips * max(n, 0))
+            extent = _tvm.Analyzer().simplify(stmt.extent)
+            n = int(extent) if isinstance(extent, _tvm.tirx.IntImm) else None
+            visit(stmt.body, trips * n if trips is not None and n is not None else None)
             return
         if isinstance(stmt, _tvm.tirx.Evaluate):
             if extern_name(stmt.value) == compress_weights.DECODE:
                 load = pointer_load(stmt.value.args[1])
                 owner = owners.get(load.source, load.source) if load is not None else None
                 if owner in position:
-                    total[position[owner]] = total.get(position[owner], 0) + trips
+                    k = position[owner]
+                    before = total.get(k, 0)
+                    total[k] = before + trips if before is not None and trips is not None else None
             return
         for child in _children(stmt):
             visit(child, trips)
@@ -1058,6 +1064,7 @@ def _compressed_layers(graph: Graph, lowered: _tvm.IRModule) -> tuple[Compressed
     """The report's rows of the weights CompressWeights stores coded, per step."""
     found = _compressed_weights(lowered)
     funcs = _primfuncs(lowered)
+    calls = {callee: _decode_calls(funcs[callee]) for callee in found}
     rows = []
     for step in graph.steps:
         for k, stride in sorted(found.get(step.callee, {}).items()):
@@ -1069,7 +1076,7 @@ def _compressed_layers(graph: Graph, lowered: _tvm.IRModule) -> tuple[Compressed
                     name,
                     int(w.nbytes),
                     rice_kernels.encoded_bytes(w, 4 * stride),
-                    _decode_calls(funcs[step.callee]).get(k, 0),
+                    calls[step.callee].get(k, 0),
                 )
             )
     return tuple(rows)

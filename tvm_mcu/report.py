@@ -46,9 +46,9 @@ class CompressedRow:
     raw_bytes: int  # blocked int8, what the kernels read
     stored_bytes: int  # the blob: chunk offsets, chunks, padding
     ratio: float  # stored / raw
-    # tvmmcu_rice_decode calls per inference, counted from the lowered loops (a loop of varying trip
-    # count at its largest); each decodes a chunk of four channels unless the scratch holds it already.
-    decode_calls: int
+    # tvmmcu_rice_decode calls per inference, counted from the lowered loops' trip counts (None where one
+    # is read at run time: row bands); each decodes a chunk of four channels unless the scratch holds it.
+    decode_calls: int | None
 
 
 def _int_tuple(values: object) -> tuple[int, ...]:

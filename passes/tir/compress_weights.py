@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tvm_mcu._tvm import Analyzer, PrimFunc, TensorLoad, detect_linear_equation, structural_map, structural_walk
-from tvm_mcu._tvm import tirx, tvm
+from tvm_mcu._tvm import (
+    Analyzer,
+    PrimFunc,
+    TensorLoad,
+    detect_linear_equation,
+    structural_map,
+    structural_walk,
+    tirx,
+    tvm,
+)
 from tvm_mcu.passes.tir.block_weights import ATTR_BLOCKED, CHANNELS
 from tvm_mcu.passes.tir.dot_kernels import DOT4B, RUNS4B, SUM4B
 from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, pointer_load, rewrite_each
@@ -23,7 +31,11 @@ DECODE = "tvmmcu_rice_decode"
 RESET = "tvmmcu_rice_reset"
 
 # The blocked kernel -> where its weight pointer is among its arguments.
-_WEIGHT_AT = {**{n: 1 for n in DOT4B.values()}, **{n: 0 for n in SUM4B.values()}, **{n: 3 for n in RUNS4B.values()}}
+_WEIGHT_AT = {
+    **{n: 1 for n in DOT4B.values()},
+    **{n: 0 for n in SUM4B.values()},
+    **{n: 3 for n in RUNS4B.values()},
+}
 
 
 def _chosen(func: PrimFunc, blocked: dict[int, int], wanted: set[int]) -> dict[Any, int]:
@@ -139,7 +151,9 @@ def compress_weights(func: PrimFunc) -> PrimFunc:
             at(buf, tirx.IntImm(i32, 0)),
         )
         args[_WEIGHT_AT[name]] = at(buf, ana.simplify(offset + tirx.IntImm(i32, SCRATCH_TAG_BYTES)))
-        return tirx.SeqStmt([tirx.Evaluate(decode), tirx.Evaluate(tirx.call_extern(str(call.ty), name, *args))])
+        return tirx.SeqStmt(
+            [tirx.Evaluate(decode), tirx.Evaluate(tirx.call_extern(str(call.ty), name, *args))]
+        )
 
     body = structural_map(func.body, (tirx.Evaluate, rewrite))
     zero = tirx.IntImm("int32", 0)

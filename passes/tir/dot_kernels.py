@@ -984,10 +984,13 @@ static inline int32_t tvmmcu_dot_copy8(void *dst, const void *src, int32_t n) {
 """
 
 # The packed int4 kernels (they use the blocked kernels' macros), the float32 kernels, the
-# filterlet-sparse and the element-sparse ones, the Golomb-Rice weight decoder: sections of the same header, each with its own include
-# guard.
+# filterlet-sparse and the element-sparse ones, the Golomb-Rice weight decoder: sections of the same
+# header, each with its own include guard.
 HEADER_TEXT += (
-    NIBBLE_HEADER_TEXT + FLOAT_HEADER_TEXT + SPARSE_HEADER_TEXT + SPARSE_F32_HEADER_TEXT
+    NIBBLE_HEADER_TEXT
+    + FLOAT_HEADER_TEXT
+    + SPARSE_HEADER_TEXT
+    + SPARSE_F32_HEADER_TEXT
     + ELEMENT_HEADER_TEXT
     + RICE_HEADER_TEXT
 )

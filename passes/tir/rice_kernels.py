@@ -136,8 +136,14 @@ def decode(blob: np.ndarray, chunk: int, chunks: int) -> np.ndarray:
     """The ``chunks * chunk`` int8 values of a blob (:func:`encode`'s inverse)."""
     data = bytes(np.asarray(blob, dtype=np.uint8))
     width = data[0]
-    table = np.frombuffer(data[HEADER_BYTES : HEADER_BYTES + width * chunks], dtype="<u2" if width == 2 else "<u4")
-    return np.concatenate([decode_chunk(data[int(o) :], chunk) for o in table]) if chunks else np.empty(0, np.int8)
+    table = np.frombuffer(
+        data[HEADER_BYTES : HEADER_BYTES + width * chunks], dtype="<u2" if width == 2 else "<u4"
+    )
+    return (
+        np.concatenate([decode_chunk(data[int(o) :], chunk) for o in table])
+        if chunks
+        else np.empty(0, np.int8)
+    )
 
 
 def encoded_bytes(values: np.ndarray, chunk: int) -> int:

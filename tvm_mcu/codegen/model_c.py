@@ -379,7 +379,9 @@ def _stored(values: np.ndarray, layout: Layout) -> tuple[np.ndarray, str]:
         return pack(values, layout.stride), note + ", as int4 two per byte"
     if layout.width == "rice":
         blob = rice_kernels.encode(block(values, layout.stride), 4 * layout.stride)
-        return blob.view(np.int8), note + f", Golomb-Rice coded in chunks of four channels ({values.nbytes} B raw)"
+        return blob.view(
+            np.int8
+        ), note + f", Golomb-Rice coded in chunks of four channels ({values.nbytes} B raw)"
     return block(values, layout.stride), note
 
 
