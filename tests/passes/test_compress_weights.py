@@ -16,6 +16,7 @@ from tvm_mcu import _tvm
 from tvm_mcu.passes.tir import BlockWeights, CompressWeights
 from tvm_mcu.passes.tir.block_weights import ATTR_BLOCKED
 from tvm_mcu.passes.tir.compress_weights import ATTR_COMPRESSED, ATTR_WANTED
+from tvm_mcu.passes.tir.each_function import substitute
 
 
 def _marked(mod: Any, positions: list[int]) -> Any:
@@ -90,8 +91,11 @@ def test_every_blocked_call_of_a_marked_parameter_reads_the_scratch() -> None:
     after = CompressWeights()(_marked(BlockWeights()(Unblocked), [1]))["f"]
     source = after.script()
     # BlockWeights' &W[ff_o * 96 + r * 32] (the data's and the padding's calls): chunk ff_o of 96 values,
-    # offset r * 32 in it, after the scratch's 8 bytes.
-    assert source.count("T.address_of(W_1[0]), ff_o, 96") == source.count("W_chunk[r * 32 + 8]") == 2
+    # offset r * 32 in it, after the scratch's 8 bytes; decoded once per block, before the pixels' loop
+    # (the blocks' loop moved outside it).
+    assert source.count("T.address_of(W_1[0]), ff_o, 96") == 1
+    assert source.count("W_chunk[r * 32 + 8]") == 2
+    assert source.index("for ff_o in range(2)") < source.index("for p in range(4)")
     assert "T.address_of(W_1[ff_o" not in source
     assert {int(k): int(v) for k, v in after.attrs[ATTR_COMPRESSED].items()} == {1: 24}
     assert not after.attrs[ATTR_BLOCKED]
@@ -117,3 +121,143 @@ def test_declines_weights_read_otherwise() -> None:
 
 def test_idempotent_and_input_untouched() -> None:
     assert_idempotent_and_pure(CompressWeights(), _marked(RunsBlocked, [1]))
+
+
+@I.ir_module
+class PixelsThenBlocks:
+    """A window staged per pixel, then the loop over blocks of four channels (StageWindows' nest)."""
+
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr({"tvmmcu.blocked_weights": {1: 8}, "tvmmcu.compress_weights": [1]})
+        X_1 = T.decl_buffer((32,), "int8", data=X)
+        W_1 = T.decl_buffer((64,), "int8", data=W)
+        Y_1 = T.decl_buffer((32,), "int32", data=Y)
+        for p in range(4):
+            window = T.alloc_buffer((8,), "int8")
+            T.call_extern(
+                "int32",
+                "tvmmcu_dot_stage8",
+                T.address_of(window[0]),
+                T.address_of(X_1[p * 8]),
+                8,
+                1,
+                1,
+                8,
+                0,
+                1,
+                0,
+                8,
+                0,
+            )
+            for ff_o in range(2):
+                acc4 = T.alloc_buffer((4,), "int32")
+                T.call_extern(
+                    "int32",
+                    "tvmmcu_dot4b_s8s8",
+                    T.address_of(window[0]),
+                    T.address_of(W_1[ff_o * 32]),
+                    8,
+                    T.address_of(acc4[0]),
+                )
+                for ff_i in range(4):
+                    Y_1[p * 8 + ff_o * 4 + ff_i] = acc4[ff_i]
+
+
+@I.ir_module
+class BlocksThenPixels:
+    @T.prim_func(s_tir=True)
+    def f(X: T.handle("int8", "global"), W: T.handle("int8", "global"), Y: T.handle("int32", "global")):
+        T.func_attr(
+            {
+                "tvmmcu.blocked_weights": {},
+                "tvmmcu.compress_weights": [1],
+                "tvmmcu.compressed_weights": {1: 8},
+                "tvmmcu.weights_compressed": True,
+            }
+        )
+        W_chunk = T.alloc_buffer((40,), "int8")
+        T.call_extern("int32", "tvmmcu_rice_reset", T.address_of(W_chunk[0]))
+        X_1 = T.decl_buffer((32,), "int8", data=X)
+        W_1 = T.decl_buffer((64,), "int8", data=W)
+        Y_1 = T.decl_buffer((32,), "int32", data=Y)
+        # The blocks' loop outside the pixels': each chunk decoded once, the window staged per block.
+        for ff_o in range(2):
+            T.call_extern(
+                "int32", "tvmmcu_rice_decode", T.address_of(W_1[0]), ff_o, 32, T.address_of(W_chunk[0])
+            )
+            for p in range(4):
+                window = T.alloc_buffer((8,), "int8")
+                T.call_extern(
+                    "int32",
+                    "tvmmcu_dot_stage8",
+                    T.address_of(window[0]),
+                    T.address_of(X_1[p * 8]),
+                    8,
+                    1,
+                    1,
+                    8,
+                    0,
+                    1,
+                    0,
+                    8,
+                    0,
+                )
+                acc4 = T.alloc_buffer((4,), "int32")
+                T.call_extern(
+                    "int32",
+                    "tvmmcu_dot4b_s8s8",
+                    T.address_of(window[0]),
+                    T.address_of(W_chunk[8]),
+                    8,
+                    T.address_of(acc4[0]),
+                )
+                for ff_i in range(4):
+                    Y_1[p * 8 + ff_o * 4 + ff_i] = acc4[ff_i]
+
+
+def test_the_blocks_loop_moves_outside_the_pixels_loop() -> None:
+    _tvm.assert_structural_equal(CompressWeights()(PixelsThenBlocks), BlocksThenPixels)
+
+
+def _variant(**changes: Any) -> Any:
+    """PixelsThenBlocks with its function's attributes or its output store changed."""
+    func = PixelsThenBlocks["f"]
+    if "attr" in changes:
+        func = func.with_attr(*changes["attr"])
+    if "store" in changes:
+
+        def store(st: Any) -> Any:
+            return changes["store"](st)
+
+        func = func.with_body(_tvm.structural_map(func.body, (_tvm.tirx.BufferStore, store)))
+    return _tvm.IRModule({"f": func})
+
+
+def _kept_per_pixel(mod: Any) -> None:
+    """The pixels' loop stays outside: each pixel decodes its blocks (a no-op for one block)."""
+    source = CompressWeights()(mod)["f"].script()
+    assert source.index("for p in range(4)") < source.index("for ff_o in range(2)")
+    assert source.index("for ff_o in range(2)") < source.index("tvmmcu_rice_decode")
+
+
+def test_declines_to_move_the_blocks_of_an_operator_in_place() -> None:
+    _kept_per_pixel(_variant(attr=("tvmmcu.in_place", "pointwise")))
+
+
+def test_declines_to_move_the_blocks_when_the_output_is_read_or_written_twice() -> None:
+    def accumulate(st: Any) -> Any:  # Y[i] += acc: the output read back
+        return _tvm.tirx.BufferStore(
+            st.buffer, _tvm.tirx.BufferLoad(st.buffer, st.indices) + st.value, st.indices
+        )
+
+    pixel = PixelsThenBlocks["f"].body.seq[-1].loop_var  # the loop over pixels
+
+    def overwrite(st: Any) -> Any:  # every pixel into the same eight values: Y[ff_o * 4 + ff_i]
+        (index,) = st.indices
+        return _tvm.tirx.BufferStore(
+            st.buffer, st.value, [substitute(index, pixel, _tvm.tirx.IntImm("int32", 0))]
+        )
+
+    _kept_per_pixel(_variant(store=accumulate))
+    _kept_per_pixel(_variant(store=overwrite))
