@@ -266,7 +266,7 @@ class Compressible:
     name: str
     raw_bytes: int  # as stored otherwise: int8 blocked, or int4 packed two per byte
     stored_bytes: int  # the blob
-    decodes: int  # chunks decoded per inference, estimated (the loop over channel blocks inside pixels)
+    decodes: int  # chunks decoded per inference, estimated (each once: layer by layer, not in place)
     chunk_bytes: int
 
     @property
@@ -286,7 +286,6 @@ def compressible(graph: Graph, weights: str = "auto") -> list[Compressible]:
     for step in graph.steps:
         if step.kind not in ("conv2d", "chain", "dense"):
             continue
-        shape = graph.tensors[step.output].shape
         for name in step.inputs:
             w = graph.weights.get(name) if graph.tensors[name].kind == "weight" else None
             if w is None or str(w.dtype) != "int8" or w.ndim not in (2, 4) or w.shape[0] % 4:
@@ -301,10 +300,9 @@ def compressible(graph: Graph, weights: str = "auto") -> list[Compressible]:
             stored = rice_kernels.encoded_bytes(w, chunk)
             if stored >= raw:
                 continue
-            # A chain's output is its last layer's: an estimate for the others.
-            pixels = int(np.prod(shape[1:3])) if w.ndim == 4 and len(shape) == 4 else 1
-            blocks = w.shape[0] // 4
-            decodes = blocks * pixels if blocks > 1 else 1
+            # CompressWeights moves the loop over blocks of channels outside the pixels' loops: each
+            # chunk decoded once per visit (a row band's rows, an operator in place decode more).
+            decodes = w.shape[0] // 4
             prior = out.get(name)
             out[name] = Compressible(name, raw, stored, decodes + (prior.decodes if prior else 0), chunk)
     return list(out.values())

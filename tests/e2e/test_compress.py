@@ -40,6 +40,8 @@ def test_compressed_weights_are_bit_exact(board: str, tmp_path: Path) -> None:
     assert set(rows) == {"w2", "w6", "w8"}, rows  # the 3x3 over 8 channels, the 1x1, the dense layer
     assert all(0.6 < r.ratio < 0.8 for r in rows.values()), rows  # about 6 bits a value
     assert rows["w8"].decode_calls == 3  # the dense layer: each block of four channels once
+    # The convolutions too (16 channels: four blocks): the blocks' loop runs outside the pixels'.
+    assert rows["w2"].decode_calls == rows["w6"].decode_calls == 4, rows
     assert coded.report.stored_weights_bytes < plain.report.stored_weights_bytes
     assert plain.report.stored_weights_bytes - coded.report.stored_weights_bytes == sum(
         r.raw_bytes - r.stored_bytes for r in rows.values()
