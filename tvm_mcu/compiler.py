@@ -254,9 +254,8 @@ def _pack_int4(lowered: _tvm.IRModule, graph: Graph) -> _tvm.IRModule:
 # Which weights ``compile_module(compress=...)`` stores Golomb-Rice coded: "off" none, "all" every one that
 # shrinks, "auto" the fewest that bring the stored weights under ``flash_budget``.
 COMPRESS_MODES = ("off", "auto", "all")
-# Instructions per decoded byte of tvmmcu_rice_decode, measured (bench --only compress: a 3x3
-# convolution's and a dense layer's weights on the Cortex-M4, int8 weights of about 6 bits a value: 31.4).
-DECODE_INSTRUCTIONS_PER_BYTE = 31.4
+# Instructions per decoded byte of tvmmcu_rice_decode (the cost model's: schedule/cost.py).
+DECODE_INSTRUCTIONS_PER_BYTE = cost.DECODE_PER_BYTE
 
 
 @attrs.frozen
@@ -771,9 +770,16 @@ def plan_schedules(
                 if callee in funcs:
                     funcs[callee] = funcs[callee].with_attr(compress_weights.ATTR_WANTED, positions)
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], chain_lowered)
+    # Decoding compressed weights: what a schedule decodes beyond layer by layer's once per inference.
+    decode = {label: cost.decode_instructions(g, graph, compress) for label, g, _, _ in plans}
     candidates = tuple(
         choice.Candidate(
-            label, g, plan_memory(g, io_in_arena=io_in_arena), _staging_overhead(g, m, costs) + extra
+            label,
+            g,
+            plan_memory(g, io_in_arena=io_in_arena),
+            _staging_overhead(g, m, costs)
+            + extra
+            + (decode[label] - decode["layer by layer"]) / costs.instructions(macs),
         )
         for (label, _, m, extra), g in zip(plans, graphs, strict=True)
     )
