@@ -507,8 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=compiler.COMPRESS_MODES,
         default="off",
         help="store weights Golomb-Rice coded, each block of four output channels decoded at run time "
-        "into a scratch buffer in the workspace (bit-exact; less flash, more instructions: a convolution "
-        "decodes its weights once per output pixel): off (default); all: every weight the blocked "
+        "into a scratch buffer in the workspace (bit-exact; less flash, more instructions: about 31 per "
+        "decoded byte, each weight decoded once per inference layer by layer, once per output row in "
+        "row bands, once per output pixel in place; the schedule chooser weighs it): off (default); "
+        "all: every weight the blocked "
         "kernels read that shrinks; auto: those saving the most bytes per decode instruction until the "
         "stored weights fit --flash-budget. report.json lists them (compressed_weights)",
     )
