@@ -245,7 +245,9 @@ def _independent(region: Any, staging: list[Any], block: Any, owners: dict[Any, 
     for st in staging:
         structural_walk(st, (tirx.AllocBuffer, lambda a: staged.add(_memory(a.buffer, owners))))
     reads, stores, pointed, known = _accesses(region.body, owners)
-    if not known:
+    whiles: list[Any] = []
+    structural_walk(region.body, (tirx.While, whiles.append))
+    if not known or whiles:  # a while loop's iterations are not counted by the store's index
         return False
     staging_stores: set[Any] = set()
     staging_pointed: set[Any] = set()
