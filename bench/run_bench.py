@@ -29,6 +29,7 @@ from tvm_mcu.frontend import load_model, random_inputs
 from tvm_mcu.progress import Bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
+from compress import COMPRESS_HEADING, compress_section  # noqa: E402
 from int4 import INT4_HEADING, int4_section  # noqa: E402
 from io_arena import IO_ARENA_HEADING, io_arena_section  # noqa: E402
 from kernels import (  # noqa: E402
@@ -669,6 +670,7 @@ PARTIAL = {
     "sram": (SRAM_HEADING, sram_section),
     "io-arena": (IO_ARENA_HEADING, lambda tmp: io_arena_section(tmp, SHARED_MODELS)),
     "int4": (INT4_HEADING, int4_section),
+    "compress": (COMPRESS_HEADING, compress_section),
     "pruning": (PRUNING_HEADING, pruning_section),
 }
 

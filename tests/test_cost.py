@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
+import numpy as np
+import pytest
+
 from tests.zoo import write_model
 from tests.zoo.qdq_ops import QDQ_OPS
 from tvm_mcu import compiler, resource_model
 from tvm_mcu.frontend import load_model
 from tvm_mcu.schedule import choice, cost, partial
+from tvm_mcu.schedule.graph import Graph, Step, Tensor
 
 
 def _costs(path: Path) -> cost.Costs:
@@ -38,3 +43,22 @@ def test_estimates_scale_with_the_kernels_cost() -> None:
     macs = {"a": 1000, "b": 3000}
     assert cost.INT8.instructions(macs) == 4000 * cost.INT8.per_mac
     assert cost.FLOAT.instructions({}) == cost.FLOAT.per_mac  # at least one MAC's
+
+
+def test_compressed_weights_decode_once_per_visit_of_their_block_loop() -> None:
+    """Layer by layer once per inference; in a row band once per output row; in place once per pixel."""
+    w = np.zeros((8, 3, 3, 16), "int8")  # 1,152 bytes
+    tensors = {
+        "x": Tensor("x", (1, 6, 5, 16), "int8", "input"),
+        "w": Tensor("w", w.shape, "int8", "weight"),
+        "y": Tensor("y", (1, 6, 5, 8), "int8", "output"),
+    }
+    conv = Step("conv", "f", ("x", "w"), "y", "conv2d")
+    layers = Graph(tensors, (conv,), ("x",), ("y",), {"w": w})
+    once = cost.decode_instructions(layers, layers, frozenset({"w"}))
+    assert once == w.nbytes * cost.DECODE_PER_BYTE
+    rows = attrs.evolve(layers, steps=(attrs.evolve(conv, kind="chain", partial="rows:axis=1"),))
+    assert cost.decode_instructions(rows, layers, frozenset({"w"})) == pytest.approx(6 * once)
+    in_place = attrs.evolve(layers, steps=(attrs.evolve(conv, in_place="pointwise"),))
+    assert cost.decode_instructions(in_place, layers, frozenset({"w"})) == pytest.approx(30 * once)
+    assert cost.decode_instructions(layers, layers, frozenset()) == 0.0

@@ -16,7 +16,7 @@ from tvm_mcu.codegen import model_c, project
 from tvm_mcu.errors import BadOptionError, BudgetError, VerificationError
 from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
 from tvm_mcu.reference import oracle_names, run_oracle
-from tvm_mcu.report import IO_APART, IO_CALLER, IO_IN_ARENA, IoRow, OpRow, Report
+from tvm_mcu.report import IO_APART, IO_CALLER, IO_IN_ARENA, CompressedRow, IoRow, OpRow, Report
 from tvm_mcu.schedule.graph import Graph
 from tvm_mcu.targets.board import Board, load_board
 from tvm_mcu.targets.firmware import build_firmware
@@ -127,6 +127,8 @@ def compile_model(
     channels_last: bool | None = None,
     emit: tuple[str, ...] = (),
     io_in_arena: bool = False,
+    compress: str = "off",
+    flash_budget: int | None = None,
 ) -> Compiled:
     """Import, compile to C, build the firmware for ``board_name``; writes the library, report.json and
     schedule.json, and the build files ``emit`` names (``codegen.project.EMITS``: a CMake library
@@ -146,6 +148,8 @@ def compile_model(
     ``io_in_arena``: the model's inputs and outputs live in the arena, reused once dead (TFLite Micro's
     convention: ``tvmmcu_model_input(k)``/``tvmmcu_model_output(k)``, ``tvmmcu_model_run(void)``); the
     report's ``io_convention`` says which, and its SRAM figures count them either way.
+    ``compress``: "off", "all" or "auto" (with ``flash_budget``, bytes the stored weights must fit):
+    which weights are stored Golomb-Rice coded (compiler.compile_module's); the report lists them.
     """
     board = load_board(board_name)
     out_dir = outputs.output_dir(Path(out_dir))
@@ -164,6 +168,8 @@ def compile_model(
         sparse=sparse,
         convert=channels_last,
         io_in_arena=io_in_arena,
+        compress=compress,
+        flash_budget=flash_budget,
     )
     ins = model_c.io_slots(result.graph, result.graph.inputs)
     outs = model_c.io_slots(result.graph, result.graph.outputs)
@@ -209,6 +215,18 @@ def compile_model(
         io_convention=IO_IN_ARENA if result.plan.io_in_arena else IO_CALLER,
         io_placement=IO_APART if result.plan.io_apart else None,
         in_place_steps=tuple(f"{s.name} ({s.in_place})" for s in result.graph.steps if s.in_place),
+        compressed_weights=tuple(
+            CompressedRow(
+                c.step,
+                c.weight,
+                c.raw_bytes,
+                c.stored_bytes,
+                round(c.stored_bytes / c.raw_bytes, 3),
+                c.decode_calls,
+            )
+            for c in result.compressed
+        ),
+        flash_budget_bytes=result.flash_budget,
     )
     report.write(out_dir / REPORT)
     if emit:
@@ -557,12 +575,13 @@ def verify(
     sparse: bool = True,
     channels_last: bool | None = None,
     io_in_arena: bool = False,
+    compress: str = "off",
 ) -> Verification:
     """Compile, run on the emulated board and compare with the independent references
     (:func:`check_against_references`; tolerances in :func:`compare`).
 
     ``schedule``: verify this candidate schedule (e.g. "row bands") instead of the one the compiler
-    would choose. ``weights``, ``sparse``, ``channels_last``, ``io_in_arena``: as for
+    would choose. ``weights``, ``sparse``, ``channels_last``, ``io_in_arena``, ``compress``: as for
     :func:`compile_model`.
     """
     compiled = compile_model(
@@ -575,6 +594,7 @@ def verify(
         sparse=sparse,
         channels_last=channels_last,
         io_in_arena=io_in_arena,
+        compress=compress,
     )
     model = load_model(Path(model_path))
     inputs = model_inputs(model, input_path=input_path, seed=seed)

@@ -110,6 +110,7 @@ def _print_ops(r: Report) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     out = Path(args.output or Path(args.model).stem + "_" + args.board)
     budget = _budget(args.sram_budget)
+    flash = _budget(args.flash_budget, "--flash-budget")
     compiled = api.compile_model(
         Path(args.model),
         args.board,
@@ -121,6 +122,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         emit=args.emit,
         io_in_arena=args.io_in_arena,
+        compress=args.compress_weights,
+        flash_budget=flash,
     )
     if args.json:
         _print_report(compiled.report, True)
@@ -137,6 +140,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"weights stored as int16 for: {', '.join(compiled.report.int16_weight_ops)}")
     if compiled.report.int4_weight_ops:
         print(f"weights stored as int4 for: {', '.join(compiled.report.int4_weight_ops)}")
+    for c in compiled.report.compressed_weights:
+        print(
+            f"weights Golomb-Rice coded for {c.step} ({c.weight}): {c.raw_bytes:,} -> {c.stored_bytes:,} B "
+            f"({c.ratio:.3f}x), "
+            + (f"{c.decode_calls:,}" if c.decode_calls is not None else "a run-time count of")
+            + " decode calls per inference"
+        )
     _print_ops(compiled.report)
     _print_report(compiled.report, False)
     return 0
@@ -154,13 +164,13 @@ def _emits(text: str) -> tuple[str, ...]:
     return names
 
 
-def _budget(text: str | None) -> int | None:
+def _budget(text: str | None, option: str = "--sram-budget") -> int | None:
     if text is None:
         return None
     try:
         return choice.parse_bytes(text)
     except ValueError as exc:
-        raise BadOptionError(f"--sram-budget: {exc}") from exc
+        raise BadOptionError(f"{option}: {exc}") from exc
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -218,6 +228,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             sparse=not args.dense,
             channels_last=args.channels_last,
             io_in_arena=args.io_in_arena,
+            compress=args.compress_weights,
         )
     finally:
         if ctx is not None:
@@ -492,6 +503,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
     c.add_argument("--io-in-arena", action="store_true", help=IO_IN_ARENA_HELP)
     c.add_argument(
+        "--compress-weights",
+        choices=compiler.COMPRESS_MODES,
+        default="off",
+        help="store weights Golomb-Rice coded, each block of four output channels decoded at run time "
+        "into a scratch buffer in the workspace (bit-exact; less flash, more instructions: about 31 per "
+        "decoded byte, each weight decoded once per inference layer by layer, once per output row in "
+        "row bands, once per output pixel in place; the schedule chooser weighs it): off (default); "
+        "all: every weight the blocked "
+        "kernels read that shrinks; auto: those saving the most bytes per decode instruction until the "
+        "stored weights fit --flash-budget. report.json lists them (compressed_weights)",
+    )
+    c.add_argument(
+        "--flash-budget",
+        metavar="SIZE",
+        help="bytes the stored weights (report.json's stored_weights_bytes) must fit, e.g. 200KiB: "
+        "fails saying by how much they are over",
+    )
+    c.add_argument(
         "--emit",
         type=_emits,
         default=(),
@@ -526,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dense", action="store_true", help=DENSE_HELP)
     v.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
     v.add_argument("--io-in-arena", action="store_true", help=IO_IN_ARENA_HELP)
+    v.add_argument(
+        "--compress-weights",
+        choices=("off", "all"),
+        default="off",
+        help="off (default) or all: as for compile (auto needs compile's --flash-budget)",
+    )
     v.set_defaults(func=cmd_verify)
 
     q = sub.add_parser(

@@ -16,7 +16,7 @@ from tvm_mcu.analysis.inplace import InPlace
 from tvm_mcu.analysis.macs import step_macs
 from tvm_mcu.analysis.peak import PeakResult, best_order_peak, whole_buffer_peak
 from tvm_mcu.codegen import c_ops, model_c
-from tvm_mcu.errors import BadOptionError, UnsupportedOpError
+from tvm_mcu.errors import BadOptionError, BudgetError, UnsupportedOpError
 from tvm_mcu.passes.relax.channels_last import ChannelsLast
 from tvm_mcu.passes.relax.group_chains import ATTR_PARTIAL, CHAIN_PREFIX, GroupChains
 from tvm_mcu.passes.relax.integer import fixed_point
@@ -24,14 +24,17 @@ from tvm_mcu.passes.relax.lower_quantized_ops import ATTR_FLOAT_OPS
 from tvm_mcu.passes.relax.make_integer_interface import io_quantization
 from tvm_mcu.passes.tir import (
     block_weights,
+    compress_weights,
     dot_kernels,
     pack_weights,
+    rice_kernels,
     sparse_element_kernels,
     sparse_elements,
     sparse_filterlets,
     sparse_kernels,
     widen_weights,
 )
+from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, pointer_load
 from tvm_mcu.passes.tir.execute_in_place import ATTR_AXIS as ATTR_IN_PLACE_AXIS
 from tvm_mcu.passes.tir.execute_in_place import ATTR_KIND as ATTR_IN_PLACE
 from tvm_mcu.passes.tir.execute_in_place import make_in_place
@@ -95,6 +98,23 @@ class Compiled:
     sram_budget: int | None = None
     # How the convolutions compute and why ("NCHW, as imported", "channels-last: ...").
     layout: str = ""
+    # The weights stored Golomb-Rice coded (CompressWeights), one row per step and weight, and the flash
+    # budget the stored weights had to fit.
+    compressed: tuple[CompressedLayer, ...] = ()
+    flash_budget: int | None = None
+
+
+@attrs.frozen
+class CompressedLayer:
+    """One weight of one step stored Golomb-Rice coded."""
+
+    step: str
+    weight: str
+    raw_bytes: int  # blocked int8 (what the kernels read)
+    stored_bytes: int  # the blob: offsets, chunks, padding
+    # Calls of tvmmcu_rice_decode per inference (each decodes a chunk unless the scratch holds it), from
+    # the lowered loops' trip counts; None where one is read at run time (row bands).
+    decode_calls: int | None
 
 
 def _primfuncs(mod: _tvm.IRModule) -> dict[str, _tvm.PrimFunc]:
@@ -189,6 +209,7 @@ def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, model_c.Bloc
             (block_weights.ATTR_BLOCKED, "int8"),
             (widen_weights.ATTR_WIDENED, "int16"),
             (pack_weights.ATTR_PACKED, "int4"),
+            (compress_weights.ATTR_COMPRESSED, "rice"),
         ):
             layout.update(
                 {int(k): model_c.Blocked(int(v), width) for k, v in (found.get(attr) or {}).items()}
@@ -228,6 +249,85 @@ def _pack_int4(lowered: _tvm.IRModule, graph: Graph) -> _tvm.IRModule:
         }
     )
     return pipeline.run([PackWeights()], marked)
+
+
+# Which weights ``compile_module(compress=...)`` stores Golomb-Rice coded: "off" none, "all" every one that
+# shrinks, "auto" the fewest that bring the stored weights under ``flash_budget``.
+COMPRESS_MODES = ("off", "auto", "all")
+# Instructions per decoded byte of tvmmcu_rice_decode (the cost model's: schedule/cost.py).
+DECODE_INSTRUCTIONS_PER_BYTE = cost.DECODE_PER_BYTE
+
+
+@attrs.frozen
+class Compressible:
+    """A weight CompressWeights could store Golomb-Rice coded, with what that saves and costs."""
+
+    name: str
+    raw_bytes: int  # as stored otherwise: int8 blocked, or int4 packed two per byte
+    stored_bytes: int  # the blob
+    decodes: int  # chunks decoded per inference, estimated (each once: layer by layer, not in place)
+    chunk_bytes: int
+
+    @property
+    def saved(self) -> int:
+        return self.raw_bytes - self.stored_bytes
+
+    @property
+    def decode_instructions(self) -> float:
+        return self.decodes * self.chunk_bytes * DECODE_INSTRUCTIONS_PER_BYTE
+
+
+def compressible(graph: Graph, weights: str = "auto") -> list[Compressible]:
+    """The int8 weights of the convolutions and dense layers whose Golomb-Rice blob is smaller than their
+    stored form (``weights="auto"``: int4 packed where every value fits), in first-use order. Which ones
+    the kernels read blocked is known only after lowering: CompressWeights declines the others."""
+    out: dict[str, Compressible] = {}
+    for step in graph.steps:
+        if step.kind not in ("conv2d", "chain", "dense"):
+            continue
+        for name in step.inputs:
+            w = graph.weights.get(name) if graph.tensors[name].kind == "weight" else None
+            if w is None or str(w.dtype) != "int8" or w.ndim not in (2, 4) or w.shape[0] % 4:
+                continue
+            stride = w.size // w.shape[0]
+            if stride % 8:
+                continue
+            chunk = 4 * stride
+            raw = w.nbytes // 2 if weights == "auto" and pack_weights.fits_int4(w) else w.nbytes
+            if weights == "int16":
+                raw = 2 * w.nbytes
+            stored = rice_kernels.encoded_bytes(w, chunk)
+            if stored >= raw:
+                continue
+            # CompressWeights moves the loop over blocks of channels outside the pixels' loops: each
+            # chunk decoded once per visit (a row band's rows, an operator in place decode more).
+            decodes = w.shape[0] // 4
+            prior = out.get(name)
+            out[name] = Compressible(name, raw, stored, decodes + (prior.decodes if prior else 0), chunk)
+    return list(out.values())
+
+
+def _compress_marks(graph: Graph, names: frozenset[str]) -> dict[str, list[int]]:
+    """Callee -> positions of the parameters every step calling it passes one of ``names`` in."""
+    if not names:
+        return {}
+    out: dict[str, set[int]] = {}
+    for step in graph.steps:
+        if step.kind == "copy":
+            continue
+        found = {k for k, n in enumerate(step.inputs) if n in names}
+        out[step.callee] = out[step.callee] & found if step.callee in out else found
+    return {callee: sorted(p) for callee, p in out.items() if p}
+
+
+def _compressed_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
+    """Callee -> parameter position -> channel stride of the weights CompressWeights stores coded."""
+    out: dict[str, dict[int, int]] = {}
+    for gv, func in lowered.functions_items():
+        found = func.attrs.get(compress_weights.ATTR_COMPRESSED) if func.attrs is not None else None
+        if found:
+            out[gv.name_hint] = {int(k): int(v) for k, v in found.items()}
+    return out
 
 
 # A convolution's weights are stored sparse (CSR over filterlets, visited by the sparse kernel) when at
@@ -464,10 +564,17 @@ def _ordered_graph(fused: _tvm.IRModule) -> tuple[Graph, PeakResult]:
 
 
 def _split(
-    fused: _tvm.IRModule, chains: list[partial.Chain], *, in_place: bool, prefix: str, sparse: bool = False
+    fused: _tvm.IRModule,
+    chains: list[partial.Chain],
+    *,
+    in_place: bool,
+    prefix: str,
+    sparse: bool = False,
+    compress: frozenset[str] = frozenset(),
 ) -> tuple[Graph, dict[str, _tvm.PrimFunc], dict[str, int], dict[str, _tvm.PrimFunc]]:
     """The graph with ``chains`` fused and run a slice of channels at a time (then in place).
-    ``sparse``: the chains' convolutions with sparse weights are marked for SparseFilterlets."""
+    ``sparse``: the chains' convolutions with sparse weights are marked for SparseFilterlets;
+    ``compress``: the weights to mark for CompressWeights (:func:`_compress_marks`)."""
     split = pipeline.run([GroupChains([(list(c.steps), c.spec) for c in chains], prefix=prefix)], fused)
     graph, _ = _ordered_graph(split)
     funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
@@ -476,6 +583,9 @@ def _split(
         for callee, marks in _sparse_candidates(graph).items():
             if callee in chained:
                 funcs[callee] = _marked(funcs[callee], marks)
+    for callee, positions in _compress_marks(graph, compress).items():
+        if callee in chained:
+            funcs[callee] = funcs[callee].with_attr(compress_weights.ATTR_WANTED, positions)
     # The chains are lowered here: a chain the lowering cannot take (row bands finish inside it, in
     # RollRowBuffers; a TVM check may fail on a restructured chain) declines this candidate with its
     # reason instead of failing the compile. The lowered chains are kept for lower_operators.
@@ -543,13 +653,18 @@ def plan_schedules(
     sparse: bool = True,
     convert: bool = False,
     io_in_arena: bool = False,
+    compress: frozenset[str] | str = frozenset(),
+    weights: str = "auto",
 ) -> Schedules:
     """Graph passes, then every candidate schedule with its memory plan (see :func:`compile_module`).
 
     ``io_in_arena``: the memory plans hold the model's inputs and outputs. The candidates (order,
     in-place steps, chains) are the caller convention's, so each plan, and the one chosen, needs no
     more SRAM than with the caller's buffers (:func:`tvm_mcu.schedule.memory.plan_memory`), plus one,
-    ``IN_PLACE_IO``, whose in-place steps may also overwrite a model input or write a model output."""
+    ``IN_PLACE_IO``, whose in-place steps may also overwrite a model input or write a model output.
+    ``compress``: names of the weights CompressWeights stores Golomb-Rice coded where the blocked kernels
+    read them (each candidate's memory plan counts the decode scratch); "all": every one that shrinks
+    against its form with ``weights`` (:func:`compressible`)."""
     try:
         passes = pipeline.graph_passes(allow_float=allow_float, rounding=rounding, channels_last=convert)
         fused = pipeline.run(passes, mod)
@@ -562,6 +677,10 @@ def plan_schedules(
             "variant tvm-mcu cannot compile"
         ) from exc
     graph, bound = _ordered_graph(fused)
+    if isinstance(compress, str):
+        compress = (
+            frozenset(c.name for c in compressible(graph, weights)) if compress == "all" else frozenset()
+        )
     whole_peak = whole_buffer_peak(graph)
     macs = step_macs(fused, graph)
     last = channels_last(mod, convert)
@@ -602,6 +721,7 @@ def plan_schedules(
                     in_place=in_place,
                     prefix=f"{CHAIN_PREFIX}{len(seen) - 1}_",
                     sparse=sparse and last,
+                    compress=compress,
                 )
             except ValueError as exc:
                 logger.info("partial execution declined: %s", exc)
@@ -622,7 +742,12 @@ def plan_schedules(
         if rows:
             try:
                 split_graph, split_funcs, split_macs, split_lowered = _split(
-                    fused, rows, in_place=in_place, prefix=f"{CHAIN_PREFIX}_rows_", sparse=sparse and last
+                    fused,
+                    rows,
+                    in_place=in_place,
+                    prefix=f"{CHAIN_PREFIX}_rows_",
+                    sparse=sparse and last,
+                    compress=compress,
                 )
             except ValueError as exc:
                 logger.info("row bands declined: %s", exc)
@@ -639,10 +764,22 @@ def plan_schedules(
             for callee, marks in _sparse_candidates(plan_graph, last).items():
                 if callee in funcs:
                     funcs[callee] = _marked(funcs[callee], marks)
+    if compress:
+        for plan_graph in [g for _, g, _, _ in plans]:
+            for callee, positions in _compress_marks(plan_graph, compress).items():
+                if callee in funcs:
+                    funcs[callee] = funcs[callee].with_attr(compress_weights.ATTR_WANTED, positions)
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], chain_lowered)
+    # Decoding compressed weights: what a schedule decodes beyond layer by layer's once per inference.
+    decode = {label: cost.decode_instructions(g, graph, compress) for label, g, _, _ in plans}
     candidates = tuple(
         choice.Candidate(
-            label, g, plan_memory(g, io_in_arena=io_in_arena), _staging_overhead(g, m, costs) + extra
+            label,
+            g,
+            plan_memory(g, io_in_arena=io_in_arena),
+            _staging_overhead(g, m, costs)
+            + extra
+            + (decode[label] - decode["layer by layer"]) / costs.instructions(macs),
         )
         for (label, _, m, extra), g in zip(plans, graphs, strict=True)
     )
@@ -652,6 +789,74 @@ def plan_schedules(
 
 
 def compile_module(
+    mod: _tvm.IRModule,
+    *,
+    model_name: str,
+    compress: str = "off",
+    flash_budget: int | None = None,
+    **options: Any,
+) -> Compiled:
+    """Compile an imported Relax module (float or integer) to a C library with a static memory plan
+    (:func:`compile_once`'s ``options``), storing weights Golomb-Rice coded as ``compress`` says.
+
+    ``compress``: "off" (the default) stores none so; "all" every convolution and dense weight the
+    blocked kernels read whose blob is smaller than its stored form (CompressWeights: decoded per block
+    of four channels into a scratch buffer in the workspace; bit-exact, more instructions); "auto" the
+    ones saving the most bytes per added decode instruction until the stored weights fit
+    ``flash_budget``. ``flash_budget``: bytes the stored weights (model.c's weight arrays, the report's
+    ``stored_weights_bytes``) must fit; BudgetError, saying by how much they are over, when they do not
+    ("auto": even with every compressible weight coded).
+    """
+    if compress not in COMPRESS_MODES:
+        raise BadOptionError(f"compress must be one of {', '.join(COMPRESS_MODES)}, got {compress!r}")
+    if compress == "auto" and flash_budget is None:
+        raise BadOptionError(
+            "compress='auto' (--compress-weights auto) needs a flash budget (--flash-budget)"
+        )
+    if flash_budget is not None and flash_budget <= 0:
+        raise BadOptionError(f"the flash budget must be a positive number of bytes, got {flash_budget}")
+    first = compile_once(
+        mod, model_name=model_name, compress="all" if compress == "all" else frozenset(), **options
+    )
+    if flash_budget is None:
+        return first
+    if first.stored_weights_bytes <= flash_budget:
+        return attrs.evolve(first, flash_budget=flash_budget)
+    over = first.stored_weights_bytes - flash_budget
+    if compress == "off":
+        raise BudgetError(
+            f"{model_name}: the stored weights take {first.stored_weights_bytes} B, over the flash budget of "
+            f"{flash_budget} B by {over} B; --compress-weights auto stores some Golomb-Rice coded"
+        )
+    candidates = compressible(first.graph, str(options.get("weights", "auto")))
+    if compress == "all":
+        candidates = []  # every one is coded already
+    # Most bytes saved per added decode instruction first.
+    ranked = sorted(candidates, key=lambda c: (-c.saved / max(c.decode_instructions, 1.0), c.name))
+    chosen: list[str] = []
+    left = first.stored_weights_bytes
+    for c in ranked:
+        if left <= flash_budget:
+            break
+        chosen.append(c.name)
+        left -= c.saved
+    if left > flash_budget:
+        raise BudgetError(
+            f"{model_name}: the stored weights take {left} B even with every weight the kernels read "
+            f"blocked Golomb-Rice coded, over the flash budget of {flash_budget} B by "
+            f"{left - flash_budget} B; prune the model (tvm-mcu prune) or quantise its weights to int4"
+        )
+    result = compile_once(mod, model_name=model_name, compress=frozenset(chosen), **options)
+    if result.stored_weights_bytes > flash_budget:
+        raise BudgetError(
+            f"{model_name}: the stored weights take {result.stored_weights_bytes} B with "
+            f"{len(result.compressed)} weights Golomb-Rice coded (the kernels read the others unblocked), "
+            f"over the flash budget of {flash_budget} B by {result.stored_weights_bytes - flash_budget} B"
+        )
+    return attrs.evolve(result, flash_budget=flash_budget)
+
+
+def compile_once(
     mod: _tvm.IRModule,
     *,
     model_name: str,
@@ -666,6 +871,7 @@ def compile_module(
     sparse: bool = True,
     convert: bool | None = None,
     io_in_arena: bool = False,
+    compress: frozenset[str] | str = frozenset(),
 ) -> Compiled:
     """Compile an imported Relax module (float or integer) to a C library with a static memory plan.
 
@@ -694,6 +900,7 @@ def compile_module(
     model's inputs and outputs live in the arena (TFLite Micro's convention): ``tvmmcu_model_run(void)``,
     and ``tvmmcu_model_input(k)`` / ``tvmmcu_model_output(k)`` give where the caller writes and reads
     them; an input's bytes are reused once it is dead. ``sram_budget`` then counts the arena alone.
+    ``compress``: the names of the weights to store Golomb-Rice coded, or "all" (:func:`plan_schedules`).
     """
     if weights not in WEIGHT_WIDTHS:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, got {weights!r}")
@@ -710,6 +917,8 @@ def compile_module(
         sparse=sparse,
         convert=convert,
         io_in_arena=io_in_arena,
+        compress=compress,
+        weights=weights,
     )
     fused, bound, whole_peak, lowered = sched.fused, sched.bound, sched.whole_peak, sched.lowered
     candidates = list(sched.candidates)
@@ -812,7 +1021,69 @@ def compile_module(
         int4_weight_ops=tuple(st.name for st in graph.steps if st.callee in packed),
         stored_weights_bytes=model_c.stored_weights_bytes(graph, blocked, stored, elements),
         layout=layout,
+        compressed=_compressed_layers(graph, lowered),
     )
+
+
+def _decode_calls(func: _tvm.PrimFunc) -> dict[int, int | None]:
+    """Parameter position -> calls of tvmmcu_rice_decode on its weights one call of ``func`` makes: each
+    call's enclosing loops' trip counts multiplied; None where a trip count is read at run time (a row
+    band's rows)."""
+    owners = parameter_owners(func)
+    position = {p: k for k, p in enumerate(func.params)}
+    total: dict[int, int | None] = {}
+
+    def visit(stmt: Any, trips: int | None) -> None:
+        if isinstance(stmt, _tvm.tirx.For):
+            extent = _tvm.Analyzer().simplify(stmt.extent)
+            n = int(extent) if isinstance(extent, _tvm.tirx.IntImm) else None
+            visit(stmt.body, trips * n if trips is not None and n is not None else None)
+            return
+        if isinstance(stmt, _tvm.tirx.Evaluate):
+            if extern_name(stmt.value) == compress_weights.DECODE:
+                load = pointer_load(stmt.value.args[1])
+                owner = owners.get(load.source, load.source) if load is not None else None
+                if owner in position:
+                    k = position[owner]
+                    before = total.get(k, 0)
+                    total[k] = before + trips if before is not None and trips is not None else None
+            return
+        for child in _children(stmt):
+            visit(child, trips)
+
+    visit(func.body, 1)
+    return total
+
+
+def _children(stmt: Any) -> list[Any]:
+    if isinstance(stmt, _tvm.tirx.SeqStmt):
+        return list(stmt.seq)
+    if isinstance(stmt, _tvm.tirx.IfThenElse):
+        return [stmt.then_case] + ([stmt.else_case] if stmt.else_case is not None else [])
+    body = getattr(stmt, "body", None)
+    return [body] if body is not None else []
+
+
+def _compressed_layers(graph: Graph, lowered: _tvm.IRModule) -> tuple[CompressedLayer, ...]:
+    """The report's rows of the weights CompressWeights stores coded, per step."""
+    found = _compressed_weights(lowered)
+    funcs = _primfuncs(lowered)
+    calls = {callee: _decode_calls(funcs[callee]) for callee in found}
+    rows = []
+    for step in graph.steps:
+        for k, stride in sorted(found.get(step.callee, {}).items()):
+            name = step.inputs[k]
+            w = graph.weights[name]
+            rows.append(
+                CompressedLayer(
+                    step.name,
+                    name,
+                    int(w.nbytes),
+                    rice_kernels.encoded_bytes(w, 4 * stride),
+                    calls[step.callee].get(k, 0),
+                )
+            )
+    return tuple(rows)
 
 
 def _layout(mod: _tvm.IRModule, convert: bool | None, sparse: bool, pack: bool = False) -> str:

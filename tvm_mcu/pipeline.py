@@ -12,6 +12,7 @@ from tvm_mcu.passes.relax.make_integer_interface import MakeIntegerInterface
 from tvm_mcu.passes.relax.raise_tir_calls import RaiseTirCalls
 from tvm_mcu.passes.tir.block_output_channels import BlockOutputChannels
 from tvm_mcu.passes.tir.block_weights import BlockWeights
+from tvm_mcu.passes.tir.compress_weights import CompressWeights
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
@@ -131,6 +132,10 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         # The same for the weights stored element-sparse: after SplitBorders, whose copies of a call it
         # rewrites all (SparseFilterlets rewrites other parameters: their order is free).
         SparseElements(),
+        # Weights the compiler marked are decoded per block of channels into a scratch buffer: after
+        # SplitBorders (every copy of a blocked call), before StorageRewrite and HoistScratchToWorkspace
+        # (which place the scratch); parameters left blocked are PackWeights' and WidenWeights'.
+        CompressWeights(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
         tirx.transform.VectorizeLoop(False),

@@ -37,6 +37,20 @@ class OpRow:
     filterlets: int | None = None
 
 
+@attrs.frozen
+class CompressedRow:
+    """One weight of one step stored Golomb-Rice coded (compile --compress-weights)."""
+
+    step: str
+    weight: str
+    raw_bytes: int  # blocked int8, what the kernels read
+    stored_bytes: int  # the blob: chunk offsets, chunks, padding
+    ratio: float  # stored / raw
+    # tvmmcu_rice_decode calls per inference, counted from the lowered loops' trip counts (None where one
+    # is read at run time: row bands); each decodes a chunk of four channels unless the scratch holds it.
+    decode_calls: int | None
+
+
 def _int_tuple(values: object) -> tuple[int, ...]:
     return tuple(int(v) for v in values)  # type: ignore[attr-defined]
 
@@ -117,6 +131,10 @@ class Report:
     io_convention: str = IO_CALLER
     io_placement: str | None = None
     in_place_steps: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    # The weights stored Golomb-Rice coded (--compress-weights), and the flash budget (--flash-budget)
+    # the stored weights had to fit.
+    compressed_weights: tuple[CompressedRow, ...] = ()
+    flash_budget_bytes: int | None = None
     stack_bytes: int | None = None
     peak_sram_bytes: int | None = None
     instructions: int | None = None
@@ -192,6 +210,8 @@ class Report:
         d["compile_seconds"] = round(self.compile_seconds, 3)
         if self.io_placement is None:
             del d["io_placement"]  # report.json as before for the usual placements
+        if not self.compressed_weights and self.flash_budget_bytes is None:
+            del d["compressed_weights"], d["flash_budget_bytes"]  # as before without compression
         return d
 
     def write(self, path: Path) -> None:
@@ -211,4 +231,5 @@ class Report:
         d["inputs"] = tuple(IoRow(**r) for r in d["inputs"])
         d["outputs"] = tuple(IoRow(**r) for r in d["outputs"])
         d["ops"] = tuple(OpRow(**r) for r in d["ops"])
+        d["compressed_weights"] = tuple(CompressedRow(**r) for r in d.get("compressed_weights", ()))
         return cls(**d)

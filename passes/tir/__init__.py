@@ -6,6 +6,7 @@ each ordering constraint.
 
 from tvm_mcu.passes.tir.block_output_channels import BlockOutputChannels
 from tvm_mcu.passes.tir.block_weights import BlockWeights
+from tvm_mcu.passes.tir.compress_weights import CompressWeights
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
 from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
@@ -25,6 +26,7 @@ from tvm_mcu.passes.tir.widen_weights import WidenWeights
 __all__ = [
     "BlockOutputChannels",
     "BlockWeights",
+    "CompressWeights",
     "ExecuteInPlace",
     "HoistReductionInit",
     "HoistScratchToWorkspace",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from tvm_mcu.passes.tir.float_kernels import HEADER_TEXT as FLOAT_HEADER_TEXT
 from tvm_mcu.passes.tir.nibble_kernels import HEADER_TEXT as NIBBLE_HEADER_TEXT
+from tvm_mcu.passes.tir.rice_kernels import HEADER_TEXT as RICE_HEADER_TEXT
 from tvm_mcu.passes.tir.sparse_element_kernels import HEADER_TEXT as ELEMENT_HEADER_TEXT
 from tvm_mcu.passes.tir.sparse_float_kernels import HEADER_TEXT as SPARSE_F32_HEADER_TEXT
 from tvm_mcu.passes.tir.sparse_kernels import HEADER_TEXT as SPARSE_HEADER_TEXT
@@ -983,10 +984,15 @@ static inline int32_t tvmmcu_dot_copy8(void *dst, const void *src, int32_t n) {
 """
 
 # The packed int4 kernels (they use the blocked kernels' macros), the float32 kernels, the
-# filterlet-sparse and the element-sparse ones: sections of the same header, each with its own include
-# guard.
+# filterlet-sparse and the element-sparse ones, the Golomb-Rice weight decoder: sections of the same
+# header, each with its own include guard.
 HEADER_TEXT += (
-    NIBBLE_HEADER_TEXT + FLOAT_HEADER_TEXT + SPARSE_HEADER_TEXT + SPARSE_F32_HEADER_TEXT + ELEMENT_HEADER_TEXT
+    NIBBLE_HEADER_TEXT
+    + FLOAT_HEADER_TEXT
+    + SPARSE_HEADER_TEXT
+    + SPARSE_F32_HEADER_TEXT
+    + ELEMENT_HEADER_TEXT
+    + RICE_HEADER_TEXT
 )
 
 # In one translation unit GCC propagates the arena's and the weights' sizes into the kernels and warns

@@ -59,10 +59,19 @@ class _Q:
         )
         return out
 
-    def weight(self, shape: tuple[int, ...], axis: int = 0, bits: int = 8) -> str:
+    def weight(
+        self, shape: tuple[int, ...], axis: int = 0, bits: int = 8, sigma: float = 0.0, zeros: float = 0.0
+    ) -> str:
         """A per-channel int8 weight along ``axis``, dequantised; ``bits=4``: its values in [-8, 7] (an
-        ONNX INT4 initialiser as imported)."""
+        ONNX INT4 initialiser as imported). ``sigma``: int8 values rounded from a normal distribution of
+        that spread (as trained weights), instead of uniform; ``zeros``: that fraction of them zero (as
+        pruned weights)."""
         w = self.rng.integers(-127 if bits == 8 else -8, 128 if bits == 8 else 8, shape).astype(np.int8)
+        if sigma:
+            w = np.clip(np.rint(self.rng.normal(0.0, sigma, shape)), -127, 127).astype(np.int8)
+            w[0].flat[0], w[-1].flat[-1] = -127, 127  # the extremes
+        if zeros:
+            w[self.rng.random(shape) < zeros] = 0
         scales = self.rng.uniform(0.002, 0.02, shape[axis]).astype(np.float32)
         out = self.name("wdq")
         self.nodes.append(
@@ -341,6 +350,26 @@ def int4_cnn(bits: int = 4) -> onnx.ModelProto:
     y = g.op("Flatten", [y])
     b = g.const((g.rng.standard_normal(12) * 0.3).astype(np.float32))
     return g.model(g.op("Gemm", [y, g.weight((12, 256), bits=bits), b], transB=1), 0.1, 2)
+
+
+def compress_cnn(zeros: float = 0.0) -> onnx.ModelProto:
+    """An int8 QDQ CNN whose weights are spread as trained ones (normal, sigma 10: about 6 bits a value;
+    ``zeros``: that fraction zero, as pruned ones) for CompressWeights: int4_cnn's layers (a first 3x3
+    convolution over 3 channels, too few for the blocked kernels; a padded 3x3 over 8; a depthwise; a 1x1;
+    max pooling; a dense layer), every kind of schedule."""
+    g = _Q("int8", 37)
+    x = g.input([1, 3, 8, 8], 0.05, 3)
+    y = g.op("Conv", [x, g.weight((8, 3, 3, 3), sigma=10, zeros=zeros)], pads=[1, 1, 1, 1])
+    y = g.quantized(g.op("Relu", [y]), 0.04, -128)
+    y = g.op("Conv", [y, g.weight((16, 8, 3, 3), sigma=10, zeros=zeros)], pads=[1, 1, 1, 1])
+    y = g.quantized(y, 0.3, 5)
+    y = g.op("Conv", [y, g.weight((16, 1, 3, 3), sigma=10, zeros=zeros)], pads=[1, 1, 1, 1], group=16)
+    y = g.quantized(y, 0.3, 2)
+    y = g.quantized(g.op("Conv", [y, g.weight((16, 16, 1, 1), sigma=10, zeros=zeros)]), 0.3, -3)
+    y = g.quantized(g.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2]), 0.3, -3)
+    y = g.op("Flatten", [y])
+    b = g.const((g.rng.standard_normal(12) * 0.3).astype(np.float32))
+    return g.model(g.op("Gemm", [y, g.weight((12, 256), sigma=10, zeros=zeros), b], transB=1), 1.0, 2)
 
 
 def int4_layer(kind: str, bits: int = 4) -> onnx.ModelProto:

@@ -13,7 +13,7 @@ import numpy as np
 
 from tvm_mcu import __version__
 from tvm_mcu.codegen.c_ops import OP_QUALIFIER_DEFINITION
-from tvm_mcu.passes.tir import sparse_element_kernels
+from tvm_mcu.passes.tir import rice_kernels, sparse_element_kernels
 from tvm_mcu.passes.tir.block_weights import block
 from tvm_mcu.passes.tir.pack_weights import pack
 from tvm_mcu.passes.tir.sparse_kernels import compress_blob, filterlets_kept
@@ -252,14 +252,15 @@ ELEMENTS = "elements"  # the layout of weights stored as CSR over single weights
 class Blocked:
     """The layout of weights stored blocked by four channels of ``stride`` values (BlockWeights), each
     value as ``width``: "int8" as the model has it, "int16" pre-widened (WidenWeights), "int4" packed
-    two per byte (PackWeights)."""
+    two per byte (PackWeights), "rice" int8 Golomb-Rice coded in chunks of four channels
+    (CompressWeights)."""
 
     stride: int
     width: str = "int8"
 
 
 # What a weight's symbol ends with in each blocked width: blocked, halfwords, nibbles (quarter words).
-_BLOCKED_SUFFIX = {"int8": "_b", "int16": "_h", "int4": "_q"}
+_BLOCKED_SUFFIX = {"int8": "_b", "int16": "_h", "int4": "_q", "rice": "_r"}
 
 Layout = str | Blocked
 
@@ -315,7 +316,12 @@ def step_layout(
     return blocked.get(step_callee, {}).get(position, DENSE)
 
 
-_BLOCKED_FORMAT = {"int8": "dense, blocked", "int16": "dense, int16", "int4": "dense, int4"}
+_BLOCKED_FORMAT = {
+    "int8": "dense, blocked",
+    "int16": "dense, int16",
+    "int4": "dense, int4",
+    "rice": "dense, Golomb-Rice",
+}
 
 
 def weight_storage(values: np.ndarray, layout: Layout) -> WeightStorage:
@@ -371,6 +377,11 @@ def _stored(values: np.ndarray, layout: Layout) -> tuple[np.ndarray, str]:
         return widen(values, layout.stride), note + ", as int16"
     if layout.width == "int4":
         return pack(values, layout.stride), note + ", as int4 two per byte"
+    if layout.width == "rice":
+        blob = rice_kernels.encode(block(values, layout.stride), 4 * layout.stride)
+        return blob.view(
+            np.int8
+        ), note + f", Golomb-Rice coded in chunks of four channels ({values.nbytes} B raw)"
     return block(values, layout.stride), note
 
 

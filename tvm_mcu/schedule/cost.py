@@ -38,6 +38,12 @@ mps2-an386, 24 sparse and 24 dense measurements):
 
 Pruning prices a candidate's instructions with these, as it prices its flash and MACs by counting;
 reports give QEMU's counts.
+
+Weights stored Golomb-Rice coded (CompressWeights) cost ``DECODE_PER_BYTE`` instructions per decoded
+byte (bench --only compress, the M4: 31.4 for a dense layer's chunks, 33.3 for a 3x3 convolution's with
+its loops), each chunk decoded once per visit of its block loop: once per inference layer by layer and in
+channel slices, once per output row in a row band (the blocks' loop moves outside one row's pixels
+only), once per output pixel for an operator in place (the loop does not move).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from tvm_mcu.schedule.graph import Graph
+from tvm_mcu.schedule.graph import Graph, Step
 
 # Op families whose instructions scale with their MACs.
 _COMPUTE = ("conv2d", "matmul", "dense", "chain")
@@ -107,3 +113,39 @@ SPARSE = {
 def conv_layer(itemsize: int) -> LayerCosts:
     """A dense convolution layer's costs: int8 (itemsize 1) or float (the float kernels, per MAC)."""
     return CONV_INT8 if itemsize == 1 else LayerCosts(per_mac=FLOAT.per_mac, per_output=0.0)
+
+
+# Instructions per byte tvmmcu_rice_decode writes (module docstring).
+DECODE_PER_BYTE = 31.4
+
+
+def _visits(step: Step, shape: tuple[int, ...]) -> int:
+    """How often ``step`` decodes each chunk of a compressed weight of its layer (output ``shape``,
+    channels-last) per inference."""
+    if len(shape) != 4:
+        return 1
+    if step.in_place == "pointwise":
+        return int(shape[1] * shape[2])
+    if step.partial.startswith("rows"):
+        axis = next((int(f[5:]) for f in step.partial.split(":") if f.startswith("axis=")), 1)
+        return int(shape[axis])
+    return 1
+
+
+def decode_instructions(graph: Graph, layers: Graph, compressed: frozenset[str]) -> float:
+    """Estimated instructions of decoding the weights named ``compressed`` (stored Golomb-Rice coded)
+    in one inference under the schedule ``graph``; ``layers``: the model's graph one step per layer
+    (the output shape of each weight's layer, which a chain step of ``graph`` hides)."""
+    shapes = {
+        name: tuple(layers.tensors[s.output].shape)
+        for s in layers.steps
+        for name in s.inputs
+        if name in compressed
+    }
+    total = 0.0
+    for step in graph.steps:
+        for name in step.inputs:
+            if name in compressed and name in graph.weights:
+                visits = _visits(step, shapes.get(name, ()))
+                total += visits * int(graph.weights[name].nbytes) * DECODE_PER_BYTE
+    return total
