@@ -101,6 +101,8 @@ def quantize_onnx(
         raise BadOptionError(f"per_channel must be True or False, got {per_channel!r}")
     if weights not in WEIGHT_CHOICES:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+    if not isinstance(int8_depthwise, bool):
+        raise BadOptionError(f"int8_depthwise must be True or False, got {int8_depthwise!r}")
     out_path = output_file(Path(out_path))
     notes: list[str] = []
     model = _prepare(_load(Path(model_path)), notes)
