@@ -97,11 +97,14 @@ def int4_section(tmp: Path) -> list[str]:
             )
     lines += [
         "",
-        "The small CNN's row counts the whole model (its first convolution, over 3 input channels, and its",
-        "depthwise one keep their weights as bytes: no blocked kernel reads them; bias and requantisation",
-        "constants too); its 1x1 convolution reads 16 values a call, where the flush of the scaled sums, a",
-        "fixed cost per call (about 25 instructions for four channels: their accumulators are spilled around",
-        "the loop, which needs 14 registers), weighs more than over the 3x3 convolution's runs of 96.",
+        "The small CNN's row counts the whole model (its first convolution, over 3 input channels, keeps its",
+        "weights as bytes: no blocked kernel reads them; its depthwise one stores them two per byte, unpacked",
+        "into a workspace scratch once per call; bias and requantisation constants stay int32). Each build",
+        "picks its schedule: the depthwise scratch (144 B) makes in place the smallest for int4 where int8",
+        "takes row bands, so its row differs by more than the storage; its 1x1 convolution reads 16 values a",
+        "call, where the flush of the scaled sums, a fixed cost per call (about 25 instructions for four",
+        "channels: their accumulators are spilled around the loop, which needs 14 registers), weighs more",
+        "than over the 3x3 convolution's runs of 96.",
         "Without the DSP extension (M3) the kernels load each channel's word once per 8 values and extract",
         "a nibble per value (SBFX).",
         "",
@@ -116,13 +119,14 @@ TRAINED = (
     ("MobileNetV2-style (Fashion-MNIST)", "mobilenetv2_fashion.onnx"),
 )
 ACCURACY_IMAGES = 2000
-WEIGHTS_GOAL = 0.55  # stored weights of the all-int4 model at most this times the int8 model's
+WEIGHTS_GOAL = 0.55  # weight tensors of the all-int4 model at most this times the int8 model's
 
 
 def _trained_rows(tmp: Path) -> list[str]:
     """Whole trained models, `tvm-mcu quantize --weights int4` against int8 (calibrated on 256 training
-    images): stored weights, flash, instructions (QEMU, one input), verify's verdict and onnxruntime's
-    accuracy of each QDQ model on the first test images."""
+    images): stored weights (all, weight tensors, per-channel constants), flash, instructions (QEMU, one
+    input), verify's verdict and onnxruntime's accuracy of each QDQ model on the first test images; then
+    the int4 model's depthwise layers with their weights stored two per byte against as bytes."""
     from prune_bench import BOARD, CALIBRATION_IMAGES, ort_outputs
 
     from tvm_mcu.frontend import load_model
@@ -131,48 +135,102 @@ def _trained_rows(tmp: Path) -> list[str]:
 
     lines = [
         "Whole trained models (bench/models) quantised by `tvm-mcu quantize --weights int4` (every",
-        "convolution and dense layer int4 per output channel in [-7, 7], depthwise ones int8) against the",
+        "convolution and dense layer int4 per output channel in [-7, 7], depthwise ones included) against the",
         f"default int8, both calibrated on {CALIBRATION_IMAGES} training images, compiled channels-last for {BOARD}:",
-        "weights as stored (goal: the int4 model's at most "
-        f"{WEIGHTS_GOAL}x the int8 model's), firmware flash, instructions of one inference on QEMU,",
-        f"verify's verdict, and onnxruntime's accuracy of each QDQ model on the first {ACCURACY_IMAGES:,} test",
-        "images (post-training quantisation, no retraining: `tvm-mcu prune --weights int4` trains for it).",
+        "weights as stored, all of them, the weight tensors alone (goal: the int4 model's at most "
+        f"{WEIGHTS_GOAL}x the int8 model's) and the per-channel constants (bias, multiplier and shift,",
+        "int32 [C, 3]: 12 B per output channel whatever the weights' width), firmware flash, instructions of",
+        f"one inference on QEMU, verify's verdict, and onnxruntime's accuracy of each QDQ model on the first {ACCURACY_IMAGES:,}",
+        "test images (post-training quantisation, no retraining: `tvm-mcu prune --weights int4` trains for it;",
+        "int4 with `--int8-depthwise` in brackets).",
         "",
-        "| model | int8 weights B | int4 weights B | ratio | flash B int8 -> int4 | instructions int8 -> int4 | "
-        "accuracy int8 -> int4 | verify |",
-        "|---|---:|---:|---:|---:|---:|---|---|",
+        "| model | stored weights B int8 -> int4 | ratio | weight tensors B int8 -> int4 | ratio | constants B | "
+        "flash B int8 -> int4 | instructions int8 -> int4 | accuracy int8 -> int4 (int8 depthwise) | verify |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
+    depthwise_rows: list[str] = []
     for label, name in TRAINED:
         path = ROOT / "bench" / "models" / name
         if not path.is_file():
-            lines.append(f"| {label} | absent: run bench/train_models.py |||||||")
+            lines.append(f"| {label} | absent: run bench/train_models.py |||||||||")
             continue
         model = load_model(path)
         ds = load_dataset("fashion-mnist", model.inputs[0].shape, limit=CALIBRATION_IMAGES)
         calib = {model.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}
         runs = {}
-        for weights in ("int8", "int4"):
+        accuracy = {}
+        for weights in ("int8", "int4", "int4-dw8"):
             q = tmp / f"{path.stem}_{weights}.onnx"
-            quantize_onnx(path, calib, q, weights=weights)
-            v = api.verify(q, BOARD, tmp / f"{path.stem}_{weights}_build", channels_last=True)
+            quantize_onnx(path, calib, q, weights=weights[:4], int8_depthwise=weights == "int4-dw8")
             got = ort_outputs(q, ds.x_test[:ACCURACY_IMAGES])
-            acc = float((np.argmax(got, axis=1) == ds.y_test[:ACCURACY_IMAGES]).mean())
-            runs[weights] = (v, acc)
-        (v8, a8), (v4, a4) = runs["int8"], runs["int4"]
-        w8, w4 = v8.report.stored_weights_bytes, v4.report.stored_weights_bytes
+            accuracy[weights] = float((np.argmax(got, axis=1) == ds.y_test[:ACCURACY_IMAGES]).mean())
+            if weights != "int4-dw8":
+                runs[weights] = api.verify(q, BOARD, tmp / f"{path.stem}_{weights}_build", channels_last=True)
+        v8, v4 = runs["int8"], runs["int4"]
+        r8, r4 = v8.report, v4.report
+        w8, w4 = r8.stored_weights_bytes, r4.stored_weights_bytes
+        t8, t4 = w8 - r8.stored_constants_bytes, w4 - r4.stored_constants_bytes
         verdicts = ", ".join(sorted({v.report.verdict if v.passed else "MISMATCH" for v in (v8, v4)}))
-        print(f"int4: {label}: {w8:,} -> {w4:,} B, accuracy {a8:.4f} -> {a4:.4f}", flush=True)
-        lines.append(
-            f"| {label} | {w8:,} | {w4:,} | {w4 / w8:.3f}x | {v8.report.flash_bytes:,} -> "
-            f"{v4.report.flash_bytes:,} | {v8.report.instructions:,} -> {v4.report.instructions:,} | "
-            f"{a8:.4f} -> {a4:.4f} | {verdicts} |"
+        a8, a4, a4d = accuracy["int8"], accuracy["int4"], accuracy["int4-dw8"]
+        print(
+            f"int4: {label}: {w8:,} -> {w4:,} B, tensors {t8:,} -> {t4:,} B, accuracy {a8:.4f} -> {a4:.4f}",
+            flush=True,
         )
+        lines.append(
+            f"| {label} | {w8:,} -> {w4:,} | {w4 / w8:.3f}x | {t8:,} -> {t4:,} | {t4 / t8:.3f}x | "
+            f"{r8.stored_constants_bytes:,} -> {r4.stored_constants_bytes:,} | {r8.flash_bytes:,} -> "
+            f"{r4.flash_bytes:,} | {r8.instructions:,} -> {r4.instructions:,} | "
+            f"{a8:.4f} -> {a4:.4f} ({a4d:.4f}) | {verdicts} |"
+        )
+        depthwise_rows += _depthwise_rows(label, tmp / f"{path.stem}_int4.onnx", v4, tmp)
     lines += [
         "",
-        "Stored weights count each layer's per-channel constants too (bias, multiplier and shift, 12 B per",
-        "output channel as int32, whatever the weights' width) and the depthwise weights, which stay a byte",
-        "each (no blocked kernel reads them): in the MobileNetV2-style model's narrow pointwise layers these",
-        "are most of the bytes (a 16 -> 64 one: 512 B of int4 weights beside 768 B of constants), so its",
-        "int4 model keeps 0.7x of the int8 model's stored weights; the weight tensors alone halve.",
+        "The constants do not shrink with the weights: in the MobileNetV2-style model's narrow layers they",
+        "are as many bytes as the int4 weights (a 16 -> 64 pointwise one: 512 B of int4 weights beside 768 B",
+        "of constants), so all stored weights shrink less than the weight tensors.",
+        "",
+        *depthwise_rows,
     ]
     return [*lines, ""]
+
+
+def _depthwise_rows(label: str, q: Path, packed: api.Verification, tmp: Path) -> list[str]:
+    """The depthwise layers of the int4 model ``q`` (``packed``: its default build), their weights stored
+    two per byte (UnpackInt4Weights) against the same model built ``--weights int8``, same schedule:
+    instructions of each operator call on QEMU, the scratch the unpacking takes."""
+    plain = api.verify(
+        q,
+        BOARD_DW,
+        tmp / f"{q.stem}_int8_storage",
+        channels_last=True,
+        weights="int8",
+        schedule=packed.report.schedule,
+    )
+    r4, r8 = packed.report, plain.report
+    same = all(np.array_equal(a, b) for a, b in zip(packed.outputs, plain.outputs, strict=True))
+    rows8 = {o.name: o for o in r8.ops}
+    rows = [o for o in r4.ops if "int4 unpacked per call" in o.weights_format and o.name in rows8]
+    if not rows:  # no depthwise convolution
+        return []
+    lines = [
+        f"The int4 {label}'s depthwise layers, weights stored two per byte (`--weights auto`: unpacked into a",
+        "workspace scratch of one byte per value once per call) against as bytes (`--weights int8`), same",
+        f"schedule ({r4.schedule}), {BOARD_DW}: instructions of the operator call (a chain's for its",
+        "layers together), weights and constants B, scratch B of the call (the unpacked weights are part of it);",
+        f"outputs identical: {'yes' if same else 'NO'}; SRAM (arena) {r8.arena_bytes:,} -> {r4.arena_bytes:,} B.",
+        "",
+        "| operator | instructions int8 storage | int4 storage | ratio | weights + constants B | scratch B |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for op in rows:
+        o8 = rows8[op.name]
+        i8, i4 = o8.instructions or 0, op.instructions or 0
+        lines.append(
+            f"| {op.name} | {i8:,} | {i4:,} | {i4 / max(i8, 1):.3f}x | {o8.weights_bytes:,} -> "
+            f"{op.weights_bytes:,} | {o8.scratch_bytes:,} -> {op.scratch_bytes:,} |"
+        )
+    print(f"int4: {label} depthwise: outputs identical {same}", flush=True)
+    return [*lines, ""]
+
+
+BOARD_DW = "mps2-an386"

@@ -170,3 +170,25 @@ def test_int4_model_compiles_and_verifies_on_the_board(int4: QuantizeResult, tmp
     assert v.passed, (r.verdict, r.max_abs_error, r.tolerance, r.reference_notes)
     assert r.reference == "onnxruntime" and r.float_routines == ()
     assert len(np.unique(v.outputs[0])) > 1
+
+
+@pytest.mark.parametrize("int8_depthwise", [False, True], ids=["depthwise-int4", "depthwise-int8"])
+def test_depthwise_weights_are_int4_unless_kept_int8(int8_depthwise: bool, tmp_path: Path) -> None:
+    """A MobileNetV2 block (expand 1x1, depthwise 3x3, project 1x1): ``--weights int4`` makes the
+    depthwise weights int4 like the others; ``int8_depthwise`` keeps them int8 and says why."""
+    from tests.zoo.onnx_models import mobilenet_block
+
+    src = tmp_path / "block.onnx"
+    src.write_bytes(mobilenet_block().SerializeToString())
+    calib = {"x": np.random.default_rng(0).standard_normal((8, 1, 8, 16, 16)).astype(np.float32)}
+    result = quantize_onnx(src, calib, tmp_path / "q.onnx", weights="int4", int8_depthwise=int8_depthwise)
+    assert [layer.op for layer in result.layers] == ["Conv"] * 3
+    bits = [layer.bits for layer in result.layers]
+    assert bits == ([4, 8, 4] if int8_depthwise else [4, 4, 4]), result.layers
+    if int8_depthwise:
+        assert "depthwise" in result.layers[1].reason
+
+
+def test_int8_depthwise_must_be_a_bool(tmp_path: Path) -> None:
+    with pytest.raises(BadOptionError, match="int8_depthwise"):
+        _quantize(tmp_path / "q.onnx", "int4", int8_depthwise="yes")  # type: ignore[arg-type]

@@ -208,6 +208,7 @@ def compile_model(
         int16_weight_ops=result.int16_weight_ops,
         int4_weight_ops=result.int4_weight_ops,
         stored_weights_bytes=result.stored_weights_bytes,
+        stored_constants_bytes=result.stored_constants_bytes,
         layout=result.layout,
         schedule=result.schedule,
         sram_budget_bytes=result.sram_budget,

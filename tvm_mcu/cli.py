@@ -45,7 +45,9 @@ def _figures(r: Report) -> list[tuple[str, str]]:
         ("stack (painted)", b(r.stack_bytes)),
         (
             "flash (text+rodata+data)",
-            f"{b(r.flash_bytes)} (weights {b(r.weights_bytes)}, stored as {b(r.stored_weights_bytes)})",
+            f"{b(r.flash_bytes)} (weights {b(r.weights_bytes)}, stored as {b(r.stored_weights_bytes)}: "
+            f"{b(r.stored_weights_bytes - r.stored_constants_bytes)} weight tensors, "
+            f"{b(r.stored_constants_bytes)} per-channel constants)",
         ),
         ("static RAM (data+bss)", b(r.ram_bytes)),
         ("MACs", f"{r.macs:,}"),
@@ -327,8 +329,9 @@ ALLOW_FLOAT_HELP = (
 
 QUANTIZE_WEIGHTS_HELP = (
     "int8 (default): every weight int8; int4: every Conv/Gemm/MatMul weight int4 per output channel "
-    "in [-7, 7] (INT4 initializers, opset 21), depthwise convolutions int8; mixed: int4 for the layers "
-    "whose output keeps --int4-sqnr dB on the calibration data with int4 weights, int8 elsewhere. "
+    "in [-7, 7] (INT4 initializers, opset 21), depthwise convolutions included (see --int8-depthwise); "
+    "mixed: int4 for the layers whose output keeps --int4-sqnr dB on the calibration data with int4 "
+    "weights, int8 elsewhere. "
     "Activations are int8 in every case"
 )
 
@@ -343,6 +346,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         out,
         weights=args.weights,
         int4_sqnr_db=args.int4_sqnr,
+        int8_depthwise=args.int8_depthwise,
     )
     # int8 weights: the report as before; int4/mixed add the per-layer choice and their accuracy key.
     label = "int8" if args.weights == "int8" else f"{args.weights}-weight"
@@ -579,6 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_INT4_SQNR_DB,
         metavar="DB",
         help=f"--weights mixed: int4 where a layer keeps this SQNR (default {DEFAULT_INT4_SQNR_DB:g} dB)",
+    )
+    q.add_argument(
+        "--int8-depthwise",
+        action="store_true",
+        help="--weights int4 or mixed: keep depthwise convolutions' weights int8",
     )
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quantize)

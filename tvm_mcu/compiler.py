@@ -32,6 +32,7 @@ from tvm_mcu.passes.tir import (
     sparse_elements,
     sparse_filterlets,
     sparse_kernels,
+    unpack_int4_weights,
     widen_weights,
 )
 from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, pointer_load
@@ -88,8 +89,10 @@ class Compiled:
     # weights stored as int4, two per byte (``weights="auto"``, values in [-8, 7]).
     int16_weight_ops: tuple[str, ...] = ()
     int4_weight_ops: tuple[str, ...] = ()
-    # The bytes model.c stores for the weights: each weight once per layout its steps read it in.
+    # The bytes model.c stores for the weights: each weight once per layout its steps read it in; of
+    # those, the per-channel constants' (the int32 [C, 3] arrays: bias, multiplier, shift).
     stored_weights_bytes: int = 0
+    stored_constants_bytes: int = 0
     # The schedule picked (tvm_mcu.schedule.choice), bytes live at each of its steps (arena + I/O), and
     # the plain layer-by-layer schedule's at the same steps (for a chain, the most over its operators).
     schedule: str = "layer by layer"
@@ -233,6 +236,65 @@ def _int4_parameters(graph: Graph) -> dict[str, set[int]]:
             and pack_weights.fits_int4(graph.weights[n])
         }
         out[step.callee] = out[step.callee] & fits if step.callee in out else fits
+    return out
+
+
+def depthwise_weights(funcs: dict[str, _tvm.PrimFunc], graph: Graph) -> frozenset[str]:
+    """The int8 weights of the depthwise convolutions: steps with weights whose output channel ``c``
+    reads input channel ``c`` only (the in-place analysis's "depthwise" kind), ``funcs`` scheduled."""
+    out: set[str] = set()
+    for step in graph.steps:
+        if step.kind == "copy" or step.callee not in funcs:
+            continue
+        weights = [
+            n
+            for n in step.inputs
+            if graph.tensors[n].kind == "weight" and str(graph.weights.get(n, np.zeros(0)).dtype) == "int8"
+        ]
+        acts = [k for k, n in enumerate(step.inputs) if graph.tensors[n].kind != "weight"]
+        if weights and any(
+            o.kind == "depthwise" for o in analysis_inplace.in_place_options(funcs[step.callee], acts)
+        ):
+            out.update(weights)
+    return frozenset(out)
+
+
+def _unpack_marks(graph: Graph, names: frozenset[str]) -> dict[str, list[int]]:
+    """Callee -> positions of the weights UnpackInt4Weights stores two per byte: every step calling it
+    passes one of ``names`` (the depthwise convolutions' weights) there, int8 values in [-8, 7], at most
+    ``unpack_int4_weights.MAX_VALUES`` of them (the scratch is SRAM)."""
+    out: dict[str, set[int]] = {}
+    for step in graph.steps:
+        if step.kind == "copy":
+            continue
+        fits = {
+            k
+            for k, n in enumerate(step.inputs)
+            if n in names
+            and n in graph.weights
+            and graph.weights[n].size <= unpack_int4_weights.MAX_VALUES
+            and pack_weights.fits_int4(graph.weights[n])
+        }
+        out[step.callee] = out[step.callee] & fits if step.callee in out else fits
+    return {callee: sorted(p) for callee, p in out.items() if p}
+
+
+def _mark_unpack(
+    funcs: dict[str, _tvm.PrimFunc], graph: Graph, names: frozenset[str], only: list[str] | None = None
+) -> None:
+    """Mark ``funcs`` (the dict's entries) for UnpackInt4Weights: ``names``' positions in ``graph``."""
+    for callee, positions in _unpack_marks(graph, names).items():
+        if callee in funcs and (only is None or callee in only):
+            funcs[callee] = funcs[callee].with_attr(unpack_int4_weights.ATTR_WANTED, positions)
+
+
+def _unpacked_weights(lowered: _tvm.IRModule) -> dict[str, set[int]]:
+    """Callee -> positions of the weights UnpackInt4Weights stores two per byte."""
+    out: dict[str, set[int]] = {}
+    for gv, func in lowered.functions_items():
+        found = func.attrs.get(unpack_int4_weights.ATTR_UNPACKED) if func.attrs is not None else None
+        if found:
+            out[gv.name_hint] = {int(k) for k in found}
     return out
 
 
@@ -571,10 +633,12 @@ def _split(
     prefix: str,
     sparse: bool = False,
     compress: frozenset[str] = frozenset(),
+    unpack: frozenset[str] = frozenset(),
 ) -> tuple[Graph, dict[str, _tvm.PrimFunc], dict[str, int], dict[str, _tvm.PrimFunc]]:
     """The graph with ``chains`` fused and run a slice of channels at a time (then in place).
     ``sparse``: the chains' convolutions with sparse weights are marked for SparseFilterlets;
-    ``compress``: the weights to mark for CompressWeights (:func:`_compress_marks`)."""
+    ``compress``: the weights to mark for CompressWeights (:func:`_compress_marks`); ``unpack``: the
+    depthwise weights to mark for UnpackInt4Weights (:func:`_unpack_marks`)."""
     split = pipeline.run([GroupChains([(list(c.steps), c.spec) for c in chains], prefix=prefix)], fused)
     graph, _ = _ordered_graph(split)
     funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
@@ -586,6 +650,7 @@ def _split(
     for callee, positions in _compress_marks(graph, compress).items():
         if callee in chained:
             funcs[callee] = funcs[callee].with_attr(compress_weights.ATTR_WANTED, positions)
+    _mark_unpack(funcs, graph, unpack, only=chained)
     # The chains are lowered here: a chain the lowering cannot take (row bands finish inside it, in
     # RollRowBuffers; a TVM check may fail on a restructured chain) declines this candidate with its
     # reason instead of failing the compile. The lowered chains are kept for lower_operators.
@@ -687,6 +752,8 @@ def plan_schedules(
     costs = cost.for_model(graph, last)
     funcs = _primfuncs(pipeline.run([ScheduleForMcu(inline_padding=True)], fused))
     options = in_place_options(funcs, graph)
+    # The depthwise weights stored int4 two per byte where they fit (UnpackInt4Weights).
+    unpack = depthwise_weights(funcs, graph) if weights == "auto" else frozenset()
     # Candidate schedules, cheapest first: (label, graph, MACs per step, estimated extra instructions
     # besides in-place staging).
     plans: list[tuple[str, Graph, dict[str, int], float]] = [("layer by layer", graph, macs, 0.0)]
@@ -722,6 +789,7 @@ def plan_schedules(
                     prefix=f"{CHAIN_PREFIX}{len(seen) - 1}_",
                     sparse=sparse and last,
                     compress=compress,
+                    unpack=unpack,
                 )
             except ValueError as exc:
                 logger.info("partial execution declined: %s", exc)
@@ -748,6 +816,7 @@ def plan_schedules(
                     prefix=f"{CHAIN_PREFIX}_rows_",
                     sparse=sparse and last,
                     compress=compress,
+                    unpack=unpack,
                 )
             except ValueError as exc:
                 logger.info("row bands declined: %s", exc)
@@ -769,6 +838,8 @@ def plan_schedules(
             for callee, positions in _compress_marks(plan_graph, compress).items():
                 if callee in funcs:
                     funcs[callee] = funcs[callee].with_attr(compress_weights.ATTR_WANTED, positions)
+    for plan_graph in [g for _, g, _, _ in plans]:
+        _mark_unpack(funcs, plan_graph, unpack)
     lowered, graphs = lower_operators(funcs, [g for _, g, _, _ in plans], chain_lowered)
     # Decoding compressed weights: what a schedule decodes beyond layer by layer's once per inference.
     decode = {label: cost.decode_instructions(g, graph, compress) for label, g, _, _ in plans}
@@ -956,6 +1027,7 @@ def compile_once(
     blocked = _blocked_weights(lowered)
     stored = _sparse_stored(lowered, sparse_filterlets.ATTR_SPARSE)
     elements = _sparse_stored(lowered, sparse_elements.ATTR_SPARSE)
+    nibbles = _unpacked_weights(lowered)
     # The headers of helpers the kernels call (each only when called).
     headers = {
         header: text
@@ -977,6 +1049,7 @@ def compile_once(
             blocked=blocked,
             sparse=stored,
             elements=elements,
+            nibbles=nibbles,
         ),
     }
     files.update({header: model_c.BANNER + text for header, text in headers.items()})
@@ -990,7 +1063,7 @@ def compile_once(
             s.workspace_bytes,
             tuple(
                 model_c.weight_storage(
-                    graph.weights[name], model_c.step_layout(s.callee, k, blocked, stored, elements)
+                    graph.weights[name], model_c.step_layout(s.callee, k, blocked, stored, elements, nibbles)
                 )
                 for k, name in enumerate(s.inputs)
                 if graph.tensors[name].kind == "weight" and name in graph.weights
@@ -1018,8 +1091,11 @@ def compile_once(
         profile_before=_profile_by_step(candidates[0], graph),
         sram_budget=sram_budget,
         int16_weight_ops=tuple(st.name for st in graph.steps if st.callee in widened),
-        int4_weight_ops=tuple(st.name for st in graph.steps if st.callee in packed),
-        stored_weights_bytes=model_c.stored_weights_bytes(graph, blocked, stored, elements),
+        int4_weight_ops=tuple(st.name for st in graph.steps if st.callee in packed or st.callee in nibbles),
+        stored_weights_bytes=model_c.stored_weights_bytes(graph, blocked, stored, elements, nibbles),
+        stored_constants_bytes=model_c.stored_weights_bytes(
+            graph, blocked, stored, elements, nibbles, constants=True
+        ),
         layout=layout,
         compressed=_compressed_layers(graph, lowered),
     )

@@ -24,6 +24,7 @@ from tvm_mcu.passes.tir.sparse_elements import SparseElements
 from tvm_mcu.passes.tir.sparse_filterlets import SparseFilterlets
 from tvm_mcu.passes.tir.split_borders import SplitBorders
 from tvm_mcu.passes.tir.stage_windows import StageWindows
+from tvm_mcu.passes.tir.unpack_int4_weights import UnpackInt4Weights
 from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 
 
@@ -136,6 +137,10 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         # SplitBorders (every copy of a blocked call), before StorageRewrite and HoistScratchToWorkspace
         # (which place the scratch); parameters left blocked are PackWeights' and WidenWeights'.
         CompressWeights(),
+        # Marked weights no kernel reads blocked are unpacked from int4 into a scratch once per call:
+        # after BlockWeights, CompressWeights and the sparse passes (what they took stays theirs),
+        # before StorageRewrite and HoistScratchToWorkspace (which place the scratch).
+        UnpackInt4Weights(),
         tirx.transform.NarrowDataType(32),
         s_tir.transform.LoopPartition(),
         tirx.transform.VectorizeLoop(False),

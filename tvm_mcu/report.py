@@ -111,8 +111,11 @@ class Report:
     allow_float: bool = False
     float_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     float_routines: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
-    # What model.c stores for them: blocked, widened or sparse layouts, each weight once per layout.
+    # What model.c stores for them: blocked, widened or sparse layouts, each weight once per layout; of
+    # those, the per-channel constants' (int32 [C, 3]: bias, multiplier, shift; the rest is the weight
+    # tensors').
     stored_weights_bytes: int = 0
+    stored_constants_bytes: int = 0
     # The operators whose weights are stored pre-widened to int16 (compile --weights int16), and those
     # whose weights are stored as int4, two per byte (--weights auto, the default: values in [-8, 7]).
     int16_weight_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)

@@ -20,6 +20,7 @@ from tvm_mcu.passes.tir.sparse_elements import SparseElements
 from tvm_mcu.passes.tir.sparse_filterlets import SparseFilterlets
 from tvm_mcu.passes.tir.split_borders import SplitBorders
 from tvm_mcu.passes.tir.stage_windows import StageWindows
+from tvm_mcu.passes.tir.unpack_int4_weights import UnpackInt4Weights
 from tvm_mcu.passes.tir.use_dot_kernels import UseDotKernels
 from tvm_mcu.passes.tir.widen_weights import WidenWeights
 
@@ -41,6 +42,7 @@ __all__ = [
     "SparseFilterlets",
     "SplitBorders",
     "StageWindows",
+    "UnpackInt4Weights",
     "UseDotKernels",
     "WidenWeights",
 ]

@@ -184,5 +184,22 @@ static inline int32_t tvmmcu_dot4q_runs_u8s4(const uint8_t *x, int32_t xsy, int3
   return tvmmcu_dot4q_runs_x8s4(x, xsy, xsx, wq, kh, kw, n, y0, y1, x0, x1, pad, acc, 1);
 }
 
+/* n int8 values (a multiple of 8) into dst from int4 weights stored flat two per byte (UnpackInt4Weights:
+ * a weight no blocked kernel reads, unpacked into a scratch once per operator call): each 8 values one
+ * word, value r < 4 in the low nibble of byte r and value r + 4 in its high nibble. Four values at once
+ * in the bytes of a word: ((q ^ 8) + 0x78) ^ 0x80 is the nibble q sign-extended to a byte (no carry
+ * leaves a byte: (q ^ 8) + 0x78 <= 0x87). */
+static inline int32_t tvmmcu_dot_unpack4(const void *src, int32_t n, int8_t *dst) {
+  const uint8_t *s = (const uint8_t *)src;
+  for (int32_t k = 0; k < n; k += 8, s += 4) {
+    const uint32_t w = tvmmcu_dot_word(s);
+    const uint32_t lo = (((w & 0x0F0F0F0Fu) ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u;
+    const uint32_t hi = ((((w >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u;
+    memcpy(dst + k, &lo, 4);
+    memcpy(dst + k + 4, &hi, 4);
+  }
+  return 0;
+}
+
 #endif /* TVMMCU_DOT_NIBBLE_H */
 """

@@ -29,7 +29,7 @@ def _weight_symbols(out_dir: Path, suffix: str) -> dict[tuple[str, str], int]:
     """(weight, channel stride) -> bytes in the firmware of the weights stored as ``suffix`` (``_q``
     packed int4, ``_b`` blocked int8)."""
     image = read_elf(out_dir / api.FIRMWARE_DIR / "firmware.elf")
-    pattern = re.compile(rf"tvmmcu_weight_(.+){suffix}(\d+)$")
+    pattern = re.compile(rf"tvmmcu_weight_(.+?){suffix}(\d*)$")
     found = {}
     for name, symbol in image.symbols.items():
         m = pattern.match(name)
@@ -43,7 +43,16 @@ def test_int4_weights_are_packed_bit_exact_and_half_the_bytes(board: str, tmp_pa
     path = _model(tmp_path)
     packed = api.verify(path, board, tmp_path / "int4", seed=1)
     # The same kernels with the weights as bytes: channels-last asked for (the int4 weights chose it).
-    plain = api.verify(path, board, tmp_path / "int8", seed=1, weights="int8", channels_last=True)
+    # The same schedule: the depthwise scratch (UnpackInt4Weights) may tip the choice.
+    plain = api.verify(
+        path,
+        board,
+        tmp_path / "int8",
+        seed=1,
+        weights="int8",
+        channels_last=True,
+        schedule=packed.report.schedule,
+    )
     for v in (packed, plain):
         assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference
         assert v.report.library_warnings == ()
@@ -61,8 +70,19 @@ def test_int4_weights_are_packed_bit_exact_and_half_the_bytes(board: str, tmp_pa
     # The firmware shrinks by those bytes, less the nibble kernels' extra code (inlined in each
     # operator: about 100 B each on the M4, 300 B on the M3).
     assert plain.report.flash_bytes > packed.report.flash_bytes
+    # The depthwise weights (UnpackInt4Weights): 144 values in 72 bytes, unpacked into a scratch of 144
+    # in the workspace once per call.
+    depthwise = _weight_symbols(tmp_path / "int4", "_n")
+    assert depthwise == {("w4", ""): 72}, depthwise
+    assert "tvmmcu_dot_unpack4" in source and "unpacked into a scratch per call" in source
     stored = plain.report.stored_weights_bytes - packed.report.stored_weights_bytes
-    assert stored == sum(nibbles.values())
+    assert stored == sum(nibbles.values()) + 72
+    # The per-channel constants (int32 [C, 3]: 12 B a channel) stay as they are.
+    assert (
+        packed.report.stored_constants_bytes == plain.report.stored_constants_bytes == 12 * (8 + 16 * 3 + 12)
+    )
+    depthwise_ops = [o.name for o in packed.report.ops if "int4 unpacked per call" in o.weights_format]
+    assert len(depthwise_ops) == 1 and set(depthwise_ops) <= set(packed.report.int4_weight_ops)
 
 
 def test_every_schedule_is_bit_exact_with_int4_weights(tmp_path: Path) -> None:
@@ -80,6 +100,8 @@ def test_every_schedule_is_bit_exact_with_int4_weights(tmp_path: Path) -> None:
             assert v.report.schedule == label
             assert v.passed and v.report.max_abs_error == 0.0, (label, board, v.report.worst_difference)
             assert v.report.int4_weight_ops, label
+            # The depthwise weights two per byte, unpacked into the workspace, in every schedule.
+            assert "tvmmcu_dot_unpack4(" in (tmp_path / f"{k}_{board}" / "model.c").read_text(), label
 
 
 def test_the_library_is_deterministic_with_int4_weights(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from tvm_mcu.passes.tir import rice_kernels, sparse_element_kernels
 from tvm_mcu.passes.tir.block_weights import block
 from tvm_mcu.passes.tir.pack_weights import pack
 from tvm_mcu.passes.tir.sparse_kernels import compress_blob, filterlets_kept
+from tvm_mcu.passes.tir.unpack_int4_weights import pack_flat
 from tvm_mcu.passes.tir.widen_weights import widen
 from tvm_mcu.schedule.graph import Graph, Tensor
 from tvm_mcu.schedule.memory import MemoryPlan, workspace_name
@@ -246,6 +247,7 @@ def _describe(t: Tensor) -> str:
 DENSE = "dense"  # the layout of weights stored as the model has them
 SPARSE = "sparse"  # the layout of weights stored as CSR over filterlets (SparseFilterlets)
 ELEMENTS = "elements"  # the layout of weights stored as CSR over single weights (SparseElements)
+NIBBLES = "nibbles"  # int4 two per byte in the model's order, unpacked per call (UnpackInt4Weights)
 
 
 @attrs.frozen
@@ -270,6 +272,7 @@ def _layouts_used(
     blocked: dict[str, dict[int, Blocked]],
     sparse: dict[str, set[int]],
     elements: dict[str, set[int]],
+    nibbles: dict[str, set[int]] | None = None,
 ) -> dict[str, list[Layout]]:
     """Weight name -> the layouts its steps read it in, in first-use order (``blocked``: callee ->
     parameter position -> its :class:`Blocked` layout, BlockWeights', WidenWeights' and PackWeights')."""
@@ -277,7 +280,7 @@ def _layouts_used(
     for step in graph.steps:
         for k, name in enumerate(step.inputs):
             if graph.tensors[name].kind == "weight":
-                layout = step_layout(step.callee, k, blocked, sparse, elements)
+                layout = step_layout(step.callee, k, blocked, sparse, elements, nibbles)
                 if layout not in used.setdefault(name, []):
                     used[name].append(layout)
     return used
@@ -286,14 +289,17 @@ def _layouts_used(
 def _weight_variant(name: str, layout: Layout) -> str:
     if isinstance(layout, Blocked):
         return weight_symbol(name) + f"{_BLOCKED_SUFFIX[layout.width]}{layout.stride}"
-    return weight_symbol(name) + {DENSE: "", SPARSE: "_csr", ELEMENTS: "_ecsr"}[layout]
+    return weight_symbol(name) + {DENSE: "", SPARSE: "_csr", ELEMENTS: "_ecsr", NIBBLES: "_n"}[layout]
 
 
 @attrs.frozen
 class WeightStorage:
     """How one weight parameter of a step is stored in flash (the report's per-layer columns)."""
 
-    format: str  # "dense", "dense, blocked", "dense, int16", "dense, int4", "filterlet CSR" or "element CSR"
+    format: (
+        str  # "dense", "dense, blocked", "dense, int16", "dense, int4" (blocked, PackWeights), "dense, int4
+    )
+    # unpacked per call" (UnpackInt4Weights), "filterlet CSR" or "element CSR"
     stored_bytes: int  # everything the layout stores: values, and indices for a sparse one
     index_bytes: int = 0
     # Convolution weights with more than one tap: filterlets holding a non-zero value, and all of them.
@@ -307,8 +313,11 @@ def step_layout(
     blocked: dict[str, dict[int, Blocked]],
     sparse: dict[str, set[int]],
     elements: dict[str, set[int]],
+    nibbles: dict[str, set[int]] | None = None,
 ) -> Layout:
     """The layout one step reads its weight parameter at ``position`` in (see :func:`_layouts_used`)."""
+    if nibbles and position in nibbles.get(step_callee, set()):
+        return NIBBLES
     if position in elements.get(step_callee, set()):
         return ELEMENTS
     if position in sparse.get(step_callee, set()):
@@ -339,6 +348,8 @@ def weight_storage(values: np.ndarray, layout: Layout) -> WeightStorage:
     if layout == ELEMENTS:
         index = stored.nbytes - int(np.count_nonzero(values)) * values.itemsize
         return WeightStorage("element CSR", stored.nbytes, index, **counts)
+    if layout == NIBBLES:
+        return WeightStorage("dense, int4 unpacked per call", stored.nbytes, 0, **counts)
     kind = _BLOCKED_FORMAT[layout.width] if isinstance(layout, Blocked) else "dense"
     return WeightStorage(kind, stored.nbytes, 0, **counts)
 
@@ -348,12 +359,18 @@ def stored_weights_bytes(
     blocked: dict[str, dict[int, Blocked]],
     sparse: dict[str, set[int]],
     elements: dict[str, set[int]],
+    nibbles: dict[str, set[int]] | None = None,
+    *,
+    constants: bool | None = None,
 ) -> int:
-    """The bytes of every weight array :func:`emit_model_c` writes (one per weight and layout)."""
+    """The bytes of every weight array :func:`emit_model_c` writes (one per weight and layout);
+    ``constants``: only the per-channel constants' (True: the int32 arrays, bias, multiplier and shift)
+    or only the weight tensors' (False: every other array)."""
     return sum(
         weight_storage(graph.weights[name], layout).stored_bytes
-        for name, layouts in _layouts_used(graph, blocked, sparse, elements).items()
+        for name, layouts in _layouts_used(graph, blocked, sparse, elements, nibbles).items()
         if name in graph.weights
+        and (constants is None or (str(graph.weights[name].dtype) == "int32") == constants)
         for layout in layouts
     )
 
@@ -370,6 +387,8 @@ def _stored(values: np.ndarray, layout: Layout) -> tuple[np.ndarray, str]:
         return sparse_element_kernels.compress_blob(
             values
         ), f", {kept} of {values.size} values kept (element CSR)"
+    if layout == NIBBLES:
+        return pack_flat(values), ", as int4 two per byte, unpacked into a scratch per call"
     if not isinstance(layout, Blocked):
         return values, ""
     note = f", blocked by four channels of {layout.stride} values"
@@ -396,6 +415,7 @@ def emit_model_c(
     blocked: dict[str, dict[int, Blocked]] | None = None,
     sparse: dict[str, set[int]] | None = None,
     elements: dict[str, set[int]] | None = None,
+    nibbles: dict[str, set[int]] | None = None,
 ) -> str:
     """``model.c``: the weights, the operators (``ops``, c_ops.kernels_source's, with the helper
     headers ``includes``), the arena and the call sequence, one translation unit. ``blocked``: callee
@@ -407,7 +427,8 @@ def emit_model_c(
     blocked = blocked or {}
     sparse = sparse or {}
     elements = elements or {}
-    layouts = _layouts_used(graph, blocked, sparse, elements)
+    nibbles = nibbles or {}
+    layouts = _layouts_used(graph, blocked, sparse, elements, nibbles)
     lines = [
         BANNER,
         f"/* {model_name}: weights, operators, static arena and the operator call sequence. */",
@@ -446,6 +467,7 @@ def emit_model_c(
         variants: dict[int, Layout] = {**blocked.get(step.callee, {})}
         variants.update({k: SPARSE for k in sparse.get(step.callee, set())})
         variants.update({k: ELEMENTS for k in elements.get(step.callee, set())})
+        variants.update({k: NIBBLES for k in nibbles.get(step.callee, set())})
         for k, layout in variants.items():
             t = graph.tensors[step.inputs[k]]
             args[k] = f"({c_type(t.dtype)} *){_weight_variant(t.name, layout)}"

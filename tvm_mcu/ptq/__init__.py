@@ -82,13 +82,15 @@ def quantize_onnx(
     weights: str = "int8",
     int4_sqnr_db: float = DEFAULT_INT4_SQNR_DB,
     weight_bits: Mapping[str, int] | None = None,
+    int8_depthwise: bool = False,
 ) -> QuantizeResult:
     """Quantise the float ONNX model at ``model_path`` with ``calibration`` data into QDQ at ``out_path``.
 
-    ``weights``: "int8" (every weight), "int4" (every Conv/Gemm/MatMul weight but depthwise ones, written
-    as INT4 initializers of opset-21 DequantizeLinear) or "mixed" (int4 for the layers whose int4 output
-    SQNR on the calibration data is at least ``int4_sqnr_db``, or, given ``weight_bits``, 4 or 8 per
-    weight initializer name as it says): see :mod:`tvm_mcu.ptq.bits`. Activations are int8 in every case.
+    ``weights``: "int8" (every weight), "int4" (every Conv/Gemm/MatMul weight, written as INT4
+    initializers of opset-21 DequantizeLinear) or "mixed" (int4 for the layers whose int4 output SQNR on
+    the calibration data is at least ``int4_sqnr_db``, or, given ``weight_bits``, 4 or 8 per weight
+    initializer name as it says): see :mod:`tvm_mcu.ptq.bits`. ``int8_depthwise``: depthwise
+    convolutions stay int8 with "int4" and "mixed". Activations are int8 in every case.
 
     Raises :class:`BadOptionError` for unusable calibration data or options, :class:`ModelError` for a
     model that cannot be read or run, :class:`UnsupportedOpError` when no op can be quantised.
@@ -99,6 +101,8 @@ def quantize_onnx(
         raise BadOptionError(f"per_channel must be True or False, got {per_channel!r}")
     if weights not in WEIGHT_CHOICES:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+    if not isinstance(int8_depthwise, bool):
+        raise BadOptionError(f"int8_depthwise must be True or False, got {int8_depthwise!r}")
     out_path = output_file(Path(out_path))
     notes: list[str] = []
     model = _prepare(_load(Path(model_path)), notes)
@@ -128,6 +132,7 @@ def quantize_onnx(
         per_channel=per_channel,
         int4_sqnr_db=int4_sqnr_db,
         given=weight_bits,
+        int8_depthwise=int8_depthwise,
     )
     for layer in layers:
         logger.info("%s '%s': int%d weights (%s)", layer.op, layer.node, layer.bits, layer.reason)
