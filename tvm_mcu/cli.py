@@ -645,12 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--scheduler",
-        default="global",
         choices=["global", "anneal", "gates"],
-        help="how a filterlet cut is spread over the layers (--granularity filterlet, mixed): global "
-        "(default): the weakest filterlets of the whole model; anneal: DTMM's simulated annealing over "
-        "per-layer ratios, each filterlet priced by what it costs; gates: a gate per filterlet trained "
-        "with budget losses (needs --data and --epochs 2 or more)",
+        help="how a filterlet cut is spread over the layers (--granularity filterlet, mixed): global: "
+        "the weakest filterlets of the whole model; anneal: DTMM's simulated annealing over per-layer "
+        "ratios, each filterlet priced by what it costs; gates: a gate per filterlet trained with budget "
+        "losses (needs --data and --epochs 2 or more, 4 with mixed). Default: gates where they can "
+        "train, else global",
     )
     pr.add_argument(
         "--sram-model",

@@ -436,7 +436,7 @@ def prune_model(
     seed: int = 0,
     granularity: str = "channel",
     importance: str | None = None,
-    scheduler: str = "global",
+    scheduler: str | None = None,
     channels_last: bool = False,
     workers: int | None = None,
     ray_address: str | None = None,
@@ -469,9 +469,11 @@ def prune_model(
     ``data``, and train the network as quantised at its widths.
     """
     from tvm_mcu import prune_bits
-    from tvm_mcu.prune_sparse import check_options, check_scheduler
+    from tvm_mcu.prune_sparse import check_options, check_scheduler, default_scheduler
 
     method, importance = check_options(granularity, method, importance, data)
+    if scheduler is None:
+        scheduler = default_scheduler(granularity, data, epochs)
     check_scheduler(granularity, scheduler, data, epochs)
     prune_bits.check(method, weights, int8, granularity, data, epochs)
     if granularity == "channel" and budget.instructions is not None:
