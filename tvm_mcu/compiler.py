@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -222,21 +223,23 @@ def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, model_c.Bloc
     return out
 
 
-def _int4_parameters(graph: Graph) -> dict[str, set[int]]:
-    """Callee -> positions of the parameters every call of it passes int8 weights in [-8, 7] in."""
+def _every_call(graph: Graph, holds: Callable[[str], bool]) -> dict[str, set[int]]:
+    """Callee -> positions of the parameters in which every step calling it passes a weight (a name of
+    ``graph.weights``) that ``holds``."""
     out: dict[str, set[int]] = {}
     for step in graph.steps:
         if step.kind == "copy":
             continue
-        fits = {
-            k
-            for k, n in enumerate(step.inputs)
-            if graph.tensors[n].kind == "weight"
-            and n in graph.weights
-            and pack_weights.fits_int4(graph.weights[n])
-        }
+        fits = {k for k, n in enumerate(step.inputs) if n in graph.weights and holds(n)}
         out[step.callee] = out[step.callee] & fits if step.callee in out else fits
     return out
+
+
+def _int4_parameters(graph: Graph) -> dict[str, set[int]]:
+    """Callee -> positions of the parameters every call of it passes int8 weights in [-8, 7] in."""
+    return _every_call(
+        graph, lambda n: graph.tensors[n].kind == "weight" and pack_weights.fits_int4(graph.weights[n])
+    )
 
 
 def depthwise_weights(funcs: dict[str, _tvm.PrimFunc], graph: Graph) -> frozenset[str]:
@@ -263,19 +266,14 @@ def _unpack_marks(graph: Graph, names: frozenset[str]) -> dict[str, list[int]]:
     """Callee -> positions of the weights UnpackInt4Weights stores two per byte: every step calling it
     passes one of ``names`` (the depthwise convolutions' weights) there, int8 values in [-8, 7], at most
     ``unpack_int4_weights.MAX_VALUES`` of them (the scratch is SRAM)."""
-    out: dict[str, set[int]] = {}
-    for step in graph.steps:
-        if step.kind == "copy":
-            continue
-        fits = {
-            k
-            for k, n in enumerate(step.inputs)
-            if n in names
-            and n in graph.weights
+    out = _every_call(
+        graph,
+        lambda n: (
+            n in names
             and graph.weights[n].size <= unpack_int4_weights.MAX_VALUES
             and pack_weights.fits_int4(graph.weights[n])
-        }
-        out[step.callee] = out[step.callee] & fits if step.callee in out else fits
+        ),
+    )
     return {callee: sorted(p) for callee, p in out.items() if p}
 
 

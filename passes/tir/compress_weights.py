@@ -23,6 +23,7 @@ from tvm_mcu.passes.tir.each_function import (
     extern_name,
     parameter_owners,
     pointer_load,
+    read_only_by_kernels,
     rewrite_each,
     uses,
 )
@@ -44,31 +45,6 @@ _WEIGHT_AT = {
     **{n: 0 for n in SUM4B.values()},
     **{n: 3 for n in RUNS4B.values()},
 }
-
-
-def _chosen(func: PrimFunc, blocked: dict[int, int], wanted: set[int]) -> dict[Any, int]:
-    """Parameter -> position of the blocked, wanted parameters every read of which is a blocked
-    kernel's weight pointer."""
-    owners = parameter_owners(func)
-    candidates = {func.params[k]: k for k in blocked if k in wanted and k < len(func.params)}
-    reads: dict[Any, int] = {}
-    by_kernels: dict[Any, int] = {}
-
-    def count(load: Any) -> None:
-        owner = owners.get(load.source, load.source)
-        reads[owner] = reads.get(owner, 0) + 1
-
-    def visit(call: Any) -> None:
-        name = extern_name(call)
-        if name in _WEIGHT_AT:
-            load = pointer_load(call.args[1 + _WEIGHT_AT[name]])
-            if load is not None:
-                owner = owners.get(load.source, load.source)
-                by_kernels[owner] = by_kernels.get(owner, 0) + 1
-
-    structural_walk(func.body, (TensorLoad, count))
-    structural_walk(func.body, (tvm.ir.Call, visit))
-    return {p: k for p, k in candidates.items() if by_kernels.get(p, 0) == reads.get(p, 0) > 0}
 
 
 def _split(index: Any, chunk: int, ana: Any) -> tuple[Any, Any]:
@@ -408,7 +384,11 @@ def compress_weights(func: PrimFunc) -> PrimFunc:
     found = func.attrs if func.attrs is not None else {}
     blocked = {int(k): int(v) for k, v in (found.get(ATTR_BLOCKED) or {}).items()}
     wanted = {int(k) for k in (found.get(ATTR_WANTED) or [])}
-    chosen = _chosen(func, blocked, wanted) if blocked and wanted else {}
+    chosen = (
+        read_only_by_kernels(func, (k for k in blocked if k in wanted), _WEIGHT_AT)
+        if blocked and wanted
+        else {}
+    )
     if not chosen:
         return func.with_attr(ATTR_DONE, True)
     owners = parameter_owners(func)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -181,3 +181,31 @@ def parameter_owners(func: PrimFunc) -> dict[Any, Any]:
 
     structural_walk(func.body, (tirx.DeclBuffer, visit))
     return out
+
+
+def read_only_by_kernels(
+    func: PrimFunc, positions: Iterable[int], pointer_at: Mapping[str, int]
+) -> dict[Any, int]:
+    """Parameter -> position of the parameters at ``positions`` every read of which is the pointer
+    argument ``pointer_at[kernel]`` (counted after the name) of a call to a kernel named in ``pointer_at``
+    (BlockWeights' guarantee for blocked weights, checked: a parameter read otherwise is left out)."""
+    owners = parameter_owners(func)
+    candidates = {func.params[k]: k for k in positions if k < len(func.params)}
+    reads: dict[Any, int] = {}
+    by_kernels: dict[Any, int] = {}
+
+    def count(load: Any) -> None:
+        owner = owners.get(load.source, load.source)
+        reads[owner] = reads.get(owner, 0) + 1
+
+    def visit(call: Any) -> None:
+        name = extern_name(call)
+        if name in pointer_at:
+            load = pointer_load(call.args[1 + pointer_at[name]])
+            if load is not None:
+                owner = owners.get(load.source, load.source)
+                by_kernels[owner] = by_kernels.get(owner, 0) + 1
+
+    structural_walk(func.body, (TensorLoad, count))
+    structural_walk(func.body, (tvm.ir.Call, visit))
+    return {p: k for p, k in candidates.items() if by_kernels.get(p, 0) == reads.get(p, 0) > 0}

@@ -6,10 +6,16 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mcu._tvm import Analyzer, PrimFunc, TensorLoad, structural_map, structural_walk, tirx, tvm
+from tvm_mcu._tvm import Analyzer, PrimFunc, structural_map, structural_walk, tirx, tvm
 from tvm_mcu.passes.tir.block_weights import ATTR_BLOCKED, block
 from tvm_mcu.passes.tir.dot_kernels import DOT4B, DOT4Q, RUNS4B, RUNS4Q, SUM4B, SUM4Q
-from tvm_mcu.passes.tir.each_function import extern_name, parameter_owners, pointer_load, rewrite_each
+from tvm_mcu.passes.tir.each_function import (
+    extern_name,
+    parameter_owners,
+    pointer_load,
+    read_only_by_kernels,
+    rewrite_each,
+)
 from tvm_mcu.passes.tir.nibble_kernels import NIBBLE_AT
 
 ATTR_DONE = "tvmmcu.weights_packed"
@@ -51,31 +57,6 @@ def pack(weights: np.ndarray, stride: int) -> np.ndarray:
     return np.ascontiguousarray(nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).reshape(-1)
 
 
-def _chosen(func: PrimFunc, blocked: dict[int, int], wanted: set[int]) -> dict[Any, int]:
-    """Parameter -> position of the blocked, int4 parameters every read of which is a blocked kernel's
-    weight pointer (BlockWeights' guarantee, checked: a parameter read otherwise stays as it is)."""
-    owners = parameter_owners(func)
-    candidates = {func.params[k]: k for k in blocked if k in wanted and k < len(func.params)}
-    reads: dict[Any, int] = {}
-    by_kernels: dict[Any, int] = {}
-
-    def count(load: Any) -> None:
-        owner = owners.get(load.source, load.source)
-        reads[owner] = reads.get(owner, 0) + 1
-
-    def visit(call: Any) -> None:
-        name = extern_name(call)
-        if name in _PACKED:
-            load = pointer_load(call.args[1 + _PACKED[name][1]])
-            if load is not None:
-                owner = owners.get(load.source, load.source)
-                by_kernels[owner] = by_kernels.get(owner, 0) + 1
-
-    structural_walk(func.body, (TensorLoad, count))
-    structural_walk(func.body, (tvm.ir.Call, visit))
-    return {p: k for p, k in candidates.items() if by_kernels.get(p, 0) == reads.get(p, 0) > 0}
-
-
 def _has_division(expr: Any) -> bool:
     found: list[Any] = []
     structural_walk(expr, (tirx.FloorDiv, found.append))
@@ -86,7 +67,13 @@ def pack_weights(func: PrimFunc) -> PrimFunc:
     found = func.attrs if func.attrs is not None else {}
     blocked = {int(k): int(v) for k, v in (found.get(ATTR_BLOCKED) or {}).items()}
     wanted = {int(k) for k in (found.get(ATTR_INT4) or [])}
-    chosen = _chosen(func, blocked, wanted) if blocked and wanted else {}
+    chosen = (
+        read_only_by_kernels(
+            func, (k for k in blocked if k in wanted), {n: at for n, (_, at) in _PACKED.items()}
+        )
+        if blocked and wanted
+        else {}
+    )
     if not chosen:
         return func.with_attr(ATTR_DONE, True)
     owners = parameter_owners(func)
