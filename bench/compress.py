@@ -98,18 +98,11 @@ are near 7-8 bits of entropy); element-pruned weights (80 % zeros) code below 0.
 """
 
 
-TRAINED = (
-    ("Fashion-MNIST CNN 32/64/128", "fashion_cnn_wide.onnx"),
-    ("MobileNetV2-style (Fashion-MNIST)", "mobilenetv2_fashion.onnx"),
-)
-
-
 def _trained_rows(tmp: Path) -> list[str]:
+    from int4 import trained_models
     from prune_bench import CALIBRATION_IMAGES
 
-    from tvm_mcu.frontend import load_model
     from tvm_mcu.ptq import quantize_onnx
-    from tvm_mcu.train.data import load_dataset
 
     lines = [
         "Whole trained models (bench/models) quantised by tvm-mcu's quantiser (int8, and int4 with",
@@ -122,14 +115,7 @@ def _trained_rows(tmp: Path) -> list[str]:
         "| arena B plain -> compressed | instructions plain -> compressed | bit-exact |",
         "|---|---|---:|---:|---:|---|---:|---:|---|",
     ]
-    for label, name in TRAINED:
-        path = ROOT / "bench" / "models" / name
-        if not path.is_file():
-            lines.append(f"| {label} | absent: run bench/train_models.py ||||||")
-            continue
-        model = load_model(path)
-        ds = load_dataset("fashion-mnist", model.inputs[0].shape, limit=CALIBRATION_IMAGES)
-        calib = {model.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}
+    for label, path, _, calib in trained_models(lines, 8):
         for weights in ("int8", "int4"):
             q = tmp / f"{path.stem}_{weights}.onnx"
             quantize_onnx(path, calib, q, weights=weights)

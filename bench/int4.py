@@ -6,7 +6,9 @@ packed two per byte (PackWeights, ``--weights auto``) against the same layers wi
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,6 +121,26 @@ TRAINED = (
     ("MobileNetV2-style (Fashion-MNIST)", "mobilenetv2_fashion.onnx"),
 )
 ACCURACY_IMAGES = 2000
+
+
+def trained_models(lines: list[str], cells: int) -> Iterator[tuple[str, Path, Any, dict[str, np.ndarray]]]:
+    """(label, path, Fashion-MNIST dataset, calibration inputs) of each of TRAINED that is present; an
+    absent one gets a row of ``lines`` saying so, ``cells`` cells wide."""
+    from prune_bench import CALIBRATION_IMAGES
+
+    from tvm_mcu.frontend import load_model
+    from tvm_mcu.train.data import load_dataset
+
+    for label, name in TRAINED:
+        path = ROOT / "bench" / "models" / name
+        if not path.is_file():
+            lines.append(f"| {label} | absent: run bench/train_models.py {'|' * (cells - 1)}")
+            continue
+        model = load_model(path)
+        ds = load_dataset("fashion-mnist", model.inputs[0].shape, limit=CALIBRATION_IMAGES)
+        yield label, path, ds, {model.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}
+
+
 WEIGHTS_GOAL = 0.55  # weight tensors of the all-int4 model at most this times the int8 model's
 
 
@@ -129,9 +151,7 @@ def _trained_rows(tmp: Path) -> list[str]:
     the int4 model's depthwise layers with their weights stored two per byte against as bytes."""
     from prune_bench import BOARD, CALIBRATION_IMAGES, ort_outputs
 
-    from tvm_mcu.frontend import load_model
     from tvm_mcu.ptq import quantize_onnx
-    from tvm_mcu.train.data import load_dataset
 
     lines = [
         "Whole trained models (bench/models) quantised by `tvm-mcu quantize --weights int4` (every",
@@ -149,14 +169,7 @@ def _trained_rows(tmp: Path) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     depthwise_rows: list[str] = []
-    for label, name in TRAINED:
-        path = ROOT / "bench" / "models" / name
-        if not path.is_file():
-            lines.append(f"| {label} | absent: run bench/train_models.py |||||||||")
-            continue
-        model = load_model(path)
-        ds = load_dataset("fashion-mnist", model.inputs[0].shape, limit=CALIBRATION_IMAGES)
-        calib = {model.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}
+    for label, path, ds, calib in trained_models(lines, 10):
         runs = {}
         accuracy = {}
         for weights in ("int8", "int4", "int4-dw8"):

@@ -384,11 +384,7 @@ def compress_weights(func: PrimFunc) -> PrimFunc:
     found = func.attrs if func.attrs is not None else {}
     blocked = {int(k): int(v) for k, v in (found.get(ATTR_BLOCKED) or {}).items()}
     wanted = {int(k) for k in (found.get(ATTR_WANTED) or [])}
-    chosen = (
-        read_only_by_kernels(func, (k for k in blocked if k in wanted), _WEIGHT_AT)
-        if blocked and wanted
-        else {}
-    )
+    chosen = read_only_by_kernels(func, blocked.keys() & wanted, _WEIGHT_AT)
     if not chosen:
         return func.with_attr(ATTR_DONE, True)
     owners = parameter_owners(func)

@@ -67,13 +67,7 @@ def pack_weights(func: PrimFunc) -> PrimFunc:
     found = func.attrs if func.attrs is not None else {}
     blocked = {int(k): int(v) for k, v in (found.get(ATTR_BLOCKED) or {}).items()}
     wanted = {int(k) for k in (found.get(ATTR_INT4) or [])}
-    chosen = (
-        read_only_by_kernels(
-            func, (k for k in blocked if k in wanted), {n: at for n, (_, at) in _PACKED.items()}
-        )
-        if blocked and wanted
-        else {}
-    )
+    chosen = read_only_by_kernels(func, blocked.keys() & wanted, {n: at for n, (_, at) in _PACKED.items()})
     if not chosen:
         return func.with_attr(ATTR_DONE, True)
     owners = parameter_owners(func)
