@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 
+from tests.schedules import sample
 from tests.zoo.ort_quantized import ort_quantize
 from tvm_mcu import api, compiler
 from tvm_mcu.frontend import load_model
@@ -87,7 +88,7 @@ def test_blocks_of_four_pixels_are_bit_exact_under_every_schedule(
     ]
     assert len(labels) >= 2
     kind = "s8s8" if activations == "int8" else "u8s8"
-    for k, label in enumerate(labels):
+    for k, label in enumerate(sample(labels)):
         for board in ("mps2-an386", "mps2-an385") if k == 0 else ("mps2-an386",):
             out = tmp_path / f"{k}_{board}"
             v = api.verify(path, board, out, seed=k, schedule=label, channels_last=True)
