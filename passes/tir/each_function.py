@@ -189,8 +189,10 @@ def read_only_by_kernels(
     """Parameter -> position of the parameters at ``positions`` every read of which is the pointer
     argument ``pointer_at[kernel]`` (counted after the name) of a call to a kernel named in ``pointer_at``
     (BlockWeights' guarantee for blocked weights, checked: a parameter read otherwise is left out)."""
-    owners = parameter_owners(func)
     candidates = {func.params[k]: k for k in positions if k < len(func.params)}
+    if not candidates:
+        return {}
+    owners = parameter_owners(func)
     reads: dict[Any, int] = {}
     by_kernels: dict[Any, int] = {}
 
