@@ -286,16 +286,6 @@ def _mark_unpack(
             funcs[callee] = funcs[callee].with_attr(unpack_int4_weights.ATTR_WANTED, positions)
 
 
-def _unpacked_weights(lowered: _tvm.IRModule) -> dict[str, set[int]]:
-    """Callee -> positions of the weights UnpackInt4Weights stores two per byte."""
-    out: dict[str, set[int]] = {}
-    for gv, func in lowered.functions_items():
-        found = func.attrs.get(unpack_int4_weights.ATTR_UNPACKED) if func.attrs is not None else None
-        if found:
-            out[gv.name_hint] = {int(k) for k in found}
-    return out
-
-
 def _pack_int4(lowered: _tvm.IRModule, graph: Graph) -> _tvm.IRModule:
     """``lowered`` with the blocked weights that fit int4 packed (PackWeights), the parameters marked
     from ``graph``'s constants."""
@@ -371,13 +361,7 @@ def _compress_marks(graph: Graph, names: frozenset[str]) -> dict[str, list[int]]
     """Callee -> positions of the parameters every step calling it passes one of ``names`` in."""
     if not names:
         return {}
-    out: dict[str, set[int]] = {}
-    for step in graph.steps:
-        if step.kind == "copy":
-            continue
-        found = {k for k, n in enumerate(step.inputs) if n in names}
-        out[step.callee] = out[step.callee] & found if step.callee in out else found
-    return {callee: sorted(p) for callee, p in out.items() if p}
+    return {callee: sorted(p) for callee, p in _every_call(graph, names.__contains__).items() if p}
 
 
 def _compressed_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, int]]:
@@ -514,9 +498,9 @@ def _marked(func: _tvm.PrimFunc, marks: dict[str, dict[int, int]]) -> _tvm.PrimF
     return func
 
 
-def _sparse_stored(lowered: _tvm.IRModule, attr: str) -> dict[str, set[int]]:
-    """Callee -> positions of the weights SparseFilterlets (``attr`` its ATTR_SPARSE) or SparseElements
-    made it read sparse."""
+def _positions_marked(lowered: _tvm.IRModule, attr: str) -> dict[str, set[int]]:
+    """Callee -> the parameter positions its function's ``attr`` lists: the weights SparseFilterlets or
+    SparseElements (their ATTR_SPARSE) made it read sparse, UnpackInt4Weights (ATTR_UNPACKED) unpacks."""
     out: dict[str, set[int]] = {}
     for gv, func in lowered.functions_items():
         found = func.attrs.get(attr) if func.attrs is not None else None
@@ -1023,9 +1007,9 @@ def compile_once(
     }
     kernels = c_ops.kernels_source(lowered, readonly=_weight_parameters(graph))
     blocked = _blocked_weights(lowered)
-    stored = _sparse_stored(lowered, sparse_filterlets.ATTR_SPARSE)
-    elements = _sparse_stored(lowered, sparse_elements.ATTR_SPARSE)
-    nibbles = _unpacked_weights(lowered)
+    stored = _positions_marked(lowered, sparse_filterlets.ATTR_SPARSE)
+    elements = _positions_marked(lowered, sparse_elements.ATTR_SPARSE)
+    nibbles = _positions_marked(lowered, unpack_int4_weights.ATTR_UNPACKED)
     # The headers of helpers the kernels call (each only when called).
     headers = {
         header: text
