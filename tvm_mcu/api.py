@@ -16,7 +16,16 @@ from tvm_mcu.codegen import model_c, project
 from tvm_mcu.errors import BadOptionError, BudgetError, VerificationError
 from tvm_mcu.frontend import ImportedModel, load_model, random_inputs
 from tvm_mcu.reference import oracle_names, run_oracle
-from tvm_mcu.report import IO_APART, IO_CALLER, IO_IN_ARENA, CompressedRow, IoRow, OpRow, Report
+from tvm_mcu.report import (
+    IO_APART,
+    IO_CALLER,
+    IO_IN_ARENA,
+    CompressedRow,
+    IoRow,
+    NotCompressedRow,
+    OpRow,
+    Report,
+)
 from tvm_mcu.schedule.graph import Graph
 from tvm_mcu.targets.board import Board, load_board
 from tvm_mcu.targets.firmware import build_firmware
@@ -228,6 +237,9 @@ def compile_model(
             for c in result.compressed
         ),
         flash_budget_bytes=result.flash_budget,
+        not_compressed_weights=tuple(
+            NotCompressedRow(c.step, c.weight, c.reason) for c in result.not_compressed
+        ),
     )
     report.write(out_dir / REPORT)
     if emit:

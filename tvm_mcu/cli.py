@@ -149,6 +149,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             + (f"{c.decode_calls:,}" if c.decode_calls is not None else "a run-time count of")
             + " decode calls per inference"
         )
+    for n in compiled.report.not_compressed_weights:
+        print(f"weights not Golomb-Rice coded for {n.step} ({n.weight}): {n.reason}")
     _print_ops(compiled.report)
     _print_report(compiled.report, False)
     return 0

@@ -106,6 +106,17 @@ class Compiled:
     # budget the stored weights had to fit.
     compressed: tuple[CompressedLayer, ...] = ()
     flash_budget: int | None = None
+    # The weights asked to be stored coded that are not, each with why (:func:`_not_compressed`).
+    not_compressed: tuple[NotCompressed, ...] = ()
+
+
+@attrs.frozen
+class NotCompressed:
+    """A weight of a step asked to be stored Golomb-Rice coded that the schedule leaves as it was."""
+
+    step: str
+    weight: str
+    reason: str
 
 
 @attrs.frozen
@@ -1080,6 +1091,7 @@ def compile_once(
         ),
         layout=layout,
         compressed=_compressed_layers(graph, lowered),
+        not_compressed=_not_compressed(graph, lowered, compress, weights),
     )
 
 
@@ -1141,6 +1153,33 @@ def _compressed_layers(graph: Graph, lowered: _tvm.IRModule) -> tuple[Compressed
                     calls[step.callee].get(k, 0),
                 )
             )
+    return tuple(rows)
+
+
+def _not_compressed(
+    graph: Graph, lowered: _tvm.IRModule, compress: frozenset[str] | str, weights: str
+) -> tuple[NotCompressed, ...]:
+    """The weights of ``compress`` (names, or "all": :func:`compressible`'s) the lowered steps do not read
+    coded, with why: CompressWeights codes only weights the blocked kernels read four output channels at a
+    time, which a schedule computing one channel at a time (a channel-sliced chain) does not use."""
+    if isinstance(compress, str):
+        compress = (
+            frozenset(c.name for c in compressible(graph, weights)) if compress == "all" else frozenset()
+        )
+    coded = _compressed_weights(lowered)
+    blocked = _blocked_weights(lowered)
+    rows = []
+    for step in graph.steps:
+        for k, name in enumerate(step.inputs):
+            if name not in compress or k in coded.get(step.callee, {}):
+                continue
+            reason = (
+                "its kernels read it blocked but CompressWeights left it (an internal limit)"
+                if k in blocked.get(step.callee, {})
+                else "the schedule reads it one output channel at a time (a channel-sliced chain, or a "
+                "kernel without a blocked form); only weights read in blocks of four channels are coded"
+            )
+            rows.append(NotCompressed(step.name, name, reason))
     return tuple(rows)
 
 

@@ -51,6 +51,15 @@ class CompressedRow:
     decode_calls: int | None
 
 
+@attrs.frozen
+class NotCompressedRow:
+    """A weight --compress-weights asked for that the schedule leaves as it was, and why."""
+
+    step: str
+    weight: str
+    reason: str
+
+
 def _int_tuple(values: object) -> tuple[int, ...]:
     return tuple(int(v) for v in values)  # type: ignore[attr-defined]
 
@@ -138,6 +147,7 @@ class Report:
     # the stored weights had to fit.
     compressed_weights: tuple[CompressedRow, ...] = ()
     flash_budget_bytes: int | None = None
+    not_compressed_weights: tuple[NotCompressedRow, ...] = ()
     stack_bytes: int | None = None
     peak_sram_bytes: int | None = None
     instructions: int | None = None
@@ -215,6 +225,8 @@ class Report:
             del d["io_placement"]  # report.json as before for the usual placements
         if not self.compressed_weights and self.flash_budget_bytes is None:
             del d["compressed_weights"], d["flash_budget_bytes"]  # as before without compression
+        if not self.not_compressed_weights:
+            del d["not_compressed_weights"]
         return d
 
     def write(self, path: Path) -> None:
@@ -235,4 +247,7 @@ class Report:
         d["outputs"] = tuple(IoRow(**r) for r in d["outputs"])
         d["ops"] = tuple(OpRow(**r) for r in d["ops"])
         d["compressed_weights"] = tuple(CompressedRow(**r) for r in d.get("compressed_weights", ()))
+        d["not_compressed_weights"] = tuple(
+            NotCompressedRow(**r) for r in d.get("not_compressed_weights", ())
+        )
         return cls(**d)
