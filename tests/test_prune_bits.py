@@ -77,3 +77,32 @@ def test_int4_everywhere_is_every_layer_the_compiler_packs() -> None:
     # Not the first conv (one input channel: no blocked kernel) nor the classifier (10 outputs).
     assert list(bits.values()) == [8, 4, 4, 8]
     assert list(describe(mod, bits)) == ["conv2d lv", "conv2d lv5", "conv2d lv10", "matmul lv17"]
+
+
+@pytest.mark.emulator
+def test_int4_everywhere_takes_depthwise_layers_and_the_written_model_runs_exactly(tmp_path: Path) -> None:
+    """A MobileNetV2 block written with onnx.helper: the expand, depthwise and project convolutions all
+    int4 (the depthwise one unpacked into the workspace by the compiler); the model prune would write at
+    those widths compiles the depthwise weights packed and matches the reference; a grouped convolution that is not
+    depthwise (2 inputs a group) stays int8 (``conv_grouped_depthwise``)."""
+    from tests.zoo.onnx_models import conv_grouped_depthwise, mobilenet_block
+    from tvm_mcu import resource_model
+
+    grouped = tmp_path / "grouped.onnx"
+    grouped.write_bytes(conv_grouped_depthwise().SerializeToString())
+    bits = all_int4(pipeline.run(pipeline.inference_passes(), load_model(grouped).mod))
+    # Groups of 2 inputs: unblocked; 8 groups of 1: depthwise; the 1x1 to 6 outputs: not whole blocks.
+    assert list(bits.values()) == [8, 4, 8], bits
+    path = tmp_path / "block.onnx"
+    path.write_bytes(mobilenet_block().SerializeToString())
+    imported = load_model(path)
+    mod = pipeline.run(pipeline.inference_passes(), imported.mod)
+    bits = all_int4(mod)
+    assert list(bits.values()) == [4, 4, 4], bits
+    written = resource_model.deployable(mod, imported, tmp_path, int8=True, tag="block", bits=bits)
+    assert _int4_initializers(written) == 3
+    checked = api.verify(written, BOARD, tmp_path / "verify")
+    assert checked.passed and checked.report.max_abs_error == 0.0, checked.report.worst_difference
+    # The depthwise weights, 144 values, are stored in 72 bytes and unpacked at run time.
+    assert checked.report.int4_weight_ops, checked.report.int4_weight_ops
+    assert "tvmmcu_dot_unpack4(" in (tmp_path / "verify" / "model.c").read_text()

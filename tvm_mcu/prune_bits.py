@@ -3,15 +3,16 @@ and ``--method udc`` (UDC's joint search: DiffPrune's channel gates and a bit ga
 together under the budget losses; :mod:`tvm_mcu.train.bits`).
 
 The compiler stores a layer's int4 weights two per byte where its kernels read them blocked
-(``passes/tir/pack_weights.py``): convolutions and dense layers with enough input channels, not
-depthwise ones. :func:`packable` is that rule as the resource model prices it; the compiled figures
-are what the budget is held to.
+(``passes/tir/pack_weights.py``: convolutions and dense layers with enough input channels) and a
+depthwise convolution's where they are few enough to unpack into the workspace once per call
+(``passes/tir/unpack_int4_weights.py``). :func:`packable` is that rule as the resource model prices it;
+the compiled figures (the unpacked copy's SRAM included) are what the budget is held to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,15 @@ MIN_PACKED_INPUTS = 8
 QUANTUM = 8
 
 Key = tuple[int, int]
+
+
+class WeightShape(NamedTuple):
+    """A constant weight of a convolution or matmul: the op, the weight's shape (OIHW; a matmul's
+    (in, out)) and whether the convolution is depthwise (a group per output channel, one input each)."""
+
+    op: str
+    shape: tuple[int, ...]
+    depthwise: bool = False
 
 
 def check(method: str, weights: str, int8: bool, granularity: str, data: str | None, epochs: int) -> None:
@@ -54,30 +64,38 @@ def check(method: str, weights: str, int8: bool, granularity: str, data: str | N
         )
 
 
-def weight_shapes(mod: _tvm.IRModule) -> dict[Key, tuple[str, tuple[int, ...]]]:
-    """The constant weights of ``mod``'s convolutions and matmuls: (binding, argument) -> (op, shape)."""
-    out: dict[Key, tuple[str, tuple[int, ...]]] = {}
+def weight_shapes(mod: _tvm.IRModule) -> dict[Key, WeightShape]:
+    """The constant weights of ``mod``'s convolutions and matmuls, by (binding, argument)."""
+    out: dict[Key, WeightShape] = {}
     for i, b in enumerate(bindings(mod["main"])):
         op = _tvm.op_name(b.value) if isinstance(b.value, _tvm.relax.Call) else ""
         if op in ("relax.nn.conv2d", "relax.matmul") and isinstance(b.value.args[1], _tvm.RelaxConst):
             value = _tvm.const_value(b.value.args[1])
             if value.ndim >= 2:
-                out[(i, 1)] = (op, tuple(int(d) for d in value.shape))
+                shape = tuple(int(d) for d in value.shape)
+                groups = int(b.value.attrs.groups) if op == "relax.nn.conv2d" else 1
+                out[(i, 1)] = WeightShape(op, shape, groups > 1 and groups == shape[0] and shape[1] == 1)
     return out
 
 
-def packable(op: str, shape: tuple[int, ...]) -> bool:
-    """Whether the compiler stores these int4 weights packed: not depthwise (OIHW with one input
-    channel per group), at least MIN_PACKED_INPUTS input channels, outputs in whole blocks of four (a
-    matmul's weights are (in, out)). Pruned counts are multiples of QUANTUM, so the full shape says."""
+def packable(op: str, shape: tuple[int, ...], depthwise: bool = False) -> bool:
+    """Whether the compiler stores these int4 weights two per byte: a depthwise convolution's when they
+    are at most ``unpack_int4_weights.MAX_VALUES`` (unpacked into the workspace once per call); another's
+    when at least MIN_PACKED_INPUTS input channels and outputs in whole blocks of four feed its blocked
+    kernels (a matmul's weights are (in, out)). Pruned counts are multiples of QUANTUM, so the full
+    shape says for the blocked kernels; pruning only shrinks a depthwise weight."""
+    if depthwise:
+        from tvm_mcu.passes.tir.unpack_int4_weights import MAX_VALUES
+
+        return int(np.prod(shape)) <= MAX_VALUES
     inputs, outputs = (shape[1], shape[0]) if op == "relax.nn.conv2d" else (shape[0], shape[-1])
     return inputs >= MIN_PACKED_INPUTS and outputs % 4 == 0
 
 
 def all_int4(mod: _tvm.IRModule) -> dict[Key, int]:
-    """Every weight of ``mod`` int4 (``--weights int4``); depthwise ones stay int8, as the quantiser
-    leaves them."""
-    return {k: 4 if packable(op, shape) else 8 for k, (op, shape) in weight_shapes(mod).items()}
+    """Every weight of ``mod`` int4 (``--weights int4``) that the compiler stores two per byte
+    (:func:`packable`), depthwise ones included, as the quantiser's ``--weights int4`` makes them."""
+    return {k: 4 if packable(*w) else 8 for k, w in weight_shapes(mod).items()}
 
 
 def gated_model(
@@ -93,7 +111,9 @@ def gated_model(
     packed = frozenset(k for k in keys if k in shapes and packable(*shapes[k]))
     if fixed:
         gates.fix({k: 4 if k in packed else 8 for k in keys})
-    elements = resource_model.site_weights(plan, model.groups, {k: shapes[k][1] for k in keys if k in shapes})
+    elements = resource_model.site_weights(
+        plan, model.groups, {k: shapes[k].shape for k in keys if k in shapes}
+    )
     return gates, resource_model.with_bits(model, elements, packed, gates)
 
 
@@ -102,7 +122,7 @@ def describe(mod: _tvm.IRModule, bits: Mapping[Key, int]) -> dict[str, int]:
     names = [_tvm.var_name(b.var) for b in bindings(mod["main"])]
     ops = weight_shapes(mod)
     return {
-        f"{ops[k][0].removeprefix('relax.').removeprefix('nn.')} {names[k[0]]}": int(b)
+        f"{ops[k].op.removeprefix('relax.').removeprefix('nn.')} {names[k[0]]}": int(b)
         for k, b in sorted(bits.items())
         if k in ops
     }
