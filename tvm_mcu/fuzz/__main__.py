@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants", nargs="+", choices=VARIANTS, help="variants of every seed (default: the kind's)"
     )
+    p.add_argument(
+        "--compress-weights",
+        choices=("off", "all"),
+        default="off",
+        help="compile every case with --compress-weights all: the weights that shrink stored Golomb-Rice "
+        "coded, decoded at run time (default off)",
+    )
     p.add_argument("--no-reduce", action="store_true", help="do not reduce failures")
     p.add_argument("--max-tests", type=int, default=DEFAULT_MAX_TESTS, help="compilations per reduction")
     p.add_argument("--per-signature", type=int, default=1, help="failures reduced per distinct signature")
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.model is not None:
-        case = Case(args.seed, args.variant, args.board)
+        case = Case(args.seed, args.variant, args.board, args.compress_weights)
         with tempfile.TemporaryDirectory(prefix="tvmmcu-fuzz-") as tmp:
             o = execute(case, args.model.read_bytes(), Path(tmp))
         print(f"{o.verdict}: {o.message}\nsignature: {o.signature}")
@@ -117,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
         workers=args.workers,
         ray_address=args.ray_address,
+        compress=args.compress_weights,
     )
     summary = Campaign(config, _Progress()).run()
     totals = ", ".join(f"{k}: {v}" for k, v in summary.totals.items())

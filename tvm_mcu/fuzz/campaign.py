@@ -67,6 +67,8 @@ class Config:
     # cluster at ``ray_address``; neither: local worker processes (``jobs`` of them).
     workers: int | None = None
     ray_address: str | None = None
+    # ``compile --compress-weights`` of every case ("off" or "all").
+    compress: str = "off"
 
 
 def cases_for(config: Config) -> list[Case]:
@@ -74,7 +76,9 @@ def cases_for(config: Config) -> list[Case]:
     for seed in range(config.start, config.start + config.n):
         own = {"float": (FLOAT,), "prune": (PRUNE,)}.get(config.kind) or int8_variants_for(seed)
         variants = config.variants or own
-        cases += [Case(seed, v, board_for(seed, k, config.boards)) for k, v in enumerate(variants)]
+        cases += [
+            Case(seed, v, board_for(seed, k, config.boards), config.compress) for k, v in enumerate(variants)
+        ]
     return cases
 
 
@@ -91,9 +95,10 @@ def reproduce_commands(case: Case, model: Path, quantized: Path | None) -> list[
     float model again as the variant says), and plain ``tvm-mcu verify`` on the model the compiler saw."""
     fuzz = f"{VENV_BIN}/python -m tvm_mcu.fuzz --model {model} --variant {case.variant}"
     compiled = quantized if quantized is not None else model
+    coded = f" --compress-weights {case.compress}" if case.compress != "off" else ""
     return [
-        f"{fuzz} --board {case.board} --seed {case.seed}",
-        f"{VENV_BIN}/tvm-mcu verify {compiled} --board {case.board} --seed {case.seed}",
+        f"{fuzz} --board {case.board} --seed {case.seed}{coded}",
+        f"{VENV_BIN}/tvm-mcu verify {compiled} --board {case.board} --seed {case.seed}{coded}",
     ]
 
 

@@ -71,6 +71,8 @@ class Case:
     seed: int
     variant: str
     board: str
+    # ``compile --compress-weights``: "all" stores every weight that shrinks Golomb-Rice coded.
+    compress: str = "off"
 
     @property
     def name(self) -> str:
@@ -232,7 +234,12 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
         # compiler must run those correctly too, so int8 cases compile with --allow-float; the summary
         # counts the models that are integer-only.
         verification = api.verify(
-            target, case.board, build, seed=case.seed, allow_float=case.variant in INT8_VARIANTS
+            target,
+            case.board,
+            build,
+            seed=case.seed,
+            allow_float=case.variant in INT8_VARIANTS,
+            compress=case.compress,
         )
     except (FirmwareError, VerificationError) as exc:
         if isinstance(exc, VerificationError) and "no reference interpreter can run" in str(exc):
