@@ -17,18 +17,21 @@ BOARD = "mps2-an386"  # Cortex-M4
 SIGMA = 10.0  # the layers' int8 weights: normal, about 6 bits a value (trained weights are near this)
 
 
-def _layer(tmp: Path, kind: str) -> Path:
+PRUNED = 0.6  # the pruned layers' share of zero weights (element by element, as magnitude pruning leaves)
+
+
+def _layer(tmp: Path, kind: str, zeros: float = 0.0) -> Path:
     sys.path.insert(0, str(ROOT))
     from tests.zoo.qdq_ops import _Q
 
     g = _Q("int8", 32)
     if kind == "conv":
         x = g.input([1, 32, 16, 16], 0.05, 3)
-        y = g.op("Conv", [x, g.weight((64, 32, 3, 3), sigma=SIGMA)], pads=[1, 1, 1, 1])
+        y = g.op("Conv", [x, g.weight((64, 32, 3, 3), sigma=SIGMA, zeros=zeros)], pads=[1, 1, 1, 1])
     else:
         x = g.input([1, 256], 0.05, 3)
-        y = g.op("Gemm", [x, g.weight((64, 256), sigma=SIGMA)], transB=1)
-    path = tmp / f"compress_{kind}.onnx"
+        y = g.op("Gemm", [x, g.weight((64, 256), sigma=SIGMA, zeros=zeros)], transB=1)
+    path = tmp / f"compress_{kind}_{zeros:g}.onnx"
     path.write_bytes(g.model(y, 2.0, 1).SerializeToString())
     return path
 
@@ -49,11 +52,13 @@ def compress_section(tmp: Path) -> list[str]:
         "",
         "`--compress-weights all` stores each weight the blocked kernels read as one Golomb-Rice chunk per",
         "block of four output channels (zigzag values, the best k per chunk, quotients of 8 or more escaped",
-        "to 8 raw bits, a chunk that does not shrink stored raw), decoded by `tvmmcu_rice_decode` (CLZ)",
+        "to 8 raw bits; where it is shorter, a one-bit flag per value with zeros coded by the flag alone; a",
+        "chunk that does not shrink stored raw), decoded by `tvmmcu_rice_decode` (CLZ)",
         "into a scratch buffer in the workspace first in the loop over blocks of channels, which",
         "CompressWeights moves outside the loops over output pixels where the iterations are independent:",
         "each chunk decoded once per visit of the operator. Layers: int8 weights rounded from a normal",
-        f"distribution of spread {SIGMA:g} (about 6 bits a value), {BOARD}, channels-last, layer by layer;",
+        f"distribution of spread {SIGMA:g} (about 6 bits a value), and the same with {PRUNED:.0%} of them",
+        f"zero (pruned element by element), {BOARD}, channels-last, layer by layer;",
         "instructions of the layer's operator call on QEMU. Bit-exact: the compressed build's outputs equal",
         "the plain build's and the reference's.",
         "",
@@ -61,8 +66,15 @@ def compress_section(tmp: Path) -> list[str]:
         "extra per decoded byte | bit-exact |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for label, kind in (("3x3 conv 32 -> 64, 16x16, padded", "conv"), ("dense 256 -> 64", "dense")):
-        plain, coded, ok = _pair(_layer(tmp, kind), tmp / kind, schedule="layer by layer")
+    layers = [
+        (f"{name}{f', {zeros:.0%} zeros' if zeros else ''}", kind, zeros)
+        for zeros in (0.0, PRUNED)
+        for name, kind in (("3x3 conv 32 -> 64, 16x16, padded", "conv"), ("dense 256 -> 64", "dense"))
+    ]
+    for label, kind, zeros in layers:
+        plain, coded, ok = _pair(
+            _layer(tmp, kind, zeros), tmp / f"{kind}_{zeros:g}", schedule="layer by layer"
+        )
         op0 = max(plain.report.ops, key=lambda o: o.macs)  # type: ignore[attr-defined]
         op1 = max(coded.report.ops, key=lambda o: o.macs)  # type: ignore[attr-defined]
         (row,) = coded.report.compressed_weights  # type: ignore[attr-defined]
@@ -94,7 +106,9 @@ compressed model's schedule can differ from its plain build's: without an SRAM b
 below run layer by layer (more SRAM, fewer instructions) where their plain builds take row bands or
 in-place steps; `--sram-budget` still picks those when it needs them. The ratio is the honest one of
 Rice on int8 weights (0.70x here, 0.93x / 0.995x of the trained models' stored bytes: their weights
-are near 7-8 bits of entropy); element-pruned weights (80 % zeros) code below 0.5x.
+are near 7-8 bits of entropy). Pruned weights code their zeros in one bit each (the zero flags: plain
+Rice would spend k + 1 bits on a zero, k set by the other values), so element pruning and compression
+together shrink the weights as neither does alone.
 """
 
 

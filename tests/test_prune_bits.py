@@ -82,9 +82,9 @@ def test_int4_everywhere_is_every_layer_the_compiler_packs() -> None:
 @pytest.mark.emulator
 def test_int4_everywhere_takes_depthwise_layers_and_the_written_model_runs_exactly(tmp_path: Path) -> None:
     """A MobileNetV2 block written with onnx.helper: the expand, depthwise and project convolutions all
-    int4 (the depthwise one unpacked into the workspace by the compiler); the model prune would write at
-    those widths compiles the depthwise weights packed and matches the reference; a grouped convolution that is not
-    depthwise (2 inputs a group) stays int8 (``conv_grouped_depthwise``)."""
+    int4 (the depthwise one unpacked into the workspace by the compiler); the model prune would write
+    at those widths compiles the depthwise weights packed and matches the reference; a grouped
+    convolution that is not depthwise (2 inputs a group) stays int8 (``conv_grouped_depthwise``)."""
     from tests.zoo.onnx_models import conv_grouped_depthwise, mobilenet_block
     from tvm_mcu import resource_model
 

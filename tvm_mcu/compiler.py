@@ -1024,11 +1024,11 @@ def compile_once(
     # The headers of helpers the kernels call (each only when called).
     headers = {
         header: text
-        for prefix, header, text in (
-            (fixed_point.HELPER_PREFIX, fixed_point.HEADER_NAME, fixed_point.HEADER_TEXT),
-            (dot_kernels.HELPER_PREFIX, dot_kernels.HEADER_NAME, dot_kernels.HEADER_TEXT),
+        for prefixes, header, text in (
+            ((fixed_point.HELPER_PREFIX,), fixed_point.HEADER_NAME, fixed_point.HEADER_TEXT),
+            (dot_kernels.HEADER_PREFIXES, dot_kernels.HEADER_NAME, dot_kernels.HEADER_TEXT),
         )
-        if prefix in kernels
+        if any(p in kernels for p in prefixes)
     }
     files = {
         "model.h": model_c.emit_model_h(graph, plan, model_name=model_name),

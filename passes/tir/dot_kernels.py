@@ -25,6 +25,9 @@ from tvm_mcu.passes.tir.sparse_kernels import HEADER_TEXT as SPARSE_HEADER_TEXT
 HEADER_NAME = "tvmmcu_dot.h"
 # Functions of the header, so codegen can tell whether a library needs it.
 HELPER_PREFIX = "tvmmcu_dot"
+# The prefixes of every function the header defines (the sparse and Rice sections' too): a library calling
+# any of them includes it.
+HEADER_PREFIXES = (HELPER_PREFIX, "tvmmcu_sparse", "tvmmcu_esparse", "tvmmcu_rice")
 
 # C function for (data dtype, weight dtype): acc + sum over k < n of x[k] * w[k].
 DOT = {("int8", "int8"): "tvmmcu_dot_s8s8", ("uint8", "int8"): "tvmmcu_dot_u8s8"}

@@ -9,18 +9,20 @@ layout, S the channel stride), decoded at run time into a small scratch buffer:
 
 - ``w``: the width in bytes of an offset, 2 (uint16, when the blob is below 64 KiB) or 4 (uint32);
   ``offsets[j]``: the byte where chunk ``j`` starts, from the blob's start, little-endian.
-- a chunk: one header byte, ``0x80`` (raw: the ``4 S`` int8 values follow as they are) or ``k`` (0 to 7),
-  then a bit stream, most significant bit of each byte first, coding each value ``v`` as its zigzag
-  ``z = (v << 1) ^ (v >> 7)`` (0 to 255) split into the quotient ``q = z >> k`` and the ``k`` low bits:
-  ``q < ESCAPE``: ``q`` one bits, a zero bit, the ``k`` bits; else ``ESCAPE`` one bits and ``z`` in 8 bits.
-  ``k`` is the one giving the chunk the fewest bits (the smallest such ``k``); a chunk that would not
-  shrink is stored raw.
+- a chunk: one header byte, ``0x80`` (raw: the ``4 S`` int8 values follow as they are), ``k`` (0 to 7) or
+  ``0x40 | k`` (zero flags), then a bit stream, most significant bit of each byte first, coding each value
+  ``v`` by its zigzag ``z = (v << 1) ^ (v >> 7)`` (0 to 255). Plain: ``z`` split into the quotient
+  ``q = z >> k`` and the ``k`` low bits: ``q < ESCAPE``: ``q`` one bits, a zero bit, the ``k`` bits; else
+  ``ESCAPE`` one bits and ``z`` in 8 bits. Zero flags: a zero bit for ``v = 0``; else a one bit, then
+  ``z - 1`` coded as plain. The mode and ``k`` are the ones giving the chunk the fewest bits (plain
+  first, then the smallest ``k``); a chunk that would not shrink is stored raw.
 - the 4 zero bytes at the end: the decoder reads up to 4 bytes past its chunk's last bit.
 
 What it reaches (measured on the bench's trained models, int8 per-channel weights): within about 2 % of
 the weights' empirical entropy, about 0.92 of their bytes (Fashion-MNIST CNN) and about 1.0 (a
 MobileNetV2-style network: nothing saved); weights with many zeros (pruned element by element) code each
-zero in one bit (``k = 0``) and compress far more; weights whose values fit int4 about 0.4 of their bytes.
+zero in one bit (zero flags: the other values keep a ``k`` of their own size) and compress far more;
+weights whose values fit int4 about 0.4 of their bytes.
 Lossless: a decoded chunk is the exact blocked int8 values.
 """
 
@@ -31,6 +33,7 @@ import numpy as np
 ESCAPE = 8  # a quotient of at least this is coded as ESCAPE one bits and the zigzag value in 8 bits
 MAX_K = 7
 RAW = 0x80  # the header of a chunk stored as it is
+FLAGS = 0x40  # in the header of a chunk whose values each start with a zero flag
 PAD_BYTES = 4  # zero bytes after the last chunk (the decoder's look-ahead)
 HEADER_BYTES = 4  # the offset width and 3 bytes keeping the table aligned
 # Bytes at the start of the scratch buffer before the decoded values: the index of the chunk it holds
@@ -49,28 +52,45 @@ def _bits(z: np.ndarray, k: int) -> int:
     return int(np.where(q < ESCAPE, q + 1 + k, 2 * ESCAPE).sum())
 
 
+def _flagged_bits(z: np.ndarray, k: int) -> int:
+    nonzero = z[z > 0]
+    return int(z.size + _bits(nonzero - 1, k))
+
+
 def best_k(values: np.ndarray) -> tuple[int, int]:
-    """(k, bits) of the Rice parameter coding ``values`` (int8) in the fewest bits, the smallest such k."""
+    """(header, bits) of the coding of ``values`` (int8) in the fewest bits: ``k`` (plain) or
+    ``FLAGS | k`` (zero flags), plain before flagged and the smaller k first among equals."""
     z = zigzag(values)
-    costs = [_bits(z, k) for k in range(MAX_K + 1)]
-    k = int(np.argmin(costs))
-    return k, costs[k]
+    costs = [_bits(z, k) for k in range(MAX_K + 1)] + [_flagged_bits(z, k) for k in range(MAX_K + 1)]
+    best = int(np.argmin(costs))
+    return (best if best <= MAX_K else FLAGS | (best - MAX_K - 1)), costs[best]
+
+
+def _rice(z: int, k: int) -> tuple[int, int]:
+    """(code, bits) of ``z`` (0 to 255) in plain Rice with ``k``."""
+    q = z >> k
+    if q < ESCAPE:
+        return (((1 << q) - 1) << (k + 1)) | (z & ((1 << k) - 1)), q + 1 + k
+    return (((1 << ESCAPE) - 1) << 8) | z, 2 * ESCAPE
 
 
 def encode_chunk(values: np.ndarray) -> bytes:
     """One chunk (header byte and bit stream, or raw) of int8 ``values``."""
     values = np.ascontiguousarray(values, dtype=np.int8).reshape(-1)
-    k, bits = best_k(values)
+    head, bits = best_k(values)
     if (bits + 7) // 8 >= values.size:
         return bytes([RAW]) + values.tobytes()
-    out = bytearray([k])
+    k, flagged = head & MAX_K, bool(head & FLAGS)
+    out = bytearray([head])
     acc, held = 0, 0
     for z in zigzag(values).tolist():
-        q = z >> k
-        if q < ESCAPE:
-            code, n = (((1 << q) - 1) << (k + 1)) | (z & ((1 << k) - 1)), q + 1 + k
+        if not flagged:
+            code, n = _rice(z, k)
+        elif z == 0:
+            code, n = 0, 1
         else:
-            code, n = (((1 << ESCAPE) - 1) << 8) | z, 2 * ESCAPE
+            code, n = _rice(z - 1, k)
+            code, n = code | (1 << n), n + 1
         acc, held = (acc << n) | code, held + n
         while held >= 8:
             held -= 8
@@ -92,11 +112,16 @@ def decode_chunk(data: bytes, n: int) -> np.ndarray:
     """The ``n`` int8 values of the chunk starting at ``data[0]`` (the reference for the C decoder)."""
     if data[0] & RAW:
         return np.frombuffer(bytes(data[1 : 1 + n]), dtype=np.int8).copy()
-    k = data[0] & MAX_K
+    k, flagged = data[0] & MAX_K, bool(data[0] & FLAGS)
     bits = np.unpackbits(np.frombuffer(bytes(data[1:]), dtype=np.uint8))
     at = 0
     out = np.empty(n, dtype=np.int8)
     for i in range(n):
+        if flagged:
+            at += 1
+            if not bits[at - 1]:
+                out[i] = 0
+                continue
         q = 0
         while q < ESCAPE and bits[at]:
             q, at = q + 1, at + 1
@@ -107,6 +132,7 @@ def decode_chunk(data: bytes, n: int) -> np.ndarray:
         else:
             z = _number(bits[at : at + 8])
             at += 8
+        z += int(flagged)
         out[i] = np.int8(np.int32((z >> 1) ^ -(z & 1)))
     return out
 
@@ -165,10 +191,11 @@ def encoded_bytes(values: np.ndarray, chunk: int) -> int:
 HEADER_TEXT = """\
 /* Golomb-Rice coded weight chunks (CompressWeights): chunk j of a blob decoded into a scratch buffer
  * before the blocked kernels read it. The blob: byte 0 the width w (2 or 4) of the offsets that follow
- * from byte 4, offset j the start of chunk j; a chunk: a header byte, 0x80 (raw values follow) or k (0 to
- * 7), then per value, most significant bit first, its zigzag z's quotient z >> k in unary (ones ended by
- * a zero) and its k low bits, or, for a quotient of 8 or more, 8 ones and z in 8 bits. The scratch: the
- * index of the chunk it holds (int32) at byte 0, the n values from byte 8. */
+ * from byte 4, offset j the start of chunk j; a chunk: a header byte, 0x80 (raw values follow), k (0 to
+ * 7) or 0x40 | k (zero flags), then per value, most significant bit first, its zigzag z's quotient
+ * z >> k in unary (ones ended by a zero) and its k low bits, or, for a quotient of 8 or more, 8 ones and
+ * z in 8 bits; with zero flags, a zero bit for a zero value, else a one bit and z - 1 so coded. The
+ * scratch: the index of the chunk it holds (int32) at byte 0, the n values from byte 8. */
 #ifndef TVMMCU_DOT_RICE_H
 #define TVMMCU_DOT_RICE_H
 
@@ -212,13 +239,23 @@ static inline int32_t tvmmcu_rice_decode(const int8_t *blob, int32_t chunk, int3
     return 0;
   }
   const uint32_t k = head & 7u;
+  const uint32_t flagged = (head >> 6) & 1u;
   uint32_t bits = 0; /* the next bits of the stream, the first at bit 31 */
   int32_t held_bits = 0;
   for (int32_t i = 0; i < n; ++i) {
-    /* At least 25 bits: a value takes at most 16. */
+    /* At least 25 bits: a value takes at most 17. */
     while (held_bits <= 24) {
       bits |= (uint32_t)*p++ << (24 - held_bits);
       held_bits += 8;
+    }
+    if (flagged) {
+      const uint32_t nonzero = bits >> 31;
+      bits <<= 1;
+      held_bits -= 1;
+      if (!nonzero) {
+        out[i] = 0;
+        continue;
+      }
     }
     /* Leading ones, at most 8 (bit 23 forced to a zero of ~bits). */
     const uint32_t q = TVMMCU_RICE_CLZ(~bits | 0x00800000u);
@@ -232,6 +269,7 @@ static inline int32_t tvmmcu_rice_decode(const int8_t *blob, int32_t chunk, int3
     }
     bits <<= used;
     held_bits -= (int32_t)used;
+    z += flagged;
     out[i] = (int8_t)(int32_t)((z >> 1) ^ (0u - (z & 1u)));
   }
   return 0;

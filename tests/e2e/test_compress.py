@@ -31,9 +31,12 @@ def test_compressed_weights_are_bit_exact(tmp_path: Path) -> None:
     board, options = "mps2-an386", {"seed": 1, "channels_last": True, "schedule": "layer by layer"}
     coded = api.verify(path, board, tmp_path / "coded", compress="all", **options)  # type: ignore[arg-type]
     plain = api.verify(path, board, tmp_path / "plain", **options)  # type: ignore[arg-type]
-    # The core without the DSP extension: its kernels read the same scratch (the reference is the oracle).
-    m3 = api.verify(path, "mps2-an385", tmp_path / "m3", compress="all", **options)  # type: ignore[arg-type]
+    # The core without the DSP extension: its kernels read the same scratch (the reference is the oracle);
+    # half the weights zero, so most chunks are coded with zero flags.
+    half = _model(tmp_path, 0.5)
+    m3 = api.verify(half, "mps2-an385", tmp_path / "m3", compress="all", **options)  # type: ignore[arg-type]
     assert m3.passed and m3.report.max_abs_error == 0.0, m3.report.worst_difference
+    assert m3.report.compressed_weights and all(r.ratio < 0.6 for r in m3.report.compressed_weights)
     for v in (coded, plain):
         assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference
         assert v.report.library_warnings == ()
@@ -77,8 +80,9 @@ def test_every_schedule_is_bit_exact_with_compressed_weights(tmp_path: Path) -> 
     assert any("one output channel at a time" in r for r in declined), declined
 
 
-def test_pruned_weights_compress_below_half_and_the_library_is_deterministic() -> None:
-    """80 % zeros: each zero one bit. Stored dense (by default the sparse formats would take them)."""
+def test_pruned_weights_compress_below_0_4x_and_the_library_is_deterministic() -> None:
+    """80 % zeros: each zero one bit (zero flags; plain Rice, its k set by the other values, would take
+    about half the bytes). Stored dense (by default the sparse formats would take them)."""
     model = load_model_bytes(compress_cnn(0.8))
     first, second = (
         compiler.compile_module(
@@ -87,7 +91,7 @@ def test_pruned_weights_compress_below_half_and_the_library_is_deterministic() -
         for _ in range(2)
     )
     assert first.library.files == second.library.files
-    assert first.compressed and all(c.stored_bytes < 0.5 * c.raw_bytes for c in first.compressed)
+    assert first.compressed and all(c.stored_bytes < 0.4 * c.raw_bytes for c in first.compressed)
 
 
 def test_a_flash_budget_the_weights_cannot_fit_is_refused() -> None:

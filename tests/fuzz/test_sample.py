@@ -87,3 +87,18 @@ def test_a_pinned_output_without_an_onnx_node_is_named_by_its_place(tmp_path: Pa
     outcome = execute(case, random_cnn(seed).SerializeToString(deterministic=True), tmp_path)
     assert outcome.verdict == REFUSED and not outcome.bad_message, outcome.bad_message
     assert "model output 1 of 2" in outcome.message and "'lv" not in outcome.message
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize(
+    ("seed", "variant", "board"),
+    [(127, "ort-u8", "mps2-an500"), (135, "tvm-mcu", "lm3s6965evb"), (139, "ort-u8", "lm3s6965evb")],
+)
+def test_compressed_weight_cases(seed: int, variant: str, board: str, tmp_path: Path) -> None:
+    """``--compress-weights all`` cases (each model's weights 60 % zeros first): seeds 127 and 135 store
+    weights coded and match the reference; seed 139, a dense layer stored element-sparse and nothing else
+    from the kernels' header, failed to link (the header was included only for ``tvmmcu_dot`` calls)."""
+    case = Case(seed, variant, board, "all")
+    outcome = execute(case, random_cnn(seed).SerializeToString(deterministic=True), tmp_path)
+    assert outcome.verdict == PASS, f"{outcome.verdict}: {outcome.message}\n{outcome.detail}"
+    assert (outcome.coded_weights > 0) == (seed != 139), outcome.coded_weights

@@ -1,6 +1,6 @@
 """The Golomb-Rice weight codec (CompressWeights' storage): the encoder against the reference decoder, and
 the C decoder (``tvmmcu_rice_decode``) built for the host against both: zero chunks, the extremes -128 and
-127, escapes, raw chunks, both offset widths."""
+127, escapes, raw chunks, zero flags (pruned weights), both offset widths."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ import pytest
 
 from tvm_mcu.passes.tir import rice_kernels
 from tvm_mcu.passes.tir.dot_kernels import HEADER_TEXT
-from tvm_mcu.passes.tir.rice_kernels import RAW, decode, decode_chunk, encode, encode_chunk, encoded_bytes
+from tvm_mcu.passes.tir.rice_kernels import (
+    FLAGS,
+    MAX_K,
+    RAW,
+    decode,
+    decode_chunk,
+    encode,
+    encode_chunk,
+    encoded_bytes,
+)
 
 
 def _chunks() -> dict[str, np.ndarray]:
@@ -28,6 +37,10 @@ def _chunks() -> dict[str, np.ndarray]:
         "normal": np.clip(np.rint(rng.normal(0, 6, 256)), -128, 127).astype(np.int8),
         "escapes": sparse,
         "int4": rng.integers(-8, 8, 64).astype(np.int8),
+        # 70 % zeros among trained-like values: zero flags, the others with their own k.
+        "pruned": np.where(
+            rng.random(256) < 0.7, 0, np.clip(np.rint(rng.normal(0, 40, 256)), -128, 127)
+        ).astype(np.int8),
     }
 
 
@@ -41,8 +54,18 @@ def test_chunks_round_trip(name: str) -> None:
     assert len(data) <= 1 + values.size
     if name == "zeros":
         assert len(data) == 1 + values.size // 8  # one bit a zero, k = 0
-    if name == "escapes":
-        assert not raw and data[0] == 0
+    if name in ("escapes", "pruned"):
+        assert not raw and data[0] & FLAGS, data[0]  # zero flags: a zero costs one bit
+    if name == "pruned":
+        plain = min(_plain_bits(values, k) for k in range(MAX_K + 1))
+        assert len(data) < 0.75 * (1 + (plain + 7) // 8) and data[0] & MAX_K >= 3, (len(data), plain)
+    if name in ("zeros", "normal", "int4"):
+        assert not data[0] & FLAGS
+
+
+def _plain_bits(values: np.ndarray, k: int) -> int:
+    z = rice_kernels.zigzag(values) >> k
+    return int(np.where(z < rice_kernels.ESCAPE, z + 1 + k, 2 * rice_kernels.ESCAPE).sum())
 
 
 def test_blob_round_trip_and_size() -> None:

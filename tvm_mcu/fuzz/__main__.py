@@ -58,8 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         "--compress-weights",
         choices=("off", "all"),
         default="off",
-        help="compile every case with --compress-weights all: the weights that shrink stored Golomb-Rice "
-        "coded, decoded at run time (default off)",
+        help="compile every case with --compress-weights all, each model with 60 %% of its weights "
+        "zeroed first (a pruned model's): the weights that shrink stored Golomb-Rice coded, decoded at "
+        "run time (default off)",
     )
     p.add_argument("--no-reduce", action="store_true", help="do not reduce failures")
     p.add_argument("--max-tests", type=int, default=DEFAULT_MAX_TESTS, help="compilations per reduction")

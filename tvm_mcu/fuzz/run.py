@@ -93,6 +93,8 @@ class Outcome:
     seconds: float = 0.0
     # int8 cases: the operators the quantiser left in float, compiled with --allow-float (0: integer only).
     float_ops: int = 0
+    # With compressed weights: the weights the firmware stored Golomb-Rice coded (report.json's rows).
+    coded_weights: int = 0
 
     @property
     def failed(self) -> bool:
@@ -221,7 +223,7 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     float_path = work_dir / "model.onnx"
-    float_path.write_bytes(model)
+    float_path.write_bytes(model if case.compress == "off" else sparsified(model))
     try:
         target = quantize(float_path, case.variant, case.seed, work_dir / f"model_{case.variant}.onnx")
     except Exception as exc:  # whatever the quantiser raises is its failure, not the compiler's
@@ -289,6 +291,7 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
             doubt,
             seconds=seconds,
             float_ops=len(report.float_ops),
+            coded_weights=len(report.compressed_weights),
         )
     ref_error = (
         f"onnx.reference differs from the firmware by {report.max_abs_error:.4g} "
@@ -300,6 +303,32 @@ def execute(case: Case, model: bytes, work_dir: Path) -> Outcome:
 # The budget a prune case asks for: this share of the float model's compiled SRAM or, when no width
 # meets that (the peak may sit on tensors no pruning narrows), of its MACs, or any fewer MACs at all.
 PRUNE_SHARE = 0.8
+
+
+# With compressed weights, the share of each convolution's and dense layer's weights zeroed (the smallest
+# magnitudes) before quantising: a random model's weights spread over the whole int8 range, and their
+# Golomb-Rice code would not shrink (none did over 120 cases), so no case would decode anything.
+SPARSITY = 0.6
+
+
+def sparsified(model: bytes) -> bytes:
+    """``model`` (ONNX bytes) with the ``SPARSITY`` smallest-magnitude values of every Conv, Gemm and
+    MatMul constant weight of 16 or more values set to zero: deterministic, as a pruned model's."""
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(model)
+    weights = {n.input[1] for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    for init in proto.graph.initializer:
+        if init.name not in weights:
+            continue
+        w = numpy_helper.to_array(init)
+        if w.size < 16 or w.dtype != np.float32:
+            continue
+        order = np.argsort(np.abs(w).reshape(-1), kind="stable")
+        flat = w.reshape(-1).copy()
+        flat[order[: int(SPARSITY * flat.size)]] = 0.0
+        init.CopyFrom(numpy_helper.from_array(flat.reshape(w.shape), init.name))
+    return proto.SerializeToString(deterministic=True)
 
 
 def _pruned(model: Path, board: str, work_dir: Path) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import attrs
 
-from tvm_mcu.fuzz.run import PASS, QUANTIZER_FAILED, REFERENCE_FAILED, REFUSED, VERDICTS, Outcome
+from tvm_mcu.fuzz.run import PASS, QUANTIZER_FAILED, REFERENCE_FAILED, REFUSED, SPARSITY, VERDICTS, Outcome
 
 Counts = dict[str, int]
 
@@ -81,6 +81,13 @@ class Summary:
         return sum(1 for o in passes if o.float_ops == 0), len(passes)
 
     @property
+    def coded(self) -> tuple[int, int, int]:
+        """(weights stored Golomb-Rice coded, passes with any, passes) of the cases compiled with
+        compressed weights."""
+        passes = [o for o in self.outcomes if o.verdict == PASS and o.case.compress != "off"]
+        return sum(o.coded_weights for o in passes), sum(1 for o in passes if o.coded_weights), len(passes)
+
+    @property
     def failures(self) -> int:
         """Wrong outputs, crashes and badly worded refusals: what must be 0."""
         return sum(1 for o in self.outcomes if o.failed)
@@ -99,6 +106,7 @@ class Summary:
             "counts": self.totals,
             "failures": self.failures,
             "integer_only_passes": list(self.integer_only),
+            "coded_weights_passes": list(self.coded),
             "bad_refusals": self.bad_refusals,
             "doubted_passes": [{"case": o.case.name, "detail": o.detail} for o in self.doubted_passes],
             "per_variant": self.counts(lambda o: o.case.variant),
@@ -131,6 +139,7 @@ class Summary:
                     "bad_message": o.bad_message,
                     "signature": o.signature,
                     "float_ops": o.float_ops,
+                    "coded_weights": o.coded_weights,
                     "seconds": round(o.seconds, 2),
                 }
                 for o in self.outcomes
@@ -189,6 +198,17 @@ def render_markdown(summary: Summary) -> str:
                 "",
             ]
             if summary.kind != "float"
+            else []
+        ),
+        *(
+            [
+                f"Compressed weights (--compress-weights {summary.outcomes[0].case.compress}): "
+                f"{summary.coded[0]} weights stored Golomb-Rice coded in {summary.coded[1]} of the "
+                f"{summary.coded[2]} passes (each model's weights {int(100 * SPARSITY)} % zeros; the "
+                "others' weights do not shrink, or their schedule reads them a channel at a time).",
+                "",
+            ]
+            if summary.coded[2]
             else []
         ),
         *_table("variant", summary.counts(lambda o: o.case.variant)),
