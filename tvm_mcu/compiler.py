@@ -475,11 +475,35 @@ def _dense_sparse_format(w: np.ndarray) -> str | None:
     return sparse_elements.ATTR_WANTED if size < ELEMENT_MAX_FLASH * w.size else None
 
 
-def _sparse_candidates(graph: Graph, convolutions: bool = True) -> dict[str, dict[str, dict[int, int]]]:
+def _sparse_bytes(mark: str, w: np.ndarray) -> int:
+    """The bytes of int8 or float32 weights ``w`` (OHWI, or a dense layer's [O, n]) in the sparse format
+    ``mark`` names."""
+    if mark == sparse_filterlets.ATTR_WANTED:
+        return int(sparse_kernels.compress_blob(w).size)
+    return int(
+        sparse_element_kernels.blob_bytes(
+            w.reshape(w.shape[0], -1) if w.ndim == 4 and w.shape[1] * w.shape[2] == 1 else w
+        )
+    )
+
+
+def _coded_smaller(w: np.ndarray, mark: str) -> bool:
+    """Whether int8 weights ``w`` take no more bytes Golomb-Rice coded (CompressWeights' chunks of four
+    channels) than in the sparse format ``mark``: pruned weights asked to be compressed are then stored
+    coded (their zeros a bit each) rather than sparse."""
+    if str(w.dtype) != "int8":
+        return False
+    return rice_kernels.encoded_bytes(w, 4 * (w.size // w.shape[0])) <= _sparse_bytes(mark, w)
+
+
+def _sparse_candidates(
+    graph: Graph, convolutions: bool = True, compress: frozenset[str] = frozenset()
+) -> dict[str, dict[str, dict[int, int]]]:
     """Callee -> mark (:func:`_sparse_format`) -> parameter position -> output channels of the
     convolution and dense weights stored sparse, in the same format in every step that calls the callee.
     ``convolutions=False`` (an NCHW model: the sparse kernels read channels-last windows): dense layers
-    only."""
+    only. ``compress``: weights to store Golomb-Rice coded where that is no larger (:func:`_coded_smaller`):
+    not sparse then."""
     found: dict[tuple[str, int], tuple[str, int]] = {}
     refused: set[tuple[str, int]] = set()
     for step in graph.steps:
@@ -491,6 +515,8 @@ def _sparse_candidates(graph: Graph, convolutions: bool = True) -> dict[str, dic
             if w is None:
                 continue
             mark = _dense_sparse_format(w) if step.kind == "dense" else _conv_sparse_format(w)
+            if mark is not None and name in compress and _coded_smaller(w, mark):
+                mark = None
             key = (step.callee, k)
             if mark is None or key in refused or found.get(key, (mark, 0))[0] != mark:
                 refused.add(key)
@@ -637,7 +663,7 @@ def _split(
     funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
     chained = sorted(name for name, f in funcs.items() if ATTR_PARTIAL in (f.attrs or {}))
     if sparse:  # before the chains are lowered, here
-        for callee, marks in _sparse_candidates(graph).items():
+        for callee, marks in _sparse_candidates(graph, compress=compress).items():
             if callee in chained:
                 funcs[callee] = _marked(funcs[callee], marks)
     for callee, positions in _compress_marks(graph, compress).items():
@@ -823,7 +849,7 @@ def plan_schedules(
         # Marked last: the splits above hand back every function of their module, unmarked. Chains too:
         # SparseFilterlets rewrites the convolutions' calls inside them.
         for plan_graph in [g for _, g, _, _ in plans]:
-            for callee, marks in _sparse_candidates(plan_graph, last).items():
+            for callee, marks in _sparse_candidates(plan_graph, last, compress).items():
                 if callee in funcs:
                     funcs[callee] = _marked(funcs[callee], marks)
     if compress:
@@ -1168,17 +1194,24 @@ def _not_compressed(
         )
     coded = _compressed_weights(lowered)
     blocked = _blocked_weights(lowered)
+    sparse: dict[str, set[int]] = {}
+    for attr in (sparse_filterlets.ATTR_SPARSE, sparse_elements.ATTR_SPARSE):
+        for callee, positions in _positions_marked(lowered, attr).items():
+            sparse.setdefault(callee, set()).update(positions)
     rows = []
     for step in graph.steps:
         for k, name in enumerate(step.inputs):
             if name not in compress or k in coded.get(step.callee, {}):
                 continue
-            reason = (
-                "its kernels read it blocked but CompressWeights left it (an internal limit)"
-                if k in blocked.get(step.callee, {})
-                else "the schedule reads it one output channel at a time (a channel-sliced chain, or a "
-                "kernel without a blocked form); only weights read in blocks of four channels are coded"
-            )
+            if k in sparse.get(step.callee, set()):
+                reason = "stored sparse (filterlet or element CSR), in fewer bytes than its Golomb-Rice code"
+            elif k in blocked.get(step.callee, {}):
+                reason = "its kernels read it blocked but CompressWeights left it (an internal limit)"
+            else:
+                reason = (
+                    "the schedule reads it one output channel at a time (a channel-sliced chain, or a "
+                    "kernel without a blocked form); only weights read in blocks of four channels are coded"
+                )
             rows.append(NotCompressed(step.name, name, reason))
     return tuple(rows)
 

@@ -94,6 +94,23 @@ def test_pruned_weights_compress_below_0_4x_and_the_library_is_deterministic() -
     assert first.compressed and all(c.stored_bytes < 0.4 * c.raw_bytes for c in first.compressed)
 
 
+def test_pruned_weights_take_the_smaller_of_their_code_and_a_sparse_format() -> None:
+    """With the sparse formats on (the default): at 80 % zeros every weight codes smaller than its CSR and
+    is stored coded; at 95 % the CSR of the 3x3 convolution and the dense layer is smaller and they stay
+    sparse, the report saying so."""
+    for zeros, coded in ((0.8, {"w2", "w6", "w8"}), (0.95, {"w6"})):
+        model = load_model_bytes(compress_cnn(zeros))
+        plain, packed = (
+            compiler.compile_module(model.mod, model_name="m", rounding="onnx", convert=True, compress=c)
+            for c in ("off", "all")
+        )
+        assert {c.weight for c in packed.compressed} == coded, (zeros, packed.compressed)
+        left = {n.weight: n.reason for n in packed.not_compressed}
+        assert set(left) == {"w2", "w6", "w8"} - coded, left
+        assert all(r.startswith("stored sparse") for r in left.values()), left
+        assert packed.stored_weights_bytes < plain.stored_weights_bytes
+
+
 def test_a_flash_budget_the_weights_cannot_fit_is_refused() -> None:
     model = load_model_bytes(compress_cnn())
     plain = compiler.compile_module(model.mod, model_name="cnn", rounding="onnx", convert=True)
