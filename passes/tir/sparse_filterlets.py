@@ -171,13 +171,14 @@ def rewrite_sparse(
     complete = read_only_sparse(body, wanted, owner_of, rewritten)
     if complete is None:
         return func.with_attr(done, True)  # some read was left dense: keep the dense kernel
+
+    def window_of(blob: Any) -> tuple[int, int] | None:
+        load = pointer_load(blob)
+        found = windows.get(owner_of(load.source), set()) if load is not None else set()
+        return next(iter(found)) if len(found) == 1 else None
+
     # Four pixels per call in a layer by layer loop nest.
     if kernels.anywhere:
-
-        def window_of(blob: Any) -> tuple[int, int] | None:
-            load = pointer_load(blob)
-            found = windows.get(owner_of(load.source), set()) if load is not None else set()
-            return next(iter(found)) if len(found) == 1 else None
 
         def blocks(loop: Any) -> Any:
             return flat_blocks(loop, kernels.four_of, window_of) or loop
@@ -192,7 +193,7 @@ def rewrite_sparse(
     else:
 
         def blocks(loop: Any) -> Any:
-            return row_blocks(loop, kernels.four_of, kernels.edge_of) or loop
+            return row_blocks(loop, kernels.four_of, kernels.edge_of, window_of) or loop
 
     body = structural_map(body, (tirx.For, blocks))
     return (

@@ -405,10 +405,14 @@ def _copy_loop(loop: Any, start: int, extent: int, edge_of: Any) -> Any:
     return tirx.For(var, tirx.IntImm(dtype, start), tirx.IntImm(dtype, extent), loop.kind, body)
 
 
-def row_blocks(loop_y: Any, four_of: Any, edge_of: Any) -> Any | None:
+def row_blocks(loop_y: Any, four_of: Any, edge_of: Any, window_of: Any) -> Any | None:
     """The nest at ``loop_y`` with the runs of pixels whose windows lie inside taken four at a time by
     the four-pixel kernel ``four_of(one-pixel kernel)`` (``x, ps, xsy, xsx, kw, blob, O, o, n, acc``)
-    in the rows whose windows lie inside, the rest through ``edge_of``; None when the nest is not that."""
+    in the rows whose windows lie inside, the rest through ``edge_of``; None when the nest is not that.
+    ``window_of(blob)``: the kernel's (kh, kw), None when not known (then None). The kernel height is
+    not the widest window's: an output whose every row reaches into the padding has no full row (fuzz
+    seed 71: a 3-row kernel, stride 2 over 3 rows padded by one took its clipped 2-row windows for
+    inside)."""
     nest = _nest(loop_y, rows=2)
     if nest is None:
         return None
@@ -423,7 +427,10 @@ def row_blocks(loop_y: Any, four_of: Any, edge_of: Any) -> Any | None:
     xs0, xs1 = _values(a["x0"], xx, w), _values(a["x1"], xx, w)
     if ys0 is None or ys1 is None or xs0 is None or xs1 is None:
         return None
-    kh, kw = max(hi - lo for lo, hi in zip(ys0, ys1, strict=True)), int(a["kw"])
+    window = window_of(a["blob"])
+    if window is None or window[1] != int(a["kw"]):
+        return None
+    kh, kw = window
     rows, cols = _inside(ys0, ys1, kh), _inside(xs0, xs1, kw)
     if rows is None or cols is None or (cols[1] - cols[0]) < PIXELS:
         return None

@@ -104,3 +104,21 @@ def test_blocks_of_four_pixels_are_bit_exact_under_every_schedule(
                 assert blocks >= 4 and source.count("tvmmcu_sparse_stage(") == blocks, label
                 assert "tvmmcu_sparse1p" not in source, label
     assert "layer by layer" in labels
+
+
+def test_an_element_sparse_convolution_without_an_inside_row_is_bit_exact(tmp_path: Path) -> None:
+    """Fuzz seed 71 (reduced): a 3x5 convolution of stride 2 over 3 rows padded by one above and below,
+    60 % of its weights zero (element CSR): neither output row's window lies inside, and the four-pixel
+    kernel took the clipped 2-row windows of the second for inside (wrong by up to 0.96)."""
+    from tests.zoo.qdq_ops import _Q
+
+    g = _Q("int8", 71)
+    x = g.input([1, 8, 3, 8], 0.05, 3)
+    w = g.weight((2, 8, 3, 5), sigma=30.0, zeros=0.6)
+    path = tmp_path / "strided.onnx"
+    path.write_bytes(
+        g.model(g.op("Conv", [x, w], pads=[1, 0, 1, 0], strides=[2, 1]), 0.5, 9).SerializeToString()
+    )
+    v = api.verify(path, "mps2-an385", tmp_path / "build", seed=71, channels_last=True)
+    assert "tvmmcu_esparse1p_" in (tmp_path / "build" / "model.c").read_text()  # element CSR
+    assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference

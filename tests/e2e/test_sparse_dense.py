@@ -138,3 +138,20 @@ def test_element_pruned_pointwise_convolutions_run_sparse_under_every_schedule(
         # 20 % of the int8 weights kept at 2 bytes each, with their rows: over 40 % of the bytes saved.
         saved = dense.report.stored_weights_bytes - v.report.stored_weights_bytes
         assert saved > 0.4 * sum(pruned), (label, saved)
+
+
+def test_a_model_whose_only_kernel_is_element_sparse_links(tmp_path: Path) -> None:
+    """Fuzz seed 139 (reduced): one Gemm over uint8 activations, stored element CSR, and no other call
+    into the kernels' header: the library included the header only for ``tvmmcu_dot`` calls and the
+    firmware failed to link (undefined ``tvmmcu_esparse_dot_blob_u8s8``)."""
+    from tests.zoo.qdq_ops import _Q
+
+    g = _Q("uint8", 139)
+    x = g.input([1, 32], 0.05, 3)  # zero points as int8 (_Q adds 128)
+    path = tmp_path / "gemm.onnx"
+    y = g.op("Gemm", [x, g.weight((8, 32), sigma=30.0, zeros=0.8)], transB=1)
+    path.write_bytes(g.model(y, 0.5, 9).SerializeToString())
+    v = api.verify(path, "lm3s6965evb", tmp_path / "build", seed=139)
+    source = (tmp_path / "build" / "model.c").read_text()
+    assert "tvmmcu_esparse_dot_blob_u8s8(" in source and '#include "tvmmcu_dot.h"' in source
+    assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference

@@ -92,13 +92,20 @@ def test_a_pinned_output_without_an_onnx_node_is_named_by_its_place(tmp_path: Pa
 @pytest.mark.emulator
 @pytest.mark.parametrize(
     ("seed", "variant", "board"),
-    [(127, "ort-u8", "mps2-an500"), (135, "tvm-mcu", "lm3s6965evb"), (139, "ort-u8", "lm3s6965evb")],
+    [
+        (127, "ort-u8", "mps2-an500"),
+        (135, "tvm-mcu", "lm3s6965evb"),
+        (139, "ort-u8", "lm3s6965evb"),
+        (71, "tvm-mcu", "mps2-an385"),
+    ],
 )
 def test_compressed_weight_cases(seed: int, variant: str, board: str, tmp_path: Path) -> None:
-    """``--compress-weights all`` cases (each model's weights 60 % zeros first): seeds 127 and 135 store
-    weights coded and match the reference; seed 139, a dense layer stored element-sparse and nothing else
-    from the kernels' header, failed to link (the header was included only for ``tvmmcu_dot`` calls)."""
+    """``--compress-weights all`` cases (each model's weights 60 % zeros first): each stores weights coded
+    and matches the reference. Seed 139's dense layer, stored element-sparse (before coding was preferred
+    at this sparsity) and calling nothing else from the kernels' header, failed to link: the header was
+    included only for ``tvmmcu_dot`` calls. Seed 71 found the wrong outputs of
+    ``test_sparse_blocks.test_an_element_sparse_convolution_without_an_inside_row_is_bit_exact``."""
     case = Case(seed, variant, board, "all")
     outcome = execute(case, random_cnn(seed).SerializeToString(deterministic=True), tmp_path)
     assert outcome.verdict == PASS, f"{outcome.verdict}: {outcome.message}\n{outcome.detail}"
-    assert (outcome.coded_weights > 0) == (seed != 139), outcome.coded_weights
+    assert outcome.coded_weights > 0, outcome.coded_weights
