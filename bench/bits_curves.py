@@ -1,7 +1,8 @@
 """``make bench-prune``, widths and bits (UDC): int8 accuracy against stored weight bytes for int8
 DiffPrune (width only), int4 everywhere (``prune --weights int4``: DiffPrune of the int4 network,
 trained quantised) and the joint search (``prune --method udc``: channels and each layer's int8/int4
-width together), at 1/2 to 1/16 of the original int8 model's stored weights.
+width together; and with ``--compress-weights all`` the weights' zeros too, deployed coded), at 1/2 to
+1/16 of the original int8 model's stored weights.
 
 Every point is deployed as the other curves are (``prune_bench.deploy(every_image=True)``): compiled
 channels-last, the int8 accuracy over all 10,000 test images by the compiled library built for the
@@ -27,7 +28,10 @@ METHODS: tuple[tuple[str, dict[str, str]], ...] = (
     ("int8 width", {"method": "diff"}),
     ("int4 width", {"method": "diff", "weights": "int4"}),
     ("joint (udc)", {"method": "udc"}),
+    ("joint + zeros, coded", {"method": "udc", "compress_weights": "all"}),
 )
+# The joint searches (each judged against the width-only methods, METHODS[:2]).
+JOINT = tuple(m for m, o in METHODS if o.get("method") == "udc")
 # The done-when: the joint search at the original int8 model's accuracy less this is at least
 # SMALLER times smaller than int8 DiffPrune alone.
 ACCURACY_SLACK = 0.005
@@ -63,39 +67,47 @@ def claims(points: list[Point]) -> list[str]:
     base = next((p.deployed for p in points if p.k == 0), None)
     ks = sorted({p.k for p in points if p.k})
     out = []
-    joint, others = METHODS[2][0], [m for m, _ in METHODS[:2]]
-    both = [k for k in ks if all((m, k) in at for m in (joint, *others))]
-    if both:
-        dominant = all(at[(joint, k)].int8_acc >= max(at[(m, k)].int8_acc for m in others) for k in both)
-        listed = ", ".join(
-            f"1/{k} {100 * (at[(joint, k)].int8_acc - max(at[(m, k)].int8_acc for m in others)):+.1f}"
-            for k in both
-        )
-        out.append(
-            f"joint search at least as accurate (int8) as both others at every budget: **{_yes(dominant)}** "
-            f"(joint - best other, points: {listed})"
-        )
-    if base is not None:
+    others = [m for m, _ in METHODS[:2]]
+    for joint in JOINT:
+        both = [k for k in ks if all((m, k) in at for m in (joint, *others))]
+        if both:
+            dominant = all(at[(joint, k)].int8_acc >= max(at[(m, k)].int8_acc for m in others) for k in both)
+            listed = ", ".join(
+                f"1/{k} {100 * (at[(joint, k)].int8_acc - max(at[(m, k)].int8_acc for m in others)):+.1f}"
+                for k in both
+            )
+            out.append(
+                f"{joint} at least as accurate (int8) as both width-only methods at every budget: "
+                f"**{_yes(dominant)}** ({joint} - best other, points: {listed})"
+            )
+        if base is None:
+            continue
         floor = base.int8_acc - ACCURACY_SLACK
-
-        def least(method: str) -> int | None:
-            fit = [d.weights for (m, _), d in at.items() if m == method and d.int8_acc >= floor]
-            return min(fit) if fit else None
-
-        j, w = least(joint), least(METHODS[0][0])
+        j, w = _least(at, joint, floor), _least(at, METHODS[0][0], floor)
         if j is not None and w is not None:
             out.append(
-                f"at the original's int8 accuracy - {100 * ACCURACY_SLACK:.1f} point ({floor:.4f}), joint "
+                f"at the original's int8 accuracy - {100 * ACCURACY_SLACK:.1f} point ({floor:.4f}), {joint} "
                 f"{j:,} B against int8 width {w:,} B of stored weights: {w / j:.2f}x smaller, at least "
                 f"{SMALLER:g}x: **{_yes(w >= SMALLER * j)}**"
             )
         else:
             out.append(
                 f"at the original's int8 accuracy - {100 * ACCURACY_SLACK:.1f} point ({floor:.4f}): "
-                f"joint {'none' if j is None else f'{j:,} B'}, int8 width {'none' if w is None else f'{w:,} B'}"
-                " of the budgets tried reach it: the 2x claim cannot be judged from these points"
+                f"{joint} {'none' if j is None else f'{j:,} B'}, int8 width "
+                f"{'none' if w is None else f'{w:,} B'} of the budgets tried reach it: the 2x claim cannot "
+                "be judged from these points"
             )
     return out
+
+
+def _slug(method: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in method)
+
+
+def _least(at: dict[tuple[str, int], Deployed], method: str, floor: float) -> int | None:
+    """The fewest stored weight bytes of ``method``'s points at an int8 accuracy of ``floor`` or more."""
+    fit = [d.weights for (m, _), d in at.items() if m == method and d.int8_acc >= floor]
+    return min(fit) if fit else None
 
 
 def _yes(ok: bool) -> str:
@@ -110,7 +122,7 @@ def plot(points: list[Point], label: str, stem: str, docs: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for (m, _), marker in zip(METHODS, "osD", strict=True):
+    for (m, _), marker in zip(METHODS, "osD^", strict=True):
         line = sorted((p.deployed.weights, p.deployed.int8_acc) for p in points if p.method == m)
         if line:
             ax.plot(*zip(*line, strict=True), marker=marker, label=m)
@@ -140,6 +152,7 @@ def section(
 ) -> list[str]:
     """The section (module docstring); ``emit`` gets it so far after every row."""
     from tvm_mcu.errors import BudgetError
+    from tvm_mcu.prune_sparse import UDC_IMPORTANCE, UDC_SPLIT
 
     models = models if models is not None else curve_models(Path(__file__).parent)
     t_start = time.perf_counter()
@@ -156,7 +169,12 @@ def section(
         "quantised as deployed: straight-through estimator); **joint (udc)** = `--method udc` (DiffPrune's",
         "channel gates and a gate per layer choosing int8 or int4, trained together under the same budget",
         "losses; a missed flash target puts the lowest-gated layer to int4 or cuts the lowest-gated channel,",
-        "whichever gate is lower). Every method gets the same epochs and training images (per model",
+        "whichever gate is lower); **joint + zeros, coded** = `--method udc --compress-weights all` (the",
+        f"joint search to {UDC_SPLIT:g}x the budget, then the weakest weights by {UDC_IMPORTANCE} zeroed until",
+        "the model compiled with its weights Golomb-Rice coded meets it, gradually over half the rest of",
+        "the training and held through the other half; deployed with `compile --compress-weights all`, its",
+        "weights B the coded ones: a zero costs a bit). Every method gets the same epochs and training",
+        "images (per model",
         f"below); int4 and udc write the QDQ model calibrated on {CALIBRATION_IMAGES} training images, int8",
         "width is quantised the same way (PTQ). bits = each conv/dense layer's weight width in order.",
         "trained acc = the fine-tuned network's test accuracy as trained (weights at their widths, float",
@@ -190,7 +208,7 @@ def section(
         for k in fractions:
             weights = base.weights // k
             for method, options in METHODS:
-                out = ready.work / f"{m.path.stem}_{method.split()[0]}_{k}.onnx"
+                out = ready.work / f"{m.path.stem}_{_slug(method)}_{k}.onnx"
                 t0 = time.perf_counter()
                 try:
                     result, d, train_s, search_s = prune_point(m, ready, weights, out, options)

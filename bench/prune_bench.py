@@ -185,6 +185,7 @@ def deploy(
     images: int = QEMU_IMAGES,
     every_image: bool = False,
     quantized: bool = False,
+    compress: str = "off",
 ) -> Deployed:
     """Float accuracy on the whole test split; PTQ on real training images; int8 on QEMU (the first
     ``images`` test images); ``channels_last`` as ``compile --channels-last``.
@@ -196,6 +197,7 @@ def deploy(
 
     ``quantized``: ``path`` is a QDQ model already (``prune --weights int4`` / ``--method udc`` write
     one): deployed as it is; its float accuracy is NaN (the caller has the trained one).
+    ``compress``: ``compile --compress-weights`` (stored weights Golomb-Rice coded).
     """
     from tvm_mcu import api
     from tvm_mcu.api import FIRMWARE_DIR, REPORT, pack, unpack
@@ -215,7 +217,12 @@ def deploy(
         q = work / f"{path.stem}_int8.onnx"
         quantize_onnx(path, {imported.inputs[0].name: ds.x_train[:CALIBRATION_IMAGES]}, q)
     compiled = api.compile_model(
-        q, BOARD, work / f"{path.stem}_build", sram_budget=sram_budget, channels_last=channels_last
+        q,
+        BOARD,
+        work / f"{path.stem}_build",
+        sram_budget=sram_budget,
+        channels_last=channels_last,
+        compress=compress,
     )
     report = Report.read(compiled.out_dir / REPORT)
     fw = build_firmware(compiled.out_dir, load_board(BOARD), compiled.out_dir / FIRMWARE_DIR)

@@ -237,6 +237,7 @@ def prune_point(
         images=m.images,
         every_image=True,
         quantized=bool(result.bits),
+        compress=options.get("compress_weights", "off"),
     )
     return result, d, train_s, search_s
 

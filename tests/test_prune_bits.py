@@ -57,6 +57,39 @@ def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path
     assert result.training is not None and result.training.accuracy_after > 0.3  # chance: 0.1
 
 
+@pytest.mark.emulator
+def test_the_joint_search_with_zeros_meets_the_budget_coded_and_runs_exactly(tmp_path: Path) -> None:
+    """``--method udc --compress-weights all``: channels and bits to 1.5x the budget, then the weakest
+    weights zeroed until the model compiled with its weights Golomb-Rice coded fits; the written QDQ
+    model, compiled so, stores what was measured and matches the reference."""
+    out = tmp_path / "pruned.onnx"
+    result = prune_model(
+        DEMO,
+        board=BOARD,
+        budget=Budget(weights=1500),
+        method="udc",
+        compress_weights="all",
+        out_path=out,
+        workdir=tmp_path / "work",
+        data="fashion-mnist",
+        epochs=2,
+        train_limit=2000,
+    )
+    assert result.after.weights <= 1500 and result.granularity == "unstructured"
+    zeroed = {layer: of - kept for layer, (kept, of) in result.sparsity.items()}
+    assert sum(zeroed.values()) > 0, result.sparsity
+    assert "joint search" in result.search and "zeroed" in result.search
+    assert _int4_initializers(out) == list(result.bits.values()).count(4)
+    checked = api.verify(out, BOARD, tmp_path / "verify", compress="all")
+    assert checked.passed and checked.report.max_abs_error == 0.0, checked.report.worst_difference
+    assert checked.report.stored_weights_bytes == result.after.weights
+    assert checked.report.compressed_weights
+    with pytest.raises(BadOptionError, match="drop --float"):
+        prune_model(
+            DEMO, board=BOARD, budget=Budget(weights=1500), out_path=out, int8=False, compress_weights="all"
+        )
+
+
 def test_widths_refuse_what_they_cannot_take() -> None:
     with pytest.raises(BadOptionError, match="--data"):
         check("udc", "int8", True, "channel", None, 2)

@@ -441,6 +441,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         workers=args.workers,
         ray_address=args.ray_address,
         weights=args.weights,
+        compress_weights=args.compress_weights,
     )
     report = prune.result_json(result, budget)
     if args.json:
@@ -635,8 +636,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         choices=["int8", "int4"],
         default="int8",
-        help="int4: deploy every convolution and dense layer with int4 weights (depthwise ones stay "
-        "int8), budgeted and trained as such; writes the quantised model (--data calibrates it)",
+        help="int4: deploy every convolution and dense layer with int4 weights (depthwise ones too, "
+        "up to 4,096 values), budgeted and trained as such; writes the quantised model (--data "
+        "calibrates it)",
+    )
+    pr.add_argument(
+        "--compress-weights",
+        choices=["off", "all"],
+        default="off",
+        help="all: the model will be compiled with --compress-weights all; every candidate is measured "
+        "so (weights Golomb-Rice coded, a zero weight one bit), and --method udc then searches each "
+        "layer's share of zero weights as well as its channels and int8/int4 width",
     )
     pr.add_argument(
         "--importance",

@@ -995,7 +995,7 @@ def compile_once(
     if weights not in WEIGHT_WIDTHS:
         raise BadOptionError(f"weights must be one of {', '.join(WEIGHT_WIDTHS)}, got {weights!r}")
     t0 = time.perf_counter()
-    layout = _layout(mod, convert, sparse, pack=weights == "auto")
+    layout = _layout(mod, convert, sparse, pack=weights == "auto", coded=bool(compress))
     convert = layout.startswith("channels-last") and not channels_last(mod)
     sched = plan_schedules(
         mod,
@@ -1216,9 +1216,11 @@ def _not_compressed(
     return tuple(rows)
 
 
-def _layout(mod: _tvm.IRModule, convert: bool | None, sparse: bool, pack: bool = False) -> str:
+def _layout(
+    mod: _tvm.IRModule, convert: bool | None, sparse: bool, pack: bool = False, coded: bool = False
+) -> str:
     """How ``compile_module`` lays out the convolutions for ``convert`` (its docstring), and why;
-    ``pack``: int4 weights would be packed."""
+    ``pack``: int4 weights would be packed; ``coded``: weights are to be stored Golomb-Rice coded."""
     if channels_last(mod):
         return "channels-last, as imported"
     if not _conv_layouts(mod):
@@ -1231,6 +1233,8 @@ def _layout(mod: _tvm.IRModule, convert: bool | None, sparse: bool, pack: bool =
     reason = int4_reason(mod) if convert is None and pack else None
     if reason is not None:
         return f"channels-last: {reason}, and only the channels-last kernels read packed weights"
+    if convert is None and coded:
+        return "channels-last: weights stored Golomb-Rice coded, which only the channels-last kernels decode"
     if convert is False:
         return "as imported (channels-last not asked for)"
     return "as imported (--channels-last would move NCHW convolutions to the SIMD kernels)"

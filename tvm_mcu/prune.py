@@ -295,6 +295,8 @@ class Compile:
     # Some weights int4: the compiler's own layout choice (channels-last, where packed weights are
     # read), as the written model compiles by default.
     int4: bool = False
+    # ``compile --compress-weights``: "all" measures the weights stored Golomb-Rice coded.
+    compress: str = "off"
 
 
 def compiled_figures(path: str, build: str, how: Compile) -> Resources:
@@ -308,6 +310,7 @@ def compiled_figures(path: str, build: str, how: Compile) -> Resources:
         sram_budget=how.sram_budget,
         strict_budget=False,
         channels_last=True if how.channels_last else (None if how.int4 else False),
+        compress=how.compress,
     )
     r = compiled.report
     biggest = max(r.ops, key=lambda o: o.output_bytes, default=None)
@@ -368,6 +371,8 @@ class _Job:
     # The weights' widths every candidate is quantised to (``--weights int4``), by (binding, argument);
     # None: int8.
     bits: Mapping[tuple[int, int], int] | None = attrs.field(default=None, eq=False)
+    # ``prune --compress-weights``: every candidate compiled with its weights Golomb-Rice coded.
+    compress: str = "off"
 
     @property
     def quantum(self) -> int:
@@ -393,7 +398,7 @@ class _Job:
         turn). The tag names its files in the workdir."""
         widths = self.bits if bits is None else bits
         int4 = any(b == 4 for b in (widths or {}).values())
-        how = Compile(self.board, self.int8, self.sram_budget, self.channels_last, int4)
+        how = Compile(self.board, self.int8, self.sram_budget, self.channels_last, int4, self.compress)
         handles = []
         for mod, tag in candidates:
             tag = self.tally.fresh(tag)
@@ -441,6 +446,7 @@ def prune_model(
     workers: int | None = None,
     ray_address: str | None = None,
     weights: str = "int8",
+    compress_weights: str = "off",
 ) -> PruneResult:
     """Prune the float ONNX model at ``model_path`` until its compiled figures meet ``budget`` on
     ``board``; write the pruned (and, with ``epochs`` on ``data``, fine-tuned) model to ``out_path``.
@@ -467,15 +473,23 @@ def prune_model(
     budgeted and trained as such; ``method="udc"``: the channels and each layer's width (int8 or int4)
     searched together (:mod:`tvm_mcu.prune_bits`). Both write the quantised (QDQ) model, calibrated on
     ``data``, and train the network as quantised at its widths.
+    ``compress_weights="all"``: the model is deployed with ``compile --compress-weights all``; every
+    candidate is measured so (stored weights Golomb-Rice coded), and ``method="udc"`` then searches
+    each layer's share of zero weights too (:func:`tvm_mcu.prune_sparse.udc_sparse`: zeros cost a bit
+    each when coded).
     """
     from tvm_mcu import prune_bits
-    from tvm_mcu.prune_sparse import check_options, check_scheduler, default_scheduler
+    from tvm_mcu.prune_sparse import UDC_IMPORTANCE, check_options, check_scheduler, default_scheduler
 
     method, importance = check_options(granularity, method, importance, data)
     if scheduler is None:
         scheduler = default_scheduler(granularity, data, epochs)
     check_scheduler(granularity, scheduler, data, epochs)
     prune_bits.check(method, weights, int8, granularity, data, epochs)
+    if compress_weights not in ("off", "all"):
+        raise BadOptionError(f"--compress-weights is off or all, got {compress_weights!r}")
+    if compress_weights == "all" and not int8:
+        raise BadOptionError("--compress-weights codes int8 weights: drop --float")
     if granularity == "channel" and budget.instructions is not None:
         # Channels keep the dense kernels, whose instructions the cost model prices per MAC: the
         # instructions budget is a MACs budget for the channel search.
@@ -512,6 +526,8 @@ def prune_model(
         )
         if weights == "int4":
             job = attrs.evolve(job, bits=prune_bits.all_int4(mod))
+        if compress_weights != "off":
+            job = attrs.evolve(job, compress=compress_weights)
         before = job.measure(mod, "original", bits={})  # as the user has it: int8
         start = job.measure(mod, "original_int4") if job.bits else before
         training: Training | None = None
@@ -548,7 +564,14 @@ def prune_model(
         else:
             # The joint search may put any layer to int4: the narrowest network is the int4 one.
             _narrowest(attrs.evolve(job, bits=prune_bits.all_int4(mod)) if method == "udc" else job, budget)
-            if method in ("diff", "udc"):
+            if method == "udc" and job.compress == "all":
+                from tvm_mcu.prune_sparse import udc_sparse
+
+                sparse, chosen = udc_sparse(
+                    job, budget, before, data or "", epochs, train_limit, search_steps, resources
+                )
+                keep, best, after, training = sparse.keep, sparse.mod, sparse.after, sparse.training
+            elif method in ("diff", "udc"):
                 mode = "search" if method == "udc" else ("int4" if job.bits else None)
                 keep, best, after, training, chosen = _diff(
                     job,
@@ -573,7 +596,7 @@ def prune_model(
     Path(out_path).write_bytes(written)
     widths = {g.label: (len(keep.get(g.gid, g.units)), g.size) for g in plan.prunable}
     rounds, compiles = job.tally.rounds, job.tally.compiles
-    if granularity == "channel":
+    if granularity == "channel" and sparse is None:
         return PruneResult(
             keep,
             plan,
@@ -587,23 +610,25 @@ def prune_model(
             compiles=compiles,
             bits=prune_bits.describe(best, chosen),
         )
+    udc = granularity == "channel"  # the joint search with element sparsity (udc_sparse)
     return PruneResult(
         keep,
         plan,
         before,
         after,
-        importance,
+        method if udc else importance,
         widths,
         training,
-        granularity,
-        importance,
+        "unstructured" if udc else granularity,
+        UDC_IMPORTANCE if udc else importance,
         sparse.sparsity if sparse else {},
         sparse.measured if sparse else after,
         sparse.scheduler if sparse else scheduler,
         sparse.search if sparse else "",
-        channels_last,
+        channels_last or udc,
         rounds,
         compiles,
+        bits=prune_bits.describe(best, chosen) if udc else {},
     )
 
 
