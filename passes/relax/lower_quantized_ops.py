@@ -13,6 +13,7 @@ from tvm_mcu.errors import UnsupportedOpError
 from tvm_mcu.passes.relax.integer.emit import NotInteger
 from tvm_mcu.passes.relax.integer.handlers import HANDLERS
 from tvm_mcu.passes.relax.integer.values import LOWERED, QConst, QTensor, QTuple, Unusable
+from tvm_mcu.passes.relax.make_integer_interface import ATTR_IO, io_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,9 @@ class LowerQuantizedOps:
         products summed in int32, int32 bias with the input zero point folded in, TFLite's
         requantisation (QuantizeMultiplier parameters, SaturatingRoundingDoublingHighMul then
         RoundingDivideByPOT), the activation clamp; TFLite's int8 ADD, AVERAGE_POOL and SOFTMAX algorithms.
+        A float output computed on a quantised tensor past its last dequantize (a reshape of it, say,
+        which MakeIntegerInterface does not take) is returned as the integer tensor, its scale and zero
+        point recorded in ``tvmmcu.io_quantization`` for the caller.
     Declines when
         the module has no quantize/dequantize and no int8 tensor (float models pass through unchanged).
     Refuses
@@ -240,9 +244,14 @@ class LowerQuantizedOps:
                 ):
                     ret = low.origin[ret]  # a tuple of outputs bound to a variable: its fields
                 outs = list(ret.fields) if isinstance(ret, relax.Tuple) else [ret]
-                results = []
+                results: list[Any] = []
+                # Float outputs computed as integer tensors (a reshape of a dequantised tensor, say):
+                # their position -> (scale, zero point), which the caller dequantises with.
+                integer_outputs: dict[int, list[float]] = {}
                 for o in outs:
                     v = low.lookup(o)
+                    if isinstance(v, QTensor) and _is_float(o):
+                        integer_outputs[len(results)] = [v.scale, v.zero_point]
                     if isinstance(v, QTuple):
                         v = relax.Tuple([_output(low, f, o, self._allow_float) for f in v.fields])
                     else:
@@ -266,12 +275,20 @@ class LowerQuantizedOps:
         if low.float_ops:
             new_mod["main"] = new_mod["main"].with_attr(ATTR_FLOAT_OPS, low.float_ops)
             logger.warning("running in float: %s", ", ".join(low.float_ops))
+        if integer_outputs:
+            io = io_quantization(mod) or {"inputs": [[] for _ in params], "outputs": [[] for _ in results]}
+            if len(io["outputs"]) != len(results):
+                raise AssertionError(f"{len(results)} outputs, {len(io['outputs'])} in the interface record")
+            for k, q in integer_outputs.items():
+                io["outputs"][k] = q
+            new_mod["main"] = new_mod["main"].with_attr(ATTR_IO, str(io))
         return new_mod
 
 
 def _output(low: _Lowering, v: Any, o: Any, allow_float: bool) -> Any:
     """A graph output as a Relax expression: a quantised tensor is its integer variable (the caller
-    dequantises, MakeIntegerInterface recorded how); anything else lowered is float code, allowed or not."""
+    dequantises: MakeIntegerInterface recorded how, or for a float output the caller records it);
+    anything else lowered is float code, allowed or not."""
     if isinstance(v, QTensor):
         return v.var
     if isinstance(v, LOWERED):

@@ -62,3 +62,52 @@ def test_operator_is_within_one_step_of_onnxruntime_in_integers_only(name, dtype
         assert int(diff.max(initial=0)) <= 1, (
             f"{name} {dtype} seed {seed}: {int((diff > 1).sum())} outputs off by more than one step"
         )
+
+
+@pytest.mark.parametrize("layout", ["Reshape", "Transpose", "Flatten"])
+def test_a_float_output_moved_after_its_dequantize_keeps_its_scale(layout: str, tmp_path: object) -> None:
+    """Fuzz seed 234 (reduced): a float model output that is a reshape of a dequantised int8 tensor
+    (onnxruntime's quantiser leaves Identity -> Reshape after the last DequantizeLinear). The interface
+    (MakeIntegerInterface) keeps it float; the lowering computes it on the integers, so the output is
+    int8: its scale and zero point must be recorded for the caller, where they were missing (the
+    firmware's integers were compared as floats: off by up to 25.6)."""
+    from pathlib import Path
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    q = helper.make_tensor("s", TensorProto.FLOAT, [], [0.05])
+    z = helper.make_tensor("z", TensorProto.INT8, [], [-3])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [4, 6])
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("MaxPool", ["xd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("QuantizeLinear", ["p", "s", "z"], ["pq"]),
+        helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["pd"]),
+        {
+            "Reshape": helper.make_node("Reshape", ["pd", "shape"], ["y"]),
+            "Transpose": helper.make_node("Transpose", ["pd"], ["y"], perm=[0, 2, 3, 1]),
+            "Flatten": helper.make_node("Flatten", ["pd"], ["y"], axis=1),
+        }[layout],
+    ]
+    out_shape = {"Reshape": [4, 6], "Transpose": [1, 2, 3, 4], "Flatten": [1, 24]}[layout]
+    graph = helper.make_graph(
+        nodes,
+        "float_output",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        initializer=[q, z, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    path = Path(str(tmp_path)) / "m.onnx"
+    onnx.save(model, path)
+    compiled = compile_module(load_model(path).mod, model_name="m", rounding="onnx")
+    assert compiled.io_quantization is not None
+    assert compiled.io_quantization["outputs"] == [[np.float32(0.05), -3]], compiled.io_quantization
+    x = np.random.default_rng(0).uniform(-6, 6, (1, 4, 4, 6)).astype(np.float32)
+    xq = np.clip(np.rint(x / np.float32(0.05)) - 3, -128, 127).astype(np.int8)
+    lib = host.build_shared(compiled, Path(str(tmp_path)), "m")
+    got = host.run(lib, compiled, [xq])[0].reshape(out_shape)
+    want = _ort(model.SerializeToString(), {"x": x})
+    assert np.abs((got.astype(np.float32) + 3) * np.float32(0.05) - want).max() <= 1e-6
