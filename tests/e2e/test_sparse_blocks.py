@@ -122,3 +122,22 @@ def test_an_element_sparse_convolution_without_an_inside_row_is_bit_exact(tmp_pa
     v = api.verify(path, "mps2-an385", tmp_path / "build", seed=71, channels_last=True)
     assert "tvmmcu_esparse1p_" in (tmp_path / "build" / "model.c").read_text()  # element CSR
     assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference
+
+
+def test_an_element_sparse_convolution_with_every_window_inside_builds_without_warnings(
+    tmp_path: Path,
+) -> None:
+    """Fuzz seed 384 (reduced): an unpadded 3x3 convolution, 60 % of its weights zero (element CSR):
+    every window lies inside, the inside test folded away and left the one-pixel branch's accumulator
+    declared and unused (-Wunused-variable: the library must build warning-free)."""
+    from tests.zoo.qdq_ops import _Q
+
+    g = _Q("int8", 384)
+    x = g.input([1, 12, 4, 6], 0.05, 3)
+    w = g.weight((2, 12, 3, 3), sigma=30.0, zeros=0.6)
+    path = tmp_path / "inside.onnx"
+    path.write_bytes(g.model(g.op("Conv", [x, w]), 0.5, 4).SerializeToString())
+    v = api.verify(path, "mps2-an521", tmp_path / "build", seed=384, channels_last=True)
+    assert "tvmmcu_esparse4p_" in (tmp_path / "build" / "model.c").read_text()  # four pixels a call
+    assert v.report.library_warnings == ()
+    assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference
