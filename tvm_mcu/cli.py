@@ -448,6 +448,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     how = result.method if result.granularity == "channel" else f"{result.granularity}, {result.importance}"
+    if result.method == "udc" and result.granularity != "channel":
+        how = f"udc: channels, bits and zeros ({result.importance}), weights to be compiled coded"
     print(f"pruned {args.model} -> {args.output} ({how}, {'float' if args.float else 'int8'} figures)")
     print(f"  {'':<8}{'before':>14}{'after':>14}{'budget':>14}")
     b, a = result.before, result.after
