@@ -351,3 +351,39 @@ def test_a_chain_its_consumer_reads_through_another_shape_is_declined(tmp_path: 
     from tvm_mcu.reference import reference_outputs
 
     np.testing.assert_allclose(host.run(lib, compiled, x)[0], reference_outputs(imported, x)[0], atol=1e-5)
+
+
+def test_a_strided_consumer_that_skips_rows_does_not_continue_a_row_chain(tmp_path: Path) -> None:
+    """Fuzz seed 580 (reduced): 3x3 conv -> 5x5 conv (SAME_UPPER) -> 2x2 max pool -> 1x1 depthwise
+    conv of stride 2 over the rows, on an 8x1 input. The pointwise step reads every other row of the
+    pool's output; as a row-chain consumer its line buffer shifted by the stride past rows the pool had
+    computed, and its second output row came out wrong. Such a step now starts a chain instead, and row
+    bands stay bit-exact."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(580)
+
+    def w(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[0, 1, 0, 2]),
+            helper.make_node("Conv", ["c1", "w2"], ["c2"], auto_pad="SAME_UPPER"),
+            helper.make_node("MaxPool", ["c2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("Conv", ["p", "w3"], ["y"], group=8, strides=[2, 1]),
+        ],
+        "skips_rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 2, 1])],
+        initializer=[w("w1", 6, 1, 3, 3), w("w2", 8, 6, 5, 5), w("w3", 8, 1, 1, 1)],
+    )
+    path = tmp_path / "skips.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    model = load_model(path)
+    whole = compile_module(model.mod, model_name="skips", in_place=False, partial_execution=False)
+    rows = compile_module(model.mod, model_name="skips", schedule="row bands")
+    # The convolutions and the pool in one row chain; the strided pointwise convolution after it, whole.
+    assert [(s.kind, s.partial) for s in rows.graph.steps] == [("chain", "rows:axis=2"), ("conv2d", "")]
+    _assert_same_outputs(model, whole, rows, tmp_path)

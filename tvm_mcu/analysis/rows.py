@@ -60,5 +60,34 @@ def window_rows(func: _tvm.PrimFunc, axis: int) -> int | None:
     return max(found) if found else None
 
 
+def skips_rows(func: _tvm.PrimFunc, axis: int) -> bool:
+    """Whether some row of the operator's input is read by no output row: its reduction blocks step an
+    input row index by more rows per output row (the stride) than one output row reads (the window),
+    e.g. a 1x1 convolution of stride 2. A row chain cannot take it as a consumer: its line buffer
+    shifts by the stride past rows its producer computed (fuzz seed 580: wrong outputs)."""
+    window = window_rows(func, axis)
+    if window is None:
+        return False
+    ana = _tvm.Analyzer()
+    for block in sblocks_of(func.body):
+        spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) == _SPATIAL]
+        if not any(int(iv.iter_type) == _REDUCE for iv in block.iter_vars):
+            continue
+        loads: list[Any] = []
+        _tvm.structural_walk(block.body, (_tvm.TensorLoad, loads.append))
+        for ld in loads:
+            if len(ld.indices) != 4:
+                continue
+            row = ld.indices[axis]
+            for var in spatial:
+                if var not in free_vars(row):
+                    continue
+                one = _tvm.tirx.const(1, str(var.ty.dtype))
+                step = ana.simplify(_subst(row, var, var + one) - row)
+                if isinstance(step, _tvm.tirx.IntImm) and abs(int(step)) > window:
+                    return True
+    return False
+
+
 def _subst(expr: Any, var: Any, value: Any) -> Any:
     return _tvm.structural_map(expr, [(_tvm.tirx.Var, lambda v: value if v.same_as(var) else v)])

@@ -140,9 +140,11 @@ def find_row_chains(
     macs: dict[str, int] | None = None,
     max_depth: int = MAX_ROW_DEPTH,
     costs: cost.Costs = cost.FLOAT,
+    skips: frozenset[str] = frozenset(),
 ) -> list[Chain]:
     """Runs of windowed steps (``WINDOWED``), each output read by the next step only, as row chains
-    of at most ``max_depth`` steps.
+    of at most ``max_depth`` steps. ``skips``: callees whose stride passes over input rows their window
+    does not read (``analysis.rows.skips_rows``): they may start a chain, not continue one.
 
     ``row_axes``: for each callee, the axis of its output's rows (None when the kernel does not say,
     e.g. pooling alone); the members of a chain must agree on it. A run longer than ``max_depth`` is
@@ -151,7 +153,7 @@ def find_row_chains(
     per step (the cost of a chain against the model's instructions; None: shifted elements only).
     """
     chains: list[Chain] = []
-    for names, axis in _row_runs(graph, row_axes):
+    for names, axis in _row_runs(graph, row_axes, skips):
         if len(names) <= max_depth:
             chains.append(Chain(names, axis, mode="rows"))
             continue
@@ -161,8 +163,11 @@ def find_row_chains(
     return chains
 
 
-def _row_runs(graph: Graph, row_axes: dict[str, int | None]) -> list[tuple[tuple[str, ...], int]]:
-    """Maximal runs of windowed steps that may run a row at a time, with their rows' axis."""
+def _row_runs(
+    graph: Graph, row_axes: dict[str, int | None], skips: frozenset[str] = frozenset()
+) -> list[tuple[tuple[str, ...], int]]:
+    """Maximal runs of windowed steps that may run a row at a time, with their rows' axis; a step of
+    ``skips`` only first in a run."""
     readers: dict[str, list[int]] = {}
     for i, step in enumerate(graph.steps):
         for name in step.inputs:
@@ -186,6 +191,7 @@ def _row_runs(graph: Graph, row_axes: dict[str, int | None]) -> list[tuple[tuple
             acts = [n for n in nxt.inputs if graph.tensors[n].kind != "weight"]
             if (
                 not windowed(nxt)
+                or nxt.callee in skips
                 or acts != [out]
                 or readers.get(out) != [j]
                 or out in outputs
