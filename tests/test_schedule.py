@@ -387,3 +387,37 @@ def test_a_strided_consumer_that_skips_rows_does_not_continue_a_row_chain(tmp_pa
     # The convolutions and the pool in one row chain; the strided pointwise convolution after it, whole.
     assert [(s.kind, s.partial) for s in rows.graph.steps] == [("chain", "rows:axis=2"), ("conv2d", "")]
     _assert_same_outputs(model, whole, rows, tmp_path)
+
+
+def test_a_pool_whose_stride_exceeds_its_window_does_not_continue_a_row_chain(tmp_path: Path) -> None:
+    """Fuzz seed 421 (reduced, float): two 3x3 convolutions, then a 2x2 average pool of stride 3 over
+    the rows. A pool alone does not say its rows' axis, so the stride test must take the chain's: the
+    pool skips every third row and, chained, gave wrong outputs (off by 1.07)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(421)
+
+    def w(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[2, 0, 2, 0]),
+            helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[0, 2, 0, 2]),
+            helper.make_node(
+                "AveragePool", ["c2"], ["y"], kernel_shape=[2, 2], pads=[1, 1, 1, 0], strides=[3, 1]
+            ),
+        ],
+        "pool_skips_rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 3])],
+        initializer=[w("w1", 12, 16, 3, 3), w("w2", 2, 12, 3, 3)],
+    )
+    path = tmp_path / "pool.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    model = load_model(path)
+    whole = compile_module(model.mod, model_name="pool", in_place=False, partial_execution=False)
+    rows = compile_module(model.mod, model_name="pool", schedule="row bands")
+    assert [(s.kind, s.partial) for s in rows.graph.steps] == [("chain", "rows:axis=2"), ("avg_pool2d", "")]
+    _assert_same_outputs(model, whole, rows, tmp_path)

@@ -819,16 +819,13 @@ def plan_schedules(
             extra = partial.overhead(chains, macs, costs)
             plans.append((label, split_graph, split_macs, extra))
         row_axes = {s.callee: rows_of.row_axis(funcs[s.callee]) for s in graph.steps if s.callee in funcs}
-        skips = frozenset(
-            c for c, axis in row_axes.items() if axis is not None and rows_of.skips_rows(funcs[c], axis)
-        )
         rows = partial.find_row_chains(
             graph,
             row_axes,
             lambda callee, axis: rows_of.window_rows(funcs[callee], axis),
             macs=macs,
             costs=costs,
-            skips=skips,
+            skips=lambda callee, axis: rows_of.skips_rows(funcs[callee], axis),
         )
         if rows:
             try:

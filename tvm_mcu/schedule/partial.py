@@ -140,11 +140,12 @@ def find_row_chains(
     macs: dict[str, int] | None = None,
     max_depth: int = MAX_ROW_DEPTH,
     costs: cost.Costs = cost.FLOAT,
-    skips: frozenset[str] = frozenset(),
+    skips: Callable[[str, int], bool] | None = None,
 ) -> list[Chain]:
     """Runs of windowed steps (``WINDOWED``), each output read by the next step only, as row chains
-    of at most ``max_depth`` steps. ``skips``: callees whose stride passes over input rows their window
-    does not read (``analysis.rows.skips_rows``): they may start a chain, not continue one.
+    of at most ``max_depth`` steps. ``skips(callee, axis)``: whether the callee's stride passes over
+    input rows its window does not read (``analysis.rows.skips_rows``): it may start a chain, not
+    continue one.
 
     ``row_axes``: for each callee, the axis of its output's rows (None when the kernel does not say,
     e.g. pooling alone); the members of a chain must agree on it. A run longer than ``max_depth`` is
@@ -164,10 +165,10 @@ def find_row_chains(
 
 
 def _row_runs(
-    graph: Graph, row_axes: dict[str, int | None], skips: frozenset[str] = frozenset()
+    graph: Graph, row_axes: dict[str, int | None], skips: Callable[[str, int], bool] | None = None
 ) -> list[tuple[tuple[str, ...], int]]:
-    """Maximal runs of windowed steps that may run a row at a time, with their rows' axis; a step of
-    ``skips`` only first in a run."""
+    """Maximal runs of windowed steps that may run a row at a time, with their rows' axis; a step that
+    ``skips`` rows (at the run's axis so far, or its own) only first in a run."""
     readers: dict[str, list[int]] = {}
     for i, step in enumerate(graph.steps):
         for name in step.inputs:
@@ -189,9 +190,10 @@ def _row_runs(
         while j < len(steps):
             nxt, out = steps[j], cur.output
             acts = [n for n in nxt.inputs if graph.tensors[n].kind != "weight"]
+            known_axes = [a for a in (*axes, row_axes.get(nxt.callee)) if a is not None]
             if (
                 not windowed(nxt)
-                or nxt.callee in skips
+                or (skips is not None and any(skips(nxt.callee, a) for a in known_axes))
                 or acts != [out]
                 or readers.get(out) != [j]
                 or out in outputs
