@@ -69,6 +69,8 @@ def claims(points: list[Point]) -> list[str]:
     out = []
     others = [m for m, _ in METHODS[:2]]
     for joint in JOINT:
+        if not any(m == joint for m, _ in at):
+            continue  # not run
         both = [k for k in ks if all((m, k) in at for m in (joint, *others))]
         if both:
             dominant = all(at[(joint, k)].int8_acc >= max(at[(m, k)].int8_acc for m in others) for k in both)

@@ -269,10 +269,16 @@ def test_bits_curves_claims_judge_dominance_and_the_size_at_the_original_accurac
             *(point("int8 width", k, 0.897 - 0.01 * k, 96_000 // k) for k in (2, 4)),
             *(point("int4 width", k, 0.896 - 0.005 * k, 96_000 // k) for k in (2, 4)),
             *(point("joint (udc)", k, 0.899 - 0.004 * k, 96_000 // k) for k in (2, 4)),
+            *(point("joint + zeros, coded", k, 0.890 - 0.004 * k, 96_000 // k) for k in (2, 4)),
         ]
     )
     assert "**holds**" in found[0] and "1/2 +0.5" in found[0] and "1/4 +0.7" in found[0]
     # At 0.90 - 0.5 point (0.895) no point of these reaches it.
-    assert "cannot be judged" in found[1] and "joint none" in found[1]
+    assert "cannot be judged" in found[1] and "joint (udc) none" in found[1]
+    # Each joint search judged on its own: the coded one is behind int4 width at 1/2 (0.882 < 0.886).
+    assert (
+        found[2].startswith("joint + zeros, coded at least as accurate") and "**does not hold**" in found[2]
+    )
+    assert len(found) == 4
     worse = bits_claims([base, point("int8 width", 2, 0.9, 40_000), point("joint (udc)", 2, 0.899, 30_000)])
     assert "1.33x smaller" in worse[0] and "**does not hold**" in worse[0]

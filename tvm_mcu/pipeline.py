@@ -14,7 +14,7 @@ from tvm_mcu.passes.tir.block_output_channels import BlockOutputChannels
 from tvm_mcu.passes.tir.block_weights import BlockWeights
 from tvm_mcu.passes.tir.compress_weights import CompressWeights
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
-from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
+from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit, InitGuardedAccumulators
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.inline_fixed_point import InlineFixedPoint
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
@@ -151,6 +151,9 @@ def lowering_passes() -> list[tvm.transform.Pass]:
         tirx.transform.RemoveNoOp(),
         tirx.transform.CommonSubexprElim(),
         tirx.transform.LowerIntrin(),
+        # An accumulator only guarded code initialises gets its value at its allocation (GCC's
+        # -Wmaybe-uninitialized): after the passes that leave the guards in their final form.
+        InitGuardedAccumulators(),
         # Unrolled copies may reuse loop variables; CodeGenC needs SSA.
         tirx.transform.ConvertSSA(),
     ]

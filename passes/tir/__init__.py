@@ -8,7 +8,7 @@ from tvm_mcu.passes.tir.block_output_channels import BlockOutputChannels
 from tvm_mcu.passes.tir.block_weights import BlockWeights
 from tvm_mcu.passes.tir.compress_weights import CompressWeights
 from tvm_mcu.passes.tir.execute_in_place import ExecuteInPlace
-from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit
+from tvm_mcu.passes.tir.hoist_reduction_init import HoistReductionInit, InitGuardedAccumulators
 from tvm_mcu.passes.tir.hoist_scratch_to_workspace import HoistScratchToWorkspace
 from tvm_mcu.passes.tir.inline_fixed_point import InlineFixedPoint
 from tvm_mcu.passes.tir.make_unpacked_api import MakeUnpackedAPI
@@ -30,6 +30,7 @@ __all__ = [
     "CompressWeights",
     "ExecuteInPlace",
     "HoistReductionInit",
+    "InitGuardedAccumulators",
     "HoistScratchToWorkspace",
     "InlineFixedPoint",
     "MakeUnpackedAPI",

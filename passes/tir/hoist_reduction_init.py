@@ -82,6 +82,51 @@ def _hoisted(loop: Any) -> Any | None:
     return tirx.SeqStmt([init, inner])
 
 
+def _one(buffer: Any) -> bool:
+    return [int(d) if isinstance(d, tirx.IntImm) else -1 for d in buffer.shape] == [1]
+
+
+def _guarded_constant_inits(body: Any) -> dict[tuple[str, str], Any]:
+    """(name, dtype) of the one-element buffers a store guarded by an ``if`` without ``else`` writes a
+    constant into -> the first such store: accumulators a partial tile's test guards. By name, as the
+    lowering leaves the allocation's buffer and the store's as distinct objects."""
+    found: dict[tuple[str, str], Any] = {}
+
+    def on_if(node: Any) -> None:
+        store = node.then_case
+        if (
+            node.else_case is None
+            and isinstance(store, tirx.BufferStore)
+            and _one(store.buffer)
+            and isinstance(store.value, tirx.IntImm | tirx.FloatImm)
+        ):
+            found.setdefault((store.buffer.name, str(store.buffer.dtype)), store)
+
+    structural_walk(body, (tirx.IfThenElse, on_if))
+    return found
+
+
+def _initialised_at_allocation(body: Any) -> Any:
+    """``body`` with each one-element buffer of :func:`_guarded_constant_inits` also given that constant
+    right after its allocation: GCC cannot see that the guarded init and the guarded reads share their
+    test (-Wmaybe-uninitialized); the store defines only what was undefined before."""
+    found = _guarded_constant_inits(body)
+    if not found:
+        return body
+
+    def on_seq(seq: Any) -> Any:
+        items: list[Any] = []
+        for s in seq.seq:
+            items.append(s)
+            if isinstance(s, tirx.AllocBuffer) and _one(s.buffer):
+                init = found.get((s.buffer.name, str(s.buffer.dtype)))
+                if init is not None:
+                    items.append(tirx.BufferStore(s.buffer, init.value, list(init.indices)))
+        return tirx.SeqStmt(items) if len(items) != len(seq.seq) else seq
+
+    return structural_map(body, (tirx.SeqStmt, on_seq))
+
+
 def hoist_reduction_inits(func: PrimFunc) -> PrimFunc:
     def on_for(loop: Any) -> Any:
         return _hoisted(loop) or loop
@@ -122,4 +167,46 @@ class HoistReductionInit:
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         return rewrite_each(
             mod, ATTR_DONE, hoist_reduction_inits, name="HoistReductionInit", needs=Needs(flat=True)
+        )
+
+
+ATTR_INITIALISED = "tvmmcu.guarded_accumulators_initialised"
+
+
+def initialise_guarded_accumulators(func: PrimFunc) -> PrimFunc:
+    return func.with_body(_initialised_at_allocation(func.body)).with_attr(ATTR_INITIALISED, True)
+
+
+@tvm.transform.module_pass(opt_level=0, name="InitGuardedAccumulators")
+class InitGuardedAccumulators:
+    """Give an accumulator that only guarded code initialises its initial value where it is allocated.
+
+    A channel slice that may run past the last channel (accumulating slices of 2 over 3 channels) guards
+    its accumulator's init, its updates and its reads by the same test; GCC cannot see that they share
+    it and warns that the accumulator "may be used uninitialized" (-Wmaybe-uninitialized: the library
+    must build warning-free).
+
+    Matches
+        a one-element buffer allocated in the function that an ``if`` without ``else`` stores a
+        constant into (by name and dtype: the lowering leaves the allocation's buffer object and the
+        store's distinct).
+    Rewrites to
+        the same allocation followed by a store of that constant (the first such store's), unguarded.
+    Declines when
+        no such store; or the function already carries ``tvmmcu.guarded_accumulators_initialised``.
+    Numerics
+        unchanged: the added store defines only values nothing read before (every read follows the
+        guarded init on the paths that reach it).
+    Ordering
+        last among the lowering passes that reshape statements (after UnrollLoop, StmtSimplify and
+        RemoveNoOp, which produce the guarded form), before ConvertSSA.
+    """
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return rewrite_each(
+            mod,
+            ATTR_INITIALISED,
+            initialise_guarded_accumulators,
+            name="InitGuardedAccumulators",
+            needs=Needs(flat=True),
         )

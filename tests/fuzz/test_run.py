@@ -55,6 +55,7 @@ def _verification(passed: bool) -> SimpleNamespace:
         verdict="match" if passed else "mismatch",
         float_ops=(),
         library_warnings=(),
+        compressed_weights=(),
     )
     return SimpleNamespace(report=report, outputs=[np.zeros(3, np.float32)], reference=[], passed=passed)
 
