@@ -201,6 +201,9 @@ HEADER_TEXT = """\
 
 #if defined(__GNUC__)
 #define TVMMCU_RICE_CLZ(x) ((uint32_t)__builtin_clz(x))
+/* One copy of the decoder: a call per chunk costs little, its two loops inlined at every call site
+ * would cost flash. */
+#define TVMMCU_RICE_NOINLINE __attribute__((noinline, unused))
 #else
 static inline uint32_t tvmmcu_rice_clz(uint32_t x) {
   uint32_t n = 0;
@@ -211,7 +214,34 @@ static inline uint32_t tvmmcu_rice_clz(uint32_t x) {
   return n;
 }
 #define TVMMCU_RICE_CLZ(x) tvmmcu_rice_clz(x)
+#define TVMMCU_RICE_NOINLINE
 #endif
+
+/* At least 25 bits held: a value takes at most 17 (its zero flag, 8 ones and 8 bits). */
+#define TVMMCU_RICE_FILL()                                                                              \
+  while (held_bits <= 24) {                                                                            \
+    bits |= (uint32_t)*p++ << (24 - held_bits);                                                        \
+    held_bits += 8;                                                                                    \
+  }
+
+/* One value: the quotient's leading ones (at most 8: bit 23 forced to a zero of ~bits), then k bits or
+ * the escaped 8; z plus `plus` (1 after a zero flag) unzigzagged into out[i]. */
+#define TVMMCU_RICE_VALUE(plus)                                                                         \
+  do {                                                                                                 \
+    const uint32_t q = TVMMCU_RICE_CLZ(~bits | 0x00800000u);                                           \
+    uint32_t z, used;                                                                                  \
+    if (q < 8u) {                                                                                      \
+      z = (q << k) | (((bits << q) << 1) >> 1 >> (31u - k));                                           \
+      used = q + 1u + k;                                                                               \
+    } else {                                                                                           \
+      z = (bits << 8) >> 24;                                                                           \
+      used = 16u;                                                                                      \
+    }                                                                                                  \
+    bits <<= used;                                                                                     \
+    held_bits -= (int32_t)used;                                                                        \
+    z += (plus);                                                                                       \
+    out[i] = (int8_t)(int32_t)((z >> 1) ^ (0u - (z & 1u)));                                            \
+  } while (0)
 
 /* The scratch holds no chunk: at the start of each operator call (its workspace held other data). */
 static inline int32_t tvmmcu_rice_reset(int8_t *scratch) {
@@ -220,7 +250,8 @@ static inline int32_t tvmmcu_rice_reset(int8_t *scratch) {
 }
 
 /* Chunk `chunk` (n values) of `blob` into scratch + 8, unless the scratch holds it already. */
-static inline int32_t tvmmcu_rice_decode(const int8_t *blob, int32_t chunk, int32_t n, int8_t *scratch) {
+static TVMMCU_RICE_NOINLINE int32_t tvmmcu_rice_decode(const int8_t *blob, int32_t chunk, int32_t n,
+                                                      int8_t *scratch) {
   int32_t *const held = (int32_t *)(void *)scratch;
   if (*held == chunk) {
     return 0;
@@ -239,16 +270,12 @@ static inline int32_t tvmmcu_rice_decode(const int8_t *blob, int32_t chunk, int3
     return 0;
   }
   const uint32_t k = head & 7u;
-  const uint32_t flagged = (head >> 6) & 1u;
   uint32_t bits = 0; /* the next bits of the stream, the first at bit 31 */
   int32_t held_bits = 0;
-  for (int32_t i = 0; i < n; ++i) {
-    /* At least 25 bits: a value takes at most 17. */
-    while (held_bits <= 24) {
-      bits |= (uint32_t)*p++ << (24 - held_bits);
-      held_bits += 8;
-    }
-    if (flagged) {
+  if (head & 0x40u) {
+    /* Zero flags: a zero bit is a zero value; a one bit, then z - 1 coded as below. */
+    for (int32_t i = 0; i < n; ++i) {
+      TVMMCU_RICE_FILL();
       const uint32_t nonzero = bits >> 31;
       bits <<= 1;
       held_bits -= 1;
@@ -256,21 +283,13 @@ static inline int32_t tvmmcu_rice_decode(const int8_t *blob, int32_t chunk, int3
         out[i] = 0;
         continue;
       }
+      TVMMCU_RICE_VALUE(1u);
     }
-    /* Leading ones, at most 8 (bit 23 forced to a zero of ~bits). */
-    const uint32_t q = TVMMCU_RICE_CLZ(~bits | 0x00800000u);
-    uint32_t z, used;
-    if (q < 8u) {
-      z = (q << k) | (((bits << q) << 1) >> 1 >> (31u - k));
-      used = q + 1u + k;
-    } else {
-      z = (bits << 8) >> 24;
-      used = 16u;
-    }
-    bits <<= used;
-    held_bits -= (int32_t)used;
-    z += flagged;
-    out[i] = (int8_t)(int32_t)((z >> 1) ^ (0u - (z & 1u)));
+    return 0;
+  }
+  for (int32_t i = 0; i < n; ++i) {
+    TVMMCU_RICE_FILL();
+    TVMMCU_RICE_VALUE(0u);
   }
   return 0;
 }
