@@ -4,6 +4,7 @@ reads both; passes/tir/row_bands.py runs the chains."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from tvm_mcu import _tvm
@@ -22,6 +23,27 @@ def row_axis(func: _tvm.PrimFunc) -> int | None:
     return axes.pop() if len(axes) == 1 else None
 
 
+def _row_reads(func: _tvm.PrimFunc, axis: int) -> Iterator[tuple[Any, set[Any], dict[Any, int]]]:
+    """(input row index, the block's spatial iter vars, its reduce iter vars -> extent) of each 4-D
+    load in a reduction block whose row index moves with an output row (not a weight's rows)."""
+    for block in sblocks_of(func.body):
+        reduce = {iv.var: int(iv.dom.extent) for iv in block.iter_vars if int(iv.iter_type) == _REDUCE}
+        spatial = {iv.var for iv in block.iter_vars if int(iv.iter_type) == _SPATIAL}
+        if not reduce:
+            continue
+        loads: list[Any] = []
+        _tvm.structural_walk(block.body, (_tvm.TensorLoad, loads.append))
+        for ld in loads:
+            if len(ld.indices) == 4 and free_vars(ld.indices[axis]) & spatial:
+                yield ld.indices[axis], spatial, reduce
+
+
+def _step(row: Any, var: Any) -> Any:
+    """How far ``row`` moves when ``var`` grows by one (an IntImm when constant)."""
+    one = _tvm.tirx.const(1, str(var.ty.dtype))
+    return _tvm.Analyzer().simplify(_subst(row, var, var + one) - row)
+
+
 def window_rows(func: _tvm.PrimFunc, axis: int) -> int | None:
     """Rows of its input that one output row of the operator reads: 3 for a 3x3 convolution or pooling
     at any stride, 1 for a pointwise one, ``(k - 1) * dilation + 1`` in general.
@@ -31,32 +53,18 @@ def window_rows(func: _tvm.PrimFunc, axis: int) -> int | None:
     reduce var's extent less one times its coefficient. None when no reduction reads rows that way,
     or an index is not affine in the window.
     """
-    ana = _tvm.Analyzer()
     found: list[int] = []
-    for block in sblocks_of(func.body):
-        reduce = {iv.var: int(iv.dom.extent) for iv in block.iter_vars if int(iv.iter_type) == _REDUCE}
-        spatial = {iv.var for iv in block.iter_vars if int(iv.iter_type) == _SPATIAL}
-        if not reduce:
-            continue
-        loads: list[Any] = []
-        _tvm.structural_walk(block.body, (_tvm.TensorLoad, loads.append))
-        for ld in loads:
-            if len(ld.indices) != 4:
+    for row, _, reduce in _row_reads(func, axis):
+        used = free_vars(row)
+        span = 1
+        for var, extent in reduce.items():
+            if var not in used:
                 continue
-            row = ld.indices[axis]
-            used = free_vars(row)
-            if not used & spatial:
-                continue  # a weight's rows: the window itself, not the input's
-            span = 1
-            for var, extent in reduce.items():
-                if var not in used:
-                    continue
-                one = _tvm.tirx.const(1, str(var.ty.dtype))
-                step = ana.simplify(_subst(row, var, var + one) - row)
-                if not isinstance(step, _tvm.tirx.IntImm):
-                    return None
-                span += abs(int(step)) * (extent - 1)
-            found.append(span)
+            step = _step(row, var)
+            if not isinstance(step, _tvm.tirx.IntImm):
+                return None
+            span += abs(int(step)) * (extent - 1)
+        found.append(span)
     return max(found) if found else None
 
 
@@ -68,24 +76,11 @@ def skips_rows(func: _tvm.PrimFunc, axis: int) -> bool:
     window = window_rows(func, axis)
     if window is None:
         return False
-    ana = _tvm.Analyzer()
-    for block in sblocks_of(func.body):
-        spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) == _SPATIAL]
-        if not any(int(iv.iter_type) == _REDUCE for iv in block.iter_vars):
-            continue
-        loads: list[Any] = []
-        _tvm.structural_walk(block.body, (_tvm.TensorLoad, loads.append))
-        for ld in loads:
-            if len(ld.indices) != 4:
-                continue
-            row = ld.indices[axis]
-            for var in spatial:
-                if var not in free_vars(row):
-                    continue
-                one = _tvm.tirx.const(1, str(var.ty.dtype))
-                step = ana.simplify(_subst(row, var, var + one) - row)
-                if isinstance(step, _tvm.tirx.IntImm) and abs(int(step)) > window:
-                    return True
+    for row, spatial, _ in _row_reads(func, axis):
+        for var in spatial & free_vars(row):
+            step = _step(row, var)
+            if isinstance(step, _tvm.tirx.IntImm) and abs(int(step)) > window:
+                return True
     return False
 
 
