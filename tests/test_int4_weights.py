@@ -1,4 +1,5 @@
-"""ONNX QDQ models with 4-bit weights (INT4 / UINT4 initializers of opset-21 DequantizeLinear).
+"""ONNX QDQ models with 4-bit weights (INT4 / UINT4 initializers of opset-21 DequantizeLinear) and 2-bit
+weights (INT2 / UINT2, opset 25).
 
 Each model takes and returns int8 tensors; the compiled library runs on the host and its integers must be
 within one step of both onnx.reference's and onnxruntime's, as for int8 QDQ models
@@ -22,7 +23,13 @@ from tvm_mcu.compiler import compile_module
 from tvm_mcu.errors import UnsupportedOpError
 from tvm_mcu.frontend import load_model
 
-_RANGES = {TensorProto.INT4: (-8, 7), TensorProto.UINT4: (0, 15)}
+_RANGES = {
+    TensorProto.INT4: (-8, 7),
+    TensorProto.UINT4: (0, 15),
+    TensorProto.INT2: (-2, 1),
+    TensorProto.UINT2: (0, 3),
+}
+_SIGNED = (TensorProto.INT4, TensorProto.INT2)
 
 
 class _Int4Graph:
@@ -73,7 +80,7 @@ class _Int4Graph:
             scales, zps = scales.reshape(()), zps.reshape(())
         w = self.const(values, "w", self.wtype)
         inputs = [w, self.const(scales, "ws")]
-        if self.zero_point is not None or self.wtype == TensorProto.INT4:
+        if self.zero_point is not None or self.wtype in _SIGNED:
             inputs.append(self.const(zps, "wz", self.wtype))
         out = self.name("wdq")
         attrs = {"axis": axis} if self.per_channel else {}
@@ -93,7 +100,8 @@ class _Int4Graph:
             [helper.make_empty_tensor_value_info(y)],
             self.inits,
         )
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        opset = 21 if self.wtype in (TensorProto.INT4, TensorProto.UINT4) else 25
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
         out = next(v for v in m.graph.value_info if v.name == y)
         del m.graph.output[:]
@@ -127,7 +135,7 @@ def conv_gemm(
 
 def depthwise(wtype: int, seed: int) -> onnx.ModelProto:
     """Depthwise Conv 3x3 (pads 1) with per-channel 4-bit weights."""
-    g = _Int4Graph(wtype, True, 8 if wtype == TensorProto.UINT4 else None, seed)
+    g = _Int4Graph(wtype, True, None if wtype in _SIGNED else _RANGES[wtype][1] // 2 + 1, seed)
     x = g.dq("x", 0.05, -2)
     w, _ = g.weight((4, 1, 3, 3), 0)
     y = g.op("Conv", [x, w], group=4, pads=[1, 1, 1, 1])
@@ -140,6 +148,9 @@ CASES = {
     "uint4-zero-points-conv-gemm": lambda: conv_gemm(TensorProto.UINT4, True, 8, "Gemm", 3),
     "uint4-per-tensor-zero-point-matmul": lambda: conv_gemm(TensorProto.UINT4, False, 5, "MatMul", 4),
     "int4-depthwise": lambda: depthwise(TensorProto.INT4, 5),
+    "int2-per-channel-conv-gemm": lambda: conv_gemm(TensorProto.INT2, True, None, "Gemm", 6),
+    "uint2-zero-points-conv-matmul": lambda: conv_gemm(TensorProto.UINT2, True, 2, "MatMul", 7),
+    "int2-depthwise": lambda: depthwise(TensorProto.INT2, 8),
 }
 
 
@@ -178,7 +189,15 @@ def test_int4_weights_compile_and_match_both_onnx_references(name, tmp_path):
         )
 
 
-@pytest.mark.parametrize("name", ["int4-per-channel-conv-gemm", "uint4-zero-points-conv-gemm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "int4-per-channel-conv-gemm",
+        "uint4-zero-points-conv-gemm",
+        "int2-per-channel-conv-gemm",
+        "uint2-zero-points-conv-matmul",
+    ],
+)
 def test_4bit_initializers_become_8bit_holding_the_same_integers(name):
     """The rewrite changes the type that holds a weight (and its zero point), never a value."""
     from tvm_mcu.frontend import onnx_rewrite
@@ -191,7 +210,7 @@ def test_4bit_initializers_become_8bit_holding_the_same_integers(name):
     for init in proto.graph.initializer:
         value = numpy_helper.to_array(init)
         if init.name in four_bit:
-            want = np.int8 if four_bit[init.name] == TensorProto.INT4 else np.uint8
+            want = np.int8 if four_bit[init.name] in _SIGNED else np.uint8
             assert after[init.name].dtype == want, (init.name, after[init.name].dtype)
             np.testing.assert_array_equal(after[init.name].astype(np.int64), value.astype(np.int64))
         else:
@@ -222,7 +241,8 @@ def _int4_conv(block_size: int = 0, activation_type: int = TensorProto.INT8) -> 
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])],
         [w, scale, zero, xs],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    opset = 25 if activation_type in (TensorProto.INT2, TensorProto.UINT2) else 21
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 @pytest.mark.parametrize(
@@ -237,8 +257,12 @@ def _int4_conv(block_size: int = 0, activation_type: int = TensorProto.INT8) -> 
             {"activation_type": TensorProto.UINT4},
             r"QuantizeLinear \(node 'x_quantize'\) quantises activation 'x' to uint4",
         ),
+        (
+            {"activation_type": TensorProto.INT2},
+            r"QuantizeLinear \(node 'x_quantize'\) quantises activation 'x' to int2",
+        ),
     ],
-    ids=["blocked-weights", "int4-activation", "uint4-activation"],
+    ids=["blocked-weights", "int4-activation", "uint4-activation", "int2-activation"],
 )
 def test_blocked_weights_and_4bit_activations_are_refused_naming_the_node(kwargs, pattern, tmp_path):
     proto = _int4_conv(**kwargs)
@@ -267,5 +291,5 @@ def test_a_4bit_tensor_read_by_another_operator_is_refused(tmp_path):
     onnx.checker.check_model(proto, full_check=True)
     path = tmp_path / "cast.onnx"
     path.write_bytes(proto.SerializeToString())
-    with pytest.raises(UnsupportedOpError, match=r"Cast \(node 'cast_weights'\) reads the 4-bit tensor 'w'"):
+    with pytest.raises(UnsupportedOpError, match=r"Cast \(node 'cast_weights'\) reads the int4 tensor 'w'"):
         load_model(path)

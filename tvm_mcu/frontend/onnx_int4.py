@@ -1,22 +1,26 @@
-"""4-bit weights and ONNX Runtime's contrib Q/DQ, normalised before TVM's importer (see ``onnx_rewrite``).
+"""2- and 4-bit weights and ONNX Runtime's contrib Q/DQ, normalised before TVM's importer (see
+``onnx_rewrite``).
 
-- An INT4 (UINT4) initializer that only ``DequantizeLinear`` nodes read, as their data or zero point,
-  becomes an INT8 (UINT8) initializer of the same name holding the same integers. ``DequantizeLinear``
-  computes ``(x - zero_point) * scale`` on the integers' values, whatever type holds them, so the graph's
-  meaning is unchanged; the zero point keeps the data's type, as the operator requires. A weight zero
-  point (UINT4 weights have one, 8 in ONNX Runtime's QUInt4) is then taken out at compile time by the
-  integer lowering like any 8-bit one (``passes/relax/integer/emit._weights``): the differences lie in
-  [-15, 15], int8 weights.
-- ONNX Runtime writes ``com.microsoft`` ``QuantizeLinear``/``DequantizeLinear`` for a model below opset 21
-  quantised with 4-bit (or 16-bit) types. Its contrib operators are defined as the standard ones (one
+- An INT4 (UINT4) or INT2 (UINT2, opset 25) initializer that only ``DequantizeLinear`` nodes read, as
+  their data or zero point, becomes an INT8 (UINT8) initializer of the same name holding the same
+  integers. ``DequantizeLinear`` computes ``(x - zero_point) * scale`` on the integers' values, whatever
+  type holds them, so the graph's meaning is unchanged; the zero point keeps the data's type, as the
+  operator requires. A weight zero point (UINT4 weights have one, 8 in ONNX Runtime's QUInt4) is then
+  taken out at compile time by the integer lowering like any 8-bit one
+  (``passes/relax/integer/emit._weights``): the differences lie in [-15, 15] (UINT2: [-3, 3]), int8
+  weights. The compiler then stores weights whose values fit int4 two per byte
+  (``passes/tir/pack_weights.py``), int2 ones included. TVM's importer has no 2-bit type: unwidened, it
+  failed with an internal error.
+- ONNX Runtime writes ``com.microsoft`` ``QuantizeLinear``/``DequantizeLinear`` for a model below opset
+  21 quantised with 4-bit (or 16-bit) types. Its contrib operators are defined as the standard ones (one
   ``axis`` attribute, no blocks); once the 4-bit initializers are 8-bit, they are the standard operators
   of the model's opset and are moved to the default domain.
 
-Refused, each naming the node: a 4-bit activation, i.e. a ``QuantizeLinear`` to INT4 or UINT4
-(activations are int8 or uint8); a contrib Q/DQ of 16-bit tensors; a 4-bit tensor read by anything but
-a ``DequantizeLinear`` or held in a ``Constant`` node; a per-axis contrib Q/DQ in a model below opset 13.
-A blocked ``DequantizeLinear`` (``block_size``) is left as it is and refused by the supported-operator
-check.
+Refused, each naming the node: a 2- or 4-bit activation, i.e. a ``QuantizeLinear`` to INT4, UINT4, INT2
+or UINT2 (activations are int8 or uint8); a contrib Q/DQ of 16-bit tensors; a 2- or 4-bit tensor read by
+anything but a ``DequantizeLinear`` or held in a ``Constant`` node; a per-axis contrib Q/DQ in a model
+below opset 13. A blocked ``DequantizeLinear`` (``block_size``) is left as it is and refused by the
+supported-operator check.
 """
 
 from __future__ import annotations
@@ -29,9 +33,20 @@ from tvm_mcu.errors import UnsupportedOpError
 
 MS_DOMAIN = "com.microsoft"
 INT4, UINT4 = 22, 21  # onnx.TensorProto.INT4, UINT4
-_WIDENED = {INT4: np.int8, UINT4: np.uint8}
+INT2, UINT2 = 26, 25  # onnx.TensorProto.INT2, UINT2 (opset 25)
+_WIDENED = {INT4: np.int8, UINT4: np.uint8, INT2: np.int8, UINT2: np.uint8}
 _EIGHT_BIT = (2, 3)  # UINT8, INT8
-_TYPE_NAMES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 21: "uint4", 22: "int4"}
+_TYPE_NAMES = {
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    21: "uint4",
+    22: "int4",
+    25: "uint2",
+    26: "int2",
+}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -66,7 +81,7 @@ def _quantized_type(node: Any, types: dict[str, int]) -> int:
 
 
 def check_activations(model: Any) -> None:
-    """Refuse every QuantizeLinear to a 4-bit type, naming the nodes (other types are the integer
+    """Refuse every QuantizeLinear to a 2- or 4-bit type, naming the nodes (other types are the integer
     lowering's to judge: ``--allow-float`` may run them in float)."""
     types = _constant_types(model)
     problems = []
@@ -81,16 +96,16 @@ def check_activations(model: Any) -> None:
             )
     if problems:
         raise UnsupportedOpError(
-            f"{'; '.join(problems)}: activations must be int8 or uint8 (tvm-mcu reads 4-bit integers "
+            f"{'; '.join(problems)}: activations must be int8 or uint8 (tvm-mcu reads 2- and 4-bit integers "
             "only as the constant weights of a DequantizeLinear); quantise the activations to 8 bits"
         )
 
 
 def widen_int4_weights(model: Any) -> int:
-    """Store every 4-bit initializer read only by unblocked DequantizeLinear nodes as 8-bit; in place.
+    """Store every 2- and 4-bit initializer read only by unblocked DequantizeLinear nodes as 8-bit; in place.
 
-    Returns how many initializers were widened. Raises UnsupportedOpError for 4-bit tensors read
-    otherwise.
+    Returns how many initializers were widened. Raises UnsupportedOpError for 2- and 4-bit
+    tensors read otherwise.
     """
     from onnx import numpy_helper
 
@@ -104,7 +119,8 @@ def widen_int4_weights(model: Any) -> int:
         value = _attr(node, "value") if node.op_type == "Constant" else None
         if value is not None and getattr(value, "data_type", None) in _WIDENED:
             problems.append(
-                f"Constant (node '{_label(node, i)}') holds a 4-bit tensor; store it as an initializer"
+                f"Constant (node '{_label(node, i)}') holds a {_TYPE_NAMES[value.data_type]} tensor; "
+                "store it as an initializer"
             )
     widened = 0
     for pos, init in enumerate(model.graph.initializer):
@@ -115,8 +131,9 @@ def widen_int4_weights(model: Any) -> int:
         if others:
             i, n = others[0]
             problems.append(
-                f"{n.op_type} (node '{_label(n, i)}') reads the 4-bit tensor '{init.name}': 4-bit tensors "
-                "are read only as the weights (and zero points) of a DequantizeLinear"
+                f"{n.op_type} (node '{_label(n, i)}') reads the {_TYPE_NAMES[init.data_type]} tensor "
+                f"'{init.name}': 2- and 4-bit tensors are read only as the weights (and zero points) of a "
+                "DequantizeLinear"
             )
             continue
         if any(int(_attr(n, "block_size", 0) or 0) for _, n, _ in uses):
@@ -150,8 +167,8 @@ def contrib_qdq_to_onnx(model: Any, opset: int) -> int:
         if qtype not in (*_EIGHT_BIT, 6):
             name = _TYPE_NAMES.get(qtype, f"ONNX type {qtype}")
             problems.append(
-                f"{MS_DOMAIN}.{node.op_type} (node '{_label(node, i)}') of {name} tensors (8-bit only; 4-bit "
-                "as weights)"
+                f"{MS_DOMAIN}.{node.op_type} (node '{_label(node, i)}') of {name} tensors "
+                "(8-bit only; 2- and 4-bit as weights)"
             )
             continue
         if opset < 13 and _scale_size(model, node) > 1:

@@ -9,9 +9,9 @@
   the QDQ form it means: ``DequantizeLinear`` of each quantised input, the float operator,
   ``QuantizeLinear`` of the output. The integer lowering then sees one form. Any other operator of the
   format is refused by name.
-- 4-bit weights: INT4/UINT4 initializers of ``DequantizeLinear`` become 8-bit ones holding the same
-  integers, and ONNX Runtime's ``com.microsoft`` Q/DQ (what it writes for 4-bit weights below opset 21)
-  the standard operators; 4-bit activations are refused (``onnx_int4``).
+- 2- and 4-bit weights: INT4/UINT4 and INT2/UINT2 initializers of ``DequantizeLinear`` become 8-bit
+  ones holding the same integers, and ONNX Runtime's ``com.microsoft`` Q/DQ (what it writes for 4-bit
+  weights below opset 21) the standard operators; 2- and 4-bit activations are refused (``onnx_int4``).
 
 Each rewrite keeps the model's meaning exactly (explicit pads are the ones ONNX defines; a QOperator is
 defined as its dequantise - float op - quantise composition). The reference interpreters keep running
@@ -46,7 +46,10 @@ def rewrite(model: Any) -> tuple[Any, list[str]]:
     onnx_int4.check_activations(out)
     n_int4 = onnx_int4.widen_int4_weights(out)
     if n_int4:
-        notes.append(f"{n_int4} 4-bit weight tensor(s) (INT4/UINT4) stored as 8-bit, the same integers")
+        notes.append(
+            f"{n_int4} 2- or 4-bit weight tensor(s) (INT2/UINT2/INT4/UINT4) stored as 8-bit, "
+            "the same integers"
+        )
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
     n_contrib = onnx_int4.contrib_qdq_to_onnx(out, opset)
     if n_contrib:

@@ -80,8 +80,8 @@ def _onnx_softmax(node: Any) -> str | None:
 
 
 def _onnx_dequantize(node: Any) -> str | None:
-    """DequantizeLinear: per tensor or per axis (``axis``); int8, uint8, int32 and, as weights, int4 and
-    uint4 integers. Blocked quantisation (``block_size``) is not supported."""
+    """DequantizeLinear: per tensor or per axis (``axis``); int8, uint8, int32 and, as weights, int4,
+    uint4, int2 and uint2 integers. Blocked quantisation (``block_size``) is not supported."""
     block = int(_attr(node, "block_size", 0) or 0)
     if block:
         return (
