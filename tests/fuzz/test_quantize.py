@@ -103,3 +103,22 @@ def test_check_quantized_refuses_scales_that_do_not_fit_their_axis() -> None:
     check_quantized(model((4,), 0))
     with pytest.raises(ValueError, match="4 scales on axis 0 of 'b' \\[1, 4\\]"):
         check_quantized(model((1, 4), 0))
+
+
+@pytest.mark.parametrize(
+    ("variant", "activation", "weight"),
+    [("ort-s4", TensorProto.INT8, TensorProto.INT4), ("ort-u4", TensorProto.UINT8, TensorProto.UINT4)],
+)
+def test_int4_variants_store_convolution_weights_4bit(
+    float_path: Path, tmp_path: Path, variant: str, activation: int, weight: int
+) -> None:
+    """onnxruntime's QInt4 / QUInt4 weights: the packed int4 kernels on models from outside."""
+    a = quantize(float_path, variant, SEED, tmp_path / "a.onnx")
+    b = quantize(float_path, variant, SEED, tmp_path / "b.onnx")
+    model = onnx.load(str(a))
+    assert _activation_types(model) == {activation}
+    four_bit = [t for t in model.graph.initializer if t.data_type == weight]
+    assert any(len(t.dims) == 4 for t in four_bit), "no convolution weight stored 4-bit"
+    assert onnx.load(str(b)).SerializeToString(deterministic=True) == model.SerializeToString(
+        deterministic=True
+    )

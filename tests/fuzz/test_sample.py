@@ -31,6 +31,9 @@ INT8_CASES = (
     (210, "tvm-mcu"),
     (7, "ort-s8"),
     (119, "ort-u8"),
+    # onnxruntime's int4 weights: the packed kernels (opset 21 Q/DQ; com.microsoft's below it).
+    (1001, "ort-s4"),
+    (1010, "ort-u4"),
 )
 # Float seeds through `tvm-mcu prune` (the "prune" kind): one pruned for SRAM, one with nothing to prune.
 PRUNE_SEEDS = (2, 10, 11)

@@ -6,6 +6,10 @@ A variant names how the float model becomes the model the compiler sees:
 - ``tvm-mcu``: ``tvm_mcu.ptq.quantize_onnx`` (what ``tvm-mcu quantize`` runs): QDQ, int8 activations;
 - ``ort-s8`` / ``ort-u8``: onnxruntime's ``quantize_static``, QDQ format, int8 weights per channel,
   int8 (QInt8) or uint8 (QUInt8) activations;
+- ``ort-s4`` / ``ort-u4``: ``quantize_static``, QDQ, int4 (QInt4) or uint4 (QUInt4, zero point 8)
+  weights per channel, int8 or uint8 activations: the packed int4 kernels on models from outside
+  (onnxruntime makes Conv and Gemm weights int4, MatMul's stay 8-bit; below opset 21 it writes
+  ``com.microsoft`` Q/DQ);
 - ``ort-qop-u8``: ``quantize_static`` in QOperator format (QLinearConv, QLinearMatMul...), uint8
   activations: an optional variant, another import dialect;
 - ``prune``: the float model through ``tvm-mcu prune`` (L1 norms, no training, float figures) to 80 % of
@@ -29,9 +33,20 @@ TVM_MCU = "tvm-mcu"
 ORT_S8 = "ort-s8"
 ORT_U8 = "ort-u8"
 ORT_QOP_U8 = "ort-qop-u8"
+ORT_S4 = "ort-s4"
+ORT_U4 = "ort-u4"
 PRUNE = "prune"
-VARIANTS = (FLOAT, TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, PRUNE)
-INT8_VARIANTS = (TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8)
+VARIANTS = (FLOAT, TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, ORT_S4, ORT_U4, PRUNE)
+# Variants with int8 (or uint8) activations, the first three the ones a seed rotates through.
+INT8_VARIANTS = (TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, ORT_S4, ORT_U4)
+_ORT = {
+    # variant: (activation type, weight type) names of onnxruntime.quantization.QuantType
+    ORT_S8: ("QInt8", "QInt8"),
+    ORT_U8: ("QUInt8", "QInt8"),
+    ORT_QOP_U8: ("QUInt8", "QInt8"),
+    ORT_S4: ("QInt8", "QInt4"),
+    ORT_U4: ("QUInt8", "QUInt4"),
+}
 # Enough samples to calibrate ranges that cover most of a standard-normal input's outputs, few enough
 # that calibration takes well under a second on these small models.
 CALIBRATION_SAMPLES = 16
@@ -68,7 +83,7 @@ def quantize(float_path: Path, variant: str, seed: int, out_path: Path) -> Path:
 
         quantize_onnx(Path(float_path), calibration, Path(out_path))
         return Path(out_path)
-    if variant in (ORT_S8, ORT_U8, ORT_QOP_U8):
+    if variant in _ORT:
         _ort_quantize(Path(float_path), calibration, Path(out_path), variant)
         return Path(out_path)
     raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
@@ -106,8 +121,8 @@ def _ort_quantize(float_path: Path, calibration: dict[str, np.ndarray], out_path
             _Reader(),
             quant_format=QuantFormat.QOperator if variant == ORT_QOP_U8 else QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QInt8 if variant == ORT_S8 else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            activation_type=getattr(QuantType, _ORT[variant][0]),
+            weight_type=getattr(QuantType, _ORT[variant][1]),
             calibrate_method=CalibrationMethod.MinMax,
         )
     finally:
