@@ -1,6 +1,7 @@
 """The int4 section of docs/BENCHMARKS.md: layers whose weights hold values in [-8, 7] with those weights
-packed two per byte (PackWeights, ``--weights auto``) against the same layers with them as bytes
-(``--weights int8``), instructions per MAC on QEMU and flash, bit-exact with the reference and each other.
+packed two per byte (PackWeights, ``--weights auto``), and in [-2, 1] four per byte, against the same
+layers with them as bytes (``--weights int8``), instructions per MAC on QEMU and flash, bit-exact with the
+reference and each other.
 """
 
 from __future__ import annotations
@@ -15,24 +16,26 @@ import numpy as np
 from tvm_mcu import api
 
 ROOT = Path(__file__).resolve().parent.parent
-INT4_HEADING = "## int4 weights packed two per byte"
+INT4_HEADING = "## int4 weights packed two per byte (int2: four)"
 BOARDS = ("mps2-an386", "mps2-an385")  # Cortex-M4 (DSP: the masked-nibble SMLAD path), Cortex-M3
 SEEDS = 3
 GOAL = 1.25  # int4 instructions per MAC at most this times int8's, on the M4
-# (label, builder name and argument in tests/zoo/qdq_ops.py)
+# (label, builder name and argument in tests/zoo/qdq_ops.py, the weights' bits)
 CASES = (
-    ("3x3 conv 32 -> 64, 16x16, padded", "layer", "conv"),
-    ("dense 256 -> 64", "layer", "dense"),
-    ("small CNN (tests/e2e/test_int4.py)", "cnn", ""),
+    ("3x3 conv 32 -> 64, 16x16, padded", "layer", "conv", 4),
+    ("dense 256 -> 64", "layer", "dense", 4),
+    ("small CNN (tests/e2e/test_int4.py)", "cnn", "", 4),
+    ("3x3 conv 32 -> 64, 16x16, padded", "layer", "conv", 2),
+    ("dense 256 -> 64", "layer", "dense", 2),
 )
 
 
-def _model(tmp: Path, builder: str, arg: str) -> Path:
+def _model(tmp: Path, builder: str, arg: str, bits: int) -> Path:
     sys.path.insert(0, str(ROOT))  # the models are the tests' (tests/zoo/qdq_ops.py)
     from tests.zoo.qdq_ops import int4_cnn, int4_layer
 
-    path = tmp / f"int4_{builder}{'_' + arg if arg else ''}.onnx"
-    path.write_bytes((int4_layer(arg) if builder == "layer" else int4_cnn()).SerializeToString())
+    path = tmp / f"int{bits}_{builder}{'_' + arg if arg else ''}.onnx"
+    path.write_bytes((int4_layer(arg, bits) if builder == "layer" else int4_cnn(bits)).SerializeToString())
     return path
 
 
@@ -60,18 +63,21 @@ def int4_section(tmp: Path) -> list[str]:
         "(`--weights auto`; `--weights int8` keeps them as bytes): each 8 values of a channel one word of",
         "nibbles, which the Cortex-M4 kernels split with one AND of a shifted register per pair of weights",
         "(no SXTB16 on them) into SMLAD operands at 4096 times their value, summed exactly over up to 256",
-        "values. Both builds compute channels-last; instructions per MAC of the layer (its operator call)",
-        f"on QEMU, goal at most {GOAL}x int8's on the M4; weights B as stored (the ELF's flash falls by",
+        "values. int2 weights (values in [-2, 1], ONNX INT2) are stored four per byte, two channels' 8",
+        "values a word, split the same way at 16384 times their value (`passes/tir/crumb_kernels.py`).",
+        "Both builds compute channels-last; instructions per MAC of the layer (its operator call)",
+        f"on QEMU, goal at most {GOAL}x int8's on the M4 (packed: the int4 or int2 build); weights B as "
+        "stored (the ELF's flash falls by",
         "the same bytes less the nibble kernels' code, inlined in each operator: about 100 B each on the M4,",
-        f"300 B on the M3, which unrolls the extraction). {SEEDS} seeded inputs per build: int4 = int8 when",
+        f"300 B on the M3, which unrolls the extraction). {SEEDS} seeded inputs per build: packed = int8 when",
         "the two builds' outputs are identical; reference: tvm-mcu verify's verdict for both builds (match",
         "per operator: a tie the float reference rounds the other way).",
         "",
-        "| layer | board | int8 per MAC | int4 per MAC | ratio | int8 weights B | int4 weights B | flash B int8 -> int4 | int4 = int8 | reference |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| layer | weights | board | int8 per MAC | packed per MAC | ratio | int8 weights B | packed weights B | flash B int8 -> packed | packed = int8 | reference |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for label, builder, arg in CASES:
-        path = _model(tmp, builder, arg)
+    for label, builder, arg, bits in CASES:
+        path = _model(tmp, builder, arg, bits)
         for board in BOARDS:
             runs = {w: _run(path, board, tmp / f"{path.stem}_{w}_{board}", w) for w in ("int8", "auto")}
             (r8, out8, v8), (r4, out4, v4) = runs["int8"], runs["auto"]
@@ -90,10 +96,11 @@ def int4_section(tmp: Path) -> list[str]:
                 per4 = float(r4.instructions) / r4.macs  # type: ignore[attr-defined]
                 w8, w4 = r8.stored_weights_bytes, r4.stored_weights_bytes  # type: ignore[attr-defined]
             print(
-                f"int4: {label} on {board}: {per8:.3f} -> {per4:.3f} per MAC, {w8:,} -> {w4:,} B", flush=True
+                f"int{bits}: {label} on {board}: {per8:.3f} -> {per4:.3f} per MAC, {w8:,} -> {w4:,} B",
+                flush=True,
             )
             lines.append(
-                f"| {label} | {board} | {per8:.3f} | {per4:.3f} | {per4 / per8:.3f}x | {w8:,} | {w4:,} | "
+                f"| {label} | int{bits} | {board} | {per8:.3f} | {per4:.3f} | {per4 / per8:.3f}x | {w8:,} | {w4:,} | "
                 f"{r8.flash_bytes:,} -> {r4.flash_bytes:,} | "  # type: ignore[attr-defined]
                 f"{'yes' if same else 'NO'} | {', '.join(sorted(v8 | v4))} |"
             )

@@ -216,6 +216,7 @@ def compile_model(
         float_routines=fw.float_routines,
         int16_weight_ops=result.int16_weight_ops,
         int4_weight_ops=result.int4_weight_ops,
+        int2_weight_ops=result.int2_weight_ops,
         stored_weights_bytes=result.stored_weights_bytes,
         stored_constants_bytes=result.stored_constants_bytes,
         layout=result.layout,

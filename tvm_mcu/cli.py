@@ -142,6 +142,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"weights stored as int16 for: {', '.join(compiled.report.int16_weight_ops)}")
     if compiled.report.int4_weight_ops:
         print(f"weights stored as int4 for: {', '.join(compiled.report.int4_weight_ops)}")
+    if compiled.report.int2_weight_ops:
+        print(f"weights stored as int2 for: {', '.join(compiled.report.int2_weight_ops)}")
     for c in compiled.report.compressed_weights:
         print(
             f"weights Golomb-Rice coded for {c.step} ({c.weight}): {c.raw_bytes:,} -> {c.stored_bytes:,} B "

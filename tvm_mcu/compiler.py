@@ -87,9 +87,11 @@ class Compiled:
     io_quantization: dict[str, list[list[float]]] | None = None
     float_ops: tuple[str, ...] = ()
     # The operators whose weights are stored pre-widened to int16 (``weights="int16"``), and those with
-    # weights stored as int4, two per byte (``weights="auto"``, values in [-8, 7]).
+    # weights stored as int4, two per byte (``weights="auto"``, values in [-8, 7]), or as int2, four per
+    # byte (values in [-2, 1]).
     int16_weight_ops: tuple[str, ...] = ()
     int4_weight_ops: tuple[str, ...] = ()
+    int2_weight_ops: tuple[str, ...] = ()
     # The bytes model.c stores for the weights: each weight once per layout its steps read it in; of
     # those, the per-channel constants' (the int32 [C, 3] arrays: bias, multiplier, shift).
     stored_weights_bytes: int = 0
@@ -224,6 +226,7 @@ def _blocked_weights(lowered: _tvm.IRModule) -> dict[str, dict[int, model_c.Bloc
             (block_weights.ATTR_BLOCKED, "int8"),
             (widen_weights.ATTR_WIDENED, "int16"),
             (pack_weights.ATTR_PACKED, "int4"),
+            (pack_weights.ATTR_CRUMBS, "int2"),
             (compress_weights.ATTR_COMPRESSED, "rice"),
         ):
             layout.update(
@@ -297,19 +300,26 @@ def _mark_unpack(
             funcs[callee] = funcs[callee].with_attr(unpack_int4_weights.ATTR_WANTED, positions)
 
 
-def _pack_int4(lowered: _tvm.IRModule, graph: Graph) -> _tvm.IRModule:
-    """``lowered`` with the blocked weights that fit int4 packed (PackWeights), the parameters marked
-    from ``graph``'s constants."""
-    wanted = _int4_parameters(graph)
-    marked = _tvm.IRModule(
-        {
-            gv: f.with_attr(pack_weights.ATTR_INT4, sorted(wanted[gv.name_hint]))
-            if isinstance(f, _tvm.PrimFunc) and wanted.get(gv.name_hint)
-            else f
-            for gv, f in lowered.functions_items()
-        }
+def _int2_parameters(graph: Graph) -> dict[str, set[int]]:
+    """Callee -> positions of the parameters every call of it passes int8 weights in [-2, 1] in."""
+    return _every_call(
+        graph, lambda n: graph.tensors[n].kind == "weight" and pack_weights.fits_int2(graph.weights[n])
     )
-    return pipeline.run([PackWeights()], marked)
+
+
+def _pack_int4(lowered: _tvm.IRModule, graph: Graph) -> _tvm.IRModule:
+    """``lowered`` with the blocked weights that fit int4 packed (PackWeights; those that fit int2 four
+    per byte), the parameters marked from ``graph``'s constants."""
+    wanted = _int4_parameters(graph)
+    two_bit = _int2_parameters(graph)
+    funcs = {}
+    for gv, f in lowered.functions_items():
+        if isinstance(f, _tvm.PrimFunc) and wanted.get(gv.name_hint):
+            f = f.with_attr(pack_weights.ATTR_INT4, sorted(wanted[gv.name_hint]))
+            if two_bit.get(gv.name_hint):
+                f = f.with_attr(pack_weights.ATTR_INT2, sorted(two_bit[gv.name_hint]))
+        funcs[gv] = f
+    return pipeline.run([PackWeights()], _tvm.IRModule(funcs))
 
 
 # Which weights ``compile_module(compress=...)`` stores Golomb-Rice coded: "off" none, "all" every one that
@@ -354,7 +364,9 @@ def compressible(graph: Graph, weights: str = "auto") -> list[Compressible]:
             if stride % 8:
                 continue
             chunk = 4 * stride
-            raw = w.nbytes // 2 if weights == "auto" and pack_weights.fits_int4(w) else w.nbytes
+            raw = w.nbytes
+            if weights == "auto" and pack_weights.fits_int4(w):
+                raw = w.nbytes // (4 if pack_weights.fits_int2(w) else 2)
             if weights == "int16":
                 raw = 2 * w.nbytes
             stored = rice_kernels.encoded_bytes(w, chunk)
@@ -1043,6 +1055,11 @@ def compile_once(
         for gv, f in lowered.functions_items()
         if f.attrs is not None and f.attrs.get(pack_weights.ATTR_PACKED)
     }
+    crumbs = {
+        gv.name_hint
+        for gv, f in lowered.functions_items()
+        if f.attrs is not None and f.attrs.get(pack_weights.ATTR_CRUMBS)
+    }
     kernels = c_ops.kernels_source(lowered, readonly=_weight_parameters(graph))
     blocked = _blocked_weights(lowered)
     stored = _positions_marked(lowered, sparse_filterlets.ATTR_SPARSE)
@@ -1112,6 +1129,7 @@ def compile_once(
         sram_budget=sram_budget,
         int16_weight_ops=tuple(st.name for st in graph.steps if st.callee in widened),
         int4_weight_ops=tuple(st.name for st in graph.steps if st.callee in packed or st.callee in nibbles),
+        int2_weight_ops=tuple(st.name for st in graph.steps if st.callee in crumbs),
         stored_weights_bytes=model_c.stored_weights_bytes(graph, blocked, stored, elements, nibbles),
         stored_constants_bytes=model_c.stored_weights_bytes(
             graph, blocked, stored, elements, nibbles, constants=True

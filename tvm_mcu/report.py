@@ -126,9 +126,11 @@ class Report:
     stored_weights_bytes: int = 0
     stored_constants_bytes: int = 0
     # The operators whose weights are stored pre-widened to int16 (compile --weights int16), and those
-    # whose weights are stored as int4, two per byte (--weights auto, the default: values in [-8, 7]).
+    # whose weights are stored as int4, two per byte (--weights auto, the default: values in [-8, 7]), or
+    # as int2, four per byte (values in [-2, 1]).
     int16_weight_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     int4_weight_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    int2_weight_ops: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # Warnings the C compiler gave for the generated library (-Wall -Wextra); expected to be none.
     library_warnings: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     # The schedule picked (layer by layer, in place, ...), the SRAM budget asked for, and the bytes of the

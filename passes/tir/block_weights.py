@@ -71,7 +71,7 @@ def _weight_load(call: Any, at: int) -> Any | None:
     return load if isinstance(load, TensorLoad) and len(load.indices) == 1 else None
 
 
-def _multiple(expr: Any, k: int, ana: Any) -> bool:
+def provably_multiple(expr: Any, k: int, ana: Any) -> bool:
     """Whether ``expr`` is provably a multiple of ``k``: by the analyzer, or term by term (a product
     with a constant multiple of ``k``, sums, differences, minima and maxima of multiples, casts), which
     covers the clamped bounds of a padded row."""
@@ -79,12 +79,12 @@ def _multiple(expr: Any, k: int, ana: Any) -> bool:
         return int(expr) % k == 0
     if isinstance(expr, tirx.Mul):
         return any(isinstance(f, tirx.IntImm) and int(f) % k == 0 for f in (expr.a, expr.b)) or (
-            _multiple(expr.a, k, ana) or _multiple(expr.b, k, ana)
+            provably_multiple(expr.a, k, ana) or provably_multiple(expr.b, k, ana)
         )
     if isinstance(expr, tirx.Add | tirx.Sub | tirx.Min | tirx.Max):
-        return _multiple(expr.a, k, ana) and _multiple(expr.b, k, ana)
+        return provably_multiple(expr.a, k, ana) and provably_multiple(expr.b, k, ana)
     if isinstance(expr, tirx.Cast):
-        return _multiple(expr.value, k, ana)
+        return provably_multiple(expr.value, k, ana)
     return bool(ana.can_prove(tirx.floormod(expr, tirx.IntImm(str(expr.ty), k)) == 0))
 
 
@@ -122,8 +122,8 @@ def _blockable(func: PrimFunc, owners: dict[Any, Any]) -> dict[Any, int]:
             found is not None
             and isinstance(stride, tirx.IntImm)
             and int(stride) % BLOCK_VALUES == 0
-            and _multiple(load.indices[0], BLOCK_VALUES, ana)
-            and _multiple(n, BLOCK_VALUES, ana)
+            and provably_multiple(load.indices[0], BLOCK_VALUES, ana)
+            and provably_multiple(n, BLOCK_VALUES, ana)
         ):
             strides.setdefault(owner, set()).add(int(stride))
         else:

@@ -15,6 +15,7 @@ one LDR: Armv7-M and Armv8-M mainline allow an unaligned LDR, so a slice of any 
 
 from __future__ import annotations
 
+from tvm_mcu.passes.tir.crumb_kernels import HEADER_TEXT as CRUMB_HEADER_TEXT
 from tvm_mcu.passes.tir.float_kernels import HEADER_TEXT as FLOAT_HEADER_TEXT
 from tvm_mcu.passes.tir.nibble_kernels import HEADER_TEXT as NIBBLE_HEADER_TEXT
 from tvm_mcu.passes.tir.rice_kernels import HEADER_TEXT as RICE_HEADER_TEXT
@@ -58,6 +59,10 @@ RUNS4H = {("int8", "int8"): "tvmmcu_dot4h_runs_s8s16", ("uint8", "int8"): "tvmmc
 DOT4Q = {("int8", "int8"): "tvmmcu_dot4q_s8s4", ("uint8", "int8"): "tvmmcu_dot4q_u8s4"}
 SUM4Q = {"int8": "tvmmcu_dot4q_sum_s4"}
 RUNS4Q = {("int8", "int8"): "tvmmcu_dot4q_runs_s8s4", ("uint8", "int8"): "tvmmcu_dot4q_runs_u8s4"}
+# The blocked kernels over int2 weights packed four per byte (PackWeights; crumb_kernels.py).
+DOT4C = {("int8", "int8"): "tvmmcu_dot4c_s8s2", ("uint8", "int8"): "tvmmcu_dot4c_u8s2"}
+SUM4C = {"int8": "tvmmcu_dot4c_sum_s2"}
+RUNS4C = {("int8", "int8"): "tvmmcu_dot4c_runs_s8s2", ("uint8", "int8"): "tvmmcu_dot4c_runs_u8s2"}
 # A copy of contiguous bytes (an in-place kernel's staged output written back), a word at a time.
 COPY = "tvmmcu_dot_copy8"
 # The same from contiguous bytes to every stride-th byte (a depthwise plane written back).
@@ -574,29 +579,37 @@ static inline int32_t tvmmcu_dot4_sum_s8(const int8_t *w, int32_t ws, int32_t n,
  * values of the data a step (LDRD where word-aligned), widened once, then BLOCK8 adds one channel's 8
  * products from the weight pointer p; AT(k) is where value k of channel 0 sits in a block of 32. */
 #if defined(__ARM_FEATURE_DSP)
-#define TVMMCU_DOT_STEP8(BLOCK8)                                                 \
+#define TVMMCU_DOT_WIDEN8                                                        \
   const uint32_t v0 = x_unsigned ? tvmmcu_dot_u02(lo) : tvmmcu_dot_s02(lo);   \
   const uint32_t v1 = x_unsigned ? tvmmcu_dot_u13(lo) : tvmmcu_dot_s13(lo);   \
   const uint32_t v2 = x_unsigned ? tvmmcu_dot_u02(hi) : tvmmcu_dot_s02(hi);   \
-  const uint32_t v3 = x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi);   \
-  BLOCK8(a0);                                                                  \
-  BLOCK8(a1);                                                                  \
-  BLOCK8(a2);                                                                  \
+  const uint32_t v3 = x_unsigned ? tvmmcu_dot_u13(hi) : tvmmcu_dot_s13(hi)
+#define TVMMCU_DOT_STEP8(BLOCK8) \
+  TVMMCU_DOT_WIDEN8;             \
+  BLOCK8(a0);                    \
+  BLOCK8(a1);                    \
+  BLOCK8(a2);                    \
   BLOCK8(a3)
-#define TVMMCU_DOT_BLOCKED_LOOP(BLOCK8)                 \
+/* The same with PAIR adding two channels' products from one weight word (crumb_kernels.py). */
+#define TVMMCU_DOT_STEP8_PAIRS(PAIR) \
+  TVMMCU_DOT_WIDEN8;                 \
+  PAIR(a0, a1);                      \
+  PAIR(a2, a3)
+#define TVMMCU_DOT_BLOCKED_LOOP_OF(STEP, BLOCK)         \
   if ((((uint32_t)(uintptr_t)x) & 3u) == 0u) {         \
     while (xu != end) {                                 \
       TVMMCU_DOT_LDRD_NEXT(xu, lo, hi);                 \
-      TVMMCU_DOT_STEP8(BLOCK8);                         \
+      STEP(BLOCK);                                      \
     }                                                   \
   } else {                                              \
     while (xu != end) {                                 \
       lo = tvmmcu_dot_word(xu);                         \
       hi = tvmmcu_dot_word(xu + 4);                     \
       xu += 8;                                          \
-      TVMMCU_DOT_STEP8(BLOCK8);                         \
+      STEP(BLOCK);                                      \
     }                                                   \
   }
+#define TVMMCU_DOT_BLOCKED_LOOP(BLOCK8) TVMMCU_DOT_BLOCKED_LOOP_OF(TVMMCU_DOT_STEP8, BLOCK8)
 #endif
 #define TVMMCU_DOT_BLOCKED_RUN(name, WT, BLOCK8, AT)                                               \
   static inline __attribute__((always_inline)) void name(const void *x, const WT *wb, int32_t n,     \
@@ -986,11 +999,12 @@ static inline int32_t tvmmcu_dot_copy8(void *dst, const void *src, int32_t n) {
 #endif
 """
 
-# The packed int4 kernels (they use the blocked kernels' macros), the float32 kernels, the
+# The packed int4 and int2 kernels (they use the blocked kernels' macros), the float32 kernels, the
 # filterlet-sparse and the element-sparse ones, the Golomb-Rice weight decoder: sections of the same
 # header, each with its own include guard.
 HEADER_TEXT += (
     NIBBLE_HEADER_TEXT
+    + CRUMB_HEADER_TEXT
     + FLOAT_HEADER_TEXT
     + SPARSE_HEADER_TEXT
     + SPARSE_F32_HEADER_TEXT

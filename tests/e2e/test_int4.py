@@ -1,7 +1,8 @@
 """int4 weights: an int8 QDQ model whose convolution and dense weights hold values in [-8, 7] stores the
 weights the blocked kernels read two per byte (PackWeights, ``weights="auto"``, the default), bit-exact
 with the reference and with the same model built with its weights as bytes, on a core with the DSP
-extension and one without, under every schedule; those weights take half their bytes in the ELF."""
+extension and one without, under every schedule; those weights take half their bytes in the ELF. int2
+weights (values in [-2, 1]) the same, four per byte, a quarter of the bytes."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from tvm_mcu.targets.elf import read_elf
 pytestmark = pytest.mark.emulator
 
 
-def _model(tmp_path: Path) -> Path:
-    path = tmp_path / "int4_cnn.onnx"
-    path.write_bytes(int4_cnn().SerializeToString())
+def _model(tmp_path: Path, bits: int = 4) -> Path:
+    path = tmp_path / f"int{bits}_cnn.onnx"
+    path.write_bytes(int4_cnn(bits).SerializeToString())
     return path
 
 
@@ -84,6 +85,51 @@ def test_int4_weights_are_packed_bit_exact_and_half_the_bytes(board: str, tmp_pa
     )
     depthwise_ops = [o.name for o in packed.report.ops if "int4 unpacked per call" in o.weights_format]
     assert len(depthwise_ops) == 1 and set(depthwise_ops) <= set(packed.report.int4_weight_ops)
+
+
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"])
+def test_int2_weights_are_packed_bit_exact_and_a_quarter_of_the_bytes(board: str, tmp_path: Path) -> None:
+    path = _model(tmp_path, 2)
+    packed = api.verify(path, board, tmp_path / "int2", seed=2)
+    plain = api.verify(
+        path,
+        board,
+        tmp_path / "int8",
+        seed=2,
+        weights="int8",
+        channels_last=True,
+        schedule=packed.report.schedule,
+    )
+    for v in (packed, plain):
+        assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference
+        assert v.report.library_warnings == ()
+    assert all(np.array_equal(a, b) for a, b in zip(packed.outputs, plain.outputs, strict=True))
+    source = (tmp_path / "int2" / "model.c").read_text()
+    assert "tvmmcu_dot4c_runs_s8s2" in source and "as int2 four per byte" in source
+    assert "tvmmcu_dot4b_" not in source and "tvmmcu_dot4q_" not in source
+    crumbs = _weight_symbols(tmp_path / "int2", "_c")
+    blocked = _weight_symbols(tmp_path / "int8", "_b")
+    assert len(crumbs) == 3 and crumbs.keys() == blocked.keys()  # the 3x3, 1x1 and dense weights
+    assert all(4 * size == blocked[key] for key, size in crumbs.items()), (crumbs, blocked)
+    assert len(packed.report.int2_weight_ops) == 3 and plain.report.int2_weight_ops == ()
+    # The depthwise weights stay int4, unpacked into the workspace per call (72 B).
+    assert _weight_symbols(tmp_path / "int2", "_n") == {("w4", ""): 72}
+    stored = plain.report.stored_weights_bytes - packed.report.stored_weights_bytes
+    assert stored == 3 * sum(crumbs.values()) + 72
+
+
+def test_every_schedule_is_bit_exact_with_int2_weights(tmp_path: Path) -> None:
+    """As with int4 weights, on the M4 (the crumbs' SMLAD path), the first schedule on the M3 too."""
+    path = _model(tmp_path, 2)
+    model = load_model(path)
+    plan = compiler.plan_schedules(model.mod, model_name=model.name, convert=True)
+    labels = [c.label for c in plan.candidates]
+    assert {"in place", "partial execution", "row bands"} <= set(labels), labels
+    for k, label in enumerate(sample(labels)):
+        for board in ("mps2-an386", "mps2-an385") if k == 0 else ("mps2-an386",):
+            v = api.verify(path, board, tmp_path / f"{k}_{board}", seed=k, schedule=label)
+            assert v.passed and v.report.max_abs_error == 0.0, (label, board, v.report.worst_difference)
+            assert v.report.int2_weight_ops, label
 
 
 def test_every_schedule_is_bit_exact_with_int4_weights(tmp_path: Path) -> None:

@@ -63,10 +63,11 @@ class _Q:
         self, shape: tuple[int, ...], axis: int = 0, bits: int = 8, sigma: float = 0.0, zeros: float = 0.0
     ) -> str:
         """A per-channel int8 weight along ``axis``, dequantised; ``bits=4``: its values in [-8, 7] (an
-        ONNX INT4 initialiser as imported). ``sigma``: int8 values rounded from a normal distribution of
-        that spread (as trained weights), instead of uniform; ``zeros``: that fraction of them zero (as
-        pruned weights)."""
-        w = self.rng.integers(-127 if bits == 8 else -8, 128 if bits == 8 else 8, shape).astype(np.int8)
+        ONNX INT4 initialiser as imported), ``bits=2``: in [-2, 1] (INT2). ``sigma``: int8 values rounded
+        from a normal distribution of that spread (as trained weights), instead of uniform; ``zeros``:
+        that fraction of them zero (as pruned weights)."""
+        lo, hi = {8: (-127, 127), 4: (-8, 7), 2: (-2, 1)}[bits]
+        w = self.rng.integers(lo, hi + 1, shape).astype(np.int8)
         if sigma:
             w = np.clip(np.rint(self.rng.normal(0.0, sigma, shape)), -127, 127).astype(np.int8)
             w[0].flat[0], w[-1].flat[-1] = -127, 127  # the extremes
@@ -335,9 +336,10 @@ QDQ_OPS: dict[str, Callable[[str], onnx.ModelProto]] = {
 
 def int4_cnn(bits: int = 4) -> onnx.ModelProto:
     """An int8 QDQ CNN whose convolution and dense weights hold values in [-8, 7] (``bits=8``: the same
-    model with int8 weights): a 3x3 convolution over 3 input channels (too few for the blocked kernels:
-    its weights stay bytes), a padded 3x3 one over 8 (the padding summed), a depthwise one, a 1x1 one,
-    max pooling and a dense layer: every kind of schedule (in place, channel slices, row bands)."""
+    model with int8 weights; ``bits=2``: in [-2, 1]): a 3x3 convolution over 3 input channels (too few
+    for the blocked kernels: its weights stay bytes), a padded 3x3 one over 8 (the padding summed), a
+    depthwise one, a 1x1 one, max pooling and a dense layer: every kind of schedule (in place, channel
+    slices, row bands)."""
     g = _Q("int8", 31)
     x = g.input([1, 3, 8, 8], 0.05, 3)
     y = g.op("Conv", [x, g.weight((8, 3, 3, 3), bits=bits)], pads=[1, 1, 1, 1])

@@ -15,7 +15,7 @@ from tvm_mcu import __version__
 from tvm_mcu.codegen.c_ops import OP_QUALIFIER_DEFINITION
 from tvm_mcu.passes.tir import rice_kernels, sparse_element_kernels
 from tvm_mcu.passes.tir.block_weights import block
-from tvm_mcu.passes.tir.pack_weights import pack
+from tvm_mcu.passes.tir.pack_weights import pack, pack2
 from tvm_mcu.passes.tir.sparse_kernels import compress_blob, filterlets_kept
 from tvm_mcu.passes.tir.unpack_int4_weights import pack_flat
 from tvm_mcu.passes.tir.widen_weights import widen
@@ -254,15 +254,16 @@ NIBBLES = "nibbles"  # int4 two per byte in the model's order, unpacked per call
 class Blocked:
     """The layout of weights stored blocked by four channels of ``stride`` values (BlockWeights), each
     value as ``width``: "int8" as the model has it, "int16" pre-widened (WidenWeights), "int4" packed
-    two per byte (PackWeights), "rice" int8 Golomb-Rice coded in chunks of four channels
+    two per byte, "int2" four per byte (PackWeights), "rice" int8 Golomb-Rice coded in chunks of four channels
     (CompressWeights)."""
 
     stride: int
     width: str = "int8"
 
 
-# What a weight's symbol ends with in each blocked width: blocked, halfwords, nibbles (quarter words).
-_BLOCKED_SUFFIX = {"int8": "_b", "int16": "_h", "int4": "_q", "rice": "_r"}
+# What a weight's symbol ends with in each blocked width: blocked, halfwords, nibbles (quarter words),
+# crumbs.
+_BLOCKED_SUFFIX = {"int8": "_b", "int16": "_h", "int4": "_q", "int2": "_c", "rice": "_r"}
 
 Layout = str | Blocked
 
@@ -329,6 +330,7 @@ _BLOCKED_FORMAT = {
     "int8": "dense, blocked",
     "int16": "dense, int16",
     "int4": "dense, int4",
+    "int2": "dense, int2",
     "rice": "dense, Golomb-Rice",
 }
 
@@ -396,6 +398,8 @@ def _stored(values: np.ndarray, layout: Layout) -> tuple[np.ndarray, str]:
         return widen(values, layout.stride), note + ", as int16"
     if layout.width == "int4":
         return pack(values, layout.stride), note + ", as int4 two per byte"
+    if layout.width == "int2":
+        return pack2(values, layout.stride), note + ", as int2 four per byte"
     if layout.width == "rice":
         blob = rice_kernels.encode(block(values, layout.stride), 4 * layout.stride)
         return blob.view(

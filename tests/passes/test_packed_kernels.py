@@ -1,6 +1,7 @@
-"""The packed int4 kernels (``tvmmcu_dot4q_*``) against numpy on PackWeights' layout: the portable C on
-the host, SMLAD on masked nibbles (Cortex-M4) and the portable C (Cortex-M3) on the emulator, with the
-largest products long enough to cross the exact flush of the scaled sums."""
+"""The packed int4 kernels (``tvmmcu_dot4q_*``) and int2 kernels (``tvmmcu_dot4c_*``) against numpy on
+PackWeights' layouts: the portable C on the host, SMLAD on masked nibbles and crumbs (Cortex-M4) and the
+portable C (Cortex-M3) on the emulator, with the largest products long enough to cross the exact flush of
+the scaled sums."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import ctypes
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from tvm_mcu.passes.tir.crumb_kernels import CRUMB_AT
 from tvm_mcu.passes.tir.dot_kernels import HEADER_TEXT
 from tvm_mcu.passes.tir.nibble_kernels import NIBBLE_CHUNK
-from tvm_mcu.passes.tir.pack_weights import pack
+from tvm_mcu.passes.tir.pack_weights import pack, pack2
 
 VALUES = 528  # per channel: two flushes of NIBBLE_CHUNK values and a part
 DATA = 3 * VALUES + 8  # bytes of data: all -128, all 0xFF (-1 and 255), then random
@@ -29,13 +32,16 @@ RUNS = [
     (1, 3, 168, (600, 168), (0, 1, 0, 3)),  # one run of 504 values: across two flushes
 ]
 PAD = {"s8": -9, "u8": 200}
+# The weight width -> (its kernels' prefix and weight suffix, the packing, the range of its values).
+KINDS = {"int4": ("tvmmcu_dot4q", "s4", pack, -8, 7), "int2": ("tvmmcu_dot4c", "s2", pack2, -2, 1)}
 
 
-def _weights() -> np.ndarray:
-    """Four channels of VALUES int4 values: all -8, all 7, then random in [-8, 7]."""
+def _weights(kind: str) -> np.ndarray:
+    """Four channels of VALUES values: all the smallest, all the largest, then random in the range."""
+    _, _, _, lo, hi = KINDS[kind]
     rng = np.random.default_rng(4)
-    w = rng.integers(-8, 8, (4, VALUES)).astype(np.int8)
-    w[0], w[1] = -8, 7
+    w = rng.integers(lo, hi + 1, (4, VALUES)).astype(np.int8)
+    w[0], w[1] = lo, hi
     return w
 
 
@@ -45,8 +51,9 @@ def _data() -> np.ndarray:
     return x
 
 
-def _calls() -> tuple[str, list[tuple[str, int, int, int]]]:
+def _calls(kind: str) -> tuple[str, list[tuple[str, int, int, int]]]:
     """The C calls and, per output, what numpy computes: (kind, case, data offset, n or window)."""
+    k4, ws = KINDS[kind][:2]
     lines: list[str] = []
     expected: list[tuple[str, int, int, int]] = []
     for n in LENGTHS:
@@ -54,10 +61,10 @@ def _calls() -> tuple[str, list[tuple[str, int, int, int]]]:
             at = f"x + {base}"
             lines += [
                 f"{{ int32_t acc[4] = {{{n}, -{n}, {base}, -7}};",
-                f"  tvmmcu_dot4q_s8s4({at}, wq, {n}, acc); for (int j = 0; j < 4; ++j) *out++ = acc[j];",
-                f"  tvmmcu_dot4q_u8s4((const uint8_t *)({at}), wq, {n}, acc);",
+                f"  {k4}_s8{ws}({at}, wq, {n}, acc); for (int j = 0; j < 4; ++j) *out++ = acc[j];",
+                f"  {k4}_u8{ws}((const uint8_t *)({at}), wq, {n}, acc);",
                 "  for (int j = 0; j < 4; ++j) *out++ = acc[j];",
-                f"  tvmmcu_dot4q_sum_s4(wq, {n}, {-128 if base else 255}, acc);",
+                f"  {k4}_sum_{ws}(wq, {n}, {-128 if base else 255}, acc);",
                 "  for (int j = 0; j < 4; ++j) *out++ = acc[j]; }",
             ]
             expected.append(("dot", n, base, 0))
@@ -66,7 +73,7 @@ def _calls() -> tuple[str, list[tuple[str, int, int, int]]]:
             cast = "(const uint8_t *)" if sign == "u8" else ""
             lines += [
                 "{ int32_t acc[4] = {5, -6, 7, -8};",
-                f"  tvmmcu_dot4q_runs_{sign}s4({cast}(x + {2 * VALUES}), {xsy}, {xsx}, wq, {kh}, {kw}, {n}, "
+                f"  {k4}_runs_{sign}{ws}({cast}(x + {2 * VALUES}), {xsy}, {xsx}, wq, {kh}, {kw}, {n}, "
                 f"{y0}, {y1}, {x0}, {x1}, {pad}, acc);",
                 "  for (int j = 0; j < 4; ++j) *out++ = acc[j]; }",
             ]
@@ -106,14 +113,14 @@ def _expected(x: np.ndarray, w: np.ndarray, cases: list[tuple[str, int, int, int
     return np.array(out, np.int64).astype(np.int32)
 
 
-def _library(directory: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+def _library(directory: Path, kind: str) -> tuple[Path, np.ndarray, np.ndarray]:
     """model.c calling the kernels, its input (the data, then the packed weights) and the expected
     outputs."""
     from tests.targets.test_firmware_on_emulator import MODEL_H
 
-    x, w = _data(), _weights()
-    packed = pack(w, VALUES)
-    calls, cases = _calls()
+    x, w = _data(), _weights(kind)
+    packed = KINDS[kind][2](w, VALUES)
+    calls, cases = _calls(kind)
     expected = _expected(x, w, cases)
     source = (
         '#include "model.h"\n#include "tvmmcu_dot.h"\n\n'
@@ -132,7 +139,7 @@ def _library(directory: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 
 
 def test_the_packed_layout_is_half_the_bytes_in_nibble_order() -> None:
-    w = _weights()
+    w = _weights("int4")
     packed = pack(w, VALUES)
     assert packed.dtype == np.uint8 and packed.size == w.size // 2
     # Block 0, channel 2: byte 0 = w0 | w1 << 4, byte 1 = w4 | w5 << 4, byte 2 = w2 | w3 << 4, ...
@@ -142,16 +149,31 @@ def test_the_packed_layout_is_half_the_bytes_in_nibble_order() -> None:
     assert list(values) == list(w[2, [0, 1, 4, 5, 2, 3, 6, 7]])
 
 
-def test_pack_refuses_values_beyond_int4() -> None:
-    w = _weights()
-    w[3, 5] = 8
-    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
-        pack(w, VALUES)
+def test_the_crumb_layout_is_a_quarter_of_the_bytes_two_channels_a_word() -> None:
+    w = _weights("int2")
+    packed = pack2(w, VALUES)
+    assert packed.dtype == np.uint8 and packed.size == w.size // 4
+    # Block 1 (values 8..15): word 0 holds channels 0 and 1, word 1 channels 2 and 3; value r of the
+    # first channel in crumb CRUMB_AT[r], of the second one crumb lower.
+    words = packed[8:16].view("<u4").astype(np.int64)
+    for j in range(4):
+        crumbs = [(int(words[j // 2]) >> (2 * (q - j % 2))) & 3 for q in CRUMB_AT]
+        values = [c - 4 if c >= 2 else c for c in crumbs]
+        assert values == list(w[j, 8:16]), j
 
 
-def test_the_kernels_are_exact_in_plain_c(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("packer", "value", "pattern"), [(pack, 8, r"\[-8, 7\]"), (pack2, 2, r"\[-2, 1\]")])
+def test_pack_refuses_values_beyond_the_width(packer: Any, value: int, pattern: str) -> None:
+    w = _weights("int2")
+    w[3, 5] = value
+    with pytest.raises(ValueError, match=pattern):
+        packer(w, VALUES)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_kernels_are_exact_in_plain_c(kind: str, tmp_path: Path) -> None:
     """The portable path (the host, as on Cortex-M3) against numpy."""
-    lib, data, expected = _library(tmp_path / "lib")
+    lib, data, expected = _library(tmp_path / "lib", kind)
     gcc = shutil.which("gcc")
     assert gcc is not None
     so = tmp_path / "k.so"
@@ -163,12 +185,13 @@ def test_the_kernels_are_exact_in_plain_c(tmp_path: Path) -> None:
 
 
 @pytest.mark.emulator
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"])
-def test_the_kernels_are_exact_on_the_board(board: str, tmp_path: Path) -> None:
-    """SMLAD on the masked nibbles (M4, DSP) and the plain loop (M3) against numpy."""
+def test_the_kernels_are_exact_on_the_board(board: str, kind: str, tmp_path: Path) -> None:
+    """SMLAD on the masked nibbles or crumbs (M4, DSP) and the plain loop (M3) against numpy."""
     from tvm_mcu.targets import build_firmware, load_board, run_firmware
 
-    lib, data, expected = _library(tmp_path / "lib")
+    lib, data, expected = _library(tmp_path / "lib", kind)
     fw = build_firmware(lib, load_board(board), tmp_path / "fw")
     assert fw.warnings == ()
     result = run_firmware(fw, data.tobytes(), 4 * expected.size)
