@@ -62,3 +62,6 @@ def test_compressed_weights_decode_once_per_visit_of_their_block_loop() -> None:
     in_place = attrs.evolve(layers, steps=(attrs.evolve(conv, in_place="pointwise"),))
     assert cost.decode_instructions(in_place, layers, frozenset({"w"})) == pytest.approx(30 * once)
     assert cost.decode_instructions(layers, layers, frozenset()) == 0.0
+    # What a flash budget codes first: the weights the schedule decodes once.
+    assert cost.decoded_once(layers, frozenset({"w"})) == {"w"}
+    assert cost.decoded_once(rows, frozenset({"w"})) == cost.decoded_once(in_place, frozenset({"w"})) == set()

@@ -906,7 +906,9 @@ def compile_module(
     blocked kernels read whose blob is smaller than its stored form (CompressWeights: decoded per block
     of four channels into a scratch buffer in the workspace; bit-exact, more instructions); "auto" the
     ones saving the most bytes per added decode instruction until the stored weights fit
-    ``flash_budget``. ``flash_budget``: bytes the stored weights (model.c's weight arrays, the report's
+    ``flash_budget``, those the schedule chosen without coding decodes once per inference first (the
+    others, read in a row band or in place, would change the schedule or decode per row or pixel).
+    ``flash_budget``: bytes the stored weights (model.c's weight arrays, the report's
     ``stored_weights_bytes``) must fit; BudgetError, saying by how much they are over, when they do not
     ("auto": even with every compressible weight coded).
     """
@@ -934,8 +936,14 @@ def compile_module(
     candidates = compressible(first.graph, str(options.get("weights", "auto")))
     if compress == "all":
         candidates = []  # every one is coded already
-    # Most bytes saved per added decode instruction first.
-    ranked = sorted(candidates, key=lambda c: (-c.saved / max(c.decode_instructions, 1.0), c.name))
+    # First the weights the schedule chosen without coding decodes once per inference (coding them keeps
+    # that schedule and its SRAM); a weight it reads in a row band or in place would be decoded once per
+    # output row or pixel, or make another schedule cheaper (more SRAM). Among each, the most bytes saved
+    # per added decode instruction first.
+    once = cost.decoded_once(first.graph, frozenset(c.name for c in candidates))
+    ranked = sorted(
+        candidates, key=lambda c: (c.name not in once, -c.saved / max(c.decode_instructions, 1.0), c.name)
+    )
     chosen: list[str] = []
     left = first.stored_weights_bytes
     for c in ranked:

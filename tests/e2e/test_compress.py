@@ -128,6 +128,28 @@ def test_a_flash_budget_the_weights_cannot_fit_is_refused() -> None:
         compiler.compile_module(model.mod, model_name="cnn", compress="auto")
 
 
+def test_a_flash_budget_codes_first_the_weights_the_schedule_decodes_once() -> None:
+    """The 3x3 convolution's weights code better (sigma 10) than the dense layer's (sigma 40), but the
+    plain schedule (row bands) reads them once per output row: coding them would decode them per row or
+    make layer by layer (more SRAM) the cheaper schedule. The dense layer's, decoded once, are coded
+    first, and the budget they meet keeps the plain schedule and its SRAM."""
+    model = load_model_bytes(compress_cnn(dense_sigma=40.0))
+    plain = compiler.compile_module(model.mod, model_name="cnn", rounding="onnx", convert=True)
+    assert plain.schedule == "row bands", plain.schedule
+    saved = {c.name: c for c in compiler.compressible(plain.graph)}
+    dense, conv = saved["w8"], saved["w2"]
+    # Per decode instruction, the convolution saves more: a ranking by that alone codes it first.
+    assert conv.saved / conv.decode_instructions > dense.saved / dense.decode_instructions
+    assert conv.saved >= dense.saved
+    budget = plain.stored_weights_bytes - dense.saved
+    fit = compiler.compile_module(
+        model.mod, model_name="cnn", rounding="onnx", convert=True, compress="auto", flash_budget=budget
+    )
+    assert [c.weight for c in fit.compressed] == ["w8"], fit.compressed
+    assert fit.stored_weights_bytes <= budget
+    assert fit.schedule == "row bands" and fit.plan.arena_bytes == plain.plan.arena_bytes
+
+
 def load_model_bytes(proto: object) -> object:
     import tempfile
 

@@ -132,6 +132,19 @@ def _visits(step: Step, shape: tuple[int, ...]) -> int:
     return 1
 
 
+def decoded_once(graph: Graph, names: frozenset[str]) -> frozenset[str]:
+    """The weights of ``names`` that the schedule ``graph`` would decode once per inference if stored
+    coded: no step reading one runs it in a row band or in place pixel by pixel (:func:`_visits`)."""
+    again = {
+        n
+        for step in graph.steps
+        if step.partial.startswith("rows") or step.in_place == "pointwise"
+        for n in step.inputs
+        if n in names
+    }
+    return frozenset(names - again)
+
+
 def decode_instructions(graph: Graph, layers: Graph, compressed: frozenset[str]) -> float:
     """Estimated instructions of decoding the weights named ``compressed`` (stored Golomb-Rice coded)
     in one inference under the schedule ``graph``; ``layers``: the model's graph one step per layer
