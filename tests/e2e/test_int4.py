@@ -118,25 +118,13 @@ def test_int2_weights_are_packed_bit_exact_and_a_quarter_of_the_bytes(board: str
     assert stored == 3 * sum(crumbs.values()) + 72
 
 
-def test_every_schedule_is_bit_exact_with_int2_weights(tmp_path: Path) -> None:
-    """As with int4 weights, on the M4 (the crumbs' SMLAD path), the first schedule on the M3 too."""
-    path = _model(tmp_path, 2)
-    model = load_model(path)
-    plan = compiler.plan_schedules(model.mod, model_name=model.name, convert=True)
-    labels = [c.label for c in plan.candidates]
-    assert {"in place", "partial execution", "row bands"} <= set(labels), labels
-    for k, label in enumerate(sample(labels)):
-        for board in ("mps2-an386", "mps2-an385") if k == 0 else ("mps2-an386",):
-            v = api.verify(path, board, tmp_path / f"{k}_{board}", seed=k, schedule=label)
-            assert v.passed and v.report.max_abs_error == 0.0, (label, board, v.report.worst_difference)
-            assert v.report.int2_weight_ops, label
-
-
-def test_every_schedule_is_bit_exact_with_int4_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [4, 2])
+def test_every_schedule_is_bit_exact_with_packed_weights(bits: int, tmp_path: Path) -> None:
     """Layer by layer, in place, channel slices (accumulating ones over 1 or 2 input channels a slice
-    leave the 1x1 convolution's weights unblocked, as bytes) and row bands, each bit-exact on the M4, the
-    first on the M3 too; each packs some weights (the dense layer's at least)."""
-    path = _model(tmp_path)
+    leave the 1x1 convolution's weights unblocked, as bytes) and row bands, each bit-exact on the M4 (the
+    nibbles' or crumbs' SMLAD path), the first on the M3 too; each packs some weights (the dense layer's
+    at least)."""
+    path = _model(tmp_path, bits)
     model = load_model(path)
     plan = compiler.plan_schedules(model.mod, model_name=model.name, convert=True)
     labels = [c.label for c in plan.candidates]
@@ -146,7 +134,7 @@ def test_every_schedule_is_bit_exact_with_int4_weights(tmp_path: Path) -> None:
             v = api.verify(path, board, tmp_path / f"{k}_{board}", seed=k, schedule=label)
             assert v.report.schedule == label
             assert v.passed and v.report.max_abs_error == 0.0, (label, board, v.report.worst_difference)
-            assert v.report.int4_weight_ops, label
+            assert v.report.int4_weight_ops if bits == 4 else v.report.int2_weight_ops, label
             # The depthwise weights two per byte, unpacked into the workspace, in every schedule.
             assert "tvmmcu_dot_unpack4(" in (tmp_path / f"{k}_{board}" / "model.c").read_text(), label
 
