@@ -122,3 +122,24 @@ def test_int4_variants_store_convolution_weights_4bit(
     assert onnx.load(str(b)).SerializeToString(deterministic=True) == model.SerializeToString(
         deterministic=True
     )
+
+
+def test_the_int2_variant_requantises_the_weights_to_int2(float_path: Path, tmp_path: Path) -> None:
+    """ort-s8's weights requantised to int2 (opset 25): the values and scales agree with the int8 ones
+    to within a half step of the int2 grid, as onnx.reference dequantises both."""
+    from onnx.reference import ReferenceEvaluator
+
+    int8 = onnx.load(str(quantize(float_path, "ort-s8", SEED, tmp_path / "s8.onnx")))
+    int2 = onnx.load(str(quantize(float_path, "ort-s2", SEED, tmp_path / "s2.onnx")))
+    assert next(o.version for o in int2.opset_import if o.domain in ("", "ai.onnx")) == 25
+    crumbs = [t for t in int2.graph.initializer if t.data_type == TensorProto.INT2]
+    assert any(len(t.dims) == 4 for t in crumbs), "no convolution weight stored int2"
+    before = {t.name: numpy_helper.to_array(t).astype(np.int64) for t in int8.graph.initializer}
+    for t in crumbs:
+        values = numpy_helper.to_array(t).astype(np.int64)
+        assert values.min() >= -2 and values.max() <= 1
+        if len(t.dims) >= 2:
+            want = np.clip(np.rint(before[t.name] / 64), -2, 1)
+            np.testing.assert_array_equal(values, want)
+    x = {int2.graph.input[0].name: calibration_data(random_cnn(SEED), SEED)[int2.graph.input[0].name][:1]}
+    assert ReferenceEvaluator(int2).run(None, x)[0].size > 0  # a valid model onnx.reference runs

@@ -34,6 +34,8 @@ INT8_CASES = (
     # onnxruntime's int4 weights: the packed kernels (opset 21 Q/DQ; com.microsoft's below it).
     (1001, "ort-s4"),
     (1010, "ort-u4"),
+    # onnxruntime's int8 weights requantised to int2 (a 1x1 convolution's four per byte: the crumbs).
+    (1001, "ort-s2"),
 )
 # Float seeds through `tvm-mcu prune` (the "prune" kind): one pruned for SRAM, one with nothing to prune.
 PRUNE_SEEDS = (2, 10, 11)

@@ -10,6 +10,10 @@ A variant names how the float model becomes the model the compiler sees:
   weights per channel, int8 or uint8 activations: the packed int4 kernels on models from outside
   (onnxruntime makes Conv and Gemm weights int4, MatMul's stay 8-bit; below opset 21 it writes
   ``com.microsoft`` Q/DQ);
+- ``ort-s2``: ``ort-s8``'s model with every Conv/Gemm/MatMul weight requantised to int2 (``INT2``
+  initializers, values in [-2, 1], 64 times the scale; the model converted to opset 25): no quantiser
+  writes int2, so this one exercises the crumb kernels on random models (accuracy is not the point:
+  the oracle runs the same int2 model);
 - ``ort-qop-u8``: ``quantize_static`` in QOperator format (QLinearConv, QLinearMatMul...), uint8
   activations: an optional variant, another import dialect;
 - ``prune``: the float model through ``tvm-mcu prune`` (L1 norms, no training, float figures) to 80 % of
@@ -35,10 +39,11 @@ ORT_U8 = "ort-u8"
 ORT_QOP_U8 = "ort-qop-u8"
 ORT_S4 = "ort-s4"
 ORT_U4 = "ort-u4"
+ORT_S2 = "ort-s2"
 PRUNE = "prune"
-VARIANTS = (FLOAT, TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, ORT_S4, ORT_U4, PRUNE)
+VARIANTS = (FLOAT, TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, ORT_S4, ORT_U4, ORT_S2, PRUNE)
 # Variants with int8 (or uint8) activations, the first three the ones a seed rotates through.
-INT8_VARIANTS = (TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, ORT_S4, ORT_U4)
+INT8_VARIANTS = (TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, ORT_S4, ORT_U4, ORT_S2)
 _ORT = {
     # variant: (activation type, weight type) names of onnxruntime.quantization.QuantType
     ORT_S8: ("QInt8", "QInt8"),
@@ -86,6 +91,10 @@ def quantize(float_path: Path, variant: str, seed: int, out_path: Path) -> Path:
     if variant in _ORT:
         _ort_quantize(Path(float_path), calibration, Path(out_path), variant)
         return Path(out_path)
+    if variant == ORT_S2:
+        _ort_quantize(Path(float_path), calibration, Path(out_path), ORT_S8)
+        onnx.save(to_int2(onnx.load(str(out_path))), str(out_path))
+        return Path(out_path)
     raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
 
@@ -128,6 +137,51 @@ def _ort_quantize(float_path: Path, calibration: dict[str, np.ndarray], out_path
     finally:
         ort_logger.setLevel(level)
     check_quantized(onnx.load(str(out_path)))
+
+
+# int8 weight values divided by this are int2's (then clipped to [-2, 1]); the scale is multiplied by it.
+INT2_STEP = 64
+INT2_OPSET = 25
+
+
+def to_int2(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (QDQ, int8 weights) with the int8 weight of every DequantizeLinear that feeds a Conv, Gemm
+    or MatMul requantised to int2: ``clip(round(q / INT2_STEP), -2, 1)``, its scales times INT2_STEP, an
+    INT2 zero point of 0 (the int8 one must be 0); the model converted to opset 25 first (int2 types).
+    ValueError when there is no such weight."""
+    from onnx import TensorProto, helper, numpy_helper, version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    out = version_converter.convert_version(model, INT2_OPSET) if opset < INT2_OPSET else model
+    dense = ("Conv", "Gemm", "MatMul")
+    consumers = {n for node in out.graph.node if node.op_type in dense for n in node.input}
+    inits = {t.name: k for k, t in enumerate(out.graph.initializer)}
+    done = 0
+    for node in out.graph.node:
+        if node.op_type != "DequantizeLinear" or node.output[0] not in consumers:
+            continue
+        q = out.graph.initializer[inits[node.input[0]]] if node.input[0] in inits else None
+        if q is None or q.data_type != TensorProto.INT8 or len(q.dims) < 2:
+            continue
+        values = numpy_helper.to_array(q).astype(np.int64)
+        crumbs = np.clip(np.rint(values / INT2_STEP), -2, 1).astype(np.int64)
+        out.graph.initializer[inits[q.name]].CopyFrom(
+            helper.make_tensor(q.name, TensorProto.INT2, values.shape, crumbs.reshape(-1).tolist())
+        )
+        scale = out.graph.initializer[inits[node.input[1]]]
+        scaled = (numpy_helper.to_array(scale).astype(np.float32) * INT2_STEP).astype(np.float32)
+        out.graph.initializer[inits[scale.name]].CopyFrom(numpy_helper.from_array(scaled, scale.name))
+        if len(node.input) > 2 and node.input[2]:
+            zp = out.graph.initializer[inits[node.input[2]]]
+            if np.any(numpy_helper.to_array(zp)):
+                raise ValueError(f"weight '{q.name}' has a non-zero zero point")
+            out.graph.initializer[inits[zp.name]].CopyFrom(
+                helper.make_tensor(zp.name, TensorProto.INT2, list(zp.dims), [0] * int(np.prod(zp.dims)))
+            )
+        done += 1
+    if not done:
+        raise ValueError("no int8 Conv/Gemm/MatMul weight to requantise to int2")
+    return out
 
 
 def _flat_gemm_biases(model: onnx.ModelProto) -> onnx.ModelProto:
