@@ -638,11 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--weights",
-        choices=["int8", "int4"],
+        choices=["int8", "int4", "int2"],
         default="int8",
         help="int4: deploy every convolution and dense layer with int4 weights (depthwise ones too, "
         "up to 4,096 values), budgeted and trained as such; writes the quantised model (--data "
-        "calibrates it)",
+        "calibrates it); int2: ternary weights (INT2, opset 25) where the kernels read them four per "
+        "byte, depthwise ones int4",
     )
     pr.add_argument(
         "--compress-weights",

@@ -436,26 +436,39 @@ def _float_sparse_format(w: np.ndarray) -> str | None:
     return sparse_filterlets.ATTR_WANTED if sparse_kernels.compress_blob(w).size < w.nbytes else None
 
 
-def _sparse_format(w: np.ndarray) -> str | None:
+def _dense_bytes(w: np.ndarray, pack: bool) -> float:
+    """The bytes int8 weights ``w`` take stored dense: one a value, or with ``pack`` (``weights="auto"``)
+    packed where every value fits, int4 two per byte and int2 four (PackWeights: where the blocked kernels
+    read them; a sparse format must beat that to be taken)."""
+    if pack and str(w.dtype) == "int8" and pack_weights.fits_int4(w):
+        return w.size / (4 if pack_weights.fits_int2(w) else 2)
+    return float(w.nbytes)
+
+
+def _sparse_format(w: np.ndarray, pack: bool = True) -> str | None:
     """The mark (SparseFilterlets' or SparseElements' wanted attribute) of the sparse format storing the
     int8 or float32 OHWI convolution weights ``w`` (taps of at least ``MIN_DOT_TAPS`` input channels:
     the runs kernel's) in the least flash, filterlets preferred within ``FILTERLET_SLACK_BYTES`` (float32:
-    :func:`_float_sparse_format`); None: dense."""
+    :func:`_float_sparse_format`); None: dense, which ``pack`` may store int4 or int2
+    (:func:`_dense_bytes`): a sparse format is taken only below that."""
     if not (w.ndim == 4 and may_store_sparse(w.shape[1] * w.shape[2], w.shape[3])):
         return None
     if str(w.dtype) == "float32":
         return _float_sparse_format(w)
     if str(w.dtype) != "int8":
         return None
+    dense = _dense_bytes(w, pack)
     flash: dict[str, int] = {}
     if float(sparse_kernels.filterlets_kept(w).mean()) <= SPARSE_MAX_KEPT:
-        flash[sparse_filterlets.ATTR_WANTED] = sparse_kernels.compress_blob(w).size
-    if 2 * np.count_nonzero(w) < ELEMENT_MAX_FLASH * w.size:  # else element CSR cannot be smaller
+        size = int(sparse_kernels.compress_blob(w).size)
+        if size < dense:
+            flash[sparse_filterlets.ATTR_WANTED] = size
+    if 2 * np.count_nonzero(w) < ELEMENT_MAX_FLASH * dense:  # else element CSR cannot be smaller
         try:
             size = sparse_element_kernels.blob_bytes(w)
         except ValueError:  # more entries than its row pointers hold
             size = w.size
-        if size < ELEMENT_MAX_FLASH * w.size:
+        if size < ELEMENT_MAX_FLASH * dense:
             flash[sparse_elements.ATTR_WANTED] = size
     filterlets = flash.get(sparse_filterlets.ATTR_WANTED)
     elements = flash.get(sparse_elements.ATTR_WANTED)
@@ -464,27 +477,31 @@ def _sparse_format(w: np.ndarray) -> str | None:
     return sparse_elements.ATTR_WANTED if elements is not None else None
 
 
-def _conv_sparse_format(w: np.ndarray) -> str | None:
+def _conv_sparse_format(w: np.ndarray, pack: bool = True) -> str | None:
     """The mark for a convolution's int8 or float32 OHWI weights: :func:`_sparse_format`, or for a 1x1
     convolution (:func:`may_store_elements`) its ``[O, n]`` rows' (:func:`_dense_sparse_format`: int8
     only)."""
     if w.ndim == 4 and w.shape[1] * w.shape[2] == 1:
         if not may_store_elements(1, w.shape[3]):
             return None
-        return _dense_sparse_format(w.reshape(w.shape[0], -1))
-    return _sparse_format(w)
+        return _dense_sparse_format(w.reshape(w.shape[0], -1), pack)
+    return _sparse_format(w, pack)
 
 
-def _dense_sparse_format(w: np.ndarray) -> str | None:
+def _dense_sparse_format(w: np.ndarray, pack: bool = True) -> str | None:
     """The mark for a dense layer's int8 ``[O, n]`` weights: element CSR where its flash is below the
-    dense weights' (``ELEMENT_MAX_FLASH``; a filterlet of a dense layer is its whole row, a channel)."""
-    if not (w.ndim == 2 and str(w.dtype) == "int8") or 2 * np.count_nonzero(w) >= ELEMENT_MAX_FLASH * w.size:
+    dense weights' (``ELEMENT_MAX_FLASH``, of :func:`_dense_bytes`: packed with ``pack``; a filterlet of a
+    dense layer is its whole row, a channel)."""
+    if not (w.ndim == 2 and str(w.dtype) == "int8"):
+        return None
+    dense = _dense_bytes(w, pack)
+    if 2 * np.count_nonzero(w) >= ELEMENT_MAX_FLASH * dense:
         return None
     try:
         size = sparse_element_kernels.blob_bytes(w)
     except ValueError:  # more entries than its row pointers hold
         return None
-    return sparse_elements.ATTR_WANTED if size < ELEMENT_MAX_FLASH * w.size else None
+    return sparse_elements.ATTR_WANTED if size < ELEMENT_MAX_FLASH * dense else None
 
 
 def _sparse_bytes(mark: str, w: np.ndarray) -> int:
@@ -509,7 +526,7 @@ def _coded_smaller(w: np.ndarray, mark: str) -> bool:
 
 
 def _sparse_candidates(
-    graph: Graph, convolutions: bool = True, compress: frozenset[str] = frozenset()
+    graph: Graph, convolutions: bool = True, compress: frozenset[str] = frozenset(), pack: bool = True
 ) -> dict[str, dict[str, dict[int, int]]]:
     """Callee -> mark (:func:`_sparse_format`) -> parameter position -> output channels of the
     convolution and dense weights stored sparse, in the same format in every step that calls the callee.
@@ -526,7 +543,7 @@ def _sparse_candidates(
             w = graph.weights.get(name) if t.kind == "weight" else None
             if w is None:
                 continue
-            mark = _dense_sparse_format(w) if step.kind == "dense" else _conv_sparse_format(w)
+            mark = _dense_sparse_format(w, pack) if step.kind == "dense" else _conv_sparse_format(w, pack)
             if mark is not None and name in compress and _coded_smaller(w, mark):
                 mark = None
             key = (step.callee, k)
@@ -594,12 +611,13 @@ def _nchw_conv_weights(mod: _tvm.IRModule) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def sparse_reason(mod: _tvm.IRModule) -> str | None:
+def sparse_reason(mod: _tvm.IRModule, pack: bool = True) -> str | None:
     """Why an NCHW model should compute channels-last by default: its first int8 or float32 convolution
-    whose weights a sparse format would store (:func:`_conv_sparse_format`; only the channels-last
-    kernels read the sparse formats), named; None when there is none."""
+    whose weights a sparse format would store (:func:`_conv_sparse_format`, against the dense weights
+    packed with ``pack``; only the channels-last kernels read the sparse formats), named; None when there
+    is none."""
     for node, ohwi in _nchw_conv_weights(mod):
-        mark = _conv_sparse_format(ohwi)
+        mark = _conv_sparse_format(ohwi, pack)
         if mark is not None:
             if mark == sparse_filterlets.ATTR_WANTED:
                 kept = float(sparse_kernels.filterlets_kept(ohwi).mean())
@@ -665,17 +683,19 @@ def _split(
     sparse: bool = False,
     compress: frozenset[str] = frozenset(),
     unpack: frozenset[str] = frozenset(),
+    pack: bool = True,
 ) -> tuple[Graph, dict[str, _tvm.PrimFunc], dict[str, int], dict[str, _tvm.PrimFunc]]:
     """The graph with ``chains`` fused and run a slice of channels at a time (then in place).
     ``sparse``: the chains' convolutions with sparse weights are marked for SparseFilterlets;
     ``compress``: the weights to mark for CompressWeights (:func:`_compress_marks`); ``unpack``: the
-    depthwise weights to mark for UnpackInt4Weights (:func:`_unpack_marks`)."""
+    depthwise weights to mark for UnpackInt4Weights (:func:`_unpack_marks`); ``pack``: the weights that
+    fit int4 or int2 are stored packed (a sparse format must beat that, :func:`_dense_bytes`)."""
     split = pipeline.run([GroupChains([(list(c.steps), c.spec) for c in chains], prefix=prefix)], fused)
     graph, _ = _ordered_graph(split)
     funcs = _primfuncs(pipeline.run([PartialExecution(), ScheduleForMcu(inline_padding=True)], split))
     chained = sorted(name for name, f in funcs.items() if ATTR_PARTIAL in (f.attrs or {}))
     if sparse:  # before the chains are lowered, here
-        for callee, marks in _sparse_candidates(graph, compress=compress).items():
+        for callee, marks in _sparse_candidates(graph, compress=compress, pack=pack).items():
             if callee in chained:
                 funcs[callee] = _marked(funcs[callee], marks)
     for callee, positions in _compress_marks(graph, compress).items():
@@ -821,6 +841,7 @@ def plan_schedules(
                     sparse=sparse and last,
                     compress=compress,
                     unpack=unpack,
+                    pack=weights == "auto",
                 )
             except ValueError as exc:
                 logger.info("partial execution declined: %s", exc)
@@ -849,6 +870,7 @@ def plan_schedules(
                     sparse=sparse and last,
                     compress=compress,
                     unpack=unpack,
+                    pack=weights == "auto",
                 )
             except ValueError as exc:
                 logger.info("row bands declined: %s", exc)
@@ -862,7 +884,7 @@ def plan_schedules(
         # Marked last: the splits above hand back every function of their module, unmarked. Chains too:
         # SparseFilterlets rewrites the convolutions' calls inside them.
         for plan_graph in [g for _, g, _, _ in plans]:
-            for callee, marks in _sparse_candidates(plan_graph, last, compress).items():
+            for callee, marks in _sparse_candidates(plan_graph, last, compress, weights == "auto").items():
                 if callee in funcs:
                     funcs[callee] = _marked(funcs[callee], marks)
     if compress:
@@ -1254,7 +1276,7 @@ def _layout(
         return "as imported (no NCHW convolution)"
     if convert:
         return "channels-last (asked for)"
-    reason = sparse_reason(mod) if convert is None and sparse else None
+    reason = sparse_reason(mod, pack) if convert is None and sparse else None
     if reason is not None:
         return f"channels-last: {reason}, and only the channels-last kernels read sparse weights"
     reason = int4_reason(mod) if convert is None and pack else None

@@ -292,7 +292,7 @@ class Compile:
     int8: bool
     sram_budget: int | None = None
     channels_last: bool = False
-    # Some weights int4: the compiler's own layout choice (channels-last, where packed weights are
+    # Some weights int4 or int2: the compiler's own layout choice (channels-last, where packed weights are
     # read), as the written model compiles by default.
     int4: bool = False
     # ``compile --compress-weights``: "all" measures the weights stored Golomb-Rice coded.
@@ -397,7 +397,7 @@ class _Job:
         each compiled and built (:class:`Compile`) by a worker as soon as it is written (serially: in
         turn). The tag names its files in the workdir."""
         widths = self.bits if bits is None else bits
-        int4 = any(b == 4 for b in (widths or {}).values())
+        int4 = any(b < 8 for b in (widths or {}).values())
         how = Compile(self.board, self.int8, self.sram_budget, self.channels_last, int4, self.compress)
         handles = []
         for mod, tag in candidates:
@@ -470,9 +470,10 @@ def prune_model(
     bisections measure that many candidates a round (:mod:`tvm_mcu.speculative`): the same result as
     serially, in fewer rounds (``PruneResult.rounds``). Neither: serial, in this process.
     ``weights="int4"``: the model is deployed with int4 weights (``tvm-mcu quantize --weights int4``),
-    budgeted and trained as such; ``method="udc"``: the channels and each layer's width (int8 or int4)
-    searched together (:mod:`tvm_mcu.prune_bits`). Both write the quantised (QDQ) model, calibrated on
-    ``data``, and train the network as quantised at its widths.
+    budgeted and trained as such; ``weights="int2"``: int2 (ternary) where the compiler stores them four
+    per byte (:func:`tvm_mcu.prune_bits.all_int2`), likewise; ``method="udc"``: the channels and each
+    layer's width (int8 or int4) searched together (:mod:`tvm_mcu.prune_bits`). Both write the quantised
+    (QDQ) model, calibrated on ``data``, and train the network as quantised at its widths.
     ``compress_weights="all"``: the model is deployed with ``compile --compress-weights all``; every
     candidate is measured so (stored weights Golomb-Rice coded), and ``method="udc"`` then searches
     each layer's share of zero weights too (:func:`tvm_mcu.prune_sparse.udc_sparse`: zeros cost a bit
@@ -524,8 +525,8 @@ def prune_model(
         job = _Job(
             mod, plan, imported, board, work, int8, distill, budget.sram, seed, channels_last, progress, pool
         )
-        if weights == "int4":
-            job = attrs.evolve(job, bits=prune_bits.all_int4(mod))
+        if weights != "int8":
+            job = attrs.evolve(job, bits=prune_bits.fixed_widths(weights, mod))
         if compress_weights != "off":
             job = attrs.evolve(job, compress=compress_weights)
         before = job.measure(mod, "original", bits={})  # as the user has it: int8
@@ -572,7 +573,7 @@ def prune_model(
                 )
                 keep, best, after, training = sparse.keep, sparse.mod, sparse.after, sparse.training
             elif method in ("diff", "udc"):
-                mode = "search" if method == "udc" else ("int4" if job.bits else None)
+                mode = "search" if method == "udc" else ("fixed" if job.bits else None)
                 keep, best, after, training, chosen = _diff(
                     job,
                     budget,
@@ -747,7 +748,8 @@ def _diff(
     ``fine_tune``, DiffPrune for all ``epochs`` and the cut network as it is); and the weights' widths.
 
     ``bits_mode``: "search" (``--method udc``): a bit gate per layer trained with the channel gates;
-    "int4": every layer int4 (priced and trained so); None: int8."""
+    "fixed": every layer at the job's widths (``--weights int4`` / ``int2``: priced and trained so);
+    None: int8."""
     from tvm_mcu.train import require_torch
 
     require_torch()
@@ -780,7 +782,9 @@ def _diff(
     if bits_mode is not None:
         from tvm_mcu.prune_bits import gated_model
 
-        bit_gates, model = gated_model(module, plan, model, mod, fixed=bits_mode == "int4")
+        bit_gates, model = gated_model(
+            module, plan, model, mod, fixed=job.bits if bits_mode == "fixed" else None
+        )
     gates, log = diffprune(
         module,
         plan,

@@ -1,6 +1,7 @@
-"""Weight bitwidths in ``tvm-mcu prune``: ``--weights int4`` (every layer int4, trained as quantised)
-and ``--method udc`` (UDC's joint search: DiffPrune's channel gates and a bit gate per layer, trained
-together under the budget losses; :mod:`tvm_mcu.train.bits`).
+"""Weight bitwidths in ``tvm-mcu prune``: ``--weights int4`` (every layer int4, trained as quantised),
+``--weights int2`` (every layer int2, ternary, where the compiler stores it four per byte; the others
+int4 or int8) and ``--method udc`` (UDC's joint search: DiffPrune's channel gates and a bit gate per layer,
+trained together under the budget losses; :mod:`tvm_mcu.train.bits`).
 
 The compiler stores a layer's int4 weights two per byte where its kernels read them blocked
 (``passes/tir/pack_weights.py``: convolutions and dense layers with enough input channels) and a
@@ -21,7 +22,7 @@ from tvm_mcu.analysis.channels import ChannelPlan, bindings
 from tvm_mcu.errors import BadOptionError
 
 # ``prune --weights``: the widths of the deployed weights.
-WEIGHTS = ("int8", "int4")
+WEIGHTS = ("int8", "int4", "int2")
 # The blocked kernels read a reduction of 8 values a step; fewer input channels stay unblocked.
 MIN_PACKED_INPUTS = 8
 # With int4 weights, every pruned group keeps a multiple of this many channels: the blocked kernels
@@ -98,19 +99,38 @@ def all_int4(mod: _tvm.IRModule) -> dict[Key, int]:
     return {k: 4 if packable(*w) else 8 for k, w in weight_shapes(mod).items()}
 
 
+def all_int2(mod: _tvm.IRModule) -> dict[Key, int]:
+    """Every weight of ``mod`` int2 (``--weights int2``) that the blocked kernels read four per byte
+    (:func:`packable`, not depthwise); a depthwise one int4 (unpacked as int4: int2 would save nothing),
+    the rest int8."""
+    return {k: (4 if w.depthwise else 2) if packable(*w) else 8 for k, w in weight_shapes(mod).items()}
+
+
+def fixed_widths(weights: str, mod: _tvm.IRModule) -> dict[Key, int]:
+    """``prune --weights``' widths of ``mod``'s weights: none given for "int8"."""
+    if weights == "int8":
+        return {}
+    return all_int4(mod) if weights == "int4" else all_int2(mod)
+
+
 def gated_model(
-    module: Any, plan: ChannelPlan, model: resource_model.ResourceModel, mod: _tvm.IRModule, fixed: bool
+    module: Any,
+    plan: ChannelPlan,
+    model: resource_model.ResourceModel,
+    mod: _tvm.IRModule,
+    fixed: Mapping[Key, int] | None,
 ) -> tuple[Any, resource_model.BitsModel]:
     """Bit gates on ``module``'s weights and ``model`` pricing them: free gates (``--method udc``), or
-    fixed at int4 (``--weights int4``: the channels are then searched for the int4 network)."""
+    fixed at ``fixed``'s widths (``--weights int4`` or ``int2``: the channels are then searched for that
+    network)."""
     from tvm_mcu.train.bits import BitGates, weight_keys
 
     keys = weight_keys(module)
     shapes = weight_shapes(mod)
     gates = BitGates(keys)
     packed = frozenset(k for k in keys if k in shapes and packable(*shapes[k]))
-    if fixed:
-        gates.fix({k: 4 if k in packed else 8 for k in keys})
+    if fixed is not None:
+        gates.fix({k: fixed.get(k, 8) if k in packed else 8 for k in keys})
     elements = resource_model.site_weights(
         plan, model.groups, {k: shapes[k].shape for k in keys if k in shapes}
     )

@@ -587,10 +587,11 @@ def build(
 
 
 class Bitwidths(Protocol):
-    """Which weights are int8 now: a number per weight of ``keys`` (1 int8, 0 int4), as a torch tensor
-    with gradients for a loss (``grad=True``) or as numpy for figures."""
+    """Which weights are int8 now: a number per weight of ``keys`` (1 int8, 0 its ``low`` width: 4 or 2),
+    as a torch tensor with gradients for a loss (``grad=True``) or as numpy for figures."""
 
     keys: list[tuple[int, int]]
+    low: dict[tuple[int, int], int]
 
     def int8(self, grad: bool) -> Any: ...
 
@@ -598,9 +599,10 @@ class Bitwidths(Protocol):
 @attrs.frozen
 class BitsModel(ResourceModel):
     """The resource model with each layer's weight bitwidth: flash less half the int8 bytes of every
-    int4 weight stored packed (two per byte). ``elements``: each gated weight's elements as a function
-    of the kept channels (:func:`site_weights`); ``packed``: the weights whose kernels read int4 packed
-    (the others are stored a byte each whatever their bits)."""
+    int4 weight stored packed (two per byte), three quarters of every int2 one (four per byte).
+    ``elements``: each gated weight's elements as a function of the kept channels (:func:`site_weights`);
+    ``packed``: the weights whose kernels read int4 packed (the others are stored a byte each whatever
+    their bits)."""
 
     elements: Mapping[tuple[int, int], Product] = attrs.field(factory=dict, eq=False)
     packed: frozenset[tuple[int, int]] = frozenset()
@@ -613,7 +615,7 @@ class BitsModel(ResourceModel):
         dk = k - _like(self.full, k)
         int8 = self.bitwidths.int8(_is_torch(k))
         saved = [
-            0.5 * (1 - int8[i]) * self.elements[key](dk)
+            (1 - self.bitwidths.low.get(key, 4) / 8) * (1 - int8[i]) * self.elements[key](dk)
             for i, key in enumerate(self.bitwidths.keys)
             if key in self.packed and key in self.elements
         ]

@@ -59,6 +59,7 @@ from tvm_mcu.ptq.common import (
     BATCHNORM_FIXED_OPSET,
     DEFAULT_INT4_SQNR_DB,
     FLOAT,
+    INT2_QDQ_OPSET,
     INT4_QDQ_OPSET,
     WEIGHT_CHOICES,
     WEIGHTED,
@@ -88,8 +89,9 @@ def quantize_onnx(
 
     ``weights``: "int8" (every weight), "int4" (every Conv/Gemm/MatMul weight, written as INT4
     initializers of opset-21 DequantizeLinear) or "mixed" (int4 for the layers whose int4 output SQNR on
-    the calibration data is at least ``int4_sqnr_db``, or, given ``weight_bits``, 4 or 8 per weight
-    initializer name as it says): see :mod:`tvm_mcu.ptq.bits`. ``int8_depthwise``: depthwise
+    the calibration data is at least ``int4_sqnr_db``, or, given ``weight_bits``, 2, 4 or 8 per weight
+    initializer name as it says: int2 as INT2 initializers of opset-25 DequantizeLinear, ternary): see
+    :mod:`tvm_mcu.ptq.bits`. ``int8_depthwise``: depthwise
     convolutions stay int8 with "int4" and "mixed". Activations are int8 in every case.
 
     Raises :class:`BadOptionError` for unusable calibration data or options, :class:`ModelError` for a
@@ -106,12 +108,15 @@ def quantize_onnx(
     out_path = output_file(Path(out_path))
     notes: list[str] = []
     model = _prepare(_load(Path(model_path)), notes)
-    if weights != "int8" and opset_of(model) < INT4_QDQ_OPSET:
+    # int2 weights (only given per layer) need DequantizeLinear-25, int4 ones 21.
+    two = weight_bits is not None and any(b == 2 for b in weight_bits.values())
+    needed = INT2_QDQ_OPSET if two else INT4_QDQ_OPSET
+    if weights != "int8" and opset_of(model) < needed:
         notes.append(
-            f"converted from ONNX opset {opset_of(model)} to {INT4_QDQ_OPSET} (int4 weights need "
-            f"DequantizeLinear-{INT4_QDQ_OPSET})"
+            f"converted from ONNX opset {opset_of(model)} to {needed} (int{2 if two else 4} weights need "
+            f"DequantizeLinear-{needed})"
         )
-        model = _convert(model, INT4_QDQ_OPSET)
+        model = _convert(model, needed)
     feeds = _calibration_feeds(calibration, model, max_samples, notes)
     ranges, dtypes = _calibrate(model, feeds)
     graph = _Graph.of(model, dtypes)

@@ -93,8 +93,8 @@ def choose(
         if given is not None:
             raise BadOptionError("per-layer weight bits are given with weights='mixed', not 'int8'")
         return ()
-    if given is not None and (weights != "mixed" or any(b not in (4, 8) for b in given.values())):
-        raise BadOptionError(f"per-layer weight bits are 4 or 8, with weights='mixed'; got {dict(given)}")
+    if given is not None and (weights != "mixed" or any(b not in (2, 4, 8) for b in given.values())):
+        raise BadOptionError(f"per-layer weight bits are 2, 4 or 8, with weights='mixed'; got {dict(given)}")
     layers = [i for i, (role, _) in enumerate(roles) if role == WEIGHTED]
     sqnr = _measure(model, g, layers, ranges, feeds, per_channel)
     out = []

@@ -24,6 +24,13 @@ WEIGHT_QMAX = 127  # symmetric int8 weights use [-127, 127], as TFLite and onnxr
 INT4_QMAX = 7
 # INT4 initializers need DequantizeLinear-21; a model with int4 weights is converted to it.
 INT4_QDQ_OPSET = 21
+# Symmetric int2 weights use [-1, 1] (ternary, scale max|w|): the narrow range as for int4 and int8; only
+# given per layer (``weight_bits``, ``tvm-mcu prune --weights int2``), written as INT2 initializers of
+# DequantizeLinear-25.
+INT2_QMAX = 1
+INT2_QDQ_OPSET = 25
+# The largest stored magnitude of a symmetric weight of each width.
+QMAX = {8: WEIGHT_QMAX, 4: INT4_QMAX, 2: INT2_QMAX}
 # --weights: see tvm_mcu.ptq.bits.
 WEIGHT_CHOICES = ("int8", "int4", "mixed")
 # 24 dB: a noise power 1/250 of the signal's (6 % RMS). On the demo Fashion-MNIST CNN (10,000 test

@@ -17,11 +17,12 @@ from tvm_mcu.ptq.common import (
     FIXED,
     FLOAT,
     FUSED,
+    INT2_QDQ_OPSET,
     INT4_QDQ_OPSET,
-    INT4_QMAX,
     INT32_MAX,
     MIN_QDQ_OPSET,
     OWN_RANGE,
+    QMAX,
     SAME_SCALE,
     SOFTMAX_SCALE,
     SOFTMAX_ZERO_POINT,
@@ -45,13 +46,26 @@ def activation_params(lo: float, hi: float) -> tuple[np.float32, int]:
     return scale, zero_point
 
 
+# Ternary weights (qmax 1) keep the values above this times the slice's mean magnitude (Li and Liu's
+# ternary weight networks: the threshold that minimises the expected error for normal weights).
+TERNARY_THRESHOLD = 0.7
+
+
 def weight_scales(w: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX) -> np.ndarray:
-    """Symmetric scales ``max|w| / qmax`` per slice along ``axis`` (one scale when ``axis`` is None).
+    """Symmetric scales ``max|w| / qmax`` per slice along ``axis`` (one scale when ``axis`` is None);
+    ternary (``qmax`` 1): the mean magnitude of the slice's values above ``TERNARY_THRESHOLD`` times its
+    mean magnitude (with ``max|w|`` most of a slice would round to zero; with this scale the values below
+    about half of it do, as ternary weight networks keep them).
 
     An all-zero channel gets scale 1/qmax: any scale represents it, and this one keeps its bias scale sane.
     """
     a = np.abs(w.astype(np.float64))
-    amax = a.max() if axis is None else a.max(axis=tuple(k for k in range(w.ndim) if k != axis))
+    dims = tuple(range(w.ndim)) if axis is None else tuple(k for k in range(w.ndim) if k != axis)
+    amax = a.max(axis=dims)
+    if qmax == 1:
+        kept = a > TERNARY_THRESHOLD * a.mean(axis=dims, keepdims=True)
+        count = kept.sum(axis=dims)
+        amax = np.where(count > 0, (a * kept).sum(axis=dims) / np.maximum(count, 1), 0.0)
     return (np.where(amax > 0, amax, 1.0) / qmax).astype(np.float32)
 
 
@@ -103,14 +117,18 @@ class _Writer:
         self.node("DequantizeLinear", inputs, out, f"{base}_DequantizeLinear", **kwargs)
         return out
 
-    def dequantized_int4(self, base: str, q: np.ndarray, scale: np.ndarray, axis: int | None) -> str:
+    def dequantized_int4(
+        self, base: str, q: np.ndarray, scale: np.ndarray, axis: int | None, bits: int = 4
+    ) -> str:
         """int4 ``q`` (values in [-8, 7]) stored as an INT4 initializer (two per byte), zero point 0 of the
-        same type, followed by its DequantizeLinear (opset 21)."""
+        same type, followed by its DequantizeLinear (opset 21); ``bits=2``: int2 (values in [-2, 1]) as
+        INT2 (opset 25)."""
+        dtype = TensorProto.INT4 if bits == 4 else TensorProto.INT2
         q_name = _fresh(self.names, f"{base}_quantized")
-        self.inits.append(helper.make_tensor(q_name, TensorProto.INT4, q.shape, q.reshape(-1).tolist()))
+        self.inits.append(helper.make_tensor(q_name, dtype, q.shape, q.reshape(-1).tolist()))
         zp_name = _fresh(self.names, f"{base}_zero_point")
         zeros = [0] * int(scale.size)
-        self.inits.append(helper.make_tensor(zp_name, TensorProto.INT4, scale.shape, zeros))
+        self.inits.append(helper.make_tensor(zp_name, dtype, scale.shape, zeros))
         inputs = [q_name, self.init(f"{base}_scale", scale), zp_name]
         out = _fresh(self.names, f"{base}_DequantizeLinear_Output")
         kwargs = {"axis": axis} if axis is not None and scale.ndim == 1 else {}
@@ -202,8 +220,8 @@ def _write_qdq(
                 w.activation(o, src, None, f"calibrated, {node.op_type} fused with the op writing '{reason}'")
             else:
                 w.activation(o, src, None, "calibrated")
-    int4 = any(b == 4 for b in (weight_bits or {}).values())
-    return _assemble(model, w, int4), tuple(w.tensors)
+    low = [b for b in (weight_bits or {}).values() if b < 8]
+    return _assemble(model, w, min(low, default=8)), tuple(w.tensors)
 
 
 @attrs.frozen
@@ -255,9 +273,9 @@ def _quantize_weights(
     per_channel: bool,
     bits: int = 8,
 ) -> None:
-    """Replace the weight (and bias) inputs of ``new`` by int8 or int4 (int32) initializers and their
-    DQ nodes."""
-    qmax = WEIGHT_QMAX if bits == 8 else INT4_QMAX
+    """Replace the weight (and bias) inputs of ``new`` by int8, int4 or int2 (int32) initializers and
+    their DQ nodes."""
+    qmax = QMAX[bits]
     qw = quantized_weight(node, g, s_in, per_channel, qmax)
     if node.op_type == "Gemm":
         kept = [a for a in new.attribute if a.name not in ("alpha", "beta")]
@@ -270,8 +288,8 @@ def _quantize_weights(
         new.input[1] = w.dequantized(name, qw.q.astype(np.int8), scale, zeros, q_axis)
     else:
         zeros = np.zeros(scale.shape, np.int64)
-        new.input[1] = w.dequantized_int4(name, qw.q.astype(np.int64), scale, q_axis)
-    label = "int8" if bits == 8 else "int4"
+        new.input[1] = w.dequantized_int4(name, qw.q.astype(np.int64), scale, q_axis, bits)
+    label = f"int{bits}"
     w.tensors.append(
         TensorQuant(
             name,
@@ -315,9 +333,11 @@ def _quantize_constant(name: str, value: np.ndarray, w: _Writer) -> str:
     return out
 
 
-def _assemble(model: onnx.ModelProto, w: _Writer, int4: bool = False) -> onnx.ModelProto:
-    """The QDQ model: the float model's interface and metadata around the new nodes; opset 21 or newer
-    when it holds int4 weights (the model was converted to it before calibration)."""
+def _assemble(model: onnx.ModelProto, w: _Writer, bits: int = 8) -> onnx.ModelProto:
+    """The QDQ model: the float model's interface and metadata around the new nodes; ``bits``: its
+    narrowest weights, opset 21 or newer with int4 weights, 25 with int2 (the model was converted to it
+    before calibration)."""
+    opset = {8: MIN_QDQ_OPSET, 4: INT4_QDQ_OPSET, 2: INT2_QDQ_OPSET}[bits]
     graph = helper.make_graph(
         w.nodes,
         model.graph.name,
@@ -329,9 +349,7 @@ def _assemble(model: onnx.ModelProto, w: _Writer, int4: bool = False) -> onnx.Mo
     opsets = [
         helper.make_opsetid(
             o.domain,
-            max(o.version, INT4_QDQ_OPSET if int4 else MIN_QDQ_OPSET)
-            if o.domain in _DEFAULT_DOMAINS
-            else o.version,
+            max(o.version, opset) if o.domain in _DEFAULT_DOMAINS else o.version,
         )
         for o in model.opset_import
     ]
@@ -348,8 +366,8 @@ def _assemble(model: onnx.ModelProto, w: _Writer, int4: bool = False) -> onnx.Mo
     out.metadata_props.append(
         onnx.StringStringEntryProto(
             key="tvm_mcu.quantization",
-            value="int8 activations, int4/int8 weights QDQ, post-training static"
-            if int4
+            value=f"int8 activations, int{bits}/int8 weights QDQ, post-training static"
+            if bits < 8
             else "int8 QDQ, post-training static",
         )
     )

@@ -3,16 +3,17 @@ pass, and one gate per layer choosing int8 or int4.
 
 The quantiser (``tvm-mcu quantize``) stores a convolution's or dense layer's weights per output channel,
 symmetric: ``scale = max|w| / qmax``, ``q = round(w / scale)`` (half to even) in ``[-qmax, qmax]``, with
-``qmax = 2 ** (bits - 1) - 1`` (127 for int8, 7 for int4). :func:`fake_quant` computes exactly those
-dequantised values (float64 arithmetic, float32 scale, as the quantiser does), so the network trained is
-the network deployed, and passes the gradient straight through to the float weights (Bengio et al.'s
-straight-through estimator; quantisation-aware training).
+``qmax = 2 ** (bits - 1) - 1`` (127 for int8, 7 for int4, 1 for int2: ternary). :func:`fake_quant` computes
+exactly those dequantised values (float64 arithmetic, float32 scale, as the quantiser does), so the network
+trained is the network deployed, and passes the gradient straight through to the float weights (Bengio et
+al.'s straight-through estimator; quantisation-aware training).
 
 :class:`BitGates` gives every layer a gate ``theta``: ``theta > 0`` keeps its weights int8, otherwise
 int4. Like DiffPrune's channel gates (:mod:`tvm_mcu.train.diffprune`) the forward pass takes the hard
 choice and the backward pass goes through ``sigmoid(theta)``: the weight tap is ``q4 + h * (q8 - q4)``
 with ``h`` the hard gate, so a gate's gradient is the task loss's change between the layer's int8 and
 int4 weights (its salience), and a flash budget loss prices its bytes (``weight_bytes``: half for int4).
+``prune --weights int2`` fixes the gates off with int2 as the low width (a quarter of the bytes).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 
 from tvm_mcu.train.bridge import RelaxModule  # noqa: E402
 
-BITS = (4, 8)
+BITS = (2, 4, 8)
 # Gates start here: int8 (the cheaper int4 is what the budget loss pushes towards), as high as a
 # layer's strongest channel gate starts (DiffPrune's INIT_THETA + PRIOR_WEIGHT): ranked against the
 # channels on one scale, a layer's precision starts as its strongest channel. At 0.5, below almost
@@ -49,9 +50,10 @@ InputMask = tuple[int, Callable[[], torch.Tensor]]
 
 
 def qmax(bits: int) -> int:
-    """The largest stored magnitude of a symmetric ``bits``-bit weight: 127 for int8, 7 for int4."""
+    """The largest stored magnitude of a symmetric ``bits``-bit weight: 127 for int8, 7 for int4, 1 for
+    int2 (ternary, as ``ptq.common.INT2_QMAX``)."""
     if bits not in BITS:
-        raise BadOptionError(f"weights are int8 or int4, got {bits} bits")
+        raise BadOptionError(f"weights are int8, int4 or int2, got {bits} bits")
     return 2 ** (bits - 1) - 1
 
 
@@ -63,6 +65,13 @@ def output_axis(op: str, ndim: int) -> int:
 def channel_scales(w: torch.Tensor, bits: int, axis: int) -> torch.Tensor:
     """``max|w| / qmax`` per slice along ``axis`` as float32 (1 / qmax for an all-zero slice), shaped to
     broadcast against ``w``: the quantiser's scales (``ptq.write.weight_scales``)."""
+    if bits == 2:  # ternary: the quantiser's own rule (ptq.write.weight_scales), computed by it
+        from tvm_mcu.ptq.write import weight_scales
+
+        scales = weight_scales(w.detach().cpu().numpy(), axis, qmax(bits))
+        shape = [1] * w.dim()
+        shape[axis] = -1
+        return torch.from_numpy(scales).reshape(shape)
     a = w.detach().abs().to(torch.float64)
     dims = [d for d in range(w.dim()) if d != axis]
     amax = a.amax(dim=dims, keepdim=True) if dims else a
@@ -122,11 +131,13 @@ def _fixed(bits: int, axis: int) -> Tap:
 
 
 class BitGates(torch.nn.Module):
-    """A gate per weight of ``keys``: int8 while ``theta > 0``, else int4 (module docstring)."""
+    """A gate per weight of ``keys``: int8 while ``theta > 0``, else its low width, int4 unless
+    :meth:`fix` gives int2 (module docstring)."""
 
     def __init__(self, keys: Mapping[Key, tuple[str, int]], init: Mapping[Key, float] | None = None) -> None:
         super().__init__()
         self.keys = sorted(keys)
+        self.low: dict[Key, int] = {k: 4 for k in self.keys}  # a gate's width when off
         self.axis = {k: keys[k][1] for k in self.keys}
         start = [INIT_THETA + float((init or {}).get(k, 0.0)) for k in self.keys]
         self.theta = torch.nn.Parameter(torch.tensor(start, dtype=torch.float32))
@@ -134,11 +145,14 @@ class BitGates(torch.nn.Module):
         self.fixed = False  # the widths are given (``fix``): no gradient, no flips by the budget
 
     def fix(self, bits: Mapping[Key, int]) -> None:
-        """Hold every weight at ``bits`` (8 where not given): the network is trained as quantised at
-        those widths and the search leaves them."""
+        """Hold every weight at ``bits`` (8 where not given; 4 or 2 otherwise): the network is trained as
+        quantised at those widths and the search leaves them."""
         with torch.no_grad():
             for i, k in enumerate(self.keys):
                 self.theta[i] = INIT_THETA if bits.get(k, 8) == 8 else -INIT_THETA
+                if bits.get(k, 8) < 8:
+                    qmax(bits[k])  # refuses a width the quantiser cannot store
+                    self.low[k] = bits[k]
         self.theta.requires_grad_(False)
         self.fixed = True
 
@@ -161,7 +175,7 @@ class BitGates(torch.nn.Module):
     def bits(self) -> dict[Key, int]:
         """The bitwidth each weight has now."""
         on = (self.theta.detach() > 0).numpy()
-        return {k: 8 if bool(on[i]) else 4 for i, k in enumerate(self.keys)}
+        return {k: 8 if bool(on[i]) else self.low[k] for i, k in enumerate(self.keys)}
 
     def attach(self, module: RelaxModule, kept_inputs: Mapping[Key, InputMask] | None = None) -> None:
         """Put the gated quantisation on ``module``'s weights (after the taps already there).
@@ -182,7 +196,7 @@ class BitGates(torch.nn.Module):
                 shape[kept[0]] = -1
                 w = w * kept[1]().detach().view(shape)
             h = (self._h if self._h is not None else self.hard())[i]
-            q8, q4 = fake_quant(w, 8, axis), fake_quant(w, 4, axis)
+            q8, q4 = fake_quant(w, 8, axis), fake_quant(w, self.low[self.keys[i]], axis)
             # Both terms carry w's straight-through gradient; the gate's is (q8 - q4) . dL/dw.
             return q4 + h * (q8 - q4)
 
@@ -190,14 +204,15 @@ class BitGates(torch.nn.Module):
 
     def weight_bytes(self, full_bytes: Mapping[Key, float | torch.Tensor]) -> torch.Tensor:
         """Bytes of the gated weights stored packed: each weight's int8 bytes (a number or a tensor of
-        the kept channels' bytes, differentiable) times 1 for int8, 1/2 for int4."""
+        the kept channels' bytes, differentiable) times 1 for int8, 1/2 for int4, 1/4 for int2."""
         h = self._h if self._h is not None else self.hard()
         total = torch.zeros(())
         for i, key in enumerate(self.keys):
             b = full_bytes.get(key)
             if b is None:
                 continue
-            total = total + b * (0.5 + 0.5 * h[i])
+            part = self.low[key] / 8
+            total = total + b * (part + (1 - part) * h[i])
         return total
 
 
