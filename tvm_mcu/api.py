@@ -476,18 +476,25 @@ def check_against_references(
     """Compare the firmware's outputs with the oracles of the model's format, the preferred one first.
 
     An oracle that cannot run the
-    model is skipped (noted). When the firmware differs from the first oracle that runs, the others are
-    tried: if one agrees with the firmware, the references disagree with each other and that is said,
-    rather than blaming the firmware. VerificationError when no oracle can run the model.
+    model is skipped (noted), as is one whose outputs have other shapes than the firmware's (noted;
+    raised when no oracle has the firmware's shapes). When the firmware differs from the first oracle
+    that runs, the others are tried: if one agrees with the firmware, the references disagree with each other
+    and that is said, rather than blaming the firmware. VerificationError when no oracle can run the model.
     """
     notes: list[str] = []
     first: Checked | None = None
+    misshapen: VerificationError | None = None
     for name in oracle_names(model):
         oracle = run_oracle(name, model, inputs)
         if oracle.outputs is None:
             notes.append(f"{name} could not run the model ({oracle.error})")
             continue
-        result = compare(rows, outputs, list(oracle.outputs))
+        try:
+            result = compare(rows, outputs, list(oracle.outputs))
+        except VerificationError as exc:  # other shapes: another oracle may agree with the firmware's
+            misshapen = misshapen or exc
+            notes.append(f"{name}'s outputs differ from the firmware's in shape: {exc}")
+            continue
         if first is None:
             first = Checked(name, result, (), list(oracle.outputs))
         if result.passed:
@@ -498,6 +505,8 @@ def check_against_references(
                     f"firmware matches {name}"
                 )
             return Checked(name, result, tuple(notes), list(oracle.outputs))
+    if first is None and misshapen is not None:
+        raise misshapen
     if first is None:
         raise VerificationError(f"no reference interpreter can run {model.name}: {'; '.join(notes)}")
     return attrs.evolve(first, notes=tuple(notes))

@@ -2,7 +2,8 @@
 TFLite models, PyTorch itself for ``torch.export`` programs (.pt2).
 
 Two ONNX oracles, because each is wrong or missing somewhere: ``onnx.reference`` (1.23) has no
-DequantizeLinear before version 19, returns transposed shapes for MaxPool with some asymmetric pads and
+DequantizeLinear before version 19, returns transposed shapes for MaxPool with some asymmetric pads, one
+column too many for MaxPool with ``ceil_mode`` and end padding where the division is exact, and
 evaluates Softmax-11 on 4-D inputs wrongly; onnxruntime has no kernel for a few rarely used
 operator/type combinations. :func:`run_oracles` runs them in order and keeps each one's outputs or the
 one line saying why it could not run, so that ``verify`` can fall back, and can tell a disagreement of
