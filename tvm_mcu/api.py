@@ -475,11 +475,11 @@ def check_against_references(
 ) -> Checked:
     """Compare the firmware's outputs with the oracles of the model's format, the preferred one first.
 
-    An oracle that cannot run the
-    model is skipped (noted), as is one whose outputs have other shapes than the firmware's (noted;
-    raised when no oracle has the firmware's shapes). When the firmware differs from the first oracle
-    that runs, the others are tried: if one agrees with the firmware, the references disagree with each other
-    and that is said, rather than blaming the firmware. VerificationError when no oracle can run the model.
+    An oracle that cannot run the model is skipped (noted), as is one whose outputs have other shapes
+    than the firmware's (noted; raised when no oracle has the firmware's shapes). When the firmware
+    differs from the first oracle that runs, the others are tried: if one agrees with the firmware, the
+    references disagree with each other and that is said, rather than blaming the firmware.
+    VerificationError when no oracle can run the model.
     """
     notes: list[str] = []
     first: Checked | None = None
