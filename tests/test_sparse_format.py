@@ -103,3 +103,18 @@ def test_float_weights_pruned_by_filterlets_take_filterlet_csr() -> None:
 def test_float_weights_stay_dense(w: np.ndarray) -> None:
     assert compiler._sparse_format(w) is None
     assert compiler._conv_sparse_format(w) is None
+
+
+@pytest.mark.parametrize(("low", "high", "per_byte"), [(-8, 7, 2), (-2, 1, 4)], ids=["int4", "int2"])
+def test_a_sparse_format_must_beat_the_packed_dense_weights(low: int, high: int, per_byte: int) -> None:
+    """Weights whose values fit int4 (int2) are stored dense two (four) per byte: element CSR, 2 B a kept
+    weight, is smaller than a byte a value at 30 % kept but not than the packed weights. Ternary
+    weights from prune --weights int2 had been stored element CSR, four times the crumbs' bytes."""
+    rng = np.random.default_rng(1)
+    w = (rng.integers(low, high + 1, (16, 3, 3, 32)) * (rng.random((16, 3, 3, 32)) < 0.3)).astype(np.int8)
+    assert sparse_element_kernels.blob_bytes(w) < w.size
+    assert sparse_element_kernels.blob_bytes(w) > w.size / per_byte
+    assert compiler._sparse_format(w, pack=False) == ELEMENTS
+    assert compiler._sparse_format(w) is None
+    assert compiler._dense_sparse_format(w.reshape(16, -1), pack=False) == ELEMENTS
+    assert compiler._dense_sparse_format(w.reshape(16, -1)) is None
