@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -29,22 +30,28 @@ def _int4_initializers(path: Path, dtype: int = onnx.TensorProto.INT4) -> int:
     return sum(i.data_type == dtype and len(i.dims) >= 2 for i in inits)
 
 
-@pytest.mark.emulator
-def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path: Path) -> None:
+def _pruned(tmp_path: Path, **options: str) -> tuple[Any, Path]:
+    """The demo CNN pruned to 1,500 B of stored weights with ``options``, 2 epochs on 3,000 images: the
+    result and the written model."""
     out = tmp_path / "pruned.onnx"
-    # Of the demo CNN's 6,944 B: int8 at its narrowest (8 channels a group) stores 1,712 B, int4 1,136.
-    budget = Budget(weights=1500)
     result = prune_model(
         DEMO,
         board=BOARD,
-        budget=budget,
-        method="udc",
+        budget=Budget(weights=1500),
         out_path=out,
         workdir=tmp_path / "work",
         data="fashion-mnist",
         epochs=2,
         train_limit=3000,
+        **options,  # type: ignore[arg-type]
     )
+    return result, out
+
+
+@pytest.mark.emulator
+def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path: Path) -> None:
+    # Of the demo CNN's 6,944 B: int8 at its narrowest (8 channels a group) stores 1,712 B, int4 1,136.
+    result, out = _pruned(tmp_path, method="udc")
     assert result.after.weights <= 1500
     assert 4 in result.bits.values() and _int4_initializers(out) == list(result.bits.values()).count(4)
     # Kept channel counts are multiples of 8 (or whole groups): the kernels pack whole blocks.
@@ -149,18 +156,7 @@ def test_int2_everywhere_meets_the_budget_as_compiled_and_runs_exactly(tmp_path:
     scores about 0.41 after this training, int2 24 in the last and about 0.64."""
     mod = pipeline.run(pipeline.inference_passes(), load_model(DEMO).mod)
     assert list(all_int2(mod).values()) == [8, 2, 2, 8]
-    out = tmp_path / "pruned.onnx"
-    result = prune_model(
-        DEMO,
-        board=BOARD,
-        budget=Budget(weights=1500),
-        weights="int2",
-        out_path=out,
-        workdir=tmp_path / "work",
-        data="fashion-mnist",
-        epochs=2,
-        train_limit=3000,
-    )
+    result, out = _pruned(tmp_path, weights="int2")
     assert result.after.weights <= 1500
     assert list(result.bits.values()) == [8, 2, 2, 8]
     assert _int4_initializers(out, onnx.TensorProto.INT2) == 2

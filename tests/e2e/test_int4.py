@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,17 +41,17 @@ def _weight_symbols(out_dir: Path, suffix: str) -> dict[tuple[str, str], int]:
     return found
 
 
-@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"])
-def test_int4_weights_are_packed_bit_exact_and_half_the_bytes(board: str, tmp_path: Path) -> None:
-    path = _model(tmp_path)
-    packed = api.verify(path, board, tmp_path / "int4", seed=1)
-    # The same kernels with the weights as bytes: channels-last asked for (the int4 weights chose it).
-    # The same schedule: the depthwise scratch (UnpackInt4Weights) may tip the choice.
+def _packed_and_plain(path: Path, board: str, tmp_path: Path, bits: int) -> tuple[Any, Any]:
+    """``path`` verified as compiled (its weights packed) and with its weights as bytes, on the same
+    kernels (channels-last asked for: the packed weights chose it) and the same schedule (the depthwise
+    scratch of UnpackInt4Weights may tip the choice): both bit-exact, without warnings, with identical
+    outputs."""
+    packed = api.verify(path, board, tmp_path / f"int{bits}", seed=bits)
     plain = api.verify(
         path,
         board,
         tmp_path / "int8",
-        seed=1,
+        seed=bits,
         weights="int8",
         channels_last=True,
         schedule=packed.report.schedule,
@@ -58,9 +59,16 @@ def test_int4_weights_are_packed_bit_exact_and_half_the_bytes(board: str, tmp_pa
     for v in (packed, plain):
         assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference
         assert v.report.library_warnings == ()
-    assert packed.report.layout.startswith("channels-last: the weights of")
     assert packed.report.schedule == plain.report.schedule
     assert all(np.array_equal(a, b) for a, b in zip(packed.outputs, plain.outputs, strict=True))
+    return packed, plain
+
+
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"])
+def test_int4_weights_are_packed_bit_exact_and_half_the_bytes(board: str, tmp_path: Path) -> None:
+    path = _model(tmp_path)
+    packed, plain = _packed_and_plain(path, board, tmp_path, 4)
+    assert packed.report.layout.startswith("channels-last: the weights of")
     assert packed.report.int4_weight_ops and plain.report.int4_weight_ops == ()
     source = (tmp_path / "int4" / "model.c").read_text()
     assert "tvmmcu_dot4q_runs_s8s4" in source and "as int4 two per byte" in source
@@ -90,20 +98,7 @@ def test_int4_weights_are_packed_bit_exact_and_half_the_bytes(board: str, tmp_pa
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"])
 def test_int2_weights_are_packed_bit_exact_and_a_quarter_of_the_bytes(board: str, tmp_path: Path) -> None:
     path = _model(tmp_path, 2)
-    packed = api.verify(path, board, tmp_path / "int2", seed=2)
-    plain = api.verify(
-        path,
-        board,
-        tmp_path / "int8",
-        seed=2,
-        weights="int8",
-        channels_last=True,
-        schedule=packed.report.schedule,
-    )
-    for v in (packed, plain):
-        assert v.passed and v.report.max_abs_error == 0.0, v.report.worst_difference
-        assert v.report.library_warnings == ()
-    assert all(np.array_equal(a, b) for a, b in zip(packed.outputs, plain.outputs, strict=True))
+    packed, plain = _packed_and_plain(path, board, tmp_path, 2)
     source = (tmp_path / "int2" / "model.c").read_text()
     assert "tvmmcu_dot4c_runs_s8s2" in source and "as int2 four per byte" in source
     assert "tvmmcu_dot4b_" not in source and "tvmmcu_dot4q_" not in source
