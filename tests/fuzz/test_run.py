@@ -271,7 +271,14 @@ def test_boards_and_quantisers_rotate() -> None:
     boards = ("a", "b", "c", "d", "e")
     assert [board_for(s, 0, boards) for s in range(6)] == ["a", "b", "c", "d", "e", "a"]
     assert board_for(3, 0, boards) != board_for(3, 1, boards)
-    assert {int8_variants_for(s)[1] for s in range(2)} == {"ort-s8", "ort-u8"}
+    assert [int8_variants_for(s)[1] for s in range(6)] == [
+        "ort-s8",
+        "ort-u8",
+        "ort-s4",
+        "ort-u4",
+        "ort-s2",
+        "ort-s8",
+    ]
     assert all(int8_variants_for(s)[0] == "tvm-mcu" for s in range(4))
 
 

@@ -42,7 +42,7 @@ ORT_U4 = "ort-u4"
 ORT_S2 = "ort-s2"
 PRUNE = "prune"
 VARIANTS = (FLOAT, TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, ORT_S4, ORT_U4, ORT_S2, PRUNE)
-# Variants with int8 (or uint8) activations, the first three the ones a seed rotates through.
+# Variants with int8 (or uint8) activations (run.int8_variants_for: which ones a seed takes).
 INT8_VARIANTS = (TVM_MCU, ORT_S8, ORT_U8, ORT_QOP_U8, ORT_S4, ORT_U4, ORT_S2)
 _ORT = {
     # variant: (activation type, weight type) names of onnxruntime.quantization.QuantType

@@ -39,7 +39,17 @@ import numpy as np
 import onnx
 
 from tvm_mcu.fuzz.oracle import Departure, first_departure, ort_agrees
-from tvm_mcu.fuzz.quantize import INT8_VARIANTS, PRUNE, quantize
+from tvm_mcu.fuzz.quantize import (
+    INT8_VARIANTS,
+    ORT_S2,
+    ORT_S4,
+    ORT_S8,
+    ORT_U4,
+    ORT_U8,
+    PRUNE,
+    TVM_MCU,
+    quantize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +117,15 @@ def board_for(seed: int, variant_index: int, boards: tuple[str, ...]) -> str:
     return boards[(seed + variant_index) % len(boards)]
 
 
+# onnxruntime's variants a seed takes in turn: int8 or uint8 activations with int8 weights, then with
+# int4 or uint4 weights (the nibble kernels), then int2 ones (the crumb kernels).
+ROTATION = (ORT_S8, ORT_U8, ORT_S4, ORT_U4, ORT_S2)
+
+
 def int8_variants_for(seed: int) -> tuple[str, str]:
-    """The two int8 variants of a seed: tvm-mcu's quantiser, and onnxruntime's with int8 or uint8
-    activations alternating by seed."""
-    return (INT8_VARIANTS[0], INT8_VARIANTS[1 + seed % 2])
+    """The two int8 variants of a seed: tvm-mcu's quantiser, and onnxruntime's, its activations and
+    weight widths by seed (``ROTATION``)."""
+    return (TVM_MCU, ROTATION[seed % len(ROTATION)])
 
 
 # ----------------------------------------------------------------------------------- messages
