@@ -1,6 +1,7 @@
 """``make bench-prune``, widths and bits (UDC): int8 accuracy against stored weight bytes for int8
 DiffPrune (width only), int4 everywhere (``prune --weights int4``: DiffPrune of the int4 network,
-trained quantised) and the joint search (``prune --method udc``: channels and each layer's int8/int4
+trained quantised), int2 everywhere (``prune --weights int2``: ternary where the kernels read it four
+per byte) and the joint search (``prune --method udc``: channels and each layer's int8/int4/int2
 width together; and with ``--compress-weights all`` the weights' zeros too, deployed coded), at 1/2 to
 1/16 of the original int8 model's stored weights.
 
@@ -27,11 +28,13 @@ FRACTIONS = (2, 4, 8, 16)  # k: the budget is 1/k of the original int8 model's s
 METHODS: tuple[tuple[str, dict[str, str]], ...] = (
     ("int8 width", {"method": "diff"}),
     ("int4 width", {"method": "diff", "weights": "int4"}),
+    ("int2 width", {"method": "diff", "weights": "int2"}),
     ("joint (udc)", {"method": "udc"}),
     ("joint + zeros, coded", {"method": "udc", "compress_weights": "all"}),
 )
-# The joint searches (each judged against the width-only methods, METHODS[:2]).
+# The joint searches, each judged against the width-only methods (WIDTH_ONLY).
 JOINT = tuple(m for m, o in METHODS if o.get("method") == "udc")
+WIDTH_ONLY = tuple(m for m, _ in METHODS if m not in JOINT)
 # The done-when: the joint search at the original int8 model's accuracy less this is at least
 # SMALLER times smaller than int8 DiffPrune alone.
 ACCURACY_SLACK = 0.005
@@ -67,19 +70,22 @@ def claims(points: list[Point]) -> list[str]:
     base = next((p.deployed for p in points if p.k == 0), None)
     ks = sorted({p.k for p in points if p.k})
     out = []
-    others = [m for m, _ in METHODS[:2]]
+    others = list(WIDTH_ONLY)
     for joint in JOINT:
         if not any(m == joint for m, _ in at):
             continue  # not run
-        both = [k for k in ks if all((m, k) in at for m in (joint, *others))]
+        # The budgets the joint search and a width-only method both reached; each against the best of
+        # the width-only methods there.
+        both = [k for k in ks if (joint, k) in at and any((m, k) in at for m in others)]
+
+        def best(k: int) -> float:
+            return max(at[(m, k)].int8_acc for m in others if (m, k) in at)
+
         if both:
-            dominant = all(at[(joint, k)].int8_acc >= max(at[(m, k)].int8_acc for m in others) for k in both)
-            listed = ", ".join(
-                f"1/{k} {100 * (at[(joint, k)].int8_acc - max(at[(m, k)].int8_acc for m in others)):+.1f}"
-                for k in both
-            )
+            dominant = all(at[(joint, k)].int8_acc >= best(k) for k in both)
+            listed = ", ".join(f"1/{k} {100 * (at[(joint, k)].int8_acc - best(k)):+.1f}" for k in both)
             out.append(
-                f"{joint} at least as accurate (int8) as both width-only methods at every budget: "
+                f"{joint} at least as accurate (int8) as every width-only method at every budget: "
                 f"**{_yes(dominant)}** ({joint} - best other, points: {listed})"
             )
         if base is None:
@@ -164,20 +170,25 @@ def section(
         "",
         f"The float models of the curves above, pruned for {BOARD} by `tvm-mcu prune` at budgets of 1/k of",
         "the original int8 model's **stored weight bytes** (`--budget weights=`; int4 weights are stored",
-        "two per byte where the blocked SIMD kernels read them, the others a byte each). **int8 width** =",
+        "two per byte where the blocked SIMD kernels read them, int2 four per byte, the others a byte",
+        "each). **int8 width** =",
         "`--method diff` (DiffPrune, int8 weights); **int4 width** = `--method diff --weights int4` (every",
         "convolution and dense layer int4 except those the compiler cannot pack, DiffPrune budgeted for",
         "that, kept channel counts multiples of 8 so that the kernels pack them, trained with the weights",
-        "quantised as deployed: straight-through estimator); **joint (udc)** = `--method udc` (DiffPrune's",
-        "channel gates and a gate per layer choosing int8 or int4, trained together under the same budget",
-        "losses; a missed flash target puts the lowest-gated layer to int4 or cuts the lowest-gated channel,",
+        "quantised as deployed: straight-through estimator); **int2 width** = `--method diff --weights",
+        "int2` (the same with ternary weights where the kernels read them four per byte, scale the mean",
+        "magnitude above 0.7x the channel's mean; depthwise layers int4); **joint (udc)** = `--method udc`",
+        "(DiffPrune's",
+        "channel gates and two gates per layer choosing int8, int4 or int2 (int2 where the kernels read it",
+        "four per byte), trained together under the same budget",
+        "losses; a missed flash target narrows the lowest-gated layer by one width or cuts the lowest-gated channel,",
         "whichever gate is lower); **joint + zeros, coded** = `--method udc --compress-weights all` (the",
         f"joint search to {UDC_SPLIT:g}x the budget, then the weakest weights by {UDC_IMPORTANCE} zeroed until",
         "the model compiled with its weights Golomb-Rice coded meets it, gradually over half the rest of",
         "the training and held through the other half; deployed with `compile --compress-weights all`, its",
         "weights B the coded ones: a zero costs a bit). Every method gets the same epochs and training",
         "images (per model",
-        f"below); int4 and udc write the QDQ model calibrated on {CALIBRATION_IMAGES} training images, int8",
+        f"below); int4, int2 and udc write the QDQ model calibrated on {CALIBRATION_IMAGES} training images, int8",
         "width is quantised the same way (PTQ). bits = each conv/dense layer's weight width in order.",
         "trained acc = the fine-tuned network's test accuracy as trained (weights at their widths, float",
         "activations). **int8 acc**: activations int8, on all 10,000 test images by the compiled library",

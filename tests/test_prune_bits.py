@@ -30,14 +30,14 @@ def _int4_initializers(path: Path, dtype: int = onnx.TensorProto.INT4) -> int:
     return sum(i.data_type == dtype and len(i.dims) >= 2 for i in inits)
 
 
-def _pruned(tmp_path: Path, **options: str) -> tuple[Any, Path]:
-    """The demo CNN pruned to 1,500 B of stored weights with ``options``, 2 epochs on 3,000 images: the
-    result and the written model."""
+def _pruned(tmp_path: Path, budget: int = 1500, **options: str) -> tuple[Any, Path]:
+    """The demo CNN pruned to ``budget`` bytes of stored weights with ``options``, 2 epochs on 3,000
+    images: the result and the written model."""
     out = tmp_path / "pruned.onnx"
     result = prune_model(
         DEMO,
         board=BOARD,
-        budget=Budget(weights=1500),
+        budget=Budget(weights=budget),
         out_path=out,
         workdir=tmp_path / "work",
         data="fashion-mnist",
@@ -181,3 +181,16 @@ def test_int2_everywhere_leaves_depthwise_layers_int4() -> None:
         path.write_bytes(mobilenet_block().SerializeToString())
         mod = pipeline.run(pipeline.inference_passes(), load_model(path).mod)
     assert list(all_int2(mod).values()) == [2, 4, 2]
+
+
+@pytest.mark.emulator
+def test_the_joint_search_takes_int2_below_what_int4_can_reach(tmp_path: Path) -> None:
+    """At 1,100 B, below int4's narrowest network (1,136 B), the joint search puts a middle convolution
+    to int2 (its second gate): the written model stores it four per byte, as measured, bit-exact."""
+    result, out = _pruned(tmp_path, budget=1100, method="udc")
+    assert result.after.weights <= 1100 and 2 in result.bits.values(), result.bits
+    assert _int4_initializers(out, onnx.TensorProto.INT2) == list(result.bits.values()).count(2)
+    checked = api.verify(out, BOARD, tmp_path / "verify")
+    assert checked.passed and checked.report.verified
+    assert checked.report.stored_weights_bytes == result.after.weights
+    assert checked.report.int2_weight_ops

@@ -633,8 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["diff", "l1", "uniform", "udc"],
         help="how channels are ranked (--granularity channel only): diff (default): gates trained with "
         "budget losses while the model trains (needs --data and --epochs; without them, l1); l1: weight "
-        "magnitude; uniform: width scaling; udc: diff's gates and a gate per layer choosing int8 or int4 "
-        "weights, searched together (UDC; writes the quantised model)",
+        "magnitude; uniform: width scaling; udc: diff's gates and gates per layer choosing int8, int4 or "
+        "int2 weights, searched together (UDC; writes the quantised model)",
     )
     pr.add_argument(
         "--weights",
@@ -651,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="off",
         help="all: the model will be compiled with --compress-weights all; every candidate is measured "
         "so (weights Golomb-Rice coded, a zero weight one bit), and --method udc then searches each "
-        "layer's share of zero weights as well as its channels and int8/int4 width",
+        "layer's share of zero weights as well as its channels and int8/int4/int2 width",
     )
     pr.add_argument(
         "--importance",

@@ -472,7 +472,7 @@ def prune_model(
     ``weights="int4"``: the model is deployed with int4 weights (``tvm-mcu quantize --weights int4``),
     budgeted and trained as such; ``weights="int2"``: int2 (ternary) where the compiler stores them four
     per byte (:func:`tvm_mcu.prune_bits.all_int2`), likewise; ``method="udc"``: the channels and each
-    layer's width (int8 or int4) searched together (:mod:`tvm_mcu.prune_bits`). Both write the quantised
+    layer's width (int8, int4 or int2) searched together (:mod:`tvm_mcu.prune_bits`). Both write the quantised
     (QDQ) model, calibrated on ``data``, and train the network as quantised at its widths.
     ``compress_weights="all"``: the model is deployed with ``compile --compress-weights all``; every
     candidate is measured so (stored weights Golomb-Rice coded), and ``method="udc"`` then searches
@@ -563,8 +563,9 @@ def prune_model(
             )
             keep, best, after, training = sparse.keep, sparse.mod, sparse.after, sparse.training
         else:
-            # The joint search may put any layer to int4: the narrowest network is the int4 one.
-            _narrowest(attrs.evolve(job, bits=prune_bits.all_int4(mod)) if method == "udc" else job, budget)
+            # The joint search may put any layer to int4, or int2 where the kernels read it: the narrowest
+            # network is that one.
+            _narrowest(attrs.evolve(job, bits=prune_bits.all_int2(mod)) if method == "udc" else job, budget)
             if method == "udc" and job.compress == "all":
                 from tvm_mcu.prune_sparse import udc_sparse
 
@@ -857,7 +858,7 @@ def _fit_compiled(
     from tvm_mcu.train.diffprune import fill_bits, fill_to, remove_to
 
     theta, alive = gates.theta.detach().clone(), gates.alive.clone()
-    widths = bits.theta.detach().clone() if bits is not None else None
+    widths = (bits.theta.detach().clone(), bits.theta2.detach().clone()) if bits is not None else None
 
     def cut(
         scale: float, missed: frozenset[str], attempt: int
@@ -866,8 +867,9 @@ def _fit_compiled(
             gates.theta.data.copy_(theta)
             gates.alive.copy_(alive)
             gates.hold_floors()
-            if bits is not None:
-                bits.theta.data.copy_(widths)
+            if bits is not None and widths is not None:
+                bits.theta.data.copy_(widths[0])
+                bits.theta2.data.copy_(widths[1])
             # A missed stored-weights budget tightens the flash target it was translated to.
             tight = {"flash" if r == "weights" else r for r in missed}
             target = {r: v * (scale if r in tight else 1.0) for r, v in limits.items()}

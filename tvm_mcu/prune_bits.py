@@ -127,8 +127,9 @@ def gated_model(
 
     keys = weight_keys(module)
     shapes = weight_shapes(mod)
-    gates = BitGates(keys)
     packed = frozenset(k for k in keys if k in shapes and packable(*shapes[k]))
+    # int2 where the crumb kernels read the weights four per byte: not a depthwise layer's.
+    gates = BitGates(keys, two_bit=frozenset(k for k in packed if not shapes[k].depthwise))
     if fixed is not None:
         gates.fix({k: fixed.get(k, 8) if k in packed else 8 for k in keys})
     elements = resource_model.site_weights(

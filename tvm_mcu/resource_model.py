@@ -587,13 +587,17 @@ def build(
 
 
 class Bitwidths(Protocol):
-    """Which weights are int8 now: a number per weight of ``keys`` (1 int8, 0 its ``low`` width: 4 or 2),
-    as a torch tensor with gradients for a loss (``grad=True``) or as numpy for figures."""
+    """Which weights are int8 now: a number per weight of ``keys`` (1 int8, 0 int4 or int2, the part of
+    the bytes ``low_part`` says), as a torch tensor with gradients for a loss (``grad=True``) or as numpy
+    for figures."""
 
     keys: list[tuple[int, int]]
-    low: dict[tuple[int, int], int]
 
     def int8(self, grad: bool) -> Any: ...
+
+    def low_part(self, grad: bool) -> Any:
+        """Per weight, the part of its int8 bytes its width below int8 stores (1/2 int4, 1/4 int2)."""
+        ...
 
 
 @attrs.frozen
@@ -614,8 +618,9 @@ class BitsModel(ResourceModel):
             return out
         dk = k - _like(self.full, k)
         int8 = self.bitwidths.int8(_is_torch(k))
+        low = self.bitwidths.low_part(_is_torch(k))
         saved = [
-            (1 - self.bitwidths.low.get(key, 4) / 8) * (1 - int8[i]) * self.elements[key](dk)
+            (1 - low[i]) * (1 - int8[i]) * self.elements[key](dk)
             for i, key in enumerate(self.bitwidths.keys)
             if key in self.packed and key in self.elements
         ]

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from tests.prune_helpers import inference_model  # noqa: E402
 from tvm_mcu import pipeline, resource_model  # noqa: E402
 from tvm_mcu.analysis.channels import channel_groups  # noqa: E402
+from tvm_mcu.errors import BadOptionError  # noqa: E402
 from tvm_mcu.frontend import load_model  # noqa: E402
 from tvm_mcu.passes.relax.prune_channels import PruneChannels  # noqa: E402
 from tvm_mcu.train.bits import (  # noqa: E402
@@ -59,7 +60,7 @@ def _dequantized_weights(path: Path) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("bits", [8, 4, 48])
+@pytest.mark.parametrize("bits", [8, 4, 2, 48])
 def test_fake_quant_is_what_the_quantiser_stores(demo: tuple, tmp_path: Path, bits: int) -> None:
     imported, mod = demo
     module = RelaxModule(mod)
@@ -76,7 +77,8 @@ def test_fake_quant_is_what_the_quantiser_stores(demo: tuple, tmp_path: Path, bi
     path = resource_model.deployable(mod, imported, tmp_path, int8=True, tag="q", bits=width)
     stored = _dequantized_weights(path)
     kinds = {i.data_type for i in onnx.load(str(path)).graph.initializer if i.name.endswith("quantized")}
-    assert (onnx.TensorProto.INT4 in kinds) == (bits != 8)
+    assert (onnx.TensorProto.INT4 in kinds) == (bits in (4, 48))
+    assert (onnx.TensorProto.INT2 in kinds) == (bits == 2)
     # Each layer's int8 weights as trained are bit for bit the ones the quantiser writes (a dense
     # layer's stored transposed, as Gemm's B).
     assert len(stored) == len(trained)
@@ -128,6 +130,38 @@ def test_gates_choose_int8_or_int4_and_price_the_bytes(demo: tuple) -> None:
     loss.backward()
     assert gates.theta.grad is not None and bool((gates.theta.grad != 0).all())
     assert float(gates.weight_bytes(full).detach()) == pytest.approx(500.0 * len(keys))
+
+
+def test_second_gates_choose_int2_where_the_kernels_read_it_and_price_a_quarter(demo: tuple) -> None:
+    """The weights of ``two_bit`` go int2 when both gates are off (ternary, as hold_bits quantises
+    them), the others stay int4; the bytes are a quarter and a half; the second gates get gradients
+    only where int2 is possible; int2 is refused for a weight no kernel reads four per byte."""
+    _, mod = demo
+    module = RelaxModule(mod)
+    keys = weight_keys(module)
+    order = sorted(keys)
+    two = frozenset(order[1:3])  # the middle convolutions (the crumb kernels read them)
+    gates = BitGates(keys, two_bit=two)
+    gates.attach(module)
+    with torch.no_grad():
+        gates.theta.fill_(-0.5)
+        gates.theta2.fill_(-0.5)
+    gates.begin_step()
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((4, 1, 28, 28)).astype(np.float32))
+    out = module(x)
+    want = {k: 2 if k in two else 4 for k in keys}
+    assert gates.bits() == want
+    fixed = RelaxModule(mod)
+    hold_bits(fixed, want)
+    assert torch.equal(out.detach(), fixed(x).detach())
+    full = {k: 1000.0 for k in keys}
+    assert float(gates.weight_bytes(full).detach()) == pytest.approx(250.0 * 2 + 500.0 * (len(keys) - 2))
+    (out.square().mean() + gates.weight_bytes(full) / 1e4).backward()
+    assert gates.theta2.grad is not None
+    grads = {k: float(gates.theta2.grad[i]) for i, k in enumerate(gates.keys)}
+    assert all((g != 0) == (k in two) for k, g in grads.items()), grads
+    with pytest.raises(BadOptionError, match="cannot be int2"):
+        BitGates(keys, two_bit=two).fix({order[0]: 2})
 
 
 @pytest.mark.parametrize("name", ["resnet_block", "mobilenet_block", "conv_flatten_fc", "inception_concat"])

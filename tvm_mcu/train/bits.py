@@ -1,5 +1,5 @@
 """Weight bitwidth while training (UDC's bitwidth axis): the deployed weights' quantisation in the forward
-pass, and one gate per layer choosing int8 or int4.
+pass, and gates per layer choosing int8, int4 or int2.
 
 The quantiser (``tvm-mcu quantize``) stores a convolution's or dense layer's weights per output channel,
 symmetric: ``scale = max|w| / qmax``, ``q = round(w / scale)`` (half to even) in ``[-qmax, qmax]``, with
@@ -13,7 +13,10 @@ int4. Like DiffPrune's channel gates (:mod:`tvm_mcu.train.diffprune`) the forwar
 choice and the backward pass goes through ``sigmoid(theta)``: the weight tap is ``q4 + h * (q8 - q4)``
 with ``h`` the hard gate, so a gate's gradient is the task loss's change between the layer's int8 and
 int4 weights (its salience), and a flash budget loss prices its bytes (``weight_bytes``: half for int4).
-``prune --weights int2`` fixes the gates off with int2 as the low width (a quarter of the bytes).
+A second gate ``theta2`` per layer chooses, below int8, between int4 and int2 (``theta2 <= 0``), the same
+way (tap ``q2 + h2 * (q4 - q2)`` in place of ``q4``; a quarter of the bytes), for the layers whose kernels
+read int2 four per byte (``two_bit``: not depthwise ones). ``prune --weights int2`` fixes both gates off
+there.
 """
 
 from __future__ import annotations
@@ -131,51 +134,89 @@ def _fixed(bits: int, axis: int) -> Tap:
 
 
 class BitGates(torch.nn.Module):
-    """A gate per weight of ``keys``: int8 while ``theta > 0``, else its low width, int4 unless
-    :meth:`fix` gives int2 (module docstring)."""
+    """A gate per weight of ``keys``: int8 while ``theta > 0``, else int4, or int2 for the weights of
+    ``two_bit`` (those the kernels read four per byte) whose second gate ``theta2`` is not above 0
+    (module docstring)."""
 
-    def __init__(self, keys: Mapping[Key, tuple[str, int]], init: Mapping[Key, float] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Mapping[Key, tuple[str, int]],
+        init: Mapping[Key, float] | None = None,
+        two_bit: frozenset[Key] = frozenset(),
+    ) -> None:
         super().__init__()
         self.keys = sorted(keys)
-        self.low: dict[Key, int] = {k: 4 for k in self.keys}  # a gate's width when off
         self.axis = {k: keys[k][1] for k in self.keys}
         start = [INIT_THETA + float((init or {}).get(k, 0.0)) for k in self.keys]
         self.theta = torch.nn.Parameter(torch.tensor(start, dtype=torch.float32))
+        # The second gate: int4 while theta2 > 0, else int2; only the weights of two_bit may go int2.
+        self.theta2 = torch.nn.Parameter(torch.full((len(self.keys),), INIT_THETA, dtype=torch.float32))
+        self.two_bit = frozenset(k for k in two_bit if k in keys)
+        self._may2 = torch.tensor([k in self.two_bit for k in self.keys], dtype=torch.float32)
         self._h: torch.Tensor | None = None
+        self._h2: torch.Tensor | None = None
         self.fixed = False  # the widths are given (``fix``): no gradient, no flips by the budget
 
     def fix(self, bits: Mapping[Key, int]) -> None:
-        """Hold every weight at ``bits`` (8 where not given; 4 or 2 otherwise): the network is trained as
-        quantised at those widths and the search leaves them."""
+        """Hold every weight at ``bits`` (8 where not given; 4, or 2 for a weight of ``two_bit``): the
+        network is trained as quantised at those widths and the search leaves them."""
         with torch.no_grad():
             for i, k in enumerate(self.keys):
-                self.theta[i] = INIT_THETA if bits.get(k, 8) == 8 else -INIT_THETA
-                if bits.get(k, 8) < 8:
-                    qmax(bits[k])  # refuses a width the quantiser cannot store
-                    self.low[k] = bits[k]
+                b = bits.get(k, 8)
+                qmax(b)  # refuses a width the quantiser cannot store
+                if b == 2 and k not in self.two_bit:
+                    raise BadOptionError(f"weight {k} cannot be int2: no kernel reads it four per byte")
+                self.theta[i] = INIT_THETA if b == 8 else -INIT_THETA
+                self.theta2[i] = -INIT_THETA if b == 2 else INIT_THETA
         self.theta.requires_grad_(False)
+        self.theta2.requires_grad_(False)
         self.fixed = True
 
     def hard(self) -> torch.Tensor:
-        """1 for the weights kept int8, 0 for int4, with sigmoid gradients (straight-through)."""
+        """1 for the weights kept int8, 0 for int4 or int2, with sigmoid gradients (straight-through)."""
         soft = torch.sigmoid(self.theta)
         return (self.theta > 0).to(soft.dtype) + soft - soft.detach()
 
+    def hard2(self) -> torch.Tensor:
+        """1 where the low width is int4, 0 where int2 (only weights of ``two_bit``), straight-through."""
+        soft = torch.sigmoid(self.theta2)
+        h2 = (self.theta2 > 0).to(soft.dtype) + soft - soft.detach()
+        return self._may2 * h2 + (1 - self._may2)
+
     def begin_step(self) -> torch.Tensor:
         self._h = self.hard()
+        self._h2 = self.hard2()
         return self._h
 
     def int8(self, grad: bool) -> Any:
-        """1 per weight kept int8, 0 per int4: the straight-through tensor of this step (``grad``), or
-        numpy (``resource_model.Bitwidths``)."""
+        """1 per weight kept int8, 0 per int4 or int2: the straight-through tensor of this step
+        (``grad``), or numpy (``resource_model.Bitwidths``)."""
         if grad:
             return self._h if self._h is not None else self.hard()
         return (self.theta.detach() > 0).numpy().astype(float)
 
+    def low_part(self, grad: bool) -> Any:
+        """Per weight, the part of its int8 bytes its low width stores: 1/2 for int4, 1/4 for int2 (a
+        tensor of this step with ``grad``, else numpy)."""
+        if grad:
+            h2 = self._h2 if self._h2 is not None else self.hard2()
+            return 0.25 + 0.25 * h2
+        on4 = (self.theta2.detach() > 0).numpy() | ~self._may2.numpy().astype(bool)
+        return 0.25 + 0.25 * on4.astype(float)
+
     def bits(self) -> dict[Key, int]:
         """The bitwidth each weight has now."""
         on = (self.theta.detach() > 0).numpy()
-        return {k: 8 if bool(on[i]) else self.low[k] for i, k in enumerate(self.keys)}
+        low = self.low_part(grad=False)
+        return {k: 8 if bool(on[i]) else (4 if low[i] > 0.25 else 2) for i, k in enumerate(self.keys)}
+
+    def parameters_to_train(self) -> list[torch.nn.Parameter]:
+        """The gates' parameters (the second gate's only where a weight may go int2)."""
+        return [self.theta, self.theta2] if self.two_bit else [self.theta]
+
+    def freeze(self) -> None:
+        self.theta.requires_grad_(False)
+        self.theta2.requires_grad_(False)
 
     def attach(self, module: RelaxModule, kept_inputs: Mapping[Key, InputMask] | None = None) -> None:
         """Put the gated quantisation on ``module``'s weights (after the taps already there).
@@ -183,22 +224,28 @@ class BitGates(torch.nn.Module):
         ``kept_inputs``: per weight, (axis, a function giving the hard 0/1 mask of its input channels
         this step): channel pruning's gates. A pruned input channel's weights are left out of the
         scales, as they are once the channel is cut (its activations are zero, so nothing else
-        changes), so the network trained is the deployed one."""
+        changes), so the network trained is the deployed one (int2's mean-magnitude scale counts them
+        while they are gated, not once cut: the fine-tuning after the cut trains the deployed one)."""
         for i, key in enumerate(self.keys):
             name = _name(key)
-            tap = self._tap(i, self.axis[key], (kept_inputs or {}).get(key))
+            tap = self._tap(i, self.axis[key], (kept_inputs or {}).get(key), key in self.two_bit)
             module.weight_taps[name] = _compose(tap, module.weight_taps.get(name))
 
-    def _tap(self, i: int, axis: int, kept: InputMask | None) -> Tap:
+    def _tap(self, i: int, axis: int, kept: InputMask | None, may2: bool) -> Tap:
         def tap(w: torch.Tensor) -> torch.Tensor:
             if kept is not None:
                 shape = [1] * w.dim()
                 shape[kept[0]] = -1
                 w = w * kept[1]().detach().view(shape)
             h = (self._h if self._h is not None else self.hard())[i]
-            q8, q4 = fake_quant(w, 8, axis), fake_quant(w, self.low[self.keys[i]], axis)
-            # Both terms carry w's straight-through gradient; the gate's is (q8 - q4) . dL/dw.
-            return q4 + h * (q8 - q4)
+            q8, low = fake_quant(w, 8, axis), fake_quant(w, 4, axis)
+            if may2:
+                h2 = (self._h2 if self._h2 is not None else self.hard2())[i]
+                q2 = fake_quant(w, 2, axis)
+                # The second gate's gradient is (q4 - q2) . dL/dw, as the first's below.
+                low = q2 + h2 * (low - q2)
+            # Both terms carry w's straight-through gradient; the gate's is (q8 - low) . dL/dw.
+            return low + h * (q8 - low)
 
         return tap
 
@@ -206,13 +253,13 @@ class BitGates(torch.nn.Module):
         """Bytes of the gated weights stored packed: each weight's int8 bytes (a number or a tensor of
         the kept channels' bytes, differentiable) times 1 for int8, 1/2 for int4, 1/4 for int2."""
         h = self._h if self._h is not None else self.hard()
+        low = self.low_part(grad=True)
         total = torch.zeros(())
         for i, key in enumerate(self.keys):
             b = full_bytes.get(key)
             if b is None:
                 continue
-            part = self.low[key] / 8
-            total = total + b * (part + (1 - part) * h[i])
+            total = total + b * (low[i] + (1 - low[i]) * h[i])
         return total
 
 

@@ -277,10 +277,16 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
         over = [r for r, v in _violations(model, k, budget).items() if v > 0]
         if not over:
             return removed
-        flips: list[int] = []
+        # Width flips that lower the flash: an int8 layer to int4 (ranked by its gate), an int4 layer that
+        # may go int2 to int2 (by its second gate).
+        flips: list[tuple[float, int, int]] = []  # (gate, 1 or 2, layer)
         if isinstance(bits, BitGates) and not bits.fixed and "flash" in over:
-            on8 = bits.theta.detach() > 0
-            flips = [i for i, key in enumerate(bits.keys) if key in packed and bool(on8[i])]
+            on8, on4 = bits.theta.detach(), bits.theta2.detach()
+            for i, key in enumerate(bits.keys):
+                if key in packed and float(on8[i]) > 0:
+                    flips.append((float(on8[i]), 1, i))
+                elif key in packed and key in bits.two_bit and float(on4[i]) > 0:
+                    flips.append((float(on4[i]), 2, i))
         # Groups whose narrowing lowers a missed resource and that keep more than one channel (quantum).
         q = gates.quantum
         useful = {gi for r in over for gi, d in enumerate(model.pressure(k, r)) if d > 0 and k[gi] > q}
@@ -298,10 +304,9 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
             return removed
         if flips:
             assert isinstance(bits, BitGates)
-            widths = bits.theta.detach()
-            flip = min(flips, key=lambda i: float(widths[i]))
-            if not cands or float(widths[flip]) < min(float(theta[i]) for i in cands):
-                bits.theta.data[flip] = -FILL_THETA
+            gate, which, flip = min(flips)
+            if not cands or gate < min(float(theta[i]) for i in cands):
+                (bits.theta if which == 1 else bits.theta2).data[flip] = -FILL_THETA
                 removed += 1
                 continue
         worst = min(cands, key=lambda i: float(theta[i]))
@@ -367,7 +372,7 @@ def diffprune(
     room the budget leaves goes back to the highest gates (``fill_to``); the rest of the epochs train
     that structure.
 
-    ``bits`` (UDC's joint search of width and bitwidth): gates choosing int8 or int4 for each layer's
+    ``bits`` (UDC's joint search of width and bitwidth): gates choosing int8, int4 or int2 for each layer's
     weights, trained alongside the channel gates; ``model`` must price them
     (``resource_model.with_bits`` over ``bits``). They freeze with the channel gates, after the int4
     layers with the highest gates go back to int8 while the budget holds (``fill_bits``); the weights
@@ -413,7 +418,7 @@ def diffprune(
             # channels left in the first conv, 14 % of the SRAM budget unused).
             if bits is not None:
                 fill_bits(bits, model, gates, budget)
-                bits.theta.requires_grad_(False)
+                bits.freeze()
             fill_to(gates, model, budget)
             gates.theta.requires_grad_(False)
         k = gates.hard_counts()
@@ -438,6 +443,7 @@ def diffprune(
     if bits is not None:
         fill_bits(bits, model, gates, budget)
         bits.theta.requires_grad_(not bits.fixed)
+        bits.theta2.requires_grad_(not bits.fixed and bool(bits.two_bit))
         bits.begin_step()
     fill_to(gates, model, budget)
     gates.alive[(gates.theta.detach() <= 0) & (gates.held == 0)] = 0.0
@@ -446,22 +452,24 @@ def diffprune(
 
 
 def fill_bits(bits: BitGates, model: ResourceModel, gates: Gates, budget: dict[str, float]) -> int:
-    """Put int4 layers back to int8, highest gate first, while the model predicts every budget met at
-    the channel gates' counts; how many (none when the widths are fixed)."""
+    """Put int2 layers back to int4, then int4 layers back to int8, highest gate first, while the model
+    predicts every budget met at the channel gates' counts; how many (none when the widths are fixed)."""
     added = 0
     if bits.fixed:
         return 0
     k = gates.hard_counts()
-    theta = bits.theta.data
-    for i in sorted(range(len(theta)), key=lambda i: (-float(theta[i]), i)):
-        if float(theta[i]) > 0:
-            continue
-        was = float(theta[i])
-        theta[i] = FILL_THETA
-        if any(v > 0 for v in _violations(model, k, budget).values()):
-            theta[i] = was
-        else:
-            added += 1
+    for theta, only in ((bits.theta2.data, bits.two_bit), (bits.theta.data, None)):
+        for i in sorted(range(len(theta)), key=lambda i: (-float(theta[i]), i)):
+            if float(theta[i]) > 0 or (only is not None and bits.keys[i] not in only):
+                continue
+            if only is not None and float(bits.theta.data[i]) > 0:
+                continue  # int8: its low width does not count
+            was = float(theta[i])
+            theta[i] = FILL_THETA
+            if any(v > 0 for v in _violations(model, k, budget).values()):
+                theta[i] = was
+            else:
+                added += 1
     return added
 
 
@@ -501,7 +509,9 @@ def train_gated(
         extra_loss=extra_loss,
         on_step=on_step,
         progress=progress,
-        extra_params=[g.theta for g in every],
+        extra_params=[
+            p for g in every for p in (g.parameters_to_train() if isinstance(g, BitGates) else [g.theta])
+        ],
         extra_lr=GATE_LR,
         teacher=teacher,
         cosine=False,
