@@ -245,16 +245,20 @@ def _window_store(store: Any, fixed: tuple[Any, ...], bounds: tuple[Any, Any], r
     if outer is None:
         return inside
     zero = tirx.IntImm(str(taps[0].ty), 0)
-    padding = _window_call(fixed, (zero, zero, zero, zero), run)
+    # Every tap padding: the kernel reads no data, and its pointer is the buffer's start (the window's
+    # origin may lie before it, a pointer C may not form: -Warray-bounds, fuzz seed 5302).
+    padding = _window_call(fixed, (zero, zero, zero, zero), run, origin=zero)
     return tirx.IfThenElse(outer, inside, tirx.BufferStore(store.buffer, padding, store.indices))
 
 
-def _window_call(fixed: tuple[Any, ...], taps: tuple[Any, Any, Any, Any], run: int = 0) -> Any:
+def _window_call(
+    fixed: tuple[Any, ...], taps: tuple[Any, Any, Any, Any], run: int = 0, origin: Any = None
+) -> Any:
     """The window kernel's call for the taps [y0, y1) x [x0, x1) inside the input (``run``: the runs
-    kernel's values per tap)."""
+    kernel's values per tap; ``origin``: the data index to pass instead of the first tap inside's)."""
     name, load, xs, weight, ws, (kh, kw), pad, acc = fixed
     y0, y1, x0, x1 = taps
-    at = tirx.BufferLoad(load.source, [xs[2] + y0 * xs[0] + x0 * xs[1]])
+    at = tirx.BufferLoad(load.source, [xs[2] + y0 * xs[0] + x0 * xs[1] if origin is None else origin])
     args = [tirx.address_of(at), _c(xs[0]), _c(xs[1])]
     args += [tirx.address_of(tirx.BufferLoad(weight.source, [ws[2]])), _c(ws[0]), _c(ws[1])]
     args += [_c(kh), _c(kw), *([_c(run)] if run else []), _i32(y0), _i32(y1), _i32(x0), _i32(x1)]

@@ -114,3 +114,14 @@ def test_compressed_weight_cases(seed: int, variant: str, board: str, tmp_path: 
     outcome = execute(case, random_cnn(seed).SerializeToString(deterministic=True), tmp_path)
     assert outcome.verdict == PASS, f"{outcome.verdict}: {outcome.message}\n{outcome.detail}"
     assert outcome.coded_weights > 0, outcome.coded_weights
+
+
+@pytest.mark.emulator
+def test_an_all_padding_window_call_points_into_its_buffer(tmp_path: Path) -> None:
+    """Fuzz seed 5302: a 3x3 convolution dilated 2 over a 2x2 input, pads (2, 1, 0, 2); after
+    SplitBorders a kernel row is all padding, and its window call passed &lv2[-20], a pointer the kernel
+    never reads but C may not form (GCC: -Warray-bounds in model.c, a failed case). The padding call
+    now passes the buffer's start."""
+    case = Case(5302, "tvm-mcu", "mps2-an386", "all")
+    outcome = execute(case, random_cnn(5302).SerializeToString(deterministic=True), tmp_path)
+    assert outcome.verdict == PASS, f"{outcome.verdict}: {outcome.message}\n{outcome.detail}"
