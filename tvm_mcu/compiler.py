@@ -364,11 +364,7 @@ def compressible(graph: Graph, weights: str = "auto") -> list[Compressible]:
             if stride % 8:
                 continue
             chunk = 4 * stride
-            raw = w.nbytes
-            if weights == "auto" and pack_weights.fits_int4(w):
-                raw = w.nbytes // (4 if pack_weights.fits_int2(w) else 2)
-            if weights == "int16":
-                raw = 2 * w.nbytes
+            raw = 2 * w.nbytes if weights == "int16" else int(_dense_bytes(w, weights == "auto"))
             stored = rice_kernels.encoded_bytes(w, chunk)
             if stored >= raw:
                 continue
