@@ -63,6 +63,9 @@ def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path
     compiled = json.loads((tmp_path / "verify" / "report.json").read_text())
     assert compiled["int4_weight_ops"] and compiled["stored_weights_bytes"] == result.after.weights
     assert result.training is not None and result.training.accuracy_after > 0.3  # chance: 0.1
+    # The search (1 epoch) found the widths; the network was then trained at them from the start (2).
+    assert result.training.epochs == 3 and len(result.training.seconds_per_epoch) == 3
+    assert "then trained at those bits from the original weights (2 epochs)" in result.search
 
 
 @pytest.mark.emulator

@@ -634,7 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="how channels are ranked (--granularity channel only): diff (default): gates trained with "
         "budget losses while the model trains (needs --data and --epochs; without them, l1); l1: weight "
         "magnitude; uniform: width scaling; udc: diff's gates and gates per layer choosing int8, int4 or "
-        "int2 weights, searched together (UDC; writes the quantised model)",
+        "int2 weights, searched together for half the epochs, then the network found trained at its widths "
+        "for all of them (UDC; writes the quantised model)",
     )
     pr.add_argument(
         "--weights",
