@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tvm_mcu import api
 from tvm_mcu.errors import UnsupportedOpError
 from tvm_mcu.frontend import load_model
 from tvm_mcu.frontend.onnx_rewrite import rewrite, same_pads
@@ -51,6 +52,37 @@ def test_auto_pad_becomes_the_pads_onnxruntime_computes(mode, op, size, kernel, 
     assert not any(a.name == "auto_pad" for a in node.attribute) and notes
     x = np.random.default_rng(0).standard_normal((1, 2, size, size + 1)).astype(np.float32)
     assert _ort_shape(out, x) == _ort_shape(m, x)
+
+
+@pytest.mark.emulator
+def test_auto_pad_behind_onnx_runtimes_contrib_qdq_gets_its_pads(tmp_path):
+    """Fuzz seed 5157, reduced: ONNX's shape inference knows no shape past a com.microsoft Q/DQ, so
+    the pads are made explicit after those become the standard operators; before, TVM's importer padded
+    this MaxPool (SAME_LOWER, 2x2, stride (3, 2) on a 1x1 input) by -1 and the lowering crashed."""
+    ms = "com.microsoft"
+    inits = [numpy_helper.from_array(np.float32(0.05), "s"), numpy_helper.from_array(np.int8(-3), "z")]
+    m = _model(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], domain=ms),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], domain=ms),
+            helper.make_node(
+                "MaxPool", ["xd"], ["p"], auto_pad="SAME_LOWER", kernel_shape=[2, 2], strides=[3, 2]
+            ),
+            helper.make_node("QuantizeLinear", ["p", "s", "z"], ["pq"], domain=ms),
+            helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["y"], domain=ms),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 1, 1])],
+        inits,
+        domains=(ms,),
+    )
+    out, _ = rewrite(m)
+    pool = next(n for n in out.graph.node if n.op_type == "MaxPool")
+    assert [(a.name, list(a.ints)) for a in pool.attribute if a.name == "pads"] == [("pads", [1, 1, 0, 0])]
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    checked = api.verify(path, "mps2-an386", tmp_path / "v")
+    assert checked.passed and checked.report.verified
 
 
 def test_same_pads_put_the_odd_pixel_where_onnx_says():
