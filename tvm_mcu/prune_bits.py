@@ -123,13 +123,15 @@ def gated_model(
     """Bit gates on ``module``'s weights and ``model`` pricing them: free gates (``--method udc``), or
     fixed at ``fixed``'s widths (``--weights int4`` or ``int2``: the channels are then searched for that
     network)."""
-    from tvm_mcu.train.bits import BitGates, weight_keys
+    from tvm_mcu.train.bits import BitGates, sensitivity_prior, weight_keys
 
     keys = weight_keys(module)
     shapes = weight_shapes(mod)
     packed = frozenset(k for k in keys if k in shapes and packable(*shapes[k]))
     # int2 where the crumb kernels read the weights four per byte: not a depthwise layer's.
-    gates = BitGates(keys, two_bit=frozenset(k for k in packed if not shapes[k].depthwise))
+    two_bit = frozenset(k for k in packed if not shapes[k].depthwise)
+    init = sensitivity_prior(module, {k: keys[k] for k in packed}) if fixed is None else None
+    gates = BitGates(keys, init, two_bit=two_bit)
     if fixed is not None:
         gates.fix({k: fixed.get(k, 8) if k in packed else 8 for k in keys})
     elements = resource_model.site_weights(

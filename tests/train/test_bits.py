@@ -27,6 +27,7 @@ from tvm_mcu.train.bits import (  # noqa: E402
     hold_bits,
     quantisation_error,
     quantized,
+    sensitivity_prior,
     weight_keys,
 )
 from tvm_mcu.train.bridge import RelaxModule, write_back  # noqa: E402
@@ -103,6 +104,30 @@ def test_fake_quant_passes_gradients_straight_through() -> None:
     # int4 loses more than int8, and a layer's error is a fraction of its norm.
     x = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
     assert 0 < quantisation_error(x, 8, 0) < quantisation_error(x, 4, 0) < 0.2
+
+
+def test_the_sensitivity_prior_starts_the_layers_int4_disturbs_least_lowest(demo: tuple) -> None:
+    """The joint search's int8 gates start by how much int4 disturbs each layer's weights: the most
+    disturbed at INIT_THETA (offset 0), the others lower in proportion, the least PRIOR_SPREAD * (1 -
+    its error / the most's) below."""
+    from tvm_mcu.train.bits import PRIOR_SPREAD
+
+    _, mod = demo
+    module = RelaxModule(mod)
+    keys = weight_keys(module)
+    params = {module.param_site(n): p.detach().numpy() for n, p in module.named_parameters()}
+    errors = {k: quantisation_error(params[k], 4, keys[k][1]) for k in keys}
+    prior = sensitivity_prior(module, keys)
+    top = max(errors, key=lambda k: errors[k])
+    assert prior[top] == 0.0 and len(set(errors.values())) > 1
+    for k in keys:
+        assert prior[k] == pytest.approx(-PRIOR_SPREAD * (1 - errors[k] / errors[top]))
+        assert -PRIOR_SPREAD <= prior[k] <= 0.0
+    # Gates built with it start there; the ranking by error is the ranking of the gates.
+    gates = BitGates(keys, prior)
+    order = sorted(keys)
+    by_gate = sorted(order, key=lambda k: float(gates.theta[order.index(k)]))
+    assert by_gate == sorted(order, key=lambda k: errors[k])
 
 
 def test_gates_choose_int8_or_int4_and_price_the_bytes(demo: tuple) -> None:
