@@ -859,7 +859,7 @@ def _udc(
     0.8861, where ``--weights int2`` trains the same network to 0.8952. (As :func:`_diff`, and a line
     saying what the search did; the training record counts both runs' epochs and time.)"""
     from tvm_mcu.prune_bits import describe
-    from tvm_mcu.prune_sparse import _both
+    from tvm_mcu.prune_sparse import both_runs
 
     search_epochs = max(1, epochs // 2)
     _, found_mod, found_after, first, found = _diff(
@@ -892,7 +892,7 @@ def _udc(
         f"channels and bits by the joint search ({search_epochs} epochs, {found_after.weights:,} B stored), "
         f"then trained at those bits from the original weights ({epochs} epochs)"
     )
-    return keep, pruned, after, _both(first, second), chosen, search
+    return keep, pruned, after, both_runs(first, second), chosen, search
 
 
 def _model_limits(budget: Budget, before: Resources, model: resource_model.ResourceModel) -> dict[str, float]:

@@ -438,7 +438,7 @@ def prune_sparse(
             mod, training = _fine_tune(job, mod, data, epochs, limit)
         measured = job.measure(mod, "result")
         if channel_training is not None:
-            training = _both(channel_training, training)
+            training = both_runs(channel_training, training)
         return SparseOutcome(keep, mod, measured, measured, {}, {}, training)
     if not sites:
         stored = " that the compiler can store sparse (several taps, 8 or more input channels)"
@@ -521,7 +521,7 @@ def prune_sparse(
         search += f"; {more - level:,} more zeroed after fine-tuning, to fit as coded"
     sparsity = _sparsity(sites, masks, unit)
     if channel_training is not None:
-        training = _both(channel_training, training)
+        training = both_runs(channel_training, training)
     if after.excess(budget):
         if not job.channels_last:  # every scheduler ends within the counted budget: our bug otherwise
             raise AssertionError(f"the {scheduler} scheduler left {after} over the budget {budget}")
@@ -926,7 +926,7 @@ def udc_sparse(
         if first is not None
         else ""
     )
-    training = _both(first, outcome.training) if first is not None else outcome.training
+    training = both_runs(first, outcome.training) if first is not None else outcome.training
     outcome = attrs.evolve(outcome, keep=keep, training=training, search=f"{stage}{outcome.search}")
     return outcome, chosen
 
@@ -942,7 +942,7 @@ def _filterlets_reach(job: _Job, budget: Budget, mod: _tvm.IRModule, dense: Reso
     ).excess(budget)
 
 
-def _both(first: Training, second: Training | None) -> Training:
+def both_runs(first: Training, second: Training | None) -> Training:
     """Two training runs in a row as one: the first's original accuracy, the second's result."""
     if second is None:
         return first
