@@ -126,7 +126,7 @@ def test_the_sensitivity_prior_starts_the_layers_int4_disturbs_least_lowest(demo
     # Gates built with it start there; the ranking by error is the ranking of the gates.
     gates = BitGates(keys, prior)
     order = sorted(keys)
-    by_gate = sorted(order, key=lambda k: float(gates.theta[order.index(k)]))
+    by_gate = sorted(order, key=lambda k: float(gates.theta.detach()[order.index(k)]))
     assert by_gate == sorted(order, key=lambda k: errors[k])
 
 
