@@ -38,6 +38,8 @@ WIDTH_ONLY = tuple(m for m, _ in METHODS if m not in JOINT)
 # The done-when: the joint search at the original int8 model's accuracy less this is at least
 # SMALLER times smaller than int8 DiffPrune alone.
 ACCURACY_SLACK = 0.005
+# One marker a method in the plot (METHODS has at most as many).
+MARKERS = "osD^vPX"
 SMALLER = 2.0
 
 
@@ -130,7 +132,7 @@ def plot(points: list[Point], label: str, stem: str, docs: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for (m, _), marker in zip(METHODS, "osD^", strict=True):
+    for (m, _), marker in zip(METHODS, MARKERS, strict=False):
         line = sorted((p.deployed.weights, p.deployed.int8_acc) for p in points if p.method == m)
         if line:
             ax.plot(*zip(*line, strict=True), marker=marker, label=m)

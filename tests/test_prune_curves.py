@@ -284,3 +284,22 @@ def test_bits_curves_claims_judge_dominance_and_the_size_at_the_original_accurac
     # Against the width-only methods that ran at a budget (here int8 width alone): behind it by 0.1.
     assert "**does not hold**" in worse[0] and "1/2 -0.1" in worse[0]
     assert "1.33x smaller" in worse[1] and "**does not hold**" in worse[1]
+
+
+def test_bits_curves_plot_draws_every_method(tmp_path: Path) -> None:
+    """One line per method of METHODS (five with int2 width; the markers once ran out at four)."""
+    pytest.importorskip("matplotlib")
+    from bits_curves import METHODS
+    from bits_curves import Point as BitsPoint
+    from bits_curves import plot as bits_plot
+    from prune_bench import Deployed
+
+    points = [
+        BitsPoint(
+            m, k, 96_000 // k, Deployed(0.9, 0.9, 1000, 2000, 100, 1000, "s", 96_000 // k), 0.9, "8", 0.0, 0.0
+        )
+        for m, _ in METHODS
+        for k in (2, 4)
+    ]
+    link = bits_plot(points, "model", "stem", tmp_path)
+    assert "bits_curves_stem.png" in link and (tmp_path / "bits_curves_stem.png").stat().st_size > 1000
