@@ -274,7 +274,7 @@ def sensitivity_prior(module: RelaxModule, keys: Mapping[Key, tuple[str, int]]) 
     weakest where int4 hurts least, so the budget's first flips go to the layers that quantise well
     rather than waiting for the task loss to move the gates, which it does slowly: on the
     MobileNetV2-style model at 1/2 of its stored weights (2 epochs of gating on 15,000 images), 12 of
-    18 layers stayed int8 with every gate starting at ``INIT_THETA``; with the prior 7 of 18 do (int8
+    18 layers stayed int8 with every gate starting at ``INIT_THETA``; with the prior 8 of 18 do (int8
     acc of the network found, trained at its widths: 0.8653; int8 width 0.8649, int4 width 0.8727, one
     run each: fine-tuning alone moves this model by about a point). The second gate starts at
     ``INIT_THETA`` for every layer: at 0.5 the search put every layer it could int2 at 1/2 (0.8423)."""
