@@ -766,16 +766,7 @@ def _diff(
     from tvm_mcu.train.loop import evaluate, train
 
     mod, plan, imported = job.mod, job.plan, job.imported
-    if resources is None or resources.board != job.board or resources.int8 != job.int8:
-        resources = resource_model.build(
-            mod,
-            plan,
-            imported,
-            job.board,
-            int8=job.int8,
-            workdir=job.work / "resources",
-            progress=(lambda m: logger.info("%s", m)),
-        )
+    resources = _resources_for(job, resources)
     # Candidates are compiled with the SRAM budget (see _Job.measure): model that choice.
     model = resources.restricted(sram_model).within(budget.sram)
     limits = _model_limits(budget, before, model)
@@ -835,6 +826,21 @@ def _diff(
     return keep, pruned, after, training, chosen
 
 
+def _resources_for(job: _Job, resources: resource_model.ResourceModel | None) -> resource_model.ResourceModel:
+    """``resources`` if it models ``job``'s board and arithmetic, else the job's model's, built now."""
+    if resources is not None and resources.board == job.board and resources.int8 == job.int8:
+        return resources
+    return resource_model.build(
+        job.mod,
+        job.plan,
+        job.imported,
+        job.board,
+        int8=job.int8,
+        workdir=job.work / "resources",
+        progress=(lambda m: logger.info("%s", m)),
+    )
+
+
 def _udc(
     job: _Job,
     budget: Budget,
@@ -865,6 +871,7 @@ def _udc(
     from tvm_mcu.prune_sparse import both_runs
 
     search_epochs = max(1, epochs // 2)
+    resources = _resources_for(job, resources)  # built once for both runs
     _, found_mod, found_after, first, found = _diff(
         job,
         budget,
