@@ -70,9 +70,10 @@ def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path
 
 @pytest.mark.emulator
 def test_the_joint_search_with_zeros_meets_the_budget_coded_and_runs_exactly(tmp_path: Path) -> None:
-    """``--method udc --compress-weights all``: channels and bits to 1.5x the budget, then the weakest
-    weights zeroed until the model compiled with its weights Golomb-Rice coded fits; the written QDQ
-    model, compiled so, stores what was measured and matches the reference."""
+    """``--method udc --compress-weights all``: channels and bits to 1.5x the budget, the channels again
+    at the widths found from the original weights, then the weakest weights zeroed until the model
+    compiled with its weights Golomb-Rice coded fits; the written QDQ model, compiled so, stores what
+    was measured and matches the reference."""
     out = tmp_path / "pruned.onnx"
     result = prune_model(
         DEMO,
@@ -90,6 +91,11 @@ def test_the_joint_search_with_zeros_meets_the_budget_coded_and_runs_exactly(tmp
     zeroed = {layer: of - kept for layer, (kept, of) in result.sparsity.items()}
     assert sum(zeroed.values()) > 0, result.sparsity
     assert "joint search" in result.search and "zeroed" in result.search
+    # The search (1 epoch), the channels again at the widths found from the original weights (1), the
+    # zeros (1).
+    assert "then channels again at those bits from the original weights (1 epochs)" in result.search
+    assert result.training is not None and result.training.epochs == 3
+    assert len(result.training.seconds_per_epoch) == 3
     assert _int4_initializers(out) == list(result.bits.values()).count(4)
     checked = api.verify(out, BOARD, tmp_path / "verify", compress="all")
     assert checked.passed and checked.report.max_abs_error == 0.0, checked.report.worst_difference
