@@ -32,6 +32,9 @@ METHODS: tuple[tuple[str, dict[str, str]], ...] = (
     ("joint (udc)", {"method": "udc"}),
     ("joint + zeros, coded", {"method": "udc", "compress_weights": "all"}),
 )
+# ``--bits-methods``' names of METHODS (their labels have commas).
+KEYS = {"int8": "int8 width", "int4": "int4 width", "int2": "int2 width", "udc": "joint (udc)"}
+KEYS["udc-zeros"] = "joint + zeros, coded"
 # The joint searches, each judged against the width-only methods (WIDTH_ONLY).
 JOINT = tuple(m for m, o in METHODS if o.get("method") == "udc")
 WIDTH_ONLY = tuple(m for m, _ in METHODS if m not in JOINT)
@@ -64,6 +67,36 @@ def _row(label: str, p: Point) -> str:
         f"{d.ort_differ} ({d.ort_steps}) | {d.weights:,}{'' if d.weights <= p.budget else ' (over)'} | "
         f"{d.flash:,} | {d.instructions:,} | {p.train_s:.0f} | {p.search_s:.0f} |"
     )
+
+
+def parse_row(line: str) -> Point | None:
+    """The point a table row of :func:`_row` shows (the figures the claims and the plot read; the rest
+    of ``Deployed`` zero); None for a row that shows none ("cannot meet")."""
+    from prune_bench import Deployed
+
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) != 13 or not cells[1].startswith("1/"):
+        return None
+
+    def number(text: str) -> int:
+        return int(text.split()[0].replace(",", ""))
+
+    differ, steps = cells[7].replace("(", "").replace(")", "").split()
+    trained = float(cells[5]) if cells[5] else math.nan
+    d = Deployed(
+        math.nan,
+        float(cells[6]),
+        0,
+        number(cells[9]),
+        0,
+        number(cells[10]),
+        "",
+        number(cells[8]),
+        ort_differ=int(differ),
+        ort_steps=int(steps),
+    )
+    k = int(cells[1][2:])
+    return Point(cells[2], k, number(cells[3]), d, trained, cells[4], float(cells[11]), float(cells[12]))
 
 
 def claims(points: list[Point]) -> list[str]:
@@ -108,6 +141,12 @@ def claims(points: list[Point]) -> list[str]:
                 "be judged from these points"
             )
     return out
+
+
+def _kept_row(old: list[str], label: str, k: int, method: str) -> str | None:
+    """``old``'s table row of ``label`` at 1/``k`` by ``method``, if it has one."""
+    prefix = f"| {label} | 1/{k} | {method} |"
+    return next((line for line in old if line.startswith(prefix)), None)
 
 
 def _slug(method: str) -> str:
@@ -159,8 +198,12 @@ def section(
     models: list[CurveModel] | None = None,
     fractions: tuple[int, ...] = FRACTIONS,
     emit: Callable[[list[str]], None] | None = None,
+    rerun: tuple[str, ...] | None = None,
+    old: list[str] | None = None,
 ) -> list[str]:
-    """The section (module docstring); ``emit`` gets it so far after every row."""
+    """The section (module docstring); ``emit`` gets it so far after every row. ``rerun``: only these
+    methods (labels) are run; the others' rows are taken from ``old`` (the section as it was: the
+    claims and the plot then read them back), and run where it has none."""
     from tvm_mcu.errors import BudgetError
     from tvm_mcu.prune_sparse import UDC_IMPORTANCE, UDC_SPLIT
 
@@ -227,6 +270,18 @@ def section(
         for k in fractions:
             weights = base.weights // k
             for method, options in METHODS:
+                kept = (
+                    _kept_row(old or [], m.label, k, method)
+                    if rerun is not None and method not in rerun
+                    else None
+                )
+                if kept is not None:
+                    lines.append(kept)
+                    reread = parse_row(kept)
+                    if reread is not None:
+                        points.append(reread)
+                    send()
+                    continue
                 out = ready.work / f"{m.path.stem}_{_slug(method)}_{k}.onnx"
                 t0 = time.perf_counter()
                 try:
@@ -255,5 +310,10 @@ def section(
             "",
         ]
         send()
+    if rerun is not None:
+        notes.append(
+            f"this run: {', '.join(rerun)} only; the other methods' rows are an earlier run's (their code "
+            "unchanged since)"
+        )
     notes.append(f"the section ran for {(time.perf_counter() - t_start) / 60:.0f} minutes")
     return [*lines, "", *(f"- {n}" for n in notes), "", *verdicts, ""]

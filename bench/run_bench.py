@@ -29,6 +29,7 @@ from tvm_mcu.frontend import load_model, random_inputs
 from tvm_mcu.progress import Bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules
+from bits_curves import KEYS as BITS_KEYS  # noqa: E402
 from compress import COMPRESS_HEADING, compress_section  # noqa: E402
 from int4 import INT4_HEADING, int4_section  # noqa: E402
 from io_arena import IO_ARENA_HEADING, io_arena_section  # noqa: E402
@@ -707,6 +708,12 @@ def main(argv: list[str] | None = None) -> int:
         "(fashion_cnn_wide, mobilenetv2_fashion); default both",
     )
     p.add_argument(
+        "--bits-methods",
+        help="with --bits-curves: rerun only these methods, comma-separated ("
+        + ", ".join(f"{k}: {v}" for k, v in BITS_KEYS.items())
+        + "); the others' rows stay as the section has them (run where it has none)",
+    )
+    p.add_argument(
         "--curves-epochs",
         type=_positive,
         help="with --pruning-curves: training epochs of every method, for every model (default per model: "
@@ -776,8 +783,16 @@ def main(argv: list[str] | None = None) -> int:
         budget = {k: v for k, v in budget.items() if v is not None}
         if not status and args.pruning_curves:
             status = pruning_curves(target, stems, **budget)
+        rerun = None
+        if args.bits_methods:
+            names = args.bits_methods.split(",")
+            if not set(names) <= BITS_KEYS.keys():
+                p.error(
+                    f"--bits-methods: no method {sorted(set(names) - BITS_KEYS.keys())}; known: {list(BITS_KEYS)}"
+                )
+            rerun = tuple(BITS_KEYS[n] for n in names)
         if not status and args.bits_curves:
-            status = pruning_curves(target, stems, bits=True, **budget)
+            status = pruning_curves(target, stems, bits=True, rerun=rerun, **budget)
         return status
     if args.pruning_schedulers:
         return pruning_schedulers(Path(args.out or ROOT / "docs" / PRUNING_DOC))
@@ -939,10 +954,18 @@ def keep_models(old: list[str], new: list[str], labels: list[str]) -> list[str]:
     return out
 
 
-def pruning_curves(out: Path, stems: list[str] | None = None, *, bits: bool = False, **budget: int) -> int:
+def pruning_curves(
+    out: Path,
+    stems: list[str] | None = None,
+    *,
+    bits: bool = False,
+    rerun: tuple[str, ...] | None = None,
+    **budget: int,
+) -> int:
     """``make bench-prune``: the pruning curves (``bits``: the widths-and-bits curves instead, see
     ``bits_curves.py``), their section of ``out`` and their plots (next to it); ``stems``: only these
-    models; ``budget``: ``CurveModel`` fields (epochs, limit, images) to override for every model."""
+    models; ``rerun`` (bits): only these methods, the others' rows kept; ``budget``: ``CurveModel``
+    fields (epochs, limit, images) to override for every model."""
     from bits_curves import HEADING as BITS_HEADING
     from bits_curves import section as bits_section
 
@@ -964,7 +987,8 @@ def pruning_curves(out: Path, stems: list[str] | None = None, *, bits: bool = Fa
         models = [
             attrs.evolve(m, **budget) for m in curve_models(BENCH) if stems is None or m.path.stem in stems
         ]
-        emit(make(Path(tmp), out.parent, models=models, emit=emit), done=True)
+        more = {"rerun": rerun, "old": before} if bits and rerun is not None else {}
+        emit(make(Path(tmp), out.parent, models=models, emit=emit, **more), done=True)
     print(f"wrote the {'bits ' if bits else ''}curves section of {out}")
     return 0
 

@@ -303,3 +303,31 @@ def test_bits_curves_plot_draws_every_method(tmp_path: Path) -> None:
     ]
     link = bits_plot(points, "model", "stem", tmp_path)
     assert "bits_curves_stem.png" in link and (tmp_path / "bits_curves_stem.png").stat().st_size > 1000
+
+
+def test_bits_curves_rows_read_back_as_they_were_written() -> None:
+    """``--bits-methods`` keeps the other methods' rows and reads their points back for the claims and
+    the plot: a row of ``_row`` parses to the figures it shows."""
+    from bits_curves import Point as BitsPoint
+    from bits_curves import _kept_row, _row, parse_row
+    from prune_bench import Deployed
+
+    d = Deployed(0.91, 0.9066, 1000, 36_164, 100, 12_283_470, "s", 24_104, ort_differ=2, ort_steps=1)
+    p = BitsPoint("joint + zeros, coded", 4, 24_134, d, 0.9101, "8,4,2,8", 812.4, 3.6)
+    row = _row("CNN 32/64/128", p)
+    back = parse_row(row)
+    assert back is not None
+    assert (back.method, back.k, back.budget, back.bits, back.trained_acc) == (
+        p.method,
+        4,
+        24_134,
+        "8,4,2,8",
+        0.9101,
+    )
+    got = back.deployed
+    assert (got.int8_acc, got.weights, got.flash, got.instructions) == (0.9066, 24_104, 36_164, 12_283_470)
+    assert (got.ort_differ, got.ort_steps, back.train_s, back.search_s) == (2, 1, 812.0, 4.0)
+    assert parse_row("| CNN 32/64/128 | 1/16 | int2 width | 6,033 | cannot meet: too small ||||||||") is None
+    old = ["| x |", row, "| CNN 32/64/128 | 1/8 | joint + zeros, coded | 12,067 | 8 |"]
+    assert _kept_row(old, "CNN 32/64/128", 4, "joint + zeros, coded") == row
+    assert _kept_row(old, "CNN 32/64/128", 2, "joint + zeros, coded") is None
