@@ -203,7 +203,7 @@ def section(
 ) -> list[str]:
     """The section (module docstring); ``emit`` gets it so far after every row. ``rerun``: only these
     methods (labels) are run; the others' rows are taken from ``old`` (the section as it was: the
-    claims and the plot then read them back), and run where it has none."""
+    claims and the plot then read them back), and run where it has none (``()``: a resumed run)."""
     from tvm_mcu.errors import BudgetError
     from tvm_mcu.prune_sparse import UDC_IMPORTANCE, UDC_SPLIT
 
@@ -310,10 +310,12 @@ def section(
             "",
         ]
         send()
-    if rerun is not None:
+    if rerun:
         notes.append(
             f"this run: {', '.join(rerun)} only; the other methods' rows are an earlier run's (their code "
             "unchanged since)"
         )
+    elif rerun is not None:
+        notes.append("a resumed run: the rows an interrupted run had written were kept, the others run")
     notes.append(f"the section ran for {(time.perf_counter() - t_start) / 60:.0f} minutes")
     return [*lines, "", *(f"- {n}" for n in notes), "", *verdicts, ""]

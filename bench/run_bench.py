@@ -714,6 +714,12 @@ def main(argv: list[str] | None = None) -> int:
         + "); the others' rows stay as the section has them (run where it has none)",
     )
     p.add_argument(
+        "--bits-resume",
+        action="store_true",
+        help="with --bits-curves: keep every row the section has (an interrupted run's) and run only the "
+        "missing ones",
+    )
+    p.add_argument(
         "--curves-epochs",
         type=_positive,
         help="with --pruning-curves: training epochs of every method, for every model (default per model: "
@@ -791,6 +797,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"--bits-methods: no method {sorted(set(names) - BITS_KEYS.keys())}; known: {list(BITS_KEYS)}"
                 )
             rerun = tuple(BITS_KEYS[n] for n in names)
+        if args.bits_resume:
+            if rerun is not None:
+                p.error("--bits-resume runs what the section lacks: drop --bits-methods")
+            rerun = ()
         if not status and args.bits_curves:
             status = pruning_curves(target, stems, bits=True, rerun=rerun, **budget)
         return status

@@ -841,43 +841,47 @@ def _resources_for(job: _Job, resources: resource_model.ResourceModel | None) ->
     )
 
 
-def _udc(
+@attrs.frozen
+class _Retrained:
+    """UDC's two runs (:func:`_search_then_train`): the network trained at the widths found."""
+
+    keep: Keep
+    mod: _tvm.IRModule
+    after: Resources
+    training: Training  # both runs'
+    bits: dict[tuple[int, int], int]
+    found_weights: int  # the stored weight bytes the search's own network had
+
+
+def _search_then_train(
     job: _Job,
     budget: Budget,
     before: Resources,
     data: str,
-    epochs: int,
+    epochs: tuple[int, int],
     limit: int | None,
     sram_model: str,
     progress: bool,
     resources: resource_model.ResourceModel | None,
-) -> tuple[Keep, _tvm.IRModule, Resources, Training, dict[tuple[int, int], int], str]:
+    fine_tune: bool,
+) -> _Retrained:
     """UDC's joint search, then the network it found trained from the start at its widths.
 
-    The search: DiffPrune's channel gates and a bit gate per layer for half the epochs (``bits_mode``
-    "search", no fine-tuning), the cut fitted to the budget as compiled; it gives each layer's width.
-    Then DiffPrune again from the original weights for all the epochs, every layer held at the width
-    found and trained quantised so (``bits_mode`` "fixed", as ``--weights int4`` holds int4), as UDC
-    trains the architecture its search found. The search alone trains the network it settles on for
-    the fine-tuning half only: its bits are decided once the gates reach the budget, at the end of the
-    gating half. Measured on the Fashion-MNIST CNN at 1/16 of its stored weights (8 epochs on 60,000
-    images), the search found int2 width's network (8,2,2,8 bits, widths 8/24/64) and trained it to
-    0.8861, where ``--weights int2`` trains the same network to 0.8952. Trained so, the joint search is
-    at least as accurate (int8) as int8, int4 and int2 width at 1/2 to 1/16 of the CNN's stored weights
-    (docs/BENCHMARKS_PRUNING.md: +0.5, +0.2, +0.0, +0.4 points over the best of them, with mixed widths
-    such as 8,4,2,8). (As :func:`_diff`, and a line saying what the search did; the training record
-    counts both runs' epochs and time.)"""
+    The search: DiffPrune's channel gates and a bit gate per layer for ``epochs[0]`` (``bits_mode``
+    "search", no fine-tuning), the cut fitted to ``budget`` as compiled; it gives each layer's width.
+    Then DiffPrune again from the original weights for ``epochs[1]`` (fine-tuning the second half as
+    ``fine_tune`` says), every layer held at the width found and trained quantised so (``bits_mode``
+    "fixed", as ``--weights int4`` holds int4), as UDC trains the architecture its search found."""
     from tvm_mcu.prune_bits import describe
     from tvm_mcu.prune_sparse import both_runs
 
-    search_epochs = max(1, epochs // 2)
     resources = _resources_for(job, resources)  # built once for both runs
     _, found_mod, found_after, first, found = _diff(
         job,
         budget,
         before,
         data,
-        search_epochs,
+        epochs[0],
         limit,
         sram_model,
         progress,
@@ -891,18 +895,47 @@ def _udc(
         budget,
         before,
         data,
-        epochs,
+        epochs[1],
         limit,
         sram_model,
         progress,
         resources,
+        fine_tune=fine_tune,
         bits_mode="fixed",
     )
+    return _Retrained(keep, pruned, after, both_runs(first, second), chosen, found_after.weights)
+
+
+def _udc(
+    job: _Job,
+    budget: Budget,
+    before: Resources,
+    data: str,
+    epochs: int,
+    limit: int | None,
+    sram_model: str,
+    progress: bool,
+    resources: resource_model.ResourceModel | None,
+) -> tuple[Keep, _tvm.IRModule, Resources, Training, dict[tuple[int, int], int], str]:
+    """``--method udc``: :func:`_search_then_train`, the search for half the epochs, the network found
+    trained for all of them. The search alone trains the network it settles on for the fine-tuning half
+    only: its bits are decided once the gates reach the budget, at the end of the gating half. Measured
+    on the Fashion-MNIST CNN at 1/16 of its stored weights (8 epochs on 60,000 images), the search found
+    int2 width's network (8,2,2,8 bits, widths 8/24/64) and trained it to 0.8861, where ``--weights
+    int2`` trains the same network to 0.8952. Trained so, the joint search is at least as accurate
+    (int8) as int8, int4 and int2 width at 1/2 to 1/16 of the CNN's stored weights
+    (docs/BENCHMARKS_PRUNING.md: +0.5, +0.2, +0.0, +0.4 points over the best of them, with mixed widths
+    such as 8,4,2,8). (As :func:`_diff`, and a line saying what the search did; the training record
+    counts both runs' epochs and time.)"""
+    search_epochs = max(1, epochs // 2)
+    run = _search_then_train(
+        job, budget, before, data, (search_epochs, epochs), limit, sram_model, progress, resources, True
+    )
     search = (
-        f"channels and bits by the joint search ({search_epochs} epochs, {found_after.weights:,} B stored), "
+        f"channels and bits by the joint search ({search_epochs} epochs, {run.found_weights:,} B stored), "
         f"then trained at those bits from the original weights ({epochs} epochs)"
     )
-    return keep, pruned, after, both_runs(first, second), chosen, search
+    return run.keep, run.mod, run.after, run.training, run.bits, search
 
 
 def _model_limits(budget: Budget, before: Resources, model: resource_model.ResourceModel) -> dict[str, float]:

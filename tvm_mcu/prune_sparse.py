@@ -898,8 +898,8 @@ def udc_sparse(
     the Fashion-MNIST CNN at 1/8 and 1/16 of its stored weights (8 epochs on 60,000 images) it ended 3.7
     and 2.2 points behind the best width-only method (docs/BENCHMARKS_PRUNING.md). (The outcome, each
     weight's bits.)"""
-    from tvm_mcu.prune import _diff, _resources_for
-    from tvm_mcu.prune_bits import describe, weight_shapes
+    from tvm_mcu.prune import _search_then_train
+    from tvm_mcu.prune_bits import weight_shapes
 
     # Measured channels-last: the blocked kernels read the coded weights.
     job = attrs.evolve(job, channels_last=True)
@@ -911,39 +911,14 @@ def udc_sparse(
     if before.excess(target):
         logger.info("prune udc: channels and bits by the joint search to %s", target)
         half = max(1, epochs // 2)
-        resources = _resources_for(job, resources)  # built once for both runs
-        _, found_mod, found_after, search, found = _diff(
-            job,
-            target,
-            before,
-            data,
-            half,
-            limit,
-            "compiler",
-            job.progress,
-            resources,
-            fine_tune=False,
-            bits_mode="search",
+        run = _search_then_train(
+            job, target, before, data, (half, half), limit, "compiler", job.progress, resources, False
         )
-        chosen.update(found)
-        logger.info("prune udc: the search found %s; its channels again", describe(found_mod, chosen))
-        keep, mod, _, second, _ = _diff(
-            attrs.evolve(job, bits=chosen),
-            target,
-            before,
-            data,
-            half,
-            limit,
-            "compiler",
-            job.progress,
-            resources,
-            fine_tune=False,
-            bits_mode="fixed",
-        )
-        first = both_runs(search, second)
+        keep, mod, first = run.keep, run.mod, run.training
+        chosen.update(run.bits)
         epochs -= half
         stage = (
-            f"channels and bits by the joint search ({half} epochs, {found_after.weights:,} B stored) to "
+            f"channels and bits by the joint search ({half} epochs, {run.found_weights:,} B stored) to "
             f"{UDC_SPLIT:g}x the budget, then channels again at those bits from the original weights "
             f"({half} epochs); "
         )
