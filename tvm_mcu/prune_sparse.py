@@ -406,21 +406,28 @@ def prune_sparse(
     channels = ""  # mixed: how its channels were cut
     if granularity == "mixed":
         trained = None
+        # No convolution with filterlets (1x1 and depthwise only, as MobileNetV2's): channels alone to
+        # the budget at once; narrower channels never make a filterlet storable.
+        split = MIXED_SPLIT if _sites(job, job.mod, "filterlet") else 1.0
         if data is not None and epochs >= 2 and (scheduler != "gates" or epochs >= 4):
-            trained = _channels_diff(job, budget, before, data, epochs, limit, resources)
-            if trained is not None and not _filterlets_reach(job, budget, trained[1], trained[2]):
+            trained = _channels_diff(job, budget, before, data, epochs, limit, resources, split)
+            if (
+                split != 1.0
+                and trained is not None
+                and not _filterlets_reach(job, budget, trained[1], trained[2])
+            ):
                 # DiffPrune left too little for filterlets to take (layers too narrow to store sparse):
                 # its channels alone to the budget, the filterlets then take what room is left.
                 logger.info(
                     "prune mixed: filterlets cannot reach the budget from %s: channels to it", trained[2]
                 )
-                trained = _channels_diff(job, budget, before, data, epochs, limit, resources, split=1.0)
+                split = 1.0
+                trained = _channels_diff(job, budget, before, data, epochs, limit, resources, split)
         if trained is not None:
             keep, mod, dense, channel_training = trained
             epochs -= channel_training.epochs
-            channels = (
-                f"channels by DiffPrune ({channel_training.epochs} epochs) to {MIXED_SPLIT:g}x the budget"
-            )
+            to = f"{split:g}x the budget" if split != 1.0 else "the budget"
+            channels = f"channels by DiffPrune ({channel_training.epochs} epochs) to {to}"
         elif data is None or epochs < 2 or before.excess(channel_budget(budget, before, job.int8)):
             keep, mod, dense = _channels(job, budget, importance, ds, steps)
             channels = "channels by bisection (as far as filterlets cannot reach)"
@@ -439,7 +446,7 @@ def prune_sparse(
         measured = job.measure(mod, "result")
         if channel_training is not None:
             training = both_runs(channel_training, training)
-        return SparseOutcome(keep, mod, measured, measured, {}, {}, training)
+        return SparseOutcome(keep, mod, measured, measured, {}, {}, training, search=channels)
     if not sites:
         stored = " that the compiler can store sparse (several taps, 8 or more input channels)"
         raise BudgetError(
