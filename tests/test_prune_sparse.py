@@ -437,10 +437,10 @@ def test_mixed_without_filterlets_runs_diffprune_once(
     thirds: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A model with only 1x1 and depthwise convolutions (MobileNetV2's kind) has no filterlet to prune:
-    mixed is DiffPrune's channels to the budget, trained once. It trained them to 1.5x the budget
+    mixed is DiffPrune's channels to the budget, trained once. It trained them to twice the budget
     first, then found no filterlet to take the rest and trained again (1/3 of the weights here; 2.5x
     channel's time on the MobileNetV2-style model in docs/BENCHMARKS_PRUNING.md); and a budget the
-    original met within 1.5x (2/3 here) left the channels uncut and was refused."""
+    original met within twice (2/3 here) left the channels uncut and was refused."""
     from tvm_mcu import prune
 
     model = _pointwise_digits(tmp_path / "model.onnx")
