@@ -119,6 +119,12 @@ def claims(points: list[Point]) -> list[str]:
                 f"mixed at least {100 * MARGIN:.0f} point better than channel at "
                 f"{' and '.join(f'1/{k}' for k in margin)}: **{_yes(ok)}**"
             )
+        if all(at[("mixed", k)].weights == at[("channel", k)].weights and not diffs[k] for k in ks):
+            out.append(
+                "mixed pruned what channel did at every budget: no filterlet was cut (a model whose "
+                "convolutions are 1x1 and depthwise has none: a 1x1 filterlet is the whole filter, as DTMM "
+                "folds it into the filter ratio)"
+            )
     for g in ("filterlet", "mixed"):
         ks = [k for k in fractions if (g, k) in at and ("unstructured", k) in at]
         if ks:

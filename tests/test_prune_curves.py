@@ -102,6 +102,11 @@ def test_claims_are_computed_from_the_rows() -> None:
     # Mixed 0.5 point better only at 1/32: the margin claim fails there.
     rows[-3] = _point("mixed", 32, 0.805, 40)
     assert "1/16 and 1/32: **does not hold**" in "\n".join(claims(rows))  # type: ignore[arg-type]
+    assert "no filterlet was cut" not in text
+    # Mixed the very network channel pruned at every budget (a model without filterlets): said why.
+    same = [p for p in rows if p.granularity != "mixed"]
+    same += [attrs.evolve(p, granularity="mixed") for p in rows if p.granularity == "channel"]
+    assert "no filterlet was cut" in "\n".join(claims(same))  # type: ignore[arg-type]
 
 
 @pytest.mark.emulator
