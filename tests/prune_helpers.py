@@ -4,6 +4,7 @@ Relax module with TVM's own llvm build (an independent executor of the same IR).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def digits_cnn(path: Path, seed: int = 0) -> Path:
     bias, Relu, conv 3x3 (8 -> 16), Relu, a 1x1 conv (16 -> 16, no filterlets), global average pool,
     Flatten and Gemm to 10 classes; seeded weights. Written to ``path``."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
 
@@ -94,9 +95,18 @@ def digits_cnn(path: Path, seed: int = 0) -> Path:
         init("wf", 10, 16),
         init("bf", 10),
     ]
+    return write_digits_model(path, "digits_cnn", nodes, inits)
+
+
+def write_digits_model(path: Path, name: str, nodes: list[Any], inits: list[Any]) -> Path:
+    """``nodes`` and ``inits`` as a checked opset-13 model from ``x`` (1x1x8x8, the digits) to ``y``
+    (10 logits), written to ``path``."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         nodes,
-        "digits_cnn",
+        name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
         inits,

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.prune_helpers import digits_cnn, torch_digits_cnn
+from tests.prune_helpers import digits_cnn, torch_digits_cnn, write_digits_model
 from tvm_mcu import cli, pipeline
 from tvm_mcu.analysis.sparsity import WeightSite, compact_bytes, stored_bytes, weight_sites
 from tvm_mcu.errors import BadOptionError, BudgetError
@@ -398,7 +398,7 @@ def test_least_pruning_from_a_hint_brackets_the_answer_in_few_calls(hint: int, m
 def _pointwise_digits(path: Path) -> Path:
     """A MobileNetV2-style digits classifier by onnx.helper, with no convolution that has filterlets:
     1x1 (1 -> 16), Relu, depthwise 3x3, Relu, 1x1 (16 -> 16), Relu, global average pool, Gemm."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     rng = np.random.default_rng(3)
 
@@ -419,17 +419,7 @@ def _pointwise_digits(path: Path) -> Path:
     ]
     inits = [init("w1", 16, 1, 1, 1), init("b1", 16), init("w2", 16, 1, 3, 3), init("b2", 16)]
     inits += [init("w3", 16, 16, 1, 1), init("b3", 16), init("wf", 10, 16), init("bf", 10)]
-    graph = helper.make_graph(
-        nodes,
-        "pointwise_digits",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return write_digits_model(path, "pointwise_digits", nodes, inits)
 
 
 @pytest.mark.parametrize("thirds", [1, 2])
