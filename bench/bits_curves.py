@@ -208,7 +208,6 @@ def section(
     from tvm_mcu.prune_sparse import UDC_IMPORTANCE, UDC_SPLIT
 
     models = models if models is not None else curve_models(Path(__file__).parent)
-    t_start = time.perf_counter()
     lines = [
         "",
         HEADING,
@@ -262,6 +261,7 @@ def section(
         if not m.path.is_file():
             notes.append(f"{m.label}: {m.path} is absent (run bench/train_models.py)")
             continue
+        t_model = time.perf_counter()
         ready = prepare(m, tmp, "bits")
         base = ready.base
         points = [Point("original", 0, base.weights, base, base.float_acc, "8", 0.0, 0.0)]
@@ -309,13 +309,16 @@ def section(
             link,
             "",
         ]
+        # Per model: a later run of another model keeps only notes that name theirs (keep_models).
+        if rerun:
+            notes.append(
+                f"{m.label}: this run: {', '.join(rerun)} only; the other methods' rows are an earlier "
+                "run's (their code unchanged since)"
+            )
+        elif rerun is not None:
+            notes.append(
+                f"{m.label}: a resumed run: the rows an interrupted run had written were kept, the others run"
+            )
+        notes.append(f"{m.label}: its rows took {(time.perf_counter() - t_model) / 60:.0f} minutes")
         send()
-    if rerun:
-        notes.append(
-            f"this run: {', '.join(rerun)} only; the other methods' rows are an earlier run's (their code "
-            "unchanged since)"
-        )
-    elif rerun is not None:
-        notes.append("a resumed run: the rows an interrupted run had written were kept, the others run")
-    notes.append(f"the section ran for {(time.perf_counter() - t_start) / 60:.0f} minutes")
     return [*lines, "", *(f"- {n}" for n in notes), "", *verdicts, ""]

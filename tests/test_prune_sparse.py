@@ -461,3 +461,41 @@ def test_mixed_without_filterlets_runs_diffprune_once(
     assert "channels by DiffPrune (2 epochs) to the budget" in result.search, result.search
     assert result.training is not None and result.training.epochs == 4
     assert not any(kept < of for kept, of in result.sparsity.values())
+
+
+def test_pruning_trains_with_batchnorm_back_and_exports_what_it_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DiffPrune and the fine-tuning after it train with a BatchNorm on every convolution that has a
+    bias (``trainable``), and the exported model, norms folded, computes what was trained: its test
+    accuracy is the one the training reports."""
+    from tvm_mcu.train.bridge import RelaxModule
+    from tvm_mcu.train.data import load_dataset
+    from tvm_mcu.train.loop import evaluate
+
+    model = _pointwise_digits(tmp_path / "model.onnx")
+    counts: list[int] = []
+    renormalise = RelaxModule.renormalise
+
+    def counted(self: RelaxModule, x: np.ndarray) -> int:
+        counts.append(renormalise(self, x))
+        return counts[-1]
+
+    monkeypatch.setattr(RelaxModule, "renormalise", counted)
+    full = prune_model(model, board=BOARD, budget=Budget(flash=10**9), out_path=tmp_path / "same.onnx")
+    out = tmp_path / "pruned.onnx"
+    result = prune_model(
+        model,
+        board=BOARD,
+        budget=Budget(weights=full.before.weights // 2),
+        out_path=out,
+        data="digits",
+        epochs=2,
+        train_limit=256,
+    )
+    assert counts == [3, 3], counts  # expand, depthwise, project: while gating, then fine-tuning
+    assert result.training is not None
+    imported = load_model(out)
+    exported = RelaxModule(pipeline.run(pipeline.inference_passes(), imported.mod))
+    ds = load_dataset("digits", imported.inputs[0].shape, limit=256)
+    assert evaluate(exported, ds.x_test, ds.y_test) == pytest.approx(result.training.accuracy_after, abs=1e-9)

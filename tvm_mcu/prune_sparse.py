@@ -1007,15 +1007,15 @@ def _gates(
     limit: int | None,
 ) -> tuple[Masks, _tvm.IRModule, Training, str]:
     """Filterlet gates for the first half of the epochs, then fine-tuning with the masks held."""
-    from tvm_mcu.prune import _fine_tune
+    from tvm_mcu.prune import _fine_tune, trainable
     from tvm_mcu.prune_anneal import layer
-    from tvm_mcu.train.bridge import RelaxModule, write_back
+    from tvm_mcu.train.bridge import write_back
     from tvm_mcu.train.filterlet_gates import train_gates
 
     ds = _dataset(job, data, limit)
     scores = normalised_scores(ranking)
     layers = [layer(s, scores[s.key]) for s in sites]
-    module = RelaxModule(mod)
+    module = trainable(mod, ds)
     gating = max(1, epochs // 2)
     gates, log = train_gates(
         module,

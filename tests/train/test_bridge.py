@@ -240,6 +240,103 @@ def test_write_back_changes_exactly_the_modified_constant(
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def _renormalised(mod: Any, model: ImportedModel) -> tuple[RelaxModule, int]:
+    module = RelaxModule(mod)
+    n = module.renormalise(_inputs(model, batch=64, seed=1)[0])
+    return module, n
+
+
+def _conv_bias_pairs(module: RelaxModule) -> int:
+    ops, readers = module.binding_ops(), module.readers()
+    return sum(
+        1
+        for i, op in enumerate(ops)
+        if op == "relax.nn.conv2d" and [ops[r] for r in readers[i]] == ["relax.add"]
+    )
+
+
+@pytest.mark.parametrize("name", ["demo", "mobilenet_block", "resnet_block"])
+def test_renormalise_starts_as_the_identity(
+    name: str, imported: Callable[[str], tuple[ImportedModel, Any]]
+) -> None:
+    model, mod = imported(name)
+    xs = _inputs(model)
+    with torch.no_grad():
+        before = _outputs(RelaxModule(mod), xs)
+    module, n = _renormalised(mod, model)
+    assert n == _conv_bias_pairs(module) > 0
+    assert sorted(int(k) for k in module.norms) == sorted(
+        i for i, op in enumerate(module.binding_ops()) if op == "relax.nn.conv2d" and str(i) in module.norms
+    )
+    assert [n for n, _ in module.constants()] == [n for n, _ in RelaxModule(mod).named_parameters()]
+    module.eval()
+    with torch.no_grad():
+        for a, b in zip(_outputs(module, xs), before, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(BadOptionError, match="has its norms already"):
+        module.renormalise(xs[0])
+
+
+def test_renormalise_normalises_a_batch_while_training(
+    imported: Callable[[str], tuple[ImportedModel, Any]],
+) -> None:
+    """In training mode each convolution's output leaves its norm with the batch's mean moved to the
+    shift and its deviation to the scale, and the running statistics move towards the batch's."""
+    model, mod = imported("mobilenet_block")
+    module, _ = _renormalised(mod, model)
+    key = next(iter(module.norms))
+    norm = module.norms[key]
+    with torch.no_grad():
+        norm.scale.mul_(2.0)
+        norm.shift.add_(0.5)
+    seen: list[torch.Tensor] = []
+    module.taps = {int(key): lambda v: seen.append(v.detach()) or v}
+    running = norm.mean.clone()
+    module.train()
+    x = torch.from_numpy(_inputs(model, batch=32, seed=7)[0] * 3.0 + 1.0)
+    module(x)
+    (z,) = seen
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), norm.shift.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        z.std(dim=(0, 2, 3), unbiased=False), norm.scale.detach().abs(), rtol=1e-3, atol=1e-3
+    )
+    assert not torch.equal(norm.mean, running)
+
+
+@pytest.mark.parametrize("bits", [None, 8, 4, 2])
+@pytest.mark.parametrize("name", ["demo", "mobilenet_block"])
+def test_write_back_folds_the_norms_exactly(
+    name: str, bits: int | None, imported: Callable[[str], tuple[ImportedModel, Any]]
+) -> None:
+    """The written-back module (norms folded into weights and biases) computes what the renormalised
+    module computes in eval mode, also with the weights quantised per output channel (``hold_bits`` on
+    both: the quantisers commute with a per-channel scale, negative ones included)."""
+    from tvm_mcu.train.bits import hold_bits, weight_keys
+
+    model, mod = imported(name)
+    module, _ = _renormalised(mod, model)
+    rng = np.random.default_rng(3)
+    with torch.no_grad():
+        for norm in module.norms.values():
+            c = norm.scale.shape[0]
+            norm.scale.mul_(torch.from_numpy(rng.uniform(-2.0, 2.0, c).astype(np.float32)))
+            norm.shift.add_(torch.from_numpy(rng.standard_normal(c).astype(np.float32)))
+            norm.mean.add_(0.1)
+            norm.var.mul_(1.5)
+    new = write_back(mod, module)
+    folded = RelaxModule(new)
+    if bits is not None:
+        chosen = {k: bits for k in weight_keys(module)}
+        hold_bits(module, chosen)
+        hold_bits(folded, chosen)
+    module.eval()
+    xs = _inputs(model)
+    with torch.no_grad():
+        for a, b in zip(_outputs(folded, xs), _outputs(module, xs), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    assert not all(np.array_equal(a, b) for a, b in zip(_constants(new), _constants(mod), strict=True))
+
+
 def test_write_back_refuses_a_module_of_another_structure(
     imported: Callable[[str], tuple[ImportedModel, Any]],
 ) -> None:

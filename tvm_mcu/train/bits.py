@@ -102,7 +102,7 @@ def weight_keys(module: RelaxModule) -> dict[Key, tuple[str, int]]:
     output-channel axis)."""
     ops = module.binding_ops()
     out: dict[Key, tuple[str, int]] = {}
-    for name, p in module.named_parameters():
+    for name, p in module.constants():
         binding, arg = module.param_site(name)
         op = ops[binding]
         if WEIGHT_OPS.get(op) == arg and p.dim() >= 2:
@@ -279,7 +279,7 @@ def sensitivity_prior(module: RelaxModule, keys: Mapping[Key, tuple[str, int]]) 
     run each: fine-tuning alone moves this model by about a point). The second gate starts at
     ``INIT_THETA`` for every layer: at 0.5 the search put every layer it could int2 at 1/2 (0.8423)."""
     errors: dict[Key, float] = {}
-    for name, p in module.named_parameters():
+    for name, p in module.constants():
         site = module.param_site(name)
         if site in keys:
             errors[site] = quantisation_error(p.detach().cpu().numpy(), 4, keys[site][1])

@@ -53,7 +53,8 @@ LAMBDA = 0.1
 PRUNE_EVERY = 25
 ANNEAL = 0.5
 # The weights' learning rate while pruning (constant, as the network keeps changing shape under it),
-# by how hard the budget cuts (``prune_lr``). BatchNorm is folded into the weights, which makes Adam's
+# by how hard the budget cuts (``prune_lr``). Measured with BatchNorm folded into the weights (before
+# training put it back, ``RelaxModule.renormalise``; not measured again since), which makes Adam's
 # default 1e-3 far too slow: demo CNN, 12k samples, 1 epoch, 70 % SRAM: 0.51 test accuracy at 1e-3,
 # 0.75 at 3e-3, 0.76 at 1e-2. A mild cut keeps most of the trained weights, which a high rate only
 # shakes; a hard cut leaves a different network that has to relearn. Fashion-MNIST CNN 32/64/128, 16
