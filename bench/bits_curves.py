@@ -257,7 +257,10 @@ def section(
 
     for m in models:
         images = f"{m.limit:,}" if m.limit else "all 60,000"
-        notes.append(f"{m.label}: {m.epochs} epochs on {images} training images for every method")
+        notes.append(
+            f"{m.label}: {m.epochs} epochs on {images} training images for every method, BatchNorm back on "
+            "the convolutions while training (`RelaxModule.renormalise`)"
+        )
         if not m.path.is_file():
             notes.append(f"{m.label}: {m.path} is absent (run bench/train_models.py)")
             continue

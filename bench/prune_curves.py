@@ -309,7 +309,8 @@ def curves_section(
     for m in models:
         images = f"{m.limit:,}" if m.limit else "all 60,000"
         notes.append(
-            f"{m.label}: {m.epochs} epochs on {images} training images for every method; the firmware run "
+            f"{m.label}: {m.epochs} epochs on {images} training images for every method, BatchNorm back on "
+            "the convolutions while training (`RelaxModule.renormalise`); the firmware run "
             f"on QEMU (instructions; outputs checked against the host build's) on the first {m.images} test "
             "images"
         )

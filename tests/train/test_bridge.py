@@ -255,7 +255,9 @@ def _conv_bias_pairs(module: RelaxModule) -> int:
     )
 
 
-@pytest.mark.parametrize("name", ["demo", "mobilenet_block", "resnet_block"])
+@pytest.mark.parametrize(
+    "name", ["demo", "mobilenet_block", "resnet_block", "conv_bn_swish", "conv_grouped_depthwise"]
+)
 def test_renormalise_starts_as_the_identity(
     name: str, imported: Callable[[str], tuple[ImportedModel, Any]]
 ) -> None:
@@ -287,8 +289,9 @@ def test_renormalise_normalises_a_batch_while_training(
     key = next(iter(module.norms))
     norm = module.norms[key]
     with torch.no_grad():
-        norm.scale.mul_(2.0)
-        norm.shift.add_(0.5)
+        norm.gain.mul_(2.0)
+        norm.bias.add_(0.5)
+    scale, shift = (t.detach() for t in norm.scale_shift())
     seen: list[torch.Tensor] = []
     module.taps = {int(key): lambda v: seen.append(v.detach()) or v}
     running = norm.mean.clone()
@@ -296,15 +299,13 @@ def test_renormalise_normalises_a_batch_while_training(
     x = torch.from_numpy(_inputs(model, batch=32, seed=7)[0] * 3.0 + 1.0)
     module(x)
     (z,) = seen
-    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), norm.shift.detach(), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(
-        z.std(dim=(0, 2, 3), unbiased=False), norm.scale.detach().abs(), rtol=1e-3, atol=1e-3
-    )
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), shift, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3), unbiased=False), scale.abs(), rtol=1e-3, atol=1e-3)
     assert not torch.equal(norm.mean, running)
 
 
 @pytest.mark.parametrize("bits", [None, 8, 4, 2])
-@pytest.mark.parametrize("name", ["demo", "mobilenet_block"])
+@pytest.mark.parametrize("name", ["demo", "mobilenet_block", "conv_grouped_depthwise"])
 def test_write_back_folds_the_norms_exactly(
     name: str, bits: int | None, imported: Callable[[str], tuple[ImportedModel, Any]]
 ) -> None:
@@ -318,9 +319,9 @@ def test_write_back_folds_the_norms_exactly(
     rng = np.random.default_rng(3)
     with torch.no_grad():
         for norm in module.norms.values():
-            c = norm.scale.shape[0]
-            norm.scale.mul_(torch.from_numpy(rng.uniform(-2.0, 2.0, c).astype(np.float32)))
-            norm.shift.add_(torch.from_numpy(rng.standard_normal(c).astype(np.float32)))
+            c = norm.gain.shape[0]
+            norm.gain.mul_(torch.from_numpy(rng.uniform(-2.0, 2.0, c).astype(np.float32)))
+            norm.bias.add_(torch.from_numpy(rng.standard_normal(c).astype(np.float32)))
             norm.mean.add_(0.1)
             norm.var.mul_(1.5)
     new = write_back(mod, module)

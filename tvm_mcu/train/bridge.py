@@ -101,26 +101,40 @@ class _Norm(nn.Module):
     """BatchNorm on one convolution's output (NCHW, per channel), starting as the identity.
 
     Training mode normalises by the batch's statistics and updates the running ones; eval mode uses the
-    running ones, so an eval-mode forward is exactly the folded network (:meth:`fold`)."""
+    running ones, so an eval-mode forward is exactly the folded network (:meth:`fold`). Its scale and
+    shift are ``std0 * gain`` and ``mean0 + std0 * bias`` (``std0``, ``mean0``: the calibration's
+    statistics; ``gain`` starts at 1, ``bias`` at 0), so that Adam's steps, about the rate in size
+    whatever a parameter's magnitude, move each channel relative to its own spread rather than by the
+    rate in absolute terms (a channel's outputs may spread 0.01 or 10). MobileNetV2-style, int8 width at
+    1/4 of its stored weights (int8 accuracy, one run each): 0.8628 with a plain scale and shift, 0.8661
+    so."""
 
     mean: torch.Tensor
     var: torch.Tensor
+    mean0: torch.Tensor
+    std0: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean.clone())
         self.register_buffer("var", var.clone())
-        self.scale = nn.Parameter(torch.sqrt(var + NORM_EPS))
-        self.shift = nn.Parameter(mean.clone())
+        self.register_buffer("mean0", mean.clone())
+        self.register_buffer("std0", torch.sqrt(var + NORM_EPS))
+        self.gain = nn.Parameter(torch.ones_like(mean))
+        self.bias = nn.Parameter(torch.zeros_like(mean))
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.std0 * self.gain, self.mean0 + self.std0 * self.bias
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_shift()
         # PyTorch's fused kernel: the running variance takes the batch's unbiased one, as BatchNorm2d.
         return F.batch_norm(
             z,
             self.mean,
             self.var,
-            self.scale,
-            self.shift,
+            scale,
+            shift,
             training=self.training and len(z) > 1,
             momentum=NORM_MOMENTUM,
             eps=NORM_EPS,
@@ -128,8 +142,10 @@ class _Norm(nn.Module):
 
     def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b): the eval-mode norm is ``z * a + b`` per channel."""
-        a = self.scale.detach() / torch.sqrt(self.var + NORM_EPS)
-        return a, self.shift.detach() - self.mean * a
+        with torch.no_grad():
+            scale, shift = self.scale_shift()
+            a = scale / torch.sqrt(self.var + NORM_EPS)
+            return a, shift - self.mean * a
 
 
 class RelaxModule(nn.Module):
