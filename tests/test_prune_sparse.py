@@ -467,8 +467,11 @@ def test_pruning_trains_with_batchnorm_back_and_exports_what_it_trained(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """DiffPrune and the fine-tuning after it train with a BatchNorm on every convolution that has a
-    bias (``trainable``), and the exported model, norms folded, computes what was trained: its test
+    bias (``trainable``), quantisation-aware at int2 here, and the float model the quantiser calibrates
+    on, norms folded, is the network trained: its int2 layer's weights are ternary per output channel
+    (the quantised weights, not the free ones the straight-through estimator updates) and its test
     accuracy is the one the training reports."""
+    from tvm_mcu import prune
     from tvm_mcu.train.bridge import RelaxModule
     from tvm_mcu.train.data import load_dataset
     from tvm_mcu.train.loop import evaluate
@@ -481,9 +484,17 @@ def test_pruning_trains_with_batchnorm_back_and_exports_what_it_trained(
         counts.append(renormalise(self, x))
         return counts[-1]
 
+    calibrated: list[tuple[object, dict[tuple[int, int], int]]] = []
+    written = prune._written_at_bits
+
+    def captured(mod: object, *args: object) -> bytes:
+        calibrated.append((mod, dict(args[-1])))  # type: ignore[call-overload]
+        return written(mod, *args)  # type: ignore[arg-type]
+
     monkeypatch.setattr(RelaxModule, "renormalise", counted)
+    monkeypatch.setattr(prune, "_written_at_bits", captured)
     out = tmp_path / "pruned.onnx"
-    budget = Budget(weights=288)  # about half: 576 B of int8 weights
+    budget = Budget(weights=900)  # 1,200 B stored with the project int2 (biases and scales included)
     result = prune_model(
         model,
         board=BOARD,
@@ -492,11 +503,20 @@ def test_pruning_trains_with_batchnorm_back_and_exports_what_it_trained(
         data="digits",
         epochs=2,
         train_limit=256,
+        weights="int2",
     )
     assert counts == [3, 3], counts  # expand, depthwise, project: while gating, then fine-tuning
     assert result.after.weights <= budget.weights < result.before.weights
     assert result.training is not None
-    imported = load_model(out)
-    exported = RelaxModule(pipeline.run(pipeline.inference_passes(), imported.mod))
-    ds = load_dataset("digits", imported.inputs[0].shape, limit=256)
-    assert evaluate(exported, ds.x_test, ds.y_test) == pytest.approx(result.training.accuracy_after, abs=1e-9)
+    ((mod, bits),) = calibrated
+    assert 2 in bits.values(), bits
+    consts = RelaxModule(mod)  # type: ignore[arg-type]
+    for (binding, arg), b in bits.items():
+        if b != 2:
+            continue
+        w = dict(consts.named_parameters())[f"b{binding}_{arg}"].detach().numpy()
+        for o, channel in enumerate(w.reshape(len(w), -1)):
+            kept = np.abs(channel[channel != 0])
+            assert kept.size and np.ptp(kept) <= 1e-6 * kept.max(), (binding, o, np.unique(channel))
+    ds = load_dataset("digits", load_model(model).inputs[0].shape, limit=256)
+    assert evaluate(consts, ds.x_test, ds.y_test) == pytest.approx(result.training.accuracy_after, abs=1e-9)

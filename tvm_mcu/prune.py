@@ -800,7 +800,10 @@ def _diff(
         quantum=QUANTUM if bit_gates is not None else 1,
     )
     acc_pruned = evaluate(module, ds.x_test, ds.y_test)
-    module.taps, module.weight_taps = {}, {}
+    module.taps = {}
+    if bit_gates is not None:
+        bit_gates.begin_step()  # the widths the gates hold now, which settle_weights quantises at
+    module.settle_weights()  # the weights as trained at their widths (the quantiser calibrates on them)
     trained = write_back(mod, module)
     keep, pruned, after, attempts = _fit_compiled(job, budget, gates, trained, model, limits, bit_gates)
     chosen = bit_gates.bits() if bit_gates is not None else {}
@@ -823,6 +826,7 @@ def _diff(
         )
         seconds += tlog.seconds
         acc_after = evaluate(fine, ds.x_test, ds.y_test)
+        fine.settle_weights()
         pruned = write_back(pruned, fine)
     training = Training(data, epochs, acc_before, acc_pruned, acc_after, tuple(seconds), int(len(ds.y_test)))
     return keep, pruned, after, training, chosen
@@ -1123,6 +1127,7 @@ def _fine_tune(
     if hold is not None:
         hold.remove()
     acc_after = evaluate(module, ds.x_test, ds.y_test)
+    module.settle_weights()
     tuned = write_back(pruned, module)
     return tuned, Training(
         data, epochs, acc_before, acc_pruned, acc_after, tuple(log.seconds), int(len(ds.y_test))

@@ -336,6 +336,16 @@ def test_write_back_folds_the_norms_exactly(
         for a, b in zip(_outputs(folded, xs), _outputs(module, xs), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
     assert not all(np.array_equal(a, b) for a, b in zip(_constants(new), _constants(mod), strict=True))
+    if bits is not None:
+        # Settled, the quantised weights are the parameters: written back, they need no quantiser.
+        with torch.no_grad():
+            expected = _outputs(module, xs)
+        module.settle_weights()
+        assert not module.weight_taps
+        settled = RelaxModule(write_back(mod, module))
+        with torch.no_grad():
+            for a, b in zip(_outputs(settled, xs), expected, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
 def test_write_back_refuses_a_module_of_another_structure(
