@@ -1050,9 +1050,8 @@ def trainable(mod: _tvm.IRModule, ds: Any) -> RelaxModule:
     Measured on the pruning runs (int8 accuracy on 10,000 test images, one run each): MobileNetV2-style
     (4 epochs on 15,000 images) at 1/2 and 1/4 of its stored weights, int8 width 0.8649 -> 0.8917 and
     0.8241 -> 0.8661, int4 width at 1/4 0.7381 -> 0.8569; Fashion-MNIST CNN int8 width at 1/8 0.9065 ->
-    0.9106. Not int2 width (every 1x1 layer ternary): trained about as well (0.8135 -> 0.7996 at 1/4
-    as trained), its activations' ranges grow along the network (logits' QDQ range 3,542, against 212
-    folded and 27 for int8 width) and int8 activations lose most of it (0.7871 -> 0.43): open."""
+    0.9106. int2 width (every 1x1 layer ternary) at 1/4 fell to 0.43 until the weights written back were
+    the quantised ones trained (``RelaxModule.settle_weights``): 0.7871 folded -> 0.8713."""
     from tvm_mcu.train.bridge import RelaxModule
 
     module = RelaxModule(mod)
