@@ -870,6 +870,7 @@ def _search_then_train(
     progress: bool,
     resources: resource_model.ResourceModel | None,
     fine_tune: bool,
+    retarget: Callable[[_Job, _tvm.IRModule], Budget] | None = None,
 ) -> _Retrained:
     """UDC's joint search, then the network it found trained from the start at its widths.
 
@@ -877,7 +878,8 @@ def _search_then_train(
     "search", no fine-tuning), the cut fitted to ``budget`` as compiled; it gives each layer's width.
     Then DiffPrune again from the original weights for ``epochs[1]`` (fine-tuning the second half as
     ``fine_tune`` says), every layer held at the width found and trained quantised so (``bits_mode``
-    "fixed", as ``--weights int4`` holds int4), as UDC trains the architecture its search found."""
+    "fixed", as ``--weights int4`` holds int4), as UDC trains the architecture its search found; to
+    ``budget``, or to what ``retarget`` makes of the job at the widths found and the search's network."""
     from tvm_mcu.prune_bits import describe
     from tvm_mcu.prune_sparse import both_runs
 
@@ -896,9 +898,10 @@ def _search_then_train(
         bits_mode="search",
     )
     logger.info("prune udc: the search found %s; training it at those widths", describe(found_mod, found))
+    at_widths = attrs.evolve(job, bits=found)
     keep, pruned, after, second, chosen = _diff(
-        attrs.evolve(job, bits=found),
-        budget,
+        at_widths,
+        budget if retarget is None else retarget(at_widths, found_mod),
         before,
         data,
         epochs[1],

@@ -880,6 +880,39 @@ def _channels_diff(
 UDC_SPLIT = 1.5
 # The elements' ranking there: magnitude (on the demo CNN at 80 % zeros: 0.70 against Taylor's 0.43).
 UDC_IMPORTANCE = "magnitude"
+# The share of the weights the zeros are planned to take at most (:func:`zeros_split`): at 94.5 % zeros
+# (what a fixed 1.5x split asked of MobileNetV2-style int4 layers at 1/4 of its stored weights) its
+# training collapsed to chance (0.10); the demo CNN at 80 % fell to 0.70 (above), at 40-50 % it holds.
+UDC_MAX_ZEROS = 0.5
+
+
+def zeros_split(job: _Job, found: _tvm.IRModule) -> float:
+    """How far above the budget the channels at the joint search's widths may stay for the zeros to take
+    the rest (``udc_sparse``): the coded weights' bytes of ``found`` (the search's network, at
+    ``job.bits``) over their bytes with ``UDC_MAX_ZEROS`` of its weights zeroed (the same ranking as
+    the zeros stage), within 1 and ``UDC_SPLIT``. Coded, a zero costs a bit but a kept value its flag
+    and its code, so zeros take far less off int4 and int2 layers than off int8 ones (50 % of the demo
+    CNN's weights zeroed, measured: 0.73x of its stored weights at int8, 0.89x at int4, 0.98x at int2)."""
+    dense = job.measure(found, "udc_found")
+    sites = _sites(job, found, "unstructured")
+    if not sites or dense.weights <= 0:
+        return 1.0
+    keys = [s.key for s in sites]
+    ranking = Ranking(
+        sites,
+        unit_scores(sites, "unstructured", element_scores(found, keys, UDC_IMPORTANCE, None, job.seed)),
+        "unstructured",
+        UDC_IMPORTANCE,
+    )
+    cut = ranking.masks(int(UDC_MAX_ZEROS * ranking.total))
+    capped = candidate_figures(job, dense, found, sites, cut, "unstructured", "udc_zeros_cap")
+    logger.info(
+        "prune udc: %.0f %% zeros take the search's network from %s B to %s B of stored weights",
+        100 * UDC_MAX_ZEROS,
+        f"{dense.weights:,}",
+        f"{capped.weights:,}",
+    )
+    return min(UDC_SPLIT, max(1.0, dense.weights / max(1, capped.weights)))
 
 
 def udc_sparse(
@@ -893,20 +926,20 @@ def udc_sparse(
     resources: ResourceModel | None,
 ) -> tuple[SparseOutcome, dict[tuple[int, int], int]]:
     """UDC's joint search with sparsity, for a model deployed with its weights Golomb-Rice coded
-    (``job.compress``): a zero weight then costs one bit (zero flags), so element sparsity shrinks flash
-    at any bit width. First DiffPrune's channel gates and a bit gate per layer (``--method udc``) for
-    half the epochs, to ``UDC_SPLIT`` times the budget (:func:`channel_budget`). Then, as ``--method
-    udc`` trains what its search found (``prune._udc``), DiffPrune's channel gates again from the
-    original weights for half the epochs, every layer held at the width found and trained quantised so,
-    to the same target. Then the weakest weights (``UDC_IMPORTANCE``) zeroed until the compiled, coded
-    model meets the budget (the global order, each level measured), gradually over the other half's
-    first half and held through its second, trained as quantised at those widths: 1.5x the epochs in
-    all. Without the second run the network found trains at its widths for the zeroing half only. On
-    the Fashion-MNIST CNN at 1/2, 1/4, 1/8 and 1/16 of its stored weights (8 epochs on 60,000 images,
-    int8 accuracy) the second run moved it +0.2, -0.1, -0.6, +0.8 points (0.9201, 0.9149, 0.8641,
-    0.8829); at 1/8 and 1/16 it is still 4.2 and 1.3 points behind the best width-only method
-    (docs/BENCHMARKS_PRUNING.md), where the search already chose int2 layers and the zeros must take a
-    third of the bytes. (The outcome, each weight's bits.)"""
+    (``job.compress``): a zero weight then costs one bit (zero flags), so element sparsity shrinks flash at
+    any bit width. First DiffPrune's channel gates and a bit gate per layer (``--method udc``) for half the
+    epochs, to ``UDC_SPLIT`` times the budget (:func:`channel_budget`). Then, as ``--method udc`` trains
+    what its search found (``prune._udc``), DiffPrune's channel gates again from the original weights for
+    half the epochs, every layer held at the width found and trained quantised so, to what ``UDC_MAX_ZEROS``
+    zeros leave for them at those widths (:func:`zeros_split`: int4 and int2 layers take less from zeros
+    than int8 ones). Then the weakest weights (``UDC_IMPORTANCE``) zeroed until the compiled, coded model
+    meets the budget (the global order, each level measured), gradually over the other half's first half and
+    held through its second, trained as quantised at those widths: 1.5x the epochs in all. Without the
+    second run the network found trains at its widths for the zeroing half only. On the Fashion-MNIST CNN at
+    1/2, 1/4, 1/8 and 1/16 of its stored weights (8 epochs on 60,000 images, int8 accuracy) the second run
+    moved it +0.2, -0.1, -0.6, +0.8 points (0.9201, 0.9149, 0.8641, 0.8829); at 1/8 and 1/16 it is still 4.2
+    and 1.3 points behind the best width-only method (docs/BENCHMARKS_PRUNING.md), where the search already
+    chose int2 layers and the zeros must take a third of the bytes. (The outcome, each weight's bits.)"""
     from tvm_mcu.prune import _search_then_train
     from tvm_mcu.prune_bits import weight_shapes
 
@@ -917,11 +950,28 @@ def udc_sparse(
     mod, dense, first = job.mod, before, None
     chosen = {k: 8 for k in weight_shapes(job.mod)}
     stage = ""
+    split = UDC_SPLIT
+
+    def retarget(at_widths: _Job, found: _tvm.IRModule) -> Budget:
+        nonlocal split
+        split = zeros_split(at_widths, found)
+        return channel_budget(budget, before, job.int8, split)
+
     if before.excess(target):
         logger.info("prune udc: channels and bits by the joint search to %s", target)
         half = max(1, epochs // 2)
         run = _search_then_train(
-            job, target, before, data, (half, half), limit, "compiler", job.progress, resources, False
+            job,
+            target,
+            before,
+            data,
+            (half, half),
+            limit,
+            "compiler",
+            job.progress,
+            resources,
+            False,
+            retarget,
         )
         keep, mod, first = run.keep, run.mod, run.training
         chosen.update(run.bits)
@@ -929,7 +979,7 @@ def udc_sparse(
         stage = (
             f"channels and bits by the joint search ({half} epochs, {run.found_weights:,} B stored) to "
             f"{UDC_SPLIT:g}x the budget, then channels again at those bits from the original weights "
-            f"({half} epochs); "
+            f"({half} epochs) to {split:.2f}x it (what {UDC_MAX_ZEROS:.0%} zeros take at those bits); "
         )
     staged = attrs.evolve(job, mod=mod, bits=chosen)
     dense = staged.measure(mod, "udc_widths")
