@@ -205,7 +205,7 @@ def section(
     methods (labels) are run; the others' rows are taken from ``old`` (the section as it was: the
     claims and the plot then read them back), and run where it has none (``()``: a resumed run)."""
     from tvm_mcu.errors import BudgetError
-    from tvm_mcu.prune_sparse import UDC_IMPORTANCE, UDC_SPLIT
+    from tvm_mcu.prune_sparse import UDC_IMPORTANCE, UDC_MAX_ZEROS, UDC_MIN_SPLIT, UDC_SPLIT
 
     models = models if models is not None else curve_models(Path(__file__).parent)
     lines = [
@@ -229,10 +229,14 @@ def section(
         "whichever gate is lower; the search takes half the epochs, then the network found is trained at its",
         "widths from the original weights for all of them, as UDC trains what its search found: 1.5x the",
         "epochs, in train s); **joint + zeros, coded** = `--method udc --compress-weights all` (the",
-        f"joint search to {UDC_SPLIT:g}x the budget for half the epochs, DiffPrune's channels again to it",
-        "from the original weights at the widths found for half, then the weakest weights by",
-        f"{UDC_IMPORTANCE} zeroed until the model compiled with its weights Golomb-Rice coded meets it,",
-        "gradually over half the rest of the training and held through the other half: 1.5x the epochs;",
+        f"joint search to {UDC_SPLIT:g}x the budget for half the epochs, DiffPrune's channels again",
+        "from the original weights at the widths found for half, to what",
+        f"{UDC_MAX_ZEROS:.0%} zeros take off the coded bytes at those widths (`zeros_split`), then the",
+        f"weakest weights by {UDC_IMPORTANCE} zeroed until the model compiled with its weights",
+        "Golomb-Rice coded meets the budget, gradually over half the rest of the training and held through",
+        "the other half: 1.5x the epochs; where those zeros would take under",
+        f"{1 - 1 / UDC_MIN_SPLIT:.0%} of the bytes, none: the joint search again to the budget and its",
+        "network trained as udc trains it, 2x the epochs;",
         "deployed with `compile --compress-weights all`, its weights B the coded ones: a zero costs a",
         "bit). Every method gets the same epochs (the joint searches' second runs aside) and training",
         "images (per model",

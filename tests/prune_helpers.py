@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from tests.zoo import write_model
 from tvm_mcu import _tvm, pipeline
@@ -67,7 +68,6 @@ def digits_cnn(path: Path, seed: int = 0) -> Path:
     """An 8x8 one-channel CNN built by hand with onnx.helper (not from the zoo): conv 3x3 (1 -> 8) with a
     bias, Relu, conv 3x3 (8 -> 16), Relu, a 1x1 conv (16 -> 16, no filterlets), global average pool,
     Flatten and Gemm to 10 classes; seeded weights. Written to ``path``."""
-    import onnx
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -150,3 +150,9 @@ def torch_digits_cnn(path: Path, seed: int = 0) -> Path:
             training=torch.onnx.TrainingMode.EVAL,
         )
     return path
+
+
+def int4_initializers(path: Path, dtype: int = onnx.TensorProto.INT4) -> int:
+    """The int4 (``dtype``) weight tensors of a QDQ model (not their zero points)."""
+    inits = onnx.load(str(path)).graph.initializer
+    return sum(i.data_type == dtype and len(i.dims) >= 2 for i in inits)

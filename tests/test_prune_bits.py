@@ -9,28 +9,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import attrs
 import onnx
 import pytest
 
 pytest.importorskip("torch")
 
+from tests.prune_helpers import int4_initializers  # noqa: E402
 from tvm_mcu import api, pipeline  # noqa: E402
-from tvm_mcu.analysis.channels import channel_groups  # noqa: E402
 from tvm_mcu.errors import BadOptionError  # noqa: E402
 from tvm_mcu.frontend import load_model  # noqa: E402
-from tvm_mcu.prune import Budget, _Job, prune_model  # noqa: E402
-from tvm_mcu.prune_bits import all_int2, all_int4, check, describe, fixed_widths  # noqa: E402
-from tvm_mcu.prune_sparse import UDC_SPLIT, zeros_split  # noqa: E402
+from tvm_mcu.prune import Budget, prune_model  # noqa: E402
+from tvm_mcu.prune_bits import all_int2, all_int4, check, describe  # noqa: E402
 
 BOARD = "mps2-an386"
 DEMO = Path(str(resources.files("tvm_mcu") / "data" / "demo" / "fashion_cnn.onnx"))
-
-
-def _int4_initializers(path: Path, dtype: int = onnx.TensorProto.INT4) -> int:
-    """The int4 (``dtype``) weight tensors of a QDQ model (not their zero points)."""
-    inits = onnx.load(str(path)).graph.initializer
-    return sum(i.data_type == dtype and len(i.dims) >= 2 for i in inits)
 
 
 def _pruned(tmp_path: Path, budget: int = 1500, **options: str) -> tuple[Any, Path]:
@@ -56,7 +48,7 @@ def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path
     # Of the demo CNN's 6,944 B: int8 at its narrowest (8 channels a group) stores 1,712 B, int4 1,136.
     result, out = _pruned(tmp_path, method="udc")
     assert result.after.weights <= 1500
-    assert 4 in result.bits.values() and _int4_initializers(out) == list(result.bits.values()).count(4)
+    assert 4 in result.bits.values() and int4_initializers(out) == list(result.bits.values()).count(4)
     # Kept channel counts are multiples of 8 (or whole groups): the kernels pack whole blocks.
     assert all(kept % 8 == 0 or kept == of for kept, of in result.widths.values())
     # The written model is the one measured: the same stored weights, compiled, and it runs exactly.
@@ -69,62 +61,6 @@ def test_the_joint_search_meets_the_budget_as_compiled_and_runs_exactly(tmp_path
     # The search (1 epoch) found the widths; the network was then trained at them from the start (2).
     assert result.training.epochs == 3 and len(result.training.seconds_per_epoch) == 3
     assert "then trained at those bits from the original weights (2 epochs)" in result.search
-
-
-@pytest.mark.emulator
-def test_the_joint_search_with_zeros_meets_the_budget_coded_and_runs_exactly(tmp_path: Path) -> None:
-    """``--method udc --compress-weights all``: channels and bits to 1.5x the budget, the channels again
-    at the widths found from the original weights, then the weakest weights zeroed until the model
-    compiled with its weights Golomb-Rice coded fits; the written QDQ model, compiled so, stores what
-    was measured and matches the reference."""
-    out = tmp_path / "pruned.onnx"
-    result = prune_model(
-        DEMO,
-        board=BOARD,
-        budget=Budget(weights=1500),
-        method="udc",
-        compress_weights="all",
-        out_path=out,
-        workdir=tmp_path / "work",
-        data="fashion-mnist",
-        epochs=2,
-        train_limit=2000,
-    )
-    assert result.after.weights <= 1500 and result.granularity == "unstructured"
-    zeroed = {layer: of - kept for layer, (kept, of) in result.sparsity.items()}
-    assert sum(zeroed.values()) > 0, result.sparsity
-    assert "joint search" in result.search and "zeroed" in result.search
-    # The search (1 epoch), the channels again at the widths found from the original weights (1), the
-    # zeros (1).
-    assert "then channels again at those bits from the original weights (1 epochs)" in result.search
-    assert result.training is not None and result.training.epochs == 3
-    assert len(result.training.seconds_per_epoch) == 3
-    assert _int4_initializers(out) == list(result.bits.values()).count(4)
-    checked = api.verify(out, BOARD, tmp_path / "verify", compress="all")
-    assert checked.passed and checked.report.max_abs_error == 0.0, checked.report.worst_difference
-    assert checked.report.stored_weights_bytes == result.after.weights
-    assert checked.report.compressed_weights
-    with pytest.raises(BadOptionError, match="drop --float"):
-        prune_model(
-            DEMO, board=BOARD, budget=Budget(weights=1500), out_path=out, int8=False, compress_weights="all"
-        )
-
-
-@pytest.mark.emulator
-def test_zeros_are_asked_less_of_narrow_weights(tmp_path: Path) -> None:
-    """The channels at the joint search's widths stay above the budget only by what UDC_MAX_ZEROS zeros
-    take off those widths' coded bytes (measured): on the demo CNN 0.73x of its stored weights at int8,
-    0.89x at int4, 0.98x at int2 (ternary values already cost about what a zero flag does). A fixed
-    UDC_SPLIT asked int4 MobileNetV2-style layers for 94.5 % zeros and the training collapsed to chance."""
-    imported = load_model(DEMO)
-    mod = pipeline.run(pipeline.inference_passes(), imported.mod)
-    job = _Job(mod, channel_groups(mod), imported, BOARD, tmp_path, True, channels_last=True, compress="all")
-    splits = {
-        w: zeros_split(attrs.evolve(job, bits=fixed_widths(w, mod) or None), mod)
-        for w in ("int8", "int4", "int2")
-    }
-    assert 1.0 < splits["int2"] < splits["int4"] < splits["int8"] <= UDC_SPLIT, splits
-    assert splits["int4"] < 1.2, splits  # far less than the 1.5 a fixed split asks
 
 
 def test_widths_refuse_what_they_cannot_take() -> None:
@@ -170,7 +106,7 @@ def test_int4_everywhere_takes_depthwise_layers_and_the_written_model_runs_exact
     bits = all_int4(mod)
     assert list(bits.values()) == [4, 4, 4], bits
     written = resource_model.deployable(mod, imported, tmp_path, int8=True, tag="block", bits=bits)
-    assert _int4_initializers(written) == 3
+    assert int4_initializers(written) == 3
     checked = api.verify(written, BOARD, tmp_path / "verify")
     assert checked.passed and checked.report.max_abs_error == 0.0, checked.report.worst_difference
     # The depthwise weights, 144 values, are stored in 72 bytes and unpacked at run time.
@@ -188,7 +124,7 @@ def test_int2_everywhere_meets_the_budget_as_compiled_and_runs_exactly(tmp_path:
     result, out = _pruned(tmp_path, weights="int2")
     assert result.after.weights <= 1500
     assert list(result.bits.values()) == [8, 2, 2, 8]
-    assert _int4_initializers(out, onnx.TensorProto.INT2) == 2
+    assert int4_initializers(out, onnx.TensorProto.INT2) == 2
     model = onnx.load(str(out))
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 25
     checked = api.verify(out, BOARD, tmp_path / "verify")
@@ -218,7 +154,7 @@ def test_the_joint_search_takes_int2_below_what_int4_can_reach(tmp_path: Path) -
     to int2 (its second gate): the written model stores it four per byte, as measured, bit-exact."""
     result, out = _pruned(tmp_path, budget=1100, method="udc")
     assert result.after.weights <= 1100 and 2 in result.bits.values(), result.bits
-    assert _int4_initializers(out, onnx.TensorProto.INT2) == list(result.bits.values()).count(2)
+    assert int4_initializers(out, onnx.TensorProto.INT2) == list(result.bits.values()).count(2)
     checked = api.verify(out, BOARD, tmp_path / "verify")
     assert checked.passed and checked.report.verified
     assert checked.report.stored_weights_bytes == result.after.weights

@@ -859,6 +859,83 @@ class _Retrained:
     found_weights: int  # the stored weight bytes the search's own network had
 
 
+@attrs.frozen
+class _Found:
+    """The joint search's network (:func:`_joint_search`): its widths, figures and training."""
+
+    mod: _tvm.IRModule
+    after: Resources
+    training: Training
+    bits: dict[tuple[int, int], int]
+
+
+def _joint_search(
+    job: _Job,
+    budget: Budget,
+    before: Resources,
+    data: str,
+    epochs: int,
+    limit: int | None,
+    sram_model: str,
+    progress: bool,
+    resources: resource_model.ResourceModel | None,
+) -> _Found:
+    """UDC's joint search: DiffPrune's channel gates and a bit gate per layer for ``epochs``
+    (``bits_mode`` "search", no fine-tuning), the cut fitted to ``budget`` as compiled; it gives each
+    layer's width."""
+    from tvm_mcu.prune_bits import describe
+
+    _, mod, after, training, found = _diff(
+        job,
+        budget,
+        before,
+        data,
+        epochs,
+        limit,
+        sram_model,
+        progress,
+        resources,
+        fine_tune=False,
+        bits_mode="search",
+    )
+    logger.info("prune udc: the search found %s", describe(mod, found))
+    return _Found(mod, after, training, found)
+
+
+def _train_at_widths(
+    job: _Job,
+    found: _Found,
+    budget: Budget,
+    before: Resources,
+    data: str,
+    epochs: int,
+    limit: int | None,
+    sram_model: str,
+    progress: bool,
+    resources: resource_model.ResourceModel | None,
+    fine_tune: bool,
+) -> _Retrained:
+    """DiffPrune from the original weights for ``epochs`` to ``budget`` (fine-tuning the second half as
+    ``fine_tune`` says), every layer held at the width ``found`` and trained quantised so (``bits_mode``
+    "fixed", as ``--weights int4`` holds int4), as UDC trains the architecture its search found."""
+    from tvm_mcu.prune_sparse import both_runs
+
+    keep, pruned, after, second, chosen = _diff(
+        attrs.evolve(job, bits=found.bits),
+        budget,
+        before,
+        data,
+        epochs,
+        limit,
+        sram_model,
+        progress,
+        resources,
+        fine_tune=fine_tune,
+        bits_mode="fixed",
+    )
+    return _Retrained(keep, pruned, after, both_runs(found.training, second), chosen, found.after.weights)
+
+
 def _search_then_train(
     job: _Job,
     budget: Budget,
@@ -870,49 +947,14 @@ def _search_then_train(
     progress: bool,
     resources: resource_model.ResourceModel | None,
     fine_tune: bool,
-    retarget: Callable[[_Job, _tvm.IRModule], Budget] | None = None,
 ) -> _Retrained:
-    """UDC's joint search, then the network it found trained from the start at its widths.
-
-    The search: DiffPrune's channel gates and a bit gate per layer for ``epochs[0]`` (``bits_mode``
-    "search", no fine-tuning), the cut fitted to ``budget`` as compiled; it gives each layer's width.
-    Then DiffPrune again from the original weights for ``epochs[1]`` (fine-tuning the second half as
-    ``fine_tune`` says), every layer held at the width found and trained quantised so (``bits_mode``
-    "fixed", as ``--weights int4`` holds int4), as UDC trains the architecture its search found; to
-    ``budget``, or to what ``retarget`` makes of the job at the widths found and the search's network."""
-    from tvm_mcu.prune_bits import describe
-    from tvm_mcu.prune_sparse import both_runs
-
+    """UDC's joint search (:func:`_joint_search`, ``epochs[0]``), then the network it found trained from
+    the start at its widths (:func:`_train_at_widths`, ``epochs[1]``), both to ``budget``."""
     resources = _resources_for(job, resources)  # built once for both runs
-    _, found_mod, found_after, first, found = _diff(
-        job,
-        budget,
-        before,
-        data,
-        epochs[0],
-        limit,
-        sram_model,
-        progress,
-        resources,
-        fine_tune=False,
-        bits_mode="search",
+    found = _joint_search(job, budget, before, data, epochs[0], limit, sram_model, progress, resources)
+    return _train_at_widths(
+        job, found, budget, before, data, epochs[1], limit, sram_model, progress, resources, fine_tune
     )
-    logger.info("prune udc: the search found %s; training it at those widths", describe(found_mod, found))
-    at_widths = attrs.evolve(job, bits=found)
-    keep, pruned, after, second, chosen = _diff(
-        at_widths,
-        budget if retarget is None else retarget(at_widths, found_mod),
-        before,
-        data,
-        epochs[1],
-        limit,
-        sram_model,
-        progress,
-        resources,
-        fine_tune=fine_tune,
-        bits_mode="fixed",
-    )
-    return _Retrained(keep, pruned, after, both_runs(first, second), chosen, found_after.weights)
 
 
 def _udc(

@@ -884,6 +884,12 @@ UDC_IMPORTANCE = "magnitude"
 # (what a fixed 1.5x split asked of MobileNetV2-style int4 layers at 1/4 of its stored weights) its
 # training collapsed to chance (0.10); the demo CNN at 80 % fell to 0.70 (above), at 40-50 % it holds.
 UDC_MAX_ZEROS = 0.5
+# Below this split (those zeros taking under 1/11 of the coded bytes) the joint search runs again to the
+# budget and nothing is zeroed: MobileNetV2-style at 1/4 of its stored weights, the widths found at 1.5x
+# (mostly int2 and int4) lost 2.8 % of their bytes to 50 % zeros; channels to 1.03x the budget at
+# those widths, then 49 % of the weights the compiler stores sparse zeroed to take the last 206 B:
+# 0.7261 int8 accuracy, where --method udc reached 0.8735 (4 epochs on 15,000 images).
+UDC_MIN_SPLIT = 1.1
 
 
 def zeros_split(job: _Job, found: _tvm.IRModule) -> float:
@@ -939,8 +945,11 @@ def udc_sparse(
     1/2, 1/4, 1/8 and 1/16 of its stored weights (8 epochs on 60,000 images, int8 accuracy) the second run
     moved it +0.2, -0.1, -0.6, +0.8 points (0.9201, 0.9149, 0.8641, 0.8829); at 1/8 and 1/16 it is still 4.2
     and 1.3 points behind the best width-only method (docs/BENCHMARKS_PRUNING.md), where the search already
-    chose int2 layers and the zeros must take a third of the bytes. (The outcome, each weight's bits.)"""
-    from tvm_mcu.prune import _search_then_train
+    chose int2 layers and the zeros must take a third of the bytes. Where ``UDC_MAX_ZEROS`` zeros would
+    take too little at the widths found (:func:`zeros_split` below ``UDC_MIN_SPLIT``) nothing is zeroed:
+    the joint search runs again to the budget and its network is trained as ``--method udc`` trains it
+    (2x the epochs in all). (The outcome, each weight's bits.)"""
+    from tvm_mcu.prune import _joint_search, _resources_for, _search_then_train, _train_at_widths
     from tvm_mcu.prune_bits import weight_shapes
 
     # Measured channels-last: the blocked kernels read the coded weights.
@@ -950,36 +959,52 @@ def udc_sparse(
     mod, dense, first = job.mod, before, None
     chosen = {k: 8 for k in weight_shapes(job.mod)}
     stage = ""
-    split = UDC_SPLIT
-
-    def retarget(at_widths: _Job, found: _tvm.IRModule) -> Budget:
-        nonlocal split
-        split = zeros_split(at_widths, found)
-        return channel_budget(budget, before, job.int8, split)
-
     if before.excess(target):
         logger.info("prune udc: channels and bits by the joint search to %s", target)
         half = max(1, epochs // 2)
-        run = _search_then_train(
+        resources = _resources_for(job, resources)  # built once for every run
+        found = _joint_search(job, target, before, data, half, limit, "compiler", job.progress, resources)
+        split = zeros_split(attrs.evolve(job, bits=found.bits), found.mod)
+        searched = (
+            f"channels and bits by the joint search ({half} epochs, {found.after.weights:,} B stored) to "
+            f"{UDC_SPLIT:g}x the budget"
+        )
+        if split < UDC_MIN_SPLIT:
+            # Zeros would buy too little at these widths: --method udc's own search and training.
+            logger.info(
+                "prune udc: zeros take too little at the widths found: the joint search to the budget"
+            )
+            run = _search_then_train(
+                job, budget, before, data, (half, epochs), limit, "compiler", job.progress, resources, True
+            )
+            search = (
+                f"{searched}, at whose widths {UDC_MAX_ZEROS:.0%} zeros would take {1 - 1 / split:.1%} of "
+                f"the stored weights (under {1 - 1 / UDC_MIN_SPLIT:.0%}): no zeros; the joint search again "
+                f"to the budget ({half} epochs), then trained at its widths from the original weights "
+                f"({epochs} epochs)"
+            )
+            runs = both_runs(found.training, run.training)
+            plain = SparseOutcome(run.keep, run.mod, run.after, run.after, {}, {}, runs, search=search)
+            return plain, {**chosen, **run.bits}
+        run = _train_at_widths(
             job,
-            target,
+            found,
+            channel_budget(budget, before, job.int8, split),
             before,
             data,
-            (half, half),
+            half,
             limit,
             "compiler",
             job.progress,
             resources,
             False,
-            retarget,
         )
         keep, mod, first = run.keep, run.mod, run.training
         chosen.update(run.bits)
         epochs -= half
         stage = (
-            f"channels and bits by the joint search ({half} epochs, {run.found_weights:,} B stored) to "
-            f"{UDC_SPLIT:g}x the budget, then channels again at those bits from the original weights "
-            f"({half} epochs) to {split:.2f}x it (what {UDC_MAX_ZEROS:.0%} zeros take at those bits); "
+            f"{searched}, then channels again at those bits from the original weights ({half} epochs) to "
+            f"{split:.2f}x it (what {UDC_MAX_ZEROS:.0%} zeros take at those bits); "
         )
     staged = attrs.evolve(job, mod=mod, bits=chosen)
     dense = staged.measure(mod, "udc_widths")
