@@ -320,8 +320,8 @@ def section(
         # Per model: a later run of another model keeps only notes that name theirs (keep_models).
         if rerun:
             notes.append(
-                f"{m.label}: this run: {', '.join(rerun)} only; the other methods' rows are an earlier "
-                "run's (their code unchanged since)"
+                f"{m.label}: this run: {', '.join(rerun)}, and every row the section lacked; the other "
+                "methods' rows are an earlier run's (their code unchanged since)"
             )
         elif rerun is not None:
             notes.append(
