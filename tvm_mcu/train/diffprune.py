@@ -290,7 +290,7 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
                     flips.append((float(on4[i]), 2, i))
         # Groups whose narrowing lowers a missed resource and that keep more than one channel (quantum).
         q = gates.quantum
-        useful = {gi for r in over for gi, d in enumerate(model.pressure(k, r)) if d > 0 and k[gi] > q}
+        useful = {gi for r in over for gi, d in enumerate(model.pressure(k, r, q)) if d > 0 and k[gi] > q}
         if not useful and not flips:
             return removed
         theta = gates.theta.detach()
