@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -25,6 +26,23 @@ BOARD = "mps2-an386"
 DEMO = Path(str(resources.files("tvm_mcu") / "data" / "demo" / "fashion_cnn.onnx"))
 
 
+def _coded(out: Path, images: int) -> Any:
+    """The demo CNN pruned by the joint search with zeros, Golomb-Rice coded, to 1,500 B of stored
+    weights (2 epochs on ``images`` images), written to ``out``."""
+    return prune_model(
+        DEMO,
+        board=BOARD,
+        budget=Budget(weights=1500),
+        method="udc",
+        compress_weights="all",
+        out_path=out,
+        workdir=out.parent / "work",
+        data="fashion-mnist",
+        epochs=2,
+        train_limit=images,
+    )
+
+
 @pytest.mark.emulator
 def test_the_joint_search_with_zeros_meets_the_budget_coded_and_runs_exactly(tmp_path: Path) -> None:
     """``--method udc --compress-weights all``: channels and bits to 1.5x the budget, the channels again
@@ -32,18 +50,7 @@ def test_the_joint_search_with_zeros_meets_the_budget_coded_and_runs_exactly(tmp
     compiled with its weights Golomb-Rice coded fits; the written QDQ model, compiled so, stores what
     was measured and matches the reference."""
     out = tmp_path / "pruned.onnx"
-    result = prune_model(
-        DEMO,
-        board=BOARD,
-        budget=Budget(weights=1500),
-        method="udc",
-        compress_weights="all",
-        out_path=out,
-        workdir=tmp_path / "work",
-        data="fashion-mnist",
-        epochs=2,
-        train_limit=2000,
-    )
+    result = _coded(out, 2000)
     assert result.after.weights <= 1500 and result.granularity == "unstructured"
     zeroed = {layer: of - kept for layer, (kept, of) in result.sparsity.items()}
     assert sum(zeroed.values()) > 0, result.sparsity
@@ -91,18 +98,7 @@ def test_zeros_that_would_take_too_little_leave_the_joint_search_alone(
     206 B had cost 15 points)."""
     monkeypatch.setattr(prune_sparse, "UDC_MIN_SPLIT", 10.0)
     out = tmp_path / "pruned.onnx"
-    result = prune_model(
-        DEMO,
-        board=BOARD,
-        budget=Budget(weights=1500),
-        method="udc",
-        compress_weights="all",
-        out_path=out,
-        workdir=tmp_path / "work",
-        data="fashion-mnist",
-        epochs=2,
-        train_limit=1000,
-    )
+    result = _coded(out, 1000)
     assert result.after.weights <= 1500
     assert result.sparsity == {} and "no zeros" in result.search, result.search
     # The search to 1.5x the budget (1 epoch), the search to the budget (1), the training at its widths (2).
