@@ -250,7 +250,7 @@ class ResourceModel:
         is priced across such a step: one channel off a full block adds the left-over channels' code
         (``remainder_code``), which outweighs an int4 channel's weights, and read so the groups of 64
         and 96 channels of the MobileNetV2-style model never narrowed (DiffPrune's fit stopped at
-        8,460 B of stored weights at int4, its narrowest network about 2,500)."""
+        8,460 B of stored weights at int4, where its narrowest network meets 2,796 B)."""
         f: Callable[[np.ndarray], float] = {
             "sram": lambda x: float(self.sram(x)),
             "flash": lambda x: float(self.flash(x)),
