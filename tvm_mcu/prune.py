@@ -990,14 +990,13 @@ def _udc(
 
 
 def _model_limits(budget: Budget, before: Resources, model: resource_model.ResourceModel) -> dict[str, float]:
-    """The budget as the resource model's targets (sram, flash, macs). The model prices flash, weights
-    and code together: a stored-weights budget becomes the flash target the model predicts at full
-    width less the weight bytes to remove (channel pruning stores dense weights and leaves the code
-    about as it is); the compiled figures are checked against the real budget (``_fit_compiled``)."""
-    limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None and k != "weights"}
+    """The budget as the resource model's targets (sram, flash, weights, macs). A stored-weights budget
+    is the model's stored weights at full width less the bytes to remove, so a difference between the
+    model's figure and the compiled one does not move the cut; the compiled figures are checked against
+    the real budget (``_fit_compiled``)."""
+    limits = {k: float(v) for k, v in attrs.asdict(budget).items() if v is not None}
     if budget.weights is not None:
-        flash = float(model.flash(model.full)) - (before.weights - budget.weights)
-        limits["flash"] = min(limits.get("flash", flash), flash)
+        limits["weights"] = float(model.stored(model.full)) - (before.weights - budget.weights)
     return limits
 
 
@@ -1030,9 +1029,7 @@ def _fit_compiled(
             if bits is not None and widths is not None:
                 bits.theta.data.copy_(widths[0])
                 bits.theta2.data.copy_(widths[1])
-            # A missed stored-weights budget tightens the flash target it was translated to.
-            tight = {"flash" if r == "weights" else r for r in missed}
-            target = {r: v * (scale if r in tight else 1.0) for r, v in limits.items()}
+            target = {r: v * (scale if r in missed else 1.0) for r, v in limits.items()}
             remove_to(gates, model, target)
             if bits is not None:
                 fill_bits(bits, model, gates, target)

@@ -6,6 +6,7 @@ import math
 from importlib import resources
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 
@@ -199,3 +200,26 @@ def test_a_group_whose_gates_all_fall_keeps_its_floor_unless_the_budget_needs_it
     # ... one they cannot meet lowers it.
     remove_to(gates, model, {"flash": 0.01 * float(full.flash)})
     assert gates.hard_counts()[gi] < floor
+
+
+def test_a_stored_weights_budget_is_met_whatever_the_code_does(demo: tuple) -> None:
+    """A stored-weights budget is priced by the weights alone. Where narrowing a group changes the code
+    (a schedule chosen at the narrower width, channels left over beyond blocks of four: 2,000 B a group
+    here, more than any of its channels' weights), flash goes up as the weights go down; priced through
+    flash, no group was worth narrowing and the cut stopped at full width (MobileNetV2-style at int4,
+    1/16: 2,952 B of 2,796 after every try)."""
+    from types import SimpleNamespace
+
+    from tvm_mcu.prune import Budget, _model_limits
+
+    _, _, plan, model = demo
+    heavy = attrs.evolve(model, remainder_code=tuple(2000.0 for _ in model.groups))
+    full = heavy.figures(heavy.full)
+    assert (heavy.pressure(heavy.full, "flash") < 0).all()
+    before = SimpleNamespace(weights=int(full.weights))
+    limits = _model_limits(Budget(weights=int(full.weights / 4)), before, heavy)  # type: ignore[arg-type]
+    gates = Gates(plan, heavy.groups)
+    assert remove_to(gates, heavy, limits) > 0
+    k = gates.hard_counts()
+    assert heavy.figures(k).weights <= full.weights / 4
+    assert heavy.figures(k).flash > full.flash - 3 * full.weights / 4  # the flash it was translated to

@@ -63,7 +63,7 @@ ANNEAL = 0.5
 # 5.5e-3 (this rule); SRAM 1/8, 0.8343 at 1e-2, 0.8263 at 3e-3.
 PRUNE_LR_MILD = 3e-3  # at a cut to 1/2 of the full figures or less deep
 PRUNE_LR_HARD = 1e-2  # at a cut to 1/8 or deeper; log-linear between
-RESOURCES = ("sram", "flash", "macs")
+RESOURCES = ("sram", "flash", "weights", "macs")
 # A group keeps at least this fraction of the width uniform scaling to the budget would leave it
 # (sqrt(cut): weights and MACs fall with about the square of the width). MobileNetV2-style on
 # Fashion-MNIST, weights cut to 1/8, 2 epochs on 15,000 images: without a floor the gates of the
@@ -258,7 +258,7 @@ class _Tap:
 
 
 def _violations(model: ResourceModel, k: Any, budget: dict[str, float]) -> dict[str, Any]:
-    fns = {"sram": model.sram, "flash": model.flash, "macs": model.macs}
+    fns = {"sram": model.sram, "flash": model.flash, "weights": model.stored, "macs": model.macs}
     return {r: fns[r](k) / limit - 1.0 for r, limit in budget.items()}
 
 
@@ -268,8 +268,8 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
     Units held by their group's floor (``Gates.hold_floors``) stay; when the budget cannot be met
     above the floors, the floors of the groups that could still narrow are lowered to one channel.
     With bit gates in the model (``resource_model.BitsModel`` over :class:`BitGates`), a missed flash
-    budget may instead put the int8 layer with the lowest gate to int4, when its gate is below the
-    lowest channel's: the gates of both kinds rank salience against price on one scale."""
+    or stored-weights budget may instead put the int8 layer with the lowest gate to int4, when its gate
+    is below the lowest channel's: the gates of both kinds rank salience against price on one scale."""
     removed = 0
     bits = getattr(model, "bitwidths", None)
     packed: frozenset[tuple[int, int]] = getattr(model, "packed", frozenset())
@@ -281,7 +281,7 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
         # Width flips that lower the flash: an int8 layer to int4 (ranked by its gate), an int4 layer that
         # may go int2 to int2 (by its second gate).
         flips: list[tuple[float, int, int]] = []  # (gate, 1 or 2, layer)
-        if isinstance(bits, BitGates) and not bits.fixed and "flash" in over:
+        if isinstance(bits, BitGates) and not bits.fixed and {"flash", "weights"} & set(over):
             on8, on4 = bits.theta.detach(), bits.theta2.detach()
             for i, key in enumerate(bits.keys):
                 if key in packed and float(on8[i]) > 0:
@@ -363,7 +363,8 @@ def diffprune(
 ) -> tuple[Gates, DiffPruneLog]:
     """Train ``module`` (in place) with gates and budget losses for ``epochs``; the gates and a log.
 
-    ``budget``: resource -> limit, for any of "sram", "flash", "macs" (the model's units: bytes, MACs).
+    ``budget``: resource -> limit, for any of "sram", "flash", "weights" (stored), "macs" (the model's
+    units: bytes, MACs).
     ``prior``: unit -> importance to start the gates from (e.g. ``channels.magnitudes``).
     ``teacher``: the unpruned model's logits per training sample, to distill from (``loop.train``).
     ``lr``: the weights' learning rate; by default ``prune_lr`` of the deepest cut of the budget.
