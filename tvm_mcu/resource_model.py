@@ -112,7 +112,7 @@ class Figures:
     flash: float
     macs: float
     schedule: str
-    weights: float  # the stored weights' bytes (flash less the code)
+    weights: float  # the weights' bytes as the model prices them (compiled: Report.weights_bytes)
 
 
 @attrs.frozen

@@ -278,8 +278,8 @@ def remove_to(gates: Gates, model: ResourceModel, budget: dict[str, float]) -> i
         over = [r for r, v in _violations(model, k, budget).items() if v > 0]
         if not over:
             return removed
-        # Width flips that lower the flash: an int8 layer to int4 (ranked by its gate), an int4 layer that
-        # may go int2 to int2 (by its second gate).
+        # Width flips that lower the flash and the stored weights: an int8 layer to int4 (ranked by its
+        # gate), an int4 layer that may go int2 to int2 (by its second gate).
         flips: list[tuple[float, int, int]] = []  # (gate, 1 or 2, layer)
         if isinstance(bits, BitGates) and not bits.fixed and {"flash", "weights"} & set(over):
             on8, on4 = bits.theta.detach(), bits.theta2.detach()
